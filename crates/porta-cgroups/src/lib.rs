@@ -1,0 +1,1 @@
+//! The container's cgroups: one group per container with the `payload/` and `porta/` leaves.

@@ -1,0 +1,1 @@
+//! The container's file server: a FUSE server confined to the container's backing storage.

@@ -1,0 +1,1 @@
+//! Support code for Porta's integration tests: root file systems, bundles, the runtime under test.

@@ -1,0 +1,1 @@
+//! Porta's runtime core.

@@ -1,0 +1,1 @@
+//! The per-container supervisor: holds the container's capabilities and keeps its servers alive.

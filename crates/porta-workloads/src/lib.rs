@@ -1,0 +1,1 @@
+//! Workload programs run inside containers by the benchmark harness.
