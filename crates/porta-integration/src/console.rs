@@ -1,0 +1,126 @@
+//! A `--console-socket` receiver: a Unix socket on which the runtime sends the pty
+//! master as an SCM_RIGHTS file descriptor (runc sends the pty's name as the data).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub struct ConsoleSocket {
+    pub path: PathBuf,
+    handle: Option<JoinHandle<io::Result<(OwnedFd, String)>>>,
+}
+
+impl ConsoleSocket {
+    /// Listens on `dir/console.sock`; a thread accepts one connection (for up to 60 s).
+    pub fn new(dir: &Path) -> ConsoleSocket {
+        let path = dir.join("console.sock");
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).expect("bind console socket");
+        l.set_nonblocking(true).unwrap();
+        let handle = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false)?;
+                        return recv_fd(&s);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "no connection"));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        ConsoleSocket { path, handle: Some(handle) }
+    }
+
+    pub fn path_str(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Waits for the runtime to send the master; returns it and the name sent with it.
+    pub fn master(mut self) -> io::Result<(Pty, String)> {
+        let h = self.handle.take().unwrap();
+        let (fd, name) = h.join().map_err(|_| io::Error::other("receiver panicked"))??;
+        Ok((Pty { f: File::from(fd) }, name))
+    }
+}
+
+fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
+    let mut data = [0u8; 4096];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<[libc::c_int; 4]>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fd = None;
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let p = libc::CMSG_DATA(c) as *const libc::c_int;
+                let got = std::ptr::read_unaligned(p);
+                if fd.is_none() {
+                    fd = Some(OwnedFd::from_raw_fd(got));
+                } else {
+                    libc::close(got);
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let name = String::from_utf8_lossy(&data[..n as usize]).into_owned();
+    fd.map(|f| (f, name))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no fd in console-socket message"))
+}
+
+/// The pty master received from the runtime.
+pub struct Pty {
+    pub f: File,
+}
+
+impl Pty {
+    /// Reads until `needle` shows up, EOF/EIO (all slaves closed), or the timeout.
+    pub fn read_until(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if String::from_utf8_lossy(&out).contains(needle) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut pfd = libc::pollfd { fd: self.f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+            if r <= 0 {
+                continue;
+            }
+            match self.f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.f.write_all(data)
+    }
+}

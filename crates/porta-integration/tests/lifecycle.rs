@@ -1,0 +1,449 @@
+//! Life cycle commands as runc has them: create/start/state, run, list, ps, kill,
+//! delete, pause/resume, events, update, spec, features, --version, --log, --pid-file.
+
+use porta_integration::*;
+use std::time::Duration;
+
+const LOOP: &str = "trap 'exit 3' TERM; while true; do sleep 0.1; done";
+
+#[test]
+fn create_start_state_statuses() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("echo started; sleep 0.5");
+    b.annotation("org.example.key", "value");
+    let c = Container::new("life-status", b);
+    c.create().expect_ok();
+    let st = c.state();
+    assert_eq!(st["status"], "created", "{st}");
+    assert_eq!(st["id"], c.id.as_str());
+    assert!(st["pid"].as_i64().unwrap_or(0) > 0, "{st}");
+    assert!(st["ociVersion"].is_string(), "{st}");
+    let bundle = st["bundle"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        std::fs::canonicalize(&bundle).unwrap(),
+        std::fs::canonicalize(c.bundle.path()).unwrap()
+    );
+    assert_eq!(st["annotations"]["org.example.key"], "value", "{st}");
+    // The process must not have run its program yet.
+    assert!(!c.output().contains("started"));
+    c.start().expect_ok();
+    let s = c.status().unwrap();
+    assert!(s == "running" || s == "stopped", "status after start: {s}");
+    c.wait_stopped(20);
+    assert!(c.output().contains("started"));
+    // Starting a stopped container fails.
+    c.start().expect_fail();
+    c.delete().expect_ok();
+    c.rt(&["state", &c.id]).expect_fail();
+}
+
+#[test]
+fn run_propagates_exit_code() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("echo out-line; exit 7");
+    let c = Container::new("life-exit", b);
+    let o = c.run();
+    assert_eq!(o.code, 7, "{o}");
+    assert!(c.output().contains("out-line"), "{}", c.output());
+    // run removes the container afterwards
+    c.rt(&["state", &c.id]).expect_fail();
+}
+
+#[test]
+fn run_exit_zero_and_one() {
+    require_root!();
+    let c = Container::new("life-run0", Bundle::new(&["true"]));
+    assert_eq!(c.run().code, 0);
+    // (a container's PID 1 cannot kill itself with a signal; see kill_by_name_and_number
+    // for 128+signal exit codes)
+    let c = Container::new("life-runfalse", Bundle::new(&["false"]));
+    assert_eq!(c.run().code, 1);
+}
+
+#[test]
+fn run_detach() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("echo detached-ok; sleep 1");
+    let c = Container::new("life-detach", b);
+    c.run_with(&["--detach"]).expect_ok();
+    let s = c.status().expect("state after run --detach");
+    assert!(s == "running" || s == "stopped", "{s}");
+    c.wait_stopped(20);
+    assert!(c.wait_output("detached-ok", 5));
+    c.delete().expect_ok();
+}
+
+#[test]
+fn list_formats() {
+    require_root!();
+    let c = Container::new("life-list", Bundle::new(&["sleep", "100"]));
+    c.create().expect_ok();
+    let t = rt(&["list"]);
+    t.expect_ok();
+    let header = t.stdout.lines().next().unwrap_or_default();
+    for col in ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"] {
+        assert!(header.contains(col), "table header lacks {col}: {t}");
+    }
+    let line = t.stdout.lines().find(|l| l.starts_with(&c.id)).unwrap_or_else(|| panic!("{t}"));
+    assert!(line.contains("created"), "{line}");
+    let j = rt(&["list", "--format", "json"]);
+    j.expect_ok();
+    let v = j.json();
+    let me = v.as_array().unwrap().iter().find(|e| e["id"] == c.id.as_str()).unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(me["status"], "created");
+    assert!(me["pid"].as_i64().unwrap() > 0);
+    assert!(me["bundle"].is_string());
+    let q = rt(&["list", "-q"]);
+    q.expect_ok();
+    assert!(q.stdout.lines().any(|l| l.trim() == c.id), "{q}");
+    assert!(q.stdout.lines().all(|l| !l.contains(' ')), "{q}");
+}
+
+#[test]
+fn ps_json() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("sleep 100 & sleep 100 & wait");
+    let c = Container::new("life-ps", b);
+    c.create_start();
+    let pid = c.pid();
+    let pids = wait_for(Duration::from_secs(10), || {
+        let o = c.rt(&["ps", "--format", "json", &c.id]);
+        o.expect_ok();
+        let v = o.json();
+        let a: Vec<i64> = v.as_array().unwrap().iter().filter_map(|x| x.as_i64()).collect();
+        (a.len() >= 3).then_some(a)
+    })
+    .expect("ps shows init and two children");
+    assert!(pids.contains(&(pid as i64)), "{pids:?} lacks {pid}");
+    let table = c.rt(&["ps", &c.id]);
+    table.expect_ok();
+    assert!(table.stdout.contains("sleep"), "{table}");
+}
+
+fn kill_and_expect(sig: &str, code: i32) {
+    let mut b = Bundle::new(&[]);
+    b.sh(LOOP);
+    let c = std::sync::Arc::new(Container::new("life-kill", b));
+    let c2 = c.clone();
+    let h = std::thread::spawn(move || c2.run());
+    assert!(
+        wait_for(Duration::from_secs(20), || (c.status().as_deref() == Some("running")).then_some(())).is_some(),
+        "container never ran"
+    );
+    std::thread::sleep(Duration::from_millis(300)); // let the shell install its trap
+    c.kill(sig).expect_ok();
+    let o = h.join().unwrap();
+    assert_eq!(o.code, code, "after kill {sig}: {o}");
+}
+
+#[test]
+fn kill_by_name_and_number() {
+    require_root!();
+    kill_and_expect("TERM", 3);
+    kill_and_expect("SIGTERM", 3);
+    kill_and_expect("15", 3);
+    kill_and_expect("KILL", 137);
+    kill_and_expect("9", 137);
+}
+
+#[test]
+fn kill_default_is_sigterm() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh(LOOP);
+    let c = Container::new("life-killdef", b);
+    c.create_start();
+    std::thread::sleep(Duration::from_millis(300));
+    c.rt(&["kill", &c.id]).expect_ok();
+    c.wait_stopped(20);
+}
+
+#[test]
+fn kill_all() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("sleep 1000 & sleep 1000 & wait");
+    let c = Container::new("life-killall", b);
+    c.create_start();
+    let pids = wait_for(Duration::from_secs(10), || {
+        let v = c.rt(&["ps", "--format", "json", &c.id]).json();
+        let a: Vec<i32> = v.as_array().unwrap().iter().filter_map(|x| x.as_i64()).map(|x| x as i32).collect();
+        (a.len() >= 3).then_some(a)
+    })
+    .unwrap();
+    c.rt(&["kill", "--all", &c.id, "KILL"]).expect_ok();
+    c.wait_stopped(20);
+    let gone = wait_for(Duration::from_secs(10), || pids.iter().all(|p| !pid_alive(*p)).then_some(()));
+    assert!(gone.is_some(), "processes left after kill --all: {pids:?}");
+}
+
+#[test]
+fn delete_semantics() {
+    require_root!();
+    // created: delete without --force works
+    let c = Container::new("life-delc", Bundle::new(&["sleep", "100"]));
+    c.create().expect_ok();
+    let pid = c.pid();
+    c.delete().expect_ok();
+    assert!(wait_for(Duration::from_secs(10), || (!pid_alive(pid)).then_some(())).is_some());
+    c.rt(&["state", &c.id]).expect_fail();
+
+    // running: delete fails, delete --force works and kills it
+    let c = Container::new("life-delr", Bundle::new(&["sleep", "100"]));
+    c.create_start();
+    let pid = c.pid();
+    c.delete().expect_fail();
+    assert_eq!(c.status().as_deref(), Some("running"));
+    c.rt(&["delete", "--force", &c.id]).expect_ok();
+    assert!(wait_for(Duration::from_secs(10), || (!pid_alive(pid)).then_some(())).is_some());
+    c.rt(&["state", &c.id]).expect_fail();
+
+    // delete of an unknown id fails; with --force it succeeds
+    rt(&["delete", "pit-no-such-container"]).expect_fail();
+    rt(&["delete", "--force", "pit-no-such-container"]).expect_ok();
+}
+
+#[test]
+fn delete_half_made() {
+    require_root!();
+    // init killed from outside before start
+    let c = Container::new("life-half1", Bundle::new(&["sleep", "100"]));
+    c.create().expect_ok();
+    let pid = c.pid();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(10), || (!pid_alive(pid)).then_some(())).is_some());
+    c.wait_stopped(10);
+    c.delete().expect_ok();
+    c.rt(&["state", &c.id]).expect_fail();
+
+    // a state directory without state (an aborted create): delete --force cleans it
+    let id = unique_id("life-half2");
+    let dir = std::path::Path::new(ROOT).join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    rt(&["delete", "--force", &id]).expect_ok();
+    assert!(!dir.exists(), "{} left after delete --force", dir.display());
+}
+
+#[test]
+fn pause_resume() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done");
+    let c = Container::new("life-pause", b);
+    c.create_start();
+    let count = c.bundle.rootfs().join("tmp/count");
+    let read = || std::fs::read_to_string(&count).unwrap_or_default();
+    assert!(wait_for(Duration::from_secs(10), || (!read().is_empty()).then_some(())).is_some());
+    c.rt(&["pause", &c.id]).expect_ok();
+    assert_eq!(c.status().as_deref(), Some("paused"));
+    let st = c.state();
+    assert_eq!(st["status"], "paused");
+    std::thread::sleep(Duration::from_millis(200));
+    let a = read();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a, read(), "counter moved while paused");
+    // delete without force of a paused container fails
+    c.delete().expect_fail();
+    c.rt(&["resume", &c.id]).expect_ok();
+    assert_eq!(c.status().as_deref(), Some("running"));
+    let a = read();
+    assert!(
+        wait_for(Duration::from_secs(5), || (read() != a).then_some(())).is_some(),
+        "counter did not move after resume"
+    );
+}
+
+#[test]
+fn events_stats() {
+    require_root!();
+    let c = Container::new("life-events", Bundle::new(&["sleep", "100"]));
+    c.create_start();
+    let o = c.rt(&["events", "--stats", &c.id]);
+    o.expect_ok();
+    let line = o.stdout.lines().find(|l| !l.trim().is_empty()).unwrap_or_else(|| panic!("{o}"));
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {o}"));
+    assert_eq!(v["type"], "stats", "{v}");
+    assert_eq!(v["id"], c.id.as_str(), "{v}");
+    assert!(v["data"].is_object(), "{v}");
+    assert!(v["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{v}");
+}
+
+#[test]
+fn update_pids_and_memory() {
+    require_root!();
+    let c = Container::new("life-update", Bundle::new(&["sleep", "100"]));
+    c.create_start();
+    let pid = c.pid();
+    c.rt(&["update", "--pids-limit", "57", &c.id]).expect_ok();
+    assert_eq!(cgroup::read(pid, "pids", "pids.max").as_deref(), Some("57"));
+    c.rt(&["update", "--memory", "96M", "--memory-swap", "96M", &c.id]).expect_ok();
+    let mem = if cgroup::is_unified() {
+        cgroup::read(pid, "memory", "memory.max")
+    } else {
+        cgroup::read(pid, "memory", "memory.limit_in_bytes")
+    };
+    assert_eq!(mem.as_deref(), Some("100663296"));
+    // resources from a JSON file
+    let f = c.bundle.file("res.json");
+    std::fs::write(&f, r#"{"pids": {"limit": 61}}"#).unwrap();
+    c.rt(&["update", "-r", f.to_str().unwrap(), &c.id]).expect_ok();
+    assert_eq!(cgroup::read(pid, "pids", "pids.max").as_deref(), Some("61"));
+    // and from stdin
+    let o = c.cmd().args(["update", "-r", "-", &c.id]).stdin(r#"{"pids": {"limit": 63}}"#).run();
+    o.expect_ok();
+    assert_eq!(cgroup::read(pid, "pids", "pids.max").as_deref(), Some("63"));
+}
+
+#[test]
+fn spec_and_rootless_spec() {
+    require_root!();
+    let d = tempfile::tempdir().unwrap();
+    let o = Cmd::runtime(ROOT).arg("spec").cwd(d.path()).run();
+    o.expect_ok();
+    let v: Value = serde_json::from_slice(&std::fs::read(d.path().join("config.json")).unwrap()).unwrap();
+    assert!(v["ociVersion"].as_str().unwrap().starts_with("1."), "{v}");
+    assert_eq!(v["root"]["path"], "rootfs");
+    assert!(v["process"]["args"].is_array());
+    assert!(v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "mount"));
+    // refuses to overwrite
+    Cmd::runtime(ROOT).arg("spec").cwd(d.path()).run().expect_fail();
+
+    let d2 = tempfile::tempdir().unwrap();
+    let b = d2.path().display().to_string();
+    rt(&["spec", "--rootless", "--bundle", &b]).expect_ok();
+    let v: Value = serde_json::from_slice(&std::fs::read(d2.path().join("config.json")).unwrap()).unwrap();
+    assert!(v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "user"), "{v}");
+    assert!(v["linux"]["uidMappings"].as_array().map(|a| !a.is_empty()).unwrap_or(false), "{v}");
+}
+
+#[test]
+fn spec_output_runs() {
+    require_root!();
+    // the config `spec` writes, with args and terminal changed, runs a container
+    let b = Bundle::new(&[]);
+    rt(&["spec", "--bundle", &b.path_str()]).expect_ok();
+    let mut v: Value = serde_json::from_slice(&std::fs::read(b.file("config.json")).unwrap()).unwrap();
+    v["process"]["args"] = json!(["sh", "-c", "echo from-spec"]);
+    v["process"]["terminal"] = json!(false);
+    let mut b = b;
+    b.config = v;
+    let c = Container::new("life-spec", b);
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}");
+    assert!(c.output().contains("from-spec"));
+}
+
+#[test]
+fn features_json() {
+    require_root!();
+    let o = rt(&["features"]);
+    o.expect_ok();
+    let v = o.json();
+    assert!(v["ociVersionMin"].is_string(), "{v}");
+    assert!(v["ociVersionMax"].is_string(), "{v}");
+    let hooks: Vec<&str> = v["hooks"].as_array().unwrap().iter().filter_map(|h| h.as_str()).collect();
+    for h in ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"] {
+        assert!(hooks.contains(&h), "features lacks hook {h}: {v}");
+    }
+    assert!(v["mountOptions"].is_array(), "{v}");
+    let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().filter_map(|h| h.as_str()).collect();
+    for n in ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"] {
+        assert!(ns.contains(&n), "features lacks namespace {n}: {v}");
+    }
+    assert!(v["linux"]["capabilities"].is_array(), "{v}");
+}
+
+#[test]
+fn version() {
+    require_root!();
+    let o = rt(&["--version"]);
+    o.expect_ok();
+    assert!(o.stdout.contains("version"), "{o}");
+    assert!(o.stdout.contains("spec"), "{o}");
+}
+
+#[test]
+fn log_json_lines() {
+    require_root!();
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("log.json");
+    let l = log.display().to_string();
+    let o = rt(&["--log", &l, "--log-format", "json", "state", "pit-does-not-exist"]);
+    o.expect_fail();
+    let text = std::fs::read_to_string(&log).expect("log file written");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "empty log");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["msg"].is_string() && v["time"].is_string(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"error\"")), "{text}");
+
+    // --debug with a successful command writes debug lines that are JSON too
+    let log2 = d.path().join("log2.json");
+    let l2 = log2.display().to_string();
+    let c = Container::new("life-log", Bundle::new(&["true"]));
+    let o = c.cmd().args(["--debug", "--log", &l2, "--log-format", "json", "run", "--bundle", &c.bundle.path_str(), &c.id]).run();
+    o.expect_ok();
+    if let Ok(text) = std::fs::read_to_string(&log2) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line not JSON ({e}): {line}"));
+            assert!(v["level"].is_string() && v["msg"].is_string(), "{line}");
+        }
+    }
+}
+
+#[test]
+fn pid_file() {
+    require_root!();
+    let c = Container::new("life-pidf", Bundle::new(&["sleep", "100"]));
+    let pf = c.bundle.file("init.pid");
+    c.create_with(&["--pid-file", pf.to_str().unwrap()]).expect_ok();
+    let text = std::fs::read_to_string(&pf).expect("pid file");
+    let p: i32 = text.trim().parse().unwrap_or_else(|_| panic!("pid file holds {text:?}"));
+    assert_eq!(p, c.pid());
+    // relative pid file path is relative to the caller's cwd
+    let c2 = Container::new("life-pidf2", Bundle::new(&["sleep", "100"]));
+    let o = c2
+        .cmd()
+        .args(["create", "--bundle", &c2.bundle.path_str(), "--pid-file", "rel.pid", &c2.id])
+        .cwd(c2.bundle.path())
+        .run();
+    o.expect_ok();
+    let text = std::fs::read_to_string(c2.bundle.file("rel.pid")).expect("relative pid file");
+    assert_eq!(text.trim().parse::<i32>().unwrap(), c2.pid());
+}
+
+#[test]
+fn long_root_and_long_id() {
+    require_root!();
+    // ~80-character --root and a 64-character id: socket paths must still fit
+    let mut root = String::from("/run/pit-long-root-");
+    while root.len() < 80 {
+        root.push('x');
+    }
+    let mut id = unique_id("long");
+    while id.len() < 64 {
+        id.push('z');
+    }
+    id.truncate(64);
+    let mut b = Bundle::new(&[]);
+    b.sh("echo long-ok; sleep 100");
+    let c = Container::with_id(id.clone(), &root, b);
+    c.create().expect_ok();
+    c.start().expect_ok();
+    assert!(c.wait_output("long-ok", 10));
+    assert_eq!(c.state()["id"], id.as_str());
+    let o = c.exec(&[], &["echo", "exec-ok"]);
+    o.expect_ok();
+    assert!(o.stdout.contains("exec-ok"));
+    c.kill("KILL").expect_ok();
+    c.wait_stopped(10);
+    c.delete().expect_ok();
+    drop(c);
+    let _ = std::fs::remove_dir(&root);
+}
