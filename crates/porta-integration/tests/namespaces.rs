@@ -1,0 +1,294 @@
+//! Namespaces: each one made (or not) as the config says, joined by path, user
+//! namespaces with mappings, hostname/domainname, and the thesis' isolation checks
+//! (`ps`, `df`, `ifconfig`/`ip link`, `..` at the root).
+
+use porta_integration::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const NS_NAMES: [&str; 8] = ["pid", "mnt", "ipc", "uts", "net", "cgroup", "user", "time"];
+
+fn host_ns() -> HashMap<String, String> {
+    NS_NAMES
+        .iter()
+        .filter_map(|n| {
+            std::fs::read_link(format!("/proc/self/ns/{n}"))
+                .ok()
+                .map(|l| (n.to_string(), l.display().to_string()))
+        })
+        .collect()
+}
+
+const PRINT_NS: &str = "for n in pid mnt ipc uts net cgroup user time; do echo \"$n $(readlink /proc/self/ns/$n)\"; done";
+
+fn parse_ns(out: &str) -> HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn run_ns(tag: &str, b: Bundle) -> HashMap<String, String> {
+    let c = Container::new(tag, b);
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}");
+    parse_ns(&c.output())
+}
+
+#[test]
+fn each_namespace_is_new_when_asked() {
+    require_root!();
+    let host = host_ns();
+    let mut b = Bundle::new(&[]);
+    b.sh(PRINT_NS);
+    b.namespace("cgroup", None);
+    let inside = run_ns("ns-all", b);
+    for n in ["pid", "mnt", "ipc", "uts", "net", "cgroup"] {
+        assert_ne!(inside.get(n), host.get(n), "{n} namespace not new: {inside:?}");
+        assert!(inside.contains_key(n), "{n} missing: {inside:?}");
+    }
+    // not asked for: shared with the host
+    assert_eq!(inside.get("user"), host.get("user"));
+}
+
+#[test]
+fn namespaces_not_asked_for_are_shared() {
+    require_root!();
+    let host = host_ns();
+    let mut b = Bundle::new(&[]);
+    b.sh(PRINT_NS);
+    for n in ["pid", "ipc", "uts", "network"] {
+        b.remove_namespace(n);
+    }
+    // without a new uts namespace no hostname may be set; without a new net
+    // namespace sysfs cannot be mounted fresh: bind it instead, as engines do
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.remove_mount("/sys").remove_mount("/sys/fs/cgroup");
+    b.mount(json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "ro", "nosuid", "noexec", "nodev"]}));
+    let inside = run_ns("ns-none", b);
+    for n in ["pid", "ipc", "uts", "net", "cgroup", "user"] {
+        assert_eq!(inside.get(n), host.get(n), "{n} namespace unexpectedly new");
+    }
+    assert_ne!(inside.get("mnt"), host.get("mnt"));
+}
+
+#[test]
+fn pid_namespace_ps_sees_only_container() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("sleep 100 & echo pid=$$; ps -o pid,comm");
+    let c = Container::new("ns-ps", b);
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}");
+    let out = c.output();
+    assert!(out.contains("pid=1"), "shell is not PID 1: {out}");
+    let procs: Vec<&str> = out.lines().skip_while(|l| !l.contains("PID")).skip(1).collect();
+    assert!(procs.len() <= 4, "ps shows more than the container's processes: {out}");
+    assert!(procs.iter().any(|l| l.contains("sleep")), "{out}");
+    // the host has far more processes than that
+    let host_count = std::fs::read_dir("/proc").unwrap().flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .count();
+    assert!(host_count > procs.len());
+}
+
+#[test]
+fn uts_hostname() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("cat /proc/sys/kernel/hostname; hostname");
+    b.hostname("pit-host");
+    let c = Container::new("ns-uts", b);
+    assert_eq!(c.run().code, 0);
+    let out = c.output();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["pit-host", "pit-host"], "{out}");
+    // the host's name is untouched
+    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pit-host");
+}
+
+#[test]
+fn uts_domainname() {
+    require_root!();
+    porta_only!("runc 1.1 ignores the domainname field (added in runc 1.2)");
+    let mut b = Bundle::new(&[]);
+    b.sh("cat /proc/sys/kernel/hostname /proc/sys/kernel/domainname");
+    b.hostname("pit-host");
+    b.config["domainname"] = json!("pit.example");
+    let c = Container::new("ns-domain", b);
+    assert_eq!(c.run().code, 0);
+    let out = c.output();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["pit-host", "pit.example"], "{out}");
+    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/domainname").unwrap().trim(), "pit.example");
+}
+
+#[test]
+fn net_namespace_shows_only_loopback() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("ip -o link; echo ---; ifconfig -a");
+    let c = Container::new("ns-net", b);
+    assert_eq!(c.run().code, 0);
+    let out = c.output();
+    let (ip, ifc) = out.split_once("---").unwrap();
+    let links: Vec<&str> = ip.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(links.len(), 1, "ip link shows more than lo: {out}");
+    assert!(links[0].contains("lo"), "{out}");
+    let ifaces: Vec<&str> = ifc
+        .lines()
+        .filter(|l| !l.starts_with(' ') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ifaces, ["lo"], "ifconfig -a shows more than lo: {out}");
+}
+
+#[test]
+fn mount_namespace_df_shows_only_container() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("df; echo ---; cat /proc/mounts");
+    let c = Container::new("ns-df", b);
+    assert_eq!(c.run().code, 0);
+    let out = c.output();
+    let (df, mounts) = out.split_once("---").unwrap();
+    let allowed = |p: &str| p == "/" || p.starts_with("/proc") || p.starts_with("/dev") || p.starts_with("/sys");
+    for l in mounts.lines().filter(|l| !l.trim().is_empty()) {
+        let mp = l.split_whitespace().nth(1).unwrap_or("");
+        assert!(allowed(mp), "container sees foreign mount {mp}: {out}");
+    }
+    for l in df.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let mp = l.split_whitespace().last().unwrap_or("");
+        assert!(allowed(mp), "df shows foreign mount {mp}: {out}");
+    }
+    assert!(!df.contains(BUNDLES), "df shows the bundle path: {df}");
+}
+
+#[test]
+fn dotdot_at_root_stays_at_root() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("cd /; cd ..; cd ../..; pwd; ls -di / | cut -d' ' -f1; ls -di /../.. | cut -d' ' -f1; cat /../../../etc/hostname; ls /../../..");
+    let c = Container::new("ns-dotdot", b);
+    std::fs::write(c.bundle.rootfs().join("etc/hostname"), "inside-root\n").unwrap();
+    std::fs::write(c.bundle.rootfs().join("marker-file"), "").unwrap();
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}");
+    let out = c.output();
+    let l: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(l[0], "/", "{out}");
+    assert_eq!(l[1], l[2], "/ and /../.. differ: {out}");
+    assert_eq!(l[3], "inside-root", "{out}");
+    assert!(l.contains(&"marker-file"), "{out}");
+    assert!(!l.contains(&"pit-bundles"), "{out}");
+}
+
+#[test]
+fn cgroup_namespace_root_is_container_cgroup() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("cat /proc/self/cgroup");
+    b.namespace("cgroup", None);
+    let c = Container::new("ns-cgroup", b);
+    assert_eq!(c.run().code, 0);
+    let out = c.output();
+    for l in out.lines().filter(|l| !l.is_empty()) {
+        let path = l.splitn(3, ':').nth(2).unwrap_or("");
+        assert_eq!(path, "/", "cgroup path not virtualised: {out}");
+    }
+}
+
+#[test]
+fn user_namespace_with_mappings() {
+    require_root!();
+    let host_uid = 200000u32;
+    let mut b = Bundle::new(&[]);
+    b.sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; touch /tmp/made-inside; sleep 100");
+    b.user_ns(host_uid, 65536);
+    // the container's root must own its files through the mapping
+    let o = cmd::host("chown", &["-R", "-h", &format!("{host_uid}:{host_uid}"), b.rootfs().to_str().unwrap()]);
+    o.expect_ok();
+    let c = Container::new("ns-user", b);
+    c.create_start();
+    assert!(c.wait_output("\n0\n0\n", 10) || c.wait_output("0\n0\n", 1), "{}", c.output());
+    let out = c.output();
+    let maps: Vec<Vec<&str>> = out.lines().take(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(maps[0], ["0", &host_uid.to_string(), "65536"], "{out}");
+    assert_eq!(maps[1], ["0", &host_uid.to_string(), "65536"], "{out}");
+    // seen from the host, the container's root is the mapped id
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.split_whitespace().nth(1) == Some(&host_uid.to_string()), "{uid_line}");
+    let f = c.bundle.rootfs().join("tmp/made-inside");
+    assert!(wait_for(Duration::from_secs(5), || f.exists().then_some(())).is_some());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&f).unwrap().uid(), host_uid);
+    let ns = std::fs::read_link(format!("/proc/{}/ns/user", c.pid())).unwrap();
+    assert_ne!(ns, std::fs::read_link("/proc/self/ns/user").unwrap());
+}
+
+#[test]
+fn join_namespaces_by_path() {
+    require_root!();
+    let mut a = Bundle::new(&["sleep", "100"]);
+    a.hostname("pit-alpha");
+    a.namespace("cgroup", None);
+    let a = Container::new("ns-joina", a);
+    a.create_start();
+    let apid = a.pid();
+    let mut b = Bundle::new(&[]);
+    b.sh(&format!("{PRINT_NS}; cat /proc/sys/kernel/hostname"));
+    b.config.as_object_mut().unwrap().remove("hostname");
+    for (ty, name) in [("network", "net"), ("uts", "uts"), ("ipc", "ipc")] {
+        b.namespace(ty, Some(&format!("/proc/{apid}/ns/{name}")));
+    }
+    let c = Container::new("ns-joinb", b);
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}");
+    let out = c.output();
+    let inside = parse_ns(&out);
+    for n in ["net", "uts", "ipc"] {
+        let a_ns = std::fs::read_link(format!("/proc/{apid}/ns/{n}")).unwrap().display().to_string();
+        assert_eq!(inside.get(n), Some(&a_ns), "{n} not joined: {out}");
+    }
+    let a_pid_ns = std::fs::read_link(format!("/proc/{apid}/ns/pid")).unwrap().display().to_string();
+    assert_ne!(inside.get("pid"), Some(&a_pid_ns), "pid namespace should be new");
+    assert!(out.lines().any(|l| l == "pit-alpha"), "{out}");
+}
+
+#[test]
+fn join_pid_namespace_by_path() {
+    require_root!();
+    let a = Container::new("ns-pida", Bundle::new(&["sleep", "100"]));
+    a.create_start();
+    let apid = a.pid();
+    let mut b = Bundle::new(&[]);
+    b.sh("ps -o pid,comm");
+    b.namespace("pid", Some(&format!("/proc/{apid}/ns/pid")));
+    let c = Container::new("ns-pidb", b);
+    assert_eq!(c.run().code, 0);
+    let out = c.output();
+    assert!(out.contains("sleep"), "joined pid namespace does not show A's sleep: {out}");
+}
+
+#[test]
+fn time_namespace_offsets() {
+    require_root!();
+    if !kernel_has_ns("time") {
+        eprintln!("SKIP: kernel has no time namespace");
+        return;
+    }
+    porta_only!("runc 1.1 does not support the time namespace");
+    let mut b = Bundle::new(&[]);
+    b.sh("cat /proc/uptime; readlink /proc/self/ns/time");
+    b.namespace("time", None);
+    b.config["linux"]["timeOffsets"] = json!({"monotonic": {"secs": 864000, "nanosecs": 0}, "boottime": {"secs": 864000, "nanosecs": 0}});
+    let c = Container::new("ns-time", b);
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}");
+    let out = c.output();
+    let up: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(up >= 864000.0, "boottime offset not applied: {out}");
+    assert_ne!(out.lines().nth(1).unwrap_or(""), std::fs::read_link("/proc/self/ns/time").unwrap().to_str().unwrap());
+}
