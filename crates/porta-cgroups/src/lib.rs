@@ -1,1 +1,975 @@
 //! The container's cgroups: one group per container with the `payload/` and `porta/` leaves.
+//!
+//! # Layout
+//!
+//! For every container Porta makes one *container group* at the config's
+//! `linux.cgroupsPath` (resolved as runc resolves it, see [`CgroupsPath`]) in every cgroup
+//! hierarchy the host has, and two leaves below it:
+//!
+//! ```text
+//! <hierarchy>/<cgroupsPath>/          the container group: all resource limits go here
+//! <hierarchy>/<cgroupsPath>/payload/  the container's own processes (pause, `kill --all`,
+//!                                     `ps` and OOM accounting act here)
+//! <hierarchy>/<cgroupsPath>/porta/    Porta's servers for this container (file server,
+//!                                     translators, supervisor helpers)
+//! ```
+//!
+//! Both leaves count against the container's limits, so a container cannot escape its memory
+//! or pids limit through its servers, and its servers are never frozen with it. On cgroup v2
+//! the container group holds no process itself (processes live only in leaves, as v2
+//! requires once controllers are enabled for children).
+//!
+//! # Hosts
+//!
+//! * cgroup v2 only: one directory per level in the unified hierarchy; the controllers the
+//!   parent offers are enabled in `cgroup.subtree_control` down to the container group.
+//! * cgroup v1 (legacy), and hybrid hosts (v1 controllers plus a cgroup2 mount, which may
+//!   itself carry controllers — hugetlb on the development machines): a group in every
+//!   hierarchy, including named ones (`name=systemd`) and the cgroup2 one. New v1 cpuset
+//!   groups get `cpuset.cpus`/`cpuset.mems` from their parent. Each controller is used
+//!   where it is mounted, even when `cpu` and `cpuacct` are separate mounts.
+//!
+//! # What does what
+//!
+//! * Limits on cgroup v2 are written by youki's `libcgroups` v2 manager (memory, cpu with
+//!   its shares → weight conversion, cpuset, io, pids, hugetlb, the `unified` map).
+//! * Limits on cgroup v1, directory creation, the freezer, statistics (in runc's
+//!   `events --stats` shape), and removal are written here (see the module docs of `v1` for
+//!   why libcgroups' v1 manager does not fit).
+//!
+//! # State
+//!
+//! [`ContainerCgroup::state`] returns a [`CgroupState`] (serde) naming every directory, so
+//! that later commands (`porta update`, `events`, `pause`, `ps`, `kill`, `delete`) reopen the
+//! same groups with [`ContainerCgroup::open`] without resolving paths again.
+
+#![deny(missing_docs)]
+
+mod error;
+mod fsutil;
+mod path;
+mod setup;
+pub mod stats;
+mod v1;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcgroups::common::{CgroupManager, ControllerOpt};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources};
+use serde::{Deserialize, Serialize};
+
+pub use error::{Error, Result};
+pub use path::CgroupsPath;
+pub use setup::{detect, CgroupMode, CgroupSetup, CgroupVersion, Hierarchy};
+pub use stats::Stats;
+
+/// Name of the leaf that holds the container's own processes.
+pub const PAYLOAD: &str = "payload";
+/// Name of the leaf that holds Porta's servers for the container.
+pub const SERVERS: &str = "porta";
+
+/// How long [`ContainerCgroup::freeze`] and [`ContainerCgroup::thaw`] wait for the freezer.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`ContainerCgroup::destroy`] waits for killed processes to leave a group.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`ContainerCgroup::create`] needs to know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupConfig {
+    /// The config's `linux.cgroupsPath`, as given (`None` or empty: runc's default).
+    pub cgroups_path: Option<PathBuf>,
+    /// The container id (the default group name).
+    pub container_id: String,
+    /// Whether `--systemd-cgroup` was given (the `slice:prefix:name` form).
+    pub systemd: bool,
+    /// Whether the runtime runs rootless: hierarchies it may not write to are skipped.
+    pub rootless: bool,
+}
+
+/// One of the container's group directories, in one hierarchy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CgroupDir {
+    /// v1 or v2.
+    pub version: CgroupVersion,
+    /// The hierarchy's controllers (v2: those of its root).
+    pub controllers: Vec<String>,
+    /// Where the hierarchy is mounted.
+    pub mount_point: PathBuf,
+    /// The container group as a path from the hierarchy's root (`/porta/abc`).
+    pub cgroup_path: PathBuf,
+    /// The container group's directory (`/sys/fs/cgroup/memory/porta/abc`).
+    pub path: PathBuf,
+}
+
+impl CgroupDir {
+    fn has(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+}
+
+/// Everything later commands need to reopen a container's groups; stored in state.json.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CgroupState {
+    /// The container.
+    pub container_id: String,
+    /// The host's layout when the groups were made.
+    pub mode: CgroupMode,
+    /// Whether the container is rootless.
+    pub rootless: bool,
+    /// The container group in every hierarchy used.
+    pub dirs: Vec<CgroupDir>,
+}
+
+/// A container's cgroups: the container group and its `payload/` and `porta/` leaves in
+/// every hierarchy. Dropping it leaves the groups in place; [`ContainerCgroup::destroy`]
+/// removes them.
+#[derive(Debug)]
+pub struct ContainerCgroup {
+    st: CgroupState,
+}
+
+enum Freezer {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+impl ContainerCgroup {
+    /// Makes the container's group and its `payload/` and `porta/` leaves on this host.
+    /// On failure, every directory made so far is removed again.
+    pub fn create(cfg: &CgroupConfig) -> Result<Self> {
+        let spec = CgroupsPath::parse(cfg)?;
+        if matches!(spec, CgroupsPath::Systemd { .. }) {
+            return Err(systemd_error(cfg, &spec, Path::new("/run/systemd/system")));
+        }
+        let setup = detect()?;
+        Self::create_in(&setup, cfg)
+    }
+
+    /// Like [`ContainerCgroup::create`], on a given layout (a fake hierarchy in tests).
+    pub fn create_in(setup: &CgroupSetup, cfg: &CgroupConfig) -> Result<Self> {
+        let spec = CgroupsPath::parse(cfg)?;
+        if matches!(spec, CgroupsPath::Systemd { .. }) {
+            return Err(systemd_error(cfg, &spec, Path::new("/run/systemd/system")));
+        }
+        let mut made: Vec<PathBuf> = Vec::new();
+        let mut dirs = Vec::new();
+        for h in &setup.hierarchies {
+            let cgroup_path = spec.in_hierarchy(h, setup.mode);
+            let dir = h.dir_of(&cgroup_path);
+            let res = match h.version {
+                CgroupVersion::V1 => make_v1(h, &dir, &mut made),
+                CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made),
+            };
+            match res {
+                Ok(()) => dirs.push(CgroupDir {
+                    version: h.version,
+                    controllers: h.controllers.clone(),
+                    mount_point: h.mount_point.clone(),
+                    cgroup_path,
+                    path: dir,
+                }),
+                Err(e) if cfg.rootless && is_permission_error(&e) => {
+                    tracing::warn!(
+                        "rootless: no cgroup in the {} hierarchy ({e}); its limits cannot apply",
+                        h.controllers.join(",")
+                    );
+                }
+                Err(e) => {
+                    for d in made.iter().rev() {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        tracing::debug!(container = %cfg.container_id, ?dirs, "cgroups created");
+        Ok(ContainerCgroup {
+            st: CgroupState {
+                container_id: cfg.container_id.clone(),
+                mode: setup.mode,
+                rootless: cfg.rootless,
+                dirs,
+            },
+        })
+    }
+
+    /// Reopens groups made earlier (by another command) from their saved state.
+    pub fn open(state: &CgroupState) -> Result<Self> {
+        Ok(ContainerCgroup { st: state.clone() })
+    }
+
+    /// What to save to reopen these groups later.
+    pub fn state(&self) -> CgroupState {
+        self.st.clone()
+    }
+
+    /// The container group in every hierarchy.
+    pub fn dirs(&self) -> &[CgroupDir] {
+        &self.st.dirs
+    }
+
+    /// Applies the config's `linux.resources` to the container group (both leaves count
+    /// against them), including device rules on cgroup v1.
+    pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        self.set(r, false)
+    }
+
+    /// Changes limits of a running container (`porta update`): like
+    /// [`ContainerCgroup::apply`], but device rules are left alone, as in runc.
+    pub fn update(&self, r: &LinuxResources) -> Result<()> {
+        self.set(r, true)
+    }
+
+    /// Moves process `pid` into `payload/` in every hierarchy.
+    pub fn add_payload(&self, pid: i32) -> Result<()> {
+        self.add(PAYLOAD, pid)
+    }
+
+    /// Moves process `pid` (one of Porta's servers) into `porta/` in every hierarchy.
+    pub fn add_server(&self, pid: i32) -> Result<()> {
+        self.add(SERVERS, pid)
+    }
+
+    /// The `cgroup.procs` file of `payload/` in every hierarchy: a freshly forked child
+    /// joins by writing `0` to each.
+    pub fn payload_procs_files(&self) -> Vec<PathBuf> {
+        self.procs_files(PAYLOAD)
+    }
+
+    /// The `cgroup.procs` file of `porta/` in every hierarchy.
+    pub fn server_procs_files(&self) -> Vec<PathBuf> {
+        self.procs_files(SERVERS)
+    }
+
+    /// Freezes the container's processes (`payload/` only; Porta's servers keep running)
+    /// and waits until the kernel reports them frozen.
+    pub fn freeze(&self) -> Result<()> {
+        match self.freezer()? {
+            Freezer::V1(d) => {
+                let f = d.join("freezer.state");
+                let start = Instant::now();
+                loop {
+                    fsutil::write(&f, "FROZEN")?;
+                    let state = fsutil::read(&f)?.trim().to_string();
+                    if state == "FROZEN" {
+                        return Ok(());
+                    }
+                    if start.elapsed() > FREEZE_TIMEOUT {
+                        let _ = fsutil::write(&f, "THAWED");
+                        return Err(Error::FreezeTimeout {
+                            path: d,
+                            wanted: "frozen",
+                            waited_ms: FREEZE_TIMEOUT.as_millis() as u64,
+                            state,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            Freezer::V2(d) => {
+                fsutil::write(&d.join("cgroup.freeze"), "1")?;
+                if let Err(e) = wait_v2_frozen(&d, true) {
+                    let _ = fsutil::write(&d.join("cgroup.freeze"), "0");
+                    return Err(e);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Thaws the container's processes and waits until the kernel reports them thawed.
+    pub fn thaw(&self) -> Result<()> {
+        match self.freezer()? {
+            Freezer::V1(d) => {
+                let f = d.join("freezer.state");
+                let start = Instant::now();
+                loop {
+                    fsutil::write(&f, "THAWED")?;
+                    let state = fsutil::read(&f)?.trim().to_string();
+                    if state == "THAWED" {
+                        return Ok(());
+                    }
+                    if start.elapsed() > FREEZE_TIMEOUT {
+                        return Err(Error::FreezeTimeout {
+                            path: d,
+                            wanted: "thawed",
+                            waited_ms: FREEZE_TIMEOUT.as_millis() as u64,
+                            state,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            Freezer::V2(d) => {
+                fsutil::write(&d.join("cgroup.freeze"), "0")?;
+                wait_v2_frozen(&d, false)
+            }
+        }
+    }
+
+    /// Whether the container's processes are frozen (a group still freezing is not).
+    pub fn is_frozen(&self) -> Result<bool> {
+        match self.freezer()? {
+            Freezer::V1(d) => Ok(fsutil::read(&d.join("freezer.state"))?.trim() == "FROZEN"),
+            Freezer::V2(d) => v2_frozen(&d),
+        }
+    }
+
+    /// The processes in `payload/` (and any group the container made below it), for `ps`
+    /// and `kill --all`.
+    pub fn payload_pids(&self) -> Result<Vec<i32>> {
+        match self.primary() {
+            Some(d) => fsutil::pids_recursive(&d.path.join(PAYLOAD)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Statistics of the container group (both leaves), in runc's `events --stats` shape.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut s = Stats::default();
+        if self.st.mode == CgroupMode::Unified {
+            let Some(d) = self.v2() else { return Ok(s) };
+            let p = &d.path;
+            s.cpu = stats::v2_cpu(p)?;
+            s.memory = stats::v2_memory(p)?;
+            s.pids = stats::pids(p)?;
+            s.blkio = stats::parse_io_stat(&fsutil::read_opt(&p.join("io.stat"))?.unwrap_or_default());
+            s.hugetlb = stats::v2_hugetlb(p)?;
+            return Ok(s);
+        }
+        if let Some(d) = self.v1_with("cpuacct") {
+            stats::v1_cpuacct(&d.path, &mut s.cpu)?;
+        }
+        if let Some(d) = self.v1_with("cpu") {
+            stats::v1_cpu(&d.path, &mut s.cpu)?;
+        }
+        if let Some(d) = self.v1_with("memory") {
+            s.memory = stats::v1_memory(&d.path)?;
+        }
+        if let Some(d) = self.v1_with("pids") {
+            s.pids = stats::pids(&d.path)?;
+        }
+        if let Some(d) = self.v1_with("blkio") {
+            s.blkio = stats::v1_blkio(&d.path)?;
+        }
+        if let Some(d) = self.v1_with("hugetlb") {
+            s.hugetlb = stats::v1_hugetlb(&d.path)?;
+        } else if let Some(d) = self.v2().filter(|d| d.has("hugetlb")) {
+            s.hugetlb = stats::v2_hugetlb(&d.path)?;
+        }
+        Ok(s)
+    }
+
+    /// How many processes of the container group the kernel's OOM killer has killed
+    /// (v2 `memory.events` `oom_kill`; v1 `memory.oom_control` `oom_kill`), 0 when unknown.
+    pub fn oom_kill_count(&self) -> Result<u64> {
+        let (dir, file) = if self.st.mode == CgroupMode::Unified {
+            match self.v2() {
+                Some(d) => (d.path.clone(), "memory.events"),
+                None => return Ok(0),
+            }
+        } else {
+            match self.v1_with("memory") {
+                Some(d) => (d.path.clone(), "memory.oom_control"),
+                None => return Ok(0),
+            }
+        };
+        let list = fsutil::read_flat_keyed(&dir.join(file))?;
+        Ok(fsutil::keyed(&list, "oom_kill").unwrap_or(0))
+    }
+
+    /// Kills what is left (the payload first, then Porta's servers), waits until every group
+    /// is empty and removes the directories in every hierarchy, deepest first (including
+    /// groups the container made below `payload/`). Safe to call again on a state whose
+    /// directories are already gone.
+    pub fn destroy(self) -> Result<()> {
+        let mut errors: Vec<Error> = Vec::new();
+        for leaf in [PAYLOAD, SERVERS, ""] {
+            if let Err(e) = self.kill_and_wait(leaf) {
+                errors.push(e);
+            }
+        }
+        let mut left = Vec::new();
+        for d in &self.st.dirs {
+            if let Err(e) = remove_tree(&d.path) {
+                left.push(d.path.clone());
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let first = errors.remove(0);
+        if left.is_empty() && errors.is_empty() {
+            return Err(first);
+        }
+        Err(Error::Destroy {
+            id: self.st.container_id.clone(),
+            first: Box::new(first),
+            others: left,
+        })
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn procs_files(&self, leaf: &str) -> Vec<PathBuf> {
+        self.st
+            .dirs
+            .iter()
+            .map(|d| d.path.join(leaf).join("cgroup.procs"))
+            .collect()
+    }
+
+    fn add(&self, leaf: &str, pid: i32) -> Result<()> {
+        for f in self.procs_files(leaf) {
+            fsutil::write(&f, &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn v1_with(&self, controller: &str) -> Option<&CgroupDir> {
+        self.st
+            .dirs
+            .iter()
+            .find(|d| d.version == CgroupVersion::V1 && d.has(controller))
+    }
+
+    fn v2(&self) -> Option<&CgroupDir> {
+        self.st.dirs.iter().find(|d| d.version == CgroupVersion::V2)
+    }
+
+    /// The hierarchy whose `cgroup.procs` files are read for pids.
+    fn primary(&self) -> Option<&CgroupDir> {
+        if self.st.mode == CgroupMode::Unified {
+            return self.v2();
+        }
+        ["freezer", "pids", "memory", "devices"]
+            .iter()
+            .find_map(|c| self.v1_with(c))
+            .or_else(|| self.st.dirs.first())
+    }
+
+    fn freezer(&self) -> Result<Freezer> {
+        if let Some(d) = self.v1_with("freezer") {
+            return Ok(Freezer::V1(d.path.join(PAYLOAD)));
+        }
+        if let Some(d) = self.v2() {
+            let leaf = d.path.join(PAYLOAD);
+            if leaf.join("cgroup.freeze").exists() {
+                return Ok(Freezer::V2(leaf));
+            }
+            return Err(Error::NoFreezer {
+                path: leaf,
+                reason: "there is no v1 freezer hierarchy and this kernel's cgroup v2 has no \
+                         cgroup.freeze (Linux >= 5.2 needed)"
+                    .into(),
+            });
+        }
+        Err(Error::NoFreezer {
+            path: PathBuf::from(PAYLOAD),
+            reason: "the container has no freezer cgroup".into(),
+        })
+    }
+
+    /// The controllers a set of resources needs, with the config field that needs each.
+    fn required(&self, r: &LinuxResources) -> Vec<(String, &'static str)> {
+        let v2 = self.st.mode == CgroupMode::Unified;
+        let mut out: Vec<(String, &'static str)> = Vec::new();
+        if let Some(m) = r.memory() {
+            if m.limit().is_some()
+                || m.swap().is_some()
+                || m.reservation().is_some()
+                || m.swappiness().is_some()
+                || m.disable_oom_killer() == Some(true)
+            {
+                out.push(("memory".into(), "linux.resources.memory"));
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if c.shares().is_some_and(|s| s != 0)
+                || c.quota().is_some_and(|q| q != 0)
+                || c.period().is_some_and(|p| p != 0)
+                || c.realtime_runtime().is_some_and(|v| v != 0)
+                || c.realtime_period().is_some_and(|v| v != 0)
+                || c.idle().is_some()
+                || c.burst().is_some()
+            {
+                out.push(("cpu".into(), "linux.resources.cpu"));
+            }
+            if c.cpus().as_ref().is_some_and(|s| !s.is_empty())
+                || c.mems().as_ref().is_some_and(|s| !s.is_empty())
+            {
+                out.push(("cpuset".into(), "linux.resources.cpu.cpus/mems"));
+            }
+        }
+        if let Some(p) = r.pids() {
+            if p.limit() != 0 {
+                out.push(("pids".into(), "linux.resources.pids"));
+            }
+        }
+        if let Some(b) = r.block_io() {
+            let any = b.weight().is_some_and(|w| w != 0)
+                || b.leaf_weight().is_some_and(|w| w != 0)
+                || b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
+                || b.throttle_read_bps_device().as_ref().is_some_and(|v| !v.is_empty())
+                || b.throttle_write_bps_device().as_ref().is_some_and(|v| !v.is_empty())
+                || b.throttle_read_iops_device().as_ref().is_some_and(|v| !v.is_empty())
+                || b.throttle_write_iops_device().as_ref().is_some_and(|v| !v.is_empty());
+            if any {
+                out.push((if v2 { "io" } else { "blkio" }.into(), "linux.resources.blockIO"));
+            }
+        }
+        if r.hugepage_limits().as_ref().is_some_and(|v| !v.is_empty()) {
+            out.push(("hugetlb".into(), "linux.resources.hugepageLimits"));
+        }
+        out
+    }
+
+    fn check_required(&self, r: &LinuxResources) -> Result<()> {
+        for (controller, what) in self.required(r) {
+            let dir = self.st.dirs.iter().find(|d| d.has(&controller));
+            let Some(dir) = dir else {
+                let reason = if self.st.rootless {
+                    "is not available to this rootless container (no writable, delegated \
+                     cgroup carries it)"
+                } else {
+                    "is not mounted on this host"
+                };
+                return Err(Error::ControllerMissing {
+                    controller,
+                    what: what.into(),
+                    reason: reason.into(),
+                });
+            };
+            if dir.version == CgroupVersion::V2 {
+                // The group itself must offer the controller (enabled in its parent).
+                let offered = fsutil::read_opt(&dir.path.join("cgroup.controllers"))?
+                    .unwrap_or_default();
+                if !offered.split_whitespace().any(|c| c == controller) {
+                    return Err(Error::ControllerMissing {
+                        controller: controller.clone(),
+                        what: what.into(),
+                        reason: format!(
+                            "is not enabled for {} (missing from its cgroup.controllers; the \
+                             parent's cgroup.subtree_control does not pass it down)",
+                            dir.path.display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set(&self, r: &LinuxResources, update: bool) -> Result<()> {
+        let mut r = r.clone();
+        if update {
+            r.set_devices(None);
+        }
+        self.check_required(&r)?;
+        if r.network().is_some() && self.st.mode == CgroupMode::Unified {
+            tracing::warn!("linux.resources.network is ignored on cgroup v2 (no net_cls/net_prio)");
+        }
+        if self.st.mode == CgroupMode::Unified {
+            if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+                tracing::warn!(
+                    "device rules are not enforced on cgroup v2 by porta-cgroups (that needs \
+                     an eBPF program)"
+                );
+            }
+            let Some(d) = self.v2() else {
+                return Ok(());
+            };
+            return v2_apply(d, &r, self.st.rootless);
+        }
+
+        // cgroup v1 (with a cgroup2 hierarchy on hybrid hosts).
+        let find = |c: &str| self.v1_with(c).map(|d| d.path.clone());
+        if let Some(m) = r.memory() {
+            v1::memory(&find, m)?;
+        }
+        if let Some(c) = r.cpu() {
+            v1::cpu(&find, c)?;
+            v1::cpuset(&find, c)?;
+        }
+        if let Some(p) = r.pids() {
+            v1::pids(&find, p.limit())?;
+        }
+        if let Some(b) = r.block_io() {
+            v1::blkio(&find, b)?;
+        }
+        if let Some(n) = r.network() {
+            v1::network(&find, n)?;
+        }
+        // What the cgroup2 hierarchy of a hybrid host carries: hugetlb here, and `unified`
+        // entries for its controllers.
+        let mut for_v2 = LinuxResources::default();
+        let mut any_v2 = false;
+        if let Some(limits) = r.hugepage_limits() {
+            if let Some(d) = self.v1_with("hugetlb") {
+                for l in limits {
+                    v1::hugetlb(&d.path, l.page_size(), l.limit())?;
+                }
+            } else if !limits.is_empty() {
+                for_v2.set_hugepage_limits(Some(limits.clone()));
+                any_v2 = true;
+            }
+        }
+        if let Some(u) = r.unified() {
+            if !u.is_empty() {
+                let v2 = self.v2();
+                for key in u.keys() {
+                    let controller = key.split('.').next().unwrap_or_default();
+                    let ok = v2.is_some_and(|d| d.has(controller) || controller == "cgroup");
+                    if !ok {
+                        return Err(Error::InvalidValue {
+                            field: "linux.resources.unified".into(),
+                            value: key.clone(),
+                            reason: format!(
+                                "this host's {controller} controller is cgroup v1; unified \
+                                 entries only reach controllers of the cgroup2 hierarchy"
+                            ),
+                        });
+                    }
+                }
+                for_v2.set_unified(Some(u.clone()));
+                any_v2 = true;
+            }
+        }
+        if any_v2 {
+            if let Some(d) = self.v2() {
+                v2_apply(d, &for_v2, self.st.rootless)?;
+            }
+        }
+        if !update {
+            if let Some(devs) = r.devices() {
+                v1::devices(&find, devs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs every process in `leaf` (the container group itself for `""`) in every
+    /// hierarchy, and waits until none is left.
+    fn kill_and_wait(&self, leaf: &str) -> Result<()> {
+        let targets: Vec<PathBuf> = self
+            .st
+            .dirs
+            .iter()
+            .map(|d| if leaf.is_empty() { d.path.clone() } else { d.path.join(leaf) })
+            .collect();
+        // cgroup v2 can kill a whole subtree at once, without a race against fork.
+        if let Some(d) = self.v2() {
+            let kill = if leaf.is_empty() { d.path.clone() } else { d.path.join(leaf) }
+                .join("cgroup.kill");
+            if kill.exists() {
+                let _ = fsutil::write(&kill, "1");
+            }
+        }
+        let start = Instant::now();
+        let mut thawed = false;
+        loop {
+            let mut pids = Vec::new();
+            let mut first_with = None;
+            for t in &targets {
+                let p = fsutil::pids_recursive(t)?;
+                if !p.is_empty() && first_with.is_none() {
+                    first_with = Some(t.clone());
+                }
+                pids.extend(p);
+            }
+            pids.sort_unstable();
+            pids.dedup();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            for pid in &pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if !thawed {
+                // A frozen v1 task cannot act on SIGKILL until thawed.
+                thawed = true;
+                if leaf == PAYLOAD || leaf.is_empty() {
+                    if let Ok(Freezer::V1(d)) = self.freezer() {
+                        let _ = fsutil::write(&d.join("freezer.state"), "THAWED");
+                    }
+                }
+            }
+            if start.elapsed() > KILL_TIMEOUT {
+                return Err(Error::NotEmpty {
+                    path: first_with.unwrap_or_default(),
+                    pids,
+                    waited_ms: KILL_TIMEOUT.as_millis() as u64,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The device rules Porta always allows on top of the config's (the same set runc allows:
+/// `mknod` of any device, and /dev/null, zero, full, tty, random, urandom, console, ptmx,
+/// the pty slaves and /dev/net/tun).
+pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
+    let rule = |typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(typ)
+            .access(access);
+        if let Some(m) = major {
+            b = b.major(m);
+        }
+        if let Some(m) = minor {
+            b = b.minor(m);
+        }
+        b.build().ok()
+    };
+    use LinuxDeviceType::{B, C};
+    [
+        rule(C, None, None, "m"),
+        rule(B, None, None, "m"),
+        rule(C, Some(1), Some(3), "rwm"),
+        rule(C, Some(1), Some(5), "rwm"),
+        rule(C, Some(1), Some(7), "rwm"),
+        rule(C, Some(5), Some(0), "rwm"),
+        rule(C, Some(1), Some(8), "rwm"),
+        rule(C, Some(1), Some(9), "rwm"),
+        rule(C, Some(5), Some(1), "rwm"),
+        rule(C, Some(5), Some(2), "rwm"),
+        rule(C, Some(136), None, "rwm"),
+        rule(C, Some(10), Some(200), "rwm"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn systemd_error(cfg: &CgroupConfig, spec: &CgroupsPath, marker: &Path) -> Error {
+    let path = cfg
+        .cgroups_path
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !marker.exists() {
+        return Error::SystemdNotRunning { path };
+    }
+    let unit = spec.systemd_unit().map(|(u, _)| u).unwrap_or_default();
+    Error::SystemdUnsupported { path, unit }
+}
+
+fn is_permission_error(e: &Error) -> bool {
+    match e {
+        Error::CreateDir { source, .. } | Error::Write { source, .. } => {
+            fsutil::is_permission(source)
+        }
+        _ => false,
+    }
+}
+
+fn mkdir(dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            made.push(dir.to_path_buf());
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(source) => Err(Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The directories from just below `mount_point` down to `dir`.
+fn levels(mount_point: &Path, dir: &Path) -> Vec<PathBuf> {
+    let rel = dir.strip_prefix(mount_point).unwrap_or(Path::new(""));
+    let mut cur = mount_point.to_path_buf();
+    rel.components()
+        .map(|c| {
+            cur.push(c);
+            cur.clone()
+        })
+        .collect()
+}
+
+fn make_v1(h: &Hierarchy, dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
+    let cpuset = h.has("cpuset");
+    let mut all = levels(&h.mount_point, dir);
+    all.push(dir.join(PAYLOAD));
+    all.push(dir.join(SERVERS));
+    for level in all {
+        mkdir(&level, made)?;
+        if cpuset {
+            v1::cpuset_inherit(&level)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the v2 groups, enabling in each level's `cgroup.subtree_control` the controllers
+/// it offers, down to and including the container group (so that its leaves have them).
+fn make_v2(mount_point: &Path, dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
+    enable_controllers(mount_point)?;
+    for level in levels(mount_point, dir) {
+        mkdir(&level, made)?;
+        enable_controllers(&level)?;
+    }
+    mkdir(&dir.join(PAYLOAD), made)?;
+    mkdir(&dir.join(SERVERS), made)?;
+    Ok(())
+}
+
+/// Enables in `dir/cgroup.subtree_control` every controller of `dir/cgroup.controllers`
+/// not enabled yet. Failures are logged, not returned: a limit that needs a controller
+/// left out is refused later with the reason.
+fn enable_controllers(dir: &Path) -> Result<()> {
+    let Some(offered) = fsutil::read_opt(&dir.join("cgroup.controllers"))? else {
+        return Ok(());
+    };
+    let sc = dir.join("cgroup.subtree_control");
+    let enabled: Vec<String> = fsutil::read_opt(&sc)?
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|c| c.trim_start_matches('+').to_string())
+        .collect();
+    let missing: Vec<&str> = offered
+        .split_whitespace()
+        .filter(|c| !enabled.iter().any(|e| e == c))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let all = missing
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if fsutil::write_raw(&sc, &all).is_ok() {
+        return Ok(());
+    }
+    for c in missing {
+        if let Err(e) = fsutil::write(&sc, &format!("+{c}")) {
+            tracing::warn!("cannot enable the {c} controller below {}: {e}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn v2_frozen(dir: &Path) -> Result<bool> {
+    let events = fsutil::read_flat_keyed(&dir.join("cgroup.events"))?;
+    Ok(fsutil::keyed(&events, "frozen") == Some(1))
+}
+
+fn wait_v2_frozen(dir: &Path, want: bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if v2_frozen(dir)? == want {
+            return Ok(());
+        }
+        if start.elapsed() > FREEZE_TIMEOUT {
+            return Err(Error::FreezeTimeout {
+                path: dir.to_path_buf(),
+                wanted: if want { "frozen" } else { "thawed" },
+                waited_ms: FREEZE_TIMEOUT.as_millis() as u64,
+                state: fsutil::read_opt(&dir.join("cgroup.events"))?
+                    .unwrap_or_default()
+                    .replace('\n', "; "),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Writes limits to a cgroup v2 group with libcgroups' v2 manager.
+fn v2_apply(d: &CgroupDir, r: &LinuxResources, rootless: bool) -> Result<()> {
+    let rel = d
+        .path
+        .strip_prefix(&d.mount_point)
+        .unwrap_or(Path::new(""))
+        .to_path_buf();
+    let mgr = libcgroups::v2::manager::Manager::new(d.mount_point.clone(), rel)
+        .map_err(|source| Error::V2Apply {
+            path: d.path.clone(),
+            source,
+        })?
+        .with_rootless(rootless);
+    // libcgroups 0.7 converts the blkio weight to io.weight in u16 arithmetic, which
+    // overflows for any weight above 16; the weight is written here instead.
+    let mut r = r.clone();
+    let weight = r.block_io().as_ref().and_then(|b| b.weight()).filter(|w| *w != 0);
+    if weight.is_some() {
+        if let Some(b) = r.block_io_mut() {
+            b.set_weight(None);
+        }
+    }
+    let opt = ControllerOpt {
+        resources: &r,
+        disable_oom_killer: r
+            .memory()
+            .as_ref()
+            .and_then(|m| m.disable_oom_killer())
+            .unwrap_or(false),
+        oom_score_adj: None,
+        freezer_state: None,
+    };
+    mgr.apply(&opt).map_err(|source| Error::V2Apply {
+        path: d.path.clone(),
+        source,
+    })?;
+    if let Some(w) = weight {
+        v2_io_weight(&d.path, w)?;
+    }
+    Ok(())
+}
+
+/// The blkio weight (10..=1000) on cgroup v2: as is to `io.bfq.weight` when BFQ is there,
+/// else converted linearly to `io.weight`'s 1..=10000, as runc does.
+fn v2_io_weight(dir: &Path, w: u16) -> Result<()> {
+    if !(10..=1000).contains(&w) {
+        return Err(Error::InvalidValue {
+            field: "linux.resources.blockIO.weight".into(),
+            value: w.to_string(),
+            reason: "must be between 10 and 1000".into(),
+        });
+    }
+    let bfq = dir.join("io.bfq.weight");
+    if bfq.exists() {
+        return fsutil::write(&bfq, &w.to_string());
+    }
+    let converted = 1 + (u64::from(w) - 10) * 9999 / 990;
+    fsutil::write(&dir.join("io.weight"), &converted.to_string())
+}
+
+/// Removes `dir` and every group below it, deepest first; a missing directory is fine.
+/// rmdir is retried for a while on EBUSY (the kernel may still be releasing a dead task).
+fn remove_tree(dir: &Path) -> Result<()> {
+    for sub in fsutil::subdirs(dir)? {
+        remove_tree(&sub)?;
+    }
+    let start = Instant::now();
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32)
+                    && start.elapsed() < Duration::from_secs(2) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(source) => {
+                return Err(Error::RemoveDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod v2_fake_tests;
