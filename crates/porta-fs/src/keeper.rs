@@ -1,0 +1,150 @@
+//! The keeper: a tiny process that owns the fd table the file servers share.
+//!
+//! The supervisor starts it (as `porta fs keeper …`) with the FUSE connection and the
+//! state memfd. On each request from the supervisor it creates a server with
+//! `clone(CLONE_FILES | CLONE_PARENT)`: the server shares the keeper's descriptor table
+//! (so node and file descriptors survive the server's death) and is the supervisor's
+//! child (so the supervisor reaps it and sees it stop with waitid(WSTOPPED)).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::server::{serve, Config, Exit};
+use crate::shared::{hdr, Shared};
+use crate::{sys, Error};
+
+/// Command byte: start a server.
+pub const CMD_SPAWN: u8 = b'S';
+/// Exit code of a server whose connection is gone.
+pub const EXIT_UNMOUNTED: i32 = 0;
+/// Exit code of a server that failed.
+pub const EXIT_FAILED: i32 = 3;
+
+/// What the keeper is given.
+#[derive(Debug, Clone)]
+pub struct KeeperArgs {
+    /// The FUSE connection descriptor (inherited).
+    pub fuse_fd: RawFd,
+    /// The state memfd (inherited).
+    pub state_fd: RawFd,
+    /// The control socket to the supervisor (inherited, SOCK_SEQPACKET).
+    pub ctl_fd: RawFd,
+    /// The backing directory to serve.
+    pub root: PathBuf,
+    /// Use FUSE passthrough when the kernel offers it.
+    pub passthrough: bool,
+    /// Request threads per server.
+    pub threads: usize,
+    /// Entry/attribute timeout.
+    pub ttl: Duration,
+}
+
+impl KeeperArgs {
+    /// Parses `--fuse-fd N --state-fd N --ctl-fd N --root PATH [--passthrough] [--threads N] [--ttl SECS]`.
+    pub fn parse(args: &[std::ffi::OsString]) -> Result<KeeperArgs, Error> {
+        let mut k = KeeperArgs {
+            fuse_fd: -1,
+            state_fd: -1,
+            ctl_fd: -1,
+            root: PathBuf::new(),
+            passthrough: false,
+            threads: 2,
+            ttl: Duration::from_secs(86400),
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let a = a.to_str().ok_or_else(|| Error::Usage("non-UTF-8 argument".into()))?;
+            let mut val = || it.next().cloned().ok_or_else(|| Error::Usage(format!("{a} needs a value")));
+            let num = |v: std::ffi::OsString| -> Result<i64, Error> {
+                v.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| Error::Usage(format!("{a}: not a number")))
+            };
+            match a {
+                "--fuse-fd" => k.fuse_fd = num(val()?)? as RawFd,
+                "--state-fd" => k.state_fd = num(val()?)? as RawFd,
+                "--ctl-fd" => k.ctl_fd = num(val()?)? as RawFd,
+                "--root" => k.root = PathBuf::from(val()?),
+                "--threads" => k.threads = num(val()?)? as usize,
+                "--ttl" => k.ttl = Duration::from_secs(num(val()?)? as u64),
+                "--passthrough" => k.passthrough = true,
+                other => return Err(Error::Usage(format!("unknown argument {other}"))),
+            }
+        }
+        if k.fuse_fd < 0 || k.state_fd < 0 || k.ctl_fd < 0 || k.root.as_os_str().is_empty() {
+            return Err(Error::Usage("--fuse-fd, --state-fd, --ctl-fd and --root are required".into()));
+        }
+        Ok(k)
+    }
+}
+
+fn die_with_parent() {
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+}
+
+/// Runs the keeper until the supervisor closes the control socket.
+pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
+    die_with_parent();
+    let shared = Shared::map(args.state_fd)?;
+    let root = open_dir(&args.root, libc::O_PATH)?;
+    let procfd = open_dir(std::path::Path::new("/proc/self/fd"), libc::O_RDONLY)?;
+    shared.hdr(hdr::FUSE_FD).store(args.fuse_fd as u64, std::sync::atomic::Ordering::Relaxed);
+    shared.hdr(hdr::PROC_FD).store(procfd.as_raw_fd() as u64, std::sync::atomic::Ordering::Relaxed);
+    let cfg = Config {
+        fuse_fd: args.fuse_fd,
+        root_fd: root.as_raw_fd(),
+        proc_fd: procfd.as_raw_fd(),
+        shared,
+        passthrough: args.passthrough,
+        threads: args.threads,
+        ttl: args.ttl,
+    };
+    let mut cmd = [0u8; 16];
+    loop {
+        let n = match sys::read(args.ctl_fd, &mut cmd) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(Error::Sys("keeper: read control socket", nix::errno::Errno::from_raw(e))),
+        };
+        if n >= 1 && cmd[0] == CMD_SPAWN {
+            let pid = spawn_server(&cfg);
+            let _ = sys::write(args.ctl_fd, &pid.to_ne_bytes());
+        }
+    }
+}
+
+fn open_dir(path: &std::path::Path, flags: i32) -> Result<OwnedFd, Error> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Usage("NUL in path".into()))?;
+    sys::openat(libc::AT_FDCWD, &c, flags | libc::O_DIRECTORY, 0)
+        .map_err(|e| Error::Sys("open backing directory", nix::errno::Errno::from_raw(e)))
+}
+
+fn clone_files_parent() -> i64 {
+    // SAFETY: fork-like clone (no new stack, no CLONE_VM) from a single-threaded process:
+    // the child gets a copy of the address space and shares only the fd table.
+    unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_FILES | libc::CLONE_PARENT, 0, 0, 0, 0) }
+}
+
+/// Creates one server sharing this process's fd table; returns its pid (or -errno).
+fn spawn_server(cfg: &Config) -> i32 {
+    let pid = clone_files_parent();
+    if pid < 0 {
+        return -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    }
+    if pid > 0 {
+        return pid as i32;
+    }
+    // The child: the new file server.
+    die_with_parent();
+    let code = match serve(cfg) {
+        Ok(Exit::Unmounted) | Ok(Exit::Destroyed) => EXIT_UNMOUNTED,
+        Err(e) => {
+            tracing::error!(error = %e, "file server failed");
+            EXIT_FAILED
+        }
+    };
+    // SAFETY: ends this process without running the keeper's destructors twice.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,1089 @@
+//! The request loop and the file-system operations: Porta's own FUSE server over the
+//! kernel ABI (see docs/file-server.md for why not a library's loop).
+//!
+//! Nodes are O_PATH descriptors opened one name at a time beneath the root with
+//! O_NOFOLLOW; node id = descriptor + 2 (the root is node 1). Open files and
+//! directories are descriptors too (file handle = descriptor). Both are published in the
+//! shared table ([`crate::shared`]) so a replacement server carries on with them.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
+use crate::shared::{hdr, kind, slot, Shared};
+use crate::sys::{self, Errno, SysResult};
+use crate::Error;
+
+/// Extended attribute recording a device node stored as a regular file.
+const DEV_XATTR: &CStr = c"user.porta.dev";
+/// Prefix of the extended attributes reserved to the server (hidden from the container).
+const RESERVED_XATTR_PREFIX: &[u8] = b"user.porta.";
+/// Largest write the server accepts (and negotiates).
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Size of the request buffer of each thread.
+const BUF_LEN: usize = MAX_WRITE as usize + 4096;
+
+/// How a server is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The FUSE connection (a /dev/fuse descriptor; a SEQPACKET socket in tests).
+    pub fuse_fd: RawFd,
+    /// O_PATH descriptor of the backing root directory.
+    pub root_fd: RawFd,
+    /// Descriptor of the directory `/proc/self/fd` (reopening nodes by descriptor).
+    pub proc_fd: RawFd,
+    /// The shared state region.
+    pub shared: Shared,
+    /// Ask for FUSE passthrough of regular-file data (falls back to the writeback
+    /// cache when the kernel does not offer it).
+    pub passthrough: bool,
+    /// Number of request threads (1 or 2 is right on 2 cores).
+    pub threads: usize,
+    /// Entry and attribute timeout: long, as the server is the tree's only writer.
+    pub ttl: Duration,
+}
+
+/// Why a server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The connection is gone (unmounted or aborted): nothing more to serve.
+    Unmounted,
+    /// The kernel sent DESTROY.
+    Destroyed,
+}
+
+struct Fs {
+    fuse: RawFd,
+    root: RawFd,
+    proc_fd: RawFd,
+    sh: Shared,
+    passthrough: bool,
+    writeback: bool,
+    ttl: Ttl,
+    root_dev: u64,
+    inodes: Mutex<HashMap<(u64, u64), RawFd>>,
+}
+
+/// A stack-built decimal descriptor name ("123") or /proc path ("/proc/self/fd/123").
+struct FdName {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl FdName {
+    fn new(prefix: &[u8], fd: RawFd) -> FdName {
+        let mut buf = [0u8; 40];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 12];
+        let mut n = fd.max(0) as u32;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let d = &digits[i..];
+        buf[prefix.len()..prefix.len() + d.len()].copy_from_slice(d);
+        FdName { buf, len: prefix.len() + d.len() + 1 }
+    }
+    fn cstr(&self) -> &CStr {
+        CStr::from_bytes_with_nul(&self.buf[..self.len]).unwrap_or(c"")
+    }
+}
+
+fn proc_path(fd: RawFd) -> FdName {
+    FdName::new(b"/proc/self/fd/", fd)
+}
+
+fn mal(_: abi::Malformed) -> Errno {
+    libc::EINVAL
+}
+
+enum Done {
+    Reply,
+    NoReply,
+    Destroy,
+}
+
+/// Serves the connection until it goes away. The first server of a connection runs the
+/// INIT handshake; a replacement (the shared state says INIT happened) restores the
+/// negotiated parameters and asks the kernel to resend the requests its predecessor had
+/// read but not answered (FUSE_NOTIFY_RESEND).
+pub fn serve(cfg: &Config) -> Result<Exit, Error> {
+    sys::umask(0);
+    let root_st = sys::fstat(cfg.root_fd).map_err(|e| errno_err("fstat backing root", e))?;
+    if root_st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(Error::BadState("backing root is not a directory".into()));
+    }
+    let sh = cfg.shared;
+    if sh.capacity() <= cfg.root_fd as usize {
+        return Err(Error::BadState("state table too small for the root descriptor".into()));
+    }
+    sh.hdr(hdr::ROOT_FD).store(cfg.root_fd as u64, Ordering::Relaxed);
+    sh.hdr(hdr::SERVER_STARTS).fetch_add(1, Ordering::Relaxed);
+    sh.hdr(hdr::SERVER_PID).store(std::process::id() as u64, Ordering::Relaxed);
+    sh.dev_index(root_st.st_dev);
+    sh.publish(cfg.root_fd, kind::NODE, u64::MAX / 2, root_st.st_ino, root_st.st_dev);
+    // Rebuild the (dev, ino) -> node index from the shared table.
+    let mut map = HashMap::new();
+    for fd in 0..sh.capacity() as RawFd {
+        if sh.kind(fd) == kind::NODE {
+            if let Some(e) = sh.entry(fd) {
+                map.insert((e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)), fd);
+            }
+        }
+    }
+    let secs = cfg.ttl.as_secs();
+    let mut fs = Fs {
+        fuse: cfg.fuse_fd,
+        root: cfg.root_fd,
+        proc_fd: cfg.proc_fd,
+        sh,
+        passthrough: false,
+        writeback: false,
+        ttl: Ttl { secs, nsecs: cfg.ttl.subsec_nanos() },
+        root_dev: root_st.st_dev,
+        inodes: Mutex::new(map),
+    };
+    let mut buf = vec![0u8; BUF_LEN];
+    if sh.hdr(hdr::INITIALIZED).load(Ordering::Acquire) == 0 {
+        if let Some(exit) = fs.handshake(&mut buf, cfg.passthrough)? {
+            return Ok(exit);
+        }
+    } else {
+        let flags = sh.hdr(hdr::INIT_FLAGS).load(Ordering::Relaxed);
+        fs.passthrough = flags & init::PASSTHROUGH != 0;
+        fs.writeback = flags & init::WRITEBACK_CACHE != 0;
+        if flags & init::HAS_RESEND != 0 {
+            let mut w = Writer::default();
+            w.start();
+            w.finish(abi::NOTIFY_RESEND, 0);
+            if let Err(e) = sys::write(fs.fuse, &w.buf) {
+                tracing::warn!(errno = e, "FUSE_NOTIFY_RESEND failed");
+            }
+        }
+        tracing::info!(passthrough = fs.passthrough, "file server restarted on a live connection");
+    }
+    let fs = &fs;
+    let threads = cfg.threads.clamp(1, hdr::MAX_SLOTS);
+    let result = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads)
+            .map(|i| s.spawn(move || fs.run_loop(i, vec![0u8; BUF_LEN])))
+            .collect();
+        let mut r = fs.run_loop(0, buf);
+        for h in handles {
+            let hr = h.join().unwrap_or(Err(Error::BadState("server thread panicked".into())));
+            if r.is_ok() {
+                r = hr;
+            }
+        }
+        r
+    });
+    if result.is_ok() {
+        sh.hdr(hdr::UNMOUNTED).store(1, Ordering::Release);
+    }
+    result
+}
+
+fn errno_err(what: &'static str, e: Errno) -> Error {
+    Error::Sys(what, nix::errno::Errno::from_raw(e))
+}
+
+impl Fs {
+    fn handshake(&mut self, buf: &mut [u8], want_passthrough: bool) -> Result<Option<Exit>, Error> {
+        loop {
+            let n = match sys::read(self.fuse, buf) {
+                Ok(0) | Err(libc::ENODEV) => return Ok(Some(Exit::Unmounted)),
+                Ok(n) => n,
+                Err(libc::EINTR) | Err(libc::EAGAIN) | Err(libc::ENOENT) => continue,
+                Err(e) => return Err(errno_err("read INIT", e)),
+            };
+            let frame = &buf[..n];
+            let Ok(h) = InHeader::parse(frame) else {
+                tracing::warn!(len = n, "malformed frame before INIT ignored");
+                continue;
+            };
+            if h.opcode != op::INIT {
+                self.send_err(h.unique, libc::EIO);
+                continue;
+            }
+            let mut r = Reader::new(&frame[abi::IN_HEADER_LEN..]);
+            let parsed = (|| {
+                let major = r.u32()?;
+                let minor = r.u32()?;
+                let readahead = r.u32()?;
+                let flags = r.u32()? as u64;
+                let flags2 = r.u32().unwrap_or(0) as u64;
+                Ok::<_, abi::Malformed>((major, minor, readahead, flags, flags2))
+            })();
+            let Ok((major, minor, readahead, flags_lo, flags_hi)) = parsed else {
+                self.send_err(h.unique, libc::EINVAL);
+                continue;
+            };
+            let kflags = if flags_lo & init::INIT_EXT != 0 { flags_lo | (flags_hi << 32) } else { flags_lo };
+            if major != abi::KERNEL_VERSION || minor < 31 {
+                tracing::error!(major, minor, "kernel FUSE protocol too old");
+                self.send_err(h.unique, libc::EPROTO);
+                return Err(Error::BadState(format!("kernel FUSE protocol {major}.{minor} unsupported")));
+            }
+            let mut want = init::ASYNC_READ
+                | init::ATOMIC_O_TRUNC
+                | init::BIG_WRITES
+                | init::DO_READDIRPLUS
+                | init::PARALLEL_DIROPS
+                | init::MAX_PAGES
+                | init::CACHE_SYMLINKS
+                | init::INIT_EXT
+                | init::NO_EXPORT_SUPPORT
+                | init::HAS_RESEND;
+            if want_passthrough && kflags & init::PASSTHROUGH != 0 {
+                want |= init::PASSTHROUGH;
+            } else {
+                want |= init::WRITEBACK_CACHE;
+            }
+            let flags = want & kflags;
+            self.passthrough = flags & init::PASSTHROUGH != 0;
+            self.writeback = flags & init::WRITEBACK_CACHE != 0;
+            let minor = minor.min(abi::KERNEL_MINOR_VERSION);
+            let mut w = Writer::default();
+            w.start();
+            w.u32(abi::KERNEL_VERSION)
+                .u32(minor)
+                .u32(readahead)
+                .u32(flags as u32)
+                .u16(16)
+                .u16(12)
+                .u32(MAX_WRITE)
+                .u32(1)
+                .u16((MAX_WRITE / 4096) as u16)
+                .u16(0)
+                .u32((flags >> 32) as u32)
+                .u32(if self.passthrough { 2 } else { 0 })
+                .zeros(24);
+            w.finish(0, h.unique);
+            let sh = &self.sh;
+            sh.hdr(hdr::PROTO_MINOR).store(minor as u64, Ordering::Relaxed);
+            sh.hdr(hdr::INIT_FLAGS).store(flags, Ordering::Relaxed);
+            sh.hdr(hdr::MAX_WRITE).store(MAX_WRITE as u64, Ordering::Relaxed);
+            sh.hdr(hdr::MAX_READAHEAD).store(readahead as u64, Ordering::Relaxed);
+            sh.hdr(hdr::INITIALIZED).store(1, Ordering::Release);
+            match sys::write(self.fuse, &w.buf) {
+                Ok(_) => {}
+                Err(libc::ENODEV) => return Ok(Some(Exit::Unmounted)),
+                Err(e) => return Err(errno_err("reply INIT", e)),
+            }
+            tracing::info!(minor, passthrough = self.passthrough, writeback = self.writeback, "FUSE connection initialized");
+            return Ok(None);
+        }
+    }
+
+    fn run_loop(&self, idx: usize, mut buf: Vec<u8>) -> Result<Exit, Error> {
+        let slot = self.sh.slot(idx);
+        if let Some(s) = slot {
+            s[0].store(slot::IDLE, Ordering::Relaxed);
+            s[2].store(sys::gettid() as u64, Ordering::Release);
+        }
+        let mut w = Writer { buf: Vec::with_capacity(BUF_LEN) };
+        let mut dents = vec![0u8; 32 * 1024];
+        loop {
+            let n = match sys::read(self.fuse, &mut buf) {
+                Ok(0) | Err(libc::ENODEV) => return Ok(Exit::Unmounted),
+                Ok(n) => n,
+                Err(libc::EINTR) | Err(libc::EAGAIN) | Err(libc::ENOENT) => continue,
+                Err(e) => return Err(errno_err("read FUSE request", e)),
+            };
+            if let Some(s) = slot {
+                s[0].store(slot::WORKING, Ordering::Relaxed);
+                s[1].fetch_add(1, Ordering::Release);
+            }
+            let done = self.dispatch(&buf[..n], &mut w, &mut dents);
+            if let Some(s) = slot {
+                s[0].store(slot::IDLE, Ordering::Relaxed);
+                s[1].fetch_add(1, Ordering::Release);
+            }
+            self.sh.hdr(hdr::REQUESTS_DONE).fetch_add(1, Ordering::Relaxed);
+            if let Some(Exit::Destroyed) = done {
+                return Ok(Exit::Destroyed);
+            }
+        }
+    }
+
+    fn send(&self, w: &Writer) {
+        match sys::write(self.fuse, &w.buf) {
+            Ok(_) | Err(libc::ENOENT) => {}
+            Err(e) => tracing::debug!(errno = e, "reply not delivered"),
+        }
+    }
+
+    fn send_err(&self, unique: u64, errno: Errno) {
+        let mut w = Writer::default();
+        w.start();
+        w.finish(-errno, unique);
+        self.send(&w);
+    }
+
+    fn dispatch(&self, frame: &[u8], w: &mut Writer, dents: &mut [u8]) -> Option<Exit> {
+        let h = match InHeader::parse(frame) {
+            Ok(h) => h,
+            Err(_) => {
+                tracing::warn!(len = frame.len(), "malformed FUSE frame ignored");
+                if frame.len() >= 16 {
+                    let mut u = [0u8; 8];
+                    u.copy_from_slice(&frame[8..16]);
+                    self.send_err(u64::from_ne_bytes(u), libc::EIO);
+                }
+                return None;
+            }
+        };
+        let ext = h.total_extlen as usize * 8;
+        let body_end = frame.len().saturating_sub(ext).max(abi::IN_HEADER_LEN);
+        let r = Reader::new(&frame[abi::IN_HEADER_LEN..body_end]);
+        let resent = h.unique & abi::UNIQUE_RESEND_FLAG != 0;
+        if resent {
+            self.sh.hdr(hdr::RESENT).fetch_add(1, Ordering::Relaxed);
+        }
+        w.start();
+        let res = self.handle(&h, r, w, dents, resent);
+        match res {
+            Ok(Done::Reply) => {
+                w.finish(0, h.unique);
+                self.send(w);
+                None
+            }
+            Ok(Done::NoReply) => None,
+            Ok(Done::Destroy) => {
+                w.finish(0, h.unique);
+                self.send(w);
+                Some(Exit::Destroyed)
+            }
+            Err(e) => {
+                w.start();
+                w.finish(-e, h.unique);
+                self.send(w);
+                None
+            }
+        }
+    }
+
+    fn handle(&self, h: &InHeader, mut r: Reader, w: &mut Writer, dents: &mut [u8], resent: bool) -> SysResult<Done> {
+        match h.opcode {
+            op::LOOKUP => {
+                let name = r.name().map_err(mal)?;
+                let parent = self.node_fd(h.nodeid)?;
+                match self.lookup(parent, name) {
+                    Ok((id, attr)) => abi::encode_entry(w, id, 0, self.ttl, &attr),
+                    Err(libc::ENOENT) => abi::encode_entry(w, 0, 0, self.ttl, &Attr::default()),
+                    Err(e) => return Err(e),
+                }
+            }
+            op::FORGET => {
+                let n = r.u64().map_err(mal)?;
+                self.forget(h.nodeid, n);
+                return Ok(Done::NoReply);
+            }
+            op::BATCH_FORGET => {
+                let count = r.u32().map_err(mal)?;
+                r.u32().map_err(mal)?;
+                for _ in 0..count {
+                    let (Ok(id), Ok(n)) = (r.u64(), r.u64()) else { break };
+                    self.forget(id, n);
+                }
+                return Ok(Done::NoReply);
+            }
+            op::GETATTR => {
+                let flags = r.u32().map_err(mal)?;
+                r.u32().map_err(mal)?;
+                let fh = r.u64().map_err(mal)?;
+                let fd = self.node_fd(h.nodeid)?;
+                let st = if flags & 1 != 0 {
+                    match self.fh_fd(fh) {
+                        Ok(f) => sys::fstat(f)?,
+                        Err(_) => sys::fstat(fd)?,
+                    }
+                } else {
+                    sys::fstat(fd)?
+                };
+                let attr = self.attr(fd, &st);
+                self.attr_out(w, &attr);
+            }
+            op::SETATTR => self.setattr(h, r, w)?,
+            op::READLINK => {
+                let fd = self.node_fd(h.nodeid)?;
+                let start = w.buf.len();
+                w.zeros(libc::PATH_MAX as usize);
+                let n = sys::readlink_fd(fd, &mut w.buf[start..])?;
+                w.buf.truncate(start + n);
+            }
+            op::SYMLINK => {
+                let name = r.name().map_err(mal)?;
+                let target = r.cstr().map_err(mal)?;
+                let parent = self.node_fd(h.nodeid)?;
+                let res = sys::symlinkat(target, parent, name);
+                self.finish_new(h, parent, name, res, resent, w)?;
+            }
+            op::MKNOD => {
+                let mode = r.u32().map_err(mal)?;
+                let rdev = r.u32().map_err(mal)?;
+                r.skip(8).map_err(mal)?;
+                let name = r.name().map_err(mal)?;
+                let parent = self.node_fd(h.nodeid)?;
+                let res = self.mknod(parent, name, mode, rdev);
+                self.finish_new(h, parent, name, res, resent, w)?;
+            }
+            op::MKDIR => {
+                let mode = r.u32().map_err(mal)?;
+                r.u32().map_err(mal)?;
+                let name = r.name().map_err(mal)?;
+                let parent = self.node_fd(h.nodeid)?;
+                let res = sys::mkdirat(parent, name, mode & 0o7777);
+                self.finish_new(h, parent, name, res, resent, w)?;
+            }
+            op::UNLINK | op::RMDIR => {
+                let name = r.name().map_err(mal)?;
+                let parent = self.node_fd(h.nodeid)?;
+                let flags = if h.opcode == op::RMDIR { libc::AT_REMOVEDIR } else { 0 };
+                match sys::unlinkat(parent, name, flags) {
+                    Ok(()) => {}
+                    Err(libc::ENOENT) if resent => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            op::RENAME | op::RENAME2 => {
+                let newdir = r.u64().map_err(mal)?;
+                let flags = if h.opcode == op::RENAME2 {
+                    let f = r.u32().map_err(mal)?;
+                    r.u32().map_err(mal)?;
+                    f
+                } else {
+                    0
+                };
+                let old = r.name().map_err(mal)?;
+                let new = r.name().map_err(mal)?;
+                let od = self.node_fd(h.nodeid)?;
+                let nd = self.node_fd(newdir)?;
+                match sys::renameat2(od, old, nd, new, flags) {
+                    Ok(()) => {}
+                    Err(libc::ENOENT) if resent && sys::statat(nd, new).is_ok() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            op::LINK => {
+                let old = r.u64().map_err(mal)?;
+                let name = r.name().map_err(mal)?;
+                let ofd = self.node_fd(old)?;
+                let parent = self.node_fd(h.nodeid)?;
+                let src = proc_path(ofd);
+                let res = sys::linkat(libc::AT_FDCWD, src.cstr(), parent, name, libc::AT_SYMLINK_FOLLOW);
+                match res {
+                    Ok(()) => {}
+                    Err(libc::EEXIST) if resent => {}
+                    Err(e) => return Err(e),
+                }
+                let (id, attr) = self.lookup(parent, name)?;
+                abi::encode_entry(w, id, 0, self.ttl, &attr);
+            }
+            op::OPEN => {
+                let flags = r.u32().map_err(mal)? as i32;
+                let fd = self.node_fd(h.nodeid)?;
+                let file = self.reopen(fd, self.file_flags(flags), libc::S_IFREG)?;
+                self.open_reply(w, h.nodeid, file, flags)?;
+            }
+            op::CREATE => {
+                let flags = r.u32().map_err(mal)? as i32;
+                let mode = r.u32().map_err(mal)?;
+                r.skip(8).map_err(mal)?;
+                let name = r.name().map_err(mal)?;
+                let parent = self.node_fd(h.nodeid)?;
+                let mut oflags = self.file_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+                if resent {
+                    oflags &= !libc::O_EXCL;
+                }
+                let file = sys::openat(parent, name, oflags, mode & 0o7777)?;
+                let st = sys::fstat(file.as_raw_fd())?;
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(libc::EIO);
+                }
+                let (uid, gid) = self.owner(h, parent)?;
+                if st.st_uid != uid || st.st_gid != gid {
+                    sys::chownat(file.as_raw_fd(), c"", uid, gid)?;
+                }
+                let (id, attr) = self.lookup(parent, name)?;
+                abi::encode_entry(w, id, 0, self.ttl, &attr);
+                if let Err(e) = self.open_reply(w, id, file, flags) {
+                    self.forget(id, 1);
+                    return Err(e);
+                }
+            }
+            op::READ => {
+                let fh = r.u64().map_err(mal)?;
+                let off = r.u64().map_err(mal)?;
+                let size = (r.u32().map_err(mal)?).min(MAX_WRITE) as usize;
+                let fd = self.fh_fd(fh)?;
+                let start = w.buf.len();
+                w.zeros(size);
+                let n = sys::pread(fd, &mut w.buf[start..], off)?;
+                w.buf.truncate(start + n);
+            }
+            op::WRITE => {
+                let fh = r.u64().map_err(mal)?;
+                let off = r.u64().map_err(mal)?;
+                let size = r.u32().map_err(mal)? as usize;
+                r.skip(20).map_err(mal)?;
+                let data = r.bytes(size).map_err(mal)?;
+                let fd = self.fh_fd(fh)?;
+                let n = sys::pwrite(fd, data, off)?;
+                w.u32(n as u32).u32(0);
+            }
+            op::STATFS => {
+                let st = sys::fstatvfs(self.root)?;
+                w.u64(st.f_blocks)
+                    .u64(st.f_bfree)
+                    .u64(st.f_bavail)
+                    .u64(st.f_files)
+                    .u64(st.f_ffree)
+                    .u32(st.f_bsize as u32)
+                    .u32(st.f_namemax as u32)
+                    .u32(st.f_frsize as u32)
+                    .u32(0)
+                    .zeros(24);
+            }
+            op::RELEASE | op::RELEASEDIR => {
+                let fh = r.u64().map_err(mal)?;
+                self.release(fh);
+            }
+            op::FSYNC | op::FSYNCDIR => {
+                let fh = r.u64().map_err(mal)?;
+                let flags = r.u32().map_err(mal)?;
+                let fd = self.fh_fd(fh)?;
+                sys::fsync(fd, flags & 1 != 0)?;
+            }
+            op::SETXATTR => {
+                let size = r.u32().map_err(mal)? as usize;
+                let flags = r.u32().map_err(mal)? as i32;
+                let name = r.cstr().map_err(mal)?;
+                let value = r.bytes(size).map_err(mal)?;
+                if reserved_xattr(name.to_bytes()) {
+                    return Err(libc::EPERM);
+                }
+                let fd = self.xattr_fd(h.nodeid)?;
+                sys::setxattr(proc_path(fd).cstr(), name, value, flags)?;
+            }
+            op::GETXATTR => {
+                let size = r.u32().map_err(mal)? as usize;
+                r.u32().map_err(mal)?;
+                let name = r.cstr().map_err(mal)?;
+                if reserved_xattr(name.to_bytes()) {
+                    return Err(libc::ENODATA);
+                }
+                let fd = match self.xattr_fd(h.nodeid) {
+                    Ok(fd) => fd,
+                    Err(libc::EPERM) => return Err(libc::ENODATA),
+                    Err(e) => return Err(e),
+                };
+                let p = proc_path(fd);
+                if size == 0 {
+                    let n = sys::getxattr(p.cstr(), name, &mut [])?;
+                    w.u32(n as u32).u32(0);
+                } else {
+                    let start = w.buf.len();
+                    w.zeros(size.min(1 << 16));
+                    let n = sys::getxattr(p.cstr(), name, &mut w.buf[start..])?;
+                    w.buf.truncate(start + n);
+                }
+            }
+            op::LISTXATTR => {
+                let size = r.u32().map_err(mal)? as usize;
+                let fd = match self.xattr_fd(h.nodeid) {
+                    Ok(fd) => fd,
+                    Err(libc::EPERM) => {
+                        if size == 0 {
+                            w.u32(0).u32(0);
+                        }
+                        return Ok(Done::Reply);
+                    }
+                    Err(e) => return Err(e),
+                };
+                let p = proc_path(fd);
+                let mut list = vec![0u8; 1 << 16];
+                let n = sys::listxattr(p.cstr(), &mut list)?;
+                let mut out = Vec::with_capacity(n);
+                for name in list[..n].split(|&c| c == 0).filter(|s| !s.is_empty()) {
+                    if !reserved_xattr(name) {
+                        out.extend_from_slice(name);
+                        out.push(0);
+                    }
+                }
+                if size == 0 {
+                    w.u32(out.len() as u32).u32(0);
+                } else if out.len() > size {
+                    return Err(libc::ERANGE);
+                } else {
+                    w.bytes(&out);
+                }
+            }
+            op::REMOVEXATTR => {
+                let name = r.cstr().map_err(mal)?;
+                if reserved_xattr(name.to_bytes()) {
+                    return Err(libc::ENODATA);
+                }
+                let fd = self.xattr_fd(h.nodeid)?;
+                sys::removexattr(proc_path(fd).cstr(), name)?;
+            }
+            op::FLUSH | op::ACCESS => return Err(libc::ENOSYS),
+            op::INIT => return Err(libc::EIO),
+            op::OPENDIR => {
+                let fd = self.node_fd(h.nodeid)?;
+                let dir = self.reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
+                let raw = dir.into_raw_fd();
+                if !self.sh.publish(raw, kind::DIR, h.nodeid, 0, 0) {
+                    sys::close(raw);
+                    return Err(libc::ENFILE);
+                }
+                w.u64(raw as u64).u32(fopen::CACHE_DIR | fopen::KEEP_CACHE).u32(0);
+            }
+            op::READDIR | op::READDIRPLUS => {
+                let fh = r.u64().map_err(mal)?;
+                let off = r.u64().map_err(mal)?;
+                let size = r.u32().map_err(mal)? as usize;
+                self.readdir(fh, off, size.min(BUF_LEN), h.opcode == op::READDIRPLUS, w, dents)?;
+            }
+            op::FALLOCATE => {
+                let fh = r.u64().map_err(mal)?;
+                let off = r.u64().map_err(mal)?;
+                let len = r.u64().map_err(mal)?;
+                let mode = r.u32().map_err(mal)? as i32;
+                sys::fallocate(self.fh_fd(fh)?, mode, off, len)?;
+            }
+            op::LSEEK => {
+                let fh = r.u64().map_err(mal)?;
+                let off = r.u64().map_err(mal)? as i64;
+                let whence = r.u32().map_err(mal)? as i32;
+                let pos = sys::lseek(self.fh_fd(fh)?, off, whence)?;
+                w.u64(pos as u64);
+            }
+            op::COPY_FILE_RANGE => {
+                let fh_in = r.u64().map_err(mal)?;
+                let off_in = r.u64().map_err(mal)?;
+                let _node_out = r.u64().map_err(mal)?;
+                let fh_out = r.u64().map_err(mal)?;
+                let off_out = r.u64().map_err(mal)?;
+                let len = r.u64().map_err(mal)?.min(1 << 30) as usize;
+                let flags = r.u64().map_err(mal)? as u32;
+                let n = sys::copy_file_range(self.fh_fd(fh_in)?, off_in, self.fh_fd(fh_out)?, off_out, len, flags)?;
+                w.u32(n as u32).u32(0);
+            }
+            op::SYNCFS => sys::syncfs(self.root)?,
+            op::INTERRUPT => return Ok(Done::NoReply),
+            op::DESTROY => return Ok(Done::Destroy),
+            _ => return Err(libc::ENOSYS),
+        }
+        Ok(Done::Reply)
+    }
+
+    // ----- node and handle table -----
+
+    fn node_fd(&self, nodeid: u64) -> SysResult<RawFd> {
+        if nodeid == abi::ROOT_ID {
+            return Ok(self.root);
+        }
+        if nodeid < 2 || nodeid > i32::MAX as u64 {
+            return Err(libc::ESTALE);
+        }
+        let fd = (nodeid - 2) as RawFd;
+        if fd == self.root || self.sh.kind(fd) != kind::NODE {
+            return Err(libc::ESTALE);
+        }
+        Ok(fd)
+    }
+
+    fn nodeid(&self, fd: RawFd) -> u64 {
+        if fd == self.root {
+            abi::ROOT_ID
+        } else {
+            fd as u64 + 2
+        }
+    }
+
+    fn fh_fd(&self, fh: u64) -> SysResult<RawFd> {
+        if fh > i32::MAX as u64 {
+            return Err(libc::EBADF);
+        }
+        let fd = fh as RawFd;
+        match self.sh.kind(fd) {
+            kind::FILE | kind::DIR => Ok(fd),
+            _ => Err(libc::EBADF),
+        }
+    }
+
+    /// Looks `name` up beneath `parent` (one component, never following a symlink) and
+    /// returns its node id (its lookup count raised by one) and attributes.
+    fn lookup(&self, parent: RawFd, name: &CStr) -> SysResult<(u64, Attr)> {
+        let fd = sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        let key = (st.st_dev, st.st_ino);
+        let mut map = self.inodes.lock().map_err(|_| libc::EIO)?;
+        let node = match map.get(&key).copied() {
+            Some(existing) if self.sh.kind(existing) == kind::NODE => {
+                if let Some(e) = self.sh.entry(existing) {
+                    e[1].fetch_add(1, Ordering::AcqRel);
+                }
+                drop(fd);
+                existing
+            }
+            _ => {
+                let raw = fd.into_raw_fd();
+                if raw == self.root || !self.sh.publish(raw, kind::NODE, 1, st.st_ino, st.st_dev) {
+                    sys::close(raw);
+                    return Err(libc::ENFILE);
+                }
+                self.sh.dev_index(st.st_dev);
+                map.insert(key, raw);
+                raw
+            }
+        };
+        drop(map);
+        Ok((self.nodeid(node), self.attr(node, &st)))
+    }
+
+    fn forget(&self, nodeid: u64, n: u64) {
+        let Ok(fd) = self.node_fd(nodeid) else { return };
+        if fd == self.root {
+            return;
+        }
+        let Ok(mut map) = self.inodes.lock() else { return };
+        let Some(e) = self.sh.entry(fd) else { return };
+        let left = e[1].load(Ordering::Acquire).saturating_sub(n);
+        if left > 0 {
+            e[1].store(left, Ordering::Release);
+            return;
+        }
+        let key = (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed));
+        if map.get(&key) == Some(&fd) {
+            map.remove(&key);
+        }
+        self.sh.free(fd);
+        sys::close(fd);
+    }
+
+    fn release(&self, fh: u64) {
+        let Ok(fd) = self.fh_fd(fh) else { return };
+        let node = self.sh.entry(fd).map(|e| e[1].load(Ordering::Relaxed));
+        if self.sh.kind(fd) == kind::FILE {
+            if let Some(nodeid) = node {
+                self.put_backing(nodeid);
+            }
+        }
+        self.sh.free(fd);
+        sys::close(fd);
+    }
+
+    /// The passthrough backing id of a node: the kernel wants one backing file per inode
+    /// for all of its passthrough opens, so the first open registers it and the last
+    /// release drops it.
+    fn get_backing(&self, nodeid: u64, file: RawFd) -> SysResult<i32> {
+        let fd = self.node_fd(nodeid)?;
+        let e = self.sh.entry(fd).ok_or(libc::ESTALE)?;
+        let _g = self.inodes.lock().map_err(|_| libc::EIO)?;
+        let id = e[4].load(Ordering::Acquire);
+        if id != 0 {
+            e[5].fetch_add(1, Ordering::AcqRel);
+            return Ok((id - 1) as i32);
+        }
+        let id = sys::backing_open(self.fuse, file)?;
+        e[5].store(1, Ordering::Relaxed);
+        e[4].store(id as u64 + 1, Ordering::Release);
+        Ok(id)
+    }
+
+    fn put_backing(&self, nodeid: u64) {
+        let Ok(fd) = self.node_fd(nodeid) else { return };
+        let Some(e) = self.sh.entry(fd) else { return };
+        let Ok(_g) = self.inodes.lock() else { return };
+        let id = e[4].load(Ordering::Acquire);
+        if id == 0 {
+            return;
+        }
+        let left = e[5].load(Ordering::Acquire).saturating_sub(1);
+        e[5].store(left, Ordering::Release);
+        if left == 0 {
+            e[4].store(0, Ordering::Release);
+            let _ = sys::backing_close(self.fuse, (id - 1) as i32);
+        }
+    }
+
+    // ----- helpers -----
+
+    fn attr(&self, fd: RawFd, st: &libc::stat) -> Attr {
+        let idx = if st.st_dev == self.root_dev { 0 } else { self.sh.dev_index(st.st_dev) };
+        let mut a = Attr {
+            ino: if idx == 0 { st.st_ino } else { st.st_ino ^ (idx << 56) },
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: st.st_atime,
+            mtime: st.st_mtime,
+            ctime: st.st_ctime,
+            atimensec: st.st_atime_nsec as u32,
+            mtimensec: st.st_mtime_nsec as u32,
+            ctimensec: st.st_ctime_nsec as u32,
+            mode: st.st_mode,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+        };
+        if let Some((mode, rdev)) = self.fake_dev(fd, st) {
+            a.mode = mode;
+            a.rdev = rdev;
+            a.size = 0;
+        }
+        a
+    }
+
+    /// A device node stored as a regular file: sticky, empty, with the xattr.
+    fn fake_dev(&self, fd: RawFd, st: &libc::stat) -> Option<(u32, u32)> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 || st.st_mode & libc::S_ISVTX == 0 {
+            return None;
+        }
+        let mut v = [0u8; 64];
+        let n = sys::getxattr(proc_path(fd).cstr(), DEV_XATTR, &mut v).ok()?;
+        let s = std::str::from_utf8(&v[..n]).ok()?;
+        let mut it = s.split(' ');
+        let mode = u32::from_str_radix(it.next()?, 8).ok()?;
+        let rdev: u32 = it.next()?.parse().ok()?;
+        let t = mode & libc::S_IFMT;
+        if t != libc::S_IFCHR && t != libc::S_IFBLK {
+            return None;
+        }
+        Some((mode, rdev))
+    }
+
+    fn attr_out(&self, w: &mut Writer, attr: &Attr) {
+        w.u64(self.ttl.secs).u32(self.ttl.nsecs).u32(0);
+        attr.encode(w);
+    }
+
+    /// The identity a new file gets: the caller's uid, and its gid unless the parent
+    /// directory is set-group-id.
+    fn owner(&self, h: &InHeader, parent: RawFd) -> SysResult<(u32, u32)> {
+        let pst = sys::fstat(parent)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { h.gid };
+        Ok((h.uid, gid))
+    }
+
+    fn finish_new(&self, h: &InHeader, parent: RawFd, name: &CStr, res: SysResult<()>, resent: bool, w: &mut Writer) -> SysResult<()> {
+        match res {
+            Ok(()) => {}
+            Err(libc::EEXIST) if resent => {}
+            Err(e) => return Err(e),
+        }
+        let (uid, gid) = self.owner(h, parent)?;
+        let st = sys::statat(parent, name)?;
+        if st.st_uid != uid || st.st_gid != gid {
+            sys::chownat(parent, name, uid, gid)?;
+        }
+        let (id, attr) = self.lookup(parent, name)?;
+        abi::encode_entry(w, id, 0, self.ttl, &attr);
+        Ok(())
+    }
+
+    fn mknod(&self, parent: RawFd, name: &CStr, mode: u32, rdev: u32) -> SysResult<()> {
+        let perm = mode & 0o7777;
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                sys::openat(parent, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, perm)?;
+                Ok(())
+            }
+            libc::S_IFIFO | libc::S_IFSOCK => sys::mknodat(parent, name, mode, 0),
+            libc::S_IFCHR | libc::S_IFBLK => {
+                // No CAP_MKNOD: store the node as an empty sticky regular file + xattr.
+                let f = sys::openat(parent, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o1600)?;
+                let fd = f.as_raw_fd();
+                sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), 0o1600)?;
+                let v = format!("{mode:o} {rdev}");
+                if let Err(e) = sys::setxattr(proc_path(fd).cstr(), DEV_XATTR, v.as_bytes(), 0) {
+                    let _ = sys::unlinkat(parent, name, 0);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    fn file_flags(&self, flags: i32) -> i32 {
+        let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_APPEND | libc::O_NOFOLLOW);
+        if self.writeback && f & libc::O_ACCMODE == libc::O_WRONLY {
+            f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        f
+    }
+
+    /// Opens the object a node descriptor names, with real access flags, through its
+    /// /proc/self/fd entry (exactly that inode, no path walk), non-blocking, and checks
+    /// that it is of the expected type.
+    fn reopen(&self, fd: RawFd, flags: i32, want: u32) -> SysResult<OwnedFd> {
+        let st = sys::fstat(fd)?;
+        if st.st_mode & libc::S_IFMT != want {
+            return Err(if want == libc::S_IFDIR { libc::ENOTDIR } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR { libc::EISDIR } else { libc::ENXIO });
+        }
+        let file = sys::openat(self.proc_fd, FdName::new(b"", fd).cstr(), flags | libc::O_NONBLOCK, 0)?;
+        let st2 = sys::fstat(file.as_raw_fd())?;
+        if st2.st_mode & libc::S_IFMT != want || st2.st_ino != st.st_ino || st2.st_dev != st.st_dev {
+            return Err(libc::EIO);
+        }
+        Ok(file)
+    }
+
+    fn open_reply(&self, w: &mut Writer, nodeid: u64, file: OwnedFd, flags: i32) -> SysResult<()> {
+        let mut open_flags = 0;
+        let mut backing = 0i32;
+        if self.passthrough {
+            backing = self.get_backing(nodeid, file.as_raw_fd())?;
+            open_flags |= fopen::PASSTHROUGH;
+        } else {
+            open_flags |= fopen::KEEP_CACHE;
+        }
+        let raw = file.into_raw_fd();
+        if !self.sh.publish(raw, kind::FILE, nodeid, 0, flags as u32 as u64) {
+            if self.passthrough {
+                self.put_backing(nodeid);
+            }
+            sys::close(raw);
+            return Err(libc::ENFILE);
+        }
+        w.u64(raw as u64).u32(open_flags).i32(backing);
+        Ok(())
+    }
+
+    /// A node descriptor on which path-based xattr calls are meaningful (not a symlink).
+    fn xattr_fd(&self, nodeid: u64) -> SysResult<RawFd> {
+        let fd = self.node_fd(nodeid)?;
+        let st = sys::fstat(fd)?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => Err(libc::EPERM),
+            _ => Ok(fd),
+        }
+    }
+
+    fn setattr(&self, h: &InHeader, mut r: Reader, w: &mut Writer) -> SysResult<()> {
+        let valid = r.u32().map_err(mal)?;
+        r.u32().map_err(mal)?;
+        let fh = r.u64().map_err(mal)?;
+        let size = r.u64().map_err(mal)?;
+        r.u64().map_err(mal)?;
+        let atime = r.u64().map_err(mal)? as i64;
+        let mtime = r.u64().map_err(mal)? as i64;
+        r.u64().map_err(mal)?;
+        let atimensec = r.u32().map_err(mal)?;
+        let mtimensec = r.u32().map_err(mal)?;
+        r.u32().map_err(mal)?;
+        let mode = r.u32().map_err(mal)?;
+        r.u32().map_err(mal)?;
+        let uid = r.u32().map_err(mal)?;
+        let gid = r.u32().map_err(mal)?;
+        let fd = self.node_fd(h.nodeid)?;
+        let st = sys::fstat(fd)?;
+        if valid & fattr::MODE != 0 {
+            if let Some((dmode, rdev)) = self.fake_dev(fd, &st) {
+                let v = format!("{:o} {rdev}", (dmode & libc::S_IFMT) | (mode & 0o7777));
+                sys::setxattr(proc_path(fd).cstr(), DEV_XATTR, v.as_bytes(), 0)?;
+            } else if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), mode & 0o7777)?;
+            }
+        }
+        if valid & (fattr::UID | fattr::GID) != 0 {
+            let u = if valid & fattr::UID != 0 { uid } else { u32::MAX };
+            let g = if valid & fattr::GID != 0 { gid } else { u32::MAX };
+            sys::chownat(fd, c"", u, g)?;
+        }
+        if valid & fattr::SIZE != 0 {
+            let by_fh = if valid & fattr::FH != 0 { self.fh_fd(fh).ok() } else { None };
+            match by_fh {
+                Some(f) => sys::ftruncate(f, size)?,
+                None => {
+                    let f = self.reopen(fd, libc::O_WRONLY, libc::S_IFREG)?;
+                    sys::ftruncate(f.as_raw_fd(), size)?;
+                }
+            }
+        }
+        if valid & (fattr::ATIME | fattr::MTIME) != 0 {
+            let t = |set: bool, now: bool, s: i64, ns: u32| libc::timespec {
+                tv_sec: if set && !now { s } else { 0 },
+                tv_nsec: if !set { libc::UTIME_OMIT } else if now { libc::UTIME_NOW } else { ns as i64 },
+            };
+            let times = [
+                t(valid & fattr::ATIME != 0, valid & fattr::ATIME_NOW != 0, atime, atimensec),
+                t(valid & fattr::MTIME != 0, valid & fattr::MTIME_NOW != 0, mtime, mtimensec),
+            ];
+            sys::utimens_fd(fd, &times)?;
+        }
+        let st = sys::fstat(fd)?;
+        let attr = self.attr(fd, &st);
+        self.attr_out(w, &attr);
+        Ok(())
+    }
+
+    fn readdir(&self, fh: u64, off: u64, size: usize, plus: bool, w: &mut Writer, dents: &mut [u8]) -> SysResult<()> {
+        let fd = self.fh_fd(fh)?;
+        if self.sh.kind(fd) != kind::DIR {
+            return Err(libc::EBADF);
+        }
+        sys::lseek(fd, off as i64, libc::SEEK_SET)?;
+        let limit = abi::OUT_HEADER_LEN + size;
+        'outer: loop {
+            let n = sys::getdents64(fd, dents)?;
+            if n == 0 {
+                break;
+            }
+            let mut p = 0;
+            while p + 19 <= n {
+                let mut r = Reader::new(&dents[p..n]);
+                let (Ok(ino), Ok(doff), Ok(reclen)) = (r.u64(), r.u64(), r.u16()) else { break 'outer };
+                let reclen = reclen as usize;
+                if reclen < 19 || p + reclen > n {
+                    break 'outer;
+                }
+                let typ = dents[p + 18] as u32;
+                let raw = &dents[p + 19..p + reclen];
+                let nlen = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+                let name = &dents[p + 19..p + 19 + nlen + 1];
+                p += reclen;
+                let Ok(cname) = CStr::from_bytes_with_nul(name) else { continue };
+                let nb = cname.to_bytes();
+                let rec = abi::dirent_align(abi::DIRENT_LEN + nb.len()) + if plus { abi::ENTRY_OUT_LEN } else { 0 };
+                if w.buf.len() + rec > limit {
+                    break 'outer;
+                }
+                if !plus {
+                    abi::encode_dirent(w, ino, doff, typ, nb);
+                    continue;
+                }
+                if nb == b"." || nb == b".." {
+                    abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
+                    abi::encode_dirent(w, ino, doff, typ, nb);
+                    continue;
+                }
+                match self.lookup(fd, cname) {
+                    Ok((id, attr)) => {
+                        abi::encode_entry(w, id, 0, self.ttl, &attr);
+                        abi::encode_dirent(w, attr.ino, doff, (attr.mode & libc::S_IFMT) >> 12, nb);
+                    }
+                    Err(_) => continue,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reserved_xattr(name: &[u8]) -> bool {
+    name.starts_with(RESERVED_XATTR_PREFIX)
+}

@@ -1,0 +1,270 @@
+//! State that outlives one file-server process: a shared memory region (a memfd the
+//! supervisor creates) holding the negotiated INIT parameters, progress counters the
+//! supervisor watches, and the node / open-file table.
+//!
+//! The table is indexed by descriptor number: node ids and file handles are descriptors
+//! in an fd table shared with the keeper process (CLONE_FILES), so a server killed at
+//! any instant leaves every descriptor and every published entry behind for the next one.
+//! Every entry is written completely before its kind word is published (Release), so a
+//! kill between two stores leaves at worst a leaked descriptor, never a torn entry.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::Error;
+
+/// Magic word at the start of the region ("PORTAFS1").
+pub const MAGIC: u64 = 0x5054_4153_4653_3031;
+
+/// Header word indexes.
+#[allow(missing_docs)]
+pub mod hdr {
+    pub const MAGIC: usize = 0;
+    pub const CAPACITY: usize = 1;
+    pub const INITIALIZED: usize = 2;
+    pub const PROTO_MINOR: usize = 3;
+    pub const INIT_FLAGS: usize = 4;
+    pub const MAX_WRITE: usize = 5;
+    pub const MAX_READAHEAD: usize = 6;
+    pub const SERVER_STARTS: usize = 7;
+    pub const REQUESTS_DONE: usize = 8;
+    pub const RESENT: usize = 9;
+    pub const SERVER_PID: usize = 10;
+    pub const ROOT_FD: usize = 11;
+    pub const PROC_FD: usize = 12;
+    pub const FUSE_FD: usize = 13;
+    pub const UNMOUNTED: usize = 14;
+    pub const DEV_COUNT: usize = 16;
+    pub const DEVS: usize = 17;
+    pub const MAX_DEVS: usize = 32;
+    pub const SLOTS: usize = 64;
+    pub const SLOT_WORDS: usize = 4;
+    pub const MAX_SLOTS: usize = 8;
+    pub const TABLE: usize = 128;
+}
+
+/// Kind word of a table entry.
+#[allow(missing_docs)]
+pub mod kind {
+    pub const FREE: u64 = 0;
+    pub const NODE: u64 = 1;
+    pub const FILE: u64 = 2;
+    pub const DIR: u64 = 3;
+}
+
+/// Thread slot states.
+#[allow(missing_docs)]
+pub mod slot {
+    pub const IDLE: u64 = 0;
+    pub const WORKING: u64 = 1;
+}
+
+/// Words per table entry. Node: kind, lookup count, st_ino, st_dev, passthrough
+/// backing id + 1 (0: none), number of open files using it. File or directory handle:
+/// kind, node id, 0, open flags, 0, 0.
+pub const ENTRY_WORDS: usize = 6;
+
+/// The shared region, mapped for the life of the process.
+#[derive(Debug, Clone, Copy)]
+pub struct Shared {
+    words: &'static [AtomicU64],
+}
+
+/// A progress snapshot of one server thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// `slot::IDLE` or `slot::WORKING`.
+    pub state: u64,
+    /// Incremented at the start and end of each request.
+    pub seq: u64,
+    /// The thread's id.
+    pub tid: u64,
+}
+
+/// Creates a memfd sized for `capacity` table entries and initializes it.
+pub fn create_memfd(capacity: usize) -> Result<OwnedFd, Error> {
+    let size = region_size(capacity);
+    let fd = memfd(c"porta-fs-state")?;
+    nix::unistd::ftruncate(&fd, size as i64).map_err(|e| Error::Sys("ftruncate state memfd", e))?;
+    let sh = Shared::map(fd.as_raw_fd())?;
+    sh.words[hdr::CAPACITY].store(capacity as u64, Ordering::Relaxed);
+    sh.words[hdr::MAGIC].store(MAGIC, Ordering::Release);
+    Ok(fd)
+}
+
+fn region_size(capacity: usize) -> usize {
+    let bytes = (hdr::TABLE + capacity * ENTRY_WORDS) * 8;
+    (bytes + 4095) & !4095
+}
+
+fn memfd(name: &std::ffi::CStr) -> Result<OwnedFd, Error> {
+    // SAFETY: valid name; plain system call.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::Io("memfd_create", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn map_shared(fd: RawFd, len: usize) -> Result<&'static [AtomicU64], Error> {
+    // SAFETY: mapping a memfd we hold, MAP_SHARED, never unmapped: the returned slice
+    // stays valid for the life of the process. The region is page-aligned, AtomicU64 has
+    // the layout of u64, and every access to it goes through atomics.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(Error::Io("mmap state memfd", std::io::Error::last_os_error()));
+        }
+        Ok(std::slice::from_raw_parts(p as *const AtomicU64, len / 8))
+    }
+}
+
+impl Shared {
+    /// Maps an existing state memfd (created by [`create_memfd`]).
+    pub fn map(fd: RawFd) -> Result<Shared, Error> {
+        let st = crate::sys::fstat(fd).map_err(|e| Error::Sys("fstat state memfd", nix::errno::Errno::from_raw(e)))?;
+        let len = st.st_size as usize;
+        if len < hdr::TABLE * 8 || len % 8 != 0 {
+            return Err(Error::BadState(format!("state memfd has size {len}")));
+        }
+        let words = map_shared(fd, len)?;
+        let sh = Shared { words };
+        let magic = words[hdr::MAGIC].load(Ordering::Acquire);
+        if magic != 0 && magic != MAGIC {
+            return Err(Error::BadState(format!("state memfd magic {magic:#x}")));
+        }
+        if magic == MAGIC {
+            let cap = sh.capacity();
+            if region_size(cap) > len {
+                return Err(Error::BadState(format!("state capacity {cap} exceeds its memfd")));
+            }
+        }
+        Ok(sh)
+    }
+
+    /// A process-private region (tests and servers that need no restart).
+    pub fn anonymous(capacity: usize) -> Result<Shared, Error> {
+        let fd = create_memfd(capacity)?;
+        let sh = Shared::map(fd.as_raw_fd())?;
+        Ok(sh)
+    }
+
+    /// A header word.
+    pub fn hdr(&self, i: usize) -> &AtomicU64 {
+        &self.words[i]
+    }
+
+    /// Number of table entries.
+    pub fn capacity(&self) -> usize {
+        let cap = self.words[hdr::CAPACITY].load(Ordering::Relaxed) as usize;
+        cap.min((self.words.len() - hdr::TABLE) / ENTRY_WORDS)
+    }
+
+    /// The four words of the entry for descriptor `fd`, if in range.
+    pub fn entry(&self, fd: RawFd) -> Option<&[AtomicU64]> {
+        if fd < 0 || fd as usize >= self.capacity() {
+            return None;
+        }
+        let base = hdr::TABLE + fd as usize * ENTRY_WORDS;
+        Some(&self.words[base..base + ENTRY_WORDS])
+    }
+
+    /// Publishes an entry: the data words first (the last two zeroed), then its kind.
+    pub fn publish(&self, fd: RawFd, k: u64, a: u64, b: u64, c: u64) -> bool {
+        match self.entry(fd) {
+            Some(e) => {
+                e[1].store(a, Ordering::Relaxed);
+                e[2].store(b, Ordering::Relaxed);
+                e[3].store(c, Ordering::Relaxed);
+                e[4].store(0, Ordering::Relaxed);
+                e[5].store(0, Ordering::Relaxed);
+                e[0].store(k, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The kind of entry `fd`.
+    pub fn kind(&self, fd: RawFd) -> u64 {
+        self.entry(fd).map_or(kind::FREE, |e| e[0].load(Ordering::Acquire))
+    }
+
+    /// Marks entry `fd` free.
+    pub fn free(&self, fd: RawFd) {
+        if let Some(e) = self.entry(fd) {
+            e[0].store(kind::FREE, Ordering::Release);
+        }
+    }
+
+    /// The progress slot words of thread `i`.
+    pub fn slot(&self, i: usize) -> Option<&[AtomicU64]> {
+        if i >= hdr::MAX_SLOTS {
+            return None;
+        }
+        let base = hdr::SLOTS + i * hdr::SLOT_WORDS;
+        Some(&self.words[base..base + hdr::SLOT_WORDS])
+    }
+
+    /// Snapshot of every thread slot in use.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        (0..hdr::MAX_SLOTS)
+            .filter_map(|i| self.slot(i))
+            .map(|s| SlotInfo {
+                state: s[0].load(Ordering::Acquire),
+                seq: s[1].load(Ordering::Acquire),
+                tid: s[2].load(Ordering::Acquire),
+            })
+            .filter(|s| s.tid != 0)
+            .collect()
+    }
+
+    /// Total requests answered by all servers so far.
+    pub fn requests_done(&self) -> u64 {
+        self.words[hdr::REQUESTS_DONE].load(Ordering::Relaxed)
+    }
+
+    /// Index (1-based) of device `dev` in the device table, adding it when new.
+    pub fn dev_index(&self, dev: u64) -> u64 {
+        let n = self.words[hdr::DEV_COUNT].load(Ordering::Acquire) as usize;
+        for i in 0..n.min(hdr::MAX_DEVS) {
+            if self.words[hdr::DEVS + i].load(Ordering::Relaxed) == dev {
+                return i as u64 + 1;
+            }
+        }
+        if n >= hdr::MAX_DEVS {
+            return hdr::MAX_DEVS as u64 + 1;
+        }
+        self.words[hdr::DEVS + n].store(dev, Ordering::Relaxed);
+        self.words[hdr::DEV_COUNT].store(n as u64 + 1, Ordering::Release);
+        n as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_and_free() {
+        let sh = Shared::anonymous(64).unwrap();
+        assert_eq!(sh.capacity(), 64);
+        assert!(sh.publish(5, kind::NODE, 1, 2, 3));
+        assert_eq!(sh.kind(5), kind::NODE);
+        sh.free(5);
+        assert_eq!(sh.kind(5), kind::FREE);
+        assert!(!sh.publish(64, kind::NODE, 0, 0, 0));
+        assert!(sh.entry(-1).is_none());
+        assert_eq!(sh.dev_index(77), 1);
+        assert_eq!(sh.dev_index(78), 2);
+        assert_eq!(sh.dev_index(77), 1);
+    }
+}

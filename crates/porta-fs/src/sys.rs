@@ -1,0 +1,280 @@
+//! Thin wrappers around the system calls the file server makes. Each returns the
+//! `errno` on failure, so a handler can answer the kernel with it unchanged.
+
+use std::ffi::CStr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// An errno value.
+pub type Errno = i32;
+/// Result of a system call.
+pub type SysResult<T> = Result<T, Errno>;
+
+fn errno() -> Errno {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 {
+        Err(errno())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_ssize(ret: isize) -> SysResult<usize> {
+    if ret < 0 {
+        Err(errno())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+const EMPTY: &CStr = c"";
+
+/// `openat(2)`; the returned descriptor is always O_CLOEXEC.
+pub fn openat(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string; the kernel validates `dir`.
+    let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(2)` with AT_SYMLINK_NOFOLLOW (`name` empty: the descriptor itself).
+pub fn statat(dir: RawFd, name: &CStr) -> SysResult<libc::stat> {
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: all-zero is a valid `struct stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer, `name` a valid string.
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;
+    Ok(st)
+}
+
+/// `fstat` of a descriptor (O_PATH descriptors included).
+pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
+    statat(fd, EMPTY)
+}
+
+/// `mkdirat(2)`.
+pub fn mkdirat(dir: RawFd, name: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: valid string; plain system call.
+    check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) }).map(|_| ())
+}
+
+/// `mknodat(2)`.
+pub fn mknodat(dir: RawFd, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+    // SAFETY: valid string; plain system call.
+    check(unsafe { libc::mknodat(dir, name.as_ptr(), mode, rdev) }).map(|_| ())
+}
+
+/// `symlinkat(2)`.
+pub fn symlinkat(target: &CStr, dir: RawFd, name: &CStr) -> SysResult<()> {
+    // SAFETY: valid strings; plain system call.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map(|_| ())
+}
+
+/// `unlinkat(2)`.
+pub fn unlinkat(dir: RawFd, name: &CStr, flags: i32) -> SysResult<()> {
+    // SAFETY: valid string; plain system call.
+    check(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(|_| ())
+}
+
+/// `renameat2(2)`.
+pub fn renameat2(od: RawFd, on: &CStr, nd: RawFd, nn: &CStr, flags: u32) -> SysResult<()> {
+    // SAFETY: valid strings; plain system call.
+    check(unsafe { libc::renameat2(od, on.as_ptr(), nd, nn.as_ptr(), flags) }).map(|_| ())
+}
+
+/// `linkat(2)`.
+pub fn linkat(od: RawFd, on: &CStr, nd: RawFd, nn: &CStr, flags: i32) -> SysResult<()> {
+    // SAFETY: valid strings; plain system call.
+    check(unsafe { libc::linkat(od, on.as_ptr(), nd, nn.as_ptr(), flags) }).map(|_| ())
+}
+
+/// `readlinkat(2)` of an O_PATH descriptor of a symlink, into `buf`.
+pub fn readlink_fd(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes.
+    check_ssize(unsafe {
+        libc::readlinkat(fd, EMPTY.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })
+}
+
+/// `fchownat(2)` without following symlinks (`name` empty: the descriptor itself).
+pub fn chownat(dir: RawFd, name: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: valid string; plain system call.
+    check(unsafe { libc::fchownat(dir, name.as_ptr(), uid, gid, flags) }).map(|_| ())
+}
+
+/// `fchmodat(2)` (follows the final link: used with /proc/self/fd names).
+pub fn chmodat(dir: RawFd, name: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: valid string; plain system call.
+    check(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) }).map(|_| ())
+}
+
+/// `utimensat(2)` on a descriptor itself (AT_EMPTY_PATH, works on O_PATH).
+pub fn utimens_fd(fd: RawFd, times: &[libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: `times` points to two timespecs; empty path with AT_EMPTY_PATH.
+    check(unsafe {
+        libc::utimensat(fd, EMPTY.as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH)
+    })
+    .map(|_| ())
+}
+
+/// `ftruncate(2)`.
+pub fn ftruncate(fd: RawFd, size: u64) -> SysResult<()> {
+    // SAFETY: plain system call.
+    check(unsafe { libc::ftruncate(fd, size as i64) }).map(|_| ())
+}
+
+/// `pread(2)`.
+pub fn pread(fd: RawFd, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    check_ssize(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), off as i64) })
+}
+
+/// `pwrite(2)`.
+pub fn pwrite(fd: RawFd, buf: &[u8], off: u64) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    check_ssize(unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), off as i64) })
+}
+
+/// `read(2)`.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    check_ssize(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `write(2)`.
+pub fn write(fd: RawFd, buf: &[u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    check_ssize(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// `fsync(2)` or `fdatasync(2)`.
+pub fn fsync(fd: RawFd, datasync: bool) -> SysResult<()> {
+    // SAFETY: plain system calls.
+    let r = unsafe {
+        if datasync {
+            libc::fdatasync(fd)
+        } else {
+            libc::fsync(fd)
+        }
+    };
+    check(r).map(|_| ())
+}
+
+/// `syncfs(2)`.
+pub fn syncfs(fd: RawFd) -> SysResult<()> {
+    // SAFETY: plain system call.
+    check(unsafe { libc::syncfs(fd) }).map(|_| ())
+}
+
+/// `fallocate(2)`.
+pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> SysResult<()> {
+    // SAFETY: plain system call.
+    check(unsafe { libc::fallocate(fd, mode, off as i64, len as i64) }).map(|_| ())
+}
+
+/// `lseek(2)`.
+pub fn lseek(fd: RawFd, off: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: plain system call.
+    let r = unsafe { libc::lseek(fd, off, whence) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `copy_file_range(2)`.
+pub fn copy_file_range(fi: RawFd, oi: u64, fo: RawFd, oo: u64, len: usize, flags: u32) -> SysResult<usize> {
+    let mut oi = oi as i64;
+    let mut oo = oo as i64;
+    // SAFETY: the offsets are valid in/out pointers.
+    check_ssize(unsafe { libc::copy_file_range(fi, &mut oi, fo, &mut oo, len, flags) })
+}
+
+/// `fstatvfs(3)`.
+pub fn fstatvfs(fd: RawFd) -> SysResult<libc::statvfs> {
+    // SAFETY: all-zero is a valid statvfs.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer.
+    check(unsafe { libc::fstatvfs(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// `getdents64(2)` into `buf`.
+pub fn getdents64(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let r = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    check_ssize(r as isize)
+}
+
+/// `getxattr(2)` (follows: used with /proc/self/fd names); empty `buf` asks for the size.
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: valid strings; `buf` valid for `buf.len()` bytes (null when empty).
+    check_ssize(unsafe {
+        libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })
+}
+
+/// `setxattr(2)`.
+pub fn setxattr(path: &CStr, name: &CStr, val: &[u8], flags: i32) -> SysResult<()> {
+    // SAFETY: valid strings and value buffer.
+    check(unsafe {
+        libc::setxattr(path.as_ptr(), name.as_ptr(), val.as_ptr().cast(), val.len(), flags)
+    })
+    .map(|_| ())
+}
+
+/// `listxattr(2)`; empty `buf` asks for the size.
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: valid string; `buf` valid for `buf.len()` bytes.
+    check_ssize(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `removexattr(2)`.
+pub fn removexattr(path: &CStr, name: &CStr) -> SysResult<()> {
+    // SAFETY: valid strings.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(|_| ())
+}
+
+/// `close(2)` of a raw descriptor the caller owns.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and drops every use of it.
+    unsafe { libc::close(fd) };
+}
+
+/// Registers `fd` as a passthrough backing file on the FUSE connection; returns its id.
+pub fn backing_open(fuse: RawFd, fd: RawFd) -> SysResult<i32> {
+    let map: [u32; 4] = [fd as u32, 0, 0, 0];
+    // SAFETY: `map` has the layout of `struct fuse_backing_map` (16 bytes).
+    let r = unsafe { libc::ioctl(fuse, crate::abi::DEV_IOC_BACKING_OPEN as _, map.as_ptr()) };
+    check(r)
+}
+
+/// Drops a passthrough backing id.
+pub fn backing_close(fuse: RawFd, id: i32) -> SysResult<()> {
+    let id = id as u32;
+    // SAFETY: the argument is a pointer to a u32 backing id.
+    check(unsafe { libc::ioctl(fuse, crate::abi::DEV_IOC_BACKING_CLOSE as _, &id) }).map(|_| ())
+}
+
+/// `gettid(2)`.
+pub fn gettid() -> i32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::gettid() }
+}
+
+/// Sets the process umask.
+pub fn umask(mask: u32) {
+    // SAFETY: always succeeds.
+    unsafe { libc::umask(mask) };
+}

@@ -1,0 +1,122 @@
+//! Test harness: a real FUSE mount of a temporary backing directory, served by
+//! `porta_fs::serve` on threads of the test process; unmounted and cleaned on drop,
+//! also when the test fails.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use porta_fs::{mount, serve, sys, Config, Shared};
+
+pub fn is_root() -> bool {
+    // SAFETY: always succeeds.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips the test (returns) unless running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+pub struct TestMount {
+    pub dir: tempfile::TempDir,
+    pub backing: PathBuf,
+    pub mnt: PathBuf,
+    fuse: Option<OwnedFd>,
+    _root: OwnedFd,
+    _proc: OwnedFd,
+    thread: Option<std::thread::JoinHandle<Result<porta_fs::Exit, porta_fs::Error>>>,
+    pub shared: Shared,
+}
+
+fn open_dir(p: &Path, flags: i32) -> OwnedFd {
+    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    sys::openat(libc::AT_FDCWD, &c, flags | libc::O_DIRECTORY, 0).unwrap()
+}
+
+impl TestMount {
+    pub fn new(passthrough: bool) -> TestMount {
+        let dir = tempfile::Builder::new().prefix("porta-fs-test").tempdir_in("/tmp").unwrap();
+        let backing = dir.path().join("backing");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&backing).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        Self::with_dirs(dir, backing, mnt, passthrough)
+    }
+
+    pub fn with_dirs(dir: tempfile::TempDir, backing: PathBuf, mnt: PathBuf, passthrough: bool) -> TestMount {
+        let fuse = mount::open_dev_fuse().unwrap();
+        let m = mount::fsmount_fuse(fuse.as_raw_fd(), &mount::MountOptions::default()).unwrap();
+        mount::move_mount_to(m.as_raw_fd(), &mnt).unwrap();
+        drop(m);
+        let root = open_dir(&backing, libc::O_PATH);
+        let procfd = open_dir(Path::new("/proc/self/fd"), libc::O_RDONLY);
+        let shared = Shared::anonymous(20000).unwrap();
+        let cfg = Config {
+            fuse_fd: fuse.as_raw_fd(),
+            root_fd: root.as_raw_fd(),
+            proc_fd: procfd.as_raw_fd(),
+            shared,
+            passthrough,
+            threads: 2,
+            ttl: Duration::from_secs(86400),
+        };
+        let thread = std::thread::spawn(move || serve(&cfg));
+        TestMount { dir, backing, mnt, fuse: Some(fuse), _root: root, _proc: procfd, thread: Some(thread), shared }
+    }
+
+    pub fn passthrough_active(&self) -> bool {
+        let flags = self.shared.hdr(porta_fs::shared::hdr::INIT_FLAGS).load(std::sync::atomic::Ordering::Relaxed);
+        flags & porta_fs::abi::init::PASSTHROUGH != 0
+    }
+
+    /// Runs `sh -c script` in `dir`; panics with its output when it fails.
+    pub fn sh(&self, dir: &Path, script: &str) -> String {
+        sh(dir, script)
+    }
+}
+
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        panic!(
+            "script failed in {}: {script}\nstdout: {so}\nstderr: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    so
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let _ = mount::unmount(&self.mnt);
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                match t.join() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => eprintln!("server ended with error: {e}"),
+                    Err(_) => eprintln!("server thread panicked"),
+                }
+                drop(self.fuse.take());
+            } else {
+                eprintln!("server did not stop within 10 s; leaking its thread");
+                std::mem::forget(self.fuse.take());
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! POSIX semantics and real workloads through a real FUSE mount, compared with the same
+//! operations on a plain directory. Needs root (skipped otherwise).
+
+mod common;
+use common::{sh, TestMount};
+use std::path::Path;
+
+/// A script of ordinary file operations; its output and the resulting tree (modes,
+/// owners, sizes, types, link counts) must be the same on the mount and on a plain dir.
+const OPS: &str = r#"
+mkdir -p a/b/c
+echo hello > a/f
+cat a/f
+printf 'xyz' >> a/f
+wc -c < a/f
+mv a/f a/g
+ln a/g a/hard
+ln -s ../g a/b/sym
+readlink a/b/sym
+cat a/b/sym
+chmod 0640 a/g
+chown 1000:1001 a/hard
+truncate -s 100 a/g
+truncate -s 3 a/g
+cat a/g; echo
+setfattr -n user.test -v val a/g 2>/dev/null || true
+getfattr -n user.test --only-values a/g 2>/dev/null || true
+mkfifo a/fifo
+mknod a/null c 1 3
+fallocate -l 65536 a/alloc
+dd if=/dev/zero of=a/sparse bs=1 count=1 seek=1048575 2>/dev/null
+rm a/hard
+rmdir a/b/c
+mkdir a/d && touch -d @1000000000 a/d/old
+stat -c '%Y' a/d/old
+touch a/x a/y && echo X > a/x && echo Y > a/y
+mv -T --exchange a/x a/y 2>/dev/null || python3 -c 'import ctypes,os; l=ctypes.CDLL(None,use_errno=True); assert l.renameat2(-100,b"a/x",-100,b"a/y",2)==0'
+cat a/x a/y
+python3 -c 'import ctypes; l=ctypes.CDLL(None,use_errno=True); r=l.renameat2(-100,b"a/x",-100,b"a/y",1); print(r, ctypes.get_errno())'
+cp --reflink=never a/g a/copy && cat a/copy; echo
+umask 077; touch a/private; mkdir a/pdir
+ls -la a | wc -l
+"#;
+
+fn tree(dir: &Path) -> String {
+    sh(dir, "find . -printf '%p %y %m %u %g %n %s\\n' | sort")
+}
+
+fn compare_with_plain(m: &TestMount, name: &str, script: &str) {
+    let on_mount = m.mnt.join(name);
+    std::fs::create_dir(&on_mount).unwrap();
+    let plain = m.dir.path().join(format!("plain-{name}"));
+    std::fs::create_dir(&plain).unwrap();
+    let a = sh(&on_mount, script);
+    let b = sh(&plain, script);
+    assert_eq!(a, b, "script output differs (mount vs plain)");
+    assert_eq!(tree(&on_mount), tree(&plain), "resulting trees differ (mount vs plain)");
+}
+
+fn ops_both_modes(passthrough: bool) {
+    let m = TestMount::new(passthrough);
+    compare_with_plain(&m, "ops", OPS);
+    assert_eq!(m.passthrough_active(), passthrough);
+    // The device node is stored as a regular file in the backing tree.
+    let st = std::fs::symlink_metadata(m.backing.join("ops/a/null")).unwrap();
+    assert!(st.file_type().is_file(), "device node must be a regular file in the backing tree");
+    let via = sh(&m.mnt, "stat -c '%F %t:%T' ops/a/null");
+    assert_eq!(via.trim(), "character special file 1:3");
+    // Hidden xattr is not visible nor writable through the mount.
+    let l = sh(&m.mnt, "getfattr -d -m - ops/a/null 2>&1 || true");
+    assert!(!l.contains("porta"), "{l}");
+    let e = sh(&m.mnt, "setfattr -n user.porta.dev -v '20644 0' ops/a/g 2>&1 || echo refused");
+    assert!(e.contains("refused") || e.contains("not permitted"), "{e}");
+    // statfs matches the backing file system.
+    let a = sh(&m.mnt, "stat -f -c '%S %b' .");
+    let b = sh(&m.backing, "stat -f -c '%S %b' .");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn posix_ops_passthrough() {
+    require_root!();
+    ops_both_modes(true);
+}
+
+#[test]
+fn posix_ops_strict() {
+    require_root!();
+    ops_both_modes(false);
+}
+
+#[test]
+fn identity_of_new_files() {
+    require_root!();
+    let m = TestMount::new(true);
+    sh(&m.mnt, "mkdir shared && chmod 1777 shared && mkdir sg && chown 0:1234 sg && chmod 2777 sg");
+    sh(&m.mnt, "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'touch shared/u; mkdir shared/ud; ln -s x shared/us; mkfifo shared/uf; touch sg/g'");
+    let out = sh(&m.backing, "stat -c '%n %u %g' shared/u shared/ud shared/us shared/uf sg/g");
+    assert_eq!(out, "shared/u 1000 1000\nshared/ud 1000 1000\nshared/us 1000 1000\nshared/uf 1000 1000\nsg/g 1000 1234\n");
+    // Permission checks are the kernel's (default_permissions): uid 1000 cannot write root's file.
+    sh(&m.mnt, "echo root > rootfile && chmod 644 rootfile");
+    let r = sh(&m.mnt, "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo x >> rootfile' 2>&1 || echo denied");
+    assert!(r.contains("denied"), "{r}");
+}
+
+#[test]
+fn tar_find_make_workloads() {
+    require_root!();
+    for passthrough in [true, false] {
+        let m = TestMount::new(passthrough);
+        let tarball = m.dir.path().join("src.tar");
+        sh(Path::new("/usr"), &format!("tar -cf {} include/linux include/asm-generic", tarball.display()));
+        sh(&m.mnt, &format!("mkdir x && tar -xf {} -C x", tarball.display()));
+        let plain = m.dir.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        sh(&plain, &format!("tar -xf {}", tarball.display()));
+        sh(m.dir.path(), &format!("diff -r plain {}/x", m.mnt.display()));
+        assert_eq!(tree(&plain), tree(&m.mnt.join("x")));
+        let n = sh(&m.mnt, "find x -type f | wc -l");
+        assert!(n.trim().parse::<u32>().unwrap() > 500, "{n}");
+        // Build a C program with make + gcc.
+        sh(&m.mnt, r#"mkdir prog && cd prog
+cat > main.c <<'C'
+#include <stdio.h>
+#include "lib.h"
+int main(void) { printf("%d\n", add(40, 2)); return 0; }
+C
+cat > lib.h <<'C'
+int add(int a, int b);
+C
+cat > lib.c <<'C'
+#include "lib.h"
+int add(int a, int b) { return a + b; }
+C
+printf 'prog: main.o lib.o\n\tgcc -o prog main.o lib.o\n%%.o: %%.c lib.h\n\tgcc -O1 -c $<\nclean:\n\trm -f *.o prog\n' > Makefile
+make -s
+"#);
+        assert_eq!(sh(&m.mnt.join("prog"), "./prog"), "42\n");
+        sh(&m.mnt.join("prog"), "make -s clean && make -s && ./prog >/dev/null");
+    }
+}
+
+#[test]
+fn sqlite_under_load() {
+    require_root!();
+    for passthrough in [true, false] {
+        let m = TestMount::new(passthrough);
+        sh(&m.mnt, "sqlite3 db.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, w INT, v TEXT);' >/dev/null");
+        // Four concurrent writers, each 200 transactions, with busy waiting: real
+        // POSIX locking contention, all in the kernel.
+        sh(&m.mnt, r#"
+for w in 1 2 3 4; do
+  ( i=0; while [ $i -lt 200 ]; do
+      echo "PRAGMA busy_timeout=10000; BEGIN IMMEDIATE; INSERT INTO t(w,v) VALUES($w, hex(randomblob(64))); COMMIT;"
+      i=$((i+1)); done | sqlite3 db.sqlite >/dev/null ) &
+done
+wait
+"#);
+        assert_eq!(sh(&m.mnt, "sqlite3 db.sqlite 'SELECT count(*) FROM t;'"), "800\n");
+        assert_eq!(sh(&m.mnt, "sqlite3 db.sqlite 'PRAGMA integrity_check;'"), "ok\n");
+        // Rollback-journal mode too.
+        sh(&m.mnt, "sqlite3 j.sqlite 'CREATE TABLE t(x); INSERT INTO t VALUES(1),(2),(3);'");
+        assert_eq!(sh(&m.mnt, "sqlite3 j.sqlite 'SELECT sum(x) FROM t;'"), "6\n");
+    }
+}
+
+#[test]
+fn locks_stay_in_the_kernel() {
+    require_root!();
+    let m = TestMount::new(true);
+    sh(&m.mnt, "touch lockfile");
+    // flock: a holder blocks a second non-blocking taker.
+    let out = sh(&m.mnt, "flock lockfile sleep 1 & sleep 0.3; flock -n lockfile true && echo got || echo busy; wait");
+    assert_eq!(out.trim(), "busy");
+    // POSIX record locks across processes.
+    let out = sh(&m.mnt, r#"python3 - <<'P'
+import fcntl, os, time
+f = open('lockfile', 'r+')
+fcntl.lockf(f, fcntl.LOCK_EX)
+pid = os.fork()
+if pid == 0:
+    g = open('lockfile', 'r+')
+    try:
+        fcntl.lockf(g, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got', flush=True)
+    except OSError:
+        print('busy', flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+P"#);
+    assert_eq!(out.trim(), "busy");
+}
+
+#[test]
+fn data_paths_large_files_and_mmap() {
+    require_root!();
+    for passthrough in [true, false] {
+        let m = TestMount::new(passthrough);
+        sh(&m.mnt, "head -c 33554432 /dev/urandom > big && cp big big2 && cmp big big2 && sync big2");
+        let a = sh(&m.mnt, "sha256sum big | cut -d' ' -f1");
+        let b = sh(&m.backing, "sha256sum big2 | cut -d' ' -f1");
+        assert_eq!(a, b);
+        let out = sh(&m.mnt, r#"python3 - <<'P'
+import mmap
+with open('mm', 'wb') as f: f.write(b'\0' * 8192)
+with open('mm', 'r+b') as f:
+    m = mmap.mmap(f.fileno(), 8192); m[100:105] = b'hello'; m.flush(); m.close()
+print(open('mm','rb').read()[100:105].decode())
+P"#);
+        assert_eq!(out.trim(), "hello");
+        assert_eq!(sh(&m.backing, "dd if=mm bs=1 skip=100 count=5 2>/dev/null"), "hello");
+    }
+}
