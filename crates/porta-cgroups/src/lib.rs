@@ -361,22 +361,27 @@ impl ContainerCgroup {
         Ok(s)
     }
 
-    /// How many processes of the container group the kernel's OOM killer has killed
-    /// (v2 `memory.events` `oom_kill`; v1 `memory.oom_control` `oom_kill`), 0 when unknown.
+    /// How many processes of the container group the kernel's OOM killer has killed, 0 when
+    /// unknown. v2: `oom_kill` of the group's `memory.events` (hierarchical). v1: the sum of
+    /// `oom_kill` in `memory.oom_control` over the group and every group below it (v1 counts
+    /// a kill only in the victim's own group, which is `payload/` or `porta/`).
     pub fn oom_kill_count(&self) -> Result<u64> {
-        let (dir, file) = if self.st.mode == CgroupMode::Unified {
-            match self.v2() {
-                Some(d) => (d.path.clone(), "memory.events"),
-                None => return Ok(0),
-            }
-        } else {
-            match self.v1_with("memory") {
-                Some(d) => (d.path.clone(), "memory.oom_control"),
-                None => return Ok(0),
-            }
+        if self.st.mode == CgroupMode::Unified {
+            let Some(d) = self.v2() else { return Ok(0) };
+            let list = fsutil::read_flat_keyed(&d.path.join("memory.events"))?;
+            return Ok(fsutil::keyed(&list, "oom_kill").unwrap_or(0));
+        }
+        let Some(d) = self.v1_with("memory") else {
+            return Ok(0);
         };
-        let list = fsutil::read_flat_keyed(&dir.join(file))?;
-        Ok(fsutil::keyed(&list, "oom_kill").unwrap_or(0))
+        let mut total = 0u64;
+        let mut stack = vec![d.path.clone()];
+        while let Some(dir) = stack.pop() {
+            let list = fsutil::read_flat_keyed(&dir.join("memory.oom_control"))?;
+            total = total.saturating_add(fsutil::keyed(&list, "oom_kill").unwrap_or(0));
+            stack.extend(fsutil::subdirs(&dir)?);
+        }
+        Ok(total)
     }
 
     /// Kills what is left (the payload first, then Porta's servers), waits until every group
