@@ -351,6 +351,10 @@ impl Fs {
         }
         w.start();
         let res = self.handle(&h, r, w, dents, resent);
+        if matches!(h.opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT) {
+            // Never answered, even when malformed.
+            return None;
+        }
         match res {
             Ok(Done::Reply) => {
                 w.finish(0, h.unique);

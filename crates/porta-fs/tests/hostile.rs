@@ -1,0 +1,346 @@
+//! Hostile input straight at a server: FUSE frames written to its connection (a
+//! SEQPACKET socket standing in for /dev/fuse), malformed or fuzzed, and hostile backing
+//! content (a directory swapped for a symlink between lookups, symlinks out, FIFOs,
+//! device nodes, dangling symlinks used as create targets).
+
+mod common;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, FileTypeExt};
+use std::path::Path;
+use std::time::Duration;
+
+use porta_fs::abi::{op, IN_HEADER_LEN};
+use porta_fs::{serve, sys, Config, Shared};
+
+struct Conn {
+    client: OwnedFd,
+    thread: Option<std::thread::JoinHandle<Result<porta_fs::Exit, porta_fs::Error>>>,
+    unique: u64,
+    _fds: Vec<OwnedFd>,
+    dir: tempfile::TempDir,
+}
+
+fn socketpair() -> (OwnedFd, OwnedFd) {
+    let mut sv = [0i32; 2];
+    // SAFETY: `sv` is a valid out-array of two ints.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) };
+    assert_eq!(r, 0);
+    // SAFETY: fresh descriptors owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) }
+}
+
+fn open_dir(p: &Path, flags: i32) -> OwnedFd {
+    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    sys::openat(libc::AT_FDCWD, &c, flags | libc::O_DIRECTORY, 0).unwrap()
+}
+
+impl Conn {
+    fn new() -> Conn {
+        let dir = tempfile::Builder::new().prefix("porta-fs-hostile").tempdir_in("/tmp").unwrap();
+        let backing = dir.path().join("backing");
+        std::fs::create_dir(&backing).unwrap();
+        let (client, server) = socketpair();
+        let root = open_dir(&backing, libc::O_PATH);
+        let procfd = open_dir(Path::new("/proc/self/fd"), libc::O_RDONLY);
+        let cfg = Config {
+            fuse_fd: server.as_raw_fd(),
+            root_fd: root.as_raw_fd(),
+            proc_fd: procfd.as_raw_fd(),
+            shared: Shared::anonymous(20000).unwrap(),
+            passthrough: false,
+            threads: 1,
+            ttl: Duration::from_secs(1),
+        };
+        let thread = std::thread::spawn(move || serve(&cfg));
+        let mut c = Conn { client, thread: Some(thread), unique: 0, _fds: vec![server, root, procfd], dir };
+        // INIT 7.40 offering everything.
+        let mut body = Vec::new();
+        for v in [7u32, 40, 131072, u32::MAX, u32::MAX] {
+            body.extend_from_slice(&v.to_ne_bytes());
+        }
+        body.extend_from_slice(&[0u8; 44]);
+        let (err, out) = c.req(op::INIT, 0, &body);
+        assert_eq!(err, 0);
+        assert!(out.len() >= 64);
+        c
+    }
+
+    fn backing(&self) -> std::path::PathBuf {
+        self.dir.path().join("backing")
+    }
+
+    fn send_raw(&self, frame: &[u8]) {
+        sys::write(self.client.as_raw_fd(), frame).unwrap();
+    }
+
+    fn recv(&self) -> (u64, i32, Vec<u8>) {
+        let mut buf = vec![0u8; 1 << 21];
+        let n = sys::read(self.client.as_raw_fd(), &mut buf).unwrap();
+        assert!(n >= 16, "short reply");
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, n, "reply length field must match");
+        let err = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        (unique, err, buf[16..n].to_vec())
+    }
+
+    fn frame(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (u64, Vec<u8>) {
+        self.unique += 2;
+        let mut f = Vec::with_capacity(IN_HEADER_LEN + body.len());
+        f.extend_from_slice(&((IN_HEADER_LEN + body.len()) as u32).to_ne_bytes());
+        f.extend_from_slice(&opcode.to_ne_bytes());
+        f.extend_from_slice(&self.unique.to_ne_bytes());
+        f.extend_from_slice(&nodeid.to_ne_bytes());
+        f.extend_from_slice(&[0u8; 16]);
+        f.extend_from_slice(body);
+        (self.unique, f)
+    }
+
+    /// Sends a request and returns (error, payload) of its reply.
+    fn req(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
+        let (u, f) = self.frame(opcode, nodeid, body);
+        self.send_raw(&f);
+        let (ru, err, out) = self.recv();
+        assert_eq!(ru, u, "reply to the wrong request");
+        (err, out)
+    }
+
+    fn lookup(&mut self, parent: u64, name: &str) -> (i32, u64, u32) {
+        let mut b = name.as_bytes().to_vec();
+        b.push(0);
+        let (err, out) = self.req(op::LOOKUP, parent, &b);
+        if err != 0 {
+            return (err, 0, 0);
+        }
+        let nodeid = u64::from_ne_bytes(out[0..8].try_into().unwrap());
+        if nodeid == 0 {
+            // A cached negative entry.
+            return (-libc::ENOENT, 0, 0);
+        }
+        let mode = u32::from_ne_bytes(out[40 + 60..40 + 64].try_into().unwrap());
+        (0, nodeid, mode)
+    }
+
+    /// The server must still answer a valid request correctly.
+    fn assert_alive(&mut self) {
+        let (err, out) = self.req(op::GETATTR, 1, &[0u8; 16]);
+        assert_eq!(err, 0);
+        let mode = u32::from_ne_bytes(out[16 + 60..16 + 64].try_into().unwrap());
+        assert_eq!(mode & libc::S_IFMT, libc::S_IFDIR);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Closing the client end makes the server's read return 0: it exits.
+        let (a, _) = socketpair();
+        // SAFETY: replace the client descriptor with the new one and close the old.
+        let r = unsafe { libc::dup2(a.as_raw_fd(), self.client.as_raw_fd()) };
+        assert!(r >= 0);
+        drop(a);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn malformed_frames_are_rejected_and_the_server_carries_on() {
+    require_root!();
+    let mut c = Conn::new();
+    // Too short to be a header: ignored.
+    c.send_raw(&[1, 2, 3]);
+    c.assert_alive();
+    // Length field lies: answered EIO (unique is readable), server carries on.
+    let (u, mut f) = c.frame(op::GETATTR, 1, &[0u8; 16]);
+    f[0..4].copy_from_slice(&9999u32.to_ne_bytes());
+    c.send_raw(&f);
+    let (ru, err, _) = c.recv();
+    assert_eq!((ru, err), (u, -libc::EIO));
+    // Unknown opcodes.
+    for opcode in [0u32, 7, 19, 99, 4096, u32::MAX] {
+        assert_eq!(c.req(opcode, 1, &[0u8; 64]).0, -libc::ENOSYS, "opcode {opcode}");
+    }
+    // Names without NUL, empty, with '/', '.', '..'.
+    for name in [&b"abc"[..], b"\0", b"a/b\0", b".\0", b"..\0"] {
+        assert_eq!(c.req(op::LOOKUP, 1, name).0, -libc::EINVAL, "{name:?}");
+        assert_eq!(c.req(op::MKDIR, 1, &[&[0u8; 8][..], name].concat()).0, -libc::EINVAL);
+    }
+    // Bogus node ids and file handles.
+    for nodeid in [0u64, 2, 3, 1000, 1 << 40, u64::MAX] {
+        assert_eq!(c.req(op::GETATTR, nodeid, &[0u8; 16]).0, -libc::ESTALE, "node {nodeid}");
+        assert_eq!(c.req(op::LOOKUP, nodeid, b"x\0").0, -libc::ESTALE);
+    }
+    for fh in [0u64, 1, 2, 5, 1 << 33, u64::MAX] {
+        let mut b = fh.to_ne_bytes().to_vec();
+        b.extend_from_slice(&[0u8; 32]);
+        assert_eq!(c.req(op::READ, 1, &b).0, -libc::EBADF, "fh {fh}");
+        assert_eq!(c.req(op::FSYNC, 1, &b[..16]).0, -libc::EBADF);
+        assert_eq!(c.req(op::READDIR, 1, &b).0, -libc::EBADF);
+    }
+    // Truncated bodies.
+    assert_eq!(c.req(op::SETATTR, 1, &[0u8; 10]).0, -libc::EINVAL);
+    assert_eq!(c.req(op::READ, 1, &[0u8; 10]).0, -libc::EINVAL);
+    // WRITE claiming more data than the frame carries.
+    let mut b = Vec::new();
+    b.extend_from_slice(&3u64.to_ne_bytes());
+    b.extend_from_slice(&0u64.to_ne_bytes());
+    b.extend_from_slice(&(1u32 << 30).to_ne_bytes());
+    b.extend_from_slice(&[0u8; 20]);
+    assert_eq!(c.req(op::WRITE, 1, &b).0, -libc::EINVAL);
+    // BATCH_FORGET with an absurd count and no entries: no reply, no crash.
+    let (_, f) = c.frame(op::BATCH_FORGET, 0, &[&u32::MAX.to_ne_bytes()[..], &[0u8; 4]].concat());
+    c.send_raw(&f);
+    // Second INIT is refused.
+    assert_eq!(c.req(op::INIT, 0, &[0u8; 64]).0, -libc::EIO);
+    c.assert_alive();
+}
+
+#[test]
+fn fuzzed_frames_never_crash_nor_escape() {
+    require_root!();
+    let mut c = Conn::new();
+    std::fs::create_dir_all(c.backing().join("d/e")).unwrap();
+    std::fs::write(c.backing().join("d/f"), b"data").unwrap();
+    let before_parent: Vec<_> = std::fs::read_dir(c.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut sent = 0;
+    for i in 0..20_000 {
+        let mut opcode = (rnd() % 52) as u32;
+        if opcode == op::DESTROY || opcode == op::INIT {
+            opcode = op::GETATTR;
+        }
+        let nodeid = match rnd() % 4 {
+            0 => 1,
+            1 => rnd() % 64,
+            2 => rnd(),
+            _ => 2 + rnd() % 32,
+        };
+        let len = (rnd() % 200) as usize;
+        let mut body: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+        if rnd() % 2 == 0 && !body.is_empty() {
+            // Plausible names: short printable runs ended by NUL.
+            for (j, b) in body.iter_mut().enumerate() {
+                *b = if j % 5 == 4 { 0 } else { b'a' + (*b % 4) };
+            }
+        }
+        let (u, f) = c.frame(opcode, nodeid, &body);
+        c.send_raw(&f);
+        // Requests that get no reply: FORGET, BATCH_FORGET, INTERRUPT.
+        if opcode == op::FORGET || opcode == op::BATCH_FORGET || opcode == op::INTERRUPT {
+            continue;
+        }
+        let (ru, _, _) = c.recv();
+        assert_eq!(ru, u, "frame {i}: reply to the wrong request");
+        sent += 1;
+        if i % 1000 == 0 {
+            c.assert_alive();
+        }
+    }
+    assert!(sent > 15_000);
+    c.assert_alive();
+    let after_parent: Vec<_> = std::fs::read_dir(c.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before_parent, after_parent, "nothing may appear next to the backing directory");
+}
+
+#[test]
+fn directory_swapped_for_a_symlink_between_lookups() {
+    require_root!();
+    let mut c = Conn::new();
+    let b = c.backing();
+    std::fs::create_dir(b.join("d")).unwrap();
+    std::fs::write(b.join("d/inside"), b"in").unwrap();
+    let (err, d, mode) = c.lookup(1, "d");
+    assert_eq!((err, mode & libc::S_IFMT), (0, libc::S_IFDIR));
+    // The host swaps the directory for a symlink to /etc.
+    std::fs::rename(b.join("d"), b.join("moved")).unwrap();
+    symlink("/etc", b.join("d")).unwrap();
+    // The node the kernel holds is the directory itself, wherever it went: never /etc.
+    assert_eq!(c.lookup(d, "passwd").0, -libc::ENOENT);
+    assert_eq!(c.lookup(d, "inside").0, 0);
+    // A fresh lookup sees a symlink node, and names beneath it resolve nowhere.
+    let (err, s, mode) = c.lookup(1, "d");
+    assert_eq!((err, mode & libc::S_IFMT), (0, libc::S_IFLNK));
+    assert_eq!(c.lookup(s, "passwd").0, -libc::ENOTDIR);
+    assert_eq!(c.req(op::OPENDIR, s, &[0u8; 8]).0, -libc::ENOTDIR);
+    let (err, target) = c.req(op::READLINK, s, &[]);
+    assert_eq!((err, target.as_slice()), (0, &b"/etc"[..]));
+    // Creating through a dangling symlink never creates its target outside.
+    let outside = c.dir.path().join("created-outside");
+    symlink(&outside, b.join("dang")).unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&((libc::O_CREAT | libc::O_WRONLY) as u32).to_ne_bytes());
+    body.extend_from_slice(&0o644u32.to_ne_bytes());
+    body.extend_from_slice(&[0u8; 8]);
+    body.extend_from_slice(b"dang\0");
+    assert_eq!(c.req(op::CREATE, 1, &body).0, -libc::ELOOP);
+    let mut mk = Vec::new();
+    mk.extend_from_slice(&(libc::S_IFREG | 0o644).to_ne_bytes());
+    mk.extend_from_slice(&[0u8; 12]);
+    mk.extend_from_slice(b"dang\0");
+    assert_ne!(c.req(op::MKNOD, 1, &mk).0, 0);
+    assert!(!outside.exists(), "a file was created outside the backing tree");
+    c.assert_alive();
+}
+
+#[test]
+fn fifos_and_device_nodes_never_block_nor_open() {
+    require_root!();
+    let mut c = Conn::new();
+    let b = c.backing();
+    nix::unistd::mkfifo(&b.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    nix::sys::stat::mknod(&b.join("null"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3)).unwrap();
+    let (err, fifo, mode) = c.lookup(1, "fifo");
+    assert_eq!((err, mode & libc::S_IFMT), (0, libc::S_IFIFO));
+    let (err, null, mode) = c.lookup(1, "null");
+    assert_eq!((err, mode & libc::S_IFMT), (0, libc::S_IFCHR));
+    // OPEN of a FIFO or a device node is refused at once (the kernel never sends it for
+    // them; a hostile frame may): the server opens only regular files and directories.
+    let flags = (libc::O_RDONLY as u32).to_ne_bytes();
+    let body = [&flags[..], &[0u8; 4]].concat();
+    assert_eq!(c.req(op::OPEN, fifo, &body).0, -libc::ENXIO);
+    assert_eq!(c.req(op::OPEN, null, &body).0, -libc::ENXIO);
+    assert_eq!(c.req(op::OPENDIR, fifo, &body).0, -libc::ENOTDIR);
+    // A device node created through the server is a regular file in the backing tree.
+    let mut mk = Vec::new();
+    mk.extend_from_slice(&(libc::S_IFBLK | 0o600).to_ne_bytes());
+    mk.extend_from_slice(&(8u32 << 8).to_ne_bytes());
+    mk.extend_from_slice(&[0u8; 8]);
+    mk.extend_from_slice(b"sda\0");
+    let (err, out) = c.req(op::MKNOD, 1, &mk);
+    assert_eq!(err, 0);
+    let mode = u32::from_ne_bytes(out[40 + 60..40 + 64].try_into().unwrap());
+    assert_eq!(mode & libc::S_IFMT, libc::S_IFBLK);
+    let ft = std::fs::symlink_metadata(b.join("sda")).unwrap().file_type();
+    assert!(ft.is_file() && !ft.is_block_device());
+    c.assert_alive();
+}
+
+#[test]
+fn distinct_inode_numbers_across_backing_file_systems() {
+    require_root!();
+    let m = common::TestMount::new(true);
+    let t = m.backing.join("t");
+    std::fs::create_dir(&t).unwrap();
+    nix::mount::mount(Some("tmpfs"), &t, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _u = Unmount(t.clone());
+    common::sh(&m.backing, "for i in $(seq 1 200); do echo $i > t/f$i; echo $i > r$i; done");
+    let inos = common::sh(&m.mnt, "find . -type f -printf '%i\\n' | sort | uniq -d | wc -l");
+    assert_eq!(inos.trim(), "0", "inode numbers collide through the mount");
+    let raw = common::sh(&m.backing, "find . -type f -printf '%i\\n' | sort | uniq -d | wc -l");
+    eprintln!("raw duplicates in the backing tree: {}", raw.trim());
+}
