@@ -210,7 +210,8 @@ impl ContainerCgroup {
     }
 
     /// Applies the config's `linux.resources` to the container group (both leaves count
-    /// against them), including device rules on cgroup v1.
+    /// against them). Device rules (cgroup v1 only) go to both leaves instead: the kernel
+    /// refuses to change the default rule of a v1 devices group that has children.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         self.set(r, false)
     }
@@ -428,7 +429,24 @@ impl ContainerCgroup {
 
     fn add(&self, leaf: &str, pid: i32) -> Result<()> {
         for f in self.procs_files(leaf) {
-            fsutil::write(&f, &pid.to_string())?;
+            // EINVAL can mean the task is still being set up by fork (TASK_NEW): retry a
+            // few times, as runc does.
+            let mut tries = 0;
+            loop {
+                match fsutil::write(&f, &pid.to_string()) {
+                    Err(Error::Write { source, .. })
+                        if source.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32)
+                            && tries < 5 =>
+                    {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(30));
+                    }
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -976,5 +994,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
     }
 }
 
+#[cfg(test)]
+mod v1_fake_tests;
 #[cfg(test)]
 mod v2_fake_tests;

@@ -330,7 +330,11 @@ pub(crate) fn network(find: Finder, n: &LinuxNetwork) -> Result<()> {
     Ok(())
 }
 
-/// Device rules: the config's list in order, then [`crate::default_device_rules`].
+/// Device rules: the config's list in order, then [`crate::default_device_rules`], written
+/// to both leaves. The kernel refuses to change the default ("a" rules) of a v1 devices
+/// group that has children, and the container group always has its two leaves; no process
+/// lives in the container group itself, and groups made later below a leaf inherit its
+/// rules.
 pub(crate) fn devices(find: Finder, rules: &[LinuxDeviceCgroup]) -> Result<()> {
     let Some(dir) = find("devices") else {
         if rules.is_empty() {
@@ -342,13 +346,17 @@ pub(crate) fn devices(find: Finder, rules: &[LinuxDeviceCgroup]) -> Result<()> {
             reason: "is not mounted on this host".into(),
         });
     };
-    for rule in rules.iter().chain(crate::default_device_rules().iter()) {
-        let file = if rule.allow() {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        fsutil::write(&dir.join(file), &device_rule(rule))?;
+    let defaults = crate::default_device_rules();
+    for leaf in [PAYLOAD, SERVERS] {
+        let leaf = dir.join(leaf);
+        for rule in rules.iter().chain(defaults.iter()) {
+            let file = if rule.allow() {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            fsutil::write(&leaf.join(file), &device_rule(rule))?;
+        }
     }
     Ok(())
 }
