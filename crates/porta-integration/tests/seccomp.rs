@@ -1,0 +1,123 @@
+//! seccomp: a syscall blocked with errnoRet, a rule with an argument condition, the
+//! filter visible in /proc/self/status.
+
+use porta_integration::*;
+
+fn seccomp_bundle(script: &str, syscalls: Value) -> Bundle {
+    let mut b = Bundle::new(&[]);
+    b.sh(script);
+    b.seccomp(json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": syscalls
+    }));
+    b
+}
+
+fn run(tag: &str, b: Bundle) -> String {
+    let c = Container::new(tag, b);
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}\n{}", c.output());
+    c.output()
+}
+
+#[test]
+fn mkdir_blocked_with_eperm() {
+    require_root!();
+    let b = seccomp_bundle(
+        "exec 2>&1; mkdir /tmp/blocked || echo mkdir-failed; [ -d /tmp/blocked ] && echo exists; grep '^Seccomp:' /proc/self/status; touch /tmp/file && echo touch-ok",
+        json!([{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]),
+    );
+    let out = run("sc-mkdir", b);
+    assert!(out.contains("mkdir-failed"), "{out}");
+    assert!(out.contains("Operation not permitted"), "mkdir did not fail with EPERM: {out}");
+    assert!(!out.contains("exists"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("touch-ok"), "{out}");
+}
+
+#[test]
+fn errno_ret_value_is_used() {
+    require_root!();
+    let b = seccomp_bundle(
+        "exec 2>&1; mkdir /tmp/blocked || echo mkdir-failed",
+        json!([{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]),
+    );
+    let out = run("sc-errno", b);
+    assert!(out.contains("Permission denied"), "errnoRet 13 (EACCES) not returned: {out}");
+}
+
+#[test]
+fn argument_condition() {
+    require_root!();
+    // chmod to mode 0777 is refused; any other mode is allowed
+    let b = seccomp_bundle(
+        "exec 2>&1; touch /tmp/f; chmod 777 /tmp/f || echo chmod777-failed; chmod 750 /tmp/f && echo chmod750-ok; stat -c %a /tmp/f",
+        json!([
+            {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+             "args": [{"index": 1, "value": 511, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+             "args": [{"index": 2, "value": 511, "op": "SCMP_CMP_EQ"}]}
+        ]),
+    );
+    let out = run("sc-args", b);
+    assert!(out.contains("chmod777-failed"), "{out}");
+    assert!(out.contains("chmod750-ok"), "{out}");
+    assert!(out.lines().any(|l| l.trim() == "750"), "{out}");
+}
+
+#[test]
+fn masked_equality_condition() {
+    require_root!();
+    // SCMP_CMP_MASKED_EQ: refuse any mode with the world-write bit set
+    let b = seccomp_bundle(
+        "exec 2>&1; touch /tmp/f; chmod 602 /tmp/f || echo ww-failed; chmod 640 /tmp/f && echo ok640",
+        json!([
+            {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+             "args": [{"index": 1, "value": 2, "valueTwo": 2, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+             "args": [{"index": 2, "value": 2, "valueTwo": 2, "op": "SCMP_CMP_MASKED_EQ"}]}
+        ]),
+    );
+    let out = run("sc-masked", b);
+    assert!(out.contains("ww-failed"), "{out}");
+    assert!(out.contains("ok640"), "{out}");
+}
+
+#[test]
+fn default_errno_with_allowlist() {
+    require_root!();
+    // default: refuse with EPERM; the rules allow what busybox sh and echo need,
+    // but not mkdir
+    let allowed = [
+        "read", "write", "open", "openat", "close", "fstat", "newfstatat", "stat", "lstat", "mmap",
+        "mprotect", "munmap", "brk", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "ioctl",
+        "access", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid", "execve",
+        "exit", "exit_group", "arch_prctl", "set_tid_address", "set_robust_list", "prlimit64",
+        "getrandom", "rseq", "fcntl", "dup2", "dup3", "wait4", "clone", "fork", "vfork",
+        "getcwd", "chdir", "readlink", "futex", "sigaltstack", "getpgrp", "setpgid",
+        "getdents64", "lseek", "pread64", "statx", "faccessat", "faccessat2", "clone3",
+        "capget", "capset", "prctl", "setgroups", "setuid", "setgid", "setresuid", "setresgid",
+        "fchown", "fchdir", "getppid", "close_range", "epoll_pwait", "epoll_ctl", "poll",
+        "select", "pselect6", "mknodat", "keyctl", "setsid", "umask", "personality",
+        "sethostname", "dup", "pipe", "pipe2", "nanosleep", "clock_nanosleep", "tgkill", "kill",
+        "fstatfs", "statfs", "sched_yield", "sched_getaffinity", "madvise", "gettid", "getpgid",
+        "getsid", "epoll_create1", "epoll_wait", "mremap", "sysinfo", "waitid", "readlinkat",
+        "fchmod", "fsync", "writev", "readv", "getrlimit", "setrlimit", "mount", "umount2",
+        "pivot_root", "openat2", "fchownat", "unshare", "setns", "getitimer", "setitimer", "alarm",
+        "clock_gettime", "gettimeofday", "time", "restart_syscall", "rt_sigsuspend", "rt_sigtimedwait",
+        "sched_setaffinity", "membarrier", "write", "fchmodat",
+    ];
+    let mut b = Bundle::new(&[]);
+    b.sh("exec 2>&1; echo before; mkdir /tmp/d || echo mkdir-failed");
+    b.seccomp(json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": allowed.to_vec(), "action": "SCMP_ACT_ALLOW"}]
+    }));
+    let out = run("sc-default", b);
+    assert!(out.contains("before"), "{out}");
+    assert!(out.contains("mkdir-failed"), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+}
