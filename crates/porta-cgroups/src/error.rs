@@ -122,6 +122,19 @@ pub enum Error {
         source: libcgroups::v2::manager::V2ManagerError,
     },
 
+    /// A bpf(2) call for the cgroup v2 device filter failed.
+    #[error("cannot {op} cgroup {path}: {source}{}", if log.is_empty() { String::new() } else { format!("; verifier log: {log}") })]
+    Bpf {
+        /// What was being done.
+        op: &'static str,
+        /// The group.
+        path: PathBuf,
+        /// What the kernel said.
+        source: std::io::Error,
+        /// The verifier's log, if any.
+        log: String,
+    },
+
     /// The freezer did not reach the wanted state in time.
     #[error("cgroup {path} did not become {wanted} within {waited_ms} ms (state now: {state})")]
     FreezeTimeout {

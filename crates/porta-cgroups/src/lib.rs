@@ -32,7 +32,9 @@
 //! # What does what
 //!
 //! * Limits on cgroup v2 are written by youki's `libcgroups` v2 manager (memory, cpu with
-//!   its shares → weight conversion, cpuset, io, pids, hugetlb, the `unified` map).
+//!   its shares → weight conversion, cpuset, io, pids, hugetlb, the `unified` map), except
+//!   the blkio weight (libcgroups 0.7 overflows converting it) and device rules (an eBPF
+//!   program written in [`devices_v2`], as libcgroups needs libbpf for it).
 //! * Limits on cgroup v1, directory creation, the freezer, statistics (in runc's
 //!   `events --stats` shape), and removal are written here (see the module docs of `v1` for
 //!   why libcgroups' v1 manager does not fit).
@@ -45,6 +47,7 @@
 
 #![deny(missing_docs)]
 
+pub mod devices_v2;
 mod error;
 mod fsutil;
 mod path;
@@ -595,16 +598,16 @@ impl ContainerCgroup {
             tracing::warn!("linux.resources.network is ignored on cgroup v2 (no net_cls/net_prio)");
         }
         if self.st.mode == CgroupMode::Unified {
-            if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-                tracing::warn!(
-                    "device rules are not enforced on cgroup v2 by porta-cgroups (that needs \
-                     an eBPF program)"
-                );
-            }
             let Some(d) = self.v2() else {
                 return Ok(());
             };
-            return v2_apply(d, &r, self.st.rootless);
+            v2_apply(d, &r, self.st.rootless)?;
+            if let Some(devs) = r.devices() {
+                let mut rules = devs.clone();
+                rules.extend(default_device_rules());
+                devices_v2::attach(&d.path, &rules)?;
+            }
+            return Ok(());
         }
 
         // cgroup v1 (with a cgroup2 hierarchy on hybrid hosts).
@@ -667,7 +670,15 @@ impl ContainerCgroup {
         }
         if !update {
             if let Some(devs) = r.devices() {
-                v1::devices(&find, devs)?;
+                match (self.v1_with("devices"), self.v2()) {
+                    // A hybrid host without a v1 devices hierarchy: filter on cgroup2.
+                    (None, Some(d)) => {
+                        let mut rules = devs.clone();
+                        rules.extend(default_device_rules());
+                        devices_v2::attach(&d.path, &rules)?;
+                    }
+                    _ => v1::devices(&find, devs)?,
+                }
             }
         }
         Ok(())

@@ -492,3 +492,71 @@ fn device_rules_and_update_on_v1() {
     assert_eq!(read(&pids_dir.join("pids.max")).trim(), "10");
     assert!(!read(&dev.path.join("payload/devices.list")).contains("a *:* rwm"));
 }
+
+/// Removes a bare directory made by a test.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn v2_device_filter_blocks_devices() {
+    if !root_or_skip("v2_device_filter_blocks_devices") {
+        return;
+    }
+    let setup = porta_cgroups::detect().unwrap();
+    let Some(u) = setup.unified() else {
+        eprintln!("v2_device_filter_blocks_devices: skipped: no cgroup2 hierarchy");
+        return;
+    };
+    let dir = u
+        .mount_point
+        .join(format!("porta-test-{}-bpf", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let _guard = DirGuard(dir.clone());
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let rules = vec![
+        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().unwrap(),
+        LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(1i64)
+            .minor(3i64)
+            .access("rwm")
+            .build()
+            .unwrap(),
+    ];
+    porta_cgroups::devices_v2::attach(&dir, &rules).unwrap();
+    let procs = cstrings(&[dir.join("cgroup.procs")]);
+    let null = CString::new("/dev/null").unwrap();
+    let zero = CString::new("/dev/zero").unwrap();
+    // SAFETY: the child only makes raw system calls.
+    let child = match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            child_join(&procs);
+            // SAFETY: open(2) on valid strings; exit codes report the outcome.
+            unsafe {
+                if libc::open(null.as_ptr(), libc::O_RDWR) < 0 {
+                    libc::_exit(1);
+                }
+                if libc::open(zero.as_ptr(), libc::O_RDONLY) >= 0 {
+                    libc::_exit(2);
+                }
+                if *libc::__errno_location() != libc::EPERM {
+                    libc::_exit(3);
+                }
+                libc::_exit(0);
+            }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let st = waitpid(child, None).unwrap();
+    assert_eq!(
+        st,
+        WaitStatus::Exited(child, 0),
+        "1: /dev/null refused, 2: /dev/zero allowed, 3: wrong errno"
+    );
+}
