@@ -158,6 +158,7 @@ impl ContainerCgroup {
         let mut made: Vec<PathBuf> = Vec::new();
         let mut dirs = Vec::new();
         for h in &setup.hierarchies {
+            let made_before = made.len();
             let cgroup_path = spec.in_hierarchy(h, setup.mode);
             let dir = h.dir_of(&cgroup_path);
             let res = match h.version {
@@ -173,6 +174,9 @@ impl ContainerCgroup {
                     path: dir,
                 }),
                 Err(e) if cfg.rootless && is_permission_error(&e) => {
+                    for d in made.drain(made_before..).rev() {
+                        let _ = std::fs::remove_dir(&d);
+                    }
                     tracing::warn!(
                         "rootless: no cgroup in the {} hierarchy ({e}); its limits cannot apply",
                         h.controllers.join(",")
@@ -327,6 +331,24 @@ impl ContainerCgroup {
             Some(d) => fsutil::pids_recursive(&d.path.join(PAYLOAD)),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Sends `signal` to every process of the payload (`kill --all`). When a freezer is
+    /// available the payload is frozen first and thawed afterwards, as runc does, so that
+    /// no process can fork a new one between the listing and the signal. Returns the pids
+    /// signalled.
+    pub fn signal_payload(&self, signal: nix::sys::signal::Signal) -> Result<Vec<i32>> {
+        let frozen = self.freezer().is_ok() && self.freeze().is_ok();
+        let pids = self.payload_pids();
+        if let Ok(pids) = &pids {
+            for pid in pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal);
+            }
+        }
+        if frozen {
+            self.thaw()?;
+        }
+        pids
     }
 
     /// Statistics of the container group (both leaves), in runc's `events --stats` shape.

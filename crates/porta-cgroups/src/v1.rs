@@ -36,10 +36,13 @@ pub(crate) fn memory(find: Finder, m: &LinuxMemory) -> Result<()> {
         || m.reservation().is_some()
         || m.swappiness().is_some()
         || m.disable_oom_killer() == Some(true);
+    if m.kernel().is_some() || m.kernel_tcp().is_some() {
+        tracing::warn!(
+            "linux.resources.memory.kernel/kernelTCP are ignored (as in runc: the kernel no \
+             longer supports kernel memory limits)"
+        );
+    }
     if !wants {
-        if m.kernel().is_some() || m.kernel_tcp().is_some() {
-            tracing::warn!("kernel memory limits are ignored (the kernel no longer supports them)");
-        }
         return Ok(());
     }
     let dir = need(find, "memory", "linux.resources.memory")?;

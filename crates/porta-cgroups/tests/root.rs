@@ -560,3 +560,33 @@ fn v2_device_filter_blocks_devices() {
         "1: /dev/null refused, 2: /dev/zero allowed, 3: wrong errno"
     );
 }
+
+#[test]
+fn signal_payload_reaches_every_payload_process_only() {
+    if !root_or_skip("signal_payload_reaches_every_payload_process_only") {
+        return;
+    }
+    let g = Guard::new(Some(&unique("signal")), "signal");
+    let a = spawn_sleeper(&g.cg().payload_procs_files());
+    let b = spawn_sleeper(&g.cg().payload_procs_files());
+    let server = spawn_sleeper(&g.cg().server_procs_files());
+    let mut sent = g.cg().signal_payload(Signal::SIGTERM).unwrap();
+    sent.sort();
+    let mut want = vec![a.as_raw(), b.as_raw()];
+    want.sort();
+    assert_eq!(sent, want);
+    for pid in [a, b] {
+        assert_eq!(
+            waitpid(pid, None).unwrap(),
+            WaitStatus::Signaled(pid, Signal::SIGTERM, false)
+        );
+    }
+    assert!(!g.cg().is_frozen().unwrap(), "left frozen");
+    assert_eq!(
+        waitpid(server, Some(WaitPidFlag::WNOHANG)).unwrap(),
+        WaitStatus::StillAlive,
+        "the server was signalled"
+    );
+    drop(g);
+    assert_killed(server);
+}
