@@ -590,3 +590,62 @@ fn signal_payload_reaches_every_payload_process_only() {
     drop(g);
     assert_killed(server);
 }
+
+/// Run by `rootless_without_delegation_degrades_clearly` as user nobody.
+#[test]
+fn rootless_child() {
+    let Some(path) = std::env::var_os("PORTA_CGROUPS_ROOTLESS_CHILD") else {
+        return; // only meaningful when started by the test below
+    };
+    assert!(!nix::unistd::geteuid().is_root());
+    let cfg = CgroupConfig {
+        cgroups_path: Some(PathBuf::from(path)),
+        container_id: "rootless".into(),
+        systemd: false,
+        rootless: true,
+    };
+    // Not rootless: the permission error is reported with the directory.
+    let mut strict = cfg.clone();
+    strict.rootless = false;
+    let e = ContainerCgroup::create(&strict).unwrap_err().to_string();
+    assert!(e.contains("cannot create cgroup directory /sys/fs/cgroup/"), "{e}");
+    // Rootless: no writable hierarchy, so no group; no limit asked works, a limit fails
+    // with the controller named.
+    let cg = ContainerCgroup::create(&cfg).unwrap();
+    assert!(cg.dirs().is_empty(), "{:?}", cg.dirs());
+    cg.apply(&Default::default()).unwrap();
+    let r = LinuxResourcesBuilder::default()
+        .pids(LinuxPidsBuilder::default().limit(5).build().unwrap())
+        .build()
+        .unwrap();
+    let e = cg.apply(&r).unwrap_err().to_string();
+    assert!(e.contains("pids") && e.contains("rootless"), "{e}");
+    assert!(cg.payload_pids().unwrap().is_empty());
+    cg.destroy().unwrap();
+}
+
+#[test]
+fn rootless_without_delegation_degrades_clearly() {
+    if !root_or_skip("rootless_without_delegation_degrades_clearly") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    let path = unique("rootless");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "rootless_child", "--nocapture"])
+        .env("PORTA_CGROUPS_ROOTLESS_CHILD", &path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    for h in porta_cgroups::detect().unwrap().hierarchies {
+        assert!(
+            !h.mount_point.join(path.trim_start_matches('/')).exists(),
+            "rootless run left a group in {}",
+            h.mount_point.display()
+        );
+    }
+}
