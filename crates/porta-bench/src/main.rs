@@ -1,1 +1,121 @@
-fn main() {}
+//! `porta-bench`: runs every workload natively and in porta, porta-strict, porta-kernel, runc,
+//! crun and runsc, interleaved run by run, and writes results.json, report.md and SVG plots.
+
+use clap::Parser;
+use porta_bench::bench::{Bench, Options};
+use porta_bench::sys;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "porta-bench", about = "Benchmark Porta against native, runc, crun and runsc, side by side")]
+struct Args {
+    /// Output directory for results.json, machine.json, report.md and the SVG plots.
+    #[arg(long, default_value = "porta-bench-out")]
+    out: PathBuf,
+    /// Reduced problem sizes (about two minutes for everything).
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated workloads to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Comma-separated environments (default: native,porta,porta-strict,porta-kernel,runc,crun,runsc).
+    #[arg(long, value_delimiter = ',')]
+    runtimes: Vec<String>,
+    /// The porta binary (default: <workspace>/target/release/porta).
+    #[arg(long)]
+    porta: Option<PathBuf>,
+    /// The workspace root (default: the one this binary was built from).
+    #[arg(long)]
+    workspace: Option<PathBuf>,
+    /// A prebuilt static porta-workload binary (default: build it with cargo).
+    #[arg(long)]
+    workload_bin: Option<PathBuf>,
+    /// Where the root file system and state directories are made (a disk-backed file system).
+    #[arg(long, default_value = "/var/tmp")]
+    work_dir: PathBuf,
+    /// Counted runs per environment (default 5; lifecycle 10 in full mode).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Warm-up rounds (default 1; lifecycle 2 in full mode; density 0).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Keep the work directory for inspection.
+    #[arg(long)]
+    keep: bool,
+    /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to it.
+    #[arg(long)]
+    docs: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !sys::is_root() {
+        eprintln!("porta-bench: must run as root (it runs OCI runtimes)");
+        return ExitCode::from(2);
+    }
+    // Before any thread exists: unshare needs a single-threaded process.
+    let ns_note = match sys::enter_private_mount_namespace() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("porta-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    sys::install_signal_handlers();
+    if let Err(e) = sys::set_child_subreaper() {
+        eprintln!("porta-bench: {e:#}");
+        return ExitCode::from(2);
+    }
+    let workspace = args.workspace.clone().unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")));
+    let workspace = std::fs::canonicalize(&workspace).unwrap_or(workspace);
+    let runtimes = if args.runtimes.is_empty() {
+        porta_bench::env::ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.runtimes.clone()
+    };
+    if args.runs == Some(0) {
+        eprintln!("porta-bench: --runs must be at least 1");
+        return ExitCode::from(2);
+    }
+    if args.runs.is_some_and(|r| r < 5) {
+        eprintln!("porta-bench: warning: fewer than 5 counted runs");
+    }
+    let opt = Options {
+        out: args.out.clone(),
+        quick: args.quick,
+        only: args.only.clone(),
+        runtimes,
+        porta: args.porta.clone().unwrap_or_else(|| workspace.join("target/release/porta")),
+        workspace,
+        workload_bin: args.workload_bin.clone(),
+        work_dir: args.work_dir.clone(),
+        runs: args.runs,
+        warmup: args.warmup,
+        keep: args.keep,
+        docs: args.docs.clone(),
+        command_line: std::iter::once("porta-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
+    };
+    let notes = vec![
+        ns_note,
+        "runsc runs with `--network=none --platform=ptrace` (its KVM platform hangs on this nested machine; it has no network support here).".to_string(),
+        "Every container gets a config.json like `runc spec` writes (ociVersion 1.0.2-dev, which crun 1.8.1 requires to be 1.0.x), with a writable root (the shared busybox root file system), no terminal, and cgroupsPath /porta-bench-PID/ID (removed afterwards). Each runtime has its own --root state directory.".to_string(),
+        "The harness is the child subreaper, so processes runtimes leave running are reparented to it: it measures them (density) and reaps or kills them at the end.".to_string(),
+    ];
+    let mut bench = match Bench::new(opt, notes) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("porta-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = bench.run();
+    bench.cleanup();
+    match r {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("porta-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,837 @@
+//! The harness proper: root file system assembly, container operations, the interleaved
+//! measurement loop, density, and clean-up.
+
+use crate::env::{config_json, Env, Kind};
+use crate::report::{RunInfo, RuntimeInfo, WorkloadDoc};
+use crate::results::{finalize, Better, Cell, Record, Status};
+use crate::sys;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every workload, in run order.
+pub const WORKLOADS: &[&str] = &[
+    "lifecycle",
+    "primes",
+    "membw",
+    "memlat",
+    "fsmark-fsync",
+    "fsmark-nosync",
+    "stat-tree",
+    "smallfile",
+    "seqio",
+    "density",
+];
+
+/// Problem sizes; `quick` shrinks them.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub quick: bool,
+}
+
+impl Sizes {
+    pub fn primes_n(&self) -> (u64, u64) {
+        // The sieve takes well under a second even at full size, so --quick keeps it.
+        let _ = self.quick;
+        (100_000_000, 5_761_455)
+    }
+    pub fn fsmark_files(&self, sync: bool) -> usize {
+        match (self.quick, sync) {
+            (false, _) => 5_000,
+            (true, true) => 500,
+            (true, false) => 1_000,
+        }
+    }
+    pub fn membw_mib(&self) -> (usize, usize) {
+        if self.quick { (64, 10) } else { (128, 20) }
+    }
+    pub fn memlat(&self) -> (usize, u64) {
+        if self.quick { (64, 2_000_000) } else { (256, 5_000_000) }
+    }
+    pub fn tree_files(&self) -> usize {
+        if self.quick { 5_000 } else { 50_000 }
+    }
+    pub fn seqio_mib(&self) -> usize {
+        if self.quick { 64 } else { 1024 }
+    }
+    pub fn smallfiles(&self) -> usize {
+        if self.quick { 2_000 } else { 20_000 }
+    }
+    pub fn density(&self) -> usize {
+        if self.quick { 5 } else { 20 }
+    }
+}
+
+/// The metrics a workload reports: (workload-side metric name, unit, direction).
+pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
+    match workload {
+        "lifecycle" => vec![("time", "ms", Better::Lower)],
+        "primes" => vec![("time", "s", Better::Lower)],
+        "membw" => vec![("copy", "MB/s", Better::Higher)],
+        "memlat" => vec![("latency", "ns", Better::Lower)],
+        "fsmark-fsync" | "fsmark-nosync" | "stat-tree" | "smallfile" => vec![("rate", "files/s", Better::Higher)],
+        "seqio" => vec![("write", "MB/s", Better::Higher), ("read", "MB/s", Better::Higher)],
+        "density" => vec![("pss", "MiB/container", Better::Lower), ("host-used", "MiB/container", Better::Lower)],
+        _ => vec![],
+    }
+}
+
+pub fn describe(workload: &str, s: Sizes) -> String {
+    match workload {
+        "lifecycle" => "`create` + `start` + wait for exit + `delete` of a container running busybox `/bin/true`, timed by the harness from the spawn of `create` to the exit of `delete` (wait: the pid from `--pid-file`, watched through a pidfd until it exits — the container's init for runc, crun and porta; for runsc its sandbox process, which exits with the container). Native: fork + chroot + exec of `/bin/true` + wait.".into(),
+        "primes" => { let (n, c) = s.primes_n(); format!("Count the primes below {n} ({c} of them) with a segmented sieve of Eratosthenes (CPU-bound, cache-resident); seconds, timed inside the container.") }
+        "membw" => { let (m, i) = s.membw_mib(); format!("Memory copy bandwidth: `memcpy` between two {m} MiB buffers (larger than the 32 MiB L3), best of {i} copies, MB/s = 10^6 bytes copied per second (tinymembench's \"C copy\").") }
+        "memlat" => { let (m, a) = s.memlat(); format!("Random-access latency: dependent loads chasing one random cycle through a {m} MiB buffer (64-byte slots), {a} loads, ns per load (4 KiB pages, so TLB misses are included).") }
+        "fsmark-fsync" => format!("fs_mark-style: {} files of 10,240 bytes with 40-byte names, created in one fresh directory of the container's root, each opened, written, fsync'ed and closed; files/s over the loop.", s.fsmark_files(true)),
+        "fsmark-nosync" => format!("As fsmark-fsync without the fsync: {} files, in a directory that never held files before (earlier runs' directories are kept until the end of the whole invocation, never deleted in between).", s.fsmark_files(false)),
+        "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`; files/s.", s.tree_files()),
+        "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
+        "seqio" => format!("Write a new {} MiB file sequentially in 1 MiB blocks and fsync it (write MB/s), drop its cached pages with posix_fadvise(DONTNEED), read it back in 1 MiB blocks (read MB/s), remove it.", s.seqio_mib()),
+        "density" => format!("{} idle containers (`sleep`) running at once. pss: the PSS (from /proc/PID/smaps_rollup) summed over every process the runtime leaves running — every descendant of the harness, which is the child subreaper, plus any new process whose executable is the runtime binary — divided by the number of containers; for runc/crun that is the containers' own processes, for runsc its sandbox, gofer and stub processes, for porta its supervisor and file-server processes. host-used: growth of MemTotal − MemFree (page cache included) from before the first create to 2 s after the last start, per container. Native: {} chrooted `sleep` processes.", s.density(), s.density()),
+        _ => String::new(),
+    }
+}
+
+/// Command-line options the harness needs (filled in by main).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub out: PathBuf,
+    pub quick: bool,
+    pub only: Vec<String>,
+    pub runtimes: Vec<String>,
+    pub porta: PathBuf,
+    pub workspace: PathBuf,
+    pub workload_bin: Option<PathBuf>,
+    pub work_dir: PathBuf,
+    pub runs: Option<usize>,
+    pub warmup: Option<usize>,
+    pub keep: bool,
+    pub docs: Option<PathBuf>,
+    pub command_line: String,
+}
+
+pub struct Bench {
+    opt: Options,
+    sizes: Sizes,
+    pub envs: Vec<Env>,
+    work: PathBuf,
+    rootfs: PathBuf,
+    bundles: PathBuf,
+    cgroup_parent: String,
+    counter: u64,
+    /// Containers that exist right now: (env index, id).
+    live: Vec<(usize, String)>,
+    /// Native processes that exist right now.
+    native_pids: Vec<i32>,
+    notes: Vec<String>,
+    started: Instant,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn tail(s: &str, n: usize) -> String {
+    let s = s.trim();
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    let joined = lines[lines.len().saturating_sub(4)..].join(" / ");
+    if joined.chars().count() > n {
+        let skip = joined.chars().count() - n;
+        format!("…{}", joined.chars().skip(skip).collect::<String>())
+    } else {
+        joined
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("{msg}");
+}
+
+impl Bench {
+    pub fn new(opt: Options, notes: Vec<String>) -> Result<Bench> {
+        let sizes = Sizes { quick: opt.quick };
+        let pid = std::process::id();
+        let work = opt.work_dir.join(format!("porta-bench-{pid}"));
+        fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+        let mut envs = Vec::new();
+        for name in &opt.runtimes {
+            let e = Env::new(name, &opt.porta, &work.join("state")).ok_or_else(|| anyhow!("unknown runtime {name:?} (known: {})", crate::env::ALL.join(",")))?;
+            envs.push(e);
+        }
+        Ok(Bench {
+            sizes,
+            rootfs: work.join("rootfs"),
+            bundles: work.join("bundles"),
+            cgroup_parent: format!("porta-bench-{pid}"),
+            work,
+            envs,
+            counter: 0,
+            live: Vec::new(),
+            native_pids: Vec::new(),
+            notes,
+            started: Instant::now(),
+            opt,
+        })
+    }
+
+    fn warmup(&self, workload: &str) -> usize {
+        self.opt.warmup.unwrap_or(match (workload, self.opt.quick) {
+            ("density", _) => 0, // each round starts 20 containers; the probe already warmed every runtime up
+            ("lifecycle", false) => 2,
+            _ => 1,
+        })
+    }
+
+    fn counted(&self, workload: &str) -> usize {
+        self.opt.runs.unwrap_or(match (workload, self.opt.quick) {
+            ("lifecycle", false) => 10,
+            _ => 5,
+        })
+    }
+
+    /// Finds or builds the static workload binary.
+    fn workload_binary(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.opt.workload_bin {
+            if !sys::is_static_elf(p)? {
+                bail!("{} is not statically linked", p.display());
+            }
+            return Ok(p.clone());
+        }
+        let target_dir = self.opt.workspace.join("target").join("porta-bench-workloads");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        progress(&format!("building the static workload binary (cargo, target dir {}) ...", target_dir.display()));
+        let st = Command::new(&cargo)
+            .args(["build", "--release", "--quiet", "-p", "porta-workloads", "--bin", "porta-workload", "--target", "x86_64-unknown-linux-gnu"])
+            .current_dir(&self.opt.workspace)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("running {cargo:?}"))?;
+        if !st.success() {
+            bail!("building porta-workloads failed ({st}); pass a prebuilt static binary with --workload-bin");
+        }
+        let p = target_dir.join("x86_64-unknown-linux-gnu/release/porta-workload");
+        if !sys::is_static_elf(&p)? {
+            bail!("{} is not statically linked", p.display());
+        }
+        Ok(p)
+    }
+
+    /// Assembles the busybox root file system shared by every environment.
+    fn assemble_rootfs(&mut self) -> Result<()> {
+        let wl = self.workload_binary()?;
+        let r = &self.rootfs;
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data", "root"] {
+            fs::create_dir_all(r.join(d))?;
+        }
+        let busybox = Path::new("/bin/busybox");
+        if !sys::is_static_elf(busybox).unwrap_or(false) {
+            bail!("/bin/busybox missing or not static (apt-get install busybox-static)");
+        }
+        fs::copy(busybox, r.join("bin/busybox"))?;
+        let out = Command::new(busybox).arg("--list").output().context("busybox --list")?;
+        for applet in String::from_utf8_lossy(&out.stdout).lines().map(str::trim) {
+            if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+                continue;
+            }
+            let _ = symlink("busybox", r.join("bin").join(applet));
+        }
+        fs::copy(&wl, r.join("bin/porta-workload"))?;
+        fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+        fs::write(r.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+        fs::write(r.join("etc/hostname"), "porta-bench\n")?;
+        fs::create_dir_all(&self.bundles)?;
+        Ok(())
+    }
+
+    fn next_id(&mut self) -> String {
+        self.counter += 1;
+        format!("pb{}-{}", std::process::id(), self.counter)
+    }
+
+    fn oci_cmd(&self, e: usize, args: &[&str]) -> Command {
+        let env = &self.envs[e];
+        let o = env.oci().expect("oci env");
+        let mut c = Command::new(&o.bin);
+        c.args(&o.global).arg("--root").arg(&env.state_root).args(args);
+        c.stdin(Stdio::null()).process_group(0);
+        c
+    }
+
+    /// Runs a short runtime subcommand, stdout/stderr to files in `dir`, with a time limit.
+    fn step(&self, e: usize, args: &[&str], dir: &Path) -> Result<String> {
+        let out = dir.join(format!("{}.out", args[0]));
+        let err = dir.join(format!("{}.err", args[0]));
+        let mut c = self.oci_cmd(e, args);
+        c.stdout(fs::File::create(&out)?).stderr(fs::File::create(&err)?);
+        let what = format!("{} {}", self.envs[e].name, args[0]);
+        let mut child = c.spawn().with_context(|| format!("spawn {what}"))?;
+        let st = sys::wait_child(&mut child, STEP_TIMEOUT, &what)?;
+        let stdout = fs::read_to_string(&out).unwrap_or_default();
+        if !st.success() {
+            let stderr = fs::read_to_string(&err).unwrap_or_default();
+            bail!("{what} failed ({st}): {}", tail(&format!("{stderr}\n{stdout}"), 400));
+        }
+        Ok(stdout)
+    }
+
+    fn write_bundle(&mut self, e: usize, args: &[String]) -> Result<(String, PathBuf)> {
+        let id = self.next_id();
+        let dir = self.bundles.join(&id);
+        fs::create_dir_all(&dir)?;
+        let ann = self.envs[e].oci().map(|o| o.annotations.clone()).unwrap_or_default();
+        let cfg = config_json(&self.rootfs, args, &ann, &format!("/{}/{}", self.cgroup_parent, id), "porta-bench");
+        fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+        Ok((id, dir))
+    }
+
+    /// Deletes a container (force) and forgets it.
+    fn force_delete(&mut self, e: usize, id: &str) {
+        let dir = self.bundles.join(id);
+        let _ = fs::create_dir_all(&dir);
+        let _ = self.step(e, &["delete", "--force", id], &dir);
+        self.live.retain(|(le, lid)| !(*le == e && lid == id));
+        sys::reap_zombies();
+    }
+
+    fn native_cmd(&self, args: &[String]) -> Command {
+        let mut c = Command::new(&args[0]);
+        c.args(&args[1..]).env_clear().env("PATH", "/bin").stdin(Stdio::null()).process_group(0);
+        // SAFETY: the action only makes async-signal-safe syscalls.
+        unsafe { c.pre_exec(sys::chroot_action(&self.rootfs)) };
+        c
+    }
+
+    /// Runs one workload program to completion in environment `e`, returns its stdout.
+    fn run_program(&mut self, e: usize, args: &[String], timeout: Duration) -> Result<String> {
+        match self.envs[e].kind {
+            Kind::Native => {
+                let id = self.next_id();
+                let dir = self.bundles.join(format!("native-{id}"));
+                fs::create_dir_all(&dir)?;
+                let (out, err) = (dir.join("out"), dir.join("err"));
+                let mut c = self.native_cmd(args);
+                c.stdout(fs::File::create(&out)?).stderr(fs::File::create(&err)?);
+                let mut child = c.spawn().context("spawn native workload")?;
+                let st = sys::wait_child(&mut child, timeout, "native workload")?;
+                let stdout = fs::read_to_string(&out).unwrap_or_default();
+                let stderr = fs::read_to_string(&err).unwrap_or_default();
+                let _ = fs::remove_dir_all(&dir);
+                if !st.success() {
+                    bail!("native: {} failed ({st}): {}", args.join(" "), tail(&stderr, 400));
+                }
+                Ok(stdout)
+            }
+            Kind::Oci(_) => {
+                let (id, dir) = self.write_bundle(e, args)?;
+                self.live.push((e, id.clone()));
+                let (out, err) = (dir.join("run.out"), dir.join("run.err"));
+                let bundle = dir.to_string_lossy().to_string();
+                let mut c = self.oci_cmd(e, &["run", "--bundle", &bundle, &id]);
+                c.stdout(fs::File::create(&out)?).stderr(fs::File::create(&err)?);
+                let what = format!("{} run", self.envs[e].name);
+                let res = c.spawn().with_context(|| format!("spawn {what}")).and_then(|mut ch| sys::wait_child(&mut ch, timeout, &what));
+                let stdout = fs::read_to_string(&out).unwrap_or_default();
+                let stderr = fs::read_to_string(&err).unwrap_or_default();
+                self.force_delete(e, &id);
+                let _ = fs::remove_dir_all(&dir);
+                let st = res?;
+                if !st.success() {
+                    bail!("{what} of {} failed ({st}): {}", args.join(" "), tail(&format!("{stderr}\n{stdout}"), 400));
+                }
+                Ok(stdout)
+            }
+        }
+    }
+
+    /// Runs a workload program and parses its `RESULT` lines.
+    fn run_figures(&mut self, e: usize, args: &[String], timeout: Duration) -> Result<HashMap<String, f64>> {
+        let out = self.run_program(e, args, timeout)?;
+        let mut m = HashMap::new();
+        for l in out.lines() {
+            if let Some((k, v, _unit)) = porta_workloads::parse_result_line(l) {
+                m.insert(k, v);
+            }
+        }
+        if m.is_empty() {
+            bail!("{}: no RESULT line in output: {}", self.envs[e].name, tail(&out, 300));
+        }
+        if args.get(1).map(String::as_str) == Some("primes") && args.get(2) == Some(&self.sizes.primes_n().0.to_string()) {
+            let want = self.sizes.primes_n().1;
+            if !out.contains(&format!(": {want}")) {
+                bail!("{}: wrong prime count: {}", self.envs[e].name, tail(&out, 200));
+            }
+        }
+        Ok(m)
+    }
+
+    /// One container life cycle (create, start, wait, delete) in milliseconds.
+    fn lifecycle_once(&mut self, e: usize) -> Result<f64> {
+        let args = vec!["/bin/true".to_string()];
+        if let Kind::Native = self.envs[e].kind {
+            let mut c = self.native_cmd(&args);
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+            let t = Instant::now();
+            let mut child = c.spawn()?;
+            let st = sys::wait_child(&mut child, STEP_TIMEOUT, "native /bin/true")?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if !st.success() {
+                bail!("native /bin/true failed: {st}");
+            }
+            return Ok(ms);
+        }
+        let (id, dir) = self.write_bundle(e, &args)?;
+        let bundle = dir.to_string_lossy().to_string();
+        let pidfile = dir.join("pid");
+        let pidfile_s = pidfile.to_string_lossy().to_string();
+        self.live.push((e, id.clone()));
+        let t = Instant::now();
+        let r = (|| -> Result<f64> {
+            self.step(e, &["create", "--bundle", &bundle, "--pid-file", &pidfile_s, &id], &dir)?;
+            let pid: i32 = fs::read_to_string(&pidfile).context("reading --pid-file")?.trim().parse().context("parsing --pid-file")?;
+            self.step(e, &["start", &id], &dir)?;
+            if !sys::wait_pid_exit(pid, STEP_TIMEOUT) {
+                bail!("container init {pid} did not exit");
+            }
+            // Reap what the runtime left to us (the subreaper), as a shim would: runtimes take a
+            // zombie for a live process.
+            sys::reap_zombies();
+            self.step(e, &["delete", &id], &dir)?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        })();
+        match r {
+            Ok(ms) => {
+                self.live.retain(|(le, lid)| !(*le == e && *lid == id));
+                sys::reap_zombies();
+                let _ = fs::remove_dir_all(&dir);
+                Ok(ms)
+            }
+            Err(err) => {
+                self.force_delete(e, &id);
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts `n` idle containers, measures, stops them. Returns (PSS MiB per container, host
+    /// used MiB per container, description of the processes counted).
+    fn density_once(&mut self, e: usize, n: usize) -> Result<(f64, f64, String)> {
+        let args = vec!["/bin/sleep".to_string(), "1000000".to_string()];
+        let me = std::process::id() as i32;
+        let before = sys::pid_set();
+        std::thread::sleep(Duration::from_millis(500));
+        let used0 = sys::host_used_kib();
+        let mut started: Vec<String> = Vec::new();
+        let r = (|| -> Result<(f64, f64, String)> {
+            for _ in 0..n {
+                if sys::interrupted() {
+                    bail!("interrupted");
+                }
+                match self.envs[e].kind {
+                    Kind::Native => {
+                        let mut c = self.native_cmd(&args);
+                        c.stdout(Stdio::null()).stderr(Stdio::null());
+                        let child = c.spawn()?;
+                        self.native_pids.push(child.id() as i32);
+                        std::mem::forget(child); // reaped by reap_zombies after the kill
+                    }
+                    Kind::Oci(_) => {
+                        let (id, dir) = self.write_bundle(e, &args)?;
+                        self.live.push((e, id.clone()));
+                        started.push(id.clone());
+                        let bundle = dir.to_string_lossy().to_string();
+                        let pidfile = dir.join("pid").to_string_lossy().to_string();
+                        self.step(e, &["create", "--bundle", &bundle, "--pid-file", &pidfile, &id], &dir)?;
+                        self.step(e, &["start", &id], &dir)?;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            let used1 = sys::host_used_kib();
+            let mut procs: HashSet<i32> = sys::descendants(me).into_iter().collect();
+            if let Some(o) = self.envs[e].oci() {
+                let bin = fs::canonicalize(&o.bin).unwrap_or(o.bin.clone());
+                for p in sys::all_pids() {
+                    if !before.contains(&p) && p != me && sys::exe_of(p).as_deref() == Some(bin.as_path()) {
+                        procs.insert(p);
+                    }
+                }
+            }
+            let mut pss = 0u64;
+            let mut names: HashMap<String, usize> = HashMap::new();
+            for &p in &procs {
+                if let Some(k) = sys::pss_kib(p) {
+                    pss += k;
+                    *names.entry(sys::comm_of(p)).or_default() += 1;
+                }
+            }
+            let mut names: Vec<_> = names.into_iter().collect();
+            names.sort();
+            let desc = format!("{} processes ({})", procs.len(), names.iter().map(|(k, v)| format!("{v}× {k}")).collect::<Vec<_>>().join(", "));
+            let per = |kib: i64| kib as f64 / 1024.0 / n as f64;
+            Ok((per(pss as i64), per(used1 as i64 - used0 as i64), desc))
+        })();
+        // Stop everything this round started.
+        for id in started {
+            let dir = self.bundles.join(&id);
+            let pid: Option<i32> = fs::read_to_string(dir.join("pid")).ok().and_then(|s| s.trim().parse().ok());
+            let _ = self.step(e, &["kill", &id, "KILL"], &dir);
+            if let Some(pid) = pid {
+                sys::wait_pid_exit(pid, Duration::from_secs(10));
+            }
+            sys::reap_zombies();
+            self.force_delete(e, &id);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        for p in std::mem::take(&mut self.native_pids) {
+            sys::kill_pid(p, libc::SIGKILL);
+            let mut st = 0;
+            // SAFETY: our own child.
+            unsafe { libc::waitpid(p, &mut st, 0) };
+        }
+        sys::reap_zombies();
+        r
+    }
+
+    /// One measurement of `workload` in environment `e` in round `round`.
+    fn measure(&mut self, workload: &str, e: usize, round: usize) -> Result<Vec<(String, f64)>> {
+        let s = self.sizes;
+        let tag = format!("{}-{}", self.envs[e].name, round);
+        let long = Duration::from_secs(if s.quick { 300 } else { 1800 });
+        let a = |v: &[&str]| -> Vec<String> { std::iter::once("/bin/porta-workload").chain(v.iter().copied()).map(String::from).collect() };
+        let figs = match workload {
+            "lifecycle" => return Ok(vec![("time".into(), self.lifecycle_once(e)?)]),
+            "density" => {
+                let (pss, used, desc) = self.density_once(e, s.density())?;
+                if round == self.warmup(workload) {
+                    let note = format!("density, {}: {}", self.envs[e].name, desc);
+                    self.notes.push(note);
+                }
+                return Ok(vec![("pss".into(), pss), ("host-used".into(), used)]);
+            }
+            "primes" => self.run_figures(e, &a(&["primes", &s.primes_n().0.to_string()]), long)?,
+            "membw" => { let (m, i) = s.membw_mib(); self.run_figures(e, &a(&["membw", &m.to_string(), &i.to_string()]), long)? }
+            "memlat" => { let (m, n) = s.memlat(); self.run_figures(e, &a(&["memlat", &m.to_string(), &n.to_string()]), long)? }
+            "fsmark-fsync" => self.run_figures(e, &a(&["fsmark", &format!("/fsmark-sync-{tag}"), &s.fsmark_files(true).to_string(), "10240", "sync"]), long)?,
+            "fsmark-nosync" => self.run_figures(e, &a(&["fsmark", &format!("/fsmark-nosync-{tag}"), &s.fsmark_files(false).to_string(), "10240", "nosync"]), long)?,
+            "stat-tree" => {
+                let m = self.run_figures(e, &a(&["stat-tree", "/data/tree"]), long)?;
+                m
+            }
+            "smallfile" => self.run_figures(e, &a(&["smallfile", &format!("/smallfile-{tag}"), &s.smallfiles().to_string()]), long)?,
+            "seqio" => self.run_figures(e, &a(&["seqio", &format!("/seqio-{tag}.dat"), &s.seqio_mib().to_string()]), long)?,
+            other => bail!("unknown workload {other}"),
+        };
+        metrics(workload)
+            .iter()
+            .map(|(m, _, _)| figs.get(*m).map(|v| (m.to_string(), *v)).ok_or_else(|| anyhow!("{}: metric {m} missing", self.envs[e].name)))
+            .collect()
+    }
+
+    /// Untimed preparation before the first run of a workload.
+    fn setup(&mut self, workload: &str) -> Result<()> {
+        if workload == "stat-tree" && !self.rootfs.join("data/tree").exists() {
+            let n = self.sizes.tree_files().to_string();
+            let args: Vec<String> = ["/bin/porta-workload", "mktree", "/data/tree", &n].iter().map(|s| s.to_string()).collect();
+            let native = self.native_cmd(&args).output().context("mktree")?;
+            if !native.status.success() {
+                bail!("mktree failed: {}", String::from_utf8_lossy(&native.stderr));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks each environment once with a tiny container; failures mark it skipped.
+    fn probe(&mut self) {
+        for e in 0..self.envs.len() {
+            if self.envs[e].skip.is_some() {
+                continue;
+            }
+            if let Some(o) = self.envs[e].oci() {
+                let v = Command::new(&o.bin).arg("--version").stdin(Stdio::null()).output();
+                self.envs[e].version = match v {
+                    Ok(o) => String::from_utf8_lossy(&o.stdout).lines().take(2).collect::<Vec<_>>().join("; "),
+                    Err(err) => format!("--version failed: {err}"),
+                };
+            } else {
+                self.envs[e].version = "host".into();
+            }
+            let args: Vec<String> = vec!["/bin/porta-workload".into(), "primes".into(), "1000".into()];
+            let t = Instant::now();
+            match self.run_figures(e, &args, PROBE_TIMEOUT) {
+                Ok(_) => progress(&format!("  {:<13} ok ({:.0} ms)", self.envs[e].name, t.elapsed().as_secs_f64() * 1e3)),
+                Err(err) => {
+                    let reason = format!("probe container failed: {}", tail(&format!("{err:#}"), 400));
+                    progress(&format!("  {:<13} SKIPPED: {reason}", self.envs[e].name));
+                    self.envs[e].skip = Some(reason);
+                }
+            }
+        }
+    }
+
+    fn info(&self) -> RunInfo {
+        let cpu = fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let kernel = Command::new("uname").arg("-srvm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let date = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        RunInfo {
+            date_utc: date,
+            command: self.opt.command_line.clone(),
+            mode: if self.opt.quick { "quick".into() } else { "full".into() },
+            rounds: match (self.opt.warmup, self.opt.runs) {
+                (Some(w), Some(r)) => format!("{w} warm-up round(s) and {r} counted runs per environment"),
+                _ => format!(
+                    "warm-up rounds: {} (lifecycle {}, density {}); counted runs per environment: {} (lifecycle {})",
+                    self.warmup("primes"), self.warmup("lifecycle"), self.warmup("density"), self.counted("primes"), self.counted("lifecycle")
+                ),
+            },
+            kernel,
+            cpu,
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            memory_mib: sys::mem_total_kib() / 1024,
+            work_fs: sys::fs_type(&self.work),
+            duration_s: self.started.elapsed().as_secs_f64(),
+            runtimes: self
+                .envs
+                .iter()
+                .map(|e| RuntimeInfo {
+                    name: e.name.clone(),
+                    invocation: e.invocation(),
+                    version: e.version.clone(),
+                    status: e.skip.clone().map(|s| format!("skipped: {s}")).unwrap_or_else(|| "measured".into()),
+                })
+                .collect(),
+            notes: self.notes.clone(),
+        }
+    }
+
+    /// Writes results.json, machine.json, report.md and the SVGs (and the docs page).
+    fn write_outputs(&self, cells: &[Cell], done: &[String]) -> Result<Vec<Record>> {
+        let records = finalize(cells);
+        let out = &self.opt.out;
+        fs::create_dir_all(out)?;
+        fs::write(out.join("results.json"), serde_json::to_vec_pretty(&records)?)?;
+        let info = self.info();
+        fs::write(out.join("machine.json"), serde_json::to_vec_pretty(&info)?)?;
+        let docs: Vec<WorkloadDoc> = done.iter().map(|w| WorkloadDoc { name: w.clone(), description: describe(w, self.sizes) }).collect();
+        for w in done {
+            let rows: Vec<&Record> = records.iter().filter(|r| &r.workload == w).collect();
+            fs::write(out.join(format!("{w}.svg")), crate::svg::workload_svg(w, &rows))?;
+        }
+        fs::write(out.join("report.md"), crate::report::render(&info, &records, &docs, "", ""))?;
+        if let Some(doc) = &self.opt.docs {
+            let plots = doc.parent().unwrap_or(Path::new(".")).join("bench");
+            fs::create_dir_all(&plots)?;
+            for w in done {
+                fs::copy(out.join(format!("{w}.svg")), plots.join(format!("{w}.svg")))?;
+            }
+            let preface = crate::report::docs_preface();
+            fs::write(doc, crate::report::render(&info, &records, &docs, "bench/", &preface))?;
+        }
+        Ok(records)
+    }
+
+    /// The whole benchmark. Call [`Bench::cleanup`] afterwards in every case.
+    pub fn run(&mut self) -> Result<Vec<Record>> {
+        let selected: Vec<String> = if self.opt.only.is_empty() {
+            WORKLOADS.iter().map(|s| s.to_string()).collect()
+        } else {
+            for w in &self.opt.only {
+                if !WORKLOADS.contains(&w.as_str()) {
+                    bail!("unknown workload {w:?} (known: {})", WORKLOADS.join(","));
+                }
+            }
+            WORKLOADS.iter().filter(|w| self.opt.only.iter().any(|o| o == *w)).map(|s| s.to_string()).collect()
+        };
+        progress(&format!("porta-bench: work directory {}", self.work.display()));
+        self.assemble_rootfs()?;
+        progress("probing environments:");
+        self.probe();
+        let mut cells: Vec<Cell> = Vec::new();
+        let mut done: Vec<String> = Vec::new();
+        for (wi, w) in selected.iter().enumerate() {
+            self.setup(w)?;
+            let warm = self.warmup(w);
+            let counted = self.counted(w);
+            let ms = metrics(w);
+            let n_env = self.envs.len();
+            let mut values: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ms.len()]; n_env];
+            let mut failed: Vec<Option<String>> = vec![None; n_env];
+            let t0 = Instant::now();
+            for round in 0..warm + counted {
+                let mut line = format!(
+                    "[{}/{} {w}] {} {}/{}:",
+                    wi + 1,
+                    selected.len(),
+                    if round < warm { "warm-up" } else { "run" },
+                    if round < warm { round + 1 } else { round - warm + 1 },
+                    if round < warm { warm } else { counted }
+                );
+                for e in 0..n_env {
+                    if self.envs[e].skip.is_some() || failed[e].is_some() {
+                        continue;
+                    }
+                    if sys::interrupted() {
+                        bail!("interrupted");
+                    }
+                    match self.measure(w, e, round) {
+                        Ok(figs) => {
+                            let shown: Vec<String> = figs.iter().map(|(m, v)| if figs.len() > 1 { format!("{m}={}", crate::svg::fmt_num(*v)) } else { crate::svg::fmt_num(*v) }).collect();
+                            line.push_str(&format!(" {} {}", self.envs[e].name, shown.join("/")));
+                            if round >= warm {
+                                for (mi, (m, _, _)) in ms.iter().enumerate() {
+                                    if let Some((_, v)) = figs.iter().find(|(n, _)| n == m) {
+                                        values[e][mi].push(*v);
+                                    }
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            if sys::interrupted() {
+                                bail!("interrupted");
+                            }
+                            let reason = format!("round {}: {}", round + 1, tail(&format!("{err:#}"), 400));
+                            line.push_str(&format!(" {} FAILED", self.envs[e].name));
+                            progress(&format!("  {} failed in {w}: {reason}", self.envs[e].name));
+                            failed[e] = Some(reason);
+                        }
+                    }
+                }
+                progress(&format!("{line}  ({:.0} s)", t0.elapsed().as_secs_f64()));
+            }
+            let unit_of = |m: &str| ms.iter().find(|x| x.0 == m).map(|x| (x.1, x.2)).expect("metric");
+            for e in 0..n_env {
+                for (mi, (m, _, _)) in ms.iter().enumerate() {
+                    let (unit, better) = unit_of(m);
+                    let (status, reason) = match (&self.envs[e].skip, &failed[e]) {
+                        (Some(s), _) => (Status::Skipped, Some(s.clone())),
+                        (None, Some(f)) => (Status::Failed, Some(f.clone())),
+                        _ => (Status::Ok, None),
+                    };
+                    cells.push(Cell {
+                        workload: w.clone(),
+                        runtime: self.envs[e].name.clone(),
+                        metric: m.to_string(),
+                        unit: unit.to_string(),
+                        better,
+                        values: values[e][mi].clone(),
+                        status,
+                        reason,
+                    });
+                }
+            }
+            done.push(w.clone());
+            // Write after every workload, so an interrupted run still leaves what it measured.
+            self.write_outputs(&cells, &done)?;
+        }
+        let records = self.write_outputs(&cells, &done)?;
+        progress(&format!("\nwrote {}/results.json, report.md and plots ({:.0} s)\n", self.opt.out.display(), self.started.elapsed().as_secs_f64()));
+        eprintln!("{}", crate::report::summary_table(&records));
+        Ok(records)
+    }
+
+    /// Removes every container, process, cgroup and temporary file this invocation made.
+    pub fn cleanup(&mut self) {
+        for (e, id) in std::mem::take(&mut self.live) {
+            let dir = self.bundles.join(&id);
+            let _ = fs::create_dir_all(&dir);
+            let _ = self.step(e, &["kill", &id, "KILL"], &dir);
+            let _ = self.step(e, &["delete", "--force", &id], &dir);
+        }
+        for p in std::mem::take(&mut self.native_pids) {
+            sys::kill_pid(p, libc::SIGKILL);
+        }
+        // Anything still left under the harness (the subreaper) is a leftover: kill and reap.
+        let me = std::process::id() as i32;
+        for _ in 0..3 {
+            let left = sys::descendants(me);
+            if left.is_empty() {
+                break;
+            }
+            for p in left {
+                sys::kill_pid(p, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            sys::reap_zombies();
+        }
+        // cgroups: every hierarchy, our parent directory, deepest first.
+        if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
+            for h in rd.flatten() {
+                let parent = h.path().join(&self.cgroup_parent);
+                if parent.is_dir() {
+                    remove_cgroup_tree(&parent);
+                }
+            }
+        }
+        if self.opt.keep {
+            progress(&format!("kept {}", self.work.display()));
+        } else if self.work.exists() {
+            progress(&format!("removing {} ...", self.work.display()));
+            if let Err(e) = fs::remove_dir_all(&self.work) {
+                progress(&format!("warning: could not remove {}: {e}", self.work.display()));
+            }
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    // With /sys/fs/cgroup/unified unmounted in our namespace, crun writes its "unified" files
+    // into the plain tmpfs directory underneath (hidden by the cgroup2 mount on the host):
+    // remove those as ordinary files.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut sf) } == 0 && sf.f_type == libc::TMPFS_MAGIC {
+        if let Err(e) = fs::remove_dir_all(dir) {
+            progress(&format!("warning: could not remove {}: {e}", dir.display()));
+        }
+        return;
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        progress(&format!("warning: could not remove cgroup {}: {e}", dir.display()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_workload_has_metrics_and_a_description() {
+        for w in WORKLOADS {
+            assert!(!metrics(w).is_empty(), "{w}");
+            assert!(!describe(w, Sizes { quick: false }).is_empty(), "{w}");
+        }
+        assert_eq!(Sizes { quick: false }.primes_n(), (100_000_000, 5_761_455));
+        assert_eq!(Sizes { quick: false }.fsmark_files(true), 5_000);
+        assert_eq!(Sizes { quick: false }.tree_files(), 50_000);
+        assert_eq!(Sizes { quick: false }.seqio_mib(), 1024);
+        assert_eq!(Sizes { quick: false }.smallfiles(), 20_000);
+        assert_eq!(Sizes { quick: false }.density(), 20);
+    }
+
+    #[test]
+    fn tail_keeps_the_end() {
+        assert_eq!(tail("a\nb\n\nc\nd\ne\n", 100), "b / c / d / e");
+        assert_eq!(tail("abcdef", 3), "…def");
+    }
+}

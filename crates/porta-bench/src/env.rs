@@ -1,0 +1,167 @@
+//! The environments a workload runs in: `native` (a chroot into the same root file system) and
+//! the OCI runtimes driven through the runc-compatible command line.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Every environment the harness knows, in report order.
+pub const ALL: &[&str] = &["native", "porta", "porta-strict", "porta-kernel", "runc", "crun", "runsc"];
+
+/// How an OCI runtime is invoked.
+#[derive(Debug, Clone)]
+pub struct Oci {
+    pub bin: PathBuf,
+    /// Global flags before the subcommand (besides `--root`).
+    pub global: Vec<String>,
+    /// Annotations written into config.json.
+    pub annotations: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Native,
+    Oci(Oci),
+}
+
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub name: String,
+    pub kind: Kind,
+    /// The `--root` state directory, private to this environment.
+    pub state_root: PathBuf,
+    /// Why this environment is skipped, if it is.
+    pub skip: Option<String>,
+    pub version: String,
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
+        .unwrap_or(None)
+}
+
+impl Env {
+    /// Builds the environment `name`; `porta` is the path of the porta binary. A missing binary
+    /// yields an environment with `skip` set.
+    pub fn new(name: &str, porta: &Path, state_base: &Path) -> Option<Env> {
+        let ann = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let (bin, global, annotations): (Option<PathBuf>, Vec<String>, Vec<(String, String)>) = match name {
+            "native" => {
+                return Some(Env { name: name.into(), kind: Kind::Native, state_root: PathBuf::new(), skip: None, version: String::new() })
+            }
+            "porta" => (Some(porta.to_path_buf()), vec![], vec![]),
+            "porta-strict" => (Some(porta.to_path_buf()), vec![], ann("run.porta.fs.passthrough", "off")),
+            "porta-kernel" => (Some(porta.to_path_buf()), vec![], ann("run.porta.fs", "kernel")),
+            "runc" => (find_in_path("runc"), vec![], vec![]),
+            "crun" => (find_in_path("crun"), vec![], vec![]),
+            "runsc" => (find_in_path("runsc"), vec!["--network=none".into(), "--platform=ptrace".into()], vec![]),
+            _ => return None,
+        };
+        let skip = match &bin {
+            None => Some(format!("{name}: binary not found in PATH")),
+            Some(b) if !b.is_file() => Some(format!("{name}: binary {} not found", b.display())),
+            _ => None,
+        };
+        Some(Env {
+            name: name.into(),
+            kind: Kind::Oci(Oci { bin: bin.unwrap_or_else(|| PathBuf::from(name)), global, annotations }),
+            state_root: state_base.join(name),
+            skip,
+            version: String::new(),
+        })
+    }
+
+    pub fn oci(&self) -> Option<&Oci> {
+        match &self.kind {
+            Kind::Oci(o) => Some(o),
+            Kind::Native => None,
+        }
+    }
+
+    /// How the environment is invoked, for the report.
+    pub fn invocation(&self) -> String {
+        match &self.kind {
+            Kind::Native => "chroot ROOTFS /bin/porta-workload ... (no namespaces, no cgroup)".into(),
+            Kind::Oci(o) => {
+                let mut s = format!("{} {}--root STATE run --bundle B ID", o.bin.display(), o.global.iter().map(|g| format!("{g} ")).collect::<String>());
+                for (k, v) in &o.annotations {
+                    s.push_str(&format!("; annotation {k}={v}"));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// A config.json like the one `runc spec` writes (ociVersion 1.0.2-dev, which crun 1.8.1 also
+/// accepts), with a writable root at `rootfs`, no terminal, the given arguments and
+/// annotations, and an explicit cgroups path so that leftovers can be found.
+pub fn config_json(rootfs: &Path, args: &[String], annotations: &[(String, String)], cgroups_path: &str, hostname: &str) -> Value {
+    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    let ann: serde_json::Map<String, Value> = annotations.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": rootfs.to_string_lossy(), "readonly": false},
+        "hostname": hostname,
+        "annotations": ann,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn porta_variants_differ_only_in_annotations() {
+        let p = Path::new("/nonexistent/porta");
+        let b = Path::new("/tmp/state");
+        let get = |n: &str| Env::new(n, p, b).unwrap();
+        let strict = get("porta-strict");
+        let kernel = get("porta-kernel");
+        assert_eq!(get("porta").oci().unwrap().annotations, vec![]);
+        assert_eq!(strict.oci().unwrap().annotations, vec![("run.porta.fs.passthrough".to_string(), "off".to_string())]);
+        assert_eq!(kernel.oci().unwrap().annotations, vec![("run.porta.fs".to_string(), "kernel".to_string())]);
+        assert!(strict.skip.as_deref().unwrap().contains("not found"));
+        assert_eq!(strict.state_root, b.join("porta-strict"));
+        assert!(Env::new("bogus", p, b).is_none());
+        assert!(get("runsc").oci().unwrap().global.contains(&"--network=none".to_string()));
+    }
+
+    #[test]
+    fn config_has_what_runtimes_need() {
+        let c = config_json(Path::new("/r"), &["/bin/true".into()], &[("a".into(), "b".into())], "/pb/x", "h");
+        assert_eq!(c["ociVersion"], "1.0.2-dev");
+        assert_eq!(c["root"]["path"], "/r");
+        assert_eq!(c["root"]["readonly"], false);
+        assert_eq!(c["process"]["terminal"], false);
+        assert_eq!(c["process"]["args"][0], "/bin/true");
+        assert_eq!(c["annotations"]["a"], "b");
+        assert_eq!(c["linux"]["cgroupsPath"], "/pb/x");
+    }
+}

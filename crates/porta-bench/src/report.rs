@@ -1,0 +1,275 @@
+//! The Markdown report writer (`report.md`, and `docs/benchmarks.md` with `--docs`).
+
+use crate::results::{Better, Record, Status};
+use crate::svg::fmt_num;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+/// Facts about the machine and the invocation, written to `machine.json` and the report header.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub date_utc: String,
+    pub command: String,
+    pub mode: String,
+    /// Warm-up and counted rounds, in words.
+    pub rounds: String,
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub memory_mib: u64,
+    pub work_fs: String,
+    pub duration_s: f64,
+    /// (runtime, binary and flags, version, status text)
+    pub runtimes: Vec<RuntimeInfo>,
+    /// Free-form notes on how the environments were run (workarounds etc.).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub name: String,
+    pub invocation: String,
+    pub version: String,
+    pub status: String,
+}
+
+/// Description of one workload for the report: name and what/how big.
+#[derive(Debug, Clone)]
+pub struct WorkloadDoc {
+    pub name: String,
+    pub description: String,
+}
+
+fn cell(r: &Record) -> String {
+    match (r.status, r.median) {
+        (Status::Ok, Some(m)) => fmt_num(m),
+        (Status::Failed, _) => "failed".into(),
+        _ => "skipped".into(),
+    }
+}
+
+fn ratio(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into())
+}
+
+fn table_escape(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The runtimes in the order they first appear in the records.
+fn runtimes(records: &[Record]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for r in records {
+        if !v.contains(&r.runtime) {
+            v.push(r.runtime.clone());
+        }
+    }
+    v
+}
+
+/// The summary table: one row per workload and metric, one column per runtime, each cell the
+/// median and, in parentheses, the ratio to native.
+pub fn summary_table(records: &[Record]) -> String {
+    let rts = runtimes(records);
+    let mut s = String::new();
+    let _ = write!(s, "| workload | metric | unit |");
+    for rt in &rts {
+        let _ = write!(s, " {rt} |");
+    }
+    s.push('\n');
+    let _ = write!(s, "|---|---|---|");
+    for _ in &rts {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in records {
+        if !keys.contains(&(r.workload.as_str(), r.metric.as_str())) {
+            keys.push((&r.workload, &r.metric));
+        }
+    }
+    for (w, m) in keys {
+        let first = records.iter().find(|r| r.workload == w && r.metric == m).expect("key from records");
+        let arrow = if first.better == Better::Lower { "↓" } else { "↑" };
+        let _ = write!(s, "| {w} | {m} {arrow} | {} |", first.unit);
+        for rt in &rts {
+            match records.iter().find(|r| r.workload == w && r.metric == m && &r.runtime == rt) {
+                Some(r) => match (r.status, r.median, r.ratio_to_native) {
+                    (Status::Ok, Some(_), Some(x)) if rt != "native" => {
+                        let _ = write!(s, " {} (×{x:.2}) |", cell(r));
+                    }
+                    _ => {
+                        let _ = write!(s, " {} |", cell(r));
+                    }
+                },
+                None => s.push_str(" – |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The detailed table of one workload.
+pub fn workload_table(records: &[&Record]) -> String {
+    let mut s = String::from("| runtime | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---:|---:|---:|---|---:|---:|---:|---|\n");
+    for r in records {
+        let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.runtime,
+            r.metric,
+            if r.status == Status::Ok { f(r.median) } else { cell(r) },
+            f(r.min),
+            f(r.max),
+            r.unit,
+            ratio(r.ratio_to_native),
+            ratio(r.ratio_to_runc),
+            r.runs.len(),
+            table_escape(r.reason.as_deref().unwrap_or(""))
+        );
+    }
+    s
+}
+
+/// The fixed text at the top of docs/benchmarks.md.
+pub fn docs_preface() -> String {
+    "This page is written by `porta-bench --docs docs/benchmarks.md`; the plots are in \
+[docs/bench/](bench/). Each workload runs natively and in every runtime on the same busybox root \
+file system, with workload programs from `crates/porta-workloads` (one static multi-call binary, \
+`porta-workload`). Figures are ratios to native and to runc measured in the same run; absolute \
+numbers on this shared machine are noise.
+
+## Reproduce
+
+As root, from the workspace root (the harness builds the static workload binary itself with \
+`cargo build --release -p porta-workloads --target x86_64-unknown-linux-gnu` and \
+`RUSTFLAGS=\"-C target-feature=+crt-static\"` into `target/porta-bench-workloads/`, or takes \
+`--workload-bin PATH`):
+
+```sh
+apt-get install -y runc crun runsc busybox-static      # peers (Debian 12)
+cargo build --release -p porta                         # the runtime under test
+cargo run --release -p porta-bench -- --out /tmp/bench --docs docs/benchmarks.md   # full run
+cargo run --release -p porta-bench -- --quick --out /tmp/quick                     # about two minutes
+cargo run --release -p porta-bench -- --only lifecycle,primes --runtimes native,porta,runc --out /tmp/b
+```
+
+Other options: `--porta PATH` (default `<workspace>/target/release/porta`), `--runs N`, \
+`--warmup N`, `--work-dir DIR` (default /var/tmp; the shared root file system and all \
+fs workloads live there), `--keep`. A runtime whose binary is missing or whose probe container \
+fails is reported as skipped; a runtime that fails during a workload is reported as failed for \
+that workload and the run goes on.
+
+".to_string()
+}
+
+/// Writes the whole report. `image_prefix` is prepended to `<workload>.svg` in image links.
+pub fn render(info: &RunInfo, records: &[Record], docs: &[WorkloadDoc], image_prefix: &str, preface: &str) -> String {
+    let mut s = String::new();
+    s.push_str("# Porta benchmark report\n\n");
+    s.push_str(preface);
+    let _ = writeln!(
+        s,
+        "Run of {} ({} mode; {}; environments interleaved run by run), took {:.0} s.\n\nCommand: `{}`\n",
+        info.date_utc, info.mode, info.rounds, info.duration_s, info.command
+    );
+    s.push_str("## Machine\n\n| | |\n|---|---|\n");
+    let _ = writeln!(s, "| CPU | {} ({} logical CPUs) |", table_escape(&info.cpu), info.cpus);
+    let _ = writeln!(s, "| memory | {} MiB |", info.memory_mib);
+    let _ = writeln!(s, "| kernel | {} |", table_escape(&info.kernel));
+    let _ = writeln!(s, "| file system of the root file system | {} |", table_escape(&info.work_fs));
+    s.push_str("\n## Runtimes\n\n| runtime | invocation | version | status |\n|---|---|---|---|\n");
+    for r in &info.runtimes {
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {} | {} |",
+            r.name,
+            table_escape(&r.invocation),
+            table_escape(&r.version),
+            table_escape(&r.status)
+        );
+    }
+    if !info.notes.is_empty() {
+        s.push_str("\n### How the environments were run\n\n");
+        for n in &info.notes {
+            let _ = writeln!(s, "* {n}");
+        }
+    }
+    s.push_str("\n## Summary\n\nMedian of the counted runs; in parentheses the ratio to native measured in the same run (↓: lower is better, ↑: higher is better). Absolute numbers on a shared machine are noise; compare ratios.\n\n");
+    s.push_str(&summary_table(records));
+    s.push_str("\n## Workloads\n");
+    let mut names: Vec<&str> = Vec::new();
+    for r in records {
+        if !names.contains(&r.workload.as_str()) {
+            names.push(&r.workload);
+        }
+    }
+    for w in names {
+        let _ = writeln!(s, "\n### {w}\n");
+        if let Some(d) = docs.iter().find(|d| d.name == w) {
+            let _ = writeln!(s, "{}\n", d.description);
+        }
+        let rows: Vec<&Record> = records.iter().filter(|r| r.workload == w).collect();
+        s.push_str(&workload_table(&rows));
+        let _ = writeln!(s, "\n![{w}]({image_prefix}{w}.svg)");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{finalize, Cell};
+
+    fn records() -> Vec<Record> {
+        let c = |w: &str, rt: &str, v: &[f64], st: Status| Cell {
+            workload: w.into(),
+            runtime: rt.into(),
+            metric: "time".into(),
+            unit: "ms".into(),
+            better: Better::Lower,
+            values: v.to_vec(),
+            status: st,
+            reason: (st != Status::Ok).then(|| "not found: /x/porta | y".into()),
+        };
+        finalize(&[
+            c("lifecycle", "native", &[1.0, 2.0, 3.0, 4.0, 5.0], Status::Ok),
+            c("lifecycle", "porta", &[], Status::Skipped),
+            c("lifecycle", "runc", &[40.0, 50.0, 60.0, 70.0, 80.0], Status::Ok),
+            c("primes", "native", &[1.0; 5], Status::Ok),
+            c("primes", "porta", &[], Status::Skipped),
+            c("primes", "runc", &[1.1; 5], Status::Ok),
+        ])
+    }
+
+    #[test]
+    fn summary_has_every_workload_and_runtime() {
+        let t = summary_table(&records());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4); // header, rule, 2 rows
+        assert_eq!(lines[0], "| workload | metric | unit | native | porta | runc |");
+        assert!(lines[2].starts_with("| lifecycle | time ↓ | ms | 3.00 | skipped | 60.0 (×20.00) |"), "{}", lines[2]);
+        assert!(lines[3].contains("1.10 (×1.10)"));
+    }
+
+    #[test]
+    fn full_report() {
+        let info = RunInfo { date_utc: "2026-11-22T08:00:00Z".into(), mode: "quick".into(), rounds: "1 warm-up, 5 counted".into(), ..Default::default() };
+        let docs = vec![WorkloadDoc { name: "primes".into(), description: "Count primes.".into() }];
+        let md = render(&info, &records(), &docs, "bench/", "Preface.\n\n");
+        assert!(md.starts_with("# Porta benchmark report\n\nPreface."));
+        assert!(md.contains("### lifecycle\n"));
+        assert!(md.contains("### primes\n\nCount primes.\n"));
+        assert!(md.contains("![lifecycle](bench/lifecycle.svg)"));
+        assert!(md.contains("![primes](bench/primes.svg)"));
+        // A reason with a pipe must not break the table.
+        assert!(md.contains("not found: /x/porta \\| y"));
+        // Each table row has the same number of cells as its header.
+        for block in md.split("\n\n").filter(|b| b.starts_with("| runtime |")) {
+            let counts: Vec<usize> = block.lines().map(|l| l.replace("\\|", "").matches('|').count()).collect();
+            assert!(counts.iter().all(|&c| c == counts[0]), "{block}");
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Hand-written SVG bar charts: one file per workload, one panel per metric, one bar per runtime
+//! (the median) with a min–max whisker, labelled with the median and the ratio to native.
+
+use crate::results::{Better, Record, Status};
+use std::fmt::Write;
+
+const W: f64 = 760.0;
+const PANEL_H: f64 = 300.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+
+/// Fixed colour per runtime, so that plots are comparable.
+pub fn colour(runtime: &str) -> &'static str {
+    match runtime {
+        "native" => "#7f7f7f",
+        "porta" => "#1f77b4",
+        "porta-strict" => "#17becf",
+        "porta-kernel" => "#9467bd",
+        "runc" => "#2ca02c",
+        "crun" => "#bcbd22",
+        "runsc" => "#d62728",
+        _ => "#8c564b",
+    }
+}
+
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Formats a value with 3 significant digits (no exponent for the usual ranges).
+pub fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else if a >= 0.01 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+/// A "nice" axis maximum at or above `v` (1, 2, 2.5 or 5 times a power of ten).
+pub fn nice_ceil(v: f64) -> f64 {
+    if !(v > 0.0) || !v.is_finite() {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * p >= v * (1.0 - 1e-12) {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+/// Renders the SVG for one workload from its records (all metrics of that workload, in the
+/// order they appear). Runtimes that were skipped or failed get an empty slot with a note.
+pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
+    let mut metrics: Vec<&str> = Vec::new();
+    for r in records {
+        if !metrics.contains(&r.metric.as_str()) {
+            metrics.push(&r.metric);
+        }
+    }
+    let h = PANEL_H * metrics.len().max(1) as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    for (pi, metric) in metrics.iter().enumerate() {
+        let rows: Vec<&&Record> = records.iter().filter(|r| r.metric == *metric).collect();
+        let y0 = pi as f64 * PANEL_H;
+        let unit = rows.first().map(|r| r.unit.as_str()).unwrap_or("");
+        let better = match rows.first().map(|r| r.better) {
+            Some(Better::Lower) => "lower is better",
+            _ => "higher is better",
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" font-size="15" font-weight="bold">{} — {} ({}, {})</text>"#,
+            LEFT,
+            y0 + 22.0,
+            escape(workload),
+            escape(metric),
+            escape(unit),
+            better
+        );
+        let top = y0 + TOP;
+        let plot_h = PANEL_H - TOP - BOTTOM;
+        let base = top + plot_h;
+        let vmax = rows.iter().filter_map(|r| r.max.or(r.median)).fold(0.0, f64::max);
+        let axis_max = nice_ceil(vmax);
+        // Axis and grid lines.
+        for k in 0..=4 {
+            let v = axis_max * k as f64 / 4.0;
+            let y = base - plot_h * k as f64 / 4.0;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##,
+                W - RIGHT,
+                LEFT - 6.0,
+                y + 4.0,
+                fmt_num(v)
+            );
+        }
+        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#000"/>"##);
+        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{base}" x2="{}" y2="{base}" stroke="#000"/>"##, W - RIGHT);
+        let n = rows.len().max(1) as f64;
+        let slot = (W - LEFT - RIGHT) / n;
+        let bw = (slot * 0.6).min(70.0);
+        for (i, r) in rows.iter().enumerate() {
+            let cx = LEFT + slot * (i as f64 + 0.5);
+            let _ = writeln!(
+                s,
+                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                base + 18.0,
+                escape(&r.runtime)
+            );
+            match (r.status, r.median) {
+                (Status::Ok, Some(med)) => {
+                    let y = |v: f64| base - plot_h * (v / axis_max).clamp(0.0, 1.0);
+                    let _ = writeln!(
+                        s,
+                        r#"<rect x="{:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{}"><title>{}: median {} {}</title></rect>"#,
+                        cx - bw / 2.0,
+                        y(med),
+                        base - y(med),
+                        colour(&r.runtime),
+                        escape(&r.runtime),
+                        fmt_num(med),
+                        escape(unit)
+                    );
+                    if let (Some(lo), Some(hi)) = (r.min, r.max) {
+                        let (ylo, yhi) = (y(lo), y(hi));
+                        let _ = writeln!(
+                            s,
+                            r##"<line x1="{cx:.1}" y1="{ylo:.1}" x2="{cx:.1}" y2="{yhi:.1}" stroke="#000" stroke-width="1.5"/><line x1="{:.1}" y1="{ylo:.1}" x2="{:.1}" y2="{ylo:.1}" stroke="#000"/><line x1="{:.1}" y1="{yhi:.1}" x2="{:.1}" y2="{yhi:.1}" stroke="#000"/>"##,
+                            cx - 8.0,
+                            cx + 8.0,
+                            cx - 8.0,
+                            cx + 8.0
+                        );
+                    }
+                    let label = match r.ratio_to_native {
+                        Some(x) => format!("{} (×{:.2})", fmt_num(med), x),
+                        None => fmt_num(med),
+                    };
+                    let ly = (y(r.max.unwrap_or(med)) - 6.0).max(top - 4.0);
+                    let _ = writeln!(s, r#"<text x="{cx:.1}" y="{ly:.1}" text-anchor="middle" font-size="11">{}</text>"#, escape(&label));
+                }
+                _ => {
+                    let what = if r.status == Status::Failed { "failed" } else { "skipped" };
+                    let _ = writeln!(
+                        s,
+                        r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#999" font-style="italic">{what}</text>"##,
+                        base - 10.0
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            r##"<text x="{LEFT}" y="{:.1}" fill="#555" font-size="11">bars: median of counted runs; whiskers: min–max; (×N): ratio to native in the same run</text>"##,
+            base + 40.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{finalize, Cell};
+
+    fn recs() -> Vec<Record> {
+        let c = |rt: &str, m: &str, v: &[f64], st: Status| Cell {
+            workload: "seqio".into(),
+            runtime: rt.into(),
+            metric: m.into(),
+            unit: "MB/s".into(),
+            better: Better::Higher,
+            values: v.to_vec(),
+            status: st,
+            reason: (st != Status::Ok).then(|| "missing <binary>".into()),
+        };
+        finalize(&[
+            c("native", "write", &[100.0, 110.0, 90.0], Status::Ok),
+            c("runc", "write", &[95.0, 99.0, 80.0], Status::Ok),
+            c("porta", "write", &[], Status::Skipped),
+            c("native", "read", &[1000.0, 1100.0, 900.0], Status::Ok),
+            c("runc", "read", &[950.0, 990.0, 800.0], Status::Ok),
+            c("porta", "read", &[], Status::Skipped),
+        ])
+    }
+
+    #[test]
+    fn svg_is_well_formed_and_complete() {
+        let r = recs();
+        let refs: Vec<&Record> = r.iter().collect();
+        let s = workload_svg("seqio", &refs);
+        assert!(s.starts_with("<svg "));
+        assert!(s.trim_end().ends_with("</svg>"));
+        // One panel per metric, one bar per measured runtime and panel, whiskers on each.
+        assert_eq!(s.matches("<rect x=").count(), 4);
+        assert!(s.contains("seqio — write (MB/s, higher is better)"));
+        assert!(s.contains("seqio — read (MB/s, higher is better)"));
+        assert_eq!(s.matches(">skipped<").count(), 2);
+        assert!(s.contains("(×1.00)"));
+        // Every opened element is closed or self-closed: count tags roughly.
+        assert_eq!(s.matches("<svg").count(), s.matches("</svg>").count());
+        assert_eq!(s.matches("<text").count(), s.matches("</text>").count());
+        assert!(!s.contains("NaN"));
+    }
+
+    #[test]
+    fn bars_scale_to_values() {
+        let r = recs();
+        let refs: Vec<&Record> = r.iter().filter(|x| x.metric == "write").collect();
+        let s = workload_svg("seqio", &refs);
+        // axis max is nice_ceil(110) = 200: native's bar (median 100) is half the plot height.
+        let plot_h = PANEL_H - TOP - BOTTOM;
+        let want = format!("height=\"{:.1}\"", plot_h * 0.5);
+        assert!(s.contains(&want), "{want} not in {s}");
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(nice_ceil(110.0), 200.0);
+        assert_eq!(nice_ceil(0.7), 1.0);
+        assert_eq!(nice_ceil(2.2), 2.5);
+        assert_eq!(nice_ceil(0.0), 1.0);
+        assert_eq!(fmt_num(1234.6), "1235");
+        assert_eq!(fmt_num(1.234), "1.23");
+        assert_eq!(escape("a<b>&\""), "a&lt;b&gt;&amp;&quot;");
+    }
+}

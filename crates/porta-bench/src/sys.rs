@@ -1,0 +1,370 @@
+//! Small Linux helpers: the private mount namespace, child subreaper, signals, waiting with a
+//! time limit (pidfd), process trees, PSS and host memory.
+
+use anyhow::{bail, Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs SIGINT/SIGTERM/SIGHUP handlers that only set a flag; the harness checks it between
+/// steps and cleans up.
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: trivial syscall.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// Moves the calling (still single-threaded) process into a private mount namespace, makes every
+/// mount private and unmounts the cgroup2 hierarchy of this hybrid host at
+/// /sys/fs/cgroup/unified, so that crun 1.8.1 accepts the host. Every environment inherits
+/// this namespace, so the workaround applies to all alike. Returns a note for the report.
+pub fn enter_private_mount_namespace() -> Result<String> {
+    // SAFETY: plain syscalls; called before any thread is started.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
+        }
+        let root = c"/";
+        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            bail!("making / rprivate: {}", std::io::Error::last_os_error());
+        }
+    }
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some("/sys/fs/cgroup/unified"));
+    if mounted {
+        // SAFETY: plain syscall.
+        if unsafe { libc::umount2(cstr(unified).as_ptr(), libc::MNT_DETACH) } != 0 {
+            bail!("umount /sys/fs/cgroup/unified: {}", std::io::Error::last_os_error());
+        }
+        Ok("All environments (native too) run inside one private mount namespace of the harness in which the cgroup2 hierarchy /sys/fs/cgroup/unified of this hybrid host is unmounted; crun 1.8.1 refuses the hybrid layout otherwise (\"cgroups in hybrid mode not supported\"). Containers therefore use the cgroup v1 controllers only.".into())
+    } else {
+        Ok("All environments run inside one private mount namespace of the harness (no /sys/fs/cgroup/unified mount to hide on this host).".into())
+    }
+}
+
+/// Makes this process the child subreaper: processes that runtimes leave running (container
+/// init, runsc sandbox, Porta's supervisor) are reparented to the harness, which can then
+/// measure and reap them.
+pub fn set_child_subreaper() -> Result<()> {
+    // SAFETY: plain prctl.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        bail!("PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reaps every exited child without blocking. Only call it when no `std::process::Child` is
+/// outstanding (the harness is sequential, so between steps).
+pub fn reap_zombies() {
+    loop {
+        let mut st = 0;
+        // SAFETY: plain syscall.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r <= 0 {
+            break;
+        }
+    }
+}
+
+/// Reaps our zombie children except `except` (which a `std::process::Child` still owns).
+pub fn reap_other_zombies(except: i32) {
+    let me = std::process::id() as i32;
+    for p in all_pids() {
+        if p == except {
+            continue;
+        }
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some(close) = s.rfind(')') else { continue };
+        let mut f = s[close + 2..].split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|x| x.parse::<i32>().ok()));
+        if state == Some("Z") && ppid == Some(me) {
+            let mut st = 0;
+            // SAFETY: our own zombie child.
+            unsafe { libc::waitpid(p, &mut st, libc::WNOHANG) };
+        }
+    }
+}
+
+fn pidfd_open(pid: i32) -> Option<i32> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    (fd >= 0).then_some(fd as i32)
+}
+
+/// Waits until process `pid` (any process, not only a child) has exited, polling its pidfd so
+/// that the wait is exact. Returns false on time-out or interruption. A process that is our
+/// child is reaped.
+pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
+    let done = wait_pid_exit_nonreaping(pid, timeout);
+    if done && parent_of(pid) == Some(std::process::id() as i32) {
+        let mut st = 0;
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+    done
+}
+
+/// Waits for a child with a time limit; on time-out or interruption kills its process group
+/// and returns an error.
+pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus> {
+    let pid = child.id() as i32;
+    let ok = wait_pid_exit_nonreaping(pid, timeout);
+    if !ok {
+        kill_group(pid);
+        let _ = child.wait();
+        if interrupted() {
+            bail!("{what}: interrupted");
+        }
+        bail!("{what}: no exit within {} s, killed", timeout.as_secs());
+    }
+    Ok(child.wait()?)
+}
+
+fn wait_pid_exit_nonreaping(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let Some(fd) = pidfd_open(pid) else { return true };
+    let mut done = false;
+    while !interrupted() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, left.as_millis().clamp(1, 50) as i32) } > 0 {
+            done = true;
+            break;
+        }
+        // While a runtime command runs, processes it left to us may exit; a runtime waiting
+        // for one of them (runsc delete waits for its gofer) would wait for ever on a zombie.
+        reap_other_zombies(pid);
+    }
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
+    done
+}
+
+/// SIGKILL to the process group led by `pid` (children are spawned as group leaders) and the
+/// process itself.
+pub fn kill_group(pid: i32) {
+    // SAFETY: plain syscalls.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+pub fn kill_pid(pid: i32, sig: i32) {
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// The pre_exec action of the native environment: chroot into the shared root file system.
+pub fn chroot_action(rootfs: &Path) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let root = cstr(rootfs);
+    move || {
+        // SAFETY: async-signal-safe syscalls between fork and exec.
+        unsafe {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parent pid of a process, from /proc/PID/stat.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// All pids currently in /proc.
+pub fn all_pids() -> Vec<i32> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(p) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+/// Every descendant of `root` (not `root` itself).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in all_pids() {
+        if let Some(pp) = parent_of(p) {
+            children.entry(pp).or_default().push(p);
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if let Some(cs) = children.get(&p) {
+            for &c in cs {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+pub fn exe_of(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+pub fn comm_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Proportional set size of a process in KiB (from smaps_rollup); None for kernel threads or
+/// vanished processes.
+pub fn pss_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    s.lines().find(|l| l.starts_with("Pss:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn meminfo() -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for l in std::fs::read_to_string("/proc/meminfo").unwrap_or_default().lines() {
+        let mut it = l.split_whitespace();
+        if let (Some(k), Some(v)) = (it.next(), it.next()) {
+            if let Ok(v) = v.parse() {
+                m.insert(k.trim_end_matches(':').to_string(), v);
+            }
+        }
+    }
+    m
+}
+
+/// Host used memory in KiB including page cache: MemTotal - MemFree.
+pub fn host_used_kib() -> u64 {
+    let m = meminfo();
+    m.get("MemTotal").copied().unwrap_or(0).saturating_sub(m.get("MemFree").copied().unwrap_or(0))
+}
+
+pub fn mem_total_kib() -> u64 {
+    meminfo().get("MemTotal").copied().unwrap_or(0)
+}
+
+/// True when the ELF file has no PT_INTERP program header (i.e. it is statically linked, static
+/// PIE included).
+pub fn is_static_elf(path: &Path) -> Result<bool> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut b = Vec::new();
+    f.read_to_end(&mut b)?;
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        bail!("{}: not a 64-bit ELF file", path.display());
+    }
+    let u64le = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let u16le = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+    let phoff = u64le(0x20) as usize;
+    let phentsize = u16le(0x36) as usize;
+    let phnum = u16le(0x38) as usize;
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        if o + 4 > b.len() {
+            bail!("{}: truncated program headers", path.display());
+        }
+        if u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) == 3 {
+            return Ok(false); // PT_INTERP
+        }
+    }
+    Ok(true)
+}
+
+/// The set of pids at a moment, to find processes that appeared later.
+pub fn pid_set() -> HashSet<i32> {
+    all_pids().into_iter().collect()
+}
+
+/// File-system type of the mount holding `path` (longest matching mount point).
+pub fn fs_type(path: &Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut best = (0usize, String::from("unknown"));
+    for l in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+        let mp = f.get(4).copied().unwrap_or("");
+        if path.starts_with(mp) && mp.len() >= best.0 {
+            best = (mp.len(), format!("{} ({})", f.get(sep + 1).unwrap_or(&"?"), f.get(sep + 2).unwrap_or(&"?")));
+        }
+    }
+    best.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_helpers() {
+        let me = std::process::id() as i32;
+        assert!(parent_of(me).is_some());
+        assert!(pss_kib(me).unwrap_or(1) > 0);
+        let mut c = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(descendants(me).contains(&(c.id() as i32)));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert!(host_used_kib() > 0);
+    }
+
+    #[test]
+    fn wait_with_timeout() {
+        let mut c = std::process::Command::new("sleep").arg("10").process_group(0).spawn().unwrap();
+        let t = Instant::now();
+        assert!(wait_child(&mut c, Duration::from_millis(300), "sleep").is_err());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        assert!(wait_child(&mut c, Duration::from_secs(10), "true").unwrap().success());
+    }
+
+    #[test]
+    fn static_elf_detection() {
+        assert!(!is_static_elf(Path::new("/bin/sh")).unwrap());
+        if Path::new("/bin/busybox").exists() {
+            assert!(is_static_elf(Path::new("/bin/busybox")).unwrap());
+        }
+    }
+
+    use std::os::unix::process::CommandExt;
+}
