@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Both leaves count against the container's limits, so a container cannot escape its memory
-//! or pids limit through its servers, and its servers are never frozen with it. On cgroup v2
+//! or pids limit through its servers, and its servers are never frozen with it. One
+//! exception keeps the servers alive under a fork bomb: the config's pids limit is written
+//! to `payload/`, and the container group gets that limit plus [`SERVER_PIDS_RESERVE`]. On cgroup v2
 //! the container group holds no process itself (processes live only in leaves, as v2
 //! requires once controllers are enabled for children).
 //!
@@ -71,6 +73,11 @@ pub use stats::Stats;
 pub const PAYLOAD: &str = "payload";
 /// Name of the leaf that holds Porta's servers for the container.
 pub const SERVERS: &str = "porta";
+
+/// Extra pids the container group allows above the config's pids limit, usable only by
+/// Porta's servers: `payload/` gets the config's limit itself, so a fork bomb in the
+/// container cannot starve the restart of its file server (DESIGN.md section 3).
+pub const SERVER_PIDS_RESERVE: i64 = 64;
 
 /// How long [`ContainerCgroup::freeze`] and [`ContainerCgroup::thaw`] wait for the freezer.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -359,7 +366,7 @@ impl ContainerCgroup {
             let p = &d.path;
             s.cpu = stats::v2_cpu(p)?;
             s.memory = stats::v2_memory(p)?;
-            s.pids = stats::pids(p)?;
+            s.pids = pids_stats(p)?;
             s.blkio = stats::parse_io_stat(&fsutil::read_opt(&p.join("io.stat"))?.unwrap_or_default());
             s.hugetlb = stats::v2_hugetlb(p)?;
             return Ok(s);
@@ -374,7 +381,7 @@ impl ContainerCgroup {
             s.memory = stats::v1_memory(&d.path)?;
         }
         if let Some(d) = self.v1_with("pids") {
-            s.pids = stats::pids(&d.path)?;
+            s.pids = pids_stats(&d.path)?;
         }
         if let Some(d) = self.v1_with("blkio") {
             s.blkio = stats::v1_blkio(&d.path)?;
@@ -624,6 +631,11 @@ impl ContainerCgroup {
                 return Ok(());
             };
             v2_apply(d, &r, self.st.rootless)?;
+            if let Some(p) = r.pids() {
+                if p.limit() != 0 {
+                    write_pids_limits(&d.path, p.limit())?;
+                }
+            }
             if let Some(devs) = r.devices() {
                 let mut rules = devs.clone();
                 rules.extend(default_device_rules());
@@ -940,6 +952,22 @@ fn wait_v2_frozen(dir: &Path, want: bool) -> Result<()> {
     }
 }
 
+/// The pids limit, on v1 and v2 alike: `payload/pids.max` = `limit` (what the container's
+/// processes may have), and the container group's `pids.max` = `limit` +
+/// [`SERVER_PIDS_RESERVE`] (both leaves count against it; the reserve keeps room for
+/// Porta's servers). A negative limit means no limit anywhere.
+pub(crate) fn write_pids_limits(dir: &Path, limit: i64) -> Result<()> {
+    if limit < 0 {
+        fsutil::write(&dir.join("pids.max"), "max")?;
+        return fsutil::write(&dir.join(PAYLOAD).join("pids.max"), "max");
+    }
+    let group = limit.saturating_add(SERVER_PIDS_RESERVE);
+    // Raise the group first: the leaf's value is checked against nothing, but keeping
+    // group >= leaf at every step avoids a moment where the servers have no room.
+    fsutil::write(&dir.join("pids.max"), &group.to_string())?;
+    fsutil::write(&dir.join(PAYLOAD).join("pids.max"), &limit.to_string())
+}
+
 /// Writes limits to a cgroup v2 group with libcgroups' v2 manager.
 fn v2_apply(d: &CgroupDir, r: &LinuxResources, rootless: bool) -> Result<()> {
     let rel = d
@@ -998,6 +1026,18 @@ fn v2_io_weight(dir: &Path, w: u16) -> Result<()> {
     }
     let converted = 1 + (u64::from(w) - 10) * 9999 / 990;
     fsutil::write(&dir.join("io.weight"), &converted.to_string())
+}
+
+/// pids of the whole container (both leaves), with the limit the config asked for (that of
+/// `payload/`, see [`SERVER_PIDS_RESERVE`]).
+fn pids_stats(dir: &Path) -> Result<stats::Pids> {
+    let mut p = stats::pids(dir)?;
+    let leaf = dir.join(PAYLOAD).join("pids.max");
+    if let Some(v) = fsutil::read_opt(&leaf)? {
+        let v = fsutil::parse_u64(&leaf, v.trim())?;
+        p.limit = if v == u64::MAX { 0 } else { v };
+    }
+    Ok(p)
 }
 
 /// Removes `dir` and every group below it, deepest first; a missing directory is fine.

@@ -228,18 +228,13 @@ pub(crate) fn cpuset_inherit(dir: &Path) -> Result<()> {
 }
 
 /// `pids.max`: a positive limit is written, a negative one means `max`, 0 means unset (as
-/// in runc).
+/// in runc). See [`crate::write_pids_limits`] for where.
 pub(crate) fn pids(find: Finder, limit: i64) -> Result<()> {
     if limit == 0 {
         return Ok(());
     }
     let dir = need(find, "pids", "linux.resources.pids.limit")?;
-    let v = if limit < 0 {
-        "max".to_string()
-    } else {
-        limit.to_string()
-    };
-    fsutil::write(&dir.join("pids.max"), &v)
+    crate::write_pids_limits(&dir, limit)
 }
 
 /// blkio weights and throttles.

@@ -154,7 +154,8 @@ fn each_controller_is_written_in_its_own_hierarchy() {
     assert_eq!(read(&dir("cpu").join("cpu.shares")), "512");
     assert_eq!(read(&dir("cpu").join("cpu.cfs_quota_us")), "20000");
     assert_eq!(read(&dir("cpu").join("cpu.cfs_period_us")), "100000");
-    assert_eq!(read(&dir("pids").join("pids.max")), "100");
+    assert_eq!(read(&dir("pids").join("payload/pids.max")), "100");
+    assert_eq!(read(&dir("pids").join("pids.max")), (100 + SERVER_PIDS_RESERVE).to_string());
     // cpuset on the group and both leaves.
     for sub in ["", "payload", "porta"] {
         assert_eq!(read(&dir("cpuset").join(sub).join("cpuset.cpus")), "1", "{sub}");

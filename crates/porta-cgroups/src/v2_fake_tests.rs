@@ -194,7 +194,8 @@ fn limits_go_to_the_right_files() {
     let g = |f2: &str| read(f.root.join("porta/ctr1").join(f2));
     assert_eq!(g("memory.max"), "67108864");
     assert_eq!(g("memory.swap.max"), (32u64 << 20).to_string()); // v2 swap excludes memory
-    assert_eq!(g("pids.max"), "5");
+    assert_eq!(g("payload/pids.max"), "5");
+    assert_eq!(g("pids.max"), (5 + SERVER_PIDS_RESERVE).to_string());
     assert_eq!(g("cpu.max"), "50000 100000");
     // shares → weight with the conversion of current runc (opencontainers/cgroups) and
     // crun: 1024 shares, the v1 default, become 100, the v2 default.
@@ -219,6 +220,7 @@ fn update_changes_a_limit() {
         .unwrap();
     cg.update(&r).unwrap();
     assert_eq!(read(f.root.join("porta/ctr1/pids.max")), "max");
+    assert_eq!(read(f.root.join("porta/ctr1/payload/pids.max")), "max");
 }
 
 #[test]
@@ -278,7 +280,8 @@ fn pids_stats_and_oom_count() {
     fs::write(dir.join("memory.current"), "1000\n").unwrap();
     fs::write(dir.join("memory.max"), "max\n").unwrap();
     fs::write(dir.join("pids.current"), "4\n").unwrap();
-    fs::write(dir.join("pids.max"), "5\n").unwrap();
+    fs::write(dir.join("pids.max"), "69\n").unwrap();
+    fs::write(dir.join("payload/pids.max"), "5\n").unwrap();
     let s = cg.stats().unwrap();
     assert_eq!(s.cpu.usage.total, 10_000);
     assert_eq!(s.memory.usage.usage, 1000);

@@ -248,6 +248,34 @@ fn pids_limit_stops_forks() {
     assert_eq!(pids.len(), 5, "{pids:?}");
     assert!(pids.contains(&child.as_raw()));
 
+    // The payload is at its limit, yet a server in porta/ can still fork (the reserve).
+    let server_procs = cstrings(&g.cg().server_procs_files());
+    // SAFETY: the child only makes raw system calls.
+    let server = match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            child_join(&server_procs);
+            // SAFETY: raw fork and wait; the grandchild exits at once.
+            unsafe {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                if pid < 0 {
+                    libc::_exit(1);
+                }
+                let mut st = 0;
+                libc::waitpid(pid, &mut st, 0);
+                libc::_exit(0);
+            }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    assert_eq!(
+        waitpid(server, None).unwrap(),
+        WaitStatus::Exited(server, 0),
+        "a server could not fork while the payload was at its pids limit"
+    );
+
     let s = g.cg().stats().unwrap();
     assert_eq!(s.pids.current, 5);
     assert_eq!(s.pids.limit, 5);
@@ -489,7 +517,11 @@ fn device_rules_and_update_on_v1() {
         .unwrap()
         .path
         .clone();
-    assert_eq!(read(&pids_dir.join("pids.max")).trim(), "10");
+    assert_eq!(read(&pids_dir.join("payload/pids.max")).trim(), "10");
+    assert_eq!(
+        read(&pids_dir.join("pids.max")).trim(),
+        (10 + porta_cgroups::SERVER_PIDS_RESERVE).to_string()
+    );
     assert!(!read(&dev.path.join("payload/devices.list")).contains("a *:* rwm"));
 }
 
