@@ -1,0 +1,92 @@
+//! The runtime core's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the runtime core, with the context a person needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bundle's config.json is missing, unreadable or malformed.
+    #[error("config {path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    /// A field of the config has a value Porta cannot honour.
+    #[error("config field {field}: {msg}")]
+    InvalidField { field: String, msg: String },
+    /// A command-line argument is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// No container with this id exists under the state root.
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    /// A container with this id already exists.
+    #[error("container {0} already exists")]
+    Exists(String),
+    /// The container id is not acceptable.
+    #[error("invalid container id {id:?}: {why}")]
+    InvalidId { id: String, why: String },
+    /// The container is not in a state that allows the operation.
+    #[error("container {id} is {status}: {msg}")]
+    BadState { id: String, status: String, msg: String },
+    /// A system call or file operation failed.
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container's init process reported a failure while setting up.
+    #[error("container init: {0}")]
+    Init(String),
+    /// A hook failed or timed out.
+    #[error("{kind} hook {path}: {msg}")]
+    Hook { kind: String, path: PathBuf, msg: String },
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Cgroup(#[from] porta_cgroups::Error),
+    /// A seccomp filter could not be built or loaded.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    /// State on disk is corrupt.
+    #[error("state {path}: {msg}")]
+    State { path: PathBuf, msg: String },
+    /// The file server or supervisor failed.
+    #[error("file server: {0}")]
+    FileServer(String),
+}
+
+/// Result type of the runtime core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with a description of what was being done.
+    pub fn sys(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Sys { what: what.into(), source }
+    }
+
+    /// Wraps an errno from nix with a description of what was being done.
+    pub fn nix(what: impl Into<String>, errno: nix::errno::Errno) -> Self {
+        Error::Sys { what: what.into(), source: std::io::Error::from_raw_os_error(errno as i32) }
+    }
+
+    /// An invalid config field.
+    pub fn field(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::InvalidField { field: field.into(), msg: msg.into() }
+    }
+}
+
+/// Adds context to nix and io results.
+pub trait Context<T> {
+    /// Attaches a description of the failed action.
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, nix::errno::Errno> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::nix(what(), e))
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, std::io::Error> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::sys(what(), e))
+    }
+}

@@ -1,0 +1,278 @@
+//! Code that runs in the processes `porta create` and `porta exec` fork: stage one joins
+//! namespaces and the cgroup and forks the container's process; the container's process sets
+//! itself up and execs the program.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use crate::error::{Context, Error, Result};
+use crate::sync::{Channel, Msg};
+use crate::{console, hooks, namespaces, process, rootfs, seccomp, sys};
+
+/// Everything the container's process needs, prepared by the parent before the fork.
+pub struct InitArgs<'a> {
+    /// The container's config.
+    pub spec: &'a Spec,
+    /// Absolute root path.
+    pub rootfs: &'a Path,
+    /// Namespace plan.
+    pub ns: &'a namespaces::Plan,
+    /// cgroup.procs files of the container's payload leaf.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The start fifo, opened O_PATH.
+    pub fifo: Option<RawFd>,
+    /// --no-pivot.
+    pub no_pivot: bool,
+    /// --no-new-keyring.
+    pub no_new_keyring: bool,
+    /// --preserve-fds.
+    pub preserve_fds: u32,
+    /// The file server's detached mount, when the root is served.
+    pub served_root: Option<OwnedFd>,
+    /// Fds of the parent that the child must close at once (the state directory's lock).
+    pub close_in_child: Vec<RawFd>,
+}
+
+/// Closes fds inherited through fork that belong to the parent (its locks).
+pub fn close_parent_fds(fds: &[RawFd]) {
+    for fd in fds {
+        let _ = nix::unistd::close(*fd);
+    }
+}
+
+/// Reports `r` to the parent and exits the forked process.
+fn finish(chan: &Channel, r: Result<()>) -> ! {
+    match r {
+        Ok(()) => sys::exit_now(0),
+        Err(e) => {
+            let _ = chan.send(&Msg::Failed(e.to_string()), &[]);
+            sys::exit_now(1)
+        }
+    }
+}
+
+/// Stage one of `create`: joins namespaces given by path and the cgroup, makes the time
+/// namespace, forks the container's process into its new namespaces, reports its pid.
+pub fn stage_one(chan: Channel, args: InitArgs<'_>) -> ! {
+    close_parent_fds(&args.close_in_child);
+    let r = (|| -> Result<i32> {
+        for p in &args.cgroup_procs {
+            std::fs::write(p, "0").ctx(|| format!("join cgroup {}", p.display()))?;
+        }
+        let opened = args.ns.open_joins()?;
+        namespaces::join_all(&opened)?;
+        drop(opened);
+        let mut new = args.ns.new;
+        if new & libc::CLONE_NEWTIME != 0 {
+            sys::unshare(libc::CLONE_NEWTIME).ctx(|| "unshare time namespace".into())?;
+            write_time_offsets(args.spec)?;
+            new &= !libc::CLONE_NEWTIME;
+        }
+        match sys::clone_into(new as u64).ctx(|| "clone the container's process".into())? {
+            sys::Forked::Parent(pid) => Ok(pid),
+            sys::Forked::Child => container_init(&chan, args),
+        }
+    })();
+    match r {
+        Ok(pid) => {
+            let _ = chan.send(&Msg::Pid(pid), &[]);
+            sys::exit_now(0)
+        }
+        Err(e) => finish(&chan, Err(e)),
+    }
+}
+
+fn write_time_offsets(spec: &Spec) -> Result<()> {
+    let offsets = spec.linux().as_ref().and_then(|l| l.time_offsets().clone()).unwrap_or_default();
+    for (clock, off) in offsets {
+        let name = match clock.as_str() {
+            "monotonic" => "monotonic",
+            "boottime" => "boottime",
+            other => return Err(Error::field(format!("linux.timeOffsets.{other}"), "only monotonic and boottime can be offset")),
+        };
+        let line = format!("{name} {} {}\n", off.secs().unwrap_or(0), off.nanosecs().unwrap_or(0));
+        std::fs::write("/proc/self/timens_offsets", line).map_err(|e| Error::field(format!("linux.timeOffsets.{name}"), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The container's process: never returns (execs the program, or reports and exits).
+fn container_init(chan: &Channel, args: InitArgs<'_>) -> ! {
+    let r = init_steps(chan, args);
+    // init_steps only returns on error (success ends in execve).
+    finish(chan, r)
+}
+
+fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
+    let spec = args.spec;
+    let proc_ = spec.process().as_ref().ok_or_else(|| Error::field("process", "missing"))?;
+    if args.ns.creates(LinuxNamespaceType::User) {
+        chan.send(&Msg::NeedMappings, &[])?;
+        chan.expect("porta create", |m| matches!(m, Msg::MappingsDone))?;
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into()).ctx(|| "setgid 0 in the user namespace".into())?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into()).ctx(|| "setuid 0 in the user namespace".into())?;
+    }
+    if args.ns.creates(LinuxNamespaceType::Uts) {
+        if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+            nix::unistd::sethostname(h).map_err(|e| Error::field("hostname", e.to_string()))?;
+        }
+        if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
+            set_domainname(d)?;
+        }
+    }
+    let mut plan = rootfs::RootfsPlan {
+        spec,
+        rootfs: args.rootfs,
+        new_cgroupns: args.ns.creates(LinuxNamespaceType::Cgroup),
+        new_userns: args.ns.creates(LinuxNamespaceType::User),
+        mount_label: spec.linux().as_ref().and_then(|l| l.mount_label().clone()),
+        served_root: args.served_root.take(),
+    };
+    rootfs::prepare(&mut plan)?;
+    chan.send(&Msg::RunHooks, &[])?;
+    let state_json = match chan.recv("porta create")?.0 {
+        Msg::HooksDone(s) => s,
+        m => return Err(Error::Init(format!("unexpected message {m:?}"))),
+    };
+    if let Some(h) = spec.hooks().as_ref().and_then(|h| h.create_container().clone()) {
+        hooks::run_all("createContainer", &h, state_json.as_bytes())?;
+    }
+    rootfs::enter(args.rootfs, args.no_pivot)?;
+    rootfs::finish(spec)?;
+    if proc_.terminal().unwrap_or(false) {
+        let size = proc_.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
+        let (master, slave) = console::open_pty(Path::new("/dev/pts/ptmx"), size)?;
+        if let Ok(t) = rootfs::ensure_file(std_root()?.as_fd(), Path::new("/dev/console")) {
+            let _ = nix::mount::mount(
+                Some(Path::new(&format!("/proc/self/fd/{}", slave.as_raw_fd()))),
+                Path::new(&format!("/proc/self/fd/{}", t.as_raw_fd())),
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            );
+        }
+        chan.send(&Msg::Console, &[master.as_raw_fd()])?;
+        drop(master);
+        console::become_tty(slave.as_fd())?;
+    }
+    if !args.no_new_keyring {
+        join_session_keyring();
+    }
+    if let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
+        let dom = serde_json::to_value(p.domain()).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let persona = match dom.as_str() {
+            "LINUX" => 0x0000,
+            "LINUX32" => 0x0008,
+            other => return Err(Error::field("linux.personality.domain", format!("{other} is not supported"))),
+        };
+        sys::personality(persona).ctx(|| "linux.personality".into())?;
+    }
+    let fifo = args.fifo;
+    finalize_and_exec(chan, spec, proc_, args.preserve_fds, fifo, &state_json)
+}
+
+fn std_root() -> Result<OwnedFd> {
+    Ok(std::fs::File::open("/").ctx(|| "open /".into())?.into())
+}
+
+fn set_domainname(d: &str) -> Result<()> {
+    let c = CString::new(d).map_err(|_| Error::field("domainname", "contains a NUL byte"))?;
+    // SAFETY: c is a valid buffer of the given length.
+    if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
+        return Err(Error::field("domainname", std::io::Error::last_os_error().to_string()));
+    }
+    Ok(())
+}
+
+fn join_session_keyring() {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a null name asks for a new anonymous session keyring.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<u8>()) };
+    if r < 0 {
+        tracing::debug!("new session keyring: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// The steps shared by a container's first process and exec'd processes: rlimits, seccomp,
+/// LSM, identity, capabilities, cwd, fds, then (after `start` for a first process) execve.
+pub fn finalize_and_exec(
+    chan: &Channel,
+    spec: &Spec,
+    p: &Process,
+    preserve_fds: u32,
+    fifo: Option<RawFd>,
+    state_json: &str,
+) -> Result<()> {
+    if let Some(adj) = p.oom_score_adj() {
+        process::set_oom_score_adj(adj)?;
+    }
+    process::apply_rlimits(p.rlimits().as_deref().unwrap_or(&[]))?;
+    let env: Vec<String> = p.env().clone().unwrap_or_default();
+    let args = p.args().clone().unwrap_or_default();
+    let seccomp_cfg = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let filter = seccomp_cfg.as_ref().map(seccomp::compile).transpose()?;
+    let notify = seccomp_cfg.as_ref().is_some_and(seccomp::uses_notify);
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    process::apply_lsm(p.apparmor_profile().as_deref(), p.selinux_label().as_deref())?;
+    let mut late_filter = None;
+    if let Some(f) = filter {
+        if notify || !nnp {
+            // Without no_new_privs loading needs CAP_SYS_ADMIN, which is dropped below; a
+            // notification fd must reach the listener before the container runs.
+            if let Some(fd) = seccomp::load(&f, notify)? {
+                chan.send(&Msg::SeccompListener, &[fd.as_raw_fd()])?;
+            }
+        } else {
+            late_filter = Some(f);
+        }
+    }
+    process::drop_bounding(p.capabilities())?;
+    process::switch_user(p)?;
+    process::apply_capabilities(p.capabilities())?;
+    if nnp {
+        process::set_no_new_privs()?;
+    }
+    nix::unistd::chdir(p.cwd()).map_err(|e| Error::field("process.cwd", format!("{}: {e}", p.cwd().display())))?;
+    let program = process::find_program(&args[0], &env)?;
+    let cargs = process::cstrings("process.args", &args)?;
+    let cenv = process::cstrings("process.env", &env)?;
+    // Everything of Porta's above the preserved fds is closed on exec (CVE-2024-21626).
+    sys::close_from(3 + preserve_fds, true).ctx(|| "mark fds close-on-exec".into())?;
+    chan.send(&Msg::Ready, &[])?;
+    if let Some(fifo) = fifo {
+        // Blocks until `porta start` opens the fifo for reading.
+        let w = nix::fcntl::open(
+            Path::new(&format!("/proc/self/fd/{fifo}")),
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ctx(|| "open the start fifo".into())?;
+        nix::unistd::write(
+            // SAFETY: w is a fresh fd from open that we own until close below.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(w) },
+            b"0",
+        )
+        .ctx(|| "write the start fifo".into())?;
+        let _ = nix::unistd::close(w);
+        let _ = nix::unistd::close(fifo);
+        if let Some(h) = spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
+            if let Err(e) = hooks::run_all("startContainer", &h, state_json.as_bytes()) {
+                eprintln!("porta: {e}");
+                sys::exit_now(1);
+            }
+        }
+    }
+    if let Some(f) = late_filter {
+        seccomp::load(&f, false)?;
+    }
+    let err = process::exec(&program, &cargs, &cenv);
+    if fifo.is_some() {
+        // After `start` nobody listens on the channel: tell the container's stderr.
+        eprintln!("porta: {err}");
+        sys::exit_now(127);
+    }
+    Err(err)
+}

@@ -1,0 +1,108 @@
+//! Linux namespaces of a container: which to make, which to join by path.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
+
+use crate::error::{Context, Error, Result};
+use crate::sys;
+
+/// The clone/setns flag of a namespace type.
+pub fn flag(t: LinuxNamespaceType) -> i32 {
+    match t {
+        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+        LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+        LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
+    }
+}
+
+/// The /proc/PID/ns file name of a namespace type.
+pub fn proc_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// The namespace plan of a container.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Flags of the namespaces to create.
+    pub new: i32,
+    /// Namespaces to join: (flag, path), user first.
+    pub join: Vec<(i32, PathBuf)>,
+}
+
+impl Plan {
+    /// Builds the plan from the config's namespace list.
+    pub fn from_config(list: &[LinuxNamespace]) -> Plan {
+        let mut p = Plan::default();
+        for ns in list {
+            match ns.path() {
+                Some(path) => p.join.push((flag(ns.typ()), path.clone())),
+                None => p.new |= flag(ns.typ()),
+            }
+        }
+        p.join.sort_by_key(|(f, _)| if *f == libc::CLONE_NEWUSER { 0 } else { 1 });
+        p
+    }
+
+    /// Whether a namespace of this type is created.
+    pub fn creates(&self, t: LinuxNamespaceType) -> bool {
+        self.new & flag(t) != 0
+    }
+
+    /// Opens every namespace to join (before any is joined: later paths may not resolve after).
+    pub fn open_joins(&self) -> Result<Vec<(i32, OwnedFd, PathBuf)>> {
+        self.join
+            .iter()
+            .map(|(f, p)| {
+                let fd: OwnedFd = std::fs::File::open(p)
+                    .map_err(|e| Error::field("linux.namespaces[].path", format!("{}: {e}", p.display())))?
+                    .into();
+                Ok((*f, fd, p.clone()))
+            })
+            .collect()
+    }
+}
+
+/// Joins opened namespaces in order.
+pub fn join_all(opened: &[(i32, OwnedFd, PathBuf)]) -> Result<()> {
+    for (f, fd, p) in opened {
+        sys::setns(fd.as_fd(), *f).ctx(|| format!("join namespace {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_puts_user_first() {
+        let list: Vec<LinuxNamespace> = serde_json::from_value(serde_json::json!([
+            {"type": "network", "path": "/proc/1/ns/net"},
+            {"type": "user", "path": "/proc/1/ns/user"},
+            {"type": "pid"},
+            {"type": "mount"}
+        ]))
+        .unwrap();
+        let p = Plan::from_config(&list);
+        assert_eq!(p.new, libc::CLONE_NEWPID | libc::CLONE_NEWNS);
+        assert_eq!(p.join[0].0, libc::CLONE_NEWUSER);
+        assert!(p.creates(LinuxNamespaceType::Pid));
+        assert!(!p.creates(LinuxNamespaceType::Network));
+    }
+}

@@ -1,0 +1,252 @@
+//! Thin wrappers around the system calls the runtime needs and neither nix nor std offers.
+//! Each wrapper is small and states why its `unsafe` block is sound.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Result of a fork-like call.
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// clone3 with the given namespace flags and no other sharing (a fork into new namespaces).
+/// The caller must be single-threaded, like for fork().
+pub fn clone_into(flags: u64) -> io::Result<Forked> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let mut args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    // SAFETY: clone3 without CLONE_VM duplicates the address space like fork; args is a valid,
+    // correctly sized struct that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match cvt(ret)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as i32)),
+    }
+}
+
+/// Opens a pidfd for `pid`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers and returns a new fd we take ownership of.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `sig` to the process behind `pidfd`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments; a null siginfo is allowed.
+    cvt(unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0)
+    })?;
+    Ok(())
+}
+
+/// setns on an fd (a namespace file or a pidfd) with the given flags.
+pub fn setns(fd: BorrowedFd<'_>, nstype: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::setns(fd.as_raw_fd(), nstype) } as libc::c_long)?;
+    Ok(())
+}
+
+/// unshare(2).
+pub fn unshare(flags: i32) -> io::Result<()> {
+    // SAFETY: plain integer argument.
+    cvt(unsafe { libc::unshare(flags) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Closes every fd from `first` upwards (close_range), or marks them close-on-exec.
+pub fn close_from(first: u32, cloexec_only: bool) -> io::Result<()> {
+    let flags = if cloexec_only { libc::CLOSE_RANGE_CLOEXEC } else { 0 };
+    // SAFETY: close_range only affects this process's fd table; callers own no fd above `first`
+    // that they still use after this call (documented at each call site).
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) })?;
+    Ok(())
+}
+
+/// Resolve flags for [`openat2`].
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+/// Refuse magic links (/proc/self/fd/…) while resolving.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+
+/// openat2 with a `resolve` mask: opens `path` below `dirfd` with symlinks kept inside it.
+pub fn openat2(dirfd: BorrowedFd<'_>, path: &str, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: mode as u64, resolve };
+    loop {
+        // SAFETY: c and how are valid for the duration of the call; the result is a new fd.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        match cvt(ret) {
+            // SAFETY: a fresh fd from the kernel.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// prctl with up to two integer arguments.
+pub fn prctl(option: i32, arg2: libc::c_ulong, arg3: libc::c_ulong) -> io::Result<i32> {
+    // SAFETY: the options used by Porta take integer arguments only.
+    let r = unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// personality(2).
+pub fn personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: integer argument.
+    let r = unsafe { libc::personality(persona) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Creates a memfd with the given name and flags.
+pub fn memfd_create(name: &str, flags: u32) -> io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is a valid C string; the result is a new fd.
+    let fd = cvt(unsafe { libc::memfd_create(c.as_ptr(), flags) } as libc::c_long)?;
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fcntl(F_ADD_SEALS).
+pub fn add_seals(fd: BorrowedFd<'_>, seals: i32) -> io::Result<()> {
+    // SAFETY: integer arguments on an fd we hold.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long)?;
+    Ok(())
+}
+
+/// fcntl(F_GET_SEALS).
+pub fn get_seals(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: integer arguments on an fd we hold.
+    Ok(cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) } as libc::c_long)? as i32)
+}
+
+/// execveat(fd, "", argv, envp, AT_EMPTY_PATH): runs the program behind `fd`. Returns only on error.
+pub fn fexecve(fd: BorrowedFd<'_>, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    let empty = c"";
+    // SAFETY: argv/envp are NUL-terminated arrays of valid C strings that outlive the call.
+    unsafe {
+        libc::syscall(libc::SYS_execveat, fd.as_raw_fd(), empty.as_ptr(), a.as_ptr(), e.as_ptr(), libc::AT_EMPTY_PATH);
+    }
+    io::Error::last_os_error()
+}
+
+/// Sets the controlling terminal of the calling process (which must be a session leader).
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Sets a terminal's window size.
+pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: ws is a valid winsize for the duration of the call.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Opens the slave side of the pty behind master `fd` (TIOCGPTPEER), without any path lookup.
+pub fn pty_peer(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: TIOCGPTPEER returns a new fd for the peer.
+    let r = cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) }
+        as libc::c_long)?;
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Unlocks a pty master (unlockpt).
+pub fn unlock_pty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut zero: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPTLCK, &mut zero) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Exits the process immediately, without running destructors (for forked children).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// umask(2); returns the previous mask.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: integer argument.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// move_mount of a detached mount (from fsmount/open_tree) onto `target`.
+pub fn move_mount_onto(mount_fd: BorrowedFd<'_>, target: &std::path::Path) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+    let t = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let empty = c"";
+    // SAFETY: both strings are valid for the call; no memory is retained by the kernel.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount_fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! The command-line grammar: runc's subcommands and flags.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+/// Porta: an OCI container runtime that gives each container its own file server.
+#[derive(Parser, Debug)]
+#[command(name = "porta", version, about, long_about = None)]
+pub struct Cli {
+    /// Root directory for container state.
+    #[arg(long, global = true, default_value = "/run/porta")]
+    pub root: PathBuf,
+    /// Log file (default: stderr).
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log format.
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Debug logging.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Use the systemd cgroup driver.
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub systemd_cgroup: bool,
+    /// Rootless mode: true, false or auto.
+    #[arg(long, global = true, default_value = "auto", num_args = 0..=1, default_missing_value = "true")]
+    pub rootless: String,
+    /// Path to criu (accepted for compatibility; checkpointing is not supported).
+    #[arg(long, global = true, hide = true)]
+    pub criu: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by `create` and `run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// Bundle directory.
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// File to write the container's pid to.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket to receive the pty master on.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Use MS_MOVE and chroot instead of pivot_root.
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Do not create a new session keyring.
+    #[arg(long = "no-new-keyring")]
+    pub no_new_keyring: bool,
+    /// Pass this many fds above stdio to the container.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Container id.
+    pub id: String,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container from a bundle.
+    Create(CreateArgs),
+    /// Start a created container.
+    Start {
+        /// Container id.
+        id: String,
+    },
+    /// Create, start and wait for a container.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Do not wait: leave the container running.
+        #[arg(short, long)]
+        detach: bool,
+        /// Keep the container's state after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print a container's state.
+    State {
+        /// Container id.
+        id: String,
+    },
+    /// Send a signal to a container.
+    Kill {
+        /// Signal every process of the container.
+        #[arg(short, long)]
+        all: bool,
+        /// Container id.
+        id: String,
+        /// Signal name or number.
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container.
+    Delete {
+        /// Kill a running container first.
+        #[arg(short, long)]
+        force: bool,
+        /// Container id.
+        id: String,
+    },
+    /// List containers.
+    List {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Ids only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List a container's processes.
+    Ps {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Container id.
+        id: String,
+        /// ps options (accepted for compatibility).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Run a process in a running container.
+    Exec(ExecArgs),
+    /// Freeze a container's processes.
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// Container id.
+        id: String,
+    },
+    /// Change a container's resource limits.
+    Update(UpdateArgs),
+    /// Print a container's events and statistics.
+    Events {
+        /// Interval between statistics.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        /// Print statistics once and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Container id.
+        id: String,
+    },
+    /// Write a default config.json.
+    Spec {
+        /// Bundle directory to write config.json into.
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+    },
+    /// Print the features this build supports (OCI features JSON).
+    Features,
+    /// Checkpointing is not supported: CRIU cannot checkpoint a FUSE mount.
+    #[command(hide = true)]
+    Checkpoint {
+        /// Container id.
+        id: String,
+    },
+}
+
+/// Flags of `exec`.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// JSON file describing the process.
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Do not wait for the process.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Allocate a pty.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment variables (NAME=VALUE).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// uid[:gid].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Additional gids.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// File to write the process's pid to.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket to receive the pty master on.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Pass this many fds above stdio to the process.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Add a capability.
+    #[arg(short, long = "cap")]
+    pub cap: Vec<String>,
+    /// Set no_new_privs.
+    #[arg(long = "no-new-privs")]
+    pub no_new_privs: bool,
+    /// SELinux label of the process.
+    #[arg(long = "process-label")]
+    pub process_label: Option<String>,
+    /// AppArmor profile of the process.
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    /// Allow exec into a paused container.
+    #[arg(long = "ignore-paused")]
+    pub ignore_paused: bool,
+    /// Container id.
+    pub id: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Flags of `update`.
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// JSON file with the resources ("-" for stdin).
+    #[arg(short, long)]
+    pub resources: Option<PathBuf>,
+    /// Block IO weight.
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    /// CPU CFS period (µs).
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    /// CPU CFS quota (µs).
+    #[arg(long = "cpu-quota")]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares.
+    #[arg(long = "cpu-share")]
+    pub cpu_share: Option<u64>,
+    /// CPU realtime period.
+    #[arg(long = "cpu-rt-period")]
+    pub cpu_rt_period: Option<u64>,
+    /// CPU realtime runtime.
+    #[arg(long = "cpu-rt-runtime")]
+    pub cpu_rt_runtime: Option<i64>,
+    /// CPUs allowed.
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes allowed.
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// Memory limit (bytes, or with k/m/g suffix).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Memory reservation.
+    #[arg(long = "memory-reservation")]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap limit.
+    #[arg(long = "memory-swap")]
+    pub memory_swap: Option<String>,
+    /// Maximum number of pids.
+    #[arg(long = "pids-limit")]
+    pub pids_limit: Option<i64>,
+    /// Container id.
+    pub id: String,
+}

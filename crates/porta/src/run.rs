@@ -1,0 +1,503 @@
+//! What each subcommand does, on top of the runtime core.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, Process};
+use porta_runtime::container::{self, Container, CreateOptions, ExecOptions};
+use porta_runtime::state::{StateRoot, Status};
+use porta_runtime::{features, selfexe, spec, sys};
+
+use crate::cli::{Cli, Command, CreateArgs, ExecArgs, UpdateArgs};
+
+/// Runs the parsed command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    let rootless = match cli.rootless.as_str() {
+        "true" => true,
+        "false" => false,
+        "auto" => !nix::unistd::geteuid().is_root(),
+        other => bail!("--rootless: {other:?} is not true, false or auto"),
+    };
+    if matches!(cli.command, Command::Create(_) | Command::Run { .. } | Command::Exec(_)) {
+        // These commands enter the container: run them from a sealed copy of the binary.
+        selfexe::ensure_sealed_copy()?;
+    }
+    let root = || StateRoot::open(&cli.root).map_err(anyhow::Error::from);
+    match cli.command {
+        Command::Create(a) => {
+            container::create(&root()?, &create_opts(&a, cli.systemd_cgroup, rootless))?;
+            Ok(0)
+        }
+        Command::Start { id } => {
+            Container::open(&root()?, &id)?.start()?;
+            Ok(0)
+        }
+        Command::Run { create, detach, keep } => run(&root()?, &create_opts(&create, cli.systemd_cgroup, rootless), detach, keep),
+        Command::State { id } => {
+            let c = Container::open(&root()?, &id)?;
+            println!("{}", serde_json::to_string_pretty(&c.state_json())?);
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            let sig = parse_signal(&signal)?;
+            Container::open(&root()?, &id)?.kill(sig, all)?;
+            Ok(0)
+        }
+        Command::Delete { force, id } => {
+            let root = root()?;
+            if container::delete_half_made(&root, &id)? {
+                return Ok(0);
+            }
+            match Container::open(&root, &id) {
+                Ok(c) => c.delete(force)?,
+                Err(porta_runtime::Error::NotFound(_)) if force => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(0)
+        }
+        Command::List { format, quiet } => list(&root()?, &format, quiet),
+        Command::Ps { format, id, ps_args } => ps(&root()?, &id, &format, &ps_args),
+        Command::Exec(a) => exec(&root()?, a),
+        Command::Pause { id } => {
+            Container::open(&root()?, &id)?.pause()?;
+            Ok(0)
+        }
+        Command::Resume { id } => {
+            Container::open(&root()?, &id)?.resume()?;
+            Ok(0)
+        }
+        Command::Update(a) => update(&root()?, a),
+        Command::Events { interval, stats, id } => events(&root()?, &id, &interval, stats),
+        Command::Spec { bundle } => {
+            // `spec --rootless` is the global flag given explicitly.
+            let rl = cli.rootless == "true";
+            let path = bundle.join("config.json");
+            if path.exists() {
+                bail!("{} already exists; remove it first", path.display());
+            }
+            let v = spec::default_spec(rl, nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+            std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n").with_context(|| format!("write {}", path.display()))?;
+            Ok(0)
+        }
+        Command::Features => {
+            println!("{}", serde_json::to_string_pretty(&features::features())?);
+            Ok(0)
+        }
+        Command::Checkpoint { id } => bail!("checkpoint {id}: not supported (CRIU cannot checkpoint a FUSE mount)"),
+    }
+}
+
+fn create_opts(a: &CreateArgs, systemd: bool, rootless: bool) -> CreateOptions {
+    CreateOptions {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.as_ref().map(|p| absolute(p)),
+        console_socket: a.console_socket.as_ref().map(|p| absolute(p)),
+        no_pivot: a.no_pivot,
+        no_new_keyring: a.no_new_keyring,
+        preserve_fds: a.preserve_fds,
+        systemd_cgroup: systemd,
+        rootless,
+    }
+}
+
+fn absolute(p: &Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Parses a signal given as a name (SIGKILL, KILL) or a number.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        bail!("invalid signal {s:?}: numbers go from 1 to 64");
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    if let Some(rest) = name.strip_prefix("SIGRTMIN") {
+        let off: i32 = if rest.is_empty() { 0 } else { rest.trim_start_matches('+').parse().map_err(|_| anyhow!("invalid signal {s:?}"))? };
+        return Ok(libc::SIGRTMIN() + off);
+    }
+    nix::sys::signal::Signal::from_str(&name).map(|s| s as i32).map_err(|_| anyhow!("invalid signal {s:?}"))
+}
+
+fn run(root: &StateRoot, opts: &CreateOptions, detach: bool, keep: bool) -> Result<i32> {
+    if !detach {
+        // The container's process is reparented to us when create's stage one exits.
+        sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0).context("prctl(PR_SET_CHILD_SUBREAPER)")?;
+    }
+    let st = container::create(root, opts)?;
+    let started = Container::open(root, &opts.id).and_then(|mut c| c.start());
+    if let Err(e) = started {
+        if let Ok(c) = Container::open(root, &opts.id) {
+            let _ = c.delete(true);
+        }
+        return Err(e.into());
+    }
+    if detach {
+        return Ok(0);
+    }
+    let code = wait_forwarding_signals(st.pid)?;
+    if !keep {
+        if let Ok(c) = Container::open(root, &opts.id) {
+            c.delete(true)?;
+        }
+    }
+    Ok(code)
+}
+
+/// Waits for `pid` (a child, directly or by reparenting), forwarding the usual signals to
+/// it, and returns its exit code as a shell would (128+signal when killed).
+fn wait_forwarding_signals(pid: i32) -> Result<i32> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH, Signal::SIGCHLD] {
+        set.add(s);
+    }
+    set.thread_block().context("block signals")?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    let target = nix::unistd::Pid::from_raw(pid);
+    loop {
+        // Reap whatever exited; stop when the container's process did.
+        loop {
+            match nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::Exited(p, c)) if p == target => return Ok(c),
+                Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p == target => return Ok(128 + s as i32),
+                Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        match sfd.read_signal() {
+            Ok(Some(info)) => {
+                let sig = info.ssi_signo as i32;
+                if sig != libc::SIGCHLD {
+                    let _ = nix::sys::signal::kill(target, Signal::try_from(sig).ok());
+                }
+            }
+            Ok(None) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => bail!("read signalfd: {e}"),
+        }
+    }
+}
+
+fn list(root: &StateRoot, format: &str, quiet: bool) -> Result<i32> {
+    let items = container::list(root)?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if quiet {
+        for i in &items {
+            writeln!(out, "{}", i["id"].as_str().unwrap_or_default())?;
+        }
+        return Ok(0);
+    }
+    match format {
+        "json" => writeln!(out, "{}", serde_json::to_string(&items)?)?,
+        "table" => {
+            writeln!(out, "{:<12} {:<10} {:<10} {:<40} {:<30} {}", "ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")?;
+            for i in &items {
+                writeln!(
+                    out,
+                    "{:<12} {:<10} {:<10} {:<40} {:<30} {}",
+                    i["id"].as_str().unwrap_or_default(),
+                    i["pid"],
+                    i["status"].as_str().unwrap_or_default(),
+                    i["bundle"].as_str().unwrap_or_default(),
+                    i["created"].as_str().unwrap_or_default(),
+                    i["owner"].as_str().unwrap_or_default()
+                )?;
+            }
+        }
+        other => bail!("--format: {other:?} is not table or json"),
+    }
+    Ok(0)
+}
+
+fn ps(root: &StateRoot, id: &str, format: &str, _args: &[String]) -> Result<i32> {
+    let c = Container::open(root, id)?;
+    let pids = c.pids()?;
+    match format {
+        "json" => println!("{}", serde_json::to_string(&pids)?),
+        "table" => {
+            println!("{:<8} {:<8} {:<8} CMD", "UID", "PID", "PPID");
+            for p in pids {
+                let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let field = |k: &str| {
+                    status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default()
+                };
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+                    .unwrap_or_default();
+                println!("{:<8} {:<8} {:<8} {}", field("Uid:"), p, field("PPid:"), cmd);
+            }
+        }
+        other => bail!("--format: {other:?} is not table or json"),
+    }
+    Ok(0)
+}
+
+fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32> {
+    if !a.detach {
+        sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0).context("prctl(PR_SET_CHILD_SUBREAPER)")?;
+    }
+    let c = Container::open(root, &a.id)?;
+    let spec = c.spec()?;
+    let process = build_exec_process(&spec, &a)?;
+    let opts = ExecOptions {
+        process: Some(process),
+        pid_file: a.pid_file.as_ref().map(|p| absolute(p)),
+        console_socket: a.console_socket.as_ref().map(|p| absolute(p)),
+        detach: a.detach,
+        preserve_fds: a.preserve_fds,
+        ignore_paused: a.ignore_paused,
+    };
+    let pid = c.exec(&spec, &opts)?;
+    // Release the container's lock: the exec'd process may run for long.
+    drop(c);
+    if a.detach {
+        return Ok(0);
+    }
+    wait_forwarding_signals(pid)
+}
+
+fn build_exec_process(spec: &oci_spec::runtime::Spec, a: &ExecArgs) -> Result<Process> {
+    if let Some(path) = &a.process {
+        let data = std::fs::read(path).with_context(|| format!("read --process {}", path.display()))?;
+        let de = &mut serde_json::Deserializer::from_slice(&data);
+        let p: Process = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            anyhow!("--process {}: field {field}: {}", path.display(), e.into_inner())
+        })?;
+        return Ok(p);
+    }
+    if a.command.is_empty() {
+        bail!("exec: no command given (give one after the container id, or --process)");
+    }
+    let base = spec.process().clone().ok_or_else(|| anyhow!("the container's config has no process"))?;
+    let mut p = base;
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
+    p.set_console_size(None);
+    let mut env = p.env().clone().unwrap_or_default();
+    for e in &a.env {
+        let Some((k, _)) = e.split_once('=') else { bail!("--env {e:?}: not NAME=VALUE") };
+        env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
+        env.push(e.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    let mut user = p.user().clone();
+    if let Some(u) = &a.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u.parse::<u32>().map_err(|_| anyhow!("--user {u:?}: not a number"))?, g.parse::<u32>().map_err(|_| anyhow!("--user {g:?}: gid is not a number"))?),
+            None => (u.parse::<u32>().map_err(|_| anyhow!("--user {u:?}: not a number (uid[:gid])"))?, 0),
+        };
+        user.set_uid(uid);
+        user.set_gid(gid);
+    }
+    if !a.additional_gids.is_empty() {
+        user.set_additional_gids(Some(a.additional_gids.clone()));
+    }
+    p.set_user(user);
+    if !a.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for c in &a.cap {
+            let cap: oci_spec::runtime::Capability = serde_json::from_value(serde_json::json!(c)).map_err(|_| anyhow!("--cap {c:?}: unknown capability"))?;
+            for set in [caps.bounding().clone(), caps.effective().clone(), caps.permitted().clone()].iter().enumerate() {
+                let mut s = set.1.clone().unwrap_or_default();
+                s.insert(cap);
+                match set.0 {
+                    0 => caps.set_bounding(Some(s)),
+                    1 => caps.set_effective(Some(s)),
+                    _ => caps.set_permitted(Some(s)),
+                };
+            }
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    if let Some(l) = &a.process_label {
+        p.set_selinux_label(Some(l.clone()));
+    }
+    if let Some(aa) = &a.apparmor {
+        p.set_apparmor_profile(Some(aa.clone()));
+    }
+    Ok(p)
+}
+
+fn parse_bytes(flag: &str, s: &str) -> Result<i64> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let lower = s.to_ascii_lowercase();
+    let (num, mult) = match lower.trim_end_matches('b').chars().last() {
+        Some('k') => (&lower[..lower.trim_end_matches('b').len() - 1], 1i64 << 10),
+        Some('m') => (&lower[..lower.trim_end_matches('b').len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.trim_end_matches('b').len() - 1], 1 << 30),
+        _ => (lower.trim_end_matches('b'), 1),
+    };
+    let n: i64 = num.trim().parse().map_err(|_| anyhow!("{flag} {s:?}: not a size"))?;
+    Ok(n * mult)
+}
+
+fn update(root: &StateRoot, a: UpdateArgs) -> Result<i32> {
+    let mut c = Container::open(root, &a.id)?;
+    let mut r: LinuxResources = match &a.resources {
+        Some(p) => {
+            let data = if p.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                v
+            } else {
+                std::fs::read(p).with_context(|| format!("read {}", p.display()))?
+            };
+            container::parse_resources(&data, p)?
+        }
+        None => LinuxResources::default(),
+    };
+    let mut mem = r.memory().clone().unwrap_or_default();
+    let mut mem_set = r.memory().is_some();
+    if let Some(m) = &a.memory {
+        mem.set_limit(Some(parse_bytes("--memory", m)?));
+        mem_set = true;
+    }
+    if let Some(m) = &a.memory_reservation {
+        mem.set_reservation(Some(parse_bytes("--memory-reservation", m)?));
+        mem_set = true;
+    }
+    if let Some(m) = &a.memory_swap {
+        mem.set_swap(Some(parse_bytes("--memory-swap", m)?));
+        mem_set = true;
+    }
+    if mem_set {
+        r.set_memory(Some(mem));
+    }
+    let mut cpu: LinuxCpu = r.cpu().clone().unwrap_or_default();
+    let cpu_set = r.cpu().is_some()
+        || a.cpu_period.is_some()
+        || a.cpu_quota.is_some()
+        || a.cpu_share.is_some()
+        || a.cpuset_cpus.is_some()
+        || a.cpuset_mems.is_some()
+        || a.cpu_rt_period.is_some()
+        || a.cpu_rt_runtime.is_some();
+    if let Some(v) = a.cpu_period {
+        cpu.set_period(Some(v));
+    }
+    if let Some(v) = a.cpu_quota {
+        cpu.set_quota(Some(v));
+    }
+    if let Some(v) = a.cpu_share {
+        cpu.set_shares(Some(v));
+    }
+    if let Some(v) = a.cpu_rt_period {
+        cpu.set_realtime_period(Some(v));
+    }
+    if let Some(v) = a.cpu_rt_runtime {
+        cpu.set_realtime_runtime(Some(v));
+    }
+    if let Some(v) = &a.cpuset_cpus {
+        cpu.set_cpus(Some(v.clone()));
+    }
+    if let Some(v) = &a.cpuset_mems {
+        cpu.set_mems(Some(v.clone()));
+    }
+    if cpu_set {
+        r.set_cpu(Some(cpu));
+    }
+    if let Some(p) = a.pids_limit {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(p);
+        r.set_pids(Some(pids));
+    }
+    if let Some(w) = a.blkio_weight {
+        let mut b = r.block_io().clone().unwrap_or_default();
+        b.set_weight(Some(w));
+        r.set_block_io(Some(b));
+    }
+    let _ = LinuxMemory::default();
+    c.update(&r)?;
+    Ok(0)
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let v: f64 = n.parse().map_err(|_| anyhow!("--interval {s:?}: not a duration"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" | "" => v,
+        "m" => v * 60.0,
+        _ => bail!("--interval {s:?}: unit must be ms, s or m"),
+    };
+    if secs <= 0.0 {
+        bail!("--interval {s:?}: must be positive");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn events(root: &StateRoot, id: &str, interval: &str, once: bool) -> Result<i32> {
+    let every = parse_interval(interval)?;
+    let mut last_oom = None;
+    loop {
+        let c = Container::open(root, id)?;
+        let status = c.status();
+        if status == Status::Stopped && !once {
+            return Ok(0);
+        }
+        let stats = c.stats()?;
+        let oom = c.oom_kills();
+        drop(c);
+        let out = serde_json::json!({"type": "stats", "id": id, "data": stats});
+        println!("{out}");
+        if once {
+            return Ok(0);
+        }
+        if let Some(prev) = last_oom {
+            if oom > prev {
+                println!("{}", serde_json::json!({"type": "oom", "id": id}));
+            }
+        }
+        last_oom = Some(oom);
+        std::io::stdout().flush()?;
+        // `events` reports at the interval the user asked for.
+        std::thread::sleep(every);
+        let _ = std::io::stdout().as_fd();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("sigterm").unwrap(), 15);
+        assert!(parse_signal("SIGBOGUS").is_err());
+        assert!(parse_signal("0").is_err());
+        assert_eq!(parse_signal("SIGRTMIN+1").unwrap(), libc::SIGRTMIN() + 1);
+    }
+
+    #[test]
+    fn sizes_and_intervals_parse() {
+        assert_eq!(parse_bytes("--memory", "10m").unwrap(), 10 << 20);
+        assert_eq!(parse_bytes("--memory", "1024").unwrap(), 1024);
+        assert!(parse_bytes("--memory", "ten").is_err());
+        assert_eq!(parse_interval("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert!(parse_interval("-1s").is_err());
+    }
+}
