@@ -224,8 +224,10 @@ impl ContainerCgroup {
     }
 
     /// Applies the config's `linux.resources` to the container group (both leaves count
-    /// against them). Device rules (cgroup v1 only) go to both leaves instead: the kernel
-    /// refuses to change the default rule of a v1 devices group that has children.
+    /// against them), with two exceptions: the pids limit (see [`SERVER_PIDS_RESERVE`]), and
+    /// device rules (the config's, then [`default_device_rules`]), which on cgroup v1 go to
+    /// both leaves (the kernel refuses to change the default rule of a v1 devices group that
+    /// has children) and on cgroup v2 become an eBPF program on the container group.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         self.set(r, false)
     }
