@@ -1,0 +1,134 @@
+//! Podman drives the runtime end to end: an image imported from the busybox root file
+//! system, `run --rm`, a detached `run -d`, `exec`, `stop`, `rm`, `rmi`. Podman runs with
+//! a private --root/--runroot/--tmpdir under a temporary directory (removed afterwards),
+//! so nothing of the host's Podman is touched.
+
+use porta_integration::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        std::fs::create_dir_all(BUNDLES).unwrap();
+        let dir = tempfile::Builder::new().prefix("podman-").tempdir_in(BUNDLES).unwrap().keep();
+        for d in ["root", "runroot", "tmp", "volumes", "networks"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        Podman { dir }
+    }
+    fn cmd(&self) -> Cmd {
+        let p = |s: &str| self.dir.join(s).display().to_string();
+        Cmd::new("podman")
+            .args(["--root", &p("root"), "--runroot", &p("runroot"), "--tmpdir", &p("tmp")])
+            .args(["--volumepath", &p("volumes"), "--network-config-dir", &p("networks")])
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .arg("--runtime")
+            .arg(runtime())
+            .timeout(Duration::from_secs(120))
+    }
+    fn run(&self, args: &[&str]) -> Out {
+        self.cmd().args(args).run()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+        let _ = self.run(&["rmi", "-a", "-f"]);
+        let _ = self.run(&["system", "reset", "-f"]);
+        // unmount anything podman left below the directory, deepest first, then remove it
+        let d = self.dir.display().to_string();
+        let mut mps: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&d))
+            .collect();
+        mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in &mps {
+            let c = std::ffi::CString::new(m.as_str()).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let still = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&d);
+        if !still {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn have_podman() -> bool {
+    if !have_command("podman") {
+        eprintln!("SKIP: podman is not installed (scripts/deps.sh installs it)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn podman_end_to_end() {
+    require_root!();
+    if !have_podman() {
+        return;
+    }
+    let pm = Podman::new();
+    let tar = pm.dir.join("rootfs.tar");
+    rootfs::tar_to(&tar).unwrap();
+    let image = "localhost/pit-busybox:latest";
+    pm.run(&["import", tar.to_str().unwrap(), image]).expect_ok();
+    let limits = ["--network=none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+
+    // run --rm in the foreground
+    let o = pm.cmd().args(["run", "--rm"]).args(limits).args([image, "echo", "hi"]).run();
+    o.expect_ok();
+    assert_eq!(o.stdout.trim(), "hi", "{o}");
+
+    // exit codes come through
+    let o = pm.cmd().args(["run", "--rm"]).args(limits).args([image, "sh", "-c", "exit 3"]).run();
+    assert_eq!(o.code, 3, "{o}");
+
+    // a detached container, exec, stop, rm
+    let o = pm
+        .cmd()
+        .args(["run", "-d", "--name", "pit-podman-detached"])
+        .args(limits)
+        .args([image, "sleep", "1000"])
+        .run();
+    o.expect_ok();
+    let cid = o.stdout.trim().to_string();
+    assert!(!cid.is_empty(), "{o}");
+    let o = pm.run(&["inspect", "--format", "{{.OCIRuntime}} {{.State.Status}}", &cid]);
+    o.expect_ok();
+    assert!(o.stdout.contains(runtime().to_str().unwrap()) || o.stdout.contains(runtime().file_name().unwrap().to_str().unwrap()), "podman did not use the runtime under test: {o}");
+    assert!(o.stdout.contains("running"), "{o}");
+    let o = pm.run(&["exec", &cid, "sh", "-c", "echo exec-ok; hostname"]);
+    o.expect_ok();
+    assert!(o.stdout.contains("exec-ok"), "{o}");
+    let o = pm.run(&["exec", &cid, "ps", "-o", "pid,comm"]);
+    o.expect_ok();
+    assert!(o.stdout.contains("sleep"), "{o}");
+    let o = pm.run(&["top", &cid]);
+    let _ = o; // `podman top` needs the runtime's ps; informational only
+    let o = pm.cmd().args(["stop", "-t", "2", &cid]).run();
+    o.expect_ok();
+    let o = pm.run(&["inspect", "--format", "{{.State.Status}}", &cid]);
+    assert!(o.stdout.contains("exited") || o.stdout.contains("stopped"), "{o}");
+    pm.run(&["rm", &cid]).expect_ok();
+    let o = pm.run(&["ps", "-a", "-q"]);
+    o.expect_ok();
+    assert!(o.stdout.trim().is_empty(), "containers left in podman: {o}");
+
+    // rm -f of a running container
+    let o = pm.cmd().args(["run", "-d"]).args(limits).args([image, "sleep", "1000"]).run();
+    o.expect_ok();
+    let cid = o.stdout.trim().to_string();
+    pm.run(&["rm", "-f", "-t", "0", &cid]).expect_ok();
+
+    pm.run(&["rmi", image]).expect_ok();
+    let dir = pm.dir.clone();
+    drop(pm);
+    assert!(!Path::new(&dir).exists(), "podman's private directory could not be removed: {}", dir.display());
+}
