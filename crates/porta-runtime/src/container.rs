@@ -217,15 +217,31 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         sys::Forked::Parent(stage1) => {
             drop(child_chan);
             drop(args);
-            let res = parent_chan.recv("porta create (stage one)");
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
-            let pid = match res? {
-                (Msg::Pid(p), _) => p,
-                (m, _) => return Err(Error::Init(format!("unexpected message {m:?}"))),
+            // The container's process may ask for its id mappings before stage one has
+            // reported its pid: both speak on the same channel.
+            let mut wants_maps = false;
+            let pid = loop {
+                match parent_chan.recv("porta create (stage one)") {
+                    Ok((Msg::Pid(p), _)) => break p,
+                    Ok((Msg::NeedMappings, _)) => wants_maps = true,
+                    Ok((m, _)) => {
+                        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
+                        return Err(Error::Init(format!("unexpected message {m:?}")));
+                    }
+                    Err(e) => {
+                        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
+                        return Err(e);
+                    }
+                }
             };
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
             rb.init = Some(sys::pidfd_open(pid).ctx(|| format!("pidfd of the container's process {pid}"))?);
             st.pid = pid;
             st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
+            if wants_maps {
+                write_id_maps(pid, spec)?;
+                parent_chan.send(&Msg::MappingsDone, &[])?;
+            }
             drive_init(&parent_chan, &mut st, spec, opts, &ns)?;
         }
     }

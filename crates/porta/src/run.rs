@@ -209,7 +209,7 @@ fn list(root: &StateRoot, format: &str, quiet: bool) -> Result<i32> {
                     out,
                     "{:<12} {:<10} {:<10} {:<40} {:<30} {}",
                     i["id"].as_str().unwrap_or_default(),
-                    i["pid"],
+                    i["pid"].to_string(),
                     i["status"].as_str().unwrap_or_default(),
                     i["bundle"].as_str().unwrap_or_default(),
                     i["created"].as_str().unwrap_or_default(),
