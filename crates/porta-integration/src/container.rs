@@ -14,6 +14,8 @@ pub struct Container {
     pub bundle: Bundle,
     /// stdout of `create`/`run` — the container's process inherits it.
     io: File,
+    /// Whether Drop runs `delete --force` for this id.
+    armed: bool,
 }
 
 impl Container {
@@ -30,6 +32,7 @@ impl Container {
             root: root.to_string(),
             bundle,
             io: tempfile::tempfile().expect("temp file"),
+            armed: true,
         }
     }
 
@@ -158,8 +161,18 @@ impl Container {
     }
 }
 
+impl Container {
+    /// Keeps Drop from deleting the id (for a second guard on an id another owns).
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let o = self
             .cmd()
             .args(["delete", "--force", &self.id])

@@ -194,7 +194,8 @@ fn duplicate_id() {
     require_root!();
     let a = Container::new("bad-dup", Bundle::new(&["sleep", "100"]));
     a.create().expect_ok();
-    let b = Container::with_id(a.id.clone(), ROOT, Bundle::new(&["sleep", "100"]));
+    let mut b = Container::with_id(a.id.clone(), ROOT, Bundle::new(&["sleep", "100"]));
+    b.disarm(); // its Drop must not delete a's container
     let o = b.create();
     expect_error(&o, &[&a.id]);
     // the first container is untouched
@@ -203,7 +204,6 @@ fn duplicate_id() {
     assert!(pid_alive(st["pid"].as_i64().unwrap() as i32));
     let bb = std::fs::canonicalize(st["bundle"].as_str().unwrap()).unwrap();
     assert_eq!(bb, std::fs::canonicalize(a.bundle.path()).unwrap());
-    std::mem::forget(b); // its Drop would delete a's container
 }
 
 #[test]

@@ -9,6 +9,12 @@ use std::time::Duration;
 
 struct Podman {
     dir: PathBuf,
+    /// Whether podman's cgroup parent existed before (else the test removes it).
+    had_libpod_parent: bool,
+}
+
+fn libpod_parents() -> Vec<PathBuf> {
+    leaks::cgroups_matching(&|n| n == "libpod_parent")
 }
 
 impl Podman {
@@ -18,7 +24,7 @@ impl Podman {
         for d in ["root", "runroot", "tmp", "volumes", "networks"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        Podman { dir }
+        Podman { dir, had_libpod_parent: !libpod_parents().is_empty() }
     }
     fn cmd(&self) -> Cmd {
         let p = |s: &str| self.dir.join(s).display().to_string();
@@ -52,6 +58,26 @@ impl Drop for Podman {
         for m in &mps {
             let c = std::ffi::CString::new(m.as_str()).unwrap();
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if !self.had_libpod_parent {
+            // podman (conmon) leaves its empty cgroup parent behind
+            for top in libpod_parents() {
+                let mut dirs = vec![];
+                fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+                    out.push(d.to_path_buf());
+                    if let Ok(rd) = std::fs::read_dir(d) {
+                        for e in rd.flatten() {
+                            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                                walk(&e.path(), out);
+                            }
+                        }
+                    }
+                }
+                walk(&top, &mut dirs);
+                for d in dirs.iter().rev() {
+                    let _ = std::fs::remove_dir(d);
+                }
+            }
         }
         let still = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&d);
         if !still {
