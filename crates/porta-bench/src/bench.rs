@@ -44,15 +44,15 @@ impl Sizes {
     pub fn fsmark_files(&self, sync: bool) -> usize {
         match (self.quick, sync) {
             (false, _) => 5_000,
-            (true, true) => 500,
-            (true, false) => 1_000,
+            (true, true) => 200,
+            (true, false) => 500,
         }
     }
     pub fn membw_mib(&self) -> (usize, usize) {
         if self.quick { (64, 10) } else { (128, 20) }
     }
     pub fn memlat(&self) -> (usize, u64) {
-        if self.quick { (64, 2_000_000) } else { (256, 5_000_000) }
+        if self.quick { (64, 1_000_000) } else { (256, 5_000_000) }
     }
     pub fn tree_files(&self) -> usize {
         if self.quick { 5_000 } else { 50_000 }
@@ -61,7 +61,7 @@ impl Sizes {
         if self.quick { 64 } else { 1024 }
     }
     pub fn smallfiles(&self) -> usize {
-        if self.quick { 2_000 } else { 20_000 }
+        if self.quick { 1_000 } else { 20_000 }
     }
     pub fn density(&self) -> usize {
         if self.quick { 5 } else { 20 }
@@ -93,7 +93,7 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`; files/s.", s.tree_files()),
         "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
         "seqio" => format!("Write a new {} MiB file sequentially in 1 MiB blocks and fsync it (write MB/s), drop its cached pages with posix_fadvise(DONTNEED), read it back in 1 MiB blocks (read MB/s), remove it.", s.seqio_mib()),
-        "density" => format!("{} idle containers (`sleep`) running at once. pss: the PSS (from /proc/PID/smaps_rollup) summed over every process the runtime leaves running — every descendant of the harness, which is the child subreaper, plus any new process whose executable is the runtime binary — divided by the number of containers; for runc/crun that is the containers' own processes, for runsc its sandbox, gofer and stub processes, for porta its supervisor and file-server processes. host-used: growth of MemTotal − MemFree (page cache included) from before the first create to 2 s after the last start, per container. Native: {} chrooted `sleep` processes.", s.density(), s.density()),
+        "density" => format!("{} idle containers (`sleep`) running at once. pss: the PSS (from /proc/PID/smaps_rollup) summed over every process the runtime leaves running — every descendant of the harness, which is the child subreaper, plus any new process whose executable is the runtime binary — divided by the number of containers; for runc/crun that is the containers' own processes, for runsc its sandbox, gofer and stub processes, for porta its supervisor and file-server processes. host-used: growth of MemTotal − MemFree (page cache included) from just before the first create to 2 s (quick: 1 s) after the last start, per container. Native: {} chrooted `sleep` processes.", s.density(), s.density()),
         _ => String::new(),
     }
 }
@@ -425,7 +425,8 @@ impl Bench {
         let args = vec!["/bin/sleep".to_string(), "1000000".to_string()];
         let me = std::process::id() as i32;
         let before = sys::pid_set();
-        std::thread::sleep(Duration::from_millis(500));
+        let settle = if self.opt.quick { Duration::from_secs(1) } else { Duration::from_secs(2) };
+        std::thread::sleep(settle / 4);
         let used0 = sys::host_used_kib();
         let mut started: Vec<String> = Vec::new();
         let r = (|| -> Result<(f64, f64, String)> {
@@ -452,7 +453,7 @@ impl Bench {
                     }
                 }
             }
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(settle);
             let used1 = sys::host_used_kib();
             let mut procs: HashSet<i32> = sys::descendants(me).into_iter().collect();
             if let Some(o) = self.envs[e].oci() {

@@ -1,0 +1,82 @@
+//! Integration test: `porta-bench --quick --only lifecycle,primes --runtimes native,porta`
+//! and checks of results.json. Needs root (it runs containers); skipped otherwise. Asserts no
+//! timing, only the shape and consistency of what was written.
+
+use porta_bench::results::{validate, Record, Status};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn is_root() -> bool {
+    // SAFETY: trivial syscall.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn quick_lifecycle_and_primes_native_and_porta() {
+    if !is_root() {
+        eprintln!("skipped: porta-bench needs root");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("porta-bench-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_porta-bench"));
+    cmd.args(["--quick", "--only", "lifecycle,primes", "--runtimes", "native,porta", "--out"]).arg(&out);
+    if let Some(p) = std::env::var_os("PORTA_BIN") {
+        cmd.arg("--porta").arg(p);
+    }
+    let output = cmd.output().expect("run porta-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(output.status.success(), "porta-bench failed: {}", output.status);
+
+    let text = std::fs::read_to_string(out.join("results.json")).expect("results.json");
+    // The top level is a plain list of objects with the required fields.
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let list = raw.as_array().expect("results.json is a list");
+    for o in list {
+        for k in ["workload", "runtime", "metric", "unit", "median", "min", "max", "runs", "ratio_to_native", "ratio_to_runc"] {
+            assert!(o.get(k).is_some(), "field {k} missing in {o}");
+        }
+    }
+    let recs: Vec<Record> = serde_json::from_str(&text).unwrap();
+    validate(&recs).unwrap();
+    assert_eq!(recs.len(), 4, "lifecycle and primes × native and porta: {recs:#?}");
+
+    for w in ["lifecycle", "primes"] {
+        let native = recs.iter().find(|r| r.workload == w && r.runtime == "native").expect("native row");
+        assert_eq!(native.status, Status::Ok, "{native:?}");
+        assert!(native.runs.len() >= 5, "at least 5 counted runs");
+        assert_eq!(native.ratio_to_native, Some(1.0));
+        assert_eq!(native.ratio_to_runc, None, "runc was not measured in this run");
+        assert!(native.median.unwrap() > 0.0);
+
+        let porta = recs.iter().find(|r| r.workload == w && r.runtime == "porta").expect("porta row");
+        match porta.status {
+            Status::Ok => {
+                assert!(porta.runs.len() >= 5);
+                assert!(porta.ratio_to_native.is_some());
+            }
+            Status::Skipped | Status::Failed => {
+                eprintln!("porta {:?} in {w}: {}", porta.status, porta.reason.as_deref().unwrap_or(""));
+                assert!(!porta.reason.as_deref().unwrap_or("").is_empty(), "a skip must say why");
+                assert!(porta.median.is_none() && porta.ratio_to_native.is_none());
+            }
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(report.contains("### lifecycle") && report.contains("### primes"));
+    for w in ["lifecycle", "primes"] {
+        let svg = std::fs::read_to_string(out.join(format!("{w}.svg"))).expect("plot");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+    let machine: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("machine.json")).unwrap()).unwrap();
+    assert!(machine["runtimes"].as_array().unwrap().iter().any(|r| r["name"] == "porta"));
+    // Nothing of the run is left behind: the work directory it announced is gone.
+    let work = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("porta-bench: work directory "))
+        .map(PathBuf::from)
+        .expect("work directory announced");
+    assert!(!work.exists(), "{} left behind", work.display());
+    let _ = std::fs::remove_dir_all(&out);
+}
