@@ -81,6 +81,10 @@ pub fn processes_matching(bad: &dyn Fn(&str) -> bool) -> Vec<String> {
             continue;
         }
         let p = e.path();
+        // a zombie is dead already (its parent, maybe the host's init, reaps it later)
+        if !crate::pid_alive(name.parse().unwrap_or(0)) {
+            continue;
+        }
         let root = fs::read_link(p.join("root")).map(|r| r.display().to_string()).unwrap_or_default();
         let cg = fs::read_to_string(p.join("cgroup")).unwrap_or_default();
         let cmdline = fs::read(p.join("cmdline"))

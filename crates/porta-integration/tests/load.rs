@@ -131,6 +131,10 @@ fn run_cycles_with_exec() {
 #[test]
 fn racing_commands_on_one_id() {
     require_root!();
+    // runc 1.1 fails this under load: a create that loses the race (its MkdirAll of the
+    // state directory does not fail on an existing one) destroys the winner's state
+    // on its way out, so `state` then says the container does not exist.
+    porta_only!("runc 1.1 loses the winning create's state when creates of one id race");
     let b = Arc::new(Bundle::new(&["sleep", "100"]));
     b.write();
     let id = Arc::new(unique_id("load-race"));
@@ -138,11 +142,12 @@ fn racing_commands_on_one_id() {
     let hs: Vec<_> = (0..8)
         .map(|_| {
             let (b, id) = (b.clone(), id.clone());
-            std::thread::spawn(move || rt(&["create", "--bundle", &b.path_str(), &id]).ok())
+            std::thread::spawn(move || rt(&["create", "--bundle", &b.path_str(), &id]))
         })
         .collect();
-    let wins = hs.into_iter().map(|h| h.join().unwrap()).filter(|x| *x).count();
-    assert_eq!(wins, 1, "{wins} creates of one id succeeded");
+    let outs: Vec<Out> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let wins = outs.iter().filter(|o| o.ok()).count();
+    assert_eq!(wins, 1, "{wins} creates of one id succeeded: {}", outs.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\n"));
     let st = rt(&["state", &id]);
     st.expect_ok();
     assert_eq!(st.json()["status"], "created");

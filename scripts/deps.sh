@@ -1,0 +1,60 @@
+#!/bin/bash
+# Installs, as root on Debian/Ubuntu, everything Porta's tests, benchmark and demo need.
+# Idempotent: when every package is already installed it does nothing (and needs no
+# network). Usage: bash scripts/deps.sh
+set -euo pipefail
+
+PKGS=(
+  # root file system for the integration tests
+  busybox-static tar
+  # runtimes to compare against and to drive Porta
+  runc crun runsc podman conmon catatonit containerd uidmap slirp4netns fuse-overlayfs
+  # FUSE and seccomp (the file server, the seccomp crate), building
+  fuse3 libfuse3-dev libseccomp-dev pkg-config make gcc libc6-dev
+  # tools the tests, benchmark and demo call
+  iproute2 procps psmisc util-linux sqlite3 jq python3 strace file ca-certificates
+)
+
+SUDO=()
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
+    echo "deps.sh: run as root (or install sudo)" >&2; exit 1
+  fi
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "deps.sh: no apt-get: install by hand: ${PKGS[*]}" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update -qq
+  # keep only the packages this distribution has (runsc, e.g., is not everywhere)
+  avail=()
+  for p in "${missing[@]}"; do
+    if apt-cache show "$p" >/dev/null 2>&1; then avail+=("$p"); else
+      echo "deps.sh: package $p not available here; skipping" >&2
+    fi
+  done
+  if [ "${#avail[@]}" -gt 0 ]; then
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${avail[@]}" >/dev/null
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  cat >&2 <<'MSG'
+deps.sh: cargo is missing. Install Rust (1.85 or newer) with rustup:
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+    . "$HOME/.cargo/env"
+MSG
+fi
+echo "deps.sh: dependencies in place"

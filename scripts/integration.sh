@@ -1,0 +1,47 @@
+#!/bin/bash
+# Runs Porta's integration tests (crates/porta-integration/tests) against the runtime
+# in $PORTA_BIN (default: the workspace's release build of porta), one test binary after
+# the other, then the leak check (zz_leaks) last. Needs root.
+#   PORTA_BIN=/usr/sbin/runc bash scripts/integration.sh     # validate the tests on runc
+#   bash scripts/integration.sh lifecycle exec               # only some test files
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+export PORTA_BIN="${PORTA_BIN:-$target/release/porta}"
+if [ ! -x "$PORTA_BIN" ]; then
+  echo "integration.sh: runtime $PORTA_BIN not found; build it (cargo build --release) or set PORTA_BIN" >&2
+  exit 1
+fi
+echo "integration.sh: testing $PORTA_BIN"
+
+if [ "$#" -gt 0 ]; then
+  tests=("$@")
+else
+  tests=()
+  for f in crates/porta-integration/tests/*.rs; do
+    t="$(basename "$f" .rs)"
+    [ "$t" = zz_leaks ] || tests+=("$t")
+  done
+fi
+
+cargo test --release -p porta-integration --no-run -q 2>&1 | tail -5 || true
+
+failed=()
+for t in "${tests[@]}"; do
+  echo "=== integration: $t"
+  if ! timeout 900 cargo test --release -q -p porta-integration --test "$t"; then
+    failed+=("$t")
+  fi
+done
+
+echo "=== integration: zz_leaks (must run last)"
+if ! timeout 300 cargo test --release -q -p porta-integration --test zz_leaks; then
+  failed+=("zz_leaks")
+fi
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "integration.sh: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "integration.sh: all integration test files passed"
