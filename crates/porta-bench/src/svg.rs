@@ -99,11 +99,16 @@ pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
         let plot_h = PANEL_H - TOP - BOTTOM;
         let base = top + plot_h;
         let vmax = rows.iter().filter_map(|r| r.max.or(r.median)).fold(0.0, f64::max);
-        let axis_max = nice_ceil(vmax);
+        let vmin = rows.iter().filter_map(|r| r.min.or(r.median)).fold(0.0, f64::min);
+        // Values can be negative (host memory growth): the axis then extends below zero.
+        let axis_min = if vmin < 0.0 { -nice_ceil(-vmin) } else { 0.0 };
+        let axis_max = if vmax > 0.0 || axis_min == 0.0 { nice_ceil(vmax) } else { 0.0 };
+        let span = axis_max - axis_min;
+        let y = |v: f64| base - plot_h * ((v - axis_min) / span).clamp(0.0, 1.0);
         // Axis and grid lines.
         for k in 0..=4 {
-            let v = axis_max * k as f64 / 4.0;
-            let y = base - plot_h * k as f64 / 4.0;
+            let v = axis_min + span * k as f64 / 4.0;
+            let y = y(v);
             let _ = writeln!(
                 s,
                 r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##,
@@ -114,7 +119,7 @@ pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
             );
         }
         let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#000"/>"##);
-        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{base}" x2="{}" y2="{base}" stroke="#000"/>"##, W - RIGHT);
+        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#000"/>"##, y(0.0), W - RIGHT, y(0.0));
         let n = rows.len().max(1) as f64;
         let slot = (W - LEFT - RIGHT) / n;
         let bw = (slot * 0.6).min(70.0);
@@ -128,13 +133,12 @@ pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
             );
             match (r.status, r.median) {
                 (Status::Ok, Some(med)) => {
-                    let y = |v: f64| base - plot_h * (v / axis_max).clamp(0.0, 1.0);
                     let _ = writeln!(
                         s,
                         r#"<rect x="{:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{}"><title>{}: median {} {}</title></rect>"#,
                         cx - bw / 2.0,
-                        y(med),
-                        base - y(med),
+                        y(med).min(y(0.0)),
+                        (y(0.0) - y(med)).abs(),
                         colour(&r.runtime),
                         escape(&r.runtime),
                         fmt_num(med),
@@ -232,6 +236,23 @@ mod tests {
         let plot_h = PANEL_H - TOP - BOTTOM;
         let want = format!("height=\"{:.1}\"", plot_h * 0.5);
         assert!(s.contains(&want), "{want} not in {s}");
+    }
+
+    #[test]
+    fn negative_values_extend_the_axis() {
+        let r = finalize(&[Cell {
+            workload: "density".into(),
+            runtime: "native".into(),
+            metric: "host-used".into(),
+            unit: "MiB".into(),
+            better: Better::Lower,
+            values: vec![-3.0, 1.0, -1.0],
+            status: Status::Ok,
+            reason: None,
+        }]);
+        let s = workload_svg("density", &r.iter().collect::<Vec<_>>());
+        assert!(s.contains(">-5.00<"), "axis from -5: {s}");
+        assert!(!s.contains("height=\"-"), "no negative heights");
     }
 
     #[test]
