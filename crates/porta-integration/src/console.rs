@@ -55,7 +55,7 @@ impl ConsoleSocket {
 }
 
 fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
-    let mut data = [0u8; 4096];
+    let mut data = vec![0u8; 65536];
     let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<[libc::c_int; 4]>() as u32) } as usize;
     let mut cbuf = vec![0u8; space];

@@ -447,3 +447,53 @@ fn long_root_and_long_id() {
     drop(c);
     let _ = std::fs::remove_dir(&root);
 }
+
+#[test]
+fn delete_force_paused() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("sleep 100 & sleep 100");
+    let c = Container::new("life-delp", b);
+    c.create_start();
+    let pid = c.pid();
+    c.rt(&["pause", &c.id]).expect_ok();
+    c.rt(&["delete", "--force", &c.id]).expect_ok();
+    assert!(wait_for(Duration::from_secs(10), || (!pid_alive(pid)).then_some(())).is_some(), "paused init survived delete --force");
+    c.rt(&["state", &c.id]).expect_fail();
+    let ids = [c.id.clone()];
+    let bundles = [c.bundle.path_str()];
+    let ok = wait_for(Duration::from_secs(5), || leaks::check(&ids, &bundles).is_empty().then_some(()));
+    assert!(ok.is_some(), "{:?}", leaks::check(&ids, &bundles));
+}
+
+#[test]
+fn global_and_create_flags_accepted() {
+    require_root!();
+    rt(&["--debug", "list"]).expect_ok();
+    rt(&["--rootless", "false", "list"]).expect_ok();
+    rt(&["--systemd-cgroup=false", "list", "-q"]).expect_ok();
+    let mut b = Bundle::new(&[]);
+    b.sh("echo keyring-ok");
+    let c = Container::new("life-flags", b);
+    c.create_with(&["--no-new-keyring"]).expect_ok();
+    c.start().expect_ok();
+    c.wait_stopped(10);
+    assert!(c.output().contains("keyring-ok"));
+    c.delete().expect_ok();
+}
+
+#[test]
+fn state_json_fields() {
+    require_root!();
+    let c = Container::new("life-statejson", Bundle::new(&["sleep", "100"]));
+    c.create_start();
+    let st = c.state();
+    for k in ["ociVersion", "id", "status", "pid", "bundle"] {
+        assert!(!st[k].is_null(), "state lacks {k}: {st}");
+    }
+    assert_eq!(st["status"], "running");
+    c.kill("KILL").expect_ok();
+    c.wait_stopped(10);
+    let st = c.state();
+    assert_eq!(st["status"], "stopped");
+}

@@ -279,3 +279,25 @@ fn rootfs_propagation_private() {
     assert_eq!(o.code, 0, "{o}");
     assert!(out.contains("prop-ok"));
 }
+
+#[test]
+fn rlimit_above_hard_limit() {
+    require_root!();
+    // Where the hard limit cannot be raised (some hosts refuse even root), the failure
+    // must say which limit and value; where it can, the container gets it.
+    let want: u64 = 1_048_576;
+    let mut b = Bundle::new(&[]);
+    b.config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": want, "hard": want}]);
+    b.sh("ulimit -Hn");
+    let c = Container::new("fs-rlimit-hi", b);
+    let o = c.run();
+    if o.ok() {
+        assert_eq!(c.output().trim(), want.to_string());
+    } else if is_porta() {
+        assert!(o.stderr.contains("RLIMIT_NOFILE") && o.stderr.contains(&want.to_string()), "unclear rlimit error: {o}");
+    }
+    let ids = [c.id.clone()];
+    let bundles = [c.bundle.path_str()];
+    let ok = wait_for(std::time::Duration::from_secs(5), || leaks::check(&ids, &bundles).is_empty().then_some(()));
+    assert!(ok.is_some(), "{:?}", leaks::check(&ids, &bundles));
+}

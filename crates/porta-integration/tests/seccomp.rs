@@ -121,3 +121,74 @@ fn default_errno_with_allowlist() {
     assert!(out.contains("mkdir-failed"), "{out}");
     assert!(out.contains("Operation not permitted"), "{out}");
 }
+
+/// struct seccomp_notif (80 bytes) and struct seccomp_notif_resp (24 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct Notif {
+    id: u64,
+    pid: u32,
+    flags: u32,
+    nr: i32,
+    arch: u32,
+    ip: u64,
+    args: [u64; 6],
+}
+#[repr(C)]
+struct NotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+const NOTIF_RECV: u64 = 0xC050_2100; // _IOWR('!', 0, struct seccomp_notif)
+const NOTIF_SEND: u64 = 0xC018_2101; // _IOWR('!', 1, struct seccomp_notif_resp)
+
+#[test]
+fn notify_listener_decides() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("exec 2>&1; mkdir /tmp/notified || echo mkdir-failed; echo done");
+    let c = Container::new("sc-notify", b);
+    let sock = ConsoleSocket::new(c.bundle.path());
+    let mut cfg = c.bundle.config.clone();
+    cfg["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock.path_str(),
+        "listenerMetadata": "pit-metadata",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    std::fs::write(c.bundle.file("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    c.create().expect_ok();
+    let (pty, msg) = sock.master().expect("seccomp notify fd over listenerPath");
+    let st: Value = serde_json::from_str(&msg).unwrap_or_else(|e| panic!("listener message not JSON ({e}): {msg}"));
+    assert_eq!(st["metadata"], "pit-metadata", "{st}");
+    assert_eq!(st["state"]["id"], c.id.as_str(), "{st}");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&pty.f);
+    let h = std::thread::spawn(move || {
+        let mut handled = 0;
+        loop {
+            let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            if unsafe { libc::poll(&mut p, 1, 10_000) } <= 0 || p.revents & libc::POLLIN == 0 {
+                break;
+            }
+            let mut n = Notif::default();
+            if unsafe { libc::ioctl(fd, NOTIF_RECV as _, &mut n as *mut Notif) } != 0 {
+                break;
+            }
+            let mut r = NotifResp { id: n.id, val: 0, error: -libc::EROFS, flags: 0 };
+            unsafe { libc::ioctl(fd, NOTIF_SEND as _, &mut r as *mut NotifResp) };
+            handled += 1;
+        }
+        (handled, pty)
+    });
+    c.start().expect_ok();
+    c.wait_stopped(20);
+    let out = c.output();
+    assert!(out.contains("Read-only file system"), "the listener's answer (EROFS) did not reach mkdir: {out}");
+    assert!(out.contains("done"), "{out}");
+    assert!(!c.bundle.rootfs().join("tmp/notified").exists());
+    let (handled, _pty) = h.join().unwrap();
+    assert!(handled >= 1);
+}
