@@ -497,3 +497,36 @@ fn state_json_fields() {
     let st = c.state();
     assert_eq!(st["status"], "stopped");
 }
+
+#[test]
+fn porta_state_directory() {
+    require_root!();
+    porta_only!("Porta's state layout: <root>/<id>/state.json (DESIGN.md section 5)");
+    let c = Container::new("life-statedir", Bundle::new(&["sleep", "100"]));
+    c.create().expect_ok();
+    let dir = std::path::Path::new(ROOT).join(&c.id);
+    let f = dir.join("state.json");
+    let text = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    let _: Value = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", f.display()));
+    // written atomically: no temporary files left beside it
+    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp") || n.starts_with(".state")), "{names:?}");
+    c.delete().expect_ok();
+    assert!(!dir.exists(), "{} left after delete", dir.display());
+}
+
+#[test]
+fn porta_default_root_is_run_porta() {
+    require_root!();
+    porta_only!("Porta's default --root is /run/porta (runc's is /run/runc)");
+    let b = Bundle::new(&["sleep", "100"]);
+    b.write();
+    let id = unique_id("life-defroot");
+    let o = Cmd::new(runtime()).args(["create", "--bundle", &b.path_str(), &id]).run();
+    o.expect_ok();
+    let exists = std::path::Path::new("/run/porta").join(&id).exists();
+    let d = Cmd::new(runtime()).args(["delete", "--force", &id]).run();
+    assert!(exists, "no /run/porta/{id} after create without --root");
+    d.expect_ok();
+    assert!(!std::path::Path::new("/run/porta").join(&id).exists());
+}

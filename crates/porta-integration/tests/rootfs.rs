@@ -301,3 +301,16 @@ fn rlimit_above_hard_limit() {
     let ok = wait_for(std::time::Duration::from_secs(5), || leaks::check(&ids, &bundles).is_empty().then_some(()));
     assert!(ok.is_some(), "{:?}", leaks::check(&ids, &bundles));
 }
+
+#[test]
+fn porta_kernel_fs_mode() {
+    require_root!();
+    porta_only!("the run.porta.fs=kernel annotation (root mounted by the kernel, no file server)");
+    let mut b = Bundle::new(&[]);
+    b.annotation("run.porta.fs", "kernel");
+    let (o, out) = run_sh("fs-kernel", b, "grep ' / ' /proc/mounts; echo kernel-ok");
+    assert_eq!(o.code, 0, "{o}");
+    assert!(out.contains("kernel-ok"), "{out}");
+    let root = out.lines().find(|l| l.contains(" / ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(!root.contains("fuse"), "root is served by FUSE in kernel mode: {root}");
+}
