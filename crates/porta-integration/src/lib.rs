@@ -71,11 +71,19 @@ pub fn porta_only(why: &str) -> bool {
     if is_porta() {
         return true;
     }
-    eprintln!(
-        "SKIP: Porta-only check ({why}); runtime under test is {}",
+    skip(&format!(
+        "Porta-only check ({why}); runtime under test is {}",
         runtime().display()
-    );
+    ));
     false
+}
+
+/// Prints why a test is skipped, straight to stderr so that the test harness's output
+/// capture does not hide it.
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIP {name}: {why}");
 }
 
 /// True when running as root; otherwise prints a skip reason.
@@ -83,7 +91,7 @@ pub fn is_root() -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("SKIP: integration tests need root");
+    skip("integration tests need root");
     false
 }
 

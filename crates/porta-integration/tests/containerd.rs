@@ -149,7 +149,7 @@ impl Drop for Containerd {
 fn containerd_end_to_end() {
     require_root!();
     if !have_command("containerd") || !have_command("ctr") {
-        eprintln!("SKIP: containerd/ctr not installed (scripts/deps.sh installs them)");
+        skip("containerd/ctr not installed (scripts/deps.sh installs them)");
         return;
     }
     let cd = Containerd::start();

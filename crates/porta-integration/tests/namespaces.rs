@@ -276,7 +276,7 @@ fn join_pid_namespace_by_path() {
 fn time_namespace_offsets() {
     require_root!();
     if !kernel_has_ns("time") {
-        eprintln!("SKIP: kernel has no time namespace");
+        skip("kernel has no time namespace");
         return;
     }
     porta_only!("runc 1.1 does not support the time namespace");

@@ -88,7 +88,7 @@ impl Drop for Podman {
 
 fn have_podman() -> bool {
     if !have_command("podman") {
-        eprintln!("SKIP: podman is not installed (scripts/deps.sh installs it)");
+        skip("podman is not installed (scripts/deps.sh installs it)");
         return false;
     }
     true
