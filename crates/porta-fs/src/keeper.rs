@@ -127,6 +127,20 @@ fn clone_files_parent() -> i64 {
     unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_FILES | libc::CLONE_PARENT, 0, 0, 0, 0) }
 }
 
+/// Restores the default action of SIGSEGV and SIGBUS: the Rust runtime's stack-overflow
+/// handler would otherwise let a server survive a SIGSEGV sent to it, and a server that
+/// crashes must die so the supervisor replaces it.
+fn default_fault_signals() {
+    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: installs the default disposition; no handler code involved.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // No core dumps: a crashed server's memory holds the container's file data.
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit pointer.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+}
+
 /// Creates one server sharing this process's fd table; returns its pid (or -errno).
 fn spawn_server(cfg: &Config) -> i32 {
     let pid = clone_files_parent();
@@ -138,6 +152,7 @@ fn spawn_server(cfg: &Config) -> i32 {
     }
     // The child: the new file server.
     die_with_parent();
+    default_fault_signals();
     let code = match serve(cfg) {
         Ok(Exit::Unmounted) | Ok(Exit::Destroyed) => EXIT_UNMOUNTED,
         Err(e) => {

@@ -57,6 +57,7 @@ pub enum Exit {
 }
 
 struct Fs {
+    fault: Option<(Fault, Vec<u8>)>,
     fuse: RawFd,
     root: RawFd,
     proc_fd: RawFd,
@@ -142,6 +143,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     }
     let secs = cfg.ttl.as_secs();
     let mut fs = Fs {
+        fault: fault_from_env(),
         fuse: cfg.fuse_fd,
         root: cfg.root_fd,
         proc_fd: cfg.proc_fd,
@@ -380,6 +382,7 @@ impl Fs {
         match h.opcode {
             op::LOOKUP => {
                 let name = r.name().map_err(mal)?;
+                self.inject_fault(name);
                 let parent = self.node_fd(h.nodeid)?;
                 match self.lookup(parent, name) {
                     Ok((id, attr)) => abi::encode_entry(w, id, 0, self.ttl, &attr),
@@ -1085,6 +1088,44 @@ impl Fs {
             }
         }
         Ok(())
+    }
+}
+
+/// Fault injection for the supervisor's tests, from `PORTA_FS_FAULT=hang:NAME` or
+/// `crash:NAME`: a LOOKUP of NAME blocks its thread forever (a deadlock) or crashes
+/// the server (SIGSEGV). Unset in production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Hang,
+    Crash,
+}
+
+fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
+    let v = std::env::var("PORTA_FS_FAULT").ok()?;
+    let (kind, name) = v.split_once(':')?;
+    let f = match kind {
+        "hang" => Fault::Hang,
+        "crash" => Fault::Crash,
+        _ => return None,
+    };
+    Some((f, name.as_bytes().to_vec()))
+}
+
+impl Fs {
+    fn inject_fault(&self, name: &CStr) {
+        let Some((f, n)) = &self.fault else { return };
+        if name.to_bytes() != n.as_slice() {
+            return;
+        }
+        match f {
+            Fault::Hang => loop {
+                std::thread::park();
+            },
+            Fault::Crash => {
+                // SAFETY: deliberately raises SIGSEGV against this process (test fault).
+                unsafe { libc::raise(libc::SIGSEGV) };
+            }
+        }
     }
 }
 

@@ -1,15 +1,292 @@
 //! The per-container supervisor: holds the container's capabilities and keeps its servers alive.
+//!
+//! `porta create` calls [`launch`]: it starts the supervisor as a fully detached daemon,
+//! which opens /dev/fuse, makes the container's FUSE mount with the new mount API, starts
+//! the file server (through a keeper process, see `porta_fs::keeper`) and sends the
+//! detached mount back over a Unix socket. The supervisor restarts the file server when it
+//! dies, stops or deadlocks, gives up after repeated deaths without progress, and exits
+//! when the mount is gone or after [`stop`]. [`servers`] reports its servers for
+//! `porta state`.
+
+mod daemon;
+mod fdpass;
 
 use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the supervisor's control socket in the state directory.
+pub const SOCKET_NAME: &str = "supervisor.sock";
+/// Name of the file, in the state directory, where the supervisor records its servers.
+pub const SERVERS_FILE: &str = "servers.json";
+
+/// Errors of the supervisor and of its client functions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call failed.
+    #[error("{0}: {1}")]
+    Sys(&'static str, #[source] nix::errno::Errno),
+    /// An I/O operation on a path failed.
+    #[error("{what} {path}: {source}")]
+    Path {
+        /// What was being done.
+        what: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another I/O operation failed.
+    #[error("{0}: {1}")]
+    Io(&'static str, #[source] std::io::Error),
+    /// The supervisor reported a failure while starting (see its log file).
+    #[error("supervisor for container {id} failed to start: {msg} (log: {log})")]
+    Start {
+        /// Container id.
+        id: String,
+        /// The supervisor's message.
+        msg: String,
+        /// The supervisor's log file.
+        log: PathBuf,
+    },
+    /// The supervisor did not answer in time.
+    #[error("supervisor did not {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    /// A file server error.
+    #[error(transparent)]
+    Fs(#[from] porta_fs::Error),
+    /// Bad arguments to a hidden subcommand.
+    #[error("{0}")]
+    Usage(String),
+    /// The state file could not be parsed.
+    #[error("state file {0}: {1}")]
+    State(PathBuf, String),
+}
+
+/// What [`launch`] needs to give a container its file server.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// Container id.
+    pub id: String,
+    /// The container's state directory (short path: the control socket lives there).
+    pub state_dir: PathBuf,
+    /// The backing directory to serve (the bundle's root.path).
+    pub rootfs: PathBuf,
+    /// Use FUSE passthrough for regular-file data (root only); off: strict mode.
+    pub passthrough: bool,
+    /// cgroup.procs files the servers must join (the container's `porta/` leaf).
+    pub server_cgroup_procs: Vec<PathBuf>,
+    /// Binary to exec for `supervisor` / `fs` (a sealed copy of porta, or /proc/self/exe).
+    pub exe: PathBuf,
+    /// The supervisor's log file (its stdout and stderr).
+    pub log: PathBuf,
+}
+
+/// A started supervisor and the container's mount.
+#[derive(Debug)]
+pub struct Launched {
+    /// The supervisor daemon's pid.
+    pub supervisor_pid: i32,
+    /// The detached FUSE mount (from fsmount), attached nowhere; move it onto the
+    /// container's root with move_mount(fd, "", AT_FDCWD, root, MOVE_MOUNT_F_EMPTY_PATH).
+    pub mount_fd: OwnedFd,
+}
+
+/// One server of a container, as `porta state` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// "fs" for the file server.
+    pub name: String,
+    /// Current pid (0 when not running).
+    pub pid: i32,
+    /// Number of times it was replaced.
+    pub restarts: u64,
+    /// "running", "stopped" or "failed".
+    #[serde(default)]
+    pub state: String,
+    /// Why it last had to be replaced, or why the supervisor gave up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Contents of `servers.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SupervisorState {
+    /// The supervisor's pid.
+    pub supervisor_pid: i32,
+    /// Its servers.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// How long [`launch`] waits for the supervisor to hand over the mount.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts the container's supervisor as a detached daemon and returns the detached FUSE
+/// mount of the container's root, already served.
+pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
+    std::fs::create_dir_all(&spec.state_dir)
+        .map_err(|e| Error::Path { what: "create state directory", path: spec.state_dir.clone(), source: e })?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(|e| Error::Path { what: "open supervisor log", path: spec.log.clone(), source: e })?;
+    let log2 = log.try_clone().map_err(|e| Error::Io("dup log file", e))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| Error::Io("socketpair", e))?;
+    let mut cmd = Command::new(&spec.exe);
+    cmd.arg("supervisor")
+        .arg("--id")
+        .arg(&spec.id)
+        .arg("--state-dir")
+        .arg(&spec.state_dir)
+        .arg("--rootfs")
+        .arg(&spec.rootfs)
+        .arg("--sock-fd")
+        .arg("3");
+    if spec.passthrough {
+        cmd.arg("--passthrough");
+    }
+    for p in &spec.server_cgroup_procs {
+        cmd.arg("--cgroup-procs").arg(p);
+    }
+    let sock = theirs.as_raw_fd();
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2).current_dir("/");
+    // SAFETY: the closure only makes async-signal-safe system calls (setsid, dup2, fcntl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if sock == 3 {
+                let fl = libc::fcntl(3, libc::F_GETFD);
+                if fl < 0 || libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(sock, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| Error::Path { what: "exec supervisor", path: spec.exe.clone(), source: e })?;
+    drop(theirs);
+    if !status.success() {
+        return Err(Error::Start { id: spec.id.clone(), msg: format!("daemonizing process exited with {status}"), log: spec.log.clone() });
+    }
+    ours.set_read_timeout(Some(LAUNCH_TIMEOUT)).map_err(|e| Error::Io("socket timeout", e))?;
+    let (msg, fd) = fdpass::recv_with_fd(ours.as_raw_fd()).map_err(|e| match e {
+        nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
+        e => Error::Sys("receive mount from supervisor", e),
+    })?;
+    let text = String::from_utf8_lossy(&msg).into_owned();
+    match (text.strip_prefix("ok "), fd) {
+        (Some(pid), Some(fd)) => {
+            let supervisor_pid = pid.trim().parse().map_err(|_| Error::Start {
+                id: spec.id.clone(),
+                msg: format!("bad answer {text:?}"),
+                log: spec.log.clone(),
+            })?;
+            Ok(Launched { supervisor_pid, mount_fd: fd })
+        }
+        _ => Err(Error::Start {
+            id: spec.id.clone(),
+            msg: if text.is_empty() { "exited before handing over the mount".into() } else { text },
+            log: spec.log.clone(),
+        }),
+    }
+}
+
+/// Asks the supervisor of `state_dir` to stop its servers and exit, and waits for it.
+/// The container's mount is aborted (its files then fail with ENOTCONN). Succeeds when
+/// no supervisor runs.
+pub fn stop(state_dir: &Path) -> Result<(), Error> {
+    let pid = read_state(state_dir).map(|s| s.supervisor_pid).unwrap_or(0);
+    let sock = state_dir.join(SOCKET_NAME);
+    match UnixStream::connect(&sock) {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::Io("socket timeout", e))?;
+            s.write_all(b"stop\n").map_err(|e| Error::Io("send stop", e))?;
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {}
+        Err(e) => return Err(Error::Path { what: "connect to supervisor", path: sock, source: e }),
+    }
+    if pid > 0 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while daemon::pid_alive(pid) {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout("exit", Duration::from_secs(10)));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+/// The servers of the container whose state directory is `state_dir`, for `porta state`.
+pub fn servers(state_dir: &Path) -> Result<Vec<ServerStatus>, Error> {
+    Ok(read_state(state_dir)?.servers)
+}
+
+fn read_state(state_dir: &Path) -> Result<SupervisorState, Error> {
+    let p = state_dir.join(SERVERS_FILE);
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::Path { what: "read", path: p.clone(), source: e })?;
+    serde_json::from_str(&text).map_err(|e| Error::State(p, e.to_string()))
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}
 
 /// Body of the hidden `porta supervisor …` subcommand; returns the process exit code.
 pub fn main_supervisor(args: Vec<OsString>) -> i32 {
-    eprintln!("porta supervisor: not available in this build ({args:?})");
-    1
+    match daemon::Args::parse(&args) {
+        Ok(a) => daemon::run(a),
+        Err(e) => {
+            eprintln!("porta supervisor: {e}");
+            2
+        }
+    }
 }
 
 /// Body of the hidden `porta fs …` subcommand; returns the process exit code.
+/// `porta fs keeper --fuse-fd N --state-fd N --ctl-fd N --root DIR [--passthrough]`.
 pub fn main_fs(args: Vec<OsString>) -> i32 {
-    eprintln!("porta fs: not available in this build ({args:?})");
-    1
+    init_logging();
+    match args.first().and_then(|a| a.to_str()) {
+        Some("keeper") => match porta_fs::keeper::KeeperArgs::parse(&args[1..]) {
+            Ok(k) => match porta_fs::keeper::run_keeper(&k) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "keeper failed");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                2
+            }
+        },
+        _ => {
+            eprintln!("porta fs: usage: porta fs keeper --fuse-fd N --state-fd N --ctl-fd N --root DIR [--passthrough]");
+            2
+        }
+    }
 }

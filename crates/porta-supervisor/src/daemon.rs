@@ -1,0 +1,619 @@
+//! The supervisor daemon (`porta supervisor …`): one per container, single-threaded.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use porta_fs::shared::{hdr, slot, Shared};
+
+use crate::{fdpass, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME};
+
+/// Parsed arguments of `porta supervisor`.
+#[derive(Debug, Clone)]
+pub struct Args {
+    id: String,
+    state_dir: PathBuf,
+    rootfs: PathBuf,
+    sock_fd: RawFd,
+    passthrough: bool,
+    cgroup_procs: Vec<PathBuf>,
+    container_pid: Option<i32>,
+    hang_timeout: Duration,
+    max_failures: u32,
+    threads: usize,
+    foreground: bool,
+}
+
+impl Args {
+    /// Parses `--id ID --state-dir DIR --rootfs DIR --sock-fd N [--passthrough]
+    /// [--cgroup-procs FILE]… [--container-pid PID] [--hang-timeout-ms MS]
+    /// [--max-failures N] [--threads N] [--foreground]`.
+    pub fn parse(args: &[OsString]) -> Result<Args, Error> {
+        let mut a = Args {
+            id: String::new(),
+            state_dir: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            sock_fd: -1,
+            passthrough: false,
+            cgroup_procs: vec![],
+            container_pid: None,
+            hang_timeout: std::env::var("PORTA_HANG_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::from_secs(10), Duration::from_millis),
+            max_failures: 5,
+            threads: 2,
+            foreground: false,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let name = arg.to_string_lossy().into_owned();
+            let mut val = || it.next().cloned().ok_or_else(|| Error::Usage(format!("{name} needs a value")));
+            let num = |v: OsString| -> Result<i64, Error> {
+                v.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| Error::Usage(format!("{name}: not a number")))
+            };
+            match name.as_str() {
+                "--id" => a.id = val()?.to_string_lossy().into_owned(),
+                "--state-dir" => a.state_dir = val()?.into(),
+                "--rootfs" => a.rootfs = val()?.into(),
+                "--sock-fd" => a.sock_fd = num(val()?)? as RawFd,
+                "--passthrough" => a.passthrough = true,
+                "--cgroup-procs" => a.cgroup_procs.push(val()?.into()),
+                "--container-pid" => a.container_pid = Some(num(val()?)? as i32),
+                "--hang-timeout-ms" => a.hang_timeout = Duration::from_millis(num(val()?)? as u64),
+                "--max-failures" => a.max_failures = num(val()?)? as u32,
+                "--threads" => a.threads = num(val()?)? as usize,
+                "--foreground" => a.foreground = true,
+                other => return Err(Error::Usage(format!("unknown argument {other}"))),
+            }
+        }
+        if a.id.is_empty() || a.state_dir.as_os_str().is_empty() || a.rootfs.as_os_str().is_empty() || a.sock_fd < 0 {
+            return Err(Error::Usage("--id, --state-dir, --rootfs and --sock-fd are required".into()));
+        }
+        Ok(a)
+    }
+}
+
+fn close_all_but(keep: RawFd) {
+    // SAFETY: closing descriptors this fresh process inherited and does not use; only
+    // stdio and `keep` stay open.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep.max(2) + 1, u32::MAX, 0);
+    }
+}
+
+fn fork_and_leave_parent() -> Result<(), Error> {
+    // SAFETY: called first thing in a single-threaded process; the parent only exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::Sys("fork", e))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            // SAFETY: leaves at once without running destructors or atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Child => Ok(()),
+    }
+}
+
+/// Runs the supervisor; returns the exit code.
+pub fn run(a: Args) -> i32 {
+    close_all_but(a.sock_fd);
+    // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(a.sock_fd) };
+    set_cloexec(sock.as_raw_fd(), true);
+    if !a.foreground {
+        if let Err(e) = fork_and_leave_parent() {
+            let _ = fdpass::send_with_fd(sock.as_raw_fd(), format!("error {e}").as_bytes(), None);
+            return 1;
+        }
+    }
+    crate::init_logging();
+    tracing::info!(id = %a.id, rootfs = %a.rootfs.display(), passthrough = a.passthrough, "supervisor starting");
+    let mut sv = match Supervisor::start(a) {
+        Ok(sv) => sv,
+        Err((e, partial)) => {
+            tracing::error!(error = %e, "supervisor failed to start");
+            let _ = fdpass::send_with_fd(sock.as_raw_fd(), format!("error {e}").as_bytes(), None);
+            if let Some(mut p) = partial {
+                p.shutdown();
+            }
+            return 1;
+        }
+    };
+    let mount = sv.mount.take();
+    let msg = format!("ok {}", std::process::id());
+    if let Err(e) = fdpass::send_with_fd(sock.as_raw_fd(), msg.as_bytes(), mount.as_ref().map(|m| m.as_raw_fd())) {
+        tracing::error!(error = %e, "could not hand the mount over; stopping");
+        sv.shutdown();
+        return 1;
+    }
+    drop(mount);
+    drop(sock);
+    let code = sv.run_loop();
+    tracing::info!(code, "supervisor exiting");
+    code
+}
+
+fn set_cloexec(fd: RawFd, on: bool) {
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFD);
+        if fl >= 0 {
+            let nfl = if on { fl | libc::FD_CLOEXEC } else { fl & !libc::FD_CLOEXEC };
+            libc::fcntl(fd, libc::F_SETFD, nfl);
+        }
+    }
+}
+
+/// True if `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => thread_state(&s) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+fn thread_state(stat: &str) -> Option<char> {
+    stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next())
+}
+
+struct Supervisor {
+    a: Args,
+    fuse: Option<OwnedFd>,
+    mount: Option<OwnedFd>,
+    _state_fd: OwnedFd,
+    shared: Shared,
+    ctl: Option<OwnedFd>,
+    keeper_pid: i32,
+    server_pid: i32,
+    restarts: u64,
+    failures: u32,
+    progress_at_start: u64,
+    last_error: Option<String>,
+    kill_reason: Option<String>,
+    failed: bool,
+    listener: Option<UnixListener>,
+    conn_id: u64,
+    sigfd: SignalFd,
+    watch: HashMap<u64, (u64, Instant)>,
+}
+
+enum Next {
+    Exit(i32),
+}
+
+impl Supervisor {
+    fn start(a: Args) -> Result<Supervisor, (Error, Option<Supervisor>)> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block().map_err(|e| (Error::Sys("block SIGCHLD", e), None))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| (Error::Sys("signalfd", e), None))?;
+        let capacity = raise_nofile();
+        let fuse = porta_fs::mount::open_dev_fuse().map_err(|e| (e.into(), None))?;
+        let opts = porta_fs::mount::MountOptions { source: format!("porta-{}", a.id), ..Default::default() };
+        let mount = porta_fs::mount::fsmount_fuse(fuse.as_raw_fd(), &opts).map_err(|e| (e.into(), None))?;
+        let conn_id = 0;
+        let state_fd = porta_fs::shared::create_memfd(capacity).map_err(|e| (e.into(), None))?;
+        let shared = Shared::map(state_fd.as_raw_fd()).map_err(|e| (e.into(), None))?;
+        let mut sv = Supervisor {
+            a,
+            fuse: Some(fuse),
+            mount: Some(mount),
+            _state_fd: state_fd,
+            shared,
+            ctl: None,
+            keeper_pid: 0,
+            server_pid: 0,
+            restarts: 0,
+            failures: 0,
+            progress_at_start: 0,
+            last_error: None,
+            kill_reason: None,
+            failed: false,
+            listener: None,
+            conn_id,
+            sigfd,
+            watch: HashMap::new(),
+        };
+        if let Err(e) = sv.start_rest() {
+            return Err((e, Some(sv)));
+        }
+        Ok(sv)
+    }
+
+    fn start_rest(&mut self) -> Result<(), Error> {
+        self.spawn_keeper()?;
+        let sock = self.a.state_dir.join(SOCKET_NAME);
+        let _ = std::fs::remove_file(&sock);
+        let l = UnixListener::bind(&sock).map_err(|e| Error::Path { what: "bind control socket", path: sock.clone(), source: e })?;
+        l.set_nonblocking(true).map_err(|e| Error::Io("control socket", e))?;
+        self.listener = Some(l);
+        self.spawn_server()?;
+        // The kernel queued INIT when the superblock was made; wait for the answer so
+        // the mount is served before anyone uses it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.shared.hdr(hdr::INITIALIZED).load(Ordering::Acquire) == 0 {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout("see the file server answer INIT", Duration::from_secs(10)));
+            }
+            if let Some(Next::Exit(_)) = self.reap() {
+                return Err(Error::Start {
+                    id: self.a.id.clone(),
+                    msg: format!("file server died during INIT: {}", self.last_error.clone().unwrap_or_default()),
+                    log: PathBuf::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The connection's number (for its fusectl abort file) is the minor of the
+        // superblock's device; fstat would wait for INIT, so ask only now.
+        if let Some(m) = &self.mount {
+            self.conn_id = nix::sys::stat::fstat(m.as_raw_fd()).map(|st| libc::minor(st.st_dev) as u64).unwrap_or(0);
+        }
+        self.write_state();
+        Ok(())
+    }
+
+    fn spawn_keeper(&mut self) -> Result<(), Error> {
+        let fuse = self.fuse.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        let state = self._state_fd.as_raw_fd();
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::Sys("socketpair", e))?;
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("fs")
+            .arg("keeper")
+            .arg("--fuse-fd")
+            .arg(fuse.to_string())
+            .arg("--state-fd")
+            .arg(state.to_string())
+            .arg("--ctl-fd")
+            .arg(theirs.as_raw_fd().to_string())
+            .arg("--root")
+            .arg(&self.a.rootfs)
+            .arg("--threads")
+            .arg(self.a.threads.to_string())
+            .stdin(Stdio::null());
+        if self.a.passthrough {
+            cmd.arg("--passthrough");
+        }
+        let inherit = [fuse, state, theirs.as_raw_fd()];
+        for fd in inherit {
+            set_cloexec(fd, false);
+        }
+        let child = cmd.spawn();
+        for fd in inherit {
+            set_cloexec(fd, true);
+        }
+        let child = child.map_err(|e| Error::Io("exec file-server keeper", e))?;
+        self.keeper_pid = child.id() as i32;
+        drop(child);
+        drop(theirs);
+        self.ctl = Some(ours);
+        let pid = self.keeper_pid;
+        for procs in &self.a.cgroup_procs {
+            std::fs::write(procs, pid.to_string())
+                .map_err(|e| Error::Path { what: "move file server into cgroup", path: procs.clone(), source: e })?;
+        }
+        // -1000 needs CAP_SYS_RESOURCE; without it the server keeps the supervisor's value.
+        if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
+            tracing::warn!(pid, error = %e, "could not set oom_score_adj -1000 for the file server (CAP_SYS_RESOURCE missing?)");
+        }
+        tracing::info!(pid, "file-server keeper started");
+        Ok(())
+    }
+
+    fn spawn_server(&mut self) -> Result<(), Error> {
+        let ctl = self.ctl.as_ref().ok_or_else(|| Error::Usage("no keeper".into()))?.as_raw_fd();
+        for i in 0..hdr::MAX_SLOTS {
+            if let Some(s) = self.shared.slot(i) {
+                for w in s {
+                    w.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        self.watch.clear();
+        porta_fs::sys::write(ctl, &[porta_fs::keeper::CMD_SPAWN]).map_err(|e| Error::Sys("ask keeper for a server", nix::errno::Errno::from_raw(e)))?;
+        let mut b = [0u8; 4];
+        let n = porta_fs::sys::read(ctl, &mut b).map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
+        let pid = if n == 4 { i32::from_ne_bytes(b) } else { -libc::EIO };
+        if pid <= 0 {
+            return Err(Error::Sys("keeper: clone file server", nix::errno::Errno::from_raw(-pid)));
+        }
+        self.server_pid = pid;
+        self.progress_at_start = self.shared.requests_done();
+        tracing::info!(pid, restarts = self.restarts, "file server started");
+        Ok(())
+    }
+
+    fn run_loop(&mut self) -> i32 {
+        let container = self.a.container_pid.and_then(pidfd_open);
+        loop {
+            let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
+            if let Some(l) = &self.listener {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
+            let cidx = fds.len();
+            if let Some(c) = &container {
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            }
+            let _ = poll(&mut fds, PollTimeout::from(250u16));
+            let container_gone = container.is_some() && fds.get(cidx).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+            drop(fds);
+            while self.sigfd.read_signal().ok().flatten().is_some() {}
+            if let Some(Next::Exit(code)) = self.reap() {
+                return code;
+            }
+            if let Some(Next::Exit(code)) = self.serve_control() {
+                return code;
+            }
+            if container_gone {
+                tracing::info!("container process exited; stopping");
+                self.shutdown();
+                return 0;
+            }
+            self.watchdog();
+        }
+    }
+
+    /// Reaps children; restarts the server or decides to stop.
+    fn reap(&mut self) -> Option<Next> {
+        loop {
+            let st = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return None,
+                Ok(st) => st,
+            };
+            let (pid, cause) = match st {
+                WaitStatus::Exited(p, code) => (p.as_raw(), format!("exited with status {code}")),
+                WaitStatus::Signaled(p, sig, _) => (p.as_raw(), format!("killed by {sig}")),
+                WaitStatus::Stopped(p, sig) => {
+                    if p.as_raw() == self.server_pid {
+                        tracing::warn!(pid = p.as_raw(), signal = %sig, "file server stopped; replacing it");
+                        self.kill_reason = Some(format!("stopped by {sig}"));
+                        let _ = kill(p, Signal::SIGKILL);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if pid == self.server_pid {
+                if let Some(n) = self.on_server_death(cause) {
+                    return Some(n);
+                }
+            } else if pid == self.keeper_pid {
+                self.keeper_pid = 0;
+                self.give_up(format!("file-server keeper {cause}: open files and nodes are lost"));
+                return Some(Next::Exit(1));
+            }
+        }
+    }
+
+    fn on_server_death(&mut self, cause: String) -> Option<Next> {
+        self.server_pid = 0;
+        if self.shared.hdr(hdr::UNMOUNTED).load(Ordering::Acquire) == 1 {
+            tracing::info!("the container's mount is gone; stopping");
+            self.shutdown();
+            return Some(Next::Exit(0));
+        }
+        let cause = match self.kill_reason.take() {
+            Some(r) => format!("{r} ({cause})"),
+            None => cause,
+        };
+        let done = self.shared.requests_done();
+        if done == self.progress_at_start {
+            self.failures += 1;
+        } else {
+            self.failures = 0;
+        }
+        if self.failures >= self.a.max_failures {
+            self.give_up(format!(
+                "file server died {} times in a row without answering a request; last: {cause}",
+                self.failures
+            ));
+            return Some(Next::Exit(1));
+        }
+        self.restarts += 1;
+        tracing::warn!(cause = %cause, restarts = self.restarts, "file server died; restarting it");
+        self.last_error = Some(cause);
+        if let Err(e) = self.spawn_server() {
+            self.give_up(format!("could not restart the file server: {e}"));
+            return Some(Next::Exit(1));
+        }
+        self.write_state();
+        None
+    }
+
+    /// Kills a server thread that sits in a request with no progress for the hang
+    /// timeout while not waiting on I/O (state D): a deadlock, not a slow disk.
+    fn watchdog(&mut self) {
+        if self.server_pid <= 0 {
+            return;
+        }
+        let now = Instant::now();
+        for s in self.shared.slots() {
+            if s.state != slot::WORKING {
+                self.watch.remove(&s.tid);
+                continue;
+            }
+            let e = self.watch.entry(s.tid).or_insert((s.seq, now));
+            if e.0 != s.seq {
+                *e = (s.seq, now);
+                continue;
+            }
+            if now.duration_since(e.1) < self.a.hang_timeout {
+                continue;
+            }
+            let state = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", self.server_pid, s.tid))
+                .ok()
+                .and_then(|t| thread_state(&t));
+            if state == Some('D') {
+                continue;
+            }
+            let secs = now.duration_since(e.1).as_secs_f32();
+            tracing::warn!(tid = s.tid, secs, "file server thread made no progress; killing the server");
+            self.kill_reason = Some(format!("deadlocked: thread {} made no progress for {secs:.1} s", s.tid));
+            let _ = kill(Pid::from_raw(self.server_pid), Signal::SIGKILL);
+            self.watch.clear();
+            return;
+        }
+    }
+
+    fn serve_control(&mut self) -> Option<Next> {
+        let l = self.listener.as_ref()?;
+        let (mut conn, _) = l.accept().ok()?;
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).unwrap_or(0);
+        let cmd = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+        match cmd.as_str() {
+            "stop" => {
+                tracing::info!("stop requested");
+                self.shutdown();
+                let _ = conn.write_all(b"ok\n");
+                Some(Next::Exit(0))
+            }
+            "status" => {
+                let s = serde_json::to_string(&self.state()).unwrap_or_default();
+                let _ = conn.write_all(s.as_bytes());
+                None
+            }
+            _ => {
+                let _ = conn.write_all(b"error unknown command\n");
+                None
+            }
+        }
+    }
+
+    fn state(&self) -> SupervisorState {
+        SupervisorState {
+            supervisor_pid: std::process::id() as i32,
+            servers: vec![ServerStatus {
+                name: "fs".into(),
+                pid: self.server_pid,
+                restarts: self.restarts,
+                state: if self.failed {
+                    "failed".into()
+                } else if self.server_pid > 0 {
+                    "running".into()
+                } else {
+                    "stopped".into()
+                },
+                error: self.last_error.clone(),
+            }],
+        }
+    }
+
+    fn write_state(&self) {
+        let p = self.a.state_dir.join(SERVERS_FILE);
+        let tmp = self.a.state_dir.join(format!(".{SERVERS_FILE}.tmp"));
+        let body = serde_json::to_vec(&self.state()).unwrap_or_default();
+        let r = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&body).and_then(|_| f.sync_all()))
+            .and_then(|_| std::fs::rename(&tmp, &p));
+        if let Err(e) = r {
+            tracing::error!(error = %e, path = %p.display(), "could not record the servers' state");
+        }
+    }
+
+    /// Records a permanent failure, aborts the connection (processes using the mount get
+    /// ENOTCONN instead of hanging) and stops.
+    fn give_up(&mut self, msg: String) {
+        tracing::error!(error = %msg, "giving up on the file server; aborting the connection");
+        self.failed = true;
+        self.last_error = Some(msg);
+        self.shutdown();
+    }
+
+    /// Stops the servers and the keeper, aborts the connection, removes the socket.
+    fn shutdown(&mut self) {
+        for pid in [self.server_pid, self.keeper_pid] {
+            if pid > 0 {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        for pid in [self.server_pid, self.keeper_pid] {
+            if pid > 0 {
+                let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            }
+        }
+        self.server_pid = 0;
+        self.keeper_pid = 0;
+        self.ctl = None;
+        self.mount = None;
+        if self.fuse.take().is_some() && self.conn_id > 0 {
+            abort_connection(self.conn_id);
+        }
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(self.a.state_dir.join(SOCKET_NAME));
+        }
+        self.write_state();
+    }
+}
+
+fn raise_nofile() -> usize {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is a valid out-pointer.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        rl.rlim_cur = rl.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+    }
+    (rl.rlim_cur as usize).clamp(1024, 1 << 20)
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: plain system call.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    set_cloexec(fd.as_raw_fd(), true);
+    Some(fd)
+}
+
+/// Aborts FUSE connection `conn` through the fusectl file system (mounted in a private
+/// mount namespace of a short-lived child when the host has not mounted it). Best effort:
+/// with every descriptor of the connection closed, the kernel aborts it anyway.
+fn abort_connection(conn: u64) {
+    let path = format!("/sys/fs/fuse/connections/{conn}/abort");
+    if std::fs::write(&path, "1").is_ok() {
+        return;
+    }
+    // SAFETY: the supervisor is single-threaded; the child only makes system calls and exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
+                && nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>).is_ok()
+                && nix::mount::mount(Some("fusectl"), "/sys/fs/fuse/connections", Some("fusectl"), nix::mount::MsFlags::empty(), None::<&str>).is_ok()
+                && std::fs::write(&path, "1").is_ok();
+            // SAFETY: leaves the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Err(_) => {}
+    }
+}

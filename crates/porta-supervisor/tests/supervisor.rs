@@ -1,0 +1,347 @@
+//! The supervisor end to end: launch (detached daemon, fsmount, mount fd handed over),
+//! serving, restart after SIGKILL / SIGSEGV / SIGSTOP / deadlock, giving up, stop,
+//! and the kill-every-100-ms transparent-restart workload. Needs root.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use porta_supervisor::{launch, servers, stop, LaunchSpec, ServerStatus};
+
+fn is_root() -> bool {
+    // SAFETY: always succeeds.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+/// Tests share the process environment (PORTA_FS_FAULT): one container at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Container {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    backing: PathBuf,
+    mnt: PathBuf,
+    pid: i32,
+}
+
+impl Container {
+    fn start(passthrough: bool, fault: Option<&str>) -> Container {
+        Self::start_with(passthrough, fault, None)
+    }
+
+    fn start_with(passthrough: bool, fault: Option<&str>, hang_ms: Option<&str>) -> Container {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        match hang_ms {
+            Some(v) => std::env::set_var("PORTA_HANG_TIMEOUT_MS", v),
+            None => std::env::remove_var("PORTA_HANG_TIMEOUT_MS"),
+        }
+        let dir = tempfile::Builder::new().prefix("psv").tempdir_in("/tmp").unwrap();
+        let state = dir.path().join("s");
+        let backing = dir.path().join("rootfs");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&backing).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        match fault {
+            Some(f) => std::env::set_var("PORTA_FS_FAULT", f),
+            None => std::env::remove_var("PORTA_FS_FAULT"),
+        }
+        let spec = LaunchSpec {
+            id: "t1".into(),
+            state_dir: state.clone(),
+            rootfs: backing.clone(),
+            passthrough,
+            server_cgroup_procs: vec![],
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
+            log: dir.path().join("supervisor.log"),
+        };
+        let l = launch(&spec).unwrap_or_else(|e| panic!("launch: {e}\nlog: {}", std::fs::read_to_string(&spec.log).unwrap_or_default()));
+        porta_fs::mount::move_mount_to(l.mount_fd.as_raw_fd(), &mnt).unwrap();
+        drop(l.mount_fd);
+        Container { _serial: serial, dir, state, backing, mnt, pid: l.supervisor_pid }
+    }
+
+    fn fs(&self) -> ServerStatus {
+        servers(&self.state).unwrap().into_iter().find(|s| s.name == "fs").unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("supervisor.log")).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, f: impl Fn(&ServerStatus) -> bool) -> ServerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(v) = servers(&self.state) {
+                if let Some(s) = v.into_iter().find(|s| s.name == "fs") {
+                    if f(&s) {
+                        return s;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = stop(&self.state);
+        let _ = porta_fs::mount::unmount(&self.mnt);
+    }
+}
+
+fn no_fd_of(pid: i32, what: &str) -> bool {
+    // The supervisor holds no descriptor on the caller's stdio or pipes.
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return true };
+    for e in rd.flatten() {
+        if let Ok(t) = std::fs::read_link(e.path()) {
+            if t.to_string_lossy().contains(what) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[test]
+fn launch_serve_state_and_stop() {
+    require_root!();
+    let c = Container::start(true, None);
+    std::fs::write(c.mnt.join("hello"), b"world").unwrap();
+    assert_eq!(std::fs::read(c.backing.join("hello")).unwrap(), b"world");
+    let s = c.fs();
+    assert!(s.pid > 0 && s.restarts == 0 && s.state == "running", "{s:?}");
+    // Detached: its own session, not our child, stdio on the log file.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.pid)).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_ne!(fields[1].parse::<u32>().unwrap(), std::process::id(), "supervisor must not be our child");
+    // Its own session (made by setsid before the second fork), of which it is not the
+    // leader: it can never acquire a controlling terminal.
+    // SAFETY: getsid(0) always succeeds.
+    let our_sid = unsafe { libc::getsid(0) };
+    assert_ne!(fields[3], our_sid.to_string(), "supervisor must be in a session of its own");
+    assert_ne!(fields[3], c.pid.to_string(), "supervisor must not be a session leader");
+    let own_stdout = std::fs::read_link("/proc/self/fd/1").unwrap();
+    assert!(no_fd_of(c.pid, &own_stdout.to_string_lossy()) || own_stdout.to_string_lossy().contains("/dev/null"));
+    // Mount is not in the supervisor's mount table (new mount API).
+    let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid)).unwrap();
+    assert!(!mi.contains("porta-t1") || mi.contains(&c.mnt.to_string_lossy().to_string()));
+    let spid = c.pid;
+    stop(&c.state).unwrap();
+    assert!(!Path::new(&format!("/proc/{spid}")).exists() || std::fs::read_to_string(format!("/proc/{spid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true));
+    // The connection is aborted: the mount answers ENOTCONN, never hangs.
+    let e = std::fs::read(c.mnt.join("hello")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    assert_eq!(c.fs().state, "stopped");
+    stop(&c.state).unwrap(); // repeatable
+}
+
+fn restart_after_signal(sig: i32) {
+    let c = Container::start(true, None);
+    let mut f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(c.mnt.join("open-across")).unwrap();
+    f.write_all(b"before ").unwrap();
+    std::fs::create_dir_all(c.mnt.join("a/b")).unwrap();
+    let old = c.fs();
+    // SAFETY: signalling the server process the supervisor reported.
+    assert_eq!(unsafe { libc::kill(old.pid, sig) }, 0);
+    let new = c.wait_for("a restarted server", |s| s.restarts == 1 && s.pid > 0 && s.pid != old.pid);
+    assert!(new.error.as_deref().unwrap_or("").contains("killed by"), "{new:?}");
+    // The open file and the nodes the kernel holds survive the server.
+    f.write_all(b"after").unwrap();
+    f.sync_all().unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "before after");
+    std::fs::write(c.mnt.join("a/b/new"), b"x").unwrap();
+    assert!(c.log().contains("restarting"), "{}", c.log());
+}
+
+#[test]
+fn restart_after_sigkill() {
+    require_root!();
+    restart_after_signal(libc::SIGKILL);
+}
+
+#[test]
+fn restart_after_sigsegv() {
+    require_root!();
+    restart_after_signal(libc::SIGSEGV);
+}
+
+#[test]
+fn stopped_server_is_replaced() {
+    require_root!();
+    let c = Container::start(true, None);
+    let old = c.fs();
+    // SAFETY: signalling the server process the supervisor reported.
+    unsafe { libc::kill(old.pid, libc::SIGSTOP) };
+    // Requests queue while it is stopped, then the replacement answers them.
+    let t0 = Instant::now();
+    std::fs::write(c.mnt.join("while-stopped"), b"ok").unwrap();
+    let new = c.wait_for("replacement of a stopped server", |s| s.restarts == 1);
+    assert!(new.error.as_deref().unwrap_or("").contains("stopped"), "{new:?}");
+    eprintln!("write through a SIGSTOPped server took {:?}", t0.elapsed());
+    assert_eq!(std::fs::read(c.backing.join("while-stopped")).unwrap(), b"ok");
+}
+
+#[test]
+fn deadlocked_server_is_replaced() {
+    require_root!();
+    let c = Container::start_with(true, Some("hang:deadlock-here"), Some("1000"));
+    std::env::remove_var("PORTA_FS_FAULT");
+    std::env::remove_var("PORTA_HANG_TIMEOUT_MS");
+    // The hang needs the supervisor's hang timeout (1 s here, 10 s by default) to pass.
+    let t0 = Instant::now();
+    let r = std::fs::metadata(c.mnt.join("deadlock-here"));
+    let waited = t0.elapsed();
+    // The fault is in the environment of every server, so each replacement hangs on the
+    // resent LOOKUP again; after repeated deaths without progress the supervisor gives up.
+    eprintln!("lookup returned {r:?} after {waited:?}");
+    assert!(r.is_err());
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    let s = c.wait_for("deadlock detection", |s| s.state == "failed");
+    assert!(s.error.as_deref().unwrap_or("").contains("deadlocked"), "{s:?}");
+    assert!(c.log().contains("made no progress"), "{}", c.log());
+}
+
+#[test]
+fn repeated_crashes_without_progress_give_up() {
+    require_root!();
+    let c = Container::start(true, Some("crash:poison"));
+    std::env::remove_var("PORTA_FS_FAULT");
+    std::fs::write(c.mnt.join("fine"), b"1").unwrap();
+    // Every server crashes on the resent request: no progress, the supervisor gives up
+    // and aborts the connection: the caller gets an error, not a hang.
+    let e = std::fs::metadata(c.mnt.join("poison")).unwrap_err();
+    assert!(matches!(e.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)), "{e}");
+    let e = std::fs::metadata(c.mnt.join("fine")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    let s = c.wait_for("failed state", |s| s.state == "failed");
+    let msg = s.error.unwrap_or_default();
+    assert!(msg.contains("without answering a request"), "{msg}");
+    assert!(c.log().contains("giving up"));
+}
+
+#[test]
+fn kill_every_100ms_under_load_no_errors_no_lost_data() {
+    require_root!();
+    for passthrough in [true, false] {
+        kill_loop(passthrough, Duration::from_secs(8));
+    }
+}
+
+fn kill_loop(passthrough: bool, dur: Duration) {
+    let c = Container::start(passthrough, None);
+    let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = vec![];
+    for w in 0..2 {
+        let dir = c.mnt.join(format!("w{w}"));
+        std::fs::create_dir(&dir).unwrap();
+        let stop_flag = stop_flag.clone();
+        workers.push(std::thread::spawn(move || {
+            let mut ops = 0u64;
+            let mut errors = vec![];
+            let mut kept = vec![];
+            let mut worst = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let tmp = dir.join(format!("tmp{i}"));
+                let fin = dir.join(format!("f{i}"));
+                let data = format!("{w}:{i}:").repeat(200);
+                let r = (|| -> std::io::Result<()> {
+                    let f = std::fs::File::create(&tmp)?;
+                    f.write_all_at(data.as_bytes(), 0)?;
+                    f.sync_all()?;
+                    drop(f);
+                    std::fs::rename(&tmp, &fin)?;
+                    let back = std::fs::read(&fin)?;
+                    if back != data.as_bytes() {
+                        return Err(std::io::Error::other("content differs"));
+                    }
+                    if i % 2 == 1 {
+                        std::fs::remove_file(&fin)?;
+                    }
+                    Ok(())
+                })();
+                worst = worst.max(t0.elapsed());
+                match r {
+                    Ok(()) => {
+                        if i % 2 == 0 {
+                            kept.push((fin, data));
+                        }
+                    }
+                    Err(e) => errors.push(format!("op {i}: {e}")),
+                }
+                ops += 5;
+                i += 1;
+            }
+            (ops, errors, kept, worst)
+        }));
+    }
+    let t0 = Instant::now();
+    let mut kills = 0;
+    let mut last = 0;
+    while t0.elapsed() < dur {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = c.fs();
+        if s.pid > 0 && s.pid != last {
+            last = s.pid;
+            // SAFETY: signalling the server process the supervisor reported.
+            if unsafe { libc::kill(s.pid, libc::SIGKILL) } == 0 {
+                kills += 1;
+            }
+        }
+    }
+    stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut all_errors = vec![];
+    let mut kept_all = vec![];
+    let mut worst = Duration::ZERO;
+    for w in workers {
+        let (ops, errors, kept, wst) = w.join().unwrap();
+        total += ops;
+        all_errors.extend(errors);
+        kept_all.extend(kept);
+        worst = worst.max(wst);
+    }
+    // Every fsync'ed file is intact, read through the backing tree.
+    let mut lost = 0;
+    for (p, data) in &kept_all {
+        let rel = p.strip_prefix(&c.mnt).unwrap();
+        if std::fs::read(c.backing.join(rel)).ok().as_deref() != Some(data.as_bytes()) {
+            lost += 1;
+        }
+    }
+    let s = c.fs();
+    let resent = 0;
+    eprintln!(
+        "passthrough={passthrough}: {kills} kills, {total} ops, {} errors, {lost} lost of {} fsync'ed files, restarts {}, slowest op {worst:?}{}",
+        all_errors.len(),
+        kept_all.len(),
+        s.restarts,
+        if resent > 0 { "" } else { "" }
+    );
+    assert!(kills >= 20, "only {kills} kills");
+    assert!(all_errors.is_empty(), "errors: {:?}\nlog tail: {}", &all_errors[..all_errors.len().min(10)], tail(&c.log()));
+    assert_eq!(lost, 0);
+    assert!(s.restarts >= kills as u64 - 1, "{} restarts for {kills} kills", s.restarts);
+}
+
+fn tail(s: &str) -> String {
+    s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+}
