@@ -38,6 +38,8 @@ pub struct KeeperArgs {
     pub threads: usize,
     /// Entry/attribute timeout.
     pub ttl: Duration,
+    /// Do not confine servers (seccomp, capabilities): for debugging only.
+    pub no_confine: bool,
 }
 
 impl KeeperArgs {
@@ -51,6 +53,7 @@ impl KeeperArgs {
             passthrough: false,
             threads: 2,
             ttl: Duration::from_secs(86400),
+            no_confine: false,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -67,6 +70,7 @@ impl KeeperArgs {
                 "--threads" => k.threads = num(val()?)? as usize,
                 "--ttl" => k.ttl = Duration::from_secs(num(val()?)? as u64),
                 "--passthrough" => k.passthrough = true,
+                "--no-confine" => k.no_confine = true,
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
@@ -90,7 +94,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     let procfd = open_dir(std::path::Path::new("/proc/self/fd"), libc::O_RDONLY)?;
     shared.hdr(hdr::FUSE_FD).store(args.fuse_fd as u64, std::sync::atomic::Ordering::Relaxed);
     shared.hdr(hdr::PROC_FD).store(procfd.as_raw_fd() as u64, std::sync::atomic::Ordering::Relaxed);
-    let cfg = Config {
+    let server = Config {
         fuse_fd: args.fuse_fd,
         root_fd: root.as_raw_fd(),
         proc_fd: procfd.as_raw_fd(),
@@ -99,6 +103,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         threads: args.threads,
         ttl: args.ttl,
     };
+    let cfg = ServerSetup { server, confine: !args.no_confine };
     let mut cmd = [0u8; 16];
     loop {
         let n = match sys::read(args.ctl_fd, &mut cmd) {
@@ -141,8 +146,14 @@ fn default_fault_signals() {
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
 }
 
+/// What a spawned server runs with.
+struct ServerSetup {
+    server: Config,
+    confine: bool,
+}
+
 /// Creates one server sharing this process's fd table; returns its pid (or -errno).
-fn spawn_server(cfg: &Config) -> i32 {
+fn spawn_server(cfg: &ServerSetup) -> i32 {
     let pid = clone_files_parent();
     if pid < 0 {
         return -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
@@ -153,7 +164,14 @@ fn spawn_server(cfg: &Config) -> i32 {
     // The child: the new file server.
     die_with_parent();
     default_fault_signals();
-    let code = match serve(cfg) {
+    if cfg.confine {
+        if let Err(e) = crate::confine::confine() {
+            tracing::error!(error = %e, "could not confine the file server");
+            // SAFETY: ends this process at once.
+            unsafe { libc::_exit(EXIT_FAILED) };
+        }
+    }
+    let code = match serve(&cfg.server) {
         Ok(Exit::Unmounted) | Ok(Exit::Destroyed) => EXIT_UNMOUNTED,
         Err(e) => {
             tracing::error!(error = %e, "file server failed");

@@ -257,6 +257,7 @@ fn kill_loop(passthrough: bool, dur: Duration) {
             let mut errors = vec![];
             let mut kept = vec![];
             let mut worst = Duration::ZERO;
+            let mut lat = vec![];
             let mut i = 0u64;
             while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let t0 = Instant::now();
@@ -279,6 +280,7 @@ fn kill_loop(passthrough: bool, dur: Duration) {
                     Ok(())
                 })();
                 worst = worst.max(t0.elapsed());
+                lat.push(t0.elapsed());
                 match r {
                     Ok(()) => {
                         if i % 2 == 0 {
@@ -290,7 +292,7 @@ fn kill_loop(passthrough: bool, dur: Duration) {
                 ops += 5;
                 i += 1;
             }
-            (ops, errors, kept, worst)
+            (ops, errors, kept, worst, lat)
         }));
     }
     let t0 = Instant::now();
@@ -312,8 +314,10 @@ fn kill_loop(passthrough: bool, dur: Duration) {
     let mut all_errors = vec![];
     let mut kept_all = vec![];
     let mut worst = Duration::ZERO;
+    let mut lat = vec![];
     for w in workers {
-        let (ops, errors, kept, wst) = w.join().unwrap();
+        let (ops, errors, kept, wst, l) = w.join().unwrap();
+        lat.extend(l);
         total += ops;
         all_errors.extend(errors);
         kept_all.extend(kept);
@@ -328,13 +332,17 @@ fn kill_loop(passthrough: bool, dur: Duration) {
         }
     }
     let s = c.fs();
-    let resent = 0;
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    // Reported, not asserted: timings on a shared machine are noise (DESIGN section 7).
     eprintln!(
-        "passthrough={passthrough}: {kills} kills, {total} ops, {} errors, {lost} lost of {} fsync'ed files, restarts {}, slowest op {worst:?}{}",
+        "passthrough={passthrough}: {kills} kills, {total} ops, {} errors, {lost} lost of {} fsync'ed files, restarts {}, \
+         create+write+fsync+rename+read(+unlink) group latency p50 {:?} p99 {:?} max {worst:?}",
         all_errors.len(),
         kept_all.len(),
         s.restarts,
-        if resent > 0 { "" } else { "" }
+        pct(0.5),
+        pct(0.99),
     );
     assert!(kills >= 20, "only {kills} kills");
     assert!(all_errors.is_empty(), "errors: {:?}\nlog tail: {}", &all_errors[..all_errors.len().min(10)], tail(&c.log()));
@@ -344,4 +352,37 @@ fn kill_loop(passthrough: bool, dur: Duration) {
 
 fn tail(s: &str) -> String {
     s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+fn sh(dir: &Path, script: &str) -> String {
+    let out = std::process::Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn confined_server_runs_real_workloads() {
+    require_root!();
+    for passthrough in [true, false] {
+        let c = Container::start(passthrough, None);
+        let pid = c.fs().pid;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().to_string();
+        assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
+        assert_eq!(field("NoNewPrivs:"), "1");
+        let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
+        let bnd = u64::from_str_radix(&field("CapBnd:"), 16).unwrap();
+        for cap in [2u32, 27] {
+            assert_eq!(eff & (1 << cap), 0, "capability {cap} effective");
+            assert_eq!(bnd & (1 << cap), 0, "capability {cap} in bounding set");
+        }
+        let tarball = c.dir.path().join("inc.tar");
+        sh(Path::new("/usr"), &format!("tar -cf {} include/linux", tarball.display()));
+        sh(&c.mnt, &format!("mkdir x && tar -xf {} -C x && find x -type f | wc -l >/dev/null", tarball.display()));
+        sh(&c.mnt, r#"mkdir p && cd p && printf '#include <stdio.h>\nint main(void){puts("hi");return 0;}\n' > m.c && printf 'm: m.c\n\tgcc -o m m.c\n' > Makefile && make -s && ./m >/dev/null"#);
+        sh(&c.mnt, "sqlite3 d.db 'PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES(1);' >/dev/null && sqlite3 d.db 'SELECT count(*) FROM t;'");
+        sh(&c.mnt, r#"mkfifo f && mknod n c 1 3 && ln -s x l && ln p/m.c hard && python3 -c 'import os; os.setxattr("hard", "user.a", b"b"); assert os.getxattr("hard", "user.a") == b"b"' && truncate -s 1M big && rm big"#);
+        assert_eq!(c.fs().restarts, 0, "the confined server must not have died: {}", c.log());
+        assert!(!c.log().contains("ERROR"), "{}", c.log());
+    }
 }

@@ -1,0 +1,217 @@
+//! Confinement of a file-server process: capabilities it must not have are dropped
+//! (CAP_MKNOD, CAP_DAC_READ_SEARCH — open_by_handle_at with it can name any inode of the
+//! backing file system), no_new_privs, and a seccomp allowlist of the system calls the
+//! server makes: no exec, no sockets (no network), no mount, no ptrace, no
+//! open_by_handle_at; ioctl only for the two FUSE passthrough requests.
+
+use crate::Error;
+
+/// System calls the server may make (x86_64).
+const ALLOWED: &[libc::c_long] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_openat,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_futex,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_getrandom,
+    libc::SYS_restart_syscall,
+    libc::SYS_umask,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_symlinkat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+    libc::SYS_renameat,
+    libc::SYS_linkat,
+    libc::SYS_readlinkat,
+    libc::SYS_fchownat,
+    libc::SYS_fchmodat,
+    libc::SYS_utimensat,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_syncfs,
+    libc::SYS_fallocate,
+    libc::SYS_copy_file_range,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
+    libc::SYS_getdents64,
+    libc::SYS_getxattr,
+    libc::SYS_setxattr,
+    libc::SYS_listxattr,
+    libc::SYS_removexattr,
+];
+
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const RET_K: u16 = 0x06;
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code: JEQ_K, jt, jf, k }
+}
+
+/// The BPF program: check the architecture, allow listed calls (ioctl only with a FUSE
+/// passthrough request number), answer everything else EPERM.
+fn program() -> Vec<libc::sock_filter> {
+    let mut p = vec![
+        stmt(LD_W_ABS, 4),
+        jeq(AUDIT_ARCH_X86_64, 1, 0),
+        stmt(RET_K, RET_KILL_PROCESS),
+        stmt(LD_W_ABS, 0),
+    ];
+    let n = ALLOWED.len();
+    for (i, nr) in ALLOWED.iter().enumerate() {
+        // Jump over the remaining compares, the ioctl block (5) and the deny.
+        let to_allow = (n - i - 1) + 5 + 1;
+        p.push(jeq(*nr as u32, to_allow as u8, 0));
+    }
+    // ioctl: allowed only for FUSE_DEV_IOC_BACKING_OPEN / _CLOSE (low word of arg 1).
+    p.push(jeq(libc::SYS_ioctl as u32, 0, 4));
+    p.push(stmt(LD_W_ABS, 24));
+    p.push(jeq(crate::abi::DEV_IOC_BACKING_OPEN as u32, 3, 0));
+    p.push(jeq(crate::abi::DEV_IOC_BACKING_CLOSE as u32, 2, 0));
+    p.push(stmt(RET_K, RET_ERRNO | libc::EPERM as u32));
+    p.push(stmt(RET_K, RET_ERRNO | libc::EPERM as u32));
+    p.push(stmt(RET_K, RET_ALLOW));
+    p
+}
+
+fn last(what: &'static str) -> Error {
+    Error::Io(what, std::io::Error::last_os_error())
+}
+
+/// Removes CAP_MKNOD and CAP_DAC_READ_SEARCH from the bounding, effective, permitted
+/// and inheritable sets of the calling process.
+pub fn drop_capabilities() -> Result<(), Error> {
+    // CAP_DAC_READ_SEARCH = 2, CAP_MKNOD = 27 (linux/capability.h).
+    let drop: [u32; 2] = [27, 2];
+    for cap in drop {
+        // SAFETY: plain prctl.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            return Err(last("drop capability from the bounding set"));
+        }
+    }
+    // struct __user_cap_header_struct { u32 version; int pid; } and two data words.
+    let mut hdr: [u32; 2] = [0x2008_0522, 0];
+    let mut data = [0u32; 6];
+    // SAFETY: valid header and a data array of two `__user_cap_data_struct`s.
+    if unsafe { libc::syscall(libc::SYS_capget, hdr.as_mut_ptr(), data.as_mut_ptr()) } < 0 {
+        return Err(last("capget"));
+    }
+    for cap in drop {
+        let (word, bit) = ((cap / 32) as usize, cap % 32);
+        for set in 0..3 {
+            data[word * 3 + set] &= !(1u32 << bit);
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) } < 0 {
+        return Err(last("capset"));
+    }
+    Ok(())
+}
+
+/// Sets no_new_privs and installs the seccomp allowlist for this process and the
+/// threads it creates afterwards.
+pub fn install_seccomp() -> Result<(), Error> {
+    let prog = program();
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+    // SAFETY: plain prctl calls; `fprog` points to `prog`, alive for the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return Err(last("no_new_privs"));
+        }
+        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) < 0 {
+            return Err(last("seccomp filter"));
+        }
+    }
+    Ok(())
+}
+
+/// Drops capabilities, then installs no_new_privs and the seccomp allowlist.
+pub fn confine() -> Result<(), Error> {
+    drop_capabilities()?;
+    install_seccomp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_land_on_allow() {
+        let p = program();
+        let allow = p.len() - 1;
+        for (i, ins) in p.iter().enumerate().skip(4).take(ALLOWED.len()) {
+            assert_eq!(i + 1 + ins.jt as usize, allow);
+        }
+        assert!(p.len() < 200);
+    }
+
+    #[test]
+    fn filter_blocks_exec_and_sockets_in_a_child() {
+        // SAFETY: fork in a test; the child only makes system calls and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = install_seccomp().is_ok();
+            // SAFETY: plain system calls in the child.
+            let code = unsafe {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let e = libc::execve(c"/bin/true".as_ptr(), [std::ptr::null()].as_ptr(), [std::ptr::null()].as_ptr());
+                let io = libc::ioctl(0, libc::TIOCGWINSZ, [0u16; 4].as_mut_ptr());
+                if ok && s < 0 && e < 0 && io < 0 && libc::getpid() > 0 {
+                    0
+                } else {
+                    1
+                }
+            };
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: waiting for our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "status {st:#x}");
+    }
+}
