@@ -54,8 +54,12 @@ fn many_containers_at_once() {
         .map(|c| std::fs::read_link(format!("/proc/{}/ns/pid", c.pid())).unwrap())
         .collect();
     assert_eq!(pids.len(), N, "containers share pid namespaces");
-    let o = cs[0].exec(&[], &["ps", "-o", "comm"]);
-    assert_eq!(o.stdout.matches("sleep").count(), 1, "{o}");
+    // (sh may still be about to exec sleep: wait for it)
+    let one = wait_for(Duration::from_secs(10), || {
+        let o = cs[0].exec(&[], &["ps", "-o", "comm"]);
+        (o.stdout.matches("sleep").count() == 1).then_some(())
+    });
+    assert!(one.is_some(), "{}", cs[0].exec(&[], &["ps", "-o", "pid,comm"]));
     // tear down in parallel
     let hs: Vec<_> = cs
         .chunks(6)

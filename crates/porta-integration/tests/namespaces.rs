@@ -77,7 +77,8 @@ fn namespaces_not_asked_for_are_shared() {
 fn pid_namespace_ps_sees_only_container() {
     require_root!();
     let mut b = Bundle::new(&[]);
-    b.sh("sleep 100 & echo pid=$$; ps -o pid,comm");
+    // wait for the background child to exec sleep; `true` keeps sh from exec'ing ps
+    b.sh("sleep 100 & i=0; while [ $i -lt 50 ] && ! grep -q sleep /proc/[0-9]*/comm 2>/dev/null; do i=$((i+1)); sleep 0.05; done; echo pid=$$; ps -o pid,comm; true");
     let c = Container::new("ns-ps", b);
     let o = c.run();
     assert_eq!(o.code, 0, "{o}");
