@@ -157,3 +157,71 @@ fn exec_into_paused_container() {
     c.rt(&["resume", &c.id]).expect_ok();
     c.exec(&[], &["true"]).expect_ok();
 }
+
+#[test]
+fn additional_gids_and_no_new_privs() {
+    require_root!();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    let c = Container::new("ex-gids", b);
+    c.create_start();
+    let o = c.exec(&["--user", "1000:1000", "--additional-gids", "1001", "--additional-gids", "1002"], &["grep", "^Groups:", "/proc/self/status"]);
+    o.expect_ok();
+    let mut g: Vec<&str> = o.stdout.split_whitespace().skip(1).collect();
+    g.sort();
+    assert_eq!(g, ["1001", "1002"], "{o}");
+    let o = c.exec(&[], &["grep", "^NoNewPrivs:", "/proc/self/status"]);
+    assert!(o.stdout.contains('0'), "{o}");
+    let o = c.exec(&["--no-new-privs"], &["grep", "^NoNewPrivs:", "/proc/self/status"]);
+    assert!(o.stdout.contains('1'), "--no-new-privs not applied: {o}");
+}
+
+#[test]
+fn ignore_paused() {
+    require_root!();
+    let c = std::sync::Arc::new(running("ex-ignpaused"));
+    c.rt(&["pause", &c.id]).expect_ok();
+    // without --ignore-paused: refused at once
+    c.exec(&[], &["true"]).expect_fail();
+    // with it the exec is let in, but its process is frozen with the others until resume
+    let c2 = c.clone();
+    let h = std::thread::spawn(move || c2.exec(&["--ignore-paused"], &["echo", "ran-after-resume"]));
+    std::thread::sleep(Duration::from_millis(800));
+    c.rt(&["resume", &c.id]).expect_ok();
+    let o = h.join().unwrap();
+    o.expect_ok();
+    assert!(o.stdout.contains("ran-after-resume"), "{o}");
+}
+
+#[test]
+fn exec_preserve_fds() {
+    require_root!();
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let c = running("ex-preserve");
+    let mut f = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut f, b"exec-fd3-data\n").unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let raw = f.as_raw_fd();
+    let mut cmd = std::process::Command::new(runtime());
+    cmd.args(["--root", ROOT, "exec", "--preserve-fds", "1", &c.id, "sh", "-c", "cat <&3; ls /proc/self/fd | tr '\\n' ' '"])
+        .stdin(std::process::Stdio::null())
+        .stdout(out.reopen().unwrap());
+    unsafe {
+        cmd.pre_exec(move || {
+            let t = libc::fcntl(raw, libc::F_DUPFD, 10);
+            if t < 0 || libc::dup2(t, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(t);
+            Ok(())
+        });
+    }
+    let st = cmd.status().unwrap();
+    let text = std::fs::read_to_string(out.path()).unwrap();
+    assert!(st.success(), "{text}");
+    assert!(text.contains("exec-fd3-data"), "{text}");
+    let fds: Vec<u32> = text.lines().last().unwrap_or("").split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert!(fds.iter().all(|f| *f <= 4), "unexpected fds in exec: {fds:?}");
+}

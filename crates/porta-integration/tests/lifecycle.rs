@@ -530,3 +530,35 @@ fn porta_default_root_is_run_porta() {
     d.expect_ok();
     assert!(!std::path::Path::new("/run/porta").join(&id).exists());
 }
+
+#[test]
+fn update_cpu_flags() {
+    require_root!();
+    let c = Container::new("life-updcpu", Bundle::new(&["sleep", "100"]));
+    c.create_start();
+    let pid = c.pid();
+    c.rt(&["update", "--cpu-period", "100000", "--cpu-quota", "25000", "--cpu-share", "256", "--cpuset-cpus", "0", &c.id]).expect_ok();
+    if cgroup::is_unified() {
+        assert_eq!(cgroup::read(pid, "cpu", "cpu.max").as_deref(), Some("25000 100000"));
+    } else {
+        assert_eq!(cgroup::read(pid, "cpu", "cpu.cfs_quota_us").as_deref(), Some("25000"));
+        assert_eq!(cgroup::read(pid, "cpu", "cpu.shares").as_deref(), Some("256"));
+    }
+    assert_eq!(cgroup::read(pid, "cpuset", "cpuset.cpus").as_deref(), Some("0"));
+}
+
+#[test]
+fn commands_on_stopped_container() {
+    require_root!();
+    let c = Container::new("life-stoppedcmds", Bundle::new(&["true"]));
+    c.create_start();
+    c.wait_stopped(10);
+    c.start().expect_fail();
+    c.rt(&["pause", &c.id]).expect_fail();
+    c.rt(&["resume", &c.id]).expect_fail();
+    // the container is still listed as stopped until deleted
+    let v = rt(&["list", "--format", "json"]).json();
+    let me = v.as_array().unwrap().iter().find(|e| e["id"] == c.id.as_str()).cloned();
+    assert_eq!(me.map(|m| m["status"].clone()), Some(json!("stopped")));
+    c.delete().expect_ok();
+}
