@@ -83,7 +83,10 @@ impl Bundle {
             .prefix("b-")
             .tempdir_in(crate::BUNDLES)
             .expect("bundle dir");
-        Bundle { dir: Some(dir), config: default_config(args) }
+        Bundle {
+            dir: Some(dir),
+            config: default_config(args),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,7 +123,10 @@ impl Bundle {
         self.args(&["sh", "-c", script])
     }
     pub fn env(&mut self, kv: &str) -> &mut Self {
-        self.config["process"]["env"].as_array_mut().unwrap().push(json!(kv));
+        self.config["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!(kv));
         self
     }
     pub fn cwd(&mut self, cwd: &str) -> &mut Self {
@@ -202,7 +208,10 @@ impl Bundle {
         if let Some(p) = path {
             ns["path"] = json!(p);
         }
-        self.config["linux"]["namespaces"].as_array_mut().unwrap().push(ns);
+        self.config["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(ns);
         self
     }
     pub fn remove_namespace(&mut self, ty: &str) -> &mut Self {

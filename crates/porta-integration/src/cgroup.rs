@@ -44,5 +44,7 @@ pub fn dir_of(pid: i32, controller: &str) -> Option<PathBuf> {
 /// Reads a cgroup file of `pid` for `controller`, trimmed.
 pub fn read(pid: i32, controller: &str, file: &str) -> Option<String> {
     let d = dir_of(pid, controller)?;
-    std::fs::read_to_string(d.join(file)).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(d.join(file))
+        .ok()
+        .map(|s| s.trim().to_string())
 }

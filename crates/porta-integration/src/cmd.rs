@@ -185,7 +185,10 @@ impl Cmd {
         err_f.seek(SeekFrom::Start(0)).unwrap();
         let _ = err_f.read_to_string(&mut stderr);
         if timed_out {
-            stderr.push_str(&format!("\n[test harness: killed after {:?}]", self.timeout));
+            stderr.push_str(&format!(
+                "\n[test harness: killed after {:?}]",
+                self.timeout
+            ));
         }
         Out {
             code,

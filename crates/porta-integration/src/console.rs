@@ -39,7 +39,10 @@ impl ConsoleSocket {
                 }
             }
         });
-        ConsoleSocket { path, handle: Some(handle) }
+        ConsoleSocket {
+            path,
+            handle: Some(handle),
+        }
     }
 
     pub fn path_str(&self) -> String {
@@ -49,15 +52,21 @@ impl ConsoleSocket {
     /// Waits for the runtime to send the master; returns it and the name sent with it.
     pub fn master(mut self) -> io::Result<(Pty, String)> {
         let h = self.handle.take().unwrap();
-        let (fd, name) = h.join().map_err(|_| io::Error::other("receiver panicked"))??;
+        let (fd, name) = h
+            .join()
+            .map_err(|_| io::Error::other("receiver panicked"))??;
         Ok((Pty { f: File::from(fd) }, name))
     }
 }
 
 fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
     let mut data = vec![0u8; 65536];
-    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<[libc::c_int; 4]>() as u32) } as usize;
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    let space =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<[libc::c_int; 4]>() as u32) } as usize;
     let mut cbuf = vec![0u8; space];
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -85,8 +94,12 @@ fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
         }
     }
     let name = String::from_utf8_lossy(&data[..n as usize]).into_owned();
-    fd.map(|f| (f, name))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no fd in console-socket message"))
+    fd.map(|f| (f, name)).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no fd in console-socket message",
+        )
+    })
 }
 
 /// The pty master received from the runtime.
@@ -108,7 +121,11 @@ impl Pty {
             if left.is_zero() {
                 break;
             }
-            let mut pfd = libc::pollfd { fd: self.f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: self.f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
             if r <= 0 {
                 continue;

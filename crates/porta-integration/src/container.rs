@@ -137,8 +137,10 @@ impl Container {
     }
     /// Waits until the container's stdout contains `needle`.
     pub fn wait_output(&self, needle: &str, secs: u64) -> bool {
-        crate::wait_for(Duration::from_secs(secs), || self.output().contains(needle).then_some(()))
-            .is_some()
+        crate::wait_for(Duration::from_secs(secs), || {
+            self.output().contains(needle).then_some(())
+        })
+        .is_some()
     }
     pub fn kill(&self, sig: &str) -> Out {
         self.rt(&["kill", &self.id, sig])

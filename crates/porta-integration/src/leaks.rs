@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 pub fn mounts_matching(bad: &dyn Fn(&str) -> bool) -> Vec<String> {
     let mut seen_ns = std::collections::HashSet::new();
     let mut found = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else { return found };
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return found;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.bytes().all(|b| b.is_ascii_digit()) {
@@ -21,7 +23,9 @@ pub fn mounts_matching(bad: &dyn Fn(&str) -> bool) -> Vec<String> {
                 continue;
             }
         }
-        let Ok(text) = fs::read_to_string(e.path().join("mountinfo")) else { continue };
+        let Ok(text) = fs::read_to_string(e.path().join("mountinfo")) else {
+            continue;
+        };
         for l in text.lines() {
             if bad(l) {
                 found.push(format!("pid {name}: {l}"));
@@ -74,7 +78,9 @@ pub fn is_test_cgroup(name: &str) -> bool {
 pub fn processes_matching(bad: &dyn Fn(&str) -> bool) -> Vec<String> {
     let me = std::process::id().to_string();
     let mut found = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else { return found };
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return found;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
@@ -85,7 +91,9 @@ pub fn processes_matching(bad: &dyn Fn(&str) -> bool) -> Vec<String> {
         if !crate::pid_alive(name.parse().unwrap_or(0)) {
             continue;
         }
-        let root = fs::read_link(p.join("root")).map(|r| r.display().to_string()).unwrap_or_default();
+        let root = fs::read_link(p.join("root"))
+            .map(|r| r.display().to_string())
+            .unwrap_or_default();
         let cg = fs::read_to_string(p.join("cgroup")).unwrap_or_default();
         let cmdline = fs::read(p.join("cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
@@ -103,13 +111,19 @@ pub fn processes_matching(bad: &dyn Fn(&str) -> bool) -> Vec<String> {
 
 /// True for a process attribute (root path, cgroup file, command line) of a test container.
 pub fn is_test_process(s: &str) -> bool {
-    s.contains(crate::BUNDLES) || s.contains(&format!("/{}", crate::ID_PREFIX)) || s.contains(&format!(" {}", crate::ID_PREFIX))
+    s.contains(crate::BUNDLES)
+        || s.contains(&format!("/{}", crate::ID_PREFIX))
+        || s.contains(&format!(" {}", crate::ID_PREFIX))
 }
 
 /// Entries left in a state directory (missing directory = empty).
 pub fn state_entries(dir: &str) -> Vec<String> {
     fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path().display().to_string()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -120,9 +134,21 @@ pub fn check(ids: &[String], bundles: &[String]) -> Vec<String> {
     let id_hit = |s: &str| ids.iter().any(|id| s.contains(id.as_str()));
     let b_hit = |s: &str| bundles.iter().any(|b| s.contains(b.as_str()));
     if ids.is_empty() {
-        out.extend(mounts_matching(&is_test_mount).into_iter().map(|m| format!("mount: {m}")));
-        out.extend(cgroups_matching(&is_test_cgroup).into_iter().map(|c| format!("cgroup: {}", c.display())));
-        out.extend(processes_matching(&is_test_process).into_iter().map(|p| format!("process: {p}")));
+        out.extend(
+            mounts_matching(&is_test_mount)
+                .into_iter()
+                .map(|m| format!("mount: {m}")),
+        );
+        out.extend(
+            cgroups_matching(&is_test_cgroup)
+                .into_iter()
+                .map(|c| format!("cgroup: {}", c.display())),
+        );
+        out.extend(
+            processes_matching(&is_test_process)
+                .into_iter()
+                .map(|p| format!("process: {p}")),
+        );
         for d in [crate::ROOT, "/run/porta"] {
             out.extend(state_entries(d).into_iter().map(|e| format!("state: {e}")));
         }

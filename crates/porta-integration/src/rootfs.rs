@@ -54,7 +54,19 @@ fn build(dir: &Path) -> io::Result<()> {
             format!("{BUSYBOX} missing or not static: install busybox-static (scripts/deps.sh)"),
         ));
     }
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "home/tester", "var", "run", "mnt"] {
+    for d in [
+        "bin",
+        "etc",
+        "tmp",
+        "proc",
+        "sys",
+        "dev",
+        "root",
+        "home/tester",
+        "var",
+        "run",
+        "mnt",
+    ] {
         fs::create_dir_all(dir.join(d))?;
     }
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;

@@ -12,7 +12,10 @@ fn expect_error(o: &Out, names: &[&str]) {
     o.expect_fail();
     if is_porta() {
         for n in names {
-            assert!(o.stderr.contains(n), "error message does not name {n:?}: {o}");
+            assert!(
+                o.stderr.contains(n),
+                "error message does not name {n:?}: {o}"
+            );
         }
         assert!(!o.stderr.contains("panicked"), "the runtime panicked: {o}");
     }
@@ -22,8 +25,14 @@ fn expect_error(o: &Out, names: &[&str]) {
 fn assert_nothing_left(c: &Container) {
     let ids = [c.id.clone()];
     let bundles = [c.bundle.path_str()];
-    let ok = wait_for(Duration::from_secs(5), || leaks::check(&ids, &bundles).is_empty().then_some(()));
-    assert!(ok.is_some(), "left behind: {:?}", leaks::check(&ids, &bundles));
+    let ok = wait_for(Duration::from_secs(5), || {
+        leaks::check(&ids, &bundles).is_empty().then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "left behind: {:?}",
+        leaks::check(&ids, &bundles)
+    );
     let l = rt(&["list", "-q"]);
     assert!(!l.stdout.lines().any(|x| x.trim() == c.id), "{l}");
 }
@@ -67,11 +76,31 @@ fn truncated_config() {
 #[test]
 fn wrong_types() {
     require_root!();
-    create_with_config("bad-type1", |b| b.config["process"]["args"] = json!("sh"), &["args"]);
-    create_with_config("bad-type2", |b| b.config["process"]["user"]["uid"] = json!("root"), &["uid"]);
-    create_with_config("bad-type3", |b| b.config["linux"]["namespaces"] = json!({"type": "pid"}), &["namespaces"]);
-    create_with_config("bad-type4", |b| b.config["mounts"][0]["destination"] = json!(42), &["destination"]);
-    create_with_config("bad-type5", |b| b.config["process"]["rlimits"][0]["hard"] = json!(-1), &["hard"]);
+    create_with_config(
+        "bad-type1",
+        |b| b.config["process"]["args"] = json!("sh"),
+        &["args"],
+    );
+    create_with_config(
+        "bad-type2",
+        |b| b.config["process"]["user"]["uid"] = json!("root"),
+        &["uid"],
+    );
+    create_with_config(
+        "bad-type3",
+        |b| b.config["linux"]["namespaces"] = json!({"type": "pid"}),
+        &["namespaces"],
+    );
+    create_with_config(
+        "bad-type4",
+        |b| b.config["mounts"][0]["destination"] = json!(42),
+        &["destination"],
+    );
+    create_with_config(
+        "bad-type5",
+        |b| b.config["process"]["rlimits"][0]["hard"] = json!(-1),
+        &["hard"],
+    );
 }
 
 #[test]
@@ -84,7 +113,11 @@ fn missing_process_args() {
         },
         &["args"],
     );
-    create_with_config("bad-emptyargs", |b| b.config["process"]["args"] = json!([]), &["args"]);
+    create_with_config(
+        "bad-emptyargs",
+        |b| b.config["process"]["args"] = json!([]),
+        &["args"],
+    );
 }
 
 #[test]
@@ -132,7 +165,10 @@ fn unknown_capability() {
     b.capabilities(&["CAP_KILL", "CAP_PIT_BOGUS"]);
     let c = Container::new("bad-cap", b);
     let o = c.create();
-    assert!(o.stderr.contains("CAP_PIT_BOGUS"), "unknown capability not named: {o}");
+    assert!(
+        o.stderr.contains("CAP_PIT_BOGUS"),
+        "unknown capability not named: {o}"
+    );
     if o.ok() {
         c.rt(&["delete", "--force", &c.id]).expect_ok();
     }
@@ -142,7 +178,11 @@ fn unknown_capability() {
 #[test]
 fn missing_rootfs() {
     require_root!();
-    create_with_config("bad-rootfs", |b| b.config["root"]["path"] = json!("no-such-rootfs"), &["no-such-rootfs"]);
+    create_with_config(
+        "bad-rootfs",
+        |b| b.config["root"]["path"] = json!("no-such-rootfs"),
+        &["no-such-rootfs"],
+    );
 }
 
 #[test]
@@ -260,7 +300,11 @@ fn update_with_bad_json() {
     require_root!();
     let c = Container::new("bad-update", Bundle::new(&["sleep", "100"]));
     c.create_start();
-    let o = c.cmd().args(["update", "-r", "-", &c.id]).stdin("{ not json").run();
+    let o = c
+        .cmd()
+        .args(["update", "-r", "-", &c.id])
+        .stdin("{ not json")
+        .run();
     o.expect_fail();
     assert_eq!(c.status().as_deref(), Some("running"));
 }

@@ -17,7 +17,10 @@ fn pids_limit_stops_fork() {
     let pid = c.pid();
     assert_eq!(cgroup::read(pid, "pids", "pids.max").as_deref(), Some("10"));
     assert!(c.wait_output("loop-done", 20), "{}", c.output());
-    let cur: u64 = cgroup::read(pid, "pids", "pids.current").unwrap().parse().unwrap();
+    let cur: u64 = cgroup::read(pid, "pids", "pids.current")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(cur <= 10, "pids.current {cur} above the limit");
     let out = c.output();
     assert!(
@@ -28,13 +31,16 @@ fn pids_limit_stops_fork() {
 }
 
 fn oom_kills(pid: i32) -> Option<u64> {
-    let (file, key) = if cgroup::is_unified() { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };
+    let (file, key) = if cgroup::is_unified() {
+        ("memory.events", "oom_kill")
+    } else {
+        ("memory.oom_control", "oom_kill")
+    };
     let text = cgroup::read(pid, "memory", file)?;
-    text.lines()
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some(key)).then(|| w.next().and_then(|v| v.parse().ok()).unwrap_or(0))
-        })
+    text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some(key)).then(|| w.next().and_then(|v| v.parse().ok()).unwrap_or(0))
+    })
 }
 
 #[test]
@@ -54,13 +60,31 @@ fn memory_limit_ends_a_hog() {
         cgroup::read(pid, "memory", "memory.limit_in_bytes")
     };
     assert_eq!(lim, Some(limit.to_string()));
-    assert!(c.wait_output("awk-exit=", 60), "hog still running: {}", c.output());
+    assert!(
+        c.wait_output("awk-exit=", 60),
+        "hog still running: {}",
+        c.output()
+    );
     let out = c.output();
-    assert!(out.contains("awk-exit=137"), "hog not killed by SIGKILL: {out}");
+    assert!(
+        out.contains("awk-exit=137"),
+        "hog not killed by SIGKILL: {out}"
+    );
     assert!(!out.contains("survived"), "{out}");
     if let Some(n) = oom_kills(pid) {
-        let text = cgroup::read(pid, "memory", if cgroup::is_unified() { "memory.events" } else { "memory.oom_control" });
-        assert!(n >= 1, "no OOM kill recorded in the container's memory cgroup: {text:?}");
+        let text = cgroup::read(
+            pid,
+            "memory",
+            if cgroup::is_unified() {
+                "memory.events"
+            } else {
+                "memory.oom_control"
+            },
+        );
+        assert!(
+            n >= 1,
+            "no OOM kill recorded in the container's memory cgroup: {text:?}"
+        );
     }
     c.rt(&["delete", "--force", &c.id]).expect_ok();
 }
@@ -69,7 +93,10 @@ fn memory_limit_ends_a_hog() {
 fn memory_limit_kills_init_hog_run_exit_137() {
     require_root!();
     let limit = 24u64 << 20;
-    let mut b = Bundle::new(&["awk", "BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (length(s) < 1073741824) s = s s }"]);
+    let mut b = Bundle::new(&[
+        "awk",
+        "BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (length(s) < 1073741824) s = s s }",
+    ]);
     b.resources(json!({"memory": {"limit": limit, "swap": limit}}));
     let c = Container::new("cg-mem2", b);
     let o = c.run();
@@ -80,22 +107,48 @@ fn memory_limit_kills_init_hog_run_exit_137() {
 fn cpu_and_cpuset_values() {
     require_root!();
     let mut b = Bundle::new(&["sleep", "100"]);
-    b.resources(json!({"cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"}}));
+    b.resources(
+        json!({"cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"}}),
+    );
     let c = Container::new("cg-cpu", b);
     c.create_start();
     let pid = c.pid();
     if cgroup::is_unified() {
-        assert_eq!(cgroup::read(pid, "cpu", "cpu.max").as_deref(), Some("50000 100000"));
-        assert_eq!(cgroup::read(pid, "cpuset", "cpuset.cpus").as_deref(), Some("0"));
+        assert_eq!(
+            cgroup::read(pid, "cpu", "cpu.max").as_deref(),
+            Some("50000 100000")
+        );
+        assert_eq!(
+            cgroup::read(pid, "cpuset", "cpuset.cpus").as_deref(),
+            Some("0")
+        );
     } else {
-        assert_eq!(cgroup::read(pid, "cpu", "cpu.shares").as_deref(), Some("512"));
-        assert_eq!(cgroup::read(pid, "cpu", "cpu.cfs_quota_us").as_deref(), Some("50000"));
-        assert_eq!(cgroup::read(pid, "cpu", "cpu.cfs_period_us").as_deref(), Some("100000"));
-        assert_eq!(cgroup::read(pid, "cpuset", "cpuset.cpus").as_deref(), Some("0"));
-        assert_eq!(cgroup::read(pid, "cpuset", "cpuset.mems").as_deref(), Some("0"));
+        assert_eq!(
+            cgroup::read(pid, "cpu", "cpu.shares").as_deref(),
+            Some("512")
+        );
+        assert_eq!(
+            cgroup::read(pid, "cpu", "cpu.cfs_quota_us").as_deref(),
+            Some("50000")
+        );
+        assert_eq!(
+            cgroup::read(pid, "cpu", "cpu.cfs_period_us").as_deref(),
+            Some("100000")
+        );
+        assert_eq!(
+            cgroup::read(pid, "cpuset", "cpuset.cpus").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            cgroup::read(pid, "cpuset", "cpuset.mems").as_deref(),
+            Some("0")
+        );
     }
     let allowed = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let l = allowed.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+    let l = allowed
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))
+        .unwrap();
     assert_eq!(l.split_whitespace().nth(1), Some("0"), "{l}");
 }
 
@@ -112,7 +165,12 @@ fn cgroups_path_absolute_nested() {
     let pid = c.pid();
     let dir = cgroup::dir_of(pid, "pids").unwrap();
     assert!(dir.ends_with(format!("{parent}/{id}")), "{}", dir.display());
-    assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap().trim(), "33");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pids.max"))
+            .unwrap()
+            .trim(),
+        "33"
+    );
     c.rt(&["delete", "--force", &c.id]).expect_ok();
     assert!(
         wait_for(Duration::from_secs(5), || (!dir.exists()).then_some(())).is_some(),
@@ -135,7 +193,11 @@ fn processes_stay_in_container_cgroup() {
     c.create_start();
     let pid = c.pid();
     let dir = cgroup::dir_of(pid, "pids").unwrap();
-    assert!(dir.display().to_string().contains(&c.id), "cgroup not named after the id: {}", dir.display());
+    assert!(
+        dir.display().to_string().contains(&c.id),
+        "cgroup not named after the id: {}",
+        dir.display()
+    );
     let procs = wait_for(Duration::from_secs(5), || {
         let p = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         (p.lines().count() >= 2).then_some(p)

@@ -40,11 +40,16 @@ fn build_image(dir: &Path) -> PathBuf {
     rootfs::tar_to(&layer).unwrap();
     let (ld, ls) = add_blob(&img, &layer);
     let cfg = dir.join("config.json");
-    std::fs::write(&cfg, serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [ld]}
-    })).unwrap()).unwrap();
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [ld]}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
     let (cd, cs) = add_blob(&img, &cfg);
     let man = dir.join("manifest.json");
     std::fs::write(&man, serde_json::to_vec(&json!({
@@ -61,14 +66,28 @@ fn build_image(dir: &Path) -> PathBuf {
     })).unwrap()).unwrap();
     std::fs::write(img.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let tar = dir.join("image.tar");
-    cmd::host("tar", &["-C", img.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]).expect_ok();
+    cmd::host(
+        "tar",
+        &[
+            "-C",
+            img.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
+    )
+    .expect_ok();
     tar
 }
 
 impl Containerd {
     fn start() -> Containerd {
         std::fs::create_dir_all(BUNDLES).unwrap();
-        let dir = tempfile::Builder::new().prefix("ctrd-").tempdir_in(BUNDLES).unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("ctrd-")
+            .tempdir_in(BUNDLES)
+            .unwrap()
+            .keep();
         let d = dir.display();
         let cfg = format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
@@ -88,8 +107,16 @@ impl Containerd {
             .expect("start containerd");
         let sock = dir.join("c.sock");
         let up = wait_for(Duration::from_secs(30), || sock.exists().then_some(()));
-        let me = Containerd { dir, child, had_run_dir };
-        assert!(up.is_some(), "containerd did not come up: {}", std::fs::read_to_string(me.dir.join("containerd.log")).unwrap_or_default());
+        let me = Containerd {
+            dir,
+            child,
+            had_run_dir,
+        };
+        assert!(
+            up.is_some(),
+            "containerd did not come up: {}",
+            std::fs::read_to_string(me.dir.join("containerd.log")).unwrap_or_default()
+        );
         me
     }
     fn ctr(&self) -> Cmd {
@@ -117,7 +144,9 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.ctr().args(["images", "rm", IMAGE]).run();
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let gone = wait_for(Duration::from_secs(10), || self.child.try_wait().ok().flatten());
+        let gone = wait_for(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
         if gone.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -134,11 +163,18 @@ impl Drop for Containerd {
             let c = std::ffi::CString::new(m.as_str()).unwrap();
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
-        if !std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&d) {
+        if !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .contains(&d)
+        {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
         if !self.had_run_dir {
-            for p in ["/run/containerd/fifo", "/run/containerd/s", "/run/containerd"] {
+            for p in [
+                "/run/containerd/fifo",
+                "/run/containerd/s",
+                "/run/containerd",
+            ] {
                 let _ = std::fs::remove_dir(p); // only when empty
             }
         }
@@ -154,34 +190,81 @@ fn containerd_end_to_end() {
     }
     let cd = Containerd::start();
     let tar = build_image(&cd.dir);
-    cd.ctr().args(["images", "import", "--snapshotter", "native"]).arg(&tar).run().expect_ok();
+    cd.ctr()
+        .args(["images", "import", "--snapshotter", "native"])
+        .arg(&tar)
+        .run()
+        .expect_ok();
 
     // run --rm in the foreground
     let id = unique_id("ctr-run");
-    let o = cd.ctr().args(["run", "--rm"]).args(cd.run_opts()).args([IMAGE, &id, "echo", "hi-from-ctr"]).run();
+    let o = cd
+        .ctr()
+        .args(["run", "--rm"])
+        .args(cd.run_opts())
+        .args([IMAGE, &id, "echo", "hi-from-ctr"])
+        .run();
     o.expect_ok();
     assert!(o.stdout.contains("hi-from-ctr"), "{o}");
 
     // exit code
     let id = unique_id("ctr-exit");
-    let o = cd.ctr().args(["run", "--rm"]).args(cd.run_opts()).args([IMAGE, &id, "sh", "-c", "exit 4"]).run();
+    let o = cd
+        .ctr()
+        .args(["run", "--rm"])
+        .args(cd.run_opts())
+        .args([IMAGE, &id, "sh", "-c", "exit 4"])
+        .run();
     assert_eq!(o.code, 4, "{o}");
 
     // a detached task: exec, kill, delete
     let id = unique_id("ctr-task");
-    cd.ctr().args(["run", "-d"]).args(cd.run_opts()).args([IMAGE, &id, "sleep", "1000"]).run().expect_ok();
+    cd.ctr()
+        .args(["run", "-d"])
+        .args(cd.run_opts())
+        .args([IMAGE, &id, "sleep", "1000"])
+        .run()
+        .expect_ok();
     let o = cd.ctr().args(["task", "ls"]).run();
-    assert!(o.stdout.lines().any(|l| l.starts_with(&id) && l.contains("RUNNING")), "{o}");
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("RUNNING")),
+        "{o}"
+    );
     let fifo = cd.dir.join("fifo").display().to_string();
-    let o = cd.ctr().args(["task", "exec", "--fifo-dir", &fifo, "--exec-id", "e1", &id, "sh", "-c", "echo exec-ok; ps -o comm"]).run();
+    let o = cd
+        .ctr()
+        .args([
+            "task",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            "e1",
+            &id,
+            "sh",
+            "-c",
+            "echo exec-ok; ps -o comm",
+        ])
+        .run();
     o.expect_ok();
-    assert!(o.stdout.contains("exec-ok") && o.stdout.contains("sleep"), "{o}");
+    assert!(
+        o.stdout.contains("exec-ok") && o.stdout.contains("sleep"),
+        "{o}"
+    );
     let o = cd.ctr().args(["task", "ps", &id]).run();
     o.expect_ok();
-    cd.ctr().args(["task", "kill", "-s", "KILL", &id]).run().expect_ok();
+    cd.ctr()
+        .args(["task", "kill", "-s", "KILL", &id])
+        .run()
+        .expect_ok();
     let stopped = wait_for(Duration::from_secs(20), || {
         let o = cd.ctr().args(["task", "ls"]).run();
-        o.stdout.lines().any(|l| l.starts_with(&id) && l.contains("STOPPED")).then_some(())
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+            .then_some(())
     });
     assert!(stopped.is_some(), "task not stopped after kill");
     cd.ctr().args(["task", "rm", &id]).run().expect_ok();
@@ -190,8 +273,16 @@ fn containerd_end_to_end() {
     assert!(o.stdout.trim().is_empty(), "{o}");
     // the runtime's state under its root is gone
     let rr = cd.dir.join("rr/pit");
-    assert!(leaks::state_entries(rr.to_str().unwrap()).is_empty(), "{:?}", leaks::state_entries(rr.to_str().unwrap()));
+    assert!(
+        leaks::state_entries(rr.to_str().unwrap()).is_empty(),
+        "{:?}",
+        leaks::state_entries(rr.to_str().unwrap())
+    );
     let dir = cd.dir.clone();
     drop(cd);
-    assert!(!dir.exists(), "containerd's private directory could not be removed: {}", dir.display());
+    assert!(
+        !dir.exists(),
+        "containerd's private directory could not be removed: {}",
+        dir.display()
+    );
 }

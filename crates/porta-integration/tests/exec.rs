@@ -23,7 +23,14 @@ fn inline_args_and_exit_code() {
     assert!(o.stderr.contains("to-err"), "{o}");
     // the exec'd process is in the container's namespaces and sees its root
     let init = c.pid();
-    let o = c.exec(&[], &["sh", "-c", "for n in pid mnt net; do readlink /proc/self/ns/$n; done; cat /etc/hostname"]);
+    let o = c.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "for n in pid mnt net; do readlink /proc/self/ns/$n; done; cat /etc/hostname",
+        ],
+    );
     o.expect_ok();
     let l: Vec<&str> = o.stdout.lines().collect();
     for (i, n) in ["pid", "mnt", "net"].iter().enumerate() {
@@ -37,7 +44,11 @@ fn inline_args_and_exit_code() {
 fn exec_stdin_is_passed() {
     require_root!();
     let c = running("ex-stdin");
-    let o = c.cmd().args(["exec", &c.id, "sh", "-c", "read x; echo got:$x"]).stdin("line-in\n").run();
+    let o = c
+        .cmd()
+        .args(["exec", &c.id, "sh", "-c", "read x; echo got:$x"])
+        .stdin("line-in\n")
+        .run();
     o.expect_ok();
     assert_eq!(o.stdout.trim(), "got:line-in", "{o}");
 }
@@ -67,8 +78,19 @@ fn process_file() {
 fn env_cwd_user() {
     require_root!();
     let c = running("ex-opts");
-    let o = c.exec(&["--env", "PIT_A=1", "--env", "PIT_B=two words", "--cwd", "/etc", "--user", "1000:1001"],
-        &["sh", "-c", "echo $PIT_A; echo $PIT_B; pwd; id -u; id -g"]);
+    let o = c.exec(
+        &[
+            "--env",
+            "PIT_A=1",
+            "--env",
+            "PIT_B=two words",
+            "--cwd",
+            "/etc",
+            "--user",
+            "1000:1001",
+        ],
+        &["sh", "-c", "echo $PIT_A; echo $PIT_B; pwd; id -u; id -g"],
+    );
     o.expect_ok();
     let l: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(l, ["1", "two words", "/etc", "1000", "1001"], "{o}");
@@ -85,12 +107,19 @@ fn cap_adds_a_capability() {
     require_root!();
     let c = running("ex-cap");
     let eff = |o: &Out| {
-        let l = o.stdout.lines().find(|l| l.starts_with("CapEff:")).unwrap_or_else(|| panic!("{o}"));
+        let l = o
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("CapEff:"))
+            .unwrap_or_else(|| panic!("{o}"));
         u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap()
     };
     let o = c.exec(&[], &["grep", "CapEff", "/proc/self/status"]);
     assert_eq!(eff(&o) & (1 << 13), 0, "{o}");
-    let o = c.exec(&["--cap", "CAP_NET_RAW"], &["grep", "CapEff", "/proc/self/status"]);
+    let o = c.exec(
+        &["--cap", "CAP_NET_RAW"],
+        &["grep", "CapEff", "/proc/self/status"],
+    );
     o.expect_ok();
     assert_ne!(eff(&o) & (1 << 13), 0, "--cap CAP_NET_RAW not granted: {o}");
 }
@@ -102,11 +131,24 @@ fn detach_and_pid_file() {
     let pf = c.bundle.file("exec.pid");
     let o = c
         .cmd()
-        .args(["exec", "--detach", "--pid-file", pf.to_str().unwrap(), &c.id, "sh", "-c", "echo detached > /tmp/d; sleep 30"])
+        .args([
+            "exec",
+            "--detach",
+            "--pid-file",
+            pf.to_str().unwrap(),
+            &c.id,
+            "sh",
+            "-c",
+            "echo detached > /tmp/d; sleep 30",
+        ])
         .timeout(Duration::from_secs(20))
         .run();
     o.expect_ok();
-    let pid: i32 = std::fs::read_to_string(&pf).expect("pid file").trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pf)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .unwrap();
     assert!(pid_alive(pid), "exec'd process {pid} not running");
     let f = c.bundle.rootfs().join("tmp/d");
     assert!(wait_for(Duration::from_secs(10), || f.exists().then_some(())).is_some());
@@ -116,7 +158,13 @@ fn detach_and_pid_file() {
         std::fs::read_link(format!("/proc/{}/ns/pid", c.pid())).unwrap()
     );
     let ps = c.rt(&["ps", "--format", "json", &c.id]).json();
-    assert!(ps.as_array().unwrap().iter().any(|p| p.as_i64() == Some(pid as i64)), "{ps}");
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_i64() == Some(pid as i64)),
+        "{ps}"
+    );
 }
 
 #[test]
@@ -126,7 +174,17 @@ fn tty_with_console_socket() {
     let sock = ConsoleSocket::new(c.bundle.path());
     let o = c
         .cmd()
-        .args(["exec", "--tty", "--detach", "--console-socket", &sock.path_str(), &c.id, "sh", "-c", "tty; read l; echo got-$l; sleep 0.2"])
+        .args([
+            "exec",
+            "--tty",
+            "--detach",
+            "--console-socket",
+            &sock.path_str(),
+            &c.id,
+            "sh",
+            "-c",
+            "tty; read l; echo got-$l; sleep 0.2",
+        ])
         .run();
     o.expect_ok();
     let (mut pty, _name) = sock.master().expect("pty master over the console socket");
@@ -165,14 +223,27 @@ fn additional_gids_and_no_new_privs() {
     b.config["process"]["noNewPrivileges"] = json!(false);
     let c = Container::new("ex-gids", b);
     c.create_start();
-    let o = c.exec(&["--user", "1000:1000", "--additional-gids", "1001", "--additional-gids", "1002"], &["grep", "^Groups:", "/proc/self/status"]);
+    let o = c.exec(
+        &[
+            "--user",
+            "1000:1000",
+            "--additional-gids",
+            "1001",
+            "--additional-gids",
+            "1002",
+        ],
+        &["grep", "^Groups:", "/proc/self/status"],
+    );
     o.expect_ok();
     let mut g: Vec<&str> = o.stdout.split_whitespace().skip(1).collect();
     g.sort();
     assert_eq!(g, ["1001", "1002"], "{o}");
     let o = c.exec(&[], &["grep", "^NoNewPrivs:", "/proc/self/status"]);
     assert!(o.stdout.contains('0'), "{o}");
-    let o = c.exec(&["--no-new-privs"], &["grep", "^NoNewPrivs:", "/proc/self/status"]);
+    let o = c.exec(
+        &["--no-new-privs"],
+        &["grep", "^NoNewPrivs:", "/proc/self/status"],
+    );
     assert!(o.stdout.contains('1'), "--no-new-privs not applied: {o}");
 }
 
@@ -185,7 +256,8 @@ fn ignore_paused() {
     c.exec(&[], &["true"]).expect_fail();
     // with it the exec is let in, but its process is frozen with the others until resume
     let c2 = c.clone();
-    let h = std::thread::spawn(move || c2.exec(&["--ignore-paused"], &["echo", "ran-after-resume"]));
+    let h =
+        std::thread::spawn(move || c2.exec(&["--ignore-paused"], &["echo", "ran-after-resume"]));
     std::thread::sleep(Duration::from_millis(800));
     c.rt(&["resume", &c.id]).expect_ok();
     let o = h.join().unwrap();
@@ -205,9 +277,19 @@ fn exec_preserve_fds() {
     let out = tempfile::NamedTempFile::new().unwrap();
     let raw = f.as_raw_fd();
     let mut cmd = std::process::Command::new(runtime());
-    cmd.args(["--root", ROOT, "exec", "--preserve-fds", "1", &c.id, "sh", "-c", "cat <&3; ls /proc/self/fd | tr '\\n' ' '"])
-        .stdin(std::process::Stdio::null())
-        .stdout(out.reopen().unwrap());
+    cmd.args([
+        "--root",
+        ROOT,
+        "exec",
+        "--preserve-fds",
+        "1",
+        &c.id,
+        "sh",
+        "-c",
+        "cat <&3; ls /proc/self/fd | tr '\\n' ' '",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(out.reopen().unwrap());
     unsafe {
         cmd.pre_exec(move || {
             let t = libc::fcntl(raw, libc::F_DUPFD, 10);
@@ -222,6 +304,15 @@ fn exec_preserve_fds() {
     let text = std::fs::read_to_string(out.path()).unwrap();
     assert!(st.success(), "{text}");
     assert!(text.contains("exec-fd3-data"), "{text}");
-    let fds: Vec<u32> = text.lines().last().unwrap_or("").split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    assert!(fds.iter().all(|f| *f <= 4), "unexpected fds in exec: {fds:?}");
+    let fds: Vec<u32> = text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(
+        fds.iter().all(|f| *f <= 4),
+        "unexpected fds in exec: {fds:?}"
+    );
 }

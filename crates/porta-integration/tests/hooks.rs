@@ -16,7 +16,8 @@ fn save_hook(file: &std::path::Path, name: &str, order: &std::path::Path) -> Val
 }
 
 fn read_state(path: &std::path::Path) -> Value {
-    let t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("hook did not write {}: {e}", path.display()));
+    let t = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("hook did not write {}: {e}", path.display()));
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {t}", path.display()))
 }
 
@@ -25,7 +26,13 @@ fn every_hook_runs_with_state_on_stdin() {
     require_root!();
     let mut b = Bundle::new(&["sleep", "1"]);
     let order = b.file("order");
-    for name in ["prestart", "createRuntime", "createContainer", "poststart", "poststop"] {
+    for name in [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "poststart",
+        "poststop",
+    ] {
         let f = b.file(&format!("hook-{name}.json"));
         let h = save_hook(&f, name, &order);
         b.hook(name, h);
@@ -50,11 +57,20 @@ fn every_hook_runs_with_state_on_stdin() {
     // The runtime spec runs poststart after start; runc 1.1 runs it at the end of
     // create. Porta must follow the spec.
     if is_porta() {
-        assert!(!c.bundle.file("hook-poststart.json").exists(), "poststart ran before start");
+        assert!(
+            !c.bundle.file("hook-poststart.json").exists(),
+            "poststart ran before start"
+        );
     } else if c.bundle.file("hook-poststart.json").exists() {
-        eprintln!("NOTE: {} ran poststart during create (runc 1.1 does)", runtime().display());
+        eprintln!(
+            "NOTE: {} ran poststart during create (runc 1.1 does)",
+            runtime().display()
+        );
     }
-    assert!(!c.bundle.rootfs().join("hook-startContainer.json").exists(), "startContainer ran before start");
+    assert!(
+        !c.bundle.rootfs().join("hook-startContainer.json").exists(),
+        "startContainer ran before start"
+    );
     c.start().expect_ok();
     let st = read_state(&c.bundle.rootfs().join("hook-startContainer.json"));
     assert_eq!(st["id"], c.id.as_str(), "startContainer: {st}");
@@ -62,12 +78,20 @@ fn every_hook_runs_with_state_on_stdin() {
     assert_eq!(st["id"], c.id.as_str(), "poststart: {st}");
     assert!(st["pid"].as_i64().unwrap_or(0) > 0, "poststart: {st}");
     c.wait_stopped(20);
-    assert!(!c.bundle.file("hook-poststop.json").exists(), "poststop ran before delete");
+    assert!(
+        !c.bundle.file("hook-poststop.json").exists(),
+        "poststop ran before delete"
+    );
     c.delete().expect_ok();
     let st = read_state(&c.bundle.file("hook-poststop.json"));
     assert_eq!(st["id"], c.id.as_str(), "poststop: {st}");
     let order = std::fs::read_to_string(c.bundle.file("order")).unwrap();
-    let pos = |n: &str| order.lines().position(|l| l == n).unwrap_or_else(|| panic!("{n} missing in {order}"));
+    let pos = |n: &str| {
+        order
+            .lines()
+            .position(|l| l == n)
+            .unwrap_or_else(|| panic!("{n} missing in {order}"))
+    };
     assert!(pos("prestart") < pos("createContainer"), "{order}");
     assert!(pos("createRuntime") < pos("createContainer"), "{order}");
     assert!(pos("createContainer") < pos("poststart"), "{order}");
@@ -94,7 +118,10 @@ fn failing_hook_fails_create_and_leaves_nothing() {
     require_root!();
     for kind in ["prestart", "createRuntime", "createContainer"] {
         let mut b = Bundle::new(&["sleep", "100"]);
-        b.hook(kind, json!({"path": "/bin/sh", "args": ["sh", "-c", "echo hook-says-no >&2; exit 3"]}));
+        b.hook(
+            kind,
+            json!({"path": "/bin/sh", "args": ["sh", "-c", "echo hook-says-no >&2; exit 3"]}),
+        );
         let c = Container::new("hook-fail", b);
         let o = c.create();
         o.expect_fail();
@@ -106,7 +133,10 @@ fn failing_hook_fails_create_and_leaves_nothing() {
 fn failing_start_container_hook_fails_start() {
     require_root!();
     let mut b = Bundle::new(&["sh", "-c", "echo payload-ran"]);
-    b.hook("startContainer", json!({"path": "/bin/sh", "args": ["sh", "-c", "exit 4"]}));
+    b.hook(
+        "startContainer",
+        json!({"path": "/bin/sh", "args": ["sh", "-c", "exit 4"]}),
+    );
     let c = Container::new("hook-failsc", b);
     let o = c.create();
     if !o.ok() {
@@ -118,19 +148,29 @@ fn failing_start_container_hook_fails_start() {
     // either way the payload must not run and the container must end stopped
     let _ = c.start();
     c.wait_stopped(20);
-    assert!(!c.output().contains("payload-ran"), "the process ran despite the failing hook");
+    assert!(
+        !c.output().contains("payload-ran"),
+        "the process ran despite the failing hook"
+    );
 }
 
 #[test]
 fn hook_timeout() {
     require_root!();
     let mut b = Bundle::new(&["sleep", "100"]);
-    b.hook("createRuntime", json!({"path": "/bin/sh", "args": ["sh", "-c", "exec sleep 60"], "timeout": 1}));
+    b.hook(
+        "createRuntime",
+        json!({"path": "/bin/sh", "args": ["sh", "-c", "exec sleep 60"], "timeout": 1}),
+    );
     let c = Container::new("hook-timeout", b);
     let t = Instant::now();
     let o = c.create();
     o.expect_fail();
-    assert!(t.elapsed() < Duration::from_secs(20), "create took {:?} with a 1 s hook timeout", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "create took {:?} with a 1 s hook timeout",
+        t.elapsed()
+    );
     assert_nothing_left(&c);
 }
 
@@ -147,14 +187,26 @@ fn missing_hook_binary_fails_create() {
 #[test]
 fn hook_timeout_with_child_holding_stdio() {
     require_root!();
-    porta_only!("runc 1.1 kills the hook but then waits for its child, which holds the hook's stdout");
+    porta_only!(
+        "runc 1.1 kills the hook but then waits for its child, which holds the hook's stdout"
+    );
     let mut b = Bundle::new(&["sleep", "100"]);
-    b.hook("createRuntime", json!({"path": "/bin/sh", "args": ["sh", "-c", "sleep 60; true"], "timeout": 1}));
+    b.hook(
+        "createRuntime",
+        json!({"path": "/bin/sh", "args": ["sh", "-c", "sleep 60; true"], "timeout": 1}),
+    );
     let c = Container::new("hook-timeout2", b);
     let t = Instant::now();
     let o = c.create();
     o.expect_fail();
-    assert!(t.elapsed() < Duration::from_secs(20), "create took {:?} with a 1 s hook timeout", t.elapsed());
-    assert!(o.stderr.contains("timeout") || o.stderr.contains("timed out"), "{o}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "create took {:?} with a 1 s hook timeout",
+        t.elapsed()
+    );
+    assert!(
+        o.stderr.contains("timeout") || o.stderr.contains("timed out"),
+        "{o}"
+    );
     assert_nothing_left(&c);
 }

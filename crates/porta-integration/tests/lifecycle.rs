@@ -87,12 +87,21 @@ fn list_formats() {
     for col in ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"] {
         assert!(header.contains(col), "table header lacks {col}: {t}");
     }
-    let line = t.stdout.lines().find(|l| l.starts_with(&c.id)).unwrap_or_else(|| panic!("{t}"));
+    let line = t
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&c.id))
+        .unwrap_or_else(|| panic!("{t}"));
     assert!(line.contains("created"), "{line}");
     let j = rt(&["list", "--format", "json"]);
     j.expect_ok();
     let v = j.json();
-    let me = v.as_array().unwrap().iter().find(|e| e["id"] == c.id.as_str()).unwrap_or_else(|| panic!("{j}"));
+    let me = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == c.id.as_str())
+        .unwrap_or_else(|| panic!("{j}"));
     assert_eq!(me["status"], "created");
     assert!(me["pid"].as_i64().unwrap() > 0);
     assert!(me["bundle"].is_string());
@@ -114,7 +123,12 @@ fn ps_json() {
         let o = c.rt(&["ps", "--format", "json", &c.id]);
         o.expect_ok();
         let v = o.json();
-        let a: Vec<i64> = v.as_array().unwrap().iter().filter_map(|x| x.as_i64()).collect();
+        let a: Vec<i64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_i64())
+            .collect();
         (a.len() >= 3).then_some(a)
     })
     .expect("ps shows init and two children");
@@ -131,7 +145,10 @@ fn kill_and_expect(sig: &str, code: i32) {
     let c2 = c.clone();
     let h = std::thread::spawn(move || c2.run());
     assert!(
-        wait_for(Duration::from_secs(20), || (c.status().as_deref() == Some("running")).then_some(())).is_some(),
+        wait_for(Duration::from_secs(20), || (c.status().as_deref()
+            == Some("running"))
+        .then_some(()))
+        .is_some(),
         "container never ran"
     );
     std::thread::sleep(Duration::from_millis(300)); // let the shell install its trap
@@ -171,13 +188,21 @@ fn kill_all() {
     c.create_start();
     let pids = wait_for(Duration::from_secs(10), || {
         let v = c.rt(&["ps", "--format", "json", &c.id]).json();
-        let a: Vec<i32> = v.as_array().unwrap().iter().filter_map(|x| x.as_i64()).map(|x| x as i32).collect();
+        let a: Vec<i32> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_i64())
+            .map(|x| x as i32)
+            .collect();
         (a.len() >= 3).then_some(a)
     })
     .unwrap();
     c.rt(&["kill", "--all", &c.id, "KILL"]).expect_ok();
     c.wait_stopped(20);
-    let gone = wait_for(Duration::from_secs(10), || pids.iter().all(|p| !pid_alive(*p)).then_some(()));
+    let gone = wait_for(Duration::from_secs(10), || {
+        pids.iter().all(|p| !pid_alive(*p)).then_some(())
+    });
     assert!(gone.is_some(), "processes left after kill --all: {pids:?}");
 }
 
@@ -237,7 +262,9 @@ fn pause_resume() {
     c.create_start();
     let count = c.bundle.rootfs().join("tmp/count");
     let read = || std::fs::read_to_string(&count).unwrap_or_default();
-    assert!(wait_for(Duration::from_secs(10), || (!read().is_empty()).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(10), || (!read().is_empty())
+        .then_some(()))
+    .is_some());
     c.rt(&["pause", &c.id]).expect_ok();
     assert_eq!(c.status().as_deref(), Some("paused"));
     let st = c.state();
@@ -264,12 +291,19 @@ fn events_stats() {
     c.create_start();
     let o = c.rt(&["events", "--stats", &c.id]);
     o.expect_ok();
-    let line = o.stdout.lines().find(|l| !l.trim().is_empty()).unwrap_or_else(|| panic!("{o}"));
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("{o}"));
     let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {o}"));
     assert_eq!(v["type"], "stats", "{v}");
     assert_eq!(v["id"], c.id.as_str(), "{v}");
     assert!(v["data"].is_object(), "{v}");
-    assert!(v["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(
+        v["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 1,
+        "{v}"
+    );
 }
 
 #[test]
@@ -280,7 +314,8 @@ fn update_pids_and_memory() {
     let pid = c.pid();
     c.rt(&["update", "--pids-limit", "57", &c.id]).expect_ok();
     assert_eq!(cgroup::read(pid, "pids", "pids.max").as_deref(), Some("57"));
-    c.rt(&["update", "--memory", "96M", "--memory-swap", "96M", &c.id]).expect_ok();
+    c.rt(&["update", "--memory", "96M", "--memory-swap", "96M", &c.id])
+        .expect_ok();
     let mem = if cgroup::is_unified() {
         cgroup::read(pid, "memory", "memory.max")
     } else {
@@ -290,10 +325,15 @@ fn update_pids_and_memory() {
     // resources from a JSON file
     let f = c.bundle.file("res.json");
     std::fs::write(&f, r#"{"pids": {"limit": 61}}"#).unwrap();
-    c.rt(&["update", "-r", f.to_str().unwrap(), &c.id]).expect_ok();
+    c.rt(&["update", "-r", f.to_str().unwrap(), &c.id])
+        .expect_ok();
     assert_eq!(cgroup::read(pid, "pids", "pids.max").as_deref(), Some("61"));
     // and from stdin
-    let o = c.cmd().args(["update", "-r", "-", &c.id]).stdin(r#"{"pids": {"limit": 63}}"#).run();
+    let o = c
+        .cmd()
+        .args(["update", "-r", "-", &c.id])
+        .stdin(r#"{"pids": {"limit": 63}}"#)
+        .run();
     o.expect_ok();
     assert_eq!(cgroup::read(pid, "pids", "pids.max").as_deref(), Some("63"));
 }
@@ -304,20 +344,43 @@ fn spec_and_rootless_spec() {
     let d = tempfile::tempdir().unwrap();
     let o = Cmd::runtime(ROOT).arg("spec").cwd(d.path()).run();
     o.expect_ok();
-    let v: Value = serde_json::from_slice(&std::fs::read(d.path().join("config.json")).unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("config.json")).unwrap()).unwrap();
     assert!(v["ociVersion"].as_str().unwrap().starts_with("1."), "{v}");
     assert_eq!(v["root"]["path"], "rootfs");
     assert!(v["process"]["args"].is_array());
-    assert!(v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "mount"));
+    assert!(v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["type"] == "mount"));
     // refuses to overwrite
-    Cmd::runtime(ROOT).arg("spec").cwd(d.path()).run().expect_fail();
+    Cmd::runtime(ROOT)
+        .arg("spec")
+        .cwd(d.path())
+        .run()
+        .expect_fail();
 
     let d2 = tempfile::tempdir().unwrap();
     let b = d2.path().display().to_string();
     rt(&["spec", "--rootless", "--bundle", &b]).expect_ok();
-    let v: Value = serde_json::from_slice(&std::fs::read(d2.path().join("config.json")).unwrap()).unwrap();
-    assert!(v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "user"), "{v}");
-    assert!(v["linux"]["uidMappings"].as_array().map(|a| !a.is_empty()).unwrap_or(false), "{v}");
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(d2.path().join("config.json")).unwrap()).unwrap();
+    assert!(
+        v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "user"),
+        "{v}"
+    );
+    assert!(
+        v["linux"]["uidMappings"]
+            .as_array()
+            .map(|a| !a.is_empty())
+            .unwrap_or(false),
+        "{v}"
+    );
 }
 
 #[test]
@@ -326,7 +389,8 @@ fn spec_output_runs() {
     // the config `spec` writes, with args and terminal changed, runs a container
     let b = Bundle::new(&[]);
     rt(&["spec", "--bundle", &b.path_str()]).expect_ok();
-    let mut v: Value = serde_json::from_slice(&std::fs::read(b.file("config.json")).unwrap()).unwrap();
+    let mut v: Value =
+        serde_json::from_slice(&std::fs::read(b.file("config.json")).unwrap()).unwrap();
     v["process"]["args"] = json!(["sh", "-c", "echo from-spec"]);
     v["process"]["terminal"] = json!(false);
     let mut b = b;
@@ -345,12 +409,29 @@ fn features_json() {
     let v = o.json();
     assert!(v["ociVersionMin"].is_string(), "{v}");
     assert!(v["ociVersionMax"].is_string(), "{v}");
-    let hooks: Vec<&str> = v["hooks"].as_array().unwrap().iter().filter_map(|h| h.as_str()).collect();
-    for h in ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"] {
+    let hooks: Vec<&str> = v["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    for h in [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ] {
         assert!(hooks.contains(&h), "features lacks hook {h}: {v}");
     }
     assert!(v["mountOptions"].is_array(), "{v}");
-    let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().filter_map(|h| h.as_str()).collect();
+    let ns: Vec<&str> = v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
     for n in ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"] {
         assert!(ns.contains(&n), "features lacks namespace {n}: {v}");
     }
@@ -372,14 +453,25 @@ fn log_json_lines() {
     let d = tempfile::tempdir().unwrap();
     let log = d.path().join("log.json");
     let l = log.display().to_string();
-    let o = rt(&["--log", &l, "--log-format", "json", "state", "pit-does-not-exist"]);
+    let o = rt(&[
+        "--log",
+        &l,
+        "--log-format",
+        "json",
+        "state",
+        "pit-does-not-exist",
+    ]);
     o.expect_fail();
     let text = std::fs::read_to_string(&log).expect("log file written");
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty(), "empty log");
     for line in &lines {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line not JSON ({e}): {line}"));
-        assert!(v["level"].is_string() && v["msg"].is_string() && v["time"].is_string(), "{line}");
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["msg"].is_string() && v["time"].is_string(),
+            "{line}"
+        );
     }
     assert!(lines.iter().any(|l| l.contains("\"error\"")), "{text}");
 
@@ -387,11 +479,25 @@ fn log_json_lines() {
     let log2 = d.path().join("log2.json");
     let l2 = log2.display().to_string();
     let c = Container::new("life-log", Bundle::new(&["true"]));
-    let o = c.cmd().args(["--debug", "--log", &l2, "--log-format", "json", "run", "--bundle", &c.bundle.path_str(), &c.id]).run();
+    let o = c
+        .cmd()
+        .args([
+            "--debug",
+            "--log",
+            &l2,
+            "--log-format",
+            "json",
+            "run",
+            "--bundle",
+            &c.bundle.path_str(),
+            &c.id,
+        ])
+        .run();
     o.expect_ok();
     if let Ok(text) = std::fs::read_to_string(&log2) {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line not JSON ({e}): {line}"));
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("log line not JSON ({e}): {line}"));
             assert!(v["level"].is_string() && v["msg"].is_string(), "{line}");
         }
     }
@@ -402,15 +508,26 @@ fn pid_file() {
     require_root!();
     let c = Container::new("life-pidf", Bundle::new(&["sleep", "100"]));
     let pf = c.bundle.file("init.pid");
-    c.create_with(&["--pid-file", pf.to_str().unwrap()]).expect_ok();
+    c.create_with(&["--pid-file", pf.to_str().unwrap()])
+        .expect_ok();
     let text = std::fs::read_to_string(&pf).expect("pid file");
-    let p: i32 = text.trim().parse().unwrap_or_else(|_| panic!("pid file holds {text:?}"));
+    let p: i32 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("pid file holds {text:?}"));
     assert_eq!(p, c.pid());
     // relative pid file path is relative to the caller's cwd
     let c2 = Container::new("life-pidf2", Bundle::new(&["sleep", "100"]));
     let o = c2
         .cmd()
-        .args(["create", "--bundle", &c2.bundle.path_str(), "--pid-file", "rel.pid", &c2.id])
+        .args([
+            "create",
+            "--bundle",
+            &c2.bundle.path_str(),
+            "--pid-file",
+            "rel.pid",
+            &c2.id,
+        ])
         .cwd(c2.bundle.path())
         .run();
     o.expect_ok();
@@ -458,11 +575,16 @@ fn delete_force_paused() {
     let pid = c.pid();
     c.rt(&["pause", &c.id]).expect_ok();
     c.rt(&["delete", "--force", &c.id]).expect_ok();
-    assert!(wait_for(Duration::from_secs(10), || (!pid_alive(pid)).then_some(())).is_some(), "paused init survived delete --force");
+    assert!(
+        wait_for(Duration::from_secs(10), || (!pid_alive(pid)).then_some(())).is_some(),
+        "paused init survived delete --force"
+    );
     c.rt(&["state", &c.id]).expect_fail();
     let ids = [c.id.clone()];
     let bundles = [c.bundle.path_str()];
-    let ok = wait_for(Duration::from_secs(5), || leaks::check(&ids, &bundles).is_empty().then_some(()));
+    let ok = wait_for(Duration::from_secs(5), || {
+        leaks::check(&ids, &bundles).is_empty().then_some(())
+    });
     assert!(ok.is_some(), "{:?}", leaks::check(&ids, &bundles));
 }
 
@@ -507,10 +629,20 @@ fn porta_state_directory() {
     let dir = std::path::Path::new(ROOT).join(&c.id);
     let f = dir.join("state.json");
     let text = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-    let _: Value = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", f.display()));
+    let _: Value = serde_json::from_slice(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", f.display()));
     // written atomically: no temporary files left beside it
-    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(!names.iter().any(|n| n.contains(".tmp") || n.starts_with(".state")), "{names:?}");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains(".tmp") || n.starts_with(".state")),
+        "{names:?}"
+    );
     c.delete().expect_ok();
     assert!(!dir.exists(), "{} left after delete", dir.display());
 }
@@ -522,7 +654,9 @@ fn porta_default_root_is_run_porta() {
     let b = Bundle::new(&["sleep", "100"]);
     b.write();
     let id = unique_id("life-defroot");
-    let o = Cmd::new(runtime()).args(["create", "--bundle", &b.path_str(), &id]).run();
+    let o = Cmd::new(runtime())
+        .args(["create", "--bundle", &b.path_str(), &id])
+        .run();
     o.expect_ok();
     let exists = std::path::Path::new("/run/porta").join(&id).exists();
     let d = Cmd::new(runtime()).args(["delete", "--force", &id]).run();
@@ -537,14 +671,38 @@ fn update_cpu_flags() {
     let c = Container::new("life-updcpu", Bundle::new(&["sleep", "100"]));
     c.create_start();
     let pid = c.pid();
-    c.rt(&["update", "--cpu-period", "100000", "--cpu-quota", "25000", "--cpu-share", "256", "--cpuset-cpus", "0", &c.id]).expect_ok();
+    c.rt(&[
+        "update",
+        "--cpu-period",
+        "100000",
+        "--cpu-quota",
+        "25000",
+        "--cpu-share",
+        "256",
+        "--cpuset-cpus",
+        "0",
+        &c.id,
+    ])
+    .expect_ok();
     if cgroup::is_unified() {
-        assert_eq!(cgroup::read(pid, "cpu", "cpu.max").as_deref(), Some("25000 100000"));
+        assert_eq!(
+            cgroup::read(pid, "cpu", "cpu.max").as_deref(),
+            Some("25000 100000")
+        );
     } else {
-        assert_eq!(cgroup::read(pid, "cpu", "cpu.cfs_quota_us").as_deref(), Some("25000"));
-        assert_eq!(cgroup::read(pid, "cpu", "cpu.shares").as_deref(), Some("256"));
+        assert_eq!(
+            cgroup::read(pid, "cpu", "cpu.cfs_quota_us").as_deref(),
+            Some("25000")
+        );
+        assert_eq!(
+            cgroup::read(pid, "cpu", "cpu.shares").as_deref(),
+            Some("256")
+        );
     }
-    assert_eq!(cgroup::read(pid, "cpuset", "cpuset.cpus").as_deref(), Some("0"));
+    assert_eq!(
+        cgroup::read(pid, "cpuset", "cpuset.cpus").as_deref(),
+        Some("0")
+    );
 }
 
 #[test]
@@ -558,7 +716,12 @@ fn commands_on_stopped_container() {
     c.rt(&["resume", &c.id]).expect_fail();
     // the container is still listed as stopped until deleted
     let v = rt(&["list", "--format", "json"]).json();
-    let me = v.as_array().unwrap().iter().find(|e| e["id"] == c.id.as_str()).cloned();
+    let me = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == c.id.as_str())
+        .cloned();
     assert_eq!(me.map(|m| m["status"].clone()), Some(json!("stopped")));
     c.delete().expect_ok();
 }

@@ -6,12 +6,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn cycles() -> usize {
-    std::env::var("PIT_LOAD_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+    std::env::var("PIT_LOAD_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
 }
 
 fn assert_clean(ids: &[String], bundles: &[String]) {
-    let ok = wait_for(Duration::from_secs(10), || leaks::check(ids, bundles).is_empty().then_some(()));
-    assert!(ok.is_some(), "left behind: {:#?}", leaks::check(ids, bundles));
+    let ok = wait_for(Duration::from_secs(10), || {
+        leaks::check(ids, bundles).is_empty().then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "left behind: {:#?}",
+        leaks::check(ids, bundles)
+    );
 }
 
 #[test]
@@ -44,9 +53,17 @@ fn many_containers_at_once() {
     }
     let listed = rt(&["list", "--format", "json"]).json();
     for (i, c) in cs.iter().enumerate() {
-        assert!(c.wait_output(&format!("up-{i}"), 20), "{} did not start", c.id);
+        assert!(
+            c.wait_output(&format!("up-{i}"), 20),
+            "{} did not start",
+            c.id
+        );
         assert_eq!(c.status().as_deref(), Some("running"));
-        assert!(listed.as_array().unwrap().iter().any(|e| e["id"] == c.id.as_str()));
+        assert!(listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == c.id.as_str()));
     }
     // each one is isolated from the others
     let pids: std::collections::HashSet<_> = cs
@@ -59,7 +76,11 @@ fn many_containers_at_once() {
         let o = cs[0].exec(&[], &["ps", "-o", "comm"]);
         (o.stdout.matches("sleep").count() == 1).then_some(())
     });
-    assert!(one.is_some(), "{}", cs[0].exec(&[], &["ps", "-o", "pid,comm"]));
+    assert!(
+        one.is_some(),
+        "{}",
+        cs[0].exec(&[], &["ps", "-o", "pid,comm"])
+    );
     // tear down in parallel
     let hs: Vec<_> = cs
         .chunks(6)
@@ -108,7 +129,10 @@ fn create_start_delete_cycles() {
     }
     eprintln!("{n} create/start/wait/delete cycles in {:?}", t.elapsed());
     assert_clean(&ids, &[bundle]);
-    let left: Vec<_> = leaks::state_entries(ROOT).into_iter().filter(|e| ids.iter().any(|i| e.ends_with(i.as_str()))).collect();
+    let left: Vec<_> = leaks::state_entries(ROOT)
+        .into_iter()
+        .filter(|e| ids.iter().any(|i| e.ends_with(i.as_str())))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -151,7 +175,15 @@ fn racing_commands_on_one_id() {
         .collect();
     let outs: Vec<Out> = hs.into_iter().map(|h| h.join().unwrap()).collect();
     let wins = outs.iter().filter(|o| o.ok()).count();
-    assert_eq!(wins, 1, "{wins} creates of one id succeeded: {}", outs.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        wins,
+        1,
+        "{wins} creates of one id succeeded: {}",
+        outs.iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let st = rt(&["state", &id]);
     st.expect_ok();
     assert_eq!(st.json()["status"], "created");
@@ -161,7 +193,13 @@ fn racing_commands_on_one_id() {
     let hs: Vec<_> = (0..4)
         .map(|i| {
             let id = id.clone();
-            std::thread::spawn(move || if i == 0 { rt(&["start", &id]) } else { rt(&["state", &id]) })
+            std::thread::spawn(move || {
+                if i == 0 {
+                    rt(&["start", &id])
+                } else {
+                    rt(&["state", &id])
+                }
+            })
         })
         .collect();
     for h in hs {

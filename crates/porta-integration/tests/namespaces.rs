@@ -45,7 +45,11 @@ fn each_namespace_is_new_when_asked() {
     b.namespace("cgroup", None);
     let inside = run_ns("ns-all", b);
     for n in ["pid", "mnt", "ipc", "uts", "net", "cgroup"] {
-        assert_ne!(inside.get(n), host.get(n), "{n} namespace not new: {inside:?}");
+        assert_ne!(
+            inside.get(n),
+            host.get(n),
+            "{n} namespace not new: {inside:?}"
+        );
         assert!(inside.contains_key(n), "{n} missing: {inside:?}");
     }
     // not asked for: shared with the host
@@ -84,12 +88,26 @@ fn pid_namespace_ps_sees_only_container() {
     assert_eq!(o.code, 0, "{o}");
     let out = c.output();
     assert!(out.contains("pid=1"), "shell is not PID 1: {out}");
-    let procs: Vec<&str> = out.lines().skip_while(|l| !l.contains("PID")).skip(1).collect();
-    assert!(procs.len() <= 4, "ps shows more than the container's processes: {out}");
+    let procs: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains("PID"))
+        .skip(1)
+        .collect();
+    assert!(
+        procs.len() <= 4,
+        "ps shows more than the container's processes: {out}"
+    );
     assert!(procs.iter().any(|l| l.contains("sleep")), "{out}");
     // the host has far more processes than that
-    let host_count = std::fs::read_dir("/proc").unwrap().flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+    let host_count = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .count();
     assert!(host_count > procs.len());
 }
@@ -106,7 +124,12 @@ fn uts_hostname() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, ["pit-host", "pit-host"], "{out}");
     // the host's name is untouched
-    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pit-host");
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        "pit-host"
+    );
 }
 
 #[test]
@@ -122,7 +145,12 @@ fn uts_domainname() {
     let out = c.output();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, ["pit-host", "pit.example"], "{out}");
-    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/domainname").unwrap().trim(), "pit.example");
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/domainname")
+            .unwrap()
+            .trim(),
+        "pit.example"
+    );
 }
 
 #[test]
@@ -154,7 +182,9 @@ fn mount_namespace_df_shows_only_container() {
     assert_eq!(c.run().code, 0);
     let out = c.output();
     let (df, mounts) = out.split_once("---").unwrap();
-    let allowed = |p: &str| p == "/" || p.starts_with("/proc") || p.starts_with("/dev") || p.starts_with("/sys");
+    let allowed = |p: &str| {
+        p == "/" || p.starts_with("/proc") || p.starts_with("/dev") || p.starts_with("/sys")
+    };
     for l in mounts.lines().filter(|l| !l.trim().is_empty()) {
         let mp = l.split_whitespace().nth(1).unwrap_or("");
         assert!(allowed(mp), "container sees foreign mount {mp}: {out}");
@@ -208,19 +238,38 @@ fn user_namespace_with_mappings() {
     b.sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; touch /tmp/made-inside; sleep 100");
     b.user_ns(host_uid, 65536);
     // the container's root must own its files through the mapping
-    let o = cmd::host("chown", &["-R", "-h", &format!("{host_uid}:{host_uid}"), b.rootfs().to_str().unwrap()]);
+    let o = cmd::host(
+        "chown",
+        &[
+            "-R",
+            "-h",
+            &format!("{host_uid}:{host_uid}"),
+            b.rootfs().to_str().unwrap(),
+        ],
+    );
     o.expect_ok();
     let c = Container::new("ns-user", b);
     c.create_start();
-    assert!(c.wait_output("\n0\n0\n", 10) || c.wait_output("0\n0\n", 1), "{}", c.output());
+    assert!(
+        c.wait_output("\n0\n0\n", 10) || c.wait_output("0\n0\n", 1),
+        "{}",
+        c.output()
+    );
     let out = c.output();
-    let maps: Vec<Vec<&str>> = out.lines().take(2).map(|l| l.split_whitespace().collect()).collect();
+    let maps: Vec<Vec<&str>> = out
+        .lines()
+        .take(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(maps[0], ["0", &host_uid.to_string(), "65536"], "{out}");
     assert_eq!(maps[1], ["0", &host_uid.to_string(), "65536"], "{out}");
     // seen from the host, the container's root is the mapped id
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid())).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(uid_line.split_whitespace().nth(1) == Some(&host_uid.to_string()), "{uid_line}");
+    assert!(
+        uid_line.split_whitespace().nth(1) == Some(&host_uid.to_string()),
+        "{uid_line}"
+    );
     let f = c.bundle.rootfs().join("tmp/made-inside");
     assert!(wait_for(Duration::from_secs(5), || f.exists().then_some(())).is_some());
     use std::os::unix::fs::MetadataExt;
@@ -250,11 +299,21 @@ fn join_namespaces_by_path() {
     let out = c.output();
     let inside = parse_ns(&out);
     for n in ["net", "uts", "ipc"] {
-        let a_ns = std::fs::read_link(format!("/proc/{apid}/ns/{n}")).unwrap().display().to_string();
+        let a_ns = std::fs::read_link(format!("/proc/{apid}/ns/{n}"))
+            .unwrap()
+            .display()
+            .to_string();
         assert_eq!(inside.get(n), Some(&a_ns), "{n} not joined: {out}");
     }
-    let a_pid_ns = std::fs::read_link(format!("/proc/{apid}/ns/pid")).unwrap().display().to_string();
-    assert_ne!(inside.get("pid"), Some(&a_pid_ns), "pid namespace should be new");
+    let a_pid_ns = std::fs::read_link(format!("/proc/{apid}/ns/pid"))
+        .unwrap()
+        .display()
+        .to_string();
+    assert_ne!(
+        inside.get("pid"),
+        Some(&a_pid_ns),
+        "pid namespace should be new"
+    );
     assert!(out.lines().any(|l| l == "pit-alpha"), "{out}");
 }
 
@@ -270,7 +329,10 @@ fn join_pid_namespace_by_path() {
     let c = Container::new("ns-pidb", b);
     assert_eq!(c.run().code, 0);
     let out = c.output();
-    assert!(out.contains("sleep"), "joined pid namespace does not show A's sleep: {out}");
+    assert!(
+        out.contains("sleep"),
+        "joined pid namespace does not show A's sleep: {out}"
+    );
 }
 
 #[test]
@@ -291,5 +353,11 @@ fn time_namespace_offsets() {
     let out = c.output();
     let up: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
     assert!(up >= 864000.0, "boottime offset not applied: {out}");
-    assert_ne!(out.lines().nth(1).unwrap_or(""), std::fs::read_link("/proc/self/ns/time").unwrap().to_str().unwrap());
+    assert_ne!(
+        out.lines().nth(1).unwrap_or(""),
+        std::fs::read_link("/proc/self/ns/time")
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
 }

@@ -20,18 +20,44 @@ fn libpod_parents() -> Vec<PathBuf> {
 impl Podman {
     fn new() -> Podman {
         std::fs::create_dir_all(BUNDLES).unwrap();
-        let dir = tempfile::Builder::new().prefix("podman-").tempdir_in(BUNDLES).unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("podman-")
+            .tempdir_in(BUNDLES)
+            .unwrap()
+            .keep();
         for d in ["root", "runroot", "tmp", "volumes", "networks"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        Podman { dir, had_libpod_parent: !libpod_parents().is_empty() }
+        Podman {
+            dir,
+            had_libpod_parent: !libpod_parents().is_empty(),
+        }
     }
     fn cmd(&self) -> Cmd {
         let p = |s: &str| self.dir.join(s).display().to_string();
         Cmd::new("podman")
-            .args(["--root", &p("root"), "--runroot", &p("runroot"), "--tmpdir", &p("tmp")])
-            .args(["--volumepath", &p("volumes"), "--network-config-dir", &p("networks")])
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .args([
+                "--root",
+                &p("root"),
+                "--runroot",
+                &p("runroot"),
+                "--tmpdir",
+                &p("tmp"),
+            ])
+            .args([
+                "--volumepath",
+                &p("volumes"),
+                "--network-config-dir",
+                &p("networks"),
+            ])
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
             .arg("--runtime")
             .arg(runtime())
             .timeout(Duration::from_secs(120))
@@ -79,7 +105,9 @@ impl Drop for Podman {
                 }
             }
         }
-        let still = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&d);
+        let still = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .contains(&d);
         if !still {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -104,16 +132,33 @@ fn podman_end_to_end() {
     let tar = pm.dir.join("rootfs.tar");
     rootfs::tar_to(&tar).unwrap();
     let image = "localhost/pit-busybox:latest";
-    pm.run(&["import", tar.to_str().unwrap(), image]).expect_ok();
-    let limits = ["--network=none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+    pm.run(&["import", tar.to_str().unwrap(), image])
+        .expect_ok();
+    let limits = [
+        "--network=none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ];
 
     // run --rm in the foreground
-    let o = pm.cmd().args(["run", "--rm"]).args(limits).args([image, "echo", "hi"]).run();
+    let o = pm
+        .cmd()
+        .args(["run", "--rm"])
+        .args(limits)
+        .args([image, "echo", "hi"])
+        .run();
     o.expect_ok();
     assert_eq!(o.stdout.trim(), "hi", "{o}");
 
     // exit codes come through
-    let o = pm.cmd().args(["run", "--rm"]).args(limits).args([image, "sh", "-c", "exit 3"]).run();
+    let o = pm
+        .cmd()
+        .args(["run", "--rm"])
+        .args(limits)
+        .args([image, "sh", "-c", "exit 3"])
+        .run();
     assert_eq!(o.code, 3, "{o}");
 
     // a detached container, exec, stop, rm
@@ -126,9 +171,19 @@ fn podman_end_to_end() {
     o.expect_ok();
     let cid = o.stdout.trim().to_string();
     assert!(!cid.is_empty(), "{o}");
-    let o = pm.run(&["inspect", "--format", "{{.OCIRuntime}} {{.State.Status}}", &cid]);
+    let o = pm.run(&[
+        "inspect",
+        "--format",
+        "{{.OCIRuntime}} {{.State.Status}}",
+        &cid,
+    ]);
     o.expect_ok();
-    assert!(o.stdout.contains(runtime().to_str().unwrap()) || o.stdout.contains(runtime().file_name().unwrap().to_str().unwrap()), "podman did not use the runtime under test: {o}");
+    assert!(
+        o.stdout.contains(runtime().to_str().unwrap())
+            || o.stdout
+                .contains(runtime().file_name().unwrap().to_str().unwrap()),
+        "podman did not use the runtime under test: {o}"
+    );
     assert!(o.stdout.contains("running"), "{o}");
     let o = pm.run(&["exec", &cid, "sh", "-c", "echo exec-ok; hostname"]);
     o.expect_ok();
@@ -141,14 +196,22 @@ fn podman_end_to_end() {
     let o = pm.cmd().args(["stop", "-t", "2", &cid]).run();
     o.expect_ok();
     let o = pm.run(&["inspect", "--format", "{{.State.Status}}", &cid]);
-    assert!(o.stdout.contains("exited") || o.stdout.contains("stopped"), "{o}");
+    assert!(
+        o.stdout.contains("exited") || o.stdout.contains("stopped"),
+        "{o}"
+    );
     pm.run(&["rm", &cid]).expect_ok();
     let o = pm.run(&["ps", "-a", "-q"]);
     o.expect_ok();
     assert!(o.stdout.trim().is_empty(), "containers left in podman: {o}");
 
     // rm -f of a running container
-    let o = pm.cmd().args(["run", "-d"]).args(limits).args([image, "sleep", "1000"]).run();
+    let o = pm
+        .cmd()
+        .args(["run", "-d"])
+        .args(limits)
+        .args([image, "sleep", "1000"])
+        .run();
     o.expect_ok();
     let cid = o.stdout.trim().to_string();
     pm.run(&["rm", "-f", "-t", "0", &cid]).expect_ok();
@@ -156,5 +219,9 @@ fn podman_end_to_end() {
     pm.run(&["rmi", image]).expect_ok();
     let dir = pm.dir.clone();
     drop(pm);
-    assert!(!Path::new(&dir).exists(), "podman's private directory could not be removed: {}", dir.display());
+    assert!(
+        !Path::new(&dir).exists(),
+        "podman's private directory could not be removed: {}",
+        dir.display()
+    );
 }

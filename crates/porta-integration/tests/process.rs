@@ -48,7 +48,10 @@ fn env() {
     assert!(out.lines().any(|l| l == "PIT_VAR=hello world"), "{out}");
     assert!(out.lines().any(|l| l == "PIT_EMPTY="), "{out}");
     assert!(out.lines().any(|l| l == "TERM=xterm"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("PATH=/usr/local/sbin")), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("PATH=/usr/local/sbin")),
+        "{out}"
+    );
     // HOME comes from the container's /etc/passwd when the config does not set it
     assert!(out.lines().any(|l| l == "HOME=/root"), "{out}");
 }
@@ -75,9 +78,24 @@ fn user_uid_gid_additional_gids() {
     let out = run_sh("proc-user", b, "id -u; id -g; grep -E '^(Uid|Gid|Groups):' /proc/self/status; echo HOME=$HOME; touch /tmp/mine; stat -c '%u:%g' /tmp/mine");
     let l: Vec<&str> = out.lines().collect();
     assert_eq!(&l[..2], ["1000", "1000"], "{out}");
-    assert_eq!(status_field(&out, "Uid").split_whitespace().collect::<Vec<_>>(), ["1000"; 4], "{out}");
-    assert_eq!(status_field(&out, "Gid").split_whitespace().collect::<Vec<_>>(), ["1000"; 4], "{out}");
-    let mut groups: Vec<&str> = status_field(&out, "Groups").leak().split_whitespace().collect();
+    assert_eq!(
+        status_field(&out, "Uid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["1000"; 4],
+        "{out}"
+    );
+    assert_eq!(
+        status_field(&out, "Gid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["1000"; 4],
+        "{out}"
+    );
+    let mut groups: Vec<&str> = status_field(&out, "Groups")
+        .leak()
+        .split_whitespace()
+        .collect();
     groups.sort();
     assert_eq!(groups, ["1001", "1002"], "{out}");
     assert!(out.contains("HOME=/home/tester"), "{out}");
@@ -90,7 +108,11 @@ fn user_without_additional_gids_has_no_groups() {
     let mut b = Bundle::new(&[]);
     b.user(1000, 1000, &[]);
     let out = run_sh("proc-user2", b, "grep '^Groups:' /proc/self/status");
-    assert_eq!(status_field(&out, "Groups"), "", "supplementary groups leaked: {out}");
+    assert_eq!(
+        status_field(&out, "Groups"),
+        "",
+        "supplementary groups leaked: {out}"
+    );
 }
 
 #[test]
@@ -117,10 +139,17 @@ fn default_capabilities_are_dropped() {
         assert_eq!(cap_bits(&out, f), allowed, "{f}: {out}");
     }
     let eff = cap_bits(&out, "CapEff");
-    for (name, bit) in [("CAP_CHOWN", CAP_CHOWN), ("CAP_NET_RAW", CAP_NET_RAW), ("CAP_SYS_ADMIN", CAP_SYS_ADMIN)] {
+    for (name, bit) in [
+        ("CAP_CHOWN", CAP_CHOWN),
+        ("CAP_NET_RAW", CAP_NET_RAW),
+        ("CAP_SYS_ADMIN", CAP_SYS_ADMIN),
+    ] {
         assert_eq!(eff & (1 << bit), 0, "{name} present in CapEff: {out}");
     }
-    assert!(!out.contains("chown-allowed"), "chown worked without CAP_CHOWN: {out}");
+    assert!(
+        !out.contains("chown-allowed"),
+        "chown worked without CAP_CHOWN: {out}"
+    );
 }
 
 #[test]
@@ -140,7 +169,11 @@ fn capabilities_per_set() {
         b,
         "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status; touch /tmp/f; chown 1000 /tmp/f && echo chown-allowed",
     );
-    assert_eq!(cap_bits(&out, "CapBnd"), (1 << CAP_CHOWN) | (1 << CAP_KILL) | (1 << CAP_NET_RAW), "{out}");
+    assert_eq!(
+        cap_bits(&out, "CapBnd"),
+        (1 << CAP_CHOWN) | (1 << CAP_KILL) | (1 << CAP_NET_RAW),
+        "{out}"
+    );
     // uid 0 across execve: the kernel grants the whole bounding set as permitted and
     // effective (no SECBIT_NOROOT in OCI), so those equal the bounding set
     assert_eq!(cap_bits(&out, "CapPrm"), cap_bits(&out, "CapBnd"), "{out}");
@@ -156,7 +189,11 @@ fn non_root_user_with_ambient_capability() {
     let mut b = Bundle::new(&[]);
     b.user(1000, 1000, &[]);
     b.capabilities(&["CAP_NET_BIND_SERVICE"]);
-    let out = run_sh("proc-ambient", b, "grep -E '^Cap(Eff|Amb):' /proc/self/status");
+    let out = run_sh(
+        "proc-ambient",
+        b,
+        "grep -E '^Cap(Eff|Amb):' /proc/self/status",
+    );
     assert_eq!(cap_bits(&out, "CapEff"), 1 << CAP_NET_BIND_SERVICE, "{out}");
     assert_eq!(cap_bits(&out, "CapAmb"), 1 << CAP_NET_BIND_SERVICE, "{out}");
 }

@@ -27,8 +27,19 @@ fn readonly_root() {
     assert!(!out.contains("root-writable"), "{out}");
     assert!(!out.contains("tmp-writable"), "{out}");
     assert!(out.contains("shm-ok"), "{out}");
-    let root_line = out.lines().find(|l| l.contains(" / ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(root_line.split_whitespace().nth(3).unwrap().split(',').any(|o| o == "ro"), "{root_line}");
+    let root_line = out
+        .lines()
+        .find(|l| l.contains(" / "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        root_line
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{root_line}"
+    );
 }
 
 #[test]
@@ -47,7 +58,9 @@ fn bind_mounts_rw_and_ro() {
     std::fs::write(host.path().join("from-host"), "hello-from-host\n").unwrap();
     let src = host.path().display().to_string();
     let mut b = Bundle::new(&[]);
-    b.mount(json!({"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "rw"]}));
+    b.mount(
+        json!({"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "rw"]}),
+    );
     b.mount(json!({"destination": "/rodata", "type": "bind", "source": src, "options": ["rbind", "ro"]}));
     b.mount(json!({"destination": "/etc/pit-file", "type": "bind", "source": host.path().join("from-host"), "options": ["bind", "ro"]}));
     let (o, out) = run_sh(
@@ -59,7 +72,10 @@ fn bind_mounts_rw_and_ro() {
     );
     assert_eq!(o.code, 0, "{o}");
     assert!(out.contains("hello-from-host"), "{out}");
-    assert_eq!(std::fs::read_to_string(host.path().join("from-container")).unwrap(), "written\n");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("from-container")).unwrap(),
+        "written\n"
+    );
     assert!(!out.contains("ro-writable"), "{out}");
     assert!(!out.contains("file-writable"), "{out}");
     assert!(!host.path().join("nope").exists());
@@ -74,8 +90,10 @@ fn bind_mounts_rw_and_ro() {
 fn tmpfs_mount_with_options() {
     require_root!();
     let mut b = Bundle::new(&[]);
-    b.mount(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "nodev", "noexec", "size=1m", "mode=700"]}));
+    b.mount(
+        json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "nodev", "noexec", "size=1m", "mode=700"]}),
+    );
     let (o, out) = run_sh(
         "fs-tmpfs",
         b,
@@ -84,7 +102,10 @@ fn tmpfs_mount_with_options() {
          cp /bin/busybox /scratch/bb 2>/dev/null; /scratch/bb true 2>/dev/null && echo exec-allowed; true",
     );
     assert_eq!(o.code, 0, "{o}");
-    let line = out.lines().find(|l| l.contains("/scratch")).unwrap_or_else(|| panic!("{out}"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("/scratch"))
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(line.starts_with("tmpfs /scratch tmpfs"), "{line}");
     for opt in ["nosuid", "nodev", "noexec"] {
         assert!(line.contains(opt), "{opt} missing: {line}");
@@ -101,8 +122,14 @@ fn masked_paths() {
     std::fs::create_dir_all(b.rootfs().join("secret-dir")).unwrap();
     std::fs::write(b.rootfs().join("secret-dir/key"), "top-secret").unwrap();
     std::fs::write(b.rootfs().join("secret-file"), "top-secret").unwrap();
-    b.config["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret-dir"));
-    b.config["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret-file"));
+    b.config["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/secret-dir"));
+    b.config["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/secret-file"));
     let (o, out) = run_sh(
         "fs-mask",
         b,
@@ -121,7 +148,10 @@ fn readonly_paths() {
     require_root!();
     let mut b = Bundle::new(&[]);
     std::fs::create_dir_all(b.rootfs().join("frozen")).unwrap();
-    b.config["linux"]["readonlyPaths"].as_array_mut().unwrap().push(json!("/frozen"));
+    b.config["linux"]["readonlyPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/frozen"));
     b.capabilities(&["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_DAC_OVERRIDE"]);
     let (o, out) = run_sh(
         "fs-ropath",
@@ -134,8 +164,18 @@ fn readonly_paths() {
     assert!(!out.contains("procsys-writable"), "{out}");
     assert!(!out.contains("frozen-writable"), "{out}");
     assert!(out.contains("other-ok"), "{out}");
-    let l = out.lines().find(|l| l.contains("/proc/sys")).unwrap_or_else(|| panic!("{out}"));
-    assert!(l.split_whitespace().nth(3).unwrap().split(',').any(|o| o == "ro"), "{l}");
+    let l = out
+        .lines()
+        .find(|l| l.contains("/proc/sys"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        l.split_whitespace()
+            .nth(3)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{l}"
+    );
 }
 
 #[test]
@@ -154,14 +194,26 @@ fn default_devices_and_symlinks() {
     );
     assert_eq!(o.code, 0, "{o}");
     for d in ["null", "zero", "full", "random", "urandom", "tty"] {
-        assert!(out.contains(&format!("char:{d}\n")), "/dev/{d} missing: {out}");
+        assert!(
+            out.contains(&format!("char:{d}\n")),
+            "/dev/{d} missing: {out}"
+        );
     }
     assert!(out.contains("link:fd=/proc/self/fd\n"), "{out}");
     assert!(out.contains("link:stdin=/proc/self/fd/0\n"), "{out}");
     assert!(out.contains("link:stdout=/proc/self/fd/1\n"), "{out}");
     assert!(out.contains("link:stderr=/proc/self/fd/2\n"), "{out}");
     assert!(out.contains("link:ptmx=pts/ptmx\n"), "{out}");
-    for s in ["dir:pts", "dir:shm", "dir:mqueue", "null-ok", "rnd=8", "zero=00000000", "full-enospc", "fd-ok"] {
+    for s in [
+        "dir:pts",
+        "dir:shm",
+        "dir:mqueue",
+        "null-ok",
+        "rnd=8",
+        "zero=00000000",
+        "full-enospc",
+        "fd-ok",
+    ] {
         assert!(out.contains(s), "{s} missing: {out}");
     }
     // no host device leaks in
@@ -188,9 +240,18 @@ fn config_devices() {
          head -c 1 /dev/pit-mem >/dev/null 2>&1 || echo pit-mem-denied",
     );
     assert_eq!(o.code, 0, "{o}");
-    assert!(out.contains("/dev/pit-null character special file 1:3 666"), "{out}");
-    assert!(out.contains("/dev/pit-zero character special file 1:5 644"), "{out}");
-    assert!(out.contains("/dev/pit-mem character special file 1:1 600"), "{out}");
+    assert!(
+        out.contains("/dev/pit-null character special file 1:3 666"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/dev/pit-zero character special file 1:5 644"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/dev/pit-mem character special file 1:1 600"),
+        "{out}"
+    );
     assert!(out.contains("pit-null-ok"), "{out}");
     // /dev/mem (1:1) is not in the device cgroup's allow list
     assert!(out.contains("pit-mem-denied"), "{out}");
@@ -201,11 +262,20 @@ fn sysctl() {
     require_root!();
     let mut b = Bundle::new(&[]);
     b.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.msgmax": "12345"});
-    let (o, out) = run_sh("fs-sysctl", b, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/msgmax");
+    let (o, out) = run_sh(
+        "fs-sysctl",
+        b,
+        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/msgmax",
+    );
     assert_eq!(o.code, 0, "{o}");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["1", "12345"], "{out}");
     // the host's values are not touched
-    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/msgmax").unwrap().trim(), "12345");
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax")
+            .unwrap()
+            .trim(),
+        "12345"
+    );
 }
 
 #[test]
@@ -217,11 +287,19 @@ fn rlimits() {
         {"type": "RLIMIT_CORE", "soft": 0, "hard": 0},
         {"type": "RLIMIT_NPROC", "soft": 900, "hard": 1000}
     ]);
-    let (o, out) = run_sh("fs-rlimit", b, "ulimit -Sn; ulimit -Hn; ulimit -c; grep -E 'Max (processes|open files)' /proc/self/limits");
+    let (o, out) = run_sh(
+        "fs-rlimit",
+        b,
+        "ulimit -Sn; ulimit -Hn; ulimit -c; grep -E 'Max (processes|open files)' /proc/self/limits",
+    );
     assert_eq!(o.code, 0, "{o}");
     let l: Vec<&str> = out.lines().collect();
     assert_eq!(&l[..3], ["512", "768", "0"], "{out}");
-    assert!(out.lines().any(|x| x.starts_with("Max processes") && x.contains("900") && x.contains("1000")), "{out}");
+    assert!(
+        out.lines()
+            .any(|x| x.starts_with("Max processes") && x.contains("900") && x.contains("1000")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -275,7 +353,11 @@ fn rootfs_propagation_private() {
     require_root!();
     let mut b = Bundle::new(&[]);
     b.config["linux"]["rootfsPropagation"] = json!("private");
-    let (o, out) = run_sh("fs-prop", b, "grep -c . /proc/self/mountinfo >/dev/null && echo prop-ok");
+    let (o, out) = run_sh(
+        "fs-prop",
+        b,
+        "grep -c . /proc/self/mountinfo >/dev/null && echo prop-ok",
+    );
     assert_eq!(o.code, 0, "{o}");
     assert!(out.contains("prop-ok"));
 }
@@ -294,11 +376,16 @@ fn rlimit_above_hard_limit() {
     if o.ok() {
         assert_eq!(c.output().trim(), want.to_string());
     } else if is_porta() {
-        assert!(o.stderr.contains("RLIMIT_NOFILE") && o.stderr.contains(&want.to_string()), "unclear rlimit error: {o}");
+        assert!(
+            o.stderr.contains("RLIMIT_NOFILE") && o.stderr.contains(&want.to_string()),
+            "unclear rlimit error: {o}"
+        );
     }
     let ids = [c.id.clone()];
     let bundles = [c.bundle.path_str()];
-    let ok = wait_for(std::time::Duration::from_secs(5), || leaks::check(&ids, &bundles).is_empty().then_some(()));
+    let ok = wait_for(std::time::Duration::from_secs(5), || {
+        leaks::check(&ids, &bundles).is_empty().then_some(())
+    });
     assert!(ok.is_some(), "{:?}", leaks::check(&ids, &bundles));
 }
 
@@ -311,6 +398,12 @@ fn porta_kernel_fs_mode() {
     let (o, out) = run_sh("fs-kernel", b, "grep ' / ' /proc/mounts; echo kernel-ok");
     assert_eq!(o.code, 0, "{o}");
     assert!(out.contains("kernel-ok"), "{out}");
-    let root = out.lines().find(|l| l.contains(" / ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(!root.contains("fuse"), "root is served by FUSE in kernel mode: {root}");
+    let root = out
+        .lines()
+        .find(|l| l.contains(" / "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        !root.contains("fuse"),
+        "root is served by FUSE in kernel mode: {root}"
+    );
 }

@@ -30,7 +30,10 @@ fn mkdir_blocked_with_eperm() {
     );
     let out = run("sc-mkdir", b);
     assert!(out.contains("mkdir-failed"), "{out}");
-    assert!(out.contains("Operation not permitted"), "mkdir did not fail with EPERM: {out}");
+    assert!(
+        out.contains("Operation not permitted"),
+        "mkdir did not fail with EPERM: {out}"
+    );
     assert!(!out.contains("exists"), "{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
     assert!(out.contains("touch-ok"), "{out}");
@@ -44,7 +47,10 @@ fn errno_ret_value_is_used() {
         json!([{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]),
     );
     let out = run("sc-errno", b);
-    assert!(out.contains("Permission denied"), "errnoRet 13 (EACCES) not returned: {out}");
+    assert!(
+        out.contains("Permission denied"),
+        "errnoRet 13 (EACCES) not returned: {out}"
+    );
 }
 
 #[test]
@@ -90,23 +96,130 @@ fn default_errno_with_allowlist() {
     // default: refuse with EPERM; the rules allow what busybox sh and echo need,
     // but not mkdir
     let allowed = [
-        "read", "write", "open", "openat", "close", "fstat", "newfstatat", "stat", "lstat", "mmap",
-        "mprotect", "munmap", "brk", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "ioctl",
-        "access", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid", "execve",
-        "exit", "exit_group", "arch_prctl", "set_tid_address", "set_robust_list", "prlimit64",
-        "getrandom", "rseq", "fcntl", "dup2", "dup3", "wait4", "clone", "fork", "vfork",
-        "getcwd", "chdir", "readlink", "futex", "sigaltstack", "getpgrp", "setpgid",
-        "getdents64", "lseek", "pread64", "statx", "faccessat", "faccessat2", "clone3",
-        "capget", "capset", "prctl", "setgroups", "setuid", "setgid", "setresuid", "setresgid",
-        "fchown", "fchdir", "getppid", "close_range", "epoll_pwait", "epoll_ctl", "poll",
-        "select", "pselect6", "mknodat", "keyctl", "setsid", "umask", "personality",
-        "sethostname", "dup", "pipe", "pipe2", "nanosleep", "clock_nanosleep", "tgkill", "kill",
-        "fstatfs", "statfs", "sched_yield", "sched_getaffinity", "madvise", "gettid", "getpgid",
-        "getsid", "epoll_create1", "epoll_wait", "mremap", "sysinfo", "waitid", "readlinkat",
-        "fchmod", "fsync", "writev", "readv", "getrlimit", "setrlimit", "mount", "umount2",
-        "pivot_root", "openat2", "fchownat", "unshare", "setns", "getitimer", "setitimer", "alarm",
-        "clock_gettime", "gettimeofday", "time", "restart_syscall", "rt_sigsuspend", "rt_sigtimedwait",
-        "sched_setaffinity", "membarrier", "write", "fchmodat",
+        "read",
+        "write",
+        "open",
+        "openat",
+        "close",
+        "fstat",
+        "newfstatat",
+        "stat",
+        "lstat",
+        "mmap",
+        "mprotect",
+        "munmap",
+        "brk",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "ioctl",
+        "access",
+        "getpid",
+        "getppid",
+        "getuid",
+        "geteuid",
+        "getgid",
+        "getegid",
+        "execve",
+        "exit",
+        "exit_group",
+        "arch_prctl",
+        "set_tid_address",
+        "set_robust_list",
+        "prlimit64",
+        "getrandom",
+        "rseq",
+        "fcntl",
+        "dup2",
+        "dup3",
+        "wait4",
+        "clone",
+        "fork",
+        "vfork",
+        "getcwd",
+        "chdir",
+        "readlink",
+        "futex",
+        "sigaltstack",
+        "getpgrp",
+        "setpgid",
+        "getdents64",
+        "lseek",
+        "pread64",
+        "statx",
+        "faccessat",
+        "faccessat2",
+        "clone3",
+        "capget",
+        "capset",
+        "prctl",
+        "setgroups",
+        "setuid",
+        "setgid",
+        "setresuid",
+        "setresgid",
+        "fchown",
+        "fchdir",
+        "getppid",
+        "close_range",
+        "epoll_pwait",
+        "epoll_ctl",
+        "poll",
+        "select",
+        "pselect6",
+        "mknodat",
+        "keyctl",
+        "setsid",
+        "umask",
+        "personality",
+        "sethostname",
+        "dup",
+        "pipe",
+        "pipe2",
+        "nanosleep",
+        "clock_nanosleep",
+        "tgkill",
+        "kill",
+        "fstatfs",
+        "statfs",
+        "sched_yield",
+        "sched_getaffinity",
+        "madvise",
+        "gettid",
+        "getpgid",
+        "getsid",
+        "epoll_create1",
+        "epoll_wait",
+        "mremap",
+        "sysinfo",
+        "waitid",
+        "readlinkat",
+        "fchmod",
+        "fsync",
+        "writev",
+        "readv",
+        "getrlimit",
+        "setrlimit",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "openat2",
+        "fchownat",
+        "unshare",
+        "setns",
+        "getitimer",
+        "setitimer",
+        "alarm",
+        "clock_gettime",
+        "gettimeofday",
+        "time",
+        "restart_syscall",
+        "rt_sigsuspend",
+        "rt_sigtimedwait",
+        "sched_setaffinity",
+        "membarrier",
+        "write",
+        "fchmodat",
     ];
     let mut b = Bundle::new(&[]);
     b.sh("exec 2>&1; echo before; mkdir /tmp/d || echo mkdir-failed");
@@ -159,17 +272,26 @@ fn notify_listener_decides() {
         "architectures": ["SCMP_ARCH_X86_64"],
         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
     });
-    std::fs::write(c.bundle.file("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        c.bundle.file("config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
     c.create().expect_ok();
     let (pty, msg) = sock.master().expect("seccomp notify fd over listenerPath");
-    let st: Value = serde_json::from_str(&msg).unwrap_or_else(|e| panic!("listener message not JSON ({e}): {msg}"));
+    let st: Value = serde_json::from_str(&msg)
+        .unwrap_or_else(|e| panic!("listener message not JSON ({e}): {msg}"));
     assert_eq!(st["metadata"], "pit-metadata", "{st}");
     assert_eq!(st["state"]["id"], c.id.as_str(), "{st}");
     let fd = std::os::fd::AsRawFd::as_raw_fd(&pty.f);
     let h = std::thread::spawn(move || {
         let mut handled = 0;
         loop {
-            let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             if unsafe { libc::poll(&mut p, 1, 10_000) } <= 0 || p.revents & libc::POLLIN == 0 {
                 break;
             }
@@ -177,7 +299,12 @@ fn notify_listener_decides() {
             if unsafe { libc::ioctl(fd, NOTIF_RECV as _, &mut n as *mut Notif) } != 0 {
                 break;
             }
-            let mut r = NotifResp { id: n.id, val: 0, error: -libc::EROFS, flags: 0 };
+            let mut r = NotifResp {
+                id: n.id,
+                val: 0,
+                error: -libc::EROFS,
+                flags: 0,
+            };
             unsafe { libc::ioctl(fd, NOTIF_SEND as _, &mut r as *mut NotifResp) };
             handled += 1;
         }
@@ -186,7 +313,10 @@ fn notify_listener_decides() {
     c.start().expect_ok();
     c.wait_stopped(20);
     let out = c.output();
-    assert!(out.contains("Read-only file system"), "the listener's answer (EROFS) did not reach mkdir: {out}");
+    assert!(
+        out.contains("Read-only file system"),
+        "the listener's answer (EROFS) did not reach mkdir: {out}"
+    );
     assert!(out.contains("done"), "{out}");
     assert!(!c.bundle.rootfs().join("tmp/notified").exists());
     let (handled, _pty) = h.join().unwrap();

@@ -11,7 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn fds_of(out: &str) -> Vec<u32> {
-    let mut v: Vec<u32> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let mut v: Vec<u32> = out
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     v.sort();
     v
 }
@@ -19,13 +22,24 @@ fn fds_of(out: &str) -> Vec<u32> {
 /// `ls` opens one directory fd of its own, numbered just above the inherited ones.
 fn assert_only_fds(out: &str, expected: &[u32]) {
     let fds = fds_of(out);
-    let extra: Vec<u32> = fds.iter().copied().filter(|f| !expected.contains(f)).collect();
+    let extra: Vec<u32> = fds
+        .iter()
+        .copied()
+        .filter(|f| !expected.contains(f))
+        .collect();
     for e in expected {
         assert!(fds.contains(e), "fd {e} missing: {fds:?}");
     }
-    assert!(extra.len() <= 1, "unexpected fds in the container: {fds:?} (expected {expected:?} + ls's own)");
+    assert!(
+        extra.len() <= 1,
+        "unexpected fds in the container: {fds:?} (expected {expected:?} + ls's own)"
+    );
     if let Some(x) = extra.first() {
-        assert_eq!(*x, expected.iter().max().unwrap() + 1, "fd {x} is not ls's own: {fds:?}");
+        assert_eq!(
+            *x,
+            expected.iter().max().unwrap() + 1,
+            "fd {x} is not ls's own: {fds:?}"
+        );
     }
 }
 
@@ -56,7 +70,14 @@ fn only_stdio_fds_reach_exec() {
     o.expect_ok();
     assert_only_fds(&o.stdout, &[0, 1, 2]);
     // the cwd of the exec'd process is inside the container (CVE-2024-21626)
-    let o = c.exec(&[], &["sh", "-c", "cd /; ls -di . | cut -d' ' -f1; ls -di /. | cut -d' ' -f1; readlink /proc/self/cwd"]);
+    let o = c.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cd /; ls -di . | cut -d' ' -f1; ls -di /. | cut -d' ' -f1; readlink /proc/self/cwd",
+        ],
+    );
     o.expect_ok();
     let l: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(l[0], l[1], "{o}");
@@ -72,10 +93,19 @@ fn run_with_preserved(c: &Container) -> (i32, String) {
     let mut out = tempfile::tempfile().unwrap();
     let (a, b2) = (in3.as_raw_fd(), out4.as_raw_fd());
     let mut cmd = Command::new(runtime());
-    cmd.args(["--root", ROOT, "run", "--preserve-fds", "2", "--bundle", &c.bundle.path_str(), &c.id])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--root",
+        ROOT,
+        "run",
+        "--preserve-fds",
+        "2",
+        "--bundle",
+        &c.bundle.path_str(),
+        &c.id,
+    ])
+    .stdin(Stdio::null())
+    .stdout(out.try_clone().unwrap())
+    .stderr(Stdio::inherit());
     unsafe {
         cmd.pre_exec(move || {
             // move the two files to fds 3 and 4, without close-on-exec
@@ -125,9 +155,11 @@ fn runtime_binary_not_writable_from_container() {
     // briefly in the container's pid namespace then).
     let mut b = Bundle::new(&[]);
     b.capabilities(&["CAP_SYS_PTRACE", "CAP_DAC_OVERRIDE", "CAP_KILL"]);
-    b.sh("while true; do for p in /proc/[0-9]*; do [ \"$p\" = /proc/1 ] && continue; \
+    b.sh(
+        "while true; do for p in /proc/[0-9]*; do [ \"$p\" = /proc/1 ] && continue; \
           ( : >> $p/exe ) 2>/dev/null && echo OPENED-$p $(readlink $p/exe); \
-          done; done");
+          done; done",
+    );
     let c = Container::new("sec-exe", b);
     c.create_start();
     for _ in 0..20 {
@@ -137,20 +169,37 @@ fn runtime_binary_not_writable_from_container() {
     std::thread::sleep(Duration::from_millis(200));
     let out = c.output();
     let after = std::fs::read(&bin).unwrap();
-    assert!(before == after, "the runtime binary {} changed!", bin.display());
+    assert!(
+        before == after,
+        "the runtime binary {} changed!",
+        bin.display()
+    );
     for l in out.lines().filter(|l| l.starts_with("OPENED-")) {
         // opening the container's own programs (busybox) is fine
-        assert!(l.contains("busybox"), "a runtime executable was opened for writing: {l}");
+        assert!(
+            l.contains("busybox"),
+            "a runtime executable was opened for writing: {l}"
+        );
     }
 }
 
 #[test]
 fn id_cannot_escape_root() {
     require_root!();
-    for bad in ["../pit-escape", "pit/../../escape", "/pit-abs", "pit-a/b", ".", ".."] {
+    for bad in [
+        "../pit-escape",
+        "pit/../../escape",
+        "/pit-abs",
+        "pit-a/b",
+        ".",
+        "..",
+    ] {
         let c = Container::with_id(bad.to_string(), ROOT, Bundle::new(&["true"]));
         c.create().expect_fail();
-        assert!(!std::path::Path::new("/run/pit-escape").exists(), "{bad} escaped");
+        assert!(
+            !std::path::Path::new("/run/pit-escape").exists(),
+            "{bad} escaped"
+        );
         assert!(!std::path::Path::new("/escape").exists(), "{bad} escaped");
         assert!(!std::path::Path::new("/pit-abs").exists(), "{bad} escaped");
     }
@@ -182,5 +231,8 @@ fn container_cannot_see_host_runtime_state() {
     let c = Container::new("sec-state", b);
     assert_eq!(c.run().code, 0);
     let out = c.output();
-    assert!(!out.contains(&c.id), "container sees the runtime state dir: {out}");
+    assert!(
+        !out.contains(&c.id),
+        "container sees the runtime state dir: {out}"
+    );
 }

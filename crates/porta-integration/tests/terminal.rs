@@ -12,7 +12,8 @@ fn create_with_console_socket() {
     b.sh("tty; [ -c /dev/console ] && echo console-ok; read l; echo got-$l");
     let c = Container::new("tty-create", b);
     let sock = ConsoleSocket::new(c.bundle.path());
-    c.create_with(&["--console-socket", &sock.path_str()]).expect_ok();
+    c.create_with(&["--console-socket", &sock.path_str()])
+        .expect_ok();
     let (mut pty, _) = sock.master().expect("pty master");
     c.start().expect_ok();
     let out = pty.read_until("console-ok", Duration::from_secs(10));
@@ -32,7 +33,8 @@ fn run_detach_with_console_socket() {
     b.sh("echo run-tty-ok; sleep 0.5");
     let c = Container::new("tty-run", b);
     let sock = ConsoleSocket::new(c.bundle.path());
-    c.run_with(&["--detach", "--console-socket", &sock.path_str()]).expect_ok();
+    c.run_with(&["--detach", "--console-socket", &sock.path_str()])
+        .expect_ok();
     let (mut pty, _) = sock.master().expect("pty master");
     let out = pty.read_until("run-tty-ok", Duration::from_secs(10));
     assert!(out.contains("run-tty-ok"), "{out:?}");
@@ -48,7 +50,8 @@ fn console_size() {
     b.sh("stty size; sleep 0.3");
     let c = Container::new("tty-size", b);
     let sock = ConsoleSocket::new(c.bundle.path());
-    c.create_with(&["--console-socket", &sock.path_str()]).expect_ok();
+    c.create_with(&["--console-socket", &sock.path_str()])
+        .expect_ok();
     let (mut pty, _) = sock.master().expect("pty master");
     c.start().expect_ok();
     let out = pty.read_until("111", Duration::from_secs(10));
@@ -70,6 +73,7 @@ fn console_socket_without_terminal_fails() {
     require_root!();
     let c = Container::new("tty-noterm", Bundle::new(&["true"]));
     let sock = ConsoleSocket::new(c.bundle.path());
-    c.create_with(&["--console-socket", &sock.path_str()]).expect_fail();
+    c.create_with(&["--console-socket", &sock.path_str()])
+        .expect_fail();
     c.rt(&["state", &c.id]).expect_fail();
 }

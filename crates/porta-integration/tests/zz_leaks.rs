@@ -11,19 +11,39 @@ fn nothing_left_behind() {
         return;
     }
     let mut findings = Vec::new();
-    findings.extend(leaks::mounts_matching(&leaks::is_test_mount).into_iter().map(|m| format!("mount: {m}")));
+    findings.extend(
+        leaks::mounts_matching(&leaks::is_test_mount)
+            .into_iter()
+            .map(|m| format!("mount: {m}")),
+    );
     findings.extend(
         leaks::cgroups_matching(&leaks::is_test_cgroup)
             .into_iter()
             .map(|c| format!("cgroup: {}", c.display())),
     );
-    findings.extend(leaks::processes_matching(&leaks::is_test_process).into_iter().map(|p| format!("process: {p}")));
+    findings.extend(
+        leaks::processes_matching(&leaks::is_test_process)
+            .into_iter()
+            .map(|p| format!("process: {p}")),
+    );
     for d in [ROOT, "/run/porta"] {
-        findings.extend(leaks::state_entries(d).into_iter().map(|e| format!("state: {e}")));
+        findings.extend(
+            leaks::state_entries(d)
+                .into_iter()
+                .map(|e| format!("state: {e}")),
+        );
     }
     let bundles = leaks::state_entries(BUNDLES);
-    findings.extend(bundles.into_iter().map(|b| format!("bundle directory: {b}")));
+    findings.extend(
+        bundles
+            .into_iter()
+            .map(|b| format!("bundle directory: {b}")),
+    );
     if !findings.is_empty() {
-        panic!("the test suite left {} things behind:\n{}", findings.len(), findings.join("\n"));
+        panic!(
+            "the test suite left {} things behind:\n{}",
+            findings.len(),
+            findings.join("\n")
+        );
     }
 }
