@@ -100,8 +100,9 @@ fn program() -> Vec<libc::sock_filter> {
         stmt(RET_K, RET_KILL_PROCESS),
         stmt(LD_W_ABS, 0),
     ];
-    let n = ALLOWED.len();
-    for (i, nr) in ALLOWED.iter().enumerate() {
+    let all: Vec<libc::c_long> = ALLOWED.iter().copied().chain(crate::sys::XATTRAT_SYSCALLS).collect();
+    let n = all.len();
+    for (i, nr) in all.iter().enumerate() {
         // Jump over the remaining compares, the ioctl block (5) and the deny.
         let to_allow = (n - i - 1) + 5 + 1;
         p.push(jeq(*nr as u32, to_allow as u8, 0));
@@ -183,7 +184,7 @@ mod tests {
     fn jumps_land_on_allow() {
         let p = program();
         let allow = p.len() - 1;
-        for (i, ins) in p.iter().enumerate().skip(4).take(ALLOWED.len()) {
+        for (i, ins) in p.iter().enumerate().skip(4).take(ALLOWED.len() + 4) {
             assert_eq!(i + 1 + ins.jt as usize, allow);
         }
         assert!(p.len() < 200);
@@ -214,4 +215,25 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut st, 0) };
         assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "status {st:#x}");
     }
+}
+
+/// Moves the calling process (the keeper; its servers inherit it) into a new mount
+/// namespace whose only content is the backing directory, as its root: `..` at the top
+/// of the served tree stays there even for a compromised server, and no other host path
+/// is reachable by name. Returns an O_PATH descriptor of the new root. Descriptors opened
+/// before (the FUSE connection, /proc/self/fd) keep working.
+pub fn enter_backing_namespace(backing: &std::path::Path) -> Result<std::os::fd::OwnedFd, Error> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let sys = |what: &'static str| move |e: nix::errno::Errno| Error::Sys(what, e);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys("unshare mount namespace"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(sys("make mounts private"))?;
+    mount(Some(backing), backing, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(sys("bind backing directory"))?;
+    nix::unistd::chdir(backing).map_err(sys("chdir backing directory"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into backing directory"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's mounts"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    crate::sys::openat(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY, 0)
+        .map_err(|e| Error::Sys("open new root", nix::errno::Errno::from_raw(e)))
 }

@@ -90,8 +90,12 @@ fn die_with_parent() {
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     die_with_parent();
     let shared = Shared::map(args.state_fd)?;
-    let root = open_dir(&args.root, libc::O_PATH)?;
     let procfd = open_dir(std::path::Path::new("/proc/self/fd"), libc::O_RDONLY)?;
+    let root = if args.no_confine {
+        open_dir(&args.root, libc::O_PATH)?
+    } else {
+        crate::confine::enter_backing_namespace(&args.root)?
+    };
     shared.hdr(hdr::FUSE_FD).store(args.fuse_fd as u64, std::sync::atomic::Ordering::Relaxed);
     shared.hdr(hdr::PROC_FD).store(procfd.as_raw_fd() as u64, std::sync::atomic::Ordering::Relaxed);
     let server = Config {

@@ -486,8 +486,8 @@ impl Fs {
                 let name = r.name().map_err(mal)?;
                 let ofd = self.node_fd(old)?;
                 let parent = self.node_fd(h.nodeid)?;
-                let src = proc_path(ofd);
-                let res = sys::linkat(libc::AT_FDCWD, src.cstr(), parent, name, libc::AT_SYMLINK_FOLLOW);
+                let src = FdName::new(b"", ofd);
+                let res = sys::linkat(self.proc_fd, src.cstr(), parent, name, libc::AT_SYMLINK_FOLLOW);
                 match res {
                     Ok(()) => {}
                     Err(libc::EEXIST) if resent => {}
@@ -580,7 +580,7 @@ impl Fs {
                     return Err(libc::EPERM);
                 }
                 let fd = self.xattr_fd(h.nodeid)?;
-                sys::setxattr(proc_path(fd).cstr(), name, value, flags)?;
+                self.xset(fd, name, value, flags)?;
             }
             op::GETXATTR => {
                 let size = r.u32().map_err(mal)? as usize;
@@ -594,14 +594,13 @@ impl Fs {
                     Err(libc::EPERM) => return Err(libc::ENODATA),
                     Err(e) => return Err(e),
                 };
-                let p = proc_path(fd);
                 if size == 0 {
-                    let n = sys::getxattr(p.cstr(), name, &mut [])?;
+                    let n = self.xget(fd, name, &mut [])?;
                     w.u32(n as u32).u32(0);
                 } else {
                     let start = w.buf.len();
                     w.zeros(size.min(1 << 16));
-                    let n = sys::getxattr(p.cstr(), name, &mut w.buf[start..])?;
+                    let n = self.xget(fd, name, &mut w.buf[start..])?;
                     w.buf.truncate(start + n);
                 }
             }
@@ -617,9 +616,8 @@ impl Fs {
                     }
                     Err(e) => return Err(e),
                 };
-                let p = proc_path(fd);
                 let mut list = vec![0u8; 1 << 16];
-                let n = sys::listxattr(p.cstr(), &mut list)?;
+                let n = self.xlist(fd, &mut list)?;
                 let mut out = Vec::with_capacity(n);
                 for name in list[..n].split(|&c| c == 0).filter(|s| !s.is_empty()) {
                     if !reserved_xattr(name) {
@@ -641,7 +639,7 @@ impl Fs {
                     return Err(libc::ENODATA);
                 }
                 let fd = self.xattr_fd(h.nodeid)?;
-                sys::removexattr(proc_path(fd).cstr(), name)?;
+                self.xremove(fd, name)?;
             }
             op::FLUSH | op::ACCESS => return Err(libc::ENOSYS),
             op::INIT => return Err(libc::EIO),
@@ -827,6 +825,38 @@ impl Fs {
 
     // ----- helpers -----
 
+    // Extended attributes of a node, through its entry in the /proc/self/fd directory
+    // descriptor (*xattrat, Linux 6.13: works without /proc in the server's mount
+    // namespace), or through the /proc/self/fd path on older kernels.
+
+    fn xget(&self, fd: RawFd, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+        match sys::getxattrat(self.proc_fd, FdName::new(b"", fd).cstr(), name, buf) {
+            Err(libc::ENOSYS) => sys::getxattr(proc_path(fd).cstr(), name, buf),
+            r => r,
+        }
+    }
+
+    fn xset(&self, fd: RawFd, name: &CStr, val: &[u8], flags: i32) -> SysResult<()> {
+        match sys::setxattrat(self.proc_fd, FdName::new(b"", fd).cstr(), name, val, flags) {
+            Err(libc::ENOSYS) => sys::setxattr(proc_path(fd).cstr(), name, val, flags),
+            r => r,
+        }
+    }
+
+    fn xlist(&self, fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+        match sys::listxattrat(self.proc_fd, FdName::new(b"", fd).cstr(), buf) {
+            Err(libc::ENOSYS) => sys::listxattr(proc_path(fd).cstr(), buf),
+            r => r,
+        }
+    }
+
+    fn xremove(&self, fd: RawFd, name: &CStr) -> SysResult<()> {
+        match sys::removexattrat(self.proc_fd, FdName::new(b"", fd).cstr(), name) {
+            Err(libc::ENOSYS) => sys::removexattr(proc_path(fd).cstr(), name),
+            r => r,
+        }
+    }
+
     fn attr(&self, fd: RawFd, st: &libc::stat) -> Attr {
         let idx = if st.st_dev == self.root_dev { 0 } else { self.sh.dev_index(st.st_dev) };
         let mut a = Attr {
@@ -860,7 +890,7 @@ impl Fs {
             return None;
         }
         let mut v = [0u8; 64];
-        let n = sys::getxattr(proc_path(fd).cstr(), DEV_XATTR, &mut v).ok()?;
+        let n = self.xget(fd, DEV_XATTR, &mut v).ok()?;
         let s = std::str::from_utf8(&v[..n]).ok()?;
         let mut it = s.split(' ');
         let mode = u32::from_str_radix(it.next()?, 8).ok()?;
@@ -915,7 +945,7 @@ impl Fs {
                 let fd = f.as_raw_fd();
                 sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), 0o1600)?;
                 let v = format!("{mode:o} {rdev}");
-                if let Err(e) = sys::setxattr(proc_path(fd).cstr(), DEV_XATTR, v.as_bytes(), 0) {
+                if let Err(e) = self.xset(fd, DEV_XATTR, v.as_bytes(), 0) {
                     let _ = sys::unlinkat(parent, name, 0);
                     return Err(e);
                 }
@@ -1001,7 +1031,7 @@ impl Fs {
         if valid & fattr::MODE != 0 {
             if let Some((dmode, rdev)) = self.fake_dev(fd, &st) {
                 let v = format!("{:o} {rdev}", (dmode & libc::S_IFMT) | (mode & 0o7777));
-                sys::setxattr(proc_path(fd).cstr(), DEV_XATTR, v.as_bytes(), 0)?;
+                self.xset(fd, DEV_XATTR, v.as_bytes(), 0)?;
             } else if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
                 sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), mode & 0o7777)?;
             }

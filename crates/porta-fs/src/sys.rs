@@ -278,3 +278,54 @@ pub fn umask(mask: u32) {
     // SAFETY: always succeeds.
     unsafe { libc::umask(mask) };
 }
+
+/// `struct xattr_args` of the *xattrat system calls (Linux 6.13).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `getxattrat(2)` (Linux 6.13), following the final link: `dir` + `name` is a
+/// /proc/self/fd entry. Empty `buf` asks for the size.
+pub fn getxattrat(dir: RawFd, name: &CStr, attr: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let mut a = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+    // SAFETY: valid strings; `a` points to `buf`, valid for `buf.len()` bytes.
+    let r = unsafe {
+        libc::syscall(SYS_GETXATTRAT, dir, name.as_ptr(), 0u32, attr.as_ptr(), &mut a as *mut XattrArgs, std::mem::size_of::<XattrArgs>())
+    };
+    check_ssize(r as isize)
+}
+
+/// `setxattrat(2)` (Linux 6.13), following the final link.
+pub fn setxattrat(dir: RawFd, name: &CStr, attr: &CStr, val: &[u8], flags: i32) -> SysResult<()> {
+    let mut a = XattrArgs { value: val.as_ptr() as u64, size: val.len() as u32, flags: flags as u32 };
+    // SAFETY: valid strings; `a` points to `val`, valid for `val.len()` bytes.
+    let r = unsafe {
+        libc::syscall(SYS_SETXATTRAT, dir, name.as_ptr(), 0u32, attr.as_ptr(), &mut a as *mut XattrArgs, std::mem::size_of::<XattrArgs>())
+    };
+    check_ssize(r as isize).map(|_| ())
+}
+
+/// `listxattrat(2)` (Linux 6.13), following the final link; empty `buf` asks for the size.
+pub fn listxattrat(dir: RawFd, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: valid string; `buf` valid for `buf.len()` bytes.
+    let r = unsafe { libc::syscall(SYS_LISTXATTRAT, dir, name.as_ptr(), 0u32, buf.as_mut_ptr(), buf.len()) };
+    check_ssize(r as isize)
+}
+
+/// `removexattrat(2)` (Linux 6.13), following the final link.
+pub fn removexattrat(dir: RawFd, name: &CStr, attr: &CStr) -> SysResult<()> {
+    // SAFETY: valid strings.
+    let r = unsafe { libc::syscall(SYS_REMOVEXATTRAT, dir, name.as_ptr(), 0u32, attr.as_ptr()) };
+    check_ssize(r as isize).map(|_| ())
+}
+
+/// The x86_64 numbers of the *xattrat system calls, for the seccomp allowlist.
+pub const XATTRAT_SYSCALLS: [libc::c_long; 4] = [SYS_SETXATTRAT, SYS_GETXATTRAT, SYS_LISTXATTRAT, SYS_REMOVEXATTRAT];

@@ -386,3 +386,18 @@ fn confined_server_runs_real_workloads() {
         assert!(!c.log().contains("ERROR"), "{}", c.log());
     }
 }
+
+#[test]
+fn server_mount_namespace_holds_only_the_backing_directory() {
+    require_root!();
+    let c = Container::start(true, None);
+    std::fs::write(c.backing.join("marker"), b"m").unwrap();
+    let pid = c.fs().pid;
+    let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert_eq!(mi.lines().count(), 1, "{mi}");
+    // Its root is the backing directory.
+    assert!(Path::new(&format!("/proc/{pid}/root/marker")).exists());
+    assert!(!Path::new(&format!("/proc/{pid}/root/etc/passwd")).exists());
+    // And it still serves, xattrs and links included.
+    sh(&c.mnt, r#"echo x > f && ln f g && python3 -c 'import os; os.setxattr("f", "user.k", b"v"); assert os.getxattr("g", "user.k") == b"v"; assert "user.k" in os.listxattr("f"); os.removexattr("f", "user.k")'"#);
+}
