@@ -176,6 +176,27 @@ pub fn confine() -> Result<(), Error> {
     install_seccomp()
 }
 
+/// Moves the calling process (the keeper; its servers inherit it) into a new mount
+/// namespace whose only content is the backing directory, as its root: `..` at the top
+/// of the served tree stays there even for a compromised server, and no other host path
+/// is reachable by name. Returns an O_PATH descriptor of the new root. Descriptors opened
+/// before (the FUSE connection, /proc/self/fd) keep working.
+pub fn enter_backing_namespace(backing: &std::path::Path) -> Result<std::os::fd::OwnedFd, Error> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let sys = |what: &'static str| move |e: nix::errno::Errno| Error::Sys(what, e);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys("unshare mount namespace"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(sys("make mounts private"))?;
+    mount(Some(backing), backing, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(sys("bind backing directory"))?;
+    nix::unistd::chdir(backing).map_err(sys("chdir backing directory"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into backing directory"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's mounts"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    crate::sys::openat(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY, 0)
+        .map_err(|e| Error::Sys("open new root", nix::errno::Errno::from_raw(e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,25 +236,4 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut st, 0) };
         assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "status {st:#x}");
     }
-}
-
-/// Moves the calling process (the keeper; its servers inherit it) into a new mount
-/// namespace whose only content is the backing directory, as its root: `..` at the top
-/// of the served tree stays there even for a compromised server, and no other host path
-/// is reachable by name. Returns an O_PATH descriptor of the new root. Descriptors opened
-/// before (the FUSE connection, /proc/self/fd) keep working.
-pub fn enter_backing_namespace(backing: &std::path::Path) -> Result<std::os::fd::OwnedFd, Error> {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    let sys = |what: &'static str| move |e: nix::errno::Errno| Error::Sys(what, e);
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys("unshare mount namespace"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(sys("make mounts private"))?;
-    mount(Some(backing), backing, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(sys("bind backing directory"))?;
-    nix::unistd::chdir(backing).map_err(sys("chdir backing directory"))?;
-    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into backing directory"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's mounts"))?;
-    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
-    crate::sys::openat(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| Error::Sys("open new root", nix::errno::Errno::from_raw(e)))
 }

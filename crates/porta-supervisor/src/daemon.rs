@@ -196,7 +196,7 @@ enum Next {
 }
 
 impl Supervisor {
-    fn start(a: Args) -> Result<Supervisor, (Error, Option<Supervisor>)> {
+    fn start(a: Args) -> Result<Supervisor, (Error, Option<Box<Supervisor>>)> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         mask.thread_block().map_err(|e| (Error::Sys("block SIGCHLD", e), None))?;
@@ -230,7 +230,7 @@ impl Supervisor {
             watch: HashMap::new(),
         };
         if let Err(e) = sv.start_rest() {
-            return Err((e, Some(sv)));
+            return Err((e, Some(Box::new(sv))));
         }
         Ok(sv)
     }

@@ -151,7 +151,7 @@ fn launch_serve_state_and_stop() {
 
 fn restart_after_signal(sig: i32) {
     let c = Container::start(true, None);
-    let mut f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(c.mnt.join("open-across")).unwrap();
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(c.mnt.join("open-across")).unwrap();
     f.write_all(b"before ").unwrap();
     std::fs::create_dir_all(c.mnt.join("a/b")).unwrap();
     let old = c.fs();
