@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
-use crate::shared::{hdr, kind, slot, Shared};
+use crate::shared::{hdr, journal, kind, slot, Shared};
 use crate::sys::{self, Errno, SysResult};
 use crate::Error;
 
@@ -58,6 +58,8 @@ pub enum Exit {
 
 struct Fs {
     fault: Option<(Fault, Vec<u8>)>,
+    /// The reply journal as the previous server left it: (request id, state, x, y).
+    journal_at_start: Vec<[u64; 4]>,
     fuse: RawFd,
     root: RawFd,
     proc_fd: RawFd,
@@ -142,8 +144,14 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         }
     }
     let secs = cfg.ttl.as_secs();
+    let journal_at_start = (0..hdr::MAX_SLOTS)
+        .filter_map(|i| sh.journal(i))
+        .map(|e| [0, 1, 2, 3].map(|k| e[k].load(Ordering::Acquire)))
+        .filter(|e| e[1] != journal::EMPTY)
+        .collect();
     let mut fs = Fs {
         fault: fault_from_env(),
+        journal_at_start,
         fuse: cfg.fuse_fd,
         root: cfg.root_fd,
         proc_fd: cfg.proc_fd,
@@ -305,7 +313,7 @@ impl Fs {
                 s[0].store(slot::WORKING, Ordering::Relaxed);
                 s[1].fetch_add(1, Ordering::Release);
             }
-            let done = self.dispatch(&buf[..n], &mut w, &mut dents);
+            let done = self.dispatch(idx, &buf[..n], &mut w, &mut dents);
             if let Some(s) = slot {
                 s[0].store(slot::IDLE, Ordering::Relaxed);
                 s[1].fetch_add(1, Ordering::Release);
@@ -331,7 +339,7 @@ impl Fs {
         self.send(&w);
     }
 
-    fn dispatch(&self, frame: &[u8], w: &mut Writer, dents: &mut [u8]) -> Option<Exit> {
+    fn dispatch(&self, idx: usize, frame: &[u8], w: &mut Writer, dents: &mut [u8]) -> Option<Exit> {
         let h = match InHeader::parse(frame) {
             Ok(h) => h,
             Err(_) => {
@@ -352,7 +360,12 @@ impl Fs {
             self.sh.hdr(hdr::RESENT).fetch_add(1, Ordering::Relaxed);
         }
         w.start();
-        let res = self.handle(&h, r, w, dents, resent);
+        let journaled = matches!(h.opcode, op::UNLINK | op::RMDIR | op::RENAME | op::RENAME2 | op::SETXATTR | op::REMOVEXATTR);
+        let res = if journaled {
+            self.journaled(idx, &h, r, w, dents, resent)
+        } else {
+            self.handle(idx, &h, r, w, dents, resent)
+        };
         if matches!(h.opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT) {
             // Never answered, even when malformed.
             return None;
@@ -378,7 +391,48 @@ impl Fs {
         }
     }
 
-    fn handle(&self, h: &InHeader, mut r: Reader, w: &mut Writer, dents: &mut [u8], resent: bool) -> SysResult<Done> {
+    /// Runs a request whose reply is only an errno through the reply journal: a resent
+    /// request whose first run completed gets the recorded answer and is not run again.
+    fn journaled(&self, idx: usize, h: &InHeader, r: Reader, w: &mut Writer, dents: &mut [u8], resent: bool) -> SysResult<Done> {
+        let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
+        if resent {
+            if let Some(e) = self.journal_at_start.iter().find(|e| e[0] == id && e[1] == journal::DONE) {
+                let errno = e[2] as i32;
+                return if errno == 0 { Ok(Done::Reply) } else { Err(errno) };
+            }
+        }
+        let entry = self.sh.journal(idx);
+        if let Some(e) = entry {
+            e[1].store(journal::EMPTY, Ordering::Release);
+            e[0].store(id, Ordering::Relaxed);
+            e[2].store(0, Ordering::Relaxed);
+            e[3].store(0, Ordering::Relaxed);
+            e[1].store(journal::INTENT, Ordering::Release);
+        }
+        let res = self.handle(idx, h, r, w, dents, resent);
+        if let Some(e) = entry {
+            let errno = match &res {
+                Ok(_) => 0,
+                Err(e) => *e,
+            };
+            e[2].store(errno as u64, Ordering::Relaxed);
+            e[1].store(journal::DONE, Ordering::Release);
+        }
+        res
+    }
+
+    /// For a resent RENAME_EXCHANGE whose first run may have happened before the journal
+    /// recorded it: the inode numbers seen before the swap tell whether it did.
+    fn exchange_already_done(&self, h: &InHeader, od: RawFd, old: &CStr) -> bool {
+        let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
+        let Some(e) = self.journal_at_start.iter().find(|e| e[0] == id && e[1] == journal::INTENT) else {
+            return false;
+        };
+        let (old_ino, new_ino) = (e[2], e[3]);
+        old_ino != 0 && new_ino != 0 && sys::statat(od, old).is_ok_and(|st| st.st_ino == new_ino)
+    }
+
+    fn handle(&self, idx: usize, h: &InHeader, mut r: Reader, w: &mut Writer, dents: &mut [u8], resent: bool) -> SysResult<Done> {
         match h.opcode {
             op::LOOKUP => {
                 let name = r.name().map_err(mal)?;
@@ -475,6 +529,15 @@ impl Fs {
                 let new = r.name().map_err(mal)?;
                 let od = self.node_fd(h.nodeid)?;
                 let nd = self.node_fd(newdir)?;
+                if flags & libc::RENAME_EXCHANGE != 0 {
+                    if resent && self.exchange_already_done(h, od, old) {
+                        return Ok(Done::Reply);
+                    }
+                    if let (Some(e), Ok(a), Ok(b)) = (self.sh.journal(idx), sys::statat(od, old), sys::statat(nd, new)) {
+                        e[2].store(a.st_ino, Ordering::Relaxed);
+                        e[3].store(b.st_ino, Ordering::Release);
+                    }
+                }
                 match sys::renameat2(od, old, nd, new, flags) {
                     Ok(()) => {}
                     Err(libc::ENOENT) if resent && sys::statat(nd, new).is_ok() => {}

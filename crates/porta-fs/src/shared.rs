@@ -40,6 +40,8 @@ pub mod hdr {
     pub const SLOTS: usize = 64;
     pub const SLOT_WORDS: usize = 4;
     pub const MAX_SLOTS: usize = 8;
+    pub const JOURNAL: usize = 96;
+    pub const JOURNAL_WORDS: usize = 4;
     pub const TABLE: usize = 128;
 }
 
@@ -50,6 +52,14 @@ pub mod kind {
     pub const NODE: u64 = 1;
     pub const FILE: u64 = 2;
     pub const DIR: u64 = 3;
+}
+
+/// States of a reply-journal entry (one per server thread: request id, state, two words).
+#[allow(missing_docs)]
+pub mod journal {
+    pub const EMPTY: u64 = 0;
+    pub const INTENT: u64 = 1;
+    pub const DONE: u64 = 2;
 }
 
 /// Thread slot states.
@@ -212,6 +222,15 @@ impl Shared {
         }
         let base = hdr::SLOTS + i * hdr::SLOT_WORDS;
         Some(&self.words[base..base + hdr::SLOT_WORDS])
+    }
+
+    /// The reply-journal entry of thread `i`: request id, state, two data words.
+    pub fn journal(&self, i: usize) -> Option<&[AtomicU64]> {
+        if i >= hdr::MAX_SLOTS {
+            return None;
+        }
+        let base = hdr::JOURNAL + i * hdr::JOURNAL_WORDS;
+        Some(&self.words[base..base + hdr::JOURNAL_WORDS])
     }
 
     /// Snapshot of every thread slot in use.

@@ -15,6 +15,7 @@ use porta_fs::abi::{op, IN_HEADER_LEN};
 use porta_fs::{serve, sys, Config, Shared};
 
 struct Conn {
+    cfg: Config,
     client: OwnedFd,
     thread: Option<std::thread::JoinHandle<Result<porta_fs::Exit, porta_fs::Error>>>,
     unique: u64,
@@ -53,8 +54,9 @@ impl Conn {
             threads: 1,
             ttl: Duration::from_secs(1),
         };
-        let thread = std::thread::spawn(move || serve(&cfg));
-        let mut c = Conn { client, thread: Some(thread), unique: 0, _fds: vec![server, root, procfd], dir };
+        let cfg2 = cfg.clone();
+        let thread = std::thread::spawn(move || serve(&cfg2));
+        let mut c = Conn { cfg, client, thread: Some(thread), unique: 0, _fds: vec![server, root, procfd], dir };
         // INIT 7.40 offering everything.
         let mut body = Vec::new();
         for v in [7u32, 40, 131072, u32::MAX, u32::MAX] {
@@ -129,6 +131,33 @@ impl Conn {
         assert_eq!(err, 0);
         let mode = u32::from_ne_bytes(out[16 + 60..16 + 64].try_into().unwrap());
         assert_eq!(mode & libc::S_IFMT, libc::S_IFDIR);
+    }
+}
+
+impl Conn {
+    /// Ends the server (its connection closes) and starts a new one on the same shared
+    /// state and descriptors, as the supervisor does after a crash; returns the frame the
+    /// new server sends first (FUSE_NOTIFY_RESEND).
+    fn restart(&mut self) -> (u64, i32, Vec<u8>) {
+        self.stop_server();
+        let (client, server) = socketpair();
+        let mut cfg = self.cfg.clone();
+        cfg.fuse_fd = server.as_raw_fd();
+        self.client = client;
+        self._fds.push(server);
+        self.thread = Some(std::thread::spawn(move || serve(&cfg)));
+        self.recv()
+    }
+
+    fn stop_server(&mut self) {
+        let (a, _) = socketpair();
+        // SAFETY: replace the client descriptor with the new one and close the old.
+        let r = unsafe { libc::dup2(a.as_raw_fd(), self.client.as_raw_fd()) };
+        assert!(r >= 0);
+        drop(a);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -343,4 +372,44 @@ fn distinct_inode_numbers_across_backing_file_systems() {
     assert_eq!(inos.trim(), "0", "inode numbers collide through the mount");
     let raw = common::sh(&m.backing, "find . -type f -printf '%i\\n' | sort | uniq -d | wc -l");
     eprintln!("raw duplicates in the backing tree: {}", raw.trim());
+}
+
+#[test]
+fn resent_requests_are_answered_as_the_first_run_did() {
+    require_root!();
+    let mut c = Conn::new();
+    let b = c.backing();
+    std::fs::write(b.join("x"), b"X").unwrap();
+    std::fs::write(b.join("y"), b"Y").unwrap();
+    std::fs::write(b.join("gone"), b"").unwrap();
+    std::fs::write(b.join("xa"), b"").unwrap();
+    let (_, xa, _) = c.lookup(1, "xa");
+    let mut exch = 1u64.to_ne_bytes().to_vec();
+    exch.extend_from_slice(&(libc::RENAME_EXCHANGE).to_ne_bytes());
+    exch.extend_from_slice(&[0u8; 4]);
+    exch.extend_from_slice(b"x\0y\0");
+    let mut sx = 1u32.to_ne_bytes().to_vec();
+    sx.extend_from_slice(&(libc::XATTR_CREATE as u32).to_ne_bytes());
+    sx.extend_from_slice(b"user.k\0v");
+    let cases: [(u32, u64, Vec<u8>); 3] = [(op::RENAME2, 1, exch), (op::UNLINK, 1, b"gone\0".to_vec()), (op::SETXATTR, xa, sx)];
+    for (opcode, node, body) in cases {
+        // The server runs the request, then dies before the kernel saw the answer
+        // (here: the answer is read and ignored); the kernel resends it with bit 63.
+        let (_, f) = c.frame(opcode, node, &body);
+        c.send_raw(&f);
+        assert_eq!(c.recv().1, 0, "first run of opcode {opcode}");
+        let (u, err, _) = c.restart();
+        assert_eq!((u, err), (0, porta_fs::abi::NOTIFY_RESEND), "a new server first asks for a resend");
+        let mut rf = f.clone();
+        let ru = u64::from_ne_bytes(rf[8..16].try_into().unwrap()) | porta_fs::abi::UNIQUE_RESEND_FLAG;
+        rf[8..16].copy_from_slice(&ru.to_ne_bytes());
+        c.send_raw(&rf);
+        let (got, err, _) = c.recv();
+        assert_eq!(got, ru, "the reply echoes the resent id");
+        assert_eq!(err, 0, "resent opcode {opcode} must get the first run's answer");
+    }
+    // EXCHANGE ran once, not twice.
+    assert_eq!(std::fs::read(b.join("x")).unwrap(), b"Y");
+    assert_eq!(std::fs::read(b.join("y")).unwrap(), b"X");
+    c.assert_alive();
 }

@@ -401,3 +401,38 @@ fn server_mount_namespace_holds_only_the_backing_directory() {
     // And it still serves, xattrs and links included.
     sh(&c.mnt, r#"echo x > f && ln f g && python3 -c 'import os; os.setxattr("f", "user.k", b"v"); assert os.getxattr("g", "user.k") == b"v"; assert "user.k" in os.listxattr("f"); os.removexattr("f", "user.k")'"#);
 }
+
+#[test]
+fn supervisor_exits_by_itself_when_the_mount_is_gone() {
+    require_root!();
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::remove_var("PORTA_FS_FAULT");
+    let dir = tempfile::Builder::new().prefix("psv").tempdir_in("/tmp").unwrap();
+    let state = dir.path().join("s");
+    let backing = dir.path().join("rootfs");
+    std::fs::create_dir(&backing).unwrap();
+    let spec = LaunchSpec {
+        id: "gone".into(),
+        state_dir: state.clone(),
+        rootfs: backing,
+        passthrough: true,
+        server_cgroup_procs: vec![],
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
+        log: dir.path().join("log"),
+    };
+    let l = launch(&spec).unwrap();
+    let pid = l.supervisor_pid;
+    // The last reference to the detached mount goes away (the container's mount
+    // namespace died, or create closed it): the kernel aborts the connection.
+    drop(l.mount_fd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z")).unwrap_or(false) {
+        assert!(Instant::now() < deadline, "supervisor still running; log: {}", std::fs::read_to_string(dir.path().join("log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = servers(&state).unwrap();
+    assert_eq!(s[0].state, "stopped");
+    assert!(!state.join("supervisor.sock").exists());
+    stop(&state).unwrap();
+    drop(serial);
+}
