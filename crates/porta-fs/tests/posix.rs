@@ -97,6 +97,9 @@ fn identity_of_new_files() {
     sh(&m.mnt, "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'touch shared/u; mkdir shared/ud; ln -s x shared/us; mkfifo shared/uf; touch sg/g'");
     let out = sh(&m.backing, "stat -c '%n %u %g' shared/u shared/ud shared/us shared/uf sg/g");
     assert_eq!(out, "shared/u 1000 1000\nshared/ud 1000 1000\nshared/us 1000 1000\nshared/uf 1000 1000\nsg/g 1000 1234\n");
+    // A write or truncate by a non-root owner clears set-user-id and set-group-id bits.
+    let bits = sh(&m.mnt, "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'cd shared && echo a > s && chmod 6755 s && echo b >> s && stat -c %a s; echo c > t && chmod 6755 t && truncate -s 0 t && stat -c %a t'");
+    assert_eq!(bits, "755\n755\n");
     // Permission checks are the kernel's (default_permissions): uid 1000 cannot write root's file.
     sh(&m.mnt, "echo root > rootfile && chmod 644 rootfile");
     let r = sh(&m.mnt, "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo x >> rootfile' 2>&1 || echo denied");
