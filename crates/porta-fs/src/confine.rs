@@ -170,9 +170,18 @@ pub fn install_seccomp() -> Result<(), Error> {
     Ok(())
 }
 
-/// Drops capabilities, then installs no_new_privs and the seccomp allowlist.
-pub fn confine() -> Result<(), Error> {
+/// Drops capabilities, sets no_new_privs, restricts file access to the tree beneath
+/// `root` (Landlock) and installs the seccomp allowlist.
+pub fn confine(root: std::os::fd::RawFd) -> Result<(), Error> {
     drop_capabilities()?;
+    // SAFETY: plain prctl.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(last("no_new_privs"));
+    }
+    let abi = restrict_to_tree(root)?;
+    if abi == 0 {
+        tracing::warn!("no Landlock in this kernel: file access of the server is not restricted to its tree");
+    }
     install_seccomp()
 }
 
@@ -195,6 +204,66 @@ pub fn enter_backing_namespace(backing: &std::path::Path) -> Result<std::os::fd:
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     crate::sys::openat(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|e| Error::Sys("open new root", nix::errno::Errno::from_raw(e)))
+}
+
+/// Landlock file-system access rights handled by [`restrict_to_tree`]: every right up to
+/// ABI 3 (truncate). Device ioctls (ABI 5) are not handled: the FUSE device is already
+/// open and the seccomp filter restricts ioctl.
+const LL_ACCESS_ALL: u64 = (1 << 15) - 1;
+const LL_MAKE_CHAR: u64 = 1 << 6;
+const LL_MAKE_BLOCK: u64 = 1 << 11;
+const LL_REFER: u64 = 1 << 13;
+const LL_TRUNCATE: u64 = 1 << 14;
+const SYS_LANDLOCK_CREATE_RULESET: libc::c_long = 444;
+const SYS_LANDLOCK_ADD_RULE: libc::c_long = 445;
+const SYS_LANDLOCK_RESTRICT_SELF: libc::c_long = 446;
+
+/// Restricts the calling process (and the threads it creates afterwards) with Landlock to
+/// the tree beneath `root` (an O_PATH directory descriptor): files elsewhere — reached for
+/// instance through `/proc/<pid>/root` from the `/proc/self/fd` descriptor — cannot be
+/// read, written, created, removed, truncated or executed, and no device node can be made
+/// even beneath `root`. Needs no_new_privs. Returns the Landlock ABI version
+/// used, or 0 when the kernel has no Landlock (then nothing is restricted).
+pub fn restrict_to_tree(root: std::os::fd::RawFd) -> Result<i64, Error> {
+    // SAFETY: version query: null attribute, size 0, flag LANDLOCK_CREATE_RULESET_VERSION.
+    let abi = unsafe { libc::syscall(SYS_LANDLOCK_CREATE_RULESET, std::ptr::null::<u64>(), 0usize, 1u32) };
+    if abi < 1 {
+        return Ok(0);
+    }
+    let mut handled = LL_ACCESS_ALL;
+    if abi < 2 {
+        handled &= !LL_REFER;
+    }
+    if abi < 3 {
+        handled &= !LL_TRUNCATE;
+    }
+    let attr: [u64; 1] = [handled];
+    // SAFETY: `attr` is a `struct landlock_ruleset_attr` (handled_access_fs only).
+    let rs = unsafe { libc::syscall(SYS_LANDLOCK_CREATE_RULESET, attr.as_ptr(), 8usize, 0u32) };
+    if rs < 0 {
+        return Err(last("landlock_create_ruleset"));
+    }
+    // SAFETY: fresh descriptor owned by nobody else.
+    let rs = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(rs as i32) };
+    // EXECUTE stays allowed: passthrough opens backing files with the server's
+    // credentials (its Landlock domain included) when the container executes a program;
+    // the server itself cannot exec (seccomp).
+    let allowed = handled & !(LL_MAKE_CHAR | LL_MAKE_BLOCK);
+    // struct landlock_path_beneath_attr { u64 allowed_access; s32 parent_fd; } (packed).
+    let mut rule = [0u8; 12];
+    rule[..8].copy_from_slice(&allowed.to_ne_bytes());
+    rule[8..].copy_from_slice(&root.to_ne_bytes());
+    // SAFETY: `rule` has the packed layout of `struct landlock_path_beneath_attr`.
+    let r = unsafe { libc::syscall(SYS_LANDLOCK_ADD_RULE, std::os::fd::AsRawFd::as_raw_fd(&rs), 1u32, rule.as_ptr(), 0u32) };
+    if r < 0 {
+        return Err(last("landlock_add_rule"));
+    }
+    // SAFETY: plain system call on our ruleset descriptor.
+    let r = unsafe { libc::syscall(SYS_LANDLOCK_RESTRICT_SELF, std::os::fd::AsRawFd::as_raw_fd(&rs), 0u32) };
+    if r < 0 {
+        return Err(last("landlock_restrict_self"));
+    }
+    Ok(abi)
 }
 
 #[cfg(test)]
@@ -228,6 +297,35 @@ mod tests {
                     1
                 }
             };
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: waiting for our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "status {st:#x}");
+    }
+
+    #[test]
+    fn landlock_keeps_a_process_inside_its_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("inside"), b"in").unwrap();
+        let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let root = crate::sys::openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        let inside = crate::sys::openat(std::os::fd::AsRawFd::as_raw_fd(&root), c"inside", libc::O_PATH, 0).unwrap();
+        // SAFETY: fork in a test; the child only makes system calls and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: plain prctl.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            let abi = restrict_to_tree(std::os::fd::AsRawFd::as_raw_fd(&root)).unwrap_or(-1);
+            let outside = crate::sys::openat(libc::AT_FDCWD, c"/etc/passwd", libc::O_RDONLY, 0);
+            let via_proc_root = crate::sys::openat(libc::AT_FDCWD, c"/proc/1/root/etc/passwd", libc::O_RDONLY, 0);
+            let name = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&inside));
+            let cname = std::ffi::CString::new(name).unwrap();
+            let reopened = crate::sys::openat(libc::AT_FDCWD, &cname, libc::O_RDWR, 0);
+            let made = crate::sys::openat(std::os::fd::AsRawFd::as_raw_fd(&root), c"new", libc::O_CREAT | libc::O_WRONLY, 0o600);
+            let code = if abi >= 1 && outside.is_err() && via_proc_root.is_err() && reopened.is_ok() && made.is_ok() { 0 } else { 1 };
             // SAFETY: ends the child.
             unsafe { libc::_exit(code) };
         }

@@ -90,7 +90,10 @@ fn die_with_parent() {
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     die_with_parent();
     let shared = Shared::map(args.state_fd)?;
-    let procfd = open_dir(std::path::Path::new("/proc/self/fd"), libc::O_RDONLY)?;
+    // The procfs root, kept across the pivot: each server opens its own `self/fd` from it
+    // (a Landlock-restricted server may not follow another process's /proc links).
+    let procfd = open_dir(std::path::Path::new("/proc"), libc::O_PATH)?;
+    let keeper_fds = open_dir(std::path::Path::new("/proc/self/fd"), libc::O_RDONLY)?;
     let root = if args.no_confine {
         open_dir(&args.root, libc::O_PATH)?
     } else {
@@ -101,13 +104,13 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     let server = Config {
         fuse_fd: args.fuse_fd,
         root_fd: root.as_raw_fd(),
-        proc_fd: procfd.as_raw_fd(),
+        proc_fd: keeper_fds.as_raw_fd(),
         shared,
         passthrough: args.passthrough,
         threads: args.threads,
         ttl: args.ttl,
     };
-    let cfg = ServerSetup { server, confine: !args.no_confine };
+    let cfg = ServerSetup { server, confine: !args.no_confine, proc_root: procfd.as_raw_fd() };
     let mut cmd = [0u8; 16];
     loop {
         let n = match sys::read(args.ctl_fd, &mut cmd) {
@@ -154,6 +157,7 @@ fn default_fault_signals() {
 struct ServerSetup {
     server: Config,
     confine: bool,
+    proc_root: RawFd,
 }
 
 /// Creates one server sharing this process's fd table; returns its pid (or -errno).
@@ -168,14 +172,30 @@ fn spawn_server(cfg: &ServerSetup) -> i32 {
     // The child: the new file server.
     die_with_parent();
     default_fault_signals();
+    let mut server = cfg.server.clone();
     if cfg.confine {
-        if let Err(e) = crate::confine::confine() {
+        // This server's own /proc/self/fd (the same shared table); the previous server's
+        // is useless now: close it.
+        let own = match sys::openat(cfg.proc_root, c"self/fd", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            Ok(fd) => std::os::fd::IntoRawFd::into_raw_fd(fd),
+            Err(e) => {
+                tracing::error!(errno = e, "could not open /proc/self/fd");
+                // SAFETY: ends this process at once.
+                unsafe { libc::_exit(EXIT_FAILED) };
+            }
+        };
+        let old = server.shared.hdr(hdr::SERVER_PROC_FD).swap(own as u64, std::sync::atomic::Ordering::AcqRel);
+        if old != 0 && old as RawFd != own {
+            sys::close(old as RawFd);
+        }
+        server.proc_fd = own;
+        if let Err(e) = crate::confine::confine(server.root_fd) {
             tracing::error!(error = %e, "could not confine the file server");
             // SAFETY: ends this process at once.
             unsafe { libc::_exit(EXIT_FAILED) };
         }
     }
-    let code = match serve(&cfg.server) {
+    let code = match serve(&server) {
         Ok(Exit::Unmounted) | Ok(Exit::Destroyed) => EXIT_UNMOUNTED,
         Err(e) => {
             tracing::error!(error = %e, "file server failed");

@@ -34,6 +34,7 @@ pub mod hdr {
     pub const PROC_FD: usize = 12;
     pub const FUSE_FD: usize = 13;
     pub const UNMOUNTED: usize = 14;
+    pub const SERVER_PROC_FD: usize = 15;
     pub const DEV_COUNT: usize = 16;
     pub const DEVS: usize = 17;
     pub const MAX_DEVS: usize = 32;
