@@ -189,6 +189,7 @@ struct Supervisor {
     conn_id: u64,
     sigfd: SignalFd,
     watch: HashMap<u64, (u64, Instant)>,
+    container: Option<OwnedFd>,
 }
 
 enum Next {
@@ -228,6 +229,7 @@ impl Supervisor {
             conn_id,
             sigfd,
             watch: HashMap::new(),
+            container: None,
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -345,8 +347,11 @@ impl Supervisor {
     }
 
     fn run_loop(&mut self) -> i32 {
-        let container = self.a.container_pid.and_then(pidfd_open);
+        if let Some(pid) = self.a.container_pid {
+            self.container = pidfd_open(pid);
+        }
         loop {
+            let container = self.container.take();
             let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
             if let Some(l) = &self.listener {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
@@ -358,6 +363,7 @@ impl Supervisor {
             let _ = poll(&mut fds, PollTimeout::from(250u16));
             let container_gone = container.is_some() && fds.get(cidx).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
             drop(fds);
+            self.container = container;
             while self.sigfd.read_signal().ok().flatten().is_some() {}
             if let Some(Next::Exit(code)) = self.reap() {
                 return code;
@@ -490,6 +496,19 @@ impl Supervisor {
                 self.shutdown();
                 let _ = conn.write_all(b"ok\n");
                 Some(Next::Exit(0))
+            }
+            c if c.starts_with("watch ") => {
+                match c[6..].trim().parse::<i32>().ok().filter(|p| *p > 0).and_then(pidfd_open) {
+                    Some(fd) => {
+                        tracing::info!(pid = %c[6..].trim(), "watching the container's process");
+                        self.container = Some(fd);
+                        let _ = conn.write_all(b"ok\n");
+                    }
+                    None => {
+                        let _ = conn.write_all(b"error no such process\n");
+                    }
+                }
+                None
             }
             "status" => {
                 let s = serde_json::to_string(&self.state()).unwrap_or_default();

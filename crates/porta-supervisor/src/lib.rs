@@ -66,6 +66,9 @@ pub enum Error {
     /// Bad arguments to a hidden subcommand.
     #[error("{0}")]
     Usage(String),
+    /// The supervisor refused a request.
+    #[error("supervisor refused: {0}")]
+    Refused(String),
     /// The state file could not be parsed.
     #[error("state file {0}: {1}")]
     State(PathBuf, String),
@@ -232,6 +235,24 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Tells the supervisor of `state_dir` the pid of the container's process (once `porta
+/// create` forked it): the supervisor watches it with a pidfd and stops its servers and
+/// exits when it is gone.
+pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
+    let sock = state_dir.join(SOCKET_NAME);
+    let mut s = UnixStream::connect(&sock).map_err(|e| Error::Path { what: "connect to supervisor", path: sock.clone(), source: e })?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::Io("socket timeout", e))?;
+    s.write_all(format!("watch {pid}\n").as_bytes()).map_err(|e| Error::Io("send watch", e))?;
+    s.shutdown(std::net::Shutdown::Write).map_err(|e| Error::Io("send watch", e))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| Error::Io("read supervisor answer", e))?;
+    if answer.trim() == "ok" {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!("watch {pid}: {}", answer.trim())))
+    }
 }
 
 /// The servers of the container whose state directory is `state_dir`, for `porta state`.

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use porta_supervisor::{launch, servers, stop, LaunchSpec, ServerStatus};
+use porta_supervisor::{launch, servers, stop, watch_container, LaunchSpec, ServerStatus};
 
 fn is_root() -> bool {
     // SAFETY: always succeeds.
@@ -435,4 +435,19 @@ fn supervisor_exits_by_itself_when_the_mount_is_gone() {
     assert!(!state.join("supervisor.sock").exists());
     stop(&state).unwrap();
     drop(serial);
+}
+
+#[test]
+fn supervisor_stops_when_the_watched_container_process_exits() {
+    require_root!();
+    let c = Container::start(true, None);
+    let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+    watch_container(&c.state, child.id() as i32).unwrap();
+    assert!(watch_container(&c.state, 999_999_999).is_err());
+    std::fs::write(c.mnt.join("f"), b"x").unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    c.wait_for("stop after the container's exit", |s| s.state == "stopped");
+    let e = std::fs::read(c.mnt.join("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
 }
