@@ -33,6 +33,13 @@ fn nothing_left_behind() {
                 .map(|e| format!("state: {e}")),
         );
     }
+    // the long --root of lifecycle::long_root_and_long_id is removed when empty
+    findings.extend(
+        leaks::state_entries("/run")
+            .into_iter()
+            .filter(|e| e.starts_with("/run/pit-long-root"))
+            .map(|e| format!("state: {e} (long --root) holds {:?}", leaks::state_entries(&e))),
+    );
     let bundles = leaks::state_entries(BUNDLES);
     findings.extend(
         bundles
