@@ -15,10 +15,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let m = porta_fs::mount::fsmount_fuse(fuse.as_raw_fd(), &Default::default())?;
     porta_fs::mount::move_mount_to(m.as_raw_fd(), std::path::Path::new(&args[2]))?;
     drop(m);
-    let root = porta_fs::sys::openat(libc::AT_FDCWD, &CString::new(args[1].clone())?, libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| format!("open backing: errno {e}"))?;
-    let procfd = porta_fs::sys::openat(libc::AT_FDCWD, c"/proc/self/fd", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        .map_err(|e| format!("open /proc/self/fd: errno {e}"))?;
+    let root = porta_fs::sys::openat(
+        libc::AT_FDCWD,
+        &CString::new(args[1].clone())?,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| format!("open backing: errno {e}"))?;
+    let procfd = porta_fs::sys::openat(
+        libc::AT_FDCWD,
+        c"/proc/self/fd",
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| format!("open /proc/self/fd: errno {e}"))?;
     let cfg = porta_fs::Config {
         fuse_fd: fuse.as_raw_fd(),
         root_fd: root.as_raw_fd(),

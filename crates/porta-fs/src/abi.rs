@@ -378,7 +378,11 @@ pub fn dirent_align(n: usize) -> usize {
 
 /// Encodes one `struct fuse_dirent` with its padded name.
 pub fn encode_dirent(w: &mut Writer, ino: u64, off: u64, typ: u32, name: &[u8]) {
-    w.u64(ino).u64(off).u32(name.len() as u32).u32(typ).bytes(name);
+    w.u64(ino)
+        .u64(off)
+        .u32(name.len() as u32)
+        .u32(typ)
+        .bytes(name);
     let pad = dirent_align(DIRENT_LEN + name.len()) - (DIRENT_LEN + name.len());
     w.zeros(pad);
 }

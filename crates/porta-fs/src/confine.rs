@@ -84,11 +84,21 @@ const JEQ_K: u16 = 0x15;
 const RET_K: u16 = 0x06;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code: JEQ_K, jt, jf, k }
+    libc::sock_filter {
+        code: JEQ_K,
+        jt,
+        jf,
+        k,
+    }
 }
 
 /// The BPF program: check the architecture, allow listed calls (ioctl only with a FUSE
@@ -100,7 +110,11 @@ fn program() -> Vec<libc::sock_filter> {
         stmt(RET_K, RET_KILL_PROCESS),
         stmt(LD_W_ABS, 0),
     ];
-    let all: Vec<libc::c_long> = ALLOWED.iter().copied().chain(crate::sys::XATTRAT_SYSCALLS).collect();
+    let all: Vec<libc::c_long> = ALLOWED
+        .iter()
+        .copied()
+        .chain(crate::sys::XATTRAT_SYSCALLS)
+        .collect();
     let n = all.len();
     for (i, nr) in all.iter().enumerate() {
         // Jump over the remaining compares, the ioctl block (5) and the deny.
@@ -157,13 +171,21 @@ pub fn drop_capabilities() -> Result<(), Error> {
 /// threads it creates afterwards.
 pub fn install_seccomp() -> Result<(), Error> {
     let prog = program();
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
     // SAFETY: plain prctl calls; `fprog` points to `prog`, alive for the call.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return Err(last("no_new_privs"));
         }
-        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) < 0 {
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        ) < 0
+        {
             return Err(last("seccomp filter"));
         }
     }
@@ -180,7 +202,9 @@ pub fn confine(root: std::os::fd::RawFd) -> Result<(), Error> {
     }
     let abi = restrict_to_tree(root)?;
     if abi == 0 {
-        tracing::warn!("no Landlock in this kernel: file access of the server is not restricted to its tree");
+        tracing::warn!(
+            "no Landlock in this kernel: file access of the server is not restricted to its tree"
+        );
     }
     install_seccomp()
 }
@@ -193,11 +217,24 @@ pub fn confine(root: std::os::fd::RawFd) -> Result<(), Error> {
 pub fn enter_backing_namespace(backing: &std::path::Path) -> Result<std::os::fd::OwnedFd, Error> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     let sys = |what: &'static str| move |e: nix::errno::Errno| Error::Sys(what, e);
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys("unshare mount namespace"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(sys("make mounts private"))?;
-    mount(Some(backing), backing, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(sys("bind backing directory"))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(sys("unshare mount namespace"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make mounts private"))?;
+    mount(
+        Some(backing),
+        backing,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("bind backing directory"))?;
     nix::unistd::chdir(backing).map_err(sys("chdir backing directory"))?;
     nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into backing directory"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's mounts"))?;
@@ -226,7 +263,14 @@ const SYS_LANDLOCK_RESTRICT_SELF: libc::c_long = 446;
 /// used, or 0 when the kernel has no Landlock (then nothing is restricted).
 pub fn restrict_to_tree(root: std::os::fd::RawFd) -> Result<i64, Error> {
     // SAFETY: version query: null attribute, size 0, flag LANDLOCK_CREATE_RULESET_VERSION.
-    let abi = unsafe { libc::syscall(SYS_LANDLOCK_CREATE_RULESET, std::ptr::null::<u64>(), 0usize, 1u32) };
+    let abi = unsafe {
+        libc::syscall(
+            SYS_LANDLOCK_CREATE_RULESET,
+            std::ptr::null::<u64>(),
+            0usize,
+            1u32,
+        )
+    };
     if abi < 1 {
         return Ok(0);
     }
@@ -254,12 +298,26 @@ pub fn restrict_to_tree(root: std::os::fd::RawFd) -> Result<i64, Error> {
     rule[..8].copy_from_slice(&allowed.to_ne_bytes());
     rule[8..].copy_from_slice(&root.to_ne_bytes());
     // SAFETY: `rule` has the packed layout of `struct landlock_path_beneath_attr`.
-    let r = unsafe { libc::syscall(SYS_LANDLOCK_ADD_RULE, std::os::fd::AsRawFd::as_raw_fd(&rs), 1u32, rule.as_ptr(), 0u32) };
+    let r = unsafe {
+        libc::syscall(
+            SYS_LANDLOCK_ADD_RULE,
+            std::os::fd::AsRawFd::as_raw_fd(&rs),
+            1u32,
+            rule.as_ptr(),
+            0u32,
+        )
+    };
     if r < 0 {
         return Err(last("landlock_add_rule"));
     }
     // SAFETY: plain system call on our ruleset descriptor.
-    let r = unsafe { libc::syscall(SYS_LANDLOCK_RESTRICT_SELF, std::os::fd::AsRawFd::as_raw_fd(&rs), 0u32) };
+    let r = unsafe {
+        libc::syscall(
+            SYS_LANDLOCK_RESTRICT_SELF,
+            std::os::fd::AsRawFd::as_raw_fd(&rs),
+            0u32,
+        )
+    };
     if r < 0 {
         return Err(last("landlock_restrict_self"));
     }
@@ -289,7 +347,11 @@ mod tests {
             // SAFETY: plain system calls in the child.
             let code = unsafe {
                 let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-                let e = libc::execve(c"/bin/true".as_ptr(), [std::ptr::null()].as_ptr(), [std::ptr::null()].as_ptr());
+                let e = libc::execve(
+                    c"/bin/true".as_ptr(),
+                    [std::ptr::null()].as_ptr(),
+                    [std::ptr::null()].as_ptr(),
+                );
                 let io = libc::ioctl(0, libc::TIOCGWINSZ, [0u16; 4].as_mut_ptr());
                 if ok && s < 0 && e < 0 && io < 0 && libc::getpid() > 0 {
                     0
@@ -303,7 +365,10 @@ mod tests {
         let mut st = 0;
         // SAFETY: waiting for our child.
         unsafe { libc::waitpid(pid, &mut st, 0) };
-        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "status {st:#x}");
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "status {st:#x}"
+        );
     }
 
     #[test]
@@ -311,8 +376,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("inside"), b"in").unwrap();
         let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
-        let root = crate::sys::openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
-        let inside = crate::sys::openat(std::os::fd::AsRawFd::as_raw_fd(&root), c"inside", libc::O_PATH, 0).unwrap();
+        let root =
+            crate::sys::openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        let inside = crate::sys::openat(
+            std::os::fd::AsRawFd::as_raw_fd(&root),
+            c"inside",
+            libc::O_PATH,
+            0,
+        )
+        .unwrap();
         // SAFETY: fork in a test; the child only makes system calls and _exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -320,18 +392,40 @@ mod tests {
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
             let abi = restrict_to_tree(std::os::fd::AsRawFd::as_raw_fd(&root)).unwrap_or(-1);
             let outside = crate::sys::openat(libc::AT_FDCWD, c"/etc/passwd", libc::O_RDONLY, 0);
-            let via_proc_root = crate::sys::openat(libc::AT_FDCWD, c"/proc/1/root/etc/passwd", libc::O_RDONLY, 0);
+            let via_proc_root = crate::sys::openat(
+                libc::AT_FDCWD,
+                c"/proc/1/root/etc/passwd",
+                libc::O_RDONLY,
+                0,
+            );
             let name = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&inside));
             let cname = std::ffi::CString::new(name).unwrap();
             let reopened = crate::sys::openat(libc::AT_FDCWD, &cname, libc::O_RDWR, 0);
-            let made = crate::sys::openat(std::os::fd::AsRawFd::as_raw_fd(&root), c"new", libc::O_CREAT | libc::O_WRONLY, 0o600);
-            let code = if abi >= 1 && outside.is_err() && via_proc_root.is_err() && reopened.is_ok() && made.is_ok() { 0 } else { 1 };
+            let made = crate::sys::openat(
+                std::os::fd::AsRawFd::as_raw_fd(&root),
+                c"new",
+                libc::O_CREAT | libc::O_WRONLY,
+                0o600,
+            );
+            let code = if abi >= 1
+                && outside.is_err()
+                && via_proc_root.is_err()
+                && reopened.is_ok()
+                && made.is_ok()
+            {
+                0
+            } else {
+                1
+            };
             // SAFETY: ends the child.
             unsafe { libc::_exit(code) };
         }
         let mut st = 0;
         // SAFETY: waiting for our child.
         unsafe { libc::waitpid(pid, &mut st, 0) };
-        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "status {st:#x}");
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "status {st:#x}"
+        );
     }
 }

@@ -57,10 +57,18 @@ impl KeeperArgs {
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            let a = a.to_str().ok_or_else(|| Error::Usage("non-UTF-8 argument".into()))?;
-            let mut val = || it.next().cloned().ok_or_else(|| Error::Usage(format!("{a} needs a value")));
+            let a = a
+                .to_str()
+                .ok_or_else(|| Error::Usage("non-UTF-8 argument".into()))?;
+            let mut val = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| Error::Usage(format!("{a} needs a value")))
+            };
             let num = |v: std::ffi::OsString| -> Result<i64, Error> {
-                v.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| Error::Usage(format!("{a}: not a number")))
+                v.to_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| Error::Usage(format!("{a}: not a number")))
             };
             match a {
                 "--fuse-fd" => k.fuse_fd = num(val()?)? as RawFd,
@@ -75,7 +83,9 @@ impl KeeperArgs {
             }
         }
         if k.fuse_fd < 0 || k.state_fd < 0 || k.ctl_fd < 0 || k.root.as_os_str().is_empty() {
-            return Err(Error::Usage("--fuse-fd, --state-fd, --ctl-fd and --root are required".into()));
+            return Err(Error::Usage(
+                "--fuse-fd, --state-fd, --ctl-fd and --root are required".into(),
+            ));
         }
         Ok(k)
     }
@@ -99,8 +109,13 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     } else {
         crate::confine::enter_backing_namespace(&args.root)?
     };
-    shared.hdr(hdr::FUSE_FD).store(args.fuse_fd as u64, std::sync::atomic::Ordering::Relaxed);
-    shared.hdr(hdr::PROC_FD).store(procfd.as_raw_fd() as u64, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .hdr(hdr::FUSE_FD)
+        .store(args.fuse_fd as u64, std::sync::atomic::Ordering::Relaxed);
+    shared.hdr(hdr::PROC_FD).store(
+        procfd.as_raw_fd() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let server = Config {
         fuse_fd: args.fuse_fd,
         root_fd: root.as_raw_fd(),
@@ -110,14 +125,23 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         threads: args.threads,
         ttl: args.ttl,
     };
-    let cfg = ServerSetup { server, confine: !args.no_confine, proc_root: procfd.as_raw_fd() };
+    let cfg = ServerSetup {
+        server,
+        confine: !args.no_confine,
+        proc_root: procfd.as_raw_fd(),
+    };
     let mut cmd = [0u8; 16];
     loop {
         let n = match sys::read(args.ctl_fd, &mut cmd) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(libc::EINTR) => continue,
-            Err(e) => return Err(Error::Sys("keeper: read control socket", nix::errno::Errno::from_raw(e))),
+            Err(e) => {
+                return Err(Error::Sys(
+                    "keeper: read control socket",
+                    nix::errno::Errno::from_raw(e),
+                ))
+            }
         };
         if n >= 1 && cmd[0] == CMD_SPAWN {
             let pid = spawn_server(&cfg);
@@ -136,7 +160,16 @@ fn open_dir(path: &std::path::Path, flags: i32) -> Result<OwnedFd, Error> {
 fn clone_files_parent() -> i64 {
     // SAFETY: fork-like clone (no new stack, no CLONE_VM) from a single-threaded process:
     // the child gets a copy of the address space and shares only the fd table.
-    unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_FILES | libc::CLONE_PARENT, 0, 0, 0, 0) }
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_FILES | libc::CLONE_PARENT,
+            0,
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 /// Restores the default action of SIGSEGV and SIGBUS: the Rust runtime's stack-overflow
@@ -148,7 +181,10 @@ fn default_fault_signals() {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     // No core dumps: a crashed server's memory holds the container's file data.
-    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid rlimit pointer.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
 }
@@ -164,7 +200,9 @@ struct ServerSetup {
 fn spawn_server(cfg: &ServerSetup) -> i32 {
     let pid = clone_files_parent();
     if pid < 0 {
-        return -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        return -std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
     }
     if pid > 0 {
         return pid as i32;
@@ -176,7 +214,12 @@ fn spawn_server(cfg: &ServerSetup) -> i32 {
     if cfg.confine {
         // This server's own /proc/self/fd (the same shared table); the previous server's
         // is useless now: close it.
-        let own = match sys::openat(cfg.proc_root, c"self/fd", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        let own = match sys::openat(
+            cfg.proc_root,
+            c"self/fd",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        ) {
             Ok(fd) => std::os::fd::IntoRawFd::into_raw_fd(fd),
             Err(e) => {
                 tracing::error!(errno = e, "could not open /proc/self/fd");
@@ -184,7 +227,10 @@ fn spawn_server(cfg: &ServerSetup) -> i32 {
                 unsafe { libc::_exit(EXIT_FAILED) };
             }
         };
-        let old = server.shared.hdr(hdr::SERVER_PROC_FD).swap(own as u64, std::sync::atomic::Ordering::AcqRel);
+        let old = server
+            .shared
+            .hdr(hdr::SERVER_PROC_FD)
+            .swap(own as u64, std::sync::atomic::Ordering::AcqRel);
         if old != 0 && old as RawFd != own {
             sys::close(old as RawFd);
         }

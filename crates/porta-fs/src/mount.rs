@@ -39,7 +39,12 @@ fn fsopen(name: &CStr) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-fn fsconfig(fs: &OwnedFd, cmd: libc::c_uint, key: Option<&CStr>, val: Option<&CStr>) -> Result<(), Error> {
+fn fsconfig(
+    fs: &OwnedFd,
+    cmd: libc::c_uint,
+    key: Option<&CStr>,
+    val: Option<&CStr>,
+) -> Result<(), Error> {
     let k = key.map_or(std::ptr::null(), |k| k.as_ptr());
     let v = val.map_or(std::ptr::null(), |v| v.as_ptr());
     // SAFETY: valid (or null) strings; plain system call.
@@ -63,7 +68,11 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { source: "porta".into(), user_id: 0, group_id: 0 }
+        MountOptions {
+            source: "porta".into(),
+            user_id: 0,
+            group_id: 0,
+        }
     }
 }
 
@@ -73,11 +82,31 @@ impl Default for MountOptions {
 pub fn fsmount_fuse(fuse: RawFd, opts: &MountOptions) -> Result<OwnedFd, Error> {
     let fs = fsopen(c"fuse")?;
     let s = |v: String| CString::new(v).map_err(|_| Error::BadState("NUL in mount option".into()));
-    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"source"), Some(&s(opts.source.clone())?))?;
-    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"fd"), Some(&s(fuse.to_string())?))?;
+    fsconfig(
+        &fs,
+        FSCONFIG_SET_STRING,
+        Some(c"source"),
+        Some(&s(opts.source.clone())?),
+    )?;
+    fsconfig(
+        &fs,
+        FSCONFIG_SET_STRING,
+        Some(c"fd"),
+        Some(&s(fuse.to_string())?),
+    )?;
     fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"rootmode"), Some(c"40000"))?;
-    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"user_id"), Some(&s(opts.user_id.to_string())?))?;
-    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"group_id"), Some(&s(opts.group_id.to_string())?))?;
+    fsconfig(
+        &fs,
+        FSCONFIG_SET_STRING,
+        Some(c"user_id"),
+        Some(&s(opts.user_id.to_string())?),
+    )?;
+    fsconfig(
+        &fs,
+        FSCONFIG_SET_STRING,
+        Some(c"group_id"),
+        Some(&s(opts.group_id.to_string())?),
+    )?;
     fsconfig(&fs, FSCONFIG_SET_FLAG, Some(c"allow_other"), None)?;
     fsconfig(&fs, FSCONFIG_SET_FLAG, Some(c"default_permissions"), None)?;
     fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
@@ -113,5 +142,6 @@ pub fn move_mount_to(mount: RawFd, target: &Path) -> Result<(), Error> {
 
 /// Lazily unmounts `target` (MNT_DETACH).
 pub fn unmount(target: &Path) -> Result<(), Error> {
-    nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| Error::Sys("umount2", e))
+    nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| Error::Sys("umount2", e))
 }

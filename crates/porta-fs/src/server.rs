@@ -94,7 +94,10 @@ impl FdName {
         }
         let d = &digits[i..];
         buf[prefix.len()..prefix.len() + d.len()].copy_from_slice(d);
-        FdName { buf, len: prefix.len() + d.len() + 1 }
+        FdName {
+            buf,
+            len: prefix.len() + d.len() + 1,
+        }
     }
     fn cstr(&self) -> &CStr {
         CStr::from_bytes_with_nul(&self.buf[..self.len]).unwrap_or(c"")
@@ -127,19 +130,32 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     }
     let sh = cfg.shared;
     if sh.capacity() <= cfg.root_fd as usize {
-        return Err(Error::BadState("state table too small for the root descriptor".into()));
+        return Err(Error::BadState(
+            "state table too small for the root descriptor".into(),
+        ));
     }
-    sh.hdr(hdr::ROOT_FD).store(cfg.root_fd as u64, Ordering::Relaxed);
+    sh.hdr(hdr::ROOT_FD)
+        .store(cfg.root_fd as u64, Ordering::Relaxed);
     sh.hdr(hdr::SERVER_STARTS).fetch_add(1, Ordering::Relaxed);
-    sh.hdr(hdr::SERVER_PID).store(std::process::id() as u64, Ordering::Relaxed);
+    sh.hdr(hdr::SERVER_PID)
+        .store(std::process::id() as u64, Ordering::Relaxed);
     sh.dev_index(root_st.st_dev);
-    sh.publish(cfg.root_fd, kind::NODE, u64::MAX / 2, root_st.st_ino, root_st.st_dev);
+    sh.publish(
+        cfg.root_fd,
+        kind::NODE,
+        u64::MAX / 2,
+        root_st.st_ino,
+        root_st.st_dev,
+    );
     // Rebuild the (dev, ino) -> node index from the shared table.
     let mut map = HashMap::new();
     for fd in 0..sh.capacity() as RawFd {
         if sh.kind(fd) == kind::NODE {
             if let Some(e) = sh.entry(fd) {
-                map.insert((e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)), fd);
+                map.insert(
+                    (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
+                    fd,
+                );
             }
         }
     }
@@ -158,7 +174,10 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         sh,
         passthrough: false,
         writeback: false,
-        ttl: Ttl { secs, nsecs: cfg.ttl.subsec_nanos() },
+        ttl: Ttl {
+            secs,
+            nsecs: cfg.ttl.subsec_nanos(),
+        },
         root_dev: root_st.st_dev,
         inodes: Mutex::new(map),
     };
@@ -179,7 +198,10 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
                 tracing::warn!(errno = e, "FUSE_NOTIFY_RESEND failed");
             }
         }
-        tracing::info!(passthrough = fs.passthrough, "file server restarted on a live connection");
+        tracing::info!(
+            passthrough = fs.passthrough,
+            "file server restarted on a live connection"
+        );
     }
     let fs = &fs;
     let threads = cfg.threads.clamp(1, hdr::MAX_SLOTS);
@@ -189,7 +211,9 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             .collect();
         let mut r = fs.run_loop(0, buf);
         for h in handles {
-            let hr = h.join().unwrap_or(Err(Error::BadState("server thread panicked".into())));
+            let hr = h
+                .join()
+                .unwrap_or(Err(Error::BadState("server thread panicked".into())));
             if r.is_ok() {
                 r = hr;
             }
@@ -237,11 +261,17 @@ impl Fs {
                 self.send_err(h.unique, libc::EINVAL);
                 continue;
             };
-            let kflags = if flags_lo & init::INIT_EXT != 0 { flags_lo | (flags_hi << 32) } else { flags_lo };
+            let kflags = if flags_lo & init::INIT_EXT != 0 {
+                flags_lo | (flags_hi << 32)
+            } else {
+                flags_lo
+            };
             if major != abi::KERNEL_VERSION || minor < 31 {
                 tracing::error!(major, minor, "kernel FUSE protocol too old");
                 self.send_err(h.unique, libc::EPROTO);
-                return Err(Error::BadState(format!("kernel FUSE protocol {major}.{minor} unsupported")));
+                return Err(Error::BadState(format!(
+                    "kernel FUSE protocol {major}.{minor} unsupported"
+                )));
             }
             let mut want = init::ASYNC_READ
                 | init::ATOMIC_O_TRUNC
@@ -279,17 +309,25 @@ impl Fs {
                 .zeros(24);
             w.finish(0, h.unique);
             let sh = &self.sh;
-            sh.hdr(hdr::PROTO_MINOR).store(minor as u64, Ordering::Relaxed);
+            sh.hdr(hdr::PROTO_MINOR)
+                .store(minor as u64, Ordering::Relaxed);
             sh.hdr(hdr::INIT_FLAGS).store(flags, Ordering::Relaxed);
-            sh.hdr(hdr::MAX_WRITE).store(MAX_WRITE as u64, Ordering::Relaxed);
-            sh.hdr(hdr::MAX_READAHEAD).store(readahead as u64, Ordering::Relaxed);
+            sh.hdr(hdr::MAX_WRITE)
+                .store(MAX_WRITE as u64, Ordering::Relaxed);
+            sh.hdr(hdr::MAX_READAHEAD)
+                .store(readahead as u64, Ordering::Relaxed);
             sh.hdr(hdr::INITIALIZED).store(1, Ordering::Release);
             match sys::write(self.fuse, &w.buf) {
                 Ok(_) => {}
                 Err(libc::ENODEV) => return Ok(Some(Exit::Unmounted)),
                 Err(e) => return Err(errno_err("reply INIT", e)),
             }
-            tracing::info!(minor, passthrough = self.passthrough, writeback = self.writeback, "FUSE connection initialized");
+            tracing::info!(
+                minor,
+                passthrough = self.passthrough,
+                writeback = self.writeback,
+                "FUSE connection initialized"
+            );
             return Ok(None);
         }
     }
@@ -300,7 +338,9 @@ impl Fs {
             s[0].store(slot::IDLE, Ordering::Relaxed);
             s[2].store(sys::gettid() as u64, Ordering::Release);
         }
-        let mut w = Writer { buf: Vec::with_capacity(BUF_LEN) };
+        let mut w = Writer {
+            buf: Vec::with_capacity(BUF_LEN),
+        };
         let mut dents = vec![0u8; 32 * 1024];
         loop {
             let n = match sys::read(self.fuse, &mut buf) {
@@ -318,7 +358,9 @@ impl Fs {
                 s[0].store(slot::IDLE, Ordering::Relaxed);
                 s[1].fetch_add(1, Ordering::Release);
             }
-            self.sh.hdr(hdr::REQUESTS_DONE).fetch_add(1, Ordering::Relaxed);
+            self.sh
+                .hdr(hdr::REQUESTS_DONE)
+                .fetch_add(1, Ordering::Relaxed);
             if let Some(Exit::Destroyed) = done {
                 return Ok(Exit::Destroyed);
             }
@@ -360,7 +402,10 @@ impl Fs {
             self.sh.hdr(hdr::RESENT).fetch_add(1, Ordering::Relaxed);
         }
         w.start();
-        let journaled = matches!(h.opcode, op::UNLINK | op::RMDIR | op::RENAME | op::RENAME2 | op::SETXATTR | op::REMOVEXATTR);
+        let journaled = matches!(
+            h.opcode,
+            op::UNLINK | op::RMDIR | op::RENAME | op::RENAME2 | op::SETXATTR | op::REMOVEXATTR
+        );
         let res = if journaled {
             self.journaled(idx, &h, r, w, dents, resent)
         } else {
@@ -393,12 +438,28 @@ impl Fs {
 
     /// Runs a request whose reply is only an errno through the reply journal: a resent
     /// request whose first run completed gets the recorded answer and is not run again.
-    fn journaled(&self, idx: usize, h: &InHeader, r: Reader, w: &mut Writer, dents: &mut [u8], resent: bool) -> SysResult<Done> {
+    fn journaled(
+        &self,
+        idx: usize,
+        h: &InHeader,
+        r: Reader,
+        w: &mut Writer,
+        dents: &mut [u8],
+        resent: bool,
+    ) -> SysResult<Done> {
         let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
         if resent {
-            if let Some(e) = self.journal_at_start.iter().find(|e| e[0] == id && e[1] == journal::DONE) {
+            if let Some(e) = self
+                .journal_at_start
+                .iter()
+                .find(|e| e[0] == id && e[1] == journal::DONE)
+            {
                 let errno = e[2] as i32;
-                return if errno == 0 { Ok(Done::Reply) } else { Err(errno) };
+                return if errno == 0 {
+                    Ok(Done::Reply)
+                } else {
+                    Err(errno)
+                };
             }
         }
         let entry = self.sh.journal(idx);
@@ -425,14 +486,26 @@ impl Fs {
     /// recorded it: the inode numbers seen before the swap tell whether it did.
     fn exchange_already_done(&self, h: &InHeader, od: RawFd, old: &CStr) -> bool {
         let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
-        let Some(e) = self.journal_at_start.iter().find(|e| e[0] == id && e[1] == journal::INTENT) else {
+        let Some(e) = self
+            .journal_at_start
+            .iter()
+            .find(|e| e[0] == id && e[1] == journal::INTENT)
+        else {
             return false;
         };
         let (old_ino, new_ino) = (e[2], e[3]);
         old_ino != 0 && new_ino != 0 && sys::statat(od, old).is_ok_and(|st| st.st_ino == new_ino)
     }
 
-    fn handle(&self, idx: usize, h: &InHeader, mut r: Reader, w: &mut Writer, dents: &mut [u8], resent: bool) -> SysResult<Done> {
+    fn handle(
+        &self,
+        idx: usize,
+        h: &InHeader,
+        mut r: Reader,
+        w: &mut Writer,
+        dents: &mut [u8],
+        resent: bool,
+    ) -> SysResult<Done> {
         match h.opcode {
             op::LOOKUP => {
                 let name = r.name().map_err(mal)?;
@@ -453,7 +526,9 @@ impl Fs {
                 let count = r.u32().map_err(mal)?;
                 r.u32().map_err(mal)?;
                 for _ in 0..count {
-                    let (Ok(id), Ok(n)) = (r.u64(), r.u64()) else { break };
+                    let (Ok(id), Ok(n)) = (r.u64(), r.u64()) else {
+                        break;
+                    };
                     self.forget(id, n);
                 }
                 return Ok(Done::NoReply);
@@ -509,7 +584,11 @@ impl Fs {
             op::UNLINK | op::RMDIR => {
                 let name = r.name().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
-                let flags = if h.opcode == op::RMDIR { libc::AT_REMOVEDIR } else { 0 };
+                let flags = if h.opcode == op::RMDIR {
+                    libc::AT_REMOVEDIR
+                } else {
+                    0
+                };
                 match sys::unlinkat(parent, name, flags) {
                     Ok(()) => {}
                     Err(libc::ENOENT) if resent => {}
@@ -533,7 +612,11 @@ impl Fs {
                     if resent && self.exchange_already_done(h, od, old) {
                         return Ok(Done::Reply);
                     }
-                    if let (Some(e), Ok(a), Ok(b)) = (self.sh.journal(idx), sys::statat(od, old), sys::statat(nd, new)) {
+                    if let (Some(e), Ok(a), Ok(b)) = (
+                        self.sh.journal(idx),
+                        sys::statat(od, old),
+                        sys::statat(nd, new),
+                    ) {
                         e[2].store(a.st_ino, Ordering::Relaxed);
                         e[3].store(b.st_ino, Ordering::Release);
                     }
@@ -550,7 +633,13 @@ impl Fs {
                 let ofd = self.node_fd(old)?;
                 let parent = self.node_fd(h.nodeid)?;
                 let src = FdName::new(b"", ofd);
-                let res = sys::linkat(self.proc_fd, src.cstr(), parent, name, libc::AT_SYMLINK_FOLLOW);
+                let res = sys::linkat(
+                    self.proc_fd,
+                    src.cstr(),
+                    parent,
+                    name,
+                    libc::AT_SYMLINK_FOLLOW,
+                );
                 match res {
                     Ok(()) => {}
                     Err(libc::EEXIST) if resent => {}
@@ -571,7 +660,8 @@ impl Fs {
                 r.skip(8).map_err(mal)?;
                 let name = r.name().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
-                let mut oflags = self.file_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+                let mut oflags =
+                    self.file_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
                 if resent {
                     oflags &= !libc::O_EXCL;
                 }
@@ -714,13 +804,22 @@ impl Fs {
                     sys::close(raw);
                     return Err(libc::ENFILE);
                 }
-                w.u64(raw as u64).u32(fopen::CACHE_DIR | fopen::KEEP_CACHE).u32(0);
+                w.u64(raw as u64)
+                    .u32(fopen::CACHE_DIR | fopen::KEEP_CACHE)
+                    .u32(0);
             }
             op::READDIR | op::READDIRPLUS => {
                 let fh = r.u64().map_err(mal)?;
                 let off = r.u64().map_err(mal)?;
                 let size = r.u32().map_err(mal)? as usize;
-                self.readdir(fh, off, size.min(BUF_LEN), h.opcode == op::READDIRPLUS, w, dents)?;
+                self.readdir(
+                    fh,
+                    off,
+                    size.min(BUF_LEN),
+                    h.opcode == op::READDIRPLUS,
+                    w,
+                    dents,
+                )?;
             }
             op::FALLOCATE => {
                 let fh = r.u64().map_err(mal)?;
@@ -744,7 +843,14 @@ impl Fs {
                 let off_out = r.u64().map_err(mal)?;
                 let len = r.u64().map_err(mal)?.min(1 << 30) as usize;
                 let flags = r.u64().map_err(mal)? as u32;
-                let n = sys::copy_file_range(self.fh_fd(fh_in)?, off_in, self.fh_fd(fh_out)?, off_out, len, flags)?;
+                let n = sys::copy_file_range(
+                    self.fh_fd(fh_in)?,
+                    off_in,
+                    self.fh_fd(fh_out)?,
+                    off_out,
+                    len,
+                    flags,
+                )?;
                 w.u32(n as u32).u32(0);
             }
             op::SYNCFS => sys::syncfs(self.root)?,
@@ -825,7 +931,9 @@ impl Fs {
         if fd == self.root {
             return;
         }
-        let Ok(mut map) = self.inodes.lock() else { return };
+        let Ok(mut map) = self.inodes.lock() else {
+            return;
+        };
         let Some(e) = self.sh.entry(fd) else { return };
         let left = e[1].load(Ordering::Acquire).saturating_sub(n);
         if left > 0 {
@@ -921,9 +1029,17 @@ impl Fs {
     }
 
     fn attr(&self, fd: RawFd, st: &libc::stat) -> Attr {
-        let idx = if st.st_dev == self.root_dev { 0 } else { self.sh.dev_index(st.st_dev) };
+        let idx = if st.st_dev == self.root_dev {
+            0
+        } else {
+            self.sh.dev_index(st.st_dev)
+        };
         let mut a = Attr {
-            ino: if idx == 0 { st.st_ino } else { st.st_ino ^ (idx << 56) },
+            ino: if idx == 0 {
+                st.st_ino
+            } else {
+                st.st_ino ^ (idx << 56)
+            },
             size: st.st_size as u64,
             blocks: st.st_blocks as u64,
             atime: st.st_atime,
@@ -949,7 +1065,10 @@ impl Fs {
 
     /// A device node stored as a regular file: sticky, empty, with the xattr.
     fn fake_dev(&self, fd: RawFd, st: &libc::stat) -> Option<(u32, u32)> {
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 || st.st_mode & libc::S_ISVTX == 0 {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st.st_size != 0
+            || st.st_mode & libc::S_ISVTX == 0
+        {
             return None;
         }
         let mut v = [0u8; 64];
@@ -974,11 +1093,23 @@ impl Fs {
     /// directory is set-group-id.
     fn owner(&self, h: &InHeader, parent: RawFd) -> SysResult<(u32, u32)> {
         let pst = sys::fstat(parent)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { h.gid };
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            h.gid
+        };
         Ok((h.uid, gid))
     }
 
-    fn finish_new(&self, h: &InHeader, parent: RawFd, name: &CStr, res: SysResult<()>, resent: bool, w: &mut Writer) -> SysResult<()> {
+    fn finish_new(
+        &self,
+        h: &InHeader,
+        parent: RawFd,
+        name: &CStr,
+        res: SysResult<()>,
+        resent: bool,
+        w: &mut Writer,
+    ) -> SysResult<()> {
         match res {
             Ok(()) => {}
             Err(libc::EEXIST) if resent => {}
@@ -998,13 +1129,23 @@ impl Fs {
         let perm = mode & 0o7777;
         match mode & libc::S_IFMT {
             libc::S_IFREG => {
-                sys::openat(parent, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, perm)?;
+                sys::openat(
+                    parent,
+                    name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    perm,
+                )?;
                 Ok(())
             }
             libc::S_IFIFO | libc::S_IFSOCK => sys::mknodat(parent, name, mode, 0),
             libc::S_IFCHR | libc::S_IFBLK => {
                 // No CAP_MKNOD: store the node as an empty sticky regular file + xattr.
-                let f = sys::openat(parent, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o1600)?;
+                let f = sys::openat(
+                    parent,
+                    name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    0o1600,
+                )?;
                 let fd = f.as_raw_fd();
                 sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), 0o1600)?;
                 let v = format!("{mode:o} {rdev}");
@@ -1019,7 +1160,8 @@ impl Fs {
     }
 
     fn file_flags(&self, flags: i32) -> i32 {
-        let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_APPEND | libc::O_NOFOLLOW);
+        let mut f = flags
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_APPEND | libc::O_NOFOLLOW);
         if self.writeback && f & libc::O_ACCMODE == libc::O_WRONLY {
             f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
         }
@@ -1032,11 +1174,23 @@ impl Fs {
     fn reopen(&self, fd: RawFd, flags: i32, want: u32) -> SysResult<OwnedFd> {
         let st = sys::fstat(fd)?;
         if st.st_mode & libc::S_IFMT != want {
-            return Err(if want == libc::S_IFDIR { libc::ENOTDIR } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR { libc::EISDIR } else { libc::ENXIO });
+            return Err(if want == libc::S_IFDIR {
+                libc::ENOTDIR
+            } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                libc::EISDIR
+            } else {
+                libc::ENXIO
+            });
         }
-        let file = sys::openat(self.proc_fd, FdName::new(b"", fd).cstr(), flags | libc::O_NONBLOCK, 0)?;
+        let file = sys::openat(
+            self.proc_fd,
+            FdName::new(b"", fd).cstr(),
+            flags | libc::O_NONBLOCK,
+            0,
+        )?;
         let st2 = sys::fstat(file.as_raw_fd())?;
-        if st2.st_mode & libc::S_IFMT != want || st2.st_ino != st.st_ino || st2.st_dev != st.st_dev {
+        if st2.st_mode & libc::S_IFMT != want || st2.st_ino != st.st_ino || st2.st_dev != st.st_dev
+        {
             return Err(libc::EIO);
         }
         Ok(file)
@@ -1052,7 +1206,10 @@ impl Fs {
             open_flags |= fopen::KEEP_CACHE;
         }
         let raw = file.into_raw_fd();
-        if !self.sh.publish(raw, kind::FILE, nodeid, 0, flags as u32 as u64) {
+        if !self
+            .sh
+            .publish(raw, kind::FILE, nodeid, 0, flags as u32 as u64)
+        {
             if self.passthrough {
                 self.put_backing(nodeid);
             }
@@ -1100,12 +1257,24 @@ impl Fs {
             }
         }
         if valid & (fattr::UID | fattr::GID) != 0 {
-            let u = if valid & fattr::UID != 0 { uid } else { u32::MAX };
-            let g = if valid & fattr::GID != 0 { gid } else { u32::MAX };
+            let u = if valid & fattr::UID != 0 {
+                uid
+            } else {
+                u32::MAX
+            };
+            let g = if valid & fattr::GID != 0 {
+                gid
+            } else {
+                u32::MAX
+            };
             sys::chownat(fd, c"", u, g)?;
         }
         if valid & fattr::SIZE != 0 {
-            let by_fh = if valid & fattr::FH != 0 { self.fh_fd(fh).ok() } else { None };
+            let by_fh = if valid & fattr::FH != 0 {
+                self.fh_fd(fh).ok()
+            } else {
+                None
+            };
             match by_fh {
                 Some(f) => sys::ftruncate(f, size)?,
                 None => {
@@ -1117,11 +1286,27 @@ impl Fs {
         if valid & (fattr::ATIME | fattr::MTIME) != 0 {
             let t = |set: bool, now: bool, s: i64, ns: u32| libc::timespec {
                 tv_sec: if set && !now { s } else { 0 },
-                tv_nsec: if !set { libc::UTIME_OMIT } else if now { libc::UTIME_NOW } else { ns as i64 },
+                tv_nsec: if !set {
+                    libc::UTIME_OMIT
+                } else if now {
+                    libc::UTIME_NOW
+                } else {
+                    ns as i64
+                },
             };
             let times = [
-                t(valid & fattr::ATIME != 0, valid & fattr::ATIME_NOW != 0, atime, atimensec),
-                t(valid & fattr::MTIME != 0, valid & fattr::MTIME_NOW != 0, mtime, mtimensec),
+                t(
+                    valid & fattr::ATIME != 0,
+                    valid & fattr::ATIME_NOW != 0,
+                    atime,
+                    atimensec,
+                ),
+                t(
+                    valid & fattr::MTIME != 0,
+                    valid & fattr::MTIME_NOW != 0,
+                    mtime,
+                    mtimensec,
+                ),
             ];
             sys::utimens_fd(fd, &times)?;
         }
@@ -1131,7 +1316,15 @@ impl Fs {
         Ok(())
     }
 
-    fn readdir(&self, fh: u64, off: u64, size: usize, plus: bool, w: &mut Writer, dents: &mut [u8]) -> SysResult<()> {
+    fn readdir(
+        &self,
+        fh: u64,
+        off: u64,
+        size: usize,
+        plus: bool,
+        w: &mut Writer,
+        dents: &mut [u8],
+    ) -> SysResult<()> {
         let fd = self.fh_fd(fh)?;
         if self.sh.kind(fd) != kind::DIR {
             return Err(libc::EBADF);
@@ -1146,7 +1339,9 @@ impl Fs {
             let mut p = 0;
             while p + 19 <= n {
                 let mut r = Reader::new(&dents[p..n]);
-                let (Ok(ino), Ok(doff), Ok(reclen)) = (r.u64(), r.u64(), r.u16()) else { break 'outer };
+                let (Ok(ino), Ok(doff), Ok(reclen)) = (r.u64(), r.u64(), r.u16()) else {
+                    break 'outer;
+                };
                 let reclen = reclen as usize;
                 if reclen < 19 || p + reclen > n {
                     break 'outer;
@@ -1156,9 +1351,12 @@ impl Fs {
                 let nlen = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
                 let name = &dents[p + 19..p + 19 + nlen + 1];
                 p += reclen;
-                let Ok(cname) = CStr::from_bytes_with_nul(name) else { continue };
+                let Ok(cname) = CStr::from_bytes_with_nul(name) else {
+                    continue;
+                };
                 let nb = cname.to_bytes();
-                let rec = abi::dirent_align(abi::DIRENT_LEN + nb.len()) + if plus { abi::ENTRY_OUT_LEN } else { 0 };
+                let rec = abi::dirent_align(abi::DIRENT_LEN + nb.len())
+                    + if plus { abi::ENTRY_OUT_LEN } else { 0 };
                 if w.buf.len() + rec > limit {
                     break 'outer;
                 }

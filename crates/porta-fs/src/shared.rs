@@ -132,7 +132,10 @@ fn map_shared(fd: RawFd, len: usize) -> Result<&'static [AtomicU64], Error> {
             0,
         );
         if p == libc::MAP_FAILED {
-            return Err(Error::Io("mmap state memfd", std::io::Error::last_os_error()));
+            return Err(Error::Io(
+                "mmap state memfd",
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(std::slice::from_raw_parts(p as *const AtomicU64, len / 8))
     }
@@ -141,7 +144,8 @@ fn map_shared(fd: RawFd, len: usize) -> Result<&'static [AtomicU64], Error> {
 impl Shared {
     /// Maps an existing state memfd (created by [`create_memfd`]).
     pub fn map(fd: RawFd) -> Result<Shared, Error> {
-        let st = crate::sys::fstat(fd).map_err(|e| Error::Sys("fstat state memfd", nix::errno::Errno::from_raw(e)))?;
+        let st = crate::sys::fstat(fd)
+            .map_err(|e| Error::Sys("fstat state memfd", nix::errno::Errno::from_raw(e)))?;
         let len = st.st_size as usize;
         if len < hdr::TABLE * 8 || len % 8 != 0 {
             return Err(Error::BadState(format!("state memfd has size {len}")));
@@ -155,7 +159,9 @@ impl Shared {
         if magic == MAGIC {
             let cap = sh.capacity();
             if region_size(cap) > len {
-                return Err(Error::BadState(format!("state capacity {cap} exceeds its memfd")));
+                return Err(Error::BadState(format!(
+                    "state capacity {cap} exceeds its memfd"
+                )));
             }
         }
         Ok(sh)
@@ -206,7 +212,8 @@ impl Shared {
 
     /// The kind of entry `fd`.
     pub fn kind(&self, fd: RawFd) -> u64 {
-        self.entry(fd).map_or(kind::FREE, |e| e[0].load(Ordering::Acquire))
+        self.entry(fd)
+            .map_or(kind::FREE, |e| e[0].load(Ordering::Acquire))
     }
 
     /// Marks entry `fd` free.

@@ -10,7 +10,9 @@ pub type Errno = i32;
 pub type SysResult<T> = Result<T, Errno>;
 
 fn errno() -> Errno {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
@@ -97,9 +99,7 @@ pub fn linkat(od: RawFd, on: &CStr, nd: RawFd, nn: &CStr, flags: i32) -> SysResu
 /// `readlinkat(2)` of an O_PATH descriptor of a symlink, into `buf`.
 pub fn readlink_fd(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: `buf` is valid for `buf.len()` bytes.
-    check_ssize(unsafe {
-        libc::readlinkat(fd, EMPTY.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-    })
+    check_ssize(unsafe { libc::readlinkat(fd, EMPTY.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// `fchownat(2)` without following symlinks (`name` empty: the descriptor itself).
@@ -121,10 +121,8 @@ pub fn chmodat(dir: RawFd, name: &CStr, mode: u32) -> SysResult<()> {
 /// `utimensat(2)` on a descriptor itself (AT_EMPTY_PATH, works on O_PATH).
 pub fn utimens_fd(fd: RawFd, times: &[libc::timespec; 2]) -> SysResult<()> {
     // SAFETY: `times` points to two timespecs; empty path with AT_EMPTY_PATH.
-    check(unsafe {
-        libc::utimensat(fd, EMPTY.as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH)
-    })
-    .map(|_| ())
+    check(unsafe { libc::utimensat(fd, EMPTY.as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH) })
+        .map(|_| ())
 }
 
 /// `ftruncate(2)`.
@@ -194,7 +192,14 @@ pub fn lseek(fd: RawFd, off: i64, whence: i32) -> SysResult<i64> {
 }
 
 /// `copy_file_range(2)`.
-pub fn copy_file_range(fi: RawFd, oi: u64, fo: RawFd, oo: u64, len: usize, flags: u32) -> SysResult<usize> {
+pub fn copy_file_range(
+    fi: RawFd,
+    oi: u64,
+    fo: RawFd,
+    oo: u64,
+    len: usize,
+    flags: u32,
+) -> SysResult<usize> {
     let mut oi = oi as i64;
     let mut oo = oo as i64;
     // SAFETY: the offsets are valid in/out pointers.
@@ -221,7 +226,12 @@ pub fn getdents64(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
 pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: valid strings; `buf` valid for `buf.len()` bytes (null when empty).
     check_ssize(unsafe {
-        libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     })
 }
 
@@ -229,7 +239,13 @@ pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
 pub fn setxattr(path: &CStr, name: &CStr, val: &[u8], flags: i32) -> SysResult<()> {
     // SAFETY: valid strings and value buffer.
     check(unsafe {
-        libc::setxattr(path.as_ptr(), name.as_ptr(), val.as_ptr().cast(), val.len(), flags)
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            val.as_ptr().cast(),
+            val.len(),
+            flags,
+        )
     })
     .map(|_| ())
 }
@@ -295,20 +311,44 @@ const SYS_REMOVEXATTRAT: libc::c_long = 466;
 /// `getxattrat(2)` (Linux 6.13), following the final link: `dir` + `name` is a
 /// /proc/self/fd entry. Empty `buf` asks for the size.
 pub fn getxattrat(dir: RawFd, name: &CStr, attr: &CStr, buf: &mut [u8]) -> SysResult<usize> {
-    let mut a = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+    let mut a = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
     // SAFETY: valid strings; `a` points to `buf`, valid for `buf.len()` bytes.
     let r = unsafe {
-        libc::syscall(SYS_GETXATTRAT, dir, name.as_ptr(), 0u32, attr.as_ptr(), &mut a as *mut XattrArgs, std::mem::size_of::<XattrArgs>())
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir,
+            name.as_ptr(),
+            0u32,
+            attr.as_ptr(),
+            &mut a as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
     };
     check_ssize(r as isize)
 }
 
 /// `setxattrat(2)` (Linux 6.13), following the final link.
 pub fn setxattrat(dir: RawFd, name: &CStr, attr: &CStr, val: &[u8], flags: i32) -> SysResult<()> {
-    let mut a = XattrArgs { value: val.as_ptr() as u64, size: val.len() as u32, flags: flags as u32 };
+    let mut a = XattrArgs {
+        value: val.as_ptr() as u64,
+        size: val.len() as u32,
+        flags: flags as u32,
+    };
     // SAFETY: valid strings; `a` points to `val`, valid for `val.len()` bytes.
     let r = unsafe {
-        libc::syscall(SYS_SETXATTRAT, dir, name.as_ptr(), 0u32, attr.as_ptr(), &mut a as *mut XattrArgs, std::mem::size_of::<XattrArgs>())
+        libc::syscall(
+            SYS_SETXATTRAT,
+            dir,
+            name.as_ptr(),
+            0u32,
+            attr.as_ptr(),
+            &mut a as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
     };
     check_ssize(r as isize).map(|_| ())
 }
@@ -316,7 +356,16 @@ pub fn setxattrat(dir: RawFd, name: &CStr, attr: &CStr, val: &[u8], flags: i32) 
 /// `listxattrat(2)` (Linux 6.13), following the final link; empty `buf` asks for the size.
 pub fn listxattrat(dir: RawFd, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: valid string; `buf` valid for `buf.len()` bytes.
-    let r = unsafe { libc::syscall(SYS_LISTXATTRAT, dir, name.as_ptr(), 0u32, buf.as_mut_ptr(), buf.len()) };
+    let r = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir,
+            name.as_ptr(),
+            0u32,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
     check_ssize(r as isize)
 }
 
@@ -328,4 +377,9 @@ pub fn removexattrat(dir: RawFd, name: &CStr, attr: &CStr) -> SysResult<()> {
 }
 
 /// The x86_64 numbers of the *xattrat system calls, for the seccomp allowlist.
-pub const XATTRAT_SYSCALLS: [libc::c_long; 4] = [SYS_SETXATTRAT, SYS_GETXATTRAT, SYS_LISTXATTRAT, SYS_REMOVEXATTRAT];
+pub const XATTRAT_SYSCALLS: [libc::c_long; 4] = [
+    SYS_SETXATTRAT,
+    SYS_GETXATTRAT,
+    SYS_LISTXATTRAT,
+    SYS_REMOVEXATTRAT,
+];

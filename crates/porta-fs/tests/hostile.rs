@@ -26,7 +26,14 @@ struct Conn {
 fn socketpair() -> (OwnedFd, OwnedFd) {
     let mut sv = [0i32; 2];
     // SAFETY: `sv` is a valid out-array of two ints.
-    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) };
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
     assert_eq!(r, 0);
     // SAFETY: fresh descriptors owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) }
@@ -39,7 +46,10 @@ fn open_dir(p: &Path, flags: i32) -> OwnedFd {
 
 impl Conn {
     fn new() -> Conn {
-        let dir = tempfile::Builder::new().prefix("porta-fs-hostile").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("porta-fs-hostile")
+            .tempdir_in("/tmp")
+            .unwrap();
         let backing = dir.path().join("backing");
         std::fs::create_dir(&backing).unwrap();
         let (client, server) = socketpair();
@@ -56,7 +66,14 @@ impl Conn {
         };
         let cfg2 = cfg.clone();
         let thread = std::thread::spawn(move || serve(&cfg2));
-        let mut c = Conn { cfg, client, thread: Some(thread), unique: 0, _fds: vec![server, root, procfd], dir };
+        let mut c = Conn {
+            cfg,
+            client,
+            thread: Some(thread),
+            unique: 0,
+            _fds: vec![server, root, procfd],
+            dir,
+        };
         // INIT 7.40 offering everything.
         let mut body = Vec::new();
         for v in [7u32, 40, 131072, u32::MAX, u32::MAX] {
@@ -190,16 +207,27 @@ fn malformed_frames_are_rejected_and_the_server_carries_on() {
     assert_eq!((ru, err), (u, -libc::EIO));
     // Unknown opcodes.
     for opcode in [0u32, 7, 19, 99, 4096, u32::MAX] {
-        assert_eq!(c.req(opcode, 1, &[0u8; 64]).0, -libc::ENOSYS, "opcode {opcode}");
+        assert_eq!(
+            c.req(opcode, 1, &[0u8; 64]).0,
+            -libc::ENOSYS,
+            "opcode {opcode}"
+        );
     }
     // Names without NUL, empty, with '/', '.', '..'.
     for name in [&b"abc"[..], b"\0", b"a/b\0", b".\0", b"..\0"] {
         assert_eq!(c.req(op::LOOKUP, 1, name).0, -libc::EINVAL, "{name:?}");
-        assert_eq!(c.req(op::MKDIR, 1, &[&[0u8; 8][..], name].concat()).0, -libc::EINVAL);
+        assert_eq!(
+            c.req(op::MKDIR, 1, &[&[0u8; 8][..], name].concat()).0,
+            -libc::EINVAL
+        );
     }
     // Bogus node ids and file handles.
     for nodeid in [0u64, 2, 3, 1000, 1 << 40, u64::MAX] {
-        assert_eq!(c.req(op::GETATTR, nodeid, &[0u8; 16]).0, -libc::ESTALE, "node {nodeid}");
+        assert_eq!(
+            c.req(op::GETATTR, nodeid, &[0u8; 16]).0,
+            -libc::ESTALE,
+            "node {nodeid}"
+        );
         assert_eq!(c.req(op::LOOKUP, nodeid, b"x\0").0, -libc::ESTALE);
     }
     for fh in [0u64, 1, 2, 5, 1 << 33, u64::MAX] {
@@ -220,7 +248,11 @@ fn malformed_frames_are_rejected_and_the_server_carries_on() {
     b.extend_from_slice(&[0u8; 20]);
     assert_eq!(c.req(op::WRITE, 1, &b).0, -libc::EINVAL);
     // BATCH_FORGET with an absurd count and no entries: no reply, no crash.
-    let (_, f) = c.frame(op::BATCH_FORGET, 0, &[&u32::MAX.to_ne_bytes()[..], &[0u8; 4]].concat());
+    let (_, f) = c.frame(
+        op::BATCH_FORGET,
+        0,
+        &[&u32::MAX.to_ne_bytes()[..], &[0u8; 4]].concat(),
+    );
     c.send_raw(&f);
     // Second INIT is refused.
     assert_eq!(c.req(op::INIT, 0, &[0u8; 64]).0, -libc::EIO);
@@ -233,7 +265,10 @@ fn fuzzed_frames_never_crash_nor_escape() {
     let mut c = Conn::new();
     std::fs::create_dir_all(c.backing().join("d/e")).unwrap();
     std::fs::write(c.backing().join("d/f"), b"data").unwrap();
-    let before_parent: Vec<_> = std::fs::read_dir(c.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before_parent: Vec<_> = std::fs::read_dir(c.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -276,8 +311,14 @@ fn fuzzed_frames_never_crash_nor_escape() {
     }
     assert!(sent > 15_000);
     c.assert_alive();
-    let after_parent: Vec<_> = std::fs::read_dir(c.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(before_parent, after_parent, "nothing may appear next to the backing directory");
+    let after_parent: Vec<_> = std::fs::read_dir(c.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        before_parent, after_parent,
+        "nothing may appear next to the backing directory"
+    );
 }
 
 #[test]
@@ -316,7 +357,10 @@ fn directory_swapped_for_a_symlink_between_lookups() {
     mk.extend_from_slice(&[0u8; 12]);
     mk.extend_from_slice(b"dang\0");
     assert_ne!(c.req(op::MKNOD, 1, &mk).0, 0);
-    assert!(!outside.exists(), "a file was created outside the backing tree");
+    assert!(
+        !outside.exists(),
+        "a file was created outside the backing tree"
+    );
     c.assert_alive();
 }
 
@@ -325,8 +369,18 @@ fn fifos_and_device_nodes_never_block_nor_open() {
     require_root!();
     let mut c = Conn::new();
     let b = c.backing();
-    nix::unistd::mkfifo(&b.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
-    nix::sys::stat::mknod(&b.join("null"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3)).unwrap();
+    nix::unistd::mkfifo(
+        &b.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    )
+    .unwrap();
+    nix::sys::stat::mknod(
+        &b.join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
     let (err, fifo, mode) = c.lookup(1, "fifo");
     assert_eq!((err, mode & libc::S_IFMT), (0, libc::S_IFIFO));
     let (err, null, mode) = c.lookup(1, "null");
@@ -348,7 +402,9 @@ fn fifos_and_device_nodes_never_block_nor_open() {
     assert_eq!(err, 0);
     let mode = u32::from_ne_bytes(out[40 + 60..40 + 64].try_into().unwrap());
     assert_eq!(mode & libc::S_IFMT, libc::S_IFBLK);
-    let ft = std::fs::symlink_metadata(b.join("sda")).unwrap().file_type();
+    let ft = std::fs::symlink_metadata(b.join("sda"))
+        .unwrap()
+        .file_type();
     assert!(ft.is_file() && !ft.is_block_device());
     c.assert_alive();
 }
@@ -359,7 +415,14 @@ fn distinct_inode_numbers_across_backing_file_systems() {
     let m = common::TestMount::new(true);
     let t = m.backing.join("t");
     std::fs::create_dir(&t).unwrap();
-    nix::mount::mount(Some("tmpfs"), &t, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &t,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -367,10 +430,19 @@ fn distinct_inode_numbers_across_backing_file_systems() {
         }
     }
     let _u = Unmount(t.clone());
-    common::sh(&m.backing, "for i in $(seq 1 200); do echo $i > t/f$i; echo $i > r$i; done");
-    let inos = common::sh(&m.mnt, "find . -type f -printf '%i\\n' | sort | uniq -d | wc -l");
+    common::sh(
+        &m.backing,
+        "for i in $(seq 1 200); do echo $i > t/f$i; echo $i > r$i; done",
+    );
+    let inos = common::sh(
+        &m.mnt,
+        "find . -type f -printf '%i\\n' | sort | uniq -d | wc -l",
+    );
     assert_eq!(inos.trim(), "0", "inode numbers collide through the mount");
-    let raw = common::sh(&m.backing, "find . -type f -printf '%i\\n' | sort | uniq -d | wc -l");
+    let raw = common::sh(
+        &m.backing,
+        "find . -type f -printf '%i\\n' | sort | uniq -d | wc -l",
+    );
     eprintln!("raw duplicates in the backing tree: {}", raw.trim());
 }
 
@@ -391,7 +463,11 @@ fn resent_requests_are_answered_as_the_first_run_did() {
     let mut sx = 1u32.to_ne_bytes().to_vec();
     sx.extend_from_slice(&(libc::XATTR_CREATE as u32).to_ne_bytes());
     sx.extend_from_slice(b"user.k\0v");
-    let cases: [(u32, u64, Vec<u8>); 3] = [(op::RENAME2, 1, exch), (op::UNLINK, 1, b"gone\0".to_vec()), (op::SETXATTR, xa, sx)];
+    let cases: [(u32, u64, Vec<u8>); 3] = [
+        (op::RENAME2, 1, exch),
+        (op::UNLINK, 1, b"gone\0".to_vec()),
+        (op::SETXATTR, xa, sx),
+    ];
     for (opcode, node, body) in cases {
         // The server runs the request, then dies before the kernel saw the answer
         // (here: the answer is read and ignored); the kernel resends it with bit 63.
@@ -399,14 +475,22 @@ fn resent_requests_are_answered_as_the_first_run_did() {
         c.send_raw(&f);
         assert_eq!(c.recv().1, 0, "first run of opcode {opcode}");
         let (u, err, _) = c.restart();
-        assert_eq!((u, err), (0, porta_fs::abi::NOTIFY_RESEND), "a new server first asks for a resend");
+        assert_eq!(
+            (u, err),
+            (0, porta_fs::abi::NOTIFY_RESEND),
+            "a new server first asks for a resend"
+        );
         let mut rf = f.clone();
-        let ru = u64::from_ne_bytes(rf[8..16].try_into().unwrap()) | porta_fs::abi::UNIQUE_RESEND_FLAG;
+        let ru =
+            u64::from_ne_bytes(rf[8..16].try_into().unwrap()) | porta_fs::abi::UNIQUE_RESEND_FLAG;
         rf[8..16].copy_from_slice(&ru.to_ne_bytes());
         c.send_raw(&rf);
         let (got, err, _) = c.recv();
         assert_eq!(got, ru, "the reply echoes the resent id");
-        assert_eq!(err, 0, "resent opcode {opcode} must get the first run's answer");
+        assert_eq!(
+            err, 0,
+            "resent opcode {opcode} must get the first run's answer"
+        );
     }
     // EXCHANGE ran once, not twice.
     assert_eq!(std::fs::read(b.join("x")).unwrap(), b"Y");

@@ -54,7 +54,11 @@ fn compare_with_plain(m: &TestMount, name: &str, script: &str) {
     let a = sh(&on_mount, script);
     let b = sh(&plain, script);
     assert_eq!(a, b, "script output differs (mount vs plain)");
-    assert_eq!(tree(&on_mount), tree(&plain), "resulting trees differ (mount vs plain)");
+    assert_eq!(
+        tree(&on_mount),
+        tree(&plain),
+        "resulting trees differ (mount vs plain)"
+    );
 }
 
 fn ops_both_modes(passthrough: bool) {
@@ -63,13 +67,19 @@ fn ops_both_modes(passthrough: bool) {
     assert_eq!(m.passthrough_active(), passthrough);
     // The device node is stored as a regular file in the backing tree.
     let st = std::fs::symlink_metadata(m.backing.join("ops/a/null")).unwrap();
-    assert!(st.file_type().is_file(), "device node must be a regular file in the backing tree");
+    assert!(
+        st.file_type().is_file(),
+        "device node must be a regular file in the backing tree"
+    );
     let via = sh(&m.mnt, "stat -c '%F %t:%T' ops/a/null");
     assert_eq!(via.trim(), "character special file 1:3");
     // Hidden xattr is not visible nor writable through the mount.
     let l = sh(&m.mnt, "getfattr -d -m - ops/a/null 2>&1 || true");
     assert!(!l.contains("porta"), "{l}");
-    let e = sh(&m.mnt, "setfattr -n user.porta.dev -v '20644 0' ops/a/g 2>&1 || echo refused");
+    let e = sh(
+        &m.mnt,
+        "setfattr -n user.porta.dev -v '20644 0' ops/a/g 2>&1 || echo refused",
+    );
     assert!(e.contains("refused") || e.contains("not permitted"), "{e}");
     // statfs matches the backing file system.
     let a = sh(&m.mnt, "stat -f -c '%S %b' .");
@@ -93,9 +103,15 @@ fn posix_ops_strict() {
 fn identity_of_new_files() {
     require_root!();
     let m = TestMount::new(true);
-    sh(&m.mnt, "mkdir shared && chmod 1777 shared && mkdir sg && chown 0:1234 sg && chmod 2777 sg");
+    sh(
+        &m.mnt,
+        "mkdir shared && chmod 1777 shared && mkdir sg && chown 0:1234 sg && chmod 2777 sg",
+    );
     sh(&m.mnt, "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'touch shared/u; mkdir shared/ud; ln -s x shared/us; mkfifo shared/uf; touch sg/g'");
-    let out = sh(&m.backing, "stat -c '%n %u %g' shared/u shared/ud shared/us shared/uf sg/g");
+    let out = sh(
+        &m.backing,
+        "stat -c '%n %u %g' shared/u shared/ud shared/us shared/uf sg/g",
+    );
     assert_eq!(out, "shared/u 1000 1000\nshared/ud 1000 1000\nshared/us 1000 1000\nshared/uf 1000 1000\nsg/g 1000 1234\n");
     // A write or truncate by a non-root owner clears set-user-id and set-group-id bits.
     let bits = sh(&m.mnt, "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'cd shared && echo a > s && chmod 6755 s && echo b >> s && stat -c %a s; echo c > t && chmod 6755 t && truncate -s 0 t && stat -c %a t'");
@@ -112,17 +128,31 @@ fn tar_find_make_workloads() {
     for passthrough in [true, false] {
         let m = TestMount::new(passthrough);
         let tarball = m.dir.path().join("src.tar");
-        sh(Path::new("/usr"), &format!("tar -cf {} include/linux include/asm-generic", tarball.display()));
-        sh(&m.mnt, &format!("mkdir x && tar -xf {} -C x", tarball.display()));
+        sh(
+            Path::new("/usr"),
+            &format!(
+                "tar -cf {} include/linux include/asm-generic",
+                tarball.display()
+            ),
+        );
+        sh(
+            &m.mnt,
+            &format!("mkdir x && tar -xf {} -C x", tarball.display()),
+        );
         let plain = m.dir.path().join("plain");
         std::fs::create_dir(&plain).unwrap();
         sh(&plain, &format!("tar -xf {}", tarball.display()));
-        sh(m.dir.path(), &format!("diff -r plain {}/x", m.mnt.display()));
+        sh(
+            m.dir.path(),
+            &format!("diff -r plain {}/x", m.mnt.display()),
+        );
         assert_eq!(tree(&plain), tree(&m.mnt.join("x")));
         let n = sh(&m.mnt, "find x -type f | wc -l");
         assert!(n.trim().parse::<u32>().unwrap() > 500, "{n}");
         // Build a C program with make + gcc.
-        sh(&m.mnt, r#"mkdir prog && cd prog
+        sh(
+            &m.mnt,
+            r#"mkdir prog && cd prog
 cat > main.c <<'C'
 #include <stdio.h>
 #include "lib.h"
@@ -137,9 +167,13 @@ int add(int a, int b) { return a + b; }
 C
 printf 'prog: main.o lib.o\n\tgcc -o prog main.o lib.o\n%%.o: %%.c lib.h\n\tgcc -O1 -c $<\nclean:\n\trm -f *.o prog\n' > Makefile
 make -s
-"#);
+"#,
+        );
         assert_eq!(sh(&m.mnt.join("prog"), "./prog"), "42\n");
-        sh(&m.mnt.join("prog"), "make -s clean && make -s && ./prog >/dev/null");
+        sh(
+            &m.mnt.join("prog"),
+            "make -s clean && make -s && ./prog >/dev/null",
+        );
     }
 }
 
@@ -151,19 +185,34 @@ fn sqlite_under_load() {
         sh(&m.mnt, "sqlite3 db.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, w INT, v TEXT);' >/dev/null");
         // Four concurrent writers, each 200 transactions, with busy waiting: real
         // POSIX locking contention, all in the kernel.
-        sh(&m.mnt, r#"
+        sh(
+            &m.mnt,
+            r#"
 for w in 1 2 3 4; do
   ( i=0; while [ $i -lt 200 ]; do
       echo "PRAGMA busy_timeout=10000; BEGIN IMMEDIATE; INSERT INTO t(w,v) VALUES($w, hex(randomblob(64))); COMMIT;"
       i=$((i+1)); done | sqlite3 db.sqlite >/dev/null ) &
 done
 wait
-"#);
-        assert_eq!(sh(&m.mnt, "sqlite3 db.sqlite 'SELECT count(*) FROM t;'"), "800\n");
-        assert_eq!(sh(&m.mnt, "sqlite3 db.sqlite 'PRAGMA integrity_check;'"), "ok\n");
+"#,
+        );
+        assert_eq!(
+            sh(&m.mnt, "sqlite3 db.sqlite 'SELECT count(*) FROM t;'"),
+            "800\n"
+        );
+        assert_eq!(
+            sh(&m.mnt, "sqlite3 db.sqlite 'PRAGMA integrity_check;'"),
+            "ok\n"
+        );
         // Rollback-journal mode too.
-        sh(&m.mnt, "sqlite3 j.sqlite 'CREATE TABLE t(x); INSERT INTO t VALUES(1),(2),(3);'");
-        assert_eq!(sh(&m.mnt, "sqlite3 j.sqlite 'SELECT sum(x) FROM t;'"), "6\n");
+        sh(
+            &m.mnt,
+            "sqlite3 j.sqlite 'CREATE TABLE t(x); INSERT INTO t VALUES(1),(2),(3);'",
+        );
+        assert_eq!(
+            sh(&m.mnt, "sqlite3 j.sqlite 'SELECT sum(x) FROM t;'"),
+            "6\n"
+        );
     }
 }
 
@@ -173,10 +222,15 @@ fn locks_stay_in_the_kernel() {
     let m = TestMount::new(true);
     sh(&m.mnt, "touch lockfile");
     // flock: a holder blocks a second non-blocking taker.
-    let out = sh(&m.mnt, "flock lockfile sleep 1 & sleep 0.3; flock -n lockfile true && echo got || echo busy; wait");
+    let out = sh(
+        &m.mnt,
+        "flock lockfile sleep 1 & sleep 0.3; flock -n lockfile true && echo got || echo busy; wait",
+    );
     assert_eq!(out.trim(), "busy");
     // POSIX record locks across processes.
-    let out = sh(&m.mnt, r#"python3 - <<'P'
+    let out = sh(
+        &m.mnt,
+        r#"python3 - <<'P'
 import fcntl, os, time
 f = open('lockfile', 'r+')
 fcntl.lockf(f, fcntl.LOCK_EX)
@@ -189,7 +243,8 @@ if pid == 0:
         print('busy', flush=True)
     os._exit(0)
 os.waitpid(pid, 0)
-P"#);
+P"#,
+    );
     assert_eq!(out.trim(), "busy");
 }
 
@@ -198,18 +253,27 @@ fn data_paths_large_files_and_mmap() {
     require_root!();
     for passthrough in [true, false] {
         let m = TestMount::new(passthrough);
-        sh(&m.mnt, "head -c 33554432 /dev/urandom > big && cp big big2 && cmp big big2 && sync big2");
+        sh(
+            &m.mnt,
+            "head -c 33554432 /dev/urandom > big && cp big big2 && cmp big big2 && sync big2",
+        );
         let a = sh(&m.mnt, "sha256sum big | cut -d' ' -f1");
         let b = sh(&m.backing, "sha256sum big2 | cut -d' ' -f1");
         assert_eq!(a, b);
-        let out = sh(&m.mnt, r#"python3 - <<'P'
+        let out = sh(
+            &m.mnt,
+            r#"python3 - <<'P'
 import mmap
 with open('mm', 'wb') as f: f.write(b'\0' * 8192)
 with open('mm', 'r+b') as f:
     m = mmap.mmap(f.fileno(), 8192); m[100:105] = b'hello'; m.flush(); m.close()
 print(open('mm','rb').read()[100:105].decode())
-P"#);
+P"#,
+        );
         assert_eq!(out.trim(), "hello");
-        assert_eq!(sh(&m.backing, "dd if=mm bs=1 skip=100 count=5 2>/dev/null"), "hello");
+        assert_eq!(
+            sh(&m.backing, "dd if=mm bs=1 skip=100 count=5 2>/dev/null"),
+            "hello"
+        );
     }
 }

@@ -60,9 +60,15 @@ impl Args {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let name = arg.to_string_lossy().into_owned();
-            let mut val = || it.next().cloned().ok_or_else(|| Error::Usage(format!("{name} needs a value")));
+            let mut val = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| Error::Usage(format!("{name} needs a value")))
+            };
             let num = |v: OsString| -> Result<i64, Error> {
-                v.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| Error::Usage(format!("{name}: not a number")))
+                v.to_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| Error::Usage(format!("{name}: not a number")))
             };
             match name.as_str() {
                 "--id" => a.id = val()?.to_string_lossy().into_owned(),
@@ -79,8 +85,14 @@ impl Args {
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
-        if a.id.is_empty() || a.state_dir.as_os_str().is_empty() || a.rootfs.as_os_str().is_empty() || a.sock_fd < 0 {
-            return Err(Error::Usage("--id, --state-dir, --rootfs and --sock-fd are required".into()));
+        if a.id.is_empty()
+            || a.state_dir.as_os_str().is_empty()
+            || a.rootfs.as_os_str().is_empty()
+            || a.sock_fd < 0
+        {
+            return Err(Error::Usage(
+                "--id, --state-dir, --rootfs and --sock-fd are required".into(),
+            ));
         }
         Ok(a)
     }
@@ -135,7 +147,11 @@ pub fn run(a: Args) -> i32 {
     };
     let mount = sv.mount.take();
     let msg = format!("ok {}", std::process::id());
-    if let Err(e) = fdpass::send_with_fd(sock.as_raw_fd(), msg.as_bytes(), mount.as_ref().map(|m| m.as_raw_fd())) {
+    if let Err(e) = fdpass::send_with_fd(
+        sock.as_raw_fd(),
+        msg.as_bytes(),
+        mount.as_ref().map(|m| m.as_raw_fd()),
+    ) {
         tracing::error!(error = %e, "could not hand the mount over; stopping");
         sv.shutdown();
         return 1;
@@ -152,7 +168,11 @@ fn set_cloexec(fd: RawFd, on: bool) {
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFD);
         if fl >= 0 {
-            let nfl = if on { fl | libc::FD_CLOEXEC } else { fl & !libc::FD_CLOEXEC };
+            let nfl = if on {
+                fl | libc::FD_CLOEXEC
+            } else {
+                fl & !libc::FD_CLOEXEC
+            };
             libc::fcntl(fd, libc::F_SETFD, nfl);
         }
     }
@@ -167,7 +187,8 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 fn thread_state(stat: &str) -> Option<char> {
-    stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next())
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
 }
 
 struct Supervisor {
@@ -200,13 +221,18 @@ impl Supervisor {
     fn start(a: Args) -> Result<Supervisor, (Error, Option<Box<Supervisor>>)> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
-        mask.thread_block().map_err(|e| (Error::Sys("block SIGCHLD", e), None))?;
+        mask.thread_block()
+            .map_err(|e| (Error::Sys("block SIGCHLD", e), None))?;
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| (Error::Sys("signalfd", e), None))?;
         let capacity = raise_nofile();
         let fuse = porta_fs::mount::open_dev_fuse().map_err(|e| (e.into(), None))?;
-        let opts = porta_fs::mount::MountOptions { source: format!("porta-{}", a.id), ..Default::default() };
-        let mount = porta_fs::mount::fsmount_fuse(fuse.as_raw_fd(), &opts).map_err(|e| (e.into(), None))?;
+        let opts = porta_fs::mount::MountOptions {
+            source: format!("porta-{}", a.id),
+            ..Default::default()
+        };
+        let mount =
+            porta_fs::mount::fsmount_fuse(fuse.as_raw_fd(), &opts).map_err(|e| (e.into(), None))?;
         let conn_id = 0;
         let state_fd = porta_fs::shared::create_memfd(capacity).map_err(|e| (e.into(), None))?;
         let shared = Shared::map(state_fd.as_raw_fd()).map_err(|e| (e.into(), None))?;
@@ -241,8 +267,13 @@ impl Supervisor {
         self.spawn_keeper()?;
         let sock = self.a.state_dir.join(SOCKET_NAME);
         let _ = std::fs::remove_file(&sock);
-        let l = UnixListener::bind(&sock).map_err(|e| Error::Path { what: "bind control socket", path: sock.clone(), source: e })?;
-        l.set_nonblocking(true).map_err(|e| Error::Io("control socket", e))?;
+        let l = UnixListener::bind(&sock).map_err(|e| Error::Path {
+            what: "bind control socket",
+            path: sock.clone(),
+            source: e,
+        })?;
+        l.set_nonblocking(true)
+            .map_err(|e| Error::Io("control socket", e))?;
         self.listener = Some(l);
         self.spawn_server()?;
         // The kernel queued INIT when the superblock was made; wait for the answer so
@@ -250,12 +281,18 @@ impl Supervisor {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.shared.hdr(hdr::INITIALIZED).load(Ordering::Acquire) == 0 {
             if Instant::now() > deadline {
-                return Err(Error::Timeout("see the file server answer INIT", Duration::from_secs(10)));
+                return Err(Error::Timeout(
+                    "see the file server answer INIT",
+                    Duration::from_secs(10),
+                ));
             }
             if let Some(Next::Exit(_)) = self.reap() {
                 return Err(Error::Start {
                     id: self.a.id.clone(),
-                    msg: format!("file server died during INIT: {}", self.last_error.clone().unwrap_or_default()),
+                    msg: format!(
+                        "file server died during INIT: {}",
+                        self.last_error.clone().unwrap_or_default()
+                    ),
                     log: PathBuf::new(),
                 });
             }
@@ -264,7 +301,9 @@ impl Supervisor {
         // The connection's number (for its fusectl abort file) is the minor of the
         // superblock's device; fstat would wait for INIT, so ask only now.
         if let Some(m) = &self.mount {
-            self.conn_id = nix::sys::stat::fstat(m.as_raw_fd()).map(|st| libc::minor(st.st_dev) as u64).unwrap_or(0);
+            self.conn_id = nix::sys::stat::fstat(m.as_raw_fd())
+                .map(|st| libc::minor(st.st_dev) as u64)
+                .unwrap_or(0);
         }
         self.write_state();
         Ok(())
@@ -312,8 +351,11 @@ impl Supervisor {
         self.ctl = Some(ours);
         let pid = self.keeper_pid;
         for procs in &self.a.cgroup_procs {
-            std::fs::write(procs, pid.to_string())
-                .map_err(|e| Error::Path { what: "move file server into cgroup", path: procs.clone(), source: e })?;
+            std::fs::write(procs, pid.to_string()).map_err(|e| Error::Path {
+                what: "move file server into cgroup",
+                path: procs.clone(),
+                source: e,
+            })?;
         }
         // -1000 needs CAP_SYS_RESOURCE; without it the server keeps the supervisor's value.
         if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
@@ -324,7 +366,11 @@ impl Supervisor {
     }
 
     fn spawn_server(&mut self) -> Result<(), Error> {
-        let ctl = self.ctl.as_ref().ok_or_else(|| Error::Usage("no keeper".into()))?.as_raw_fd();
+        let ctl = self
+            .ctl
+            .as_ref()
+            .ok_or_else(|| Error::Usage("no keeper".into()))?
+            .as_raw_fd();
         for i in 0..hdr::MAX_SLOTS {
             if let Some(s) = self.shared.slot(i) {
                 for w in s {
@@ -333,12 +379,21 @@ impl Supervisor {
             }
         }
         self.watch.clear();
-        porta_fs::sys::write(ctl, &[porta_fs::keeper::CMD_SPAWN]).map_err(|e| Error::Sys("ask keeper for a server", nix::errno::Errno::from_raw(e)))?;
+        porta_fs::sys::write(ctl, &[porta_fs::keeper::CMD_SPAWN])
+            .map_err(|e| Error::Sys("ask keeper for a server", nix::errno::Errno::from_raw(e)))?;
         let mut b = [0u8; 4];
-        let n = porta_fs::sys::read(ctl, &mut b).map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
-        let pid = if n == 4 { i32::from_ne_bytes(b) } else { -libc::EIO };
+        let n = porta_fs::sys::read(ctl, &mut b)
+            .map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
+        let pid = if n == 4 {
+            i32::from_ne_bytes(b)
+        } else {
+            -libc::EIO
+        };
         if pid <= 0 {
-            return Err(Error::Sys("keeper: clone file server", nix::errno::Errno::from_raw(-pid)));
+            return Err(Error::Sys(
+                "keeper: clone file server",
+                nix::errno::Errno::from_raw(-pid),
+            ));
         }
         self.server_pid = pid;
         self.progress_at_start = self.shared.requests_done();
@@ -361,7 +416,11 @@ impl Supervisor {
                 fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
             }
             let _ = poll(&mut fds, PollTimeout::from(250u16));
-            let container_gone = container.is_some() && fds.get(cidx).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+            let container_gone = container.is_some()
+                && fds
+                    .get(cidx)
+                    .and_then(|f| f.revents())
+                    .is_some_and(|r| !r.is_empty());
             drop(fds);
             self.container = container;
             while self.sigfd.read_signal().ok().flatten().is_some() {}
@@ -383,7 +442,10 @@ impl Supervisor {
     /// Reaps children; restarts the server or decides to stop.
     fn reap(&mut self) -> Option<Next> {
         loop {
-            let st = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG) {
+            let st = match waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG,
+            ) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return None,
                 Ok(st) => st,
             };
@@ -406,7 +468,9 @@ impl Supervisor {
                 }
             } else if pid == self.keeper_pid {
                 self.keeper_pid = 0;
-                self.give_up(format!("file-server keeper {cause}: open files and nodes are lost"));
+                self.give_up(format!(
+                    "file-server keeper {cause}: open files and nodes are lost"
+                ));
                 return Some(Next::Exit(1));
             }
         }
@@ -467,15 +531,23 @@ impl Supervisor {
             if now.duration_since(e.1) < self.a.hang_timeout {
                 continue;
             }
-            let state = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", self.server_pid, s.tid))
-                .ok()
-                .and_then(|t| thread_state(&t));
+            let state =
+                std::fs::read_to_string(format!("/proc/{}/task/{}/stat", self.server_pid, s.tid))
+                    .ok()
+                    .and_then(|t| thread_state(&t));
             if state == Some('D') {
                 continue;
             }
             let secs = now.duration_since(e.1).as_secs_f32();
-            tracing::warn!(tid = s.tid, secs, "file server thread made no progress; killing the server");
-            self.kill_reason = Some(format!("deadlocked: thread {} made no progress for {secs:.1} s", s.tid));
+            tracing::warn!(
+                tid = s.tid,
+                secs,
+                "file server thread made no progress; killing the server"
+            );
+            self.kill_reason = Some(format!(
+                "deadlocked: thread {} made no progress for {secs:.1} s",
+                s.tid
+            ));
             let _ = kill(Pid::from_raw(self.server_pid), Signal::SIGKILL);
             self.watch.clear();
             return;
@@ -498,7 +570,13 @@ impl Supervisor {
                 Some(Next::Exit(0))
             }
             c if c.starts_with("watch ") => {
-                match c[6..].trim().parse::<i32>().ok().filter(|p| *p > 0).and_then(pidfd_open) {
+                match c[6..]
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .and_then(pidfd_open)
+                {
                     Some(fd) => {
                         tracing::info!(pid = %c[6..].trim(), "watching the container's process");
                         self.container = Some(fd);
@@ -589,7 +667,10 @@ impl Supervisor {
 }
 
 fn raise_nofile() -> usize {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `rl` is a valid out-pointer.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
@@ -624,8 +705,22 @@ fn abort_connection(conn: u64) {
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
-                && nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>).is_ok()
-                && nix::mount::mount(Some("fusectl"), "/sys/fs/fuse/connections", Some("fusectl"), nix::mount::MsFlags::empty(), None::<&str>).is_ok()
+                && nix::mount::mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .is_ok()
+                && nix::mount::mount(
+                    Some("fusectl"),
+                    "/sys/fs/fuse/connections",
+                    Some("fusectl"),
+                    nix::mount::MsFlags::empty(),
+                    None::<&str>,
+                )
+                .is_ok()
                 && std::fs::write(&path, "1").is_ok();
             // SAFETY: leaves the child at once.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) }

@@ -40,6 +40,10 @@ pub fn recv_with_fd(sock: RawFd) -> Result<(Vec<u8>, Option<OwnedFd>), nix::errn
         // SAFETY: descriptors just received with SCM_RIGHTS belong to us alone.
         .map(|f| unsafe { OwnedFd::from_raw_fd(f) })
         .collect();
-    let first = if owned.is_empty() { None } else { Some(owned.remove(0)) };
+    let first = if owned.is_empty() {
+        None
+    } else {
+        Some(owned.remove(0))
+    };
     Ok((buf, first))
 }

@@ -135,13 +135,20 @@ pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Starts the container's supervisor as a detached daemon and returns the detached FUSE
 /// mount of the container's root, already served.
 pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
-    std::fs::create_dir_all(&spec.state_dir)
-        .map_err(|e| Error::Path { what: "create state directory", path: spec.state_dir.clone(), source: e })?;
+    std::fs::create_dir_all(&spec.state_dir).map_err(|e| Error::Path {
+        what: "create state directory",
+        path: spec.state_dir.clone(),
+        source: e,
+    })?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&spec.log)
-        .map_err(|e| Error::Path { what: "open supervisor log", path: spec.log.clone(), source: e })?;
+        .map_err(|e| Error::Path {
+            what: "open supervisor log",
+            path: spec.log.clone(),
+            source: e,
+        })?;
     let log2 = log.try_clone().map_err(|e| Error::Io("dup log file", e))?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| Error::Io("socketpair", e))?;
     let mut cmd = Command::new(&spec.exe);
@@ -161,7 +168,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
         cmd.arg("--cgroup-procs").arg(p);
     }
     let sock = theirs.as_raw_fd();
-    cmd.stdin(Stdio::null()).stdout(log).stderr(log2).current_dir("/");
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .current_dir("/");
     // SAFETY: the closure only makes async-signal-safe system calls (setsid, dup2, fcntl).
     unsafe {
         cmd.pre_exec(move || {
@@ -179,14 +189,21 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
             Ok(())
         });
     }
-    let status = cmd
-        .status()
-        .map_err(|e| Error::Path { what: "exec supervisor", path: spec.exe.clone(), source: e })?;
+    let status = cmd.status().map_err(|e| Error::Path {
+        what: "exec supervisor",
+        path: spec.exe.clone(),
+        source: e,
+    })?;
     drop(theirs);
     if !status.success() {
-        return Err(Error::Start { id: spec.id.clone(), msg: format!("daemonizing process exited with {status}"), log: spec.log.clone() });
+        return Err(Error::Start {
+            id: spec.id.clone(),
+            msg: format!("daemonizing process exited with {status}"),
+            log: spec.log.clone(),
+        });
     }
-    ours.set_read_timeout(Some(LAUNCH_TIMEOUT)).map_err(|e| Error::Io("socket timeout", e))?;
+    ours.set_read_timeout(Some(LAUNCH_TIMEOUT))
+        .map_err(|e| Error::Io("socket timeout", e))?;
     let (msg, fd) = fdpass::recv_with_fd(ours.as_raw_fd()).map_err(|e| match e {
         nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
         e => Error::Sys("receive mount from supervisor", e),
@@ -199,11 +216,18 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
                 msg: format!("bad answer {text:?}"),
                 log: spec.log.clone(),
             })?;
-            Ok(Launched { supervisor_pid, mount_fd: fd })
+            Ok(Launched {
+                supervisor_pid,
+                mount_fd: fd,
+            })
         }
         _ => Err(Error::Start {
             id: spec.id.clone(),
-            msg: if text.is_empty() { "exited before handing over the mount".into() } else { text },
+            msg: if text.is_empty() {
+                "exited before handing over the mount".into()
+            } else {
+                text
+            },
             log: spec.log.clone(),
         }),
     }
@@ -217,13 +241,25 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
     let sock = state_dir.join(SOCKET_NAME);
     match UnixStream::connect(&sock) {
         Ok(mut s) => {
-            s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::Io("socket timeout", e))?;
-            s.write_all(b"stop\n").map_err(|e| Error::Io("send stop", e))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| Error::Io("socket timeout", e))?;
+            s.write_all(b"stop\n")
+                .map_err(|e| Error::Io("send stop", e))?;
             let mut answer = String::new();
             let _ = s.read_to_string(&mut answer);
         }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {}
-        Err(e) => return Err(Error::Path { what: "connect to supervisor", path: sock, source: e }),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+            ) => {}
+        Err(e) => {
+            return Err(Error::Path {
+                what: "connect to supervisor",
+                path: sock,
+                source: e,
+            })
+        }
     }
     if pid > 0 {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -242,12 +278,20 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
 /// exits when it is gone.
 pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
     let sock = state_dir.join(SOCKET_NAME);
-    let mut s = UnixStream::connect(&sock).map_err(|e| Error::Path { what: "connect to supervisor", path: sock.clone(), source: e })?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::Io("socket timeout", e))?;
-    s.write_all(format!("watch {pid}\n").as_bytes()).map_err(|e| Error::Io("send watch", e))?;
-    s.shutdown(std::net::Shutdown::Write).map_err(|e| Error::Io("send watch", e))?;
+    let mut s = UnixStream::connect(&sock).map_err(|e| Error::Path {
+        what: "connect to supervisor",
+        path: sock.clone(),
+        source: e,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| Error::Io("socket timeout", e))?;
+    s.write_all(format!("watch {pid}\n").as_bytes())
+        .map_err(|e| Error::Io("send watch", e))?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| Error::Io("send watch", e))?;
     let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| Error::Io("read supervisor answer", e))?;
+    s.read_to_string(&mut answer)
+        .map_err(|e| Error::Io("read supervisor answer", e))?;
     if answer.trim() == "ok" {
         Ok(())
     } else {
@@ -262,7 +306,11 @@ pub fn servers(state_dir: &Path) -> Result<Vec<ServerStatus>, Error> {
 
 fn read_state(state_dir: &Path) -> Result<SupervisorState, Error> {
     let p = state_dir.join(SERVERS_FILE);
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::Path { what: "read", path: p.clone(), source: e })?;
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::Path {
+        what: "read",
+        path: p.clone(),
+        source: e,
+    })?;
     serde_json::from_str(&text).map_err(|e| Error::State(p, e.to_string()))
 }
 
@@ -271,7 +319,8 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PORTA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("PORTA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
 }

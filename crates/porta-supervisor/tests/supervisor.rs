@@ -47,7 +47,10 @@ impl Container {
             Some(v) => std::env::set_var("PORTA_HANG_TIMEOUT_MS", v),
             None => std::env::remove_var("PORTA_HANG_TIMEOUT_MS"),
         }
-        let dir = tempfile::Builder::new().prefix("psv").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("psv")
+            .tempdir_in("/tmp")
+            .unwrap();
         let state = dir.path().join("s");
         let backing = dir.path().join("rootfs");
         let mnt = dir.path().join("mnt");
@@ -66,14 +69,30 @@ impl Container {
             exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
             log: dir.path().join("supervisor.log"),
         };
-        let l = launch(&spec).unwrap_or_else(|e| panic!("launch: {e}\nlog: {}", std::fs::read_to_string(&spec.log).unwrap_or_default()));
+        let l = launch(&spec).unwrap_or_else(|e| {
+            panic!(
+                "launch: {e}\nlog: {}",
+                std::fs::read_to_string(&spec.log).unwrap_or_default()
+            )
+        });
         porta_fs::mount::move_mount_to(l.mount_fd.as_raw_fd(), &mnt).unwrap();
         drop(l.mount_fd);
-        Container { _serial: serial, dir, state, backing, mnt, pid: l.supervisor_pid }
+        Container {
+            _serial: serial,
+            dir,
+            state,
+            backing,
+            mnt,
+            pid: l.supervisor_pid,
+        }
     }
 
     fn fs(&self) -> ServerStatus {
-        servers(&self.state).unwrap().into_iter().find(|s| s.name == "fs").unwrap()
+        servers(&self.state)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "fs")
+            .unwrap()
     }
 
     fn log(&self) -> String {
@@ -90,7 +109,11 @@ impl Container {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -105,7 +128,9 @@ impl Drop for Container {
 
 fn no_fd_of(pid: i32, what: &str) -> bool {
     // The supervisor holds no descriptor on the caller's stdio or pipes.
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return true };
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
     for e in rd.flatten() {
         if let Ok(t) = std::fs::read_link(e.path()) {
             if t.to_string_lossy().contains(what) {
@@ -123,25 +148,48 @@ fn launch_serve_state_and_stop() {
     std::fs::write(c.mnt.join("hello"), b"world").unwrap();
     assert_eq!(std::fs::read(c.backing.join("hello")).unwrap(), b"world");
     let s = c.fs();
-    assert!(s.pid > 0 && s.restarts == 0 && s.state == "running", "{s:?}");
+    assert!(
+        s.pid > 0 && s.restarts == 0 && s.state == "running",
+        "{s:?}"
+    );
     // Detached: its own session, not our child, stdio on the log file.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.pid)).unwrap();
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    assert_ne!(fields[1].parse::<u32>().unwrap(), std::process::id(), "supervisor must not be our child");
+    assert_ne!(
+        fields[1].parse::<u32>().unwrap(),
+        std::process::id(),
+        "supervisor must not be our child"
+    );
     // Its own session (made by setsid before the second fork), of which it is not the
     // leader: it can never acquire a controlling terminal.
     // SAFETY: getsid(0) always succeeds.
     let our_sid = unsafe { libc::getsid(0) };
-    assert_ne!(fields[3], our_sid.to_string(), "supervisor must be in a session of its own");
-    assert_ne!(fields[3], c.pid.to_string(), "supervisor must not be a session leader");
+    assert_ne!(
+        fields[3],
+        our_sid.to_string(),
+        "supervisor must be in a session of its own"
+    );
+    assert_ne!(
+        fields[3],
+        c.pid.to_string(),
+        "supervisor must not be a session leader"
+    );
     let own_stdout = std::fs::read_link("/proc/self/fd/1").unwrap();
-    assert!(no_fd_of(c.pid, &own_stdout.to_string_lossy()) || own_stdout.to_string_lossy().contains("/dev/null"));
+    assert!(
+        no_fd_of(c.pid, &own_stdout.to_string_lossy())
+            || own_stdout.to_string_lossy().contains("/dev/null")
+    );
     // Mount is not in the supervisor's mount table (new mount API).
     let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid)).unwrap();
     assert!(!mi.contains("porta-t1") || mi.contains(&c.mnt.to_string_lossy().to_string()));
     let spid = c.pid;
     stop(&c.state).unwrap();
-    assert!(!Path::new(&format!("/proc/{spid}")).exists() || std::fs::read_to_string(format!("/proc/{spid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true));
+    assert!(
+        !Path::new(&format!("/proc/{spid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{spid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+    );
     // The connection is aborted: the mount answers ENOTCONN, never hangs.
     let e = std::fs::read(c.mnt.join("hello")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
@@ -151,14 +199,25 @@ fn launch_serve_state_and_stop() {
 
 fn restart_after_signal(sig: i32) {
     let c = Container::start(true, None);
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(c.mnt.join("open-across")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(c.mnt.join("open-across"))
+        .unwrap();
     f.write_all(b"before ").unwrap();
     std::fs::create_dir_all(c.mnt.join("a/b")).unwrap();
     let old = c.fs();
     // SAFETY: signalling the server process the supervisor reported.
     assert_eq!(unsafe { libc::kill(old.pid, sig) }, 0);
-    let new = c.wait_for("a restarted server", |s| s.restarts == 1 && s.pid > 0 && s.pid != old.pid);
-    assert!(new.error.as_deref().unwrap_or("").contains("killed by"), "{new:?}");
+    let new = c.wait_for("a restarted server", |s| {
+        s.restarts == 1 && s.pid > 0 && s.pid != old.pid
+    });
+    assert!(
+        new.error.as_deref().unwrap_or("").contains("killed by"),
+        "{new:?}"
+    );
     // The open file and the nodes the kernel holds survive the server.
     f.write_all(b"after").unwrap();
     f.sync_all().unwrap();
@@ -193,9 +252,15 @@ fn stopped_server_is_replaced() {
     let t0 = Instant::now();
     std::fs::write(c.mnt.join("while-stopped"), b"ok").unwrap();
     let new = c.wait_for("replacement of a stopped server", |s| s.restarts == 1);
-    assert!(new.error.as_deref().unwrap_or("").contains("stopped"), "{new:?}");
+    assert!(
+        new.error.as_deref().unwrap_or("").contains("stopped"),
+        "{new:?}"
+    );
     eprintln!("write through a SIGSTOPped server took {:?}", t0.elapsed());
-    assert_eq!(std::fs::read(c.backing.join("while-stopped")).unwrap(), b"ok");
+    assert_eq!(
+        std::fs::read(c.backing.join("while-stopped")).unwrap(),
+        b"ok"
+    );
 }
 
 #[test]
@@ -214,7 +279,10 @@ fn deadlocked_server_is_replaced() {
     assert!(r.is_err());
     assert!(waited < Duration::from_secs(15), "{waited:?}");
     let s = c.wait_for("deadlock detection", |s| s.state == "failed");
-    assert!(s.error.as_deref().unwrap_or("").contains("deadlocked"), "{s:?}");
+    assert!(
+        s.error.as_deref().unwrap_or("").contains("deadlocked"),
+        "{s:?}"
+    );
     assert!(c.log().contains("made no progress"), "{}", c.log());
 }
 
@@ -227,7 +295,13 @@ fn repeated_crashes_without_progress_give_up() {
     // Every server crashes on the resent request: no progress, the supervisor gives up
     // and aborts the connection: the caller gets an error, not a hang.
     let e = std::fs::metadata(c.mnt.join("poison")).unwrap_err();
-    assert!(matches!(e.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)), "{e}");
+    assert!(
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        ),
+        "{e}"
+    );
     let e = std::fs::metadata(c.mnt.join("fine")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
     let s = c.wait_for("failed state", |s| s.state == "failed");
@@ -333,7 +407,11 @@ fn kill_loop(passthrough: bool, dur: Duration) {
     }
     let s = c.fs();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     // Reported, not asserted: timings on a shared machine are noise (DESIGN section 7).
     eprintln!(
         "passthrough={passthrough}: {kills} kills, {total} ops, {} errors, {lost} lost of {} fsync'ed files, restarts {}, \
@@ -345,18 +423,43 @@ fn kill_loop(passthrough: bool, dur: Duration) {
         pct(0.99),
     );
     assert!(kills >= 20, "only {kills} kills");
-    assert!(all_errors.is_empty(), "errors: {:?}\nlog tail: {}", &all_errors[..all_errors.len().min(10)], tail(&c.log()));
+    assert!(
+        all_errors.is_empty(),
+        "errors: {:?}\nlog tail: {}",
+        &all_errors[..all_errors.len().min(10)],
+        tail(&c.log())
+    );
     assert_eq!(lost, 0);
-    assert!(s.restarts >= kills as u64 - 1, "{} restarts for {kills} kills", s.restarts);
+    assert!(
+        s.restarts >= kills as u64 - 1,
+        "{} restarts for {kills} kills",
+        s.restarts
+    );
 }
 
 fn tail(s: &str) -> String {
-    s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    s.lines()
+        .rev()
+        .take(30)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn sh(dir: &Path, script: &str) -> String {
-    let out = std::process::Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -367,7 +470,16 @@ fn confined_server_runs_real_workloads() {
         let c = Container::start(passthrough, None);
         let pid = c.fs().pid;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().to_string();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
         assert_eq!(field("NoNewPrivs:"), "1");
         let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
@@ -377,12 +489,32 @@ fn confined_server_runs_real_workloads() {
             assert_eq!(bnd & (1 << cap), 0, "capability {cap} in bounding set");
         }
         let tarball = c.dir.path().join("inc.tar");
-        sh(Path::new("/usr"), &format!("tar -cf {} include/linux", tarball.display()));
-        sh(&c.mnt, &format!("mkdir x && tar -xf {} -C x && find x -type f | wc -l >/dev/null", tarball.display()));
-        sh(&c.mnt, r#"mkdir p && cd p && printf '#include <stdio.h>\nint main(void){puts("hi");return 0;}\n' > m.c && printf 'm: m.c\n\tgcc -o m m.c\n' > Makefile && make -s && ./m >/dev/null"#);
+        sh(
+            Path::new("/usr"),
+            &format!("tar -cf {} include/linux", tarball.display()),
+        );
+        sh(
+            &c.mnt,
+            &format!(
+                "mkdir x && tar -xf {} -C x && find x -type f | wc -l >/dev/null",
+                tarball.display()
+            ),
+        );
+        sh(
+            &c.mnt,
+            r#"mkdir p && cd p && printf '#include <stdio.h>\nint main(void){puts("hi");return 0;}\n' > m.c && printf 'm: m.c\n\tgcc -o m m.c\n' > Makefile && make -s && ./m >/dev/null"#,
+        );
         sh(&c.mnt, "sqlite3 d.db 'PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES(1);' >/dev/null && sqlite3 d.db 'SELECT count(*) FROM t;'");
-        sh(&c.mnt, r#"mkfifo f && mknod n c 1 3 && ln -s x l && ln p/m.c hard && python3 -c 'import os; os.setxattr("hard", "user.a", b"b"); assert os.getxattr("hard", "user.a") == b"b"' && truncate -s 1M big && rm big"#);
-        assert_eq!(c.fs().restarts, 0, "the confined server must not have died: {}", c.log());
+        sh(
+            &c.mnt,
+            r#"mkfifo f && mknod n c 1 3 && ln -s x l && ln p/m.c hard && python3 -c 'import os; os.setxattr("hard", "user.a", b"b"); assert os.getxattr("hard", "user.a") == b"b"' && truncate -s 1M big && rm big"#,
+        );
+        assert_eq!(
+            c.fs().restarts,
+            0,
+            "the confined server must not have died: {}",
+            c.log()
+        );
         assert!(!c.log().contains("ERROR"), "{}", c.log());
     }
 }
@@ -399,7 +531,10 @@ fn server_mount_namespace_holds_only_the_backing_directory() {
     assert!(Path::new(&format!("/proc/{pid}/root/marker")).exists());
     assert!(!Path::new(&format!("/proc/{pid}/root/etc/passwd")).exists());
     // And it still serves, xattrs and links included.
-    sh(&c.mnt, r#"echo x > f && ln f g && python3 -c 'import os; os.setxattr("f", "user.k", b"v"); assert os.getxattr("g", "user.k") == b"v"; assert "user.k" in os.listxattr("f"); os.removexattr("f", "user.k")'"#);
+    sh(
+        &c.mnt,
+        r#"echo x > f && ln f g && python3 -c 'import os; os.setxattr("f", "user.k", b"v"); assert os.getxattr("g", "user.k") == b"v"; assert "user.k" in os.listxattr("f"); os.removexattr("f", "user.k")'"#,
+    );
 }
 
 #[test]
@@ -407,7 +542,10 @@ fn supervisor_exits_by_itself_when_the_mount_is_gone() {
     require_root!();
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     std::env::remove_var("PORTA_FS_FAULT");
-    let dir = tempfile::Builder::new().prefix("psv").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("psv")
+        .tempdir_in("/tmp")
+        .unwrap();
     let state = dir.path().join("s");
     let backing = dir.path().join("rootfs");
     std::fs::create_dir(&backing).unwrap();
@@ -426,8 +564,15 @@ fn supervisor_exits_by_itself_when_the_mount_is_gone() {
     // namespace died, or create closed it): the kernel aborts the connection.
     drop(l.mount_fd);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z")).unwrap_or(false) {
-        assert!(Instant::now() < deadline, "supervisor still running; log: {}", std::fs::read_to_string(dir.path().join("log")).unwrap_or_default());
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z"))
+        .unwrap_or(false)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "supervisor still running; log: {}",
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let s = servers(&state).unwrap();
@@ -441,7 +586,10 @@ fn supervisor_exits_by_itself_when_the_mount_is_gone() {
 fn supervisor_stops_when_the_watched_container_process_exits() {
     require_root!();
     let c = Container::start(true, None);
-    let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
     watch_container(&c.state, child.id() as i32).unwrap();
     assert!(watch_container(&c.state, 999_999_999).is_err());
     std::fs::write(c.mnt.join("f"), b"x").unwrap();

@@ -45,7 +45,10 @@ fn open_dir(p: &Path, flags: i32) -> OwnedFd {
 
 impl TestMount {
     pub fn new(passthrough: bool) -> TestMount {
-        let dir = tempfile::Builder::new().prefix("porta-fs-test").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("porta-fs-test")
+            .tempdir_in("/tmp")
+            .unwrap();
         let backing = dir.path().join("backing");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&backing).unwrap();
@@ -53,7 +56,12 @@ impl TestMount {
         Self::with_dirs(dir, backing, mnt, passthrough)
     }
 
-    pub fn with_dirs(dir: tempfile::TempDir, backing: PathBuf, mnt: PathBuf, passthrough: bool) -> TestMount {
+    pub fn with_dirs(
+        dir: tempfile::TempDir,
+        backing: PathBuf,
+        mnt: PathBuf,
+        passthrough: bool,
+    ) -> TestMount {
         let fuse = mount::open_dev_fuse().unwrap();
         let m = mount::fsmount_fuse(fuse.as_raw_fd(), &mount::MountOptions::default()).unwrap();
         mount::move_mount_to(m.as_raw_fd(), &mnt).unwrap();
@@ -71,11 +79,23 @@ impl TestMount {
             ttl: Duration::from_secs(86400),
         };
         let thread = std::thread::spawn(move || serve(&cfg));
-        TestMount { dir, backing, mnt, fuse: Some(fuse), _root: root, _proc: procfd, thread: Some(thread), shared }
+        TestMount {
+            dir,
+            backing,
+            mnt,
+            fuse: Some(fuse),
+            _root: root,
+            _proc: procfd,
+            thread: Some(thread),
+            shared,
+        }
     }
 
     pub fn passthrough_active(&self) -> bool {
-        let flags = self.shared.hdr(porta_fs::shared::hdr::INIT_FLAGS).load(std::sync::atomic::Ordering::Relaxed);
+        let flags = self
+            .shared
+            .hdr(porta_fs::shared::hdr::INIT_FLAGS)
+            .load(std::sync::atomic::Ordering::Relaxed);
         flags & porta_fs::abi::init::PASSTHROUGH != 0
     }
 
@@ -86,7 +106,12 @@ impl TestMount {
 }
 
 pub fn sh(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().unwrap();
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     let so = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         panic!(
