@@ -66,7 +66,9 @@ impl Container {
             rootfs: backing.clone(),
             passthrough,
             server_cgroup_procs: vec![],
-            exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
+            exe: std::env::var_os("PORTA_TEST_EXE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test"))),
             log: dir.path().join("supervisor.log"),
         };
         let l = launch(&spec).unwrap_or_else(|e| {
