@@ -548,6 +548,14 @@ fn long_root_and_long_id() {
         id.push('z');
     }
     id.truncate(64);
+    // removes the (then empty) root however the test ends; dropped after the container
+    struct RmDir(String);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _root_guard = RmDir(root.clone());
     let mut b = Bundle::new(&[]);
     b.sh("echo long-ok; sleep 100");
     let c = Container::with_id(id.clone(), &root, b);
@@ -561,8 +569,6 @@ fn long_root_and_long_id() {
     c.kill("KILL").expect_ok();
     c.wait_stopped(10);
     c.delete().expect_ok();
-    drop(c);
-    let _ = std::fs::remove_dir(&root);
 }
 
 #[test]
