@@ -601,3 +601,47 @@ fn supervisor_stops_when_the_watched_container_process_exits() {
     let e = std::fs::read(c.mnt.join("f")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
 }
+
+/// Reported, not asserted (timings on a shared machine are noise): time from SIGKILL of
+/// the server to the first answered request (a getxattr, which always reaches the server).
+#[test]
+fn kill_to_first_answer_latency() {
+    require_root!();
+    let c = Container::start(true, None);
+    let f = c.mnt.join("probe");
+    std::fs::write(&f, b"").unwrap();
+    let cf = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+    let probe = || {
+        let mut b = [0u8; 8];
+        // SAFETY: valid strings and buffer.
+        unsafe {
+            libc::getxattr(
+                cf.as_ptr(),
+                c"user.none".as_ptr(),
+                b.as_mut_ptr().cast(),
+                b.len(),
+            )
+        }
+    };
+    let mut lat = vec![];
+    let mut last = 0;
+    for _ in 0..60 {
+        let s = c.wait_for("a new server", |s| s.pid > 0 && s.pid != last);
+        last = s.pid;
+        assert_eq!(probe(), -1); // ENODATA, answered by the live server
+        let t0 = Instant::now();
+        // SAFETY: signalling the server process the supervisor reported.
+        unsafe { libc::kill(s.pid, libc::SIGKILL) };
+        probe();
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    eprintln!(
+        "kill to first answer over {} kills: p50 {:?} p90 {:?} p99 {:?} max {:?}",
+        lat.len(),
+        lat[lat.len() / 2],
+        lat[lat.len() * 9 / 10],
+        lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+        lat[lat.len() - 1]
+    );
+}
