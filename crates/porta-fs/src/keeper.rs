@@ -16,6 +16,10 @@ use crate::{sys, Error};
 
 /// Command byte: start a server.
 pub const CMD_SPAWN: u8 = b'S';
+/// Command byte: pre-fork a standby server (set up and confined, waiting).
+pub const CMD_STANDBY: u8 = b'B';
+/// Command byte: let the standby serve (or start a server when there is none).
+pub const CMD_ACTIVATE: u8 = b'A';
 /// Exit code of a server whose connection is gone.
 pub const EXIT_UNMOUNTED: i32 = 0;
 /// Exit code of a server that failed.
@@ -131,6 +135,9 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         proc_root: procfd.as_raw_fd(),
     };
     let mut cmd = [0u8; 16];
+    // The standby server: its pid and the pipe that wakes it (both ends live in the
+    // shared fd table; the standby closes the read end once awake).
+    let mut standby: Option<(i32, RawFd, RawFd)> = None;
     loop {
         let n = match sys::read(args.ctl_fd, &mut cmd) {
             Ok(0) => return Ok(()),
@@ -143,10 +150,43 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 ))
             }
         };
-        if n >= 1 && cmd[0] == CMD_SPAWN {
-            let pid = spawn_server(&cfg);
-            let _ = sys::write(args.ctl_fd, &pid.to_ne_bytes());
-        }
+        let pid = match cmd[..n].first() {
+            Some(&CMD_SPAWN) => spawn_server(&cfg, None),
+            Some(&CMD_STANDBY) => {
+                if let Some((_, rd, wr)) = standby.take() {
+                    // A standby that died (or is replaced) never woke: drop its pipe.
+                    sys::close(wr);
+                    sys::close(rd);
+                }
+                match pipe() {
+                    Ok((rd, wr)) => {
+                        let pid = spawn_server(&cfg, Some(rd));
+                        if pid > 0 {
+                            standby = Some((pid, rd, wr));
+                        } else {
+                            sys::close(wr);
+                            sys::close(rd);
+                        }
+                        pid
+                    }
+                    Err(e) => -e,
+                }
+            }
+            Some(&CMD_ACTIVATE) => match standby.take() {
+                Some((pid, _rd, go)) => {
+                    let woke = sys::write(go, b"g").is_ok();
+                    sys::close(go);
+                    if woke {
+                        pid
+                    } else {
+                        spawn_server(&cfg, None)
+                    }
+                }
+                None => spawn_server(&cfg, None),
+            },
+            _ => continue,
+        };
+        let _ = sys::write(args.ctl_fd, &pid.to_ne_bytes());
     }
 }
 
@@ -196,8 +236,21 @@ struct ServerSetup {
     proc_root: RawFd,
 }
 
+fn pipe() -> Result<(RawFd, RawFd), i32> {
+    let mut p = [0i32; 2];
+    // SAFETY: `p` is a valid out-array of two ints.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok((p[0], p[1]))
+}
+
 /// Creates one server sharing this process's fd table; returns its pid (or -errno).
-fn spawn_server(cfg: &ServerSetup) -> i32 {
+/// With `wait_on`, the server sets itself up and confines itself, then waits for a byte
+/// on that pipe before serving (a standby: takeover without the clone and the set-up).
+fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     let pid = clone_files_parent();
     if pid < 0 {
         return -std::io::Error::last_os_error()
@@ -227,18 +280,32 @@ fn spawn_server(cfg: &ServerSetup) -> i32 {
                 unsafe { libc::_exit(EXIT_FAILED) };
             }
         };
-        let old = server
-            .shared
-            .hdr(hdr::SERVER_PROC_FD)
-            .swap(own as u64, std::sync::atomic::Ordering::AcqRel);
-        if old != 0 && old as RawFd != own {
-            sys::close(old as RawFd);
-        }
         server.proc_fd = own;
         if let Err(e) = crate::confine::confine(server.root_fd) {
             tracing::error!(error = %e, "could not confine the file server");
             // SAFETY: ends this process at once.
             unsafe { libc::_exit(EXIT_FAILED) };
+        }
+    }
+    if let Some(go) = wait_on {
+        let mut b = [0u8; 1];
+        loop {
+            match sys::read(go, &mut b) {
+                Ok(1) => break,
+                Err(libc::EINTR) => continue,
+                // SAFETY: the keeper is gone or dropped this standby: end at once.
+                _ => unsafe { libc::_exit(EXIT_UNMOUNTED) },
+            }
+        }
+        sys::close(go);
+    }
+    if cfg.confine {
+        let old = server
+            .shared
+            .hdr(hdr::SERVER_PROC_FD)
+            .swap(server.proc_fd as u64, std::sync::atomic::Ordering::AcqRel);
+        if old != 0 && old as RawFd != server.proc_fd {
+            sys::close(old as RawFd);
         }
     }
     let code = match serve(&server) {

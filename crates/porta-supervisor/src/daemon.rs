@@ -211,6 +211,8 @@ struct Supervisor {
     sigfd: SignalFd,
     watch: HashMap<u64, (u64, Instant)>,
     container: Option<OwnedFd>,
+    standby_pid: i32,
+    standby_failures: u32,
 }
 
 enum Next {
@@ -256,6 +258,8 @@ impl Supervisor {
             sigfd,
             watch: HashMap::new(),
             container: None,
+            standby_pid: 0,
+            standby_failures: 0,
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -306,6 +310,7 @@ impl Supervisor {
                 .unwrap_or(0);
         }
         self.write_state();
+        self.prepare_standby();
         Ok(())
     }
 
@@ -365,21 +370,14 @@ impl Supervisor {
         Ok(())
     }
 
-    fn spawn_server(&mut self) -> Result<(), Error> {
+    /// Sends one command byte to the keeper and reads the pid it answers.
+    fn keeper_request(&self, cmd: u8) -> Result<i32, Error> {
         let ctl = self
             .ctl
             .as_ref()
             .ok_or_else(|| Error::Usage("no keeper".into()))?
             .as_raw_fd();
-        for i in 0..hdr::MAX_SLOTS {
-            if let Some(s) = self.shared.slot(i) {
-                for w in s {
-                    w.store(0, Ordering::Relaxed);
-                }
-            }
-        }
-        self.watch.clear();
-        porta_fs::sys::write(ctl, &[porta_fs::keeper::CMD_SPAWN])
+        porta_fs::sys::write(ctl, &[cmd])
             .map_err(|e| Error::Sys("ask keeper for a server", nix::errno::Errno::from_raw(e)))?;
         let mut b = [0u8; 4];
         let n = porta_fs::sys::read(ctl, &mut b)
@@ -394,6 +392,43 @@ impl Supervisor {
                 "keeper: clone file server",
                 nix::errno::Errno::from_raw(-pid),
             ));
+        }
+        Ok(pid)
+    }
+
+    /// Pre-forks a standby server (set up and confined, waiting to be woken), unless
+    /// standbys keep dying.
+    fn prepare_standby(&mut self) {
+        if self.standby_pid > 0 || self.standby_failures >= 5 || self.ctl.is_none() {
+            return;
+        }
+        match self.keeper_request(porta_fs::keeper::CMD_STANDBY) {
+            Ok(pid) => self.standby_pid = pid,
+            Err(e) => {
+                self.standby_failures += 1;
+                tracing::warn!(error = %e, "could not pre-fork a standby file server");
+            }
+        }
+    }
+
+    fn spawn_server(&mut self) -> Result<(), Error> {
+        for i in 0..hdr::MAX_SLOTS {
+            if let Some(s) = self.shared.slot(i) {
+                for w in s {
+                    w.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        self.watch.clear();
+        // The standby (if any) takes over; the keeper starts a server when there is none.
+        let standby = self.standby_pid;
+        self.standby_pid = 0;
+        let pid = self.keeper_request(porta_fs::keeper::CMD_ACTIVATE)?;
+        if standby > 0 && pid != standby {
+            tracing::warn!(
+                standby,
+                "standby file server could not be woken; started a new one"
+            );
         }
         self.server_pid = pid;
         self.progress_at_start = self.shared.requests_done();
@@ -453,6 +488,9 @@ impl Supervisor {
                 WaitStatus::Exited(p, code) => (p.as_raw(), format!("exited with status {code}")),
                 WaitStatus::Signaled(p, sig, _) => (p.as_raw(), format!("killed by {sig}")),
                 WaitStatus::Stopped(p, sig) => {
+                    if p.as_raw() == self.standby_pid {
+                        let _ = kill(p, Signal::SIGKILL);
+                    }
                     if p.as_raw() == self.server_pid {
                         tracing::warn!(pid = p.as_raw(), signal = %sig, "file server stopped; replacing it");
                         self.kill_reason = Some(format!("stopped by {sig}"));
@@ -466,6 +504,11 @@ impl Supervisor {
                 if let Some(n) = self.on_server_death(cause) {
                     return Some(n);
                 }
+            } else if pid == self.standby_pid {
+                tracing::warn!(pid, cause = %cause, "standby file server died; pre-forking another");
+                self.standby_pid = 0;
+                self.standby_failures += 1;
+                self.prepare_standby();
             } else if pid == self.keeper_pid {
                 self.keeper_pid = 0;
                 self.give_up(format!(
@@ -508,6 +551,7 @@ impl Supervisor {
             return Some(Next::Exit(1));
         }
         self.write_state();
+        self.prepare_standby();
         None
     }
 
@@ -642,17 +686,18 @@ impl Supervisor {
 
     /// Stops the servers and the keeper, aborts the connection, removes the socket.
     fn shutdown(&mut self) {
-        for pid in [self.server_pid, self.keeper_pid] {
+        for pid in [self.server_pid, self.standby_pid, self.keeper_pid] {
             if pid > 0 {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        for pid in [self.server_pid, self.keeper_pid] {
+        for pid in [self.server_pid, self.standby_pid, self.keeper_pid] {
             if pid > 0 {
                 let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
             }
         }
         self.server_pid = 0;
+        self.standby_pid = 0;
         self.keeper_pid = 0;
         self.ctl = None;
         self.mount = None;
