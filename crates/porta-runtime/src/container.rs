@@ -217,17 +217,13 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         sys::Forked::Parent(stage1) => {
             drop(child_chan);
             drop(args);
-            // The container's process may ask for its id mappings before stage one has
-            // reported its pid: both speak on the same channel.
-            let mut wants_maps = false;
+            // The container's process may speak before stage one has reported its pid:
+            // both use the same channel. Keep its early messages for after.
+            let mut early = Vec::new();
             let pid = loop {
                 match parent_chan.recv("porta create (stage one)") {
                     Ok((Msg::Pid(p), _)) => break p,
-                    Ok((Msg::NeedMappings, _)) => wants_maps = true,
-                    Ok((m, _)) => {
-                        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
-                        return Err(Error::Init(format!("unexpected message {m:?}")));
-                    }
+                    Ok(m) => early.push(m),
                     Err(e) => {
                         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
                         return Err(e);
@@ -238,11 +234,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             rb.init = Some(sys::pidfd_open(pid).ctx(|| format!("pidfd of the container's process {pid}"))?);
             st.pid = pid;
             st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
-            if wants_maps {
-                write_id_maps(pid, spec)?;
-                parent_chan.send(&Msg::MappingsDone, &[])?;
-            }
-            drive_init(&parent_chan, &mut st, spec, opts, &ns)?;
+            drive_init(&parent_chan, early, &mut st, spec, opts)?;
         }
     }
     drop(fifo);
@@ -260,9 +252,13 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
 }
 
 /// Answers the container's process until it reports ready.
-fn drive_init(chan: &Channel, st: &mut ContainerState, spec: &Spec, opts: &CreateOptions, ns: &Plan) -> Result<()> {
+fn drive_init(chan: &Channel, early: Vec<(Msg, Vec<OwnedFd>)>, st: &mut ContainerState, spec: &Spec, opts: &CreateOptions) -> Result<()> {
+    let mut early = early.into_iter();
     loop {
-        let (msg, fds) = chan.recv("the container's process")?;
+        let (msg, fds) = match early.next() {
+            Some(m) => m,
+            None => chan.recv("the container's process")?,
+        };
         match msg {
             Msg::NeedMappings => {
                 write_id_maps(st.pid, spec)?;
@@ -291,7 +287,6 @@ fn drive_init(chan: &Channel, st: &mut ContainerState, spec: &Spec, opts: &Creat
             Msg::Ready => return Ok(()),
             m => return Err(Error::Init(format!("unexpected message {m:?}"))),
         }
-        let _ = ns;
     }
 }
 

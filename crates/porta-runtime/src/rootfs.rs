@@ -308,7 +308,7 @@ fn mount_cgroup(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions, plan: &R
     let target = ensure_dir(root, dest)?;
     if v2_only {
         let h = hs.iter().find(|h| h.v2 && h.mountpoint == base).cloned();
-        return mount_hierarchy(&fd_path(target.as_fd()), h.as_ref(), flags, plan);
+        return mount_hierarchy(root, dest, &fd_path(target.as_fd()), h.as_ref(), flags, plan);
     }
     // v1 or hybrid: a tmpfs holding one directory per hierarchy.
     mount(Some("tmpfs"), &fd_path(target.as_fd()), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755"))
@@ -317,7 +317,7 @@ fn mount_cgroup(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions, plan: &R
         let Some(name) = h.mountpoint.file_name() else { continue };
         let sub = dest.join(name);
         let t = ensure_dir(root, &sub)?;
-        mount_hierarchy(&fd_path(t.as_fd()), Some(h), flags, plan)?;
+        mount_hierarchy(root, &sub, &fd_path(t.as_fd()), Some(h), flags, plan)?;
     }
     if flags.contains(MsFlags::MS_RDONLY) {
         let t = reopen(root, dest)?;
@@ -326,7 +326,7 @@ fn mount_cgroup(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions, plan: &R
     Ok(())
 }
 
-fn mount_hierarchy(target: &Path, h: Option<&Hierarchy>, flags: MsFlags, plan: &RootfsPlan<'_>) -> Result<()> {
+fn mount_hierarchy(root: BorrowedFd<'_>, dest: &Path, target: &Path, h: Option<&Hierarchy>, flags: MsFlags, plan: &RootfsPlan<'_>) -> Result<()> {
     let Some(h) = h else { return Ok(()) };
     if plan.new_cgroupns {
         let (typ, data) = if h.v2 { ("cgroup2", None) } else { ("cgroup", Some(h.subsystems.join(","))) };
@@ -339,7 +339,9 @@ fn mount_hierarchy(target: &Path, h: Option<&Hierarchy>, flags: MsFlags, plan: &
     let src = h.mountpoint.join(own.strip_prefix("/").unwrap_or(&own));
     mount(Some(&src), target, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none())
         .ctx(|| format!("bind cgroup {}", src.display()))?;
-    remount_bind(target, flags)
+    // Re-open by name: `target` still names the directory under the new mount.
+    let t = reopen(root, dest)?;
+    remount_bind(&fd_path(t.as_fd()), flags)
 }
 
 const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
