@@ -114,6 +114,8 @@ pub struct Options {
     pub keep: bool,
     pub docs: Option<PathBuf>,
     pub command_line: String,
+    /// Leave the `/sys/fs/cgroup` mount out of every config.json.
+    pub no_cgroup_mount: bool,
 }
 
 pub struct Bench {
@@ -130,7 +132,10 @@ pub struct Bench {
     /// Native processes that exist right now.
     native_pids: Vec<i32>,
     notes: Vec<String>,
+    /// Runs that failed once and were retried.
+    retries: Vec<String>,
     started: Instant,
+    started_utc: String,
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -174,7 +179,9 @@ impl Bench {
             live: Vec::new(),
             native_pids: Vec::new(),
             notes,
+            retries: Vec::new(),
             started: Instant::now(),
+            started_utc: Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
             opt,
         })
     }
@@ -286,7 +293,7 @@ impl Bench {
         let dir = self.bundles.join(&id);
         fs::create_dir_all(&dir)?;
         let ann = self.envs[e].oci().map(|o| o.annotations.clone()).unwrap_or_default();
-        let cfg = config_json(&self.rootfs, args, &ann, &format!("/{}/{}", self.cgroup_parent, id), "porta-bench");
+        let cfg = config_json(&self.rootfs, args, &ann, &format!("/{}/{}", self.cgroup_parent, id), "porta-bench", !self.opt.no_cgroup_mount);
         fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
         Ok((id, dir))
     }
@@ -585,9 +592,8 @@ impl Bench {
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         let kernel = Command::new("uname").arg("-srvm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-        let date = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
         RunInfo {
-            date_utc: date,
+            date_utc: self.started_utc.clone(),
             command: self.opt.command_line.clone(),
             mode: if self.opt.quick { "quick".into() } else { "full".into() },
             rounds: match (self.opt.warmup, self.opt.runs) {
@@ -613,7 +619,13 @@ impl Bench {
                     status: e.skip.clone().map(|s| format!("skipped: {s}")).unwrap_or_else(|| "measured".into()),
                 })
                 .collect(),
-            notes: self.notes.clone(),
+            notes: {
+                let mut n = self.notes.clone();
+                if !self.retries.is_empty() {
+                    n.push(format!("{} run(s) failed and were retried once (a second failure marks the runtime failed for that workload): {}", self.retries.len(), self.retries.join("; ")));
+                }
+                n
+            },
         }
     }
 
@@ -686,7 +698,18 @@ impl Bench {
                     if sys::interrupted() {
                         bail!("interrupted");
                     }
-                    match self.measure(w, e, round) {
+                    let mut result = self.measure(w, e, round);
+                    if let Err(first) = &result {
+                        if !sys::interrupted() {
+                            // One retry, so that a single flaky start does not drop a runtime
+                            // from a workload; every retry is listed in the report.
+                            let why = tail(&format!("{first:#}"), 300);
+                            progress(&format!("  {} failed in {w} round {}, retrying once: {why}", self.envs[e].name, round + 1));
+                            self.retries.push(format!("{w}, {}, round {}: {why}", self.envs[e].name, round + 1));
+                            result = self.measure(w, e, round);
+                        }
+                    }
+                    match result {
                         Ok(figs) => {
                             let shown: Vec<String> = figs.iter().map(|(m, v)| if figs.len() > 1 { format!("{m}={}", crate::svg::fmt_num(*v)) } else { crate::svg::fmt_num(*v) }).collect();
                             line.push_str(&format!(" {} {}", self.envs[e].name, shown.join("/")));

@@ -96,10 +96,10 @@ impl Env {
 /// A config.json like the one `runc spec` writes (ociVersion 1.0.2-dev, which crun 1.8.1 also
 /// accepts), with a writable root at `rootfs`, no terminal, the given arguments and
 /// annotations, and an explicit cgroups path so that leftovers can be found.
-pub fn config_json(rootfs: &Path, args: &[String], annotations: &[(String, String)], cgroups_path: &str, hostname: &str) -> Value {
+pub fn config_json(rootfs: &Path, args: &[String], annotations: &[(String, String)], cgroups_path: &str, hostname: &str, cgroup_mount: bool) -> Value {
     let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
     let ann: serde_json::Map<String, Value> = annotations.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    json!({
+    let mut c = json!({
         "ociVersion": "1.0.2-dev",
         "process": {
             "terminal": false,
@@ -130,7 +130,13 @@ pub fn config_json(rootfs: &Path, args: &[String], annotations: &[(String, Strin
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    })
+    });
+    if !cgroup_mount {
+        if let Some(m) = c["mounts"].as_array_mut() {
+            m.retain(|m| m["destination"] != "/sys/fs/cgroup");
+        }
+    }
+    c
 }
 
 #[cfg(test)]
@@ -155,7 +161,10 @@ mod tests {
 
     #[test]
     fn config_has_what_runtimes_need() {
-        let c = config_json(Path::new("/r"), &["/bin/true".into()], &[("a".into(), "b".into())], "/pb/x", "h");
+        let c = config_json(Path::new("/r"), &["/bin/true".into()], &[("a".into(), "b".into())], "/pb/x", "h", true);
+        assert!(c["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/sys/fs/cgroup"));
+        let without = config_json(Path::new("/r"), &[], &[], "/pb/x", "h", false);
+        assert!(!without["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/sys/fs/cgroup"));
         assert_eq!(c["ociVersion"], "1.0.2-dev");
         assert_eq!(c["root"]["path"], "/r");
         assert_eq!(c["root"]["readonly"], false);

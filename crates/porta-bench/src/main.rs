@@ -43,6 +43,10 @@ struct Args {
     /// Keep the work directory for inspection.
     #[arg(long)]
     keep: bool,
+    /// Leave the read-only /sys/fs/cgroup mount of `runc spec` out of every config.json (all
+    /// environments alike), for runtimes that cannot mount it yet.
+    #[arg(long)]
+    no_cgroup_mount: bool,
     /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to it.
     #[arg(long)]
     docs: Option<PathBuf>,
@@ -94,14 +98,18 @@ fn main() -> ExitCode {
         warmup: args.warmup,
         keep: args.keep,
         docs: args.docs.clone(),
+        no_cgroup_mount: args.no_cgroup_mount,
         command_line: std::iter::once("porta-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
     };
-    let notes = vec![
+    let mut notes = vec![
         ns_note,
         "runsc runs with `--network=none --platform=ptrace` (its KVM platform hangs on this nested machine; it has no network support here).".to_string(),
         "Every container gets a config.json like `runc spec` writes (ociVersion 1.0.2-dev, which crun 1.8.1 requires to be 1.0.x), with a writable root (the shared busybox root file system), no terminal, and cgroupsPath /porta-bench-PID/ID (removed afterwards). Each runtime has its own --root state directory.".to_string(),
         "The harness is the child subreaper, so processes runtimes leave running are reparented to it: it measures them (density) and reaps or kills them at the end.".to_string(),
     ];
+    if args.no_cgroup_mount {
+        notes.push("--no-cgroup-mount: the read-only `/sys/fs/cgroup` mount of `runc spec` is left out of every config.json, for every environment alike (porta's container init cannot mount it yet: \"remount ... MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_RELATIME: Invalid argument\"); the workloads do not use it.".to_string());
+    }
     let mut bench = match Bench::new(opt, notes) {
         Ok(b) => b,
         Err(e) => {

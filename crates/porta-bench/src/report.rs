@@ -133,6 +133,28 @@ pub fn workload_table(records: &[&Record]) -> String {
     s
 }
 
+/// What to keep in mind when reading the figures (printed after the summary).
+pub const CAVEATS: &str = "
+### Reading the figures
+
+* Every figure except `lifecycle` and `density` is measured by the workload program itself inside \
+the container, so container start-up is not part of it. `lifecycle` for native is a fork + chroot + \
+exec of `/bin/true`, a floor rather than a peer: compare container runtimes to runc there.
+* `primes` is a segmented sieve that finishes in well under a second; it is the CPU-bound control \
+(ratios near 1 are expected) and its spread is scheduling noise of the shared machine.
+* `seqio` read: the workload drops the file's pages with `posix_fadvise(DONTNEED)` after the fsync, \
+but that only reaches the cache the workload sees. Natively and under runc/crun it is the host's \
+page cache; under runsc it is the sandbox's own cache while the host page cache behind its gofer \
+stays warm, and a FUSE file server's backing file stays in the host page cache likewise. Read \
+figures above native mean \"served from memory\", not a faster disk.
+* `fsmark-fsync` depends on the state of the (virtual) disk and its host; rates drift during a run \
+and interleaving only spreads the drift evenly.
+* `density` host-used is MemTotal − MemFree sampled before and after; other work on the shared \
+machine (builds, page cache) moves it by tens of MiB either way, so single runs can be negative \
+and only a large, consistent difference means something. The PSS figure is the robust one.
+* No ratio is given when the reference median is zero or negative or the median itself is negative.
+";
+
 /// The fixed text at the top of docs/benchmarks.md.
 pub fn docs_preface() -> String {
     "This page is written by `porta-bench --docs docs/benchmarks.md`; the plots are in \
@@ -199,6 +221,7 @@ pub fn render(info: &RunInfo, records: &[Record], docs: &[WorkloadDoc], image_pr
     }
     s.push_str("\n## Summary\n\nMedian of the counted runs; in parentheses the ratio to native measured in the same run (↓: lower is better, ↑: higher is better). Absolute numbers on a shared machine are noise; compare ratios.\n\n");
     s.push_str(&summary_table(records));
+    s.push_str(CAVEATS);
     s.push_str("\n## Workloads\n");
     let mut names: Vec<&str> = Vec::new();
     for r in records {
@@ -261,6 +284,7 @@ mod tests {
         let md = render(&info, &records(), &docs, "bench/", "Preface.\n\n");
         assert!(md.starts_with("# Porta benchmark report\n\nPreface."));
         assert!(md.contains("### lifecycle\n"));
+        assert!(md.contains("### Reading the figures"));
         assert!(md.contains("### primes\n\nCount primes.\n"));
         assert!(md.contains("![lifecycle](bench/lifecycle.svg)"));
         assert!(md.contains("![primes](bench/primes.svg)"));

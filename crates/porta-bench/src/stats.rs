@@ -27,11 +27,11 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     Some(Summary { median, min, max })
 }
 
-/// `value / reference`, when both exist and the reference is positive (a ratio to a zero or
-/// negative reference, e.g. a memory growth lost in noise, means nothing).
+/// `value / reference`, when both exist, the reference is positive and the value is not
+/// negative (a ratio involving a negative memory growth lost in noise means nothing).
 pub fn ratio(value: f64, reference: Option<f64>) -> Option<f64> {
     match reference {
-        Some(r) if r > 0.0 && r.is_finite() && value.is_finite() => Some(value / r),
+        Some(r) if r > 0.0 && r.is_finite() && value.is_finite() && value >= 0.0 => Some(value / r),
         _ => None,
     }
 }
@@ -63,5 +63,6 @@ mod tests {
         assert_eq!(ratio(3.0, None), None);
         assert_eq!(ratio(3.0, Some(0.0)), None);
         assert_eq!(ratio(3.0, Some(-1.0)), None);
+        assert_eq!(ratio(-3.0, Some(1.0)), None);
     }
 }
