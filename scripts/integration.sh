@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs Porta's integration tests (crates/porta-integration/tests) against the runtime
 # in $PORTA_BIN (default: the workspace's release build of porta), one test binary after
-# the other, then the leak check (zz_leaks) last. Needs root.
+# the other, then the leak check (zz_leaks) last. Needs root. The test harness itself is
+# built in the dev profile (quick to build); the runtime under test is whatever PORTA_BIN names.
 #   PORTA_BIN=/usr/sbin/runc bash scripts/integration.sh     # validate the tests on runc
 #   bash scripts/integration.sh lifecycle exec               # only some test files
 set -uo pipefail
@@ -25,18 +26,18 @@ else
   done
 fi
 
-cargo test --release -p porta-integration --no-run -q 2>&1 | tail -5 || true
+cargo test -p porta-integration --no-run -q 2>&1 | tail -5 || true
 
 failed=()
 for t in "${tests[@]}"; do
   echo "=== integration: $t"
-  if ! timeout 900 cargo test --release -q -p porta-integration --test "$t"; then
+  if ! timeout 900 cargo test -q -p porta-integration --test "$t"; then
     failed+=("$t")
   fi
 done
 
 echo "=== integration: zz_leaks (must run last)"
-if ! timeout 300 cargo test --release -q -p porta-integration --test zz_leaks; then
+if ! timeout 300 cargo test -q -p porta-integration --test zz_leaks; then
   failed+=("zz_leaks")
 fi
 
