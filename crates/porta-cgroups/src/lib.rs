@@ -633,6 +633,20 @@ impl ContainerCgroup {
                 return Ok(());
             };
             v2_apply(d, &r, self.st.rootless)?;
+            // The same memory and cpu limits on payload/: the container's processes then see
+            // their limits in their own cgroup (runtimes such as the JVM read them there).
+            let mut mirror = LinuxResources::default();
+            mirror.set_memory(r.memory().clone());
+            mirror.set_cpu(r.cpu().clone().map(|mut c| {
+                c.set_cpus(None);
+                c.set_mems(None);
+                c
+            }));
+            if mirror.memory().is_some() || mirror.cpu().is_some() {
+                let mut payload = d.clone();
+                payload.path = d.path.join(PAYLOAD);
+                v2_apply(&payload, &mirror, self.st.rootless)?;
+            }
             if let Some(p) = r.pids() {
                 if p.limit() != 0 {
                     write_pids_limits(&d.path, p.limit())?;
@@ -654,6 +668,15 @@ impl ContainerCgroup {
         if let Some(c) = r.cpu() {
             v1::cpu(&find, c)?;
             v1::cpuset(&find, c)?;
+        }
+        // The same memory and cpu limits on payload/, so the container sees them in its
+        // own cgroup (both leaves still count against the container group's limits).
+        let find_payload = |c: &str| self.v1_with(c).map(|d| d.path.join(PAYLOAD));
+        if let Some(m) = r.memory() {
+            v1::memory(&find_payload, m)?;
+        }
+        if let Some(c) = r.cpu() {
+            v1::cpu(&find_payload, c)?;
         }
         if let Some(p) = r.pids() {
             v1::pids(&find, p.limit())?;

@@ -576,7 +576,7 @@ pub struct ExecOptions {
 impl Container {
     /// `exec`: runs another process in the container's namespaces and cgroup. Returns its
     /// pid; the caller waits for it unless detached.
-    pub fn exec(&self, spec: &Spec, opts: &ExecOptions) -> Result<i32> {
+    pub fn exec(self, spec: &Spec, opts: &ExecOptions) -> Result<i32> {
         let status = self.status();
         match status {
             Status::Running | Status::Created => {}
@@ -609,11 +609,14 @@ impl Container {
         }
         let _ = plan;
         let procs = self.cgroup()?.map(|c| c.payload_procs_files()).unwrap_or_default();
+        // The exec'd process may run for long (and `resume` must get through to a paused
+        // container): release the container's lock before forking.
+        let Container { dir, state: cstate } = self;
+        drop(dir);
         let (parent_chan, child_chan) = Channel::pair()?;
         match sys::clone_into(0).ctx(|| "fork".into())? {
             sys::Forked::Child => {
                 drop(parent_chan);
-                init::close_parent_fds(&[self.dir.lock_fd()]);
                 exec_stage_one(child_chan, pidfd, flags, procs, spec, p, opts.preserve_fds)
             }
             sys::Forked::Parent(stage1) => {
@@ -643,7 +646,7 @@ impl Container {
                             let sc = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
                             if let Some(path) = sc.and_then(|s| s.listener_path().clone()) {
                                 let meta = sc.and_then(|s| s.listener_metadata().clone());
-                                send_seccomp_fd(&path, meta.as_deref(), &fd, &oci_state_json(&self.state, Status::Running))?;
+                                send_seccomp_fd(&path, meta.as_deref(), &fd, &oci_state_json(&cstate, Status::Running))?;
                             }
                         }
                         Msg::Ready => break,

@@ -142,6 +142,10 @@ fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
     }
     rootfs::enter(args.rootfs, args.no_pivot)?;
     rootfs::finish(spec)?;
+    // As runc: a missing working directory is made (a read-only root just fails later).
+    if !proc_.cwd().exists() {
+        let _ = std::fs::create_dir_all(proc_.cwd());
+    }
     if proc_.terminal().unwrap_or(false) {
         let size = proc_.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
         let (master, slave) = console::open_pty(Path::new("/dev/pts/ptmx"), size)?;
@@ -172,6 +176,20 @@ fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
     }
     let fifo = args.fifo;
     finalize_and_exec(chan, spec, proc_, args.preserve_fds, fifo, &state_json)
+}
+
+/// The home directory of `uid` in the container's /etc/passwd, or "/" (as runc sets HOME).
+fn home_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+            })
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string())
 }
 
 fn std_root() -> Result<OwnedFd> {
@@ -210,7 +228,10 @@ pub fn finalize_and_exec(
         process::set_oom_score_adj(adj)?;
     }
     process::apply_rlimits(p.rlimits().as_deref().unwrap_or(&[]))?;
-    let env: Vec<String> = p.env().clone().unwrap_or_default();
+    let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home_of(p.user().uid())));
+    }
     let args = p.args().clone().unwrap_or_default();
     let seccomp_cfg = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let filter = seccomp_cfg.as_ref().map(seccomp::compile).transpose()?;

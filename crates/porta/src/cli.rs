@@ -8,7 +8,7 @@ use crate::logging::LogFormat;
 
 /// Porta: an OCI container runtime that gives each container its own file server.
 #[derive(Parser, Debug)]
-#[command(name = "porta", version, about, long_about = None)]
+#[command(name = "porta", version = concat!(env!("CARGO_PKG_VERSION"), "\nspec: 1.2.1"), about, long_about = None)]
 pub struct Cli {
     /// Root directory for container state.
     #[arg(long, global = true, default_value = "/run/porta")]
@@ -23,7 +23,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub debug: bool,
     /// Use the systemd cgroup driver.
-    #[arg(long = "systemd-cgroup", global = true)]
+    #[arg(long = "systemd-cgroup", global = true, num_args = 0..=1, default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set, default_value = "false")]
     pub systemd_cgroup: bool,
     /// Rootless mode: true, false or auto.
     #[arg(long, global = true, default_value = "auto", num_args = 0..=1, default_missing_value = "true")]

@@ -48,8 +48,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Delete { force, id } => {
             let root = root()?;
-            if container::delete_half_made(&root, &id)? {
-                return Ok(0);
+            match container::delete_half_made(&root, &id) {
+                Ok(true) => return Ok(0),
+                Ok(false) => {}
+                // As runc: deleting a container that does not exist is fine with --force.
+                Err(porta_runtime::Error::NotFound(_)) if force => return Ok(0),
+                Err(e) => return Err(e.into()),
             }
             match Container::open(&root, &id) {
                 Ok(c) => c.delete(force)?,
@@ -261,8 +265,6 @@ fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32> {
         ignore_paused: a.ignore_paused,
     };
     let pid = c.exec(&spec, &opts)?;
-    // Release the container's lock: the exec'd process may run for long.
-    drop(c);
     if a.detach {
         return Ok(0);
     }
