@@ -8,7 +8,7 @@ use crate::logging::LogFormat;
 
 /// Porta: an OCI container runtime that gives each container its own file server.
 #[derive(Parser, Debug)]
-#[command(name = "porta", version = concat!(env!("CARGO_PKG_VERSION"), "\nspec: 1.2.1"), about, long_about = None)]
+#[command(name = "porta", version = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: 1.2.1"), about, long_about = None)]
 pub struct Cli {
     /// Root directory for container state.
     #[arg(long, global = true, default_value = "/run/porta")]
