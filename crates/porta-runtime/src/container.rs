@@ -41,6 +41,7 @@ pub struct CreateOptions {
 
 /// Undoes a partly made container when `create` fails.
 struct Rollback {
+    supervisor: Option<PathBuf>,
     dir: Option<StateDir>,
     cgroup: Option<ContainerCgroup>,
     init: Option<OwnedFd>,
@@ -51,6 +52,11 @@ impl Drop for Rollback {
         if let Some(pidfd) = self.init.take() {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
             wait_pidfd(pidfd.as_fd(), -1);
+        }
+        if let Some(sd) = self.supervisor.take() {
+            if let Err(e) = porta_supervisor::stop(&sd) {
+                tracing::warn!("rollback: stop the file server: {e}");
+            }
         }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
@@ -142,7 +148,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     }
     let linux = spec.linux().as_ref().ok_or_else(|| Error::field("linux", "missing"))?;
     let ns = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]));
-    let mut rb = Rollback { dir: None, cgroup: None, init: None };
+    let mut rb = Rollback { supervisor: None, dir: None, cgroup: None, init: None };
     rb.dir = Some(StateDir::create(root, &opts.id)?);
     let dir = rb.dir.as_ref().ok_or_else(|| Error::Init("state directory vanished".into()))?;
     let data = serde_json::to_vec(spec).map_err(|e| Error::State { path: dir.config_file(), msg: e.to_string() })?;
@@ -179,10 +185,26 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         cg.apply(r)?;
     }
 
-    let mode = config::root_mode(spec, false);
-    if mode != RootMode::Kernel {
-        return Err(Error::FileServer("the file server is not part of this build; use run.porta.fs=kernel".into()));
-    }
+    // The container's root: served by its own file server (the default), or the kernel's.
+    let served_root = match config::root_mode(spec, true) {
+        RootMode::Kernel => None,
+        RootMode::Served { passthrough } => {
+            rb.supervisor = Some(dir.path.clone());
+            let launched = porta_supervisor::launch(&porta_supervisor::LaunchSpec {
+                id: opts.id.clone(),
+                state_dir: dir.path.clone(),
+                rootfs: bundle.rootfs.clone(),
+                passthrough,
+                server_cgroup_procs: cg.server_procs_files(),
+                exe: PathBuf::from("/proc/self/exe"),
+                log: dir.path.join("supervisor.log"),
+            })
+            .map_err(|e| Error::FileServer(e.to_string()))?;
+            st.file_server = true;
+            st.supervisor_pid = launched.supervisor_pid;
+            Some(launched.mount_fd)
+        }
+    };
 
     let fifo_path = dir.fifo();
     nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).ctx(|| format!("mkfifo {}", fifo_path.display()))?;
@@ -206,7 +228,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
         preserve_fds: opts.preserve_fds,
-        served_root: None,
+        served_root,
         close_in_child: vec![dir.lock_fd()],
     };
     match sys::clone_into(0).ctx(|| "fork".into())? {
@@ -237,6 +259,10 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             drive_init(&parent_chan, early, &mut st, spec, opts)?;
         }
     }
+    if st.file_server {
+        porta_supervisor::watch_container(&rb.dir.as_ref().map(|d| d.path.clone()).unwrap_or_default(), st.pid)
+            .map_err(|e| Error::FileServer(e.to_string()))?;
+    }
     drop(fifo);
     st.status = Status::Created;
     let dir = rb.dir.as_ref().ok_or_else(|| Error::Init("state directory vanished".into()))?;
@@ -245,6 +271,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         state::write_atomic(p, st.pid.to_string().as_bytes(), 0o644)?;
     }
     // Success: the container owns what was made.
+    rb.supervisor = None;
     rb.init = None;
     rb.cgroup = None;
     rb.dir = None;
@@ -366,7 +393,14 @@ impl Container {
         v["rootfs"] = serde_json::json!(self.state.rootfs);
         v["created"] = serde_json::json!(self.state.created);
         v["owner"] = serde_json::json!(self.state.owner);
-        v["servers"] = serde_json::json!([]);
+        let servers = if self.state.file_server {
+            porta_supervisor::servers(&self.dir.path)
+                .map(|v| v.into_iter().map(|s| serde_json::json!({"name": s.name, "pid": s.pid, "restarts": s.restarts, "state": s.state})).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        v["servers"] = serde_json::Value::Array(servers);
         if let Some(e) = &self.state.server_error {
             v["serverError"] = serde_json::json!(e);
         }
@@ -475,7 +509,15 @@ impl Container {
             wait_pidfd(fd.as_fd(), 10_000);
         }
         if let Some(cg) = self.cgroup()? {
+            // The container's processes go first (they may wait on the file server)...
+            let _ = cg.signal_payload(nix::sys::signal::Signal::SIGKILL);
+            // ...then its servers, then the groups.
+            if self.state.file_server {
+                porta_supervisor::stop(&self.dir.path).map_err(|e| Error::FileServer(e.to_string()))?;
+            }
             cg.destroy()?;
+        } else if self.state.file_server {
+            porta_supervisor::stop(&self.dir.path).map_err(|e| Error::FileServer(e.to_string()))?;
         }
         if self.state.status != Status::Creating {
             if let Ok(spec) = self.spec() {
