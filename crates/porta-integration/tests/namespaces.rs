@@ -177,7 +177,7 @@ fn net_namespace_shows_only_loopback() {
 fn mount_namespace_df_shows_only_container() {
     require_root!();
     let mut b = Bundle::new(&[]);
-    b.sh("df; echo ---; cat /proc/mounts");
+    b.sh("df -P; echo ---; cat /proc/mounts");
     let c = Container::new("ns-df", b);
     assert_eq!(c.run().code, 0);
     let out = c.output();

@@ -271,7 +271,9 @@ impl Supervisor {
         self.spawn_keeper()?;
         let sock = self.a.state_dir.join(SOCKET_NAME);
         let _ = std::fs::remove_file(&sock);
-        let l = UnixListener::bind(&sock).map_err(|e| Error::Path {
+        let l = crate::socket_path(&self.a.state_dir, SOCKET_NAME)
+            .and_then(|(p, _keep)| UnixListener::bind(p))
+            .map_err(|e| Error::Path {
             what: "bind control socket",
             path: sock.clone(),
             source: e,

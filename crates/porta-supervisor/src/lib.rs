@@ -233,13 +233,31 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
     }
 }
 
+/// A path naming `name` in `dir` that fits in a socket address (108 bytes): the path itself
+/// when short, else one through an open fd of the directory (returned, to be kept open
+/// until the socket call is done).
+pub(crate) fn socket_path(dir: &Path, name: &str) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+    let full = dir.join(name);
+    if full.as_os_str().len() < 100 {
+        return Ok((full, None));
+    }
+    let d = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()));
+    Ok((short, Some(d)))
+}
+
+fn connect_control(state_dir: &Path) -> std::io::Result<UnixStream> {
+    let (p, _keep) = socket_path(state_dir, SOCKET_NAME)?;
+    UnixStream::connect(p)
+}
+
 /// Asks the supervisor of `state_dir` to stop its servers and exit, and waits for it.
 /// The container's mount is aborted (its files then fail with ENOTCONN). Succeeds when
 /// no supervisor runs.
 pub fn stop(state_dir: &Path) -> Result<(), Error> {
     let pid = read_state(state_dir).map(|s| s.supervisor_pid).unwrap_or(0);
     let sock = state_dir.join(SOCKET_NAME);
-    match UnixStream::connect(&sock) {
+    match connect_control(state_dir) {
         Ok(mut s) => {
             s.set_read_timeout(Some(Duration::from_secs(10)))
                 .map_err(|e| Error::Io("socket timeout", e))?;
@@ -278,7 +296,7 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
 /// exits when it is gone.
 pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
     let sock = state_dir.join(SOCKET_NAME);
-    let mut s = UnixStream::connect(&sock).map_err(|e| Error::Path {
+    let mut s = connect_control(state_dir).map_err(|e| Error::Path {
         what: "connect to supervisor",
         path: sock.clone(),
         source: e,
