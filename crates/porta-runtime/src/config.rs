@@ -67,6 +67,8 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     if !meta.is_dir() {
         return Err(Error::field("root.path", format!("{} is not a directory", rootfs.display())));
     }
+    // Mounts need the real path (a symlinked root would be replaced, not mounted on).
+    let rootfs = std::fs::canonicalize(&rootfs).map_err(|e| Error::field("root.path", format!("{}: {e}", rootfs.display())))?;
     let process = spec.process().as_ref().ok_or_else(|| Error::field("process", "missing"))?;
     validate_process(process)?;
     let linux = spec.linux().as_ref().ok_or_else(|| Error::field("linux", "missing"))?;
@@ -196,7 +198,7 @@ mod tests {
             "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]}
         });
         let spec: Spec = serde_json::from_value(good.clone()).unwrap();
-        assert_eq!(validate(&spec, tmp.path()).unwrap(), tmp.path().join("rootfs"));
+        assert_eq!(validate(&spec, tmp.path()).unwrap(), std::fs::canonicalize(tmp.path().join("rootfs")).unwrap());
 
         let mut v = good.clone();
         v["process"]["args"] = serde_json::json!([]);

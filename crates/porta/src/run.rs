@@ -35,7 +35,19 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Container::open(&root()?, &id)?.start()?;
             Ok(0)
         }
-        Command::Run { create, detach, keep } => run(&root()?, &create_opts(&create, cli.systemd_cgroup, rootless), detach, keep),
+        Command::Run { create, detach, keep } => {
+            let root = root()?;
+            let mut opts = create_opts(&create, cli.systemd_cgroup, rootless);
+            // Foreground terminal without a console socket: relay the pty ourselves.
+            let console = if !detach && opts.console_socket.is_none() && bundle_wants_terminal(&opts.bundle) {
+                let l = crate::tty::ConsoleListener::new(&root.path)?;
+                opts.console_socket = Some(l.path());
+                Some(l)
+            } else {
+                None
+            };
+            run(&root, &opts, detach, keep, console)
+        }
         Command::State { id } => {
             let c = Container::open(&root()?, &id)?;
             println!("{}", serde_json::to_string_pretty(&c.state_json())?);
@@ -133,12 +145,29 @@ pub fn parse_signal(s: &str) -> Result<i32> {
     nix::sys::signal::Signal::from_str(&name).map(|s| s as i32).map_err(|_| anyhow!("invalid signal {s:?}"))
 }
 
-fn run(root: &StateRoot, opts: &CreateOptions, detach: bool, keep: bool) -> Result<i32> {
+fn bundle_wants_terminal(bundle: &Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .and_then(|v| v["process"]["terminal"].as_bool())
+        .unwrap_or(false)
+}
+
+fn run(root: &StateRoot, opts: &CreateOptions, detach: bool, keep: bool, console: Option<crate::tty::ConsoleListener>) -> Result<i32> {
     if !detach {
         // The container's process is reparented to us when create's stage one exits.
         sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0).context("prctl(PR_SET_CHILD_SUBREAPER)")?;
     }
     let st = container::create(root, opts)?;
+    let mut relay = None;
+    let _raw = match &console {
+        Some(l) => {
+            let master = l.receive()?;
+            relay = Some(crate::tty::relay(master)?);
+            Some(crate::tty::RawMode::enter())
+        }
+        None => None,
+    };
     let started = Container::open(root, &opts.id).and_then(|mut c| c.start());
     if let Err(e) = started {
         if let Ok(c) = Container::open(root, &opts.id) {
@@ -150,6 +179,16 @@ fn run(root: &StateRoot, opts: &CreateOptions, detach: bool, keep: bool) -> Resu
         return Ok(0);
     }
     let code = wait_forwarding_signals(st.pid)?;
+    if let Some(r) = relay {
+        // The pty reports EOF once the container's last process is gone; give the relay a
+        // moment to pass on the final output, but never hang on a stray holder of the pty.
+        for _ in 0..50 {
+            if r.is_finished() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     if !keep {
         if let Ok(c) = Container::open(root, &opts.id) {
             c.delete(true)?;
