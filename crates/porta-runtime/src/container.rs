@@ -134,6 +134,22 @@ fn send_seccomp_fd(listener: &Path, metadata: Option<&str>, fd: &OwnedFd, st: &s
     Ok(())
 }
 
+/// Passes a pty master received from a container process on to the console socket.
+fn forward_console(fds: Vec<OwnedFd>, socket: Option<&Path>) -> Result<()> {
+    let master = fds.into_iter().next().ok_or_else(|| Error::Init("console message without a pty".into()))?;
+    let sock = socket.ok_or_else(|| Error::Usage("--console-socket is required".into()))?;
+    console::send_master(sock, master.as_fd())
+}
+
+/// Passes a seccomp notification fd on to `linux.seccomp.listenerPath`.
+fn forward_seccomp(fds: Vec<OwnedFd>, spec: &Spec, state: &serde_json::Value) -> Result<()> {
+    let fd = fds.into_iter().next().ok_or_else(|| Error::Init("seccomp message without an fd".into()))?;
+    let sc = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let path = sc.and_then(|s| s.listener_path().clone()).ok_or_else(|| Error::field("linux.seccomp.listenerPath", "missing"))?;
+    let meta = sc.and_then(|s| s.listener_metadata().clone());
+    send_seccomp_fd(&path, meta.as_deref(), &fd, state)
+}
+
 /// Creates a container: its state, cgroup, namespaces, root and process, which then waits
 /// for `start`. Everything made is undone if any step fails.
 pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> {
@@ -299,18 +315,8 @@ fn drive_init(chan: &Channel, early: Vec<(Msg, Vec<OwnedFd>)>, st: &mut Containe
                 }
                 chan.send(&Msg::HooksDone(String::from_utf8_lossy(&json).into_owned()), &[])?;
             }
-            Msg::Console => {
-                let master = fds.into_iter().next().ok_or_else(|| Error::Init("console message without a pty".into()))?;
-                let sock = opts.console_socket.as_ref().ok_or_else(|| Error::Usage("--console-socket is required".into()))?;
-                console::send_master(sock, master.as_fd())?;
-            }
-            Msg::SeccompListener => {
-                let fd = fds.into_iter().next().ok_or_else(|| Error::Init("seccomp message without an fd".into()))?;
-                let sc = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-                let path = sc.and_then(|s| s.listener_path().clone()).ok_or_else(|| Error::field("linux.seccomp.listenerPath", "missing"))?;
-                let meta = sc.and_then(|s| s.listener_metadata().clone());
-                send_seccomp_fd(&path, meta.as_deref(), &fd, &oci_state_json(st, Status::Creating))?;
-            }
+            Msg::Console => forward_console(fds, opts.console_socket.as_deref())?,
+            Msg::SeccompListener => forward_seccomp(fds, spec, &oci_state_json(st, Status::Creating))?,
             Msg::Ready => return Ok(()),
             m => return Err(Error::Init(format!("unexpected message {m:?}"))),
         }
@@ -678,19 +684,8 @@ impl Container {
                         }
                     };
                     match msg {
-                        Msg::Console => {
-                            let master = fds.into_iter().next().ok_or_else(|| Error::Init("console message without a pty".into()))?;
-                            let sock = opts.console_socket.as_ref().ok_or_else(|| Error::Usage("--console-socket is required".into()))?;
-                            console::send_master(sock, master.as_fd())?;
-                        }
-                        Msg::SeccompListener => {
-                            let fd = fds.into_iter().next().ok_or_else(|| Error::Init("seccomp message without an fd".into()))?;
-                            let sc = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-                            if let Some(path) = sc.and_then(|s| s.listener_path().clone()) {
-                                let meta = sc.and_then(|s| s.listener_metadata().clone());
-                                send_seccomp_fd(&path, meta.as_deref(), &fd, &oci_state_json(&cstate, Status::Running))?;
-                            }
-                        }
+                        Msg::Console => forward_console(fds, opts.console_socket.as_deref())?,
+                        Msg::SeccompListener => forward_seccomp(fds, spec, &oci_state_json(&cstate, Status::Running))?,
                         Msg::Ready => break,
                         m => return Err(Error::Init(format!("unexpected message {m:?}"))),
                     }
