@@ -218,6 +218,8 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             .map_err(|e| Error::FileServer(e.to_string()))?;
             st.file_server = true;
             st.supervisor_pid = launched.supervisor_pid;
+            // Recorded at once: `delete` of a create interrupted from here on stops it.
+            dir.save(&st)?;
             Some(launched.mount_fd)
         }
     };

@@ -156,7 +156,10 @@ pub fn run(a: Args) -> i32 {
         sv.shutdown();
         return 1;
     }
-    drop(mount);
+    // Keep our own reference: while we hold it the superblock lives, so the connection's
+    // fusectl number stays ours and the abort path (give_up, shutdown) cannot hit another
+    // container's connection.
+    sv.mount = mount;
     drop(sock);
     let code = sv.run_loop();
     tracing::info!(code, "supervisor exiting");
@@ -701,11 +704,16 @@ impl Supervisor {
         self.server_pid = 0;
         self.standby_pid = 0;
         self.keeper_pid = 0;
-        self.ctl = None;
-        self.mount = None;
-        if self.fuse.take().is_some() && self.conn_id > 0 {
+        // Abort only while our mount fd keeps the superblock alive: its device number (the
+        // connection's fusectl name) cannot then belong to another container's connection.
+        // Once the superblock is gone the number is free for reuse, and closing our
+        // /dev/fuse descriptor ends the connection anyway.
+        if self.mount.is_some() && self.fuse.is_some() && self.conn_id > 0 {
             abort_connection(self.conn_id);
         }
+        self.ctl = None;
+        self.mount = None;
+        self.fuse = None;
         if self.listener.take().is_some() {
             let _ = std::fs::remove_file(self.a.state_dir.join(SOCKET_NAME));
         }
