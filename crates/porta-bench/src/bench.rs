@@ -49,22 +49,46 @@ impl Sizes {
         }
     }
     pub fn membw_mib(&self) -> (usize, usize) {
-        if self.quick { (64, 10) } else { (128, 20) }
+        if self.quick {
+            (64, 10)
+        } else {
+            (128, 20)
+        }
     }
     pub fn memlat(&self) -> (usize, u64) {
-        if self.quick { (64, 1_000_000) } else { (256, 5_000_000) }
+        if self.quick {
+            (64, 1_000_000)
+        } else {
+            (256, 5_000_000)
+        }
     }
     pub fn tree_files(&self) -> usize {
-        if self.quick { 5_000 } else { 50_000 }
+        if self.quick {
+            5_000
+        } else {
+            50_000
+        }
     }
     pub fn seqio_mib(&self) -> usize {
-        if self.quick { 64 } else { 1024 }
+        if self.quick {
+            64
+        } else {
+            1024
+        }
     }
     pub fn smallfiles(&self) -> usize {
-        if self.quick { 1_000 } else { 20_000 }
+        if self.quick {
+            1_000
+        } else {
+            20_000
+        }
     }
     pub fn density(&self) -> usize {
-        if self.quick { 5 } else { 20 }
+        if self.quick {
+            5
+        } else {
+            20
+        }
     }
 }
 
@@ -75,9 +99,17 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
         "primes" => vec![("time", "s", Better::Lower)],
         "membw" => vec![("copy", "MB/s", Better::Higher)],
         "memlat" => vec![("latency", "ns", Better::Lower)],
-        "fsmark-fsync" | "fsmark-nosync" | "stat-tree" | "smallfile" => vec![("rate", "files/s", Better::Higher)],
-        "seqio" => vec![("write", "MB/s", Better::Higher), ("read", "MB/s", Better::Higher)],
-        "density" => vec![("pss", "MiB/container", Better::Lower), ("host-used", "MiB/container", Better::Lower)],
+        "fsmark-fsync" | "fsmark-nosync" | "stat-tree" | "smallfile" => {
+            vec![("rate", "files/s", Better::Higher)]
+        }
+        "seqio" => vec![
+            ("write", "MB/s", Better::Higher),
+            ("read", "MB/s", Better::Higher),
+        ],
+        "density" => vec![
+            ("pss", "MiB/container", Better::Lower),
+            ("host-used", "MiB/container", Better::Lower),
+        ],
         _ => vec![],
     }
 }
@@ -165,7 +197,12 @@ impl Bench {
         fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
         let mut envs = Vec::new();
         for name in &opt.runtimes {
-            let e = Env::new(name, &opt.porta, &work.join("state")).ok_or_else(|| anyhow!("unknown runtime {name:?} (known: {})", crate::env::ALL.join(",")))?;
+            let e = Env::new(name, &opt.porta, &work.join("state")).ok_or_else(|| {
+                anyhow!(
+                    "unknown runtime {name:?} (known: {})",
+                    crate::env::ALL.join(",")
+                )
+            })?;
             envs.push(e);
         }
         Ok(Bench {
@@ -181,7 +218,11 @@ impl Bench {
             notes,
             retries: Vec::new(),
             started: Instant::now(),
-            started_utc: Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
+            started_utc: Command::new("date")
+                .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default(),
             opt,
         })
     }
@@ -209,11 +250,28 @@ impl Bench {
             }
             return Ok(p.clone());
         }
-        let target_dir = self.opt.workspace.join("target").join("porta-bench-workloads");
+        let target_dir = self
+            .opt
+            .workspace
+            .join("target")
+            .join("porta-bench-workloads");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        progress(&format!("building the static workload binary (cargo, target dir {}) ...", target_dir.display()));
+        progress(&format!(
+            "building the static workload binary (cargo, target dir {}) ...",
+            target_dir.display()
+        ));
         let st = Command::new(&cargo)
-            .args(["build", "--release", "--quiet", "-p", "porta-workloads", "--bin", "porta-workload", "--target", "x86_64-unknown-linux-gnu"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "porta-workloads",
+                "--bin",
+                "porta-workload",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
             .current_dir(&self.opt.workspace)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .env("CARGO_TARGET_DIR", &target_dir)
@@ -242,7 +300,10 @@ impl Bench {
             bail!("/bin/busybox missing or not static (apt-get install busybox-static)");
         }
         fs::copy(busybox, r.join("bin/busybox"))?;
-        let out = Command::new(busybox).arg("--list").output().context("busybox --list")?;
+        let out = Command::new(busybox)
+            .arg("--list")
+            .output()
+            .context("busybox --list")?;
         for applet in String::from_utf8_lossy(&out.stdout).lines().map(str::trim) {
             if applet.is_empty() || applet == "busybox" || applet.contains('/') {
                 continue;
@@ -250,7 +311,10 @@ impl Bench {
             let _ = symlink("busybox", r.join("bin").join(applet));
         }
         fs::copy(&wl, r.join("bin/porta-workload"))?;
-        fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+        fs::write(
+            r.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )?;
         fs::write(r.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
         fs::write(r.join("etc/hostname"), "porta-bench\n")?;
         fs::create_dir_all(&self.bundles)?;
@@ -266,7 +330,10 @@ impl Bench {
         let env = &self.envs[e];
         let o = env.oci().expect("oci env");
         let mut c = Command::new(&o.bin);
-        c.args(&o.global).arg("--root").arg(&env.state_root).args(args);
+        c.args(&o.global)
+            .arg("--root")
+            .arg(&env.state_root)
+            .args(args);
         c.stdin(Stdio::null()).process_group(0);
         c
     }
@@ -276,14 +343,18 @@ impl Bench {
         let out = dir.join(format!("{}.out", args[0]));
         let err = dir.join(format!("{}.err", args[0]));
         let mut c = self.oci_cmd(e, args);
-        c.stdout(fs::File::create(&out)?).stderr(fs::File::create(&err)?);
+        c.stdout(fs::File::create(&out)?)
+            .stderr(fs::File::create(&err)?);
         let what = format!("{} {}", self.envs[e].name, args[0]);
         let mut child = c.spawn().with_context(|| format!("spawn {what}"))?;
         let st = sys::wait_child(&mut child, STEP_TIMEOUT, &what)?;
         let stdout = fs::read_to_string(&out).unwrap_or_default();
         if !st.success() {
             let stderr = fs::read_to_string(&err).unwrap_or_default();
-            bail!("{what} failed ({st}): {}", tail(&format!("{stderr}\n{stdout}"), 400));
+            bail!(
+                "{what} failed ({st}): {}",
+                tail(&format!("{stderr}\n{stdout}"), 400)
+            );
         }
         Ok(stdout)
     }
@@ -292,8 +363,18 @@ impl Bench {
         let id = self.next_id();
         let dir = self.bundles.join(&id);
         fs::create_dir_all(&dir)?;
-        let ann = self.envs[e].oci().map(|o| o.annotations.clone()).unwrap_or_default();
-        let cfg = config_json(&self.rootfs, args, &ann, &format!("/{}/{}", self.cgroup_parent, id), "porta-bench", !self.opt.no_cgroup_mount);
+        let ann = self.envs[e]
+            .oci()
+            .map(|o| o.annotations.clone())
+            .unwrap_or_default();
+        let cfg = config_json(
+            &self.rootfs,
+            args,
+            &ann,
+            &format!("/{}/{}", self.cgroup_parent, id),
+            "porta-bench",
+            !self.opt.no_cgroup_mount,
+        );
         fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
         Ok((id, dir))
     }
@@ -309,7 +390,11 @@ impl Bench {
 
     fn native_cmd(&self, args: &[String]) -> Command {
         let mut c = Command::new(&args[0]);
-        c.args(&args[1..]).env_clear().env("PATH", "/bin").stdin(Stdio::null()).process_group(0);
+        c.args(&args[1..])
+            .env_clear()
+            .env("PATH", "/bin")
+            .stdin(Stdio::null())
+            .process_group(0);
         // SAFETY: the action only makes async-signal-safe syscalls.
         unsafe { c.pre_exec(sys::chroot_action(&self.rootfs)) };
         c
@@ -324,14 +409,19 @@ impl Bench {
                 fs::create_dir_all(&dir)?;
                 let (out, err) = (dir.join("out"), dir.join("err"));
                 let mut c = self.native_cmd(args);
-                c.stdout(fs::File::create(&out)?).stderr(fs::File::create(&err)?);
+                c.stdout(fs::File::create(&out)?)
+                    .stderr(fs::File::create(&err)?);
                 let mut child = c.spawn().context("spawn native workload")?;
                 let st = sys::wait_child(&mut child, timeout, "native workload")?;
                 let stdout = fs::read_to_string(&out).unwrap_or_default();
                 let stderr = fs::read_to_string(&err).unwrap_or_default();
                 let _ = fs::remove_dir_all(&dir);
                 if !st.success() {
-                    bail!("native: {} failed ({st}): {}", args.join(" "), tail(&stderr, 400));
+                    bail!(
+                        "native: {} failed ({st}): {}",
+                        args.join(" "),
+                        tail(&stderr, 400)
+                    );
                 }
                 Ok(stdout)
             }
@@ -341,16 +431,24 @@ impl Bench {
                 let (out, err) = (dir.join("run.out"), dir.join("run.err"));
                 let bundle = dir.to_string_lossy().to_string();
                 let mut c = self.oci_cmd(e, &["run", "--bundle", &bundle, &id]);
-                c.stdout(fs::File::create(&out)?).stderr(fs::File::create(&err)?);
+                c.stdout(fs::File::create(&out)?)
+                    .stderr(fs::File::create(&err)?);
                 let what = format!("{} run", self.envs[e].name);
-                let res = c.spawn().with_context(|| format!("spawn {what}")).and_then(|mut ch| sys::wait_child(&mut ch, timeout, &what));
+                let res = c
+                    .spawn()
+                    .with_context(|| format!("spawn {what}"))
+                    .and_then(|mut ch| sys::wait_child(&mut ch, timeout, &what));
                 let stdout = fs::read_to_string(&out).unwrap_or_default();
                 let stderr = fs::read_to_string(&err).unwrap_or_default();
                 self.force_delete(e, &id);
                 let _ = fs::remove_dir_all(&dir);
                 let st = res?;
                 if !st.success() {
-                    bail!("{what} of {} failed ({st}): {}", args.join(" "), tail(&format!("{stderr}\n{stdout}"), 400));
+                    bail!(
+                        "{what} of {} failed ({st}): {}",
+                        args.join(" "),
+                        tail(&format!("{stderr}\n{stdout}"), 400)
+                    );
                 }
                 Ok(stdout)
             }
@@ -358,7 +456,12 @@ impl Bench {
     }
 
     /// Runs a workload program and parses its `RESULT` lines.
-    fn run_figures(&mut self, e: usize, args: &[String], timeout: Duration) -> Result<HashMap<String, f64>> {
+    fn run_figures(
+        &mut self,
+        e: usize,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<HashMap<String, f64>> {
         let out = self.run_program(e, args, timeout)?;
         let mut m = HashMap::new();
         for l in out.lines() {
@@ -367,12 +470,22 @@ impl Bench {
             }
         }
         if m.is_empty() {
-            bail!("{}: no RESULT line in output: {}", self.envs[e].name, tail(&out, 300));
+            bail!(
+                "{}: no RESULT line in output: {}",
+                self.envs[e].name,
+                tail(&out, 300)
+            );
         }
-        if args.get(1).map(String::as_str) == Some("primes") && args.get(2) == Some(&self.sizes.primes_n().0.to_string()) {
+        if args.get(1).map(String::as_str) == Some("primes")
+            && args.get(2) == Some(&self.sizes.primes_n().0.to_string())
+        {
             let want = self.sizes.primes_n().1;
             if !out.contains(&format!(": {want}")) {
-                bail!("{}: wrong prime count: {}", self.envs[e].name, tail(&out, 200));
+                bail!(
+                    "{}: wrong prime count: {}",
+                    self.envs[e].name,
+                    tail(&out, 200)
+                );
             }
         }
         Ok(m)
@@ -400,8 +513,16 @@ impl Bench {
         self.live.push((e, id.clone()));
         let t = Instant::now();
         let r = (|| -> Result<f64> {
-            self.step(e, &["create", "--bundle", &bundle, "--pid-file", &pidfile_s, &id], &dir)?;
-            let pid: i32 = fs::read_to_string(&pidfile).context("reading --pid-file")?.trim().parse().context("parsing --pid-file")?;
+            self.step(
+                e,
+                &["create", "--bundle", &bundle, "--pid-file", &pidfile_s, &id],
+                &dir,
+            )?;
+            let pid: i32 = fs::read_to_string(&pidfile)
+                .context("reading --pid-file")?
+                .trim()
+                .parse()
+                .context("parsing --pid-file")?;
             self.step(e, &["start", &id], &dir)?;
             if !sys::wait_pid_exit(pid, STEP_TIMEOUT) {
                 bail!("container init {pid} did not exit");
@@ -432,7 +553,11 @@ impl Bench {
         let args = vec!["/bin/sleep".to_string(), "1000000".to_string()];
         let me = std::process::id() as i32;
         let before = sys::pid_set();
-        let settle = if self.opt.quick { Duration::from_secs(1) } else { Duration::from_secs(2) };
+        let settle = if self.opt.quick {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(2)
+        };
         std::thread::sleep(settle / 4);
         let used0 = sys::host_used_kib();
         let mut started: Vec<String> = Vec::new();
@@ -455,7 +580,11 @@ impl Bench {
                         started.push(id.clone());
                         let bundle = dir.to_string_lossy().to_string();
                         let pidfile = dir.join("pid").to_string_lossy().to_string();
-                        self.step(e, &["create", "--bundle", &bundle, "--pid-file", &pidfile, &id], &dir)?;
+                        self.step(
+                            e,
+                            &["create", "--bundle", &bundle, "--pid-file", &pidfile, &id],
+                            &dir,
+                        )?;
                         self.step(e, &["start", &id], &dir)?;
                     }
                 }
@@ -466,7 +595,10 @@ impl Bench {
             if let Some(o) = self.envs[e].oci() {
                 let bin = fs::canonicalize(&o.bin).unwrap_or(o.bin.clone());
                 for p in sys::all_pids() {
-                    if !before.contains(&p) && p != me && sys::exe_of(p).as_deref() == Some(bin.as_path()) {
+                    if !before.contains(&p)
+                        && p != me
+                        && sys::exe_of(p).as_deref() == Some(bin.as_path())
+                    {
                         procs.insert(p);
                     }
                 }
@@ -481,14 +613,24 @@ impl Bench {
             }
             let mut names: Vec<_> = names.into_iter().collect();
             names.sort();
-            let desc = format!("{} processes ({})", procs.len(), names.iter().map(|(k, v)| format!("{v}× {k}")).collect::<Vec<_>>().join(", "));
+            let desc = format!(
+                "{} processes ({})",
+                procs.len(),
+                names
+                    .iter()
+                    .map(|(k, v)| format!("{v}× {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             let per = |kib: i64| kib as f64 / 1024.0 / n as f64;
             Ok((per(pss as i64), per(used1 as i64 - used0 as i64), desc))
         })();
         // Stop everything this round started.
         for id in started {
             let dir = self.bundles.join(&id);
-            let pid: Option<i32> = fs::read_to_string(dir.join("pid")).ok().and_then(|s| s.trim().parse().ok());
+            let pid: Option<i32> = fs::read_to_string(dir.join("pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
             let _ = self.step(e, &["kill", &id, "KILL"], &dir);
             if let Some(pid) = pid {
                 sys::wait_pid_exit(pid, Duration::from_secs(10));
@@ -512,7 +654,12 @@ impl Bench {
         let s = self.sizes;
         let tag = format!("{}-{}", self.envs[e].name, round);
         let long = Duration::from_secs(if s.quick { 300 } else { 1800 });
-        let a = |v: &[&str]| -> Vec<String> { std::iter::once("/bin/porta-workload").chain(v.iter().copied()).map(String::from).collect() };
+        let a = |v: &[&str]| -> Vec<String> {
+            std::iter::once("/bin/porta-workload")
+                .chain(v.iter().copied())
+                .map(String::from)
+                .collect()
+        };
         let figs = match workload {
             "lifecycle" => return Ok(vec![("time".into(), self.lifecycle_once(e)?)]),
             "density" => {
@@ -524,21 +671,67 @@ impl Bench {
                 return Ok(vec![("pss".into(), pss), ("host-used".into(), used)]);
             }
             "primes" => self.run_figures(e, &a(&["primes", &s.primes_n().0.to_string()]), long)?,
-            "membw" => { let (m, i) = s.membw_mib(); self.run_figures(e, &a(&["membw", &m.to_string(), &i.to_string()]), long)? }
-            "memlat" => { let (m, n) = s.memlat(); self.run_figures(e, &a(&["memlat", &m.to_string(), &n.to_string()]), long)? }
-            "fsmark-fsync" => self.run_figures(e, &a(&["fsmark", &format!("/fsmark-sync-{tag}"), &s.fsmark_files(true).to_string(), "10240", "sync"]), long)?,
-            "fsmark-nosync" => self.run_figures(e, &a(&["fsmark", &format!("/fsmark-nosync-{tag}"), &s.fsmark_files(false).to_string(), "10240", "nosync"]), long)?,
+            "membw" => {
+                let (m, i) = s.membw_mib();
+                self.run_figures(e, &a(&["membw", &m.to_string(), &i.to_string()]), long)?
+            }
+            "memlat" => {
+                let (m, n) = s.memlat();
+                self.run_figures(e, &a(&["memlat", &m.to_string(), &n.to_string()]), long)?
+            }
+            "fsmark-fsync" => self.run_figures(
+                e,
+                &a(&[
+                    "fsmark",
+                    &format!("/fsmark-sync-{tag}"),
+                    &s.fsmark_files(true).to_string(),
+                    "10240",
+                    "sync",
+                ]),
+                long,
+            )?,
+            "fsmark-nosync" => self.run_figures(
+                e,
+                &a(&[
+                    "fsmark",
+                    &format!("/fsmark-nosync-{tag}"),
+                    &s.fsmark_files(false).to_string(),
+                    "10240",
+                    "nosync",
+                ]),
+                long,
+            )?,
             "stat-tree" => {
                 let m = self.run_figures(e, &a(&["stat-tree", "/data/tree"]), long)?;
                 m
             }
-            "smallfile" => self.run_figures(e, &a(&["smallfile", &format!("/smallfile-{tag}"), &s.smallfiles().to_string()]), long)?,
-            "seqio" => self.run_figures(e, &a(&["seqio", &format!("/seqio-{tag}.dat"), &s.seqio_mib().to_string()]), long)?,
+            "smallfile" => self.run_figures(
+                e,
+                &a(&[
+                    "smallfile",
+                    &format!("/smallfile-{tag}"),
+                    &s.smallfiles().to_string(),
+                ]),
+                long,
+            )?,
+            "seqio" => self.run_figures(
+                e,
+                &a(&[
+                    "seqio",
+                    &format!("/seqio-{tag}.dat"),
+                    &s.seqio_mib().to_string(),
+                ]),
+                long,
+            )?,
             other => bail!("unknown workload {other}"),
         };
         metrics(workload)
             .iter()
-            .map(|(m, _, _)| figs.get(*m).map(|v| (m.to_string(), *v)).ok_or_else(|| anyhow!("{}: metric {m} missing", self.envs[e].name)))
+            .map(|(m, _, _)| {
+                figs.get(*m)
+                    .map(|v| (m.to_string(), *v))
+                    .ok_or_else(|| anyhow!("{}: metric {m} missing", self.envs[e].name))
+            })
             .collect()
     }
 
@@ -546,7 +739,10 @@ impl Bench {
     fn setup(&mut self, workload: &str) -> Result<()> {
         if workload == "stat-tree" && !self.rootfs.join("data/tree").exists() {
             let n = self.sizes.tree_files().to_string();
-            let args: Vec<String> = ["/bin/porta-workload", "mktree", "/data/tree", &n].iter().map(|s| s.to_string()).collect();
+            let args: Vec<String> = ["/bin/porta-workload", "mktree", "/data/tree", &n]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
             let native = self.native_cmd(&args).output().context("mktree")?;
             if !native.status.success() {
                 bail!("mktree failed: {}", String::from_utf8_lossy(&native.stderr));
@@ -562,20 +758,33 @@ impl Bench {
                 continue;
             }
             if let Some(o) = self.envs[e].oci() {
-                let v = Command::new(&o.bin).arg("--version").stdin(Stdio::null()).output();
+                let v = Command::new(&o.bin)
+                    .arg("--version")
+                    .stdin(Stdio::null())
+                    .output();
                 self.envs[e].version = match v {
-                    Ok(o) => String::from_utf8_lossy(&o.stdout).lines().take(2).collect::<Vec<_>>().join("; "),
+                    Ok(o) => String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     Err(err) => format!("--version failed: {err}"),
                 };
             } else {
                 self.envs[e].version = "host".into();
             }
-            let args: Vec<String> = vec!["/bin/porta-workload".into(), "primes".into(), "1000".into()];
+            let args: Vec<String> =
+                vec!["/bin/porta-workload".into(), "primes".into(), "1000".into()];
             let t = Instant::now();
             match self.run_figures(e, &args, PROBE_TIMEOUT) {
-                Ok(_) => progress(&format!("  {:<13} ok ({:.0} ms)", self.envs[e].name, t.elapsed().as_secs_f64() * 1e3)),
+                Ok(_) => progress(&format!(
+                    "  {:<13} ok ({:.0} ms)",
+                    self.envs[e].name,
+                    t.elapsed().as_secs_f64() * 1e3
+                )),
                 Err(err) => {
-                    let reason = format!("probe container failed: {}", tail(&format!("{err:#}"), 400));
+                    let reason =
+                        format!("probe container failed: {}", tail(&format!("{err:#}"), 400));
                     progress(&format!("  {:<13} SKIPPED: {reason}", self.envs[e].name));
                     self.envs[e].skip = Some(reason);
                 }
@@ -591,7 +800,11 @@ impl Bench {
             .and_then(|l| l.split(':').nth(1))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let kernel = Command::new("uname").arg("-srvm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let kernel = Command::new("uname")
+            .arg("-srvm")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
         RunInfo {
             date_utc: self.started_utc.clone(),
             command: self.opt.command_line.clone(),
@@ -634,15 +847,30 @@ impl Bench {
         let records = finalize(cells);
         let out = &self.opt.out;
         fs::create_dir_all(out)?;
-        fs::write(out.join("results.json"), serde_json::to_vec_pretty(&records)?)?;
+        fs::write(
+            out.join("results.json"),
+            serde_json::to_vec_pretty(&records)?,
+        )?;
         let info = self.info();
         fs::write(out.join("machine.json"), serde_json::to_vec_pretty(&info)?)?;
-        let docs: Vec<WorkloadDoc> = done.iter().map(|w| WorkloadDoc { name: w.clone(), description: describe(w, self.sizes) }).collect();
+        let docs: Vec<WorkloadDoc> = done
+            .iter()
+            .map(|w| WorkloadDoc {
+                name: w.clone(),
+                description: describe(w, self.sizes),
+            })
+            .collect();
         for w in done {
             let rows: Vec<&Record> = records.iter().filter(|r| &r.workload == w).collect();
-            fs::write(out.join(format!("{w}.svg")), crate::svg::workload_svg(w, &rows))?;
+            fs::write(
+                out.join(format!("{w}.svg")),
+                crate::svg::workload_svg(w, &rows),
+            )?;
         }
-        fs::write(out.join("report.md"), crate::report::render(&info, &records, &docs, "", ""))?;
+        fs::write(
+            out.join("report.md"),
+            crate::report::render(&info, &records, &docs, "", ""),
+        )?;
         if let Some(doc) = &self.opt.docs {
             let plots = doc.parent().unwrap_or(Path::new(".")).join("bench");
             fs::create_dir_all(&plots)?;
@@ -650,7 +878,10 @@ impl Bench {
                 fs::copy(out.join(format!("{w}.svg")), plots.join(format!("{w}.svg")))?;
             }
             let preface = crate::report::docs_preface();
-            fs::write(doc, crate::report::render(&info, &records, &docs, "bench/", &preface))?;
+            fs::write(
+                doc,
+                crate::report::render(&info, &records, &docs, "bench/", &preface),
+            )?;
         }
         Ok(records)
     }
@@ -665,9 +896,16 @@ impl Bench {
                     bail!("unknown workload {w:?} (known: {})", WORKLOADS.join(","));
                 }
             }
-            WORKLOADS.iter().filter(|w| self.opt.only.iter().any(|o| o == *w)).map(|s| s.to_string()).collect()
+            WORKLOADS
+                .iter()
+                .filter(|w| self.opt.only.iter().any(|o| o == *w))
+                .map(|s| s.to_string())
+                .collect()
         };
-        progress(&format!("porta-bench: work directory {}", self.work.display()));
+        progress(&format!(
+            "porta-bench: work directory {}",
+            self.work.display()
+        ));
         self.assemble_rootfs()?;
         progress("probing environments:");
         self.probe();
@@ -688,7 +926,11 @@ impl Bench {
                     wi + 1,
                     selected.len(),
                     if round < warm { "warm-up" } else { "run" },
-                    if round < warm { round + 1 } else { round - warm + 1 },
+                    if round < warm {
+                        round + 1
+                    } else {
+                        round - warm + 1
+                    },
                     if round < warm { warm } else { counted }
                 );
                 for e in 0..n_env {
@@ -704,14 +946,31 @@ impl Bench {
                             // One retry, so that a single flaky start does not drop a runtime
                             // from a workload; every retry is listed in the report.
                             let why = tail(&format!("{first:#}"), 300);
-                            progress(&format!("  {} failed in {w} round {}, retrying once: {why}", self.envs[e].name, round + 1));
-                            self.retries.push(format!("{w}, {}, round {}: {why}", self.envs[e].name, round + 1));
+                            progress(&format!(
+                                "  {} failed in {w} round {}, retrying once: {why}",
+                                self.envs[e].name,
+                                round + 1
+                            ));
+                            self.retries.push(format!(
+                                "{w}, {}, round {}: {why}",
+                                self.envs[e].name,
+                                round + 1
+                            ));
                             result = self.measure(w, e, round);
                         }
                     }
                     match result {
                         Ok(figs) => {
-                            let shown: Vec<String> = figs.iter().map(|(m, v)| if figs.len() > 1 { format!("{m}={}", crate::svg::fmt_num(*v)) } else { crate::svg::fmt_num(*v) }).collect();
+                            let shown: Vec<String> = figs
+                                .iter()
+                                .map(|(m, v)| {
+                                    if figs.len() > 1 {
+                                        format!("{m}={}", crate::svg::fmt_num(*v))
+                                    } else {
+                                        crate::svg::fmt_num(*v)
+                                    }
+                                })
+                                .collect();
                             line.push_str(&format!(" {} {}", self.envs[e].name, shown.join("/")));
                             if round >= warm {
                                 for (mi, (m, _, _)) in ms.iter().enumerate() {
@@ -725,7 +984,8 @@ impl Bench {
                             if sys::interrupted() {
                                 bail!("interrupted");
                             }
-                            let reason = format!("round {}: {}", round + 1, tail(&format!("{err:#}"), 400));
+                            let reason =
+                                format!("round {}: {}", round + 1, tail(&format!("{err:#}"), 400));
                             line.push_str(&format!(" {} FAILED", self.envs[e].name));
                             progress(&format!("  {} failed in {w}: {reason}", self.envs[e].name));
                             failed[e] = Some(reason);
@@ -734,7 +994,12 @@ impl Bench {
                 }
                 progress(&format!("{line}  ({:.0} s)", t0.elapsed().as_secs_f64()));
             }
-            let unit_of = |m: &str| ms.iter().find(|x| x.0 == m).map(|x| (x.1, x.2)).expect("metric");
+            let unit_of = |m: &str| {
+                ms.iter()
+                    .find(|x| x.0 == m)
+                    .map(|x| (x.1, x.2))
+                    .expect("metric")
+            };
             for e in 0..n_env {
                 for (mi, (m, _, _)) in ms.iter().enumerate() {
                     let (unit, better) = unit_of(m);
@@ -760,7 +1025,11 @@ impl Bench {
             self.write_outputs(&cells, &done)?;
         }
         let records = self.write_outputs(&cells, &done)?;
-        progress(&format!("\nwrote {}/results.json, report.md and plots ({:.0} s)\n", self.opt.out.display(), self.started.elapsed().as_secs_f64()));
+        progress(&format!(
+            "\nwrote {}/results.json, report.md and plots ({:.0} s)\n",
+            self.opt.out.display(),
+            self.started.elapsed().as_secs_f64()
+        ));
         eprintln!("{}", crate::report::summary_table(&records));
         Ok(records)
     }
@@ -803,7 +1072,10 @@ impl Bench {
         } else if self.work.exists() {
             progress(&format!("removing {} ...", self.work.display()));
             if let Err(e) = fs::remove_dir_all(&self.work) {
-                progress(&format!("warning: could not remove {}: {e}", self.work.display()));
+                progress(&format!(
+                    "warning: could not remove {}: {e}",
+                    self.work.display()
+                ));
             }
         }
         let _ = std::io::stderr().flush();
@@ -831,7 +1103,10 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     if let Err(e) = fs::remove_dir(dir) {
-        progress(&format!("warning: could not remove cgroup {}: {e}", dir.display()));
+        progress(&format!(
+            "warning: could not remove cgroup {}: {e}",
+            dir.display()
+        ));
     }
 }
 

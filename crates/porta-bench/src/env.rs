@@ -5,7 +5,15 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// Every environment the harness knows, in report order.
-pub const ALL: &[&str] = &["native", "porta", "porta-strict", "porta-kernel", "runc", "crun", "runsc"];
+pub const ALL: &[&str] = &[
+    "native",
+    "porta",
+    "porta-strict",
+    "porta-kernel",
+    "runc",
+    "crun",
+    "runsc",
+];
 
 /// How an OCI runtime is invoked.
 #[derive(Debug, Clone)]
@@ -36,7 +44,11 @@ pub struct Env {
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|f| f.is_file())
+        })
         .unwrap_or(None)
 }
 
@@ -45,18 +57,37 @@ impl Env {
     /// yields an environment with `skip` set.
     pub fn new(name: &str, porta: &Path, state_base: &Path) -> Option<Env> {
         let ann = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        let (bin, global, annotations): (Option<PathBuf>, Vec<String>, Vec<(String, String)>) = match name {
-            "native" => {
-                return Some(Env { name: name.into(), kind: Kind::Native, state_root: PathBuf::new(), skip: None, version: String::new() })
-            }
-            "porta" => (Some(porta.to_path_buf()), vec![], vec![]),
-            "porta-strict" => (Some(porta.to_path_buf()), vec![], ann("run.porta.fs.passthrough", "off")),
-            "porta-kernel" => (Some(porta.to_path_buf()), vec![], ann("run.porta.fs", "kernel")),
-            "runc" => (find_in_path("runc"), vec![], vec![]),
-            "crun" => (find_in_path("crun"), vec![], vec![]),
-            "runsc" => (find_in_path("runsc"), vec!["--network=none".into(), "--platform=ptrace".into()], vec![]),
-            _ => return None,
-        };
+        let (bin, global, annotations): (Option<PathBuf>, Vec<String>, Vec<(String, String)>) =
+            match name {
+                "native" => {
+                    return Some(Env {
+                        name: name.into(),
+                        kind: Kind::Native,
+                        state_root: PathBuf::new(),
+                        skip: None,
+                        version: String::new(),
+                    })
+                }
+                "porta" => (Some(porta.to_path_buf()), vec![], vec![]),
+                "porta-strict" => (
+                    Some(porta.to_path_buf()),
+                    vec![],
+                    ann("run.porta.fs.passthrough", "off"),
+                ),
+                "porta-kernel" => (
+                    Some(porta.to_path_buf()),
+                    vec![],
+                    ann("run.porta.fs", "kernel"),
+                ),
+                "runc" => (find_in_path("runc"), vec![], vec![]),
+                "crun" => (find_in_path("crun"), vec![], vec![]),
+                "runsc" => (
+                    find_in_path("runsc"),
+                    vec!["--network=none".into(), "--platform=ptrace".into()],
+                    vec![],
+                ),
+                _ => return None,
+            };
         let skip = match &bin {
             None => Some(format!("{name}: binary not found in PATH")),
             Some(b) if !b.is_file() => Some(format!("{name}: binary {} not found", b.display())),
@@ -64,7 +95,11 @@ impl Env {
         };
         Some(Env {
             name: name.into(),
-            kind: Kind::Oci(Oci { bin: bin.unwrap_or_else(|| PathBuf::from(name)), global, annotations }),
+            kind: Kind::Oci(Oci {
+                bin: bin.unwrap_or_else(|| PathBuf::from(name)),
+                global,
+                annotations,
+            }),
             state_root: state_base.join(name),
             skip,
             version: String::new(),
@@ -81,9 +116,15 @@ impl Env {
     /// How the environment is invoked, for the report.
     pub fn invocation(&self) -> String {
         match &self.kind {
-            Kind::Native => "chroot ROOTFS /bin/porta-workload ... (no namespaces, no cgroup)".into(),
+            Kind::Native => {
+                "chroot ROOTFS /bin/porta-workload ... (no namespaces, no cgroup)".into()
+            }
             Kind::Oci(o) => {
-                let mut s = format!("{} {}--root STATE run --bundle B ID", o.bin.display(), o.global.iter().map(|g| format!("{g} ")).collect::<String>());
+                let mut s = format!(
+                    "{} {}--root STATE run --bundle B ID",
+                    o.bin.display(),
+                    o.global.iter().map(|g| format!("{g} ")).collect::<String>()
+                );
                 for (k, v) in &o.annotations {
                     s.push_str(&format!("; annotation {k}={v}"));
                 }
@@ -96,9 +137,19 @@ impl Env {
 /// A config.json like the one `runc spec` writes (ociVersion 1.0.2-dev, which crun 1.8.1 also
 /// accepts), with a writable root at `rootfs`, no terminal, the given arguments and
 /// annotations, and an explicit cgroups path so that leftovers can be found.
-pub fn config_json(rootfs: &Path, args: &[String], annotations: &[(String, String)], cgroups_path: &str, hostname: &str, cgroup_mount: bool) -> Value {
+pub fn config_json(
+    rootfs: &Path,
+    args: &[String],
+    annotations: &[(String, String)],
+    cgroups_path: &str,
+    hostname: &str,
+    cgroup_mount: bool,
+) -> Value {
     let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-    let ann: serde_json::Map<String, Value> = annotations.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let ann: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     let mut c = json!({
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -151,20 +202,45 @@ mod tests {
         let strict = get("porta-strict");
         let kernel = get("porta-kernel");
         assert_eq!(get("porta").oci().unwrap().annotations, vec![]);
-        assert_eq!(strict.oci().unwrap().annotations, vec![("run.porta.fs.passthrough".to_string(), "off".to_string())]);
-        assert_eq!(kernel.oci().unwrap().annotations, vec![("run.porta.fs".to_string(), "kernel".to_string())]);
+        assert_eq!(
+            strict.oci().unwrap().annotations,
+            vec![("run.porta.fs.passthrough".to_string(), "off".to_string())]
+        );
+        assert_eq!(
+            kernel.oci().unwrap().annotations,
+            vec![("run.porta.fs".to_string(), "kernel".to_string())]
+        );
         assert!(strict.skip.as_deref().unwrap().contains("not found"));
         assert_eq!(strict.state_root, b.join("porta-strict"));
         assert!(Env::new("bogus", p, b).is_none());
-        assert!(get("runsc").oci().unwrap().global.contains(&"--network=none".to_string()));
+        assert!(get("runsc")
+            .oci()
+            .unwrap()
+            .global
+            .contains(&"--network=none".to_string()));
     }
 
     #[test]
     fn config_has_what_runtimes_need() {
-        let c = config_json(Path::new("/r"), &["/bin/true".into()], &[("a".into(), "b".into())], "/pb/x", "h", true);
-        assert!(c["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/sys/fs/cgroup"));
+        let c = config_json(
+            Path::new("/r"),
+            &["/bin/true".into()],
+            &[("a".into(), "b".into())],
+            "/pb/x",
+            "h",
+            true,
+        );
+        assert!(c["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/sys/fs/cgroup"));
         let without = config_json(Path::new("/r"), &[], &[], "/pb/x", "h", false);
-        assert!(!without["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/sys/fs/cgroup"));
+        assert!(!without["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/sys/fs/cgroup"));
         assert_eq!(c["ociVersion"], "1.0.2-dev");
         assert_eq!(c["root"]["path"], "/r");
         assert_eq!(c["root"]["readonly"], false);

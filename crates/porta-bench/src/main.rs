@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "porta-bench", about = "Benchmark Porta against native, runc, crun and runsc, side by side")]
+#[command(
+    name = "porta-bench",
+    about = "Benchmark Porta against native, runc, crun and runsc, side by side"
+)]
 struct Args {
     /// Output directory for results.json, machine.json, report.md and the SVG plots.
     #[arg(long, default_value = "porta-bench-out")]
@@ -71,10 +74,16 @@ fn main() -> ExitCode {
         eprintln!("porta-bench: {e:#}");
         return ExitCode::from(2);
     }
-    let workspace = args.workspace.clone().unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")));
+    let workspace = args
+        .workspace
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")));
     let workspace = std::fs::canonicalize(&workspace).unwrap_or(workspace);
     let runtimes = if args.runtimes.is_empty() {
-        porta_bench::env::ALL.iter().map(|s| s.to_string()).collect()
+        porta_bench::env::ALL
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         args.runtimes.clone()
     };
@@ -90,7 +99,10 @@ fn main() -> ExitCode {
         quick: args.quick,
         only: args.only.clone(),
         runtimes,
-        porta: args.porta.clone().unwrap_or_else(|| workspace.join("target/release/porta")),
+        porta: args
+            .porta
+            .clone()
+            .unwrap_or_else(|| workspace.join("target/release/porta")),
         workspace,
         workload_bin: args.workload_bin.clone(),
         work_dir: args.work_dir.clone(),
@@ -99,7 +111,10 @@ fn main() -> ExitCode {
         keep: args.keep,
         docs: args.docs.clone(),
         no_cgroup_mount: args.no_cgroup_mount,
-        command_line: std::iter::once("porta-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
+        command_line: std::iter::once("porta-bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     let mut notes = vec![
         ns_note,

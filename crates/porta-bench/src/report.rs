@@ -89,11 +89,21 @@ pub fn summary_table(records: &[Record]) -> String {
         }
     }
     for (w, m) in keys {
-        let first = records.iter().find(|r| r.workload == w && r.metric == m).expect("key from records");
-        let arrow = if first.better == Better::Lower { "↓" } else { "↑" };
+        let first = records
+            .iter()
+            .find(|r| r.workload == w && r.metric == m)
+            .expect("key from records");
+        let arrow = if first.better == Better::Lower {
+            "↓"
+        } else {
+            "↑"
+        };
         let _ = write!(s, "| {w} | {m} {arrow} | {} |", first.unit);
         for rt in &rts {
-            match records.iter().find(|r| r.workload == w && r.metric == m && &r.runtime == rt) {
+            match records
+                .iter()
+                .find(|r| r.workload == w && r.metric == m && &r.runtime == rt)
+            {
                 Some(r) => match (r.status, r.median, r.ratio_to_native) {
                     (Status::Ok, Some(_), Some(x)) if rt != "native" => {
                         let _ = write!(s, " {} (×{x:.2}) |", cell(r));
@@ -120,7 +130,11 @@ pub fn workload_table(records: &[&Record]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.runtime,
             r.metric,
-            if r.status == Status::Ok { f(r.median) } else { cell(r) },
+            if r.status == Status::Ok {
+                f(r.median)
+            } else {
+                cell(r)
+            },
             f(r.min),
             f(r.max),
             r.unit,
@@ -188,7 +202,13 @@ that workload and the run goes on.
 }
 
 /// Writes the whole report. `image_prefix` is prepended to `<workload>.svg` in image links.
-pub fn render(info: &RunInfo, records: &[Record], docs: &[WorkloadDoc], image_prefix: &str, preface: &str) -> String {
+pub fn render(
+    info: &RunInfo,
+    records: &[Record],
+    docs: &[WorkloadDoc],
+    image_prefix: &str,
+    preface: &str,
+) -> String {
     let mut s = String::new();
     s.push_str("# Porta benchmark report\n\n");
     s.push_str(preface);
@@ -198,10 +218,19 @@ pub fn render(info: &RunInfo, records: &[Record], docs: &[WorkloadDoc], image_pr
         info.date_utc, info.mode, info.rounds, info.duration_s, info.command
     );
     s.push_str("## Machine\n\n| | |\n|---|---|\n");
-    let _ = writeln!(s, "| CPU | {} ({} logical CPUs) |", table_escape(&info.cpu), info.cpus);
+    let _ = writeln!(
+        s,
+        "| CPU | {} ({} logical CPUs) |",
+        table_escape(&info.cpu),
+        info.cpus
+    );
     let _ = writeln!(s, "| memory | {} MiB |", info.memory_mib);
     let _ = writeln!(s, "| kernel | {} |", table_escape(&info.kernel));
-    let _ = writeln!(s, "| file system of the root file system | {} |", table_escape(&info.work_fs));
+    let _ = writeln!(
+        s,
+        "| file system of the root file system | {} |",
+        table_escape(&info.work_fs)
+    );
     s.push_str("\n## Runtimes\n\n| runtime | invocation | version | status |\n|---|---|---|---|\n");
     for r in &info.runtimes {
         let _ = writeln!(
@@ -258,9 +287,19 @@ mod tests {
             reason: (st != Status::Ok).then(|| "not found: /x/porta | y".into()),
         };
         finalize(&[
-            c("lifecycle", "native", &[1.0, 2.0, 3.0, 4.0, 5.0], Status::Ok),
+            c(
+                "lifecycle",
+                "native",
+                &[1.0, 2.0, 3.0, 4.0, 5.0],
+                Status::Ok,
+            ),
             c("lifecycle", "porta", &[], Status::Skipped),
-            c("lifecycle", "runc", &[40.0, 50.0, 60.0, 70.0, 80.0], Status::Ok),
+            c(
+                "lifecycle",
+                "runc",
+                &[40.0, 50.0, 60.0, 70.0, 80.0],
+                Status::Ok,
+            ),
             c("primes", "native", &[1.0; 5], Status::Ok),
             c("primes", "porta", &[], Status::Skipped),
             c("primes", "runc", &[1.1; 5], Status::Ok),
@@ -272,15 +311,30 @@ mod tests {
         let t = summary_table(&records());
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4); // header, rule, 2 rows
-        assert_eq!(lines[0], "| workload | metric | unit | native | porta | runc |");
-        assert!(lines[2].starts_with("| lifecycle | time ↓ | ms | 3.00 | skipped | 60.0 (×20.00) |"), "{}", lines[2]);
+        assert_eq!(
+            lines[0],
+            "| workload | metric | unit | native | porta | runc |"
+        );
+        assert!(
+            lines[2].starts_with("| lifecycle | time ↓ | ms | 3.00 | skipped | 60.0 (×20.00) |"),
+            "{}",
+            lines[2]
+        );
         assert!(lines[3].contains("1.10 (×1.10)"));
     }
 
     #[test]
     fn full_report() {
-        let info = RunInfo { date_utc: "2026-11-22T08:00:00Z".into(), mode: "quick".into(), rounds: "1 warm-up, 5 counted".into(), ..Default::default() };
-        let docs = vec![WorkloadDoc { name: "primes".into(), description: "Count primes.".into() }];
+        let info = RunInfo {
+            date_utc: "2026-11-22T08:00:00Z".into(),
+            mode: "quick".into(),
+            rounds: "1 warm-up, 5 counted".into(),
+            ..Default::default()
+        };
+        let docs = vec![WorkloadDoc {
+            name: "primes".into(),
+            description: "Count primes.".into(),
+        }];
         let md = render(&info, &records(), &docs, "bench/", "Preface.\n\n");
         assert!(md.starts_with("# Porta benchmark report\n\nPreface."));
         assert!(md.contains("### lifecycle\n"));
@@ -292,7 +346,10 @@ mod tests {
         assert!(md.contains("not found: /x/porta \\| y"));
         // Each table row has the same number of cells as its header.
         for block in md.split("\n\n").filter(|b| b.starts_with("| runtime |")) {
-            let counts: Vec<usize> = block.lines().map(|l| l.replace("\\|", "").matches('|').count()).collect();
+            let counts: Vec<usize> = block
+                .lines()
+                .map(|l| l.replace("\\|", "").matches('|').count())
+                .collect();
             assert!(counts.iter().all(|&c| c == counts[0]), "{block}");
         }
     }

@@ -65,7 +65,11 @@ pub fn finalize(cells: &[Cell]) -> Vec<Record> {
     let mut out: Vec<Record> = cells
         .iter()
         .map(|c| {
-            let s = if c.status == Status::Ok { summarize(&c.values) } else { None };
+            let s = if c.status == Status::Ok {
+                summarize(&c.values)
+            } else {
+                None
+            };
             let (status, reason) = match (c.status, s) {
                 (Status::Ok, None) => (Status::Failed, Some("no valid measurement".to_string())),
                 (st, _) => (st, c.reason.clone()),
@@ -108,7 +112,8 @@ pub fn finalize(cells: &[Cell]) -> Vec<Record> {
 pub fn validate(records: &[Record]) -> Result<(), String> {
     for r in records {
         let id = format!("{}/{}/{}", r.workload, r.runtime, r.metric);
-        if r.workload.is_empty() || r.runtime.is_empty() || r.metric.is_empty() || r.unit.is_empty() {
+        if r.workload.is_empty() || r.runtime.is_empty() || r.metric.is_empty() || r.unit.is_empty()
+        {
             return Err(format!("{id}: empty name field"));
         }
         match r.status {
@@ -120,7 +125,9 @@ pub fn validate(records: &[Record]) -> Result<(), String> {
                     return Err(format!("{id}: ok without runs"));
                 }
                 if !(min <= med && med <= max) {
-                    return Err(format!("{id}: min {min} <= median {med} <= max {max} violated"));
+                    return Err(format!(
+                        "{id}: min {min} <= median {med} <= max {max} violated"
+                    ));
                 }
                 if r.runs.iter().any(|v| *v < min || *v > max) {
                     return Err(format!("{id}: a run lies outside min..max"));
@@ -135,7 +142,10 @@ pub fn validate(records: &[Record]) -> Result<(), String> {
                 }
             }
         }
-        if r.runtime == "native" && r.status == Status::Ok && r.ratio_to_native.map(|x| (x - 1.0).abs() > 1e-9) == Some(true) {
+        if r.runtime == "native"
+            && r.status == Status::Ok
+            && r.ratio_to_native.map(|x| (x - 1.0).abs() > 1e-9) == Some(true)
+        {
             return Err(format!("{id}: native ratio_to_native is not 1"));
         }
     }
@@ -186,12 +196,29 @@ mod tests {
 
     #[test]
     fn schema_field_names() {
-        let recs = finalize(&[cell("native", &[1.0, 2.0, 3.0], Status::Ok), cell("porta", &[], Status::Skipped)]);
+        let recs = finalize(&[
+            cell("native", &[1.0, 2.0, 3.0], Status::Ok),
+            cell("porta", &[], Status::Skipped),
+        ]);
         let v = serde_json::to_value(&recs).unwrap();
         let arr = v.as_array().expect("a list");
         for o in arr {
             let o = o.as_object().unwrap();
-            for k in ["workload", "runtime", "metric", "unit", "median", "min", "max", "runs", "ratio_to_native", "ratio_to_runc", "status", "reason", "better"] {
+            for k in [
+                "workload",
+                "runtime",
+                "metric",
+                "unit",
+                "median",
+                "min",
+                "max",
+                "runs",
+                "ratio_to_native",
+                "ratio_to_runc",
+                "status",
+                "reason",
+                "better",
+            ] {
                 assert!(o.contains_key(k), "missing {k}");
             }
         }

@@ -17,7 +17,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 pub fn summarize(values: &[f64]) -> Option<Summary> {
@@ -52,7 +56,14 @@ mod tests {
     #[test]
     fn summary_min_max() {
         let s = summarize(&[5.0, 9.0, 1.0, 4.0, 6.0]).unwrap();
-        assert_eq!(s, Summary { median: 5.0, min: 1.0, max: 9.0 });
+        assert_eq!(
+            s,
+            Summary {
+                median: 5.0,
+                min: 1.0,
+                max: 9.0
+            }
+        );
         assert!(s.min <= s.median && s.median <= s.max);
         assert_eq!(summarize(&[]), None);
     }

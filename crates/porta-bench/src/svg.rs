@@ -26,7 +26,10 @@ pub fn colour(runtime: &str) -> &'static str {
 }
 
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Formats a value with 3 significant digits (no exponent for the usual ranges).
@@ -98,11 +101,21 @@ pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
         let top = y0 + TOP;
         let plot_h = PANEL_H - TOP - BOTTOM;
         let base = top + plot_h;
-        let vmax = rows.iter().filter_map(|r| r.max.or(r.median)).fold(0.0, f64::max);
-        let vmin = rows.iter().filter_map(|r| r.min.or(r.median)).fold(0.0, f64::min);
+        let vmax = rows
+            .iter()
+            .filter_map(|r| r.max.or(r.median))
+            .fold(0.0, f64::max);
+        let vmin = rows
+            .iter()
+            .filter_map(|r| r.min.or(r.median))
+            .fold(0.0, f64::min);
         // Values can be negative (host memory growth): the axis then extends below zero.
         let axis_min = if vmin < 0.0 { -nice_ceil(-vmin) } else { 0.0 };
-        let axis_max = if vmax > 0.0 || axis_min == 0.0 { nice_ceil(vmax) } else { 0.0 };
+        let axis_max = if vmax > 0.0 || axis_min == 0.0 {
+            nice_ceil(vmax)
+        } else {
+            0.0
+        };
         let span = axis_max - axis_min;
         let y = |v: f64| base - plot_h * ((v - axis_min) / span).clamp(0.0, 1.0);
         // Axis and grid lines.
@@ -118,8 +131,17 @@ pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
                 fmt_num(v)
             );
         }
-        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#000"/>"##);
-        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#000"/>"##, y(0.0), W - RIGHT, y(0.0));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#000"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#000"/>"##,
+            y(0.0),
+            W - RIGHT,
+            y(0.0)
+        );
         let n = rows.len().max(1) as f64;
         let slot = (W - LEFT - RIGHT) / n;
         let bw = (slot * 0.6).min(70.0);
@@ -160,10 +182,18 @@ pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
                         None => fmt_num(med),
                     };
                     let ly = (y(r.max.unwrap_or(med)) - 6.0).max(top - 4.0);
-                    let _ = writeln!(s, r#"<text x="{cx:.1}" y="{ly:.1}" text-anchor="middle" font-size="11">{}</text>"#, escape(&label));
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{cx:.1}" y="{ly:.1}" text-anchor="middle" font-size="11">{}</text>"#,
+                        escape(&label)
+                    );
                 }
                 _ => {
-                    let what = if r.status == Status::Failed { "failed" } else { "skipped" };
+                    let what = if r.status == Status::Failed {
+                        "failed"
+                    } else {
+                        "skipped"
+                    };
                     let _ = writeln!(
                         s,
                         r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#999" font-style="italic">{what}</text>"##,

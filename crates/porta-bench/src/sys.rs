@@ -56,7 +56,14 @@ pub fn enter_private_mount_namespace() -> Result<String> {
             bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
         }
         let root = c"/";
-        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
             bail!("making / rprivate: {}", std::io::Error::last_os_error());
         }
     }
@@ -68,7 +75,10 @@ pub fn enter_private_mount_namespace() -> Result<String> {
     if mounted {
         // SAFETY: plain syscall.
         if unsafe { libc::umount2(cstr(unified).as_ptr(), libc::MNT_DETACH) } != 0 {
-            bail!("umount /sys/fs/cgroup/unified: {}", std::io::Error::last_os_error());
+            bail!(
+                "umount /sys/fs/cgroup/unified: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok("All environments (native too) run inside one private mount namespace of the harness in which the cgroup2 hierarchy /sys/fs/cgroup/unified of this hybrid host is unmounted; crun 1.8.1 refuses the hybrid layout otherwise (\"cgroups in hybrid mode not supported\"). Containers therefore use the cgroup v1 controllers only.".into())
     } else {
@@ -82,7 +92,10 @@ pub fn enter_private_mount_namespace() -> Result<String> {
 pub fn set_child_subreaper() -> Result<()> {
     // SAFETY: plain prctl.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        bail!("PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error());
+        bail!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -107,7 +120,9 @@ pub fn reap_other_zombies(except: i32) {
         if p == except {
             continue;
         }
-        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         let Some(close) = s.rfind(')') else { continue };
         let mut f = s[close + 2..].split_whitespace();
         let (state, ppid) = (f.next(), f.next().and_then(|x| x.parse::<i32>().ok()));
@@ -156,14 +171,20 @@ pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> Result<Ex
 
 fn wait_pid_exit_nonreaping(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    let Some(fd) = pidfd_open(pid) else { return true };
+    let Some(fd) = pidfd_open(pid) else {
+        return true;
+    };
     let mut done = false;
     while !interrupted() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut p, 1, left.as_millis().clamp(1, 50) as i32) } > 0 {
             done = true;
@@ -253,19 +274,29 @@ pub fn exe_of(pid: i32) -> Option<PathBuf> {
 }
 
 pub fn comm_of(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Proportional set size of a process in KiB (from smaps_rollup); None for kernel threads or
 /// vanished processes.
 pub fn pss_kib(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    s.lines().find(|l| l.starts_with("Pss:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn meminfo() -> HashMap<String, u64> {
     let mut m = HashMap::new();
-    for l in std::fs::read_to_string("/proc/meminfo").unwrap_or_default().lines() {
+    for l in std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+    {
         let mut it = l.split_whitespace();
         if let (Some(k), Some(v)) = (it.next(), it.next()) {
             if let Ok(v) = v.parse() {
@@ -279,7 +310,10 @@ fn meminfo() -> HashMap<String, u64> {
 /// Host used memory in KiB including page cache: MemTotal - MemFree.
 pub fn host_used_kib() -> u64 {
     let m = meminfo();
-    m.get("MemTotal").copied().unwrap_or(0).saturating_sub(m.get("MemFree").copied().unwrap_or(0))
+    m.get("MemTotal")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(m.get("MemFree").copied().unwrap_or(0))
 }
 
 pub fn mem_total_kib() -> u64 {
@@ -321,12 +355,24 @@ pub fn pid_set() -> HashSet<i32> {
 pub fn fs_type(path: &Path) -> String {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut best = (0usize, String::from("unknown"));
-    for l in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+    for l in std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+    {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
         let mp = f.get(4).copied().unwrap_or("");
         if path.starts_with(mp) && mp.len() >= best.0 {
-            best = (mp.len(), format!("{} ({})", f.get(sep + 1).unwrap_or(&"?"), f.get(sep + 2).unwrap_or(&"?")));
+            best = (
+                mp.len(),
+                format!(
+                    "{} ({})",
+                    f.get(sep + 1).unwrap_or(&"?"),
+                    f.get(sep + 2).unwrap_or(&"?")
+                ),
+            );
         }
     }
     best.1
@@ -341,7 +387,10 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(parent_of(me).is_some());
         assert!(pss_kib(me).unwrap_or(1) > 0);
-        let mut c = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         assert!(descendants(me).contains(&(c.id() as i32)));
         c.kill().unwrap();
         c.wait().unwrap();
@@ -350,12 +399,18 @@ mod tests {
 
     #[test]
     fn wait_with_timeout() {
-        let mut c = std::process::Command::new("sleep").arg("10").process_group(0).spawn().unwrap();
+        let mut c = std::process::Command::new("sleep")
+            .arg("10")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let t = Instant::now();
         assert!(wait_child(&mut c, Duration::from_millis(300), "sleep").is_err());
         assert!(t.elapsed() < Duration::from_secs(5));
         let mut c = std::process::Command::new("true").spawn().unwrap();
-        assert!(wait_child(&mut c, Duration::from_secs(10), "true").unwrap().success());
+        assert!(wait_child(&mut c, Duration::from_secs(10), "true")
+            .unwrap()
+            .success());
     }
 
     #[test]

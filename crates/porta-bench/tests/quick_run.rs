@@ -20,45 +20,88 @@ fn quick_lifecycle_and_primes_native_and_porta() {
     let out = std::env::temp_dir().join(format!("porta-bench-it-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_porta-bench"));
-    cmd.args(["--quick", "--only", "lifecycle,primes", "--runtimes", "native,porta", "--out"]).arg(&out);
+    cmd.args([
+        "--quick",
+        "--only",
+        "lifecycle,primes",
+        "--runtimes",
+        "native,porta",
+        "--out",
+    ])
+    .arg(&out);
     if let Some(p) = std::env::var_os("PORTA_BIN") {
         cmd.arg("--porta").arg(p);
     }
     let output = cmd.output().expect("run porta-bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("{stderr}");
-    assert!(output.status.success(), "porta-bench failed: {}", output.status);
+    assert!(
+        output.status.success(),
+        "porta-bench failed: {}",
+        output.status
+    );
 
     let text = std::fs::read_to_string(out.join("results.json")).expect("results.json");
     // The top level is a plain list of objects with the required fields.
     let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
     let list = raw.as_array().expect("results.json is a list");
     for o in list {
-        for k in ["workload", "runtime", "metric", "unit", "median", "min", "max", "runs", "ratio_to_native", "ratio_to_runc"] {
+        for k in [
+            "workload",
+            "runtime",
+            "metric",
+            "unit",
+            "median",
+            "min",
+            "max",
+            "runs",
+            "ratio_to_native",
+            "ratio_to_runc",
+        ] {
             assert!(o.get(k).is_some(), "field {k} missing in {o}");
         }
     }
     let recs: Vec<Record> = serde_json::from_str(&text).unwrap();
     validate(&recs).unwrap();
-    assert_eq!(recs.len(), 4, "lifecycle and primes × native and porta: {recs:#?}");
+    assert_eq!(
+        recs.len(),
+        4,
+        "lifecycle and primes × native and porta: {recs:#?}"
+    );
 
     for w in ["lifecycle", "primes"] {
-        let native = recs.iter().find(|r| r.workload == w && r.runtime == "native").expect("native row");
+        let native = recs
+            .iter()
+            .find(|r| r.workload == w && r.runtime == "native")
+            .expect("native row");
         assert_eq!(native.status, Status::Ok, "{native:?}");
         assert!(native.runs.len() >= 5, "at least 5 counted runs");
         assert_eq!(native.ratio_to_native, Some(1.0));
-        assert_eq!(native.ratio_to_runc, None, "runc was not measured in this run");
+        assert_eq!(
+            native.ratio_to_runc, None,
+            "runc was not measured in this run"
+        );
         assert!(native.median.unwrap() > 0.0);
 
-        let porta = recs.iter().find(|r| r.workload == w && r.runtime == "porta").expect("porta row");
+        let porta = recs
+            .iter()
+            .find(|r| r.workload == w && r.runtime == "porta")
+            .expect("porta row");
         match porta.status {
             Status::Ok => {
                 assert!(porta.runs.len() >= 5);
                 assert!(porta.ratio_to_native.is_some());
             }
             Status::Skipped | Status::Failed => {
-                eprintln!("porta {:?} in {w}: {}", porta.status, porta.reason.as_deref().unwrap_or(""));
-                assert!(!porta.reason.as_deref().unwrap_or("").is_empty(), "a skip must say why");
+                eprintln!(
+                    "porta {:?} in {w}: {}",
+                    porta.status,
+                    porta.reason.as_deref().unwrap_or("")
+                );
+                assert!(
+                    !porta.reason.as_deref().unwrap_or("").is_empty(),
+                    "a skip must say why"
+                );
                 assert!(porta.median.is_none() && porta.ratio_to_native.is_none());
             }
         }
@@ -69,8 +112,13 @@ fn quick_lifecycle_and_primes_native_and_porta() {
         let svg = std::fs::read_to_string(out.join(format!("{w}.svg"))).expect("plot");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
-    let machine: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("machine.json")).unwrap()).unwrap();
-    assert!(machine["runtimes"].as_array().unwrap().iter().any(|r| r["name"] == "porta"));
+    let machine: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("machine.json")).unwrap()).unwrap();
+    assert!(machine["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "porta"));
     // Nothing of the run is left behind: the work directory it announced is gone.
     let work = stderr
         .lines()

@@ -243,8 +243,17 @@ mod tests {
     use super::*;
     use oci_spec::runtime::LinuxDeviceCgroupBuilder;
 
-    fn rule(allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
-        let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).typ(typ).access(access);
+    fn rule(
+        allow: bool,
+        typ: LinuxDeviceType,
+        major: Option<i64>,
+        minor: Option<i64>,
+        access: &str,
+    ) -> LinuxDeviceCgroup {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .typ(typ)
+            .access(access);
         if let Some(m) = major {
             b = b.major(m);
         }
@@ -293,7 +302,11 @@ mod tests {
         let p = program(&rules).unwrap();
         let rw = ACC_READ | ACC_WRITE;
         assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 3), 1, "read /dev/null");
-        assert_eq!(run(&p, DEV_CHAR, rw, 1, 3), 0, "write /dev/null denied by the last rule");
+        assert_eq!(
+            run(&p, DEV_CHAR, rw, 1, 3),
+            0,
+            "write /dev/null denied by the last rule"
+        );
         assert_eq!(run(&p, DEV_CHAR, rw, 136, 7), 1, "any pty");
         assert_eq!(run(&p, DEV_CHAR, ACC_MKNOD, 136, 7), 0, "no mknod of ptys");
         assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 5), 1);

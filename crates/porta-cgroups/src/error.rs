@@ -172,7 +172,9 @@ pub enum Error {
     },
 
     /// Several directories could not be removed; the first error is kept with the list.
-    #[error("cannot remove every cgroup directory of container {id}: {first}; also left: {others:?}")]
+    #[error(
+        "cannot remove every cgroup directory of container {id}: {first}; also left: {others:?}"
+    )]
     Destroy {
         /// The container.
         id: String,
@@ -195,7 +197,9 @@ fn write_hint(e: &std::io::Error) -> &'static str {
         Some(e) if e == nix::errno::Errno::ENOENT as i32 => {
             " (ENOENT: the file does not exist; the controller may not be enabled for this group)"
         }
-        Some(e) if e == nix::errno::Errno::EACCES as i32 || e == nix::errno::Errno::EPERM as i32 => {
+        Some(e)
+            if e == nix::errno::Errno::EACCES as i32 || e == nix::errno::Errno::EPERM as i32 =>
+        {
             " (permission denied: is the cgroup delegated to this user?)"
         }
         _ => "",

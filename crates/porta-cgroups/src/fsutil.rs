@@ -149,7 +149,9 @@ pub(crate) fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
 pub(crate) fn is_permission(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error().map(nix::errno::Errno::from_raw),
-        Some(nix::errno::Errno::EACCES) | Some(nix::errno::Errno::EPERM) | Some(nix::errno::Errno::EROFS)
+        Some(nix::errno::Errno::EACCES)
+            | Some(nix::errno::Errno::EPERM)
+            | Some(nix::errno::Errno::EROFS)
     )
 }
 

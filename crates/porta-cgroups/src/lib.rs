@@ -61,7 +61,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libcgroups::common::{CgroupManager, ControllerOpt};
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::{
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources,
+};
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
@@ -369,7 +371,8 @@ impl ContainerCgroup {
             s.cpu = stats::v2_cpu(p)?;
             s.memory = stats::v2_memory(p)?;
             s.pids = pids_stats(p)?;
-            s.blkio = stats::parse_io_stat(&fsutil::read_opt(&p.join("io.stat"))?.unwrap_or_default());
+            s.blkio =
+                stats::parse_io_stat(&fsutil::read_opt(&p.join("io.stat"))?.unwrap_or_default());
             s.hugetlb = stats::v2_hugetlb(p)?;
             return Ok(s);
         }
@@ -569,12 +572,23 @@ impl ContainerCgroup {
             let any = b.weight().is_some_and(|w| w != 0)
                 || b.leaf_weight().is_some_and(|w| w != 0)
                 || b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
-                || b.throttle_read_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-                || b.throttle_write_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-                || b.throttle_read_iops_device().as_ref().is_some_and(|v| !v.is_empty())
-                || b.throttle_write_iops_device().as_ref().is_some_and(|v| !v.is_empty());
+                || b.throttle_read_bps_device()
+                    .as_ref()
+                    .is_some_and(|v| !v.is_empty())
+                || b.throttle_write_bps_device()
+                    .as_ref()
+                    .is_some_and(|v| !v.is_empty())
+                || b.throttle_read_iops_device()
+                    .as_ref()
+                    .is_some_and(|v| !v.is_empty())
+                || b.throttle_write_iops_device()
+                    .as_ref()
+                    .is_some_and(|v| !v.is_empty());
             if any {
-                out.push((if v2 { "io" } else { "blkio" }.into(), "linux.resources.blockIO"));
+                out.push((
+                    if v2 { "io" } else { "blkio" }.into(),
+                    "linux.resources.blockIO",
+                ));
             }
         }
         if r.hugepage_limits().as_ref().is_some_and(|v| !v.is_empty()) {
@@ -601,8 +615,8 @@ impl ContainerCgroup {
             };
             if dir.version == CgroupVersion::V2 {
                 // The group itself must offer the controller (enabled in its parent).
-                let offered = fsutil::read_opt(&dir.path.join("cgroup.controllers"))?
-                    .unwrap_or_default();
+                let offered =
+                    fsutil::read_opt(&dir.path.join("cgroup.controllers"))?.unwrap_or_default();
                 if !offered.split_whitespace().any(|c| c == controller) {
                     return Err(Error::ControllerMissing {
                         controller: controller.clone(),
@@ -750,12 +764,22 @@ impl ContainerCgroup {
             .st
             .dirs
             .iter()
-            .map(|d| if leaf.is_empty() { d.path.clone() } else { d.path.join(leaf) })
+            .map(|d| {
+                if leaf.is_empty() {
+                    d.path.clone()
+                } else {
+                    d.path.join(leaf)
+                }
+            })
             .collect();
         // cgroup v2 can kill a whole subtree at once, without a race against fork.
         if let Some(d) = self.v2() {
-            let kill = if leaf.is_empty() { d.path.clone() } else { d.path.join(leaf) }
-                .join("cgroup.kill");
+            let kill = if leaf.is_empty() {
+                d.path.clone()
+            } else {
+                d.path.join(leaf)
+            }
+            .join("cgroup.kill");
             if kill.exists() {
                 let _ = fsutil::write(&kill, "1");
             }
@@ -946,7 +970,10 @@ fn enable_controllers(dir: &Path) -> Result<()> {
     }
     for c in missing {
         if let Err(e) = fsutil::write(&sc, &format!("+{c}")) {
-            tracing::warn!("cannot enable the {c} controller below {}: {e}", dir.display());
+            tracing::warn!(
+                "cannot enable the {c} controller below {}: {e}",
+                dir.display()
+            );
         }
     }
     Ok(())
@@ -1009,7 +1036,11 @@ fn v2_apply(d: &CgroupDir, r: &LinuxResources, rootless: bool) -> Result<()> {
     // libcgroups 0.7 converts the blkio weight to io.weight in u16 arithmetic, which
     // overflows for any weight above 16; the weight is written here instead.
     let mut r = r.clone();
-    let weight = r.block_io().as_ref().and_then(|b| b.weight()).filter(|w| *w != 0);
+    let weight = r
+        .block_io()
+        .as_ref()
+        .and_then(|b| b.weight())
+        .filter(|w| *w != 0);
     if weight.is_some() {
         if let Some(b) = r.block_io_mut() {
             b.set_weight(None);

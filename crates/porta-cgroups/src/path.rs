@@ -51,7 +51,11 @@ impl CgroupsPath {
         if cfg.systemd {
             if raw.is_empty() {
                 check_id(&cfg.container_id)?;
-                let slice = if cfg.rootless { "user.slice" } else { "system.slice" };
+                let slice = if cfg.rootless {
+                    "user.slice"
+                } else {
+                    "system.slice"
+                };
                 return Ok(CgroupsPath::Systemd {
                     slice: slice.into(),
                     prefix: "porta".into(),
@@ -88,7 +92,12 @@ impl CgroupsPath {
                 });
             }
             let slice = if parts[0].is_empty() {
-                if cfg.rootless { "user.slice" } else { "system.slice" }.to_string()
+                if cfg.rootless {
+                    "user.slice"
+                } else {
+                    "system.slice"
+                }
+                .to_string()
             } else {
                 parts[0].to_string()
             };
@@ -117,8 +126,7 @@ impl CgroupsPath {
             if cleaned.as_os_str().is_empty() {
                 return Err(Error::InvalidPath {
                     path: raw,
-                    reason: "it names the caller's own cgroup, which a container cannot own"
-                        .into(),
+                    reason: "it names the caller's own cgroup, which a container cannot own".into(),
                 });
             }
             Ok(CgroupsPath::Relative(cleaned))
@@ -264,11 +272,17 @@ mod tests {
         );
         // cgroup2 on a hybrid host: like v1.
         let h = hier(CgroupVersion::V2, "/a/b");
-        assert_eq!(p.in_hierarchy(&h, CgroupMode::Hybrid), Path::new("/a/b/x/y"));
+        assert_eq!(
+            p.in_hierarchy(&h, CgroupMode::Hybrid),
+            Path::new("/a/b/x/y")
+        );
         // v2-only host: below the parent of the caller's group.
         assert_eq!(p.in_hierarchy(&h, CgroupMode::Unified), Path::new("/a/x/y"));
         let root = hier(CgroupVersion::V2, "/");
-        assert_eq!(p.in_hierarchy(&root, CgroupMode::Unified), Path::new("/x/y"));
+        assert_eq!(
+            p.in_hierarchy(&root, CgroupMode::Unified),
+            Path::new("/x/y")
+        );
         assert!(CgroupsPath::parse(&cfg(Some("a/.."), false, false)).is_err());
     }
 
@@ -288,7 +302,10 @@ mod tests {
         let p = CgroupsPath::parse(&cfg(Some("machine-a.slice:porta:x"), true, false)).unwrap();
         let (unit, path) = p.systemd_unit().unwrap();
         assert_eq!(unit, "porta-x.scope");
-        assert_eq!(path, Path::new("/machine.slice/machine-a.slice/porta-x.scope"));
+        assert_eq!(
+            path,
+            Path::new("/machine.slice/machine-a.slice/porta-x.scope")
+        );
 
         let p = CgroupsPath::parse(&cfg(None, true, false)).unwrap();
         assert_eq!(
@@ -296,13 +313,25 @@ mod tests {
             Path::new("/system.slice/porta-ctr1.scope")
         );
         let p = CgroupsPath::parse(&cfg(None, true, true)).unwrap();
-        assert_eq!(p.systemd_unit().unwrap().1, Path::new("/user.slice/porta-ctr1.scope"));
+        assert_eq!(
+            p.systemd_unit().unwrap().1,
+            Path::new("/user.slice/porta-ctr1.scope")
+        );
         let p = CgroupsPath::parse(&cfg(Some(":porta:y"), true, false)).unwrap();
-        assert_eq!(p.systemd_unit().unwrap().1, Path::new("/system.slice/porta-y.scope"));
+        assert_eq!(
+            p.systemd_unit().unwrap().1,
+            Path::new("/system.slice/porta-y.scope")
+        );
         let p = CgroupsPath::parse(&cfg(Some("-.slice::z.slice"), true, false)).unwrap();
         assert_eq!(p.systemd_unit().unwrap().1, Path::new("/z.slice"));
 
-        for bad in ["/abs/path", "a.slice:b", "a:b:c", "a.slice:b:", "a.slice:b/c:d"] {
+        for bad in [
+            "/abs/path",
+            "a.slice:b",
+            "a:b:c",
+            "a.slice:b:",
+            "a.slice:b/c:d",
+        ] {
             assert!(
                 CgroupsPath::parse(&cfg(Some(bad), true, false)).is_err(),
                 "{bad} should be refused"

@@ -76,8 +76,21 @@ pub struct CgroupSetup {
 /// cgroup v1 controller names (anything else in a v1 mount's options is an option, except
 /// `name=...`).
 const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
-    "perf_event", "hugetlb", "pids", "rdma", "misc", "debug",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+    "debug",
 ];
 
 /// Finds the host's cgroup hierarchies from /proc/self/mountinfo and /proc/self/cgroup.
@@ -168,7 +181,11 @@ impl CgroupSetup {
             (false, Some(_)) => CgroupMode::Unified,
             (false, None) => return Err(Error::NoCgroups),
         };
-        let mut hierarchies = if mode == CgroupMode::Unified { Vec::new() } else { v1 };
+        let mut hierarchies = if mode == CgroupMode::Unified {
+            Vec::new()
+        } else {
+            v1
+        };
         hierarchies.extend(unified);
         Ok(CgroupSetup { mode, hierarchies })
     }
@@ -238,7 +255,9 @@ fn unescape(s: &str) -> String {
         if b[i] == b'\\' && i + 4 <= b.len() {
             let oct = &b[i + 1..i + 4];
             if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = oct.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                let v = oct
+                    .iter()
+                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
                 if let Ok(v) = u8::try_from(v) {
                     out.push(v);
                     i += 4;
@@ -280,8 +299,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.mode, CgroupMode::Hybrid);
-        let names: Vec<String> = s.hierarchies.iter().map(|h| h.controllers.join(",")).collect();
-        assert_eq!(names, ["cpu", "cpuacct", "memory", "name=systemd", "hugetlb"]);
+        let names: Vec<String> = s
+            .hierarchies
+            .iter()
+            .map(|h| h.controllers.join(","))
+            .collect();
+        assert_eq!(
+            names,
+            ["cpu", "cpuacct", "memory", "name=systemd", "hugetlb"]
+        );
         assert_eq!(
             s.hierarchy_for("cpuacct").unwrap().mount_point,
             Path::new("/sys/fs/cgroup/cpuacct")
@@ -332,7 +358,10 @@ mod tests {
             h.dir_of(Path::new("/docker/abc/ctr")),
             Path::new("/sys/fs/cgroup/memory/ctr")
         );
-        assert_eq!(h.dir_of(Path::new("/other")), Path::new("/sys/fs/cgroup/memory/other"));
+        assert_eq!(
+            h.dir_of(Path::new("/other")),
+            Path::new("/sys/fs/cgroup/memory/other")
+        );
     }
 
     #[test]

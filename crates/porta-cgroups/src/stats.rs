@@ -150,28 +150,60 @@ pub struct BlkioEntry {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Blkio {
     /// Bytes transferred.
-    #[serde(default, rename = "ioServiceBytesRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ioServiceBytesRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub io_service_bytes_recursive: Vec<BlkioEntry>,
     /// Operations.
-    #[serde(default, rename = "ioServicedRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ioServicedRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub io_serviced_recursive: Vec<BlkioEntry>,
     /// Queued requests (v1 CFQ).
-    #[serde(default, rename = "ioQueueRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ioQueueRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub io_queued_recursive: Vec<BlkioEntry>,
     /// Service time (v1 CFQ).
-    #[serde(default, rename = "ioServiceTimeRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ioServiceTimeRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub io_service_time_recursive: Vec<BlkioEntry>,
     /// Wait time (v1 CFQ).
-    #[serde(default, rename = "ioWaitTimeRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ioWaitTimeRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub io_wait_time_recursive: Vec<BlkioEntry>,
     /// Merged requests (v1 CFQ).
-    #[serde(default, rename = "ioMergedRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ioMergedRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub io_merged_recursive: Vec<BlkioEntry>,
     /// Device time (v1 CFQ).
-    #[serde(default, rename = "ioTimeRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ioTimeRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub io_time_recursive: Vec<BlkioEntry>,
     /// Sectors (v1 CFQ).
-    #[serde(default, rename = "sectorsRecursive", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "sectorsRecursive",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub sectors_recursive: Vec<BlkioEntry>,
 }
 
@@ -200,8 +232,14 @@ pub(crate) fn v1_cpuacct(dir: &Path, out: &mut Cpu) -> Result<()> {
     // cpuacct.stat is in USER_HZ ticks.
     let stat = fsutil::read_flat_keyed(&dir.join("cpuacct.stat"))?;
     let hz = clock_ticks();
-    out.usage.user = keyed(&stat, "user").unwrap_or(0).saturating_mul(1_000_000_000) / hz;
-    out.usage.kernel = keyed(&stat, "system").unwrap_or(0).saturating_mul(1_000_000_000) / hz;
+    out.usage.user = keyed(&stat, "user")
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        / hz;
+    out.usage.kernel = keyed(&stat, "system")
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        / hz;
     Ok(())
 }
 
@@ -434,7 +472,9 @@ pub(crate) fn parse_io_stat(text: &str) -> Blkio {
             let Some((k, v)) = kv.split_once('=') else {
                 continue;
             };
-            let Ok(value) = v.parse::<u64>() else { continue };
+            let Ok(value) = v.parse::<u64>() else {
+                continue;
+            };
             let (list, op) = match k {
                 "rbytes" => (&mut b.io_service_bytes_recursive, "Read"),
                 "wbytes" => (&mut b.io_service_bytes_recursive, "Write"),
@@ -538,7 +578,10 @@ mod tests {
         assert_eq!(j["cpu"]["throttling"]["throttledPeriods"], 2);
         assert_eq!(j["memory"]["usage"]["failcnt"], 3);
         assert_eq!(j["pids"]["current"], 3);
-        assert!(j["pids"].get("limit").is_none(), "zero limit is omitted as in runc");
+        assert!(
+            j["pids"].get("limit").is_none(),
+            "zero limit is omitted as in runc"
+        );
         assert_eq!(j["blkio"]["ioServiceBytesRecursive"][0]["op"], "Read");
         assert_eq!(j["hugetlb"]["2MB"]["failcnt"], 4);
         assert_eq!(j["memory"]["kernelTCP"]["failcnt"], 0);
@@ -552,13 +595,19 @@ mod tests {
             ("cpuacct.usage", "123456\n"),
             ("cpuacct.usage_percpu", "100000 23456 \n"),
             ("cpuacct.stat", "user 2\nsystem 1\n"),
-            ("cpu.stat", "nr_periods 5\nnr_throttled 1\nthrottled_time 999\n"),
+            (
+                "cpu.stat",
+                "nr_periods 5\nnr_throttled 1\nthrottled_time 999\n",
+            ),
             ("memory.usage_in_bytes", "4096\n"),
             ("memory.max_usage_in_bytes", "8192\n"),
             ("memory.limit_in_bytes", "9223372036854771712\n"),
             ("memory.failcnt", "0\n"),
             ("memory.stat", "cache 10\nrss 20\ntotal_cache 30\n"),
-            ("blkio.throttle.io_service_bytes_recursive", "8:0 Read 4096\n8:0 Write 0\n8:0 Total 4096\nTotal 4096\n"),
+            (
+                "blkio.throttle.io_service_bytes_recursive",
+                "8:0 Read 4096\n8:0 Write 0\n8:0 Total 4096\nTotal 4096\n",
+            ),
             ("hugetlb.2MB.limit_in_bytes", "9223372036854771712\n"),
             ("hugetlb.2MB.usage_in_bytes", "0\n"),
             ("hugetlb.2MB.failcnt", "2\n"),

@@ -46,7 +46,11 @@ pub(crate) fn memory(find: Finder, m: &LinuxMemory) -> Result<()> {
         return Ok(());
     }
     let dir = need(find, "memory", "linux.resources.memory")?;
-    for (field, v) in [("limit", m.limit()), ("swap", m.swap()), ("reservation", m.reservation())] {
+    for (field, v) in [
+        ("limit", m.limit()),
+        ("swap", m.swap()),
+        ("reservation", m.reservation()),
+    ] {
         if let Some(v) = v {
             if v < -1 {
                 return Err(Error::InvalidValue {
@@ -242,10 +246,18 @@ pub(crate) fn blkio(find: Finder, b: &LinuxBlockIo) -> Result<()> {
     let wants = b.weight().is_some()
         || b.leaf_weight().is_some()
         || b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
-        || b.throttle_read_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-        || b.throttle_write_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-        || b.throttle_read_iops_device().as_ref().is_some_and(|v| !v.is_empty())
-        || b.throttle_write_iops_device().as_ref().is_some_and(|v| !v.is_empty());
+        || b.throttle_read_bps_device()
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+        || b.throttle_write_bps_device()
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+        || b.throttle_read_iops_device()
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+        || b.throttle_write_iops_device()
+            .as_ref()
+            .is_some_and(|v| !v.is_empty());
     if !wants {
         return Ok(());
     }
@@ -286,10 +298,22 @@ pub(crate) fn blkio(find: Finder, b: &LinuxBlockIo) -> Result<()> {
         }
     }
     for (list, file) in [
-        (b.throttle_read_bps_device(), "blkio.throttle.read_bps_device"),
-        (b.throttle_write_bps_device(), "blkio.throttle.write_bps_device"),
-        (b.throttle_read_iops_device(), "blkio.throttle.read_iops_device"),
-        (b.throttle_write_iops_device(), "blkio.throttle.write_iops_device"),
+        (
+            b.throttle_read_bps_device(),
+            "blkio.throttle.read_bps_device",
+        ),
+        (
+            b.throttle_write_bps_device(),
+            "blkio.throttle.write_bps_device",
+        ),
+        (
+            b.throttle_read_iops_device(),
+            "blkio.throttle.read_iops_device",
+        ),
+        (
+            b.throttle_write_iops_device(),
+            "blkio.throttle.write_iops_device",
+        ),
     ] {
         for t in list.iter().flatten() {
             fsutil::write(
@@ -366,7 +390,10 @@ pub(crate) fn device_rule(r: &LinuxDeviceCgroup) -> String {
         LinuxDeviceType::C | LinuxDeviceType::U => "c",
         LinuxDeviceType::A | LinuxDeviceType::P => "a",
     };
-    let num = |n: Option<i64>| n.filter(|n| *n >= 0).map_or("*".to_string(), |n| n.to_string());
+    let num = |n: Option<i64>| {
+        n.filter(|n| *n >= 0)
+            .map_or("*".to_string(), |n| n.to_string())
+    };
     let access = r
         .access()
         .as_deref()
@@ -390,7 +417,11 @@ mod tests {
 
     #[test]
     fn writes_memory_and_swap() {
-        let t = fake(&["memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.swappiness"]);
+        let t = fake(&[
+            "memory.limit_in_bytes",
+            "memory.memsw.limit_in_bytes",
+            "memory.swappiness",
+        ]);
         let p = t.path().to_path_buf();
         let find = move |c: &str| (c == "memory").then(|| p.clone());
         let m = LinuxMemoryBuilder::default()
@@ -405,8 +436,15 @@ mod tests {
         assert_eq!(r("memory.memsw.limit_in_bytes"), "2097152");
         assert_eq!(r("memory.swappiness"), "10");
 
-        let bad = LinuxMemoryBuilder::default().limit(4096).swap(10).build().unwrap();
-        assert!(matches!(memory(&find, &bad), Err(Error::InvalidValue { .. })));
+        let bad = LinuxMemoryBuilder::default()
+            .limit(4096)
+            .swap(10)
+            .build()
+            .unwrap();
+        assert!(matches!(
+            memory(&find, &bad),
+            Err(Error::InvalidValue { .. })
+        ));
     }
 
     #[test]

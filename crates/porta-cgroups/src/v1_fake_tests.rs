@@ -15,10 +15,20 @@ use oci_spec::runtime::{
 use crate::*;
 
 const FILES: &[(&str, &[&str])] = &[
-    ("cpu", &["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"]),
+    (
+        "cpu",
+        &["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"],
+    ),
     ("cpuacct", &["cpuacct.usage"]),
     ("cpuset", &["cpuset.cpus", "cpuset.mems"]),
-    ("memory", &["memory.limit_in_bytes", "memory.soft_limit_in_bytes", "memory.oom_control"]),
+    (
+        "memory",
+        &[
+            "memory.limit_in_bytes",
+            "memory.soft_limit_in_bytes",
+            "memory.oom_control",
+        ],
+    ),
     ("pids", &["pids.max"]),
     ("devices", &["devices.allow", "devices.deny"]),
     ("freezer", &["freezer.state"]),
@@ -38,7 +48,11 @@ fn fake(with_unified_hugetlb: bool) -> Fake {
     let mut hierarchies = Vec::new();
     for (ctrl, files) in FILES {
         let mount = base.join(ctrl);
-        let own = if *ctrl == "memory" { "/process_api/abc" } else { "/" };
+        let own = if *ctrl == "memory" {
+            "/process_api/abc"
+        } else {
+            "/"
+        };
         for g in ["", "ctr", "ctr/payload", "ctr/porta"] {
             let dir = mount.join(own.trim_start_matches('/')).join(g);
             fs::create_dir_all(&dir).unwrap();
@@ -148,24 +162,43 @@ fn each_controller_is_written_in_its_own_hierarchy() {
         fs::write(dir("cpuset").join(sub).join("cpuset.cpus"), "").unwrap();
     }
     cg.apply(&r).unwrap();
-    assert_eq!(read(&dir("memory").join("memory.limit_in_bytes")), "1073741824");
-    assert_eq!(read(&dir("memory").join("memory.soft_limit_in_bytes")), "536870912");
+    assert_eq!(
+        read(&dir("memory").join("memory.limit_in_bytes")),
+        "1073741824"
+    );
+    assert_eq!(
+        read(&dir("memory").join("memory.soft_limit_in_bytes")),
+        "536870912"
+    );
     assert_eq!(read(&dir("memory").join("memory.oom_control")), "1");
     assert_eq!(read(&dir("cpu").join("cpu.shares")), "512");
     assert_eq!(read(&dir("cpu").join("cpu.cfs_quota_us")), "20000");
     assert_eq!(read(&dir("cpu").join("cpu.cfs_period_us")), "100000");
     assert_eq!(read(&dir("pids").join("payload/pids.max")), "100");
-    assert_eq!(read(&dir("pids").join("pids.max")), (100 + SERVER_PIDS_RESERVE).to_string());
+    assert_eq!(
+        read(&dir("pids").join("pids.max")),
+        (100 + SERVER_PIDS_RESERVE).to_string()
+    );
     // cpuset on the group and both leaves.
     for sub in ["", "payload", "porta"] {
-        assert_eq!(read(&dir("cpuset").join(sub).join("cpuset.cpus")), "1", "{sub}");
+        assert_eq!(
+            read(&dir("cpuset").join(sub).join("cpuset.cpus")),
+            "1",
+            "{sub}"
+        );
     }
     // Device rules: the deny-all was written (a plain file keeps only the last write of
     // each file, which is the last default allow rule).
     // They go to both leaves (the kernel refuses "a" rules on a group with children).
     for leaf in ["payload", "porta"] {
-        assert_eq!(read(&dir("devices").join(leaf).join("devices.deny")), "a *:* rwm");
-        assert_eq!(read(&dir("devices").join(leaf).join("devices.allow")), "c 10:200 rwm");
+        assert_eq!(
+            read(&dir("devices").join(leaf).join("devices.deny")),
+            "a *:* rwm"
+        );
+        assert_eq!(
+            read(&dir("devices").join(leaf).join("devices.allow")),
+            "c 10:200 rwm"
+        );
     }
     assert_eq!(read(&dir("devices").join("devices.deny")), "");
 
@@ -223,7 +256,10 @@ fn new_cpuset_groups_inherit_cpus_and_mems() {
 fn hybrid_puts_hugetlb_and_unified_entries_on_cgroup2() {
     let f = fake(true);
     let cg = ContainerCgroup::create_in(&f.setup, &cfg()).unwrap();
-    assert_eq!(read(&f.base.join("unified/cgroup.subtree_control")), "+hugetlb");
+    assert_eq!(
+        read(&f.base.join("unified/cgroup.subtree_control")),
+        "+hugetlb"
+    );
     let r = LinuxResourcesBuilder::default()
         .hugepage_limits(vec![LinuxHugepageLimitBuilder::default()
             .page_size("2MB")

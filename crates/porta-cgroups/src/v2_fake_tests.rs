@@ -53,7 +53,12 @@ fn fake() -> Fake {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cgroup");
     group(&root);
-    for d in ["porta", "porta/ctr1", "porta/ctr1/payload", "porta/ctr1/porta"] {
+    for d in [
+        "porta",
+        "porta/ctr1",
+        "porta/ctr1/payload",
+        "porta/ctr1/porta",
+    ] {
         group(&root.join(d));
     }
     Fake { _tmp: tmp, root }
@@ -82,7 +87,10 @@ fn create_enables_controllers_down_the_path() {
     assert_eq!(read(f.root.join("porta/cgroup.subtree_control")), all);
     assert_eq!(read(f.root.join("porta/ctr1/cgroup.subtree_control")), all);
     // Leaves: no subtree_control written (processes live there).
-    assert_eq!(read(f.root.join("porta/ctr1/payload/cgroup.subtree_control")), "");
+    assert_eq!(
+        read(f.root.join("porta/ctr1/payload/cgroup.subtree_control")),
+        ""
+    );
 
     let st = cg.state();
     assert_eq!(st.mode, CgroupMode::Unified);
@@ -110,11 +118,16 @@ fn new_groups_are_made_and_rolled_back() {
     let setup = CgroupSetup::unified_at(&f.root).unwrap();
     // A fresh path: directories are made (a real kernel would fill them with files).
     let cg = ContainerCgroup::create_in(&setup, &cfg("/new/a/b")).unwrap();
-    for d in ["new", "new/a", "new/a/b", "new/a/b/payload", "new/a/b/porta"] {
+    for d in [
+        "new",
+        "new/a",
+        "new/a/b",
+        "new/a/b/payload",
+        "new/a/b/porta",
+    ] {
         assert!(f.root.join(d).is_dir(), "{d} missing");
     }
     assert_eq!(cg.dirs()[0].cgroup_path, Path::new("/new/a/b"));
-
 }
 
 #[test]
@@ -141,7 +154,10 @@ fn a_failure_removes_what_was_made() {
     };
     let e = ContainerCgroup::create_in(&setup, &cfg("/x/y")).unwrap_err();
     assert!(e.to_string().contains("v2"), "{e}");
-    assert!(!v1.join("x").exists(), "groups of the first hierarchy were left behind");
+    assert!(
+        !v1.join("x").exists(),
+        "groups of the first hierarchy were left behind"
+    );
 }
 
 #[test]
@@ -276,7 +292,11 @@ fn pids_stats_and_oom_count() {
     assert_eq!(cg.payload_pids().unwrap(), [12, 13, 14]);
     assert_eq!(cg.oom_kill_count().unwrap(), 2);
 
-    fs::write(dir.join("cpu.stat"), "usage_usec 10\nuser_usec 6\nsystem_usec 4\n").unwrap();
+    fs::write(
+        dir.join("cpu.stat"),
+        "usage_usec 10\nuser_usec 6\nsystem_usec 4\n",
+    )
+    .unwrap();
     fs::write(dir.join("memory.current"), "1000\n").unwrap();
     fs::write(dir.join("memory.max"), "max\n").unwrap();
     fs::write(dir.join("pids.current"), "4\n").unwrap();

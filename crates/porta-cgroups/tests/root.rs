@@ -78,7 +78,10 @@ impl Drop for Guard {
         // The per-test parent group (see `unique`), made by `create`.
         for d in &self.state.dirs {
             if let Some(parent) = d.path.parent() {
-                if parent.file_name().is_some_and(|n| n.to_string_lossy().starts_with("porta-test-")) {
+                if parent
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("porta-test-"))
+                {
                     let _ = std::fs::remove_dir(parent);
                 }
             }
@@ -151,7 +154,11 @@ fn spawn_sleeper(procs: &[PathBuf]) -> Pid {
         ForkResult::Parent { child } => {
             drop(wr);
             let mut b = [0u8; 1];
-            assert_eq!(nix::unistd::read(rd.as_raw_fd(), &mut b).unwrap(), 1, "child did not join");
+            assert_eq!(
+                nix::unistd::read(rd.as_raw_fd(), &mut b).unwrap(),
+                1,
+                "child did not join"
+            );
             child
         }
     }
@@ -551,7 +558,11 @@ fn v2_device_filter_blocks_devices() {
     let _guard = DirGuard(dir.clone());
     use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
     let rules = vec![
-        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().unwrap(),
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .unwrap(),
         LinuxDeviceCgroupBuilder::default()
             .allow(true)
             .typ(LinuxDeviceType::C)
@@ -640,7 +651,10 @@ fn rootless_child() {
     let mut strict = cfg.clone();
     strict.rootless = false;
     let e = ContainerCgroup::create(&strict).unwrap_err().to_string();
-    assert!(e.contains("cannot create cgroup directory /sys/fs/cgroup/"), "{e}");
+    assert!(
+        e.contains("cannot create cgroup directory /sys/fs/cgroup/"),
+        "{e}"
+    );
     // Rootless: no writable hierarchy, so no group; no limit asked works, a limit fails
     // with the controller named.
     let cg = ContainerCgroup::create(&cfg).unwrap();
@@ -671,7 +685,8 @@ fn rootless_without_delegation_degrades_clearly() {
         .gid(65534)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
     for h in porta_cgroups::detect().unwrap().hierarchies {
         assert!(

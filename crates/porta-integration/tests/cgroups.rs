@@ -187,7 +187,11 @@ fn cgroups_path_absolute_nested() {
     if porta_integration::is_porta() {
         // Porta puts the container's processes in the `payload/` leaf of the container's
         // group (shared/DESIGN.md section 3); the config's pids limit is on that leaf.
-        assert!(dir.ends_with(format!("{parent}/{id}/payload")), "{}", dir.display());
+        assert!(
+            dir.ends_with(format!("{parent}/{id}/payload")),
+            "{}",
+            dir.display()
+        );
     } else {
         assert!(dir.ends_with(format!("{parent}/{id}")), "{}", dir.display());
     }

@@ -38,7 +38,12 @@ fn nothing_left_behind() {
         leaks::state_entries("/run")
             .into_iter()
             .filter(|e| e.starts_with("/run/pit-long-root") && !leaks::state_entries(e).is_empty())
-            .map(|e| format!("state: {e} (long --root) holds {:?}", leaks::state_entries(&e))),
+            .map(|e| {
+                format!(
+                    "state: {e} (long --root) holds {:?}",
+                    leaks::state_entries(&e)
+                )
+            }),
     );
     let bundles = leaks::state_entries(BUNDLES);
     findings.extend(

@@ -34,7 +34,10 @@ pub fn parse_spec(data: &[u8], path: &Path) -> Result<Spec> {
         } else {
             format!("field {field}: {inner}")
         };
-        Error::Config { path: path.to_path_buf(), msg }
+        Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        }
     })?;
     Ok(spec)
 }
@@ -47,7 +50,10 @@ impl Bundle {
             msg: format!("bundle directory: {e}"),
         })?;
         let path = dir.join("config.json");
-        let data = std::fs::read(&path).map_err(|e| Error::Config { path: path.clone(), msg: e.to_string() })?;
+        let data = std::fs::read(&path).map_err(|e| Error::Config {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
         let spec = parse_spec(&data, &path)?;
         let rootfs = validate(&spec, &dir)?;
         Ok(Bundle { dir, spec, rootfs })
@@ -58,51 +64,101 @@ impl Bundle {
 pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     let version = spec.version();
     if !version.starts_with("1.") {
-        return Err(Error::field("ociVersion", format!("{version:?} is not a 1.x version of the runtime spec")));
+        return Err(Error::field(
+            "ociVersion",
+            format!("{version:?} is not a 1.x version of the runtime spec"),
+        ));
     }
-    let root = spec.root().as_ref().ok_or_else(|| Error::field("root", "missing"))?;
-    let rootfs = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| Error::field("root", "missing"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
     let meta = std::fs::metadata(&rootfs)
         .map_err(|e| Error::field("root.path", format!("{}: {e}", rootfs.display())))?;
     if !meta.is_dir() {
-        return Err(Error::field("root.path", format!("{} is not a directory", rootfs.display())));
+        return Err(Error::field(
+            "root.path",
+            format!("{} is not a directory", rootfs.display()),
+        ));
     }
     // Mounts need the real path (a symlinked root would be replaced, not mounted on).
-    let rootfs = std::fs::canonicalize(&rootfs).map_err(|e| Error::field("root.path", format!("{}: {e}", rootfs.display())))?;
-    let process = spec.process().as_ref().ok_or_else(|| Error::field("process", "missing"))?;
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .map_err(|e| Error::field("root.path", format!("{}: {e}", rootfs.display())))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::field("process", "missing"))?;
     validate_process(process)?;
-    let linux = spec.linux().as_ref().ok_or_else(|| Error::field("linux", "missing"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::field("linux", "missing"))?;
     let mut seen = Vec::new();
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
         if seen.contains(&ns.typ()) {
-            return Err(Error::field(format!("linux.namespaces[{i}]"), format!("{:?} namespace given twice", ns.typ())));
+            return Err(Error::field(
+                format!("linux.namespaces[{i}]"),
+                format!("{:?} namespace given twice", ns.typ()),
+            ));
         }
         seen.push(ns.typ());
         if let Some(p) = ns.path() {
             if !p.is_absolute() {
-                return Err(Error::field(format!("linux.namespaces[{i}].path"), format!("{} is not absolute", p.display())));
+                return Err(Error::field(
+                    format!("linux.namespaces[{i}].path"),
+                    format!("{} is not absolute", p.display()),
+                ));
             }
         }
     }
     let has = |t: LinuxNamespaceType| linux.namespaces().iter().flatten().any(|n| n.typ() == t);
-    let new_user = linux.namespaces().iter().flatten().any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    let new_user = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
     if new_user && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
-        return Err(Error::field("linux.uidMappings", "a new user namespace needs uid mappings"));
+        return Err(Error::field(
+            "linux.uidMappings",
+            "a new user namespace needs uid mappings",
+        ));
     }
     if new_user && linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
-        return Err(Error::field("linux.gidMappings", "a new user namespace needs gid mappings"));
+        return Err(Error::field(
+            "linux.gidMappings",
+            "a new user namespace needs gid mappings",
+        ));
     }
-    if !has(LinuxNamespaceType::User) && (linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())) {
-        return Err(Error::field("linux.uidMappings", "mappings given without a user namespace"));
+    if !has(LinuxNamespaceType::User)
+        && (linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()))
+    {
+        return Err(Error::field(
+            "linux.uidMappings",
+            "mappings given without a user namespace",
+        ));
     }
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
-        return Err(Error::field("hostname", "setting the hostname needs a new uts namespace"));
+        return Err(Error::field(
+            "hostname",
+            "setting the hostname needs a new uts namespace",
+        ));
     }
     if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
-        return Err(Error::field("domainname", "setting the domain name needs a new uts namespace"));
+        return Err(Error::field(
+            "domainname",
+            "setting the domain name needs a new uts namespace",
+        ));
     }
     if !has(LinuxNamespaceType::Mount) {
-        return Err(Error::field("linux.namespaces", "Porta needs a mount namespace"));
+        return Err(Error::field(
+            "linux.namespaces",
+            "Porta needs a mount namespace",
+        ));
     }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         if !m.destination().is_absolute() {
@@ -113,18 +169,45 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         }
     }
     if let Some(prop) = linux.rootfs_propagation() {
-        if !matches!(prop.as_str(), "" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable") {
-            return Err(Error::field("linux.rootfsPropagation", format!("unknown propagation {prop:?}")));
+        if !matches!(
+            prop.as_str(),
+            "" | "private"
+                | "rprivate"
+                | "slave"
+                | "rslave"
+                | "shared"
+                | "rshared"
+                | "unbindable"
+                | "runbindable"
+        ) {
+            return Err(Error::field(
+                "linux.rootfsPropagation",
+                format!("unknown propagation {prop:?}"),
+            ));
         }
     }
-    if let Some(fs) = spec.annotations().as_ref().and_then(|a| a.get(ANNOTATION_FS)) {
+    if let Some(fs) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_FS))
+    {
         if !matches!(fs.as_str(), "kernel" | "fuse" | "server" | "") {
-            return Err(Error::field(format!("annotations.{ANNOTATION_FS}"), format!("{fs:?}: expected \"kernel\" or \"server\"")));
+            return Err(Error::field(
+                format!("annotations.{ANNOTATION_FS}"),
+                format!("{fs:?}: expected \"kernel\" or \"server\""),
+            ));
         }
     }
-    if let Some(p) = spec.annotations().as_ref().and_then(|a| a.get(ANNOTATION_PASSTHROUGH)) {
+    if let Some(p) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_PASSTHROUGH))
+    {
         if !matches!(p.as_str(), "on" | "off") {
-            return Err(Error::field(format!("annotations.{ANNOTATION_PASSTHROUGH}"), format!("{p:?}: expected \"on\" or \"off\"")));
+            return Err(Error::field(
+                format!("annotations.{ANNOTATION_PASSTHROUGH}"),
+                format!("{p:?}: expected \"on\" or \"off\""),
+            ));
         }
     }
     Ok(rootfs)
@@ -134,14 +217,25 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
 pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<()> {
     match process.args() {
         Some(a) if !a.is_empty() && !a[0].is_empty() => {}
-        _ => return Err(Error::field("process.args", "missing or empty: nothing to run")),
+        _ => {
+            return Err(Error::field(
+                "process.args",
+                "missing or empty: nothing to run",
+            ))
+        }
     }
     if !process.cwd().is_absolute() {
-        return Err(Error::field("process.cwd", format!("{} is not absolute", process.cwd().display())));
+        return Err(Error::field(
+            "process.cwd",
+            format!("{} is not absolute", process.cwd().display()),
+        ));
     }
     for (i, e) in process.env().iter().flatten().enumerate() {
         if !e.contains('=') {
-            return Err(Error::field(format!("process.env[{i}]"), format!("{e:?} is not NAME=VALUE")));
+            return Err(Error::field(
+                format!("process.env[{i}]"),
+                format!("{e:?} is not NAME=VALUE"),
+            ));
         }
     }
     Ok(())
@@ -167,7 +261,10 @@ pub fn root_mode(spec: &Spec, server_available: bool) -> RootMode {
     if fs == Some("kernel") || !server_available {
         return RootMode::Kernel;
     }
-    let passthrough = ann.and_then(|a| a.get(ANNOTATION_PASSTHROUGH)).map(String::as_str) != Some("off");
+    let passthrough = ann
+        .and_then(|a| a.get(ANNOTATION_PASSTHROUGH))
+        .map(String::as_str)
+        != Some("off");
     RootMode::Served { passthrough }
 }
 
@@ -178,7 +275,9 @@ mod tests {
     #[test]
     fn malformed_json_names_the_field() {
         let bad = br#"{"ociVersion":"1.0.2","process":{"args":"sh","cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"}}"#;
-        let err = parse_spec(bad, Path::new("config.json")).unwrap_err().to_string();
+        let err = parse_spec(bad, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("process.args"), "{err}");
         let bad_ns = br#"{"ociVersion":"1.0.2","root":{"path":"r"},"linux":{"namespaces":[{"type":"bogus"}]}}"#;
         let err = parse_spec(bad_ns, Path::new("c")).unwrap_err().to_string();
@@ -198,31 +297,49 @@ mod tests {
             "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]}
         });
         let spec: Spec = serde_json::from_value(good.clone()).unwrap();
-        assert_eq!(validate(&spec, tmp.path()).unwrap(), std::fs::canonicalize(tmp.path().join("rootfs")).unwrap());
+        assert_eq!(
+            validate(&spec, tmp.path()).unwrap(),
+            std::fs::canonicalize(tmp.path().join("rootfs")).unwrap()
+        );
 
         let mut v = good.clone();
         v["process"]["args"] = serde_json::json!([]);
         let spec: Spec = serde_json::from_value(v).unwrap();
-        assert!(validate(&spec, tmp.path()).unwrap_err().to_string().contains("process.args"));
+        assert!(validate(&spec, tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("process.args"));
 
         let mut v = good.clone();
         v["root"]["path"] = serde_json::json!("nope");
         let spec: Spec = serde_json::from_value(v).unwrap();
-        assert!(validate(&spec, tmp.path()).unwrap_err().to_string().contains("root.path"));
+        assert!(validate(&spec, tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("root.path"));
 
         let mut v = good.clone();
         v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "user"}]);
         let spec: Spec = serde_json::from_value(v).unwrap();
-        assert!(validate(&spec, tmp.path()).unwrap_err().to_string().contains("uidMappings"));
+        assert!(validate(&spec, tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("uidMappings"));
 
         let mut v = good.clone();
         v["hostname"] = serde_json::json!("h");
         let spec: Spec = serde_json::from_value(v).unwrap();
-        assert!(validate(&spec, tmp.path()).unwrap_err().to_string().contains("hostname"));
+        assert!(validate(&spec, tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("hostname"));
 
         let mut v = good;
         v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "mount"}]);
         let spec: Spec = serde_json::from_value(v).unwrap();
-        assert!(validate(&spec, tmp.path()).unwrap_err().to_string().contains("twice"));
+        assert!(validate(&spec, tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 }

@@ -14,9 +14,13 @@ pub fn connect_unix(path: &Path) -> Result<UnixStream> {
         return UnixStream::connect(path).ctx(|| format!("connect to {}", path.display()));
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().ok_or_else(|| Error::Usage(format!("{} is not a socket path", path.display())))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{} is not a socket path", path.display())))?;
     let dfd = std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
-    let short = Path::new("/proc/self/fd").join(dfd.as_raw_fd().to_string()).join(name);
+    let short = Path::new("/proc/self/fd")
+        .join(dfd.as_raw_fd().to_string())
+        .join(name);
     UnixStream::connect(&short).ctx(|| format!("connect to {}", path.display()))
 }
 
@@ -27,8 +31,19 @@ pub fn send_master(socket: &Path, master: BorrowedFd<'_>) -> Result<()> {
     let iov = [std::io::IoSlice::new(name)];
     let fds = [master.as_raw_fd()];
     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-    nix::sys::socket::sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
-        .ctx(|| format!("send the pty master to the console socket {}", socket.display()))?;
+    nix::sys::socket::sendmsg::<()>(
+        s.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .ctx(|| {
+        format!(
+            "send the pty master to the console socket {}",
+            socket.display()
+        )
+    })?;
     Ok(())
 }
 

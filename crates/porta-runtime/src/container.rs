@@ -74,7 +74,11 @@ impl Drop for Rollback {
 /// Waits until the process behind `pidfd` exits (timeout in ms, -1 = forever). True if it did.
 pub fn wait_pidfd(pidfd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> bool {
     let mut fds = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];
-    let t = if timeout_ms < 0 { nix::poll::PollTimeout::NONE } else { nix::poll::PollTimeout::try_from(timeout_ms).unwrap_or(nix::poll::PollTimeout::MAX) };
+    let t = if timeout_ms < 0 {
+        nix::poll::PollTimeout::NONE
+    } else {
+        nix::poll::PollTimeout::try_from(timeout_ms).unwrap_or(nix::poll::PollTimeout::MAX)
+    };
     loop {
         match nix::poll::poll(&mut fds, t) {
             Ok(n) => return n > 0,
@@ -86,7 +90,11 @@ pub fn wait_pidfd(pidfd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> bool {
 
 fn owner() -> String {
     let uid = nix::unistd::geteuid();
-    nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 fn now_rfc3339() -> String {
@@ -106,9 +114,15 @@ pub fn oci_state_json(st: &ContainerState, status: Status) -> serde_json::Value 
 }
 
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
-    let linux = spec.linux().as_ref().ok_or_else(|| Error::field("linux", "missing"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::field("linux", "missing"))?;
     let fmt = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        m.iter().flatten().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect::<String>()
+        m.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
     };
     std::fs::write(format!("/proc/{pid}/uid_map"), fmt(linux.uid_mappings()))
         .map_err(|e| Error::field("linux.uidMappings", format!("write uid_map: {e}")))?;
@@ -117,7 +131,12 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-fn send_seccomp_fd(listener: &Path, metadata: Option<&str>, fd: &OwnedFd, st: &serde_json::Value) -> Result<()> {
+fn send_seccomp_fd(
+    listener: &Path,
+    metadata: Option<&str>,
+    fd: &OwnedFd,
+    st: &serde_json::Value,
+) -> Result<()> {
     let s = console::connect_unix(listener)?;
     let msg = serde_json::json!({
         "ociVersion": "1.0.2",
@@ -129,23 +148,42 @@ fn send_seccomp_fd(listener: &Path, metadata: Option<&str>, fd: &OwnedFd, st: &s
     let data = serde_json::to_vec(&msg).unwrap_or_default();
     let iov = [std::io::IoSlice::new(&data)];
     let fds = [fd.as_raw_fd()];
-    nix::sys::socket::sendmsg::<()>(s.as_raw_fd(), &iov, &[nix::sys::socket::ControlMessage::ScmRights(&fds)], nix::sys::socket::MsgFlags::empty(), None)
-        .ctx(|| format!("send the seccomp fd to linux.seccomp.listenerPath {}", listener.display()))?;
+    nix::sys::socket::sendmsg::<()>(
+        s.as_raw_fd(),
+        &iov,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .ctx(|| {
+        format!(
+            "send the seccomp fd to linux.seccomp.listenerPath {}",
+            listener.display()
+        )
+    })?;
     Ok(())
 }
 
 /// Passes a pty master received from a container process on to the console socket.
 fn forward_console(fds: Vec<OwnedFd>, socket: Option<&Path>) -> Result<()> {
-    let master = fds.into_iter().next().ok_or_else(|| Error::Init("console message without a pty".into()))?;
+    let master = fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Init("console message without a pty".into()))?;
     let sock = socket.ok_or_else(|| Error::Usage("--console-socket is required".into()))?;
     console::send_master(sock, master.as_fd())
 }
 
 /// Passes a seccomp notification fd on to `linux.seccomp.listenerPath`.
 fn forward_seccomp(fds: Vec<OwnedFd>, spec: &Spec, state: &serde_json::Value) -> Result<()> {
-    let fd = fds.into_iter().next().ok_or_else(|| Error::Init("seccomp message without an fd".into()))?;
+    let fd = fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Init("seccomp message without an fd".into()))?;
     let sc = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    let path = sc.and_then(|s| s.listener_path().clone()).ok_or_else(|| Error::field("linux.seccomp.listenerPath", "missing"))?;
+    let path = sc
+        .and_then(|s| s.listener_path().clone())
+        .ok_or_else(|| Error::field("linux.seccomp.listenerPath", "missing"))?;
     let meta = sc.and_then(|s| s.listener_metadata().clone());
     send_seccomp_fd(&path, meta.as_deref(), &fd, state)
 }
@@ -155,19 +193,40 @@ fn forward_seccomp(fds: Vec<OwnedFd>, spec: &Spec, state: &serde_json::Value) ->
 pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> {
     let bundle = Bundle::load(&opts.bundle)?;
     let spec = &bundle.spec;
-    let process = spec.process().as_ref().ok_or_else(|| Error::field("process", "missing"))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::field("process", "missing"))?;
     if process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
-        return Err(Error::Usage("process.terminal is true: --console-socket is required".into()));
+        return Err(Error::Usage(
+            "process.terminal is true: --console-socket is required".into(),
+        ));
     }
     if !process.terminal().unwrap_or(false) && opts.console_socket.is_some() {
-        return Err(Error::Usage("--console-socket given but process.terminal is false".into()));
+        return Err(Error::Usage(
+            "--console-socket given but process.terminal is false".into(),
+        ));
     }
-    let linux = spec.linux().as_ref().ok_or_else(|| Error::field("linux", "missing"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::field("linux", "missing"))?;
     let ns = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]));
-    let mut rb = Rollback { supervisor: None, dir: None, cgroup: None, init: None };
+    let mut rb = Rollback {
+        supervisor: None,
+        dir: None,
+        cgroup: None,
+        init: None,
+    };
     rb.dir = Some(StateDir::create(root, &opts.id)?);
-    let dir = rb.dir.as_ref().ok_or_else(|| Error::Init("state directory vanished".into()))?;
-    let data = serde_json::to_vec(spec).map_err(|e| Error::State { path: dir.config_file(), msg: e.to_string() })?;
+    let dir = rb
+        .dir
+        .as_ref()
+        .ok_or_else(|| Error::Init("state directory vanished".into()))?;
+    let data = serde_json::to_vec(spec).map_err(|e| Error::State {
+        path: dir.config_file(),
+        msg: e.to_string(),
+    })?;
     state::write_atomic(&dir.config_file(), &data, 0o600)?;
 
     let mut st = ContainerState {
@@ -196,7 +255,10 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     st.cgroup = Some(cg.state());
     rb.cgroup = Some(cg);
     dir.save(&st)?;
-    let cg = rb.cgroup.as_ref().ok_or_else(|| Error::Init("cgroup vanished".into()))?;
+    let cg = rb
+        .cgroup
+        .as_ref()
+        .ok_or_else(|| Error::Init("cgroup vanished".into()))?;
     if let Some(r) = linux.resources() {
         cg.apply(r)?;
     }
@@ -225,14 +287,23 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     };
 
     let fifo_path = dir.fifo();
-    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).ctx(|| format!("mkfifo {}", fifo_path.display()))?;
-    std::fs::set_permissions(&fifo_path, std::os::unix::fs::PermissionsExt::from_mode(0o622)).ctx(|| "chmod start fifo".into())?;
-    let fifo: OwnedFd = nix::fcntl::open(&fifo_path, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map(|fd| {
-            // SAFETY: open returned a fresh fd we now own.
-            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-        })
-        .ctx(|| "open start fifo".into())?;
+    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
+        .ctx(|| format!("mkfifo {}", fifo_path.display()))?;
+    std::fs::set_permissions(
+        &fifo_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o622),
+    )
+    .ctx(|| "chmod start fifo".into())?;
+    let fifo: OwnedFd = nix::fcntl::open(
+        &fifo_path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(|fd| {
+        // SAFETY: open returned a fresh fd we now own.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    })
+    .ctx(|| "open start fifo".into())?;
 
     // Relative bind sources are relative to the bundle, as with runc.
     std::env::set_current_dir(&bundle.dir).ctx(|| format!("chdir {}", bundle.dir.display()))?;
@@ -271,19 +342,27 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
                 }
             };
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
-            rb.init = Some(sys::pidfd_open(pid).ctx(|| format!("pidfd of the container's process {pid}"))?);
+            rb.init = Some(
+                sys::pidfd_open(pid).ctx(|| format!("pidfd of the container's process {pid}"))?,
+            );
             st.pid = pid;
             st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
             drive_init(&parent_chan, early, &mut st, spec, opts)?;
         }
     }
     if st.file_server {
-        porta_supervisor::watch_container(&rb.dir.as_ref().map(|d| d.path.clone()).unwrap_or_default(), st.pid)
-            .map_err(|e| Error::FileServer(e.to_string()))?;
+        porta_supervisor::watch_container(
+            &rb.dir.as_ref().map(|d| d.path.clone()).unwrap_or_default(),
+            st.pid,
+        )
+        .map_err(|e| Error::FileServer(e.to_string()))?;
     }
     drop(fifo);
     st.status = Status::Created;
-    let dir = rb.dir.as_ref().ok_or_else(|| Error::Init("state directory vanished".into()))?;
+    let dir = rb
+        .dir
+        .as_ref()
+        .ok_or_else(|| Error::Init("state directory vanished".into()))?;
     dir.save(&st)?;
     if let Some(p) = &opts.pid_file {
         state::write_atomic(p, st.pid.to_string().as_bytes(), 0o644)?;
@@ -297,7 +376,13 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
 }
 
 /// Answers the container's process until it reports ready.
-fn drive_init(chan: &Channel, early: Vec<(Msg, Vec<OwnedFd>)>, st: &mut ContainerState, spec: &Spec, opts: &CreateOptions) -> Result<()> {
+fn drive_init(
+    chan: &Channel,
+    early: Vec<(Msg, Vec<OwnedFd>)>,
+    st: &mut ContainerState,
+    spec: &Spec,
+    opts: &CreateOptions,
+) -> Result<()> {
     let mut early = early.into_iter();
     loop {
         let (msg, fds) = match early.next() {
@@ -310,15 +395,25 @@ fn drive_init(chan: &Channel, early: Vec<(Msg, Vec<OwnedFd>)>, st: &mut Containe
                 chan.send(&Msg::MappingsDone, &[])?;
             }
             Msg::RunHooks => {
-                let json = serde_json::to_vec(&oci_state_json(st, Status::Creating)).unwrap_or_default();
+                let json =
+                    serde_json::to_vec(&oci_state_json(st, Status::Creating)).unwrap_or_default();
                 if let Some(h) = spec.hooks() {
                     hooks::run_all("prestart", h.prestart().as_deref().unwrap_or(&[]), &json)?;
-                    hooks::run_all("createRuntime", h.create_runtime().as_deref().unwrap_or(&[]), &json)?;
+                    hooks::run_all(
+                        "createRuntime",
+                        h.create_runtime().as_deref().unwrap_or(&[]),
+                        &json,
+                    )?;
                 }
-                chan.send(&Msg::HooksDone(String::from_utf8_lossy(&json).into_owned()), &[])?;
+                chan.send(
+                    &Msg::HooksDone(String::from_utf8_lossy(&json).into_owned()),
+                    &[],
+                )?;
             }
             Msg::Console => forward_console(fds, opts.console_socket.as_deref())?,
-            Msg::SeccompListener => forward_seccomp(fds, spec, &oci_state_json(st, Status::Creating))?,
+            Msg::SeccompListener => {
+                forward_seccomp(fds, spec, &oci_state_json(st, Status::Creating))?
+            }
             Msg::Ready => return Ok(()),
             m => return Err(Error::Init(format!("unexpected message {m:?}"))),
         }
@@ -344,7 +439,10 @@ impl Container {
     /// The saved config.
     pub fn spec(&self) -> Result<Spec> {
         let p = self.dir.config_file();
-        let data = std::fs::read(&p).map_err(|e| Error::State { path: p.clone(), msg: e.to_string() })?;
+        let data = std::fs::read(&p).map_err(|e| Error::State {
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
         config::parse_spec(&data, &p)
     }
 
@@ -389,14 +487,22 @@ impl Container {
     }
 
     fn bad_state(&self, status: Status, msg: &str) -> Error {
-        Error::BadState { id: self.state.id.clone(), status: status.to_string(), msg: msg.to_string() }
+        Error::BadState {
+            id: self.state.id.clone(),
+            status: status.to_string(),
+            msg: msg.to_string(),
+        }
     }
 
     /// The OCI state JSON, plus Porta's `servers` list.
     pub fn state_json(&self) -> serde_json::Value {
         let status = self.status();
         let mut v = oci_state_json(&self.state, status);
-        let pid = if status == Status::Stopped { 0 } else { self.state.pid };
+        let pid = if status == Status::Stopped {
+            0
+        } else {
+            self.state.pid
+        };
         v["pid"] = pid.into();
         v["rootfs"] = serde_json::json!(self.state.rootfs);
         v["created"] = serde_json::json!(self.state.created);
@@ -435,8 +541,14 @@ impl Container {
         }
         let pidfd = self.pidfd()?;
         let fifo = self.dir.fifo();
-        let f = nix::fcntl::open(&fifo, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .ctx(|| format!("open start fifo {}", fifo.display()))?;
+        let f = nix::fcntl::open(
+            &fifo,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ctx(|| format!("open start fifo {}", fifo.display()))?;
         // SAFETY: f is a fresh fd from open; we own it.
         let f = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(f) };
         // Wait for the byte, or for the process to die before writing it.
@@ -455,7 +567,10 @@ impl Container {
                 Ok(1) => break,
                 Ok(_) | Err(nix::errno::Errno::EAGAIN) => {
                     if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                        return Err(self.bad_state(Status::Stopped, "the container's process exited before start"));
+                        return Err(self.bad_state(
+                            Status::Stopped,
+                            "the container's process exited before start",
+                        ));
                     }
                 }
                 Err(e) => return Err(Error::nix("read start fifo", e)),
@@ -467,7 +582,8 @@ impl Container {
         self.dir.save(&self.state)?;
         let spec = self.spec()?;
         if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
-            let json = serde_json::to_vec(&oci_state_json(&self.state, Status::Running)).unwrap_or_default();
+            let json = serde_json::to_vec(&oci_state_json(&self.state, Status::Running))
+                .unwrap_or_default();
             if let Err(e) = hooks::run_all("poststart", &h, &json) {
                 // The spec: a failing poststart hook is a warning; the container runs on.
                 tracing::warn!("{e}");
@@ -497,7 +613,8 @@ impl Container {
             return Err(self.bad_state(status, "container not running"));
         }
         let fd = self.pidfd()?;
-        sys::pidfd_send_signal(fd.as_fd(), sig).ctx(|| format!("send signal {sig} to {}", self.state.pid))
+        sys::pidfd_send_signal(fd.as_fd(), sig)
+            .ctx(|| format!("send signal {sig} to {}", self.state.pid))
     }
 
     /// `delete`: removes a stopped (or created) container; with `force` also a running one.
@@ -505,7 +622,9 @@ impl Container {
         let status = self.status();
         match status {
             Status::Running | Status::Paused if !force => {
-                return Err(self.bad_state(status, "cannot delete a running container without --force"));
+                return Err(
+                    self.bad_state(status, "cannot delete a running container without --force")
+                );
             }
             _ => {}
         }
@@ -521,7 +640,8 @@ impl Container {
             let _ = cg.signal_payload(nix::sys::signal::Signal::SIGKILL);
             // ...then its servers, then the groups.
             if self.state.file_server {
-                porta_supervisor::stop(&self.dir.path).map_err(|e| Error::FileServer(e.to_string()))?;
+                porta_supervisor::stop(&self.dir.path)
+                    .map_err(|e| Error::FileServer(e.to_string()))?;
             }
             cg.destroy()?;
         } else if self.state.file_server {
@@ -530,7 +650,8 @@ impl Container {
         if self.state.status != Status::Creating {
             if let Ok(spec) = self.spec() {
                 if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
-                    let json = serde_json::to_vec(&oci_state_json(&self.state, Status::Stopped)).unwrap_or_default();
+                    let json = serde_json::to_vec(&oci_state_json(&self.state, Status::Stopped))
+                        .unwrap_or_default();
                     if let Err(e) = hooks::run_all("poststop", &h, &json) {
                         tracing::warn!("{e}");
                     }
@@ -546,7 +667,9 @@ impl Container {
         if status != Status::Running && status != Status::Created {
             return Err(self.bad_state(status, "only a running container can be paused"));
         }
-        let cg = self.cgroup()?.ok_or_else(|| self.bad_state(status, "no cgroup"))?;
+        let cg = self
+            .cgroup()?
+            .ok_or_else(|| self.bad_state(status, "no cgroup"))?;
         cg.freeze()?;
         self.state.status = Status::Paused;
         self.dir.save(&self.state)
@@ -558,9 +681,15 @@ impl Container {
         if status != Status::Paused {
             return Err(self.bad_state(status, "only a paused container can be resumed"));
         }
-        let cg = self.cgroup()?.ok_or_else(|| self.bad_state(status, "no cgroup"))?;
+        let cg = self
+            .cgroup()?
+            .ok_or_else(|| self.bad_state(status, "no cgroup"))?;
         cg.thaw()?;
-        self.state.status = if self.state.started { Status::Running } else { Status::Created };
+        self.state.status = if self.state.started {
+            Status::Running
+        } else {
+            Status::Created
+        };
         self.dir.save(&self.state)
     }
 
@@ -578,21 +707,29 @@ impl Container {
         if status == Status::Stopped {
             return Err(self.bad_state(status, "cannot update a stopped container"));
         }
-        let cg = self.cgroup()?.ok_or_else(|| self.bad_state(status, "no cgroup"))?;
+        let cg = self
+            .cgroup()?
+            .ok_or_else(|| self.bad_state(status, "no cgroup"))?;
         cg.update(r)?;
         Ok(())
     }
 
     /// Cgroup statistics in runc's `events --stats` shape.
     pub fn stats(&self) -> Result<serde_json::Value> {
-        let cg = self.cgroup()?.ok_or_else(|| self.bad_state(self.status(), "no cgroup"))?;
+        let cg = self
+            .cgroup()?
+            .ok_or_else(|| self.bad_state(self.status(), "no cgroup"))?;
         let s = cg.stats()?;
         Ok(serde_json::to_value(s).unwrap_or_default())
     }
 
     /// Count of OOM kills in the container so far.
     pub fn oom_kills(&self) -> u64 {
-        self.cgroup().ok().flatten().and_then(|c| c.oom_kill_count().ok()).unwrap_or(0)
+        self.cgroup()
+            .ok()
+            .flatten()
+            .and_then(|c| c.oom_kill_count().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -631,15 +768,25 @@ impl Container {
         match status {
             Status::Running | Status::Created => {}
             Status::Paused if opts.ignore_paused => {}
-            _ => return Err(self.bad_state(status, "cannot exec into a container that is not running")),
+            _ => {
+                return Err(
+                    self.bad_state(status, "cannot exec into a container that is not running")
+                )
+            }
         }
-        let p = opts.process.as_ref().ok_or_else(|| Error::Usage("no process to execute".into()))?;
+        let p = opts
+            .process
+            .as_ref()
+            .ok_or_else(|| Error::Usage("no process to execute".into()))?;
         config::validate_process(p)?;
         if p.terminal().unwrap_or(false) && opts.console_socket.is_none() {
             return Err(Error::Usage("--tty needs --console-socket".into()));
         }
         let pidfd = self.pidfd()?;
-        let linux = spec.linux().as_ref().ok_or_else(|| Error::field("linux", "missing"))?;
+        let linux = spec
+            .linux()
+            .as_ref()
+            .ok_or_else(|| Error::field("linux", "missing"))?;
         let plan = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]));
         let mut flags = 0;
         for t in [
@@ -658,7 +805,10 @@ impl Container {
             }
         }
         let _ = plan;
-        let procs = self.cgroup()?.map(|c| c.payload_procs_files()).unwrap_or_default();
+        let procs = self
+            .cgroup()?
+            .map(|c| c.payload_procs_files())
+            .unwrap_or_default();
         // The exec'd process may run for long (and `resume` must get through to a paused
         // container): release the container's lock before forking.
         let Container { dir, state: cstate } = self;
@@ -681,13 +831,18 @@ impl Container {
                     let (msg, fds) = match parent_chan.recv("the exec'd process") {
                         Ok(m) => m,
                         Err(e) => {
-                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
                             return Err(e);
                         }
                     };
                     match msg {
                         Msg::Console => forward_console(fds, opts.console_socket.as_deref())?,
-                        Msg::SeccompListener => forward_seccomp(fds, spec, &oci_state_json(&cstate, Status::Running))?,
+                        Msg::SeccompListener => {
+                            forward_seccomp(fds, spec, &oci_state_json(&cstate, Status::Running))?
+                        }
                         Msg::Ready => break,
                         m => return Err(Error::Init(format!("unexpected message {m:?}"))),
                     }
@@ -701,7 +856,15 @@ impl Container {
     }
 }
 
-fn exec_stage_one(chan: Channel, target: OwnedFd, flags: i32, procs: Vec<PathBuf>, spec: &Spec, p: &Process, preserve: u32) -> ! {
+fn exec_stage_one(
+    chan: Channel,
+    target: OwnedFd,
+    flags: i32,
+    procs: Vec<PathBuf>,
+    spec: &Spec,
+    p: &Process,
+    preserve: u32,
+) -> ! {
     let r = (|| -> Result<i32> {
         for f in &procs {
             std::fs::write(f, "0").ctx(|| format!("join cgroup {}", f.display()))?;
@@ -712,7 +875,10 @@ fn exec_stage_one(chan: Channel, target: OwnedFd, flags: i32, procs: Vec<PathBuf
             sys::Forked::Parent(pid) => Ok(pid),
             sys::Forked::Child => {
                 let r = exec_child(&chan, spec, p, preserve);
-                let _ = chan.send(&Msg::Failed(r.err().map(|e| e.to_string()).unwrap_or_default()), &[]);
+                let _ = chan.send(
+                    &Msg::Failed(r.err().map(|e| e.to_string()).unwrap_or_default()),
+                    &[],
+                );
                 sys::exit_now(1)
             }
         }
@@ -731,7 +897,10 @@ fn exec_stage_one(chan: Channel, target: OwnedFd, flags: i32, procs: Vec<PathBuf
 
 fn exec_child(chan: &Channel, spec: &Spec, p: &Process, preserve: u32) -> Result<()> {
     if p.terminal().unwrap_or(false) {
-        let size = p.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
+        let size = p
+            .console_size()
+            .as_ref()
+            .map(|b| (b.height() as u16, b.width() as u16));
         let (master, slave) = console::open_pty(Path::new("/dev/pts/ptmx"), size)?;
         chan.send(&Msg::Console, &[master.as_raw_fd()])?;
         drop(master);
@@ -747,7 +916,10 @@ pub fn parse_resources(data: &[u8], path: &Path) -> Result<LinuxResources> {
     let de = &mut serde_json::Deserializer::from_slice(data);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
-        Error::Config { path: path.to_path_buf(), msg: format!("field {field}: {}", e.into_inner()) }
+        Error::Config {
+            path: path.to_path_buf(),
+            msg: format!("field {field}: {}", e.into_inner()),
+        }
     })
 }
 
@@ -756,8 +928,12 @@ pub fn list(root: &StateRoot) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     for id in root.ids()? {
         let dir = root.dir(&id);
-        let Ok(data) = std::fs::read(dir.join("state.json")) else { continue };
-        let Ok(st) = serde_json::from_slice::<ContainerState>(&data) else { continue };
+        let Ok(data) = std::fs::read(dir.join("state.json")) else {
+            continue;
+        };
+        let Ok(st) = serde_json::from_slice::<ContainerState>(&data) else {
+            continue;
+        };
         // Read without the lock: state.json is replaced atomically.
         let c = ContainerView { state: st };
         out.push(c.json());
@@ -773,7 +949,10 @@ impl ContainerView {
     fn json(&self) -> serde_json::Value {
         let alive = self.state.pid > 0
             && state::process_start_time(self.state.pid) == Some(self.state.pid_start_time)
-            && !matches!(state::process_state(self.state.pid), Some('Z') | Some('X') | None);
+            && !matches!(
+                state::process_state(self.state.pid),
+                Some('Z') | Some('X') | None
+            );
         let status = if self.state.status == Status::Creating {
             Status::Creating
         } else if !alive {
@@ -786,7 +965,12 @@ impl ContainerView {
             Status::Created
         };
         let mut v = oci_state_json(&self.state, status);
-        v["pid"] = (if status == Status::Stopped { 0 } else { self.state.pid }).into();
+        v["pid"] = (if status == Status::Stopped {
+            0
+        } else {
+            self.state.pid
+        })
+        .into();
         v["rootfs"] = serde_json::json!(self.state.rootfs);
         v["created"] = serde_json::json!(self.state.created);
         v["owner"] = serde_json::json!(self.state.owner);

@@ -25,7 +25,11 @@ pub enum Error {
     InvalidId { id: String, why: String },
     /// The container is not in a state that allows the operation.
     #[error("container {id} is {status}: {msg}")]
-    BadState { id: String, status: String, msg: String },
+    BadState {
+        id: String,
+        status: String,
+        msg: String,
+    },
     /// A system call or file operation failed.
     #[error("{what}: {source}")]
     Sys {
@@ -38,7 +42,11 @@ pub enum Error {
     Init(String),
     /// A hook failed or timed out.
     #[error("{kind} hook {path}: {msg}")]
-    Hook { kind: String, path: PathBuf, msg: String },
+    Hook {
+        kind: String,
+        path: PathBuf,
+        msg: String,
+    },
     /// A cgroup operation failed.
     #[error(transparent)]
     Cgroup(#[from] porta_cgroups::Error),
@@ -59,17 +67,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps an I/O error with a description of what was being done.
     pub fn sys(what: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Sys { what: what.into(), source }
+        Error::Sys {
+            what: what.into(),
+            source,
+        }
     }
 
     /// Wraps an errno from nix with a description of what was being done.
     pub fn nix(what: impl Into<String>, errno: nix::errno::Errno) -> Self {
-        Error::Sys { what: what.into(), source: std::io::Error::from_raw_os_error(errno as i32) }
+        Error::Sys {
+            what: what.into(),
+            source: std::io::Error::from_raw_os_error(errno as i32),
+        }
     }
 
     /// An invalid config field.
     pub fn field(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::InvalidField { field: field.into(), msg: msg.into() }
+        Error::InvalidField {
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
 }
 

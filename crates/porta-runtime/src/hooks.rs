@@ -19,7 +19,11 @@ pub fn run_all(kind: &str, hooks: &[Hook], state: &[u8]) -> Result<()> {
 
 fn run(kind: &str, h: &Hook, state: &[u8]) -> Result<()> {
     let path = h.path().clone();
-    let err = |msg: String| Error::Hook { kind: kind.to_string(), path: path.clone(), msg };
+    let err = |msg: String| Error::Hook {
+        kind: kind.to_string(),
+        path: path.clone(),
+        msg,
+    };
     let args = h.args().clone().unwrap_or_default();
     let mut cmd = Command::new(&path);
     if let Some(a0) = args.first() {
@@ -35,11 +39,14 @@ fn run(kind: &str, h: &Hook, state: &[u8]) -> Result<()> {
     }
     // Output goes to an anonymous file, reported if the hook fails; it must not reach the
     // container's stdio, which `create` shares with its caller.
-    let out = sys::memfd_create("porta-hook-output", libc::MFD_CLOEXEC).map_err(|e| err(format!("memfd: {e}")))?;
+    let out = sys::memfd_create("porta-hook-output", libc::MFD_CLOEXEC)
+        .map_err(|e| err(format!("memfd: {e}")))?;
     let mut out_file = std::fs::File::from(out);
     let o2 = out_file.try_clone().map_err(|e| err(format!("dup: {e}")))?;
     let o3 = out_file.try_clone().map_err(|e| err(format!("dup: {e}")))?;
-    cmd.stdin(Stdio::piped()).stdout(Stdio::from(o2)).stderr(Stdio::from(o3));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::from(o2))
+        .stderr(Stdio::from(o3));
     let mut child = cmd.spawn().map_err(|e| err(format!("start: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is fine: ignore EPIPE.
@@ -52,8 +59,15 @@ fn run(kind: &str, h: &Hook, state: &[u8]) -> Result<()> {
         None => -1,
     };
     let pidfd = sys::pidfd_open(pid).map_err(|e| err(format!("pidfd: {e}")))?;
-    let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
-    let timeout = if timeout_ms < 0 { nix::poll::PollTimeout::NONE } else { nix::poll::PollTimeout::try_from(timeout_ms).unwrap_or(nix::poll::PollTimeout::MAX) };
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let timeout = if timeout_ms < 0 {
+        nix::poll::PollTimeout::NONE
+    } else {
+        nix::poll::PollTimeout::try_from(timeout_ms).unwrap_or(nix::poll::PollTimeout::MAX)
+    };
     let ready = loop {
         match nix::poll::poll(&mut fds, timeout) {
             Ok(n) => break n,
@@ -64,7 +78,10 @@ fn run(kind: &str, h: &Hook, state: &[u8]) -> Result<()> {
     if ready == 0 {
         let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         let _ = child.wait();
-        return Err(err(format!("timed out after {}s", h.timeout().unwrap_or(0))));
+        return Err(err(format!(
+            "timed out after {}s",
+            h.timeout().unwrap_or(0)
+        )));
     }
     let status = child.wait().map_err(|e| err(format!("wait: {e}")))?;
     if !status.success() {
@@ -89,17 +106,22 @@ mod tests {
     fn hook_gets_state_on_stdin() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let h = hook(serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", out.display())]}));
+        let h = hook(
+            serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", out.display())]}),
+        );
         run_all("prestart", &[h], b"{\"id\":\"x\"}").unwrap();
         assert_eq!(std::fs::read_to_string(out).unwrap(), "{\"id\":\"x\"}");
     }
 
     #[test]
     fn failing_and_slow_hooks_are_reported() {
-        let h = hook(serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo boom >&2; exit 3"]}));
+        let h = hook(
+            serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo boom >&2; exit 3"]}),
+        );
         let e = run_all("poststart", &[h], b"{}").unwrap_err().to_string();
         assert!(e.contains("boom") && e.contains("poststart"), "{e}");
-        let h = hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}));
+        let h =
+            hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}));
         let e = run_all("prestart", &[h], b"{}").unwrap_err().to_string();
         assert!(e.contains("timed out"), "{e}");
     }

@@ -86,15 +86,29 @@ pub fn stage_one(chan: Channel, args: InitArgs<'_>) -> ! {
 }
 
 fn write_time_offsets(spec: &Spec) -> Result<()> {
-    let offsets = spec.linux().as_ref().and_then(|l| l.time_offsets().clone()).unwrap_or_default();
+    let offsets = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().clone())
+        .unwrap_or_default();
     for (clock, off) in offsets {
         let name = match clock.as_str() {
             "monotonic" => "monotonic",
             "boottime" => "boottime",
-            other => return Err(Error::field(format!("linux.timeOffsets.{other}"), "only monotonic and boottime can be offset")),
+            other => {
+                return Err(Error::field(
+                    format!("linux.timeOffsets.{other}"),
+                    "only monotonic and boottime can be offset",
+                ))
+            }
         };
-        let line = format!("{name} {} {}\n", off.secs().unwrap_or(0), off.nanosecs().unwrap_or(0));
-        std::fs::write("/proc/self/timens_offsets", line).map_err(|e| Error::field(format!("linux.timeOffsets.{name}"), e.to_string()))?;
+        let line = format!(
+            "{name} {} {}\n",
+            off.secs().unwrap_or(0),
+            off.nanosecs().unwrap_or(0)
+        );
+        std::fs::write("/proc/self/timens_offsets", line)
+            .map_err(|e| Error::field(format!("linux.timeOffsets.{name}"), e.to_string()))?;
     }
     Ok(())
 }
@@ -108,12 +122,17 @@ fn container_init(chan: &Channel, args: InitArgs<'_>) -> ! {
 
 fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
     let spec = args.spec;
-    let proc_ = spec.process().as_ref().ok_or_else(|| Error::field("process", "missing"))?;
+    let proc_ = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::field("process", "missing"))?;
     if args.ns.creates(LinuxNamespaceType::User) {
         chan.send(&Msg::NeedMappings, &[])?;
         chan.expect("porta create", |m| matches!(m, Msg::MappingsDone))?;
-        nix::unistd::setresgid(0.into(), 0.into(), 0.into()).ctx(|| "setgid 0 in the user namespace".into())?;
-        nix::unistd::setresuid(0.into(), 0.into(), 0.into()).ctx(|| "setuid 0 in the user namespace".into())?;
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .ctx(|| "setgid 0 in the user namespace".into())?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+            .ctx(|| "setuid 0 in the user namespace".into())?;
     }
     if args.ns.creates(LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -137,7 +156,11 @@ fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
         Msg::HooksDone(s) => s,
         m => return Err(Error::Init(format!("unexpected message {m:?}"))),
     };
-    if let Some(h) = spec.hooks().as_ref().and_then(|h| h.create_container().clone()) {
+    if let Some(h) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.create_container().clone())
+    {
         hooks::run_all("createContainer", &h, state_json.as_bytes())?;
     }
     rootfs::enter(args.rootfs, args.no_pivot)?;
@@ -147,7 +170,10 @@ fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
         let _ = std::fs::create_dir_all(proc_.cwd());
     }
     if proc_.terminal().unwrap_or(false) {
-        let size = proc_.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
+        let size = proc_
+            .console_size()
+            .as_ref()
+            .map(|b| (b.height() as u16, b.width() as u16));
         let (master, slave) = console::open_pty(Path::new("/dev/pts/ptmx"), size)?;
         if let Ok(t) = rootfs::ensure_file(std_root()?.as_fd(), Path::new("/dev/console")) {
             let _ = nix::mount::mount(
@@ -166,11 +192,19 @@ fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
         join_session_keyring();
     }
     if let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
-        let dom = serde_json::to_value(p.domain()).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let dom = serde_json::to_value(p.domain())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         let persona = match dom.as_str() {
             "LINUX" => 0x0000,
             "LINUX32" => 0x0008,
-            other => return Err(Error::field("linux.personality.domain", format!("{other} is not supported"))),
+            other => {
+                return Err(Error::field(
+                    "linux.personality.domain",
+                    format!("{other} is not supported"),
+                ))
+            }
         };
         sys::personality(persona).ctx(|| "linux.personality".into())?;
     }
@@ -200,7 +234,10 @@ fn set_domainname(d: &str) -> Result<()> {
     let c = CString::new(d).map_err(|_| Error::field("domainname", "contains a NUL byte"))?;
     // SAFETY: c is a valid buffer of the given length.
     if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
-        return Err(Error::field("domainname", std::io::Error::last_os_error().to_string()));
+        return Err(Error::field(
+            "domainname",
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     Ok(())
 }
@@ -208,7 +245,13 @@ fn set_domainname(d: &str) -> Result<()> {
 fn join_session_keyring() {
     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
     // SAFETY: a null name asks for a new anonymous session keyring.
-    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<u8>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<u8>(),
+        )
+    };
     if r < 0 {
         tracing::debug!("new session keyring: {}", std::io::Error::last_os_error());
     }
@@ -237,7 +280,10 @@ pub fn finalize_and_exec(
     let filter = seccomp_cfg.as_ref().map(seccomp::compile).transpose()?;
     let notify = seccomp_cfg.as_ref().is_some_and(seccomp::uses_notify);
     let nnp = p.no_new_privileges().unwrap_or(false);
-    process::apply_lsm(p.apparmor_profile().as_deref(), p.selinux_label().as_deref())?;
+    process::apply_lsm(
+        p.apparmor_profile().as_deref(),
+        p.selinux_label().as_deref(),
+    )?;
     let mut late_filter = None;
     if let Some(f) = filter {
         if notify || !nnp {
@@ -256,7 +302,8 @@ pub fn finalize_and_exec(
     if nnp {
         process::set_no_new_privs()?;
     }
-    nix::unistd::chdir(p.cwd()).map_err(|e| Error::field("process.cwd", format!("{}: {e}", p.cwd().display())))?;
+    nix::unistd::chdir(p.cwd())
+        .map_err(|e| Error::field("process.cwd", format!("{}: {e}", p.cwd().display())))?;
     let program = process::find_program(&args[0], &env)?;
     let cargs = process::cstrings("process.args", &args)?;
     let cenv = process::cstrings("process.env", &env)?;
@@ -279,7 +326,11 @@ pub fn finalize_and_exec(
         .ctx(|| "write the start fifo".into())?;
         let _ = nix::unistd::close(w);
         let _ = nix::unistd::close(fifo);
-        if let Some(h) = spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
+        if let Some(h) = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.start_container().clone())
+        {
             if let Err(e) = hooks::run_all("startContainer", &h, state_json.as_bytes()) {
                 eprintln!("porta: {e}");
                 sys::exit_now(1);

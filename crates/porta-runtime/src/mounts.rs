@@ -132,16 +132,36 @@ mod tests {
 
     #[test]
     fn parses_flags_data_and_propagation() {
-        let o = MountOptions::parse(&s(&["nosuid", "noexec", "nodev", "mode=755", "size=65536k", "rprivate"]));
-        assert!(o.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV));
-        assert_eq!(o.data_with_label(None).as_deref(), Some("mode=755,size=65536k"));
+        let o = MountOptions::parse(&s(&[
+            "nosuid",
+            "noexec",
+            "nodev",
+            "mode=755",
+            "size=65536k",
+            "rprivate",
+        ]));
+        assert!(o
+            .flags
+            .contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV));
+        assert_eq!(
+            o.data_with_label(None).as_deref(),
+            Some("mode=755,size=65536k")
+        );
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
         let b = MountOptions::parse(&s(&["rbind", "ro"]));
         assert!(b.bind && b.recursive && b.flags.contains(MsFlags::MS_RDONLY));
         let rw = MountOptions::parse(&s(&["ro", "rw"]));
         assert!(!rw.flags.contains(MsFlags::MS_RDONLY));
-        assert_eq!(MountOptions::parse(&[]).data_with_label(Some("x")).as_deref(), Some("context=\"x\""));
-        assert_eq!(propagation_flags("rslave"), Some(MsFlags::MS_SLAVE | MsFlags::MS_REC));
+        assert_eq!(
+            MountOptions::parse(&[])
+                .data_with_label(Some("x"))
+                .as_deref(),
+            Some("context=\"x\"")
+        );
+        assert_eq!(
+            propagation_flags("rslave"),
+            Some(MsFlags::MS_SLAVE | MsFlags::MS_REC)
+        );
         assert_eq!(propagation_flags("bogus"), None);
     }
 }

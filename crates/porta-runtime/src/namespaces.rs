@@ -55,7 +55,8 @@ impl Plan {
                 None => p.new |= flag(ns.typ()),
             }
         }
-        p.join.sort_by_key(|(f, _)| if *f == libc::CLONE_NEWUSER { 0 } else { 1 });
+        p.join
+            .sort_by_key(|(f, _)| if *f == libc::CLONE_NEWUSER { 0 } else { 1 });
         p
     }
 
@@ -70,7 +71,9 @@ impl Plan {
             .iter()
             .map(|(f, p)| {
                 let fd: OwnedFd = std::fs::File::open(p)
-                    .map_err(|e| Error::field("linux.namespaces[].path", format!("{}: {e}", p.display())))?
+                    .map_err(|e| {
+                        Error::field("linux.namespaces[].path", format!("{}: {e}", p.display()))
+                    })?
                     .into();
                 Ok((*f, fd, p.clone()))
             })

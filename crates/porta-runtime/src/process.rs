@@ -16,7 +16,10 @@ use crate::sys;
 pub fn to_caps(field: &str, set: &Option<Capabilities>) -> Result<HashSet<Capability>> {
     let mut out = HashSet::new();
     for c in set.iter().flatten() {
-        let name = serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let name = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         match Capability::from_str(&name) {
             Ok(cap) => {
                 out.insert(cap);
@@ -54,17 +57,37 @@ fn rlimit_resource(typ: &str) -> Option<libc::__rlimit_resource_t> {
 /// the limit, the value asked for and the host's hard limit.
 pub fn apply_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
     for (i, r) in rlimits.iter().enumerate() {
-        let name = serde_json::to_value(r.typ()).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        let res = rlimit_resource(&name)
-            .ok_or_else(|| Error::field(format!("process.rlimits[{i}].type"), format!("unknown rlimit {name}")))?;
+        let name = serde_json::to_value(r.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let res = rlimit_resource(&name).ok_or_else(|| {
+            Error::field(
+                format!("process.rlimits[{i}].type"),
+                format!("unknown rlimit {name}"),
+            )
+        })?;
         if r.soft() > r.hard() {
-            return Err(Error::field(format!("process.rlimits[{i}]"), format!("{name}: soft limit {} above hard limit {}", r.soft(), r.hard())));
+            return Err(Error::field(
+                format!("process.rlimits[{i}]"),
+                format!(
+                    "{name}: soft limit {} above hard limit {}",
+                    r.soft(),
+                    r.hard()
+                ),
+            ));
         }
-        let lim = libc::rlimit { rlim_cur: r.soft(), rlim_max: r.hard() };
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
         // SAFETY: lim is a valid rlimit for the duration of the call.
         if unsafe { libc::setrlimit(res, &lim) } != 0 {
             let err = std::io::Error::last_os_error();
-            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             // SAFETY: cur is a valid out-parameter.
             unsafe { libc::getrlimit(res, &mut cur) };
             return Err(Error::field(
@@ -86,17 +109,29 @@ pub fn apply_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
 pub fn switch_user(p: &Process) -> Result<()> {
     let u = p.user();
     sys::prctl(libc::PR_SET_KEEPCAPS, 1, 0).ctx(|| "prctl(PR_SET_KEEPCAPS)".into())?;
-    let groups: Vec<nix::unistd::Gid> = u.additional_gids().iter().flatten().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let groups: Vec<nix::unistd::Gid> = u
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
     match nix::unistd::setgroups(&groups) {
         Ok(()) => {}
         // setgroups is denied in a user namespace with setgroups=deny: only fine without extra groups.
         Err(nix::errno::Errno::EPERM) if groups.is_empty() => {}
-        Err(e) => return Err(Error::nix(format!("process.user.additionalGids: setgroups {groups:?}"), e)),
+        Err(e) => {
+            return Err(Error::nix(
+                format!("process.user.additionalGids: setgroups {groups:?}"),
+                e,
+            ))
+        }
     }
     let gid = nix::unistd::Gid::from_raw(u.gid());
-    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("process.user.gid: setgid {}", u.gid()))?;
+    nix::unistd::setresgid(gid, gid, gid)
+        .ctx(|| format!("process.user.gid: setgid {}", u.gid()))?;
     let uid = nix::unistd::Uid::from_raw(u.uid());
-    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("process.user.uid: setuid {}", u.uid()))?;
+    nix::unistd::setresuid(uid, uid, uid)
+        .ctx(|| format!("process.user.uid: setuid {}", u.uid()))?;
     sys::prctl(libc::PR_SET_KEEPCAPS, 0, 0).ctx(|| "prctl(PR_SET_KEEPCAPS, 0)".into())?;
     if let Some(mask) = u.umask() {
         sys::set_umask(mask);
@@ -107,10 +142,15 @@ pub fn switch_user(p: &Process) -> Result<()> {
 /// Drops from the bounding set every capability the config does not keep. Must run before
 /// the user switch (it needs CAP_SETPCAP).
 pub fn drop_bounding(c: &Option<LinuxCapabilities>) -> Result<()> {
-    let keep = to_caps("process.capabilities.bounding", &c.as_ref().and_then(|c| c.bounding().clone()))?;
+    let keep = to_caps(
+        "process.capabilities.bounding",
+        &c.as_ref().and_then(|c| c.bounding().clone()),
+    )?;
     for cap in caps::all() {
         if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(|e| Error::field("process.capabilities.bounding", format!("drop {cap}: {e}")))?;
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| {
+                Error::field("process.capabilities.bounding", format!("drop {cap}: {e}"))
+            })?;
         }
     }
     Ok(())
@@ -125,12 +165,18 @@ pub fn apply_capabilities(c: &Option<LinuxCapabilities>) -> Result<()> {
     let inh = get("process.capabilities.inheritable", c.inheritable().clone())?;
     let amb = get("process.capabilities.ambient", c.ambient().clone())?;
     // Order matters: inheritable may only grow within permitted, effective within permitted.
-    caps::set(None, CapSet::Inheritable, &inh).map_err(|e| Error::field("process.capabilities.inheritable", e.to_string()))?;
-    caps::set(None, CapSet::Effective, &eff.intersection(&perm).copied().collect())
-        .and_then(|_| caps::set(None, CapSet::Permitted, &perm))
-        .and_then(|_| caps::set(None, CapSet::Effective, &eff))
-        .map_err(|e| Error::field("process.capabilities.effective/permitted", e.to_string()))?;
-    caps::clear(None, CapSet::Ambient).map_err(|e| Error::field("process.capabilities.ambient", e.to_string()))?;
+    caps::set(None, CapSet::Inheritable, &inh)
+        .map_err(|e| Error::field("process.capabilities.inheritable", e.to_string()))?;
+    caps::set(
+        None,
+        CapSet::Effective,
+        &eff.intersection(&perm).copied().collect(),
+    )
+    .and_then(|_| caps::set(None, CapSet::Permitted, &perm))
+    .and_then(|_| caps::set(None, CapSet::Effective, &eff))
+    .map_err(|e| Error::field("process.capabilities.effective/permitted", e.to_string()))?;
+    caps::clear(None, CapSet::Ambient)
+        .map_err(|e| Error::field("process.capabilities.ambient", e.to_string()))?;
     for cap in amb {
         if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
             tracing::debug!("process.capabilities.ambient: cannot raise {cap}: {e}");
@@ -144,7 +190,11 @@ pub fn apply_capabilities(c: &Option<LinuxCapabilities>) -> Result<()> {
 pub fn apply_lsm(apparmor: Option<&str>, selinux: Option<&str>) -> Result<()> {
     if let Some(profile) = apparmor.filter(|p| !p.is_empty()) {
         if Path::new("/sys/kernel/security/apparmor").exists() {
-            let attr = if Path::new("/proc/self/attr/apparmor/exec").exists() { "/proc/self/attr/apparmor/exec" } else { "/proc/self/attr/exec" };
+            let attr = if Path::new("/proc/self/attr/apparmor/exec").exists() {
+                "/proc/self/attr/apparmor/exec"
+            } else {
+                "/proc/self/attr/exec"
+            };
             std::fs::write(attr, format!("exec {profile}"))
                 .map_err(|e| Error::field("process.apparmorProfile", format!("{profile}: {e}")))?;
         } else {
@@ -153,9 +203,12 @@ pub fn apply_lsm(apparmor: Option<&str>, selinux: Option<&str>) -> Result<()> {
     }
     if let Some(label) = selinux.filter(|l| !l.is_empty()) {
         if crate::rootfs::selinux_enabled() {
-            std::fs::write("/proc/self/attr/exec", label).map_err(|e| Error::field("process.selinuxLabel", format!("{label}: {e}")))?;
+            std::fs::write("/proc/self/attr/exec", label)
+                .map_err(|e| Error::field("process.selinuxLabel", format!("{label}: {e}")))?;
         } else {
-            tracing::debug!("process.selinuxLabel {label:?}: SELinux is not enabled on this host; not applied");
+            tracing::debug!(
+                "process.selinuxLabel {label:?}: SELinux is not enabled on this host; not applied"
+            );
         }
     }
     Ok(())
@@ -169,7 +222,8 @@ pub fn set_no_new_privs() -> Result<()> {
 
 /// Writes the process's oom_score_adj.
 pub fn set_oom_score_adj(v: i32) -> Result<()> {
-    std::fs::write("/proc/self/oom_score_adj", v.to_string()).map_err(|e| Error::field("process.oomScoreAdj", format!("{v}: {e}")))
+    std::fs::write("/proc/self/oom_score_adj", v.to_string())
+        .map_err(|e| Error::field("process.oomScoreAdj", format!("{v}: {e}")))
 }
 
 /// Resolves argv[0] against PATH from the process's environment, as runc does before exec.
@@ -177,17 +231,32 @@ pub fn find_program(arg0: &str, env: &[String]) -> Result<CString> {
     let found = if arg0.contains('/') {
         Some(arg0.to_string())
     } else {
-        let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        path.split(':').map(|d| format!("{}/{}", if d.is_empty() { "." } else { d }, arg0)).find(|c| {
-            std::fs::metadata(c).map(|m| {
-                use std::os::unix::fs::PermissionsExt;
-                m.is_file() && m.permissions().mode() & 0o111 != 0
-            }).unwrap_or(false)
-        })
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':')
+            .map(|d| format!("{}/{}", if d.is_empty() { "." } else { d }, arg0))
+            .find(|c| {
+                std::fs::metadata(c)
+                    .map(|m| {
+                        use std::os::unix::fs::PermissionsExt;
+                        m.is_file() && m.permissions().mode() & 0o111 != 0
+                    })
+                    .unwrap_or(false)
+            })
     };
-    let p = found.ok_or_else(|| Error::field("process.args[0]", format!("{arg0:?}: executable file not found in $PATH")))?;
+    let p = found.ok_or_else(|| {
+        Error::field(
+            "process.args[0]",
+            format!("{arg0:?}: executable file not found in $PATH"),
+        )
+    })?;
     if std::fs::metadata(&p).is_err() {
-        return Err(Error::field("process.args[0]", format!("{p}: no such file or directory")));
+        return Err(Error::field(
+            "process.args[0]",
+            format!("{p}: no such file or directory"),
+        ));
     }
     CString::new(p).map_err(|_| Error::field("process.args[0]", "contains a NUL byte"))
 }
@@ -196,7 +265,10 @@ pub fn find_program(arg0: &str, env: &[String]) -> Result<CString> {
 pub fn cstrings(field: &str, v: &[String]) -> Result<Vec<CString>> {
     v.iter()
         .enumerate()
-        .map(|(i, s)| CString::new(s.as_str()).map_err(|_| Error::field(format!("{field}[{i}]"), "contains a NUL byte")))
+        .map(|(i, s)| {
+            CString::new(s.as_str())
+                .map_err(|_| Error::field(format!("{field}[{i}]"), "contains a NUL byte"))
+        })
         .collect()
 }
 
@@ -214,7 +286,8 @@ mod tests {
 
     #[test]
     fn capability_names_convert() {
-        let set: Capabilities = serde_json::from_value(serde_json::json!(["CAP_CHOWN", "CAP_NET_RAW"])).unwrap();
+        let set: Capabilities =
+            serde_json::from_value(serde_json::json!(["CAP_CHOWN", "CAP_NET_RAW"])).unwrap();
         let c = to_caps("x", &Some(set)).unwrap();
         assert!(c.contains(&Capability::CAP_CHOWN) && c.contains(&Capability::CAP_NET_RAW));
     }
@@ -223,7 +296,10 @@ mod tests {
     fn programs_are_found_on_path() {
         let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
         assert!(find_program("sh", &env).is_ok());
-        assert!(find_program("definitely-not-a-program-xyz", &env).unwrap_err().to_string().contains("not found"));
+        assert!(find_program("definitely-not-a-program-xyz", &env)
+            .unwrap_err()
+            .to_string()
+            .contains("not found"));
         assert!(find_program("/bin/sh", &[]).is_ok());
     }
 

@@ -42,25 +42,36 @@ pub fn selinux_enabled() -> bool {
 /// Prepares propagation, the root mount and the config's mounts; runs before pivot_root.
 pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
     let linux = plan.spec.linux().as_ref();
-    let prop = linux.and_then(|l| l.rootfs_propagation().as_deref()).and_then(propagation_flags);
+    let prop = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation_flags);
     // Our copy of the host's mounts must not propagate back to the host.
     let initial = match prop {
         Some(p) if p.contains(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
         _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
     };
-    mount(none(), "/", none(), initial, none()).ctx(|| "make / a slave mount in the container's mount namespace".into())?;
+    mount(none(), "/", none(), initial, none())
+        .ctx(|| "make / a slave mount in the container's mount namespace".into())?;
 
     let rootfs = plan.rootfs;
     match plan.served_root.take() {
         Some(fd) => sys::move_mount_onto(fd.as_fd(), rootfs)
             .ctx(|| format!("attach the file server's mount on {}", rootfs.display()))?,
-        None => mount(Some(rootfs), rootfs, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none())
-            .ctx(|| format!("bind mount root {}", rootfs.display()))?,
+        None => mount(
+            Some(rootfs),
+            rootfs,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none(),
+        )
+        .ctx(|| format!("bind mount root {}", rootfs.display()))?,
     }
     let root_fd = open_dir(rootfs)?;
     let label = plan.mount_label.clone().filter(|_| selinux_enabled());
     if plan.mount_label.is_some() && label.is_none() {
-        tracing::debug!("linux.mountLabel given but SELinux is not enabled on this host: not applied");
+        tracing::debug!(
+            "linux.mountLabel given but SELinux is not enabled on this host: not applied"
+        );
     }
     let mounts = plan.spec.mounts().clone().unwrap_or_default();
     let mut dev_is_bind = false;
@@ -68,8 +79,12 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("bind") {
             dev_is_bind = true;
         }
-        mount_one(root_fd.as_fd(), rootfs, m, plan, label.as_deref())
-            .map_err(|e| Error::field(format!("mounts[{i}] ({})", m.destination().display()), e.to_string()))?;
+        mount_one(root_fd.as_fd(), rootfs, m, plan, label.as_deref()).map_err(|e| {
+            Error::field(
+                format!("mounts[{i}] ({})", m.destination().display()),
+                e.to_string(),
+            )
+        })?;
     }
     if !dev_is_bind {
         create_devices(root_fd.as_fd(), plan)?;
@@ -79,12 +94,16 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
 }
 
 fn open_dir(p: &Path) -> Result<OwnedFd> {
-    nix::fcntl::open(p, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
-        .map(|fd| {
-            // SAFETY: open returned a fresh fd we now own.
-            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-        })
-        .ctx(|| format!("open {}", p.display()))
+    nix::fcntl::open(
+        p,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(|fd| {
+        // SAFETY: open returned a fresh fd we now own.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    })
+    .ctx(|| format!("open {}", p.display()))
 }
 
 fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
@@ -111,21 +130,48 @@ fn rel(p: &Path) -> String {
 /// Opens (creating if missing) a directory below the root, with every symlink kept inside it.
 pub fn ensure_dir(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
     let mut cur = PathBuf::new();
-    let mut fd = sys::openat2(root, ".", libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_IN_ROOT)
-        .ctx(|| "open root".into())?;
+    let mut fd = sys::openat2(
+        root,
+        ".",
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        sys::RESOLVE_IN_ROOT,
+    )
+    .ctx(|| "open root".into())?;
     for c in path.components() {
         let Component::Normal(name) = c else { continue };
         cur.push(name);
         let r = rel(&cur);
-        match sys::openat2(root, &r, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_IN_ROOT) {
+        match sys::openat2(
+            root,
+            &r,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            sys::RESOLVE_IN_ROOT,
+        ) {
             Ok(f) => fd = f,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                match nix::sys::stat::mkdirat(Some(fd.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
+                match nix::sys::stat::mkdirat(
+                    Some(fd.as_raw_fd()),
+                    name,
+                    Mode::from_bits_truncate(0o755),
+                ) {
                     Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                    Err(e) => return Err(Error::nix(format!("create directory /{r} in the container"), e)),
+                    Err(e) => {
+                        return Err(Error::nix(
+                            format!("create directory /{r} in the container"),
+                            e,
+                        ))
+                    }
                 }
-                fd = sys::openat2(root, &r, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_IN_ROOT)
-                    .ctx(|| format!("open /{r} in the container"))?;
+                fd = sys::openat2(
+                    root,
+                    &r,
+                    libc::O_PATH | libc::O_DIRECTORY,
+                    0,
+                    sys::RESOLVE_IN_ROOT,
+                )
+                .ctx(|| format!("open /{r} in the container"))?;
             }
             Err(e) => return Err(Error::sys(format!("open /{r} in the container"), e)),
         }
@@ -142,24 +188,42 @@ pub fn ensure_file(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
         Err(e) => return Err(Error::sys(format!("open /{r} in the container"), e)),
     }
     let parent = ensure_dir(root, path.parent().unwrap_or(Path::new("/")))?;
-    let name = path.file_name().ok_or_else(|| Error::field("mounts", format!("{} has no file name", path.display())))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::field("mounts", format!("{} has no file name", path.display())))?;
     let pname = name.to_str().unwrap_or_default();
-    let f = sys::openat2(parent.as_fd(), pname, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW, 0o644, sys::RESOLVE_IN_ROOT)
-        .or_else(|e| {
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                sys::openat2(parent.as_fd(), pname, libc::O_PATH, 0, sys::RESOLVE_IN_ROOT)
-            } else {
-                Err(e)
-            }
-        })
-        .ctx(|| format!("create /{r} in the container"))?;
+    let f = sys::openat2(
+        parent.as_fd(),
+        pname,
+        libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW,
+        0o644,
+        sys::RESOLVE_IN_ROOT,
+    )
+    .or_else(|e| {
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            sys::openat2(parent.as_fd(), pname, libc::O_PATH, 0, sys::RESOLVE_IN_ROOT)
+        } else {
+            Err(e)
+        }
+    })
+    .ctx(|| format!("create /{r} in the container"))?;
     drop(f);
-    sys::openat2(root, &r, libc::O_PATH, 0, sys::RESOLVE_IN_ROOT).ctx(|| format!("open /{r} in the container"))
+    sys::openat2(root, &r, libc::O_PATH, 0, sys::RESOLVE_IN_ROOT)
+        .ctx(|| format!("open /{r} in the container"))
 }
 
-fn mount_one(root: BorrowedFd<'_>, rootfs: &Path, m: &Mount, plan: &RootfsPlan<'_>, label: Option<&str>) -> Result<()> {
+fn mount_one(
+    root: BorrowedFd<'_>,
+    rootfs: &Path,
+    m: &Mount,
+    plan: &RootfsPlan<'_>,
+    label: Option<&str>,
+) -> Result<()> {
     let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[]));
-    let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "none" });
+    let typ = m
+        .typ()
+        .as_deref()
+        .unwrap_or(if opts.bind { "bind" } else { "none" });
     let dest = m.destination();
     if typ == "cgroup" || typ == "cgroup2" {
         return mount_cgroup(root, dest, &opts, plan);
@@ -168,13 +232,18 @@ fn mount_one(root: BorrowedFd<'_>, rootfs: &Path, m: &Mount, plan: &RootfsPlan<'
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     if bind {
         let meta = fs::metadata(&source).ctx(|| format!("bind source {}", source.display()))?;
-        let target = if meta.is_dir() { ensure_dir(root, dest)? } else { ensure_file(root, dest)? };
+        let target = if meta.is_dir() {
+            ensure_dir(root, dest)?
+        } else {
+            ensure_file(root, dest)?
+        };
         let tpath = fd_path(target.as_fd());
         let mut flags = MsFlags::MS_BIND;
         if opts.recursive {
             flags |= MsFlags::MS_REC;
         }
-        mount(Some(&source), &tpath, none(), flags, none()).ctx(|| format!("bind mount {} on {}", source.display(), dest.display()))?;
+        mount(Some(&source), &tpath, none(), flags, none())
+            .ctx(|| format!("bind mount {} on {}", source.display(), dest.display()))?;
         let extra = opts.flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
             // Re-open: the mount just made hides what `target` pointed at.
@@ -184,16 +253,31 @@ fn mount_one(root: BorrowedFd<'_>, rootfs: &Path, m: &Mount, plan: &RootfsPlan<'
     } else {
         let target = ensure_dir(root, dest)?;
         let tpath = fd_path(target.as_fd());
-        let data = if matches!(typ, "proc" | "sysfs" | "mqueue" | "cgroup2") { opts.data_with_label(None) } else { opts.data_with_label(label) };
+        let data = if matches!(typ, "proc" | "sysfs" | "mqueue" | "cgroup2") {
+            opts.data_with_label(None)
+        } else {
+            opts.data_with_label(label)
+        };
         let flags = opts.flags & !MsFlags::MS_REMOUNT;
         match mount(Some(&source), &tpath, Some(typ), flags, data.as_deref()) {
             Ok(()) => {}
-            Err(nix::errno::Errno::EPERM) | Err(nix::errno::Errno::EBUSY) if matches!(typ, "sysfs" | "mqueue") => {
+            Err(nix::errno::Errno::EPERM) | Err(nix::errno::Errno::EBUSY)
+                if matches!(typ, "sysfs" | "mqueue") =>
+            {
                 // In a user namespace without its own network (sysfs) or IPC (mqueue) namespace
                 // the kernel refuses a new instance: bind the host's, as runc does.
-                tracing::debug!("{typ} refused in this namespace; binding the host's {}", dest.display());
-                mount(Some(dest), &tpath, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none())
-                    .ctx(|| format!("bind the host's {} as {typ}", dest.display()))?;
+                tracing::debug!(
+                    "{typ} refused in this namespace; binding the host's {}",
+                    dest.display()
+                );
+                mount(
+                    Some(dest),
+                    &tpath,
+                    none(),
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none(),
+                )
+                .ctx(|| format!("bind the host's {} as {typ}", dest.display()))?;
                 let t = reopen(root, dest)?;
                 remount_bind(&fd_path(t.as_fd()), flags | MsFlags::MS_RDONLY)?;
             }
@@ -203,7 +287,8 @@ fn mount_one(root: BorrowedFd<'_>, rootfs: &Path, m: &Mount, plan: &RootfsPlan<'
     if !opts.propagation.is_empty() {
         let t = reopen(root, dest)?;
         for p in &opts.propagation {
-            mount(none(), &fd_path(t.as_fd()), none(), *p, none()).ctx(|| format!("set propagation of {}", dest.display()))?;
+            mount(none(), &fd_path(t.as_fd()), none(), *p, none())
+                .ctx(|| format!("set propagation of {}", dest.display()))?;
         }
     }
     let _ = rootfs;
@@ -211,19 +296,28 @@ fn mount_one(root: BorrowedFd<'_>, rootfs: &Path, m: &Mount, plan: &RootfsPlan<'
 }
 
 fn reopen(root: BorrowedFd<'_>, dest: &Path) -> Result<OwnedFd> {
-    sys::openat2(root, &rel(dest), libc::O_PATH, 0, sys::RESOLVE_IN_ROOT).ctx(|| format!("open {} in the container", dest.display()))
+    sys::openat2(root, &rel(dest), libc::O_PATH, 0, sys::RESOLVE_IN_ROOT)
+        .ctx(|| format!("open {} in the container", dest.display()))
 }
 
 /// Remounts a bind mount with `flags`, keeping the flags the kernel locked on it.
 fn remount_bind(path: &Path, flags: MsFlags) -> Result<()> {
     let locked = statvfs_flags(path);
-    mount(none(), path, none(), MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked, none())
-        .ctx(|| format!("remount {} with {flags:?}", path.display()))
+    mount(
+        none(),
+        path,
+        none(),
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked,
+        none(),
+    )
+    .ctx(|| format!("remount {} with {flags:?}", path.display()))
 }
 
 fn statvfs_flags(path: &Path) -> MsFlags {
     use nix::sys::statvfs::{statvfs, FsFlags};
-    let Ok(st) = statvfs(path) else { return MsFlags::empty() };
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
     let f = st.flags();
     let mut m = MsFlags::empty();
     for (a, b) in [
@@ -252,10 +346,14 @@ struct Hierarchy {
 }
 
 fn host_hierarchies() -> Vec<Hierarchy> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let l: Vec<&str> = left.split(' ').collect();
         let r: Vec<&str> = right.split(' ').collect();
         if l.len() < 5 || r.len() < 3 {
@@ -263,14 +361,28 @@ fn host_hierarchies() -> Vec<Hierarchy> {
         }
         let mp = PathBuf::from(l[4]);
         match r[0] {
-            "cgroup2" => out.push(Hierarchy { mountpoint: mp, v2: true, subsystems: vec![] }),
+            "cgroup2" => out.push(Hierarchy {
+                mountpoint: mp,
+                v2: true,
+                subsystems: vec![],
+            }),
             "cgroup" => {
                 let subs = r[2]
                     .split(',')
-                    .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent") && *o != "clone_children" && *o != "noprefix" && *o != "xattr")
+                    .filter(|o| {
+                        !matches!(*o, "rw" | "ro")
+                            && !o.starts_with("release_agent")
+                            && *o != "clone_children"
+                            && *o != "noprefix"
+                            && *o != "xattr"
+                    })
                     .map(str::to_string)
                     .collect();
-                out.push(Hierarchy { mountpoint: mp, v2: false, subsystems: subs });
+                out.push(Hierarchy {
+                    mountpoint: mp,
+                    v2: false,
+                    subsystems: subs,
+                });
             }
             _ => {}
         }
@@ -300,45 +412,94 @@ fn own_cgroup(h: &Hierarchy) -> Option<PathBuf> {
     None
 }
 
-fn mount_cgroup(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions, plan: &RootfsPlan<'_>) -> Result<()> {
+fn mount_cgroup(
+    root: BorrowedFd<'_>,
+    dest: &Path,
+    opts: &MountOptions,
+    plan: &RootfsPlan<'_>,
+) -> Result<()> {
     let hs = host_hierarchies();
-    let flags = (opts.flags & !MsFlags::MS_REMOUNT) | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let flags = (opts.flags & !MsFlags::MS_REMOUNT)
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
     let base = Path::new("/sys/fs/cgroup");
     let v2_only = hs.iter().any(|h| h.v2 && h.mountpoint == base);
     let target = ensure_dir(root, dest)?;
     if v2_only {
         let h = hs.iter().find(|h| h.v2 && h.mountpoint == base).cloned();
-        return mount_hierarchy(root, dest, &fd_path(target.as_fd()), h.as_ref(), flags, plan);
+        return mount_hierarchy(
+            root,
+            dest,
+            &fd_path(target.as_fd()),
+            h.as_ref(),
+            flags,
+            plan,
+        );
     }
     // v1 or hybrid: a tmpfs holding one directory per hierarchy.
-    mount(Some("tmpfs"), &fd_path(target.as_fd()), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755"))
-        .ctx(|| format!("mount tmpfs for cgroups on {}", dest.display()))?;
-    for h in hs.iter().filter(|h| h.mountpoint.starts_with(base) && h.mountpoint != base) {
-        let Some(name) = h.mountpoint.file_name() else { continue };
+    mount(
+        Some("tmpfs"),
+        &fd_path(target.as_fd()),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .ctx(|| format!("mount tmpfs for cgroups on {}", dest.display()))?;
+    for h in hs
+        .iter()
+        .filter(|h| h.mountpoint.starts_with(base) && h.mountpoint != base)
+    {
+        let Some(name) = h.mountpoint.file_name() else {
+            continue;
+        };
         let sub = dest.join(name);
         let t = ensure_dir(root, &sub)?;
         mount_hierarchy(root, &sub, &fd_path(t.as_fd()), Some(h), flags, plan)?;
     }
     if flags.contains(MsFlags::MS_RDONLY) {
         let t = reopen(root, dest)?;
-        remount_bind(&fd_path(t.as_fd()), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+        remount_bind(
+            &fd_path(t.as_fd()),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
     }
     Ok(())
 }
 
-fn mount_hierarchy(root: BorrowedFd<'_>, dest: &Path, target: &Path, h: Option<&Hierarchy>, flags: MsFlags, plan: &RootfsPlan<'_>) -> Result<()> {
+fn mount_hierarchy(
+    root: BorrowedFd<'_>,
+    dest: &Path,
+    target: &Path,
+    h: Option<&Hierarchy>,
+    flags: MsFlags,
+    plan: &RootfsPlan<'_>,
+) -> Result<()> {
     let Some(h) = h else { return Ok(()) };
     if plan.new_cgroupns {
-        let (typ, data) = if h.v2 { ("cgroup2", None) } else { ("cgroup", Some(h.subsystems.join(","))) };
+        let (typ, data) = if h.v2 {
+            ("cgroup2", None)
+        } else {
+            ("cgroup", Some(h.subsystems.join(",")))
+        };
         match mount(Some(typ), target, Some(typ), flags, data.as_deref()) {
             Ok(()) => return Ok(()),
-            Err(e) => tracing::debug!("mount {typ} {:?} refused ({e}); binding the container's group instead", h.subsystems),
+            Err(e) => tracing::debug!(
+                "mount {typ} {:?} refused ({e}); binding the container's group instead",
+                h.subsystems
+            ),
         }
     }
     let own = own_cgroup(h).unwrap_or_default();
     let src = h.mountpoint.join(own.strip_prefix("/").unwrap_or(&own));
-    mount(Some(&src), target, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none())
-        .ctx(|| format!("bind cgroup {}", src.display()))?;
+    mount(
+        Some(&src),
+        target,
+        none(),
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none(),
+    )
+    .ctx(|| format!("bind cgroup {}", src.display()))?;
     // Re-open by name: `target` still names the directory under the new mount.
     let t = reopen(root, dest)?;
     remount_bind(&fd_path(t.as_fd()), flags)
@@ -358,16 +519,29 @@ fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Result<()> {
         .iter()
         .map(|(p, ma, mi)| (PathBuf::from(p), SFlag::S_IFCHR, *ma, *mi, 0o666, 0, 0))
         .collect();
-    let cfg: Vec<LinuxDevice> = plan.spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
+    let cfg: Vec<LinuxDevice> = plan
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
     for (i, d) in cfg.iter().enumerate() {
         let kind = match d.typ() {
             LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
-            LinuxDeviceType::A => return Err(Error::field(format!("linux.devices[{i}].type"), "\"a\" is not a device node type")),
+            LinuxDeviceType::A => {
+                return Err(Error::field(
+                    format!("linux.devices[{i}].type"),
+                    "\"a\" is not a device node type",
+                ))
+            }
         };
         if !d.path().starts_with("/dev") {
-            return Err(Error::field(format!("linux.devices[{i}].path"), format!("{} is not under /dev", d.path().display())));
+            return Err(Error::field(
+                format!("linux.devices[{i}].path"),
+                format!("{} is not under /dev", d.path().display()),
+            ));
         }
         devs.retain(|x| x.0 != *d.path());
         devs.push((
@@ -382,13 +556,27 @@ fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Result<()> {
     }
     for (path, kind, major, minor, mode, uid, gid) in devs {
         let parent = ensure_dir(root, path.parent().unwrap_or(Path::new("/dev")))?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        let _ = nix::unistd::unlinkat(Some(parent.as_raw_fd()), name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let _ = nix::unistd::unlinkat(
+            Some(parent.as_raw_fd()),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
         let dev = nix::sys::stat::makedev(major, minor);
         let made = if plan.new_userns {
             Err(nix::errno::Errno::EPERM)
         } else {
-            nix::sys::stat::mknodat(Some(parent.as_raw_fd()), name.as_str(), kind, Mode::from_bits_truncate(mode & 0o7777), dev)
+            nix::sys::stat::mknodat(
+                Some(parent.as_raw_fd()),
+                name.as_str(),
+                kind,
+                Mode::from_bits_truncate(mode & 0o7777),
+                dev,
+            )
         };
         match made {
             Ok(()) => {
@@ -400,14 +588,25 @@ fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Result<()> {
                     nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
                 .ctx(|| format!("chown {}", path.display()))?;
-                nix::sys::stat::fchmodat(Some(parent.as_raw_fd()), name.as_str(), Mode::from_bits_truncate(mode & 0o7777), nix::sys::stat::FchmodatFlags::FollowSymlink)
-                    .ctx(|| format!("chmod {}", path.display()))?;
+                nix::sys::stat::fchmodat(
+                    Some(parent.as_raw_fd()),
+                    name.as_str(),
+                    Mode::from_bits_truncate(mode & 0o7777),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )
+                .ctx(|| format!("chmod {}", path.display()))?;
             }
             Err(nix::errno::Errno::EPERM) => {
                 // No mknod in a user namespace: bind the host's node, as runc does.
                 let t = ensure_file(root, &path)?;
-                mount(Some(&path), &fd_path(t.as_fd()), none(), MsFlags::MS_BIND, none())
-                    .ctx(|| format!("bind the host's {}", path.display()))?;
+                mount(
+                    Some(&path),
+                    &fd_path(t.as_fd()),
+                    none(),
+                    MsFlags::MS_BIND,
+                    none(),
+                )
+                .ctx(|| format!("bind the host's {}", path.display()))?;
             }
             Err(e) => return Err(Error::nix(format!("mknod {}", path.display()), e)),
         }
@@ -417,7 +616,12 @@ fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Result<()> {
 
 fn dev_symlinks(root: BorrowedFd<'_>) -> Result<()> {
     let dev = ensure_dir(root, Path::new("/dev"))?;
-    let mut links = vec![("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr")];
+    let mut links = vec![
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
     if Path::new("/proc/kcore").exists() {
         links.push(("/proc/kcore", "core"));
     }
@@ -429,8 +633,13 @@ fn dev_symlinks(root: BorrowedFd<'_>) -> Result<()> {
     }
     // /dev/ptmx points into the container's own devpts instance.
     if sys::openat2(root, "dev/pts/ptmx", libc::O_PATH, 0, sys::RESOLVE_IN_ROOT).is_ok() {
-        let _ = nix::unistd::unlinkat(Some(dev.as_raw_fd()), "ptmx", nix::unistd::UnlinkatFlags::NoRemoveDir);
-        nix::unistd::symlinkat("pts/ptmx", Some(dev.as_raw_fd()), "ptmx").ctx(|| "symlink /dev/ptmx".into())?;
+        let _ = nix::unistd::unlinkat(
+            Some(dev.as_raw_fd()),
+            "ptmx",
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        nix::unistd::symlinkat("pts/ptmx", Some(dev.as_raw_fd()), "ptmx")
+            .ctx(|| "symlink /dev/ptmx".into())?;
     }
     Ok(())
 }
@@ -439,15 +648,24 @@ fn dev_symlinks(root: BorrowedFd<'_>) -> Result<()> {
 pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
     if no_pivot {
-        mount(Some(rootfs), "/", none(), MsFlags::MS_MOVE, none()).ctx(|| "move the root onto /".into())?;
+        mount(Some(rootfs), "/", none(), MsFlags::MS_MOVE, none())
+            .ctx(|| "move the root onto /".into())?;
         nix::unistd::chroot(".").ctx(|| "chroot".into())?;
     } else {
         let old = open_dir(Path::new("/"))?;
         let new = open_dir(rootfs)?;
-        nix::unistd::pivot_root(".", ".").ctx(|| format!("pivot_root into {}", rootfs.display()))?;
+        nix::unistd::pivot_root(".", ".")
+            .ctx(|| format!("pivot_root into {}", rootfs.display()))?;
         // The old root now sits on top of the new one at "."; detach it.
         nix::unistd::fchdir(old.as_raw_fd()).ctx(|| "fchdir old root".into())?;
-        mount(none(), ".", none(), MsFlags::MS_SLAVE | MsFlags::MS_REC, none()).ctx(|| "make old root a slave".into())?;
+        mount(
+            none(),
+            ".",
+            none(),
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            none(),
+        )
+        .ctx(|| "make old root a slave".into())?;
         umount2(".", MntFlags::MNT_DETACH).ctx(|| "detach old root".into())?;
         nix::unistd::fchdir(new.as_raw_fd()).ctx(|| "fchdir new root".into())?;
     }
@@ -457,27 +675,54 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
 
 /// After pivot_root: sysctls, masked and read-only paths, read-only root, root propagation.
 pub fn finish(spec: &Spec) -> Result<()> {
-    let Some(linux) = spec.linux().as_ref() else { return Ok(()) };
+    let Some(linux) = spec.linux().as_ref() else {
+        return Ok(());
+    };
     for (k, v) in linux.sysctl().iter().flatten() {
         if k.contains("..") || k.contains('/') && k.split('/').any(|c| c == "..") {
-            return Err(Error::field(format!("linux.sysctl.{k}"), "not a sysctl name"));
+            return Err(Error::field(
+                format!("linux.sysctl.{k}"),
+                "not a sysctl name",
+            ));
         }
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        fs::write(&p, v.as_bytes()).map_err(|e| Error::field(format!("linux.sysctl.{k}"), format!("write {}: {e}", p.display())))?;
+        fs::write(&p, v.as_bytes()).map_err(|e| {
+            Error::field(
+                format!("linux.sysctl.{k}"),
+                format!("write {}: {e}", p.display()),
+            )
+        })?;
     }
     for p in linux.readonly_paths().iter().flatten() {
         let path = Path::new(p);
-        match mount(Some(path), path, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none()) {
-            Ok(()) => remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?,
+        match mount(
+            Some(path),
+            path,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none(),
+        ) {
+            Ok(()) => remount_bind(
+                path,
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            )?,
             Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(Error::nix(format!("linux.readonlyPaths: bind {p}"), e)),
         }
     }
     for p in linux.masked_paths().iter().flatten() {
         let path = Path::new(p);
-        let Ok(meta) = fs::symlink_metadata(path) else { continue };
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            continue;
+        };
         let r = if meta.is_dir() {
-            mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
+            mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
         } else {
             mount(Some("/dev/null"), path, none(), MsFlags::MS_BIND, none())
         };
@@ -485,10 +730,19 @@ pub fn finish(spec: &Spec) -> Result<()> {
             return Err(Error::nix(format!("linux.maskedPaths: mask {p}"), e));
         }
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
         remount_bind(Path::new("/"), MsFlags::MS_RDONLY)?;
     }
-    if let Some(p) = linux.rootfs_propagation().as_deref().and_then(propagation_flags) {
+    if let Some(p) = linux
+        .rootfs_propagation()
+        .as_deref()
+        .and_then(propagation_flags)
+    {
         mount(none(), "/", none(), p, none()).ctx(|| "set linux.rootfsPropagation on /".into())?;
     }
     Ok(())

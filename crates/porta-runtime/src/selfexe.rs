@@ -12,13 +12,23 @@ const MEMFD_NAME: &str = "porta";
 
 /// Whether this process already runs from a sealed memfd copy of the binary.
 pub fn is_sealed_copy() -> bool {
-    let Ok(link) = std::fs::read_link("/proc/self/exe") else { return false };
-    if !link.as_os_str().as_bytes().starts_with(format!("/memfd:{MEMFD_NAME}").as_bytes()) {
+    let Ok(link) = std::fs::read_link("/proc/self/exe") else {
+        return false;
+    };
+    if !link
+        .as_os_str()
+        .as_bytes()
+        .starts_with(format!("/memfd:{MEMFD_NAME}").as_bytes())
+    {
         return false;
     }
-    let Ok(f) = std::fs::File::open("/proc/self/exe") else { return false };
+    let Ok(f) = std::fs::File::open("/proc/self/exe") else {
+        return false;
+    };
     let want = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    sys::get_seals(f.as_fd()).map(|s| s & want == want).unwrap_or(false)
+    sys::get_seals(f.as_fd())
+        .map(|s| s & want == want)
+        .unwrap_or(false)
 }
 
 /// Re-executes the current command from a sealed memfd copy of the binary, unless it already
@@ -28,12 +38,18 @@ pub fn ensure_sealed_copy() -> Result<()> {
         return Ok(());
     }
     let mut src = std::fs::File::open("/proc/self/exe").ctx(|| "open /proc/self/exe".into())?;
-    let memfd = sys::memfd_create(MEMFD_NAME, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING).ctx(|| "memfd_create".into())?;
+    let memfd = sys::memfd_create(MEMFD_NAME, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        .ctx(|| "memfd_create".into())?;
     let mut dst = std::fs::File::from(memfd);
     std::io::copy(&mut src, &mut dst).ctx(|| "copy the porta binary into a memfd".into())?;
-    sys::add_seals(dst.as_fd(), libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE)
-        .ctx(|| "seal the memfd copy".into())?;
-    let argv: Vec<CString> = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    sys::add_seals(
+        dst.as_fd(),
+        libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE,
+    )
+    .ctx(|| "seal the memfd copy".into())?;
+    let argv: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
     let envp: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| {
             let mut b = k.as_bytes().to_vec();

@@ -16,7 +16,14 @@ pub fn default_spec(rootless: bool, uid: u32, gid: u32) -> Value {
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "network"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"}), json!({"type": "cgroup"})];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "network"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
     let mut linux = json!({
         "resources": {"devices": [{"allow": false, "access": "rwm"}]},
         "namespaces": [],
@@ -32,12 +39,19 @@ pub fn default_spec(rootless: bool, uid: u32, gid: u32) -> Value {
         linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
         linux["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
         linux.as_object_mut().map(|o| o.remove("resources"));
-        mounts.retain(|m| m["destination"] != "/sys/fs/cgroup" && m["destination"] != "/dev/mqueue");
+        mounts
+            .retain(|m| m["destination"] != "/sys/fs/cgroup" && m["destination"] != "/dev/mqueue");
         mounts.retain(|m| m["destination"] != "/sys");
         mounts.push(json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}));
         for m in mounts.iter_mut() {
             if m["destination"] == "/dev/pts" {
-                m["options"] = json!(["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]);
+                m["options"] = json!([
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620"
+                ]);
             }
         }
     }
@@ -71,7 +85,11 @@ mod tests {
             let v = default_spec(rootless, 1000, 1000);
             let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
             let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
-            assert_eq!(ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User), rootless);
+            assert_eq!(
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User),
+                rootless
+            );
         }
     }
 }

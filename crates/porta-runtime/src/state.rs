@@ -110,7 +110,8 @@ impl StateRoot {
             .mode(0o700)
             .create(path)
             .ctx(|| format!("create state root {}", path.display()))?;
-        let path = fs::canonicalize(path).ctx(|| format!("resolve state root {}", path.display()))?;
+        let path =
+            fs::canonicalize(path).ctx(|| format!("resolve state root {}", path.display()))?;
         Ok(StateRoot { path })
     }
 
@@ -122,7 +123,9 @@ impl StateRoot {
     /// Ids of all containers under the root, sorted.
     pub fn ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
-        for e in fs::read_dir(&self.path).ctx(|| format!("read state root {}", self.path.display()))? {
+        for e in
+            fs::read_dir(&self.path).ctx(|| format!("read state root {}", self.path.display()))?
+        {
             let e = e.ctx(|| format!("read state root {}", self.path.display()))?;
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 if let Some(s) = e.file_name().to_str() {
@@ -137,7 +140,12 @@ impl StateRoot {
 
 /// Checks that a container id is usable as a directory name and in logs.
 pub fn validate_id(id: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::InvalidId { id: id.to_string(), why: why.to_string() });
+    let bad = |why: &str| {
+        Err(Error::InvalidId {
+            id: id.to_string(),
+            why: why.to_string(),
+        })
+    };
     if id.is_empty() {
         return bad("empty");
     }
@@ -147,7 +155,10 @@ pub fn validate_id(id: &str) -> Result<()> {
     if id == "." || id == ".." {
         return bad("not a name");
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+')) {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'))
+    {
         return bad("only letters, digits and _ - . + are allowed");
     }
     Ok(())
@@ -168,8 +179,15 @@ impl StateDir {
         let path = root.dir(id);
         match fs::DirBuilder::new().mode(0o711).create(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Exists(id.to_string())),
-            Err(e) => return Err(Error::sys(format!("create state directory {}", path.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(id.to_string()))
+            }
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("create state directory {}", path.display()),
+                    e,
+                ))
+            }
         }
         Self::lock(path, id)
     }
@@ -223,8 +241,14 @@ impl StateDir {
     /// Reads state.json.
     pub fn load(&self) -> Result<ContainerState> {
         let p = self.state_file();
-        let data = fs::read(&p).map_err(|e| Error::State { path: p.clone(), msg: e.to_string() })?;
-        serde_json::from_slice(&data).map_err(|e| Error::State { path: p, msg: e.to_string() })
+        let data = fs::read(&p).map_err(|e| Error::State {
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
+        serde_json::from_slice(&data).map_err(|e| Error::State {
+            path: p,
+            msg: e.to_string(),
+        })
     }
 
     /// Whether state.json exists (a missing one means `create` was interrupted early).
@@ -234,13 +258,17 @@ impl StateDir {
 
     /// Writes state.json atomically: temporary file, fsync, rename.
     pub fn save(&self, st: &ContainerState) -> Result<()> {
-        let data = serde_json::to_vec(st).map_err(|e| Error::State { path: self.state_file(), msg: e.to_string() })?;
+        let data = serde_json::to_vec(st).map_err(|e| Error::State {
+            path: self.state_file(),
+            msg: e.to_string(),
+        })?;
         write_atomic(&self.state_file(), &data, 0o600)
     }
 
     /// Removes the directory and everything in it.
     pub fn remove(self) -> Result<()> {
-        fs::remove_dir_all(&self.path).ctx(|| format!("remove state directory {}", self.path.display()))
+        fs::remove_dir_all(&self.path)
+            .ctx(|| format!("remove state directory {}", self.path.display()))
     }
 
     /// The raw lock fd, for forked children to close.
@@ -323,7 +351,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = StateRoot::open(tmp.path()).unwrap();
         let d = StateDir::create(&root, "c1").unwrap();
-        assert!(matches!(StateDir::create(&root, "c1"), Err(Error::Exists(_))));
+        assert!(matches!(
+            StateDir::create(&root, "c1"),
+            Err(Error::Exists(_))
+        ));
         let st = ContainerState {
             oci_version: "1.0.2".into(),
             id: "c1".into(),
@@ -353,6 +384,9 @@ mod tests {
     #[test]
     fn own_process_has_a_start_time() {
         assert!(process_start_time(std::process::id() as i32).is_some());
-        assert!(matches!(process_state(std::process::id() as i32), Some('R' | 'S')));
+        assert!(matches!(
+            process_state(std::process::id() as i32),
+            Some('R' | 'S')
+        ));
     }
 }

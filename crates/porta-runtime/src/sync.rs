@@ -5,7 +5,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +43,13 @@ pub struct Channel {
 impl Channel {
     /// A connected pair of channel ends (both close-on-exec).
     pub fn pair() -> Result<(Channel, Channel)> {
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| Error::nix("socketpair for the set-up channel", e))?;
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::nix("socketpair for the set-up channel", e))?;
         Ok((Channel { fd: a }, Channel { fd: b }))
     }
 
@@ -54,12 +60,19 @@ impl Channel {
 
     /// Sends a message with optional fds.
     pub fn send(&self, msg: &Msg, fds: &[RawFd]) -> Result<()> {
-        let bytes = serde_json::to_vec(msg).map_err(|e| Error::Init(format!("encode set-up message: {e}")))?;
+        let bytes = serde_json::to_vec(msg)
+            .map_err(|e| Error::Init(format!("encode set-up message: {e}")))?;
         let iov = [IoSlice::new(&bytes)];
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-        sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-            .map_err(|e| Error::nix("send on the set-up channel", e))?;
+        sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| Error::nix("send on the set-up channel", e))?;
         Ok(())
     }
 
@@ -70,10 +83,18 @@ impl Channel {
         let mut cbuf = nix::cmsg_space!([RawFd; 4]);
         let (n, fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cbuf), MsgFlags::MSG_CMSG_CLOEXEC) {
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cbuf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
                 Ok(m) => {
                     let mut fds = Vec::new();
-                    for c in m.cmsgs().map_err(|e| Error::nix("read control message", e))? {
+                    for c in m
+                        .cmsgs()
+                        .map_err(|e| Error::nix("read control message", e))?
+                    {
                         if let ControlMessageOwned::ScmRights(v) = c {
                             // SAFETY: SCM_RIGHTS gave us fresh fds that nobody else owns.
                             fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
@@ -86,7 +107,9 @@ impl Channel {
             }
         };
         if n == 0 {
-            return Err(Error::Init(format!("{peer} exited before finishing set-up")));
+            return Err(Error::Init(format!(
+                "{peer} exited before finishing set-up"
+            )));
         }
         let msg: Msg = serde_json::from_slice(&buf[..n])
             .map_err(|e| Error::Init(format!("malformed set-up message from {peer}: {e}")))?;
@@ -102,7 +125,9 @@ impl Channel {
         if want(&msg) {
             Ok(fds)
         } else {
-            Err(Error::Init(format!("unexpected set-up message from {peer}: {msg:?}")))
+            Err(Error::Init(format!(
+                "unexpected set-up message from {peer}: {msg:?}"
+            )))
         }
     }
 }

@@ -39,7 +39,11 @@ pub fn clone_into(flags: u64) -> io::Result<Forked> {
         set_tid_size: u64,
         cgroup: u64,
     }
-    let mut args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let mut args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
     // SAFETY: clone3 without CLONE_VM duplicates the address space like fork; args is a valid,
     // correctly sized struct that outlives the call.
     let ret = unsafe {
@@ -67,7 +71,13 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     // SAFETY: plain integer arguments; a null siginfo is allowed.
     cvt(unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<u8>(),
+            0,
+        )
     })?;
     Ok(())
 }
@@ -88,7 +98,11 @@ pub fn unshare(flags: i32) -> io::Result<()> {
 
 /// Closes every fd from `first` upwards (close_range), or marks them close-on-exec.
 pub fn close_from(first: u32, cloexec_only: bool) -> io::Result<()> {
-    let flags = if cloexec_only { libc::CLOSE_RANGE_CLOEXEC } else { 0 };
+    let flags = if cloexec_only {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
     // SAFETY: close_range only affects this process's fd table; callers own no fd above `first`
     // that they still use after this call (documented at each call site).
     cvt(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) })?;
@@ -101,7 +115,13 @@ pub const RESOLVE_IN_ROOT: u64 = 0x10;
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 
 /// openat2 with a `resolve` mask: opens `path` below `dirfd` with symlinks kept inside it.
-pub fn openat2(dirfd: BorrowedFd<'_>, path: &str, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+pub fn openat2(
+    dirfd: BorrowedFd<'_>,
+    path: &str,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct OpenHow {
         flags: u64,
@@ -109,7 +129,11 @@ pub fn openat2(dirfd: BorrowedFd<'_>, path: &str, flags: i32, mode: u32, resolve
         resolve: u64,
     }
     let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: mode as u64, resolve };
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve,
+    };
     loop {
         // SAFETY: c and how are valid for the duration of the call; the result is a new fd.
         let ret = unsafe {
@@ -183,7 +207,14 @@ pub fn fexecve(fd: BorrowedFd<'_>, argv: &[CString], envp: &[CString]) -> io::Er
     let empty = c"";
     // SAFETY: argv/envp are NUL-terminated arrays of valid C strings that outlive the call.
     unsafe {
-        libc::syscall(libc::SYS_execveat, fd.as_raw_fd(), empty.as_ptr(), a.as_ptr(), e.as_ptr(), libc::AT_EMPTY_PATH);
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            a.as_ptr(),
+            e.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
     }
     io::Error::last_os_error()
 }
@@ -197,7 +228,12 @@ pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Sets a terminal's window size.
 pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: ws is a valid winsize for the duration of the call.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } as libc::c_long)?;
     Ok(())
@@ -206,8 +242,13 @@ pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
 /// Opens the slave side of the pty behind master `fd` (TIOCGPTPEER), without any path lookup.
 pub fn pty_peer(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: TIOCGPTPEER returns a new fd for the peer.
-    let r = cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) }
-        as libc::c_long)?;
+    let r = cvt(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    } as libc::c_long)?;
     // SAFETY: a fresh fd from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
@@ -235,7 +276,8 @@ pub fn set_umask(mask: u32) -> u32 {
 /// move_mount of a detached mount (from fsmount/open_tree) onto `target`.
 pub fn move_mount_onto(mount_fd: BorrowedFd<'_>, target: &std::path::Path) -> io::Result<()> {
     const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
-    let t = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let t = CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let empty = c"";
     // SAFETY: both strings are valid for the call; no memory is retained by the kernel.
     cvt(unsafe {

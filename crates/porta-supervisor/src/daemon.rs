@@ -277,10 +277,10 @@ impl Supervisor {
         let l = crate::socket_path(&self.a.state_dir, SOCKET_NAME)
             .and_then(|(p, _keep)| UnixListener::bind(p))
             .map_err(|e| Error::Path {
-            what: "bind control socket",
-            path: sock.clone(),
-            source: e,
-        })?;
+                what: "bind control socket",
+                path: sock.clone(),
+                source: e,
+            })?;
         l.set_nonblocking(true)
             .map_err(|e| Error::Io("control socket", e))?;
         self.listener = Some(l);

@@ -236,7 +236,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
 /// A path naming `name` in `dir` that fits in a socket address (108 bytes): the path itself
 /// when short, else one through an open fd of the directory (returned, to be kept open
 /// until the socket call is done).
-pub(crate) fn socket_path(dir: &Path, name: &str) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+pub(crate) fn socket_path(
+    dir: &Path,
+    name: &str,
+) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
     let full = dir.join(name);
     if full.as_os_str().len() < 100 {
         return Ok((full, None));

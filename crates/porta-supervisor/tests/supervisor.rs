@@ -567,7 +567,10 @@ fn supervisor_holds_the_mount_until_stopped() {
     // cannot name another container's connection; `stop` (porta delete) ends it.
     drop(l.mount_fd);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "supervisor exited");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "supervisor exited"
+    );
     assert_eq!(servers(&state).unwrap()[0].state, "running");
     stop(&state).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -575,7 +578,10 @@ fn supervisor_holds_the_mount_until_stopped() {
         .map(|s| !s.contains(") Z"))
         .unwrap_or(false)
     {
-        assert!(Instant::now() < deadline, "supervisor still running after stop");
+        assert!(
+            Instant::now() < deadline,
+            "supervisor still running after stop"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(servers(&state).unwrap()[0].state, "stopped");

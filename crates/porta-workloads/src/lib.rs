@@ -131,7 +131,14 @@ pub fn primes(n: u64) -> (u64, Figure) {
     let t = Instant::now();
     let c = count_primes_below(n);
     let s = t.elapsed().as_secs_f64();
-    (c, Figure { metric: "time", value: s, unit: "s" })
+    (
+        c,
+        Figure {
+            metric: "time",
+            value: s,
+            unit: "s",
+        },
+    )
 }
 
 /// fs_mark-like name: 40 bytes, 8 hex digits of sequence number then 32 pseudo-random
@@ -151,7 +158,9 @@ pub fn fsmark_name(i: usize, rng: &mut XorShift) -> String {
 pub fn fsmark(dir: &Path, count: usize, size: usize, fsync: bool) -> io::Result<Figure> {
     fs::create_dir(dir)?;
     let mut rng = XorShift::new(0x5eed ^ count as u64);
-    let names: Vec<PathBuf> = (0..count).map(|i| dir.join(fsmark_name(i, &mut rng))).collect();
+    let names: Vec<PathBuf> = (0..count)
+        .map(|i| dir.join(fsmark_name(i, &mut rng)))
+        .collect();
     let buf = vec![0x61u8; size];
     let t = Instant::now();
     for p in &names {
@@ -163,7 +172,11 @@ pub fn fsmark(dir: &Path, count: usize, size: usize, fsync: bool) -> io::Result<
         drop(f);
     }
     let s = t.elapsed().as_secs_f64();
-    Ok(Figure { metric: "rate", value: count as f64 / s, unit: "files/s" })
+    Ok(Figure {
+        metric: "rate",
+        value: count as f64 / s,
+        unit: "files/s",
+    })
 }
 
 /// Memory copy bandwidth over two buffers of `bytes` each (larger than the last-level cache),
@@ -179,7 +192,11 @@ pub fn membw(bytes: usize, iters: usize) -> Figure {
         std::hint::black_box(&mut dst);
         best = best.min(t.elapsed().as_secs_f64());
     }
-    Figure { metric: "copy", value: bytes as f64 / best / 1e6, unit: "MB/s" }
+    Figure {
+        metric: "copy",
+        value: bytes as f64 / best / 1e6,
+        unit: "MB/s",
+    }
 }
 
 /// Builds a single random cycle over `slots` cache-line slots (Sattolo's algorithm) and returns
@@ -218,7 +235,11 @@ pub fn memlat(bytes: usize, accesses: u64) -> Figure {
     }
     let s = t.elapsed().as_secs_f64();
     std::hint::black_box(idx);
-    Figure { metric: "latency", value: s * 1e9 / accesses as f64, unit: "ns" }
+    Figure {
+        metric: "latency",
+        value: s * 1e9 / accesses as f64,
+        unit: "ns",
+    }
 }
 
 /// Creates a tree of `files` empty files under `root`: 20 top directories, each with up to 25
@@ -262,7 +283,14 @@ pub fn stat_tree(root: &Path) -> io::Result<(u64, Figure)> {
     fs::symlink_metadata(root)?;
     walk(root, &mut files)?;
     let s = t.elapsed().as_secs_f64();
-    Ok((files, Figure { metric: "rate", value: files as f64 / s, unit: "files/s" }))
+    Ok((
+        files,
+        Figure {
+            metric: "rate",
+            value: files as f64 / s,
+            unit: "files/s",
+        },
+    ))
 }
 
 extern "C" {
@@ -304,12 +332,23 @@ pub fn seqio(path: &Path, mib: usize) -> io::Result<[Figure; 2]> {
     drop(f);
     fs::remove_file(path)?;
     if total != mib * BLOCK {
-        return Err(io::Error::other(format!("read back {total} bytes, wrote {}", mib * BLOCK)));
+        return Err(io::Error::other(format!(
+            "read back {total} bytes, wrote {}",
+            mib * BLOCK
+        )));
     }
     let mb = (mib * BLOCK) as f64 / 1e6;
     Ok([
-        Figure { metric: "write", value: mb / ws, unit: "MB/s" },
-        Figure { metric: "read", value: mb / rs, unit: "MB/s" },
+        Figure {
+            metric: "write",
+            value: mb / ws,
+            unit: "MB/s",
+        },
+        Figure {
+            metric: "read",
+            value: mb / rs,
+            unit: "MB/s",
+        },
     ])
 }
 
@@ -318,8 +357,12 @@ pub fn seqio(path: &Path, mib: usize) -> io::Result<[Figure; 2]> {
 pub fn smallfile(dir: &Path, count: usize) -> io::Result<Figure> {
     fs::create_dir(dir)?;
     let data = [0x62u8; 1024];
-    let a: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("small-{i:06}"))).collect();
-    let b: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("moved-{i:06}"))).collect();
+    let a: Vec<PathBuf> = (0..count)
+        .map(|i| dir.join(format!("small-{i:06}")))
+        .collect();
+    let b: Vec<PathBuf> = (0..count)
+        .map(|i| dir.join(format!("moved-{i:06}")))
+        .collect();
     let t = Instant::now();
     for p in &a {
         let mut f = OpenOptions::new().write(true).create_new(true).open(p)?;
@@ -338,7 +381,11 @@ pub fn smallfile(dir: &Path, count: usize) -> io::Result<Figure> {
     }
     let s = t.elapsed().as_secs_f64();
     fs::remove_dir(dir)?;
-    Ok(Figure { metric: "rate", value: count as f64 / s, unit: "files/s" })
+    Ok(Figure {
+        metric: "rate",
+        value: count as f64 / s,
+        unit: "files/s",
+    })
 }
 
 #[cfg(test)]
@@ -355,7 +402,11 @@ mod tests {
         assert_eq!(count_primes_below(1_000_000), 78_498);
         assert_eq!(count_primes_below(10_000_000), 664_579);
         // Segment boundaries: 2 * 2^17 = 262,144 numbers per segment.
-        let naive = |n: u64| (2..n).filter(|&k| (2..).take_while(|d| d * d <= k).all(|d| k % d != 0)).count() as u64;
+        let naive = |n: u64| {
+            (2..n)
+                .filter(|&k| (2..).take_while(|d| d * d <= k).all(|d| k % d != 0))
+                .count() as u64
+        };
         for n in [262_140, 262_147, 262_149, 524_290, 600_001] {
             assert_eq!(count_primes_below(n), naive(n), "n = {n}");
         }
@@ -386,21 +437,32 @@ mod tests {
 
     #[test]
     fn result_lines_round_trip() {
-        let f = Figure { metric: "rate", value: 1234.5, unit: "files/s" };
-        assert_eq!(parse_result_line(&f.line()), Some(("rate".into(), 1234.5, "files/s".into())));
+        let f = Figure {
+            metric: "rate",
+            value: 1234.5,
+            unit: "files/s",
+        };
+        assert_eq!(
+            parse_result_line(&f.line()),
+            Some(("rate".into(), 1234.5, "files/s".into()))
+        );
         assert_eq!(parse_result_line("INFO x"), None);
         assert_eq!(parse_result_line("RESULT a NaN s"), None);
     }
 
     #[test]
     fn file_workloads_run() {
-        let base = std::env::temp_dir().join(format!("porta-workloads-test-{}", std::process::id()));
+        let base =
+            std::env::temp_dir().join(format!("porta-workloads-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(&base).unwrap();
         let f = fsmark(&base.join("fsm"), 50, 10240, false).unwrap();
         assert!(f.value > 0.0);
         assert_eq!(fs::read_dir(base.join("fsm")).unwrap().count(), 50);
-        assert!(fsmark(&base.join("fsm"), 5, 10, false).is_err(), "directory must be fresh");
+        assert!(
+            fsmark(&base.join("fsm"), 5, 10, false).is_err(),
+            "directory must be fresh"
+        );
         assert_eq!(make_tree(&base.join("tree"), 2600).unwrap(), 2600);
         let (n, _) = stat_tree(&base.join("tree")).unwrap();
         assert_eq!(n, 2600);

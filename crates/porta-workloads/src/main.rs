@@ -17,12 +17,18 @@ const USAGE: &str = "usage: porta-workload <workload> [args]
   smallfile DIR COUNT      create, stat, rename, delete COUNT small files";
 
 fn num<T: std::str::FromStr>(args: &[String], i: usize) -> Result<T, String> {
-    let s = args.get(i).ok_or_else(|| format!("missing argument {i}\n{USAGE}"))?;
-    s.replace('_', "").parse().map_err(|_| format!("bad number {s:?}"))
+    let s = args
+        .get(i)
+        .ok_or_else(|| format!("missing argument {i}\n{USAGE}"))?;
+    s.replace('_', "")
+        .parse()
+        .map_err(|_| format!("bad number {s:?}"))
 }
 
 fn arg(args: &[String], i: usize) -> Result<&str, String> {
-    args.get(i).map(|s| s.as_str()).ok_or_else(|| format!("missing argument {i}\n{USAGE}"))
+    args.get(i)
+        .map(|s| s.as_str())
+        .ok_or_else(|| format!("missing argument {i}\n{USAGE}"))
 }
 
 fn run(args: &[String]) -> Result<Vec<w::Figure>, String> {
@@ -40,7 +46,13 @@ fn run(args: &[String]) -> Result<Vec<w::Figure>, String> {
                 "nosync" => false,
                 o => return Err(format!("fsmark: expected sync|nosync, got {o:?}")),
             };
-            Ok(vec![w::fsmark(Path::new(arg(args, 1)?), num(args, 2)?, num(args, 3)?, sync).map_err(io)?])
+            Ok(vec![w::fsmark(
+                Path::new(arg(args, 1)?),
+                num(args, 2)?,
+                num(args, 3)?,
+                sync,
+            )
+            .map_err(io)?])
         }
         "membw" => Ok(vec![w::membw(num::<usize>(args, 1)? << 20, num(args, 2)?)]),
         "memlat" => Ok(vec![w::memlat(num::<usize>(args, 1)? << 20, num(args, 2)?)]),
@@ -54,8 +66,12 @@ fn run(args: &[String]) -> Result<Vec<w::Figure>, String> {
             println!("INFO files {n}");
             Ok(vec![f])
         }
-        "seqio" => Ok(w::seqio(Path::new(arg(args, 1)?), num(args, 2)?).map_err(io)?.to_vec()),
-        "smallfile" => Ok(vec![w::smallfile(Path::new(arg(args, 1)?), num(args, 2)?).map_err(io)?]),
+        "seqio" => Ok(w::seqio(Path::new(arg(args, 1)?), num(args, 2)?)
+            .map_err(io)?
+            .to_vec()),
+        "smallfile" => Ok(vec![
+            w::smallfile(Path::new(arg(args, 1)?), num(args, 2)?).map_err(io)?
+        ]),
         other => Err(format!("unknown workload {other:?}\n{USAGE}")),
     }
 }

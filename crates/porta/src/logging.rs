@@ -56,7 +56,9 @@ impl<S: Subscriber> Layer<S> for Line {
         };
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let line = match self.format {
-            LogFormat::Json => serde_json::json!({"level": level, "msg": m.0, "time": time}).to_string(),
+            LogFormat::Json => {
+                serde_json::json!({"level": level, "msg": m.0, "time": time}).to_string()
+            }
             LogFormat::Text => format!("time=\"{time}\" level={level} msg={:?}", m.0),
         };
         if let Ok(mut out) = self.out.lock() {
@@ -68,7 +70,11 @@ impl<S: Subscriber> Layer<S> for Line {
 
 /// Installs the global logger. Returns whether logs go to a file (errors are then also
 /// printed on stderr for people).
-pub fn init(path: Option<&std::path::Path>, format: LogFormat, debug: bool) -> anyhow::Result<bool> {
+pub fn init(
+    path: Option<&std::path::Path>,
+    format: LogFormat,
+    debug: bool,
+) -> anyhow::Result<bool> {
     let (out, to_file): (Box<dyn Write + Send>, bool) = match path {
         Some(p) => {
             let f = std::fs::OpenOptions::new()
@@ -80,7 +86,19 @@ pub fn init(path: Option<&std::path::Path>, format: LogFormat, debug: bool) -> a
         }
         None => (Box::new(std::io::stderr()), false),
     };
-    let level = if debug { tracing::level_filters::LevelFilter::DEBUG } else { tracing::level_filters::LevelFilter::WARN };
-    tracing_subscriber::registry().with(Line { format, out: Mutex::new(out) }.with_filter(level)).init();
+    let level = if debug {
+        tracing::level_filters::LevelFilter::DEBUG
+    } else {
+        tracing::level_filters::LevelFilter::WARN
+    };
+    tracing_subscriber::registry()
+        .with(
+            Line {
+                format,
+                out: Mutex::new(out),
+            }
+            .with_filter(level),
+        )
+        .init();
     Ok(to_file)
 }

@@ -21,7 +21,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         "auto" => !nix::unistd::geteuid().is_root(),
         other => bail!("--rootless: {other:?} is not true, false or auto"),
     };
-    if matches!(cli.command, Command::Create(_) | Command::Run { .. } | Command::Exec(_)) {
+    if matches!(
+        cli.command,
+        Command::Create(_) | Command::Run { .. } | Command::Exec(_)
+    ) {
         // These commands enter the container: run them from a sealed copy of the binary.
         selfexe::ensure_sealed_copy()?;
     }
@@ -35,11 +38,18 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Container::open(&root()?, &id)?.start()?;
             Ok(0)
         }
-        Command::Run { create, detach, keep } => {
+        Command::Run {
+            create,
+            detach,
+            keep,
+        } => {
             let root = root()?;
             let mut opts = create_opts(&create, cli.systemd_cgroup, rootless);
             // Foreground terminal without a console socket: relay the pty ourselves.
-            let console = if !detach && opts.console_socket.is_none() && bundle_wants_terminal(&opts.bundle) {
+            let console = if !detach
+                && opts.console_socket.is_none()
+                && bundle_wants_terminal(&opts.bundle)
+            {
                 let l = crate::tty::ConsoleListener::new(&root.path)?;
                 opts.console_socket = Some(l.path());
                 Some(l)
@@ -75,7 +85,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::List { format, quiet } => list(&root()?, &format, quiet),
-        Command::Ps { format, id, ps_args } => ps(&root()?, &id, &format, &ps_args),
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => ps(&root()?, &id, &format, &ps_args),
         Command::Exec(a) => exec(&root()?, a),
         Command::Pause { id } => {
             Container::open(&root()?, &id)?.pause()?;
@@ -86,7 +100,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Update(a) => update(&root()?, a),
-        Command::Events { interval, stats, id } => events(&root()?, &id, &interval, stats),
+        Command::Events {
+            interval,
+            stats,
+            id,
+        } => events(&root()?, &id, &interval, stats),
         Command::Spec { bundle } => {
             // `spec --rootless` is the global flag given explicitly.
             let rl = cli.rootless == "true";
@@ -94,15 +112,22 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             if path.exists() {
                 bail!("{} already exists; remove it first", path.display());
             }
-            let v = spec::default_spec(rl, nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-            std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n").with_context(|| format!("write {}", path.display()))?;
+            let v = spec::default_spec(
+                rl,
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            );
+            std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")
+                .with_context(|| format!("write {}", path.display()))?;
             Ok(0)
         }
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&features::features())?);
             Ok(0)
         }
-        Command::Checkpoint { id } => bail!("checkpoint {id}: not supported (CRIU cannot checkpoint a FUSE mount)"),
+        Command::Checkpoint { id } => {
+            bail!("checkpoint {id}: not supported (CRIU cannot checkpoint a FUSE mount)")
+        }
     }
 }
 
@@ -124,7 +149,9 @@ fn absolute(p: &Path) -> std::path::PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -137,12 +164,24 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         bail!("invalid signal {s:?}: numbers go from 1 to 64");
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     if let Some(rest) = name.strip_prefix("SIGRTMIN") {
-        let off: i32 = if rest.is_empty() { 0 } else { rest.trim_start_matches('+').parse().map_err(|_| anyhow!("invalid signal {s:?}"))? };
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.trim_start_matches('+')
+                .parse()
+                .map_err(|_| anyhow!("invalid signal {s:?}"))?
+        };
         return Ok(libc::SIGRTMIN() + off);
     }
-    nix::sys::signal::Signal::from_str(&name).map(|s| s as i32).map_err(|_| anyhow!("invalid signal {s:?}"))
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|s| s as i32)
+        .map_err(|_| anyhow!("invalid signal {s:?}"))
 }
 
 fn bundle_wants_terminal(bundle: &Path) -> bool {
@@ -153,7 +192,13 @@ fn bundle_wants_terminal(bundle: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn run(root: &StateRoot, opts: &CreateOptions, detach: bool, keep: bool, console: Option<crate::tty::ConsoleListener>) -> Result<i32> {
+fn run(
+    root: &StateRoot,
+    opts: &CreateOptions,
+    detach: bool,
+    keep: bool,
+    console: Option<crate::tty::ConsoleListener>,
+) -> Result<i32> {
     if !detach {
         // The container's process is reparented to us when create's stage one exits.
         sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0).context("prctl(PR_SET_CHILD_SUBREAPER)")?;
@@ -203,7 +248,16 @@ fn wait_forwarding_signals(pid: i32) -> Result<i32> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCHLD,
+    ] {
         set.add(s);
     }
     set.thread_block().context("block signals")?;
@@ -214,7 +268,9 @@ fn wait_forwarding_signals(pid: i32) -> Result<i32> {
         loop {
             match nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
                 Ok(nix::sys::wait::WaitStatus::Exited(p, c)) if p == target => return Ok(c),
-                Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p == target => return Ok(128 + s as i32),
+                Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p == target => {
+                    return Ok(128 + s as i32)
+                }
                 Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }
@@ -246,7 +302,11 @@ fn list(root: &StateRoot, format: &str, quiet: bool) -> Result<i32> {
     match format {
         "json" => writeln!(out, "{}", serde_json::to_string(&items)?)?,
         "table" => {
-            writeln!(out, "{:<12} {:<10} {:<10} {:<40} {:<30} {}", "ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")?;
+            writeln!(
+                out,
+                "{:<12} {:<10} {:<10} {:<40} {:<30} {}",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"
+            )?;
             for i in &items {
                 writeln!(
                     out,
@@ -273,14 +333,30 @@ fn ps(root: &StateRoot, id: &str, format: &str, _args: &[String]) -> Result<i32>
         "table" => {
             println!("{:<8} {:<8} {:<8} CMD", "UID", "PID", "PPID");
             for p in pids {
-                let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let status =
+                    std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
                 let field = |k: &str| {
-                    status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default()
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                        .unwrap_or_default()
                 };
                 let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+                    .map(|b| {
+                        String::from_utf8_lossy(&b)
+                            .replace('\0', " ")
+                            .trim()
+                            .to_string()
+                    })
                     .unwrap_or_default();
-                println!("{:<8} {:<8} {:<8} {}", field("Uid:"), p, field("PPid:"), cmd);
+                println!(
+                    "{:<8} {:<8} {:<8} {}",
+                    field("Uid:"),
+                    p,
+                    field("PPid:"),
+                    cmd
+                );
             }
         }
         other => bail!("--format: {other:?} is not table or json"),
@@ -312,25 +388,35 @@ fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32> {
 
 fn build_exec_process(spec: &oci_spec::runtime::Spec, a: &ExecArgs) -> Result<Process> {
     if let Some(path) = &a.process {
-        let data = std::fs::read(path).with_context(|| format!("read --process {}", path.display()))?;
+        let data =
+            std::fs::read(path).with_context(|| format!("read --process {}", path.display()))?;
         let de = &mut serde_json::Deserializer::from_slice(&data);
         let p: Process = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
-            anyhow!("--process {}: field {field}: {}", path.display(), e.into_inner())
+            anyhow!(
+                "--process {}: field {field}: {}",
+                path.display(),
+                e.into_inner()
+            )
         })?;
         return Ok(p);
     }
     if a.command.is_empty() {
         bail!("exec: no command given (give one after the container id, or --process)");
     }
-    let base = spec.process().clone().ok_or_else(|| anyhow!("the container's config has no process"))?;
+    let base = spec
+        .process()
+        .clone()
+        .ok_or_else(|| anyhow!("the container's config has no process"))?;
     let mut p = base;
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
     p.set_console_size(None);
     let mut env = p.env().clone().unwrap_or_default();
     for e in &a.env {
-        let Some((k, _)) = e.split_once('=') else { bail!("--env {e:?}: not NAME=VALUE") };
+        let Some((k, _)) = e.split_once('=') else {
+            bail!("--env {e:?}: not NAME=VALUE")
+        };
         env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
         env.push(e.clone());
     }
@@ -341,8 +427,17 @@ fn build_exec_process(spec: &oci_spec::runtime::Spec, a: &ExecArgs) -> Result<Pr
     let mut user = p.user().clone();
     if let Some(u) = &a.user {
         let (uid, gid) = match u.split_once(':') {
-            Some((u, g)) => (u.parse::<u32>().map_err(|_| anyhow!("--user {u:?}: not a number"))?, g.parse::<u32>().map_err(|_| anyhow!("--user {g:?}: gid is not a number"))?),
-            None => (u.parse::<u32>().map_err(|_| anyhow!("--user {u:?}: not a number (uid[:gid])"))?, 0),
+            Some((u, g)) => (
+                u.parse::<u32>()
+                    .map_err(|_| anyhow!("--user {u:?}: not a number"))?,
+                g.parse::<u32>()
+                    .map_err(|_| anyhow!("--user {g:?}: gid is not a number"))?,
+            ),
+            None => (
+                u.parse::<u32>()
+                    .map_err(|_| anyhow!("--user {u:?}: not a number (uid[:gid])"))?,
+                0,
+            ),
         };
         user.set_uid(uid);
         user.set_gid(gid);
@@ -354,8 +449,17 @@ fn build_exec_process(spec: &oci_spec::runtime::Spec, a: &ExecArgs) -> Result<Pr
     if !a.cap.is_empty() {
         let mut caps = p.capabilities().clone().unwrap_or_default();
         for c in &a.cap {
-            let cap: oci_spec::runtime::Capability = serde_json::from_value(serde_json::json!(c)).map_err(|_| anyhow!("--cap {c:?}: unknown capability"))?;
-            for set in [caps.bounding().clone(), caps.effective().clone(), caps.permitted().clone()].iter().enumerate() {
+            let cap: oci_spec::runtime::Capability =
+                serde_json::from_value(serde_json::json!(c))
+                    .map_err(|_| anyhow!("--cap {c:?}: unknown capability"))?;
+            for set in [
+                caps.bounding().clone(),
+                caps.effective().clone(),
+                caps.permitted().clone(),
+            ]
+            .iter()
+            .enumerate()
+            {
                 let mut s = set.1.clone().unwrap_or_default();
                 s.insert(cap);
                 match set.0 {
@@ -390,7 +494,10 @@ fn parse_bytes(flag: &str, s: &str) -> Result<i64> {
         Some('g') => (&lower[..lower.trim_end_matches('b').len() - 1], 1 << 30),
         _ => (lower.trim_end_matches('b'), 1),
     };
-    let n: i64 = num.trim().parse().map_err(|_| anyhow!("{flag} {s:?}: not a size"))?;
+    let n: i64 = num
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("{flag} {s:?}: not a size"))?;
     Ok(n * mult)
 }
 
@@ -475,8 +582,13 @@ fn update(root: &StateRoot, a: UpdateArgs) -> Result<i32> {
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration> {
-    let (n, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let v: f64 = n.parse().map_err(|_| anyhow!("--interval {s:?}: not a duration"))?;
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let v: f64 = n
+        .parse()
+        .map_err(|_| anyhow!("--interval {s:?}: not a duration"))?;
     let secs = match unit {
         "ms" => v / 1000.0,
         "s" | "" => v,
@@ -538,7 +650,10 @@ mod tests {
         assert_eq!(parse_bytes("--memory", "10m").unwrap(), 10 << 20);
         assert_eq!(parse_bytes("--memory", "1024").unwrap(), 1024);
         assert!(parse_bytes("--memory", "ten").is_err());
-        assert_eq!(parse_interval("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(
+            parse_interval("500ms").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
         assert!(parse_interval("-1s").is_err());
     }
 }

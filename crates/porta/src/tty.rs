@@ -19,7 +19,8 @@ impl ConsoleListener {
     pub fn new(root: &Path) -> Result<Self> {
         let dir = root.join(format!(".console-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let listener = UnixListener::bind(dir.join("sock")).with_context(|| format!("bind console socket in {}", dir.display()))?;
+        let listener = UnixListener::bind(dir.join("sock"))
+            .with_context(|| format!("bind console socket in {}", dir.display()))?;
         Ok(ConsoleListener { dir, listener })
     }
 
@@ -30,12 +31,20 @@ impl ConsoleListener {
 
     /// Accepts the connection the runtime made and receives the pty master from it.
     pub fn receive(&self) -> Result<OwnedFd> {
-        let (s, _) = self.listener.accept().context("accept on the console socket")?;
+        let (s, _) = self
+            .listener
+            .accept()
+            .context("accept on the console socket")?;
         let mut buf = [0u8; 256];
         let mut cbuf = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = nix::sys::socket::recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cbuf), nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC)
-            .context("receive the pty master")?;
+        let msg = nix::sys::socket::recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cbuf),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .context("receive the pty master")?;
         for c in msg.cmsgs().context("read control message")? {
             if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
                 if let Some(fd) = fds.first() {
@@ -65,7 +74,8 @@ impl RawMode {
             Ok(orig) => {
                 let mut raw = orig.clone();
                 nix::sys::termios::cfmakeraw(&mut raw);
-                let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &raw);
+                let _ =
+                    nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &raw);
                 RawMode(Some(orig))
             }
             Err(_) => RawMode(None),
@@ -76,7 +86,11 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(t) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
         }
     }
 }
