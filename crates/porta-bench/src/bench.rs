@@ -652,7 +652,9 @@ impl Bench {
     /// One measurement of `workload` in environment `e` in round `round`.
     fn measure(&mut self, workload: &str, e: usize, round: usize) -> Result<Vec<(String, f64)>> {
         let s = self.sizes;
-        let tag = format!("{}-{}", self.envs[e].name, round);
+        // The retry count makes a retried run's directories fresh: a failed attempt may have
+        // left its directory behind.
+        let tag = format!("{}-{}-{}", self.envs[e].name, round, self.retries.len());
         let long = Duration::from_secs(if s.quick { 300 } else { 1800 });
         let a = |v: &[&str]| -> Vec<String> {
             std::iter::once("/bin/porta-workload")
