@@ -571,19 +571,7 @@ impl ContainerCgroup {
         if let Some(b) = r.block_io() {
             let any = b.weight().is_some_and(|w| w != 0)
                 || b.leaf_weight().is_some_and(|w| w != 0)
-                || b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
-                || b.throttle_read_bps_device()
-                    .as_ref()
-                    .is_some_and(|v| !v.is_empty())
-                || b.throttle_write_bps_device()
-                    .as_ref()
-                    .is_some_and(|v| !v.is_empty())
-                || b.throttle_read_iops_device()
-                    .as_ref()
-                    .is_some_and(|v| !v.is_empty())
-                || b.throttle_write_iops_device()
-                    .as_ref()
-                    .is_some_and(|v| !v.is_empty());
+                || v1::has_device_entries(b);
             if any {
                 out.push((
                     if v2 { "io" } else { "blkio" }.into(),

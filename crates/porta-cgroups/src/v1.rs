@@ -241,11 +241,9 @@ pub(crate) fn pids(find: Finder, limit: i64) -> Result<()> {
     crate::write_pids_limits(&dir, limit)
 }
 
-/// blkio weights and throttles.
-pub(crate) fn blkio(find: Finder, b: &LinuxBlockIo) -> Result<()> {
-    let wants = b.weight().is_some()
-        || b.leaf_weight().is_some()
-        || b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
+/// Whether a block IO section names any device (weights per device or throttles).
+pub(crate) fn has_device_entries(b: &LinuxBlockIo) -> bool {
+    b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
         || b.throttle_read_bps_device()
             .as_ref()
             .is_some_and(|v| !v.is_empty())
@@ -257,7 +255,12 @@ pub(crate) fn blkio(find: Finder, b: &LinuxBlockIo) -> Result<()> {
             .is_some_and(|v| !v.is_empty())
         || b.throttle_write_iops_device()
             .as_ref()
-            .is_some_and(|v| !v.is_empty());
+            .is_some_and(|v| !v.is_empty())
+}
+
+/// blkio weights and throttles.
+pub(crate) fn blkio(find: Finder, b: &LinuxBlockIo) -> Result<()> {
+    let wants = b.weight().is_some() || b.leaf_weight().is_some() || has_device_entries(b);
     if !wants {
         return Ok(());
     }
