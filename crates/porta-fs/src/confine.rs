@@ -9,6 +9,8 @@ use crate::Error;
 /// System calls the server may make (x86_64).
 const ALLOWED: &[libc::c_long] = &[
     libc::SYS_read,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
     libc::SYS_write,
     libc::SYS_readv,
     libc::SYS_writev,

@@ -383,3 +383,22 @@ pub const XATTRAT_SYSCALLS: [libc::c_long; 4] = [
     SYS_LISTXATTRAT,
     SYS_REMOVEXATTRAT,
 ];
+
+/// Sets `O_NONBLOCK` on the open file description of `fd`.
+pub fn set_nonblocking(fd: RawFd) -> SysResult<()> {
+    // SAFETY: plain system calls on an integer descriptor.
+    let fl = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) }).map(|_| ())
+}
+
+/// Blocks until `fd` is readable (or has an error or hang-up to report).
+pub fn wait_readable(fd: RawFd) -> SysResult<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid `pollfd` for the duration of the call.
+    check(unsafe { libc::poll(&mut p, 1, -1) }).map(|_| ())
+}
