@@ -197,6 +197,14 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
                 format!("{fs:?}: expected \"kernel\" or \"server\""),
             ));
         }
+        if matches!(fs.as_str(), "server" | "fuse") && !nix::unistd::geteuid().is_root() {
+            return Err(Error::field(
+                format!("annotations.{ANNOTATION_FS}"),
+                "the file server needs porta to run as root (its FUSE mount belongs to the \
+                 host's user namespace); rootless containers get the kernel's root (remove \
+                 the annotation or set it to \"kernel\")",
+            ));
+        }
     }
     if let Some(p) = spec
         .annotations()

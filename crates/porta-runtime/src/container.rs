@@ -126,6 +126,13 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
     };
     std::fs::write(format!("/proc/{pid}/uid_map"), fmt(linux.uid_mappings()))
         .map_err(|e| Error::field("linux.uidMappings", format!("write uid_map: {e}")))?;
+    // Without CAP_SETGID in the parent namespace (rootless), the kernel takes a gid_map
+    // only after setgroups(2) is denied in the child namespace, as runc does it; the
+    // container then cannot have additional groups (process.rs reports that).
+    if !nix::unistd::geteuid().is_root() {
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
+            .map_err(|e| Error::field("linux.gidMappings", format!("write setgroups deny: {e}")))?;
+    }
     std::fs::write(format!("/proc/{pid}/gid_map"), fmt(linux.gid_mappings()))
         .map_err(|e| Error::field("linux.gidMappings", format!("write gid_map: {e}")))?;
     Ok(())
@@ -264,7 +271,15 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     }
 
     // The container's root: served by its own file server (the default), or the kernel's.
-    let served_root = match config::root_mode(spec, true) {
+    // The file server needs root on the host: its FUSE mount (with passthrough) belongs
+    // to the initial user namespace. Rootless, the kernel mounts the root, as for runc.
+    let host_root = nix::unistd::geteuid().is_root();
+    if !host_root {
+        tracing::info!(
+            "rootless: the container's root is mounted by the kernel, without a file server"
+        );
+    }
+    let served_root = match config::root_mode(spec, host_root) {
         RootMode::Kernel => None,
         RootMode::Served { passthrough } => {
             rb.supervisor = Some(dir.path.clone());

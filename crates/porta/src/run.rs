@@ -262,6 +262,10 @@ fn wait_forwarding_signals(pid: i32) -> Result<i32> {
     }
     set.thread_block().context("block signals")?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    // The exit is watched through a pidfd as well as SIGCHLD: a SIGCHLD that reaches a
+    // thread of this process which does not block it is discarded, and the zombie would
+    // then never be looked at.
+    let pidfd = porta_runtime::sys::pidfd_open(pid).ok();
     let target = nix::unistd::Pid::from_raw(pid);
     loop {
         // Reap whatever exited; stop when the container's process did.
@@ -273,6 +277,32 @@ fn wait_forwarding_signals(pid: i32) -> Result<i32> {
                 }
                 Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
+            }
+        }
+        {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            use std::os::fd::AsFd;
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            if let Some(p) = &pidfd {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => bail!("poll for the container's exit: {e}"),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+            if fds.get(1).is_some_and(ready) {
+                // It exited: it is a zombie child now (porta is its subreaper), so the
+                // reaping above returns on the next round; if it is not our child, say so.
+                match nix::sys::wait::waitpid(target, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return Ok(c),
+                    Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                    Ok(_) => continue,
+                    Err(e) => bail!("the container's process {pid} exited, but its exit status cannot be read: {e}"),
+                }
+            }
+            if !ready(&fds[0]) {
+                continue;
             }
         }
         match sfd.read_signal() {
