@@ -119,6 +119,33 @@ pub mod fattr {
 
 /// Notification codes (sent with `unique == 0`).
 pub const NOTIFY_RESEND: i32 = 7;
+/// `FUSE_NOTIFY_INVAL_ENTRY`: drop the dentry `parent`/`name` (and so maybe its inode).
+pub const NOTIFY_INVAL_ENTRY: i32 = 3;
+/// `FUSE_NOTIFY_PRUNE` (protocol 7.45): forget these node ids if nothing uses them.
+pub const NOTIFY_PRUNE: i32 = 9;
+
+/// Encodes a `FUSE_NOTIFY_PRUNE` frame asking the kernel to drop `ids` if unused
+/// (`struct fuse_notify_prune_out`: count, padding, spare; then the ids).
+pub fn encode_prune(w: &mut Writer, ids: &[u64]) {
+    w.start();
+    w.u32(ids.len() as u32).u32(0).u64(0);
+    for &id in ids {
+        w.u64(id);
+    }
+    w.finish(NOTIFY_PRUNE, 0);
+}
+
+/// Encodes a `FUSE_NOTIFY_INVAL_ENTRY` frame for `name` in directory node `parent`
+/// (`struct fuse_notify_inval_entry_out`: parent, namelen, flags; then the name + NUL).
+pub fn encode_inval_entry(w: &mut Writer, parent: u64, name: &[u8]) {
+    w.start();
+    w.u64(parent)
+        .u32(name.len() as u32)
+        .u32(0)
+        .bytes(name)
+        .bytes(&[0]);
+    w.finish(NOTIFY_INVAL_ENTRY, 0);
+}
 
 /// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)`.
 pub const DEV_IOC_BACKING_OPEN: u64 = 0x4010_e501;
@@ -399,6 +426,27 @@ pub struct Ttl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notification_frames() {
+        let mut w = Writer::default();
+        encode_prune(&mut w, &[5, 9]);
+        assert_eq!(w.buf.len(), OUT_HEADER_LEN + 16 + 16);
+        assert_eq!(&w.buf[0..4], &(48u32).to_ne_bytes());
+        assert_eq!(&w.buf[4..8], &NOTIFY_PRUNE.to_ne_bytes());
+        assert_eq!(&w.buf[8..16], &0u64.to_ne_bytes());
+        assert_eq!(&w.buf[16..20], &2u32.to_ne_bytes());
+        assert_eq!(&w.buf[32..40], &5u64.to_ne_bytes());
+        assert_eq!(&w.buf[40..48], &9u64.to_ne_bytes());
+        encode_prune(&mut w, &[]);
+        assert_eq!(w.buf.len(), OUT_HEADER_LEN + 16);
+        encode_inval_entry(&mut w, 7, b"abc");
+        assert_eq!(w.buf.len(), OUT_HEADER_LEN + 16 + 4);
+        assert_eq!(&w.buf[4..8], &NOTIFY_INVAL_ENTRY.to_ne_bytes());
+        assert_eq!(&w.buf[16..24], &7u64.to_ne_bytes());
+        assert_eq!(&w.buf[24..28], &3u32.to_ne_bytes());
+        assert_eq!(&w.buf[32..36], b"abc\0");
+    }
 
     #[test]
     fn header_rejects_short_and_inconsistent_frames() {

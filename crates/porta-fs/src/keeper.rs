@@ -104,6 +104,15 @@ fn die_with_parent() {
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     die_with_parent();
     let shared = Shared::map(args.state_fd)?;
+    // The servers inherit this process's limits: raise the soft descriptor limit to the
+    // hard one and record it for them (the node budget derives from it; a confined server
+    // cannot ask for it).
+    match sys::raise_nofile() {
+        Ok(n) => shared
+            .hdr(hdr::NOFILE)
+            .store(n, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => tracing::warn!(errno = e, "could not read RLIMIT_NOFILE"),
+    }
     // The procfs root, kept across the pivot: each server opens its own `self/fd` from it
     // (a Landlock-restricted server may not follow another process's /proc links).
     let procfd = open_dir(std::path::Path::new("/proc"), libc::O_PATH)?;

@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod confine;
+pub mod evict;
 pub mod keeper;
 pub mod mount;
 pub mod server;

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
+use crate::evict::{self, Budget, Method};
 use crate::shared::{hdr, journal, kind, slot, Shared};
 use crate::sys::{self, Errno, SysResult};
 use crate::Error;
@@ -78,7 +79,18 @@ struct Fs {
     spinning: std::sync::atomic::AtomicBool,
     root_dev: u64,
     inodes: Mutex<HashMap<(u64, u64), RawFd>>,
+    /// Thresholds on the table entries in use (see [`crate::evict`]).
+    budget: Budget,
+    /// The eviction thread's controls.
+    evict: evict::Control,
+    /// With `Method::InvalEntry` only: the (parent, name) each node was last looked up
+    /// under. Process memory: after a restart a node has no known name (and is not
+    /// evicted that way) until it is looked up again.
+    names: Mutex<HashMap<RawFd, NameRec>>,
 }
+
+/// The directory node and the name a node was last looked up under.
+type NameRec = (RawFd, Box<[u8]>);
 
 /// A stack-built decimal descriptor name ("123") or /proc path ("/proc/self/fd/123").
 struct FdName {
@@ -168,6 +180,13 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             }
         }
     }
+    let live = sh.recount();
+    let nofile = match sh.hdr(hdr::NOFILE).load(Ordering::Relaxed) {
+        0 => sys::raise_nofile().unwrap_or(u64::MAX),
+        n => n,
+    };
+    let budget = Budget::for_limit((nofile.min(sh.capacity() as u64) as usize).max(16));
+    tracing::debug!(live, ?budget, "node table");
     let secs = cfg.ttl.as_secs();
     let journal_at_start = (0..hdr::MAX_SLOTS)
         .filter_map(|i| sh.journal(i))
@@ -190,6 +209,9 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         root_dev: root_st.st_dev,
         inodes: Mutex::new(map),
         spinning: std::sync::atomic::AtomicBool::new(false),
+        budget,
+        evict: evict::Control::default(),
+        names: Mutex::new(HashMap::new()),
     };
     let mut buf = vec![0u8; BUF_LEN];
     if sh.hdr(hdr::INITIALIZED).load(Ordering::Acquire) == 0 {
@@ -213,6 +235,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             "file server restarted on a live connection"
         );
     }
+    fs.evict.set_method(evict::probe(fs.fuse));
     // Request threads poll before they sleep (wait_for_request); the supervisor and the
     // keeper never read this descriptor, so its file description may be non-blocking.
     sys::set_nonblocking(fs.fuse)
@@ -220,10 +243,13 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     let fs = &fs;
     let threads = cfg.threads.clamp(1, hdr::MAX_SLOTS);
     let result = std::thread::scope(|s| {
+        let evictor = s.spawn(move || fs.evict_loop());
+        fs.evict.set_thread(evictor.thread().clone());
         let handles: Vec<_> = (1..threads)
             .map(|i| s.spawn(move || fs.run_loop(i, vec![0u8; BUF_LEN])))
             .collect();
         let mut r = fs.run_loop(0, buf);
+        fs.evict.shutdown();
         for h in handles {
             let hr = h
                 .join()
@@ -466,6 +492,12 @@ impl Fs {
         } else {
             self.handle(idx, &h, r, w, dents, resent)
         };
+        if !matches!(
+            h.opcode,
+            op::FORGET | op::BATCH_FORGET | op::INTERRUPT | op::DESTROY
+        ) {
+            self.touch(h.nodeid);
+        }
         if matches!(h.opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT) {
             // Never answered, even when malformed.
             return None;
@@ -616,6 +648,7 @@ impl Fs {
                 let name = r.name().map_err(mal)?;
                 let target = r.cstr().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
+                self.room_for_node()?;
                 let res = sys::symlinkat(target, parent, name);
                 self.finish_new(h, parent, name, res, resent, w)?;
             }
@@ -625,6 +658,7 @@ impl Fs {
                 r.skip(8).map_err(mal)?;
                 let name = r.name().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
+                self.room_for_node()?;
                 let res = self.mknod(parent, name, mode, rdev);
                 self.finish_new(h, parent, name, res, resent, w)?;
             }
@@ -633,6 +667,7 @@ impl Fs {
                 r.u32().map_err(mal)?;
                 let name = r.name().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
+                self.room_for_node()?;
                 let res = sys::mkdirat(parent, name, mode & 0o7777);
                 self.finish_new(h, parent, name, res, resent, w)?;
             }
@@ -715,6 +750,7 @@ impl Fs {
                 r.skip(8).map_err(mal)?;
                 let name = r.name().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
+                self.room_for_node()?;
                 let mut oflags =
                     self.file_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
                 if resent {
@@ -954,6 +990,9 @@ impl Fs {
     /// Looks `name` up beneath `parent` (one component, never following a symlink) and
     /// returns its node id (its lookup count raised by one) and attributes.
     fn lookup(&self, parent: RawFd, name: &CStr) -> SysResult<(u64, Attr)> {
+        if self.sh.live() >= self.budget.max {
+            self.wait_for_room();
+        }
         let fd = sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
@@ -963,22 +1002,73 @@ impl Fs {
                 if let Some(e) = self.sh.entry(existing) {
                     e[1].fetch_add(1, Ordering::AcqRel);
                 }
+                self.sh.touch(existing, self.sh.epoch());
                 drop(fd);
                 existing
             }
             _ => {
+                if self.sh.live() >= self.budget.max {
+                    // Everything the budget allows is in use (or eviction lags behind):
+                    // refuse this node rather than the descriptors open files need.
+                    self.evict.request();
+                    tracing::debug!(live = self.sh.live(), "node table full: ENFILE");
+                    return Err(libc::ENFILE);
+                }
                 let raw = fd.into_raw_fd();
                 if raw == self.root || !self.sh.publish(raw, kind::NODE, 1, st.st_ino, st.st_dev) {
                     sys::close(raw);
                     return Err(libc::ENFILE);
                 }
+                self.sh.touch(raw, self.sh.next_epoch());
                 self.sh.dev_index(st.st_dev);
                 map.insert(key, raw);
+                if self.sh.live() > self.budget.high {
+                    self.evict.request();
+                }
                 raw
             }
         };
         drop(map);
+        if self.evict.method() == Method::InvalEntry {
+            if let Ok(mut names) = self.names.lock() {
+                names.insert(node, (parent, name.to_bytes().into()));
+            }
+        }
         Ok((self.nodeid(node), self.attr(node, &st)))
+    }
+
+    /// Stamps a node as used now (after each request naming it).
+    fn touch(&self, nodeid: u64) {
+        if nodeid < 2 || nodeid > i32::MAX as u64 {
+            return;
+        }
+        let fd = (nodeid - 2) as RawFd;
+        if self.sh.kind(fd) == kind::NODE {
+            self.sh.touch(fd, self.sh.epoch());
+        }
+    }
+
+    /// Fails with ENFILE when a new node does not fit, even after waiting briefly for
+    /// the eviction.
+    fn room_for_node(&self) -> SysResult<()> {
+        if self.sh.live() >= self.budget.max && !self.wait_for_room() {
+            return Err(libc::ENFILE);
+        }
+        Ok(())
+    }
+
+    /// Wakes the eviction and waits up to 50 ms for the table to drop below its
+    /// maximum (the other request thread reads the kernel's FORGETs meanwhile). Called
+    /// with no lock held.
+    fn wait_for_room(&self) -> bool {
+        for _ in 0..50 {
+            self.evict.request();
+            std::thread::sleep(Duration::from_millis(1));
+            if self.sh.live() < self.budget.max {
+                return true;
+            }
+        }
+        false
     }
 
     fn forget(&self, nodeid: u64, n: u64) {
@@ -999,8 +1089,174 @@ impl Fs {
         if map.get(&key) == Some(&fd) {
             map.remove(&key);
         }
+        if self.evict.method() == Method::InvalEntry {
+            if let Ok(mut names) = self.names.lock() {
+                names.remove(&fd);
+            }
+        }
         self.sh.free(fd);
         sys::close(fd);
+    }
+
+    // ----- eviction (see crate::evict) -----
+
+    /// The eviction thread: waits to be woken (a LOOKUP took the table above the
+    /// high-water mark) or for a second to pass, then asks the kernel to drop the least
+    /// recently used unused nodes. It never handles a request, so a notification that
+    /// waits for a directory lock the kernel holds for a request in progress cannot
+    /// block that request's thread.
+    fn evict_loop(&self) {
+        let mut victims = Vec::new();
+        let mut w = Writer::default();
+        let mut idle_backoff = Duration::from_millis(10);
+        while !self.evict.stopped() {
+            std::thread::park_timeout(Duration::from_secs(1));
+            if self.evict.stopped() {
+                return;
+            }
+            self.evict.take_request();
+            if self.sh.live() <= self.budget.high || self.evict.method() == Method::Off {
+                continue;
+            }
+            let before = self.sh.live();
+            let freed = self.evict_pass(&mut victims, &mut w);
+            let after = self.sh.live();
+            tracing::debug!(before, after, freed, "node eviction pass");
+            if freed == 0 {
+                // What is left is in use (open, a working directory, a mount point...):
+                // do not spin on it.
+                if idle_backoff == Duration::from_millis(10) {
+                    tracing::warn!(
+                        live = after,
+                        high = self.budget.high,
+                        "node table above its high-water mark and nothing to evict"
+                    );
+                }
+                std::thread::sleep(idle_backoff);
+                idle_backoff = (idle_backoff * 2).min(Duration::from_secs(1));
+            } else {
+                idle_backoff = Duration::from_millis(10);
+            }
+        }
+    }
+
+    /// Up to a few rounds of: pick the oldest unused nodes, notify, wait for the
+    /// kernel's FORGETs. Nodes that survive a round (the kernel still uses them) are
+    /// stamped as used, so they do not stand first in line again. Returns how many
+    /// victims went.
+    fn evict_pass(&self, victims: &mut Vec<(u64, RawFd)>, w: &mut Writer) -> usize {
+        let mut freed = 0;
+        let mut inos = Vec::new();
+        for _ in 0..8 {
+            let live = self.sh.live();
+            if live <= self.budget.low || self.evict.stopped() {
+                break;
+            }
+            evict::victims(&self.sh, self.root, live - self.budget.low, victims);
+            if victims.is_empty() {
+                break;
+            }
+            // A victim's descriptor may be reused by a new node once it is forgotten:
+            // survivors are told by their inode number.
+            inos.clear();
+            inos.extend(victims.iter().map(|&(_, fd)| self.ino_of(fd)));
+            match self.evict.method() {
+                Method::Prune => self.send_prune(victims, w),
+                Method::InvalEntry => self.send_inval(victims, w),
+                Method::Off => break,
+            }
+            // The FORGETs come in through the request threads: wait while the count
+            // goes down (new lookups may be adding nodes meanwhile).
+            let mut last = self.sh.live();
+            let mut flat = 0;
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(1));
+                let now = self.sh.live();
+                if now <= self.budget.low {
+                    break;
+                }
+                flat = if now < last { 0 } else { flat + 1 };
+                if flat >= 3 {
+                    break;
+                }
+                last = now;
+            }
+            let now = self.sh.epoch();
+            let mut survivors = 0;
+            for (&(_, fd), &ino) in victims.iter().zip(inos.iter()) {
+                if self.ino_of(fd) == ino {
+                    self.sh.touch(fd, now);
+                    survivors += 1;
+                }
+            }
+            freed += victims.len() - survivors;
+        }
+        freed
+    }
+
+    /// The inode number of node `fd` (0 when it is not a node).
+    fn ino_of(&self, fd: RawFd) -> u64 {
+        match self.sh.entry(fd) {
+            Some(e) if self.sh.kind(fd) == kind::NODE => e[2].load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    fn send_prune(&self, victims: &[(u64, RawFd)], w: &mut Writer) {
+        let mut ids = [0u64; 512];
+        for chunk in victims.chunks(ids.len()) {
+            for (i, &(_, fd)) in chunk.iter().enumerate() {
+                ids[i] = self.nodeid(fd);
+            }
+            abi::encode_prune(w, &ids[..chunk.len()]);
+            match sys::write(self.fuse, &w.buf) {
+                Ok(_) => {}
+                Err(libc::ENODEV) => return,
+                Err(e) => {
+                    tracing::warn!(errno = e, "FUSE_NOTIFY_PRUNE failed; invalidating names");
+                    self.evict.set_method(Method::InvalEntry);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The fallback: drops the dentry of each victim's last known name. Only for
+    /// non-directories whose name still names them: invalidating a directory entry
+    /// would also prune its subtree and detach mounts beneath it.
+    fn send_inval(&self, victims: &[(u64, RawFd)], w: &mut Writer) {
+        for &(_, fd) in victims {
+            let rec = match self.names.lock() {
+                Ok(names) => names.get(&fd).cloned(),
+                Err(_) => return,
+            };
+            let Some((parent, name)) = rec else { continue };
+            let Some(e) = self.sh.entry(fd) else { continue };
+            let (ino, dev) = (e[2].load(Ordering::Relaxed), e[3].load(Ordering::Relaxed));
+            if self.sh.kind(fd) != kind::NODE
+                || (parent != self.root && self.sh.kind(parent) != kind::NODE)
+            {
+                continue;
+            }
+            let mut cname = name.to_vec();
+            cname.push(0);
+            let Ok(c) = CStr::from_bytes_with_nul(&cname) else {
+                continue;
+            };
+            match sys::statat(parent, c) {
+                Ok(st)
+                    if st.st_ino == ino
+                        && st.st_dev == dev
+                        && st.st_mode & libc::S_IFMT != libc::S_IFDIR => {}
+                _ => continue,
+            }
+            abi::encode_inval_entry(w, self.nodeid(parent), &name);
+            match sys::write(self.fuse, &w.buf) {
+                Ok(_) | Err(libc::ENOENT) => {}
+                Err(libc::ENODEV) => return,
+                Err(e) => tracing::debug!(errno = e, "FUSE_NOTIFY_INVAL_ENTRY failed"),
+            }
+        }
     }
 
     fn release(&self, fh: u64) {
@@ -1419,7 +1675,10 @@ impl Fs {
                     abi::encode_dirent(w, ino, doff, typ, nb);
                     continue;
                 }
-                if nb == b"." || nb == b".." {
+                // Node id 0: no entry for the kernel to cache (it looks the name up when
+                // it needs it). For `.` and `..`, and when the node table is above its
+                // high-water mark: a listing must not fill it, nor lose names to ENFILE.
+                if nb == b"." || nb == b".." || self.sh.live() > self.budget.high {
                     abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
                     abi::encode_dirent(w, ino, doff, typ, nb);
                     continue;
@@ -1429,7 +1688,11 @@ impl Fs {
                         abi::encode_entry(w, id, 0, self.ttl, &attr);
                         abi::encode_dirent(w, attr.ino, doff, (attr.mode & libc::S_IFMT) >> 12, nb);
                     }
-                    Err(_) => continue,
+                    Err(libc::ENOENT) => continue,
+                    Err(_) => {
+                        abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
+                        abi::encode_dirent(w, ino, doff, typ, nb);
+                    }
                 }
             }
         }

@@ -44,6 +44,12 @@ pub mod hdr {
     pub const JOURNAL: usize = 96;
     pub const JOURNAL_WORDS: usize = 4;
     pub const TABLE: usize = 128;
+    /// Table entries in use (nodes and handles); recounted by each new server.
+    pub const LIVE: usize = 60;
+    /// Node-use clock: advanced once per new node, stamped on a node when it is used.
+    pub const EPOCH: usize = 61;
+    /// RLIMIT_NOFILE soft limit of the servers, as the keeper set it (0: unknown).
+    pub const NOFILE: usize = 62;
 }
 
 /// Kind word of a table entry.
@@ -70,10 +76,14 @@ pub mod slot {
     pub const WORKING: u64 = 1;
 }
 
-/// Words per table entry. Node: kind, lookup count, st_ino, st_dev, passthrough
-/// backing id + 1 (0: none), number of open files using it. File or directory handle:
-/// kind, node id, 0, open flags, 0, 0.
-pub const ENTRY_WORDS: usize = 6;
+/// Words per table entry (one cache line). Node: kind, lookup count, st_ino, st_dev,
+/// passthrough backing id + 1 (0: none), number of open files using it, last use (a
+/// value of the `hdr::EPOCH` clock), spare. File or directory handle: kind, node id, 0,
+/// open flags, then zeros.
+pub const ENTRY_WORDS: usize = 8;
+
+/// Word of a node entry holding its last use.
+pub const LAST_USE: usize = 6;
 
 /// The shared region, mapped for the life of the process.
 #[derive(Debug, Clone, Copy)]
@@ -194,16 +204,20 @@ impl Shared {
         Some(&self.words[base..base + ENTRY_WORDS])
     }
 
-    /// Publishes an entry: the data words first (the last two zeroed), then its kind.
+    /// Publishes an entry: the data words first (the others zeroed), then its kind.
+    /// Counts it in `hdr::LIVE` when the entry was free.
     pub fn publish(&self, fd: RawFd, k: u64, a: u64, b: u64, c: u64) -> bool {
         match self.entry(fd) {
             Some(e) => {
                 e[1].store(a, Ordering::Relaxed);
                 e[2].store(b, Ordering::Relaxed);
                 e[3].store(c, Ordering::Relaxed);
-                e[4].store(0, Ordering::Relaxed);
-                e[5].store(0, Ordering::Relaxed);
-                e[0].store(k, Ordering::Release);
+                for w in &e[4..] {
+                    w.store(0, Ordering::Relaxed);
+                }
+                if e[0].swap(k, Ordering::AcqRel) == kind::FREE {
+                    self.words[hdr::LIVE].fetch_add(1, Ordering::Relaxed);
+                }
                 true
             }
             None => false,
@@ -216,10 +230,51 @@ impl Shared {
             .map_or(kind::FREE, |e| e[0].load(Ordering::Acquire))
     }
 
-    /// Marks entry `fd` free.
+    /// Marks entry `fd` free (and uncounts it from `hdr::LIVE`).
     pub fn free(&self, fd: RawFd) {
         if let Some(e) = self.entry(fd) {
-            e[0].store(kind::FREE, Ordering::Release);
+            if e[0].swap(kind::FREE, Ordering::AcqRel) != kind::FREE {
+                let _ =
+                    self.words[hdr::LIVE].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+            }
+        }
+    }
+
+    /// Table entries in use (nodes and handles), as counted by `publish` and `free`.
+    pub fn live(&self) -> usize {
+        self.words[hdr::LIVE].load(Ordering::Relaxed) as usize
+    }
+
+    /// Counts the entries in use again and stores the count in `hdr::LIVE` (a server
+    /// killed between a publish and its count leaves it off by one; a new server calls
+    /// this before serving, alone).
+    pub fn recount(&self) -> usize {
+        let n = (0..self.capacity() as RawFd)
+            .filter(|&fd| self.kind(fd) != kind::FREE)
+            .count();
+        self.words[hdr::LIVE].store(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// The current value of the node-use clock.
+    pub fn epoch(&self) -> u64 {
+        self.words[hdr::EPOCH].load(Ordering::Relaxed)
+    }
+
+    /// Advances the node-use clock; returns the value before (the stamp of a new node).
+    pub fn next_epoch(&self) -> u64 {
+        self.words[hdr::EPOCH].fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stamps node `fd` as used at `epoch` (no store when it already carries it: the
+    /// hot path does not dirty the cache line of a node used over and over).
+    pub fn touch(&self, fd: RawFd, epoch: u64) {
+        if let Some(e) = self.entry(fd) {
+            if e[LAST_USE].load(Ordering::Relaxed) != epoch {
+                e[LAST_USE].store(epoch, Ordering::Relaxed);
+            }
         }
     }
 
@@ -293,5 +348,31 @@ mod tests {
         assert_eq!(sh.dev_index(77), 1);
         assert_eq!(sh.dev_index(78), 2);
         assert_eq!(sh.dev_index(77), 1);
+    }
+
+    #[test]
+    fn live_count_and_touch() {
+        let sh = Shared::anonymous(64).unwrap();
+        assert_eq!(sh.live(), 0);
+        assert!(sh.publish(5, kind::NODE, 1, 2, 3));
+        assert!(sh.publish(6, kind::FILE, 7, 0, 0));
+        // Publishing over a published entry does not count it twice.
+        assert!(sh.publish(6, kind::FILE, 7, 0, 0));
+        assert_eq!(sh.live(), 2);
+        sh.free(6);
+        sh.free(6);
+        assert_eq!(sh.live(), 1);
+        sh.free(9);
+        assert_eq!(sh.live(), 1);
+        sh.hdr(hdr::LIVE).store(40, Ordering::Relaxed);
+        assert_eq!(sh.recount(), 1);
+        assert_eq!(sh.live(), 1);
+        let t = sh.next_epoch();
+        assert_eq!(sh.epoch(), t + 1);
+        sh.touch(5, 9);
+        assert_eq!(sh.entry(5).unwrap()[LAST_USE].load(Ordering::Relaxed), 9);
+        // A new entry starts with every data word cleared.
+        assert!(sh.publish(5, kind::NODE, 1, 2, 3));
+        assert_eq!(sh.entry(5).unwrap()[LAST_USE].load(Ordering::Relaxed), 0);
     }
 }

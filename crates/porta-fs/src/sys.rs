@@ -295,6 +295,28 @@ pub fn umask(mask: u32) {
     unsafe { libc::umask(mask) };
 }
 
+/// Raises the RLIMIT_NOFILE soft limit to the hard limit (best effort) and returns the
+/// soft limit then in force.
+pub fn raise_nofile() -> SysResult<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid out-pointer.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) })?;
+    if rl.rlim_cur < rl.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
+        // SAFETY: valid rlimit pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            rl.rlim_cur = rl.rlim_max;
+        }
+    }
+    Ok(rl.rlim_cur)
+}
+
 /// `struct xattr_args` of the *xattrat system calls (Linux 6.13).
 #[repr(C)]
 struct XattrArgs {

@@ -4,7 +4,8 @@
 //! a SIGKILL every 100 ms loses no fsync'ed file; no descriptor of Porta's reaches the
 //! container; `porta delete` leaves no server process and no mount; the strict mode
 //! (`run.porta.fs.passthrough=off`) works; real tools (tar, diff, find) work on the served
-//! root. All Porta-only.
+//! root; a container touching more files than the server may hold descriptors gets no
+//! error and the server's descriptors stay bounded, also across kills. All Porta-only.
 
 use porta_integration::*;
 use std::collections::BTreeSet;
@@ -60,7 +61,7 @@ fn is_fs_server_of(pid: i32, c: &Container) -> bool {
     }
     let argv = cmdline(pid);
     let root = c.bundle.rootfs().display().to_string();
-    argv.iter().any(|a| a == "fs") && argv.iter().any(|a| *a == root)
+    argv.iter().any(|a| a == "fs") && argv.contains(&root)
 }
 
 /// The process's start time (field 22 of /proc/PID/stat), to tell a pid from its reuse.
@@ -652,7 +653,7 @@ fn assert_gone(c: &Container, procs: &[(i32, u64, String)], how: &str) {
         c.id,
         m.join("\n")
     );
-    let left = leaks::check(&[c.id.clone()], &[c.bundle.path_str()]);
+    let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
     assert!(
         left.is_empty(),
         "after {how}: {} left:\n{}",
@@ -744,4 +745,105 @@ fn tar_diff_find_on_the_served_root() {
     assert!(val("find=") > val("src="), "{out}");
     // and the host sees the unpacked tree in the backing directory
     assert!(c.bundle.rootfs().join("tmp/x/bin/busybox").is_file());
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. more files than descriptors: the node table stays bounded
+
+/// Builds a tree of 300 × 100 files, stats every one (`ls -lR`), counts them (`find`),
+/// then creates 25,000 small files and deletes them; every failure is counted and shown.
+const MANY_FILES: &str = "exec 2>&1; err=0; mkdir /t || { err=$((err+1)); echo ERR mkdir; }; \
+    i=0; while [ $i -lt 300 ]; do \
+      mkdir /t/d$i || { err=$((err+1)); echo ERR mkdir $i; }; \
+      j=0; while [ $j -lt 100 ]; do \
+        echo $i.$j > /t/d$i/f$j || { err=$((err+1)); echo ERR create $i.$j; }; j=$((j+1)); \
+      done; i=$((i+1)); \
+    done; echo TREE-DONE; \
+    ls -lR /t > /tmp/ls.out 2> /tmp/ls.err || { err=$((err+1)); echo ERR ls; cat /tmp/ls.err; }; \
+    n=$(grep -c '^-' /tmp/ls.out); [ $n -eq 30000 ] || { err=$((err+1)); echo ERR ls saw $n files; }; \
+    n=$(find /t -type f | wc -l); [ $n -eq 30000 ] || { err=$((err+1)); echo ERR find saw $n files; }; \
+    [ \"$(cat /t/d299/f99)\" = 299.99 ] || { err=$((err+1)); echo ERR content; }; \
+    echo STAT-DONE; \
+    mkdir /s || { err=$((err+1)); echo ERR mkdir s; }; \
+    i=0; while [ $i -lt 25000 ]; do \
+      echo $i > /s/small-$i || { err=$((err+1)); echo ERR small $i; }; i=$((i+1)); \
+    done; \
+    rm -r /s || { err=$((err+1)); echo ERR rm; }; \
+    rm -r /t || { err=$((err+1)); echo ERR rm tree; }; \
+    echo SUMMARY iterations=55000 errors=$err";
+
+/// Entries in /proc/PID/fd (the server shares the keeper's fd table: all its nodes and
+/// open files), or None when the process is gone.
+fn fd_count(pid: i32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// The soft "Max open files" limit of PID.
+fn nofile_limit(pid: i32) -> Option<usize> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("Max open files"))?;
+    l.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Runs MANY_FILES, sampling the file server's descriptor count every 50 ms and, with
+/// `kill_every`, SIGKILLing the server that often. Returns (most descriptors seen, the
+/// server's limit, kills).
+fn many_files(tag: &str, kill_every: Option<Duration>) -> (usize, usize, usize) {
+    let c = started(tag, Bundle::new(&[]), MANY_FILES);
+    let (pid0, _, _) = fs_server_now(&c);
+    let limit = nofile_limit(pid0).unwrap_or_else(|| panic!("no limits of server {pid0}"));
+    let mut most = 0;
+    let mut kills = BTreeSet::new();
+    let mut last_kill = Instant::now();
+    let t0 = Instant::now();
+    while !c.output().contains("SUMMARY") && t0.elapsed() < Duration::from_secs(600) {
+        if let Some((pid, _, _)) = fs_server(&c) {
+            if is_fs_server_of(pid, &c) {
+                if let Some(n) = fd_count(pid) {
+                    most = most.max(n);
+                }
+                if let Some(every) = kill_every {
+                    if last_kill.elapsed() >= every && !kills.contains(&pid) {
+                        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                            kills.insert(pid);
+                        }
+                        last_kill = Instant::now();
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_stopped(120);
+    let n = assert_clean(&c, tag);
+    eprintln!(
+        "{tag}: {n} files, most server descriptors {most} (limit {limit}), {} kills, took {:?}",
+        kills.len(),
+        t0.elapsed()
+    );
+    assert!(
+        most < limit,
+        "{tag}: the file server held {most} descriptors, its limit is {limit}"
+    );
+    (most, limit, kills.len())
+}
+
+#[test]
+fn more_files_than_descriptors() {
+    require_root!();
+    porta_only!(WHY);
+    let (most, limit, _) = many_files("fs-nodes", None);
+    // the bound leaves room: at most 7/8 of the limit in the table, plus a few of its own
+    assert!(
+        most <= limit - limit / 8 + 64,
+        "most {most} descriptors, limit {limit}"
+    );
+}
+
+#[test]
+fn more_files_than_descriptors_with_kills() {
+    require_root!();
+    porta_only!(WHY);
+    let (_, _, kills) = many_files("fs-nodes-kill", Some(Duration::from_millis(1500)));
+    assert!(kills >= 3, "only {kills} kills during the workload");
 }

@@ -62,13 +62,25 @@ impl TestMount {
         mnt: PathBuf,
         passthrough: bool,
     ) -> TestMount {
+        Self::with_capacity(dir, backing, mnt, passthrough, 20000)
+    }
+
+    /// As `with_dirs`, with a shared table of `capacity` entries (which bounds the
+    /// server's node budget).
+    pub fn with_capacity(
+        dir: tempfile::TempDir,
+        backing: PathBuf,
+        mnt: PathBuf,
+        passthrough: bool,
+        capacity: usize,
+    ) -> TestMount {
         let fuse = mount::open_dev_fuse().unwrap();
         let m = mount::fsmount_fuse(fuse.as_raw_fd(), &mount::MountOptions::default()).unwrap();
         mount::move_mount_to(m.as_raw_fd(), &mnt).unwrap();
         drop(m);
         let root = open_dir(&backing, libc::O_PATH);
         let procfd = open_dir(Path::new("/proc/self/fd"), libc::O_RDONLY);
-        let shared = Shared::anonymous(20000).unwrap();
+        let shared = Shared::anonymous(capacity).unwrap();
         let cfg = Config {
             fuse_fd: fuse.as_raw_fd(),
             root_fd: root.as_raw_fd(),
