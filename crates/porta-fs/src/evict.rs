@@ -114,7 +114,7 @@ pub fn victims(sh: &Shared, root: RawFd, n: usize, out: &mut Vec<(u64, RawFd)>) 
     if n == 0 {
         return;
     }
-    for fd in 0..sh.capacity() as RawFd {
+    for fd in 0..sh.scan_end() {
         if fd == root || sh.kind(fd) != kind::NODE {
             continue;
         }

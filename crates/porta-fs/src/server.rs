@@ -170,7 +170,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     );
     // Rebuild the (dev, ino) -> node index from the shared table.
     let mut map = HashMap::new();
-    for fd in 0..sh.capacity() as RawFd {
+    for fd in 0..sh.scan_end() {
         if sh.kind(fd) == kind::NODE {
             if let Some(e) = sh.entry(fd) {
                 map.insert(

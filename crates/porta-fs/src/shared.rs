@@ -50,6 +50,9 @@ pub mod hdr {
     pub const EPOCH: usize = 61;
     /// RLIMIT_NOFILE soft limit of the servers, as the keeper set it (0: unknown).
     pub const NOFILE: usize = 62;
+    /// One more than the highest descriptor ever published: table scans stop there, so
+    /// the untouched rest of the memfd is never faulted in (it would count as memory).
+    pub const HIGH: usize = 63;
 }
 
 /// Kind word of a table entry.
@@ -195,7 +198,13 @@ impl Shared {
         cap.min((self.words.len() - hdr::TABLE) / ENTRY_WORDS)
     }
 
-    /// The four words of the entry for descriptor `fd`, if in range.
+    /// Descriptors below this bound are all a table scan has to look at (one more than
+    /// the highest descriptor ever published, at most the capacity).
+    pub fn scan_end(&self) -> RawFd {
+        (self.words[hdr::HIGH].load(Ordering::Relaxed) as usize).min(self.capacity()) as RawFd
+    }
+
+    /// The words of the entry for descriptor `fd`, if in range.
     pub fn entry(&self, fd: RawFd) -> Option<&[AtomicU64]> {
         if fd < 0 || fd as usize >= self.capacity() {
             return None;
@@ -215,6 +224,7 @@ impl Shared {
                 for w in &e[4..] {
                     w.store(0, Ordering::Relaxed);
                 }
+                self.words[hdr::HIGH].fetch_max(fd as u64 + 1, Ordering::Relaxed);
                 if e[0].swap(k, Ordering::AcqRel) == kind::FREE {
                     self.words[hdr::LIVE].fetch_add(1, Ordering::Relaxed);
                 }
@@ -251,7 +261,7 @@ impl Shared {
     /// killed between a publish and its count leaves it off by one; a new server calls
     /// this before serving, alone).
     pub fn recount(&self) -> usize {
-        let n = (0..self.capacity() as RawFd)
+        let n = (0..self.scan_end())
             .filter(|&fd| self.kind(fd) != kind::FREE)
             .count();
         self.words[hdr::LIVE].store(n as u64, Ordering::Relaxed);
