@@ -60,6 +60,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_linkat,
     libc::SYS_readlinkat,
     libc::SYS_fchownat,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
     libc::SYS_fchmodat,
     libc::SYS_utimensat,
     libc::SYS_ftruncate,

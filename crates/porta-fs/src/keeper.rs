@@ -104,6 +104,14 @@ fn die_with_parent() {
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     die_with_parent();
     let shared = Shared::map(args.state_fd)?;
+    match sys::keep_caps_on_fsuid_change() {
+        Ok(()) => crate::server::enable_create_as_caller(),
+        Err(e) => tracing::warn!(
+            errno = e,
+            "cannot keep capabilities across a file-system id change: files are created as \
+             the server, then chowned (an idmapped backing mount not mapping its id refuses that)"
+        ),
+    }
     // The servers inherit this process's limits: raise the soft descriptor limit to the
     // hard one and record it for them (the node budget derives from it; a confined server
     // cannot ask for it).

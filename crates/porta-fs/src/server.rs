@@ -26,6 +26,32 @@ const RESERVED_XATTR_PREFIX: &[u8] = b"user.porta.";
 /// Largest write the server accepts (and negotiates).
 pub const MAX_WRITE: u32 = 1 << 20;
 
+/// Whether server threads create files with the caller's file-system ids (set by the
+/// keeper once SECBIT_NO_SETUID_FIXUP keeps the capabilities across the switch; servers
+/// are clones of the keeper and inherit it).
+static CREATE_AS_CALLER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the server create new files, directories, nodes and symlinks with the calling
+/// process's uid and gid as its file-system ids, so the backing file system records the
+/// owner itself: through an idmapped backing mount that does not map the server's own
+/// id, a file created as the server would be refused (EOVERFLOW).
+pub fn enable_create_as_caller() {
+    CREATE_AS_CALLER.store(true, Ordering::Relaxed);
+}
+
+/// The calling thread's file-system ids before [`Fs::as_caller`]; restored on drop.
+struct FsIds {
+    uid: u32,
+    gid: u32,
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        sys::setfsuid(self.uid);
+        sys::setfsgid(self.gid);
+    }
+}
+
 /// How long an idle request thread keeps polling the (non-blocking) FUSE descriptor
 /// before it sleeps. A FUSE round trip is two wake-ups; on these virtual machines a
 /// wake-up of an idle CPU costs tens of microseconds, so catching the next request of a
@@ -649,7 +675,10 @@ impl Fs {
                 let target = r.cstr().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
                 self.room_for_node()?;
-                let res = sys::symlinkat(target, parent, name);
+                let res = {
+                    let _ids = self.as_caller(h);
+                    sys::symlinkat(target, parent, name)
+                };
                 self.finish_new(h, parent, name, res, resent, w)?;
             }
             op::MKNOD => {
@@ -659,7 +688,10 @@ impl Fs {
                 let name = r.name().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
                 self.room_for_node()?;
-                let res = self.mknod(parent, name, mode, rdev);
+                let res = {
+                    let _ids = self.as_caller(h);
+                    self.mknod(parent, name, mode, rdev)
+                };
                 self.finish_new(h, parent, name, res, resent, w)?;
             }
             op::MKDIR => {
@@ -668,7 +700,10 @@ impl Fs {
                 let name = r.name().map_err(mal)?;
                 let parent = self.node_fd(h.nodeid)?;
                 self.room_for_node()?;
-                let res = sys::mkdirat(parent, name, mode & 0o7777);
+                let res = {
+                    let _ids = self.as_caller(h);
+                    sys::mkdirat(parent, name, mode & 0o7777)
+                };
                 self.finish_new(h, parent, name, res, resent, w)?;
             }
             op::UNLINK | op::RMDIR => {
@@ -756,7 +791,10 @@ impl Fs {
                 if resent {
                     oflags &= !libc::O_EXCL;
                 }
-                let file = sys::openat(parent, name, oflags, mode & 0o7777)?;
+                let file = {
+                    let _ids = self.as_caller(h);
+                    sys::openat(parent, name, oflags, mode & 0o7777)?
+                };
                 let st = sys::fstat(file.as_raw_fd())?;
                 if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                     return Err(libc::EIO);
@@ -1398,6 +1436,17 @@ impl Fs {
     fn attr_out(&self, w: &mut Writer, attr: &Attr) {
         w.u64(self.ttl.secs).u32(self.ttl.nsecs).u32(0);
         attr.encode(w);
+    }
+
+    /// Switches the thread's file-system ids to the caller's for one creation (when
+    /// enabled); the kernel then applies the set-group-id directory rule itself.
+    fn as_caller(&self, h: &InHeader) -> Option<FsIds> {
+        if !CREATE_AS_CALLER.load(Ordering::Relaxed) {
+            return None;
+        }
+        let gid = sys::setfsgid(h.gid);
+        let uid = sys::setfsuid(h.uid);
+        Some(FsIds { uid, gid })
     }
 
     /// The identity a new file gets: the caller's uid, and its gid unless the parent

@@ -424,3 +424,35 @@ pub fn wait_readable(fd: RawFd) -> SysResult<()> {
     // SAFETY: `p` is one valid `pollfd` for the duration of the call.
     check(unsafe { libc::poll(&mut p, 1, -1) }).map(|_| ())
 }
+
+/// Sets SECBIT_NO_SETUID_FIXUP for the calling process (inherited by the processes it
+/// clones): changing the file-system uid then keeps the effective capabilities, so a
+/// server thread can create files as the caller (see `server::enable_create_as_caller`).
+pub fn keep_caps_on_fsuid_change() -> SysResult<()> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    // SAFETY: plain prctl calls with integer arguments.
+    let bits = check(unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) })?;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_SECUREBITS,
+            bits as libc::c_ulong | SECBIT_NO_SETUID_FIXUP,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// setfsuid(2) of the calling thread; returns the previous file-system uid.
+pub fn setfsuid(uid: u32) -> u32 {
+    // SAFETY: plain system call; it only changes this thread's credentials.
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
+}
+
+/// setfsgid(2) of the calling thread; returns the previous file-system gid.
+pub fn setfsgid(gid: u32) -> u32 {
+    // SAFETY: plain system call; it only changes this thread's credentials.
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) as u32 }
+}
