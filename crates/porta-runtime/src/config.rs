@@ -167,6 +167,26 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
                 format!("{} is not absolute", m.destination().display()),
             ));
         }
+        // Idmapped mounts (OCI 1.1 mount uidMappings/gidMappings) are not made by Porta
+        // (`porta features` says so): refuse rather than mount without the mapping.
+        for (field, set) in [
+            (
+                "uidMappings",
+                m.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
+            ),
+            (
+                "gidMappings",
+                m.gid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
+            ),
+        ] {
+            if set {
+                return Err(Error::field(
+                    format!("mounts[{i}].{field}"),
+                    "idmapped mounts are not supported by porta (features: \
+                     linux.mountExtensions.idmap.enabled is false)",
+                ));
+            }
+        }
     }
     if let Some(prop) = linux.rootfs_propagation() {
         if !matches!(
@@ -279,6 +299,14 @@ pub fn root_mode(spec: &Spec, server_available: bool) -> RootMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idmapped_mount_is_refused_naming_the_field() {
+        let cfg = br#"{"ociVersion":"1.2.0","root":{"path":"/tmp"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},"linux":{"namespaces":[{"type":"mount"}]},"mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["bind"],"uidMappings":[{"containerID":0,"hostID":1000,"size":1}]}]}"#;
+        let spec = parse_spec(cfg, Path::new("c")).expect("parses");
+        let err = validate(&spec, Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("mounts[0].uidMappings"), "{err}");
+    }
 
     #[test]
     fn malformed_json_names_the_field() {
