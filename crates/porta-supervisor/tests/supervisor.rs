@@ -839,3 +839,51 @@ fn kill_to_first_answer_latency() {
         lat[lat.len() - 1]
     );
 }
+
+/// Reported, not asserted: what a first open costs now that the supervisor registers the
+/// backing file (a round trip to it, and a one-way CLOSE at the last release), against
+/// opens of files whose backing file is already registered (another descriptor keeps
+/// each open).
+#[test]
+fn first_open_round_trip_cost() {
+    require_root!();
+    let c = Container::start(true, None);
+    let n = 2000;
+    let dir = c.mnt.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    let names: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("f{i}"))).collect();
+    for p in &names {
+        std::fs::write(p, b"x").unwrap();
+    }
+    let round = |keep: bool| {
+        let held: Vec<std::fs::File> = if keep {
+            names
+                .iter()
+                .map(|p| std::fs::File::open(p).unwrap())
+                .collect()
+        } else {
+            vec![]
+        };
+        let t = Instant::now();
+        for p in &names {
+            drop(std::fs::File::open(p).unwrap());
+        }
+        let el = t.elapsed();
+        drop(held);
+        el.as_secs_f64() * 1e6 / n as f64
+    };
+    let mut first = vec![];
+    let mut again = vec![];
+    for _ in 0..5 {
+        first.push(round(false));
+        again.push(round(true));
+    }
+    first.sort_by(f64::total_cmp);
+    again.sort_by(f64::total_cmp);
+    eprintln!(
+        "open+close of a file: first open (backing registered by the supervisor, closed at \
+         release) median {:.1} us, backing already registered median {:.1} us",
+        first[2], again[2]
+    );
+    assert_eq!(c.fs().restarts, 0, "{}", c.log());
+}
