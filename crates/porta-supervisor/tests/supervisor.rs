@@ -229,6 +229,13 @@ fn restart_after_signal(sig: i32) {
     assert_eq!(s, "before after");
     std::fs::write(c.mnt.join("a/b/new"), b"x").unwrap();
     assert!(c.log().contains("restarting"), "{}", c.log());
+    // The replacement, in its user namespace, wrote FUSE_NOTIFY_RESEND to the
+    // connection the supervisor opened in the initial one.
+    assert!(
+        !c.log().contains("FUSE_NOTIFY_RESEND failed"),
+        "{}",
+        c.log()
+    );
 }
 
 #[test]
