@@ -190,6 +190,14 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rfind(')')
+        .and_then(|i| s[i + 1..].split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
 fn thread_state(stat: &str) -> Option<char> {
     stat.rfind(')')
         .and_then(|i| stat[i + 1..].trim_start().chars().next())
@@ -507,21 +515,46 @@ impl Supervisor {
             .as_raw_fd();
         porta_fs::sys::write(ctl, &[cmd])
             .map_err(|e| Error::Sys("ask keeper for a server", nix::errno::Errno::from_raw(e)))?;
-        let mut b = [0u8; 4];
-        let n = porta_fs::sys::read(ctl, &mut b)
-            .map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
-        let pid = if n == 4 {
-            i32::from_ne_bytes(b)
-        } else {
-            -libc::EIO
-        };
-        if pid <= 0 {
-            return Err(Error::Sys(
-                "keeper: clone file server",
-                nix::errno::Errno::from_raw(-pid),
-            ));
+        // The keeper's end of this socket is in the fd table it shares with the servers:
+        // a compromised server can write into it. Only a pid that is our child (servers
+        // are, by CLONE_PARENT; a child's pid cannot be reused before we reap it) is
+        // taken, so we never signal a process of someone else; and we never wait forever.
+        let me = std::process::id() as i32;
+        for _ in 0..8 {
+            // SAFETY: `ctl` is our open socket, borrowed for the poll only.
+            let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
+            let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(5_000u16)).unwrap_or(0) <= 0 {
+                return Err(Error::Timeout(
+                    "hear the new server's pid from the keeper",
+                    Duration::from_secs(5),
+                ));
+            }
+            let mut b = [0u8; 8];
+            let n = porta_fs::sys::read(ctl, &mut b)
+                .map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
+            let pid = if n == 4 {
+                i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+            } else {
+                -libc::EIO
+            };
+            if pid <= 0 {
+                return Err(Error::Sys(
+                    "keeper: clone file server",
+                    nix::errno::Errno::from_raw(-pid),
+                ));
+            }
+            if parent_of(pid) == Some(me) {
+                return Ok(pid);
+            }
+            tracing::warn!(
+                pid,
+                "ignored a server pid from the keeper's socket that is not our child"
+            );
         }
-        Ok(pid)
+        Err(Error::Refused(
+            "the keeper's socket gave no pid of a child of ours".into(),
+        ))
     }
 
     /// Pre-forks a standby server (set up and confined, waiting to be woken), unless
@@ -985,6 +1018,14 @@ fn abort_connection(conn: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_of_reads_the_parent_pid() {
+        // SAFETY: getppid always succeeds.
+        let ppid = unsafe { libc::getppid() };
+        assert_eq!(parent_of(std::process::id() as i32), Some(ppid));
+        assert_eq!(parent_of(i32::MAX), None);
+    }
 
     #[test]
     fn identity_of_the_initial_and_of_a_nested_map() {
