@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         passthrough: args.get(3).map(String::as_str) != Some("strict"),
         threads: 2,
         ttl: Duration::from_secs(86400),
+        backing_fd: -1,
     };
     let exit = porta_fs::serve(&cfg)?;
     eprintln!("server exited: {exit:?}");

@@ -1,8 +1,10 @@
-//! Confinement of a file-server process: capabilities it must not have are dropped
-//! (CAP_MKNOD, CAP_DAC_READ_SEARCH — open_by_handle_at with it can name any inode of the
-//! backing file system), no_new_privs, and a seccomp allowlist of the system calls the
-//! server makes: no exec, no sockets (no network), no mount, no ptrace, no
-//! open_by_handle_at; ioctl only for the two FUSE passthrough requests.
+//! Confinement of a file-server process: an identity-mapped user namespace owning a mount
+//! namespace that holds only the backing directory (no capability over anything global),
+//! the capability sets cut down to the file-ownership ones the server needs, no_new_privs,
+//! Landlock, and a seccomp allowlist of the system calls the server makes: no exec, no
+//! new sockets (no network), no mount, no ptrace, no open_by_handle_at, no ioctl (the
+//! supervisor registers passthrough backing files; the server talks to it with
+//! sendmsg/recvmsg on one inherited socket).
 
 use crate::Error;
 
@@ -79,6 +81,16 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_removexattr,
 ];
 
+/// Capabilities a server keeps (in its user namespace: over files whose owner and group
+/// are mapped there, which with the identity map is every file). CAP_CHOWN: new files get
+/// the caller's uid/gid, SETATTR uid/gid. CAP_DAC_OVERRIDE: create, open, remove in
+/// directories and files of any owner and mode. CAP_FOWNER: chmod, utimens, xattrs and hard
+/// links (protected_hardlinks) of files the server does not own. CAP_FSETID: keep the
+/// set-group-id bit on chmod and on files created in set-group-id directories whose group
+/// the server is not in. CAP_SETFCAP: `security.capability` (setcap in the container).
+/// Everything else goes, CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH and CAP_MKNOD included.
+pub const KEEP_CAPS: [u32; 5] = [0, 1, 3, 4, 31];
+
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
@@ -105,9 +117,9 @@ fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
-/// The BPF program: check the architecture, allow listed calls (ioctl only with a FUSE
-/// passthrough request number), answer everything else EPERM.
-fn program() -> Vec<libc::sock_filter> {
+/// The BPF program: check the architecture, allow listed calls (sendmsg and recvmsg only
+/// on descriptor `sock`, when given), answer everything else EPERM.
+fn program(sock: Option<std::os::fd::RawFd>) -> Vec<libc::sock_filter> {
     let mut p = vec![
         stmt(LD_W_ABS, 4),
         jeq(AUDIT_ARCH_X86_64, 1, 0),
@@ -119,18 +131,22 @@ fn program() -> Vec<libc::sock_filter> {
         .copied()
         .chain(crate::sys::XATTRAT_SYSCALLS)
         .collect();
+    // The socket block (5) when there is a socket: the call number, then the descriptor
+    // (low word of argument 0: the kernel takes an int).
+    let block = if sock.is_some() { 5 } else { 0 };
     let n = all.len();
     for (i, nr) in all.iter().enumerate() {
-        // Jump over the remaining compares, the ioctl block (5) and the deny.
-        let to_allow = (n - i - 1) + 5 + 1;
+        // Jump over the remaining compares, the socket block and the deny.
+        let to_allow = (n - i - 1) + block + 1;
         p.push(jeq(*nr as u32, to_allow as u8, 0));
     }
-    // ioctl: allowed only for FUSE_DEV_IOC_BACKING_OPEN / _CLOSE (low word of arg 1).
-    p.push(jeq(libc::SYS_ioctl as u32, 0, 4));
-    p.push(stmt(LD_W_ABS, 24));
-    p.push(jeq(crate::abi::DEV_IOC_BACKING_OPEN as u32, 3, 0));
-    p.push(jeq(crate::abi::DEV_IOC_BACKING_CLOSE as u32, 2, 0));
-    p.push(stmt(RET_K, RET_ERRNO | libc::EPERM as u32));
+    if let Some(fd) = sock {
+        p.push(jeq(libc::SYS_sendmsg as u32, 1, 0));
+        p.push(jeq(libc::SYS_recvmsg as u32, 0, 3));
+        p.push(stmt(LD_W_ABS, 16));
+        p.push(jeq(fd as u32, 2, 0));
+        p.push(stmt(RET_K, RET_ERRNO | libc::EPERM as u32));
+    }
     p.push(stmt(RET_K, RET_ERRNO | libc::EPERM as u32));
     p.push(stmt(RET_K, RET_ALLOW));
     p
@@ -140,12 +156,23 @@ fn last(what: &'static str) -> Error {
     Error::Io(what, std::io::Error::last_os_error())
 }
 
-/// Removes CAP_MKNOD and CAP_DAC_READ_SEARCH from the bounding, effective, permitted
-/// and inheritable sets of the calling process.
-pub fn drop_capabilities() -> Result<(), Error> {
-    // CAP_DAC_READ_SEARCH = 2, CAP_MKNOD = 27 (linux/capability.h).
-    let drop: [u32; 2] = [27, 2];
-    for cap in drop {
+/// Cuts the calling process's capabilities down to [`KEEP_CAPS`]: every other capability
+/// leaves the bounding set, and the effective, permitted and inheritable sets become
+/// (at most) `KEEP_CAPS`. Idempotent.
+pub fn limit_capabilities() -> Result<(), Error> {
+    let keep = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c));
+    for cap in 0..64u32 {
+        if keep & (1u64 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: plain prctl.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        if r < 0 {
+            break; // past the last capability this kernel knows
+        }
+        if r == 0 {
+            continue;
+        }
         // SAFETY: plain prctl.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
             return Err(last("drop capability from the bounding set"));
@@ -158,11 +185,12 @@ pub fn drop_capabilities() -> Result<(), Error> {
     if unsafe { libc::syscall(libc::SYS_capget, hdr.as_mut_ptr(), data.as_mut_ptr()) } < 0 {
         return Err(last("capget"));
     }
-    for cap in drop {
-        let (word, bit) = ((cap / 32) as usize, cap % 32);
-        for set in 0..3 {
-            data[word * 3 + set] &= !(1u32 << bit);
-        }
+    // data[word * 3 + set]: set 0 effective, 1 permitted, 2 inheritable.
+    for word in 0..2 {
+        let k = (keep >> (32 * word)) as u32;
+        data[word * 3] &= k;
+        data[word * 3 + 1] &= k;
+        data[word * 3 + 2] = 0;
     }
     // SAFETY: as above.
     if unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) } < 0 {
@@ -171,10 +199,20 @@ pub fn drop_capabilities() -> Result<(), Error> {
     Ok(())
 }
 
+/// Moves the calling process (single-threaded: the keeper) into a new user namespace.
+/// Its uid_map and gid_map must then be written from the parent namespace (the
+/// supervisor writes the identity); until then the process has no power over any file.
+/// Fails when the kernel or the machine offers no user namespaces (EINVAL without
+/// CONFIG_USER_NS, ENOSPC when `user.max_user_namespaces` is reached, EPERM under a
+/// seccomp profile or LSM that forbids them).
+pub fn unshare_user_namespace() -> Result<(), nix::errno::Errno> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+}
+
 /// Sets no_new_privs and installs the seccomp allowlist for this process and the
-/// threads it creates afterwards.
-pub fn install_seccomp() -> Result<(), Error> {
-    let prog = program();
+/// threads it creates afterwards; `sock` is the one descriptor sendmsg/recvmsg may use.
+pub fn install_seccomp(sock: Option<std::os::fd::RawFd>) -> Result<(), Error> {
+    let prog = program(sock);
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_ptr() as *mut _,
@@ -196,10 +234,11 @@ pub fn install_seccomp() -> Result<(), Error> {
     Ok(())
 }
 
-/// Drops capabilities, sets no_new_privs, restricts file access to the tree beneath
-/// `root` (Landlock) and installs the seccomp allowlist.
-pub fn confine(root: std::os::fd::RawFd) -> Result<(), Error> {
-    drop_capabilities()?;
+/// Cuts capabilities down to [`KEEP_CAPS`], sets no_new_privs, restricts file access to
+/// the tree beneath `root` (Landlock) and installs the seccomp allowlist (`sock`: the
+/// socket to the supervisor, the only one sendmsg/recvmsg may use).
+pub fn confine(root: std::os::fd::RawFd, sock: Option<std::os::fd::RawFd>) -> Result<(), Error> {
+    limit_capabilities()?;
     // SAFETY: plain prctl.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
         return Err(last("no_new_privs"));
@@ -210,7 +249,7 @@ pub fn confine(root: std::os::fd::RawFd) -> Result<(), Error> {
             "no Landlock in this kernel: file access of the server is not restricted to its tree"
         );
     }
-    install_seccomp()
+    install_seccomp(sock)
 }
 
 /// Moves the calling process (the keeper; its servers inherit it) into a new mount
@@ -332,22 +371,93 @@ pub fn restrict_to_tree(root: std::os::fd::RawFd) -> Result<i64, Error> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn jumps_land_on_allow() {
-        let p = program();
-        let allow = p.len() - 1;
-        for (i, ins) in p.iter().enumerate().skip(4).take(ALLOWED.len() + 4) {
-            assert_eq!(i + 1 + ins.jt as usize, allow);
+    /// Runs the filter on (arch, nr, args) the way the kernel would.
+    fn run(p: &[libc::sock_filter], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[..4].copy_from_slice(&(nr as i32).to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
         }
-        assert!(p.len() < 200);
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let ins = p[pc];
+            match ins.code {
+                LD_W_ABS => {
+                    let k = ins.k as usize;
+                    acc = u32::from_ne_bytes(data[k..k + 4].try_into().unwrap());
+                    pc += 1;
+                }
+                JEQ_K => pc += 1 + if acc == ins.k { ins.jt } else { ins.jf } as usize,
+                RET_K => return ins.k,
+                c => panic!("unknown instruction {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn filter_allows_listed_calls_and_the_socket_only() {
+        let deny = RET_ERRNO | libc::EPERM as u32;
+        for sock in [None, Some(7)] {
+            let p = program(sock);
+            assert!(p.len() < 200);
+            for nr in ALLOWED.iter().chain(crate::sys::XATTRAT_SYSCALLS.iter()) {
+                assert_eq!(run(&p, AUDIT_ARCH_X86_64, *nr, [0; 6]), RET_ALLOW, "{nr}");
+            }
+            for nr in [
+                libc::SYS_execve,
+                libc::SYS_socket,
+                libc::SYS_connect,
+                libc::SYS_mount,
+                libc::SYS_ptrace,
+                libc::SYS_open_by_handle_at,
+                libc::SYS_kill,
+                libc::SYS_unshare,
+                libc::SYS_setns,
+                libc::SYS_sendto,
+            ] {
+                assert_eq!(run(&p, AUDIT_ARCH_X86_64, nr, [7; 6]), deny, "{nr}");
+            }
+            // No ioctl at all: the supervisor registers backing files.
+            let open = crate::abi::DEV_IOC_BACKING_OPEN;
+            assert_eq!(
+                run(
+                    &p,
+                    AUDIT_ARCH_X86_64,
+                    libc::SYS_ioctl,
+                    [7, open, 0, 0, 0, 0]
+                ),
+                deny
+            );
+            for nr in [libc::SYS_sendmsg, libc::SYS_recvmsg] {
+                let want = if sock.is_some() { RET_ALLOW } else { deny };
+                assert_eq!(run(&p, AUDIT_ARCH_X86_64, nr, [7, 0, 0, 0, 0, 0]), want);
+                assert_eq!(run(&p, AUDIT_ARCH_X86_64, nr, [8, 0, 0, 0, 0, 0]), deny);
+            }
+            assert_eq!(
+                run(&p, 0x4000_0003, libc::SYS_read, [0; 6]),
+                RET_KILL_PROCESS
+            );
+        }
     }
 
     #[test]
     fn filter_blocks_exec_and_sockets_in_a_child() {
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let (a, b) = (
+            std::os::fd::AsRawFd::as_raw_fd(&a),
+            std::os::fd::AsRawFd::as_raw_fd(&b),
+        );
         // SAFETY: fork in a test; the child only makes system calls and _exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let ok = install_seccomp().is_ok();
+            let ok = install_seccomp(Some(a)).is_ok();
             // SAFETY: plain system calls in the child.
             let code = unsafe {
                 let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
@@ -357,7 +467,16 @@ mod tests {
                     [std::ptr::null()].as_ptr(),
                 );
                 let io = libc::ioctl(0, libc::TIOCGWINSZ, [0u16; 4].as_mut_ptr());
-                if ok && s < 0 && e < 0 && io < 0 && libc::getpid() > 0 {
+                let on_sock = crate::sys::send_with_fd(a, b"x", None, 0).is_ok();
+                let elsewhere = crate::sys::send_with_fd(b, b"x", None, 0);
+                if ok
+                    && s < 0
+                    && e < 0
+                    && io < 0
+                    && on_sock
+                    && elsewhere == Err(libc::EPERM)
+                    && libc::getpid() > 0
+                {
                     0
                 } else {
                     1
@@ -366,6 +485,74 @@ mod tests {
             // SAFETY: ends the child.
             unsafe { libc::_exit(code) };
         }
+        let mut st = 0;
+        // SAFETY: waiting for our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "status {st:#x}"
+        );
+    }
+
+    fn caps_of(status: &str, key: &str) -> u64 {
+        let v = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap();
+        u64::from_str_radix(v, 16).unwrap()
+    }
+
+    #[test]
+    fn capabilities_cut_to_the_file_ownership_set_in_a_user_namespace() {
+        // SAFETY: geteuid always succeeds.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let keep = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c));
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        let (go_rd, go_wr) = nix::unistd::pipe().unwrap();
+        // SAFETY: fork in a test; the child only makes system calls and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            drop(rd);
+            drop(go_wr);
+            let userns = unshare_user_namespace().is_ok();
+            let _ = nix::unistd::write(&wr, &[userns as u8]);
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&go_rd), &mut b);
+            let ok = limit_capabilities().is_ok() && limit_capabilities().is_ok();
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let eff = caps_of(&status, "CapEff:");
+            let bnd = caps_of(&status, "CapBnd:");
+            // A file owned by a uid the process is not: chown needs CAP_CHOWN here.
+            let chown = std::fs::File::create("/tmp/.porta-confine-caps-test")
+                .ok()
+                .map(|_| {
+                    std::os::unix::fs::chown("/tmp/.porta-confine-caps-test", Some(1234), None)
+                        .is_ok()
+                })
+                .unwrap_or(false);
+            let _ = std::fs::remove_file("/tmp/.porta-confine-caps-test");
+            let code = if ok && eff == keep && bnd == keep && chown {
+                0
+            } else {
+                1
+            };
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(code) };
+        }
+        drop(wr);
+        drop(go_rd);
+        let mut b = [0u8; 1];
+        nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rd), &mut b).unwrap();
+        if b[0] == 1 {
+            for f in ["uid_map", "gid_map"] {
+                std::fs::write(format!("/proc/{pid}/{f}"), "0 0 4294967295").unwrap();
+            }
+        }
+        nix::unistd::write(&go_wr, b"g").unwrap();
         let mut st = 0;
         // SAFETY: waiting for our child.
         unsafe { libc::waitpid(pid, &mut st, 0) };

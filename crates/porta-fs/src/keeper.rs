@@ -20,6 +20,18 @@ pub const CMD_SPAWN: u8 = b'S';
 pub const CMD_STANDBY: u8 = b'B';
 /// Command byte: let the standby serve (or start a server when there is none).
 pub const CMD_ACTIVATE: u8 = b'A';
+/// First message of a keeper: it is in a new user namespace; the supervisor writes its
+/// uid_map and gid_map and answers [`MAPS_OK`] or [`MAPS_FAILED`].
+pub const HELLO_USERNS: u8 = b'U';
+/// First message of a keeper: no user namespace (followed by the errno in decimal, 0 when
+/// switched off); the servers run in the initial user namespace.
+pub const HELLO_ROOT: u8 = b'R';
+/// First message of a keeper started with `--no-confine`.
+pub const HELLO_UNCONFINED: u8 = b'N';
+/// The supervisor wrote the id maps.
+pub const MAPS_OK: u8 = b'1';
+/// The supervisor could not write the id maps (the keeper exits).
+pub const MAPS_FAILED: u8 = b'0';
 /// Exit code of a server whose connection is gone.
 pub const EXIT_UNMOUNTED: i32 = 0;
 /// Exit code of a server that failed.
@@ -44,10 +56,16 @@ pub struct KeeperArgs {
     pub ttl: Duration,
     /// Do not confine servers (seccomp, capabilities): for debugging only.
     pub no_confine: bool,
+    /// Enter a new user namespace (the supervisor maps it); off: run in the initial one.
+    pub userns: bool,
+    /// The socket to the supervisor that registers passthrough backing files (inherited,
+    /// SOCK_SEQPACKET, see [`crate::backing`]); required with `--passthrough`.
+    pub backing_fd: Option<RawFd>,
 }
 
 impl KeeperArgs {
-    /// Parses `--fuse-fd N --state-fd N --ctl-fd N --root PATH [--passthrough] [--threads N] [--ttl SECS]`.
+    /// Parses `--fuse-fd N --state-fd N --ctl-fd N --root PATH [--passthrough --backing-fd N]
+    /// [--threads N] [--ttl SECS] [--no-userns] [--no-confine]`.
     pub fn parse(args: &[std::ffi::OsString]) -> Result<KeeperArgs, Error> {
         let mut k = KeeperArgs {
             fuse_fd: -1,
@@ -58,6 +76,8 @@ impl KeeperArgs {
             threads: 2,
             ttl: Duration::from_secs(86400),
             no_confine: false,
+            userns: true,
+            backing_fd: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -83,6 +103,8 @@ impl KeeperArgs {
                 "--ttl" => k.ttl = Duration::from_secs(num(val()?)? as u64),
                 "--passthrough" => k.passthrough = true,
                 "--no-confine" => k.no_confine = true,
+                "--no-userns" => k.userns = false,
+                "--backing-fd" => k.backing_fd = Some(num(val()?)? as RawFd),
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
@@ -90,6 +112,9 @@ impl KeeperArgs {
             return Err(Error::Usage(
                 "--fuse-fd, --state-fd, --ctl-fd and --root are required".into(),
             ));
+        }
+        if k.passthrough && k.backing_fd.is_none() {
+            return Err(Error::Usage("--passthrough needs --backing-fd".into()));
         }
         Ok(k)
     }
@@ -100,9 +125,55 @@ fn die_with_parent() {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
 }
 
+/// Enters a new user namespace and has the supervisor (on the control socket) write its
+/// identity maps; tells the supervisor when there is none (then the servers run in the
+/// initial user namespace). Returns whether the keeper is in a new user namespace.
+fn enter_user_namespace(args: &KeeperArgs) -> Result<bool, Error> {
+    let hello = |msg: &[u8]| {
+        sys::write(args.ctl_fd, msg)
+            .map(|_| ())
+            .map_err(|e| Error::Sys("keeper: hello", nix::errno::Errno::from_raw(e)))
+    };
+    if args.no_confine {
+        hello(&[HELLO_UNCONFINED])?;
+        return Ok(false);
+    }
+    if !args.userns {
+        hello(&[HELLO_ROOT, b'0'])?;
+        return Ok(false);
+    }
+    if let Err(e) = crate::confine::unshare_user_namespace() {
+        hello(format!("R{}", e as i32).as_bytes())?;
+        return Ok(false);
+    }
+    hello(&[HELLO_USERNS])?;
+    let mut b = [0u8; 4];
+    loop {
+        match sys::read(args.ctl_fd, &mut b) {
+            Ok(1) if b[0] == MAPS_OK => break,
+            Err(libc::EINTR) => continue,
+            Ok(_) => {
+                return Err(Error::BadState(
+                    "the supervisor could not map the user namespace".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(Error::Sys(
+                    "keeper: wait for the id maps",
+                    nix::errno::Errno::from_raw(e),
+                ))
+            }
+        }
+    }
+    // The credentials changed namespace; make sure the parent-death signal survived.
+    die_with_parent();
+    Ok(true)
+}
+
 /// Runs the keeper until the supervisor closes the control socket.
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     die_with_parent();
+    let userns = enter_user_namespace(args)?;
     let shared = Shared::map(args.state_fd)?;
     match sys::keep_caps_on_fsuid_change() {
         Ok(()) => crate::server::enable_create_as_caller(),
@@ -128,8 +199,16 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     let root = if args.no_confine {
         open_dir(&args.root, libc::O_PATH)?
     } else {
-        crate::confine::enter_backing_namespace(&args.root)?
+        let root = crate::confine::enter_backing_namespace(&args.root)?;
+        // Neither the keeper nor its servers need more than the file-ownership set now.
+        crate::confine::limit_capabilities()?;
+        root
     };
+    tracing::info!(
+        userns,
+        confined = !args.no_confine,
+        "file-server keeper ready"
+    );
     shared
         .hdr(hdr::FUSE_FD)
         .store(args.fuse_fd as u64, std::sync::atomic::Ordering::Relaxed);
@@ -145,6 +224,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         passthrough: args.passthrough,
         threads: args.threads,
         ttl: args.ttl,
+        backing_fd: args.backing_fd.unwrap_or(-1),
     };
     let cfg = ServerSetup {
         server,
@@ -298,7 +378,8 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
             }
         };
         server.proc_fd = own;
-        if let Err(e) = crate::confine::confine(server.root_fd) {
+        let sock = (server.backing_fd >= 0).then_some(server.backing_fd);
+        if let Err(e) = crate::confine::confine(server.root_fd, sock) {
             tracing::error!(error = %e, "could not confine the file server");
             // SAFETY: ends this process at once.
             unsafe { libc::_exit(EXIT_FAILED) };

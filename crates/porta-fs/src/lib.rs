@@ -6,6 +6,7 @@
 //! table shared with a keeper process ([`keeper`]).
 
 pub mod abi;
+pub mod backing;
 pub mod confine;
 pub mod evict;
 pub mod keeper;

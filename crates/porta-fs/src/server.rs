@@ -79,6 +79,10 @@ pub struct Config {
     pub threads: usize,
     /// Entry and attribute timeout: long, as the server is the tree's only writer.
     pub ttl: Duration,
+    /// Socket to the supervisor that registers passthrough backing files for the server
+    /// ([`crate::backing`]); -1: register them itself with the FUSE ioctl (needs
+    /// CAP_SYS_ADMIN in the initial user namespace; tests and examples).
+    pub backing_fd: RawFd,
 }
 
 /// Why a server stopped.
@@ -95,6 +99,7 @@ struct Fs {
     /// The reply journal as the previous server left it: (request id, state, x, y).
     journal_at_start: Vec<[u64; 4]>,
     fuse: RawFd,
+    backing: RawFd,
     root: RawFd,
     proc_fd: RawFd,
     sh: Shared,
@@ -223,6 +228,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         fault: fault_from_env(),
         journal_at_start,
         fuse: cfg.fuse_fd,
+        backing: cfg.backing_fd,
         root: cfg.root_fd,
         proc_fd: cfg.proc_fd,
         sh,
@@ -827,7 +833,9 @@ impl Fs {
                 r.skip(20).map_err(mal)?;
                 let data = r.bytes(size).map_err(mal)?;
                 let fd = self.fh_fd(fh)?;
+                let setid = self.setid_bits(fd);
                 let n = sys::pwrite(fd, data, off)?;
+                self.keep_setid_bits(fd, setid);
                 w.u32(n as u32).u32(0);
             }
             op::STATFS => {
@@ -1321,7 +1329,11 @@ impl Fs {
             e[5].fetch_add(1, Ordering::AcqRel);
             return Ok((id - 1) as i32);
         }
-        let id = sys::backing_open(self.fuse, file)?;
+        let id = if self.backing >= 0 {
+            crate::backing::open(self.backing, fd, file)?
+        } else {
+            sys::backing_open(self.fuse, file)?
+        };
         e[5].store(1, Ordering::Relaxed);
         e[4].store(id as u64 + 1, Ordering::Release);
         Ok(id)
@@ -1339,11 +1351,39 @@ impl Fs {
         e[5].store(left, Ordering::Release);
         if left == 0 {
             e[4].store(0, Ordering::Release);
-            let _ = sys::backing_close(self.fuse, (id - 1) as i32);
+            let _ = if self.backing >= 0 {
+                crate::backing::close(self.backing, (id - 1) as i32)
+            } else {
+                sys::backing_close(self.fuse, (id - 1) as i32)
+            };
         }
     }
 
     // ----- helpers -----
+
+    /// The permission bits of `fd` when it has a set-user-id or set-group-id bit, else 0.
+    fn setid_bits(&self, fd: RawFd) -> u32 {
+        match sys::fstat(fd) {
+            Ok(st) if st.st_mode & 0o6000 != 0 => st.st_mode & 0o7777,
+            _ => 0,
+        }
+    }
+
+    /// Puts back set-id bits (`mode`, from [`Fs::setid_bits`]) that the backing file
+    /// system cleared on the server's write or truncate. The kernel clears them itself,
+    /// before the request, where the caller's write must (a caller without CAP_FSETID);
+    /// the server, without CAP_FSETID in the initial user namespace, would otherwise
+    /// clear them for privileged callers too.
+    fn keep_setid_bits(&self, fd: RawFd, mode: u32) {
+        if mode == 0 {
+            return;
+        }
+        if let Ok(st) = sys::fstat(fd) {
+            if st.st_mode & 0o7777 != mode {
+                let _ = sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), mode);
+            }
+        }
+    }
 
     // Extended attributes of a node, through its entry in the /proc/self/fd directory
     // descriptor (*xattrat, Linux 6.13: works without /proc in the server's mount
@@ -1630,6 +1670,7 @@ impl Fs {
             sys::chownat(fd, c"", u, g)?;
         }
         if valid & fattr::SIZE != 0 {
+            let setid = self.setid_bits(fd);
             let by_fh = if valid & fattr::FH != 0 {
                 self.fh_fd(fh).ok()
             } else {
@@ -1642,6 +1683,7 @@ impl Fs {
                     sys::ftruncate(f.as_raw_fd(), size)?;
                 }
             }
+            self.keep_setid_bits(fd, setid);
         }
         if valid & (fattr::ATIME | fattr::MTIME) != 0 {
             let t = |set: bool, now: bool, s: i64, ns: u32| libc::timespec {

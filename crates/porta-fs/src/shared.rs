@@ -324,6 +324,16 @@ impl Shared {
         self.words[hdr::REQUESTS_DONE].load(Ordering::Relaxed)
     }
 
+    /// The passthrough backing id recorded for node descriptor `fd`, if it is a node and
+    /// has one (the supervisor checks the ids it handed out against this).
+    pub fn backing_of(&self, fd: RawFd) -> Option<i32> {
+        if self.kind(fd) != kind::NODE {
+            return None;
+        }
+        let id = self.entry(fd)?[4].load(Ordering::Acquire);
+        (id != 0).then(|| (id - 1) as i32)
+    }
+
     /// Index (1-based) of device `dev` in the device table, adding it when new.
     pub fn dev_index(&self, dev: u64) -> u64 {
         let n = self.words[hdr::DEV_COUNT].load(Ordering::Acquire) as usize;

@@ -456,3 +456,104 @@ pub fn setfsgid(gid: u32) -> u32 {
     // SAFETY: plain system call; it only changes this thread's credentials.
     unsafe { libc::syscall(libc::SYS_setfsgid, gid) as u32 }
 }
+
+/// Most descriptors [`recv_with_fds`] accepts in one message; more are closed.
+pub const MAX_RECV_FDS: usize = 4;
+
+/// `sendmsg(2)` of `buf` on a connected socket, with `fd` attached (SCM_RIGHTS) when
+/// given. MSG_NOSIGNAL is always added.
+pub fn send_with_fd(sock: RawFd, buf: &[u8], fd: Option<RawFd>, flags: i32) -> SysResult<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // Room for one cmsghdr with one int, 8-byte aligned (CMSG_SPACE(4) is 24 on 64-bit).
+    let mut cbuf = [0u64; 4];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: pure arithmetic on a constant.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+        // SAFETY: `msg_control` points to `cbuf`, large enough for CMSG_SPACE(4) bytes
+        // and aligned for cmsghdr, so CMSG_FIRSTHDR is non-null and its data writable.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+        }
+    }
+    // SAFETY: `msg` points to `iov` (valid for `buf`) and to `cbuf`, alive for the call.
+    check_ssize(unsafe { libc::sendmsg(sock, &msg, flags | libc::MSG_NOSIGNAL) })
+}
+
+/// What [`recv_with_fds`] received: the byte count, the `msg_flags` (MSG_TRUNC,
+/// MSG_CTRUNC) and the descriptors that came with it (close-on-exec, owned).
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes received (of the message, up to the buffer's length).
+    pub len: usize,
+    /// `msg_flags` of the received message.
+    pub flags: i32,
+    /// The descriptors attached, in order; at most [`MAX_RECV_FDS`].
+    pub fds: [Option<OwnedFd>; MAX_RECV_FDS],
+}
+
+impl Received {
+    /// Number of descriptors received.
+    pub fn nfds(&self) -> usize {
+        self.fds.iter().filter(|f| f.is_some()).count()
+    }
+}
+
+/// `recvmsg(2)` of one message into `buf` with MSG_CMSG_CLOEXEC; every descriptor
+/// attached is returned owned (so dropped ones are closed). Descriptors that do not fit
+/// the control buffer are closed by the kernel (MSG_CTRUNC is then set).
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], flags: i32) -> SysResult<Received> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // CMSG_SPACE(4 * MAX_RECV_FDS) = 32 bytes; 64 leaves room, 8-byte aligned.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: pure arithmetic on a constant.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE((4 * MAX_RECV_FDS) as u32) } as _;
+    // SAFETY: `msg` points to `iov` (valid for `buf`) and `cbuf`, alive for the call.
+    let n = check_ssize(unsafe { libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) })?;
+    let mut out = Received {
+        len: n,
+        flags: msg.msg_flags,
+        fds: Default::default(),
+    };
+    let mut k = 0;
+    // SAFETY: walking the control messages the kernel wrote into `cbuf` with the CMSG
+    // macros, which stay within `msg_controllen`; SCM_RIGHTS data is an array of ints,
+    // each a descriptor now installed in our table and owned by nobody else.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    if k < MAX_RECV_FDS {
+                        out.fds[k] = Some(fd);
+                        k += 1;
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(out)
+}

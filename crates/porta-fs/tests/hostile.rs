@@ -63,6 +63,7 @@ impl Conn {
             passthrough: false,
             threads: 1,
             ttl: Duration::from_secs(1),
+            backing_fd: -1,
         };
         let cfg2 = cfg.clone();
         let thread = std::thread::spawn(move || serve(&cfg2));

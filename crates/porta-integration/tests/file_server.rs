@@ -847,3 +847,88 @@ fn more_files_than_descriptors_with_kills() {
     let (_, _, kills) = many_files("fs-nodes-kill", Some(Duration::from_millis(1500)));
     assert!(kills >= 3, "only {kills} kills during the workload");
 }
+
+// ---------------------------------------------------------------------------------------
+// 9. the server's own user namespace (DESIGN section 4, "Confinement")
+
+/// A capability set line (`CapEff:` …) of /proc/PID/status.
+fn caps(pid: i32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let v = s
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+    u64::from_str_radix(v.trim(), 16).unwrap()
+}
+
+#[test]
+fn server_runs_in_an_identity_mapped_user_namespace_without_global_capabilities() {
+    require_root!();
+    porta_only!(WHY);
+    let mut b = Bundle::new(&[]);
+    b.capabilities(&["CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID", "CAP_DAC_OVERRIDE"]);
+    let c = started("fs-userns", b, "sleep 100");
+    let (pid, _, _) = fs_server_now(&c);
+    assert!(is_fs_server_of(pid, &c), "{:?}", cmdline(pid));
+    // Its user namespace is not the host's (/proc/1 may be out of reach in a sandbox;
+    // this test runs in the host's user namespace).
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    let server = ns(&pid.to_string()).expect("server's user namespace");
+    for host in [ns("1"), ns("self")].into_iter().flatten() {
+        assert_ne!(
+            server, host,
+            "the file server runs in the host's user namespace"
+        );
+    }
+    // Mapped by the identity.
+    for f in ["uid_map", "gid_map"] {
+        let m = std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+        assert_eq!(
+            m.split_whitespace().collect::<Vec<_>>(),
+            ["0", "0", "4294967295"],
+            "{f} of the file server: {m}"
+        );
+    }
+    // No CAP_DAC_READ_SEARCH (2), CAP_SYS_ADMIN (21), CAP_MKNOD (27), effective or bounding.
+    for key in ["CapEff:", "CapBnd:", "CapPrm:"] {
+        let set = caps(pid, key);
+        for cap in [2, 21, 27] {
+            assert_eq!(set & (1 << cap), 0, "{key} {set:#x} has capability {cap}");
+        }
+    }
+    // `porta state` says which confinement is in force.
+    let st = c.state();
+    let fs = st["servers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "fs"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(fs["confinement"], "userns", "{st}");
+    // Files the container makes still get the caller's ids, also ids nobody mapped
+    // for the container; data goes through passthrough as before.
+    let o = c.exec(
+        &["--user", "1234:5678"],
+        &["sh", "-c", "echo hi > /tmp/by-1234 && cat /tmp/by-1234"],
+    );
+    o.expect_ok();
+    assert!(o.stdout.contains("hi"), "{o}");
+    let o = c.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/d && echo x > /tmp/d/f && chown 4321:8765 /tmp/d/f && \
+             chmod 6755 /tmp/d/f && mkfifo /tmp/d/p && stat -c '%u:%g %a' /tmp/d/f",
+        ],
+    );
+    o.expect_ok();
+    assert!(o.stdout.contains("4321:8765 6755"), "{o}");
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(c.bundle.rootfs().join("tmp/by-1234")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let md = std::fs::metadata(c.bundle.rootfs().join("tmp/d/f")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (4321, 8765, 0o6755)
+    );
+}

@@ -98,7 +98,11 @@ impl IdmappedMount {
                 std::mem::size_of::<MountAttr>(),
             )
         };
-        assert!(r == 0, "mount_setattr IDMAP: {}", std::io::Error::last_os_error());
+        assert!(
+            r == 0,
+            "mount_setattr IDMAP: {}",
+            std::io::Error::last_os_error()
+        );
         let d = cstr(dst);
         // SAFETY: move_mount(2) of our detached tree onto an existing directory.
         let r = unsafe {
@@ -161,7 +165,10 @@ fn check(tag: &str, kernel_root: bool) {
         ["0 0", "0", "0 0"],
         "the image's files and the new file are the container root's: {out}"
     );
-    assert_eq!(owner, 0, "the new file is stored with the image's (unmapped) id");
+    assert_eq!(
+        owner, 0,
+        "the new file is stored with the image's (unmapped) id"
+    );
 }
 
 #[test]

@@ -51,9 +51,16 @@ fn new_files_belong_to_their_creator_and_setgid_directories_pass_their_group_on(
         "g/d 1000 2000 drwxr-sr-x",
         "g/d/e 1000 2000 drwxr-sr-x",
     ];
-    assert_eq!(kernel.lines().collect::<Vec<_>>(), expect, "kernel root: {kernel}");
+    assert_eq!(
+        kernel.lines().collect::<Vec<_>>(),
+        expect,
+        "kernel root: {kernel}"
+    );
     if is_porta() {
         let served = owners("own-served", false);
-        assert_eq!(served, kernel, "the file server gives what the kernel gives");
+        assert_eq!(
+            served, kernel,
+            "the file server gives what the kernel gives"
+        );
     }
 }

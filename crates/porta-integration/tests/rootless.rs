@@ -79,10 +79,18 @@ fn rootless_run_maps_only_the_user_and_writes_as_the_user() {
     assert_eq!(o.code, 7, "the container's exit code: {o}");
     let mut lines = o.stdout.lines();
     assert_eq!(lines.next(), Some("0"), "root inside: {o}");
-    let map: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let map: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(map, ["0", &UID.to_string(), "1"], "{o}");
     let made = std::fs::metadata(b.rootfs().join("made-here")).unwrap();
-    assert_eq!(made.uid(), UID, "a file made inside belongs to the user on the host");
+    assert_eq!(
+        made.uid(),
+        UID,
+        "a file made inside belongs to the user on the host"
+    );
     as_user(&state).args(["delete", &id]).run();
     assert!(!state.join(&id).exists(), "run leaves no state behind");
 }
@@ -124,5 +132,8 @@ fn rootless_file_server_request_is_refused_and_leaves_nothing() {
         o.stderr.contains("annotations.run.porta.fs") && o.stderr.contains("root"),
         "the error names the annotation and why: {o}"
     );
-    assert!(!state.join(&id).exists(), "a refused create leaves no state");
+    assert!(
+        !state.join(&id).exists(),
+        "a refused create leaves no state"
+    );
 }

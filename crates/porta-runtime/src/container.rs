@@ -524,7 +524,7 @@ impl Container {
         v["owner"] = serde_json::json!(self.state.owner);
         let servers = if self.state.file_server {
             porta_supervisor::servers(&self.dir.path)
-                .map(|v| v.into_iter().map(|s| serde_json::json!({"name": s.name, "pid": s.pid, "restarts": s.restarts, "state": s.state})).collect())
+                .map(|v| v.into_iter().map(|s| serde_json::json!({"name": s.name, "pid": s.pid, "restarts": s.restarts, "state": s.state, "confinement": s.confinement})).collect())
                 .unwrap_or_default()
         } else {
             Vec::new()

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use porta_fs::shared::{hdr, slot, Shared};
 
+use crate::backing::{Broker, FuseDevice};
 use crate::{fdpass, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME};
 
 /// Parsed arguments of `porta supervisor`.
@@ -189,6 +190,14 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rfind(')')
+        .and_then(|i| s[i + 1..].split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
 fn thread_state(stat: &str) -> Option<char> {
     stat.rfind(')')
         .and_then(|i| stat[i + 1..].trim_start().chars().next())
@@ -216,6 +225,11 @@ struct Supervisor {
     container: Option<OwnedFd>,
     standby_pid: i32,
     standby_failures: u32,
+    /// Registers passthrough backing files for the servers (passthrough only).
+    broker: Option<Broker>,
+    /// Which confinement the servers run under ("userns", "root" or "none").
+    confinement: String,
+    last_watchdog: Instant,
 }
 
 enum Next {
@@ -263,6 +277,9 @@ impl Supervisor {
             container: None,
             standby_pid: 0,
             standby_failures: 0,
+            broker: None,
+            confinement: String::new(),
+            last_watchdog: Instant::now(),
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -319,16 +336,48 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Starts the keeper, in a user namespace of its own when the machine has them
+    /// (`PORTA_FS_USERNS=0` switches that off), else in the initial one with a warning.
     fn spawn_keeper(&mut self) -> Result<(), Error> {
+        let userns = std::env::var("PORTA_FS_USERNS").map_or(true, |v| v != "0" && v != "off");
+        match self.spawn_keeper_once(userns) {
+            Err(Error::Refused(why)) if userns => {
+                tracing::warn!(error = %why, "could not map the file server's user namespace; starting it in the initial user namespace instead");
+                self.stop_keeper();
+                self.spawn_keeper_once(false)
+            }
+            r => r,
+        }
+    }
+
+    fn stop_keeper(&mut self) {
+        if self.keeper_pid > 0 {
+            let _ = kill(Pid::from_raw(self.keeper_pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.keeper_pid), None);
+        }
+        self.keeper_pid = 0;
+        self.ctl = None;
+        self.broker = None;
+    }
+
+    fn spawn_keeper_once(&mut self, userns: bool) -> Result<(), Error> {
         let fuse = self.fuse.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         let state = self._state_fd.as_raw_fd();
-        let (ours, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::SeqPacket,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::Sys("socketpair", e))?;
+        let seqpacket = || {
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| Error::Sys("socketpair", e))
+        };
+        let (ours, theirs) = seqpacket()?;
+        let backing = if self.a.passthrough {
+            Some(seqpacket()?)
+        } else {
+            None
+        };
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg("fs")
             .arg("keeper")
@@ -343,22 +392,29 @@ impl Supervisor {
             .arg("--threads")
             .arg(self.a.threads.to_string())
             .stdin(Stdio::null());
-        if self.a.passthrough {
-            cmd.arg("--passthrough");
+        let mut inherit = vec![fuse, state, theirs.as_raw_fd()];
+        if let Some((_, b)) = &backing {
+            cmd.arg("--passthrough")
+                .arg("--backing-fd")
+                .arg(b.as_raw_fd().to_string());
+            inherit.push(b.as_raw_fd());
         }
-        let inherit = [fuse, state, theirs.as_raw_fd()];
-        for fd in inherit {
-            set_cloexec(fd, false);
+        if !userns {
+            cmd.arg("--no-userns");
+        }
+        for fd in &inherit {
+            set_cloexec(*fd, false);
         }
         let child = cmd.spawn();
-        for fd in inherit {
-            set_cloexec(fd, true);
+        for fd in &inherit {
+            set_cloexec(*fd, true);
         }
         let child = child.map_err(|e| Error::Io("exec file-server keeper", e))?;
         self.keeper_pid = child.id() as i32;
         drop(child);
         drop(theirs);
         self.ctl = Some(ours);
+        self.broker = backing.map(|(b, _theirs)| Broker::new(b, self.shared.capacity()));
         let pid = self.keeper_pid;
         for procs in &self.a.cgroup_procs {
             std::fs::write(procs, pid.to_string()).map_err(|e| Error::Path {
@@ -371,8 +427,83 @@ impl Supervisor {
         if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
             tracing::warn!(pid, error = %e, "could not set oom_score_adj -1000 for the file server (CAP_SYS_RESOURCE missing?)");
         }
-        tracing::info!(pid, "file-server keeper started");
+        self.keeper_hello(pid)?;
+        tracing::info!(pid, confinement = %self.confinement, "file-server keeper started");
         Ok(())
+    }
+
+    /// The keeper's first message: it is in a new user namespace (write its identity maps
+    /// and answer), has none (the servers run in the initial user namespace), or is not
+    /// confined. Error::Refused when the maps cannot be written.
+    fn keeper_hello(&mut self, pid: i32) -> Result<(), Error> {
+        let ctl = self
+            .ctl
+            .as_ref()
+            .ok_or_else(|| Error::Usage("no keeper".into()))?
+            .as_raw_fd();
+        // SAFETY: `ctl` is our open socket, borrowed for the poll only.
+        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
+        let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(10_000u16)).unwrap_or(0);
+        if n == 0 {
+            return Err(Error::Timeout(
+                "hear from the file-server keeper",
+                Duration::from_secs(10),
+            ));
+        }
+        let mut b = [0u8; 32];
+        let n = porta_fs::sys::read(ctl, &mut b)
+            .map_err(|e| Error::Sys("read keeper hello", nix::errno::Errno::from_raw(e)))?;
+        if n == 0 {
+            return Err(Error::Start {
+                id: self.a.id.clone(),
+                msg: "the file-server keeper exited at once (see the supervisor log)".into(),
+                log: PathBuf::new(),
+            });
+        }
+        let hello = &b[..n];
+        match hello.first().copied() {
+            Some(porta_fs::keeper::HELLO_USERNS) => match write_identity_maps(pid) {
+                Ok(()) => {
+                    porta_fs::sys::write(ctl, &[porta_fs::keeper::MAPS_OK])
+                        .map_err(|e| Error::Sys("answer keeper", nix::errno::Errno::from_raw(e)))?;
+                    self.confinement = "userns".into();
+                    tracing::info!("file server confinement: identity-mapped user namespace owning a mount namespace with only the backing directory; no global capabilities");
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = porta_fs::sys::write(ctl, &[porta_fs::keeper::MAPS_FAILED]);
+                    Err(Error::Refused(e.to_string()))
+                }
+            },
+            Some(porta_fs::keeper::HELLO_ROOT) => {
+                let errno: i32 = std::str::from_utf8(&hello[1..])
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let why = if errno == 0 {
+                    "switched off (PORTA_FS_USERNS=0)".to_string()
+                } else {
+                    format!("unavailable: {}", std::io::Error::from_raw_os_error(errno))
+                };
+                self.confinement = "root".into();
+                tracing::warn!("file server confinement: user namespaces {why}; the file server runs as root of the initial user namespace (global CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_SETFCAP), in its own mount namespace, with Landlock and seccomp");
+                Ok(())
+            }
+            Some(porta_fs::keeper::HELLO_UNCONFINED) => {
+                self.confinement = "none".into();
+                tracing::warn!("file server confinement: none (--no-confine)");
+                Ok(())
+            }
+            _ => Err(Error::Start {
+                id: self.a.id.clone(),
+                msg: format!(
+                    "file-server keeper: unexpected first message {:?}",
+                    String::from_utf8_lossy(hello)
+                ),
+                log: PathBuf::new(),
+            }),
+        }
     }
 
     /// Sends one command byte to the keeper and reads the pid it answers.
@@ -384,21 +515,46 @@ impl Supervisor {
             .as_raw_fd();
         porta_fs::sys::write(ctl, &[cmd])
             .map_err(|e| Error::Sys("ask keeper for a server", nix::errno::Errno::from_raw(e)))?;
-        let mut b = [0u8; 4];
-        let n = porta_fs::sys::read(ctl, &mut b)
-            .map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
-        let pid = if n == 4 {
-            i32::from_ne_bytes(b)
-        } else {
-            -libc::EIO
-        };
-        if pid <= 0 {
-            return Err(Error::Sys(
-                "keeper: clone file server",
-                nix::errno::Errno::from_raw(-pid),
-            ));
+        // The keeper's end of this socket is in the fd table it shares with the servers:
+        // a compromised server can write into it. Only a pid that is our child (servers
+        // are, by CLONE_PARENT; a child's pid cannot be reused before we reap it) is
+        // taken, so we never signal a process of someone else; and we never wait forever.
+        let me = std::process::id() as i32;
+        for _ in 0..8 {
+            // SAFETY: `ctl` is our open socket, borrowed for the poll only.
+            let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
+            let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(5_000u16)).unwrap_or(0) <= 0 {
+                return Err(Error::Timeout(
+                    "hear the new server's pid from the keeper",
+                    Duration::from_secs(5),
+                ));
+            }
+            let mut b = [0u8; 8];
+            let n = porta_fs::sys::read(ctl, &mut b)
+                .map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
+            let pid = if n == 4 {
+                i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+            } else {
+                -libc::EIO
+            };
+            if pid <= 0 {
+                return Err(Error::Sys(
+                    "keeper: clone file server",
+                    nix::errno::Errno::from_raw(-pid),
+                ));
+            }
+            if parent_of(pid) == Some(me) {
+                return Ok(pid);
+            }
+            tracing::warn!(
+                pid,
+                "ignored a server pid from the keeper's socket that is not our child"
+            );
         }
-        Ok(pid)
+        Err(Error::Refused(
+            "the keeper's socket gave no pid of a child of ours".into(),
+        ))
     }
 
     /// Pre-forks a standby server (set up and confined, waiting to be woken), unless
@@ -455,14 +611,32 @@ impl Supervisor {
             if let Some(c) = &container {
                 fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
             }
-            let _ = poll(&mut fds, PollTimeout::from(250u16));
-            let container_gone = container.is_some()
-                && fds
-                    .get(cidx)
+            let bidx = fds.len();
+            if let Some(b) = self.broker.as_ref().filter(|b| b.live()) {
+                fds.push(PollFd::new(b.fd(), PollFlags::POLLIN));
+            }
+            let polled = poll(&mut fds, PollTimeout::from(250u16));
+            let ready = |i: usize| {
+                fds.get(i)
                     .and_then(|f| f.revents())
-                    .is_some_and(|r| !r.is_empty());
+                    .is_some_and(|r| !r.is_empty())
+            };
+            let container_gone = container.is_some() && ready(cidx);
+            let backing = bidx < fds.len() && ready(bidx);
+            // Anything but backing requests (or a timeout, or EINTR): do the rest too.
+            let others = match polled {
+                Ok(n) => n == 0 || n > i32::from(backing),
+                Err(_) => true,
+            };
             drop(fds);
             self.container = container;
+            // Backing requests first: a server thread waits for each answer.
+            if backing {
+                self.serve_backing();
+            }
+            if !others && self.last_watchdog.elapsed() < Duration::from_millis(250) {
+                continue;
+            }
             while self.sigfd.read_signal().ok().flatten().is_some() {}
             if let Some(Next::Exit(code)) = self.reap() {
                 return code;
@@ -475,8 +649,29 @@ impl Supervisor {
                 self.shutdown();
                 return 0;
             }
+            self.last_watchdog = Instant::now();
             self.watchdog();
         }
+    }
+
+    /// Answers the servers' queued passthrough backing requests (never blocks).
+    fn serve_backing(&mut self) {
+        let (Some(b), Some(f)) = (self.broker.as_mut(), self.fuse.as_ref()) else {
+            return;
+        };
+        b.serve(&mut FuseDevice(f.as_raw_fd()), 64);
+    }
+
+    /// After the server died: drop what it left unanswered and the backing ids it had
+    /// not recorded in the shared table (a kill between the registration and the record).
+    fn reclaim_backing(&mut self) {
+        let (Some(b), Some(f)) = (self.broker.as_mut(), self.fuse.as_ref()) else {
+            return;
+        };
+        let shared = self.shared;
+        b.server_died(&mut FuseDevice(f.as_raw_fd()), |node| {
+            shared.backing_of(node)
+        });
     }
 
     /// Reaps children; restarts the server or decides to stop.
@@ -550,6 +745,7 @@ impl Supervisor {
         }
         self.restarts += 1;
         tracing::warn!(cause = %cause, restarts = self.restarts, "file server died; restarting it");
+        self.reclaim_backing();
         self.last_error = Some(cause);
         if let Err(e) = self.spawn_server() {
             self.give_up(format!("could not restart the file server: {e}"));
@@ -664,6 +860,7 @@ impl Supervisor {
                     "stopped".into()
                 },
                 error: self.last_error.clone(),
+                confinement: self.confinement.clone(),
             }],
         }
     }
@@ -712,6 +909,7 @@ impl Supervisor {
             abort_connection(self.conn_id);
         }
         self.ctl = None;
+        self.broker = None;
         self.mount = None;
         self.fuse = None;
         if self.listener.take().is_some() {
@@ -719,6 +917,36 @@ impl Supervisor {
         }
         self.write_state();
     }
+}
+
+/// The identity over this process's own id map, as `uid_map`/`gid_map` take it: every
+/// range valid here mapped onto itself ("0 0 4294967295" in the initial user namespace).
+fn identity_map(own: &str) -> String {
+    own.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let first: u64 = w.next()?.parse().ok()?;
+            let _lower = w.next()?;
+            let count: u64 = w.next()?.parse().ok()?;
+            Some(format!("{first} {first} {count}\n"))
+        })
+        .collect()
+}
+
+/// Writes the identity uid and gid maps of the keeper `pid`, which just entered a new
+/// user namespace (needs CAP_SETUID and CAP_SETGID here).
+fn write_identity_maps(pid: i32) -> std::io::Result<()> {
+    for f in ["uid_map", "gid_map"] {
+        let own = std::fs::read_to_string(format!("/proc/self/{f}"))?;
+        let map = identity_map(&own);
+        std::fs::write(format!("/proc/{pid}/{f}"), &map).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("write /proc/{pid}/{f} ({}): {e}", map.trim()),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn raise_nofile() -> usize {
@@ -784,5 +1012,30 @@ fn abort_connection(conn: u64) {
             let _ = nix::sys::wait::waitpid(child, None);
         }
         Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_of_reads_the_parent_pid() {
+        // SAFETY: getppid always succeeds.
+        let ppid = unsafe { libc::getppid() };
+        assert_eq!(parent_of(std::process::id() as i32), Some(ppid));
+        assert_eq!(parent_of(i32::MAX), None);
+    }
+
+    #[test]
+    fn identity_of_the_initial_and_of_a_nested_map() {
+        assert_eq!(
+            identity_map("         0          0 4294967295\n"),
+            "0 0 4294967295\n"
+        );
+        assert_eq!(
+            identity_map("0 100000 65536\n65536 5000 1\nbogus\n"),
+            "0 0 65536\n65536 65536 1\n"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! when the mount is gone or after [`stop`]. [`servers`] reports its servers for
 //! `porta state`.
 
+mod backing;
 mod daemon;
 mod fdpass;
 
@@ -118,6 +119,11 @@ pub struct ServerStatus {
     /// Why it last had to be replaced, or why the supervisor gave up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The confinement it runs under: "userns" (identity-mapped user namespace, no global
+    /// capabilities), "root" (initial user namespace: user namespaces unavailable, see
+    /// the supervisor log) or "none" (debugging).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub confinement: String,
 }
 
 /// Contents of `servers.json`.

@@ -89,6 +89,7 @@ impl TestMount {
             passthrough,
             threads: 2,
             ttl: Duration::from_secs(86400),
+            backing_fd: -1,
         };
         let thread = std::thread::spawn(move || serve(&cfg));
         TestMount {
