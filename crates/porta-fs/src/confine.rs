@@ -88,8 +88,11 @@ const ALLOWED: &[libc::c_long] = &[
 /// links (protected_hardlinks) of files the server does not own. CAP_FSETID: keep the
 /// set-group-id bit on chmod and on files created in set-group-id directories whose group
 /// the server is not in. CAP_SETFCAP: `security.capability` (setcap in the container).
+/// CAP_SETGID and CAP_SETUID: only for setfsgid/setfsuid, so a thread creates a file as
+/// its caller (the seccomp allowlist has no other id-changing call, and the file-system
+/// ids count for file access only, not for signals).
 /// Everything else goes, CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH and CAP_MKNOD included.
-pub const KEEP_CAPS: [u32; 5] = [0, 1, 3, 4, 31];
+pub const KEEP_CAPS: [u32; 7] = [0, 1, 3, 4, 6, 7, 31];
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const RET_ALLOW: u32 = 0x7fff_0000;
