@@ -354,6 +354,7 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<(i64, i64)> {
     cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } as libc::c_long)?;
     // SAFETY: as above.
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut vst) } as libc::c_long)?;
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
     Ok((st.f_type as i64, vst.f_flag as i64))
 }
 
