@@ -13,7 +13,7 @@ mod fdpass;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -284,11 +284,23 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
     }
     if pid > 0 {
         let deadline = Instant::now() + Duration::from_secs(10);
+        // A pidfd wakes us when it exits (it is not our child: no waitpid); the 5 ms poll
+        // stays for a pid reused before we opened it.
+        let pidfd = daemon::pidfd_open(pid);
         while daemon::pid_alive(pid) {
             if Instant::now() > deadline {
                 return Err(Error::Timeout("exit", Duration::from_secs(10)));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            match &pidfd {
+                Some(fd) => {
+                    let mut fds = [nix::poll::PollFd::new(
+                        fd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5u16));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
     }
     Ok(())
