@@ -204,7 +204,20 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
     }
     ours.set_read_timeout(Some(LAUNCH_TIMEOUT))
         .map_err(|e| Error::Io("socket timeout", e))?;
-    let (msg, fd) = fdpass::recv_with_fd(ours.as_raw_fd()).map_err(|e| match e {
+    // The caller's children (`porta create` forks stage one meanwhile) may interrupt the
+    // wait with SIGCHLD when it has a handler or runs under ptrace: wait on.
+    let deadline = Instant::now() + LAUNCH_TIMEOUT;
+    let received = loop {
+        match fdpass::recv_with_fd(ours.as_raw_fd()) {
+            Err(nix::errno::Errno::EINTR) if Instant::now() < deadline => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                ours.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .map_err(|e| Error::Io("socket timeout", e))?;
+            }
+            r => break r,
+        }
+    };
+    let (msg, fd) = received.map_err(|e| match e {
         nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
         e => Error::Sys("receive mount from supervisor", e),
     })?;
