@@ -162,7 +162,6 @@ pub fn run(a: Args) -> i32 {
     sv.mount = mount;
     drop(sock);
     // After the handover, so that `porta create` sets up the container meanwhile.
-    sv.write_state();
     sv.prepare_standby();
     let code = sv.run_loop();
     tracing::info!(code, "supervisor exiting");
@@ -317,6 +316,8 @@ impl Supervisor {
                 .map(|st| libc::minor(st.st_dev) as u64)
                 .unwrap_or(0);
         }
+        // Before the handover: callers of `launch` read it at once.
+        self.write_state();
         Ok(())
     }
 
