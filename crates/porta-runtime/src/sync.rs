@@ -23,7 +23,7 @@ pub enum Msg {
     MappingsDone,
     /// The child asks for its root file server's detached mount.
     NeedRoot,
-    /// The parent sends the file server's detached mount (attached).
+    /// The parent sends the file server's detached mount (the fd comes with the message).
     Root,
     /// The child finished its mounts and asks for the prestart/createRuntime hooks.
     RunHooks,
