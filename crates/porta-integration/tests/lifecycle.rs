@@ -138,6 +138,71 @@ fn ps_json() {
     assert!(table.stdout.contains("sleep"), "{table}");
 }
 
+#[test]
+fn ps_passes_options_to_ps() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("sleep 100 & wait");
+    let c = Container::new("life-psopts", b);
+    c.create_start();
+    let pids: Vec<i64> = wait_for(Duration::from_secs(10), || {
+        let v = c.rt(&["ps", "--format", "json", &c.id]).json();
+        let a: Vec<i64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_i64())
+            .collect();
+        (a.len() >= 2).then_some(a)
+    })
+    .expect("ps --format json lists the shell and its sleep");
+    let o = c.rt(&["ps", &c.id, "--", "-o", "pid,comm"]);
+    o.expect_ok();
+    let mut lines = o.stdout.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["PID", "COMMAND"], "{o}");
+    let rows: Vec<(i64, String)> = lines
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let pid = f.next().unwrap().parse().unwrap();
+            (pid, f.collect::<Vec<_>>().join(" "))
+        })
+        .collect();
+    assert!(rows.iter().any(|(_, cmd)| cmd == "sleep"), "{o}");
+    // Only the container's processes: no host process, no file server.
+    let servers: Vec<i64> = c.state()["servers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["pid"].as_i64()).collect())
+        .unwrap_or_default();
+    for (pid, _) in &rows {
+        assert!(
+            pids.contains(pid),
+            "{pid} is not the container's ({pids:?}): {o}"
+        );
+        assert!(!servers.contains(pid), "{pid} is a file server: {o}");
+    }
+    assert_eq!(rows.len(), pids.len(), "{o}");
+    let aux = c.rt(&["ps", &c.id, "aux"]);
+    aux.expect_ok();
+    assert!(
+        aux.stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("PID"),
+        "{aux}"
+    );
+    assert!(aux.stdout.contains("sleep 100"), "{aux}");
+    assert_eq!(aux.stdout.lines().count(), pids.len() + 1, "{aux}");
+    let no_pid = c.rt(&["ps", &c.id, "--", "-o", "comm"]);
+    no_pid.expect_fail();
+    assert!(no_pid.stderr.contains("PID column"), "{no_pid}");
+}
+
 fn kill_and_expect(sig: &str, code: i32) {
     let mut b = Bundle::new(&[]);
     b.sh(LOOP);

@@ -279,11 +279,13 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             "rootless: the container's root is mounted by the kernel, without a file server"
         );
     }
-    let served_root = match config::root_mode(spec, host_root) {
+    // The file server is launched once stage one is forked (see below).
+    let served = match config::root_mode(spec, host_root) {
         RootMode::Kernel => None,
         RootMode::Served { passthrough } => {
             rb.supervisor = Some(dir.path.clone());
-            let launched = porta_supervisor::launch(&porta_supervisor::LaunchSpec {
+            st.file_server = true;
+            Some(porta_supervisor::LaunchSpec {
                 id: opts.id.clone(),
                 state_dir: dir.path.clone(),
                 rootfs: bundle.rootfs.clone(),
@@ -292,12 +294,6 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
                 exe: PathBuf::from("/proc/self/exe"),
                 log: dir.path.join("supervisor.log"),
             })
-            .map_err(|e| Error::FileServer(e.to_string()))?;
-            st.file_server = true;
-            st.supervisor_pid = launched.supervisor_pid;
-            // Recorded at once: `delete` of a create interrupted from here on stops it.
-            dir.save(&st)?;
-            Some(launched.mount_fd)
         }
     };
 
@@ -332,7 +328,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
         preserve_fds: opts.preserve_fds,
-        served_root,
+        served_root: served.is_some(),
         close_in_child: vec![dir.lock_fd()],
     };
     match sys::clone_into(0).ctx(|| "fork".into())? {
@@ -343,6 +339,14 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         sys::Forked::Parent(stage1) => {
             drop(child_chan);
             drop(args);
+            // The file server starts while stage one joins the cgroup and namespaces and the
+            // container's process sets up its namespaces; that process asks for the mount
+            // (NeedRoot) before it makes any mount of its own.
+            let launched = served.as_ref().map(|l| {
+                // Recorded before: `delete` of a create interrupted from here on stops it.
+                dir.save(&st)?;
+                porta_supervisor::launch(l).map_err(|e| Error::FileServer(e.to_string()))
+            });
             // The container's process may speak before stage one has reported its pid:
             // both use the same channel. Keep its early messages for after.
             let mut early = Vec::new();
@@ -362,7 +366,16 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             );
             st.pid = pid;
             st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
-            drive_init(&parent_chan, early, &mut st, spec, opts)?;
+            let root = match launched {
+                None => None,
+                Some(l) => {
+                    let l = l?;
+                    st.supervisor_pid = l.supervisor_pid;
+                    dir.save(&st)?;
+                    Some(l.mount_fd)
+                }
+            };
+            drive_init(&parent_chan, early, &mut st, spec, opts, root)?;
         }
     }
     if st.file_server {
@@ -397,6 +410,7 @@ fn drive_init(
     st: &mut ContainerState,
     spec: &Spec,
     opts: &CreateOptions,
+    mut root: Option<OwnedFd>,
 ) -> Result<()> {
     let mut early = early.into_iter();
     loop {
@@ -408,6 +422,12 @@ fn drive_init(
             Msg::NeedMappings => {
                 write_id_maps(st.pid, spec)?;
                 chan.send(&Msg::MappingsDone, &[])?;
+            }
+            Msg::NeedRoot => {
+                let fd = root
+                    .take()
+                    .ok_or_else(|| Error::Init("root mount asked for twice".into()))?;
+                chan.send(&Msg::Root, &[fd.as_raw_fd()])?;
             }
             Msg::RunHooks => {
                 let json =

@@ -30,8 +30,9 @@ pub struct InitArgs<'a> {
     pub no_new_keyring: bool,
     /// --preserve-fds.
     pub preserve_fds: u32,
-    /// The file server's detached mount, when the root is served.
-    pub served_root: Option<OwnedFd>,
+    /// Whether the root is served: the container's process then asks for the file
+    /// server's detached mount over the channel (the file server starts meanwhile).
+    pub served_root: bool,
     /// Fds of the parent that the child must close at once (the state directory's lock).
     pub close_in_child: Vec<RawFd>,
 }
@@ -120,7 +121,7 @@ fn container_init(chan: &Channel, args: InitArgs<'_>) -> ! {
     finish(chan, r)
 }
 
-fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
+fn init_steps(chan: &Channel, args: InitArgs<'_>) -> Result<()> {
     let spec = args.spec;
     let proc_ = spec
         .process()
@@ -142,13 +143,24 @@ fn init_steps(chan: &Channel, mut args: InitArgs<'_>) -> Result<()> {
             set_domainname(d)?;
         }
     }
+    let served_root = if args.served_root {
+        chan.send(&Msg::NeedRoot, &[])?;
+        let fd = chan
+            .expect("porta create", |m| matches!(m, Msg::Root))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Init("root message without a mount".into()))?;
+        Some(fd)
+    } else {
+        None
+    };
     let mut plan = rootfs::RootfsPlan {
         spec,
         rootfs: args.rootfs,
         new_cgroupns: args.ns.creates(LinuxNamespaceType::Cgroup),
         new_userns: args.ns.creates(LinuxNamespaceType::User),
         mount_label: spec.linux().as_ref().and_then(|l| l.mount_label().clone()),
-        served_root: args.served_root.take(),
+        served_root,
     };
     rootfs::prepare(&mut plan)?;
     chan.send(&Msg::RunHooks, &[])?;

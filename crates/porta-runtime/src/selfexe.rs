@@ -1,17 +1,42 @@
 //! Protection of the `porta` binary against being overwritten from inside a container through
-//! /proc/self/exe (CVE-2019-5736): processes that enter a container run from a sealed memfd copy.
+//! /proc/self/exe (CVE-2019-5736): processes that enter a container run from an image of the
+//! binary that nothing can write.
+//!
+//! First choice (as runc ≥ 1.2): a private overlayfs over the binary's directory, with no
+//! upper layer (so its superblock is read-only and cannot be made writable) and never
+//! attached to any mount table (so nobody can find it to remount or mount over it). Its
+//! files share the page cache of the real ones: nothing is copied, and every container's
+//! supervisor and file server run from the same pages. Fallback (no overlayfs, no privilege
+//! to make one, odd path): a sealed memfd copy of the binary.
 
 use std::ffi::CString;
-use std::os::fd::AsFd;
+use std::fs::File;
+use std::io::BufRead;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
 use crate::error::{Context, Error, Result};
 use crate::sys;
 
 const MEMFD_NAME: &str = "porta";
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
-/// Whether this process already runs from a sealed memfd copy of the binary.
+/// Whether this process already runs from a sealed memfd copy of the binary or from a
+/// private read-only overlay of it.
 pub fn is_sealed_copy() -> bool {
+    let Ok(f) = File::open("/proc/self/exe") else {
+        return false;
+    };
+    is_sealed_memfd(&f) || is_private_overlay(&f)
+}
+
+fn is_sealed_memfd(exe: &File) -> bool {
     let Ok(link) = std::fs::read_link("/proc/self/exe") else {
         return false;
     };
@@ -22,31 +47,106 @@ pub fn is_sealed_copy() -> bool {
     {
         return false;
     }
-    let Ok(f) = std::fs::File::open("/proc/self/exe") else {
-        return false;
-    };
     let want = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    sys::get_seals(f.as_fd())
+    sys::get_seals(exe.as_fd())
         .map(|s| s & want == want)
         .unwrap_or(false)
 }
 
-/// Re-executes the current command from a sealed memfd copy of the binary, unless it already
-/// runs from one. Returns only when nothing had to be done, or on error.
-pub fn ensure_sealed_copy() -> Result<()> {
-    if is_sealed_copy() {
-        return Ok(());
+/// True if `exe` lives on a read-only overlayfs that is not in this process's mount table
+/// (a detached mount, as [`private_overlay`] makes).
+fn is_private_overlay(exe: &File) -> bool {
+    match sys::fstatfs(exe.as_fd()) {
+        Ok((t, flags)) if t == OVERLAYFS_SUPER_MAGIC && flags & libc::ST_RDONLY as i64 != 0 => {}
+        _ => return false,
     }
-    let mut src = std::fs::File::open("/proc/self/exe").ctx(|| "open /proc/self/exe".into())?;
+    let Ok(id) = sys::mount_id(exe.as_fd()) else {
+        return false;
+    };
+    let Ok(mi) = File::open("/proc/self/mountinfo") else {
+        return false;
+    };
+    let attached = std::io::BufReader::new(mi).lines().any(|l| {
+        l.ok()
+            .and_then(|l| l.split(' ').next().and_then(|f| f.parse::<u64>().ok()))
+            == Some(id)
+    });
+    !attached
+}
+
+/// Opens the running binary through a private, detached, read-only overlayfs whose lower
+/// layers are the binary's directory and an empty detached tmpfs (overlayfs needs two
+/// lower layers when it has no upper one).
+fn private_overlay() -> std::io::Result<File> {
+    let inval = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let dir = exe.parent().ok_or_else(inval)?;
+    let name = exe.file_name().ok_or_else(inval)?;
+    let dir_s = dir.to_str().ok_or_else(inval)?;
+    // ':' separates layers and '\' escapes; such paths take the memfd way.
+    if dir_s.contains([':', '\\', ',']) || !dir.is_absolute() {
+        return Err(inval());
+    }
+    let tmpfs = sys::fsopen("tmpfs")?;
+    let empty = sys::fs_create_and_mount(
+        tmpfs.as_fd(),
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+    )?;
+    let ovl = sys::fsopen("overlay")?;
+    sys::fsconfig_set_string(
+        ovl.as_fd(),
+        "lowerdir",
+        &format!("{dir_s}:/proc/self/fd/{}", empty.as_raw_fd()),
+    )?;
+    // Spares dmesg a notice when the layers are on different file systems; optional.
+    let _ = sys::fsconfig_set_string(ovl.as_fd(), "xino", "off");
+    let mnt = sys::fs_create_and_mount(
+        ovl.as_fd(),
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )?;
+    let path = Path::new("/proc/self/fd")
+        .join(mnt.as_raw_fd().to_string())
+        .join(name);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)?;
+    // The file must be the one we run (not replaced since): same size and times.
+    let (a, b) = (f.metadata()?, std::fs::metadata("/proc/self/exe")?);
+    if !a.is_file()
+        || a.size() != b.size()
+        || a.mtime() != b.mtime()
+        || a.mtime_nsec() != b.mtime_nsec()
+    {
+        return Err(std::io::Error::from_raw_os_error(libc::ESTALE));
+    }
+    if !is_private_overlay(&f) {
+        return Err(std::io::Error::from_raw_os_error(libc::EROFS));
+    }
+    Ok(f)
+}
+
+fn memfd_copy() -> Result<File> {
+    let mut src = File::open("/proc/self/exe").ctx(|| "open /proc/self/exe".into())?;
     let memfd = sys::memfd_create(MEMFD_NAME, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
         .ctx(|| "memfd_create".into())?;
-    let mut dst = std::fs::File::from(memfd);
+    let mut dst = File::from(memfd);
     std::io::copy(&mut src, &mut dst).ctx(|| "copy the porta binary into a memfd".into())?;
     sys::add_seals(
         dst.as_fd(),
         libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE,
     )
     .ctx(|| "seal the memfd copy".into())?;
+    Ok(dst)
+}
+
+/// Re-executes the current command from a read-only image of the binary (a private overlay,
+/// else a sealed memfd copy), unless it already runs from one. Returns only when nothing had
+/// to be done, or on error.
+pub fn ensure_sealed_copy() -> Result<()> {
+    if is_sealed_copy() {
+        return Ok(());
+    }
     let argv: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.as_bytes()).ok())
         .collect();
@@ -58,6 +158,14 @@ pub fn ensure_sealed_copy() -> Result<()> {
             CString::new(b).ok()
         })
         .collect();
+    match private_overlay() {
+        Ok(f) => {
+            let err = sys::fexecve(f.as_fd(), &argv, &envp);
+            tracing::debug!("re-execute from a private overlay: {err}; copying into a memfd");
+        }
+        Err(e) => tracing::debug!("private overlay of the binary: {e}; copying into a memfd"),
+    }
+    let dst = memfd_copy()?;
     let err = sys::fexecve(dst.as_fd(), &argv, &envp);
     Err(Error::sys("re-execute from the sealed memfd copy", err))
 }

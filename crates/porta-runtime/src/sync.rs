@@ -21,6 +21,10 @@ pub enum Msg {
     NeedMappings,
     /// The parent wrote the id mappings.
     MappingsDone,
+    /// The child asks for its root file server's detached mount.
+    NeedRoot,
+    /// The parent sends the file server's detached mount (the fd comes with the message).
+    Root,
     /// The child finished its mounts and asks for the prestart/createRuntime hooks.
     RunHooks,
     /// The parent ran those hooks; carries the state JSON for the hooks run inside.

@@ -292,3 +292,89 @@ pub fn move_mount_onto(mount_fd: BorrowedFd<'_>, target: &std::path::Path) -> io
     })?;
     Ok(())
 }
+
+/// fsopen: a new file system context for `fstype` (close-on-exec).
+pub fn fsopen(fstype: &str) -> io::Result<OwnedFd> {
+    let c = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: c is a valid NUL-terminated string that outlives the call.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_fsopen, c.as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: fsopen returned a fresh fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fsconfig(FSCONFIG_SET_STRING, key, value) on a file system context.
+pub fn fsconfig_set_string(fs: BorrowedFd<'_>, key: &str, value: &str) -> io::Result<()> {
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    let k = CString::new(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let v = CString::new(value).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            k.as_ptr(),
+            v.as_ptr(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// fsconfig(FSCONFIG_CMD_CREATE) then fsmount: the context's new superblock as a detached
+/// mount (close-on-exec) with the given MOUNT_ATTR_* flags.
+pub fn fs_create_and_mount(fs: BorrowedFd<'_>, attrs: u64) -> io::Result<OwnedFd> {
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: the create command takes no pointers.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: plain system call on a context fd we borrow.
+    let fd =
+        cvt(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })?;
+    // SAFETY: fsmount returned a fresh fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fstatfs and fstatvfs: (f_type, f_flag) of the file system holding `fd`.
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<(i64, i64)> {
+    // SAFETY: statfs and statvfs are plain old data; zeroed is a valid value.
+    let (mut st, mut vst): (libc::statfs, libc::statvfs) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: st and vst are valid out-pointers for the duration of the calls.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } as libc::c_long)?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut vst) } as libc::c_long)?;
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
+    Ok((st.f_type as i64, vst.f_flag as i64))
+}
+
+/// The mount id of the mount holding `fd` (statx STATX_MNT_ID).
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: statx is plain old data; zeroed is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    // SAFETY: empty is a valid NUL-terminated path, st a valid out-pointer.
+    cvt(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    } as libc::c_long)?;
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    Ok(st.stx_mnt_id)
+}

@@ -162,6 +162,8 @@ pub fn run(a: Args) -> i32 {
     // container's connection.
     sv.mount = mount;
     drop(sock);
+    // After the handover, so that `porta create` sets up the container meanwhile.
+    sv.prepare_standby();
     let code = sv.run_loop();
     tracing::info!(code, "supervisor exiting");
     code
@@ -331,8 +333,8 @@ impl Supervisor {
                 .map(|st| libc::minor(st.st_dev) as u64)
                 .unwrap_or(0);
         }
+        // Before the handover: callers of `launch` read it at once.
         self.write_state();
-        self.prepare_standby();
         Ok(())
     }
 
@@ -870,7 +872,8 @@ impl Supervisor {
         let tmp = self.a.state_dir.join(format!(".{SERVERS_FILE}.tmp"));
         let body = serde_json::to_vec(&self.state()).unwrap_or_default();
         let r = std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&body).and_then(|_| f.sync_all()))
+            // No fsync: the file describes processes, which do not outlive a crash.
+            .and_then(|mut f| f.write_all(&body))
             .and_then(|_| std::fs::rename(&tmp, &p));
         if let Err(e) = r {
             tracing::error!(error = %e, path = %p.display(), "could not record the servers' state");
@@ -964,7 +967,7 @@ fn raise_nofile() -> usize {
     (rl.rlim_cur as usize).clamp(1024, 1 << 20)
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: plain system call.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {

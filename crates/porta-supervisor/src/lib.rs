@@ -14,7 +14,7 @@ mod fdpass;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -210,7 +210,20 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
     }
     ours.set_read_timeout(Some(LAUNCH_TIMEOUT))
         .map_err(|e| Error::Io("socket timeout", e))?;
-    let (msg, fd) = fdpass::recv_with_fd(ours.as_raw_fd()).map_err(|e| match e {
+    // The caller's children (`porta create` forks stage one meanwhile) may interrupt the
+    // wait with SIGCHLD when it has a handler or runs under ptrace: wait on.
+    let deadline = Instant::now() + LAUNCH_TIMEOUT;
+    let received = loop {
+        match fdpass::recv_with_fd(ours.as_raw_fd()) {
+            Err(nix::errno::Errno::EINTR) if Instant::now() < deadline => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                ours.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .map_err(|e| Error::Io("socket timeout", e))?;
+            }
+            r => break r,
+        }
+    };
+    let (msg, fd) = received.map_err(|e| match e {
         nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
         e => Error::Sys("receive mount from supervisor", e),
     })?;
@@ -290,11 +303,23 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
     }
     if pid > 0 {
         let deadline = Instant::now() + Duration::from_secs(10);
+        // A pidfd wakes us when it exits (it is not our child: no waitpid); the 5 ms poll
+        // stays for a pid reused before we opened it.
+        let pidfd = daemon::pidfd_open(pid);
         while daemon::pid_alive(pid) {
             if Instant::now() > deadline {
                 return Err(Error::Timeout("exit", Duration::from_secs(10)));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            match &pidfd {
+                Some(fd) => {
+                    let mut fds = [nix::poll::PollFd::new(
+                        fd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5u16));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
     }
     Ok(())

@@ -122,7 +122,8 @@ pub enum Command {
         format: String,
         /// Container id.
         id: String,
-        /// ps options (accepted for compatibility).
+        /// Options for the host's `ps` (default -ef); its output is filtered to the
+        /// container's processes.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
     },

@@ -355,43 +355,69 @@ fn list(root: &StateRoot, format: &str, quiet: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn ps(root: &StateRoot, id: &str, format: &str, _args: &[String]) -> Result<i32> {
+/// `ps`: as runc, json prints the container's pids; table runs the host's `ps` with the
+/// given arguments (default `-ef`) and prints its header and the lines whose PID column
+/// holds one of the container's processes.
+fn ps(root: &StateRoot, id: &str, format: &str, args: &[String]) -> Result<i32> {
     let c = Container::open(root, id)?;
     let pids = c.pids()?;
+    drop(c);
     match format {
-        "json" => println!("{}", serde_json::to_string(&pids)?),
-        "table" => {
-            println!("{:<8} {:<8} {:<8} CMD", "UID", "PID", "PPID");
-            for p in pids {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-                let field = |k: &str| {
-                    status
-                        .lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
-                        .unwrap_or_default()
-                };
-                let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|b| {
-                        String::from_utf8_lossy(&b)
-                            .replace('\0', " ")
-                            .trim()
-                            .to_string()
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "{:<8} {:<8} {:<8} {}",
-                    field("Uid:"),
-                    p,
-                    field("PPid:"),
-                    cmd
-                );
-            }
+        "json" => {
+            println!("{}", serde_json::to_string(&pids)?);
+            return Ok(0);
         }
+        "table" => {}
         other => bail!("--format: {other:?} is not table or json"),
     }
+    let args: Vec<&str> = if args.is_empty() {
+        vec!["-ef"]
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("run ps")?;
+    if !out.status.success() {
+        bail!(
+            "ps {}: {}: {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut w = std::io::stdout().lock();
+    for line in filter_ps(&text, &pids)? {
+        writeln!(w, "{line}")?;
+    }
     Ok(0)
+}
+
+/// The header of `ps` output and its lines whose PID column is one of `pids`.
+fn filter_ps<'a>(text: &'a str, pids: &[i32]) -> Result<Vec<&'a str>> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|f| f == "PID")
+        .ok_or_else(|| {
+            anyhow!("ps output has no PID column (header: {header:?}): add pid to -o")
+        })?;
+    let mut keep = vec![header];
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let field = line.split_whitespace().nth(col).unwrap_or_default();
+        let pid: i32 = field
+            .parse()
+            .map_err(|_| anyhow!("ps output: no pid in column {} of {line:?}", col + 1))?;
+        if pids.contains(&pid) {
+            keep.push(line);
+        }
+    }
+    Ok(keep)
 }
 
 fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32> {
@@ -673,6 +699,19 @@ mod tests {
         assert!(parse_signal("SIGBOGUS").is_err());
         assert!(parse_signal("0").is_err());
         assert_eq!(parse_signal("SIGRTMIN+1").unwrap(), libc::SIGRTMIN() + 1);
+    }
+
+    #[test]
+    fn ps_output_is_filtered_by_the_pid_column() {
+        let text = "UID  PID PPID CMD\nroot 1 0 init\nroot 42 1 sleep 100\nroot 43 1 bash\n";
+        assert_eq!(
+            filter_ps(text, &[42]).unwrap(),
+            vec!["UID  PID PPID CMD", "root 42 1 sleep 100"]
+        );
+        let aux = "USER PID %CPU COMMAND\nroot 7 0.0 x\n";
+        assert_eq!(filter_ps(aux, &[7]).unwrap().len(), 2);
+        assert!(filter_ps("USER COMMAND\nroot x\n", &[1]).is_err());
+        assert!(filter_ps("PID CMD\nabc x\n", &[1]).is_err());
     }
 
     #[test]
