@@ -283,10 +283,19 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
         Ok(mut s) => {
             s.set_read_timeout(Some(Duration::from_secs(10)))
                 .map_err(|e| Error::Io("socket timeout", e))?;
-            s.write_all(b"stop\n")
-                .map_err(|e| Error::Io("send stop", e))?;
-            let mut answer = String::new();
-            let _ = s.read_to_string(&mut answer);
+            match s.write_all(b"stop\n") {
+                Ok(()) => {
+                    let mut answer = String::new();
+                    let _ = s.read_to_string(&mut answer);
+                }
+                // It is already on its way out (its container is gone): wait for it below.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPIPE) | Some(libc::ECONNRESET)
+                    ) => {}
+                Err(e) => return Err(Error::Io("send stop", e)),
+            }
         }
         Err(e)
             if matches!(
