@@ -290,10 +290,7 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
                 }
                 // It is already on its way out (its container is gone): wait for it below.
                 Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EPIPE) | Some(libc::ECONNRESET)
-                    ) => {}
+                    if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) => {}
                 Err(e) => return Err(Error::Io("send stop", e)),
             }
         }

@@ -42,10 +42,30 @@ impl Container {
     }
 
     fn start_with(passthrough: bool, fault: Option<&str>, hang_ms: Option<&str>) -> Container {
+        Self::start_inner(passthrough, fault, hang_ms, true)
+    }
+
+    /// A container whose supervisor is told not to use a user namespace.
+    fn start_without_userns(passthrough: bool) -> Container {
+        Self::start_inner(passthrough, None, None, false)
+    }
+
+    fn start_inner(
+        passthrough: bool,
+        fault: Option<&str>,
+        hang_ms: Option<&str>,
+        userns: bool,
+    ) -> Container {
+        // The environment is the launched supervisor's: set it only under the lock.
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         match hang_ms {
             Some(v) => std::env::set_var("PORTA_HANG_TIMEOUT_MS", v),
             None => std::env::remove_var("PORTA_HANG_TIMEOUT_MS"),
+        }
+        if userns {
+            std::env::remove_var("PORTA_FS_USERNS");
+        } else {
+            std::env::set_var("PORTA_FS_USERNS", "0");
         }
         let dir = tempfile::Builder::new()
             .prefix("psv")
@@ -549,7 +569,12 @@ fn assert_userns(pid: i32, c: &Container) {
         .into_iter()
         .flatten()
     {
-        assert_ne!(server, host, "server in the host's user namespace");
+        assert_ne!(
+            server,
+            host,
+            "server {pid} in the host's user namespace; supervisor log:\n{}",
+            c.log()
+        );
     }
     for f in ["uid_map", "gid_map"] {
         let m = std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
@@ -690,9 +715,7 @@ fn xattr_get(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
 #[test]
 fn without_user_namespaces_the_server_falls_back_and_says_so() {
     require_root!();
-    std::env::set_var("PORTA_FS_USERNS", "0");
-    let c = Container::start(true, None);
-    std::env::remove_var("PORTA_FS_USERNS");
+    let c = Container::start_without_userns(true);
     let pid = c.fs().pid;
     let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap();
     assert_eq!(ns(&pid.to_string()), ns("self"));
@@ -740,6 +763,7 @@ fn supervisor_holds_the_mount_until_stopped() {
     require_root!();
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     std::env::remove_var("PORTA_FS_FAULT");
+    std::env::remove_var("PORTA_FS_USERNS");
     let dir = tempfile::Builder::new()
         .prefix("psv")
         .tempdir_in("/tmp")
