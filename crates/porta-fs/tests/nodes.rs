@@ -19,14 +19,7 @@ const DIRS: usize = 40;
 const PER_DIR: usize = 150;
 
 fn new_mount(passthrough: bool) -> TestMount {
-    let dir = tempfile::Builder::new()
-        .prefix("porta-fs-nodes")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let backing = dir.path().join("backing");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&backing).unwrap();
-    std::fs::create_dir(&mnt).unwrap();
+    let (dir, backing, mnt) = common::scratch("porta-fs-nodes");
     for d in 0..DIRS {
         let dp = backing.join(format!("d{d}"));
         std::fs::create_dir(&dp).unwrap();

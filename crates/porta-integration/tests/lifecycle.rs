@@ -120,15 +120,7 @@ fn ps_json() {
     c.create_start();
     let pid = c.pid();
     let pids = wait_for(Duration::from_secs(10), || {
-        let o = c.rt(&["ps", "--format", "json", &c.id]);
-        o.expect_ok();
-        let v = o.json();
-        let a: Vec<i64> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|x| x.as_i64())
-            .collect();
+        let a = ps_pids(&c);
         (a.len() >= 3).then_some(a)
     })
     .expect("ps shows init and two children");
@@ -146,13 +138,7 @@ fn ps_passes_options_to_ps() {
     let c = Container::new("life-psopts", b);
     c.create_start();
     let pids: Vec<i64> = wait_for(Duration::from_secs(10), || {
-        let v = c.rt(&["ps", "--format", "json", &c.id]).json();
-        let a: Vec<i64> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|x| x.as_i64())
-            .collect();
+        let a = ps_pids(&c);
         (a.len() >= 2).then_some(a)
     })
     .expect("ps --format json lists the shell and its sleep");
@@ -252,14 +238,7 @@ fn kill_all() {
     let c = Container::new("life-killall", b);
     c.create_start();
     let pids = wait_for(Duration::from_secs(10), || {
-        let v = c.rt(&["ps", "--format", "json", &c.id]).json();
-        let a: Vec<i32> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|x| x.as_i64())
-            .map(|x| x as i32)
-            .collect();
+        let a: Vec<i32> = ps_pids(&c).into_iter().map(|x| x as i32).collect();
         (a.len() >= 3).then_some(a)
     })
     .unwrap();
@@ -795,4 +774,16 @@ fn commands_on_stopped_container() {
         .cloned();
     assert_eq!(me.map(|m| m["status"].clone()), Some(json!("stopped")));
     c.delete().expect_ok();
+}
+
+/// The container's pids as `ps --format json` lists them (the command must succeed).
+fn ps_pids(c: &Container) -> Vec<i64> {
+    let o = c.rt(&["ps", "--format", "json", &c.id]);
+    o.expect_ok();
+    o.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_i64())
+        .collect()
 }

@@ -43,16 +43,23 @@ fn open_dir(p: &Path, flags: i32) -> OwnedFd {
     sys::openat(libc::AT_FDCWD, &c, flags | libc::O_DIRECTORY, 0).unwrap()
 }
 
+/// A temporary directory under /tmp holding empty `backing` and `mnt` directories.
+#[allow(dead_code)]
+pub fn scratch(prefix: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    let backing = dir.path().join("backing");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&backing).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    (dir, backing, mnt)
+}
+
 impl TestMount {
     pub fn new(passthrough: bool) -> TestMount {
-        let dir = tempfile::Builder::new()
-            .prefix("porta-fs-test")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let backing = dir.path().join("backing");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&backing).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
+        let (dir, backing, mnt) = scratch("porta-fs-test");
         Self::with_dirs(dir, backing, mnt, passthrough)
     }
 
