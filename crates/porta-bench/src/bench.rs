@@ -99,9 +99,13 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
         "primes" => vec![("time", "s", Better::Lower)],
         "membw" => vec![("copy", "MB/s", Better::Higher)],
         "memlat" => vec![("latency", "ns", Better::Lower)],
-        "fsmark-fsync" | "fsmark-nosync" | "stat-tree" | "smallfile" => {
+        "fsmark-fsync" | "fsmark-nosync" | "smallfile" => {
             vec![("rate", "files/s", Better::Higher)]
         }
+        "stat-tree" => vec![
+            ("cold", "files/s", Better::Higher),
+            ("warm", "files/s", Better::Higher),
+        ],
         "seqio" => vec![
             ("write", "MB/s", Better::Higher),
             ("read", "MB/s", Better::Higher),
@@ -122,7 +126,7 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "memlat" => { let (m, a) = s.memlat(); format!("Random-access latency: dependent loads chasing one random cycle through a {m} MiB buffer (64-byte slots), {a} loads, ns per load (4 KiB pages, so TLB misses are included).") }
         "fsmark-fsync" => format!("fs_mark-style: {} files of 10,240 bytes with 40-byte names, created in one fresh directory of the container's root, each opened, written, fsync'ed and closed; files/s over the loop.", s.fsmark_files(true)),
         "fsmark-nosync" => format!("As fsmark-fsync without the fsync: {} files, in a directory that never held files before (earlier runs' directories are kept until the end of the whole invocation, never deleted in between).", s.fsmark_files(false)),
-        "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`; files/s.", s.tree_files()),
+        "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`, twice in one container; files/s. cold: the first walk, in a fresh container, right after the harness wrote back and dropped the kernel's page, dentry and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`, before every run of every environment); warm: the second walk, right after the first.", s.tree_files()),
         "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
         "seqio" => format!("Write a new {} MiB file sequentially in 1 MiB blocks and fsync it (write MB/s), drop its cached pages with posix_fadvise(DONTNEED), read it back in 1 MiB blocks (read MB/s), remove it.", s.seqio_mib()),
         "density" => format!("{} idle containers (`sleep`) running at once. pss: the PSS (from /proc/PID/smaps_rollup) summed over every process the runtime leaves running — every descendant of the harness, which is the child subreaper, plus any new process whose executable is the runtime binary — divided by the number of containers; for runc/crun that is the containers' own processes, for runsc its sandbox, gofer and stub processes, for porta its supervisor and file-server processes. host-used: growth of MemTotal − MemFree (page cache included) from just before the first create to 2 s (quick: 1 s) after the last start, per container. Native: {} chrooted `sleep` processes.", s.density(), s.density()),
@@ -704,8 +708,8 @@ impl Bench {
                 long,
             )?,
             "stat-tree" => {
-                let m = self.run_figures(e, &a(&["stat-tree", "/data/tree"]), long)?;
-                m
+                sys::drop_caches()?;
+                self.run_figures(e, &a(&["stat-tree", "/data/tree"]), long)?
             }
             "smallfile" => self.run_figures(
                 e,

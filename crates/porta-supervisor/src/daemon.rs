@@ -952,12 +952,42 @@ fn write_identity_maps(pid: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Descriptor limit the supervisor asks for (systemd's default hard limit): the file
+/// server holds one descriptor per node the kernel caches, so this bounds how much of a
+/// container's tree stays cached on the FUSE side (the node budget, see porta_fs::evict).
+const WANT_NOFILE: u64 = 1 << 19;
+
+/// Raises RLIMIT_NOFILE for the supervisor and the servers it starts: the hard limit up to
+/// [`WANT_NOFILE`] (capped by fs.nr_open) where the host allows it (CAP_SYS_RESOURCE),
+/// else the soft limit up to the hard one. Returns the soft limit in force, the size of
+/// the shared node table.
 fn raise_nofile() -> usize {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `rl` is a valid out-pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = WANT_NOFILE.min(nr_open);
+    if rl.rlim_max < want {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        // SAFETY: valid rlimit pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            tracing::debug!(
+                hard = rl.rlim_max,
+                want,
+                "cannot raise the descriptor hard limit (no CAP_SYS_RESOURCE): the file server's node table stays within it"
+            );
+        }
+    }
+    // SAFETY: valid rlimit pointers.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
         rl.rlim_cur = rl.rlim_max;

@@ -264,8 +264,10 @@ pub fn make_tree(root: &Path, files: usize) -> io::Result<usize> {
 }
 
 /// Walks `root` recursively, reading every directory and stat'ing (lstat) every entry, like
-/// `find ROOT -ls` does. Returns (files seen, figure in files per second).
-pub fn stat_tree(root: &Path) -> io::Result<(u64, Figure)> {
+/// `find ROOT -ls` does, twice: the first walk finds whatever caches the caller left (cold
+/// after the harness dropped the kernel's caches), the second finds them filled by the first
+/// (warm). Returns (files seen, [cold figure, warm figure] in files per second).
+pub fn stat_tree(root: &Path) -> io::Result<(u64, [Figure; 2])> {
     fn walk(dir: &Path, files: &mut u64) -> io::Result<()> {
         for e in fs::read_dir(dir)? {
             let e = e?;
@@ -278,19 +280,29 @@ pub fn stat_tree(root: &Path) -> io::Result<(u64, Figure)> {
         }
         Ok(())
     }
-    let t = Instant::now();
-    let mut files = 0u64;
-    fs::symlink_metadata(root)?;
-    walk(root, &mut files)?;
-    let s = t.elapsed().as_secs_f64();
-    Ok((
-        files,
-        Figure {
-            metric: "rate",
-            value: files as f64 / s,
-            unit: "files/s",
-        },
-    ))
+    let timed = |metric: &'static str| -> io::Result<(u64, Figure)> {
+        let t = Instant::now();
+        let mut files = 0u64;
+        fs::symlink_metadata(root)?;
+        walk(root, &mut files)?;
+        let s = t.elapsed().as_secs_f64();
+        Ok((
+            files,
+            Figure {
+                metric,
+                value: files as f64 / s,
+                unit: "files/s",
+            },
+        ))
+    };
+    let (files, cold) = timed("cold")?;
+    let (again, warm) = timed("warm")?;
+    if again != files {
+        return Err(io::Error::other(format!(
+            "the second walk saw {again} files, the first {files}"
+        )));
+    }
+    Ok((files, [cold, warm]))
 }
 
 extern "C" {

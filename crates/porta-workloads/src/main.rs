@@ -12,7 +12,7 @@ const USAGE: &str = "usage: porta-workload <workload> [args]
   membw MIB ITERS          copy bandwidth over two MIB-MiB buffers
   memlat MIB ACCESSES      random pointer-chase latency over MIB MiB
   mktree DIR FILES         (setup) create a tree of FILES empty files
-  stat-tree DIR            walk and lstat every entry under DIR
+  stat-tree DIR            walk and lstat every entry under DIR twice (cold, warm)
   seqio FILE MIB           write (+fsync) then read MIB MiB sequentially
   smallfile DIR COUNT      create, stat, rename, delete COUNT small files";
 
@@ -64,7 +64,7 @@ fn run(args: &[String]) -> Result<Vec<w::Figure>, String> {
         "stat-tree" => {
             let (n, f) = w::stat_tree(Path::new(arg(args, 1)?)).map_err(io)?;
             println!("INFO files {n}");
-            Ok(vec![f])
+            Ok(f.to_vec())
         }
         "seqio" => Ok(w::seqio(Path::new(arg(args, 1)?), num(args, 2)?)
             .map_err(io)?
