@@ -517,7 +517,16 @@ impl Fs {
         w.start();
         let journaled = matches!(
             h.opcode,
-            op::UNLINK | op::RMDIR | op::RENAME | op::RENAME2 | op::SETXATTR | op::REMOVEXATTR
+            op::UNLINK
+                | op::RMDIR
+                | op::RENAME
+                | op::RENAME2
+                | op::SETXATTR
+                | op::REMOVEXATTR
+                // A resent RELEASE whose first run closed the descriptor must not close
+                // whatever file took the number since.
+                | op::RELEASE
+                | op::RELEASEDIR
         );
         let res = if journaled {
             self.journaled(idx, &h, r, w, dents, resent)

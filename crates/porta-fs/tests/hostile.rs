@@ -498,3 +498,60 @@ fn resent_requests_are_answered_as_the_first_run_did() {
     assert_eq!(std::fs::read(b.join("y")).unwrap(), b"X");
     c.assert_alive();
 }
+
+#[test]
+fn a_resent_release_never_closes_a_file_opened_since() {
+    require_root!();
+    let mut c = Conn::new();
+    let b = c.backing();
+    std::fs::write(b.join("a"), b"A").unwrap();
+    std::fs::write(b.join("b"), b"B").unwrap();
+    let (_, na, _) = c.lookup(1, "a");
+    let (_, nb, _) = c.lookup(1, "b");
+    let open = |c: &mut Conn, node: u64| -> u64 {
+        let mut o = (libc::O_RDONLY as u32).to_ne_bytes().to_vec();
+        o.extend_from_slice(&[0u8; 4]);
+        let (err, out) = c.req(op::OPEN, node, &o);
+        assert_eq!(err, 0);
+        u64::from_ne_bytes(out[0..8].try_into().unwrap())
+    };
+    let release = |fh: u64| -> Vec<u8> {
+        let mut r = fh.to_ne_bytes().to_vec();
+        r.extend_from_slice(&[0u8; 16]);
+        r
+    };
+    // The first run of RELEASE closes descriptor `fh`; a file opened right after takes the
+    // same number (lowest free descriptor; retried when a parallel test took it first).
+    let mut reused = None;
+    for _ in 0..20 {
+        let fa = open(&mut c, na);
+        let (_, f) = c.frame(op::RELEASE, na, &release(fa));
+        c.send_raw(&f);
+        assert_eq!(c.recv().1, 0);
+        let fb = open(&mut c, nb);
+        if fb == fa {
+            reused = Some((f, fb));
+            break;
+        }
+        assert_eq!(c.req(op::RELEASE, nb, &release(fb)).0, 0);
+    }
+    let (f, fb) = reused.expect("a released descriptor number is reused by the next open");
+    // The server dies before the kernel saw the RELEASE answer; the kernel resends it.
+    let (u, err, _) = c.restart();
+    assert_eq!((u, err), (0, porta_fs::abi::NOTIFY_RESEND));
+    let mut rf = f.clone();
+    let ru = u64::from_ne_bytes(rf[8..16].try_into().unwrap()) | porta_fs::abi::UNIQUE_RESEND_FLAG;
+    rf[8..16].copy_from_slice(&ru.to_ne_bytes());
+    c.send_raw(&rf);
+    let (got, _, _) = c.recv();
+    assert_eq!(got, ru);
+    // b's file handle still reads b.
+    let mut rd = fb.to_ne_bytes().to_vec();
+    rd.extend_from_slice(&0u64.to_ne_bytes());
+    rd.extend_from_slice(&16u32.to_ne_bytes());
+    rd.extend_from_slice(&[0u8; 20]);
+    let (err, out) = c.req(op::READ, nb, &rd);
+    assert_eq!(err, 0, "the resent RELEASE closed a file opened after the first run");
+    assert_eq!(out, b"B");
+    c.assert_alive();
+}
