@@ -1149,6 +1149,7 @@ impl Fs {
                 names.remove(&fd);
             }
         }
+        self.drop_backing(e);
         self.sh.free(fd);
         sys::close(fd);
     }
@@ -1326,10 +1327,14 @@ impl Fs {
         sys::close(fd);
     }
 
-    /// The passthrough backing id of a node: the kernel wants one backing file per inode
-    /// for all of its passthrough opens, so the first open registers it and the last
-    /// release drops it.
-    fn get_backing(&self, nodeid: u64, file: RawFd) -> SysResult<i32> {
+    /// The passthrough backing id of a node, registered at its first passthrough open
+    /// and kept for the node's lifetime (dropped in [`Fs::forget`]): the kernel takes one
+    /// backing file per inode for all of its passthrough opens and only borrows the
+    /// backing file's path and credentials (each open gets its own backing file with its
+    /// own flags), so later opens need no registration round trip. What is registered is
+    /// a read-only reopen of the node: a writable one, held that long, would make every
+    /// exec of the file fail with ETXTBSY.
+    fn get_backing(&self, nodeid: u64) -> SysResult<i32> {
         let fd = self.node_fd(nodeid)?;
         let e = self.sh.entry(fd).ok_or(libc::ESTALE)?;
         let _g = self.inodes.lock().map_err(|_| libc::EIO)?;
@@ -1338,33 +1343,41 @@ impl Fs {
             e[5].fetch_add(1, Ordering::AcqRel);
             return Ok((id - 1) as i32);
         }
+        let ro = self.reopen(fd, libc::O_RDONLY, libc::S_IFREG)?;
         let id = if self.backing >= 0 {
-            crate::backing::open(self.backing, fd, file)?
+            crate::backing::open(self.backing, fd, ro.as_raw_fd())?
         } else {
-            sys::backing_open(self.fuse, file)?
+            sys::backing_open(self.fuse, ro.as_raw_fd())?
         };
         e[5].store(1, Ordering::Relaxed);
         e[4].store(id as u64 + 1, Ordering::Release);
         Ok(id)
     }
 
+    /// Counts one passthrough open of a node fewer (its backing id stays registered).
     fn put_backing(&self, nodeid: u64) {
         let Ok(fd) = self.node_fd(nodeid) else { return };
         let Some(e) = self.sh.entry(fd) else { return };
         let Ok(_g) = self.inodes.lock() else { return };
-        let id = e[4].load(Ordering::Acquire);
+        let left = e[5].load(Ordering::Acquire).saturating_sub(1);
+        e[5].store(left, Ordering::Release);
+    }
+
+    /// Unregisters the backing id of node entry `e` (its last lookup is gone); the
+    /// caller holds the `inodes` lock.
+    fn drop_backing(&self, e: &[std::sync::atomic::AtomicU64]) {
+        let id = e[4].swap(0, Ordering::AcqRel);
+        e[5].store(0, Ordering::Relaxed);
         if id == 0 {
             return;
         }
-        let left = e[5].load(Ordering::Acquire).saturating_sub(1);
-        e[5].store(left, Ordering::Release);
-        if left == 0 {
-            e[4].store(0, Ordering::Release);
-            let _ = if self.backing >= 0 {
-                crate::backing::close(self.backing, (id - 1) as i32)
-            } else {
-                sys::backing_close(self.fuse, (id - 1) as i32)
-            };
+        let r = if self.backing >= 0 {
+            crate::backing::close(self.backing, (id - 1) as i32)
+        } else {
+            sys::backing_close(self.fuse, (id - 1) as i32)
+        };
+        if let Err(errno) = r {
+            tracing::debug!(errno, id = id - 1, "backing id not released");
         }
     }
 
@@ -1609,7 +1622,7 @@ impl Fs {
         let mut open_flags = 0;
         let mut backing = 0i32;
         if self.passthrough {
-            backing = self.get_backing(nodeid, file.as_raw_fd())?;
+            backing = self.get_backing(nodeid)?;
             open_flags |= fopen::PASSTHROUGH;
         } else {
             open_flags |= fopen::KEEP_CACHE;

@@ -277,3 +277,50 @@ P"#,
         );
     }
 }
+
+/// The node entry (descriptor in the shared table) of the file at `p` on the backing side.
+fn node_of(m: &TestMount, p: &Path) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(p).unwrap().ino();
+    (0..m.shared.scan_end()).find(|&fd| {
+        m.shared.kind(fd) == porta_fs::shared::kind::NODE
+            && m.shared.entry(fd).unwrap()[2].load(std::sync::atomic::Ordering::Relaxed) == ino
+    })
+}
+
+#[test]
+fn backing_ids_live_as_long_as_their_node_and_never_block_exec() {
+    require_root!();
+    let m = TestMount::new(true);
+    if !m.passthrough_active() {
+        eprintln!("kernel without FUSE passthrough: nothing to check");
+        return;
+    }
+    // Written, closed, run at once: the registration held for the node must not keep the
+    // file open for writing (exec would fail with ETXTBSY).
+    let out = sh(
+        &m.mnt,
+        "printf '#!/bin/sh\\necho ran $1\\n' > prog; chmod +x prog; ./prog 1; echo more >> prog; ./prog 2; cp /bin/true t; ./t && echo true-ran",
+    );
+    assert_eq!(out, "ran 1\nran 2\ntrue-ran\n");
+    let node = node_of(&m, &m.backing.join("prog")).expect("prog has a node while cached");
+    let id = m.shared.backing_of(node);
+    assert!(id.is_some(), "the backing id outlives the last close");
+    // Opens after the first reuse it: reads and writes still see one file.
+    let again = sh(&m.mnt, "cat prog | wc -l; echo x >> prog; cat prog | wc -l");
+    assert_eq!(again, "3\n4\n");
+    assert_eq!(m.shared.backing_of(node), id, "reopened under the same id");
+    assert_eq!(
+        std::fs::read_to_string(m.backing.join("prog")).unwrap(),
+        std::fs::read_to_string(m.mnt.join("prog")).unwrap()
+    );
+    // When the kernel forgets the node, its entry and backing id go.
+    sh(&m.mnt, "rm prog t");
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        m.shared.kind(node) != porta_fs::shared::kind::NODE
+            || m.shared.backing_of(node) != id
+    });
+    assert!(gone, "node {node} kept its backing id after the kernel forgot it");
+}
