@@ -25,6 +25,7 @@ pub const WORKLOADS: &[&str] = &[
     "fsmark-nosync",
     "stat-tree",
     "smallfile",
+    "smallio",
     "seqio",
     "density",
 ];
@@ -69,6 +70,13 @@ impl Sizes {
             50_000
         }
     }
+    pub fn smallio(&self) -> usize {
+        if self.quick {
+            2_000
+        } else {
+            20_000
+        }
+    }
     pub fn seqio_mib(&self) -> usize {
         if self.quick {
             64
@@ -106,6 +114,10 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
             ("cold", "files/s", Better::Higher),
             ("warm", "files/s", Better::Higher),
         ],
+        "smallio" => vec![
+            ("append", "writes/s", Better::Higher),
+            ("reopen", "opens/s", Better::Higher),
+        ],
         "seqio" => vec![
             ("write", "MB/s", Better::Higher),
             ("read", "MB/s", Better::Higher),
@@ -128,6 +140,7 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "fsmark-nosync" => format!("As fsmark-fsync without the fsync: {} files, in a directory that never held files before (earlier runs' directories are kept until the end of the whole invocation, never deleted in between).", s.fsmark_files(false)),
         "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`, twice in one container; files/s. cold: the first walk, in a fresh container, right after the harness wrote back and dropped the kernel's page, dentry and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`, before every run of every environment); warm: the second walk, right after the first.", s.tree_files()),
         "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
+        "smallio" => format!("One new file: {n} appends of 100 bytes, one write(2) each, as a log writer makes them (append, writes/s); then {n} rounds of open + read of 100 bytes + close of that file, as a shell or compiler reads the same small files again (reopen, opens/s).", n = s.smallio()),
         "seqio" => format!("Write a new {} MiB file sequentially in 1 MiB blocks and fsync it (write MB/s), drop its cached pages with posix_fadvise(DONTNEED), read it back in 1 MiB blocks (read MB/s), remove it.", s.seqio_mib()),
         "density" => format!("{} idle containers (`sleep`) running at once. pss: the PSS (from /proc/PID/smaps_rollup) summed over every process the runtime leaves running — every descendant of the harness, which is the child subreaper, plus any new process whose executable is the runtime binary — divided by the number of containers; for runc/crun that is the containers' own processes, for runsc its sandbox, gofer and stub processes, for porta its supervisor and file-server processes. host-used: growth of MemTotal − MemFree (page cache included) from just before the first create to 2 s (quick: 1 s) after the last start, per container. Native: {} chrooted `sleep` processes.", s.density(), s.density()),
         _ => String::new(),
@@ -718,6 +731,11 @@ impl Bench {
                     &format!("/smallfile-{tag}"),
                     &s.smallfiles().to_string(),
                 ]),
+                long,
+            )?,
+            "smallio" => self.run_figures(
+                e,
+                &a(&["smallio", &format!("/smallio-{tag}.dat"), &s.smallio().to_string()]),
                 long,
             )?,
             "seqio" => self.run_figures(

@@ -161,6 +161,19 @@ but that only reaches the cache the workload sees. Natively and under runc/crun 
 page cache; under runsc it is the sandbox's own cache while the host page cache behind its gofer \
 stays warm, and a FUSE file server's backing file stays in the host page cache likewise. Read \
 figures above native mean \"served from memory\", not a faster disk.
+* `stat-tree` cold: the harness writes back and drops the kernel's caches before every run of \
+every environment, so the first walk reads the file system's metadata from the disk in all of \
+them; a FUSE file server's own node table is also empty then (a fresh container). warm: the \
+second walk in the same container. A file server caches only as many nodes as its descriptor \
+limit allows (RLIMIT_NOFILE; see docs/file-server.md), so a tree larger than that is partly \
+cold on the FUSE side even on the second walk.
+* `smallio` append under a FUSE file server: before every write(2) the kernel asks the server \
+whether the file carries `security.capability` (file_remove_privs; FUSE inodes never get the \
+kernel's \"no security attributes\" flag), so each small write costs one round trip to the \
+server even with passthrough. reopen: each open is one round trip (OPEN).
+* `fsmark-*`, `smallfile`: on an ext4 without a journal (as this machine's root file system may \
+be), allocating an inode skips inodes freed in the last minutes (`recently_deleted`), which makes \
+creates right after large deletions slow for every environment alike.
 * `fsmark-fsync` depends on the state of the (virtual) disk and its host; rates drift during a run \
 and interleaving only spreads the drift evenly.
 * `density` host-used is MemTotal − MemFree sampled before and after; other work on the shared \

@@ -305,6 +305,50 @@ pub fn stat_tree(root: &Path) -> io::Result<(u64, [Figure; 2])> {
     Ok((files, [cold, warm]))
 }
 
+/// Small I/O on one new file `path`: `count` appends of 100 bytes (append figure, writes per
+/// second; each is a write(2) call, as a log writer makes them), then `count` rounds of
+/// open, read of the first 100 bytes and close of the same file (reopen figure, opens per
+/// second, as a shell or compiler reading the same small files again). Removes the file.
+pub fn smallio(path: &Path, count: usize) -> io::Result<[Figure; 2]> {
+    let rec = [0x62u8; 100];
+    let t = Instant::now();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(path)?;
+    for _ in 0..count {
+        f.write_all(&rec)?;
+    }
+    drop(f);
+    let ws = t.elapsed().as_secs_f64();
+    let mut buf = [0u8; 100];
+    let t = Instant::now();
+    for _ in 0..count {
+        let mut f = File::open(path)?;
+        f.read_exact(&mut buf)?;
+    }
+    let rs = t.elapsed().as_secs_f64();
+    let len = fs::metadata(path)?.len();
+    fs::remove_file(path)?;
+    if len != (count * rec.len()) as u64 || buf != rec {
+        return Err(io::Error::other(format!(
+            "file holds {len} bytes after {count} appends of 100"
+        )));
+    }
+    Ok([
+        Figure {
+            metric: "append",
+            value: count as f64 / ws,
+            unit: "writes/s",
+        },
+        Figure {
+            metric: "reopen",
+            value: count as f64 / rs,
+            unit: "opens/s",
+        },
+    ])
+}
+
 extern "C" {
     fn posix_fadvise(fd: i32, offset: i64, len: i64, advice: i32) -> i32;
 }
@@ -468,6 +512,9 @@ mod tests {
             std::env::temp_dir().join(format!("porta-workloads-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(&base).unwrap();
+        let [a, r] = smallio(&base.join("small"), 50).unwrap();
+        assert!(a.value > 0.0 && r.value > 0.0);
+        assert!(!base.join("small").exists());
         let f = fsmark(&base.join("fsm"), 50, 10240, false).unwrap();
         assert!(f.value > 0.0);
         assert_eq!(fs::read_dir(base.join("fsm")).unwrap().count(), 50);

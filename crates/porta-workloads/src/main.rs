@@ -14,7 +14,8 @@ const USAGE: &str = "usage: porta-workload <workload> [args]
   mktree DIR FILES         (setup) create a tree of FILES empty files
   stat-tree DIR            walk and lstat every entry under DIR twice (cold, warm)
   seqio FILE MIB           write (+fsync) then read MIB MiB sequentially
-  smallfile DIR COUNT      create, stat, rename, delete COUNT small files";
+  smallfile DIR COUNT      create, stat, rename, delete COUNT small files
+  smallio FILE COUNT       COUNT 100-byte appends, then COUNT open+read+close";
 
 fn num<T: std::str::FromStr>(args: &[String], i: usize) -> Result<T, String> {
     let s = args
@@ -67,6 +68,9 @@ fn run(args: &[String]) -> Result<Vec<w::Figure>, String> {
             Ok(f.to_vec())
         }
         "seqio" => Ok(w::seqio(Path::new(arg(args, 1)?), num(args, 2)?)
+            .map_err(io)?
+            .to_vec()),
+        "smallio" => Ok(w::smallio(Path::new(arg(args, 1)?), num(args, 2)?)
             .map_err(io)?
             .to_vec()),
         "smallfile" => Ok(vec![
