@@ -52,7 +52,7 @@ pub fn fmt_num(v: f64) -> String {
 
 /// A "nice" axis maximum at or above `v` (1, 2, 2.5 or 5 times a power of ten).
 pub fn nice_ceil(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());

@@ -378,6 +378,15 @@ pub fn fs_type(path: &Path) -> String {
     best.1
 }
 
+/// Writes back dirty data and drops the kernel's clean page cache, dentries and inodes, so
+/// the next file-system walk starts cold for every environment alike.
+pub fn drop_caches() -> Result<()> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n")
+        .context("dropping the kernel caches (/proc/sys/vm/drop_caches)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,11 +433,3 @@ mod tests {
     use std::os::unix::process::CommandExt;
 }
 
-/// Writes back dirty data and drops the kernel's clean page cache, dentries and inodes, so
-/// the next file-system walk starts cold for every environment alike.
-pub fn drop_caches() -> Result<()> {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", b"3\n")
-        .context("dropping the kernel caches (/proc/sys/vm/drop_caches)")
-}

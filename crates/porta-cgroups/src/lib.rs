@@ -638,7 +638,7 @@ impl ContainerCgroup {
             // The same memory and cpu limits on payload/: the container's processes then see
             // their limits in their own cgroup (runtimes such as the JVM read them there).
             let mut mirror = LinuxResources::default();
-            mirror.set_memory(r.memory().clone());
+            mirror.set_memory(*r.memory());
             mirror.set_cpu(r.cpu().clone().map(|mut c| {
                 c.set_cpus(None);
                 c.set_mems(None);

@@ -334,8 +334,8 @@ fn list(root: &StateRoot, format: &str, quiet: bool) -> Result<i32> {
         "table" => {
             writeln!(
                 out,
-                "{:<12} {:<10} {:<10} {:<40} {:<30} {}",
-                "ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"
+                "{:<12} {:<10} {:<10} {:<40} {:<30} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
             )?;
             for i in &items {
                 writeln!(
@@ -572,7 +572,7 @@ fn update(root: &StateRoot, a: UpdateArgs) -> Result<i32> {
         }
         None => LinuxResources::default(),
     };
-    let mut mem = r.memory().clone().unwrap_or_default();
+    let mut mem = (*r.memory()).unwrap_or_default();
     let mut mem_set = r.memory().is_some();
     if let Some(m) = &a.memory {
         mem.set_limit(Some(parse_bytes("--memory", m)?));
