@@ -735,7 +735,11 @@ impl Bench {
             )?,
             "smallio" => self.run_figures(
                 e,
-                &a(&["smallio", &format!("/smallio-{tag}.dat"), &s.smallio().to_string()]),
+                &a(&[
+                    "smallio",
+                    &format!("/smallio-{tag}.dat"),
+                    &s.smallio().to_string(),
+                ]),
                 long,
             )?,
             "seqio" => self.run_figures(

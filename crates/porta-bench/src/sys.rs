@@ -432,4 +432,3 @@ mod tests {
 
     use std::os::unix::process::CommandExt;
 }
-

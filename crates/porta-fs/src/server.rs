@@ -528,8 +528,23 @@ impl Fs {
                 | op::RELEASE
                 | op::RELEASEDIR
         );
+        let entry_reply = matches!(
+            h.opcode,
+            op::LOOKUP | op::MKDIR | op::MKNOD | op::SYMLINK | op::LINK | op::CREATE
+        );
         let res = if journaled {
             self.journaled(idx, &h, r, w, dents, resent)
+        } else if entry_reply {
+            match self.entry_again(&h, w, resent) {
+                Some(()) => Ok(Done::Reply),
+                None => {
+                    let res = self.handle(idx, &h, r, w, dents, resent);
+                    if res.is_ok() {
+                        self.record_entry(idx, &h, w);
+                    }
+                    res
+                }
+            }
         } else {
             self.handle(idx, &h, r, w, dents, resent)
         };
@@ -608,6 +623,94 @@ impl Fs {
             e[1].store(journal::DONE, Ordering::Release);
         }
         res
+    }
+
+    /// Records in the thread's journal entry the node (and the file handle) a request that
+    /// counts a lookup is about to be answered with, so that a resent copy of it gets the
+    /// same answer instead of counting the node again (and, for CREATE, opening a second
+    /// handle nobody would ever release: a leaked writable descriptor makes exec of the
+    /// file fail with ETXTBSY).
+    fn record_entry(&self, idx: usize, h: &InHeader, w: &Writer) {
+        let word = |at: usize| -> u64 {
+            w.buf
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_ne_bytes)
+        };
+        let nodeid = word(abi::OUT_HEADER_LEN);
+        if nodeid < 2 || nodeid > i32::MAX as u64 {
+            return; // a negative entry, or the root: nothing counted
+        }
+        let fd = (nodeid - 2) as RawFd;
+        let Some(node) = self.sh.entry(fd) else {
+            return;
+        };
+        let mut x = fd as u64 + 1;
+        if h.opcode == op::CREATE {
+            let fh = word(abi::OUT_HEADER_LEN + abi::ENTRY_OUT_LEN);
+            if fh > i32::MAX as u64 {
+                return;
+            }
+            x |= (fh + 1) << 32;
+        }
+        if let Some(e) = self.sh.journal(idx) {
+            e[1].store(journal::EMPTY, Ordering::Release);
+            e[0].store(h.unique & !abi::UNIQUE_RESEND_FLAG, Ordering::Relaxed);
+            e[2].store(x, Ordering::Relaxed);
+            e[3].store(node[2].load(Ordering::Relaxed), Ordering::Relaxed);
+            e[1].store(journal::ENTRY, Ordering::Release);
+        }
+    }
+
+    /// For a resent request whose first run was recorded by [`Fs::record_entry`]: writes the
+    /// first run's answer (the node and its current attributes, and for CREATE the same
+    /// file handle) when that node and handle are still what they were.
+    fn entry_again(&self, h: &InHeader, w: &mut Writer, resent: bool) -> Option<()> {
+        if !resent {
+            return None;
+        }
+        let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
+        let e = self
+            .journal_at_start
+            .iter()
+            .find(|e| e[0] == id && e[1] == journal::ENTRY)?;
+        let fd = ((e[2] & 0xffff_ffff) as i64 - 1) as RawFd;
+        if fd < 0 || fd == self.root || self.sh.kind(fd) != kind::NODE {
+            return None;
+        }
+        let node = self.sh.entry(fd)?;
+        if node[2].load(Ordering::Relaxed) != e[3] {
+            return None;
+        }
+        let nodeid = self.nodeid(fd);
+        let open = if h.opcode == op::CREATE {
+            let fh = ((e[2] >> 32) as i64 - 1) as RawFd;
+            if fh < 0 || self.sh.kind(fh) != kind::FILE {
+                return None;
+            }
+            if self.sh.entry(fh)?[1].load(Ordering::Relaxed) != nodeid {
+                return None;
+            }
+            Some(if self.passthrough {
+                let backing = node[4].load(Ordering::Acquire);
+                if backing == 0 {
+                    return None;
+                }
+                (fh, fopen::PASSTHROUGH, (backing - 1) as i32)
+            } else {
+                (fh, fopen::KEEP_CACHE, 0)
+            })
+        } else {
+            None
+        };
+        let st = sys::fstat(fd).ok()?;
+        let attr = self.attr(fd, &st);
+        w.start();
+        abi::encode_entry(w, nodeid, 0, self.ttl, &attr);
+        if let Some((fh, flags, backing)) = open {
+            w.u64(fh as u64).u32(flags).i32(backing);
+        }
+        Some(())
     }
 
     /// For a resent RENAME_EXCHANGE whose first run may have happened before the journal

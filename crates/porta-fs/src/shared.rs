@@ -70,6 +70,10 @@ pub mod journal {
     pub const EMPTY: u64 = 0;
     pub const INTENT: u64 = 1;
     pub const DONE: u64 = 2;
+    /// A request answered with a node (and, for CREATE, a file handle) finished: the
+    /// entry holds the node's descriptor + 1 (and the handle + 1 in the high half) and the
+    /// node's backing inode number.
+    pub const ENTRY: u64 = 3;
 }
 
 /// Thread slot states.

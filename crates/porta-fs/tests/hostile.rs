@@ -551,7 +551,83 @@ fn a_resent_release_never_closes_a_file_opened_since() {
     rd.extend_from_slice(&16u32.to_ne_bytes());
     rd.extend_from_slice(&[0u8; 20]);
     let (err, out) = c.req(op::READ, nb, &rd);
-    assert_eq!(err, 0, "the resent RELEASE closed a file opened after the first run");
+    assert_eq!(
+        err, 0,
+        "the resent RELEASE closed a file opened after the first run"
+    );
     assert_eq!(out, b"B");
+    c.assert_alive();
+}
+
+#[test]
+fn resent_lookup_and_create_count_their_node_once() {
+    require_root!();
+    let mut c = Conn::new();
+    let b = c.backing();
+    std::fs::write(b.join("seen"), b"s").unwrap();
+    let sh = c.cfg.shared;
+    let count = |nodeid: u64| {
+        sh.entry((nodeid - 2) as i32).unwrap()[1].load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let files = || {
+        (0..sh.scan_end())
+            .filter(|&fd| sh.kind(fd) == porta_fs::shared::kind::FILE)
+            .count()
+    };
+    let resend = |c: &mut Conn, f: &[u8]| -> (i32, Vec<u8>) {
+        let (u, err, _) = c.restart();
+        assert_eq!((u, err), (0, porta_fs::abi::NOTIFY_RESEND));
+        let mut rf = f.to_vec();
+        let ru =
+            u64::from_ne_bytes(rf[8..16].try_into().unwrap()) | porta_fs::abi::UNIQUE_RESEND_FLAG;
+        rf[8..16].copy_from_slice(&ru.to_ne_bytes());
+        c.send_raw(&rf);
+        let (got, err, out) = c.recv();
+        assert_eq!(got, ru, "the reply echoes the resent id");
+        (err, out)
+    };
+    // LOOKUP: run, answer lost with the server, resent.
+    let (_, f) = c.frame(op::LOOKUP, 1, b"seen\0");
+    c.send_raw(&f);
+    let (_, err, first) = c.recv();
+    assert_eq!(err, 0);
+    let node = u64::from_ne_bytes(first[0..8].try_into().unwrap());
+    assert_eq!(count(node), 1);
+    let (err, again) = resend(&mut c, &f);
+    assert_eq!(err, 0);
+    assert_eq!(u64::from_ne_bytes(again[0..8].try_into().unwrap()), node);
+    assert_eq!(count(node), 1, "a resent LOOKUP counted its node twice");
+    // CREATE (O_EXCL): same node, same handle, one file, no second handle.
+    let before = files();
+    let mut cr = ((libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32)
+        .to_ne_bytes()
+        .to_vec();
+    cr.extend_from_slice(&0o644u32.to_ne_bytes());
+    cr.extend_from_slice(&[0u8; 8]);
+    cr.extend_from_slice(b"made\0");
+    let (_, f) = c.frame(op::CREATE, 1, &cr);
+    c.send_raw(&f);
+    let (_, err, first) = c.recv();
+    assert_eq!(err, 0);
+    let node = u64::from_ne_bytes(first[0..8].try_into().unwrap());
+    let fh = u64::from_ne_bytes(first[128..136].try_into().unwrap());
+    assert_eq!(files(), before + 1);
+    let (err, again) = resend(&mut c, &f);
+    assert_eq!(
+        err, 0,
+        "a resent exclusive CREATE must not fail with EEXIST"
+    );
+    assert_eq!(u64::from_ne_bytes(again[0..8].try_into().unwrap()), node);
+    assert_eq!(
+        u64::from_ne_bytes(again[128..136].try_into().unwrap()),
+        fh,
+        "same file handle"
+    );
+    assert_eq!(count(node), 1, "a resent CREATE counted its node twice");
+    assert_eq!(
+        files(),
+        before + 1,
+        "a resent CREATE opened a second handle"
+    );
     c.assert_alive();
 }

@@ -319,8 +319,10 @@ fn backing_ids_live_as_long_as_their_node_and_never_block_exec() {
     std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
     let gone = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
-        m.shared.kind(node) != porta_fs::shared::kind::NODE
-            || m.shared.backing_of(node) != id
+        m.shared.kind(node) != porta_fs::shared::kind::NODE || m.shared.backing_of(node) != id
     });
-    assert!(gone, "node {node} kept its backing id after the kernel forgot it");
+    assert!(
+        gone,
+        "node {node} kept its backing id after the kernel forgot it"
+    );
 }
