@@ -631,13 +631,9 @@ impl Fs {
     /// handle nobody would ever release: a leaked writable descriptor makes exec of the
     /// file fail with ETXTBSY).
     fn record_entry(&self, idx: usize, h: &InHeader, w: &Writer) {
-        let word = |at: usize| -> u64 {
-            w.buf
-                .get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_ne_bytes)
-        };
-        let nodeid = word(abi::OUT_HEADER_LEN);
+        // The answer as handle() wrote it: fuse_entry_out, then fuse_open_out for CREATE.
+        let mut r = Reader::new(w.buf.get(abi::OUT_HEADER_LEN..).unwrap_or(&[]));
+        let nodeid = r.u64().unwrap_or(0);
         if nodeid < 2 || nodeid > i32::MAX as u64 {
             return; // a negative entry, or the root: nothing counted
         }
@@ -647,7 +643,10 @@ impl Fs {
         };
         let mut x = fd as u64 + 1;
         if h.opcode == op::CREATE {
-            let fh = word(abi::OUT_HEADER_LEN + abi::ENTRY_OUT_LEN);
+            let fh = match r.skip(abi::ENTRY_OUT_LEN - 8).and_then(|()| r.u64()) {
+                Ok(fh) => fh,
+                Err(_) => return,
+            };
             if fh > i32::MAX as u64 {
                 return;
             }
@@ -691,15 +690,12 @@ impl Fs {
             if self.sh.entry(fh)?[1].load(Ordering::Relaxed) != nodeid {
                 return None;
             }
-            Some(if self.passthrough {
-                let backing = node[4].load(Ordering::Acquire);
-                if backing == 0 {
-                    return None;
-                }
-                (fh, fopen::PASSTHROUGH, (backing - 1) as i32)
-            } else {
-                (fh, fopen::KEEP_CACHE, 0)
-            })
+            let backing = match node[4].load(Ordering::Acquire) {
+                0 if self.passthrough => return None,
+                0 => 0,
+                id => (id - 1) as i32,
+            };
+            Some((fh, backing))
         } else {
             None
         };
@@ -707,8 +703,8 @@ impl Fs {
         let attr = self.attr(fd, &st);
         w.start();
         abi::encode_entry(w, nodeid, 0, self.ttl, &attr);
-        if let Some((fh, flags, backing)) = open {
-            w.u64(fh as u64).u32(flags).i32(backing);
+        if let Some((fh, backing)) = open {
+            self.open_out(w, fh, backing);
         }
         Some(())
     }
@@ -1722,14 +1718,11 @@ impl Fs {
     }
 
     fn open_reply(&self, w: &mut Writer, nodeid: u64, file: OwnedFd, flags: i32) -> SysResult<()> {
-        let mut open_flags = 0;
-        let mut backing = 0i32;
-        if self.passthrough {
-            backing = self.get_backing(nodeid)?;
-            open_flags |= fopen::PASSTHROUGH;
+        let backing = if self.passthrough {
+            self.get_backing(nodeid)?
         } else {
-            open_flags |= fopen::KEEP_CACHE;
-        }
+            0
+        };
         let raw = file.into_raw_fd();
         if !self
             .sh
@@ -1741,8 +1734,19 @@ impl Fs {
             sys::close(raw);
             return Err(libc::ENFILE);
         }
-        w.u64(raw as u64).u32(open_flags).i32(backing);
+        self.open_out(w, raw, backing);
         Ok(())
+    }
+
+    /// Writes `fuse_open_out` for file handle `fh`: passthrough with `backing`, or the
+    /// page cache kept across opens.
+    fn open_out(&self, w: &mut Writer, fh: RawFd, backing: i32) {
+        let flags = if self.passthrough {
+            fopen::PASSTHROUGH
+        } else {
+            fopen::KEEP_CACHE
+        };
+        w.u64(fh as u64).u32(flags).i32(backing);
     }
 
     /// A node descriptor on which path-based xattr calls are meaningful (not a symlink).
