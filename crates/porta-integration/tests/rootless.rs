@@ -1,7 +1,10 @@
 //! Rootless containers: the runtime run by an unprivileged user (no capabilities, a
 //! user namespace mapping only that user, no cgroups), as `runc --rootless` is used.
-//! The file server needs root on the host, so a rootless container gets the kernel's root
-//! and asking for the file server is an error naming the annotation.
+//! Where the user may open /dev/fuse, the container gets its own file server, mounted from
+//! inside its user namespace (strict mode); where not (this machine's /dev/fuse is mode
+//! 0600), the kernel's root, and asking for the file server is an error naming the
+//! annotation. The file-server tests give the user a mode-0666 /dev/fuse (as most
+//! distributions ship it) in a private mount namespace.
 
 use porta_integration::*;
 use std::os::unix::fs::MetadataExt;
@@ -21,6 +24,34 @@ fn chown_tree(p: &Path) {
 /// The runtime under test as the unprivileged user, with `--root <state>`.
 fn as_user(state: &Path) -> Cmd {
     Cmd::new("setpriv")
+        .args([
+            format!("--reuid={UID}"),
+            format!("--regid={UID}"),
+            "--clear-groups".to_string(),
+            "--inh-caps=-all".to_string(),
+            "--".to_string(),
+        ])
+        .arg(runtime())
+        .arg("--root")
+        .arg(state)
+        .env("XDG_RUNTIME_DIR", state)
+}
+
+/// Like [`as_user`], in a private mount namespace whose /dev/fuse is a mode-0666 node of
+/// the FUSE device (made in `dir`), so the user may open it.
+fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
+    let node = dir.join("fuse-0666");
+    if !node.exists() {
+        Cmd::new("mknod")
+            .args(["-m", "0666", &node.display().to_string(), "c", "10", "229"])
+            .run()
+            .expect_ok();
+    }
+    Cmd::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind \"$0\" /dev/fuse && exec \"$@\"")
+        .arg(&node)
+        .arg("setpriv")
         .args([
             format!("--reuid={UID}"),
             format!("--regid={UID}"),
@@ -129,11 +160,103 @@ fn rootless_file_server_request_is_refused_and_leaves_nothing() {
         .run();
     o.expect_fail();
     assert!(
-        o.stderr.contains("annotations.run.porta.fs") && o.stderr.contains("root"),
+        o.stderr.contains("annotations.run.porta.fs") && o.stderr.contains("/dev/fuse"),
         "the error names the annotation and why: {o}"
     );
     assert!(
         !state.join(&id).exists(),
         "a refused create leaves no state"
     );
+}
+
+fn skip_without_fuse() -> bool {
+    if skip_without_setpriv() || !porta_only("the file server") {
+        return true;
+    }
+    if !Path::new("/dev/fuse").exists() || !have_command("unshare") {
+        skip("needs /dev/fuse and unshare");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn rootless_container_gets_its_own_file_server_and_writes_as_the_user() {
+    if skip_without_fuse() {
+        return;
+    }
+    let (b, state) = rootless_bundle(
+        "awk '$5 == \"/\" { for (i = 7; i < NF; i++) if ($i == \"-\") print $(i+1), $(i+2) }' \
+         /proc/self/mountinfo; id -u; \
+         mkdir -p /d/e && echo hi > /d/e/f && ln /d/e/f /d/g && ln -s e/f /d/s && \
+         mv /d/g /d/h && cat /d/s && rm /d/h && ls -ln /d/e/f | awk '{print $3}'; exit 7",
+    );
+    let id = unique_id("rootless-srv");
+    let o = as_user_with_fuse(&state, b.path())
+        .args(["run", "--bundle", &b.path_str(), &id])
+        .timeout(Duration::from_secs(60))
+        .run();
+    assert_eq!(o.code, 7, "the container's exit code: {o}");
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [format!("fuse porta-{id}").as_str(), "0", "hi", "0"],
+        "root served by the container's file server, files made as root inside: {o}"
+    );
+    let made = std::fs::metadata(b.rootfs().join("d/e/f")).unwrap();
+    assert_eq!(
+        made.uid(),
+        UID,
+        "a file made inside belongs to the user on the host"
+    );
+    assert_eq!(made.gid(), UID);
+    assert!(!b.rootfs().join("d/h").exists());
+    assert!(!state.join(&id).exists(), "run leaves no state behind");
+}
+
+#[test]
+fn rootless_file_server_killed_under_load_is_replaced_without_errors() {
+    if skip_without_fuse() {
+        return;
+    }
+    let (b, state) = rootless_bundle(
+        "i=0; while [ $i -lt 1500 ]; do echo $i > /f$i && [ \"$(cat /f$i)\" = $i ] && \
+         mv /f$i /g$i && rm /g$i || echo ERR $i; i=$((i+1)); done; echo done",
+    );
+    let id = unique_id("rootless-kill");
+    let out = b.path().join("out");
+    let o = as_user_with_fuse(&state, b.path())
+        .args(["run", "--detach", "--bundle", &b.path_str(), &id])
+        .stdout_file(std::fs::File::create(&out).unwrap())
+        .run();
+    o.expect_ok();
+    let server_pid = || -> i64 {
+        as_user(&state).args(["state", &id]).run().json()["servers"][0]["pid"]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    let mut killed = 0;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        let pid = server_pid();
+        if pid > 0 && Cmd::new("kill").args(["-9", &pid.to_string()]).run().ok() {
+            killed += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        let st = as_user(&state).args(["state", &id]).run().json();
+        if st["status"] == "stopped" || std::time::Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(st["status"], "stopped", "the workload ended: {st}");
+    let restarts = st["servers"][0]["restarts"].as_u64().unwrap_or(0);
+    as_user(&state).args(["delete", &id]).run().expect_ok();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(killed >= 1, "killed the server at least once");
+    assert!(restarts >= 1, "the supervisor replaced it: {st}");
+    assert_eq!(text.trim(), "done", "no errors in the workload: {text}");
+    assert!(!state.join(&id).exists(), "delete leaves no state behind");
 }

@@ -217,14 +217,6 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
                 format!("{fs:?}: expected \"kernel\" or \"server\""),
             ));
         }
-        if matches!(fs.as_str(), "server" | "fuse") && !nix::unistd::geteuid().is_root() {
-            return Err(Error::field(
-                format!("annotations.{ANNOTATION_FS}"),
-                "the file server needs porta to run as root (its FUSE mount belongs to the \
-                 host's user namespace); rootless containers get the kernel's root (remove \
-                 the annotation or set it to \"kernel\")",
-            ));
-        }
     }
     if let Some(p) = spec
         .annotations()
@@ -235,6 +227,15 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
             return Err(Error::field(
                 format!("annotations.{ANNOTATION_PASSTHROUGH}"),
                 format!("{p:?}: expected \"on\" or \"off\""),
+            ));
+        }
+        if p == "on" && !nix::unistd::geteuid().is_root() {
+            return Err(Error::field(
+                format!("annotations.{ANNOTATION_PASSTHROUGH}"),
+                "FUSE passthrough needs porta to run as root (the kernel registers backing \
+                 files only for CAP_SYS_ADMIN in the host's user namespace); a rootless \
+                 container's file server runs the strict mode (remove the annotation or set \
+                 it to \"off\")",
             ));
         }
     }
@@ -278,22 +279,51 @@ pub enum RootMode {
     Served {
         /// FUSE passthrough of file data (off in strict mode).
         passthrough: bool,
+        /// The FUSE mount belongs to the container's user namespace (porta runs rootless).
+        rootless: bool,
     },
 }
 
-/// The root mode a spec asks for. Until a file server is available on this build,
-/// the default is the kernel root.
-pub fn root_mode(spec: &Spec, server_available: bool) -> RootMode {
+/// The root mode a spec asks for. `host_root`: porta runs as root on the host (else the
+/// container is rootless: its file server mounts from inside the container's user
+/// namespace, without passthrough). `dev_fuse`: /dev/fuse can be opened by this user.
+/// Rootless without a usable /dev/fuse, the default is the kernel's root (as with runc);
+/// asking for the server explicitly then is an error naming the annotation.
+pub fn root_mode(spec: &Spec, host_root: bool, dev_fuse: bool) -> Result<RootMode> {
     let ann = spec.annotations().as_ref();
     let fs = ann.and_then(|a| a.get(ANNOTATION_FS)).map(String::as_str);
-    if fs == Some("kernel") || !server_available {
-        return RootMode::Kernel;
+    if fs == Some("kernel") {
+        return Ok(RootMode::Kernel);
     }
-    let passthrough = ann
-        .and_then(|a| a.get(ANNOTATION_PASSTHROUGH))
-        .map(String::as_str)
-        != Some("off");
-    RootMode::Served { passthrough }
+    if !dev_fuse {
+        if matches!(fs, Some("server" | "fuse")) {
+            return Err(Error::field(
+                format!("annotations.{ANNOTATION_FS}"),
+                "porta runs rootless and cannot open /dev/fuse: a rootless file server needs \
+                 it readable and writable by this user (most distributions ship it mode \
+                 0666); remove the annotation or set it to \"kernel\"",
+            ));
+        }
+        return Ok(RootMode::Kernel);
+    }
+    let passthrough = host_root
+        && ann
+            .and_then(|a| a.get(ANNOTATION_PASSTHROUGH))
+            .map(String::as_str)
+            != Some("off");
+    Ok(RootMode::Served {
+        passthrough,
+        rootless: !host_root,
+    })
+}
+
+/// Whether this process can open /dev/fuse for reading and writing.
+pub fn dev_fuse_usable() -> bool {
+    nix::unistd::access(
+        "/dev/fuse",
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+    )
+    .is_ok()
 }
 
 #[cfg(test)]
@@ -306,6 +336,40 @@ mod tests {
         let spec = parse_spec(cfg, Path::new("c")).expect("parses");
         let err = validate(&spec, Path::new("/")).unwrap_err().to_string();
         assert!(err.contains("mounts[0].uidMappings"), "{err}");
+    }
+
+    #[test]
+    fn rootless_root_mode_is_strict_or_the_kernel() {
+        let spec = |ann: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2", "root": {"path": "r"}, "annotations": ann
+            }))
+            .unwrap()
+        };
+        let plain = spec(serde_json::json!({}));
+        assert_eq!(
+            root_mode(&plain, true, true).unwrap(),
+            RootMode::Served {
+                passthrough: true,
+                rootless: false
+            }
+        );
+        assert_eq!(
+            root_mode(&plain, false, true).unwrap(),
+            RootMode::Served {
+                passthrough: false,
+                rootless: true
+            }
+        );
+        assert_eq!(root_mode(&plain, false, false).unwrap(), RootMode::Kernel);
+        let asked = spec(serde_json::json!({ANNOTATION_FS: "server"}));
+        let err = root_mode(&asked, false, false).unwrap_err().to_string();
+        assert!(
+            err.contains(ANNOTATION_FS) && err.contains("/dev/fuse"),
+            "{err}"
+        );
+        let kernel = spec(serde_json::json!({ANNOTATION_FS: "kernel"}));
+        assert_eq!(root_mode(&kernel, true, true).unwrap(), RootMode::Kernel);
     }
 
     #[test]

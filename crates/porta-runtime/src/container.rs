@@ -271,29 +271,39 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     }
 
     // The container's root: served by its own file server (the default), or the kernel's.
-    // The file server needs root on the host: its FUSE mount (with passthrough) belongs
-    // to the initial user namespace. Rootless, the kernel mounts the root, as for runc.
+    // As root, the FUSE mount (with passthrough) belongs to the initial user namespace.
+    // Rootless, it is made inside the container's user namespace (strict mode), when this
+    // user may open /dev/fuse; else the kernel mounts the root, as for runc.
     let host_root = nix::unistd::geteuid().is_root();
-    if !host_root {
+    let dev_fuse = host_root || config::dev_fuse_usable();
+    if !dev_fuse {
         tracing::info!(
-            "rootless: the container's root is mounted by the kernel, without a file server"
+            "rootless and /dev/fuse cannot be opened: the container's root is mounted by the \
+             kernel, without a file server"
         );
     }
-    // The file server is launched once stage one is forked (see below).
-    let served = match config::root_mode(spec, host_root) {
+    // The file server is launched once stage one is forked (see below); rootless, once the
+    // container's user namespace exists.
+    let served = match config::root_mode(spec, host_root, dev_fuse)? {
         RootMode::Kernel => None,
-        RootMode::Served { passthrough } => {
+        RootMode::Served {
+            passthrough,
+            rootless,
+        } => {
             rb.supervisor = Some(dir.path.clone());
             st.file_server = true;
-            Some(porta_supervisor::LaunchSpec {
-                id: opts.id.clone(),
-                state_dir: dir.path.clone(),
-                rootfs: bundle.rootfs.clone(),
-                passthrough,
-                server_cgroup_procs: cg.server_procs_files(),
-                exe: PathBuf::from("/proc/self/exe"),
-                log: dir.path.join("supervisor.log"),
-            })
+            Some((
+                porta_supervisor::LaunchSpec {
+                    id: opts.id.clone(),
+                    state_dir: dir.path.clone(),
+                    rootfs: bundle.rootfs.clone(),
+                    passthrough,
+                    server_cgroup_procs: cg.server_procs_files(),
+                    exe: PathBuf::from("/proc/self/exe"),
+                    log: dir.path.join("supervisor.log"),
+                },
+                rootless,
+            ))
         }
     };
 
@@ -342,11 +352,16 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             // The file server starts while stage one joins the cgroup and namespaces and the
             // container's process sets up its namespaces; that process asks for the mount
             // (NeedRoot) before it makes any mount of its own.
-            let launched = served.as_ref().map(|l| {
-                // Recorded before: `delete` of a create interrupted from here on stops it.
-                dir.save(&st)?;
-                porta_supervisor::launch(l).map_err(|e| Error::FileServer(e.to_string()))
-            });
+            // Rootless, the supervisor mounts from inside the container's user namespace:
+            // it starts when the container's process asks for its root (see drive_init).
+            let launched = served
+                .as_ref()
+                .filter(|(_, rootless)| !rootless)
+                .map(|(l, _)| {
+                    // Recorded before: `delete` of a create interrupted from here on stops it.
+                    dir.save(&st)?;
+                    porta_supervisor::launch(l, None).map_err(|e| Error::FileServer(e.to_string()))
+                });
             // The container's process may speak before stage one has reported its pid:
             // both use the same channel. Keep its early messages for after.
             let mut early = Vec::new();
@@ -366,14 +381,15 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             );
             st.pid = pid;
             st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
-            let root = match launched {
-                None => None,
-                Some(l) => {
+            let root = match (launched, &served) {
+                (Some(l), _) => {
                     let l = l?;
                     st.supervisor_pid = l.supervisor_pid;
                     dir.save(&st)?;
-                    Some(l.mount_fd)
+                    RootSource::Mounted(l.mount_fd)
                 }
+                (None, Some((l, true))) => RootSource::InUserNamespace(l, dir),
+                (None, _) => RootSource::None,
             };
             drive_init(&parent_chan, early, &mut st, spec, opts, root)?;
         }
@@ -403,6 +419,17 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     Ok(st)
 }
 
+/// Where the container's served root comes from, for [`drive_init`].
+enum RootSource<'a> {
+    /// Not served: the kernel's root.
+    None,
+    /// The supervisor already made the mount.
+    Mounted(OwnedFd),
+    /// Rootless: the supervisor is launched into the container's user namespace (sent by
+    /// the container's process with its request for the root) and makes the mount there.
+    InUserNamespace(&'a porta_supervisor::LaunchSpec, &'a StateDir),
+}
+
 /// Answers the container's process until it reports ready.
 fn drive_init(
     chan: &Channel,
@@ -410,7 +437,7 @@ fn drive_init(
     st: &mut ContainerState,
     spec: &Spec,
     opts: &CreateOptions,
-    mut root: Option<OwnedFd>,
+    mut root: RootSource<'_>,
 ) -> Result<()> {
     let mut early = early.into_iter();
     loop {
@@ -424,9 +451,27 @@ fn drive_init(
                 chan.send(&Msg::MappingsDone, &[])?;
             }
             Msg::NeedRoot => {
-                let fd = root
-                    .take()
-                    .ok_or_else(|| Error::Init("root mount asked for twice".into()))?;
+                let fd = match std::mem::replace(&mut root, RootSource::None) {
+                    RootSource::None => {
+                        return Err(Error::Init(
+                            "root mount asked for twice, or for a root that is not served".into(),
+                        ))
+                    }
+                    RootSource::Mounted(fd) => fd,
+                    RootSource::InUserNamespace(l, dir) => {
+                        let userns = fds.first().ok_or_else(|| {
+                            Error::Init("root request without the user namespace".into())
+                        })?;
+                        // Recorded before: `delete` of a create interrupted from here on
+                        // stops it.
+                        dir.save(st)?;
+                        let launched = porta_supervisor::launch(l, Some(userns.as_fd()))
+                            .map_err(|e| Error::FileServer(e.to_string()))?;
+                        st.supervisor_pid = launched.supervisor_pid;
+                        dir.save(st)?;
+                        launched.mount_fd
+                    }
+                };
                 chan.send(&Msg::Root, &[fd.as_raw_fd()])?;
             }
             Msg::RunHooks => {

@@ -144,7 +144,12 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>) -> Result<()> {
         }
     }
     let served_root = if args.served_root {
-        chan.send(&Msg::NeedRoot, &[])?;
+        // Our user namespace goes with the request: a rootless container's file server
+        // mounts from inside it (a privileged one ignores it).
+        let userns =
+            std::fs::File::open("/proc/self/ns/user").ctx(|| "open /proc/self/ns/user".into())?;
+        chan.send(&Msg::NeedRoot, &[userns.as_raw_fd()])?;
+        drop(userns);
         let fd = chan
             .expect("porta create", |m| matches!(m, Msg::Root))?
             .into_iter()

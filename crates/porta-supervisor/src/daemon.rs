@@ -31,6 +31,7 @@ pub struct Args {
     passthrough: bool,
     cgroup_procs: Vec<PathBuf>,
     container_pid: Option<i32>,
+    userns_fd: Option<RawFd>,
     hang_timeout: Duration,
     max_failures: u32,
     threads: usize,
@@ -39,7 +40,7 @@ pub struct Args {
 
 impl Args {
     /// Parses `--id ID --state-dir DIR --rootfs DIR --sock-fd N [--passthrough]
-    /// [--cgroup-procs FILE]… [--container-pid PID] [--hang-timeout-ms MS]
+    /// [--cgroup-procs FILE]… [--container-pid PID] [--userns-fd N] [--hang-timeout-ms MS]
     /// [--max-failures N] [--threads N] [--foreground]`.
     pub fn parse(args: &[OsString]) -> Result<Args, Error> {
         let mut a = Args {
@@ -50,6 +51,7 @@ impl Args {
             passthrough: false,
             cgroup_procs: vec![],
             container_pid: None,
+            userns_fd: None,
             hang_timeout: std::env::var("PORTA_HANG_TIMEOUT_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -79,6 +81,7 @@ impl Args {
                 "--passthrough" => a.passthrough = true,
                 "--cgroup-procs" => a.cgroup_procs.push(val()?.into()),
                 "--container-pid" => a.container_pid = Some(num(val()?)? as i32),
+                "--userns-fd" => a.userns_fd = Some(num(val()?)? as RawFd),
                 "--hang-timeout-ms" => a.hang_timeout = Duration::from_millis(num(val()?)? as u64),
                 "--max-failures" => a.max_failures = num(val()?)? as u32,
                 "--threads" => a.threads = num(val()?)? as usize,
@@ -99,15 +102,36 @@ impl Args {
     }
 }
 
-fn close_all_but(keep: RawFd) {
-    // SAFETY: closing descriptors this fresh process inherited and does not use; only
-    // stdio and `keep` stay open.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3, keep - 1, 0);
+fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
+    keep.sort_unstable();
+    let mut from = 3;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: closing descriptors this fresh process inherited and does not use.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
         }
-        libc::syscall(libc::SYS_close_range, keep.max(2) + 1, u32::MAX, 0);
+        from = fd + 1;
     }
+    // SAFETY: as above; only stdio and `keep` stay open.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
+/// Rootless: joins the container's user namespace (the user owns it, so it may) and gives
+/// the supervisor a mount namespace of its own owned by it. There the kernel lets it open
+/// /dev/fuse and make the FUSE mount (FS_USERNS_MOUNT), and write the identity maps of the
+/// keeper's nested user namespace. Must run while the process is single-threaded.
+fn join_container_userns(fd: RawFd) -> Result<(), Error> {
+    // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
+    let ns = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| Error::Sys("join the container's user namespace", e))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+        Error::Sys(
+            "unshare mount namespace in the container's user namespace",
+            e,
+        )
+    })
 }
 
 fn fork_and_leave_parent() -> Result<(), Error> {
@@ -123,7 +147,7 @@ fn fork_and_leave_parent() -> Result<(), Error> {
 
 /// Runs the supervisor; returns the exit code.
 pub fn run(a: Args) -> i32 {
-    close_all_but(a.sock_fd);
+    close_all_but(&[a.sock_fd, a.userns_fd.unwrap_or(-1)]);
     // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(a.sock_fd) };
     set_cloexec(sock.as_raw_fd(), true);
@@ -134,7 +158,14 @@ pub fn run(a: Args) -> i32 {
         }
     }
     crate::init_logging();
-    tracing::info!(id = %a.id, rootfs = %a.rootfs.display(), passthrough = a.passthrough, "supervisor starting");
+    tracing::info!(id = %a.id, rootfs = %a.rootfs.display(), passthrough = a.passthrough, rootless = a.userns_fd.is_some(), "supervisor starting");
+    if let Some(fd) = a.userns_fd {
+        if let Err(e) = join_container_userns(fd) {
+            tracing::error!(error = %e, "supervisor failed to start");
+            let _ = fdpass::send_with_fd(sock.as_raw_fd(), format!("error {e}").as_bytes(), None);
+            return 1;
+        }
+    }
     let mut sv = match Supervisor::start(a) {
         Ok(sv) => sv,
         Err((e, partial)) => {
@@ -427,7 +458,12 @@ impl Supervisor {
         }
         // -1000 needs CAP_SYS_RESOURCE; without it the server keeps the supervisor's value.
         if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
-            tracing::warn!(pid, error = %e, "could not set oom_score_adj -1000 for the file server (CAP_SYS_RESOURCE missing?)");
+            // Rootless, that is expected: the server keeps the supervisor's value.
+            if self.a.userns_fd.is_some() {
+                tracing::debug!(pid, error = %e, "rootless: oom_score_adj of the file server not lowered");
+            } else {
+                tracing::warn!(pid, error = %e, "could not set oom_score_adj -1000 for the file server (CAP_SYS_RESOURCE missing?)");
+            }
         }
         self.keeper_hello(pid)?;
         tracing::info!(pid, confinement = %self.confinement, "file-server keeper started");

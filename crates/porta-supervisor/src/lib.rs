@@ -14,7 +14,7 @@ mod fdpass;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -135,12 +135,17 @@ pub struct SupervisorState {
     pub servers: Vec<ServerStatus>,
 }
 
+/// Descriptor number of the container's user namespace in a rootless supervisor.
+const USERNS_FD: RawFd = 4;
+
 /// How long [`launch`] waits for the supervisor to hand over the mount.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts the container's supervisor as a detached daemon and returns the detached FUSE
-/// mount of the container's root, already served.
-pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
+/// mount of the container's root, already served. `userns`: for a rootless container,
+/// its user namespace; the supervisor joins it and makes the mount there (the kernel
+/// allows an unprivileged FUSE mount only inside a user namespace the user owns).
+pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launched, Error> {
     std::fs::create_dir_all(&spec.state_dir).map_err(|e| Error::Path {
         what: "create state directory",
         path: spec.state_dir.clone(),
@@ -173,6 +178,23 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
     for p in &spec.server_cgroup_procs {
         cmd.arg("--cgroup-procs").arg(p);
     }
+    // The user namespace goes to descriptor 4, from a copy above the low numbers so that
+    // moving the socket to 3 cannot overwrite it.
+    let userns = match userns {
+        Some(u) => {
+            cmd.arg("--userns-fd").arg(USERNS_FD.to_string());
+            Some(
+                nix::fcntl::fcntl(u.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                    .map_err(|e| Error::Sys("dup user namespace descriptor", e))
+                    .map(|fd| {
+                        // SAFETY: fcntl returned a fresh descriptor we now own.
+                        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let userns_raw = userns.as_ref().map_or(-1, |u| u.as_raw_fd());
     let sock = theirs.as_raw_fd();
     cmd.stdin(Stdio::null())
         .stdout(log)
@@ -192,6 +214,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
             } else if libc::dup2(sock, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // dup2 leaves the copy without FD_CLOEXEC.
+            if userns_raw >= 0 && libc::dup2(userns_raw, USERNS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -201,6 +227,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, Error> {
         source: e,
     })?;
     drop(theirs);
+    drop(userns);
     if !status.success() {
         return Err(Error::Start {
             id: spec.id.clone(),

@@ -91,7 +91,7 @@ impl Container {
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test"))),
             log: dir.path().join("supervisor.log"),
         };
-        let l = launch(&spec).unwrap_or_else(|e| {
+        let l = launch(&spec, None).unwrap_or_else(|e| {
             panic!(
                 "launch: {e}\nlog: {}",
                 std::fs::read_to_string(&spec.log).unwrap_or_default()
@@ -780,7 +780,7 @@ fn supervisor_holds_the_mount_until_stopped() {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
         log: dir.path().join("log"),
     };
-    let l = launch(&spec).unwrap();
+    let l = launch(&spec, None).unwrap();
     let pid = l.supervisor_pid;
     // The creator drops its reference (its container never came, or create was killed):
     // the supervisor keeps its own, so the connection's fusectl number stays its own and
