@@ -72,7 +72,16 @@ fn every_hook_runs_with_state_on_stdin() {
         "startContainer ran before start"
     );
     c.start().expect_ok();
-    let st = read_state(&c.bundle.rootfs().join("hook-startContainer.json"));
+    // `start` returns once the container's process is released, as runc's does; the
+    // hook then runs in it before the program: wait for its whole output.
+    let started = c.bundle.rootfs().join("hook-startContainer.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read(&started).map_or(true, |t| serde_json::from_slice::<Value>(&t).is_err())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let st = read_state(&started);
     assert_eq!(st["id"], c.id.as_str(), "startContainer: {st}");
     let st = read_state(&c.bundle.file("hook-poststart.json"));
     assert_eq!(st["id"], c.id.as_str(), "poststart: {st}");
