@@ -21,9 +21,9 @@ fn chown_tree(p: &Path) {
         .expect_ok();
 }
 
-/// The runtime under test as the unprivileged user, with `--root <state>`.
-fn as_user(state: &Path) -> Cmd {
-    Cmd::new("setpriv")
+/// `prog args…` running the runtime under test as the unprivileged user, with `--root <state>`.
+fn user_runtime(prog: Cmd, state: &Path) -> Cmd {
+    prog.arg("setpriv")
         .args([
             format!("--reuid={UID}"),
             format!("--regid={UID}"),
@@ -37,6 +37,11 @@ fn as_user(state: &Path) -> Cmd {
         .env("XDG_RUNTIME_DIR", state)
 }
 
+/// The runtime under test as the unprivileged user, with `--root <state>`.
+fn as_user(state: &Path) -> Cmd {
+    user_runtime(Cmd::new("env"), state)
+}
+
 /// Like [`as_user`], in a private mount namespace whose /dev/fuse is a mode-0666 node of
 /// the FUSE device (made in `dir`), so the user may open it.
 fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
@@ -47,22 +52,11 @@ fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
             .run()
             .expect_ok();
     }
-    Cmd::new("unshare")
+    let private_ns = Cmd::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg("mount --bind \"$0\" /dev/fuse && exec \"$@\"")
-        .arg(&node)
-        .arg("setpriv")
-        .args([
-            format!("--reuid={UID}"),
-            format!("--regid={UID}"),
-            "--clear-groups".to_string(),
-            "--inh-caps=-all".to_string(),
-            "--".to_string(),
-        ])
-        .arg(runtime())
-        .arg("--root")
-        .arg(state)
-        .env("XDG_RUNTIME_DIR", state)
+        .arg(&node);
+    user_runtime(private_ns, state)
 }
 
 /// A bundle owned by the user, its config written by `spec --rootless` run as that user,

@@ -286,24 +286,18 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     // container's user namespace exists.
     let served = match config::root_mode(spec, host_root, dev_fuse)? {
         RootMode::Kernel => None,
-        RootMode::Served {
-            passthrough,
-            rootless,
-        } => {
+        RootMode::Served { passthrough, .. } => {
             rb.supervisor = Some(dir.path.clone());
             st.file_server = true;
-            Some((
-                porta_supervisor::LaunchSpec {
-                    id: opts.id.clone(),
-                    state_dir: dir.path.clone(),
-                    rootfs: bundle.rootfs.clone(),
-                    passthrough,
-                    server_cgroup_procs: cg.server_procs_files(),
-                    exe: PathBuf::from("/proc/self/exe"),
-                    log: dir.path.join("supervisor.log"),
-                },
-                rootless,
-            ))
+            Some(porta_supervisor::LaunchSpec {
+                id: opts.id.clone(),
+                state_dir: dir.path.clone(),
+                rootfs: bundle.rootfs.clone(),
+                passthrough,
+                server_cgroup_procs: cg.server_procs_files(),
+                exe: PathBuf::from("/proc/self/exe"),
+                log: dir.path.join("supervisor.log"),
+            })
         }
     };
 
@@ -354,14 +348,11 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
             // (NeedRoot) before it makes any mount of its own.
             // Rootless, the supervisor mounts from inside the container's user namespace:
             // it starts when the container's process asks for its root (see drive_init).
-            let launched = served
-                .as_ref()
-                .filter(|(_, rootless)| !rootless)
-                .map(|(l, _)| {
-                    // Recorded before: `delete` of a create interrupted from here on stops it.
-                    dir.save(&st)?;
-                    porta_supervisor::launch(l, None).map_err(|e| Error::FileServer(e.to_string()))
-                });
+            let launched = served.as_ref().filter(|_| host_root).map(|l| {
+                // Recorded before: `delete` of a create interrupted from here on stops it.
+                dir.save(&st)?;
+                porta_supervisor::launch(l, None).map_err(|e| Error::FileServer(e.to_string()))
+            });
             // The container's process may speak before stage one has reported its pid:
             // both use the same channel. Keep its early messages for after.
             let mut early = Vec::new();
@@ -388,7 +379,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
                     dir.save(&st)?;
                     RootSource::Mounted(l.mount_fd)
                 }
-                (None, Some((l, true))) => RootSource::InUserNamespace(l, dir),
+                (None, Some(l)) if !host_root => RootSource::InUserNamespace(l, dir),
                 (None, _) => RootSource::None,
             };
             drive_init(&parent_chan, early, &mut st, spec, opts, root)?;
