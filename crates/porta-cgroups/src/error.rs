@@ -78,17 +78,26 @@ pub enum Error {
         path: String,
     },
 
-    /// The systemd cgroup driver was asked for on a host where systemd runs; Porta does not
-    /// implement it yet.
+    /// The systemd cgroup driver was asked for by a rootless runtime: Porta speaks only to
+    /// the system instance of systemd, not to a user's manager.
     #[error(
-        "the systemd cgroup driver (cgroupsPath {path:?}, unit {unit}) is not implemented by \
-         Porta yet; run without --systemd-cgroup"
+        "the systemd cgroup driver (cgroupsPath {path:?}) is not supported rootless: Porta \
+         does not talk to the systemd user manager; run without --systemd-cgroup"
     )]
-    SystemdUnsupported {
+    SystemdRootless {
         /// The cgroupsPath as given.
         path: String,
-        /// The unit systemd would have been asked to make.
+    },
+
+    /// systemd refused or failed a request for the container's unit.
+    #[error("systemd cannot {action} unit {unit}: {msg}")]
+    Systemd {
+        /// The unit, e.g. `porta-abc.scope`.
         unit: String,
+        /// What was asked: start, stop, update.
+        action: &'static str,
+        /// systemd's (or the bus's) answer.
+        msg: String,
     },
 
     /// A limit needs a controller that this host (or this rootless container) does not have.

@@ -55,6 +55,7 @@ mod fsutil;
 mod path;
 mod setup;
 pub mod stats;
+mod systemd;
 mod v1;
 
 use std::path::{Path, PathBuf};
@@ -87,7 +88,7 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What [`ContainerCgroup::create`] needs to know.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CgroupConfig {
     /// The config's `linux.cgroupsPath`, as given (`None` or empty: runc's default).
     pub cgroups_path: Option<PathBuf>,
@@ -97,6 +98,9 @@ pub struct CgroupConfig {
     pub systemd: bool,
     /// Whether the runtime runs rootless: hierarchies it may not write to are skipped.
     pub rootless: bool,
+    /// The config's `linux.resources`: with the systemd driver they become properties of
+    /// the unit as well (see the `systemd` module). [`ContainerCgroup::apply`] writes them.
+    pub resources: Option<LinuxResources>,
 }
 
 /// One of the container's group directories, in one hierarchy.
@@ -131,6 +135,9 @@ pub struct CgroupState {
     pub rootless: bool,
     /// The container group in every hierarchy used.
     pub dirs: Vec<CgroupDir>,
+    /// With the systemd driver: the unit systemd made for the container group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
 }
 
 /// A container's cgroups: the container group and its `payload/` and `porta/` leaves in
@@ -139,6 +146,9 @@ pub struct CgroupState {
 #[derive(Debug)]
 pub struct ContainerCgroup {
     st: CgroupState,
+    /// systemd driver, during `create` only: the process holding the new scope until the
+    /// container's processes are in it (killed when this is dropped).
+    holder: Option<systemd::Holder>,
 }
 
 enum Freezer {
@@ -147,22 +157,24 @@ enum Freezer {
 }
 
 impl ContainerCgroup {
-    /// Makes the container's group and its `payload/` and `porta/` leaves on this host.
-    /// On failure, every directory made so far is removed again.
+    /// Makes the container's group and its `payload/` and `porta/` leaves on this host
+    /// (with `--systemd-cgroup`: systemd makes the group as a unit, see the `systemd`
+    /// module). On failure, everything made so far is removed again.
     pub fn create(cfg: &CgroupConfig) -> Result<Self> {
         let spec = CgroupsPath::parse(cfg)?;
-        if matches!(spec, CgroupsPath::Systemd { .. }) {
-            return Err(systemd_error(cfg, &spec, Path::new("/run/systemd/system")));
-        }
         let setup = detect()?;
+        if matches!(spec, CgroupsPath::Systemd { .. }) {
+            return Self::create_systemd(&setup, cfg, &spec);
+        }
         Self::create_in(&setup, cfg)
     }
 
-    /// Like [`ContainerCgroup::create`], on a given layout (a fake hierarchy in tests).
+    /// Like [`ContainerCgroup::create`], on a given layout (a fake hierarchy in tests), for
+    /// the cgroupfs driver.
     pub fn create_in(setup: &CgroupSetup, cfg: &CgroupConfig) -> Result<Self> {
         let spec = CgroupsPath::parse(cfg)?;
         if matches!(spec, CgroupsPath::Systemd { .. }) {
-            return Err(systemd_error(cfg, &spec, Path::new("/run/systemd/system")));
+            return Err(systemd_error(cfg, &spec));
         }
         let mut made: Vec<PathBuf> = Vec::new();
         let mut dirs = Vec::new();
@@ -206,13 +218,102 @@ impl ContainerCgroup {
                 mode: setup.mode,
                 rootless: cfg.rootless,
                 dirs,
+                systemd_unit: None,
             },
+            holder: None,
         })
+    }
+
+    /// The systemd driver: systemd starts the unit (a scope holding the holder process, or a
+    /// slice), then Porta makes the leaves in it (and the group itself in the hierarchies
+    /// systemd does not manage, as runc does), moves the holder into `porta/` and, on cgroup
+    /// v2, enables the controllers for the leaves.
+    fn create_systemd(setup: &CgroupSetup, cfg: &CgroupConfig, spec: &CgroupsPath) -> Result<Self> {
+        if !systemd::running() || cfg.rootless {
+            return Err(systemd_error(cfg, spec));
+        }
+        let (unit, computed) = spec.systemd_unit().ok_or_else(|| Error::InvalidPath {
+            path: format!("{spec:?}"),
+            reason: "not the systemd form".into(),
+        })?;
+        let slice = match spec {
+            CgroupsPath::Systemd { slice, .. } => slice.clone(),
+            _ => String::new(),
+        };
+        let props = systemd::unit_properties(
+            &unit,
+            &slice,
+            &cfg.container_id,
+            cfg.resources.as_ref(),
+            setup.mode,
+        )?;
+        let (reported, holder) = systemd::start_unit(&unit, props)?;
+        let cgroup_path = if reported.starts_with('/') {
+            PathBuf::from(&reported)
+        } else {
+            computed
+        };
+        // From here the unit exists: a failure removes what Porta made and stops it.
+        let mut cg = ContainerCgroup {
+            st: CgroupState {
+                container_id: cfg.container_id.clone(),
+                mode: setup.mode,
+                rootless: false,
+                dirs: Vec::new(),
+                systemd_unit: Some(unit.clone()),
+            },
+            holder,
+        };
+        let mut made: Vec<PathBuf> = Vec::new();
+        let res = (|| -> Result<()> {
+            for h in &setup.hierarchies {
+                let dir = h.dir_of(&cgroup_path);
+                match h.version {
+                    CgroupVersion::V1 => make_v1(h, &dir, &mut made)?,
+                    CgroupVersion::V2 => {
+                        for level in levels(&h.mount_point, &dir) {
+                            mkdir(&level, &mut made)?;
+                        }
+                        mkdir(&dir.join(PAYLOAD), &mut made)?;
+                        mkdir(&dir.join(SERVERS), &mut made)?;
+                    }
+                }
+                cg.st.dirs.push(CgroupDir {
+                    version: h.version,
+                    controllers: h.controllers.clone(),
+                    mount_point: h.mount_point.clone(),
+                    cgroup_path: cgroup_path.clone(),
+                    path: dir,
+                });
+            }
+            if let Some(pid) = cg.holder.as_ref().map(|h| h.pid()) {
+                cg.add(SERVERS, pid)?;
+            }
+            if let Some(d) = cg.v2() {
+                enable_controllers(&d.path)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            cg.holder = None;
+            for d in made.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            if let Err(stop) = systemd::stop_unit(&unit) {
+                tracing::warn!("after a failed create: {stop}");
+            }
+            return Err(e);
+        }
+        tracing::debug!(container = %cfg.container_id, %unit, dirs = ?cg.st.dirs, "systemd unit and cgroups created");
+        Ok(cg)
     }
 
     /// Reopens groups made earlier (by another command) from their saved state.
     pub fn open(state: &CgroupState) -> Result<Self> {
-        Ok(ContainerCgroup { st: state.clone() })
+        Ok(ContainerCgroup {
+            st: state.clone(),
+            holder: None,
+        })
     }
 
     /// What to save to reopen these groups later.
@@ -237,6 +338,9 @@ impl ContainerCgroup {
     /// Changes limits of a running container (`porta update`): like
     /// [`ContainerCgroup::apply`], but device rules are left alone, as in runc.
     pub fn update(&self, r: &LinuxResources) -> Result<()> {
+        if let Some(unit) = &self.st.systemd_unit {
+            systemd::set_properties(unit, systemd::resource_properties(r, self.st.mode)?)?;
+        }
         self.set(r, true)
     }
 
@@ -426,10 +530,16 @@ impl ContainerCgroup {
     /// is empty and removes the directories in every hierarchy, deepest first (including
     /// groups the container made below `payload/`). Safe to call again on a state whose
     /// directories are already gone.
-    pub fn destroy(self) -> Result<()> {
+    pub fn destroy(mut self) -> Result<()> {
+        self.holder = None;
         let mut errors: Vec<Error> = Vec::new();
         for leaf in [PAYLOAD, SERVERS, ""] {
             if let Err(e) = self.kill_and_wait(leaf) {
+                errors.push(e);
+            }
+        }
+        if let Some(unit) = &self.st.systemd_unit {
+            if let Err(e) = systemd::stop_unit(unit) {
                 errors.push(e);
             }
         }
@@ -853,17 +963,27 @@ pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
     .collect()
 }
 
-fn systemd_error(cfg: &CgroupConfig, spec: &CgroupsPath, marker: &Path) -> Error {
+/// Why the systemd driver cannot be used: systemd does not run here, the runtime is
+/// rootless, or (fake hierarchies in tests) there is no host systemd to ask.
+fn systemd_error(cfg: &CgroupConfig, spec: &CgroupsPath) -> Error {
     let path = cfg
         .cgroups_path
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if !marker.exists() {
+    if !systemd::running() {
         return Error::SystemdNotRunning { path };
     }
-    let unit = spec.systemd_unit().map(|(u, _)| u).unwrap_or_default();
-    Error::SystemdUnsupported { path, unit }
+    if cfg.rootless {
+        return Error::SystemdRootless { path };
+    }
+    Error::InvalidPath {
+        path,
+        reason: format!(
+            "the systemd form ({:?}) needs the host's systemd, not a given layout",
+            spec.systemd_unit().map(|(u, _)| u).unwrap_or_default()
+        ),
+    }
 }
 
 fn is_permission_error(e: &Error) -> bool {

@@ -232,6 +232,7 @@ mod tests {
             container_id: "ctr1".into(),
             systemd,
             rootless,
+            resources: None,
         }
     }
 

@@ -109,6 +109,7 @@ fn cfg() -> CgroupConfig {
         container_id: "ctr".into(),
         systemd: false,
         rootless: false,
+        resources: None,
     }
 }
 

@@ -70,6 +70,7 @@ fn cfg(path: &str) -> CgroupConfig {
         container_id: "ctr1".into(),
         systemd: false,
         rootless: false,
+        resources: None,
     }
 }
 
@@ -319,7 +320,7 @@ fn systemd_without_systemd_is_a_clear_error() {
     c.systemd = true;
     let e = ContainerCgroup::create_in(&setup, &c).unwrap_err();
     if Path::new("/run/systemd/system").exists() {
-        assert!(matches!(e, Error::SystemdUnsupported { .. }), "{e}");
+        assert!(matches!(e, Error::InvalidPath { .. }), "{e}");
     } else {
         assert!(matches!(e, Error::SystemdNotRunning { .. }), "{e}");
         assert!(e.to_string().contains("systemd is not running"), "{e}");

@@ -39,6 +39,7 @@ impl Guard {
             container_id: id.into(),
             systemd: false,
             rootless: false,
+            resources: None,
         };
         let cg = ContainerCgroup::create(&cfg).expect("create cgroups");
         let state = cg.state();
@@ -646,6 +647,7 @@ fn rootless_child() {
         container_id: "rootless".into(),
         systemd: false,
         rootless: true,
+        resources: None,
     };
     // Not rootless: the permission error is reported with the directory.
     let mut strict = cfg.clone();

@@ -258,6 +258,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         container_id: opts.id.clone(),
         systemd: opts.systemd_cgroup,
         rootless: opts.rootless,
+        resources: linux.resources().clone(),
     })?;
     st.cgroup = Some(cg.state());
     rb.cgroup = Some(cg);

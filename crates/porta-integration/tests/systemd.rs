@@ -1,0 +1,450 @@
+//! The systemd cgroup driver (`--systemd-cgroup`) against a real systemd.
+//!
+//! The test machines do not boot with systemd, so each test boots its own: systemd as
+//! PID 1 of a new pid, mount and cgroup namespace, rooted in a cgroup of its own in every
+//! hierarchy of the host, with the host's cgroup file systems mounted again (showing the
+//! namespace's root), a private /run, a D-Bus system bus, and only a handful of units (no
+//! service of the host starts). The runtime runs inside those namespaces, as it would on a
+//! systemd host. After the test systemd is killed and its cgroups removed.
+
+use porta_integration::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A private systemd (with its system bus) booted for one test.
+struct Systemd {
+    unshare: Child,
+    pid: i32,
+    cgroup: String,
+    units: tempfile::TempDir,
+}
+
+/// Mounts the namespace's own /run and cgroup file systems, then becomes systemd. The
+/// cgroup mounts are made again inside the new cgroup namespace, so they show its root.
+/// `$1`: the unit directory; `$2`: `hybrid` (every hierarchy of the host) or `unified`
+/// (only the cgroup2 one, at /sys/fs/cgroup).
+const BOOT: &str = r#"
+set -e
+units=$1 layout=$2
+mount -t tmpfs -o mode=755 tmpfs /run
+grep -E ' cgroup2? ' /proc/self/mounts > /run/cgroup-mounts
+# This namespace's copies of the host's cgroup mounts go: they show the host's root.
+umount -R /sys/fs/cgroup 2>/dev/null || while read -r _ mp _; do umount "$mp"; done < /run/cgroup-mounts
+if [ "$layout" = unified ]; then
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup
+else
+  mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
+  while read -r _ mp type opts _; do
+    mkdir -p "$mp"
+    if [ "$type" = cgroup2 ]; then mount -t cgroup2 cgroup2 "$mp"; continue; fi
+    keep=
+    for o in $(echo "$opts" | tr , ' '); do
+      case $o in rw|ro|nosuid|nodev|noexec|relatime|clone_children|xattr) ;; *) keep=$keep${keep:+,}$o ;; esac
+    done
+    mount -t cgroup -o "$keep" cgroup "$mp"
+  done < /run/cgroup-mounts
+fi
+export container=porta-test SYSTEMD_UNIT_PATH=$units
+exec /lib/systemd/systemd --unit=porta-test.target --log-target=null
+"#;
+
+/// Joins the namespace's root cgroup (outside of any unit), then runs the arguments.
+const JOIN: &str = r#"for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do { echo $$ > "$f"; } 2>/dev/null || true; done; exec "$@""#;
+
+impl Systemd {
+    fn boot(layout: &str) -> Option<Systemd> {
+        if !is_root() || !porta_only("the systemd cgroup driver") {
+            return None;
+        }
+        let sd = Path::new("/lib/systemd/systemd");
+        if !sd.exists() || !have_command("dbus-daemon") || !have_command("nsenter") {
+            skip("needs systemd and dbus-daemon (scripts/deps.sh installs them)");
+            return None;
+        }
+        let units = tempfile::tempdir().expect("unit dir");
+        for u in ["dbus.service", "dbus.socket"] {
+            std::fs::copy(
+                Path::new("/lib/systemd/system").join(u),
+                units.path().join(u),
+            )
+            .expect("copy the D-Bus units");
+        }
+        std::fs::write(
+            units.path().join("porta-test.target"),
+            "[Unit]\nDescription=Porta test target\nWants=dbus.socket dbus.service\n",
+        )
+        .unwrap();
+        std::fs::write(
+            units.path().join("system.slice"),
+            "[Unit]\nDescription=System Slice\nDefaultDependencies=no\n",
+        )
+        .unwrap();
+        let cgroup = format!("porta-it-systemd-{}", unique_id(layout));
+        for h in hierarchies() {
+            let d = h.join(&cgroup);
+            std::fs::create_dir(&d).expect("test systemd's cgroup");
+            if h.ends_with("cpuset") {
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    std::fs::write(d.join(f), std::fs::read(h.join(f)).unwrap()).unwrap();
+                }
+            }
+        }
+        // The launcher enters the cgroups before it unshares: the new cgroup namespace
+        // is rooted there.
+        let procs: Vec<String> = hierarchies()
+            .iter()
+            .map(|h| h.join(&cgroup).join("cgroup.procs").display().to_string())
+            .collect();
+        let unshare = Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#"for f in $PROCS; do echo $$ > "$f"; done
+                exec unshare --pid --mount --cgroup --fork --mount-proc sh -c "$BOOT" sh "$UNITS" "$LAYOUT""#,
+            )
+            .env("PROCS", procs.join(" "))
+            .env("BOOT", BOOT)
+            .env("UNITS", units.path())
+            .env("LAYOUT", layout)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the test systemd");
+        let mut me = Systemd {
+            unshare,
+            pid: 0,
+            cgroup,
+            units,
+        };
+        me.pid = wait_for(Duration::from_secs(10), || child_of(me.unshare.id() as i32))
+            .expect("systemd started");
+        let up = wait_for(Duration::from_secs(20), || {
+            let o = me
+                .cmd("systemctl")
+                .args(["is-active", "dbus.service"])
+                .run();
+            o.ok().then_some(())
+        });
+        assert!(up.is_some(), "the test systemd and its bus came up");
+        Some(me)
+    }
+
+    /// `prog` run inside the test systemd's namespaces, in its root cgroup.
+    fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Cmd {
+        Cmd::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "-p", "-C", "--"])
+            .args(["sh", "-c", JOIN, "sh"])
+            .arg(prog.as_ref())
+    }
+
+    /// The runtime with `--systemd-cgroup` and its own state root, inside.
+    fn runtime(&self, state: &Path) -> Cmd {
+        self.cmd(runtime())
+            .arg("--root")
+            .arg(state)
+            .arg("--systemd-cgroup")
+    }
+
+    /// `systemctl show -p <prop> --value <unit>`.
+    fn show(&self, unit: &str, prop: &str) -> String {
+        let o = self
+            .cmd("systemctl")
+            .args(["show", "-p", prop, "--value", unit])
+            .run();
+        o.stdout.trim().to_string()
+    }
+
+    /// A file as seen inside (pids there are the namespace's).
+    fn read(&self, path: &str) -> String {
+        self.cmd("cat").arg(path).run().stdout
+    }
+
+    /// The unit's directory in the hierarchy mounted at `h` on the host.
+    fn dir(&self, h: &Path, group: &str) -> PathBuf {
+        h.join(&self.cgroup).join(group.trim_start_matches('/'))
+    }
+}
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            let _ = Cmd::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .run();
+        }
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+        for h in hierarchies() {
+            let d = h.join(&self.cgroup);
+            let gone = wait_for(Duration::from_secs(10), || {
+                remove_tree(&d);
+                (!d.exists()).then_some(())
+            });
+            if gone.is_none() {
+                eprintln!("test systemd's cgroup {} is left", d.display());
+            }
+        }
+        let _ = &self.units;
+    }
+}
+
+/// Every cgroup hierarchy of the host (its mount point).
+fn hierarchies() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .collect()
+}
+
+fn remove_tree(d: &Path) {
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(d);
+}
+
+fn child_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+fn bundle(script: &str, cgroups_path: &str, resources: serde_json::Value) -> (Bundle, PathBuf) {
+    let mut b = Bundle::new(&["true"]);
+    b.sh(script).cgroups_path(cgroups_path).resources(resources);
+    b.write();
+    let state = b.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    (b, state)
+}
+
+#[test]
+fn systemd_driver_makes_the_container_a_scope_with_its_limits() {
+    let Some(sd) = Systemd::boot("hybrid") else {
+        return;
+    };
+    let id = unique_id("sd-scope");
+    let unit = format!("porta-{id}.scope");
+    let (b, state) = bundle(
+        "sleep 600",
+        &format!("system.slice:porta:{id}"),
+        serde_json::json!({"pids": {"limit": 10}, "memory": {"limit": 67108864}}),
+    );
+    let rt = |args: &[&str]| sd.runtime(&state).args(args).run();
+    rt(&["create", "--bundle", &b.path_str(), &id]).expect_ok();
+    let group = format!("/system.slice/{unit}");
+    assert_eq!(sd.show(&unit, "ActiveState"), "active");
+    assert_eq!(sd.show(&unit, "ControlGroup"), group);
+    assert_eq!(
+        sd.show(&unit, "TasksMax"),
+        "74",
+        "10 + the servers' reserve"
+    );
+    assert_eq!(sd.show(&unit, "MemoryLimit"), "67108864");
+    // The group in every hierarchy, systemd's or not, with Porta's leaves.
+    for h in hierarchies() {
+        let d = sd.dir(&h, &group);
+        assert!(
+            d.join("payload").is_dir() && d.join("porta").is_dir(),
+            "{}",
+            d.display()
+        );
+    }
+    let pids = |leaf: &str| sd.read(&format!("/sys/fs/cgroup/pids{group}/{leaf}"));
+    assert_eq!(pids("payload/pids.max").trim(), "10");
+    let mem = sd.dir(Path::new("/sys/fs/cgroup/memory"), &group);
+    assert_eq!(
+        std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
+        "67108864"
+    );
+    // The holder that started the scope is gone: only the container and its file server.
+    let init = rt(&["state", &id]).json()["pid"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let payload = pids("payload/cgroup.procs");
+    assert!(
+        payload.lines().any(|p| p == init),
+        "init {init} in payload/: {payload}"
+    );
+    for p in pids("porta/cgroup.procs").lines() {
+        let cmd = sd.read(&format!("/proc/{p}/cmdline"));
+        assert!(
+            cmd.contains("\0fs\0"),
+            "only servers in porta/, not {p}: {cmd:?}"
+        );
+    }
+    rt(&["start", &id]).expect_ok();
+    // update goes to systemd and to the files.
+    rt(&["update", "--pids-limit", "20", "--memory", "134217728", &id]).expect_ok();
+    assert_eq!(sd.show(&unit, "TasksMax"), "84");
+    assert_eq!(sd.show(&unit, "MemoryLimit"), "134217728");
+    assert_eq!(pids("payload/pids.max").trim(), "20");
+    // The limit holds: the container cannot have more than 20 processes.
+    let o = rt(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 30 ]; do sleep 30 & i=$((i+1)); done",
+    ]);
+    let current: i64 = pids("payload/pids.current").trim().parse().unwrap_or(-1);
+    assert!(
+        (1..=20).contains(&current) && o.stderr.contains("fork"),
+        "pids.max stops forks in the container ({current} processes): {o}"
+    );
+    rt(&["pause", &id]).expect_ok();
+    assert_eq!(rt(&["state", &id]).json()["status"], "paused");
+    rt(&["resume", &id]).expect_ok();
+    rt(&["kill", &id, "KILL"]).expect_ok();
+    wait_for(Duration::from_secs(10), || {
+        (rt(&["state", &id]).json()["status"] == "stopped").then_some(())
+    })
+    .expect("stopped");
+    rt(&["delete", &id]).expect_ok();
+    assert_eq!(
+        sd.show(&unit, "LoadState"),
+        "not-found",
+        "delete stops the unit"
+    );
+    for h in hierarchies() {
+        assert!(
+            !sd.dir(&h, &group).exists(),
+            "delete removes {}",
+            h.display()
+        );
+    }
+    assert!(!state.join(&id).exists());
+}
+
+#[test]
+fn systemd_failed_create_stops_the_unit_and_a_slice_unit_works() {
+    let Some(sd) = Systemd::boot("hybrid") else {
+        return;
+    };
+    // A create that fails after the unit started leaves no unit and no group.
+    let id = unique_id("sd-fail");
+    let (mut b, state) = bundle(
+        "true",
+        &format!("system.slice:porta:{id}"),
+        serde_json::json!({}),
+    );
+    b.mount(serde_json::json!({"destination": "/x", "type": "bind",
+        "source": "/nonexistent-porta-source", "options": ["bind"]}));
+    b.write();
+    let o = sd
+        .runtime(&state)
+        .args(["create", "--bundle", &b.path_str(), &id])
+        .run();
+    o.expect_fail();
+    let unit = format!("porta-{id}.scope");
+    assert_eq!(sd.show(&unit, "LoadState"), "not-found", "{o}");
+    assert!(!sd
+        .dir(
+            Path::new("/sys/fs/cgroup/memory"),
+            &format!("/system.slice/{unit}")
+        )
+        .exists());
+    assert!(!state.join(&id).exists());
+
+    // The `name.slice` form: the container's group is a slice unit.
+    let id = format!("sl{}", std::process::id());
+    let slice = format!("system-{id}.slice");
+    let (b, state) = bundle(
+        "grep -c . /proc/self/cgroup; exit 3",
+        &format!("system.slice:porta:{slice}"),
+        serde_json::json!({"pids": {"limit": 50}}),
+    );
+    let o = sd
+        .runtime(&state)
+        .args(["run", "--bundle", &b.path_str(), &id])
+        .timeout(Duration::from_secs(60))
+        .run();
+    assert_eq!(o.code, 3, "{o}");
+    // (Asked about, a slice with no unit file is loaded again, inactive: not Porta's.)
+    assert_eq!(
+        sd.show(&slice, "ActiveState"),
+        "inactive",
+        "run's delete stops the slice"
+    );
+    assert!(!sd.show(&slice, "Description").contains("porta"));
+    assert!(!sd
+        .dir(
+            Path::new("/sys/fs/cgroup/pids"),
+            &format!("/system.slice/{slice}")
+        )
+        .exists());
+    // A malformed systemd path is refused with the form it must have.
+    let (b, state) = bundle("true", "/not/systemd", serde_json::json!({}));
+    let o = sd
+        .runtime(&state)
+        .args(["create", "--bundle", &b.path_str(), "bad"])
+        .run();
+    o.expect_fail();
+    assert!(o.stderr.contains("slice:prefix:name"), "{o}");
+}
+
+#[test]
+fn systemd_driver_on_a_cgroup_v2_only_host() {
+    // systemd in unified mode: the cgroup2 hierarchy alone at /sys/fs/cgroup (on the
+    // development machines it has only hugetlb; the other controllers are bound to v1).
+    let Some(sd) = Systemd::boot("unified") else {
+        return;
+    };
+    let id = unique_id("sd-v2");
+    let unit = format!("porta-{id}.scope");
+    let (b, state) = bundle(
+        "sleep 600",
+        &format!("system.slice:porta:{id}"),
+        serde_json::json!({}),
+    );
+    let rt = |args: &[&str]| sd.runtime(&state).args(args).run();
+    rt(&["create", "--bundle", &b.path_str(), &id]).expect_ok();
+    let group = format!("/system.slice/{unit}");
+    assert_eq!(sd.show(&unit, "ControlGroup"), group);
+    let v2 = hierarchies()
+        .into_iter()
+        .find(|h| {
+            std::fs::read_to_string("/proc/self/mounts")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(&format!(" {} cgroup2 ", h.display())))
+        })
+        .expect("a cgroup2 mount");
+    let d = sd.dir(&v2, &group);
+    // The group itself holds no process (the holder went to porta/ and is gone).
+    assert_eq!(
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap()
+            .trim(),
+        ""
+    );
+    let init = rt(&["state", &id]).json()["pid"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let payload = sd.read(&format!("/sys/fs/cgroup{group}/payload/cgroup.procs"));
+    assert!(payload.lines().any(|p| p == init), "{payload}");
+    rt(&["start", &id]).expect_ok();
+    rt(&["pause", &id]).expect_ok();
+    assert_eq!(
+        std::fs::read_to_string(d.join("payload/cgroup.freeze"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    rt(&["resume", &id]).expect_ok();
+    rt(&["delete", "--force", &id]).expect_ok();
+    assert_eq!(sd.show(&unit, "LoadState"), "not-found");
+    assert!(!d.exists());
+}
