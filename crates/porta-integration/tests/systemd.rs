@@ -448,3 +448,95 @@ fn systemd_driver_on_a_cgroup_v2_only_host() {
     assert_eq!(sd.show(&unit, "LoadState"), "not-found");
     assert!(!d.exists());
 }
+
+#[test]
+fn podman_with_the_systemd_cgroup_manager() {
+    // Podman on a systemd host passes --systemd-cgroup and `machine.slice:libpod:<id>`.
+    let Some(sd) = Systemd::boot("hybrid") else {
+        return;
+    };
+    if !have_command("podman") {
+        skip("podman is not installed (scripts/deps.sh installs it)");
+        return;
+    }
+    std::fs::create_dir_all(BUNDLES).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("podman-sd-")
+        .tempdir_in(BUNDLES)
+        .unwrap();
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    let podman = |args: &[&str]| {
+        sd.cmd("podman")
+            .args([
+                "--root",
+                &p("root"),
+                "--runroot",
+                &p("runroot"),
+                "--tmpdir",
+                &p("tmp"),
+            ])
+            .args([
+                "--volumepath",
+                &p("volumes"),
+                "--network-config-dir",
+                &p("networks"),
+            ])
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "systemd"])
+            .args(["--events-backend", "file"])
+            .arg("--runtime")
+            .arg(runtime())
+            .args(args)
+            .timeout(Duration::from_secs(120))
+            .run()
+    };
+    let tar = dir.path().join("rootfs.tar");
+    rootfs::tar_to(&tar).unwrap();
+    let image = "localhost/pit-busybox:latest";
+    podman(&["import", tar.to_str().unwrap(), image]).expect_ok();
+    let o = podman(&[
+        "run",
+        "--rm",
+        "--network=none",
+        image,
+        "sh",
+        "-c",
+        "echo hi; exit 4",
+    ]);
+    assert_eq!((o.code, o.stdout.trim()), (4, "hi"), "{o}");
+    let o = podman(&[
+        "run",
+        "-d",
+        "--network=none",
+        "--pids-limit",
+        "33",
+        image,
+        "sleep",
+        "1000",
+    ]);
+    o.expect_ok();
+    let cid = o.stdout.trim().to_string();
+    let unit = format!("libpod-{cid}.scope");
+    assert_eq!(sd.show(&unit, "ActiveState"), "active", "{o}");
+    assert_eq!(
+        sd.show(&unit, "ControlGroup"),
+        format!("/machine.slice/{unit}")
+    );
+    assert_eq!(
+        sd.show(&unit, "TasksMax"),
+        "97",
+        "33 + the servers' reserve"
+    );
+    let o = podman(&["exec", &cid, "sh", "-c", "echo exec-ok"]);
+    assert_eq!(o.stdout.trim(), "exec-ok", "{o}");
+    podman(&["stop", "-t", "2", &cid]).expect_ok();
+    podman(&["rm", &cid]).expect_ok();
+    assert_eq!(
+        sd.show(&unit, "LoadState"),
+        "not-found",
+        "rm removes the unit"
+    );
+    let _ = podman(&["rmi", "-a", "-f"]);
+    drop(sd);
+    // Podman's mounts lived in the test systemd's mount namespace, gone with it.
+    let _ = std::fs::remove_dir_all(dir.path());
+}
