@@ -254,3 +254,55 @@ fn rootless_file_server_killed_under_load_is_replaced_without_errors() {
     assert_eq!(text.trim(), "done", "no errors in the workload: {text}");
     assert!(!state.join(&id).exists(), "delete leaves no state behind");
 }
+
+#[test]
+fn rootless_file_server_that_cannot_be_brought_back_fails_requests_instead_of_hanging() {
+    if skip_without_fuse() {
+        return;
+    }
+    // Every server crashes on a LOOKUP of "poison" (the file server's fault injection),
+    // so each replacement dies on the resent request: the supervisor gives up. Rootless it
+    // cannot reach fusectl; the connection ends when the last /dev/fuse descriptor closes
+    // (keeper, servers and supervisor hold them all), and the waiting caller gets an error.
+    let (b, state) = rootless_bundle(
+        "cat /fine; echo fine=$?; cat /poison; echo poison=$?; cat /fine; echo after=$?",
+    );
+    std::fs::write(b.rootfs().join("fine"), "fine\n").unwrap();
+    chown_tree(b.path());
+    let id = unique_id("rootless-giveup");
+    let out = b.path().join("out");
+    let t0 = std::time::Instant::now();
+    as_user_with_fuse(&state, b.path())
+        .env("PORTA_FS_FAULT", "crash:poison")
+        .args(["run", "--detach", "--bundle", &b.path_str(), &id])
+        .stdout_file(std::fs::File::create(&out).unwrap())
+        .run()
+        .expect_ok();
+    let st = wait_for(Duration::from_secs(60), || {
+        let st = as_user(&state).args(["state", &id]).run().json();
+        (st["status"] == "stopped").then_some(st)
+    })
+    .expect("the container ends: its requests fail instead of hanging");
+    let waited = t0.elapsed();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // After the abort a request fails: `cat` (busybox, on the served root) either cannot
+    // open the file or dies of SIGBUS faulting in its own code; it never hangs.
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[..2], ["fine", "fine=0"], "{text}");
+    for (line, what) in lines[2..].iter().zip(["poison=", "after="]) {
+        let code = line.strip_prefix(what).unwrap_or("0");
+        assert_ne!(code, "0", "{what} fails after the give-up: {text}");
+    }
+    let server = &st["servers"][0];
+    assert!(
+        server["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("without answering a request"),
+        "the state records why: {st}"
+    );
+    as_user(&state).args(["delete", &id]).run().expect_ok();
+    assert!(!state.join(&id).exists(), "delete leaves no state behind");
+    eprintln!("gave up and failed the requests after {waited:?}");
+}

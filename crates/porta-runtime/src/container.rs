@@ -581,7 +581,18 @@ impl Container {
         v["owner"] = serde_json::json!(self.state.owner);
         let servers = if self.state.file_server {
             porta_supervisor::servers(&self.dir.path)
-                .map(|v| v.into_iter().map(|s| serde_json::json!({"name": s.name, "pid": s.pid, "restarts": s.restarts, "state": s.state, "confinement": s.confinement})).collect())
+                .map(|v| {
+                    v.into_iter()
+                        .map(|s| {
+                            let mut o = serde_json::json!({"name": s.name, "pid": s.pid, "restarts": s.restarts, "state": s.state, "confinement": s.confinement});
+                            // Why the server was last replaced, or why the supervisor gave up.
+                            if let Some(e) = s.error {
+                                o["error"] = serde_json::json!(e);
+                            }
+                            o
+                        })
+                        .collect()
+                })
                 .unwrap_or_default()
         } else {
             Vec::new()
