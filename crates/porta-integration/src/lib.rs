@@ -179,3 +179,30 @@ pub fn have_command(name: &str) -> bool {
 pub fn kernel_has_ns(name: &str) -> bool {
     Path::new("/proc/self/ns").join(name).exists()
 }
+
+/// Podman's global flags for a private installation under `dir` (storage, run and temp
+/// directories, volumes, networks; vfs storage, file events), with `cgroup_manager`
+/// (`cgroupfs` or `systemd`) and the runtime under test, so that nothing of the host's
+/// Podman is touched.
+pub fn podman_args(dir: &Path, cgroup_manager: &str) -> Vec<std::ffi::OsString> {
+    let p = |s: &str| dir.join(s).into_os_string();
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, sub) in [
+        ("--root", "root"),
+        ("--runroot", "runroot"),
+        ("--tmpdir", "tmp"),
+        ("--volumepath", "volumes"),
+        ("--network-config-dir", "networks"),
+    ] {
+        v.push(flag.into());
+        v.push(p(sub));
+    }
+    for a in ["--storage-driver", "vfs", "--events-backend", "file"] {
+        v.push(a.into());
+    }
+    v.push("--cgroup-manager".into());
+    v.push(cgroup_manager.into());
+    v.push("--runtime".into());
+    v.push(runtime().into_os_string());
+    v
+}

@@ -34,32 +34,8 @@ impl Podman {
         }
     }
     fn cmd(&self) -> Cmd {
-        let p = |s: &str| self.dir.join(s).display().to_string();
         Cmd::new("podman")
-            .args([
-                "--root",
-                &p("root"),
-                "--runroot",
-                &p("runroot"),
-                "--tmpdir",
-                &p("tmp"),
-            ])
-            .args([
-                "--volumepath",
-                &p("volumes"),
-                "--network-config-dir",
-                &p("networks"),
-            ])
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-            .arg("--runtime")
-            .arg(runtime())
+            .args(podman_args(&self.dir, "cgroupfs"))
             .timeout(Duration::from_secs(120))
     }
     fn run(&self, args: &[&str]) -> Out {

@@ -464,27 +464,9 @@ fn podman_with_the_systemd_cgroup_manager() {
         .prefix("podman-sd-")
         .tempdir_in(BUNDLES)
         .unwrap();
-    let p = |s: &str| dir.path().join(s).display().to_string();
     let podman = |args: &[&str]| {
         sd.cmd("podman")
-            .args([
-                "--root",
-                &p("root"),
-                "--runroot",
-                &p("runroot"),
-                "--tmpdir",
-                &p("tmp"),
-            ])
-            .args([
-                "--volumepath",
-                &p("volumes"),
-                "--network-config-dir",
-                &p("networks"),
-            ])
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "systemd"])
-            .args(["--events-backend", "file"])
-            .arg("--runtime")
-            .arg(runtime())
+            .args(podman_args(dir.path(), "systemd"))
             .args(args)
             .timeout(Duration::from_secs(120))
             .run()
