@@ -78,13 +78,14 @@ pub enum Error {
         path: String,
     },
 
-    /// The systemd cgroup driver was asked for by a rootless runtime: Porta speaks only to
-    /// the system instance of systemd, not to a user's manager.
+    /// The systemd cgroup driver was asked for by a rootless runtime on a host with cgroup
+    /// v1 controllers: systemd delegates a subtree to a user only on cgroup v2.
     #[error(
-        "the systemd cgroup driver (cgroupsPath {path:?}) is not supported rootless: Porta \
-         does not talk to the systemd user manager; run without --systemd-cgroup"
+        "the systemd cgroup driver (cgroupsPath {path:?}) needs a cgroup v2-only host when \
+         rootless: systemd delegates no cgroup v1 controller to a user; run without \
+         --systemd-cgroup"
     )]
-    SystemdRootless {
+    SystemdRootlessV1 {
         /// The cgroupsPath as given.
         path: String,
     },

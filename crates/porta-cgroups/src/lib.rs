@@ -229,9 +229,14 @@ impl ContainerCgroup {
     /// systemd does not manage, as runc does), moves the holder into `porta/` and, on cgroup
     /// v2, enables the controllers for the leaves.
     fn create_systemd(setup: &CgroupSetup, cfg: &CgroupConfig, spec: &CgroupsPath) -> Result<Self> {
-        if !systemd::running() || cfg.rootless {
+        if !systemd::running() || (cfg.rootless && setup.mode != CgroupMode::Unified) {
             return Err(systemd_error(cfg, spec));
         }
+        let manager = if cfg.rootless {
+            systemd::Manager::User
+        } else {
+            systemd::Manager::System
+        };
         let (unit, computed) = spec.systemd_unit().ok_or_else(|| Error::InvalidPath {
             path: format!("{spec:?}"),
             reason: "not the systemd form".into(),
@@ -247,7 +252,7 @@ impl ContainerCgroup {
             cfg.resources.as_ref(),
             setup.mode,
         )?;
-        let (reported, holder) = systemd::start_unit(&unit, props)?;
+        let (reported, holder) = systemd::start_unit(manager, &unit, props)?;
         let cgroup_path = if reported.starts_with('/') {
             PathBuf::from(&reported)
         } else {
@@ -258,7 +263,7 @@ impl ContainerCgroup {
             st: CgroupState {
                 container_id: cfg.container_id.clone(),
                 mode: setup.mode,
-                rootless: false,
+                rootless: cfg.rootless,
                 dirs: Vec::new(),
                 systemd_unit: Some(unit.clone()),
             },
@@ -299,7 +304,7 @@ impl ContainerCgroup {
             for d in made.iter().rev() {
                 let _ = std::fs::remove_dir(d);
             }
-            if let Err(stop) = systemd::stop_unit(&unit) {
+            if let Err(stop) = systemd::stop_unit(manager, &unit) {
                 tracing::warn!("after a failed create: {stop}");
             }
             return Err(e);
@@ -339,7 +344,8 @@ impl ContainerCgroup {
     /// [`ContainerCgroup::apply`], but device rules are left alone, as in runc.
     pub fn update(&self, r: &LinuxResources) -> Result<()> {
         if let Some(unit) = &self.st.systemd_unit {
-            systemd::set_properties(unit, systemd::resource_properties(r, self.st.mode)?)?;
+            let props = systemd::resource_properties(r, self.st.mode)?;
+            systemd::set_properties(self.manager(), unit, props)?;
         }
         self.set(r, true)
     }
@@ -539,7 +545,7 @@ impl ContainerCgroup {
             }
         }
         if let Some(unit) = &self.st.systemd_unit {
-            if let Err(e) = systemd::stop_unit(unit) {
+            if let Err(e) = systemd::stop_unit(self.manager(), unit) {
                 errors.push(e);
             }
         }
@@ -596,6 +602,15 @@ impl ContainerCgroup {
             }
         }
         Ok(())
+    }
+
+    /// The systemd instance that owns the unit (systemd driver).
+    fn manager(&self) -> systemd::Manager {
+        if self.st.rootless {
+            systemd::Manager::User
+        } else {
+            systemd::Manager::System
+        }
     }
 
     fn v1_with(&self, controller: &str) -> Option<&CgroupDir> {
@@ -975,7 +990,7 @@ fn systemd_error(cfg: &CgroupConfig, spec: &CgroupsPath) -> Error {
         return Error::SystemdNotRunning { path };
     }
     if cfg.rootless {
-        return Error::SystemdRootless { path };
+        return Error::SystemdRootlessV1 { path };
     }
     Error::InvalidPath {
         path,

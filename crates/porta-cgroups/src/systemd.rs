@@ -16,8 +16,12 @@
 //!   `CPUWeight`/`CPUShares`, `CPUQuota…`, `TasksMax`, `IOWeight`/`BlockIOWeight`,
 //!   `AllowedCPUs`/`AllowedMemoryNodes`), so that systemd writes the same values when it
 //!   re-applies a unit's settings; Porta then writes the exact values itself.
-//! * Porta talks to the system bus, as runc and crun do (`$DBUS_SYSTEM_BUS_ADDRESS`, else
-//!   `/run/dbus/system_bus_socket`). The systemd user manager (rootless) is not supported.
+//! * As root Porta talks to the system instance on the system bus, as runc and crun do
+//!   (`$DBUS_SYSTEM_BUS_ADDRESS`, else `/run/dbus/system_bus_socket`). Rootless it talks to
+//!   the user's own instance on the session bus (`$DBUS_SESSION_BUS_ADDRESS`, else
+//!   `$XDG_RUNTIME_DIR/bus`); that needs cgroup v2, where systemd delegates the user's
+//!   subtree, and `porta` must run inside that subtree (as Podman's conmon does), so that
+//!   the container's processes may move themselves into their leaves.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -273,7 +277,11 @@ impl Drop for Holder {
 
 /// Starts the transient unit `unit` with `props` and returns its cgroup path (systemd's
 /// `ControlGroup`, from the hierarchy's root) and, for a scope, the holder in it.
-pub(crate) fn start_unit(unit: &str, props: Props) -> Result<(String, Option<Holder>)> {
+pub(crate) fn start_unit(
+    manager: Manager,
+    unit: &str,
+    props: Props,
+) -> Result<(String, Option<Holder>)> {
     let scope = !is_slice(unit);
     let iface = if scope {
         "org.freedesktop.systemd1.Scope"
@@ -285,7 +293,7 @@ pub(crate) fn start_unit(unit: &str, props: Props) -> Result<(String, Option<Hol
         if scope {
             props.push(("PIDs", Prop::U32s(vec![pid as u32])));
         }
-        let conn = connect()?;
+        let conn = connect(manager)?;
         let job = run_job(&conn, unit, || {
             let list: Vec<(&str, Value<'_>)> = props.iter().map(|(k, v)| (*k, v.value())).collect();
             let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
@@ -320,9 +328,9 @@ pub(crate) fn start_unit(unit: &str, props: Props) -> Result<(String, Option<Hol
 
 /// Stops the unit (its processes are gone by then) and forgets it if it failed. A unit
 /// systemd no longer knows is not an error.
-pub(crate) fn stop_unit(unit: &str) -> Result<()> {
+pub(crate) fn stop_unit(manager: Manager, unit: &str) -> Result<()> {
     in_child(false, |_| {
-        let conn = connect()?;
+        let conn = connect(manager)?;
         let r = run_job(&conn, unit, || call(&conn, "StopUnit", &(unit, "replace")));
         let _: std::result::Result<(), String> = call(&conn, "ResetFailedUnit", &(unit,));
         match r {
@@ -340,12 +348,12 @@ pub(crate) fn stop_unit(unit: &str) -> Result<()> {
 }
 
 /// Changes the unit's properties at runtime (`porta update`).
-pub(crate) fn set_properties(unit: &str, props: Props) -> Result<()> {
+pub(crate) fn set_properties(manager: Manager, unit: &str, props: Props) -> Result<()> {
     if props.is_empty() {
         return Ok(());
     }
     in_child(false, |_| {
-        let conn = connect()?;
+        let conn = connect(manager)?;
         let list: Vec<(&str, Value<'_>)> = props.iter().map(|(k, v)| (*k, v.value())).collect();
         call::<_, ()>(&conn, "SetUnitProperties", &(unit, true, list))?;
         Ok(String::new())
@@ -358,14 +366,35 @@ pub(crate) fn set_properties(unit: &str, props: Props) -> Result<()> {
     })
 }
 
-fn connect() -> std::result::Result<Connection, String> {
-    let conn = Connection::system().map_err(|e| {
-        format!(
-            "cannot connect to the system bus ({}): {e}",
-            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
-                .unwrap_or_else(|_| "/run/dbus/system_bus_socket".into())
-        )
-    })?;
+/// Which systemd instance owns the container's unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Manager {
+    /// The system instance, on the system bus (root).
+    System,
+    /// The user's own instance, on the user's session bus (rootless).
+    User,
+}
+
+fn connect(manager: Manager) -> std::result::Result<Connection, String> {
+    let conn = match manager {
+        Manager::System => Connection::system().map_err(|e| {
+            format!(
+                "cannot connect to the system bus ({}): {e}",
+                std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+                    .unwrap_or_else(|_| "/run/dbus/system_bus_socket".into())
+            )
+        })?,
+        Manager::User => Connection::session().map_err(|e| {
+            format!(
+                "cannot connect to the user's session bus ({}): {e}; the systemd user \
+                 manager and its bus must run (loginctl enable-linger, or a login session)",
+                std::env::var("DBUS_SESSION_BUS_ADDRESS").unwrap_or_else(|_| format!(
+                    "$XDG_RUNTIME_DIR/bus = {}/bus",
+                    std::env::var("XDG_RUNTIME_DIR").unwrap_or_default()
+                ))
+            )
+        })?,
+    };
     call::<_, ()>(&conn, "Subscribe", &())?;
     Ok(conn)
 }

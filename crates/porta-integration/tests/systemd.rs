@@ -23,7 +23,7 @@ struct Systemd {
 /// Mounts the namespace's own /run and cgroup file systems, then becomes systemd. The
 /// cgroup mounts are made again inside the new cgroup namespace, so they show its root.
 /// `$1`: the unit directory; `$2`: `hybrid` (every hierarchy of the host) or `unified`
-/// (only the cgroup2 one, at /sys/fs/cgroup).
+/// (only the cgroup2 one, at /sys/fs/cgroup); `$3`: a uid to give a passwd entry, or empty.
 const BOOT: &str = r#"
 set -e
 units=$1 layout=$2
@@ -45,6 +45,12 @@ else
     mount -t cgroup -o "$keep" cgroup "$mp"
   done < /run/cgroup-mounts
 fi
+if [ -n "$3" ]; then
+  # The test user gets a passwd entry in this namespace only (the user manager needs one).
+  cp /etc/passwd /run/passwd; echo "pit:x:$3:$3::/tmp:/bin/sh" >> /run/passwd
+  cp /etc/group /run/group; echo "pit:x:$3:" >> /run/group
+  mount --bind /run/passwd /etc/passwd; mount --bind /run/group /etc/group
+fi
 export container=porta-test SYSTEMD_UNIT_PATH=$units
 exec /lib/systemd/systemd --unit=porta-test.target --log-target=null
 "#;
@@ -54,6 +60,11 @@ const JOIN: &str = r#"for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgro
 
 impl Systemd {
     fn boot(layout: &str) -> Option<Systemd> {
+        Self::boot_with_user(layout, None)
+    }
+
+    /// Like [`Systemd::boot`], with a user manager (and its session bus) for `user`.
+    fn boot_with_user(layout: &str, user: Option<u32>) -> Option<Systemd> {
         if !is_root() || !porta_only("the systemd cgroup driver") {
             return None;
         }
@@ -80,6 +91,9 @@ impl Systemd {
             "[Unit]\nDescription=System Slice\nDefaultDependencies=no\n",
         )
         .unwrap();
+        if user.is_some() {
+            write_user_units(units.path());
+        }
         let cgroup = format!("porta-it-systemd-{}", unique_id(layout));
         for h in hierarchies() {
             let d = h.join(&cgroup);
@@ -100,12 +114,13 @@ impl Systemd {
             .arg("-c")
             .arg(
                 r#"for f in $PROCS; do echo $$ > "$f"; done
-                exec unshare --pid --mount --cgroup --fork --mount-proc sh -c "$BOOT" sh "$UNITS" "$LAYOUT""#,
+                exec unshare --pid --mount --cgroup --fork --mount-proc sh -c "$BOOT" sh "$UNITS" "$LAYOUT" "$USER_UID""#,
             )
             .env("PROCS", procs.join(" "))
             .env("BOOT", BOOT)
             .env("UNITS", units.path())
             .env("LAYOUT", layout)
+            .env("USER_UID", user.map(|u| u.to_string()).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -127,6 +142,12 @@ impl Systemd {
             o.ok().then_some(())
         });
         assert!(up.is_some(), "the test systemd and its bus came up");
+        if let Some(uid) = user {
+            me.cmd("systemctl")
+                .args(["start", &format!("user@{uid}.service")])
+                .run()
+                .expect_ok();
+        }
         Some(me)
     }
 
@@ -187,6 +208,43 @@ impl Drop for Systemd {
         }
         let _ = &self.units;
     }
+}
+
+/// A minimal `user@.service` (no PAM, no logind: it makes the runtime directory itself)
+/// and the user manager's units: its session bus only.
+fn write_user_units(dir: &Path) {
+    let user_units = dir.join("user");
+    std::fs::create_dir(&user_units).unwrap();
+    std::fs::write(
+        dir.join("user@.service"),
+        format!(
+            "[Unit]\nDescription=User Manager for UID %i\nDefaultDependencies=no\n\
+             [Service]\nUser=%i\nType=notify\nDelegate=yes\nKillMode=mixed\n\
+             ExecStartPre=+/bin/sh -c 'install -d -m 700 -o %i -g %i /run/user/%i'\n\
+             ExecStart=/lib/systemd/systemd --user\n\
+             Environment=XDG_RUNTIME_DIR=/run/user/%i SYSTEMD_UNIT_PATH={}\n",
+            user_units.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        user_units.join("default.target"),
+        "[Unit]\nDescription=Default\nWants=dbus.socket\n",
+    )
+    .unwrap();
+    std::fs::write(
+        user_units.join("dbus.socket"),
+        "[Unit]\nDescription=D-Bus User Message Bus Socket\nDefaultDependencies=no\n\
+         [Socket]\nListenStream=%t/bus\n",
+    )
+    .unwrap();
+    std::fs::write(
+        user_units.join("dbus.service"),
+        "[Unit]\nDescription=D-Bus User Message Bus\nDefaultDependencies=no\n\
+         Requires=dbus.socket\n[Service]\nType=notify\nExecStart=/usr/bin/dbus-daemon \
+         --session --address=systemd: --nofork --nopidfile --systemd-activation --syslog-only\n",
+    )
+    .unwrap();
 }
 
 /// Every cgroup hierarchy of the host (its mount point).
@@ -521,4 +579,105 @@ fn podman_with_the_systemd_cgroup_manager() {
     drop(sd);
     // Podman's mounts lived in the test systemd's mount namespace, gone with it.
     let _ = std::fs::remove_dir_all(dir.path());
+}
+
+/// The unprivileged user of the rootless test (needs no passwd entry on the host).
+const UID: u32 = 52_017;
+
+#[test]
+fn rootless_systemd_driver_uses_the_user_manager() {
+    // Rootless Podman on a systemd host with cgroup v2 passes --systemd-cgroup: the unit
+    // then belongs to the user's own systemd, on the user's session bus.
+    let Some(sd) = Systemd::boot_with_user("unified", Some(UID)) else {
+        return;
+    };
+    if !have_command("setpriv") || !have_command("systemd-run") {
+        skip("needs setpriv and systemd-run");
+        return;
+    }
+    let b = Bundle::new(&["true"]);
+    let state = b.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let chown = || {
+        Cmd::new("chown")
+            .args(["-R", &format!("{UID}:{UID}"), &b.path_str()])
+            .run()
+            .expect_ok();
+    };
+    chown();
+    let uid = UID.to_string();
+    let run_dir = format!("/run/user/{UID}");
+    // The user's commands run in a scope of the user's manager, as Podman runs conmon: the
+    // container's processes may then move themselves into the container's leaves.
+    let as_user = |prog: &[&str]| {
+        sd.cmd("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "--inh-caps=-all".into(),
+                "env".into(),
+                format!("XDG_RUNTIME_DIR={run_dir}"),
+                format!("DBUS_SESSION_BUS_ADDRESS=unix:path={run_dir}/bus"),
+            ])
+            .args(prog)
+    };
+    let porta = runtime().display().to_string();
+    let state_s = state.display().to_string();
+    let rt = |args: &[&str]| {
+        let mut cmd = vec!["systemd-run", "--user", "--scope", "--quiet", &porta];
+        cmd.extend(["--root", &state_s, "--systemd-cgroup"]);
+        cmd.extend(args);
+        as_user(&cmd).run()
+    };
+    as_user(&[
+        "sh",
+        "-c",
+        &format!("cd {} && {porta} spec --rootless", b.path_str()),
+    ])
+    .run()
+    .expect_ok();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.file("config.json")).unwrap()).unwrap();
+    cfg["process"]["args"] = serde_json::json!(["sleep", "600"]);
+    cfg["process"]["terminal"] = serde_json::json!(false);
+    std::fs::write(b.file("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    chown();
+
+    let id = unique_id("sd-user");
+    let unit = format!("porta-{id}.scope");
+    rt(&["create", "--bundle", &b.path_str(), &id]).expect_ok();
+    let show = |prop: &str| {
+        as_user(&["systemctl", "--user", "show", "-p", prop, "--value", &unit])
+            .run()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    assert_eq!(show("ActiveState"), "active");
+    let group = show("ControlGroup");
+    assert!(
+        group.ends_with(&format!("/user@{UID}.service/user.slice/{unit}")),
+        "the default slice is the user manager's user.slice: {group}"
+    );
+    let init = rt(&["state", &id]).json()["pid"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let payload = sd.read(&format!("/sys/fs/cgroup{group}/payload/cgroup.procs"));
+    assert!(payload.lines().any(|p| p == init), "{payload}");
+    rt(&["start", &id]).expect_ok();
+    rt(&["pause", &id]).expect_ok();
+    assert_eq!(rt(&["state", &id]).json()["status"], "paused");
+    rt(&["resume", &id]).expect_ok();
+    rt(&["delete", "--force", &id]).expect_ok();
+    assert_eq!(
+        show("LoadState"),
+        "not-found",
+        "delete stops the user's unit"
+    );
+    assert!(sd
+        .read(&format!("/sys/fs/cgroup{group}/cgroup.procs"))
+        .is_empty());
+    assert!(!state.join(&id).exists());
 }
