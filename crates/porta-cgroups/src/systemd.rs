@@ -628,6 +628,24 @@ mod tests {
     }
 
     #[test]
+    fn helper_child_answers_and_a_holder_stays_until_dropped() {
+        let (pid, h) = in_child(false, |pid| Ok(pid.to_string())).unwrap();
+        assert!(h.is_none());
+        assert!(pid.parse::<i32>().unwrap() > 0);
+        let e = in_child(false, |_| Err("no bus".into())).unwrap_err();
+        assert_eq!(e, "no bus");
+        let (_, h) = in_child(true, |_| Ok(String::new())).unwrap();
+        let h = h.unwrap();
+        let pid = Pid::from_raw(h.pid());
+        assert!(kill(pid, None).is_ok(), "the holder waits");
+        drop(h);
+        assert!(kill(pid, None).is_err(), "dropped: killed and reaped");
+        // A helper that dies without answering is an error, not a hang.
+        let e = in_child(false, |_| exit_now(3)).unwrap_err();
+        assert!(e.contains("without an answer"), "{e}");
+    }
+
+    #[test]
     fn masks_from_lists() {
         assert_eq!(list_to_mask("0", "cpus").unwrap(), vec![1]);
         assert_eq!(list_to_mask("8-9", "cpus").unwrap(), vec![0, 3]);
