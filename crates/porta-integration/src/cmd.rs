@@ -8,6 +8,23 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What `f` holds from offset `off` on, read without moving the file's shared offset.
+pub fn read_from(f: &File, mut off: u64) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match f.read_at(&mut chunk, off) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                off += n as u64;
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// The result of one command.
 #[derive(Debug, Clone)]
 pub struct Out {
@@ -121,11 +138,14 @@ impl Cmd {
             .chain(self.args.iter().map(|a| a.to_string_lossy().into_owned()))
             .collect::<Vec<_>>()
             .join(" ");
-        let mut out_f = match self.stdout_file {
+        let out_f = match self.stdout_file {
             Some(f) => f,
             None => tempfile::tempfile().expect("temp file"),
         };
-        let start_len = out_f.seek(SeekFrom::End(0)).unwrap_or(0);
+        // The file's offset is shared with every process writing to it (a detached
+        // container keeps writing after this command returns): never move it, read with
+        // pread from where this command's output starts.
+        let start_len = out_f.metadata().map(|m| m.len()).unwrap_or(0);
         let mut err_f = tempfile::tempfile().expect("temp file");
         let stdin = match &self.stdin {
             Some(data) => {
@@ -178,9 +198,7 @@ impl Cmd {
             Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
             None => -1,
         };
-        let mut stdout = String::new();
-        out_f.seek(SeekFrom::Start(start_len)).unwrap();
-        let _ = out_f.read_to_string(&mut stdout);
+        let stdout = read_from(&out_f, start_len);
         let mut stderr = String::new();
         err_f.seek(SeekFrom::Start(0)).unwrap();
         let _ = err_f.read_to_string(&mut stderr);

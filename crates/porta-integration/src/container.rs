@@ -5,7 +5,6 @@ use crate::cmd::{Cmd, Out};
 use crate::Bundle;
 use serde_json::Value;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 pub struct Container {
@@ -85,19 +84,7 @@ impl Container {
 
     /// Everything the container's process wrote to stdout so far.
     pub fn output(&self) -> String {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 65536];
-        let mut off = 0u64;
-        loop {
-            match self.io.read_at(&mut chunk, off) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    off += n as u64;
-                }
-            }
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        crate::cmd::read_from(&self.io, 0)
     }
 
     /// `state ID` parsed; panics on failure.

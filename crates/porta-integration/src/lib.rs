@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod cmd;
 pub mod console;
 pub mod container;
+pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
 

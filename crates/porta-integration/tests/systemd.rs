@@ -151,12 +151,22 @@ impl Systemd {
         Some(me)
     }
 
+    /// The command prefix that runs a program inside the test systemd's namespaces, in its
+    /// root cgroup.
+    fn prefix(&self) -> Vec<std::ffi::OsString> {
+        let pid = self.pid.to_string();
+        [
+            "nsenter", "-t", &pid, "-m", "-p", "-C", "--", "sh", "-c", JOIN, "sh",
+        ]
+        .iter()
+        .map(|s| s.into())
+        .collect()
+    }
+
     /// `prog` run inside the test systemd's namespaces, in its root cgroup.
     fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Cmd {
-        Cmd::new("nsenter")
-            .args(["-t", &self.pid.to_string(), "-m", "-p", "-C", "--"])
-            .args(["sh", "-c", JOIN, "sh"])
-            .arg(prog.as_ref())
+        let prefix = self.prefix();
+        Cmd::new(&prefix[0]).args(&prefix[1..]).arg(prog.as_ref())
     }
 
     /// The runtime with `--systemd-cgroup` and its own state root, inside.
@@ -680,4 +690,79 @@ fn rootless_systemd_driver_uses_the_user_manager() {
         .read(&format!("/sys/fs/cgroup{group}/cgroup.procs"))
         .is_empty());
     assert!(!state.join(&id).exists());
+}
+
+#[test]
+fn containerd_with_the_systemd_cgroup_driver() {
+    // containerd's runc v2 shim with SystemdCgroup (as Kubernetes uses it): `ctr run
+    // --runc-systemd-cgroup` with a cgroup path of the systemd form.
+    let Some(sd) = Systemd::boot("hybrid") else {
+        return;
+    };
+    if !have_command("containerd") || !have_command("ctr") {
+        skip("containerd/ctr not installed (scripts/deps.sh installs them)");
+        return;
+    }
+    let cd = porta_integration::containerd::Containerd::start_in(sd.prefix());
+    let tar = porta_integration::containerd::build_image(&cd.dir);
+    cd.ctr()
+        .args(["images", "import", "--snapshotter", "native"])
+        .arg(&tar)
+        .run()
+        .expect_ok();
+    let image = porta_integration::containerd::IMAGE;
+    let run = |id: &str, extra: &[&str], args: &[&str]| {
+        cd.ctr()
+            .arg("run")
+            .args(extra)
+            .args([
+                "--runc-systemd-cgroup",
+                "--cgroup",
+                &format!("system.slice:ctr:{id}"),
+            ])
+            .args(cd.run_opts())
+            .arg(image)
+            .arg(id)
+            .args(args)
+            .run()
+    };
+    let id = unique_id("ctr-sd-run");
+    let o = run(&id, &["--rm"], &["sh", "-c", "echo hi-from-ctr; exit 5"]);
+    assert_eq!((o.code, o.stdout.trim()), (5, "hi-from-ctr"), "{o}");
+    assert_eq!(
+        sd.show(&format!("ctr-{id}.scope"), "LoadState"),
+        "not-found"
+    );
+
+    let id = unique_id("ctr-sd-task");
+    let unit = format!("ctr-{id}.scope");
+    run(&id, &["-d"], &["sleep", "600"]).expect_ok();
+    assert_eq!(sd.show(&unit, "ActiveState"), "active");
+    assert_eq!(
+        sd.show(&unit, "ControlGroup"),
+        format!("/system.slice/{unit}")
+    );
+    cd.ctr()
+        .args(["task", "kill", "-s", "KILL", &id])
+        .run()
+        .expect_ok();
+    let stopped = wait_for(Duration::from_secs(20), || {
+        let o = cd.ctr().args(["task", "ls"]).run();
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+            .then_some(())
+    });
+    assert!(stopped.is_some(), "task not stopped after kill");
+    cd.ctr().args(["task", "rm", &id]).run().expect_ok();
+    cd.ctr().args(["containers", "rm", &id]).run().expect_ok();
+    assert_eq!(
+        sd.show(&unit, "LoadState"),
+        "not-found",
+        "the task's delete stops the unit"
+    );
+    let _ = cd.ctr().args(["images", "rm", image]).run();
+    // containerd and its mounts live in the test systemd's namespaces: gone with it.
+    drop(sd);
+    drop(cd);
 }
