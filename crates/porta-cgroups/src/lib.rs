@@ -232,11 +232,7 @@ impl ContainerCgroup {
         if !systemd::running() || (cfg.rootless && setup.mode != CgroupMode::Unified) {
             return Err(systemd_error(cfg, spec));
         }
-        let manager = if cfg.rootless {
-            systemd::Manager::User
-        } else {
-            systemd::Manager::System
-        };
+        let manager = systemd::Manager::of(cfg.rootless);
         let (unit, computed) = spec.systemd_unit().ok_or_else(|| Error::InvalidPath {
             path: format!("{spec:?}"),
             reason: "not the systemd form".into(),
@@ -606,11 +602,7 @@ impl ContainerCgroup {
 
     /// The systemd instance that owns the unit (systemd driver).
     fn manager(&self) -> systemd::Manager {
-        if self.st.rootless {
-            systemd::Manager::User
-        } else {
-            systemd::Manager::System
-        }
+        systemd::Manager::of(self.st.rootless)
     }
 
     fn v1_with(&self, controller: &str) -> Option<&CgroupDir> {
@@ -979,7 +971,8 @@ pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
 }
 
 /// Why the systemd driver cannot be used: systemd does not run here, the runtime is
-/// rootless, or (fake hierarchies in tests) there is no host systemd to ask.
+/// rootless on a host with cgroup v1 controllers, or (fake hierarchies in tests) there is
+/// no host systemd to ask.
 fn systemd_error(cfg: &CgroupConfig, spec: &CgroupsPath) -> Error {
     let path = cfg
         .cgroups_path

@@ -375,6 +375,17 @@ pub(crate) enum Manager {
     User,
 }
 
+impl Manager {
+    /// The instance a runtime talks to: the user's when rootless.
+    pub(crate) fn of(rootless: bool) -> Manager {
+        if rootless {
+            Manager::User
+        } else {
+            Manager::System
+        }
+    }
+}
+
 fn connect(manager: Manager) -> std::result::Result<Connection, String> {
     let conn = match manager {
         Manager::System => Connection::system().map_err(|e| {
