@@ -13,11 +13,18 @@ pub(crate) fn read(path: &Path) -> Result<String> {
     })
 }
 
-/// Reads a cgroup file, or `None` if it does not exist.
+/// Whether an io error means the group is gone: not found, or removed while it was being
+/// read (ENODEV; systemd removes a unit's groups when the unit stops, concurrently with
+/// Porta's own clean-up).
+fn is_gone(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENODEV)
+}
+
+/// Reads a cgroup file, or `None` if it (or its group) does not exist.
 pub(crate) fn read_opt(path: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) if is_gone(&e) => Ok(None),
         Err(source) => Err(Error::Read {
             path: path.to_path_buf(),
             source,
@@ -124,7 +131,7 @@ pub(crate) fn pids_recursive(dir: &Path) -> Result<Vec<i32>> {
 pub(crate) fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if is_gone(&e) => return Ok(Vec::new()),
         Err(source) => {
             return Err(Error::Read {
                 path: dir.to_path_buf(),
@@ -134,10 +141,16 @@ pub(crate) fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     };
     let mut out = Vec::new();
     for ent in rd {
-        let ent = ent.map_err(|source| Error::Read {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let ent = match ent {
+            Ok(ent) => ent,
+            Err(e) if is_gone(&e) => break,
+            Err(source) => {
+                return Err(Error::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
         if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             out.push(ent.path());
         }

@@ -151,6 +151,25 @@ impl Containerd {
             .args(["-n", "pit"])
             .timeout(Duration::from_secs(120))
     }
+    /// Kills task `id` with SIGKILL, waits until containerd reports it stopped, then
+    /// removes the task and the container.
+    pub fn kill_and_remove(&self, id: &str) {
+        self.ctr()
+            .args(["task", "kill", "-s", "KILL", id])
+            .run()
+            .expect_ok();
+        let stopped = wait_for(Duration::from_secs(20), || {
+            let o = self.ctr().args(["task", "ls"]).run();
+            o.stdout
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+                .then_some(())
+        });
+        assert!(stopped.is_some(), "task {id} not stopped after kill");
+        self.ctr().args(["task", "rm", id]).run().expect_ok();
+        self.ctr().args(["containers", "rm", id]).run().expect_ok();
+    }
+
     /// The `ctr run` options that use the runtime under test.
     pub fn run_opts(&self) -> Vec<String> {
         vec![
@@ -178,17 +197,7 @@ impl Drop for Containerd {
             let _ = self.child.wait();
         }
         let d = self.dir.display().to_string();
-        let mut mps: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&d))
-            .collect();
-        mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in &mps {
-            let c = std::ffi::CString::new(m.as_str()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        crate::unmount_below(&self.dir);
         if !std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .contains(&d)

@@ -207,3 +207,21 @@ pub fn podman_args(dir: &Path, cgroup_manager: &str) -> Vec<std::ffi::OsString> 
     v.push(runtime().into_os_string());
     v
 }
+
+/// Unmounts everything mounted below `dir` in this mount namespace, deepest first (lazy
+/// unmounts, so a busy mount does not stop the rest).
+pub fn unmount_below(dir: &Path) {
+    let d = dir.display().to_string();
+    let mut mps: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&d))
+        .collect();
+    mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in &mps {
+        let c = std::ffi::CString::new(m.as_str()).expect("a mount point has no NUL");
+        // SAFETY: a valid C string; umount2 only reads it.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}

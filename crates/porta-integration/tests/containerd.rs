@@ -5,7 +5,6 @@
 
 use porta_integration::containerd::{build_image, Containerd, IMAGE};
 use porta_integration::*;
-use std::time::Duration;
 
 #[test]
 fn containerd_end_to_end() {
@@ -81,20 +80,7 @@ fn containerd_end_to_end() {
     );
     let o = cd.ctr().args(["task", "ps", &id]).run();
     o.expect_ok();
-    cd.ctr()
-        .args(["task", "kill", "-s", "KILL", &id])
-        .run()
-        .expect_ok();
-    let stopped = wait_for(Duration::from_secs(20), || {
-        let o = cd.ctr().args(["task", "ls"]).run();
-        o.stdout
-            .lines()
-            .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
-            .then_some(())
-    });
-    assert!(stopped.is_some(), "task not stopped after kill");
-    cd.ctr().args(["task", "rm", &id]).run().expect_ok();
-    cd.ctr().args(["containers", "rm", &id]).run().expect_ok();
+    cd.kill_and_remove(&id);
     let o = cd.ctr().args(["containers", "ls", "-q"]).run();
     assert!(o.stdout.trim().is_empty(), "{o}");
     // the runtime's state under its root is gone

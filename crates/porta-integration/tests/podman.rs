@@ -50,17 +50,7 @@ impl Drop for Podman {
         let _ = self.run(&["system", "reset", "-f"]);
         // unmount anything podman left below the directory, deepest first, then remove it
         let d = self.dir.display().to_string();
-        let mut mps: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&d))
-            .collect();
-        mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in &mps {
-            let c = std::ffi::CString::new(m.as_str()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        unmount_below(&self.dir);
         if !self.had_libpod_parent {
             // podman (conmon) leaves its empty cgroup parent behind
             for top in libpod_parents() {

@@ -30,7 +30,8 @@ units=$1 layout=$2
 mount -t tmpfs -o mode=755 tmpfs /run
 grep -E ' cgroup2? ' /proc/self/mounts > /run/cgroup-mounts
 # This namespace's copies of the host's cgroup mounts go: they show the host's root.
-umount -R /sys/fs/cgroup 2>/dev/null || while read -r _ mp _; do umount "$mp"; done < /run/cgroup-mounts
+# (Lazily: a mount of the namespace's copy can be busy for a moment.)
+umount -R -l /sys/fs/cgroup
 if [ "$layout" = unified ]; then
   mount -t cgroup2 cgroup2 /sys/fs/cgroup
 else
@@ -141,7 +142,13 @@ impl Systemd {
                 .run();
             o.ok().then_some(())
         });
-        assert!(up.is_some(), "the test systemd and its bus came up");
+        if up.is_none() {
+            let o = me
+                .cmd("systemctl")
+                .args(["status", "--no-pager", "--all"])
+                .run();
+            panic!("the test systemd and its bus did not come up: {o}");
+        }
         if let Some(uid) = user {
             me.cmd("systemctl")
                 .args(["start", &format!("user@{uid}.service")])
@@ -742,20 +749,7 @@ fn containerd_with_the_systemd_cgroup_driver() {
         sd.show(&unit, "ControlGroup"),
         format!("/system.slice/{unit}")
     );
-    cd.ctr()
-        .args(["task", "kill", "-s", "KILL", &id])
-        .run()
-        .expect_ok();
-    let stopped = wait_for(Duration::from_secs(20), || {
-        let o = cd.ctr().args(["task", "ls"]).run();
-        o.stdout
-            .lines()
-            .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
-            .then_some(())
-    });
-    assert!(stopped.is_some(), "task not stopped after kill");
-    cd.ctr().args(["task", "rm", &id]).run().expect_ok();
-    cd.ctr().args(["containers", "rm", &id]).run().expect_ok();
+    cd.kill_and_remove(&id);
     assert_eq!(
         sd.show(&unit, "LoadState"),
         "not-found",
