@@ -326,3 +326,42 @@ fn backing_ids_live_as_long_as_their_node_and_never_block_exec() {
         "node {node} kept its backing id after the kernel forgot it"
     );
 }
+
+/// Writes, truncates and capability xattrs: who loses set-user-id, set-group-id and
+/// `security.capability`, exactly as on a plain directory. An unprivileged writer clears
+/// the bits, root (CAP_FSETID) keeps them, and any write removes a file capability.
+const KILLPRIV: &str = r#"
+touch s1 s2 s3 c1 c2 && chmod 6777 s1 s2 s3 && chmod 0777 c1 c2
+setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo x >> s1; truncate -s 0 s2'
+echo y >> s3
+setcap cap_net_raw+ep c1 && setcap cap_net_raw+ep c2 && getcap c1 c2
+echo z >> c1
+setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo w >> c2'
+echo after; getcap c1 c2
+stat -c '%n %a %s' s1 s2 s3 c1 c2
+touch s4 && chmod 6777 s4 && echo 1 >> s4 && echo 2 >> s4
+setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo 3 >> s4; echo 4 >> s4'
+chmod 6777 s4 && setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo 5 >> s4'
+stat -c '%n %a %s' s4
+"#;
+
+fn killpriv(passthrough: bool) {
+    if !Path::new("/usr/sbin/setcap").exists() && !Path::new("/sbin/setcap").exists() {
+        eprintln!("SKIP: setcap (libcap2-bin) is not installed");
+        return;
+    }
+    let m = TestMount::new(passthrough);
+    compare_with_plain(&m, "killpriv", KILLPRIV);
+}
+
+#[test]
+fn privileges_dropped_on_write_as_natively_passthrough() {
+    require_root!();
+    killpriv(true);
+}
+
+#[test]
+fn privileges_dropped_on_write_as_natively_strict() {
+    require_root!();
+    killpriv(false);
+}
