@@ -343,6 +343,8 @@ touch s4 && chmod 6777 s4 && echo 1 >> s4 && echo 2 >> s4
 setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo 3 >> s4; echo 4 >> s4'
 chmod 6777 s4 && setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo 5 >> s4'
 stat -c '%n %a %s' s4
+touch s5 && chmod 6777 s5 && setpriv --reuid 1000 --regid 1000 --clear-groups fallocate -l 4096 s5
+stat -c '%n %a %s' s5
 "#;
 
 fn killpriv(passthrough: bool) {
