@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
 use crate::evict::{self, Budget, Method};
-use crate::shared::{hdr, journal, kind, slot, Shared};
+use crate::shared::{hdr, journal, kind, slot, Shared, FORGET_LOG_ENTRIES};
 use crate::sys::{self, Errno, SysResult};
 use crate::Error;
 
@@ -266,6 +266,10 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             passthrough = fs.passthrough,
             "file server restarted on a live connection"
         );
+    }
+    let recovered = fs.recover_forgets();
+    if recovered > 0 {
+        tracing::info!(recovered, "applied the FORGETs a killed server had read");
     }
     fs.evict.set_method(evict::probe(fs.fuse));
     // Request threads poll before they sleep (wait_for_request); the supervisor and the
@@ -746,18 +750,20 @@ impl Fs {
             }
             op::FORGET => {
                 let n = r.u64().map_err(mal)?;
-                self.forget(h.nodeid, n);
+                self.forget_logged(idx, &[(h.nodeid, n)]);
                 return Ok(Done::NoReply);
             }
             op::BATCH_FORGET => {
                 let count = r.u32().map_err(mal)?;
                 r.u32().map_err(mal)?;
+                let mut entries = Vec::with_capacity((count as usize).min(4096));
                 for _ in 0..count {
                     let (Ok(id), Ok(n)) = (r.u64(), r.u64()) else {
                         break;
                     };
-                    self.forget(id, n);
+                    entries.push((id, n));
                 }
+                self.forget_logged(idx, &entries);
                 return Ok(Done::NoReply);
             }
             op::GETATTR => {
@@ -1223,6 +1229,59 @@ impl Fs {
             }
         }
         false
+    }
+
+    /// Applies the kernel's FORGETs, logging each chunk in the shared memory first: the
+    /// kernel never resends a FORGET, so a server killed in the middle leaves the rest to
+    /// its successor ([`Fs::recover_forgets`]). At most the entry being applied at the
+    /// kill is lost (a node kept too long, never one dropped too early).
+    fn forget_logged(&self, idx: usize, entries: &[(u64, u64)]) {
+        let Some(log) = self.sh.forget_log(idx) else {
+            for (id, n) in entries {
+                self.forget(*id, *n);
+            }
+            return;
+        };
+        for chunk in entries.chunks(FORGET_LOG_ENTRIES) {
+            for (k, (id, n)) in chunk.iter().enumerate() {
+                log[2 + 2 * k].store(*id, Ordering::Relaxed);
+                log[3 + 2 * k].store(*n, Ordering::Relaxed);
+            }
+            log[1].store(0, Ordering::Relaxed);
+            log[0].store(chunk.len() as u64, Ordering::Release);
+            for (k, (id, n)) in chunk.iter().enumerate() {
+                self.inject_forget_fault(k);
+                log[1].store(k as u64 + 1, Ordering::Release);
+                self.forget(*id, *n);
+            }
+            log[0].store(0, Ordering::Release);
+        }
+    }
+
+    /// Finishes the FORGETs a killed predecessor had logged but not applied; returns how
+    /// many. Runs before any request thread starts.
+    fn recover_forgets(&self) -> usize {
+        let mut total = 0;
+        for i in 0..hdr::MAX_SLOTS {
+            let Some(log) = self.sh.forget_log(i) else {
+                continue;
+            };
+            let count = (log[0].load(Ordering::Acquire) as usize).min(FORGET_LOG_ENTRIES);
+            if count == 0 {
+                continue;
+            }
+            let started = log[1].load(Ordering::Acquire) as usize;
+            for k in started..count {
+                log[1].store(k as u64 + 1, Ordering::Release);
+                self.forget(
+                    log[2 + 2 * k].load(Ordering::Relaxed),
+                    log[3 + 2 * k].load(Ordering::Relaxed),
+                );
+                total += 1;
+            }
+            log[0].store(0, Ordering::Release);
+        }
+        total
     }
 
     fn forget(&self, nodeid: u64, n: u64) {
@@ -1927,6 +1986,9 @@ impl Fs {
 enum Fault {
     Hang,
     Crash,
+    /// `crash-forget:K`: the first server crashes before the (K+1)-th entry of a FORGET
+    /// batch (its successor must finish the batch).
+    CrashForget,
 }
 
 fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
@@ -1935,12 +1997,26 @@ fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
     let f = match kind {
         "hang" => Fault::Hang,
         "crash" => Fault::Crash,
+        "crash-forget" => Fault::CrashForget,
         _ => return None,
     };
     Some((f, name.as_bytes().to_vec()))
 }
 
 impl Fs {
+    fn inject_forget_fault(&self, k: usize) {
+        let Some((Fault::CrashForget, n)) = &self.fault else {
+            return;
+        };
+        let at = std::str::from_utf8(n)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok());
+        if at == Some(k) && self.sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed) == 1 {
+            // SAFETY: deliberately raises SIGSEGV against this process (test fault).
+            unsafe { libc::raise(libc::SIGSEGV) };
+        }
+    }
+
     fn inject_fault(&self, name: &CStr) {
         let Some((f, n)) = &self.fault else { return };
         if name.to_bytes() != n.as_slice() {
@@ -1954,6 +2030,7 @@ impl Fs {
                 // SAFETY: deliberately raises SIGSEGV against this process (test fault).
                 unsafe { libc::raise(libc::SIGSEGV) };
             }
+            Fault::CrashForget => {}
         }
     }
 }

@@ -92,6 +92,13 @@ pub const ENTRY_WORDS: usize = 8;
 /// Word of a node entry holding its last use.
 pub const LAST_USE: usize = 6;
 
+/// FORGET entries a server thread logs before it applies them (a larger BATCH_FORGET is
+/// applied in chunks of this many).
+pub const FORGET_LOG_ENTRIES: usize = 512;
+/// Words of a thread's FORGET log, after the table: number of logged entries being applied
+/// (0: none), how many of them were started, then (node id, count) pairs.
+pub const FORGET_LOG_WORDS: usize = 2 + 2 * FORGET_LOG_ENTRIES;
+
 /// The shared region, mapped for the life of the process.
 #[derive(Debug, Clone, Copy)]
 pub struct Shared {
@@ -121,7 +128,7 @@ pub fn create_memfd(capacity: usize) -> Result<OwnedFd, Error> {
 }
 
 fn region_size(capacity: usize) -> usize {
-    let bytes = (hdr::TABLE + capacity * ENTRY_WORDS) * 8;
+    let bytes = (hdr::TABLE + capacity * ENTRY_WORDS + hdr::MAX_SLOTS * FORGET_LOG_WORDS) * 8;
     (bytes + 4095) & !4095
 }
 
@@ -308,6 +315,16 @@ impl Shared {
         }
         let base = hdr::JOURNAL + i * hdr::JOURNAL_WORDS;
         Some(&self.words[base..base + hdr::JOURNAL_WORDS])
+    }
+
+    /// The FORGET log of thread `i` (see [`FORGET_LOG_WORDS`]): what a killed server had
+    /// read from the kernel but not yet applied, for its successor to finish.
+    pub fn forget_log(&self, i: usize) -> Option<&[AtomicU64]> {
+        if i >= hdr::MAX_SLOTS {
+            return None;
+        }
+        let base = hdr::TABLE + self.capacity() * ENTRY_WORDS + i * FORGET_LOG_WORDS;
+        self.words.get(base..base + FORGET_LOG_WORDS)
     }
 
     /// Snapshot of every thread slot in use.
