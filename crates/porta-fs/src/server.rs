@@ -1250,7 +1250,7 @@ impl Fs {
             log[1].store(0, Ordering::Relaxed);
             log[0].store(chunk.len() as u64, Ordering::Release);
             for (k, (id, n)) in chunk.iter().enumerate() {
-                self.inject_forget_fault(k);
+                self.inject_forget_fault();
                 log[1].store(k as u64 + 1, Ordering::Release);
                 self.forget(*id, *n);
             }
@@ -1986,8 +1986,8 @@ impl Fs {
 enum Fault {
     Hang,
     Crash,
-    /// `crash-forget:K`: the first server crashes before the (K+1)-th entry of a FORGET
-    /// batch (its successor must finish the batch).
+    /// `crash-forget:K`: the first server crashes before it applies its (K+1)-th FORGET
+    /// entry, wherever that falls in a batch (its successor must finish the batch).
     CrashForget,
 }
 
@@ -2004,13 +2004,15 @@ fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
 }
 
 impl Fs {
-    fn inject_forget_fault(&self, k: usize) {
+    fn inject_forget_fault(&self) {
+        static APPLIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let Some((Fault::CrashForget, n)) = &self.fault else {
             return;
         };
         let at = std::str::from_utf8(n)
             .ok()
             .and_then(|s| s.parse::<usize>().ok());
+        let k = APPLIED.fetch_add(1, Ordering::Relaxed);
         if at == Some(k) && self.sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed) == 1 {
             // SAFETY: deliberately raises SIGSEGV against this process (test fault).
             unsafe { libc::raise(libc::SIGSEGV) };
