@@ -184,7 +184,7 @@ impl ContainerCgroup {
             let dir = h.dir_of(&cgroup_path);
             let res = match h.version {
                 CgroupVersion::V1 => make_v1(h, &dir, &mut made),
-                CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made),
+                CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made, true),
             };
             match res {
                 Ok(()) => dirs.push(CgroupDir {
@@ -271,13 +271,7 @@ impl ContainerCgroup {
                 let dir = h.dir_of(&cgroup_path);
                 match h.version {
                     CgroupVersion::V1 => make_v1(h, &dir, &mut made)?,
-                    CgroupVersion::V2 => {
-                        for level in levels(&h.mount_point, &dir) {
-                            mkdir(&level, &mut made)?;
-                        }
-                        mkdir(&dir.join(PAYLOAD), &mut made)?;
-                        mkdir(&dir.join(SERVERS), &mut made)?;
-                    }
+                    CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made, false)?,
                 }
                 cg.st.dirs.push(CgroupDir {
                     version: h.version,
@@ -1043,13 +1037,19 @@ fn make_v1(h: &Hierarchy, dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Makes the v2 groups, enabling in each level's `cgroup.subtree_control` the controllers
-/// it offers, down to and including the container group (so that its leaves have them).
-fn make_v2(mount_point: &Path, dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
-    enable_controllers(mount_point)?;
+/// Makes the v2 groups. With `enable`, enables in each level's `cgroup.subtree_control`
+/// the controllers it offers, down to and including the container group (so that its
+/// leaves have them); without (systemd driver: systemd owns the levels above the unit,
+/// and the unit's own group still holds the holder), the caller enables them.
+fn make_v2(mount_point: &Path, dir: &Path, made: &mut Vec<PathBuf>, enable: bool) -> Result<()> {
+    if enable {
+        enable_controllers(mount_point)?;
+    }
     for level in levels(mount_point, dir) {
         mkdir(&level, made)?;
-        enable_controllers(&level)?;
+        if enable {
+            enable_controllers(&level)?;
+        }
     }
     mkdir(&dir.join(PAYLOAD), made)?;
     mkdir(&dir.join(SERVERS), made)?;

@@ -48,3 +48,16 @@ pub fn read(pid: i32, controller: &str, file: &str) -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
 }
+
+/// Removes the cgroup directory `d` and every group below it, deepest first (only empty
+/// groups can go; what still holds a process stays).
+pub fn remove_tree(d: &Path) {
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(d);
+}

@@ -54,21 +54,7 @@ impl Drop for Podman {
         if !self.had_libpod_parent {
             // podman (conmon) leaves its empty cgroup parent behind
             for top in libpod_parents() {
-                let mut dirs = vec![];
-                fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-                    out.push(d.to_path_buf());
-                    if let Ok(rd) = std::fs::read_dir(d) {
-                        for e in rd.flatten() {
-                            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                                walk(&e.path(), out);
-                            }
-                        }
-                    }
-                }
-                walk(&top, &mut dirs);
-                for d in dirs.iter().rev() {
-                    let _ = std::fs::remove_dir(d);
-                }
+                cgroup::remove_tree(&top);
             }
         }
         let still = std::fs::read_to_string("/proc/self/mountinfo")

@@ -216,7 +216,7 @@ impl Drop for Systemd {
         for h in hierarchies() {
             let d = h.join(&self.cgroup);
             let gone = wait_for(Duration::from_secs(10), || {
-                remove_tree(&d);
+                cgroup::remove_tree(&d);
                 (!d.exists()).then_some(())
             });
             if gone.is_none() {
@@ -274,17 +274,6 @@ fn hierarchies() -> Vec<PathBuf> {
             (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
         })
         .collect()
-}
-
-fn remove_tree(d: &Path) {
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(d);
 }
 
 fn child_of(pid: i32) -> Option<i32> {
