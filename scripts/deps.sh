@@ -15,6 +15,8 @@ PKGS=(
   iproute2 procps psmisc util-linux sqlite3 jq python3 strace file ca-certificates
   # a private systemd and D-Bus system bus for the systemd cgroup driver tests
   systemd dbus
+  # setcap, for the file-capability semantics test of the file server
+  libcap2-bin
 )
 
 SUDO=()
