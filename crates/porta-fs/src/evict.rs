@@ -12,12 +12,12 @@
 //! Notifications are sent from a thread of their own, never while handling a request.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 
 use crate::abi::{self, Writer};
-use crate::shared::{kind, Shared, LAST_USE};
+use crate::shared::{kind, NodeRef, Shared, LAST_USE};
 use crate::sys;
 
 /// Thresholds on the number of table entries in use (nodes, open files, open
@@ -46,6 +46,19 @@ impl Budget {
             max,
             high: max * 2 / 3,
             low: max / 2,
+        }
+    }
+}
+
+impl Budget {
+    /// The thresholds for a cold table of `capacity` entries (no descriptors to keep in
+    /// reserve): eviction from 3/4 down to 1/2.
+    pub fn for_cold(capacity: usize) -> Budget {
+        Budget {
+            limit: capacity,
+            max: capacity,
+            high: capacity * 3 / 4,
+            low: capacity / 2,
         }
     }
 }
@@ -106,29 +119,47 @@ pub fn probe(fuse: RawFd) -> Method {
     }
 }
 
-/// Picks up to `n` nodes to drop, least recently used first: published nodes other
-/// than `root` without an open passthrough file. `out` receives (last use, descriptor)
-/// pairs, oldest first (on equal stamps, the lower descriptor first).
-pub fn victims(sh: &Shared, root: RawFd, n: usize, out: &mut Vec<(u64, RawFd)>) {
+/// Picks up to `n_hot` nodes with descriptors and `n_cold` cold nodes to drop, least
+/// recently used first: published nodes other than `root` without an open passthrough
+/// file. `out` receives (last use, node id) pairs, oldest first (on equal stamps, the
+/// lower id first).
+pub fn victims(sh: &Shared, root: RawFd, n_hot: usize, n_cold: usize, out: &mut Vec<(u64, u64)>) {
     out.clear();
-    if n == 0 {
-        return;
-    }
-    for fd in 0..sh.scan_end() {
-        if fd == root || sh.kind(fd) != kind::NODE {
-            continue;
+    let unused = |e: &[AtomicU64]| {
+        e[0].load(Ordering::Acquire) == kind::NODE && e[5].load(Ordering::Relaxed) == 0
+    };
+    if n_hot > 0 {
+        for fd in 0..sh.scan_end() {
+            match sh.entry(fd) {
+                Some(e) if fd != root && unused(e) => {
+                    out.push((e[LAST_USE].load(Ordering::Relaxed), NodeRef::Hot(fd).id()))
+                }
+                _ => {}
+            }
         }
-        let Some(e) = sh.entry(fd) else { continue };
-        if e[5].load(Ordering::Relaxed) != 0 {
-            continue;
-        }
-        out.push((e[LAST_USE].load(Ordering::Relaxed), fd));
+        oldest(out, 0, n_hot);
     }
-    if out.len() > n {
-        out.select_nth_unstable(n);
-        out.truncate(n);
+    if n_cold > 0 {
+        let start = out.len();
+        for i in 0..sh.cold_scan_end() {
+            match sh.cold_entry(i) {
+                Some(e) if unused(e) => {
+                    out.push((e[LAST_USE].load(Ordering::Relaxed), NodeRef::Cold(i).id()))
+                }
+                _ => {}
+            }
+        }
+        oldest(out, start, n_cold);
     }
     out.sort_unstable();
+}
+
+/// Keeps the `n` smallest of `v[start..]`.
+fn oldest(v: &mut Vec<(u64, u64)>, start: usize, n: usize) {
+    if v.len() - start > n {
+        v[start..].select_nth_unstable(n);
+        v.truncate(start + n);
+    }
 }
 
 /// The eviction thread's controls, shared with the request threads.
@@ -200,7 +231,7 @@ mod tests {
 
     #[test]
     fn victims_are_oldest_unused_nodes() {
-        let sh = Shared::anonymous(64).unwrap();
+        let sh = Shared::anonymous_with(64, 8).unwrap();
         let root = 3;
         assert!(sh.publish(root, kind::NODE, 1, 1, 1));
         for (fd, stamp) in [(10, 5), (11, 1), (12, 9), (13, 3), (14, 1)] {
@@ -210,13 +241,19 @@ mod tests {
         // An open passthrough file pins node 13; a handle is never a victim.
         sh.entry(13).unwrap()[5].store(1, Ordering::Relaxed);
         assert!(sh.publish(20, kind::FILE, 12, 0, 0));
+        // Cold nodes compete on the same clock.
+        assert!(sh.cold_publish(2, 1, 99, 1, 1, b"c"));
+        sh.cold_entry(2).unwrap()[LAST_USE].store(2, Ordering::Relaxed);
+        let hot = |fd| NodeRef::Hot(fd).id();
         let mut v = Vec::new();
-        victims(&sh, root, 3, &mut v);
-        assert_eq!(v, vec![(1, 11), (1, 14), (5, 10)]);
-        victims(&sh, root, 100, &mut v);
-        assert_eq!(v.len(), 4);
-        assert!(v.iter().all(|&(_, fd)| fd != root && fd != 13 && fd != 20));
-        victims(&sh, root, 0, &mut v);
+        victims(&sh, root, 3, 0, &mut v);
+        assert_eq!(v, vec![(1, hot(11)), (1, hot(14)), (5, hot(10))]);
+        victims(&sh, root, 2, 1, &mut v);
+        assert_eq!(v, vec![(1, hot(11)), (1, hot(14)), (2, NodeRef::Cold(2).id())]);
+        victims(&sh, root, 100, 100, &mut v);
+        assert_eq!(v.len(), 5);
+        assert!(v.iter().all(|&(_, id)| id != hot(root) && id != hot(13) && id != hot(20)));
+        victims(&sh, root, 0, 0, &mut v);
         assert!(v.is_empty());
     }
 

@@ -4,7 +4,9 @@
 //! Nodes are O_PATH descriptors opened one name at a time beneath the root with
 //! O_NOFOLLOW; node id = descriptor + 2 (the root is node 1). Open files and
 //! directories are descriptors too (file handle = descriptor). Both are published in the
-//! shared table ([`crate::shared`]) so a replacement server carries on with them.
+//! shared table ([`crate::shared`]) so a replacement server carries on with them. When
+//! descriptors run short, new nodes are *cold*: recorded by parent node and name in the
+//! shared cold table, opened by name (inode checked) for each request that needs them.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
 use crate::evict::{self, Budget, Method};
-use crate::shared::{hdr, journal, kind, slot, Shared, FORGET_LOG_ENTRIES};
+use crate::shared::{self, cold, hdr, journal, kind, slot, NodeRef, Shared, FORGET_LOG_ENTRIES};
 use crate::sys::{self, Errno, SysResult};
 use crate::Error;
 
@@ -109,19 +111,52 @@ struct Fs {
     /// Whether one request thread is polling for the next request (see [`SPIN`]).
     spinning: std::sync::atomic::AtomicBool,
     root_dev: u64,
-    inodes: Mutex<HashMap<(u64, u64), RawFd>>,
+    /// The node index; also the lock under which node entries change.
+    inodes: Mutex<Inodes>,
     /// Thresholds on the table entries in use (see [`crate::evict`]).
     budget: Budget,
+    /// Thresholds on the cold table.
+    cold_budget: Budget,
     /// The eviction thread's controls.
     evict: evict::Control,
     /// With `Method::InvalEntry` only: the (parent, name) each node was last looked up
     /// under. Process memory: after a restart a node has no known name (and is not
     /// evicted that way) until it is looked up again.
-    names: Mutex<HashMap<RawFd, NameRec>>,
+    names: Mutex<HashMap<u64, NameRec>>,
 }
 
-/// The directory node and the name a node was last looked up under.
-type NameRec = (RawFd, Box<[u8]>);
+/// The directory node id and the name a node was last looked up under.
+type NameRec = (u64, Box<[u8]>);
+
+/// Nodes by backing inode, and the free cold entries.
+struct Inodes {
+    /// (st_dev, st_ino) -> node id: one node per backing inode (hard links share it).
+    by_inode: HashMap<(u64, u64), u64>,
+    /// Free cold entries below `cold_next`.
+    cold_free: Vec<usize>,
+    /// The next cold entry never used.
+    cold_next: usize,
+}
+
+/// Longest chain of cold directories opened to reach one cold node (a guard against a
+/// corrupted table; real chains end at a node with a descriptor long before).
+const MAX_COLD_CHAIN: usize = 1 << 16;
+
+/// A node's descriptor for one request: its own, or (a cold node) one opened by name
+/// for this request.
+enum NodeFd {
+    Held(RawFd),
+    Opened(OwnedFd),
+}
+
+impl NodeFd {
+    fn fd(&self) -> RawFd {
+        match self {
+            NodeFd::Held(fd) => *fd,
+            NodeFd::Opened(f) => f.as_raw_fd(),
+        }
+    }
+}
 
 /// A stack-built decimal descriptor name ("123") or /proc path ("/proc/self/fd/123").
 struct FdName {
@@ -158,6 +193,26 @@ impl FdName {
 
 fn proc_path(fd: RawFd) -> FdName {
     FdName::new(b"/proc/self/fd/", fd)
+}
+
+/// A node id as the reply journal records it (32 bits, never 0): descriptor nodes as
+/// their id (below 2^31), cold nodes as 2^31 + index. `None` for the root and non-nodes.
+fn journal_code(nodeid: u64) -> Option<u64> {
+    match NodeRef::of(nodeid)? {
+        NodeRef::Hot(_) => Some(nodeid),
+        NodeRef::Cold(i) if i < 1 << 31 => Some((1 << 31) | i as u64),
+        NodeRef::Cold(_) => None,
+    }
+}
+
+/// The node id of a [`journal_code`].
+fn journal_node(code: u64) -> Option<u64> {
+    let id = if code & (1 << 31) != 0 {
+        NodeRef::Cold((code & 0x7fff_ffff) as usize).id()
+    } else {
+        code
+    };
+    NodeRef::of(id).map(NodeRef::id)
 }
 
 fn mal(_: abi::Malformed) -> Errno {
@@ -199,25 +254,45 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         root_st.st_ino,
         root_st.st_dev,
     );
-    // Rebuild the (dev, ino) -> node index from the shared table.
+    // Rebuild the (dev, ino) -> node index from the shared tables.
     let mut map = HashMap::new();
     for fd in 0..sh.scan_end() {
         if sh.kind(fd) == kind::NODE {
             if let Some(e) = sh.entry(fd) {
                 map.insert(
                     (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
-                    fd,
+                    if fd == cfg.root_fd {
+                        abi::ROOT_ID
+                    } else {
+                        NodeRef::Hot(fd).id()
+                    },
                 );
             }
         }
     }
+    let cold_next = sh.cold_scan_end();
+    let mut cold_free = Vec::new();
+    for i in 0..cold_next {
+        match sh.cold_entry(i) {
+            Some(e) if sh.cold_kind(i) == kind::NODE => {
+                map.insert(
+                    (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
+                    NodeRef::Cold(i).id(),
+                );
+            }
+            _ => cold_free.push(i),
+        }
+    }
+    cold_free.reverse();
+    let cold_live = sh.cold_recount();
     let live = sh.recount();
     let nofile = match sh.hdr(hdr::NOFILE).load(Ordering::Relaxed) {
         0 => sys::raise_nofile().unwrap_or(u64::MAX),
         n => n,
     };
     let budget = Budget::for_limit((nofile.min(sh.capacity() as u64) as usize).max(16));
-    tracing::debug!(live, ?budget, "node table");
+    let cold_budget = Budget::for_cold(sh.cold_capacity());
+    tracing::debug!(live, ?budget, cold_live, ?cold_budget, "node tables");
     let secs = cfg.ttl.as_secs();
     let journal_at_start = (0..hdr::MAX_SLOTS)
         .filter_map(|i| sh.journal(i))
@@ -239,9 +314,14 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             nsecs: cfg.ttl.subsec_nanos(),
         },
         root_dev: root_st.st_dev,
-        inodes: Mutex::new(map),
+        inodes: Mutex::new(Inodes {
+            by_inode: map,
+            cold_free,
+            cold_next,
+        }),
         spinning: std::sync::atomic::AtomicBool::new(false),
         budget,
+        cold_budget,
         evict: evict::Control::default(),
         names: Mutex::new(HashMap::new()),
     };
@@ -638,14 +718,13 @@ impl Fs {
         // The answer as handle() wrote it: fuse_entry_out, then fuse_open_out for CREATE.
         let mut r = Reader::new(w.buf.get(abi::OUT_HEADER_LEN..).unwrap_or(&[]));
         let nodeid = r.u64().unwrap_or(0);
-        if nodeid < 2 || nodeid > i32::MAX as u64 {
+        let Some(code) = journal_code(nodeid) else {
             return; // a negative entry, or the root: nothing counted
-        }
-        let fd = (nodeid - 2) as RawFd;
-        let Some(node) = self.sh.entry(fd) else {
+        };
+        let Some(node) = self.sh.node_entry(nodeid) else {
             return;
         };
-        let mut x = fd as u64 + 1;
+        let mut x = code;
         if h.opcode == op::CREATE {
             let fh = match r.skip(abi::ENTRY_OUT_LEN - 8).and_then(|()| r.u64()) {
                 Ok(fh) => fh,
@@ -677,15 +756,11 @@ impl Fs {
             .journal_at_start
             .iter()
             .find(|e| e[0] == id && e[1] == journal::ENTRY)?;
-        let fd = ((e[2] & 0xffff_ffff) as i64 - 1) as RawFd;
-        if fd < 0 || fd == self.root || self.sh.kind(fd) != kind::NODE {
-            return None;
-        }
-        let node = self.sh.entry(fd)?;
+        let nodeid = journal_node(e[2] & 0xffff_ffff)?;
+        let node = self.sh.node_entry(nodeid)?;
         if node[2].load(Ordering::Relaxed) != e[3] {
             return None;
         }
-        let nodeid = self.nodeid(fd);
         let open = if h.opcode == op::CREATE {
             let fh = ((e[2] >> 32) as i64 - 1) as RawFd;
             if fh < 0 || self.sh.kind(fh) != kind::FILE {
@@ -703,8 +778,9 @@ impl Fs {
         } else {
             None
         };
-        let st = sys::fstat(fd).ok()?;
-        let attr = self.attr(fd, &st);
+        let fd = self.node_fd(nodeid).ok()?;
+        let st = sys::fstat(fd.fd()).ok()?;
+        let attr = self.attr(fd.fd(), &st);
         w.start();
         abi::encode_entry(w, nodeid, 0, self.ttl, &attr);
         if let Some((fh, backing)) = open {
@@ -741,8 +817,9 @@ impl Fs {
             op::LOOKUP => {
                 let name = r.name().map_err(mal)?;
                 self.inject_fault(name);
-                let parent = self.node_fd(h.nodeid)?;
-                match self.lookup(parent, name) {
+                let parent_node = self.node_fd(h.nodeid)?;
+                let parent = parent_node.fd();
+                match self.lookup(h.nodeid, parent, name) {
                     Ok((id, attr)) => abi::encode_entry(w, id, 0, self.ttl, &attr),
                     Err(libc::ENOENT) => abi::encode_entry(w, 0, 0, self.ttl, &Attr::default()),
                     Err(e) => return Err(e),
@@ -770,7 +847,8 @@ impl Fs {
                 let flags = r.u32().map_err(mal)?;
                 r.u32().map_err(mal)?;
                 let fh = r.u64().map_err(mal)?;
-                let fd = self.node_fd(h.nodeid)?;
+                let fd_node = self.node_fd(h.nodeid)?;
+                let fd = fd_node.fd();
                 let st = if flags & 1 != 0 {
                     match self.fh_fd(fh) {
                         Ok(f) => sys::fstat(f)?,
@@ -784,7 +862,8 @@ impl Fs {
             }
             op::SETATTR => self.setattr(h, r, w)?,
             op::READLINK => {
-                let fd = self.node_fd(h.nodeid)?;
+                let fd_node = self.node_fd(h.nodeid)?;
+                let fd = fd_node.fd();
                 let start = w.buf.len();
                 w.zeros(libc::PATH_MAX as usize);
                 let n = sys::readlink_fd(fd, &mut w.buf[start..])?;
@@ -793,7 +872,8 @@ impl Fs {
             op::SYMLINK => {
                 let name = r.name().map_err(mal)?;
                 let target = r.cstr().map_err(mal)?;
-                let parent = self.node_fd(h.nodeid)?;
+                let parent_node = self.node_fd(h.nodeid)?;
+                let parent = parent_node.fd();
                 self.room_for_node()?;
                 let res = {
                     let _ids = self.as_caller(h);
@@ -806,7 +886,8 @@ impl Fs {
                 let rdev = r.u32().map_err(mal)?;
                 r.skip(8).map_err(mal)?;
                 let name = r.name().map_err(mal)?;
-                let parent = self.node_fd(h.nodeid)?;
+                let parent_node = self.node_fd(h.nodeid)?;
+                let parent = parent_node.fd();
                 self.room_for_node()?;
                 let res = {
                     let _ids = self.as_caller(h);
@@ -818,7 +899,8 @@ impl Fs {
                 let mode = r.u32().map_err(mal)?;
                 r.u32().map_err(mal)?;
                 let name = r.name().map_err(mal)?;
-                let parent = self.node_fd(h.nodeid)?;
+                let parent_node = self.node_fd(h.nodeid)?;
+                let parent = parent_node.fd();
                 self.room_for_node()?;
                 let res = {
                     let _ids = self.as_caller(h);
@@ -828,12 +910,14 @@ impl Fs {
             }
             op::UNLINK | op::RMDIR => {
                 let name = r.name().map_err(mal)?;
-                let parent = self.node_fd(h.nodeid)?;
+                let parent_node = self.node_fd(h.nodeid)?;
+                let parent = parent_node.fd();
                 let flags = if h.opcode == op::RMDIR {
                     libc::AT_REMOVEDIR
                 } else {
                     0
                 };
+                self.pin_if_named(h.nodeid, parent, name);
                 match sys::unlinkat(parent, name, flags) {
                     Ok(()) => {}
                     Err(libc::ENOENT) if resent => {}
@@ -851,8 +935,10 @@ impl Fs {
                 };
                 let old = r.name().map_err(mal)?;
                 let new = r.name().map_err(mal)?;
-                let od = self.node_fd(h.nodeid)?;
-                let nd = self.node_fd(newdir)?;
+                let od_node = self.node_fd(h.nodeid)?;
+                let od = od_node.fd();
+                let nd_node = self.node_fd(newdir)?;
+                let nd = nd_node.fd();
                 if flags & libc::RENAME_EXCHANGE != 0 {
                     if resent && self.exchange_already_done(h, od, old) {
                         return Ok(Done::Reply);
@@ -865,18 +951,26 @@ impl Fs {
                         e[2].store(a.st_ino, Ordering::Relaxed);
                         e[3].store(b.st_ino, Ordering::Release);
                     }
+                } else {
+                    self.pin_if_named(newdir, nd, new);
                 }
                 match sys::renameat2(od, old, nd, new, flags) {
                     Ok(()) => {}
                     Err(libc::ENOENT) if resent && sys::statat(nd, new).is_ok() => {}
                     Err(e) => return Err(e),
                 }
+                self.renamed((h.nodeid, od, old), (newdir, nd, new));
+                if flags & libc::RENAME_EXCHANGE != 0 {
+                    self.renamed((newdir, nd, new), (h.nodeid, od, old));
+                }
             }
             op::LINK => {
                 let old = r.u64().map_err(mal)?;
                 let name = r.name().map_err(mal)?;
-                let ofd = self.node_fd(old)?;
-                let parent = self.node_fd(h.nodeid)?;
+                let ofd_node = self.node_fd(old)?;
+                let ofd = ofd_node.fd();
+                let parent_node = self.node_fd(h.nodeid)?;
+                let parent = parent_node.fd();
                 let src = FdName::new(b"", ofd);
                 let res = sys::linkat(
                     self.proc_fd,
@@ -890,12 +984,13 @@ impl Fs {
                     Err(libc::EEXIST) if resent => {}
                     Err(e) => return Err(e),
                 }
-                let (id, attr) = self.lookup(parent, name)?;
+                let (id, attr) = self.lookup(h.nodeid, parent, name)?;
                 abi::encode_entry(w, id, 0, self.ttl, &attr);
             }
             op::OPEN => {
                 let flags = r.u32().map_err(mal)? as i32;
-                let fd = self.node_fd(h.nodeid)?;
+                let fd_node = self.node_fd(h.nodeid)?;
+                let fd = fd_node.fd();
                 let file = self.reopen(fd, self.file_flags(flags), libc::S_IFREG)?;
                 self.open_reply(w, h.nodeid, file, flags)?;
             }
@@ -904,7 +999,8 @@ impl Fs {
                 let mode = r.u32().map_err(mal)?;
                 r.skip(8).map_err(mal)?;
                 let name = r.name().map_err(mal)?;
-                let parent = self.node_fd(h.nodeid)?;
+                let parent_node = self.node_fd(h.nodeid)?;
+                let parent = parent_node.fd();
                 self.room_for_node()?;
                 let mut oflags =
                     self.file_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
@@ -923,7 +1019,7 @@ impl Fs {
                 if st.st_uid != uid || st.st_gid != gid {
                     sys::chownat(file.as_raw_fd(), c"", uid, gid)?;
                 }
-                let (id, attr) = self.lookup(parent, name)?;
+                let (id, attr) = self.lookup(h.nodeid, parent, name)?;
                 abi::encode_entry(w, id, 0, self.ttl, &attr);
                 if let Err(e) = self.open_reply(w, id, file, flags) {
                     self.forget(id, 1);
@@ -983,8 +1079,8 @@ impl Fs {
                 if reserved_xattr(name.to_bytes()) {
                     return Err(libc::EPERM);
                 }
-                let fd = self.xattr_fd(h.nodeid)?;
-                self.xset(fd, name, value, flags)?;
+                let node = self.xattr_fd(h.nodeid)?;
+                self.xset(node.fd(), name, value, flags)?;
             }
             op::GETXATTR => {
                 let size = r.u32().map_err(mal)? as usize;
@@ -993,11 +1089,12 @@ impl Fs {
                 if reserved_xattr(name.to_bytes()) {
                     return Err(libc::ENODATA);
                 }
-                let fd = match self.xattr_fd(h.nodeid) {
-                    Ok(fd) => fd,
+                let node = match self.xattr_fd(h.nodeid) {
+                    Ok(node) => node,
                     Err(libc::EPERM) => return Err(libc::ENODATA),
                     Err(e) => return Err(e),
                 };
+                let fd = node.fd();
                 if size == 0 {
                     let n = self.xget(fd, name, &mut [])?;
                     w.u32(n as u32).u32(0);
@@ -1010,8 +1107,8 @@ impl Fs {
             }
             op::LISTXATTR => {
                 let size = r.u32().map_err(mal)? as usize;
-                let fd = match self.xattr_fd(h.nodeid) {
-                    Ok(fd) => fd,
+                let node = match self.xattr_fd(h.nodeid) {
+                    Ok(node) => node,
                     Err(libc::EPERM) => {
                         if size == 0 {
                             w.u32(0).u32(0);
@@ -1021,7 +1118,7 @@ impl Fs {
                     Err(e) => return Err(e),
                 };
                 let mut list = vec![0u8; 1 << 16];
-                let n = self.xlist(fd, &mut list)?;
+                let n = self.xlist(node.fd(), &mut list)?;
                 let mut out = Vec::with_capacity(n);
                 for name in list[..n].split(|&c| c == 0).filter(|s| !s.is_empty()) {
                     if !reserved_xattr(name) {
@@ -1042,13 +1139,14 @@ impl Fs {
                 if reserved_xattr(name.to_bytes()) {
                     return Err(libc::ENODATA);
                 }
-                let fd = self.xattr_fd(h.nodeid)?;
-                self.xremove(fd, name)?;
+                let node = self.xattr_fd(h.nodeid)?;
+                self.xremove(node.fd(), name)?;
             }
             op::FLUSH | op::ACCESS => return Err(libc::ENOSYS),
             op::INIT => return Err(libc::EIO),
             op::OPENDIR => {
-                let fd = self.node_fd(h.nodeid)?;
+                let fd_node = self.node_fd(h.nodeid)?;
+                let fd = fd_node.fd();
                 let dir = self.reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
                 let raw = dir.into_raw_fd();
                 if !self.sh.publish(raw, kind::DIR, h.nodeid, 0, 0) {
@@ -1114,25 +1212,80 @@ impl Fs {
 
     // ----- node and handle table -----
 
-    fn node_fd(&self, nodeid: u64) -> SysResult<RawFd> {
+    /// The descriptor of a node for one request: the root's, a descriptor node's own, or
+    /// a cold node opened by name (ESTALE when the name no longer names its inode).
+    fn node_fd(&self, nodeid: u64) -> SysResult<NodeFd> {
         if nodeid == abi::ROOT_ID {
-            return Ok(self.root);
+            return Ok(NodeFd::Held(self.root));
         }
-        if nodeid < 2 || nodeid > i32::MAX as u64 {
-            return Err(libc::ESTALE);
+        match NodeRef::of(nodeid).ok_or(libc::ESTALE)? {
+            NodeRef::Hot(fd) if fd != self.root && self.sh.kind(fd) == kind::NODE => {
+                Ok(NodeFd::Held(fd))
+            }
+            NodeRef::Hot(_) => Err(libc::ESTALE),
+            NodeRef::Cold(i) => self.open_cold(i),
         }
-        let fd = (nodeid - 2) as RawFd;
-        if fd == self.root || self.sh.kind(fd) != kind::NODE {
-            return Err(libc::ESTALE);
+    }
+
+    /// Opens cold node `i`: walks up its recorded parents to the nearest node with a
+    /// descriptor (or pin), then opens each name beneath it with O_NOFOLLOW, checking
+    /// that every step is still the inode it was recorded as.
+    fn open_cold(&self, i: usize) -> SysResult<NodeFd> {
+        let mut chain: Vec<(Box<[u8]>, u64, u64)> = Vec::new();
+        let mut buf = [0u8; cold::NAME_MAX + 1];
+        let mut at = i;
+        let base = loop {
+            let e = match self.sh.cold_entry(at) {
+                Some(e) if self.sh.cold_kind(at) == kind::NODE => e,
+                _ => return Err(libc::ESTALE),
+            };
+            let (ino, dev) = (e[2].load(Ordering::Relaxed), e[3].load(Ordering::Relaxed));
+            let pin = e[cold::PIN].load(Ordering::Acquire);
+            if pin != 0 && self.sh.kind((pin - 1) as RawFd) == kind::PIN {
+                break NodeFd::Held((pin - 1) as RawFd);
+            }
+            let (parent, len) = self.sh.cold_name(at, &mut buf);
+            if len == 0 || chain.len() >= MAX_COLD_CHAIN {
+                return Err(libc::ESTALE);
+            }
+            chain.push((buf[..len].into(), ino, dev));
+            match NodeRef::of(parent) {
+                Some(NodeRef::Cold(p)) => at = p,
+                _ => break self.node_fd(parent)?,
+            }
+        };
+        let mut cur = base;
+        for (name, ino, dev) in chain.iter().rev() {
+            let mut c = name.to_vec();
+            c.push(0);
+            let cname = CStr::from_bytes_with_nul(&c).map_err(|_| libc::ESTALE)?;
+            let fd = match sys::openat(cur.fd(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                Ok(fd) => fd,
+                Err(libc::ENOENT) | Err(libc::ENOTDIR) => return Err(libc::ESTALE),
+                Err(e) => return Err(e),
+            };
+            let st = sys::fstat(fd.as_raw_fd())?;
+            if st.st_ino != *ino || st.st_dev != *dev {
+                return Err(libc::ESTALE);
+            }
+            cur = NodeFd::Opened(fd);
         }
-        Ok(fd)
+        Ok(cur)
+    }
+
+    /// The table entry of a node (the root's included).
+    fn node_entry(&self, nodeid: u64) -> Option<&[std::sync::atomic::AtomicU64]> {
+        if nodeid == abi::ROOT_ID {
+            return self.sh.entry(self.root);
+        }
+        self.sh.node_entry(nodeid)
     }
 
     fn nodeid(&self, fd: RawFd) -> u64 {
         if fd == self.root {
             abi::ROOT_ID
         } else {
-            fd as u64 + 2
+            NodeRef::Hot(fd).id()
         }
     }
 
@@ -1147,26 +1300,97 @@ impl Fs {
         }
     }
 
-    /// Looks `name` up beneath `parent` (one component, never following a symlink) and
-    /// returns its node id (its lookup count raised by one) and attributes.
-    fn lookup(&self, parent: RawFd, name: &CStr) -> SysResult<(u64, Attr)> {
+    /// Looks `name` up beneath `parent` (node `parent_id`; one component, never
+    /// following a symlink) and returns its node id (its lookup count raised by one) and
+    /// attributes. A new node gets a descriptor while the table is below its high-water
+    /// mark (a directory: below its maximum), else it is cold.
+    fn lookup(&self, parent_id: u64, parent: RawFd, name: &CStr) -> SysResult<(u64, Attr)> {
+        let may_be_cold =
+            self.sh.cold_capacity() > 0 && name.to_bytes().len() <= cold::NAME_MAX;
+        if !may_be_cold || self.sh.live() < self.budget.high {
+            return self.lookup_hot(parent_id, parent, name);
+        }
+        let st = sys::statat(parent, name)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR && self.sh.live() < self.budget.max {
+            return self.lookup_hot(parent_id, parent, name);
+        }
+        let key = (st.st_dev, st.st_ino);
+        let mut nodes = self.inodes.lock().map_err(|_| libc::EIO)?;
+        let id = match self.counted_again(&nodes, key, parent_id, name) {
+            Some(id) => id,
+            None => {
+                if self.sh.cold_live() >= self.cold_budget.max {
+                    drop(nodes);
+                    self.evict.request();
+                    if self.sh.live() < self.budget.max {
+                        return self.lookup_hot(parent_id, parent, name);
+                    }
+                    tracing::debug!(cold = self.sh.cold_live(), "node tables full: ENFILE");
+                    return Err(libc::ENFILE);
+                }
+                let i = match nodes.cold_free.pop() {
+                    Some(i) => i,
+                    None if nodes.cold_next < self.sh.cold_capacity() => {
+                        nodes.cold_next += 1;
+                        nodes.cold_next - 1
+                    }
+                    None => return Err(libc::ENFILE),
+                };
+                if !self.sh.cold_publish(i, 1, st.st_ino, st.st_dev, parent_id, name.to_bytes()) {
+                    nodes.cold_free.push(i);
+                    return Err(libc::ENFILE);
+                }
+                let id = NodeRef::Cold(i).id();
+                if let Some(e) = self.sh.cold_entry(i) {
+                    e[shared::LAST_USE].store(self.sh.next_epoch(), Ordering::Relaxed);
+                }
+                self.sh.dev_index(st.st_dev);
+                nodes.by_inode.insert(key, id);
+                if self.sh.cold_live() > self.cold_budget.high {
+                    self.evict.request();
+                }
+                id
+            }
+        };
+        drop(nodes);
+        Ok((id, self.attr_at(parent, name, &st)))
+    }
+
+    /// When backing inode `key` already has a node: counts one more lookup of it, stamps
+    /// it as used, records `name` in `parent_id` as its name if it is cold (the name the
+    /// kernel last found it under), and returns its id. Called with the node lock held.
+    fn counted_again(
+        &self,
+        nodes: &Inodes,
+        key: (u64, u64),
+        parent_id: u64,
+        name: &CStr,
+    ) -> Option<u64> {
+        let id = *nodes.by_inode.get(&key)?;
+        let e = self.node_entry(id)?;
+        e[1].fetch_add(1, Ordering::AcqRel);
+        let now = self.sh.epoch();
+        if e[shared::LAST_USE].load(Ordering::Relaxed) != now {
+            e[shared::LAST_USE].store(now, Ordering::Relaxed);
+        }
+        if let Some(NodeRef::Cold(i)) = NodeRef::of(id) {
+            self.sh.cold_set_name(i, parent_id, name.to_bytes());
+        }
+        Some(id)
+    }
+
+    /// [`Fs::lookup`] for a node with a descriptor of its own.
+    fn lookup_hot(&self, parent_id: u64, parent: RawFd, name: &CStr) -> SysResult<(u64, Attr)> {
         if self.sh.live() >= self.budget.max {
             self.wait_for_room();
         }
         let fd = sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
-        let mut map = self.inodes.lock().map_err(|_| libc::EIO)?;
-        let node = match map.get(&key).copied() {
-            Some(existing) if self.sh.kind(existing) == kind::NODE => {
-                if let Some(e) = self.sh.entry(existing) {
-                    e[1].fetch_add(1, Ordering::AcqRel);
-                }
-                self.sh.touch(existing, self.sh.epoch());
-                drop(fd);
-                existing
-            }
-            _ => {
+        let mut nodes = self.inodes.lock().map_err(|_| libc::EIO)?;
+        let id = match self.counted_again(&nodes, key, parent_id, name) {
+            Some(id) => id,
+            None => {
                 if self.sh.live() >= self.budget.max {
                     // Everything the budget allows is in use (or eviction lags behind):
                     // refuse this node rather than the descriptors open files need.
@@ -1181,36 +1405,154 @@ impl Fs {
                 }
                 self.sh.touch(raw, self.sh.next_epoch());
                 self.sh.dev_index(st.st_dev);
-                map.insert(key, raw);
+                let id = self.nodeid(raw);
+                nodes.by_inode.insert(key, id);
                 if self.sh.live() > self.budget.high {
                     self.evict.request();
                 }
-                raw
+                return self.hot_found(nodes, id, raw, parent_id, name, &st);
             }
         };
-        drop(map);
+        let held = match NodeRef::of(id) {
+            Some(NodeRef::Hot(fd)) => fd,
+            _ if id == abi::ROOT_ID => self.root,
+            // A cold node found again: its attributes through the descriptor just opened.
+            _ => {
+                drop(nodes);
+                return Ok((id, self.attr(fd.as_raw_fd(), &st)));
+            }
+        };
+        drop(fd);
+        self.hot_found(nodes, id, held, parent_id, name, &st)
+    }
+
+    /// The end of a [`Fs::lookup_hot`]: records the name for the fallback eviction and
+    /// returns the node's id and attributes.
+    fn hot_found(
+        &self,
+        nodes: std::sync::MutexGuard<'_, Inodes>,
+        id: u64,
+        fd: RawFd,
+        parent_id: u64,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> SysResult<(u64, Attr)> {
+        drop(nodes);
         if self.evict.method() == Method::InvalEntry {
             if let Ok(mut names) = self.names.lock() {
-                names.insert(node, (parent, name.to_bytes().into()));
+                names.insert(id, (parent_id, name.to_bytes().into()));
             }
         }
-        Ok((self.nodeid(node), self.attr(node, &st)))
+        Ok((id, self.attr(fd, st)))
+    }
+
+    /// Attributes of `name` in `parent` from its `stat` (opening it only to read a
+    /// stored device node's xattr).
+    fn attr_at(&self, parent: RawFd, name: &CStr, st: &libc::stat) -> Attr {
+        if may_be_fake_dev(st) {
+            if let Ok(f) = sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                return self.attr(f.as_raw_fd(), st);
+            }
+        }
+        self.attr(-1, st)
+    }
+
+    /// Before `name` in directory node `parent_id` goes away (unlink, rmdir, or replaced
+    /// by a rename): a cold node recorded under that name gets a descriptor of its own (a
+    /// *pin*), so the kernel can still use it (an open file, another hard link).
+    fn pin_if_named(&self, parent_id: u64, parent: RawFd, name: &CStr) {
+        if self.sh.cold_live() == 0 {
+            return;
+        }
+        let Ok(st) = sys::statat(parent, name) else {
+            return;
+        };
+        let Ok(nodes) = self.inodes.lock() else {
+            return;
+        };
+        let Some(&id) = nodes.by_inode.get(&(st.st_dev, st.st_ino)) else {
+            return;
+        };
+        let (Some(NodeRef::Cold(i)), Some(e)) = (NodeRef::of(id), self.node_entry(id)) else {
+            return;
+        };
+        if e[cold::PIN].load(Ordering::Acquire) != 0 || !self.cold_named(i, parent_id, name) {
+            return;
+        }
+        let fd = match sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                tracing::debug!(errno, "cold node not pinned");
+                return;
+            }
+        };
+        match sys::fstat(fd.as_raw_fd()) {
+            Ok(s) if s.st_ino == st.st_ino && s.st_dev == st.st_dev => {}
+            _ => return,
+        }
+        let raw = fd.into_raw_fd();
+        if !self.sh.publish(raw, kind::PIN, id, 0, 0) {
+            sys::close(raw);
+            return;
+        }
+        e[cold::PIN].store(raw as u64 + 1, Ordering::Release);
+        drop(nodes);
+    }
+
+    /// After a rename of `from` (directory node id, descriptor, name) to `to`: a cold
+    /// node recorded under the old name is recorded under the new one. Also right for a
+    /// resent rename whose first run moved the file.
+    fn renamed(&self, from: (u64, RawFd, &CStr), to: (u64, RawFd, &CStr)) {
+        if self.sh.cold_live() == 0 {
+            return;
+        }
+        let Ok(st) = sys::statat(to.1, to.2) else {
+            return;
+        };
+        let Ok(nodes) = self.inodes.lock() else {
+            return;
+        };
+        let Some(&id) = nodes.by_inode.get(&(st.st_dev, st.st_ino)) else {
+            return;
+        };
+        if let Some(NodeRef::Cold(i)) = NodeRef::of(id) {
+            if self.cold_named(i, from.0, from.2) {
+                self.sh.cold_set_name(i, to.0, to.2.to_bytes());
+            }
+        }
+        drop(nodes);
+    }
+
+    /// Whether cold node `i` is recorded as `name` in directory node `parent_id`.
+    fn cold_named(&self, i: usize, parent_id: u64, name: &CStr) -> bool {
+        let mut buf = [0u8; cold::NAME_MAX];
+        let (p, len) = self.sh.cold_name(i, &mut buf);
+        p == parent_id && &buf[..len] == name.to_bytes()
     }
 
     /// Stamps a node as used now (after each request naming it).
     fn touch(&self, nodeid: u64) {
-        if nodeid < 2 || nodeid > i32::MAX as u64 {
-            return;
+        if let Some(e) = self.sh.node_entry(nodeid) {
+            let now = self.sh.epoch();
+            if e[shared::LAST_USE].load(Ordering::Relaxed) != now {
+                e[shared::LAST_USE].store(now, Ordering::Relaxed);
+            }
         }
-        let fd = (nodeid - 2) as RawFd;
-        if self.sh.kind(fd) == kind::NODE {
-            self.sh.touch(fd, self.sh.epoch());
-        }
+    }
+
+    /// Whether a directory listing (READDIRPLUS) may add nodes: below the high-water mark
+    /// of the descriptor table or of the cold table.
+    fn room_for_listing(&self) -> bool {
+        self.sh.live() <= self.budget.high
+            || (self.sh.cold_capacity() > 0 && self.sh.cold_live() <= self.cold_budget.high)
     }
 
     /// Fails with ENFILE when a new node does not fit, even after waiting briefly for
     /// the eviction.
     fn room_for_node(&self) -> SysResult<()> {
+        if self.sh.cold_live() < self.cold_budget.max {
+            return Ok(()); // it can be cold
+        }
         if self.sh.live() >= self.budget.max && !self.wait_for_room() {
             return Err(libc::ENFILE);
         }
@@ -1285,31 +1627,45 @@ impl Fs {
     }
 
     fn forget(&self, nodeid: u64, n: u64) {
-        let Ok(fd) = self.node_fd(nodeid) else { return };
-        if fd == self.root {
-            return;
-        }
-        let Ok(mut map) = self.inodes.lock() else {
+        let node = match NodeRef::of(nodeid) {
+            Some(NodeRef::Hot(fd)) if fd == self.root => return,
+            Some(node) => node,
+            None => return,
+        };
+        let Ok(mut nodes) = self.inodes.lock() else {
             return;
         };
-        let Some(e) = self.sh.entry(fd) else { return };
+        let Some(e) = self.sh.node_entry(nodeid) else { return };
         let left = e[1].load(Ordering::Acquire).saturating_sub(n);
         if left > 0 {
             e[1].store(left, Ordering::Release);
             return;
         }
         let key = (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed));
-        if map.get(&key) == Some(&fd) {
-            map.remove(&key);
+        if nodes.by_inode.get(&key) == Some(&nodeid) {
+            nodes.by_inode.remove(&key);
         }
         if self.evict.method() == Method::InvalEntry {
             if let Ok(mut names) = self.names.lock() {
-                names.remove(&fd);
+                names.remove(&nodeid);
             }
         }
         self.drop_backing(e);
-        self.sh.free(fd);
-        sys::close(fd);
+        match node {
+            NodeRef::Hot(fd) => {
+                self.sh.free(fd);
+                sys::close(fd);
+            }
+            NodeRef::Cold(i) => {
+                let pin = e[cold::PIN].swap(0, Ordering::AcqRel);
+                if pin != 0 && self.sh.kind((pin - 1) as RawFd) == kind::PIN {
+                    self.sh.free((pin - 1) as RawFd);
+                    sys::close((pin - 1) as RawFd);
+                }
+                self.sh.cold_free(i);
+                nodes.cold_free.push(i);
+            }
+        }
     }
 
     // ----- eviction (see crate::evict) -----
@@ -1329,20 +1685,22 @@ impl Fs {
                 return;
             }
             self.evict.take_request();
-            if self.sh.live() <= self.budget.high || self.evict.method() == Method::Off {
+            if self.over(false) == (0, 0) || self.evict.method() == Method::Off {
                 continue;
             }
-            let before = self.sh.live();
+            let before = (self.sh.live(), self.sh.cold_live());
             let freed = self.evict_pass(&mut victims, &mut w);
-            let after = self.sh.live();
-            tracing::debug!(before, after, freed, "node eviction pass");
+            let after = (self.sh.live(), self.sh.cold_live());
+            tracing::debug!(?before, ?after, freed, "node eviction pass");
             if freed == 0 {
                 // What is left is in use (open, a working directory, a mount point...):
                 // do not spin on it.
                 if idle_backoff == Duration::from_millis(10) {
                     tracing::warn!(
-                        live = after,
+                        live = after.0,
                         high = self.budget.high,
+                        cold = after.1,
+                        cold_high = self.cold_budget.high,
                         "node table above its high-water mark and nothing to evict"
                     );
                 }
@@ -1354,26 +1712,55 @@ impl Fs {
         }
     }
 
+    /// How many nodes of each table (descriptors, cold) an eviction should drop now:
+    /// above the high-water mark down to the low-water mark (`started`: a pass is under
+    /// way and goes on down to it). With a cold table, new nodes go cold instead, and
+    /// nodes with descriptors are only evicted when open files have taken half of the
+    /// reserve above the maximum, and then down to the high-water mark.
+    fn over(&self, started: bool) -> (usize, usize) {
+        let live = self.sh.live();
+        let b = &self.budget;
+        if self.sh.cold_capacity() == 0 {
+            let trigger = if started { b.low } else { b.high };
+            return (if live > trigger { live - b.low } else { 0 }, 0);
+        }
+        let trigger = if started {
+            b.high
+        } else {
+            b.max + (b.limit - b.max) / 2
+        };
+        let hot = if live > trigger { live - b.high } else { 0 };
+        let cold_live = self.sh.cold_live();
+        let c = &self.cold_budget;
+        let trigger = if started { c.low } else { c.high };
+        let cold = if cold_live > trigger {
+            cold_live - c.low
+        } else {
+            0
+        };
+        (hot, cold)
+    }
+
     /// Up to a few rounds of: pick the oldest unused nodes, notify, wait for the
     /// kernel's FORGETs. Nodes that survive a round (the kernel still uses them) are
     /// stamped as used, so they do not stand first in line again. Returns how many
     /// victims went.
-    fn evict_pass(&self, victims: &mut Vec<(u64, RawFd)>, w: &mut Writer) -> usize {
+    fn evict_pass(&self, victims: &mut Vec<(u64, u64)>, w: &mut Writer) -> usize {
         let mut freed = 0;
         let mut inos = Vec::new();
         for _ in 0..8 {
-            let live = self.sh.live();
-            if live <= self.budget.low || self.evict.stopped() {
+            let (hot, cold) = self.over(true);
+            if hot + cold == 0 || self.evict.stopped() {
                 break;
             }
-            evict::victims(&self.sh, self.root, live - self.budget.low, victims);
+            evict::victims(&self.sh, self.root, hot, cold, victims);
             if victims.is_empty() {
                 break;
             }
-            // A victim's descriptor may be reused by a new node once it is forgotten:
+            // A victim's entry may be reused by a new node once it is forgotten:
             // survivors are told by their inode number.
             inos.clear();
-            inos.extend(victims.iter().map(|&(_, fd)| self.ino_of(fd)));
+            inos.extend(victims.iter().map(|&(_, id)| self.ino_of(id)));
             match self.evict.method() {
                 Method::Prune => self.send_prune(victims, w),
                 Method::InvalEntry => self.send_inval(victims, w),
@@ -1381,12 +1768,14 @@ impl Fs {
             }
             // The FORGETs come in through the request threads: wait while the count
             // goes down (new lookups may be adding nodes meanwhile).
-            let mut last = self.sh.live();
+            let count = || self.sh.live() + self.sh.cold_live();
+            let target = count().saturating_sub(victims.len());
+            let mut last = count();
             let mut flat = 0;
             for _ in 0..100 {
                 std::thread::sleep(Duration::from_millis(1));
-                let now = self.sh.live();
-                if now <= self.budget.low {
+                let now = count();
+                if now <= target {
                     break;
                 }
                 flat = if now < last { 0 } else { flat + 1 };
@@ -1397,9 +1786,11 @@ impl Fs {
             }
             let now = self.sh.epoch();
             let mut survivors = 0;
-            for (&(_, fd), &ino) in victims.iter().zip(inos.iter()) {
-                if self.ino_of(fd) == ino {
-                    self.sh.touch(fd, now);
+            for (&(_, id), &ino) in victims.iter().zip(inos.iter()) {
+                if self.ino_of(id) == ino {
+                    if let Some(e) = self.sh.node_entry(id) {
+                        e[shared::LAST_USE].store(now, Ordering::Relaxed);
+                    }
                     survivors += 1;
                 }
             }
@@ -1408,19 +1799,18 @@ impl Fs {
         freed
     }
 
-    /// The inode number of node `fd` (0 when it is not a node).
-    fn ino_of(&self, fd: RawFd) -> u64 {
-        match self.sh.entry(fd) {
-            Some(e) if self.sh.kind(fd) == kind::NODE => e[2].load(Ordering::Relaxed),
-            _ => 0,
-        }
+    /// The inode number of node `id` (0 when it is not a node).
+    fn ino_of(&self, id: u64) -> u64 {
+        self.sh
+            .node_entry(id)
+            .map_or(0, |e| e[2].load(Ordering::Relaxed))
     }
 
-    fn send_prune(&self, victims: &[(u64, RawFd)], w: &mut Writer) {
+    fn send_prune(&self, victims: &[(u64, u64)], w: &mut Writer) {
         let mut ids = [0u64; 512];
         for chunk in victims.chunks(ids.len()) {
-            for (i, &(_, fd)) in chunk.iter().enumerate() {
-                ids[i] = self.nodeid(fd);
+            for (i, &(_, id)) in chunk.iter().enumerate() {
+                ids[i] = id;
             }
             abi::encode_prune(w, &ids[..chunk.len()]);
             match sys::write(self.fuse, &w.buf) {
@@ -1435,36 +1825,42 @@ impl Fs {
         }
     }
 
-    /// The fallback: drops the dentry of each victim's last known name. Only for
-    /// non-directories whose name still names them: invalidating a directory entry
-    /// would also prune its subtree and detach mounts beneath it.
-    fn send_inval(&self, victims: &[(u64, RawFd)], w: &mut Writer) {
-        for &(_, fd) in victims {
-            let rec = match self.names.lock() {
-                Ok(names) => names.get(&fd).cloned(),
-                Err(_) => return,
+    /// The fallback: drops the dentry of each victim's last known name (a cold node's
+    /// recorded one). Only for non-directories whose name still names them:
+    /// invalidating a directory entry would also prune its subtree and detach mounts
+    /// beneath it.
+    fn send_inval(&self, victims: &[(u64, u64)], w: &mut Writer) {
+        let mut buf = [0u8; cold::NAME_MAX];
+        for &(_, id) in victims {
+            let rec = match NodeRef::of(id) {
+                Some(NodeRef::Cold(i)) => {
+                    let (parent, len) = self.sh.cold_name(i, &mut buf);
+                    (len > 0).then(|| (parent, Box::<[u8]>::from(&buf[..len])))
+                }
+                _ => match self.names.lock() {
+                    Ok(names) => names.get(&id).cloned(),
+                    Err(_) => return,
+                },
             };
-            let Some((parent, name)) = rec else { continue };
-            let Some(e) = self.sh.entry(fd) else { continue };
+            let Some((parent_id, name)) = rec else { continue };
+            let Some(e) = self.sh.node_entry(id) else { continue };
             let (ino, dev) = (e[2].load(Ordering::Relaxed), e[3].load(Ordering::Relaxed));
-            if self.sh.kind(fd) != kind::NODE
-                || (parent != self.root && self.sh.kind(parent) != kind::NODE)
-            {
+            let Ok(parent) = self.node_fd(parent_id) else {
                 continue;
-            }
+            };
             let mut cname = name.to_vec();
             cname.push(0);
             let Ok(c) = CStr::from_bytes_with_nul(&cname) else {
                 continue;
             };
-            match sys::statat(parent, c) {
+            match sys::statat(parent.fd(), c) {
                 Ok(st)
                     if st.st_ino == ino
                         && st.st_dev == dev
                         && st.st_mode & libc::S_IFMT != libc::S_IFDIR => {}
                 _ => continue,
             }
-            abi::encode_inval_entry(w, self.nodeid(parent), &name);
+            abi::encode_inval_entry(w, parent_id, &name);
             match sys::write(self.fuse, &w.buf) {
                 Ok(_) | Err(libc::ENOENT) => {}
                 Err(libc::ENODEV) => return,
@@ -1493,8 +1889,9 @@ impl Fs {
     /// a read-only reopen of the node: a writable one, held that long, would make every
     /// exec of the file fail with ETXTBSY.
     fn get_backing(&self, nodeid: u64) -> SysResult<i32> {
-        let fd = self.node_fd(nodeid)?;
-        let e = self.sh.entry(fd).ok_or(libc::ESTALE)?;
+        let fd_node = self.node_fd(nodeid)?;
+        let fd = fd_node.fd();
+        let e = self.sh.node_entry(nodeid).ok_or(libc::ESTALE)?;
         let _g = self.inodes.lock().map_err(|_| libc::EIO)?;
         let id = e[4].load(Ordering::Acquire);
         if id != 0 {
@@ -1514,8 +1911,7 @@ impl Fs {
 
     /// Counts one passthrough open of a node fewer (its backing id stays registered).
     fn put_backing(&self, nodeid: u64) {
-        let Ok(fd) = self.node_fd(nodeid) else { return };
-        let Some(e) = self.sh.entry(fd) else { return };
+        let Some(e) = self.sh.node_entry(nodeid) else { return };
         let Ok(_g) = self.inodes.lock() else { return };
         let left = e[5].load(Ordering::Acquire).saturating_sub(1);
         e[5].store(left, Ordering::Release);
@@ -1634,10 +2030,7 @@ impl Fs {
 
     /// A device node stored as a regular file: sticky, empty, with the xattr.
     fn fake_dev(&self, fd: RawFd, st: &libc::stat) -> Option<(u32, u32)> {
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG
-            || st.st_size != 0
-            || st.st_mode & libc::S_ISVTX == 0
-        {
+        if !may_be_fake_dev(st) {
             return None;
         }
         let mut v = [0u8; 64];
@@ -1700,7 +2093,7 @@ impl Fs {
         if st.st_uid != uid || st.st_gid != gid {
             sys::chownat(parent, name, uid, gid)?;
         }
-        let (id, attr) = self.lookup(parent, name)?;
+        let (id, attr) = self.lookup(h.nodeid, parent, name)?;
         abi::encode_entry(w, id, 0, self.ttl, &attr);
         Ok(())
     }
@@ -1809,12 +2202,12 @@ impl Fs {
     }
 
     /// A node descriptor on which path-based xattr calls are meaningful (not a symlink).
-    fn xattr_fd(&self, nodeid: u64) -> SysResult<RawFd> {
-        let fd = self.node_fd(nodeid)?;
-        let st = sys::fstat(fd)?;
+    fn xattr_fd(&self, nodeid: u64) -> SysResult<NodeFd> {
+        let node = self.node_fd(nodeid)?;
+        let st = sys::fstat(node.fd())?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFLNK => Err(libc::EPERM),
-            _ => Ok(fd),
+            _ => Ok(node),
         }
     }
 
@@ -1834,7 +2227,8 @@ impl Fs {
         r.u32().map_err(mal)?;
         let uid = r.u32().map_err(mal)?;
         let gid = r.u32().map_err(mal)?;
-        let fd = self.node_fd(h.nodeid)?;
+        let fd_node = self.node_fd(h.nodeid)?;
+        let fd = fd_node.fd();
         let st = sys::fstat(fd)?;
         if valid & fattr::MODE != 0 {
             if let Some((dmode, rdev)) = self.fake_dev(fd, &st) {
@@ -1919,6 +2313,10 @@ impl Fs {
         if self.sh.kind(fd) != kind::DIR {
             return Err(libc::EBADF);
         }
+        let dir_id = self
+            .sh
+            .entry(fd)
+            .map_or(0, |e| e[1].load(Ordering::Relaxed));
         sys::lseek(fd, off as i64, libc::SEEK_SET)?;
         let limit = abi::OUT_HEADER_LEN + size;
         'outer: loop {
@@ -1957,12 +2355,12 @@ impl Fs {
                 // Node id 0: no entry for the kernel to cache (it looks the name up when
                 // it needs it). For `.` and `..`, and when the node table is above its
                 // high-water mark: a listing must not fill it, nor lose names to ENFILE.
-                if nb == b"." || nb == b".." || self.sh.live() > self.budget.high {
+                if nb == b"." || nb == b".." || !self.room_for_listing() {
                     abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
                     abi::encode_dirent(w, ino, doff, typ, nb);
                     continue;
                 }
-                match self.lookup(fd, cname) {
+                match self.lookup(dir_id, fd, cname) {
                     Ok((id, attr)) => {
                         abi::encode_entry(w, id, 0, self.ttl, &attr);
                         abi::encode_dirent(w, attr.ino, doff, (attr.mode & libc::S_IFMT) >> 12, nb);
@@ -2035,6 +2433,12 @@ impl Fs {
             Fault::CrashForget => {}
         }
     }
+}
+
+/// Whether a file could be a device node stored as a regular file (sticky and empty):
+/// only then is its xattr read.
+fn may_be_fake_dev(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0 && st.st_mode & libc::S_ISVTX != 0
 }
 
 fn reserved_xattr(name: &[u8]) -> bool {

@@ -7,6 +7,10 @@
 //! any instant leaves every descriptor and every published entry behind for the next one.
 //! Every entry is written completely before its kind word is published (Release), so a
 //! kill between two stores leaves at worst a leaked descriptor, never a torn entry.
+//!
+//! Descriptors are bounded (RLIMIT_NOFILE), so a second table holds *cold* nodes: nodes
+//! without a descriptor of their own, recorded by their parent node and name (see
+//! [`cold`]); the server opens one by name, and checks its inode, when a request needs it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +57,12 @@ pub mod hdr {
     /// One more than the highest descriptor ever published: table scans stop there, so
     /// the untouched rest of the memfd is never faulted in (it would count as memory).
     pub const HIGH: usize = 63;
+    /// Entries of the cold-node table (0: none).
+    pub const COLD_CAPACITY: usize = 49;
+    /// Cold nodes in use; recounted by each new server.
+    pub const COLD_LIVE: usize = 50;
+    /// One more than the highest cold entry ever published (scans stop there).
+    pub const COLD_HIGH: usize = 51;
 }
 
 /// Kind word of a table entry.
@@ -62,6 +72,9 @@ pub mod kind {
     pub const NODE: u64 = 1;
     pub const FILE: u64 = 2;
     pub const DIR: u64 = 3;
+    /// A descriptor holding a cold node whose recorded name went away (unlinked or
+    /// replaced while the kernel still knows the node): word 1 is the node id.
+    pub const PIN: u64 = 4;
 }
 
 /// States of a reply-journal entry (one per server thread: request id, state, two words).
@@ -99,6 +112,60 @@ pub const FORGET_LOG_ENTRIES: usize = 512;
 /// (0: none), how many of them were started, then (node id, count) pairs.
 pub const FORGET_LOG_WORDS: usize = 2 + 2 * FORGET_LOG_ENTRIES;
 
+/// Node ids from here on name cold-table entries (`COLD_BASE + index`); below it, node
+/// id = descriptor + 2.
+pub const COLD_BASE: u64 = 1 << 32;
+
+/// What a node id (other than the root's) names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRef {
+    /// A node holding a descriptor (node id = descriptor + 2).
+    Hot(RawFd),
+    /// A cold-table entry (node id = [`COLD_BASE`] + index).
+    Cold(usize),
+}
+
+impl NodeRef {
+    /// Decodes a node id; `None` for ids that name nothing (0, the root's 1, out of range).
+    pub fn of(id: u64) -> Option<NodeRef> {
+        if id >= COLD_BASE {
+            usize::try_from(id - COLD_BASE).ok().map(NodeRef::Cold)
+        } else if (2..=i32::MAX as u64).contains(&id) {
+            Some(NodeRef::Hot((id - 2) as RawFd))
+        } else {
+            None
+        }
+    }
+
+    /// The node id.
+    pub fn id(self) -> u64 {
+        match self {
+            NodeRef::Hot(fd) => fd as u64 + 2,
+            NodeRef::Cold(i) => COLD_BASE + i as u64,
+        }
+    }
+}
+
+/// Cold nodes a supervisor's state region has room for. The memfd is sparse: only
+/// entries in use are memory.
+pub const DEFAULT_COLD_CAPACITY: usize = 1 << 20;
+
+/// Layout of a cold-table entry (32 words). Words 0-6 are as in a node entry of the
+/// descriptor table (kind, lookup count, st_ino, st_dev, backing id + 1, open count, last
+/// use), then the descriptor of its pin + 1 (0: none), the parent's node id, the name's
+/// length, a sequence word (odd while the name is being rewritten), and the name.
+#[allow(missing_docs)]
+pub mod cold {
+    pub const WORDS: usize = 32;
+    pub const PIN: usize = 7;
+    pub const PARENT: usize = 8;
+    pub const NAME_LEN: usize = 9;
+    pub const SEQ: usize = 10;
+    pub const NAME: usize = 11;
+    /// Longest name a cold entry holds; a node with a longer name gets a descriptor.
+    pub const NAME_MAX: usize = (WORDS - NAME) * 8;
+}
+
 /// The shared region, mapped for the life of the process.
 #[derive(Debug, Clone, Copy)]
 pub struct Shared {
@@ -116,19 +183,31 @@ pub struct SlotInfo {
     pub tid: u64,
 }
 
-/// Creates a memfd sized for `capacity` table entries and initializes it.
+/// Creates a memfd sized for `capacity` table entries (and
+/// [`DEFAULT_COLD_CAPACITY`] cold nodes) and initializes it.
 pub fn create_memfd(capacity: usize) -> Result<OwnedFd, Error> {
-    let size = region_size(capacity);
+    create_memfd_with(capacity, DEFAULT_COLD_CAPACITY)
+}
+
+/// As [`create_memfd`], with room for `cold_capacity` cold nodes.
+pub fn create_memfd_with(capacity: usize, cold_capacity: usize) -> Result<OwnedFd, Error> {
+    let size = region_size(capacity, cold_capacity);
     let fd = memfd(c"porta-fs-state")?;
     nix::unistd::ftruncate(&fd, size as i64).map_err(|e| Error::Sys("ftruncate state memfd", e))?;
     let sh = Shared::map(fd.as_raw_fd())?;
     sh.words[hdr::CAPACITY].store(capacity as u64, Ordering::Relaxed);
+    sh.words[hdr::COLD_CAPACITY].store(cold_capacity as u64, Ordering::Relaxed);
     sh.words[hdr::MAGIC].store(MAGIC, Ordering::Release);
     Ok(fd)
 }
 
-fn region_size(capacity: usize) -> usize {
-    let bytes = (hdr::TABLE + capacity * ENTRY_WORDS + hdr::MAX_SLOTS * FORGET_LOG_WORDS) * 8;
+/// Words before the cold table: header, descriptor table, FORGET logs.
+fn cold_start(capacity: usize) -> usize {
+    hdr::TABLE + capacity * ENTRY_WORDS + hdr::MAX_SLOTS * FORGET_LOG_WORDS
+}
+
+fn region_size(capacity: usize, cold_capacity: usize) -> usize {
+    let bytes = (cold_start(capacity) + cold_capacity * cold::WORDS) * 8;
     (bytes + 4095) & !4095
 }
 
@@ -182,7 +261,8 @@ impl Shared {
         }
         if magic == MAGIC {
             let cap = sh.capacity();
-            if region_size(cap) > len {
+            let cold = words[hdr::COLD_CAPACITY].load(Ordering::Relaxed) as usize;
+            if region_size(cap, cold) > len {
                 return Err(Error::BadState(format!(
                     "state capacity {cap} exceeds its memfd"
                 )));
@@ -193,7 +273,12 @@ impl Shared {
 
     /// A process-private region (tests and servers that need no restart).
     pub fn anonymous(capacity: usize) -> Result<Shared, Error> {
-        let fd = create_memfd(capacity)?;
+        Self::anonymous_with(capacity, DEFAULT_COLD_CAPACITY)
+    }
+
+    /// As [`Shared::anonymous`], with room for `cold_capacity` cold nodes.
+    pub fn anonymous_with(capacity: usize, cold_capacity: usize) -> Result<Shared, Error> {
+        let fd = create_memfd_with(capacity, cold_capacity)?;
         let sh = Shared::map(fd.as_raw_fd())?;
         Ok(sh)
     }
@@ -372,6 +457,179 @@ impl Shared {
     }
 }
 
+
+/// The cold-node table.
+impl Shared {
+    /// Number of cold-table entries (0 when the region has none).
+    pub fn cold_capacity(&self) -> usize {
+        let cap = self.words[hdr::COLD_CAPACITY].load(Ordering::Relaxed) as usize;
+        let start = cold_start(self.capacity());
+        cap.min(self.words.len().saturating_sub(start) / cold::WORDS)
+    }
+
+    /// Cold entries below this bound are all a scan has to look at.
+    pub fn cold_scan_end(&self) -> usize {
+        (self.words[hdr::COLD_HIGH].load(Ordering::Relaxed) as usize).min(self.cold_capacity())
+    }
+
+    /// The words of cold entry `i`, if in range.
+    pub fn cold_entry(&self, i: usize) -> Option<&[AtomicU64]> {
+        if i >= self.cold_capacity() {
+            return None;
+        }
+        let base = cold_start(self.capacity()) + i * cold::WORDS;
+        self.words.get(base..base + cold::WORDS)
+    }
+
+    /// Publishes cold entry `i`: a node with lookup count `count`, inode (`ino`, `dev`),
+    /// found as `name` in directory node `parent`. The data words first, then the kind.
+    /// False when `i` is out of range or the name too long for an entry.
+    pub fn cold_publish(
+        &self,
+        i: usize,
+        count: u64,
+        ino: u64,
+        dev: u64,
+        parent: u64,
+        name: &[u8],
+    ) -> bool {
+        let Some(e) = self.cold_entry(i) else {
+            return false;
+        };
+        if name.is_empty() || name.len() > cold::NAME_MAX {
+            return false;
+        }
+        e[1].store(count, Ordering::Relaxed);
+        e[2].store(ino, Ordering::Relaxed);
+        e[3].store(dev, Ordering::Relaxed);
+        for w in &e[4..cold::PARENT] {
+            w.store(0, Ordering::Relaxed);
+        }
+        e[cold::SEQ].store(0, Ordering::Relaxed);
+        store_name(e, parent, name);
+        self.words[hdr::COLD_HIGH].fetch_max(i as u64 + 1, Ordering::Relaxed);
+        if e[0].swap(kind::NODE, Ordering::AcqRel) == kind::FREE {
+            self.words[hdr::COLD_LIVE].fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The entry of node `id` (hot or cold) when it holds a node.
+    pub fn node_entry(&self, id: u64) -> Option<&[AtomicU64]> {
+        match NodeRef::of(id)? {
+            NodeRef::Hot(fd) if self.kind(fd) == kind::NODE => self.entry(fd),
+            NodeRef::Cold(i) if self.cold_kind(i) == kind::NODE => self.cold_entry(i),
+            _ => None,
+        }
+    }
+
+    /// Whether cold entry `i` holds a node.
+    pub fn cold_kind(&self, i: usize) -> u64 {
+        self.cold_entry(i)
+            .map_or(kind::FREE, |e| e[0].load(Ordering::Acquire))
+    }
+
+    /// Frees cold entry `i`.
+    pub fn cold_free(&self, i: usize) {
+        if let Some(e) = self.cold_entry(i) {
+            if e[0].swap(kind::FREE, Ordering::AcqRel) != kind::FREE {
+                let _ = self.words[hdr::COLD_LIVE].fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |n| Some(n.saturating_sub(1)),
+                );
+            }
+        }
+    }
+
+    /// Cold nodes in use.
+    pub fn cold_live(&self) -> usize {
+        self.words[hdr::COLD_LIVE].load(Ordering::Relaxed) as usize
+    }
+
+    /// Counts the cold nodes in use again (a new server) and repairs names a killed
+    /// server left half-written: such a name is dropped (length 0), so the node can no
+    /// longer be opened by name and fails with ESTALE instead of opening a wrong file.
+    pub fn cold_recount(&self) -> usize {
+        let mut n = 0;
+        for i in 0..self.cold_scan_end() {
+            let Some(e) = self.cold_entry(i) else { break };
+            if e[0].load(Ordering::Acquire) == kind::FREE {
+                continue;
+            }
+            n += 1;
+            let seq = e[cold::SEQ].load(Ordering::Acquire);
+            if seq % 2 == 1 {
+                e[cold::NAME_LEN].store(0, Ordering::Relaxed);
+                e[cold::SEQ].store(seq + 1, Ordering::Release);
+            }
+        }
+        self.words[hdr::COLD_LIVE].store(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Records that cold node `i` is now `name` in directory node `parent`. One writer
+    /// at a time (the server's node lock); readers see the old or the new name, never a
+    /// mix ([`Shared::cold_name`]).
+    pub fn cold_set_name(&self, i: usize, parent: u64, name: &[u8]) -> bool {
+        match self.cold_entry(i) {
+            Some(e) if !name.is_empty() && name.len() <= cold::NAME_MAX => {
+                store_name(e, parent, name);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies the parent node id and name of cold node `i` (name into `buf`, at least
+    /// [`cold::NAME_MAX`] bytes, returning its length; 0 when the node has no usable name).
+    pub fn cold_name(&self, i: usize, buf: &mut [u8]) -> (u64, usize) {
+        let Some(e) = self.cold_entry(i) else {
+            return (0, 0);
+        };
+        if buf.len() < cold::NAME_MAX {
+            return (0, 0);
+        }
+        for _ in 0..1000 {
+            let seq = e[cold::SEQ].load(Ordering::Acquire);
+            if seq % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let parent = e[cold::PARENT].load(Ordering::Relaxed);
+            let len = (e[cold::NAME_LEN].load(Ordering::Relaxed) as usize).min(cold::NAME_MAX);
+            for (k, w) in e[cold::NAME..].iter().enumerate() {
+                if k * 8 >= len {
+                    break;
+                }
+                let b = w.load(Ordering::Relaxed).to_le_bytes();
+                let n = (len - k * 8).min(8);
+                buf[k * 8..k * 8 + n].copy_from_slice(&b[..n]);
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if e[cold::SEQ].load(Ordering::Relaxed) == seq {
+                return (parent, len);
+            }
+        }
+        (0, 0)
+    }
+}
+
+/// Writes the parent and name of a cold entry under its sequence word.
+fn store_name(e: &[AtomicU64], parent: u64, name: &[u8]) {
+    let seq = e[cold::SEQ].load(Ordering::Relaxed);
+    e[cold::SEQ].store(seq | 1, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::Release);
+    e[cold::PARENT].store(parent, Ordering::Relaxed);
+    e[cold::NAME_LEN].store(name.len() as u64, Ordering::Relaxed);
+    for (k, chunk) in name.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        e[cold::NAME + k].store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+    e[cold::SEQ].store((seq | 1) + 1, Ordering::Release);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +673,44 @@ mod tests {
         // A new entry starts with every data word cleared.
         assert!(sh.publish(5, kind::NODE, 1, 2, 3));
         assert_eq!(sh.entry(5).unwrap()[LAST_USE].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn cold_entries_publish_name_and_free() {
+        let sh = Shared::anonymous_with(64, 16).unwrap();
+        assert_eq!(sh.cold_capacity(), 16);
+        assert_eq!(sh.cold_live(), 0);
+        let long = [b'x'; cold::NAME_MAX + 1];
+        assert!(!sh.cold_publish(3, 1, 10, 20, 2, &long));
+        assert!(!sh.cold_publish(16, 1, 10, 20, 2, b"a"));
+        assert!(sh.cold_publish(3, 1, 10, 20, 7, b"a-name-longer-than-eight"));
+        assert_eq!(sh.cold_kind(3), kind::NODE);
+        assert_eq!(sh.cold_live(), 1);
+        assert_eq!(sh.cold_scan_end(), 4);
+        let mut buf = [0u8; cold::NAME_MAX];
+        let (parent, len) = sh.cold_name(3, &mut buf);
+        assert_eq!((parent, &buf[..len]), (7, &b"a-name-longer-than-eight"[..]));
+        let max = [b'y'; cold::NAME_MAX];
+        assert!(sh.cold_set_name(3, 9, &max));
+        let (parent, len) = sh.cold_name(3, &mut buf);
+        assert_eq!((parent, &buf[..len]), (9, &max[..]));
+        assert!(sh.cold_set_name(3, 9, b"short"));
+        let (_, len) = sh.cold_name(3, &mut buf);
+        assert_eq!(&buf[..len], b"short");
+        // A name left half-written by a killed server is dropped by the next one.
+        let e = sh.cold_entry(3).unwrap();
+        e[cold::SEQ].fetch_add(1, Ordering::Relaxed);
+        assert_eq!(sh.cold_name(3, &mut buf).1, 0);
+        sh.hdr(hdr::COLD_LIVE).store(9, Ordering::Relaxed);
+        assert_eq!(sh.cold_recount(), 1);
+        assert_eq!(sh.cold_name(3, &mut buf).1, 0);
+        assert_eq!(e[cold::SEQ].load(Ordering::Relaxed) % 2, 0);
+        sh.cold_free(3);
+        sh.cold_free(3);
+        assert_eq!(sh.cold_live(), 0);
+        assert_eq!(sh.cold_kind(3), kind::FREE);
+        // The descriptor table and the FORGET logs are not overlapped.
+        assert!(sh.forget_log(hdr::MAX_SLOTS - 1).unwrap().as_ptr_range().end
+            <= sh.cold_entry(0).unwrap().as_ptr_range().start);
     }
 }

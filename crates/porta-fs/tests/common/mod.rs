@@ -81,13 +81,23 @@ impl TestMount {
         passthrough: bool,
         capacity: usize,
     ) -> TestMount {
+        Self::with_shared(dir, backing, mnt, passthrough, Shared::anonymous(capacity).unwrap())
+    }
+
+    /// As `with_dirs`, on a shared state region the test prepared.
+    pub fn with_shared(
+        dir: tempfile::TempDir,
+        backing: PathBuf,
+        mnt: PathBuf,
+        passthrough: bool,
+        shared: Shared,
+    ) -> TestMount {
         let fuse = mount::open_dev_fuse().unwrap();
         let m = mount::fsmount_fuse(fuse.as_raw_fd(), &mount::MountOptions::default()).unwrap();
         mount::move_mount_to(m.as_raw_fd(), &mnt).unwrap();
         drop(m);
         let root = open_dir(&backing, libc::O_PATH);
         let procfd = open_dir(Path::new("/proc/self/fd"), libc::O_RDONLY);
-        let shared = Shared::anonymous(capacity).unwrap();
         let cfg = Config {
             fuse_fd: fuse.as_raw_fd(),
             root_fd: root.as_raw_fd(),
