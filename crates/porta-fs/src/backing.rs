@@ -103,8 +103,9 @@ fn next_tag() -> u64 {
 const ANSWER_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Asks the supervisor on `sock` to register `file` (an open regular file) as the
-/// backing file of node descriptor `node`; returns the backing id. Blocks until answered.
-pub fn open(sock: RawFd, node: RawFd, file: RawFd) -> SysResult<i32> {
+/// backing file of the node with [`crate::shared::NodeRef::tag`] `node`; returns the
+/// backing id. Blocks until answered.
+pub fn open(sock: RawFd, node: i32, file: RawFd) -> SysResult<i32> {
     let tag = next_tag();
     let req = Request {
         op: OP_OPEN,

@@ -242,17 +242,22 @@ mod tests {
         sh.entry(13).unwrap()[5].store(1, Ordering::Relaxed);
         assert!(sh.publish(20, kind::FILE, 12, 0, 0));
         // Cold nodes compete on the same clock.
-        assert!(sh.cold_publish(2, 1, 99, 1, 1, b"c"));
+        assert!(sh.cold_publish(2, 1, 99, 1, 0o100000, 1, b"c"));
         sh.cold_entry(2).unwrap()[LAST_USE].store(2, Ordering::Relaxed);
         let hot = |fd| NodeRef::Hot(fd).id();
         let mut v = Vec::new();
         victims(&sh, root, 3, 0, &mut v);
         assert_eq!(v, vec![(1, hot(11)), (1, hot(14)), (5, hot(10))]);
         victims(&sh, root, 2, 1, &mut v);
-        assert_eq!(v, vec![(1, hot(11)), (1, hot(14)), (2, NodeRef::Cold(2).id())]);
+        assert_eq!(
+            v,
+            vec![(1, hot(11)), (1, hot(14)), (2, NodeRef::Cold(2).id())]
+        );
         victims(&sh, root, 100, 100, &mut v);
         assert_eq!(v.len(), 5);
-        assert!(v.iter().all(|&(_, id)| id != hot(root) && id != hot(13) && id != hot(20)));
+        assert!(v
+            .iter()
+            .all(|&(_, id)| id != hot(root) && id != hot(13) && id != hot(20)));
         victims(&sh, root, 0, 0, &mut v);
         assert!(v.is_empty());
     }

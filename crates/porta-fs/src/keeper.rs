@@ -189,7 +189,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     match sys::raise_nofile() {
         Ok(n) => shared
             .hdr(hdr::NOFILE)
-            .store(n, std::sync::atomic::Ordering::Relaxed),
+            .store(n.min(nofile_cap()), std::sync::atomic::Ordering::Relaxed),
         Err(e) => tracing::warn!(errno = e, "could not read RLIMIT_NOFILE"),
     }
     // The procfs root, kept across the pivot: each server opens its own `self/fd` from it
@@ -415,4 +415,13 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     };
     // SAFETY: ends this process without running the keeper's destructors twice.
     unsafe { libc::_exit(code) }
+}
+
+/// Tests only: `PORTA_FS_NOFILE=N` gives the servers a descriptor budget of at most N,
+/// so that a test reaches the cold-node table without tens of thousands of files.
+fn nofile_cap() -> u64 {
+    std::env::var("PORTA_FS_NOFILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
 }

@@ -1231,7 +1231,7 @@ impl Fs {
     /// descriptor (or pin), then opens each name beneath it with O_NOFOLLOW, checking
     /// that every step is still the inode it was recorded as.
     fn open_cold(&self, i: usize) -> SysResult<NodeFd> {
-        let mut chain: Vec<(Box<[u8]>, u64, u64)> = Vec::new();
+        let mut chain: Vec<(Box<[u8]>, u64, u64, u64)> = Vec::new();
         let mut buf = [0u8; cold::NAME_MAX + 1];
         let mut at = i;
         let base = loop {
@@ -1240,6 +1240,7 @@ impl Fs {
                 _ => return Err(libc::ESTALE),
             };
             let (ino, dev) = (e[2].load(Ordering::Relaxed), e[3].load(Ordering::Relaxed));
+            let ftype = e[cold::TYPE].load(Ordering::Relaxed);
             let pin = e[cold::PIN].load(Ordering::Acquire);
             if pin != 0 && self.sh.kind((pin - 1) as RawFd) == kind::PIN {
                 break NodeFd::Held((pin - 1) as RawFd);
@@ -1248,14 +1249,14 @@ impl Fs {
             if len == 0 || chain.len() >= MAX_COLD_CHAIN {
                 return Err(libc::ESTALE);
             }
-            chain.push((buf[..len].into(), ino, dev));
+            chain.push((buf[..len].into(), ino, dev, ftype));
             match NodeRef::of(parent) {
                 Some(NodeRef::Cold(p)) => at = p,
                 _ => break self.node_fd(parent)?,
             }
         };
         let mut cur = base;
-        for (name, ino, dev) in chain.iter().rev() {
+        for (name, ino, dev, ftype) in chain.iter().rev() {
             let mut c = name.to_vec();
             c.push(0);
             let cname = CStr::from_bytes_with_nul(&c).map_err(|_| libc::ESTALE)?;
@@ -1265,7 +1266,12 @@ impl Fs {
                 Err(e) => return Err(e),
             };
             let st = sys::fstat(fd.as_raw_fd())?;
-            if st.st_ino != *ino || st.st_dev != *dev {
+            // Inode numbers can be reused at once: the type is checked too (a file
+            // replaced from the host by a symlink with its number is not served).
+            if st.st_ino != *ino
+                || st.st_dev != *dev
+                || u64::from(st.st_mode & libc::S_IFMT) != *ftype
+            {
                 return Err(libc::ESTALE);
             }
             cur = NodeFd::Opened(fd);
@@ -1305,8 +1311,7 @@ impl Fs {
     /// attributes. A new node gets a descriptor while the table is below its high-water
     /// mark (a directory: below its maximum), else it is cold.
     fn lookup(&self, parent_id: u64, parent: RawFd, name: &CStr) -> SysResult<(u64, Attr)> {
-        let may_be_cold =
-            self.sh.cold_capacity() > 0 && name.to_bytes().len() <= cold::NAME_MAX;
+        let may_be_cold = self.sh.cold_capacity() > 0 && name.to_bytes().len() <= cold::NAME_MAX;
         if !may_be_cold || self.sh.live() < self.budget.high {
             return self.lookup_hot(parent_id, parent, name);
         }
@@ -1336,7 +1341,16 @@ impl Fs {
                     }
                     None => return Err(libc::ENFILE),
                 };
-                if !self.sh.cold_publish(i, 1, st.st_ino, st.st_dev, parent_id, name.to_bytes()) {
+                let ftype = st.st_mode & libc::S_IFMT;
+                if !self.sh.cold_publish(
+                    i,
+                    1,
+                    st.st_ino,
+                    st.st_dev,
+                    ftype,
+                    parent_id,
+                    name.to_bytes(),
+                ) {
                     nodes.cold_free.push(i);
                     return Err(libc::ENFILE);
                 }
@@ -1635,7 +1649,9 @@ impl Fs {
         let Ok(mut nodes) = self.inodes.lock() else {
             return;
         };
-        let Some(e) = self.sh.node_entry(nodeid) else { return };
+        let Some(e) = self.sh.node_entry(nodeid) else {
+            return;
+        };
         let left = e[1].load(Ordering::Acquire).saturating_sub(n);
         if left > 0 {
             e[1].store(left, Ordering::Release);
@@ -1842,8 +1858,12 @@ impl Fs {
                     Err(_) => return,
                 },
             };
-            let Some((parent_id, name)) = rec else { continue };
-            let Some(e) = self.sh.node_entry(id) else { continue };
+            let Some((parent_id, name)) = rec else {
+                continue;
+            };
+            let Some(e) = self.sh.node_entry(id) else {
+                continue;
+            };
             let (ino, dev) = (e[2].load(Ordering::Relaxed), e[3].load(Ordering::Relaxed));
             let Ok(parent) = self.node_fd(parent_id) else {
                 continue;
@@ -1900,7 +1920,8 @@ impl Fs {
         }
         let ro = self.reopen(fd, libc::O_RDONLY, libc::S_IFREG)?;
         let id = if self.backing >= 0 {
-            crate::backing::open(self.backing, fd, ro.as_raw_fd())?
+            let tag = NodeRef::of(nodeid).map_or(fd, NodeRef::tag);
+            crate::backing::open(self.backing, tag, ro.as_raw_fd())?
         } else {
             sys::backing_open(self.fuse, ro.as_raw_fd())?
         };
@@ -1911,7 +1932,9 @@ impl Fs {
 
     /// Counts one passthrough open of a node fewer (its backing id stays registered).
     fn put_backing(&self, nodeid: u64) {
-        let Some(e) = self.sh.node_entry(nodeid) else { return };
+        let Some(e) = self.sh.node_entry(nodeid) else {
+            return;
+        };
         let Ok(_g) = self.inodes.lock() else { return };
         let left = e[5].load(Ordering::Acquire).saturating_sub(1);
         e[5].store(left, Ordering::Release);

@@ -144,6 +144,24 @@ impl NodeRef {
             NodeRef::Cold(i) => COLD_BASE + i as u64,
         }
     }
+
+    /// The number the supervisor's backing broker knows the node by (an `i32` on its
+    /// wire): the descriptor, or -(index + 1) for a cold node.
+    pub fn tag(self) -> i32 {
+        match self {
+            NodeRef::Hot(fd) => fd,
+            NodeRef::Cold(i) => -(i32::try_from(i).unwrap_or(i32::MAX)) - 1,
+        }
+    }
+
+    /// The node of a [`NodeRef::tag`].
+    pub fn from_tag(tag: i32) -> NodeRef {
+        if tag >= 0 {
+            NodeRef::Hot(tag)
+        } else {
+            NodeRef::Cold((-(tag as i64) - 1) as usize)
+        }
+    }
 }
 
 /// Cold nodes a supervisor's state region has room for. The memfd is sparse: only
@@ -153,7 +171,8 @@ pub const DEFAULT_COLD_CAPACITY: usize = 1 << 20;
 /// Layout of a cold-table entry (32 words). Words 0-6 are as in a node entry of the
 /// descriptor table (kind, lookup count, st_ino, st_dev, backing id + 1, open count, last
 /// use), then the descriptor of its pin + 1 (0: none), the parent's node id, the name's
-/// length, a sequence word (odd while the name is being rewritten), and the name.
+/// length, a sequence word (odd while the name is being rewritten), the file type
+/// (`st_mode & S_IFMT`), and the name.
 #[allow(missing_docs)]
 pub mod cold {
     pub const WORDS: usize = 32;
@@ -161,7 +180,8 @@ pub mod cold {
     pub const PARENT: usize = 8;
     pub const NAME_LEN: usize = 9;
     pub const SEQ: usize = 10;
-    pub const NAME: usize = 11;
+    pub const TYPE: usize = 11;
+    pub const NAME: usize = 12;
     /// Longest name a cold entry holds; a node with a longer name gets a descriptor.
     pub const NAME_MAX: usize = (WORDS - NAME) * 8;
 }
@@ -430,13 +450,11 @@ impl Shared {
         self.words[hdr::REQUESTS_DONE].load(Ordering::Relaxed)
     }
 
-    /// The passthrough backing id recorded for node descriptor `fd`, if it is a node and
-    /// has one (the supervisor checks the ids it handed out against this).
-    pub fn backing_of(&self, fd: RawFd) -> Option<i32> {
-        if self.kind(fd) != kind::NODE {
-            return None;
-        }
-        let id = self.entry(fd)?[4].load(Ordering::Acquire);
+    /// The passthrough backing id recorded for the node with [`NodeRef::tag`] `tag`, if
+    /// it is a node and has one (the supervisor checks the ids it handed out against
+    /// this).
+    pub fn backing_of(&self, tag: i32) -> Option<i32> {
+        let id = self.node_entry(NodeRef::from_tag(tag).id())?[4].load(Ordering::Acquire);
         (id != 0).then(|| (id - 1) as i32)
     }
 
@@ -456,7 +474,6 @@ impl Shared {
         n as u64 + 1
     }
 }
-
 
 /// The cold-node table.
 impl Shared {
@@ -481,15 +498,17 @@ impl Shared {
         self.words.get(base..base + cold::WORDS)
     }
 
-    /// Publishes cold entry `i`: a node with lookup count `count`, inode (`ino`, `dev`),
-    /// found as `name` in directory node `parent`. The data words first, then the kind.
-    /// False when `i` is out of range or the name too long for an entry.
+    /// Publishes cold entry `i`: a node with lookup count `count`, inode (`ino`, `dev`)
+    /// of file type `ftype`, found as `name` in directory node `parent`. The data words
+    /// first, then the kind. False when `i` is out of range or the name too long.
+    #[allow(clippy::too_many_arguments)]
     pub fn cold_publish(
         &self,
         i: usize,
         count: u64,
         ino: u64,
         dev: u64,
+        ftype: u32,
         parent: u64,
         name: &[u8],
     ) -> bool {
@@ -506,6 +525,7 @@ impl Shared {
             w.store(0, Ordering::Relaxed);
         }
         e[cold::SEQ].store(0, Ordering::Relaxed);
+        e[cold::TYPE].store(u64::from(ftype), Ordering::Relaxed);
         store_name(e, parent, name);
         self.words[hdr::COLD_HIGH].fetch_max(i as u64 + 1, Ordering::Relaxed);
         if e[0].swap(kind::NODE, Ordering::AcqRel) == kind::FREE {
@@ -681,9 +701,9 @@ mod tests {
         assert_eq!(sh.cold_capacity(), 16);
         assert_eq!(sh.cold_live(), 0);
         let long = [b'x'; cold::NAME_MAX + 1];
-        assert!(!sh.cold_publish(3, 1, 10, 20, 2, &long));
-        assert!(!sh.cold_publish(16, 1, 10, 20, 2, b"a"));
-        assert!(sh.cold_publish(3, 1, 10, 20, 7, b"a-name-longer-than-eight"));
+        assert!(!sh.cold_publish(3, 1, 10, 20, 0o100000, 2, &long));
+        assert!(!sh.cold_publish(16, 1, 10, 20, 0o100000, 2, b"a"));
+        assert!(sh.cold_publish(3, 1, 10, 20, 0o100000, 7, b"a-name-longer-than-eight"));
         assert_eq!(sh.cold_kind(3), kind::NODE);
         assert_eq!(sh.cold_live(), 1);
         assert_eq!(sh.cold_scan_end(), 4);
@@ -710,7 +730,35 @@ mod tests {
         assert_eq!(sh.cold_live(), 0);
         assert_eq!(sh.cold_kind(3), kind::FREE);
         // The descriptor table and the FORGET logs are not overlapped.
-        assert!(sh.forget_log(hdr::MAX_SLOTS - 1).unwrap().as_ptr_range().end
-            <= sh.cold_entry(0).unwrap().as_ptr_range().start);
+        assert!(
+            sh.forget_log(hdr::MAX_SLOTS - 1)
+                .unwrap()
+                .as_ptr_range()
+                .end
+                <= sh.cold_entry(0).unwrap().as_ptr_range().start
+        );
+    }
+
+    #[test]
+    fn node_ids_and_tags_round_trip() {
+        for n in [
+            NodeRef::Hot(0),
+            NodeRef::Hot(19_999),
+            NodeRef::Cold(0),
+            NodeRef::Cold(1 << 20),
+        ] {
+            assert_eq!(NodeRef::of(n.id()), Some(n));
+            assert_eq!(NodeRef::from_tag(n.tag()), n);
+        }
+        assert_eq!(NodeRef::of(0), None);
+        assert_eq!(NodeRef::of(1), None, "the root is the server's own");
+        assert_eq!(NodeRef::of(i32::MAX as u64 + 1), None);
+        assert!(NodeRef::Cold(0).tag() < 0);
+        // A backing id recorded in a cold entry is found by the cold node's tag.
+        let sh = Shared::anonymous_with(64, 8).unwrap();
+        assert!(sh.cold_publish(5, 1, 1, 1, 0o100000, 1, b"f"));
+        sh.cold_entry(5).unwrap()[4].store(8, Ordering::Relaxed);
+        assert_eq!(sh.backing_of(NodeRef::Cold(5).tag()), Some(7));
+        assert_eq!(sh.backing_of(NodeRef::Cold(6).tag()), None);
     }
 }

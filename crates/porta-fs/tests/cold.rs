@@ -70,7 +70,10 @@ fn a_second_walk_of_a_tree_larger_than_the_descriptor_budget_stays_in_the_kernel
     let before = requests(&m);
     assert_eq!(walk(&m), DIRS * PER_DIR);
     let second = requests(&m) - before;
-    eprintln!("second walk: {second} requests for {} files", DIRS * PER_DIR);
+    eprintln!(
+        "second walk: {second} requests for {} files",
+        DIRS * PER_DIR
+    );
     // OPENDIR, RELEASEDIR and perhaps a GETATTR per directory; no LOOKUP per file.
     assert!(second <= 4 * DIRS as u64, "{second} requests");
     drop(m);
@@ -83,7 +86,10 @@ fn a_second_walk_of_a_tree_larger_than_the_descriptor_budget_stays_in_the_kernel
     walk(&m);
     let second = requests(&m) - before;
     eprintln!("without a cold table: {second} requests");
-    assert!(second > (DIRS * PER_DIR - budget.max) as u64, "{second} requests");
+    assert!(
+        second > (DIRS * PER_DIR - budget.max) as u64,
+        "{second} requests"
+    );
 }
 
 #[test]
@@ -159,11 +165,17 @@ fn cold_nodes_take_every_operation() {
     // node (OPEN goes to the server, which walks the recorded names).
     std::fs::rename(mnt.join("late/sub"), mnt.join("late/moved")).unwrap();
     assert_eq!(std::fs::read(mnt.join("late/moved/deep")).unwrap(), b"deep");
-    assert_eq!(std::fs::read(mnt.join("late/moved/newdir/x")).unwrap(), b"x");
+    assert_eq!(
+        std::fs::read(mnt.join("late/moved/newdir/x")).unwrap(),
+        b"x"
+    );
     // Rename a cold file to another directory, and exchange two.
     std::fs::rename(mnt.join("late/moved/deep"), mnt.join("fill/deep")).unwrap();
     assert_eq!(std::fs::read(mnt.join("fill/deep")).unwrap(), b"deep");
-    common::sh(mnt, "echo a > late/ea; echo b > late/eb; cat late/ea late/eb >/dev/null");
+    common::sh(
+        mnt,
+        "echo a > late/ea; echo b > late/eb; cat late/ea late/eb >/dev/null",
+    );
     renameat2_exchange(&mnt.join("late/ea"), &mnt.join("late/eb"));
     assert_eq!(std::fs::read(mnt.join("late/ea")).unwrap(), b"b\n");
     assert_eq!(std::fs::read(mnt.join("late/eb")).unwrap(), b"a\n");
@@ -179,7 +191,10 @@ fn cold_nodes_take_every_operation() {
     std::fs::hard_link(&f, mnt.join("late/other")).unwrap();
     std::fs::remove_file(&f).unwrap();
     assert_eq!(std::fs::read(mnt.join("late/other")).unwrap(), b"hello");
-    assert_eq!(std::fs::metadata(mnt.join("late/other")).unwrap().nlink(), 1);
+    assert_eq!(
+        std::fs::metadata(mnt.join("late/other")).unwrap().nlink(),
+        1
+    );
 
     // Unlinked while open: the open file keeps working, attribute changes included (a
     // SETATTR names the node, whose name is gone: the server pinned it).
@@ -202,7 +217,10 @@ fn cold_nodes_take_every_operation() {
     drop(open);
 
     // Clean up through the mount: rmdir of cold directories.
-    common::sh(mnt, "rm -r late/moved && rm late/other late/eb late/link && rmdir late");
+    common::sh(
+        mnt,
+        "rm -r late/moved && rm late/other late/eb late/link && rmdir late",
+    );
     assert!(!b.join("late").exists());
 
     // When the kernel drops its cache, it forgets cold nodes like any other.

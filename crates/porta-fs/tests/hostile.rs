@@ -46,6 +46,11 @@ fn open_dir(p: &Path, flags: i32) -> OwnedFd {
 
 impl Conn {
     fn new() -> Conn {
+        Self::with_nofile(0)
+    }
+
+    /// A server whose descriptor budget is `nofile` (0: the process's limit).
+    fn with_nofile(nofile: u64) -> Conn {
         let dir = tempfile::Builder::new()
             .prefix("porta-fs-hostile")
             .tempdir_in("/tmp")
@@ -59,7 +64,12 @@ impl Conn {
             fuse_fd: server.as_raw_fd(),
             root_fd: root.as_raw_fd(),
             proc_fd: procfd.as_raw_fd(),
-            shared: Shared::anonymous(20000).unwrap(),
+            shared: {
+                let sh = Shared::anonymous(20000).unwrap();
+                sh.hdr(porta_fs::shared::hdr::NOFILE)
+                    .store(nofile, std::sync::atomic::Ordering::Relaxed);
+                sh
+            },
             passthrough: false,
             threads: 1,
             ttl: Duration::from_secs(1),
@@ -630,4 +640,80 @@ fn resent_lookup_and_create_count_their_node_once() {
         "a resent CREATE opened a second handle"
     );
     c.assert_alive();
+}
+
+#[test]
+fn cold_nodes_are_checked_by_inode_and_survive_a_restart() {
+    use porta_fs::shared::{cold, COLD_BASE};
+    use std::sync::atomic::Ordering;
+    require_root!();
+    // Budget for 200 descriptors: nodes past its high-water mark (90) are cold.
+    let mut c = Conn::with_nofile(200);
+    let b = c.backing();
+    for i in 0..120 {
+        std::fs::write(b.join(format!("f{i}")), b"x").unwrap();
+    }
+    let ids: Vec<u64> = (0..120)
+        .map(|i| {
+            let (err, id, _) = c.lookup(1, &format!("f{i}"));
+            assert_eq!(err, 0);
+            id
+        })
+        .collect();
+    let cold_ids: Vec<(usize, u64)> = ids
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, id)| id >= COLD_BASE)
+        .collect();
+    assert!(cold_ids.len() >= 20, "{} cold nodes", cold_ids.len());
+    let sh = c.cfg.shared;
+    assert_eq!(sh.cold_live(), cold_ids.len());
+    let getattr = |c: &mut Conn, id: u64| c.req(op::GETATTR, id, &[0u8; 16]).0;
+    let (ka, k) = cold_ids[0];
+    let (ja, j) = cold_ids[1];
+    assert_eq!(getattr(&mut c, k), 0);
+
+    // A new server finds the cold nodes in the shared table: same answers, same ids.
+    let (u, err, _) = c.restart();
+    assert_eq!((u, err), (0, porta_fs::abi::NOTIFY_RESEND));
+    assert_eq!(getattr(&mut c, k), 0);
+    assert_eq!(
+        c.lookup(1, &format!("f{ka}")).1,
+        k,
+        "a second node for one inode"
+    );
+    assert_eq!(sh.cold_live(), cold_ids.len());
+
+    // The host swaps the file for a symlink out: the node's name now names another
+    // inode, and the server says so instead of following it or serving it.
+    std::fs::remove_file(b.join(format!("f{ka}"))).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", b.join(format!("f{ka}"))).unwrap();
+    assert_eq!(getattr(&mut c, k), -libc::ESTALE);
+    assert_eq!(c.req(op::OPEN, k, &[0u8; 8]).0, -libc::ESTALE);
+    // Made-up cold ids name nothing.
+    for id in [COLD_BASE + 50_000, COLD_BASE + (1 << 40), u64::MAX] {
+        assert_eq!(getattr(&mut c, id), -libc::ESTALE, "{id:#x}");
+    }
+    // A name a killed server left half-written is dropped by the next one (ESTALE),
+    // never used.
+    let i = (j - COLD_BASE) as usize;
+    sh.cold_entry(i).unwrap()[cold::SEQ].fetch_add(1, Ordering::Relaxed);
+    c.restart();
+    assert_eq!(getattr(&mut c, j), -libc::ESTALE);
+    assert_eq!(
+        c.lookup(1, &format!("f{ja}")).1,
+        j,
+        "the node is found again by inode"
+    );
+
+    // FORGET frees cold entries like any other.
+    let before = sh.cold_live();
+    let mut forget = Vec::new();
+    forget.extend_from_slice(&2u64.to_ne_bytes());
+    let (_, f) = c.frame(op::FORGET, k, &forget);
+    c.send_raw(&f);
+    c.assert_alive();
+    assert_eq!(sh.cold_live(), before - 1);
+    assert_eq!(sh.cold_kind(i), porta_fs::shared::kind::NODE);
 }

@@ -42,12 +42,18 @@ impl Container {
     }
 
     fn start_with(passthrough: bool, fault: Option<&str>, hang_ms: Option<&str>) -> Container {
-        Self::start_inner(passthrough, fault, hang_ms, true)
+        Self::start_inner(passthrough, fault, hang_ms, true, None)
+    }
+
+    /// A container whose file servers get a descriptor budget of `nofile`
+    /// (PORTA_FS_NOFILE): past about half of it, new nodes are cold.
+    fn start_with_nofile(passthrough: bool, nofile: u64) -> Container {
+        Self::start_inner(passthrough, None, None, true, Some(nofile))
     }
 
     /// A container whose supervisor is told not to use a user namespace.
     fn start_without_userns(passthrough: bool) -> Container {
-        Self::start_inner(passthrough, None, None, false)
+        Self::start_inner(passthrough, None, None, false, None)
     }
 
     fn start_inner(
@@ -55,12 +61,17 @@ impl Container {
         fault: Option<&str>,
         hang_ms: Option<&str>,
         userns: bool,
+        nofile: Option<u64>,
     ) -> Container {
         // The environment is the launched supervisor's: set it only under the lock.
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         match hang_ms {
             Some(v) => std::env::set_var("PORTA_HANG_TIMEOUT_MS", v),
             None => std::env::remove_var("PORTA_HANG_TIMEOUT_MS"),
+        }
+        match nofile {
+            Some(n) => std::env::set_var("PORTA_FS_NOFILE", n.to_string()),
+            None => std::env::remove_var("PORTA_FS_NOFILE"),
         }
         if userns {
             std::env::remove_var("PORTA_FS_USERNS");
@@ -402,12 +413,25 @@ fn forgets_read_by_a_killed_server_are_finished_by_its_successor() {
 fn kill_every_100ms_under_load_no_errors_no_lost_data() {
     require_root!();
     for passthrough in [true, false] {
-        kill_loop(passthrough, Duration::from_secs(8));
+        kill_loop(passthrough, Duration::from_secs(8), None);
     }
 }
 
-fn kill_loop(passthrough: bool, dur: Duration) {
-    let c = Container::start(passthrough, None);
+#[test]
+fn kill_every_100ms_with_cold_nodes() {
+    require_root!();
+    // A budget of 300 descriptors: once the table holds about 160 nodes, new files are
+    // cold (kept by parent and name in the shared memory). Creates, renames (the
+    // recorded name follows), unlinks (the node is pinned) and reads of cold nodes while
+    // the server is killed every 100 ms.
+    kill_loop(true, Duration::from_secs(6), Some(300));
+}
+
+fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
+    let c = match nofile {
+        Some(n) => Container::start_with_nofile(passthrough, n),
+        None => Container::start(passthrough, None),
+    };
     let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = vec![];
     for w in 0..2 {
@@ -499,6 +523,20 @@ fn kill_loop(passthrough: bool, dur: Duration) {
         }
     }
     let s = c.fs();
+    if let Some(n) = nofile {
+        // More files than the budget holds descriptors, all known to the kernel (its
+        // cached nodes), the server within its budget: most are cold. Each is still
+        // opened and read through the mount, by the node the kernel holds.
+        assert!(kept_all.len() as u64 > 2 * n, "{} files", kept_all.len());
+        let fds = server_fds(s.pid) as u64;
+        assert!(fds <= n, "{fds} descriptors for a budget of {n}");
+        for (p, data) in &kept_all {
+            match std::fs::read(p) {
+                Ok(got) => assert_eq!(got, data.as_bytes(), "{}", p.display()),
+                Err(e) => panic!("{}: {e}\nlog tail: {}", p.display(), tail(&c.log())),
+            }
+        }
+    }
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))

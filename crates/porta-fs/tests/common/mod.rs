@@ -81,7 +81,13 @@ impl TestMount {
         passthrough: bool,
         capacity: usize,
     ) -> TestMount {
-        Self::with_shared(dir, backing, mnt, passthrough, Shared::anonymous(capacity).unwrap())
+        Self::with_shared(
+            dir,
+            backing,
+            mnt,
+            passthrough,
+            Shared::anonymous(capacity).unwrap(),
+        )
     }
 
     /// As `with_dirs`, on a shared state region the test prepared.
