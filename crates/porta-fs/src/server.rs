@@ -789,6 +789,17 @@ impl Fs {
         Some(())
     }
 
+    /// For a resent RELEASE whose first run recorded the handle it was about to close: a
+    /// different stamp at that descriptor now means the first run closed it and a later
+    /// open took the number (closing that one would break an open file: EBADF).
+    fn released_already(&self, h: &InHeader, fh: u64, stamp: u64) -> bool {
+        let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
+        self.journal_at_start
+            .iter()
+            .find(|e| e[0] == id && e[1] == journal::INTENT)
+            .is_some_and(|e| e[2] == fh && e[3] != 0 && e[3] != stamp)
+    }
+
     /// For a resent RENAME_EXCHANGE whose first run may have happened before the journal
     /// recorded it: the inode numbers seen before the swap tell whether it did.
     fn exchange_already_done(&self, h: &InHeader, od: RawFd, old: &CStr) -> bool {
@@ -1063,6 +1074,21 @@ impl Fs {
             }
             op::RELEASE | op::RELEASEDIR => {
                 let fh = r.u64().map_err(mal)?;
+                let stamp = match self.fh_fd(fh) {
+                    Ok(fd) => self
+                        .sh
+                        .entry(fd)
+                        .map_or(0, |e| e[2].load(Ordering::Relaxed)),
+                    Err(_) => return Ok(Done::Reply),
+                };
+                if resent && self.released_already(h, fh, stamp) {
+                    return Ok(Done::Reply);
+                }
+                // The handle's identity, for a resent copy of this request (above).
+                if let Some(e) = self.sh.journal(idx) {
+                    e[2].store(fh, Ordering::Relaxed);
+                    e[3].store(stamp, Ordering::Release);
+                }
                 self.release(fh);
             }
             op::FSYNC | op::FSYNCDIR => {
@@ -1149,7 +1175,10 @@ impl Fs {
                 let fd = fd_node.fd();
                 let dir = self.reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
                 let raw = dir.into_raw_fd();
-                if !self.sh.publish(raw, kind::DIR, h.nodeid, 0, 0) {
+                if !self
+                    .sh
+                    .publish(raw, kind::DIR, h.nodeid, self.sh.next_open(), 0)
+                {
                     sys::close(raw);
                     return Err(libc::ENFILE);
                 }
@@ -2199,10 +2228,13 @@ impl Fs {
             0
         };
         let raw = file.into_raw_fd();
-        if !self
-            .sh
-            .publish(raw, kind::FILE, nodeid, 0, flags as u32 as u64)
-        {
+        if !self.sh.publish(
+            raw,
+            kind::FILE,
+            nodeid,
+            self.sh.next_open(),
+            flags as u32 as u64,
+        ) {
             if self.passthrough {
                 self.put_backing(nodeid);
             }

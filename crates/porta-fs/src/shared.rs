@@ -63,6 +63,8 @@ pub mod hdr {
     pub const COLD_LIVE: usize = 50;
     /// One more than the highest cold entry ever published (scans stop there).
     pub const COLD_HIGH: usize = 51;
+    /// Open counter: each file or directory handle gets the next value as its stamp.
+    pub const OPENS: usize = 52;
 }
 
 /// Kind word of a table entry.
@@ -98,8 +100,9 @@ pub mod slot {
 
 /// Words per table entry (one cache line). Node: kind, lookup count, st_ino, st_dev,
 /// passthrough backing id + 1 (0: none), number of open files using it, last use (a
-/// value of the `hdr::EPOCH` clock), spare. File or directory handle: kind, node id, 0,
-/// open flags, then zeros.
+/// value of the `hdr::EPOCH` clock), spare. File or directory handle: kind, node id, its
+/// stamp (a value of `hdr::OPENS`, never 0: tells this open from a later one that got the
+/// same descriptor number), open flags, then zeros.
 pub const ENTRY_WORDS: usize = 8;
 
 /// Word of a node entry holding its last use.
@@ -560,6 +563,11 @@ impl Shared {
                 );
             }
         }
+    }
+
+    /// A new handle stamp (never 0).
+    pub fn next_open(&self) -> u64 {
+        self.words[hdr::OPENS].fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Cold nodes in use.

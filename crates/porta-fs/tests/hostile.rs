@@ -566,6 +566,57 @@ fn a_resent_release_never_closes_a_file_opened_since() {
         "the resent RELEASE closed a file opened after the first run"
     );
     assert_eq!(out, b"B");
+    // Killed after the close but before the journal said DONE (state INTENT, the handle's
+    // identity recorded), with the number taken again by a later open in between (the
+    // other request thread): the resent RELEASE must see the stamp changed.
+    assert_eq!(c.req(op::RELEASE, nb, &release(fb)).0, 0);
+    let mut reused = None;
+    let mut stamp = 0;
+    for _ in 0..20 {
+        let fx = open(&mut c, nb);
+        stamp =
+            c.cfg.shared.entry(fx as i32).unwrap()[2].load(std::sync::atomic::Ordering::Relaxed);
+        let (_, f) = c.frame(op::RELEASE, nb, &release(fx));
+        c.send_raw(&f);
+        assert_eq!(c.recv().1, 0);
+        let fa = open(&mut c, na);
+        if fa == fx {
+            reused = Some(f);
+            break;
+        }
+        assert_eq!(c.req(op::RELEASE, na, &release(fa)).0, 0);
+    }
+    let f = reused.expect("a released descriptor number is reused by the next open");
+    let sh = c.cfg.shared;
+    let unique = u64::from_ne_bytes(f[8..16].try_into().unwrap());
+    let slot = (0..porta_fs::shared::hdr::MAX_SLOTS)
+        .find(|&i| sh.journal(i).unwrap()[0].load(std::sync::atomic::Ordering::Relaxed) == unique)
+        .expect("the RELEASE is in the journal");
+    // As the first run left it when killed: the handle and its stamp recorded, no answer.
+    let fh = u64::from_ne_bytes(f[IN_HEADER_LEN..IN_HEADER_LEN + 8].try_into().unwrap());
+    let e = sh.journal(slot).unwrap();
+    e[2].store(fh, std::sync::atomic::Ordering::Relaxed);
+    e[3].store(stamp, std::sync::atomic::Ordering::Relaxed);
+    e[1].store(
+        porta_fs::shared::journal::INTENT,
+        std::sync::atomic::Ordering::Release,
+    );
+    c.restart();
+    let mut rf = f.clone();
+    rf[8..16].copy_from_slice(&(unique | porta_fs::abi::UNIQUE_RESEND_FLAG).to_ne_bytes());
+    c.send_raw(&rf);
+    assert_eq!(c.recv().1, 0);
+    // The handle the first run released, now a's (same number).
+    let mut rd = fh.to_ne_bytes().to_vec();
+    rd.extend_from_slice(&0u64.to_ne_bytes());
+    rd.extend_from_slice(&16u32.to_ne_bytes());
+    rd.extend_from_slice(&[0u8; 20]);
+    let (err, out) = c.req(op::READ, na, &rd);
+    assert_eq!(
+        err, 0,
+        "a resent RELEASE (first run cut short) closed a file opened since"
+    );
+    assert_eq!(out, b"A");
     c.assert_alive();
 }
 
