@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
 use crate::evict::{self, Budget, Method};
-use crate::shared::{self, cold, hdr, journal, kind, slot, NodeRef, Shared, FORGET_LOG_ENTRIES};
+use crate::shared::{self, cold, forget_log, hdr, journal, kind, slot, NodeRef, Shared};
 use crate::sys::{self, Errno, SysResult};
 use crate::Error;
 
@@ -61,7 +61,20 @@ impl Drop for FsIds {
 /// this much CPU time after each burst of requests, on one thread.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 /// Size of the request buffer of each thread.
-const BUF_LEN: usize = MAX_WRITE as usize + 4096;
+const BUF_LEN: usize = shared::REQUEST_BUF_LEN;
+const _: () = assert!(BUF_LEN == MAX_WRITE as usize + 4096);
+
+/// Server thread `idx`'s request buffer: its buffer in the shared memory, or (a region
+/// without one) a private one.
+fn request_buf(sh: &Shared, idx: usize) -> &'static mut [u8] {
+    // SAFETY: each index is taken once per server process, by the thread that uses it
+    // (slot 0 by the main thread for INIT and then its loop), after recovery dropped its
+    // slices.
+    match unsafe { sh.request_buf(idx) } {
+        Some(b) => b,
+        None => Box::leak(vec![0u8; BUF_LEN].into_boxed_slice()),
+    }
+}
 
 /// How a server is set up.
 #[derive(Debug, Clone)]
@@ -215,6 +228,31 @@ fn journal_node(code: u64) -> Option<u64> {
     NodeRef::of(id).map(NodeRef::id)
 }
 
+/// The request id and (node, count) entries of a FORGET or BATCH_FORGET frame at the
+/// start of `buf`; `None` for any other request or a malformed one.
+fn forget_frame(buf: &[u8]) -> Option<(u64, Vec<(u64, u64)>)> {
+    let len = u32::from_ne_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    let frame = buf.get(..len)?;
+    let h = InHeader::parse(frame).ok()?;
+    let mut r = Reader::new(frame.get(abi::IN_HEADER_LEN..)?);
+    match h.opcode {
+        op::FORGET => Some((h.unique, vec![(h.nodeid, r.u64().ok()?)])),
+        op::BATCH_FORGET => {
+            let count = r.u32().ok()? as usize;
+            r.u32().ok()?;
+            let mut v = Vec::with_capacity(count.min(len / 16));
+            for _ in 0..count {
+                let (Ok(id), Ok(n)) = (r.u64(), r.u64()) else {
+                    break;
+                };
+                v.push((id, n));
+            }
+            Some((h.unique, v))
+        }
+        _ => None,
+    }
+}
+
 fn mal(_: abi::Malformed) -> Errno {
     libc::EINVAL
 }
@@ -325,9 +363,15 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         evict: evict::Control::default(),
         names: Mutex::new(HashMap::new()),
     };
-    let mut buf = vec![0u8; BUF_LEN];
+    // Before this server reads anything: the FORGETs a killed predecessor had read are in
+    // its threads' request buffers.
+    let recovered = fs.recover_forgets();
+    if recovered > 0 {
+        tracing::info!(recovered, "applied the FORGETs a killed server had read");
+    }
+    let buf = request_buf(&sh, 0);
     if sh.hdr(hdr::INITIALIZED).load(Ordering::Acquire) == 0 {
-        if let Some(exit) = fs.handshake(&mut buf, cfg.passthrough)? {
+        if let Some(exit) = fs.handshake(buf, cfg.passthrough)? {
             return Ok(exit);
         }
     } else {
@@ -347,10 +391,6 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             "file server restarted on a live connection"
         );
     }
-    let recovered = fs.recover_forgets();
-    if recovered > 0 {
-        tracing::info!(recovered, "applied the FORGETs a killed server had read");
-    }
     fs.evict.set_method(evict::probe(fs.fuse));
     // Request threads poll before they sleep (wait_for_request); the supervisor and the
     // keeper never read this descriptor, so its file description may be non-blocking.
@@ -362,7 +402,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         let evictor = s.spawn(move || fs.evict_loop());
         fs.evict.set_thread(evictor.thread().clone());
         let handles: Vec<_> = (1..threads)
-            .map(|i| s.spawn(move || fs.run_loop(i, vec![0u8; BUF_LEN])))
+            .map(|i| s.spawn(move || fs.run_loop(i, request_buf(&fs.sh, i))))
             .collect();
         let mut r = fs.run_loop(0, buf);
         fs.evict.shutdown();
@@ -493,7 +533,7 @@ impl Fs {
         }
     }
 
-    fn run_loop(&self, idx: usize, mut buf: Vec<u8>) -> Result<Exit, Error> {
+    fn run_loop(&self, idx: usize, buf: &mut [u8]) -> Result<Exit, Error> {
         let slot = self.sh.slot(idx);
         if let Some(s) = slot {
             s[0].store(slot::IDLE, Ordering::Relaxed);
@@ -505,7 +545,7 @@ impl Fs {
         let mut dents = vec![0u8; 32 * 1024];
         let mut idle_since: Option<std::time::Instant> = None;
         loop {
-            let n = match sys::read(self.fuse, &mut buf) {
+            let n = match sys::read(self.fuse, buf) {
                 Ok(0) | Err(libc::ENODEV) => return Ok(Exit::Unmounted),
                 Ok(n) => n,
                 Err(libc::EAGAIN) => {
@@ -838,7 +878,7 @@ impl Fs {
             }
             op::FORGET => {
                 let n = r.u64().map_err(mal)?;
-                self.forget_logged(idx, &[(h.nodeid, n)]);
+                self.forget_logged(idx, h.unique, &[(h.nodeid, n)], 0);
                 return Ok(Done::NoReply);
             }
             op::BATCH_FORGET => {
@@ -851,7 +891,7 @@ impl Fs {
                     };
                     entries.push((id, n));
                 }
-                self.forget_logged(idx, &entries);
+                self.forget_logged(idx, h.unique, &entries, 0);
                 return Ok(Done::NoReply);
             }
             op::GETATTR => {
@@ -1616,55 +1656,54 @@ impl Fs {
         false
     }
 
-    /// Applies the kernel's FORGETs, logging each chunk in the shared memory first: the
-    /// kernel never resends a FORGET, so a server killed in the middle leaves the rest to
-    /// its successor ([`Fs::recover_forgets`]). At most the entry being applied at the
-    /// kill is lost (a node kept too long, never one dropped too early).
-    fn forget_logged(&self, idx: usize, entries: &[(u64, u64)]) {
-        let Some(log) = self.sh.forget_log(idx) else {
-            for (id, n) in entries {
-                self.forget(*id, *n);
+    /// Applies the entries of the FORGET frame with request id `unique` (from entry
+    /// `first` on), noting in the shared memory which one is being applied. The kernel never
+    /// resends a FORGET; the frame stays in the thread's request buffer in the shared
+    /// memory until the thread reads the next request, so a server killed at any point
+    /// leaves the rest to its successor ([`Fs::recover_forgets`]). At most the entry being
+    /// applied at the kill is lost (a node kept too long, never one dropped too early).
+    fn forget_logged(&self, idx: usize, unique: u64, entries: &[(u64, u64)], first: usize) {
+        let progress = self.sh.forget_log(idx);
+        if let Some(p) = progress {
+            p[forget_log::STARTED].store(first as u64, Ordering::Relaxed);
+            p[forget_log::UNIQUE].store(unique, Ordering::Release);
+        }
+        for (k, (id, n)) in entries.iter().enumerate().skip(first) {
+            self.inject_forget_fault();
+            if let Some(p) = progress {
+                p[forget_log::STARTED].store(k as u64 + 1, Ordering::Release);
             }
-            return;
-        };
-        for chunk in entries.chunks(FORGET_LOG_ENTRIES) {
-            for (k, (id, n)) in chunk.iter().enumerate() {
-                log[2 + 2 * k].store(*id, Ordering::Relaxed);
-                log[3 + 2 * k].store(*n, Ordering::Relaxed);
-            }
-            log[1].store(0, Ordering::Relaxed);
-            log[0].store(chunk.len() as u64, Ordering::Release);
-            for (k, (id, n)) in chunk.iter().enumerate() {
-                self.inject_forget_fault();
-                log[1].store(k as u64 + 1, Ordering::Release);
-                self.forget(*id, *n);
-            }
-            log[0].store(0, Ordering::Release);
+            self.forget(*id, *n);
         }
     }
 
-    /// Finishes the FORGETs a killed predecessor had logged but not applied; returns how
-    /// many. Runs before any request thread starts.
+    /// Finishes the FORGET frames killed predecessors had read but not applied (found in
+    /// the threads' request buffers); returns how many entries. Runs before any request
+    /// thread starts.
     fn recover_forgets(&self) -> usize {
         let mut total = 0;
         for i in 0..hdr::MAX_SLOTS {
-            let Some(log) = self.sh.forget_log(i) else {
+            let Some(progress) = self.sh.forget_log(i) else {
                 continue;
             };
-            let count = (log[0].load(Ordering::Acquire) as usize).min(FORGET_LOG_ENTRIES);
-            if count == 0 {
+            // SAFETY: no request thread runs yet; the slice is dropped at the end of
+            // this iteration, before any other slice of this buffer is taken.
+            let Some(buf) = (unsafe { self.sh.request_buf(i) }) else {
                 continue;
+            };
+            let Some((unique, entries)) = forget_frame(buf) else {
+                continue;
+            };
+            let first =
+                if unique != 0 && progress[forget_log::UNIQUE].load(Ordering::Acquire) == unique {
+                    progress[forget_log::STARTED].load(Ordering::Acquire) as usize
+                } else {
+                    0
+                };
+            if first < entries.len() {
+                total += entries.len() - first;
+                self.forget_logged(i, unique, &entries, first);
             }
-            let started = log[1].load(Ordering::Acquire) as usize;
-            for k in started..count {
-                log[1].store(k as u64 + 1, Ordering::Release);
-                self.forget(
-                    log[2 + 2 * k].load(Ordering::Relaxed),
-                    log[3 + 2 * k].load(Ordering::Relaxed),
-                );
-                total += 1;
-            }
-            log[0].store(0, Ordering::Release);
         }
         total
     }

@@ -108,12 +108,22 @@ pub const ENTRY_WORDS: usize = 8;
 /// Word of a node entry holding its last use.
 pub const LAST_USE: usize = 6;
 
-/// FORGET entries a server thread logs before it applies them (a larger BATCH_FORGET is
-/// applied in chunks of this many).
-pub const FORGET_LOG_ENTRIES: usize = 512;
-/// Words of a thread's FORGET log, after the table: number of logged entries being applied
-/// (0: none), how many of them were started, then (node id, count) pairs.
-pub const FORGET_LOG_WORDS: usize = 2 + 2 * FORGET_LOG_ENTRIES;
+/// Words of a thread's FORGET progress, after the table: the request id of the FORGET
+/// frame the thread is applying (the frame itself stays in the thread's request buffer,
+/// [`Shared::request_buf`]) and how many of its entries were started.
+pub const FORGET_LOG_WORDS: usize = 2;
+
+/// Word indexes of a thread's FORGET progress.
+#[allow(missing_docs)]
+pub mod forget_log {
+    pub const UNIQUE: usize = 0;
+    pub const STARTED: usize = 1;
+}
+
+/// Bytes of each server thread's request buffer in the region. Requests are read straight
+/// into it, so a FORGET frame read by a server killed before it logged the frame is still
+/// there for its successor (the kernel never resends a FORGET).
+pub const REQUEST_BUF_LEN: usize = (1 << 20) + 4096;
 
 /// Node ids from here on name cold-table entries (`COLD_BASE + index`); below it, node
 /// id = descriptor + 2.
@@ -229,8 +239,14 @@ fn cold_start(capacity: usize) -> usize {
     hdr::TABLE + capacity * ENTRY_WORDS + hdr::MAX_SLOTS * FORGET_LOG_WORDS
 }
 
+/// Words before the request buffers.
+fn bufs_start(capacity: usize, cold_capacity: usize) -> usize {
+    let words = cold_start(capacity) + cold_capacity * cold::WORDS;
+    (words + 511) & !511 // page-aligned
+}
+
 fn region_size(capacity: usize, cold_capacity: usize) -> usize {
-    let bytes = (cold_start(capacity) + cold_capacity * cold::WORDS) * 8;
+    let bytes = bufs_start(capacity, cold_capacity) * 8 + hdr::MAX_SLOTS * REQUEST_BUF_LEN;
     (bytes + 4095) & !4095
 }
 
@@ -565,6 +581,29 @@ impl Shared {
         }
     }
 
+    /// The request buffer of server thread `i` ([`REQUEST_BUF_LEN`] bytes), `None` when
+    /// the region has none (made by an older version).
+    ///
+    /// # Safety
+    /// The slice aliases shared memory: within a process, at most one slice per `i` may
+    /// be alive at a time (each server thread takes its own; recovery takes them before
+    /// the threads start and drops them). Other processes only touch it after this one
+    /// is dead (a successor server) or never (keeper, supervisor).
+    pub unsafe fn request_buf(&self, i: usize) -> Option<&'static mut [u8]> {
+        if i >= hdr::MAX_SLOTS {
+            return None;
+        }
+        let cold = self.words[hdr::COLD_CAPACITY].load(Ordering::Relaxed) as usize;
+        let start = bufs_start(self.capacity(), cold) * 8 + i * REQUEST_BUF_LEN;
+        if start + REQUEST_BUF_LEN > self.words.len() * 8 {
+            return None;
+        }
+        let base = self.words.as_ptr() as *mut u8;
+        // SAFETY: in bounds of the mapping (checked above), which lives for the process;
+        // exclusivity is the caller's contract.
+        Some(unsafe { std::slice::from_raw_parts_mut(base.add(start), REQUEST_BUF_LEN) })
+    }
+
     /// A new handle stamp (never 0).
     pub fn next_open(&self) -> u64 {
         self.words[hdr::OPENS].fetch_add(1, Ordering::Relaxed) + 1
@@ -737,7 +776,8 @@ mod tests {
         sh.cold_free(3);
         assert_eq!(sh.cold_live(), 0);
         assert_eq!(sh.cold_kind(3), kind::FREE);
-        // The descriptor table and the FORGET logs are not overlapped.
+        // The descriptor table, the FORGET progress words, the cold table and the request
+        // buffers do not overlap, and the last buffer ends inside the region.
         assert!(
             sh.forget_log(hdr::MAX_SLOTS - 1)
                 .unwrap()
@@ -745,6 +785,18 @@ mod tests {
                 .end
                 <= sh.cold_entry(0).unwrap().as_ptr_range().start
         );
+        let cold_end = sh.cold_entry(15).unwrap().as_ptr_range().end as usize;
+        // SAFETY: the test holds no other slice of these buffers.
+        let (b0, b7) = unsafe { (sh.request_buf(0).unwrap(), sh.request_buf(7).unwrap()) };
+        assert!(b0.as_ptr() as usize >= cold_end);
+        assert_eq!(b0.len(), REQUEST_BUF_LEN);
+        assert_eq!(
+            b7.as_ptr() as usize - b0.as_ptr() as usize,
+            7 * REQUEST_BUF_LEN
+        );
+        b7[REQUEST_BUF_LEN - 1] = 1;
+        // SAFETY: returns None; nothing is aliased.
+        assert!(unsafe { sh.request_buf(hdr::MAX_SLOTS) }.is_none());
     }
 
     #[test]

@@ -167,7 +167,13 @@ impl Conn {
     /// state and descriptors, as the supervisor does after a crash; returns the frame the
     /// new server sends first (FUSE_NOTIFY_RESEND).
     fn restart(&mut self) -> (u64, i32, Vec<u8>) {
+        self.restart_after(|_| {})
+    }
+
+    /// As `restart`, running `between` on the shared state while no server runs.
+    fn restart_after(&mut self, between: impl FnOnce(&Shared)) -> (u64, i32, Vec<u8>) {
         self.stop_server();
+        between(&self.cfg.shared);
         let (client, server) = socketpair();
         let mut cfg = self.cfg.clone();
         cfg.fuse_fd = server.as_raw_fd();
@@ -767,4 +773,66 @@ fn cold_nodes_are_checked_by_inode_and_survive_a_restart() {
     c.assert_alive();
     assert_eq!(sh.cold_live(), before - 1);
     assert_eq!(sh.cold_kind(i), porta_fs::shared::kind::NODE);
+}
+
+#[test]
+fn forget_frames_read_by_a_killed_server_are_applied_by_its_successor() {
+    use porta_fs::shared::{forget_log, kind};
+    use std::sync::atomic::Ordering;
+    require_root!();
+    let mut c = Conn::new();
+    let b = c.backing();
+    for f in ["a", "b", "c"] {
+        std::fs::write(b.join(f), f).unwrap();
+    }
+    let node = |c: &mut Conn, f: &str| c.lookup(1, f).1;
+    let (na, nb, nc) = (node(&mut c, "a"), node(&mut c, "b"), node(&mut c, "c"));
+    assert_eq!(node(&mut c, "c"), nc); // c counted twice
+    let sh = c.cfg.shared;
+    let kind_of = |n: u64| sh.kind((n - 2) as i32);
+    let count_of = |n: u64| sh.entry((n - 2) as i32).unwrap()[1].load(Ordering::Relaxed);
+    // A BATCH_FORGET as the kernel sends it: (a, 1), (b, 1), (c, 1).
+    let mut body = 3u32.to_ne_bytes().to_vec();
+    body.extend_from_slice(&[0u8; 4]);
+    for n in [na, nb, nc] {
+        body.extend_from_slice(&n.to_ne_bytes());
+        body.extend_from_slice(&1u64.to_ne_bytes());
+    }
+    let (unique, frame) = c.frame(op::BATCH_FORGET, 0, &body);
+    // The server read it into its request buffer and was killed before applying any
+    // entry (the window between read(2) and the first entry): the kernel will not resend.
+    c.restart_after(|sh| {
+        // SAFETY: no server runs; this is the only slice of the buffer.
+        let buf = unsafe { sh.request_buf(0) }.unwrap();
+        buf[..frame.len()].copy_from_slice(&frame);
+    });
+    assert_eq!(kind_of(na), kind::FREE, "a forgotten");
+    assert_eq!(kind_of(nb), kind::FREE, "b forgotten");
+    assert_eq!((kind_of(nc), count_of(nc)), (kind::NODE, 1), "c counted once less");
+    // A restart that finds the same frame already applied does nothing again.
+    c.restart();
+    assert_eq!((kind_of(nc), count_of(nc)), (kind::NODE, 1), "applied twice");
+    // Killed in the middle: the progress words say entry 1 was started, so the
+    // successor applies only what follows (entry 1 itself may be lost, never doubled).
+    let (na, nb) = (node(&mut c, "a"), node(&mut c, "b"));
+    let mut body = 3u32.to_ne_bytes().to_vec();
+    body.extend_from_slice(&[0u8; 4]);
+    for n in [na, nb, nc] {
+        body.extend_from_slice(&n.to_ne_bytes());
+        body.extend_from_slice(&1u64.to_ne_bytes());
+    }
+    let (unique2, frame) = c.frame(op::BATCH_FORGET, 0, &body);
+    assert_ne!(unique, unique2);
+    c.restart_after(|sh| {
+        // SAFETY: as above.
+        let buf = unsafe { sh.request_buf(0) }.unwrap();
+        buf[..frame.len()].copy_from_slice(&frame);
+        let p = sh.forget_log(0).unwrap();
+        p[forget_log::STARTED].store(2, Ordering::Relaxed);
+        p[forget_log::UNIQUE].store(unique2, Ordering::Release);
+    });
+    assert_eq!((kind_of(na), count_of(na)), (kind::NODE, 1), "a was done before the kill");
+    assert_eq!((kind_of(nb), count_of(nb)), (kind::NODE, 1), "b was being applied");
+    assert_eq!(kind_of(nc), kind::FREE, "c was still to do");
+    c.assert_alive();
 }
