@@ -1998,7 +1998,10 @@ impl Fs {
         Ok(id)
     }
 
-    /// Counts one passthrough open of a node fewer (its backing id stays registered).
+    /// Counts one passthrough open of a node fewer. A node with a descriptor keeps its
+    /// backing id registered; a cold node drops it with its last open file: cold nodes
+    /// are the ones past the descriptor budget, and the supervisor registers at most as
+    /// many backing ids as the table has descriptors.
     fn put_backing(&self, nodeid: u64) {
         let Some(e) = self.sh.node_entry(nodeid) else {
             return;
@@ -2006,6 +2009,9 @@ impl Fs {
         let Ok(_g) = self.inodes.lock() else { return };
         let left = e[5].load(Ordering::Acquire).saturating_sub(1);
         e[5].store(left, Ordering::Release);
+        if left == 0 && matches!(NodeRef::of(nodeid), Some(NodeRef::Cold(_))) {
+            self.drop_backing(e);
+        }
     }
 
     /// Unregisters the backing id of node entry `e` (its last lookup is gone); the

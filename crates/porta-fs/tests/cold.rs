@@ -126,6 +126,36 @@ fn cold_nodes_take_every_operation() {
         m.shared.cold_live()
     );
 
+    // A cold node keeps no passthrough backing id once its last open file is closed (the
+    // supervisor registers at most as many ids as there are descriptors).
+    if m.passthrough_active() {
+        let ino = std::fs::metadata(b.join("late/file")).unwrap().ino();
+        let sh = m.shared;
+        let entry = (0..sh.cold_scan_end())
+            .filter_map(|i| {
+                sh.cold_entry(i)
+                    .filter(|_| sh.cold_kind(i) == porta_fs::shared::kind::NODE)
+            })
+            .find(|e| e[2].load(Ordering::Relaxed) == ino)
+            .expect("late/file is a cold node");
+        let open = std::fs::File::open(&f).unwrap();
+        assert_ne!(
+            entry[4].load(Ordering::Relaxed),
+            0,
+            "a backing id while open"
+        );
+        drop(open);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while entry[4].load(Ordering::Relaxed) != 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            entry[4].load(Ordering::Relaxed),
+            0,
+            "the backing id outlived the open"
+        );
+    }
+
     // Data, attributes, xattrs, symlinks.
     std::fs::OpenOptions::new()
         .append(true)

@@ -808,10 +808,18 @@ fn forget_frames_read_by_a_killed_server_are_applied_by_its_successor() {
     });
     assert_eq!(kind_of(na), kind::FREE, "a forgotten");
     assert_eq!(kind_of(nb), kind::FREE, "b forgotten");
-    assert_eq!((kind_of(nc), count_of(nc)), (kind::NODE, 1), "c counted once less");
+    assert_eq!(
+        (kind_of(nc), count_of(nc)),
+        (kind::NODE, 1),
+        "c counted once less"
+    );
     // A restart that finds the same frame already applied does nothing again.
     c.restart();
-    assert_eq!((kind_of(nc), count_of(nc)), (kind::NODE, 1), "applied twice");
+    assert_eq!(
+        (kind_of(nc), count_of(nc)),
+        (kind::NODE, 1),
+        "applied twice"
+    );
     // Killed in the middle: the progress words say entry 1 was started, so the
     // successor applies only what follows (entry 1 itself may be lost, never doubled).
     let (na, nb) = (node(&mut c, "a"), node(&mut c, "b"));
@@ -831,8 +839,16 @@ fn forget_frames_read_by_a_killed_server_are_applied_by_its_successor() {
         p[forget_log::STARTED].store(2, Ordering::Relaxed);
         p[forget_log::UNIQUE].store(unique2, Ordering::Release);
     });
-    assert_eq!((kind_of(na), count_of(na)), (kind::NODE, 1), "a was done before the kill");
-    assert_eq!((kind_of(nb), count_of(nb)), (kind::NODE, 1), "b was being applied");
+    assert_eq!(
+        (kind_of(na), count_of(na)),
+        (kind::NODE, 1),
+        "a was done before the kill"
+    );
+    assert_eq!(
+        (kind_of(nb), count_of(nb)),
+        (kind::NODE, 1),
+        "b was being applied"
+    );
     assert_eq!(kind_of(nc), kind::FREE, "c was still to do");
     c.assert_alive();
 }
