@@ -164,9 +164,11 @@ figures above native mean \"served from memory\", not a faster disk.
 * `stat-tree` cold: the harness writes back and drops the kernel's caches before every run of \
 every environment, so the first walk reads the file system's metadata from the disk in all of \
 them; a FUSE file server's own node table is also empty then (a fresh container). warm: the \
-second walk in the same container. A file server caches only as many nodes as its descriptor \
-limit allows (RLIMIT_NOFILE; see docs/file-server.md), so a tree larger than that is partly \
-cold on the FUSE side even on the second walk.
+second walk in the same container. Under a FUSE file server the kernel keeps every node of \
+the tree cached (nodes past the server's descriptor budget are kept without a descriptor: \
+cold nodes, docs/file-server.md), so the second walk sends no LOOKUP; what is left is three \
+round trips per directory: OPENDIR, RELEASEDIR and a GETATTR (the first walk's READDIR \
+marked the directory's atime stale).
 * `smallio` append under a FUSE file server: before every write(2) the kernel asks the server \
 whether the file carries `security.capability` (file_remove_privs; FUSE inodes never get the \
 kernel's \"no security attributes\" flag), so each small write costs one round trip to the \

@@ -67,9 +67,9 @@ const _: () = assert!(BUF_LEN == MAX_WRITE as usize + 4096);
 /// Server thread `idx`'s request buffer: its buffer in the shared memory, or (a region
 /// without one) a private one.
 fn request_buf(sh: &Shared, idx: usize) -> &'static mut [u8] {
-    // SAFETY: each index is taken once per server process, by the thread that uses it
-    // (slot 0 by the main thread for INIT and then its loop), after recovery dropped its
-    // slices.
+    // SAFETY: each index is taken once per server (one server runs at a time on a state
+    // region), by the thread that uses it (slot 0 by the main thread for INIT and then
+    // its loop), after recovery dropped its slices.
     match unsafe { sh.request_buf(idx) } {
         Some(b) => b,
         None => Box::leak(vec![0u8; BUF_LEN].into_boxed_slice()),
@@ -1315,7 +1315,15 @@ impl Fs {
                 break NodeFd::Held((pin - 1) as RawFd);
             }
             let (parent, len) = self.sh.cold_name(at, &mut buf);
-            if len == 0 || chain.len() >= MAX_COLD_CHAIN {
+            let name = &buf[..len];
+            // One component, as LOOKUP accepted it (the table is Porta's own memory; this
+            // only keeps a damaged entry from walking anywhere).
+            if len == 0
+                || name == b"."
+                || name == b".."
+                || name.iter().any(|&c| c == b'/' || c == 0)
+                || chain.len() >= MAX_COLD_CHAIN
+            {
                 return Err(libc::ESTALE);
             }
             chain.push((buf[..len].into(), ino, dev, ftype));

@@ -378,12 +378,7 @@ impl Shared {
     /// Marks entry `fd` free (and uncounts it from `hdr::LIVE`).
     pub fn free(&self, fd: RawFd) {
         if let Some(e) = self.entry(fd) {
-            if e[0].swap(kind::FREE, Ordering::AcqRel) != kind::FREE {
-                let _ =
-                    self.words[hdr::LIVE].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    });
-            }
+            free_entry(e, &self.words[hdr::LIVE]);
         }
     }
 
@@ -571,13 +566,7 @@ impl Shared {
     /// Frees cold entry `i`.
     pub fn cold_free(&self, i: usize) {
         if let Some(e) = self.cold_entry(i) {
-            if e[0].swap(kind::FREE, Ordering::AcqRel) != kind::FREE {
-                let _ = self.words[hdr::COLD_LIVE].fetch_update(
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                    |n| Some(n.saturating_sub(1)),
-                );
-            }
+            free_entry(e, &self.words[hdr::COLD_LIVE]);
         }
     }
 
@@ -679,6 +668,15 @@ impl Shared {
             }
         }
         (0, 0)
+    }
+}
+
+/// Marks entry `e` free and uncounts it from `counter` when it was in use.
+fn free_entry(e: &[AtomicU64], counter: &AtomicU64) {
+    if e[0].swap(kind::FREE, Ordering::AcqRel) != kind::FREE {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
     }
 }
 
