@@ -424,7 +424,8 @@ fn kill_every_100ms_with_cold_nodes() {
     // cold (kept by parent and name in the shared memory). Creates, renames (the
     // recorded name follows), unlinks (the node is pinned) and reads of cold nodes while
     // the server is killed every 100 ms.
-    kill_loop(true, Duration::from_secs(6), Some(300));
+    kill_loop(true, Duration::from_secs(5), Some(300));
+    kill_loop(false, Duration::from_secs(5), Some(300));
 }
 
 fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
