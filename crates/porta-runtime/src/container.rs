@@ -904,37 +904,60 @@ impl Container {
             }
             sys::Forked::Parent(stage1) => {
                 drop(child_chan);
-                let res = parent_chan.recv("porta exec (stage one)");
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
-                let pid = match res? {
-                    (Msg::Pid(p), _) => p,
-                    (m, _) => return Err(Error::Init(format!("unexpected message {m:?}"))),
-                };
-                loop {
-                    let (msg, fds) = match parent_chan.recv("the exec'd process") {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                            return Err(e);
-                        }
-                    };
-                    match msg {
-                        Msg::Console => forward_console(fds, opts.console_socket.as_deref())?,
-                        Msg::SeccompListener => {
-                            forward_seccomp(fds, spec, &oci_state_json(&cstate, Status::Running))?
-                        }
-                        Msg::Ready => break,
-                        m => return Err(Error::Init(format!("unexpected message {m:?}"))),
+                let mut pid = None;
+                let res = exec_messages(&parent_chan, &mut pid, |msg, fds| match msg {
+                    Msg::Console => forward_console(fds, opts.console_socket.as_deref()),
+                    Msg::SeccompListener => {
+                        forward_seccomp(fds, spec, &oci_state_json(&cstate, Status::Running))
                     }
-                }
+                    m => Err(Error::Init(format!("unexpected message {m:?}"))),
+                });
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
+                let pid = match (res, pid) {
+                    (Ok(p), _) => p,
+                    (Err(e), Some(p)) => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        return Err(e);
+                    }
+                    (Err(e), None) => return Err(e),
+                };
                 if let Some(pf) = &opts.pid_file {
                     state::write_atomic(pf, pid.to_string().as_bytes(), 0o644)?;
                 }
                 Ok(pid)
             }
+        }
+    }
+}
+
+/// Receives `porta exec`'s set-up messages until both the exec'd process's pid (from
+/// stage one, into `pid`) and its ready message came, passing the others to `other`.
+/// Stage one sends the pid after forking the process, so the process's own messages
+/// (console, seccomp listener, ready) may come first: any order is taken (a CI run once
+/// failed with "unexpected message Ready" when the pid was expected first).
+fn exec_messages(
+    chan: &Channel,
+    pid: &mut Option<i32>,
+    mut other: impl FnMut(Msg, Vec<OwnedFd>) -> Result<()>,
+) -> Result<i32> {
+    let mut ready = false;
+    loop {
+        if let (Some(p), true) = (*pid, ready) {
+            return Ok(p);
+        }
+        let peer = if pid.is_none() {
+            "porta exec (stage one)"
+        } else {
+            "the exec'd process"
+        };
+        let (msg, fds) = chan.recv(peer)?;
+        match msg {
+            Msg::Pid(p) if pid.is_none() => *pid = Some(p),
+            Msg::Ready if !ready => ready = true,
+            m => other(m, fds)?,
         }
     }
 }
@@ -1064,4 +1087,51 @@ impl ContainerView {
 /// Annotations helper for callers that only need them.
 pub fn annotations(st: &ContainerState) -> &HashMap<String, String> {
     &st.annotations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exec'd process's messages may come before stage one's pid, or after it.
+    #[test]
+    fn exec_messages_take_the_pid_and_ready_in_either_order() {
+        for pid_first in [true, false] {
+            let (ours, theirs) = Channel::pair().unwrap();
+            if pid_first {
+                theirs.send(&Msg::Pid(42), &[]).unwrap();
+            }
+            theirs.send(&Msg::Console, &[]).unwrap();
+            theirs.send(&Msg::Ready, &[]).unwrap();
+            if !pid_first {
+                theirs.send(&Msg::Pid(42), &[]).unwrap();
+            }
+            let mut pid = None;
+            let mut others = Vec::new();
+            let r = exec_messages(&ours, &mut pid, |m, _| {
+                others.push(format!("{m:?}"));
+                Ok(())
+            });
+            assert_eq!(r.unwrap(), 42, "pid first: {pid_first}");
+            assert_eq!(others, ["Console"]);
+        }
+        // A failure report ends it with that error; a second pid is unexpected.
+        let (ours, theirs) = Channel::pair().unwrap();
+        theirs
+            .send(&Msg::Failed("no such file".into()), &[])
+            .unwrap();
+        let mut pid = None;
+        let e = exec_messages(&ours, &mut pid, |_, _| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
+        let (ours, theirs) = Channel::pair().unwrap();
+        theirs.send(&Msg::Pid(1), &[]).unwrap();
+        theirs.send(&Msg::Pid(2), &[]).unwrap();
+        let mut pid = None;
+        let e = exec_messages(&ours, &mut pid, |m, _| {
+            Err(Error::Init(format!("unexpected message {m:?}")))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("unexpected message Pid(2)"), "{e}");
+        assert_eq!(pid, Some(1));
+    }
 }
