@@ -310,19 +310,16 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     }
     let cold_next = sh.cold_scan_end();
     let mut cold_free = Vec::new();
-    for i in 0..cold_next {
-        match sh.cold_entry(i) {
-            Some(e) if sh.cold_kind(i) == kind::NODE => {
-                map.insert(
-                    (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
-                    NodeRef::Cold(i).id(),
-                );
-            }
-            _ => cold_free.push(i),
+    let cold_live = sh.cold_recount(|i, e| match e {
+        Some(e) => {
+            map.insert(
+                (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
+                NodeRef::Cold(i).id(),
+            );
         }
-    }
+        None => cold_free.push(i),
+    });
     cold_free.reverse();
-    let cold_live = sh.cold_recount();
     let live = sh.recount();
     let nofile = match sh.hdr(hdr::NOFILE).load(Ordering::Relaxed) {
         0 => sys::raise_nofile().unwrap_or(u64::MAX),
@@ -1300,8 +1297,9 @@ impl Fs {
     /// descriptor (or pin), then opens each name beneath it with O_NOFOLLOW, checking
     /// that every step is still the inode it was recorded as.
     fn open_cold(&self, i: usize) -> SysResult<NodeFd> {
-        let mut chain: Vec<(Box<[u8]>, u64, u64, u64)> = Vec::new();
-        let mut buf = [0u8; cold::NAME_MAX + 1];
+        // (name with its NUL, st_ino, st_dev, file type) from the node up.
+        let mut chain: Vec<(std::ffi::CString, u64, u64, u64)> = Vec::new();
+        let mut buf = [0u8; cold::NAME_MAX];
         let mut at = i;
         let base = loop {
             let e = match self.sh.cold_entry(at) {
@@ -1321,22 +1319,20 @@ impl Fs {
             if len == 0
                 || name == b"."
                 || name == b".."
-                || name.iter().any(|&c| c == b'/' || c == 0)
+                || name.contains(&b'/')
                 || chain.len() >= MAX_COLD_CHAIN
             {
                 return Err(libc::ESTALE);
             }
-            chain.push((buf[..len].into(), ino, dev, ftype));
+            let cname = std::ffi::CString::new(name).map_err(|_| libc::ESTALE)?;
+            chain.push((cname, ino, dev, ftype));
             match NodeRef::of(parent) {
                 Some(NodeRef::Cold(p)) => at = p,
                 _ => break self.node_fd(parent)?,
             }
         };
         let mut cur = base;
-        for (name, ino, dev, ftype) in chain.iter().rev() {
-            let mut c = name.to_vec();
-            c.push(0);
-            let cname = CStr::from_bytes_with_nul(&c).map_err(|_| libc::ESTALE)?;
+        for (cname, ino, dev, ftype) in chain.iter().rev() {
             let fd = match sys::openat(cur.fd(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0) {
                 Ok(fd) => fd,
                 Err(libc::ENOENT) | Err(libc::ENOTDIR) => return Err(libc::ESTALE),
@@ -1501,7 +1497,8 @@ impl Fs {
                 if self.sh.live() > self.budget.high {
                     self.evict.request();
                 }
-                return self.hot_found(nodes, id, raw, parent_id, name, &st);
+                drop(nodes);
+                return self.hot_found(id, raw, parent_id, name, &st);
             }
         };
         let held = match NodeRef::of(id) {
@@ -1514,21 +1511,20 @@ impl Fs {
             }
         };
         drop(fd);
-        self.hot_found(nodes, id, held, parent_id, name, &st)
+        drop(nodes);
+        self.hot_found(id, held, parent_id, name, &st)
     }
 
     /// The end of a [`Fs::lookup_hot`]: records the name for the fallback eviction and
     /// returns the node's id and attributes.
     fn hot_found(
         &self,
-        nodes: std::sync::MutexGuard<'_, Inodes>,
         id: u64,
         fd: RawFd,
         parent_id: u64,
         name: &CStr,
         st: &libc::stat,
     ) -> SysResult<(u64, Attr)> {
-        drop(nodes);
         if self.evict.method() == Method::InvalEntry {
             if let Ok(mut names) = self.names.lock() {
                 names.insert(id, (parent_id, name.to_bytes().into()));

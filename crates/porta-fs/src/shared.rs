@@ -603,14 +603,17 @@ impl Shared {
         self.words[hdr::COLD_LIVE].load(Ordering::Relaxed) as usize
     }
 
-    /// Counts the cold nodes in use again (a new server) and repairs names a killed
-    /// server left half-written: such a name is dropped (length 0), so the node can no
-    /// longer be opened by name and fails with ESTALE instead of opening a wrong file.
-    pub fn cold_recount(&self) -> usize {
+    /// Counts the cold nodes in use again (a new server, in one pass over the entries
+    /// ever used) and repairs names a killed server left half-written: such a name is
+    /// dropped (length 0), so the node can no longer be opened by name and fails with
+    /// ESTALE instead of opening a wrong file. `each` sees every entry below the scan end:
+    /// `Some(words)` for a node, `None` for a free one.
+    pub fn cold_recount(&self, mut each: impl FnMut(usize, Option<&[AtomicU64]>)) -> usize {
         let mut n = 0;
         for i in 0..self.cold_scan_end() {
             let Some(e) = self.cold_entry(i) else { break };
             if e[0].load(Ordering::Acquire) == kind::FREE {
+                each(i, None);
                 continue;
             }
             n += 1;
@@ -619,6 +622,7 @@ impl Shared {
                 e[cold::NAME_LEN].store(0, Ordering::Relaxed);
                 e[cold::SEQ].store(seq + 1, Ordering::Release);
             }
+            each(i, Some(e));
         }
         self.words[hdr::COLD_LIVE].store(n as u64, Ordering::Relaxed);
         n
@@ -767,7 +771,7 @@ mod tests {
         e[cold::SEQ].fetch_add(1, Ordering::Relaxed);
         assert_eq!(sh.cold_name(3, &mut buf).1, 0);
         sh.hdr(hdr::COLD_LIVE).store(9, Ordering::Relaxed);
-        assert_eq!(sh.cold_recount(), 1);
+        assert_eq!(sh.cold_recount(|_, _| {}), 1);
         assert_eq!(sh.cold_name(3, &mut buf).1, 0);
         assert_eq!(e[cold::SEQ].load(Ordering::Relaxed) % 2, 0);
         sh.cold_free(3);
