@@ -166,9 +166,9 @@ every environment, so the first walk reads the file system's metadata from the d
 them; a FUSE file server's own node table is also empty then (a fresh container). warm: the \
 second walk in the same container. Under a FUSE file server the kernel keeps every node of \
 the tree cached (nodes past the server's descriptor budget are kept without a descriptor: \
-cold nodes, docs/file-server.md), so the second walk sends no LOOKUP; what is left is three \
-round trips per directory: OPENDIR, RELEASEDIR and a GETATTR (the first walk's READDIR \
-marked the directory's atime stale).
+cold nodes, docs/file-server.md) and directories are listed from the kernel's cache without \
+an OPENDIR, so the second walk sends one request per directory: a GETATTR, because the first \
+walk's READDIR marked the directory's atime stale (a third walk would send none).
 * `smallio` append under a FUSE file server: before every write(2) the kernel asks the server \
 whether the file carries `security.capability` (file_remove_privs; FUSE inodes never get the \
 kernel's \"no security attributes\" flag), so each small write costs one round trip to the \

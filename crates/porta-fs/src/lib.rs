@@ -10,6 +10,7 @@ pub mod backing;
 pub mod confine;
 pub mod evict;
 pub mod keeper;
+pub mod listing;
 pub mod mount;
 pub mod server;
 pub mod shared;

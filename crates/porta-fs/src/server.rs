@@ -2,9 +2,9 @@
 //! kernel ABI (see docs/file-server.md for why not a library's loop).
 //!
 //! Nodes are O_PATH descriptors opened one name at a time beneath the root with
-//! O_NOFOLLOW; node id = descriptor + 2 (the root is node 1). Open files and
-//! directories are descriptors too (file handle = descriptor). Both are published in the
-//! shared table ([`crate::shared`]) so a replacement server carries on with them. When
+//! O_NOFOLLOW; node id = descriptor + 2 (the root is node 1). Open files are descriptors
+//! too (file handle = descriptor), and so are the directories the server keeps open for
+//! listings ([`crate::listing`]). All are published in the shared table ([`crate::shared`]) so a replacement server carries on with them. When
 //! descriptors run short, new nodes are *cold*: recorded by parent node and name in the
 //! shared cold table, opened by name (inode checked) for each request that needs them.
 
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
 use crate::evict::{self, Budget, Method};
+use crate::listing::Streams;
 use crate::shared::{self, cold, forget_log, hdr, journal, kind, slot, NodeRef, Shared};
 use crate::sys::{self, Errno, SysResult};
 use crate::Error;
@@ -136,6 +137,8 @@ struct Fs {
     /// under. Process memory: after a restart a node has no known name (and is not
     /// evicted that way) until it is looked up again.
     names: Mutex<HashMap<u64, NameRec>>,
+    /// The directories kept open for listings.
+    streams: Mutex<Streams>,
 }
 
 /// The directory node id and the name a node was last looked up under.
@@ -292,10 +295,17 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         root_st.st_ino,
         root_st.st_dev,
     );
-    // Rebuild the (dev, ino) -> node index from the shared tables.
+    // Rebuild the (dev, ino) -> node index from the shared tables, and take over the
+    // listings' open directories.
     let mut map = HashMap::new();
+    let mut streams = Streams::default();
     for fd in 0..sh.scan_end() {
-        if sh.kind(fd) == kind::NODE {
+        if sh.kind(fd) == kind::STREAM {
+            if let Some(e) = sh.entry(fd) {
+                let w = |k: usize| e[k].load(Ordering::Relaxed);
+                streams.add(fd, (w(3), w(2)), w(4), false);
+            }
+        } else if sh.kind(fd) == kind::NODE {
             if let Some(e) = sh.entry(fd) {
                 map.insert(
                     (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
@@ -359,6 +369,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         cold_budget,
         evict: evict::Control::default(),
         names: Mutex::new(HashMap::new()),
+        streams: Mutex::new(streams),
     };
     // Before this server reads anything: the FORGETs a killed predecessor had read are in
     // its threads' request buffers.
@@ -647,7 +658,6 @@ impl Fs {
                 // A resent RELEASE whose first run closed the descriptor must not close
                 // whatever file took the number since.
                 | op::RELEASE
-                | op::RELEASEDIR
         );
         let entry_reply = matches!(
             h.opcode,
@@ -1109,7 +1119,7 @@ impl Fs {
                     .u32(0)
                     .zeros(24);
             }
-            op::RELEASE | op::RELEASEDIR => {
+            op::RELEASE => {
                 let fh = r.u64().map_err(mal)?;
                 let stamp = match self.fh_fd(fh) {
                     Ok(fd) => self
@@ -1128,11 +1138,19 @@ impl Fs {
                 }
                 self.release(fh);
             }
-            op::FSYNC | op::FSYNCDIR => {
+            op::FSYNC => {
                 let fh = r.u64().map_err(mal)?;
                 let flags = r.u32().map_err(mal)?;
                 let fd = self.fh_fd(fh)?;
                 sys::fsync(fd, flags & 1 != 0)?;
+            }
+            op::FSYNCDIR => {
+                // No handle (no OPENDIR): the directory by its node.
+                let _fh = r.u64().map_err(mal)?;
+                let flags = r.u32().map_err(mal)?;
+                let node = self.node_fd(h.nodeid)?;
+                let dir = self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
+                sys::fsync(dir.as_raw_fd(), flags & 1 != 0)?;
             }
             op::SETXATTR => {
                 let size = r.u32().map_err(mal)? as usize;
@@ -1207,34 +1225,25 @@ impl Fs {
             }
             op::FLUSH | op::ACCESS => return Err(libc::ENOSYS),
             op::INIT => return Err(libc::EIO),
-            op::OPENDIR => {
-                let fd_node = self.node_fd(h.nodeid)?;
-                let fd = fd_node.fd();
-                let dir = self.reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
-                let raw = dir.into_raw_fd();
-                if !self
-                    .sh
-                    .publish(raw, kind::DIR, h.nodeid, self.sh.next_open(), 0)
-                {
-                    sys::close(raw);
-                    return Err(libc::ENFILE);
-                }
-                w.u64(raw as u64)
-                    .u32(fopen::CACHE_DIR | fopen::KEEP_CACHE)
-                    .u32(0);
-            }
+            // The kernel then opens directories without asking and caches their
+            // listings itself; READDIR comes by node (crate::listing).
+            op::OPENDIR => return Err(libc::ENOSYS),
             op::READDIR | op::READDIRPLUS => {
-                let fh = r.u64().map_err(mal)?;
+                let _fh = r.u64().map_err(mal)?;
                 let off = r.u64().map_err(mal)?;
                 let size = r.u32().map_err(mal)? as usize;
-                self.readdir(
-                    fh,
+                let fd = self.take_stream(h.nodeid, off)?;
+                let res = self.readdir(
+                    h.nodeid,
+                    fd,
                     off,
                     size.min(BUF_LEN),
                     h.opcode == op::READDIRPLUS,
                     w,
                     dents,
-                )?;
+                );
+                self.put_stream(fd, res.as_ref().ok().copied().flatten());
+                res?;
             }
             op::FALLOCATE => {
                 let fh = r.u64().map_err(mal)?;
@@ -1374,7 +1383,7 @@ impl Fs {
         }
         let fd = fh as RawFd;
         match self.sh.kind(fd) {
-            kind::FILE | kind::DIR => Ok(fd),
+            kind::FILE => Ok(fd),
             _ => Err(libc::EBADF),
         }
     }
@@ -2404,23 +2413,74 @@ impl Fs {
         Ok(())
     }
 
+    /// The open directory to answer a READDIR of node `nodeid` at `off` with: an idle
+    /// stream that goes on with this listing, or a new one.
+    fn take_stream(&self, nodeid: u64, off: u64) -> SysResult<RawFd> {
+        let key = |e: &[std::sync::atomic::AtomicU64]| {
+            (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed))
+        };
+        if let Some(dir) = self.node_entry(nodeid).map(key) {
+            if let Some(fd) = self.lock_streams().take(dir, off) {
+                return Ok(fd);
+            }
+        }
+        let node = self.node_fd(nodeid)?;
+        let dir = self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
+        let st = sys::fstat(dir.as_raw_fd())?;
+        let raw = dir.into_raw_fd();
+        if !self
+            .sh
+            .publish(raw, kind::STREAM, nodeid, st.st_ino, st.st_dev)
+        {
+            sys::close(raw);
+            return Err(libc::ENFILE);
+        }
+        self.lock_streams()
+            .add(raw, (st.st_dev, st.st_ino), off, true);
+        Ok(raw)
+    }
+
+    /// Gives a stream back after a READDIR that ended at offset `next` (`None`: the
+    /// listing is at its end, or failed, and its stream is closed).
+    fn put_stream(&self, fd: RawFd, next: Option<u64>) {
+        let close = match next {
+            Some(next) => {
+                if let Some(e) = self.sh.entry(fd) {
+                    e[4].store(next, Ordering::Relaxed);
+                }
+                self.lock_streams().put(fd, next)
+            }
+            None => {
+                self.lock_streams().remove(fd);
+                Some(fd)
+            }
+        };
+        if let Some(fd) = close {
+            self.sh.free(fd);
+            sys::close(fd);
+        }
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, Streams> {
+        // A thread that panicked holding the lock left the list consistent (no method
+        // of Streams panics halfway).
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists directory node `dir_id` from its open directory `fd` at `off` into `w`;
+    /// returns the offset of the last entry answered (`None`: none, the end).
+    #[allow(clippy::too_many_arguments)]
     fn readdir(
         &self,
-        fh: u64,
+        dir_id: u64,
+        fd: RawFd,
         off: u64,
         size: usize,
         plus: bool,
         w: &mut Writer,
         dents: &mut [u8],
-    ) -> SysResult<()> {
-        let fd = self.fh_fd(fh)?;
-        if self.sh.kind(fd) != kind::DIR {
-            return Err(libc::EBADF);
-        }
-        let dir_id = self
-            .sh
-            .entry(fd)
-            .map_or(0, |e| e[1].load(Ordering::Relaxed));
+    ) -> SysResult<Option<u64>> {
+        let mut last = None;
         sys::lseek(fd, off as i64, libc::SEEK_SET)?;
         let limit = abi::OUT_HEADER_LEN + size;
         'outer: loop {
@@ -2453,6 +2513,7 @@ impl Fs {
                     break 'outer;
                 }
                 if !plus {
+                    last = Some(doff);
                     abi::encode_dirent(w, ino, doff, typ, nb);
                     continue;
                 }
@@ -2462,22 +2523,25 @@ impl Fs {
                 if nb == b"." || nb == b".." || !self.room_for_listing() {
                     abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
                     abi::encode_dirent(w, ino, doff, typ, nb);
+                    last = Some(doff);
                     continue;
                 }
                 match self.lookup(dir_id, fd, cname) {
                     Ok((id, attr)) => {
                         abi::encode_entry(w, id, 0, self.ttl, &attr);
                         abi::encode_dirent(w, attr.ino, doff, (attr.mode & libc::S_IFMT) >> 12, nb);
+                        last = Some(doff);
                     }
                     Err(libc::ENOENT) => continue,
                     Err(_) => {
                         abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
                         abi::encode_dirent(w, ino, doff, typ, nb);
+                        last = Some(doff);
                     }
                 }
             }
         }
-        Ok(())
+        Ok(last)
     }
 }
 

@@ -73,7 +73,10 @@ pub mod kind {
     pub const FREE: u64 = 0;
     pub const NODE: u64 = 1;
     pub const FILE: u64 = 2;
-    pub const DIR: u64 = 3;
+    /// A directory the server keeps open for a listing the kernel reads without a handle
+    /// ([`crate::listing`]): word 1 the node id, words 2 and 3 the directory's inode and
+    /// device, word 4 the offset its last READDIR ended at.
+    pub const STREAM: u64 = 3;
     /// A descriptor holding a cold node whose recorded name went away (unlinked or
     /// replaced while the kernel still knows the node): word 1 is the node id.
     pub const PIN: u64 = 4;

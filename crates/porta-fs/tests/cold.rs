@@ -303,19 +303,6 @@ fn renameat2_exchange(a: &Path, b: &Path) {
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
 }
 
-/// Unmounts the overlay when the test ends (also when it fails).
-struct Overlay(std::path::PathBuf);
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        // Lazily: the server's node descriptors (in this process) keep it busy.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn cold_nodes_on_an_overlay_root_survive_copy_up() {
     require_root!();
@@ -323,41 +310,17 @@ fn cold_nodes_on_an_overlay_root_survive_copy_up() {
     // upper directory. A write to a lower file copies it up; a cold node of it must
     // still open (overlayfs keeps st_ino across copy-up when its layers share a file
     // system, as here and under containerd's snapshotter).
-    // The layers in a directory of their own, removed after the overlay is unmounted
-    // (drop order: the FUSE mount, the overlay, then this).
-    let layers = tempfile::Builder::new()
-        .prefix("porta-fs-cold-layers")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let (dir, _, mnt) = common::scratch("porta-fs-cold-ovl");
-    let (lower, upper, work, backing) = (
-        layers.path().join("lower"),
-        layers.path().join("upper"),
-        layers.path().join("work"),
-        layers.path().join("merged"),
-    );
-    for d in [&lower, &upper, &work, &backing] {
-        std::fs::create_dir(d).unwrap();
-    }
-    for d in 0..DIRS {
-        std::fs::create_dir(lower.join(format!("d{d}"))).unwrap();
-        for f in 0..PER_DIR {
-            std::fs::write(lower.join(format!("d{d}/f{f}")), b"x").unwrap();
+    // The overlay is dropped after the FUSE mount (declared first).
+    let ovl = common::Overlay::new("porta-fs-cold-layers", |lower| {
+        for d in 0..DIRS {
+            std::fs::create_dir(lower.join(format!("d{d}"))).unwrap();
+            for f in 0..PER_DIR {
+                std::fs::write(lower.join(format!("d{d}/f{f}")), b"x").unwrap();
+            }
         }
-    }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let st = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&backing)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount overlay");
-    let _ovl = Overlay(backing.clone());
+    });
+    let (dir, _, mnt) = common::scratch("porta-fs-cold-ovl");
+    let backing = ovl.merged.clone();
     let shared = Shared::anonymous_with(20000, 1 << 16).unwrap();
     shared.hdr(hdr::NOFILE).store(NOFILE, Ordering::Relaxed);
     let m = TestMount::with_shared(dir, backing, mnt, true, shared);
@@ -375,7 +338,7 @@ fn cold_nodes_on_an_overlay_root_survive_copy_up() {
         assert_eq!(std::fs::read(&p).unwrap(), b"xy", "{}", p.display());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let copied = std::fs::read_dir(upper.join(format!("d{}", DIRS - 1)))
+    let copied = std::fs::read_dir(ovl.upper.join(format!("d{}", DIRS - 1)))
         .unwrap()
         .count();
     assert_eq!(copied, 20, "copied up");

@@ -195,6 +195,48 @@ impl Conn {
     }
 }
 
+/// A READDIR body without a handle (the server answers OPENDIR with ENOSYS): offset
+/// `off`, reply of at most `size` bytes.
+fn readdir_body_sized(off: u64, size: u32) -> Vec<u8> {
+    let mut b = 0u64.to_ne_bytes().to_vec();
+    b.extend_from_slice(&off.to_ne_bytes());
+    b.extend_from_slice(&size.to_ne_bytes());
+    b.extend_from_slice(&[0u8; 20]);
+    b
+}
+
+fn readdir_body(off: u64) -> Vec<u8> {
+    readdir_body_sized(off, 4096)
+}
+
+impl Conn {
+    /// One READDIR of `node` from `off`: the (name, cookie) pairs of its reply.
+    fn readdir(&mut self, node: u64, off: u64, size: u32) -> Vec<(String, u64)> {
+        let (err, out) = self.req(op::READDIR, node, &readdir_body_sized(off, size));
+        assert_eq!(err, 0, "READDIR of {node} at {off}");
+        let mut v = Vec::new();
+        let mut p = 0;
+        while p + 24 <= out.len() {
+            let cookie = u64::from_ne_bytes(out[p + 8..p + 16].try_into().unwrap());
+            let len = u32::from_ne_bytes(out[p + 16..p + 20].try_into().unwrap()) as usize;
+            v.push((
+                String::from_utf8(out[p + 24..p + 24 + len].to_vec()).unwrap(),
+                cookie,
+            ));
+            p += (24 + len).div_ceil(8) * 8;
+        }
+        v
+    }
+
+    /// Directories the server holds open for listings.
+    fn streams(&self) -> usize {
+        let sh = &self.cfg.shared;
+        (0..sh.capacity() as i32)
+            .filter(|&fd| sh.kind(fd) == porta_fs::shared::kind::STREAM)
+            .count()
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         // Closing the client end makes the server's read return 0: it exits.
@@ -246,13 +288,13 @@ fn malformed_frames_are_rejected_and_the_server_carries_on() {
             "node {nodeid}"
         );
         assert_eq!(c.req(op::LOOKUP, nodeid, b"x\0").0, -libc::ESTALE);
+        assert_eq!(c.req(op::READDIR, nodeid, &readdir_body(0)).0, -libc::ESTALE);
     }
     for fh in [0u64, 1, 2, 5, 1 << 33, u64::MAX] {
         let mut b = fh.to_ne_bytes().to_vec();
         b.extend_from_slice(&[0u8; 32]);
         assert_eq!(c.req(op::READ, 1, &b).0, -libc::EBADF, "fh {fh}");
         assert_eq!(c.req(op::FSYNC, 1, &b[..16]).0, -libc::EBADF);
-        assert_eq!(c.req(op::READDIR, 1, &b).0, -libc::EBADF);
     }
     // Truncated bodies.
     assert_eq!(c.req(op::SETATTR, 1, &[0u8; 10]).0, -libc::EINVAL);
@@ -357,7 +399,7 @@ fn directory_swapped_for_a_symlink_between_lookups() {
     let (err, s, mode) = c.lookup(1, "d");
     assert_eq!((err, mode & libc::S_IFMT), (0, libc::S_IFLNK));
     assert_eq!(c.lookup(s, "passwd").0, -libc::ENOTDIR);
-    assert_eq!(c.req(op::OPENDIR, s, &[0u8; 8]).0, -libc::ENOTDIR);
+    assert_eq!(c.req(op::READDIR, s, &readdir_body(0)).0, -libc::ENOTDIR);
     let (err, target) = c.req(op::READLINK, s, &[]);
     assert_eq!((err, target.as_slice()), (0, &b"/etc"[..]));
     // Creating through a dangling symlink never creates its target outside.
@@ -408,7 +450,7 @@ fn fifos_and_device_nodes_never_block_nor_open() {
     let body = [&flags[..], &[0u8; 4]].concat();
     assert_eq!(c.req(op::OPEN, fifo, &body).0, -libc::ENXIO);
     assert_eq!(c.req(op::OPEN, null, &body).0, -libc::ENXIO);
-    assert_eq!(c.req(op::OPENDIR, fifo, &body).0, -libc::ENOTDIR);
+    assert_eq!(c.req(op::READDIR, fifo, &readdir_body(0)).0, -libc::ENOTDIR);
     // A device node created through the server is a regular file in the backing tree.
     let mut mk = Vec::new();
     mk.extend_from_slice(&(libc::S_IFBLK | 0o600).to_ne_bytes());
@@ -850,5 +892,70 @@ fn forget_frames_read_by_a_killed_server_are_applied_by_its_successor() {
         "b was being applied"
     );
     assert_eq!(kind_of(nc), kind::FREE, "c was still to do");
+    c.assert_alive();
+}
+
+#[test]
+fn listings_go_on_with_their_own_open_directory_also_after_a_restart() {
+    let mut c = Conn::new();
+    let d = c.backing().join("d");
+    std::fs::create_dir(&d).unwrap();
+    for i in 0..300 {
+        std::fs::write(d.join(format!("f{i:03}")), b"").unwrap();
+    }
+    let (err, d, _) = c.lookup(1, "d");
+    assert_eq!(err, 0);
+    let all: std::collections::BTreeSet<String> = [".".to_string(), "..".to_string()]
+        .into_iter()
+        .chain((0..300).map(|i| format!("f{i:03}")))
+        .collect();
+    // Two listings of one directory at once: a stream each.
+    let first = c.readdir(d, 0, 1024);
+    let other = c.readdir(d, 0, 1024);
+    assert!(!first.is_empty() && first.len() < all.len());
+    assert_eq!(c.streams(), 2);
+    // The first goes on, across a server restart, on its own stream: no new one.
+    let mut names: Vec<String> = first.iter().map(|e| e.0.clone()).collect();
+    let mut off = first.last().unwrap().1;
+    c.restart();
+    loop {
+        let part = c.readdir(d, off, 1024);
+        let Some(last) = part.last() else { break };
+        off = last.1;
+        names.extend(part.into_iter().map(|e| e.0));
+        assert!(c.streams() <= 2, "{} streams", c.streams());
+    }
+    assert_eq!(names.len(), all.len(), "each name once");
+    assert_eq!(names.into_iter().collect::<std::collections::BTreeSet<_>>(), all);
+    assert_eq!(c.streams(), 1, "a listing read to its end closes its stream");
+    // The other goes on from the middle of its last reply (what the kernel does when
+    // the program's buffer was full).
+    let half = other.len() / 2;
+    let mut names: Vec<String> = other[..half].iter().map(|e| e.0.clone()).collect();
+    let mut off = other[half - 1].1;
+    loop {
+        let part = c.readdir(d, off, 1 << 16);
+        let Some(last) = part.last() else { break };
+        off = last.1;
+        names.extend(part.into_iter().map(|e| e.0));
+    }
+    assert_eq!(names.len(), all.len(), "each name once");
+    assert_eq!(c.streams(), 0);
+    // Listings abandoned halfway keep at most MAX_IDLE directories open.
+    for i in 0..2 * porta_fs::listing::MAX_IDLE {
+        let p = c.backing().join(format!("a{i}"));
+        std::fs::create_dir(&p).unwrap();
+        for f in 0..50 {
+            std::fs::write(p.join(format!("f{f}")), b"").unwrap();
+        }
+        let (err, n, _) = c.lookup(1, &format!("a{i}"));
+        assert_eq!(err, 0);
+        assert!(!c.readdir(n, 0, 256).is_empty());
+    }
+    assert_eq!(c.streams(), porta_fs::listing::MAX_IDLE);
+    // A made-up offset is no crash: the server answers (whatever the backing file
+    // system makes of it) and carries on.
+    let (err, _) = c.req(op::READDIR, d, &readdir_body(0x7fff_ffff_ffff_fff0));
+    assert!(err == 0 || err == -libc::EINVAL, "{err}");
     c.assert_alive();
 }

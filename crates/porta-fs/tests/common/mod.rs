@@ -181,3 +181,52 @@ impl Drop for TestMount {
         }
     }
 }
+
+/// An overlay mount (what containerd and Podman hand over as a container's root): a
+/// lower layer filled by the test, an upper and a work directory, all in a directory of
+/// its own under /tmp. Unmounted (lazily: a server's descriptors in this process may keep
+/// it busy) and removed on drop; drop it after the FUSE mount served from it.
+pub struct Overlay {
+    pub merged: PathBuf,
+    pub upper: PathBuf,
+    layers: Option<tempfile::TempDir>,
+}
+
+impl Overlay {
+    pub fn new(prefix: &str, fill_lower: impl FnOnce(&Path)) -> Overlay {
+        let layers = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .unwrap();
+        let [lower, upper, work, merged] =
+            ["lower", "upper", "work", "merged"].map(|d| layers.path().join(d));
+        for d in [&lower, &upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        fill_lower(&lower);
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount overlay");
+        Overlay {
+            merged,
+            upper,
+            layers: Some(layers),
+        }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        drop(self.layers.take());
+    }
+}

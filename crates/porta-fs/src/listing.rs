@@ -1,0 +1,177 @@
+//! Directory listings the kernel reads without opening the directory.
+//!
+//! The server answers OPENDIR with ENOSYS, and the kernel then sends neither OPENDIR nor
+//! RELEASEDIR again (FUSE "no-opendir"): it reads a directory with READDIR by node and
+//! offset alone and caches what it read (as with `FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE`),
+//! which saves two round trips per directory a program opens. The server therefore keeps
+//! the directories it lists open itself, as *streams*: a READDIR at offset 0 opens a new
+//! stream, a READDIR that goes on with a listing takes the stream that ended where it
+//! starts (else another idle stream of the same directory), and a listing read to its
+//! end closes its stream. Keeping the same open directory for one listing matters on
+//! overlayfs, the usual container root: it numbers a merged directory's offsets by
+//! position in a snapshot that each open directory takes, so continuing on a reopened
+//! directory that changed in between (`rm -r` does that) could skip or repeat names.
+//!
+//! Streams are entries of kind `STREAM` in the shared table (descriptor in the fd table
+//! shared with the keeper), so they outlive a server; this module is the server's
+//! bookkeeping of which streams are idle and where each one ended.
+
+use std::os::fd::RawFd;
+
+/// Idle streams a server keeps at most; past it the least recently used is closed (a
+/// listing abandoned before its end, e.g. `ls | head`, never closes its own).
+pub const MAX_IDLE: usize = 32;
+
+/// A directory by backing device and inode. A stream holds its directory open, so the
+/// inode number cannot be reused while the stream exists.
+pub type DirKey = (u64, u64);
+
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    fd: RawFd,
+    dir: DirKey,
+    /// The offset the last READDIR on this stream ended at (its last entry's cookie).
+    next: u64,
+    busy: bool,
+    used: u64,
+}
+
+/// The streams of one server.
+#[derive(Debug, Default)]
+pub struct Streams {
+    list: Vec<Stream>,
+    tick: u64,
+}
+
+impl Streams {
+    /// Takes an idle stream to go on with a listing of `dir` at offset `off` (never for
+    /// offset 0, which starts a new listing): the one that ended at `off`, else any idle
+    /// one of `dir` (the kernel may ask again from the middle of the last reply, when the
+    /// program's buffer was full). The caller seeks it to `off`.
+    pub fn take(&mut self, dir: DirKey, off: u64) -> Option<RawFd> {
+        if off == 0 {
+            return None;
+        }
+        let idle = |s: &&mut Stream| !s.busy && s.dir == dir;
+        let i = self
+            .list
+            .iter_mut()
+            .position(|s| idle(&s) && s.next == off)
+            .or_else(|| self.list.iter_mut().position(|s| idle(&s)))?;
+        self.list[i].busy = true;
+        Some(self.list[i].fd)
+    }
+
+    /// Records a stream the caller opened (busy), or found idle in the shared table
+    /// when the server started.
+    pub fn add(&mut self, fd: RawFd, dir: DirKey, next: u64, busy: bool) {
+        self.tick += 1;
+        self.list.push(Stream {
+            fd,
+            dir,
+            next,
+            busy,
+            used: self.tick,
+        });
+    }
+
+    /// Gives a busy stream back, ended at `next`. Returns an idle stream to close when
+    /// more than [`MAX_IDLE`] are idle now (the least recently used one).
+    pub fn put(&mut self, fd: RawFd, next: u64) -> Option<RawFd> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(s) = self.list.iter_mut().find(|s| s.fd == fd) {
+            s.busy = false;
+            s.next = next;
+            s.used = tick;
+        }
+        if self.list.iter().filter(|s| !s.busy).count() <= MAX_IDLE {
+            return None;
+        }
+        let (i, _) = self
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy)
+            .min_by_key(|(_, s)| s.used)?;
+        Some(self.list.swap_remove(i).fd)
+    }
+
+    /// Forgets a stream (its listing ended or failed); the caller closes it.
+    pub fn remove(&mut self, fd: RawFd) {
+        if let Some(i) = self.list.iter().position(|s| s.fd == fd) {
+            self.list.swap_remove(i);
+        }
+    }
+
+    /// Streams known, idle or busy.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_goes_on_with_the_stream_that_ended_where_it_starts() {
+        let mut s = Streams::default();
+        let d = (1, 10);
+        s.add(5, d, 0, true);
+        s.add(6, d, 0, true);
+        assert_eq!(s.put(5, 100), None);
+        assert_eq!(s.put(6, 200), None);
+        assert_eq!(s.take(d, 200), Some(6));
+        assert_eq!(s.take(d, 100), Some(5));
+        // Both busy: none to take.
+        assert_eq!(s.take(d, 100), None);
+    }
+
+    #[test]
+    fn an_offset_inside_the_last_reply_takes_an_idle_stream_of_the_same_directory() {
+        let mut s = Streams::default();
+        s.add(5, (1, 10), 0, true);
+        s.add(7, (1, 11), 0, true);
+        s.put(5, 100);
+        s.put(7, 150);
+        assert_eq!(s.take((1, 10), 42), Some(5));
+        assert_eq!(s.take((2, 10), 42), None, "another device");
+    }
+
+    #[test]
+    fn offset_zero_always_starts_a_new_stream() {
+        let mut s = Streams::default();
+        s.add(5, (1, 10), 7, false);
+        assert_eq!(s.take((1, 10), 0), None);
+    }
+
+    #[test]
+    fn past_the_idle_limit_the_least_recently_used_stream_goes() {
+        let mut s = Streams::default();
+        for fd in 0..MAX_IDLE as RawFd {
+            s.add(fd + 100, (1, fd as u64), 0, true);
+            assert_eq!(s.put(fd + 100, 1), None);
+        }
+        // Use the oldest again: the second oldest is now the least recently used.
+        assert_eq!(s.take((1, 0), 1), Some(100));
+        s.put(100, 2);
+        s.add(500, (1, 999), 0, true);
+        assert_eq!(s.put(500, 3), Some(101));
+        assert_eq!(s.len(), MAX_IDLE);
+        // Busy streams never go, however many there are.
+        let mut b = Streams::default();
+        for fd in 0..(2 * MAX_IDLE) as RawFd {
+            b.add(fd, (1, 1), 0, true);
+        }
+        b.add(999, (1, 2), 0, true);
+        assert_eq!(b.put(999, 5), None);
+        s.remove(500);
+        assert_eq!(s.len(), MAX_IDLE - 1);
+    }
+}
