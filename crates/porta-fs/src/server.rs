@@ -144,10 +144,36 @@ struct Fs {
 /// The directory node id and the name a node was last looked up under.
 type NameRec = (u64, Box<[u8]>);
 
+/// Node ids by backing (st_dev, st_ino). A new server rebuilds it from the shared tables
+/// before it serves, so its hasher is a cheap multiply-rotate one (inode numbers are
+/// chosen by the backing file system, not by the container): hashing was most of a
+/// restart's time with many nodes.
+type InodeMap = HashMap<(u64, u64), u64, std::hash::BuildHasherDefault<InodeHasher>>;
+
+/// The hasher of [`InodeMap`].
+#[derive(Default)]
+struct InodeHasher(u64);
+
+impl std::hash::Hasher for InodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 /// Nodes by backing inode, and the free cold entries.
 struct Inodes {
     /// (st_dev, st_ino) -> node id: one node per backing inode (hard links share it).
-    by_inode: HashMap<(u64, u64), u64>,
+    by_inode: InodeMap,
     /// Free cold entries below `cold_next`.
     cold_free: Vec<usize>,
     /// The next cold entry never used.
@@ -297,7 +323,10 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     );
     // Rebuild the (dev, ino) -> node index from the shared tables, and take over the
     // listings' open directories.
-    let mut map = HashMap::new();
+    let mut map = InodeMap::with_capacity_and_hasher(
+        sh.live() + sh.cold_live(),
+        Default::default(),
+    );
     let mut streams = Streams::default();
     for fd in 0..sh.scan_end() {
         if sh.kind(fd) == kind::STREAM {
