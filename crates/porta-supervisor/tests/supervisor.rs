@@ -428,6 +428,27 @@ fn kill_every_100ms_with_cold_nodes() {
     kill_loop(false, Duration::from_secs(5), Some(300));
 }
 
+/// Checks that `dir` lists exactly the files of `kept`.
+fn listing_is(dir: &std::path::Path, kept: &[(std::path::PathBuf, String)]) -> std::io::Result<()> {
+    let mut names = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    names.sort();
+    let mut want: Vec<_> = kept
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap_or_default().to_owned())
+        .collect();
+    want.sort();
+    if names != want {
+        return Err(std::io::Error::other(format!(
+            "listing: {} names, {} expected",
+            names.len(),
+            want.len()
+        )));
+    }
+    Ok(())
+}
+
 fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
     let c = match nofile {
         Some(n) => Container::start_with_nofile(passthrough, n),
@@ -480,6 +501,13 @@ fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
                         }
                     }
                     Err(e) => errors.push(format!("op {i}: {e}")),
+                }
+                if i % 16 == 0 {
+                    // Untimed: a listing (READDIRs on the server's open directory, taken
+                    // over by each new server) is exactly the files kept so far.
+                    if let Err(e) = listing_is(&dir, &kept) {
+                        errors.push(format!("op {i}: {e}"));
+                    }
                 }
                 ops += 5;
                 i += 1;
