@@ -579,25 +579,14 @@ impl Container {
         v["rootfs"] = serde_json::json!(self.state.rootfs);
         v["created"] = serde_json::json!(self.state.created);
         v["owner"] = serde_json::json!(self.state.owner);
+        // Each server as the supervisor records it (name, pid, restarts, state,
+        // confinement, and why it was last replaced or given up on).
         let servers = if self.state.file_server {
-            porta_supervisor::servers(&self.dir.path)
-                .map(|v| {
-                    v.into_iter()
-                        .map(|s| {
-                            let mut o = serde_json::json!({"name": s.name, "pid": s.pid, "restarts": s.restarts, "state": s.state, "confinement": s.confinement});
-                            // Why the server was last replaced, or why the supervisor gave up.
-                            if let Some(e) = s.error {
-                                o["error"] = serde_json::json!(e);
-                            }
-                            o
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
+            porta_supervisor::servers(&self.dir.path).unwrap_or_default()
         } else {
             Vec::new()
         };
-        v["servers"] = serde_json::Value::Array(servers);
+        v["servers"] = serde_json::to_value(servers).unwrap_or_else(|_| serde_json::json!([]));
         if let Some(e) = &self.state.server_error {
             v["serverError"] = serde_json::json!(e);
         }
