@@ -4,7 +4,8 @@
 //! Nodes are O_PATH descriptors opened one name at a time beneath the root with
 //! O_NOFOLLOW; node id = descriptor + 2 (the root is node 1). Open files are descriptors
 //! too (file handle = descriptor), and so are the directories the server keeps open for
-//! listings ([`crate::listing`]). All are published in the shared table ([`crate::shared`]) so a replacement server carries on with them. When
+//! listings ([`crate::listing`]). All are published in the shared table
+//! ([`crate::shared`]) so a replacement server carries on with them. When
 //! descriptors run short, new nodes are *cold*: recorded by parent node and name in the
 //! shared cold table, opened by name (inode checked) for each request that needs them.
 
@@ -323,10 +324,8 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     );
     // Rebuild the (dev, ino) -> node index from the shared tables, and take over the
     // listings' open directories.
-    let mut map = InodeMap::with_capacity_and_hasher(
-        sh.live() + sh.cold_live(),
-        Default::default(),
-    );
+    let mut map =
+        InodeMap::with_capacity_and_hasher(sh.live() + sh.cold_live(), Default::default());
     let mut streams = Streams::default();
     for fd in 0..sh.scan_end() {
         if sh.kind(fd) == kind::STREAM {
@@ -1178,7 +1177,8 @@ impl Fs {
                 let _fh = r.u64().map_err(mal)?;
                 let flags = r.u32().map_err(mal)?;
                 let node = self.node_fd(h.nodeid)?;
-                let dir = self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
+                let dir =
+                    self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
                 sys::fsync(dir.as_raw_fd(), flags & 1 != 0)?;
             }
             op::SETXATTR => {
@@ -2455,17 +2455,20 @@ impl Fs {
         }
         let node = self.node_fd(nodeid)?;
         let dir = self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
-        let st = sys::fstat(dir.as_raw_fd())?;
+        // The node's recorded inode is the one reopened (checked by `reopen`).
+        let (dev, ino) = match self.node_entry(nodeid).map(key) {
+            Some(k) => k,
+            None => {
+                let st = sys::fstat(dir.as_raw_fd())?;
+                (st.st_dev, st.st_ino)
+            }
+        };
         let raw = dir.into_raw_fd();
-        if !self
-            .sh
-            .publish(raw, kind::STREAM, nodeid, st.st_ino, st.st_dev)
-        {
+        if !self.sh.publish(raw, kind::STREAM, nodeid, ino, dev) {
             sys::close(raw);
             return Err(libc::ENFILE);
         }
-        self.lock_streams()
-            .add(raw, (st.st_dev, st.st_ino), off, true);
+        self.lock_streams().add(raw, (dev, ino), off, true);
         Ok(raw)
     }
 

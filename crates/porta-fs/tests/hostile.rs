@@ -288,7 +288,10 @@ fn malformed_frames_are_rejected_and_the_server_carries_on() {
             "node {nodeid}"
         );
         assert_eq!(c.req(op::LOOKUP, nodeid, b"x\0").0, -libc::ESTALE);
-        assert_eq!(c.req(op::READDIR, nodeid, &readdir_body(0)).0, -libc::ESTALE);
+        assert_eq!(
+            c.req(op::READDIR, nodeid, &readdir_body(0)).0,
+            -libc::ESTALE
+        );
     }
     for fh in [0u64, 1, 2, 5, 1 << 33, u64::MAX] {
         let mut b = fh.to_ne_bytes().to_vec();
@@ -926,8 +929,15 @@ fn listings_go_on_with_their_own_open_directory_also_after_a_restart() {
         assert!(c.streams() <= 2, "{} streams", c.streams());
     }
     assert_eq!(names.len(), all.len(), "each name once");
-    assert_eq!(names.into_iter().collect::<std::collections::BTreeSet<_>>(), all);
-    assert_eq!(c.streams(), 1, "a listing read to its end closes its stream");
+    assert_eq!(
+        names.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        all
+    );
+    assert_eq!(
+        c.streams(),
+        1,
+        "a listing read to its end closes its stream"
+    );
     // The other goes on from the middle of its last reply (what the kernel does when
     // the program's buffer was full).
     let half = other.len() / 2;

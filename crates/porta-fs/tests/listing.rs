@@ -88,7 +88,11 @@ fn listing_a_directory_again_costs_no_request_and_sees_the_containers_changes() 
     assert_eq!(unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) }, 0);
     assert_eq!(getdents(&fd, 1 << 16).len(), 502);
     // SAFETY: fsync on a descriptor this test owns.
-    assert_eq!(unsafe { libc::fsync(fd.as_raw_fd()) }, 0, "fsync of a directory");
+    assert_eq!(
+        unsafe { libc::fsync(fd.as_raw_fd()) },
+        0,
+        "fsync of a directory"
+    );
     drop(fd);
     // No listing left half-read: the server holds no directory open.
     assert_eq!(streams(&m), 0);
@@ -164,7 +168,10 @@ fn removing_names_while_listing_an_overlay_directory_sees_each_once() {
         }
         drop(fd);
         let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
-        assert!(twice.is_empty(), "round {round}: names seen twice: {twice:?}");
+        assert!(
+            twice.is_empty(),
+            "round {round}: names seen twice: {twice:?}"
+        );
         assert_eq!(seen.len(), total, "round {round}: names seen");
         assert_eq!(names_in(&d), Vec::<String>::new(), "round {round}: left");
     }
