@@ -140,6 +140,63 @@ struct Fs {
     names: Mutex<HashMap<u64, NameRec>>,
     /// The directories kept open for listings.
     streams: Mutex<Streams>,
+    /// Open once `inodes` and `streams` are rebuilt after the server started.
+    indexed: Gate,
+}
+
+/// A one-way gate: closed when made, open for good once `open` is called.
+#[derive(Default)]
+struct Gate {
+    is_open: std::sync::atomic::AtomicBool,
+    lock: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.is_open.store(true, Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        if self.is_open.load(Ordering::Acquire) {
+            return;
+        }
+        let mut open = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.cv.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Whether a request may be served before a starting server has rebuilt its node index
+/// (`Fs::rebuild_index`): it neither looks a name up, nor counts, frees or opens anything
+/// in the shared tables. Reads, writes, attributes and xattrs of the nodes and files the
+/// kernel holds go on at once after a restart, however many nodes there are.
+fn index_free(opcode: u32) -> bool {
+    matches!(
+        opcode,
+        op::GETATTR
+            | op::SETATTR
+            | op::READLINK
+            | op::READ
+            | op::WRITE
+            | op::STATFS
+            | op::FSYNC
+            | op::FSYNCDIR
+            | op::SETXATTR
+            | op::GETXATTR
+            | op::LISTXATTR
+            | op::REMOVEXATTR
+            | op::FLUSH
+            | op::ACCESS
+            | op::FALLOCATE
+            | op::LSEEK
+            | op::COPY_FILE_RANGE
+            | op::INTERRUPT
+            | op::SYNCFS
+    )
 }
 
 /// The directory node id and the name a node was last looked up under.
@@ -322,50 +379,12 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         root_st.st_ino,
         root_st.st_dev,
     );
-    // Rebuild the (dev, ino) -> node index from the shared tables, and take over the
-    // listings' open directories.
-    let mut map =
-        InodeMap::with_capacity_and_hasher(sh.live() + sh.cold_live(), Default::default());
-    let mut streams = Streams::default();
-    for fd in 0..sh.scan_end() {
-        if sh.kind(fd) == kind::STREAM {
-            if let Some(e) = sh.entry(fd) {
-                let w = |k: usize| e[k].load(Ordering::Relaxed);
-                streams.add(fd, (w(3), w(2)), w(4), false);
-            }
-        } else if sh.kind(fd) == kind::NODE {
-            if let Some(e) = sh.entry(fd) {
-                map.insert(
-                    (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
-                    if fd == cfg.root_fd {
-                        abi::ROOT_ID
-                    } else {
-                        NodeRef::Hot(fd).id()
-                    },
-                );
-            }
-        }
-    }
-    let cold_next = sh.cold_scan_end();
-    let mut cold_free = Vec::new();
-    let cold_live = sh.cold_recount(|i, e| match e {
-        Some(e) => {
-            map.insert(
-                (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
-                NodeRef::Cold(i).id(),
-            );
-        }
-        None => cold_free.push(i),
-    });
-    cold_free.reverse();
-    let live = sh.recount();
     let nofile = match sh.hdr(hdr::NOFILE).load(Ordering::Relaxed) {
         0 => sys::raise_nofile().unwrap_or(u64::MAX),
         n => n,
     };
     let budget = Budget::for_limit((nofile.min(sh.capacity() as u64) as usize).max(16));
     let cold_budget = Budget::for_cold(sh.cold_capacity());
-    tracing::debug!(live, ?budget, cold_live, ?cold_budget, "node tables");
     let secs = cfg.ttl.as_secs();
     let journal_at_start = (0..hdr::MAX_SLOTS)
         .filter_map(|i| sh.journal(i))
@@ -387,20 +406,24 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             nsecs: cfg.ttl.subsec_nanos(),
         },
         root_dev: root_st.st_dev,
+        // Empty until `rebuild_index` (on the eviction thread) fills them from the shared
+        // tables; requests that need them wait for `indexed`.
         inodes: Mutex::new(Inodes {
-            by_inode: map,
-            cold_free,
-            cold_next,
+            by_inode: InodeMap::default(),
+            cold_free: Vec::new(),
+            cold_next: sh.cold_scan_end(),
         }),
+        indexed: Gate::default(),
         spinning: std::sync::atomic::AtomicBool::new(false),
         budget,
         cold_budget,
         evict: evict::Control::default(),
         names: Mutex::new(HashMap::new()),
-        streams: Mutex::new(streams),
+        streams: Mutex::new(Streams::default()),
     };
     // Before this server reads anything: the FORGETs a killed predecessor had read are in
-    // its threads' request buffers.
+    // its threads' request buffers. Applied to the shared tables before the index is
+    // rebuilt from them (what `forget` does to the still empty index is dropped with it).
     let recovered = fs.recover_forgets();
     if recovered > 0 {
         tracing::info!(recovered, "applied the FORGETs a killed server had read");
@@ -435,7 +458,10 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     let fs = &fs;
     let threads = cfg.threads.clamp(1, hdr::MAX_SLOTS);
     let result = std::thread::scope(|s| {
-        let evictor = s.spawn(move || fs.evict_loop());
+        let evictor = s.spawn(move || {
+            fs.rebuild_index();
+            fs.evict_loop()
+        });
         fs.evict.set_thread(evictor.thread().clone());
         let handles: Vec<_> = (1..threads)
             .map(|i| s.spawn(move || fs.run_loop(i, request_buf(&fs.sh, i))))
@@ -675,6 +701,9 @@ impl Fs {
             self.sh.hdr(hdr::RESENT).fetch_add(1, Ordering::Relaxed);
         }
         w.start();
+        if !index_free(h.opcode) {
+            self.indexed.wait();
+        }
         let journaled = matches!(
             h.opcode,
             op::UNLINK
@@ -1717,6 +1746,58 @@ impl Fs {
             }
             self.forget(*id, *n);
         }
+    }
+
+    /// Rebuilds the (device, inode) -> node index, the free cold entries and the idle
+    /// listing streams from the shared tables, recounts the entries in use, then opens
+    /// `indexed`. Runs once, on the eviction thread, while the request threads already
+    /// serve what needs none of it ([`index_free`]): none of those changes the tables.
+    fn rebuild_index(&self) {
+        let sh = self.sh;
+        let mut map =
+            InodeMap::with_capacity_and_hasher(sh.live() + sh.cold_live(), Default::default());
+        let mut streams = Streams::default();
+        for fd in 0..sh.scan_end() {
+            let Some(e) = sh.entry(fd) else { break };
+            let w = |k: usize| e[k].load(Ordering::Relaxed);
+            match sh.kind(fd) {
+                kind::STREAM => streams.add(fd, (w(3), w(2)), w(4), false),
+                kind::NODE => {
+                    let id = if fd == self.root {
+                        abi::ROOT_ID
+                    } else {
+                        NodeRef::Hot(fd).id()
+                    };
+                    map.insert((w(3), w(2)), id);
+                }
+                _ => {}
+            }
+        }
+        let cold_next = sh.cold_scan_end();
+        let mut cold_free = Vec::new();
+        let cold_live = sh.cold_recount(|i, e| match e {
+            Some(e) => {
+                map.insert(
+                    (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
+                    NodeRef::Cold(i).id(),
+                );
+            }
+            None => cold_free.push(i),
+        });
+        cold_free.reverse();
+        let live = sh.recount();
+        let indexed = map.len();
+        {
+            let mut nodes = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+            *nodes = Inodes {
+                by_inode: map,
+                cold_free,
+                cold_next,
+            };
+        }
+        *self.lock_streams() = streams;
+        self.indexed.open();
+        tracing::debug!(live, cold_live, indexed, budget = ?self.budget, cold_budget = ?self.cold_budget, "node index rebuilt");
     }
 
     /// Finishes the FORGET frames killed predecessors had read but not applied (found in
