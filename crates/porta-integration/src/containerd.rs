@@ -10,6 +10,8 @@ use std::time::Duration;
 
 /// The image the tests import.
 pub const IMAGE: &str = "docker.io/library/pit-busybox:latest";
+/// The containerd namespace of the tests.
+pub const NAMESPACE: &str = "pit";
 
 /// A private containerd (root, state and sockets under a temporary directory), started
 /// directly or inside other namespaces (through a command prefix such as `nsenter …`).
@@ -148,7 +150,7 @@ impl Containerd {
         };
         c.arg("-a")
             .arg(self.dir.join("c.sock"))
-            .args(["-n", "pit"])
+            .args(["-n", NAMESPACE])
             .timeout(Duration::from_secs(120))
     }
     /// Kills task `id` with SIGKILL, waits until containerd reports it stopped, then
@@ -185,6 +187,12 @@ impl Containerd {
     }
 }
 
+/// The cgroup directories named after containerd's namespace for the tests (`pit`), in
+/// every hierarchy.
+pub fn namespace_cgroups() -> Vec<std::path::PathBuf> {
+    crate::leaks::cgroups_matching(&|n| n == NAMESPACE)
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.ctr().args(["images", "rm", IMAGE]).run();
@@ -203,6 +211,12 @@ impl Drop for Containerd {
             .contains(&d)
         {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        // containerd puts its containers' cgroups under one named after its namespace
+        // and leaves that behind when they are gone (with runc too); remove it where it
+        // is empty.
+        for dir in namespace_cgroups() {
+            let _ = std::fs::remove_dir(dir);
         }
         if !self.had_run_dir {
             for p in [

@@ -68,9 +68,10 @@ pub fn cgroups_matching(bad: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     found
 }
 
-/// True for a cgroup directory name made after a test container id.
+/// True for a cgroup directory name made after a test container id, or after the
+/// containerd namespace of the tests.
 pub fn is_test_cgroup(name: &str) -> bool {
-    name.contains(crate::ID_PREFIX)
+    name.contains(crate::ID_PREFIX) || name == crate::containerd::NAMESPACE
 }
 
 /// Processes that belong to test containers: root inside a test bundle, a cgroup named

@@ -97,4 +97,6 @@ fn containerd_end_to_end() {
         "containerd's private directory could not be removed: {}",
         dir.display()
     );
+    let left = porta_integration::containerd::namespace_cgroups();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
 }
