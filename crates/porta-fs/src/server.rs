@@ -1373,7 +1373,7 @@ impl Fs {
                 Some(e) if self.sh.cold_kind(at) == kind::NODE => e,
                 _ => return Err(libc::ESTALE),
             };
-            let (ino, dev) = (e[2].load(Ordering::Relaxed), e[3].load(Ordering::Relaxed));
+            let (dev, ino) = shared::inode_key(e);
             let ftype = e[cold::TYPE].load(Ordering::Relaxed);
             let pin = e[cold::PIN].load(Ordering::Acquire);
             if pin != 0 && self.sh.kind((pin - 1) as RawFd) == kind::PIN {
@@ -1759,16 +1759,20 @@ impl Fs {
         let mut streams = Streams::default();
         for fd in 0..sh.scan_end() {
             let Some(e) = sh.entry(fd) else { break };
-            let w = |k: usize| e[k].load(Ordering::Relaxed);
             match sh.kind(fd) {
-                kind::STREAM => streams.add(fd, (w(3), w(2)), w(4), false),
+                kind::STREAM => streams.add(
+                    fd,
+                    shared::inode_key(e),
+                    e[4].load(Ordering::Relaxed),
+                    false,
+                ),
                 kind::NODE => {
                     let id = if fd == self.root {
                         abi::ROOT_ID
                     } else {
                         NodeRef::Hot(fd).id()
                     };
-                    map.insert((w(3), w(2)), id);
+                    map.insert(shared::inode_key(e), id);
                 }
                 _ => {}
             }
@@ -1777,10 +1781,7 @@ impl Fs {
         let mut cold_free = Vec::new();
         let cold_live = sh.cold_recount(|i, e| match e {
             Some(e) => {
-                map.insert(
-                    (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)),
-                    NodeRef::Cold(i).id(),
-                );
+                map.insert(shared::inode_key(e), NodeRef::Cold(i).id());
             }
             None => cold_free.push(i),
         });
@@ -1848,7 +1849,7 @@ impl Fs {
             e[1].store(left, Ordering::Release);
             return;
         }
-        let key = (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed));
+        let key = shared::inode_key(e);
         if nodes.by_inode.get(&key) == Some(&nodeid) {
             nodes.by_inode.remove(&key);
         }
@@ -2055,7 +2056,7 @@ impl Fs {
             let Some(e) = self.sh.node_entry(id) else {
                 continue;
             };
-            let (ino, dev) = (e[2].load(Ordering::Relaxed), e[3].load(Ordering::Relaxed));
+            let (dev, ino) = shared::inode_key(e);
             let Ok(parent) = self.node_fd(parent_id) else {
                 continue;
             };
@@ -2526,10 +2527,8 @@ impl Fs {
     /// The open directory to answer a READDIR of node `nodeid` at `off` with: an idle
     /// stream that goes on with this listing, or a new one.
     fn take_stream(&self, nodeid: u64, off: u64) -> SysResult<RawFd> {
-        let key = |e: &[std::sync::atomic::AtomicU64]| {
-            (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed))
-        };
-        if let Some(dir) = self.node_entry(nodeid).map(key) {
+        let known = self.node_entry(nodeid).map(shared::inode_key);
+        if let Some(dir) = known {
             if let Some(fd) = self.lock_streams().take(dir, off) {
                 return Ok(fd);
             }
@@ -2537,7 +2536,7 @@ impl Fs {
         let node = self.node_fd(nodeid)?;
         let dir = self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY, libc::S_IFDIR)?;
         // The node's recorded inode is the one reopened (checked by `reopen`).
-        let (dev, ino) = match self.node_entry(nodeid).map(key) {
+        let (dev, ino) = match known {
             Some(k) => k,
             None => {
                 let st = sys::fstat(dir.as_raw_fd())?;
@@ -2625,33 +2624,36 @@ impl Fs {
                 if w.buf.len() + rec > limit {
                     break 'outer;
                 }
-                if !plus {
-                    last = Some(doff);
-                    abi::encode_dirent(w, ino, doff, typ, nb);
-                    continue;
-                }
-                // Node id 0: no entry for the kernel to cache (it looks the name up when
-                // it needs it). For `.` and `..`, and when the node table is above its
-                // high-water mark: a listing must not fill it, nor lose names to ENFILE.
-                if nb == b"." || nb == b".." || !self.room_for_listing() {
-                    abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
-                    abi::encode_dirent(w, ino, doff, typ, nb);
-                    last = Some(doff);
-                    continue;
-                }
-                match self.lookup(dir_id, fd, cname) {
-                    Ok((id, attr)) => {
-                        abi::encode_entry(w, id, 0, self.ttl, &attr);
-                        abi::encode_dirent(w, attr.ino, doff, (attr.mode & libc::S_IFMT) >> 12, nb);
-                        last = Some(doff);
+                if plus {
+                    // Node id 0: no entry for the kernel to cache (it looks the name up
+                    // when it needs it). For `.` and `..`, when the node table is above
+                    // its high-water mark (a listing must not fill it, nor lose names to
+                    // ENFILE), and when the lookup fails otherwise than ENOENT.
+                    let found = if nb == b"." || nb == b".." || !self.room_for_listing() {
+                        None
+                    } else {
+                        match self.lookup(dir_id, fd, cname) {
+                            Ok(f) => Some(f),
+                            Err(libc::ENOENT) => continue,
+                            Err(_) => None,
+                        }
+                    };
+                    match found {
+                        Some((id, attr)) => {
+                            abi::encode_entry(w, id, 0, self.ttl, &attr);
+                            let typ = (attr.mode & libc::S_IFMT) >> 12;
+                            abi::encode_dirent(w, attr.ino, doff, typ, nb);
+                        }
+                        None => {
+                            let none = Ttl { secs: 0, nsecs: 0 };
+                            abi::encode_entry(w, 0, 0, none, &Attr::default());
+                            abi::encode_dirent(w, ino, doff, typ, nb);
+                        }
                     }
-                    Err(libc::ENOENT) => continue,
-                    Err(_) => {
-                        abi::encode_entry(w, 0, 0, Ttl { secs: 0, nsecs: 0 }, &Attr::default());
-                        abi::encode_dirent(w, ino, doff, typ, nb);
-                        last = Some(doff);
-                    }
+                } else {
+                    abi::encode_dirent(w, ino, doff, typ, nb);
                 }
+                last = Some(doff);
             }
         }
         Ok(last)

@@ -678,6 +678,12 @@ impl Shared {
     }
 }
 
+/// The backing (st_dev, st_ino) recorded in a node entry (hot or cold) or a listing
+/// stream's entry: words 3 and 2.
+pub fn inode_key(e: &[AtomicU64]) -> (u64, u64) {
+    (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed))
+}
+
 /// Marks entry `e` free and uncounts it from `counter` when it was in use.
 fn free_entry(e: &[AtomicU64], counter: &AtomicU64) {
     if e[0].swap(kind::FREE, Ordering::AcqRel) != kind::FREE {

@@ -230,10 +230,7 @@ impl Conn {
 
     /// Directories the server holds open for listings.
     fn streams(&self) -> usize {
-        let sh = &self.cfg.shared;
-        (0..sh.capacity() as i32)
-            .filter(|&fd| sh.kind(fd) == porta_fs::shared::kind::STREAM)
-            .count()
+        common::streams(&self.cfg.shared)
     }
 }
 

@@ -95,7 +95,7 @@ fn listing_a_directory_again_costs_no_request_and_sees_the_containers_changes() 
     );
     drop(fd);
     // No listing left half-read: the server holds no directory open.
-    assert_eq!(streams(&m), 0);
+    assert_eq!(common::streams(&m.shared), 0);
 }
 
 /// Requests the server has answered, once the count stands still (a server thread
@@ -111,13 +111,6 @@ fn requests_settled(m: &TestMount) -> u64 {
         }
         n = again;
     }
-}
-
-fn streams(m: &TestMount) -> usize {
-    let sh = &m.shared;
-    (0..sh.capacity() as i32)
-        .filter(|&fd| sh.kind(fd) == porta_fs::shared::kind::STREAM)
-        .count()
 }
 
 /// `rm -r`'s pattern on the usual container root: read a few names, remove them, read

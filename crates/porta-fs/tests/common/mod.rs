@@ -141,6 +141,13 @@ impl TestMount {
     }
 }
 
+/// Directories a server holds open for listings (table entries of kind STREAM).
+pub fn streams(sh: &Shared) -> usize {
+    (0..sh.capacity() as i32)
+        .filter(|&fd| sh.kind(fd) == porta_fs::shared::kind::STREAM)
+        .count()
+}
+
 pub fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("sh")
         .arg("-ec")
