@@ -117,6 +117,21 @@ pub mod fattr {
     pub const KILL_SUIDGID: u32 = 1 << 11;
 }
 
+/// `write_flags` of `fuse_write_in`.
+#[allow(missing_docs)]
+pub mod write_flags {
+    /// The writer has no CAP_FSETID: clear set-user-id, and set-group-id where the group
+    /// may execute (asked for with [`super::init::HANDLE_KILLPRIV_V2`]).
+    pub const KILL_SUIDGID: u32 = 1 << 2;
+}
+
+/// `open_flags` of `fuse_open_in` and `fuse_create_in`.
+#[allow(missing_docs)]
+pub mod open_in {
+    /// An O_TRUNC open by a caller without CAP_FSETID: clear set-id bits as truncate does.
+    pub const KILL_SUIDGID: u32 = 1 << 0;
+}
+
 /// Notification codes (sent with `unique == 0`).
 pub const NOTIFY_RESEND: i32 = 7;
 /// `FUSE_NOTIFY_INVAL_ENTRY`: drop the dentry `parent`/`name` (and so maybe its inode).
@@ -145,6 +160,18 @@ pub fn encode_inval_entry(w: &mut Writer, parent: u64, name: &[u8]) {
         .bytes(name)
         .bytes(&[0]);
     w.finish(NOTIFY_INVAL_ENTRY, 0);
+}
+
+/// `FUSE_NOTIFY_INVAL_INODE`: the node's cached attributes (and data range) are stale.
+pub const NOTIFY_INVAL_INODE: i32 = 2;
+
+/// Encodes a `FUSE_NOTIFY_INVAL_INODE` frame for node `ino` that drops its cached
+/// attributes only (`struct fuse_notify_inval_inode_out`: ino, off, len; a negative
+/// offset leaves the page cache alone).
+pub fn encode_inval_inode(w: &mut Writer, ino: u64) {
+    w.start();
+    w.u64(ino).u64(-1i64 as u64).u64(0);
+    w.finish(NOTIFY_INVAL_INODE, 0);
 }
 
 /// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)`.

@@ -545,7 +545,8 @@ impl Fs {
                 | init::CACHE_SYMLINKS
                 | init::INIT_EXT
                 | init::NO_EXPORT_SUPPORT
-                | init::HAS_RESEND;
+                | init::HAS_RESEND
+                | init::HANDLE_KILLPRIV_V2;
             if want_passthrough && kflags & init::PASSTHROUGH != 0 {
                 want |= init::PASSTHROUGH;
             } else {
@@ -873,12 +874,15 @@ impl Fs {
             if self.sh.entry(fh)?[1].load(Ordering::Relaxed) != nodeid {
                 return None;
             }
-            let backing = match node[4].load(Ordering::Acquire) {
-                0 if self.passthrough => return None,
-                0 => 0,
-                id => (id - 1) as i32,
+            let io = if !self.passthrough || self.served_in_passthrough(fh) {
+                None
+            } else {
+                match node[4].load(Ordering::Acquire) {
+                    0 => return None,
+                    id => Some((id - 1) as i32),
+                }
             };
-            Some((fh, backing))
+            Some((fh, io))
         } else {
             None
         };
@@ -887,8 +891,8 @@ impl Fs {
         let attr = self.attr(fd.fd(), &st);
         w.start();
         abi::encode_entry(w, nodeid, 0, self.ttl, &attr);
-        if let Some((fh, backing)) = open {
-            self.open_out(w, fh, backing);
+        if let Some((fh, io)) = open {
+            self.open_out(w, fh, io);
         }
         Some(())
     }
@@ -1104,9 +1108,16 @@ impl Fs {
             }
             op::OPEN => {
                 let flags = r.u32().map_err(mal)? as i32;
+                let kill = r.u32().map_err(mal)? & abi::open_in::KILL_SUIDGID != 0;
                 let fd_node = self.node_fd(h.nodeid)?;
                 let fd = fd_node.fd();
+                let setid = if flags & libc::O_TRUNC != 0 {
+                    self.setid_bits(fd)
+                } else {
+                    0
+                };
                 let file = self.reopen(fd, self.file_flags(flags), libc::S_IFREG)?;
+                self.settle_setid_bits(h, file.as_raw_fd(), setid, kill);
                 self.open_reply(w, h.nodeid, file, flags)?;
             }
             op::CREATE => {
@@ -1155,12 +1166,14 @@ impl Fs {
                 let fh = r.u64().map_err(mal)?;
                 let off = r.u64().map_err(mal)?;
                 let size = r.u32().map_err(mal)? as usize;
-                r.skip(20).map_err(mal)?;
+                let wflags = r.u32().map_err(mal)?;
+                r.skip(16).map_err(mal)?;
                 let data = r.bytes(size).map_err(mal)?;
                 let fd = self.fh_fd(fh)?;
                 let setid = self.setid_bits(fd);
                 let n = sys::pwrite(fd, data, off)?;
-                self.keep_setid_bits(fd, setid);
+                let kill = wflags & abi::write_flags::KILL_SUIDGID != 0;
+                self.settle_setid_bits(h, fd, setid, kill);
                 w.u32(n as u32).u32(0);
             }
             op::STATFS => {
@@ -1308,7 +1321,12 @@ impl Fs {
                 let off = r.u64().map_err(mal)?;
                 let len = r.u64().map_err(mal)?;
                 let mode = r.u32().map_err(mal)? as i32;
-                sys::fallocate(self.fh_fd(fh)?, mode, off, len)?;
+                let fd = self.fh_fd(fh)?;
+                let setid = self.setid_bits(fd);
+                sys::fallocate(fd, mode, off, len)?;
+                // The kernel leaves set-id bits to the server here too but, unlike for
+                // WRITE, says nothing of the caller's CAP_FSETID: root keeps them.
+                self.settle_setid_bits(h, fd, setid, h.uid != 0);
             }
             op::LSEEK => {
                 let fh = r.u64().map_err(mal)?;
@@ -2086,7 +2104,7 @@ impl Fs {
         let node = self.sh.entry(fd).map(|e| e[1].load(Ordering::Relaxed));
         if self.sh.kind(fd) == kind::FILE {
             if let Some(nodeid) = node {
-                self.put_backing(nodeid);
+                self.put_io(nodeid, self.served_in_passthrough(fd));
             }
         }
         self.sh.free(fd);
@@ -2100,15 +2118,28 @@ impl Fs {
     /// own flags), so later opens need no registration round trip. What is registered is
     /// a read-only reopen of the node: a writable one, held that long, would make every
     /// exec of the file fail with ETXTBSY.
-    fn get_backing(&self, nodeid: u64) -> SysResult<i32> {
+    ///
+    /// An open the kernel must not pass through gets `None` and is served: the kernel
+    /// takes one I/O mode per inode (an open in the other mode fails with EIO while
+    /// any is open), so an open goes the way the node's open files already go, and,
+    /// when none is open, a file with a set-user-id or set-group-id bit is served: its
+    /// writes reach the server, which clears those bits as the writer's capabilities
+    /// say (`KILL_SUIDGID`); a passthrough write has the registration's credentials,
+    /// without CAP_FSETID ([`sys::backing_open`]), and so clears them for any writer.
+    fn open_io(&self, nodeid: u64, setid: bool) -> SysResult<Option<i32>> {
         let fd_node = self.node_fd(nodeid)?;
         let fd = fd_node.fd();
         let e = self.sh.node_entry(nodeid).ok_or(libc::ESTALE)?;
         let _g = self.inodes.lock().map_err(|_| libc::EIO)?;
+        let opens = e[5].load(Ordering::Acquire);
+        if opens & shared::PASSTHROUGH_OPENS == 0 && (opens > 0 || setid) {
+            e[5].fetch_add(shared::SERVED_OPEN, Ordering::AcqRel);
+            return Ok(None);
+        }
         let id = e[4].load(Ordering::Acquire);
         if id != 0 {
             e[5].fetch_add(1, Ordering::AcqRel);
-            return Ok((id - 1) as i32);
+            return Ok(Some((id - 1) as i32));
         }
         let ro = self.reopen(fd, libc::O_RDONLY, libc::S_IFREG)?;
         let id = if self.backing >= 0 {
@@ -2117,32 +2148,52 @@ impl Fs {
         } else {
             sys::backing_open(self.fuse, ro.as_raw_fd())?
         };
-        e[5].store(1, Ordering::Relaxed);
+        e[5].fetch_add(1, Ordering::AcqRel);
         e[4].store(id as u64 + 1, Ordering::Release);
-        Ok(id)
+        Ok(Some(id))
     }
 
-    /// Counts one passthrough open of a node fewer. A node with a descriptor keeps its
-    /// backing id registered; a cold node drops it with its last open file: cold nodes
-    /// are the ones past the descriptor budget, and the supervisor registers at most as
-    /// many backing ids as the table has descriptors.
-    fn put_backing(&self, nodeid: u64) {
+    /// Counts one open of a node fewer: a served one (`served`) or a passthrough one. A
+    /// node with a descriptor keeps its backing id registered; a cold node drops it with
+    /// its last passthrough open: cold nodes are the ones past the descriptor budget, and
+    /// the supervisor registers at most as many backing ids as the table has descriptors.
+    fn put_io(&self, nodeid: u64, served: bool) {
         let Some(e) = self.sh.node_entry(nodeid) else {
             return;
         };
         let Ok(_g) = self.inodes.lock() else { return };
-        let left = e[5].load(Ordering::Acquire).saturating_sub(1);
+        let opens = e[5].load(Ordering::Acquire);
+        let (one, mask) = if served {
+            (shared::SERVED_OPEN, !shared::PASSTHROUGH_OPENS)
+        } else {
+            (1, shared::PASSTHROUGH_OPENS)
+        };
+        if opens & mask == 0 {
+            return;
+        }
+        let left = opens - one;
         e[5].store(left, Ordering::Release);
-        if left == 0 && matches!(NodeRef::of(nodeid), Some(NodeRef::Cold(_))) {
+        if !served
+            && left & shared::PASSTHROUGH_OPENS == 0
+            && matches!(NodeRef::of(nodeid), Some(NodeRef::Cold(_)))
+        {
             self.drop_backing(e);
         }
+    }
+
+    /// Whether open file `fd` is served by the server in a passthrough connection (see
+    /// [`Fs::open_io`]).
+    fn served_in_passthrough(&self, fd: RawFd) -> bool {
+        self.sh
+            .entry(fd)
+            .is_some_and(|e| e[shared::FILE_SERVED].load(Ordering::Relaxed) != 0)
     }
 
     /// Unregisters the backing id of node entry `e` (its last lookup is gone); the
     /// caller holds the `inodes` lock.
     fn drop_backing(&self, e: &[std::sync::atomic::AtomicU64]) {
         let id = e[4].swap(0, Ordering::AcqRel);
-        e[5].store(0, Ordering::Relaxed);
+        e[5].fetch_and(!shared::PASSTHROUGH_OPENS, Ordering::Relaxed);
         if id == 0 {
             return;
         }
@@ -2166,18 +2217,38 @@ impl Fs {
         }
     }
 
-    /// Puts back set-id bits (`mode`, from [`Fs::setid_bits`]) that the backing file
-    /// system cleared on the server's write or truncate. The kernel clears them itself,
-    /// before the request, where the caller's write must (a caller without CAP_FSETID);
-    /// the server, without CAP_FSETID in the initial user namespace, would otherwise
-    /// clear them for privileged callers too.
-    fn keep_setid_bits(&self, fd: RawFd, mode: u32) {
+    /// Leaves the set-id bits of the node of request `h` (open as `fd`) after the server's
+    /// write or truncate as the caller's own would have: `mode` (from
+    /// [`Fs::setid_bits`]) as they were before, `kill` when the kernel says the caller has
+    /// no CAP_FSETID (`KILL_SUIDGID`, asked for with `HANDLE_KILLPRIV_V2`). Killed:
+    /// set-user-id, and set-group-id where the group may execute or the caller's group is
+    /// not the file's (the kernel's rule; supplementary groups are not known here, so a
+    /// member through one loses it too); the kernel is told that the node's attributes
+    /// changed (with the writeback cache it would keep showing the old mode). Kept
+    /// otherwise: the server, without CAP_FSETID in the initial user namespace, has the
+    /// backing file system clear them for privileged callers too.
+    fn settle_setid_bits(&self, h: &InHeader, fd: RawFd, mode: u32, kill: bool) {
         if mode == 0 {
             return;
         }
         if let Ok(st) = sys::fstat(fd) {
-            if st.st_mode & 0o7777 != mode {
-                let _ = sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), mode);
+            let want = if !kill {
+                mode
+            } else if mode & 0o010 != 0 || st.st_gid != h.gid {
+                mode & !0o6000
+            } else {
+                mode & !0o4000
+            };
+            if st.st_mode & 0o7777 != want
+                && sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), want).is_ok()
+                && kill
+            {
+                let mut w = Writer::default();
+                abi::encode_inval_inode(&mut w, h.nodeid);
+                match sys::write(self.fuse, &w.buf) {
+                    Ok(_) | Err(libc::ENOENT) | Err(libc::ENODEV) => {}
+                    Err(e) => tracing::debug!(errno = e, "FUSE_NOTIFY_INVAL_INODE failed"),
+                }
             }
         }
     }
@@ -2391,11 +2462,13 @@ impl Fs {
     }
 
     fn open_reply(&self, w: &mut Writer, nodeid: u64, file: OwnedFd, flags: i32) -> SysResult<()> {
-        let backing = if self.passthrough {
-            self.get_backing(nodeid)?
+        let io = if self.passthrough {
+            let setid = self.setid_bits(file.as_raw_fd()) != 0;
+            self.open_io(nodeid, setid)?
         } else {
-            0
+            None
         };
+        let served = self.passthrough && io.is_none();
         let raw = file.into_raw_fd();
         if !self.sh.publish(
             raw,
@@ -2405,22 +2478,28 @@ impl Fs {
             flags as u32 as u64,
         ) {
             if self.passthrough {
-                self.put_backing(nodeid);
+                self.put_io(nodeid, served);
             }
             sys::close(raw);
             return Err(libc::ENFILE);
         }
-        self.open_out(w, raw, backing);
+        if served {
+            if let Some(e) = self.sh.entry(raw) {
+                e[shared::FILE_SERVED].store(1, Ordering::Release);
+            }
+        }
+        self.open_out(w, raw, io);
         Ok(())
     }
 
-    /// Writes `fuse_open_out` for file handle `fh`: passthrough with `backing`, or the
-    /// page cache kept across opens.
-    fn open_out(&self, w: &mut Writer, fh: RawFd, backing: i32) {
-        let flags = if self.passthrough {
-            fopen::PASSTHROUGH
-        } else {
-            fopen::KEEP_CACHE
+    /// Writes `fuse_open_out` for file handle `fh`: passthrough with backing id `io`, or
+    /// served by the server (with the page cache kept across opens where no open of the
+    /// file can pass through and so change the file behind it).
+    fn open_out(&self, w: &mut Writer, fh: RawFd, io: Option<i32>) {
+        let (flags, backing) = match io {
+            Some(id) => (fopen::PASSTHROUGH, id),
+            None if self.passthrough => (0, 0),
+            None => (fopen::KEEP_CACHE, 0),
         };
         w.u64(fh as u64).u32(flags).i32(backing);
     }
@@ -2462,6 +2541,7 @@ impl Fs {
                 sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), mode & 0o7777)?;
             }
         }
+        let kill = valid & fattr::KILL_SUIDGID != 0 && valid & fattr::MODE == 0;
         if valid & (fattr::UID | fattr::GID) != 0 {
             let u = if valid & fattr::UID != 0 {
                 uid
@@ -2473,7 +2553,11 @@ impl Fs {
             } else {
                 u32::MAX
             };
+            let setid = self.setid_bits(fd);
             sys::chownat(fd, c"", u, g)?;
+            if kill {
+                self.settle_setid_bits(h, fd, setid, true);
+            }
         }
         if valid & fattr::SIZE != 0 {
             let setid = self.setid_bits(fd);
@@ -2489,7 +2573,7 @@ impl Fs {
                     sys::ftruncate(f.as_raw_fd(), size)?;
                 }
             }
-            self.keep_setid_bits(fd, setid);
+            self.settle_setid_bits(h, fd, setid, kill);
         }
         if valid & (fattr::ATIME | fattr::MTIME) != 0 {
             let t = |set: bool, now: bool, s: i64, ns: u32| libc::timespec {

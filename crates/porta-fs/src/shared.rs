@@ -102,11 +102,23 @@ pub mod slot {
 }
 
 /// Words per table entry (one cache line). Node: kind, lookup count, st_ino, st_dev,
-/// passthrough backing id + 1 (0: none), number of open files using it, last use (a
-/// value of the `hdr::EPOCH` clock), spare. File or directory handle: kind, node id, its
-/// stamp (a value of `hdr::OPENS`, never 0: tells this open from a later one that got the
-/// same descriptor number), open flags, then zeros.
+/// passthrough backing id + 1 (0: none), its open files (passthrough ones in the low
+/// half, [`PASSTHROUGH_OPENS`], ones served by the server in a passthrough connection in
+/// the high half, [`SERVED_OPEN`] each), last use (a value of the `hdr::EPOCH` clock),
+/// spare. File handle: kind, node id, its stamp (a value of `hdr::OPENS`, never 0: tells
+/// this open from a later one that got the same descriptor number), open flags,
+/// [`FILE_SERVED`], then zeros.
 pub const ENTRY_WORDS: usize = 8;
+
+/// Mask of a node's open-files word counting its passthrough opens.
+pub const PASSTHROUGH_OPENS: u64 = 0xffff_ffff;
+
+/// One open served by the server in a passthrough connection, in a node's open-files word.
+pub const SERVED_OPEN: u64 = 1 << 32;
+
+/// Word of a file handle's entry: 1 when the server serves its I/O although the
+/// connection passes files through (a file with set-id bits, or one opened alongside).
+pub const FILE_SERVED: usize = 4;
 
 /// Word of a node entry holding its last use.
 pub const LAST_USE: usize = 6;

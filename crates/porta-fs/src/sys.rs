@@ -269,10 +269,24 @@ pub fn close(fd: RawFd) {
 }
 
 /// Registers `fd` as a passthrough backing file on the FUSE connection; returns its id.
+///
+/// The kernel writes through a backing file with the credentials of the thread that
+/// registered it, so the calling thread leaves CAP_FSETID out of its effective set for
+/// the call: a write through the backing file then clears set-user-id and set-group-id
+/// bits as an unprivileged writer's would (the server asks the kernel to leave those to
+/// it, [`crate::abi::init::HANDLE_KILLPRIV_V2`], and passthrough writes never reach it).
 pub fn backing_open(fuse: RawFd, fd: RawFd) -> SysResult<i32> {
+    use caps::{CapSet, Capability};
+    let fsetid = caps::has_cap(None, CapSet::Effective, Capability::CAP_FSETID).unwrap_or(false)
+        && caps::drop(None, CapSet::Effective, Capability::CAP_FSETID).is_ok();
     let map: [u32; 4] = [fd as u32, 0, 0, 0];
     // SAFETY: `map` has the layout of `struct fuse_backing_map` (16 bytes).
     let r = unsafe { libc::ioctl(fuse, crate::abi::DEV_IOC_BACKING_OPEN as _, map.as_ptr()) };
+    if fsetid {
+        if let Err(e) = caps::raise(None, CapSet::Effective, Capability::CAP_FSETID) {
+            tracing::warn!(error = %e, "CAP_FSETID not raised again after a backing registration");
+        }
+    }
     check(r)
 }
 

@@ -329,7 +329,11 @@ fn backing_ids_live_as_long_as_their_node_and_never_block_exec() {
 
 /// Writes, truncates and capability xattrs: who loses set-user-id, set-group-id and
 /// `security.capability`, exactly as on a plain directory. An unprivileged writer clears
-/// the bits, root (CAP_FSETID) keeps them, and any write removes a file capability.
+/// the bits (set-group-id only where the group may execute), root (CAP_FSETID) keeps
+/// them, and any write removes a file capability; also through O_TRUNC, fallocate, and
+/// through a file opened for writing before it got the bits (s8: passed through). A file
+/// that gets or loses the bits while open can be opened again (s8, s10: the kernel
+/// refuses an open whose I/O mode differs from the open ones').
 const KILLPRIV: &str = r#"
 touch s1 s2 s3 c1 c2 && chmod 6777 s1 s2 s3 && chmod 0777 c1 c2
 setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo x >> s1; truncate -s 0 s2'
@@ -345,6 +349,20 @@ chmod 6777 s4 && setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo 5 
 stat -c '%n %a %s' s4
 touch s5 && chmod 6777 s5 && setpriv --reuid 1000 --regid 1000 --clear-groups fallocate -l 4096 s5
 stat -c '%n %a %s' s5
+echo 1 > s6 && echo 1 > s7 && chmod 6777 s6 s7
+setpriv --reuid 1000 --regid 1000 --clear-groups sh -c ': > s6'; : > s7
+stat -c '%n %a %s' s6 s7
+f=/tmp/porta-killpriv-$$; mkfifo $f.1 $f.2; touch s8 && chmod 0777 s8
+timeout 20 setpriv --reuid 1000 --regid 1000 --clear-groups sh -c "exec 3>>s8; echo a >&3; echo opened > $f.1; read x < $f.2; echo b >&3" &
+timeout 20 cat $f.1; chmod 6777 s8; cat s8 || echo cat failed; echo go > $f.2; wait
+stat -c '%n %a %s' s8
+touch s10 && chmod 6777 s10
+timeout 20 sh -c "exec 3<s10; echo opened > $f.1; read x < $f.2" &
+timeout 20 cat $f.1; chmod 0777 s10; echo z >> s10 || echo write failed; cat s10 || echo cat failed
+echo go > $f.2; wait; rm $f.1 $f.2
+stat -c '%n %a %s' s10
+touch s9 && chmod 2767 s9 && setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo x >> s9'
+stat -c '%n %a %s' s9
 "#;
 
 fn killpriv(passthrough: bool) {
