@@ -169,10 +169,11 @@ the tree cached (nodes past the server's descriptor budget are kept without a de
 cold nodes, docs/file-server.md) and directories are listed from the kernel's cache without \
 an OPENDIR, so the second walk sends one request per directory: a GETATTR, because the first \
 walk's READDIR marked the directory's atime stale (a third walk would send none).
-* `smallio` append under a FUSE file server: before every write(2) the kernel asks the server \
-whether the file carries `security.capability` (file_remove_privs; FUSE inodes never get the \
-kernel's \"no security attributes\" flag), so each small write costs one round trip to the \
-server even with passthrough. reopen: each open is one round trip (OPEN).
+* `smallio` append under a FUSE file server: the first write(2) to a file asks the server \
+whether it carries `security.capability` (file_remove_privs); Porta's server takes over \
+clearing set-id bits (FUSE_HANDLE_KILLPRIV_V2), so the kernel remembers the answer for the \
+following writes until it next refreshes the file's attributes. reopen: each open is one \
+round trip (OPEN).
 * `fsmark-*`, `smallfile`: on an ext4 without a journal (as this machine's root file system may \
 be), allocating an inode skips inodes freed in the last minutes (`recently_deleted`), which makes \
 creates right after large deletions slow for every environment alike.

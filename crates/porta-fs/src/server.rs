@@ -1775,9 +1775,18 @@ impl Fs {
         let mut map =
             InodeMap::with_capacity_and_hasher(sh.live() + sh.cold_live(), Default::default());
         let mut streams = Streams::default();
+        // Open files per node (see `Fs::open_io`), recounted from the handles in the table.
+        let mut opens: HashMap<u64, u64> = HashMap::new();
         for fd in 0..sh.scan_end() {
             let Some(e) = sh.entry(fd) else { break };
             match sh.kind(fd) {
+                kind::FILE if self.passthrough => {
+                    let one = match e[shared::FILE_SERVED].load(Ordering::Relaxed) {
+                        0 => 1,
+                        _ => shared::SERVED_OPEN,
+                    };
+                    *opens.entry(e[1].load(Ordering::Relaxed)).or_default() += one;
+                }
                 kind::STREAM => streams.add(
                     fd,
                     shared::inode_key(e),
@@ -1804,6 +1813,13 @@ impl Fs {
             None => cold_free.push(i),
         });
         cold_free.reverse();
+        if self.passthrough {
+            for &id in map.values() {
+                if let Some(e) = sh.node_entry(id) {
+                    e[5].store(opens.get(&id).copied().unwrap_or(0), Ordering::Release);
+                }
+            }
+        }
         let live = sh.recount();
         let indexed = map.len();
         {
@@ -2099,16 +2115,20 @@ impl Fs {
         }
     }
 
+    /// Closes file handle `fh`. Its node's open count goes down after the handle left
+    /// the table: a server killed in between leaves the count one too high (the node is
+    /// kept, its next opens go the same way) rather than too low, and a new server
+    /// recounts ([`Fs::rebuild_index`]).
     fn release(&self, fh: u64) {
         let Ok(fd) = self.fh_fd(fh) else { return };
         let node = self.sh.entry(fd).map(|e| e[1].load(Ordering::Relaxed));
-        if self.sh.kind(fd) == kind::FILE {
-            if let Some(nodeid) = node {
-                self.put_io(nodeid, self.served_in_passthrough(fd));
-            }
-        }
+        let file = self.sh.kind(fd) == kind::FILE;
+        let served = self.served_in_passthrough(fd);
         self.sh.free(fd);
         sys::close(fd);
+        if let (true, Some(nodeid)) = (file, node) {
+            self.put_io(nodeid, served);
+        }
     }
 
     /// The passthrough backing id of a node, registered at its first passthrough open

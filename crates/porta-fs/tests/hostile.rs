@@ -51,6 +51,17 @@ impl Conn {
 
     /// A server whose descriptor budget is `nofile` (0: the process's limit).
     fn with_nofile(nofile: u64) -> Conn {
+        Self::with(nofile, false)
+    }
+
+    /// A server that asks for passthrough (granted: the INIT offers everything). It
+    /// cannot register backing files here (the connection is a socket), so only opens it
+    /// serves itself succeed.
+    fn passthrough() -> Conn {
+        Self::with(0, true)
+    }
+
+    fn with(nofile: u64, passthrough: bool) -> Conn {
         let dir = tempfile::Builder::new()
             .prefix("porta-fs-hostile")
             .tempdir_in("/tmp")
@@ -70,7 +81,7 @@ impl Conn {
                     .store(nofile, std::sync::atomic::Ordering::Relaxed);
                 sh
             },
-            passthrough: false,
+            passthrough,
             threads: 1,
             ttl: Duration::from_secs(1),
             backing_fd: -1,
@@ -1018,4 +1029,61 @@ fn after_a_restart_lookups_wait_for_the_node_index_and_reads_do_not() {
         "{COLD} cold nodes: GETATTR answered {getattr:?} after the restart, a LOOKUP {:?} later",
         t.elapsed()
     );
+}
+
+/// In a passthrough connection a file with a set-id bit is served (its writes reach the
+/// server, which clears the bits as the writer's capabilities say); an open goes the way
+/// the node's open files already go (the kernel fails an open in the other I/O mode with
+/// EIO), also after the file lost its bits; and a new server recounts each node's open
+/// files from the handles in the table (a count a killed server left wrong is mended).
+#[test]
+fn setid_files_are_served_and_open_counts_are_recounted_by_a_new_server() {
+    use porta_fs::abi::fopen;
+    use porta_fs::shared::SERVED_OPEN;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::Ordering;
+    require_root!();
+    let mut c = Conn::passthrough();
+    let f = c.backing().join("s");
+    std::fs::write(&f, b"x").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let (_, node, _) = c.lookup(1, "s");
+    let open = |c: &mut Conn| -> (u64, u32) {
+        let mut o = (libc::O_RDWR as u32).to_ne_bytes().to_vec();
+        o.extend_from_slice(&[0u8; 4]);
+        let (err, out) = c.req(op::OPEN, node, &o);
+        assert_eq!(err, 0, "open of a served file");
+        let fh = u64::from_ne_bytes(out[0..8].try_into().unwrap());
+        (fh, u32::from_ne_bytes(out[8..12].try_into().unwrap()))
+    };
+    let opens = |c: &Conn| c.cfg.shared.node_entry(node).unwrap()[5].load(Ordering::Acquire);
+    let (fa, flags) = open(&mut c);
+    assert_eq!(flags & fopen::PASSTHROUGH, 0, "a set-id file is served");
+    assert_eq!(opens(&c), SERVED_OPEN);
+    // A count lost by a killed server is recounted by the next one.
+    let (u, err, _) =
+        c.restart_after(|sh| sh.node_entry(node).unwrap()[5].store(0, Ordering::Release));
+    assert_eq!((u, err), (0, porta_fs::abi::NOTIFY_RESEND));
+    assert_eq!(
+        c.lookup(1, "s").1,
+        node,
+        "a lookup waits for the index (and the recount)"
+    );
+    assert_eq!(opens(&c), SERVED_OPEN, "recounted from the open handle");
+    // The file loses its bit while open: the next open is served as well.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (fb, flags) = open(&mut c);
+    assert_eq!(
+        flags & fopen::PASSTHROUGH,
+        0,
+        "opened the way the open one goes"
+    );
+    assert_eq!(opens(&c), 2 * SERVED_OPEN);
+    for fh in [fa, fb] {
+        let mut r = fh.to_ne_bytes().to_vec();
+        r.extend_from_slice(&[0u8; 16]);
+        assert_eq!(c.req(op::RELEASE, node, &r).0, 0);
+    }
+    assert_eq!(opens(&c), 0, "released");
+    c.assert_alive();
 }
