@@ -1116,9 +1116,9 @@ impl Fs {
                 } else {
                     0
                 };
-                let file = self.reopen(fd, self.file_flags(flags), libc::S_IFREG)?;
-                self.settle_setid_bits(h, file.as_raw_fd(), setid, kill);
-                self.open_reply(w, h.nodeid, file, flags)?;
+                let (file, st) = self.reopen_stat(fd, self.file_flags(flags), libc::S_IFREG)?;
+                self.settle_setid_bits(h.nodeid, h.gid, file.as_raw_fd(), setid, kill);
+                self.open_reply(w, h.nodeid, file, flags, st.st_mode)?;
             }
             op::CREATE => {
                 let flags = r.u32().map_err(mal)? as i32;
@@ -1147,7 +1147,7 @@ impl Fs {
                 }
                 let (id, attr) = self.lookup(h.nodeid, parent, name)?;
                 abi::encode_entry(w, id, 0, self.ttl, &attr);
-                if let Err(e) = self.open_reply(w, id, file, flags) {
+                if let Err(e) = self.open_reply(w, id, file, flags, st.st_mode) {
                     self.forget(id, 1);
                     return Err(e);
                 }
@@ -1173,7 +1173,7 @@ impl Fs {
                 let setid = self.setid_bits(fd);
                 let n = sys::pwrite(fd, data, off)?;
                 let kill = wflags & abi::write_flags::KILL_SUIDGID != 0;
-                self.settle_setid_bits(h, fd, setid, kill);
+                self.settle_setid_bits(h.nodeid, h.gid, fd, setid, kill);
                 w.u32(n as u32).u32(0);
             }
             op::STATFS => {
@@ -1326,7 +1326,7 @@ impl Fs {
                 sys::fallocate(fd, mode, off, len)?;
                 // The kernel leaves set-id bits to the server here too but, unlike for
                 // WRITE, says nothing of the caller's CAP_FSETID: root keeps them.
-                self.settle_setid_bits(h, fd, setid, h.uid != 0);
+                self.settle_setid_bits(h.nodeid, h.gid, fd, setid, h.uid != 0);
             }
             op::LSEEK => {
                 let fh = r.u64().map_err(mal)?;
@@ -1338,19 +1338,16 @@ impl Fs {
             op::COPY_FILE_RANGE => {
                 let fh_in = r.u64().map_err(mal)?;
                 let off_in = r.u64().map_err(mal)?;
-                let _node_out = r.u64().map_err(mal)?;
+                let node_out = r.u64().map_err(mal)?;
                 let fh_out = r.u64().map_err(mal)?;
                 let off_out = r.u64().map_err(mal)?;
                 let len = r.u64().map_err(mal)?.min(1 << 30) as usize;
                 let flags = r.u64().map_err(mal)? as u32;
-                let n = sys::copy_file_range(
-                    self.fh_fd(fh_in)?,
-                    off_in,
-                    self.fh_fd(fh_out)?,
-                    off_out,
-                    len,
-                    flags,
-                )?;
+                let out = self.fh_fd(fh_out)?;
+                let setid = self.setid_bits(out);
+                let n = sys::copy_file_range(self.fh_fd(fh_in)?, off_in, out, off_out, len, flags)?;
+                // As for FALLOCATE: no word on the caller's CAP_FSETID here.
+                self.settle_setid_bits(node_out, h.gid, out, setid, h.uid != 0);
                 w.u32(n as u32).u32(0);
             }
             op::SYNCFS => sys::syncfs(self.root)?,
@@ -1781,7 +1778,7 @@ impl Fs {
             let Some(e) = sh.entry(fd) else { break };
             match sh.kind(fd) {
                 kind::FILE if self.passthrough => {
-                    let one = match e[shared::FILE_SERVED].load(Ordering::Relaxed) {
+                    let one = match e[3].load(Ordering::Relaxed) & shared::FILE_SERVED {
                         0 => 1,
                         _ => shared::SERVED_OPEN,
                     };
@@ -2206,7 +2203,7 @@ impl Fs {
     fn served_in_passthrough(&self, fd: RawFd) -> bool {
         self.sh
             .entry(fd)
-            .is_some_and(|e| e[shared::FILE_SERVED].load(Ordering::Relaxed) != 0)
+            .is_some_and(|e| e[3].load(Ordering::Relaxed) & shared::FILE_SERVED != 0)
     }
 
     /// Unregisters the backing id of node entry `e` (its last lookup is gone); the
@@ -2237,8 +2234,8 @@ impl Fs {
         }
     }
 
-    /// Leaves the set-id bits of the node of request `h` (open as `fd`) after the server's
-    /// write or truncate as the caller's own would have: `mode` (from
+    /// Leaves the set-id bits of node `nodeid` (open as `fd`) after the server's write or
+    /// truncate for a caller of group `gid` as the caller's own would have: `mode` (from
     /// [`Fs::setid_bits`]) as they were before, `kill` when the kernel says the caller has
     /// no CAP_FSETID (`KILL_SUIDGID`, asked for with `HANDLE_KILLPRIV_V2`). Killed:
     /// set-user-id, and set-group-id where the group may execute or the caller's group is
@@ -2247,14 +2244,14 @@ impl Fs {
     /// changed (with the writeback cache it would keep showing the old mode). Kept
     /// otherwise: the server, without CAP_FSETID in the initial user namespace, has the
     /// backing file system clear them for privileged callers too.
-    fn settle_setid_bits(&self, h: &InHeader, fd: RawFd, mode: u32, kill: bool) {
+    fn settle_setid_bits(&self, nodeid: u64, gid: u32, fd: RawFd, mode: u32, kill: bool) {
         if mode == 0 {
             return;
         }
         if let Ok(st) = sys::fstat(fd) {
             let want = if !kill {
                 mode
-            } else if mode & 0o010 != 0 || st.st_gid != h.gid {
+            } else if mode & 0o010 != 0 || st.st_gid != gid {
                 mode & !0o6000
             } else {
                 mode & !0o4000
@@ -2264,7 +2261,7 @@ impl Fs {
                 && kill
             {
                 let mut w = Writer::default();
-                abi::encode_inval_inode(&mut w, h.nodeid);
+                abi::encode_inval_inode(&mut w, nodeid);
                 match sys::write(self.fuse, &w.buf) {
                     Ok(_) | Err(libc::ENOENT) | Err(libc::ENODEV) => {}
                     Err(e) => tracing::debug!(errno = e, "FUSE_NOTIFY_INVAL_INODE failed"),
@@ -2457,6 +2454,11 @@ impl Fs {
     /// /proc/self/fd entry (exactly that inode, no path walk), non-blocking, and checks
     /// that it is of the expected type.
     fn reopen(&self, fd: RawFd, flags: i32, want: u32) -> SysResult<OwnedFd> {
+        self.reopen_stat(fd, flags, want).map(|(file, _)| file)
+    }
+
+    /// As [`Fs::reopen`], with the opened file's status.
+    fn reopen_stat(&self, fd: RawFd, flags: i32, want: u32) -> SysResult<(OwnedFd, libc::stat)> {
         let st = sys::fstat(fd)?;
         if st.st_mode & libc::S_IFMT != want {
             return Err(if want == libc::S_IFDIR {
@@ -2478,35 +2480,39 @@ impl Fs {
         {
             return Err(libc::EIO);
         }
-        Ok(file)
+        Ok((file, st2))
     }
 
-    fn open_reply(&self, w: &mut Writer, nodeid: u64, file: OwnedFd, flags: i32) -> SysResult<()> {
+    /// Publishes open `file` of node `nodeid` (mode `mode`) as a handle and writes the
+    /// `fuse_open_out` for it.
+    fn open_reply(
+        &self,
+        w: &mut Writer,
+        nodeid: u64,
+        file: OwnedFd,
+        flags: i32,
+        mode: u32,
+    ) -> SysResult<()> {
         let io = if self.passthrough {
-            let setid = self.setid_bits(file.as_raw_fd()) != 0;
-            self.open_io(nodeid, setid)?
+            self.open_io(nodeid, mode & 0o6000 != 0)?
         } else {
             None
         };
         let served = self.passthrough && io.is_none();
+        let mark = if served { shared::FILE_SERVED } else { 0 };
         let raw = file.into_raw_fd();
         if !self.sh.publish(
             raw,
             kind::FILE,
             nodeid,
             self.sh.next_open(),
-            flags as u32 as u64,
+            flags as u32 as u64 | mark,
         ) {
             if self.passthrough {
                 self.put_io(nodeid, served);
             }
             sys::close(raw);
             return Err(libc::ENFILE);
-        }
-        if served {
-            if let Some(e) = self.sh.entry(raw) {
-                e[shared::FILE_SERVED].store(1, Ordering::Release);
-            }
         }
         self.open_out(w, raw, io);
         Ok(())
@@ -2576,7 +2582,7 @@ impl Fs {
             let setid = self.setid_bits(fd);
             sys::chownat(fd, c"", u, g)?;
             if kill {
-                self.settle_setid_bits(h, fd, setid, true);
+                self.settle_setid_bits(h.nodeid, h.gid, fd, setid, true);
             }
         }
         if valid & fattr::SIZE != 0 {
@@ -2593,7 +2599,7 @@ impl Fs {
                     sys::ftruncate(f.as_raw_fd(), size)?;
                 }
             }
-            self.settle_setid_bits(h, fd, setid, kill);
+            self.settle_setid_bits(h.nodeid, h.gid, fd, setid, kill);
         }
         if valid & (fattr::ATIME | fattr::MTIME) != 0 {
             let t = |set: bool, now: bool, s: i64, ns: u32| libc::timespec {

@@ -106,8 +106,8 @@ pub mod slot {
 /// half, [`PASSTHROUGH_OPENS`], ones served by the server in a passthrough connection in
 /// the high half, [`SERVED_OPEN`] each), last use (a value of the `hdr::EPOCH` clock),
 /// spare. File handle: kind, node id, its stamp (a value of `hdr::OPENS`, never 0: tells
-/// this open from a later one that got the same descriptor number), open flags,
-/// [`FILE_SERVED`], then zeros.
+/// this open from a later one that got the same descriptor number), open flags (with
+/// [`FILE_SERVED`]), then zeros.
 pub const ENTRY_WORDS: usize = 8;
 
 /// Mask of a node's open-files word counting its passthrough opens.
@@ -116,9 +116,10 @@ pub const PASSTHROUGH_OPENS: u64 = 0xffff_ffff;
 /// One open served by the server in a passthrough connection, in a node's open-files word.
 pub const SERVED_OPEN: u64 = 1 << 32;
 
-/// Word of a file handle's entry: 1 when the server serves its I/O although the
+/// Bit of a file handle's open-flags word: the server serves its I/O although the
 /// connection passes files through (a file with set-id bits, or one opened alongside).
-pub const FILE_SERVED: usize = 4;
+/// Published with the entry, so a new server counts the handle the way it was opened.
+pub const FILE_SERVED: u64 = 1 << 32;
 
 /// Word of a node entry holding its last use.
 pub const LAST_USE: usize = 6;

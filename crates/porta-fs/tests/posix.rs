@@ -330,7 +330,8 @@ fn backing_ids_live_as_long_as_their_node_and_never_block_exec() {
 /// Writes, truncates and capability xattrs: who loses set-user-id, set-group-id and
 /// `security.capability`, exactly as on a plain directory. An unprivileged writer clears
 /// the bits (set-group-id only where the group may execute), root (CAP_FSETID) keeps
-/// them, and any write removes a file capability; also through O_TRUNC, fallocate, and
+/// them, and any write removes a file capability; also through O_TRUNC, fallocate,
+/// copy_file_range, and
 /// through a file opened for writing before it got the bits (s8: passed through). A file
 /// that gets or loses the bits while open can be opened again (s8, s10: the kernel
 /// refuses an open whose I/O mode differs from the open ones').
@@ -363,6 +364,10 @@ echo go > $f.2; wait; rm $f.1 $f.2
 stat -c '%n %a %s' s10
 touch s9 && chmod 2767 s9 && setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'echo x >> s9'
 stat -c '%n %a %s' s9
+echo abc > src && touch s11 s12 && chmod 6777 s11 s12
+cfr="import os, sys; os.copy_file_range(os.open('src', os.O_RDONLY), os.open(sys.argv[1], os.O_WRONLY), 3)"
+setpriv --reuid 1000 --regid 1000 --clear-groups /usr/bin/python3 -c "$cfr" s11; /usr/bin/python3 -c "$cfr" s12
+stat -c '%n %a %s' s11 s12
 "#;
 
 fn killpriv(passthrough: bool) {
