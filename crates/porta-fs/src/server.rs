@@ -1170,10 +1170,10 @@ impl Fs {
                 r.skip(16).map_err(mal)?;
                 let data = r.bytes(size).map_err(mal)?;
                 let fd = self.fh_fd(fh)?;
-                let setid = self.setid_bits(fd);
-                let n = sys::pwrite(fd, data, off)?;
                 let kill = wflags & abi::write_flags::KILL_SUIDGID != 0;
-                self.settle_setid_bits(h.nodeid, h.gid, fd, setid, kill);
+                let n = self.settling_setid_bits(h.nodeid, h.gid, fd, kill, || {
+                    sys::pwrite(fd, data, off)
+                })?;
                 w.u32(n as u32).u32(0);
             }
             op::STATFS => {
@@ -1322,11 +1322,11 @@ impl Fs {
                 let len = r.u64().map_err(mal)?;
                 let mode = r.u32().map_err(mal)? as i32;
                 let fd = self.fh_fd(fh)?;
-                let setid = self.setid_bits(fd);
-                sys::fallocate(fd, mode, off, len)?;
                 // The kernel leaves set-id bits to the server here too but, unlike for
                 // WRITE, says nothing of the caller's CAP_FSETID: root keeps them.
-                self.settle_setid_bits(h.nodeid, h.gid, fd, setid, h.uid != 0);
+                self.settling_setid_bits(h.nodeid, h.gid, fd, h.uid != 0, || {
+                    sys::fallocate(fd, mode, off, len)
+                })?;
             }
             op::LSEEK => {
                 let fh = r.u64().map_err(mal)?;
@@ -1343,11 +1343,11 @@ impl Fs {
                 let off_out = r.u64().map_err(mal)?;
                 let len = r.u64().map_err(mal)?.min(1 << 30) as usize;
                 let flags = r.u64().map_err(mal)? as u32;
-                let out = self.fh_fd(fh_out)?;
-                let setid = self.setid_bits(out);
-                let n = sys::copy_file_range(self.fh_fd(fh_in)?, off_in, out, off_out, len, flags)?;
+                let (fd_in, out) = (self.fh_fd(fh_in)?, self.fh_fd(fh_out)?);
                 // As for FALLOCATE: no word on the caller's CAP_FSETID here.
-                self.settle_setid_bits(node_out, h.gid, out, setid, h.uid != 0);
+                let n = self.settling_setid_bits(node_out, h.gid, out, h.uid != 0, || {
+                    sys::copy_file_range(fd_in, off_in, out, off_out, len, flags)
+                })?;
                 w.u32(n as u32).u32(0);
             }
             op::SYNCFS => sys::syncfs(self.root)?,
@@ -2234,6 +2234,23 @@ impl Fs {
         }
     }
 
+    /// Runs `op`, a write, truncate or allocation of node `nodeid` (open as `fd`) for a
+    /// caller of group `gid`, then leaves the set-id bits as the caller's own would have
+    /// ([`Fs::settle_setid_bits`]); untouched when `op` fails.
+    fn settling_setid_bits<T>(
+        &self,
+        nodeid: u64,
+        gid: u32,
+        fd: RawFd,
+        kill: bool,
+        op: impl FnOnce() -> SysResult<T>,
+    ) -> SysResult<T> {
+        let mode = self.setid_bits(fd);
+        let r = op()?;
+        self.settle_setid_bits(nodeid, gid, fd, mode, kill);
+        Ok(r)
+    }
+
     /// Leaves the set-id bits of node `nodeid` (open as `fd`) after the server's write or
     /// truncate for a caller of group `gid` as the caller's own would have: `mode` (from
     /// [`Fs::setid_bits`]) as they were before, `kill` when the kernel says the caller has
@@ -2579,27 +2596,24 @@ impl Fs {
             } else {
                 u32::MAX
             };
-            let setid = self.setid_bits(fd);
+            // Without `kill` the bits stay as the backing chown left them.
+            let setid = if kill { self.setid_bits(fd) } else { 0 };
             sys::chownat(fd, c"", u, g)?;
-            if kill {
-                self.settle_setid_bits(h.nodeid, h.gid, fd, setid, true);
-            }
+            self.settle_setid_bits(h.nodeid, h.gid, fd, setid, true);
         }
         if valid & fattr::SIZE != 0 {
-            let setid = self.setid_bits(fd);
             let by_fh = if valid & fattr::FH != 0 {
                 self.fh_fd(fh).ok()
             } else {
                 None
             };
-            match by_fh {
-                Some(f) => sys::ftruncate(f, size)?,
+            self.settling_setid_bits(h.nodeid, h.gid, fd, kill, || match by_fh {
+                Some(f) => sys::ftruncate(f, size),
                 None => {
                     let f = self.reopen(fd, libc::O_WRONLY, libc::S_IFREG)?;
-                    sys::ftruncate(f.as_raw_fd(), size)?;
+                    sys::ftruncate(f.as_raw_fd(), size)
                 }
-            }
-            self.settle_setid_bits(h.nodeid, h.gid, fd, setid, kill);
+            })?;
         }
         if valid & (fattr::ATIME | fattr::MTIME) != 0 {
             let t = |set: bool, now: bool, s: i64, ns: u32| libc::timespec {
