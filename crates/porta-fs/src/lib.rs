@@ -9,6 +9,7 @@ pub mod abi;
 pub mod backing;
 pub mod confine;
 pub mod evict;
+pub mod helper;
 pub mod keeper;
 pub mod listing;
 pub mod mount;

@@ -115,9 +115,130 @@ impl Streams {
     }
 }
 
+/// One entry of a `getdents64` batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dent {
+    /// Backing inode number.
+    pub ino: u64,
+    /// The offset that goes on after this entry (its cookie).
+    pub off: u64,
+    /// File type (`DT_*`).
+    pub typ: u32,
+    /// Where its name (without the NUL) lies in the batch.
+    pub name: std::ops::Range<usize>,
+}
+
+/// Appends to `ents` the entries of `getdents64` batch `batch` that fit into a reply of
+/// `limit` bytes, of which `planned` are taken already (and grow by each entry taken;
+/// READDIRPLUS entries when `plus`). Returns whether the listing may go on with the
+/// next batch: false when the reply is full or the batch ended in a malformed record.
+pub fn parse_dents(
+    batch: &[u8],
+    plus: bool,
+    limit: usize,
+    planned: &mut usize,
+    ents: &mut Vec<Dent>,
+) -> bool {
+    const HEAD: usize = 19; // d_ino, d_off, d_reclen, d_type
+    let n = batch.len();
+    let mut p = 0;
+    while p + HEAD <= n {
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&batch[at..at + 8]);
+            u64::from_ne_bytes(b)
+        };
+        let (ino, off) = (word(p), word(p + 8));
+        let reclen = u16::from_ne_bytes([batch[p + 16], batch[p + 17]]) as usize;
+        if reclen < HEAD || p + reclen > n {
+            return false;
+        }
+        let typ = batch[p + 18] as u32;
+        let raw = &batch[p + HEAD..p + reclen];
+        let start = p + HEAD;
+        p += reclen;
+        let Some(len) = raw.iter().position(|&c| c == 0) else {
+            continue;
+        };
+        if len == 0 {
+            continue;
+        }
+        let rec = crate::abi::dirent_align(crate::abi::DIRENT_LEN + len)
+            + if plus { crate::abi::ENTRY_OUT_LEN } else { 0 };
+        if *planned + rec > limit {
+            return false;
+        }
+        *planned += rec;
+        ents.push(Dent {
+            ino,
+            off,
+            typ,
+            name: start..start + len,
+        });
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(ino: u64, off: u64, typ: u8, name: &[u8]) -> Vec<u8> {
+        let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
+        let mut r = Vec::new();
+        r.extend_from_slice(&ino.to_ne_bytes());
+        r.extend_from_slice(&off.to_ne_bytes());
+        r.extend_from_slice(&(reclen as u16).to_ne_bytes());
+        r.push(typ);
+        r.extend_from_slice(name);
+        r.resize(reclen, 0);
+        r
+    }
+
+    #[test]
+    fn dents_are_parsed_until_the_reply_is_full() {
+        let mut batch = record(10, 1, 4, b".");
+        batch.extend(record(11, 2, 8, b"a-file"));
+        batch.extend(record(12, 3, 8, b"another"));
+        let mut ents = Vec::new();
+        let mut planned = 16;
+        assert!(parse_dents(&batch, false, 4096, &mut planned, &mut ents));
+        assert_eq!(ents.len(), 3);
+        assert_eq!(&batch[ents[1].name.clone()], b"a-file");
+        assert_eq!((ents[2].ino, ents[2].off, ents[2].typ), (12, 3, 8));
+        assert_eq!(planned, 16 + 32 + 32 + 32);
+        // Room for two READDIRPLUS entries only.
+        let mut ents = Vec::new();
+        let mut planned = 16;
+        assert!(!parse_dents(
+            &batch,
+            true,
+            16 + 2 * 160,
+            &mut planned,
+            &mut ents
+        ));
+        assert_eq!(ents.len(), 2);
+    }
+
+    #[test]
+    fn a_malformed_record_ends_the_listing() {
+        let mut batch = record(11, 2, 8, b"ok");
+        let mut bad = record(12, 3, 8, b"bad");
+        bad[16] = 200; // reclen past the end
+        batch.extend(bad);
+        let mut ents = Vec::new();
+        assert!(!parse_dents(&batch, false, 1 << 20, &mut 0, &mut ents));
+        assert_eq!(ents.len(), 1);
+        let mut short = record(11, 2, 8, b"ok");
+        short[16] = 3;
+        assert!(!parse_dents(
+            &short,
+            false,
+            1 << 20,
+            &mut 0,
+            &mut Vec::new()
+        ));
+    }
 
     #[test]
     fn a_listing_goes_on_with_the_stream_that_ended_where_it_starts() {

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use crate::abi::{self, fattr, fopen, init, op, Attr, InHeader, Reader, Ttl, Writer};
 use crate::evict::{self, Budget, Method};
-use crate::listing::Streams;
+use crate::helper;
+use crate::listing::{self, Streams};
 use crate::shared::{self, cold, forget_log, hdr, journal, kind, slot, NodeRef, Shared};
 use crate::sys::{self, Errno, SysResult};
 use crate::Error;
@@ -140,6 +141,8 @@ struct Fs {
     names: Mutex<HashMap<u64, NameRec>>,
     /// The directories kept open for listings.
     streams: Mutex<Streams>,
+    /// The thread that shares the lookups of long listings.
+    helper: helper::Helper<Listed>,
     /// Open once `inodes` and `streams` are rebuilt after the server started.
     indexed: Gate,
 }
@@ -420,6 +423,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         evict: evict::Control::default(),
         names: Mutex::new(HashMap::new()),
         streams: Mutex::new(Streams::default()),
+        helper: helper::Helper::default(),
     };
     // Before this server reads anything: the FORGETs a killed predecessor had read are in
     // its threads' request buffers. Applied to the shared tables before the index is
@@ -463,11 +467,13 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             fs.evict_loop()
         });
         fs.evict.set_thread(evictor.thread().clone());
+        s.spawn(move || fs.helper.run(|job, i| fs.list_lookup(job, i)));
         let handles: Vec<_> = (1..threads)
             .map(|i| s.spawn(move || fs.run_loop(i, request_buf(&fs.sh, i))))
             .collect();
         let mut r = fs.run_loop(0, buf);
         fs.evict.shutdown();
+        fs.helper.stop();
         for h in handles {
             let hr = h
                 .join()
@@ -2719,69 +2725,109 @@ impl Fs {
         let mut last = None;
         sys::lseek(fd, off as i64, libc::SEEK_SET)?;
         let limit = abi::OUT_HEADER_LEN + size;
-        'outer: loop {
+        let mut planned = w.buf.len();
+        let mut ents = Vec::new();
+        loop {
             let n = sys::getdents64(fd, dents)?;
             if n == 0 {
                 break;
             }
-            let mut p = 0;
-            while p + 19 <= n {
-                let mut r = Reader::new(&dents[p..n]);
-                let (Ok(ino), Ok(doff), Ok(reclen)) = (r.u64(), r.u64(), r.u16()) else {
-                    break 'outer;
-                };
-                let reclen = reclen as usize;
-                if reclen < 19 || p + reclen > n {
-                    break 'outer;
+            let batch = &dents[..n];
+            ents.clear();
+            let more = listing::parse_dents(batch, plus, limit, &mut planned, &mut ents);
+            if plus {
+                self.encode_plus(dir_id, fd, batch, &ents, w, &mut last);
+            } else {
+                for e in &ents {
+                    abi::encode_dirent(w, e.ino, e.off, e.typ, &batch[e.name.clone()]);
+                    last = Some(e.off);
                 }
-                let typ = dents[p + 18] as u32;
-                let raw = &dents[p + 19..p + reclen];
-                let nlen = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-                let name = &dents[p + 19..p + 19 + nlen + 1];
-                p += reclen;
-                let Ok(cname) = CStr::from_bytes_with_nul(name) else {
-                    continue;
-                };
-                let nb = cname.to_bytes();
-                let rec = abi::dirent_align(abi::DIRENT_LEN + nb.len())
-                    + if plus { abi::ENTRY_OUT_LEN } else { 0 };
-                if w.buf.len() + rec > limit {
-                    break 'outer;
-                }
-                if plus {
-                    // Node id 0: no entry for the kernel to cache (it looks the name up
-                    // when it needs it). For `.` and `..`, when the node table is above
-                    // its high-water mark (a listing must not fill it, nor lose names to
-                    // ENFILE), and when the lookup fails otherwise than ENOENT.
-                    let found = if nb == b"." || nb == b".." || !self.room_for_listing() {
-                        None
-                    } else {
-                        match self.lookup(dir_id, fd, cname) {
-                            Ok(f) => Some(f),
-                            Err(libc::ENOENT) => continue,
-                            Err(_) => None,
-                        }
-                    };
-                    match found {
-                        Some((id, attr)) => {
-                            abi::encode_entry(w, id, 0, self.ttl, &attr);
-                            let typ = (attr.mode & libc::S_IFMT) >> 12;
-                            abi::encode_dirent(w, attr.ino, doff, typ, nb);
-                        }
-                        None => {
-                            let none = Ttl { secs: 0, nsecs: 0 };
-                            abi::encode_entry(w, 0, 0, none, &Attr::default());
-                            abi::encode_dirent(w, ino, doff, typ, nb);
-                        }
-                    }
-                } else {
-                    abi::encode_dirent(w, ino, doff, typ, nb);
-                }
-                last = Some(doff);
+            }
+            if !more {
+                break;
             }
         }
         Ok(last)
     }
+
+    /// READDIRPLUS entries for `ents` of directory node `dir_id` (open at `fd`), each
+    /// with the node a LOOKUP of its name would give; long listings share the lookups
+    /// with the helper thread ([`crate::helper`]). Sets `last` to the offset of the last
+    /// entry written.
+    fn encode_plus(
+        &self,
+        dir_id: u64,
+        fd: RawFd,
+        batch: &[u8],
+        ents: &[listing::Dent],
+        w: &mut Writer,
+        last: &mut Option<u64>,
+    ) {
+        let mut job = helper::Job::new(dir_id, fd);
+        // `.` and `..` get no node: the kernel knows them, and `..` may lie outside.
+        let index: Vec<Option<usize>> = ents
+            .iter()
+            .map(|e| {
+                let name = &batch[e.name.clone()];
+                (name != b"." && name != b"..").then(|| job.push(name))
+            })
+            .collect();
+        let job = std::sync::Arc::new(job);
+        let shared = job.len() >= helper::MIN_SHARED && self.helper.post(&job);
+        let mut found = vec![None; job.len()];
+        while let Some(i) = job.take() {
+            found[i] = Some(self.list_lookup(&job, i));
+        }
+        if shared {
+            for (i, r) in job.finish() {
+                found[i] = Some(r);
+            }
+        }
+        for (e, i) in ents.iter().zip(index) {
+            let name = &batch[e.name.clone()];
+            // Node id 0: no entry for the kernel to cache (it looks the name up when it
+            // needs it). For `.` and `..`, when the node table is above its high-water
+            // mark (a listing must not fill it, nor lose names to ENFILE), and when the
+            // lookup failed otherwise than ENOENT.
+            match i.and_then(|i| found[i].take()) {
+                Some(Listed::Node(id, attr)) => {
+                    abi::encode_entry(w, id, 0, self.ttl, &attr);
+                    let typ = (attr.mode & libc::S_IFMT) >> 12;
+                    abi::encode_dirent(w, attr.ino, e.off, typ, name);
+                }
+                Some(Listed::Gone) => continue,
+                Some(Listed::Unknown) | None => {
+                    let none = Ttl { secs: 0, nsecs: 0 };
+                    abi::encode_entry(w, 0, 0, none, &Attr::default());
+                    abi::encode_dirent(w, e.ino, e.off, e.typ, name);
+                }
+            }
+            *last = Some(e.off);
+        }
+    }
+
+    /// The lookup of name `i` of a listing job, on either thread.
+    fn list_lookup(&self, job: &helper::Job<Listed>, i: usize) -> Listed {
+        if !self.room_for_listing() {
+            return Listed::Unknown;
+        }
+        match self.lookup(job.dir, job.fd, job.name(i)) {
+            Ok((id, attr)) => Listed::Node(id, attr),
+            Err(libc::ENOENT) => Listed::Gone,
+            Err(_) => Listed::Unknown,
+        }
+    }
+}
+
+/// What a listing found for one name.
+#[derive(Debug, Clone, Copy)]
+enum Listed {
+    /// Its node (looked up: its lookup count is one higher) and attributes.
+    Node(u64, Attr),
+    /// Gone since the directory was read: left out of the listing.
+    Gone,
+    /// Listed without a node.
+    Unknown,
 }
 
 /// Fault injection for the supervisor's tests, from `PORTA_FS_FAULT=hang:NAME` or

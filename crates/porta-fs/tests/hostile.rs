@@ -1087,3 +1087,87 @@ fn setid_files_are_served_and_open_counts_are_recounted_by_a_new_server() {
     assert_eq!(opens(&c), 0, "released");
     c.assert_alive();
 }
+
+/// The (name, node id, inode, mode) entries of a READDIRPLUS reply.
+fn plus_entries(out: &[u8]) -> Vec<(String, u64, u64, u32, u64)> {
+    let mut v = Vec::new();
+    let mut p = 0;
+    while p + 128 + 24 <= out.len() {
+        let word = |at: usize| u64::from_ne_bytes(out[at..at + 8].try_into().unwrap());
+        let node = word(p);
+        let ino = word(p + 40);
+        let mode = u32::from_ne_bytes(out[p + 100..p + 104].try_into().unwrap());
+        let d = p + 128;
+        let cookie = word(d + 8);
+        let len = u32::from_ne_bytes(out[d + 16..d + 20].try_into().unwrap()) as usize;
+        let name = String::from_utf8(out[d + 24..d + 24 + len].to_vec()).unwrap();
+        v.push((name, node, ino, mode, cookie));
+        p = d + (24 + len).div_ceil(8) * 8;
+    }
+    v
+}
+
+#[test]
+fn long_listings_give_every_name_its_node_once_whichever_thread_looked_it_up() {
+    // A descriptor budget of 0 (the process's) keeps the listed nodes hot; 200 makes
+    // most of them cold nodes (no descriptor), looked up by both threads at once.
+    for nofile in [0u64, 200] {
+        let mut c = Conn::with_nofile(nofile);
+        let d = c.backing().join("d");
+        std::fs::create_dir(&d).unwrap();
+        for i in 0..400 {
+            std::fs::write(d.join(format!("f{i:03}")), b"").unwrap();
+        }
+        std::fs::create_dir(d.join("sub")).unwrap();
+        let (err, dn, _) = c.lookup(1, "d");
+        assert_eq!(err, 0);
+        let live = |c: &Conn| c.cfg.shared.live() + c.cfg.shared.cold_live();
+        let before = live(&c);
+        // Chunks of ~25 entries (shared with the helper from 16 on), then the rest at once.
+        let mut seen = std::collections::BTreeMap::new();
+        let mut off = 0;
+        let mut size = 4096u32;
+        loop {
+            let (err, out) = c.req(op::READDIRPLUS, dn, &readdir_body_sized(off, size));
+            assert_eq!(err, 0, "READDIRPLUS at {off} ({nofile})");
+            let ents = plus_entries(&out);
+            let Some(last) = ents.last() else { break };
+            off = last.4;
+            for (name, node, ino, mode, _) in ents {
+                if name == "." || name == ".." {
+                    assert_eq!(node, 0, "no node for {name}");
+                    continue;
+                }
+                assert_ne!(node, 0, "{name} listed without its node ({nofile})");
+                let st = std::fs::symlink_metadata(d.join(&name)).unwrap();
+                use std::os::unix::fs::MetadataExt;
+                assert_eq!((ino, mode), (st.ino(), st.mode()), "{name}'s attributes");
+                assert!(seen.insert(name.clone(), node).is_none(), "{name} twice");
+            }
+            if seen.len() > 200 {
+                size = 1 << 17;
+            }
+        }
+        assert_eq!(seen.len(), 401, "every name once ({nofile})");
+        let nodes: std::collections::BTreeSet<u64> = seen.values().copied().collect();
+        assert_eq!(nodes.len(), 401, "a node each");
+        assert_eq!(live(&c), before + 401);
+        // A LOOKUP finds the node the listing gave; then each node has been looked up
+        // exactly twice: a FORGET of 2 frees it (a name looked up twice by the listing
+        // would keep it).
+        for (name, &node) in &seen {
+            assert_eq!(c.lookup(dn, name).1, node, "{name}");
+        }
+        let mut body = Vec::new();
+        body.extend_from_slice(&(nodes.len() as u32).to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        for &n in &nodes {
+            body.extend_from_slice(&n.to_ne_bytes());
+            body.extend_from_slice(&2u64.to_ne_bytes());
+        }
+        let (_, f) = c.frame(op::BATCH_FORGET, 0, &body);
+        c.send_raw(&f);
+        c.assert_alive();
+        assert_eq!(live(&c), before, "every listed node forgotten ({nofile})");
+    }
+}
