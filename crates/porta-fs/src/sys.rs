@@ -309,6 +309,29 @@ pub fn umask(mask: u32) {
     unsafe { libc::umask(mask) };
 }
 
+/// Makes the process's descriptor table hold at least `size` descriptors now, using a
+/// duplicate of `fd` (closed again) to make the kernel grow it. Growing a table that other
+/// processes share (CLONE_FILES) waits for an RCU grace period, tens of milliseconds on a
+/// virtual machine, at every doubling; growing it once before it is shared costs none.
+pub fn grow_fd_table(fd: RawFd, size: usize) -> SysResult<()> {
+    let Ok(last) = i32::try_from(size.saturating_sub(1)) else {
+        return Err(libc::EINVAL);
+    };
+    // SAFETY: F_DUPFD_CLOEXEC duplicates `fd` to the lowest free number >= `last`; the
+    // new descriptor is ours alone and closed right away.
+    let d = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, last) })?;
+    close(d);
+    Ok(())
+}
+
+/// The size of the calling process's descriptor table (`FDSize` in /proc/self/status).
+pub fn fd_table_size() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Raises the RLIMIT_NOFILE soft limit to the hard limit (best effort) and returns the
 /// soft limit then in force.
 pub fn raise_nofile() -> SysResult<u64> {
@@ -570,4 +593,23 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], flags: i32) -> SysResult<Recei
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod fd_table_tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptor_table_grows_at_once_and_the_duplicate_is_closed() {
+        let before = fd_table_size().expect("FDSize in /proc/self/status");
+        let want = before * 4;
+        grow_fd_table(0, want).unwrap();
+        assert!(fd_table_size().unwrap() >= want);
+        assert_eq!(
+            std::fs::read_link(format!("/proc/self/fd/{}", want - 1)).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ENOENT)),
+            "the duplicate that grew the table is closed"
+        );
+        assert_eq!(grow_fd_table(0, usize::MAX), Err(libc::EINVAL));
+    }
 }

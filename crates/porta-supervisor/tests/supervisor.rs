@@ -185,6 +185,26 @@ fn launch_serve_state_and_stop() {
         s.pid > 0 && s.restarts == 0 && s.state == "running",
         "{s:?}"
     );
+    // The descriptor table the servers share was grown before it was shared (growing it
+    // later stalls the server at every doubling).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap();
+    let fd_size: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.pid)).unwrap();
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want = porta_fs::keeper::FD_TABLE_AT_START.min(soft);
+    assert!(fd_size >= want, "FDSize {fd_size}, want at least {want}");
     // Detached: its own session, not our child, stdio on the log file.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.pid)).unwrap();
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
