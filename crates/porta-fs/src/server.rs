@@ -1129,11 +1129,19 @@ impl Fs {
             op::CREATE => {
                 let flags = r.u32().map_err(mal)? as i32;
                 let mode = r.u32().map_err(mal)?;
-                r.skip(8).map_err(mal)?;
+                r.skip(4).map_err(mal)?; // umask: applied by the kernel
+                let kill = r.u32().map_err(mal)? & abi::open_in::KILL_SUIDGID != 0;
                 let name = r.name().map_err(mal)?;
                 let parent_node = self.node_fd(h.nodeid)?;
                 let parent = parent_node.fd();
                 self.room_for_node()?;
+                // A CREATE may find the file there (a race with another creator, or a
+                // resent CREATE) and truncate it: its set-id bits then end as an OPEN
+                // with O_TRUNC leaves them.
+                let existing = match flags & libc::O_TRUNC {
+                    0 => None,
+                    _ => sys::statat(parent, name).ok(),
+                };
                 let mut oflags =
                     self.file_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
                 if resent {
@@ -1151,9 +1159,21 @@ impl Fs {
                 if st.st_uid != uid || st.st_gid != gid {
                     sys::chownat(file.as_raw_fd(), c"", uid, gid)?;
                 }
-                let (id, attr) = self.lookup(h.nodeid, parent, name)?;
+                let (id, mut attr) = self.lookup(h.nodeid, parent, name)?;
+                let mut st_mode = st.st_mode;
+                if let Some(old) = existing {
+                    let setid = old.st_mode & 0o6000;
+                    if setid != 0 && (old.st_dev, old.st_ino) == (st.st_dev, st.st_ino) {
+                        let fd = file.as_raw_fd();
+                        self.settle_setid_bits(id, h.gid, fd, old.st_mode & 0o7777, kill);
+                        if let Ok(now) = sys::fstat(fd) {
+                            st_mode = now.st_mode;
+                            attr.mode = (attr.mode & !0o7777) | (now.st_mode & 0o7777);
+                        }
+                    }
+                }
                 abi::encode_entry(w, id, 0, self.ttl, &attr);
-                if let Err(e) = self.open_reply(w, id, file, flags, st.st_mode) {
+                if let Err(e) = self.open_reply(w, id, file, flags, st_mode) {
                     self.forget(id, 1);
                     return Err(e);
                 }

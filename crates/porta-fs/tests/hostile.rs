@@ -1171,3 +1171,38 @@ fn long_listings_give_every_name_its_node_once_whichever_thread_looked_it_up() {
         assert_eq!(live(&c), before, "every listed node forgotten ({nofile})");
     }
 }
+
+#[test]
+fn a_create_that_truncates_an_existing_file_leaves_its_set_id_bits_as_an_open_would() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root!();
+    let mut c = Conn::new();
+    let f = c.backing().join("s");
+    // (FUSE_OPEN_KILL_SUIDGID, mode after): a caller with CAP_FSETID keeps the bits; one
+    // without loses both (group execute set).
+    for (kill, want) in [(false, 0o6755), (true, 0o0755)] {
+        std::fs::write(&f, b"data").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6755)).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC).to_ne_bytes());
+        body.extend_from_slice(&0o100644u32.to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes()); // umask
+        body.extend_from_slice(&(if kill { 1u32 } else { 0 }).to_ne_bytes());
+        body.extend_from_slice(b"s\0");
+        let (u, frame) = c.frame(op::CREATE, 1, &body);
+        c.send_raw(&frame);
+        let (ru, err, out) = c.recv_reply();
+        assert_eq!((ru, err), (u, 0), "CREATE of an existing file");
+        let meta = std::fs::metadata(&f).unwrap();
+        assert_eq!(meta.len(), 0, "truncated");
+        assert_eq!(meta.permissions().mode() & 0o7777, want, "kill={kill}");
+        let reported = u32::from_ne_bytes(out[100..104].try_into().unwrap());
+        assert_eq!(reported & 0o7777, want, "the entry's mode (kill={kill})");
+        let fh = u64::from_ne_bytes(out[128..136].try_into().unwrap());
+        let mut rel = fh.to_ne_bytes().to_vec();
+        rel.extend_from_slice(&[0u8; 16]);
+        let node = u64::from_ne_bytes(out[0..8].try_into().unwrap());
+        assert_eq!(c.req(op::RELEASE, node, &rel).0, 0);
+    }
+    c.assert_alive();
+}
