@@ -79,12 +79,12 @@ impl<T> Job<T> {
         self.ends.is_empty()
     }
 
-    /// Name `i`, NUL-terminated.
-    pub fn name(&self, i: usize) -> &std::ffi::CStr {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        // The bytes between two ends are one pushed name and its NUL, and names come
-        // from directory entries, which hold no NUL.
-        std::ffi::CStr::from_bytes_until_nul(&self.names[start..self.ends[i]]).unwrap_or_default()
+    /// Name `i`, NUL-terminated (`None` for a name that held a NUL itself, which a
+    /// directory entry never does).
+    pub fn name(&self, i: usize) -> Option<&std::ffi::CStr> {
+        let start = if i == 0 { 0 } else { *self.ends.get(i - 1)? };
+        let bytes = self.names.get(start..*self.ends.get(i)?)?;
+        std::ffi::CStr::from_bytes_with_nul(bytes).ok()
     }
 
     /// The next name nobody has taken yet (its index), if any.
@@ -245,8 +245,12 @@ mod tests {
     fn names_round_trip() {
         let j = job(3);
         assert_eq!(j.len(), 3);
-        assert_eq!(j.name(0).to_bytes(), b"name-0");
-        assert_eq!(j.name(2).to_bytes(), b"name-2");
+        assert_eq!(j.name(0).unwrap().to_bytes(), b"name-0");
+        assert_eq!(j.name(2).unwrap().to_bytes(), b"name-2");
+        assert!(j.name(3).is_none());
+        let mut bad = Job::<()>::new(1, -1);
+        bad.push(b"a\0b");
+        assert!(bad.name(0).is_none(), "a name with a NUL inside is refused");
     }
 
     #[test]
@@ -273,7 +277,10 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 h.run(|job, i| {
-                    assert_eq!(job.name(i).to_bytes(), format!("name-{i}").as_bytes());
+                    assert_eq!(
+                        job.name(i).unwrap().to_bytes(),
+                        format!("name-{i}").as_bytes()
+                    );
                     std::thread::sleep(std::time::Duration::from_micros(50));
                     i
                 })

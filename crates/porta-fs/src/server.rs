@@ -2831,7 +2831,10 @@ impl Fs {
         if !self.room_for_listing() {
             return Listed::Unknown;
         }
-        match self.lookup(job.dir, job.fd, job.name(i)) {
+        let Some(name) = job.name(i) else {
+            return Listed::Unknown;
+        };
+        match self.lookup(job.dir, job.fd, name) {
             Ok((id, attr)) => Listed::Node(id, attr),
             Err(libc::ENOENT) => Listed::Gone,
             Err(_) => Listed::Unknown,
