@@ -45,19 +45,27 @@ pub struct Streams {
 
 impl Streams {
     /// Takes an idle stream to go on with a listing of `dir` at offset `off` (never for
-    /// offset 0, which starts a new listing): the one that ended at `off`, else any idle
-    /// one of `dir` (the kernel may ask again from the middle of the last reply, when the
-    /// program's buffer was full). The caller seeks it to `off`.
+    /// offset 0, which starts a new listing): the one that ended at `off`; else (the
+    /// kernel asks again from the middle of its last reply when the program's buffer was
+    /// full) the one that ended closest past `off`, whose last reply `off` lies in when
+    /// offsets grow along a listing (positions on overlayfs and tmpfs, hashes in ext4's
+    /// hash order); else any idle one of `dir`. The caller seeks it to `off`.
     pub fn take(&mut self, dir: DirKey, off: u64) -> Option<RawFd> {
         if off == 0 {
             return None;
         }
-        let idle = |s: &&mut Stream| !s.busy && s.dir == dir;
+        let idle = |s: &Stream| !s.busy && s.dir == dir;
         let i = self
             .list
-            .iter_mut()
-            .position(|s| idle(&s) && s.next == off)
-            .or_else(|| self.list.iter_mut().position(|s| idle(&s)))?;
+            .iter()
+            .position(|s| idle(s) && s.next == off)
+            .or_else(|| {
+                let past = self.list.iter().enumerate();
+                past.filter(|(_, s)| idle(s) && s.next > off)
+                    .min_by_key(|(_, s)| s.next)
+                    .map(|(i, _)| i)
+            })
+            .or_else(|| self.list.iter().position(idle))?;
         self.list[i].busy = true;
         Some(self.list[i].fd)
     }
@@ -263,6 +271,31 @@ mod tests {
         s.put(7, 150);
         assert_eq!(s.take((1, 10), 42), Some(5));
         assert_eq!(s.take((2, 10), 42), None, "another device");
+    }
+
+    #[test]
+    fn two_listings_going_on_from_inside_their_last_replies_keep_their_own_streams() {
+        let mut s = Streams::default();
+        let d = (1, 10);
+        s.add(5, d, 0, true);
+        s.add(6, d, 0, true);
+        s.put(5, 300); // the listing ahead
+        s.put(6, 100); // the one behind
+                       // Each asks again from inside its own last reply.
+        assert_eq!(
+            s.take(d, 80),
+            Some(6),
+            "80 lies in the reply that ended at 100"
+        );
+        assert_eq!(
+            s.take(d, 250),
+            Some(5),
+            "250 lies in the reply that ended at 300"
+        );
+        s.put(5, 300);
+        s.put(6, 100);
+        // Past every stream's end: any idle one.
+        assert!(s.take(d, 999).is_some());
     }
 
     #[test]
