@@ -205,8 +205,11 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         .hdr(hdr::NOFILE)
         .load(std::sync::atomic::Ordering::Relaxed) as usize;
     let want = FD_TABLE_AT_START.min(limit).min(shared.capacity());
-    if let Err(e) = sys::grow_fd_table(args.state_fd, want.max(1)) {
-        tracing::warn!(errno = e, want, "could not grow the descriptor table ahead");
+    match sys::grow_fd_table(args.state_fd, want.max(1)) {
+        Ok(()) => shared
+            .hdr(hdr::FD_TABLE)
+            .store(want as u64, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => tracing::warn!(errno = e, want, "could not grow the descriptor table ahead"),
     }
     // The procfs root, kept across the pivot: each server opens its own `self/fd` from it
     // (a Landlock-restricted server may not follow another process's /proc links).

@@ -1600,6 +1600,9 @@ impl Fs {
                 }
                 self.sh.touch(raw, self.sh.next_epoch());
                 self.sh.dev_index(st.st_dev);
+                if self.sh.fd_table_filling(raw) {
+                    self.evict.request();
+                }
                 let id = self.nodeid(raw);
                 nodes.by_inode.insert(key, id);
                 if self.sh.live() > self.budget.high {
@@ -1950,6 +1953,7 @@ impl Fs {
                 return;
             }
             self.evict.take_request();
+            self.grow_fd_table();
             if self.over(false) == (0, 0) || self.evict.method() == Method::Off {
                 continue;
             }
@@ -1973,6 +1977,33 @@ impl Fs {
                 idle_backoff = (idle_backoff * 2).min(Duration::from_secs(1));
             } else {
                 idle_backoff = Duration::from_millis(10);
+            }
+        }
+    }
+
+    /// Grows the shared fd table to four times its size (at most the descriptor limit)
+    /// once the highest descriptor in use is in its last quarter. Growing a shared table
+    /// waits for an RCU grace period (tens of milliseconds here); this thread waits it
+    /// out, while request threads go on with the free descriptors below the old size.
+    fn grow_fd_table(&self) {
+        let table = self.sh.hdr(hdr::FD_TABLE).load(Ordering::Relaxed) as usize;
+        let high = self.sh.hdr(hdr::HIGH).load(Ordering::Relaxed) as usize;
+        let limit = self.budget.limit;
+        if table == 0 || table >= limit || high * 4 < table * 3 {
+            return;
+        }
+        let want = (table * 4).min(limit);
+        match sys::grow_fd_table(self.root, want) {
+            Ok(()) => {
+                self.sh
+                    .hdr(hdr::FD_TABLE)
+                    .store(want as u64, Ordering::Relaxed);
+                tracing::debug!(table, want, "descriptor table grown ahead");
+            }
+            Err(e) => {
+                // Do not try again: the table then grows on demand, as without this.
+                self.sh.hdr(hdr::FD_TABLE).store(0, Ordering::Relaxed);
+                tracing::debug!(errno = e, want, "descriptor table not grown ahead");
             }
         }
     }

@@ -65,6 +65,9 @@ pub mod hdr {
     pub const COLD_HIGH: usize = 51;
     /// Open counter: each file or directory handle gets the next value as its stamp.
     pub const OPENS: usize = 52;
+    /// Descriptors the shared fd table holds at least, as the keeper or a server last
+    /// grew it (0: unknown, never grown ahead).
+    pub const FD_TABLE: usize = 53;
 }
 
 /// Kind word of a table entry.
@@ -383,6 +386,13 @@ impl Shared {
             }
             None => false,
         }
+    }
+
+    /// Whether descriptor `fd`, just published, lies in the last quarter of the fd table
+    /// as last grown ([`hdr::FD_TABLE`]): time to grow it again, ahead of need.
+    pub fn fd_table_filling(&self, fd: RawFd) -> bool {
+        let table = self.words[hdr::FD_TABLE].load(Ordering::Relaxed);
+        table > 0 && (fd as u64 + 1) * 4 >= table * 3
     }
 
     /// The kind of entry `fd`.

@@ -1206,3 +1206,34 @@ fn a_create_that_truncates_an_existing_file_leaves_its_set_id_bits_as_an_open_wo
     }
     c.assert_alive();
 }
+
+#[test]
+fn the_descriptor_table_is_grown_ahead_as_nodes_fill_it() {
+    use porta_fs::shared::hdr;
+    use std::sync::atomic::Ordering;
+    let mut c = Conn::new();
+    // This test process's table as it is now (other tests' descriptors included); the
+    // server is told that is what was grown ahead last.
+    let table = sys::fd_table_size().unwrap();
+    c.cfg
+        .shared
+        .hdr(hdr::FD_TABLE)
+        .store(table as u64, Ordering::Relaxed);
+    // Nodes with descriptors until the highest one is in the table's last quarter.
+    let mut i = 0;
+    while (c.cfg.shared.hdr(hdr::HIGH).load(Ordering::Relaxed) as usize) * 4 < table * 3 {
+        let name = format!("f{i}");
+        std::fs::write(c.backing().join(&name), b"").unwrap();
+        assert_eq!(c.lookup(1, &name).0, 0);
+        i += 1;
+        assert!(i < 4 * table, "the node table does not fill the fd table");
+    }
+    let want = (table * 4) as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.cfg.shared.hdr(hdr::FD_TABLE).load(Ordering::Relaxed) < want {
+        assert!(std::time::Instant::now() < deadline, "not grown ahead");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(sys::fd_table_size().unwrap() >= table * 4);
+    c.assert_alive();
+}
