@@ -248,14 +248,20 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_listing_goes_on_with_the_stream_that_ended_where_it_starts() {
+    /// Streams 5 and 6 of directory `d`, idle, ended at `next5` and `next6`.
+    fn idle_pair(d: DirKey, next5: u64, next6: u64) -> Streams {
         let mut s = Streams::default();
-        let d = (1, 10);
         s.add(5, d, 0, true);
         s.add(6, d, 0, true);
-        assert_eq!(s.put(5, 100), None);
-        assert_eq!(s.put(6, 200), None);
+        assert_eq!(s.put(5, next5), None);
+        assert_eq!(s.put(6, next6), None);
+        s
+    }
+
+    #[test]
+    fn a_listing_goes_on_with_the_stream_that_ended_where_it_starts() {
+        let d = (1, 10);
+        let mut s = idle_pair(d, 100, 200);
         assert_eq!(s.take(d, 200), Some(6));
         assert_eq!(s.take(d, 100), Some(5));
         // Both busy: none to take.
@@ -275,13 +281,10 @@ mod tests {
 
     #[test]
     fn two_listings_going_on_from_inside_their_last_replies_keep_their_own_streams() {
-        let mut s = Streams::default();
         let d = (1, 10);
-        s.add(5, d, 0, true);
-        s.add(6, d, 0, true);
-        s.put(5, 300); // the listing ahead
-        s.put(6, 100); // the one behind
-                       // Each asks again from inside its own last reply.
+        // Stream 5's listing is ahead, stream 6's behind; each asks again from inside its
+        // own last reply.
+        let mut s = idle_pair(d, 300, 100);
         assert_eq!(
             s.take(d, 80),
             Some(6),
