@@ -324,9 +324,14 @@ pub fn grow_fd_table(fd: RawFd, size: usize) -> SysResult<()> {
     Ok(())
 }
 
-/// The size of the calling process's descriptor table (`FDSize` in /proc/self/status).
-pub fn fd_table_size() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+/// The size of the descriptor table of process `pid` (`None`: the calling process), as
+/// `FDSize` in its /proc status.
+pub fn fd_table_size(pid: Option<i32>) -> Option<usize> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let s = std::fs::read_to_string(path).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("FDSize:"))
         .and_then(|v| v.trim().parse().ok())
@@ -596,15 +601,15 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], flags: i32) -> SysResult<Recei
 }
 
 #[cfg(test)]
-mod fd_table_tests {
+mod tests {
     use super::*;
 
     #[test]
     fn the_descriptor_table_grows_at_once_and_the_duplicate_is_closed() {
-        let before = fd_table_size().expect("FDSize in /proc/self/status");
+        let before = fd_table_size(None).expect("FDSize in /proc/self/status");
         let want = before * 4;
         grow_fd_table(0, want).unwrap();
-        assert!(fd_table_size().unwrap() >= want);
+        assert!(fd_table_size(None).unwrap() >= want);
         assert_eq!(
             std::fs::read_link(format!("/proc/self/fd/{}", want - 1)).map_err(|e| e.raw_os_error()),
             Err(Some(libc::ENOENT)),

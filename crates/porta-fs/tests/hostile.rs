@@ -1214,7 +1214,7 @@ fn the_descriptor_table_is_grown_ahead_as_nodes_fill_it() {
     let mut c = Conn::new();
     // This test process's table as it is now (other tests' descriptors included); the
     // server is told that is what was grown ahead last.
-    let table = sys::fd_table_size().unwrap();
+    let table = sys::fd_table_size(None).unwrap();
     c.cfg
         .shared
         .hdr(hdr::FD_TABLE)
@@ -1234,6 +1234,6 @@ fn the_descriptor_table_is_grown_ahead_as_nodes_fill_it() {
         assert!(std::time::Instant::now() < deadline, "not grown ahead");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(sys::fd_table_size().unwrap() >= table * 4);
+    assert!(sys::fd_table_size(None).unwrap() >= table * 4);
     c.assert_alive();
 }

@@ -187,14 +187,7 @@ fn launch_serve_state_and_stop() {
     );
     // The descriptor table the servers share was grown before it was shared (growing it
     // later stalls the server at every doubling).
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap();
-    let fd_size: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let fd_size = porta_fs::sys::fd_table_size(Some(s.pid)).unwrap();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.pid)).unwrap();
     let soft: usize = limits
         .lines()
