@@ -52,6 +52,7 @@
 pub mod devices_v2;
 mod error;
 mod fsutil;
+pub mod join;
 mod path;
 mod setup;
 pub mod stats;

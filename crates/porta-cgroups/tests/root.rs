@@ -698,3 +698,50 @@ fn rootless_without_delegation_degrades_clearly() {
         );
     }
 }
+
+#[test]
+fn a_child_forked_by_join_starts_in_the_cgroup2_leaf_and_enters_the_v1_leaves_itself() {
+    if !root_or_skip(
+        "a_child_forked_by_join_starts_in_the_cgroup2_leaf_and_enters_the_v1_leaves_itself",
+    ) {
+        return;
+    }
+    use porta_cgroups::join::{Forked, Join};
+    let g = Guard::new(Some(&unique("join")), "join");
+    let has_v2 = g.state.dirs.iter().any(|d| d.version == CgroupVersion::V2);
+    let join = Join::new(&g.cg().payload_procs_files()).unwrap();
+    let (rd, wr) = pipe();
+    // The child makes raw system calls only on its success path: clone3 (in fork), then
+    // open/write/close of each leaf file through a stack-built path (see the module docs).
+    let pid = match join.fork(0).unwrap() {
+        Forked::Child { cloned_into } => {
+            let entered = join.enter(cloned_into).is_ok();
+            let b = [cloned_into as u8, entered as u8];
+            // SAFETY: writing two bytes to a pipe we own.
+            unsafe {
+                libc::write(wr.as_raw_fd(), b.as_ptr().cast(), 2);
+            }
+            child_pause()
+        }
+        Forked::Parent(pid) => Pid::from_raw(pid),
+    };
+    drop(wr);
+    let mut b = [0u8; 2];
+    assert_eq!(nix::unistd::read(rd.as_raw_fd(), &mut b).unwrap(), 2);
+    // Started inside the cgroup2 leaf wherever the host has one (no migration there).
+    assert_eq!(b[0] == 1, has_v2, "cloned into the cgroup2 leaf: {}", b[0]);
+    assert_eq!(b[1], 1, "the child could not enter the v1 leaves");
+    // In the payload leaf of every hierarchy, and in no other group.
+    for d in &g.state.dirs {
+        let procs = read(&d.path.join("payload/cgroup.procs"));
+        assert!(
+            procs.lines().any(|l| l == pid.as_raw().to_string()),
+            "{}: {procs:?}",
+            d.path.display()
+        );
+        assert!(!read(&d.path.join("porta/cgroup.procs")).contains(&pid.as_raw().to_string()));
+    }
+    assert_eq!(g.cg().payload_pids().unwrap(), [pid.as_raw()]);
+    drop(g);
+    assert_killed(pid);
+}

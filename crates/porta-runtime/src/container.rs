@@ -328,7 +328,8 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         spec,
         rootfs: &bundle.rootfs,
         ns: &ns,
-        cgroup_procs: cg.payload_procs_files(),
+        cgroup: porta_cgroups::join::Join::new(&cg.payload_procs_files())?,
+        cloned_into: false,
         fifo: Some(fifo.as_raw_fd()),
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
@@ -336,12 +337,20 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         served_root: served.is_some(),
         close_in_child: vec![dir.lock_fd()],
     };
-    match sys::clone_into(0).ctx(|| "fork".into())? {
-        sys::Forked::Child => {
+    // Stage one starts in the payload leaf's cgroup2 group where it can, and moves itself
+    // into the v1 ones (join.rs: no wait for the kernel's migration lock).
+    match args.cgroup.fork(0).ctx(|| "fork".into())? {
+        porta_cgroups::join::Forked::Child { cloned_into } => {
             drop(parent_chan);
-            init::stage_one(child_chan, args)
+            init::stage_one(
+                child_chan,
+                InitArgs {
+                    cloned_into,
+                    ..args
+                },
+            )
         }
-        sys::Forked::Parent(stage1) => {
+        porta_cgroups::join::Forked::Parent(stage1) => {
             drop(child_chan);
             drop(args);
             // The file server starts while stage one joins the cgroup and namespaces and the
@@ -877,22 +886,26 @@ impl Container {
             }
         }
         let _ = plan;
-        let procs = self
-            .cgroup()?
-            .map(|c| c.payload_procs_files())
-            .unwrap_or_default();
+        let join = porta_cgroups::join::Join::new(
+            &self
+                .cgroup()?
+                .map(|c| c.payload_procs_files())
+                .unwrap_or_default(),
+        )?;
         // The exec'd process may run for long (and `resume` must get through to a paused
         // container): release the container's lock before forking.
         let Container { dir, state: cstate } = self;
         drop(dir);
         let (parent_chan, child_chan) = Channel::pair()?;
-        match sys::clone_into(0).ctx(|| "fork".into())? {
-            sys::Forked::Child => {
+        match join.fork(0).ctx(|| "fork".into())? {
+            porta_cgroups::join::Forked::Child { cloned_into } => {
                 drop(parent_chan);
-                exec_stage_one(child_chan, pidfd, flags, procs, spec, p, opts.preserve_fds)
+                let joined = join.enter(cloned_into);
+                exec_stage_one(child_chan, pidfd, flags, joined, spec, p, opts.preserve_fds)
             }
-            sys::Forked::Parent(stage1) => {
+            porta_cgroups::join::Forked::Parent(stage1) => {
                 drop(child_chan);
+                drop(join);
                 let mut pid = None;
                 let res = exec_messages(&parent_chan, &mut pid, |msg, fds| match msg {
                     Msg::Console => forward_console(fds, opts.console_socket.as_deref()),
@@ -955,15 +968,13 @@ fn exec_stage_one(
     chan: Channel,
     target: OwnedFd,
     flags: i32,
-    procs: Vec<PathBuf>,
+    joined: porta_cgroups::Result<()>,
     spec: &Spec,
     p: &Process,
     preserve: u32,
 ) -> ! {
     let r = (|| -> Result<i32> {
-        for f in &procs {
-            std::fs::write(f, "0").ctx(|| format!("join cgroup {}", f.display()))?;
-        }
+        joined?;
         sys::setns(target.as_fd(), flags).ctx(|| "join the container's namespaces".into())?;
         drop(target);
         match sys::clone_into(0).ctx(|| "fork the exec'd process".into())? {

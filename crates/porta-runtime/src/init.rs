@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
@@ -20,8 +20,10 @@ pub struct InitArgs<'a> {
     pub rootfs: &'a Path,
     /// Namespace plan.
     pub ns: &'a namespaces::Plan,
-    /// cgroup.procs files of the container's payload leaf.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The way into the container's payload leaf.
+    pub cgroup: porta_cgroups::join::Join,
+    /// Whether stage one was cloned into the leaf's cgroup2 group already.
+    pub cloned_into: bool,
     /// The start fifo, opened O_PATH.
     pub fifo: Option<RawFd>,
     /// --no-pivot.
@@ -57,12 +59,11 @@ fn finish(chan: &Channel, r: Result<()>) -> ! {
 
 /// Stage one of `create`: joins namespaces given by path and the cgroup, makes the time
 /// namespace, forks the container's process into its new namespaces, reports its pid.
-pub fn stage_one(chan: Channel, args: InitArgs<'_>) -> ! {
+pub fn stage_one(chan: Channel, mut args: InitArgs<'_>) -> ! {
     close_parent_fds(&args.close_in_child);
     let r = (|| -> Result<i32> {
-        for p in &args.cgroup_procs {
-            std::fs::write(p, "0").ctx(|| format!("join cgroup {}", p.display()))?;
-        }
+        // Closed once joined: no descriptor of a host cgroup reaches the container.
+        std::mem::take(&mut args.cgroup).enter(args.cloned_into)?;
         let opened = args.ns.open_joins()?;
         namespaces::join_all(&opened)?;
         drop(opened);

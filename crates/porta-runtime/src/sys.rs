@@ -24,38 +24,9 @@ pub enum Forked {
 /// clone3 with the given namespace flags and no other sharing (a fork into new namespaces).
 /// The caller must be single-threaded, like for fork().
 pub fn clone_into(flags: u64) -> io::Result<Forked> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    let mut args = CloneArgs {
-        flags,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    // SAFETY: clone3 without CLONE_VM duplicates the address space like fork; args is a valid,
-    // correctly sized struct that outlives the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match cvt(ret)? {
+    match porta_cgroups::join::clone3(flags, -1)? {
         0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(pid as i32)),
+        pid => Ok(Forked::Parent(pid)),
     }
 }
 

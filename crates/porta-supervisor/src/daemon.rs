@@ -200,6 +200,51 @@ pub fn run(a: Args) -> i32 {
     code
 }
 
+/// Forks into the cgroup leaf of `join` and execs `cmd` there, as `Command::spawn` would;
+/// returns the child's pid once it has exec'd, or what went wrong in the child (joining
+/// the leaf, or the exec). The supervisor is single-threaded, as forking requires.
+fn spawn_joined(cmd: &mut Command, join: porta_cgroups::join::Join) -> Result<i32, Error> {
+    use porta_cgroups::join::Forked;
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Sys("pipe", e))?;
+    match join
+        .fork(0)
+        .map_err(|e| Error::Io("fork the file-server keeper", e))?
+    {
+        Forked::Child { cloned_into } => {
+            drop(rd);
+            let msg = match join.enter(cloned_into) {
+                Err(e) => e.to_string(),
+                // Returns only when the exec failed.
+                Ok(()) => {
+                    let e = cmd.exec();
+                    format!("exec {:?}: {e}", cmd.get_program())
+                }
+            };
+            let _ = nix::unistd::write(&wr, msg.as_bytes());
+            // SAFETY: ends the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(127) }
+        }
+        Forked::Parent(pid) => {
+            drop(join);
+            drop(wr);
+            let mut msg = Vec::new();
+            // EOF when the child's exec closed the write end.
+            let _ = std::fs::File::from(rd).read_to_end(&mut msg);
+            if msg.is_empty() {
+                return Ok(pid);
+            }
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            Err(Error::Io(
+                "start the file-server keeper",
+                std::io::Error::other(String::from_utf8_lossy(&msg).into_owned()),
+            ))
+        }
+    }
+}
+
 fn set_cloexec(fd: RawFd, on: bool) {
     // SAFETY: plain fcntl on a descriptor we own.
     unsafe {
@@ -355,7 +400,9 @@ impl Supervisor {
                     log: PathBuf::new(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // A fresh server answers INIT within a millisecond or two, on the critical
+            // path of `porta create`: look often.
+            std::thread::sleep(Duration::from_micros(100));
         }
         // The connection's number (for its fusectl abort file) is the minor of the
         // superblock's device; fstat would wait for INIT, so ask only now.
@@ -435,27 +482,21 @@ impl Supervisor {
         if !userns {
             cmd.arg("--no-userns");
         }
+        // The keeper (and so every server it forks) starts in the servers' leaf: no
+        // migration, which would wait for the kernel (porta_cgroups::join).
+        let join = porta_cgroups::join::Join::new(&self.a.cgroup_procs)?;
         for fd in &inherit {
             set_cloexec(*fd, false);
         }
-        let child = cmd.spawn();
+        let child = spawn_joined(&mut cmd, join);
         for fd in &inherit {
             set_cloexec(*fd, true);
         }
-        let child = child.map_err(|e| Error::Io("exec file-server keeper", e))?;
-        self.keeper_pid = child.id() as i32;
-        drop(child);
+        self.keeper_pid = child?;
         drop(theirs);
         self.ctl = Some(ours);
         self.broker = backing.map(|(b, _theirs)| Broker::new(b, self.shared.capacity()));
         let pid = self.keeper_pid;
-        for procs in &self.a.cgroup_procs {
-            std::fs::write(procs, pid.to_string()).map_err(|e| Error::Path {
-                what: "move file server into cgroup",
-                path: procs.clone(),
-                source: e,
-            })?;
-        }
         // -1000 needs CAP_SYS_RESOURCE; without it the server keeps the supervisor's value.
         if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
             // Rootless, that is expected: the server keeps the supervisor's value.

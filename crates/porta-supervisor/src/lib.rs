@@ -64,6 +64,9 @@ pub enum Error {
     /// A file server error.
     #[error(transparent)]
     Fs(#[from] porta_fs::Error),
+    /// The file server's cgroup leaf could not be prepared or joined.
+    #[error("file server's cgroup: {0}")]
+    Cgroup(Box<porta_cgroups::Error>),
     /// Bad arguments to a hidden subcommand.
     #[error("{0}")]
     Usage(String),
@@ -73,6 +76,12 @@ pub enum Error {
     /// The state file could not be parsed.
     #[error("state file {0}: {1}")]
     State(PathBuf, String),
+}
+
+impl From<porta_cgroups::Error> for Error {
+    fn from(e: porta_cgroups::Error) -> Self {
+        Error::Cgroup(Box::new(e))
+    }
 }
 
 /// What [`launch`] needs to give a container its file server.
