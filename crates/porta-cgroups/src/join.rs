@@ -85,11 +85,6 @@ impl Join {
         Ok(j)
     }
 
-    /// Whether there is nothing to join (no cgroups).
-    pub fn is_empty(&self) -> bool {
-        self.cgroup2.is_none() && self.v1_tasks.is_empty()
-    }
-
     /// Forks like fork(2) with clone3, the child starting in the cgroup2 leaf when there is
     /// one and the kernel lets it; `flags` are further clone flags (namespaces, no sharing).
     /// The caller must be single-threaded, as for fork(2).
@@ -199,7 +194,6 @@ mod tests {
         let j = Join::new(&[d.join("payload/cgroup.procs")]).unwrap();
         assert!(j.cgroup2.is_none());
         assert_eq!(j.v1_tasks, vec![d.join("payload/tasks")]);
-        assert!(!j.is_empty());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
