@@ -390,3 +390,46 @@ fn privileges_dropped_on_write_as_natively_strict() {
     require_root!();
     killpriv(false);
 }
+
+/// A copy_file_range larger than the server's piece (16 MiB) comes back short, and the
+/// caller's loop completes it: no request holds its caller (who cannot be interrupted
+/// once the server has taken it, not even by SIGKILL) for the whole of a large copy.
+#[test]
+fn a_large_copy_file_range_is_answered_in_pieces() {
+    require_root!();
+    use std::os::fd::AsRawFd;
+    let m = TestMount::new(true);
+    let len = 40usize << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    std::fs::write(m.mnt.join("big"), &data).unwrap();
+    let src = std::fs::File::open(m.mnt.join("big")).unwrap();
+    let dst = std::fs::File::create(m.mnt.join("copy")).unwrap();
+    let mut pieces = vec![];
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: valid descriptors; null offsets use and advance the file positions.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                len - done,
+                0,
+            )
+        };
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        pieces.push(n as usize);
+        done += n as usize;
+    }
+    assert_eq!(pieces, [16 << 20, 16 << 20, 8 << 20]);
+    drop(dst);
+    assert!(
+        std::fs::read(m.mnt.join("copy")).unwrap() == data,
+        "copy differs"
+    );
+}
