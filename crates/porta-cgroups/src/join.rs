@@ -20,6 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 /// `CLONE_INTO_CGROUP` (linux/sched.h; not in every libc).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -46,8 +47,9 @@ pub struct Join {
     cgroup2: Option<File>,
     /// The leaf's `cgroup.procs` in the cgroup2 hierarchy (when the clone cannot enter it).
     cgroup2_procs: Option<PathBuf>,
-    /// The leaf's `tasks` in every v1 hierarchy.
-    v1_tasks: Vec<PathBuf>,
+    /// Files the child writes `0` to itself: the leaf's `tasks` in every v1 hierarchy
+    /// (and the `cgroup.procs` of a second cgroup2 mount, should the host have one).
+    self_moves: Vec<PathBuf>,
 }
 
 impl Join {
@@ -77,9 +79,9 @@ impl Join {
                 j.cgroup2_procs = Some(p.clone());
             } else if v2 {
                 // A second cgroup2 leaf (two mounts of the hierarchy): written to as well.
-                j.v1_tasks.push(p.clone());
+                j.self_moves.push(p.clone());
             } else {
-                j.v1_tasks.push(dir.join("tasks"));
+                j.self_moves.push(dir.join("tasks"));
             }
         }
         Ok(j)
@@ -121,25 +123,16 @@ impl Join {
     /// In the child of [`Join::fork`], while it is single-threaded: moves it into the leaf
     /// in every hierarchy it is not in yet (and closes the cgroup2 directory).
     pub fn enter(self, cloned_into: bool) -> Result<()> {
-        for f in &self.v1_tasks {
-            write_zero(f)?;
+        for f in &self.self_moves {
+            fsutil::write(f, "0")?;
         }
         if !cloned_into {
             if let Some(f) = &self.cgroup2_procs {
-                write_zero(f)?;
+                fsutil::write(f, "0")?;
             }
         }
         Ok(())
     }
-}
-
-/// Writes "0" (the calling process; for `tasks`, the calling thread) to `f`.
-fn write_zero(f: &Path) -> Result<()> {
-    std::fs::write(f, "0").map_err(|source| Error::Write {
-        path: f.to_path_buf(),
-        value: "0".into(),
-        source,
-    })
 }
 
 /// fork(2) through clone3, with further clone `flags` (new namespaces; no CLONE_VM), into
@@ -193,7 +186,7 @@ mod tests {
         std::fs::create_dir_all(d.join("payload")).unwrap();
         let j = Join::new(&[d.join("payload/cgroup.procs")]).unwrap();
         assert!(j.cgroup2.is_none());
-        assert_eq!(j.v1_tasks, vec![d.join("payload/tasks")]);
+        assert_eq!(j.self_moves, vec![d.join("payload/tasks")]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
