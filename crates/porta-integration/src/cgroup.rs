@@ -120,10 +120,7 @@ pub fn hierarchies_from(cgroup: &str, mountinfo: &str) -> Vec<Hierarchy> {
             let same = if ctrls.is_empty() {
                 m.fstype == "cgroup2"
             } else {
-                m.fstype == "cgroup"
-                    && ctrls
-                        .split(',')
-                        .all(|c| m.sopts.split(',').any(|o| o == c))
+                m.fstype == "cgroup" && ctrls.split(',').all(|c| m.sopts.split(',').any(|o| o == c))
             };
             writable && same && m.root == "/"
         };

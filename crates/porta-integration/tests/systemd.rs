@@ -259,7 +259,8 @@ impl Systemd {
 
     /// The unit's directory in the hierarchy mounted at `h` on the host.
     fn dir(&self, h: &Path, group: &str) -> PathBuf {
-        h.join(&self.groups.name).join(group.trim_start_matches('/'))
+        h.join(&self.groups.name)
+            .join(group.trim_start_matches('/'))
     }
 }
 

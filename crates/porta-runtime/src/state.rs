@@ -341,9 +341,9 @@ fn state_bytes(st: &ContainerState) -> serde_json::Result<Vec<u8>> {
 pub fn parse_state(data: &[u8]) -> std::result::Result<ContainerState, String> {
     serde_json::from_slice(data).map_err(|e| {
         let v: Option<serde_json::Value> = serde_json::from_slice(data).ok();
-        let runc_made = v.as_ref().is_some_and(|v| {
-            v.get("init_process_pid").is_some() && v.get("ociVersion").is_none()
-        });
+        let runc_made = v
+            .as_ref()
+            .is_some_and(|v| v.get("init_process_pid").is_some() && v.get("ociVersion").is_none());
         if runc_made {
             "this container was made by runc, not Porta (the state root is shared): \
              manage it with runc"
