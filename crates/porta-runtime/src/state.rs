@@ -1,7 +1,7 @@
 //! Container state on disk: one directory per container under the state root, holding
 //! `state.json` (written atomically), a copy of the config, and the start fifo.
 //!
-//! A state root may be shared with runc: Docker passes the same `--root`
+//! A state root may be shared with runc: Docker (20.10) passes the same `--root`
 //! (`<exec-root>/runtime-runc/moby`) to every runtime it drives through containerd's
 //! runc shim, and the shim's default root (`/run/containerd/runc/<namespace>`) is runc's
 //! too. So `state.json` also carries the fields of runc's own state format (see
