@@ -440,6 +440,17 @@ fn docker_end_to_end() {
             .run();
         o.expect_fail();
         assert!(o.stderr.contains("made by runc"), "{o}");
+        // and leaves it alone, even when asked to delete it
+        let o = Cmd::new(runtime())
+            .arg("--root")
+            .arg(&state_root)
+            .args(["delete", "--force", &rcid])
+            .run();
+        o.expect_fail();
+        assert!(o.stderr.contains("made by runc"), "{o}");
+        assert!(state_root.join(&rcid).join("state.json").exists());
+        let o = dk.run(&["inspect", "--format", "{{.State.Status}}", &rcid]);
+        assert_eq!(o.stdout.trim(), "running", "{o}");
     }
     dk.run(&["rm", "-f", &rcid]).expect_ok();
 
