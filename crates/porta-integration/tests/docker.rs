@@ -60,7 +60,7 @@ fn ulimit(res: libc::__rlimit_resource_t, cap: u64) -> String {
     let hard = if r.rlim_max == libc::RLIM_INFINITY {
         cap
     } else {
-        (r.rlim_max as u64).min(cap)
+        r.rlim_max.min(cap)
     };
     format!("{hard}:{hard}")
 }
@@ -281,6 +281,13 @@ fn docker_end_to_end() {
     }
     let porta = is_porta();
     let dk = Dockerd::start();
+    // the leak check sees a running private dockerd (so it would see one left behind)
+    let d = dk.dir.display().to_string();
+    let seen = leaks::docker_leftovers();
+    assert!(
+        seen.iter().any(|l| l.contains("docker daemon") && l.contains(&d)),
+        "the leak check does not see the test's dockerd: {seen:#?}"
+    );
     let tar = dk.dir.join("rootfs.tar");
     rootfs::tar_to(&tar).unwrap();
     dk.run(&[
@@ -544,8 +551,12 @@ fn docker_end_to_end() {
     );
     let left = leaks::cgroups_matching(&|n| n == parent);
     assert!(left.is_empty(), "docker's cgroup parent is left: {left:?}");
-    let d = dir.display().to_string();
     let mut left = leaks::mounts_matching(&|l| l.contains(&d));
     left.extend(leaks::processes_matching(&|s| s.contains(&d)));
     assert!(left.is_empty(), "docker left: {left:#?}");
+    let left: Vec<_> = leaks::docker_leftovers()
+        .into_iter()
+        .filter(|l| l.contains(&d) || l.contains(&parent))
+        .collect();
+    assert!(left.is_empty(), "the leak check finds docker's: {left:#?}");
 }
