@@ -285,7 +285,8 @@ fn docker_end_to_end() {
     let d = dk.dir.display().to_string();
     let seen = leaks::docker_leftovers();
     assert!(
-        seen.iter().any(|l| l.contains("docker daemon") && l.contains(&d)),
+        seen.iter()
+            .any(|l| l.contains("docker daemon") && l.contains(&d)),
         "the leak check does not see the test's dockerd: {seen:#?}"
     );
     let tar = dk.dir.join("rootfs.tar");
