@@ -122,8 +122,9 @@ impl Dockerd {
             .spawn()
             .expect("start dockerd");
         me.child = Some(child);
-        // up when the API answers; given up when the daemon exits
-        let up = wait_for(Duration::from_secs(60), || {
+        // up when the API answers; given up when the daemon exits (the bound is generous:
+        // a loaded machine starts dockerd and its containerd slowly)
+        let up = wait_for(Duration::from_secs(180), || {
             if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
                 return Some(Err(st));
             }
