@@ -9,6 +9,8 @@ PKGS=(
   busybox-static tar
   # runtimes to compare against and to drive Porta
   runc crun runsc podman conmon catatonit containerd uidmap slirp4netns fuse-overlayfs
+  # Docker (the docker integration test starts a private dockerd)
+  docker.io
   # FUSE and seccomp (the file server, the seccomp crate), building
   fuse3 libfuse3-dev libseccomp-dev pkg-config make gcc libc6-dev
   # tools the tests, benchmark and demo call

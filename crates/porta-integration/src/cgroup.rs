@@ -61,3 +61,124 @@ pub fn remove_tree(d: &Path) {
     }
     let _ = std::fs::remove_dir(d);
 }
+
+/// One cgroup hierarchy of the host, at one of its mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// `cgroup` (v1) or `cgroup2`.
+    pub fstype: String,
+    /// The mount's super-block options (`rw,memory`, `rw,name=systemd`, `rw`).
+    pub options: String,
+}
+
+/// The host's real cgroup hierarchies, one mount each: for every hierarchy the kernel
+/// lists in /proc/self/cgroup, a writable mount of that hierarchy's root (preferably
+/// below /sys/fs/cgroup). Other cgroup mounts — read-only ones, mounts of a subgroup,
+/// second mounts of a hierarchy, such as another job may leave behind — are not counted.
+pub fn hierarchies() -> Vec<Hierarchy> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    hierarchies_from(&cgroup, &mountinfo)
+}
+
+/// [`hierarchies`] from the texts of /proc/self/cgroup and /proc/self/mountinfo.
+pub fn hierarchies_from(cgroup: &str, mountinfo: &str) -> Vec<Hierarchy> {
+    struct M<'a> {
+        root: &'a str,
+        mp: &'a str,
+        opts: &'a str,
+        fstype: &'a str,
+        sopts: &'a str,
+    }
+    let mounts: Vec<M> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let lf: Vec<&str> = left.split_whitespace().collect();
+            let rf: Vec<&str> = right.split_whitespace().collect();
+            (lf.len() >= 6 && rf.len() >= 3).then(|| M {
+                root: lf[3],
+                mp: lf[4],
+                opts: lf[5],
+                fstype: rf[0],
+                sopts: rf[2],
+            })
+        })
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .collect();
+    let mut out: Vec<Hierarchy> = Vec::new();
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let is_it = |m: &M| {
+            let writable =
+                m.opts.split(',').any(|o| o == "rw") && m.sopts.split(',').any(|o| o == "rw");
+            let same = if ctrls.is_empty() {
+                m.fstype == "cgroup2"
+            } else {
+                m.fstype == "cgroup" && ctrls.split(',').all(|c| m.sopts.split(',').any(|o| o == c))
+            };
+            writable && same && m.root == "/"
+        };
+        let best = mounts
+            .iter()
+            .filter(|m| is_it(m))
+            .min_by_key(|m| !m.mp.starts_with(&format!("{MNT}/")) && m.mp != MNT);
+        if let Some(m) = best {
+            let h = Hierarchy {
+                mount_point: PathBuf::from(m.mp),
+                fstype: m.fstype.to_string(),
+                options: m.sopts.to_string(),
+            };
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CGROUP: &str = "4:memory:/x\n3:pids:/\n1:name=systemd:/\n0::/\n";
+    const MOUNTINFO: &str = "\
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+90 20 0:36 / /tmp/stale ro,relatime - cgroup cgroup ro,pids
+91 20 0:32 /x /tmp/sub rw,relatime - cgroup cgroup rw,memory
+92 20 0:38 / /tmp/again rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn one_writable_root_mount_per_hierarchy() {
+        let h: Vec<PathBuf> = hierarchies_from(CGROUP, MOUNTINFO)
+            .into_iter()
+            .map(|h| h.mount_point)
+            .collect();
+        assert_eq!(
+            h,
+            [
+                "/sys/fs/cgroup/memory",
+                "/sys/fs/cgroup/pids",
+                "/sys/fs/cgroup/systemd",
+                "/sys/fs/cgroup/unified"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn a_read_only_hierarchy_is_left_out() {
+        let mi = MOUNTINFO.replace("/sys/fs/cgroup/pids rw,", "/sys/fs/cgroup/pids ro,");
+        let h = hierarchies_from(CGROUP, &mi);
+        assert!(!h.iter().any(|h| h.options.contains("pids")), "{h:?}");
+    }
+}

@@ -178,3 +178,37 @@ pub fn check(ids: &[String], bundles: &[String]) -> Vec<String> {
     }
     out
 }
+
+/// What a test's private Docker could leave: its daemons (`dockerd`, the containerd it
+/// starts, the shims of its containers — all name the tests' directory on their command
+/// line), its cgroup parent (`pit-docker-<pid>`, in every hierarchy) and, with it, the
+/// groups of its containers, and the network-namespace and root mounts below its exec and
+/// data roots (in the tests' directory). One line per finding.
+pub fn docker_leftovers() -> Vec<String> {
+    let mut out = Vec::new();
+    let daemons = ["dockerd", "containerd", "containerd-shim", "docker-proxy"];
+    out.extend(
+        processes_matching(&|s| {
+            s.contains(crate::BUNDLES)
+                && s.split_whitespace()
+                    .next()
+                    .and_then(|p| p.rsplit('/').next())
+                    .is_some_and(|p| daemons.iter().any(|d| p.starts_with(d)))
+        })
+        .into_iter()
+        .map(|p| format!("docker daemon: {p}")),
+    );
+    out.extend(
+        cgroups_matching(&|n| n.starts_with("pit-docker-"))
+            .into_iter()
+            .map(|c| format!("docker cgroup parent: {}", c.display())),
+    );
+    out.extend(
+        mounts_matching(&|l| {
+            l.contains(crate::BUNDLES) && (l.contains(" - nsfs ") || l.contains("/docker-"))
+        })
+        .into_iter()
+        .map(|m| format!("docker mount: {m}")),
+    );
+    out
+}

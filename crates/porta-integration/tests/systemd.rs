@@ -16,8 +16,53 @@ use std::time::Duration;
 struct Systemd {
     unshare: Child,
     pid: i32,
-    cgroup: String,
     units: tempfile::TempDir,
+    /// Dropped last: once systemd and everything in its namespaces is dead.
+    groups: Groups,
+}
+
+/// The test systemd's own cgroup in every hierarchy, removed (with all below it) when
+/// dropped. It exists before the first group is made, so a test that fails at any point
+/// — even half-way through making them — leaves no group behind.
+struct Groups {
+    name: String,
+    made: Vec<PathBuf>,
+}
+
+impl Groups {
+    fn new(name: String) -> Groups {
+        Groups {
+            name,
+            made: Vec::new(),
+        }
+    }
+
+    /// Makes the group in the hierarchy mounted at `h`.
+    fn make(&mut self, h: &Path) {
+        let d = h.join(&self.name);
+        std::fs::create_dir(&d)
+            .unwrap_or_else(|e| panic!("test systemd's cgroup {}: {e}", d.display()));
+        self.made.push(d.clone());
+        if h.ends_with("cpuset") {
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                std::fs::write(d.join(f), std::fs::read(h.join(f)).unwrap()).unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for d in self.made.iter().rev() {
+            let gone = wait_for(Duration::from_secs(10), || {
+                cgroup::remove_tree(d);
+                (!d.exists()).then_some(())
+            });
+            if gone.is_none() {
+                eprintln!("test systemd's cgroup {} is left", d.display());
+            }
+        }
+    }
 }
 
 /// Mounts the namespace's own /run and cgroup file systems, then becomes systemd. The
@@ -28,10 +73,16 @@ const BOOT: &str = r#"
 set -e
 units=$1 layout=$2
 mount -t tmpfs -o mode=755 tmpfs /run
-grep -E ' cgroup2? ' /proc/self/mounts > /run/cgroup-mounts
+# the host's real hierarchies, one mount each (from the test; not every cgroup mount)
+printf '%s\n' "$HIERARCHIES" > /run/cgroup-mounts
 # This namespace's copies of the host's cgroup mounts go: they show the host's root.
 # (Lazily: a mount of the namespace's copy can be busy for a moment.)
 umount -R -l /sys/fs/cgroup
+# So do the namespace's copies of any other cgroup mount (a second or read-only mount of a
+# hierarchy, as another job may leave on the host): here each hierarchy is mounted once.
+grep -E ' cgroup2? ' /proc/self/mounts | while read -r _ mp _; do
+  umount -l "$mp" 2>/dev/null || true
+done
 if [ "$layout" = unified ]; then
   mount -t cgroup2 cgroup2 /sys/fs/cgroup
 else
@@ -95,21 +146,28 @@ impl Systemd {
         if user.is_some() {
             write_user_units(units.path());
         }
-        let cgroup = format!("porta-it-systemd-{}", unique_id(layout));
+        let mut groups = Groups::new(format!("porta-it-systemd-{}", unique_id(layout)));
         for h in hierarchies() {
-            let d = h.join(&cgroup);
-            std::fs::create_dir(&d).expect("test systemd's cgroup");
-            if h.ends_with("cpuset") {
-                for f in ["cpuset.cpus", "cpuset.mems"] {
-                    std::fs::write(d.join(f), std::fs::read(h.join(f)).unwrap()).unwrap();
-                }
-            }
+            groups.make(&h);
         }
         // The launcher enters the cgroups before it unshares: the new cgroup namespace
         // is rooted there.
-        let procs: Vec<String> = hierarchies()
+        let procs: Vec<String> = groups
+            .made
             .iter()
-            .map(|h| h.join(&cgroup).join("cgroup.procs").display().to_string())
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect();
+        // the hierarchies for BOOT, in /proc/self/mounts' format
+        let list: Vec<String> = cgroup::hierarchies()
+            .iter()
+            .map(|h| {
+                format!(
+                    "cgroup {} {} {} 0 0",
+                    h.mount_point.display(),
+                    h.fstype,
+                    h.options
+                )
+            })
             .collect();
         let unshare = Command::new("sh")
             .arg("-c")
@@ -119,6 +177,7 @@ impl Systemd {
             )
             .env("PROCS", procs.join(" "))
             .env("BOOT", BOOT)
+            .env("HIERARCHIES", list.join("\n"))
             .env("UNITS", units.path())
             .env("LAYOUT", layout)
             .env("USER_UID", user.map(|u| u.to_string()).unwrap_or_default())
@@ -130,8 +189,8 @@ impl Systemd {
         let mut me = Systemd {
             unshare,
             pid: 0,
-            cgroup,
             units,
+            groups,
         };
         me.pid = wait_for(Duration::from_secs(10), || child_of(me.unshare.id() as i32))
             .expect("systemd started");
@@ -200,7 +259,8 @@ impl Systemd {
 
     /// The unit's directory in the hierarchy mounted at `h` on the host.
     fn dir(&self, h: &Path, group: &str) -> PathBuf {
-        h.join(&self.cgroup).join(group.trim_start_matches('/'))
+        h.join(&self.groups.name)
+            .join(group.trim_start_matches('/'))
     }
 }
 
@@ -213,16 +273,7 @@ impl Drop for Systemd {
         }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
-        for h in hierarchies() {
-            let d = h.join(&self.cgroup);
-            let gone = wait_for(Duration::from_secs(10), || {
-                cgroup::remove_tree(&d);
-                (!d.exists()).then_some(())
-            });
-            if gone.is_none() {
-                eprintln!("test systemd's cgroup {} is left", d.display());
-            }
-        }
+        // then `groups` is dropped: the cgroups go
         let _ = &self.units;
     }
 }
@@ -264,15 +315,12 @@ fn write_user_units(dir: &Path) {
     .unwrap();
 }
 
-/// Every cgroup hierarchy of the host (its mount point).
+/// Every cgroup hierarchy of the host (its mount point): one writable mount of each
+/// hierarchy the kernel lists, not every cgroup mount (see [`cgroup::hierarchies`]).
 fn hierarchies() -> Vec<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
-        })
+    cgroup::hierarchies()
+        .into_iter()
+        .map(|h| h.mount_point)
         .collect()
 }
 

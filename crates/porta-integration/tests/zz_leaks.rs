@@ -1,7 +1,9 @@
 //! The leak check, meant to run LAST (scripts/test.sh runs it after every other test
 //! binary): fails if any test left a mount (in ANY process's mount table), a cgroup
 //! named after a test container id (any hierarchy under /sys/fs/cgroup), a container
-//! process, or anything in /run/porta-test (or /run/porta).
+//! process, or anything in /run/porta-test (or /run/porta), and what a test's private
+//! Docker could leave (its daemons and shims, its `pit-docker-*` cgroup parent, its network
+//! namespace and root mounts).
 
 use porta_integration::*;
 
@@ -45,6 +47,7 @@ fn nothing_left_behind() {
                 )
             }),
     );
+    findings.extend(leaks::docker_leftovers());
     let bundles = leaks::state_entries(BUNDLES);
     findings.extend(
         bundles

@@ -1,5 +1,12 @@
 //! Container state on disk: one directory per container under the state root, holding
 //! `state.json` (written atomically), a copy of the config, and the start fifo.
+//!
+//! A state root may be shared with runc: Docker (20.10) passes the same `--root`
+//! (`<exec-root>/runtime-runc/moby`) to every runtime it drives through containerd's
+//! runc shim, and the shim's default root (`/run/containerd/runc/<namespace>`) is runc's
+//! too. So `state.json` also carries the fields of runc's own state format (see
+//! [`runc_fields`]): `runc list` and `runc state` load Porta's containers instead of
+//! failing on each of them, and Porta recognises runc's containers and names them as such.
 
 use std::collections::HashMap;
 use std::fs;
@@ -238,17 +245,15 @@ impl StateDir {
         self.path.join("exec.fifo")
     }
 
-    /// Reads state.json.
+    /// Reads state.json. The state of a container made by runc in a shared root is refused
+    /// with an error that says so.
     pub fn load(&self) -> Result<ContainerState> {
         let p = self.state_file();
         let data = fs::read(&p).map_err(|e| Error::State {
             path: p.clone(),
             msg: e.to_string(),
         })?;
-        serde_json::from_slice(&data).map_err(|e| Error::State {
-            path: p,
-            msg: e.to_string(),
-        })
+        parse_state(&data).map_err(|msg| Error::State { path: p, msg })
     }
 
     /// Whether state.json exists (a missing one means `create` was interrupted early).
@@ -256,9 +261,10 @@ impl StateDir {
         self.state_file().exists()
     }
 
-    /// Writes state.json atomically: temporary file, fsync, rename.
+    /// Writes state.json atomically (temporary file, rename): Porta's fields and, beside
+    /// them, runc's ([`runc_fields`]).
     pub fn save(&self, st: &ContainerState) -> Result<()> {
-        let data = serde_json::to_vec(st).map_err(|e| Error::State {
+        let data = state_bytes(st).map_err(|e| Error::State {
             path: self.state_file(),
             msg: e.to_string(),
         })?;
@@ -317,6 +323,85 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
         Error::sys(format!("write {}", path.display()), e)
+    })
+}
+
+/// The bytes of state.json for `st`: Porta's fields, then runc's.
+fn state_bytes(st: &ContainerState) -> serde_json::Result<Vec<u8>> {
+    let mut v = serde_json::to_value(st)?;
+    if let (Some(obj), serde_json::Value::Object(runc)) = (v.as_object_mut(), runc_fields(st)) {
+        for (k, val) in runc {
+            obj.insert(k, val);
+        }
+    }
+    serde_json::to_vec(&v)
+}
+
+/// Parses state.json; a state written by runc (a shared root) gets an error naming it.
+pub fn parse_state(data: &[u8]) -> std::result::Result<ContainerState, String> {
+    serde_json::from_slice(data).map_err(|e| {
+        let v: Option<serde_json::Value> = serde_json::from_slice(data).ok();
+        let runc_made = v
+            .as_ref()
+            .is_some_and(|v| v.get("init_process_pid").is_some() && v.get("ociVersion").is_none());
+        if runc_made {
+            "this container was made by runc, not Porta (the state root is shared): \
+             manage it with runc"
+                .to_string()
+        } else {
+            e.to_string()
+        }
+    })
+}
+
+/// The fields of runc's state format (libcontainer's `State`: `init_process_pid`,
+/// `init_process_start`, `config` with `rootfs`, `labels` and `cgroups`, `cgroup_paths`)
+/// that runc needs to load a container, list it and tell its status: running or
+/// stopped from the pid and its start time, created while `exec.fifo` exists (Porta's
+/// start fifo has runc's name), paused from the freezer of the `payload/` leaf (Porta's
+/// servers live beside it in `porta/`). The cgroup paths are the payload leaves, so a
+/// runc command that reads them sees the container's processes only.
+pub fn runc_fields(st: &ContainerState) -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    let mut cgroup_path = String::new();
+    if let Some(cg) = &st.cgroup {
+        for d in &cg.dirs {
+            let leaf = d.path.join(porta_cgroups::PAYLOAD).display().to_string();
+            if cgroup_path.is_empty() {
+                cgroup_path = d
+                    .cgroup_path
+                    .join(porta_cgroups::PAYLOAD)
+                    .display()
+                    .to_string();
+            }
+            match d.version {
+                porta_cgroups::CgroupVersion::V2 => {
+                    paths.insert(String::new(), leaf.into());
+                }
+                porta_cgroups::CgroupVersion::V1 => {
+                    for c in &d.controllers {
+                        paths.insert(c.clone(), leaf.clone().into());
+                    }
+                }
+            }
+        }
+    }
+    let mut labels = vec![format!("bundle={}", st.bundle.display())];
+    let mut ann: Vec<_> = st.annotations.iter().collect();
+    ann.sort();
+    labels.extend(ann.into_iter().map(|(k, v)| format!("{k}={v}")));
+    serde_json::json!({
+        "init_process_pid": st.pid,
+        "init_process_start": st.pid_start_time,
+        "config": {
+            "version": st.oci_version,
+            "rootfs": st.rootfs,
+            "labels": labels,
+            // runc's cgroup config embeds its resources; one field makes runc allocate
+            // them, which its v1 manager requires ("" is runc's "undefined" freezer state)
+            "cgroups": {"path": cgroup_path, "freezer": ""},
+        },
+        "cgroup_paths": paths,
     })
 }
 
@@ -381,6 +466,115 @@ mod tests {
         assert_eq!(root.ids().unwrap(), vec!["c1".to_string()]);
         d.remove().unwrap();
         assert!(root.ids().unwrap().is_empty());
+    }
+
+    fn sample(id: &str) -> ContainerState {
+        let me = std::process::id() as i32;
+        ContainerState {
+            oci_version: "1.0.2".into(),
+            id: id.into(),
+            status: Status::Running,
+            pid: me,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: "2026-12-06T23:00:00.000000000Z".into(),
+            owner: "root".into(),
+            annotations: HashMap::from([("k".to_string(), "v".to_string())]),
+            pid_start_time: process_start_time(me).unwrap(),
+            cgroup: None,
+            started: true,
+            file_server: true,
+            supervisor_pid: 0,
+            server_error: None,
+        }
+    }
+
+    #[test]
+    fn state_json_carries_runc_fields_and_still_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateRoot::open(tmp.path()).unwrap();
+        let d = StateDir::create(&root, "c2").unwrap();
+        let st = sample("c2");
+        d.save(&st).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(d.state_file()).unwrap()).unwrap();
+        assert_eq!(v["init_process_pid"], st.pid);
+        assert_eq!(v["init_process_start"], st.pid_start_time);
+        assert_eq!(v["config"]["labels"][0], "bundle=/b");
+        assert_eq!(v["config"]["labels"][1], "k=v");
+        assert_eq!(v["config"]["rootfs"], "/b/rootfs");
+        assert!(v["config"]["cgroups"].is_object());
+        assert!(v["cgroup_paths"].is_object());
+        let back = d.load().unwrap();
+        assert_eq!(back.pid, st.pid);
+        assert_eq!(back.annotations, st.annotations);
+    }
+
+    #[test]
+    fn runc_state_is_named_as_runcs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateRoot::open(tmp.path()).unwrap();
+        let d = StateDir::create(&root, "r1").unwrap();
+        // the start of a state.json written by runc 1.1
+        fs::write(
+            d.state_file(),
+            r#"{"id":"r1","init_process_pid":123,"init_process_start":456,
+               "created":"2026-12-06T23:00:00Z","config":{"rootfs":"/x"},"cgroup_paths":{}}"#,
+        )
+        .unwrap();
+        let e = d.load().unwrap_err().to_string();
+        assert!(e.contains("made by runc"), "{e}");
+        assert!(e.contains("state.json"), "{e}");
+        // anything else unreadable keeps serde's message
+        fs::write(d.state_file(), "{").unwrap();
+        let e = d.load().unwrap_err().to_string();
+        assert!(!e.contains("runc"), "{e}");
+    }
+
+    /// runc, sharing a state root with Porta, lists Porta's containers without an error
+    /// (before runc's fields were written it printed "load container …: cgroups/manager.New:
+    /// config must not be nil" for each). Skipped where runc is not installed.
+    #[test]
+    fn runc_lists_portas_containers_in_a_shared_root() {
+        let Some(runc) = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            eprintln!("SKIP runc_lists_portas_containers_in_a_shared_root: runc not installed");
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateRoot::open(tmp.path()).unwrap();
+        let d = StateDir::create(&root, "porta-c").unwrap();
+        d.save(&sample("porta-c")).unwrap();
+        drop(d);
+        let out = std::process::Command::new(runc)
+            .arg("--root")
+            .arg(tmp.path())
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "runc list failed: {stderr}");
+        assert!(stderr.trim().is_empty(), "runc list complained: {stderr}");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = &list[0];
+        assert_eq!(c["id"], "porta-c", "{list}");
+        assert_eq!(c["status"], "running", "{list}");
+        assert_eq!(c["pid"], std::process::id(), "{list}");
+        assert_eq!(c["bundle"], "/b", "{list}");
+        let out = std::process::Command::new(runc)
+            .arg("--root")
+            .arg(tmp.path())
+            .args(["state", "porta-c"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runc state failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
