@@ -2329,12 +2329,10 @@ impl Fs {
             return;
         }
         if let Ok(st) = sys::fstat(fd) {
-            let want = if !kill {
-                mode
-            } else if mode & 0o010 != 0 || st.st_gid != gid {
-                mode & !0o6000
+            let want = if kill {
+                killed_setid(mode, st.st_gid, gid)
             } else {
-                mode & !0o4000
+                mode
             };
             if st.st_mode & 0o7777 != want
                 && sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), want).is_ok()
@@ -2348,6 +2346,19 @@ impl Fs {
                 }
             }
         }
+    }
+
+    /// Clears the set-id bits of a device node stored as a regular file (`fd`, emulated
+    /// mode `dmode`, device `rdev`) as a chown by a caller of group `gid` clears them on a
+    /// real node ([`killed_setid`]): the backing file's own mode never has them.
+    fn kill_fake_dev_setid(&self, fd: RawFd, dmode: u32, rdev: u32, gid: u32) -> SysResult<()> {
+        if dmode & 0o6000 == 0 {
+            return Ok(());
+        }
+        let file_gid = sys::fstat(fd)?.st_gid;
+        let perm = killed_setid(dmode & 0o7777, file_gid, gid);
+        let v = format!("{:o} {rdev}", (dmode & libc::S_IFMT) | perm);
+        self.xset(fd, DEV_XATTR, v.as_bytes(), 0)
     }
 
     // Extended attributes of a node, through its entry in the /proc/self/fd directory
@@ -2662,7 +2673,12 @@ impl Fs {
             // Without `kill` the bits stay as the backing chown left them.
             let setid = if kill { self.setid_bits(fd) } else { 0 };
             sys::chownat(fd, c"", u, g)?;
-            self.settle_setid_bits(h.nodeid, h.gid, fd, setid, true);
+            match self.fake_dev(fd, &st) {
+                // A stored device node's mode (set-id bits included) is its xattr's.
+                Some((dmode, rdev)) if kill => self.kill_fake_dev_setid(fd, dmode, rdev, h.gid)?,
+                Some(_) => {}
+                None => self.settle_setid_bits(h.nodeid, h.gid, fd, setid, true),
+            }
         }
         if valid & fattr::SIZE != 0 {
             let by_fh = if valid & fattr::FH != 0 {
@@ -2945,6 +2961,19 @@ impl Fs {
             }
             Fault::CrashForget => {}
         }
+    }
+}
+
+/// The permission bits `mode` (with set-id bits) of a non-directory after a change that
+/// kills set-id bits for a caller of group `caller_gid`, the file's group being
+/// `file_gid`: set-user-id goes; set-group-id goes where the group may execute or the
+/// caller is not of the file's group (the kernel's rule; supplementary groups and
+/// CAP_FSETID are not known to the server, so such callers lose it too).
+fn killed_setid(mode: u32, file_gid: u32, caller_gid: u32) -> u32 {
+    if mode & 0o010 != 0 || file_gid != caller_gid {
+        mode & !0o6000
+    } else {
+        mode & !0o4000
     }
 }
 
