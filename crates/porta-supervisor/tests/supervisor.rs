@@ -330,7 +330,9 @@ fn deadlocked_server_is_replaced() {
     // resent LOOKUP again; after repeated deaths without progress the supervisor gives up.
     eprintln!("lookup returned {r:?} after {waited:?}");
     assert!(r.is_err());
-    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    // Not a speed check: only that the caller is not left hanging for good (a generous
+    // bound, so that a loaded machine cannot fail it).
+    assert!(waited < Duration::from_secs(120), "{waited:?}");
     let s = c.wait_for("deadlock detection", |s| s.state == "failed");
     assert!(
         s.error.as_deref().unwrap_or("").contains("deadlocked"),
@@ -426,7 +428,7 @@ fn forgets_read_by_a_killed_server_are_finished_by_its_successor() {
 fn kill_every_100ms_under_load_no_errors_no_lost_data() {
     require_root!();
     for passthrough in [true, false] {
-        kill_loop(passthrough, Duration::from_secs(8), None);
+        kill_loop(passthrough, 200, None);
     }
 }
 
@@ -436,9 +438,10 @@ fn kill_every_100ms_with_cold_nodes() {
     // A budget of 300 descriptors: once the table holds about 160 nodes, new files are
     // cold (kept by parent and name in the shared memory). Creates, renames (the
     // recorded name follows), unlinks (the node is pinned) and reads of cold nodes while
-    // the server is killed every 100 ms.
-    kill_loop(true, Duration::from_secs(5), Some(300));
-    kill_loop(false, Duration::from_secs(5), Some(300));
+    // the server is killed every 100 ms. Each worker keeps every other file: 2 x 325 kept
+    // files are more than twice the budget, however slowly the machine runs.
+    kill_loop(true, 650, Some(300));
+    kill_loop(false, 650, Some(300));
 }
 
 /// Checks that `dir` lists exactly the files of `kept`.
@@ -462,17 +465,24 @@ fn listing_is(dir: &std::path::Path, kept: &[(std::path::PathBuf, String)]) -> s
     Ok(())
 }
 
-fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
+/// Kills at least this many servers in every kill loop: the workers go on past their count
+/// of operation groups until the killer got there, however slow the machine.
+const MIN_KILLS: u64 = 20;
+
+/// Two workers each run `groups` groups of create, write, fsync, rename, read (and every
+/// other time unlink) — and more until [`MIN_KILLS`] servers were killed — while the
+/// server is killed every 100 ms. Bounded by counts, never by time.
+fn kill_loop(passthrough: bool, groups: u64, nofile: Option<u64>) {
     let c = match nofile {
         Some(n) => Container::start_with_nofile(passthrough, n),
         None => Container::start(passthrough, None),
     };
-    let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = vec![];
     for w in 0..2 {
         let dir = c.mnt.join(format!("w{w}"));
         std::fs::create_dir(&dir).unwrap();
-        let stop_flag = stop_flag.clone();
+        let killed = killed.clone();
         workers.push(std::thread::spawn(move || {
             let mut ops = 0u64;
             let mut errors = vec![];
@@ -480,7 +490,7 @@ fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
             let mut worst = Duration::ZERO;
             let mut lat = vec![];
             let mut i = 0u64;
-            while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while i < groups || killed.load(std::sync::atomic::Ordering::Relaxed) < MIN_KILLS {
                 let t0 = Instant::now();
                 let tmp = dir.join(format!("tmp{i}"));
                 let fin = dir.join(format!("f{i}"));
@@ -528,10 +538,10 @@ fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
             (ops, errors, kept, worst, lat)
         }));
     }
-    let t0 = Instant::now();
     let mut kills = 0;
     let mut last = 0;
-    while t0.elapsed() < dur {
+    // Paced, not timed: one kill per 100 ms for as long as a worker is at work.
+    while workers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
         let s = c.fs();
         if s.pid > 0 && s.pid != last {
@@ -539,10 +549,10 @@ fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
             // SAFETY: signalling the server process the supervisor reported.
             if unsafe { libc::kill(s.pid, libc::SIGKILL) } == 0 {
                 kills += 1;
+                killed.store(kills, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
-    stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     let mut all_errors = vec![];
     let mut kept_all = vec![];
@@ -598,7 +608,7 @@ fn kill_loop(passthrough: bool, dur: Duration, nofile: Option<u64>) {
     if !all_errors.is_empty() {
         let _ = std::fs::write("/tmp/porta-kill-loop-failure.log", c.log());
     }
-    assert!(kills >= 20, "only {kills} kills");
+    assert!(kills >= MIN_KILLS, "only {kills} kills");
     assert!(
         all_errors.is_empty(),
         "errors: {:?}\nlog tail: {}",
