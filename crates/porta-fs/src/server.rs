@@ -2916,6 +2916,11 @@ enum Fault {
     /// `crash-forget:K`: the first server crashes before it applies its (K+1)-th FORGET
     /// entry, wherever that falls in a batch (its successor must finish the batch).
     CrashForget,
+    /// `compromise:NAME`: a simulated compromise: a LOOKUP of NAME makes the server do to
+    /// the shared descriptor table what an attacker in it could, with only the calls its
+    /// filter allows (replace the root and procfs descriptors its successor would be
+    /// confined beneath by other directories), then crash.
+    Compromise,
 }
 
 fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
@@ -2925,6 +2930,7 @@ fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
         "hang" => Fault::Hang,
         "crash" => Fault::Crash,
         "crash-forget" => Fault::CrashForget,
+        "compromise" => Fault::Compromise,
         _ => return None,
     };
     Some((f, name.as_bytes().to_vec()))
@@ -2960,6 +2966,46 @@ impl Fs {
                 unsafe { libc::raise(libc::SIGSEGV) };
             }
             Fault::CrashForget => {}
+            Fault::Compromise => {
+                // The first server only: its successor must serve the real root.
+                if self.sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed) != 1 {
+                    return;
+                }
+                self.compromise();
+                // SAFETY: deliberately raises SIGSEGV against this process (test fault).
+                unsafe { libc::raise(libc::SIGSEGV) };
+            }
+        }
+    }
+
+    /// See [`Fault::Compromise`]. The best replacement is a host directory reached
+    /// through the keeper's procfs (`sys/kernel`: host sysctls); failing that, the
+    /// directory above the served root.
+    fn compromise(&self) {
+        let procfs = self.sh.hdr(hdr::PROC_FD).load(Ordering::Relaxed) as RawFd;
+        let dir = libc::O_PATH | libc::O_DIRECTORY;
+        let (what, other) = match sys::openat(procfs, c"sys/kernel", dir, 0) {
+            Ok(fd) => ("host /proc/sys/kernel", fd),
+            Err(_) => match sys::openat(self.root, c"..", dir, 0) {
+                Ok(fd) => ("the directory above the root", fd),
+                Err(e) => {
+                    tracing::error!(errno = e, "simulated compromise: no directory to plant");
+                    return;
+                }
+            },
+        };
+        for (name, fd) in [("root", self.root), ("procfs", procfs)] {
+            sys::close(fd);
+            // SAFETY: F_DUPFD duplicates `other` to the lowest free number >= `fd`, the
+            // number just closed (the table is shared: another thread may race for it).
+            let got = unsafe { libc::fcntl(other.as_raw_fd(), libc::F_DUPFD, fd) };
+            tracing::warn!(
+                name,
+                fd,
+                got,
+                planted = what,
+                "simulated compromise: replaced a descriptor of the shared table"
+            );
         }
     }
 }
