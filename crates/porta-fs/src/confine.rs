@@ -120,9 +120,31 @@ fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
-/// The BPF program: check the architecture, allow listed calls (sendmsg and recvmsg only
-/// on descriptor `sock`, when given), answer everything else EPERM.
-fn program(sock: Option<std::os::fd::RawFd>) -> Vec<libc::sock_filter> {
+/// System calls the keeper may make besides [`ALLOWED`]: what it needs to fork a server
+/// (pipes, the parent-death signal) and what a new server needs to confine itself
+/// (capability sets, no_new_privs, Landlock, its own seccomp filter, the core-dump limit),
+/// and messages on the sockets it inherited (it cannot make new ones). Every server
+/// inherits the keeper's filter and stacks its own, narrower one.
+const KEEPER_EXTRA: &[libc::c_long] = &[
+    libc::SYS_pipe2,
+    libc::SYS_prctl,
+    libc::SYS_capget,
+    libc::SYS_capset,
+    libc::SYS_seccomp,
+    libc::SYS_setrlimit,
+    libc::SYS_prlimit64,
+    libc::SYS_getppid,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    SYS_LANDLOCK_CREATE_RULESET,
+    SYS_LANDLOCK_ADD_RULE,
+    SYS_LANDLOCK_RESTRICT_SELF,
+];
+
+/// The BPF program: check the architecture, allow the server's calls and `extra`
+/// (sendmsg and recvmsg only on descriptor `sock`, when given), answer everything else
+/// EPERM.
+fn program(sock: Option<std::os::fd::RawFd>, extra: &[libc::c_long]) -> Vec<libc::sock_filter> {
     let mut p = vec![
         stmt(LD_W_ABS, 4),
         jeq(AUDIT_ARCH_X86_64, 1, 0),
@@ -133,6 +155,7 @@ fn program(sock: Option<std::os::fd::RawFd>) -> Vec<libc::sock_filter> {
         .iter()
         .copied()
         .chain(crate::sys::XATTRAT_SYSCALLS)
+        .chain(extra.iter().copied())
         .collect();
     // The socket block (5) when there is a socket: the call number, then the descriptor
     // (low word of argument 0: the kernel takes an int).
@@ -215,7 +238,10 @@ pub fn unshare_user_namespace() -> Result<(), nix::errno::Errno> {
 /// Sets no_new_privs and installs the seccomp allowlist for this process and the
 /// threads it creates afterwards; `sock` is the one descriptor sendmsg/recvmsg may use.
 pub fn install_seccomp(sock: Option<std::os::fd::RawFd>) -> Result<(), Error> {
-    let prog = program(sock);
+    install_program(&program(sock, &[]))
+}
+
+fn install_program(prog: &[libc::sock_filter]) -> Result<(), Error> {
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_ptr() as *mut _,
@@ -255,13 +281,51 @@ pub fn confine(root: std::os::fd::RawFd, sock: Option<std::os::fd::RawFd>) -> Re
     install_seccomp(sock)
 }
 
+/// Confines the keeper as its servers are, before it forks any: capabilities cut to
+/// [`KEEP_CAPS`], no_new_privs, Landlock (everything beneath `root` but making device
+/// nodes; beneath `proc`, its procfs, only listing directories: a new server opens its own
+/// `self/fd` there), and a seccomp allowlist of the server's calls plus [`KEEPER_EXTRA`].
+pub fn confine_keeper(root: std::os::fd::RawFd, proc: std::os::fd::RawFd) -> Result<(), Error> {
+    limit_capabilities()?;
+    // SAFETY: plain prctl.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(last("no_new_privs"));
+    }
+    if restrict_to_trees(&[(root, TreeAccess::All), (proc, TreeAccess::ListDirs)])? == 0 {
+        tracing::warn!("no Landlock in this kernel: file access of the keeper is not restricted");
+    }
+    install_program(&program(None, KEEPER_EXTRA))
+}
+
+/// What the keeper's mount namespace holds, as descriptors of its own mounts.
+#[derive(Debug)]
+pub struct KeeperMounts {
+    /// O_PATH descriptor of the backing root (`/root` in the keeper's namespace).
+    pub root: std::os::fd::OwnedFd,
+    /// O_PATH descriptor of the keeper's procfs (`/proc` in its namespace).
+    pub proc: std::os::fd::OwnedFd,
+}
+
+/// Where the backing root and the procfs sit in the keeper's mount namespace (whose root
+/// is a small read-only tmpfs holding just these two mount points).
+pub const KEEPER_ROOT: &std::ffi::CStr = c"/root";
+/// See [`KEEPER_ROOT`].
+pub const KEEPER_PROC: &std::ffi::CStr = c"/proc";
+
 /// Moves the calling process (the keeper; its servers inherit it) into a new mount
-/// namespace whose only content is the backing directory, as its root: `..` at the top
-/// of the served tree stays there even for a compromised server, and no other host path
-/// is reachable by name. Returns an O_PATH descriptor of the new root. Descriptors opened
-/// before (the FUSE connection, /proc/self/fd) keep working.
-pub fn enter_backing_namespace(backing: &std::path::Path) -> Result<std::os::fd::OwnedFd, Error> {
+/// namespace holding nothing but the backing directory and a procfs: a read-only tmpfs as
+/// its root with the backing tree (a recursive clone of `backing`) at `/root` and `proc`
+/// (a detached procfs mount, e.g. [`crate::mount::procfs_instance`]; `None`: a clone of
+/// the caller's `/proc`, where no procfs instance can be made) at `/proc`. The host's
+/// mounts are gone from it, so no descriptor the keeper or a server holds names a
+/// directory outside its own namespace. Descriptors opened before (the FUSE connection,
+/// the state memfd) keep working.
+pub fn enter_keeper_namespace(
+    backing: &std::path::Path,
+    proc: Option<std::os::fd::OwnedFd>,
+) -> Result<KeeperMounts, Error> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use std::os::fd::AsRawFd;
     let sys = |what: &'static str| move |e: nix::errno::Errno| Error::Sys(what, e);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(sys("unshare mount namespace"))?;
@@ -273,26 +337,93 @@ pub fn enter_backing_namespace(backing: &std::path::Path) -> Result<std::os::fd:
         None::<&str>,
     )
     .map_err(sys("make mounts private"))?;
+    let tree = crate::mount::clone_tree(backing, true)?;
+    let proc = match proc {
+        Some(p) => p,
+        // Procfs alone where the kernel allows it (not what the host mounted beneath it);
+        // where those mounts are locked to it, with them.
+        None => {
+            let at = std::path::Path::new("/proc");
+            crate::mount::clone_tree(at, false).or_else(|_| crate::mount::clone_tree(at, true))?
+        }
+    };
+    // The new root: a tmpfs over the backing directory's path (in this namespace only).
+    let top = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("porta-keeper"), backing, Some("tmpfs"), top, Some("mode=0555,size=16k"))
+        .map_err(sys("mount the keeper's root tmpfs"))?;
+    for (name, m) in [("root", &tree), ("proc", &proc)] {
+        let at = backing.join(name);
+        std::fs::create_dir(&at).map_err(|e| Error::Io("make a keeper mount point", e))?;
+        crate::mount::move_mount_to(m.as_raw_fd(), &at)?;
+    }
     mount(
-        Some(backing),
+        None::<&str>,
         backing,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        top | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
         None::<&str>,
     )
-    .map_err(sys("bind backing directory"))?;
-    nix::unistd::chdir(backing).map_err(sys("chdir backing directory"))?;
-    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into backing directory"))?;
+    .map_err(sys("make the keeper's root read-only"))?;
+    nix::unistd::chdir(backing).map_err(sys("chdir to the keeper's root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into the keeper's root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's mounts"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
-    crate::sys::openat(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| Error::Sys("open new root", nix::errno::Errno::from_raw(e)))
+    let open = |p: &std::ffi::CStr, what: &'static str| {
+        crate::sys::openat(libc::AT_FDCWD, p, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| Error::Sys(what, nix::errno::Errno::from_raw(e)))
+    };
+    Ok(KeeperMounts {
+        root: open(KEEPER_ROOT, "open the backing root")?,
+        proc: open(KEEPER_PROC, "open the keeper's procfs")?,
+    })
+}
+
+/// A directory's identity: device, inode and the mount it is reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirIdentity {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// The mount's id (statx STATX_MNT_ID).
+    pub mnt_id: u64,
+}
+
+/// The identity of the directory descriptor `fd` (statx on the descriptor itself).
+pub fn dir_identity(fd: std::os::fd::RawFd) -> Result<DirIdentity, Error> {
+    // SAFETY: an all-zero statx is a valid value to be filled in.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; empty path with AT_EMPTY_PATH names `fd`.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_INO | libc::STATX_TYPE | libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if r < 0 {
+        return Err(last("statx"));
+    }
+    if u32::from(st.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+        return Err(Error::BadState(format!(
+            "descriptor {fd} is not a directory (mode {:o})",
+            st.stx_mode
+        )));
+    }
+    Ok(DirIdentity {
+        dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mnt_id: st.stx_mnt_id,
+    })
 }
 
 /// Landlock file-system access rights handled by [`restrict_to_tree`]: every right up to
 /// ABI 3 (truncate). Device ioctls (ABI 5) are not handled: the FUSE device is already
 /// open and the seccomp filter restricts ioctl.
 const LL_ACCESS_ALL: u64 = (1 << 15) - 1;
+const LL_READ_DIR: u64 = 1 << 3;
 const LL_MAKE_CHAR: u64 = 1 << 6;
 const LL_MAKE_BLOCK: u64 = 1 << 11;
 const LL_REFER: u64 = 1 << 13;
@@ -308,6 +439,20 @@ const SYS_LANDLOCK_RESTRICT_SELF: libc::c_long = 446;
 /// even beneath `root`. Needs no_new_privs. Returns the Landlock ABI version
 /// used, or 0 when the kernel has no Landlock (then nothing is restricted).
 pub fn restrict_to_tree(root: std::os::fd::RawFd) -> Result<i64, Error> {
+    restrict_to_trees(&[(root, TreeAccess::All)])
+}
+
+/// What a Landlock rule of [`restrict_to_trees`] allows beneath its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeAccess {
+    /// Everything handled but making device nodes.
+    All,
+    /// Opening directories to list them, nothing else.
+    ListDirs,
+}
+
+/// As [`restrict_to_tree`], with one rule per (directory, access) pair.
+pub fn restrict_to_trees(rules: &[(std::os::fd::RawFd, TreeAccess)]) -> Result<i64, Error> {
     // SAFETY: version query: null attribute, size 0, flag LANDLOCK_CREATE_RULESET_VERSION.
     let abi = unsafe {
         libc::syscall(
@@ -338,23 +483,28 @@ pub fn restrict_to_tree(root: std::os::fd::RawFd) -> Result<i64, Error> {
     // EXECUTE stays allowed: passthrough opens backing files with the server's
     // credentials (its Landlock domain included) when the container executes a program;
     // the server itself cannot exec (seccomp).
-    let allowed = handled & !(LL_MAKE_CHAR | LL_MAKE_BLOCK);
-    // struct landlock_path_beneath_attr { u64 allowed_access; s32 parent_fd; } (packed).
-    let mut rule = [0u8; 12];
-    rule[..8].copy_from_slice(&allowed.to_ne_bytes());
-    rule[8..].copy_from_slice(&root.to_ne_bytes());
-    // SAFETY: `rule` has the packed layout of `struct landlock_path_beneath_attr`.
-    let r = unsafe {
-        libc::syscall(
-            SYS_LANDLOCK_ADD_RULE,
-            std::os::fd::AsRawFd::as_raw_fd(&rs),
-            1u32,
-            rule.as_ptr(),
-            0u32,
-        )
-    };
-    if r < 0 {
-        return Err(last("landlock_add_rule"));
+    for &(dir, access) in rules {
+        let allowed = match access {
+            TreeAccess::All => handled & !(LL_MAKE_CHAR | LL_MAKE_BLOCK),
+            TreeAccess::ListDirs => LL_READ_DIR,
+        };
+        // struct landlock_path_beneath_attr { u64 allowed_access; s32 parent_fd; } (packed).
+        let mut rule = [0u8; 12];
+        rule[..8].copy_from_slice(&allowed.to_ne_bytes());
+        rule[8..].copy_from_slice(&dir.to_ne_bytes());
+        // SAFETY: `rule` has the packed layout of `struct landlock_path_beneath_attr`.
+        let r = unsafe {
+            libc::syscall(
+                SYS_LANDLOCK_ADD_RULE,
+                std::os::fd::AsRawFd::as_raw_fd(&rs),
+                1u32,
+                rule.as_ptr(),
+                0u32,
+            )
+        };
+        if r < 0 {
+            return Err(last("landlock_add_rule"));
+        }
     }
     // SAFETY: plain system call on our ruleset descriptor.
     let r = unsafe {
@@ -402,7 +552,7 @@ mod tests {
     fn filter_allows_listed_calls_and_the_socket_only() {
         let deny = RET_ERRNO | libc::EPERM as u32;
         for sock in [None, Some(7)] {
-            let p = program(sock);
+            let p = program(sock, &[]);
             assert!(p.len() < 200);
             for nr in ALLOWED.iter().chain(crate::sys::XATTRAT_SYSCALLS.iter()) {
                 assert_eq!(run(&p, AUDIT_ARCH_X86_64, *nr, [0; 6]), RET_ALLOW, "{nr}");

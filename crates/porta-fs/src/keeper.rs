@@ -66,11 +66,18 @@ pub struct KeeperArgs {
     /// The socket to the supervisor that registers passthrough backing files (inherited,
     /// SOCK_SEQPACKET, see [`crate::backing`]); required with `--passthrough`.
     pub backing_fd: Option<RawFd>,
+    /// A detached procfs mount for the keeper's namespace (inherited, from
+    /// [`crate::mount::procfs_instance`]); without it, a clone of the keeper's `/proc`.
+    pub proc_fd: Option<RawFd>,
+    /// The backing root's (device, inode) as the supervisor recorded it: the keeper serves
+    /// nothing else.
+    pub root_id: Option<(u64, u64)>,
 }
 
 impl KeeperArgs {
     /// Parses `--fuse-fd N --state-fd N --ctl-fd N --root PATH [--passthrough --backing-fd N]
-    /// [--threads N] [--ttl SECS] [--no-userns] [--no-confine]`.
+    /// [--threads N] [--ttl SECS] [--no-userns] [--no-confine] [--proc-fd N]
+    /// [--root-id DEV:INO]`.
     pub fn parse(args: &[std::ffi::OsString]) -> Result<KeeperArgs, Error> {
         let mut k = KeeperArgs {
             fuse_fd: -1,
@@ -83,6 +90,8 @@ impl KeeperArgs {
             no_confine: false,
             userns: true,
             backing_fd: None,
+            proc_fd: None,
+            root_id: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -110,6 +119,16 @@ impl KeeperArgs {
                 "--no-confine" => k.no_confine = true,
                 "--no-userns" => k.userns = false,
                 "--backing-fd" => k.backing_fd = Some(num(val()?)? as RawFd),
+                "--proc-fd" => k.proc_fd = Some(num(val()?)? as RawFd),
+                "--root-id" => {
+                    let v = val()?;
+                    let id = v
+                        .to_str()
+                        .and_then(|s| s.split_once(':'))
+                        .and_then(|(d, i)| Some((d.parse().ok()?, i.parse().ok()?)))
+                        .ok_or_else(|| Error::Usage(format!("{a}: want DEV:INO")))?;
+                    k.root_id = Some(id);
+                }
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
@@ -211,18 +230,51 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
             .store(want as u64, std::sync::atomic::Ordering::Relaxed),
         Err(e) => tracing::warn!(errno = e, want, "could not grow the descriptor table ahead"),
     }
-    // The procfs root, kept across the pivot: each server opens its own `self/fd` from it
-    // (a Landlock-restricted server may not follow another process's /proc links).
-    let procfd = open_dir(std::path::Path::new("/proc"), libc::O_PATH)?;
-    let keeper_fds = open_dir(std::path::Path::new("/proc/self/fd"), libc::O_RDONLY)?;
-    let root = if args.no_confine {
-        open_dir(&args.root, libc::O_PATH)?
+    // The keeper's own mount namespace: a read-only tmpfs holding the backing tree at
+    // /root and a procfs of process directories only at /proc (each server opens its own
+    // `self/fd` there: a Landlock-restricted server may not follow another process's
+    // /proc links). No descriptor names a directory outside this namespace.
+    let (root, proc) = if args.no_confine {
+        (
+            open_dir(&args.root, libc::O_PATH)?,
+            open_dir(std::path::Path::new("/proc"), libc::O_PATH)?,
+        )
     } else {
-        let root = crate::confine::enter_backing_namespace(&args.root)?;
-        // Neither the keeper nor its servers need more than the file-ownership set now.
-        crate::confine::limit_capabilities()?;
-        root
+        // SAFETY: the supervisor handed us this descriptor number; nothing else owns it.
+        let procfs = args
+            .proc_fd
+            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        let m = crate::confine::enter_keeper_namespace(&args.root, procfs)?;
+        (m.root, m.proc)
     };
+    let root_id = crate::confine::dir_identity(root.as_raw_fd())?;
+    if let Some((dev, ino)) = args.root_id {
+        if (root_id.dev, root_id.ino) != (dev, ino) {
+            return Err(Error::BadState(format!(
+                "the backing root {} is device {}:{} inode {}, not the directory recorded at create ({}:{} inode {ino})",
+                args.root.display(),
+                libc::major(root_id.dev),
+                libc::minor(root_id.dev),
+                root_id.ino,
+                libc::major(dev),
+                libc::minor(dev),
+            )));
+        }
+    }
+    let proc_id = crate::confine::dir_identity(proc.as_raw_fd())?;
+    let keeper_fds = sys::openat(
+        proc.as_raw_fd(),
+        c"self/fd",
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| Error::Sys("open the keeper's /proc/self/fd", nix::errno::Errno::from_raw(e)))?;
+    if !args.no_confine {
+        // The keeper shares its descriptor table with every server, which parses hostile
+        // input: it is confined as they are (capabilities, no_new_privs, Landlock,
+        // seccomp) before the first one exists.
+        crate::confine::confine_keeper(root.as_raw_fd(), proc.as_raw_fd())?;
+    }
     tracing::info!(
         userns,
         confined = !args.no_confine,
@@ -232,7 +284,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         .hdr(hdr::FUSE_FD)
         .store(args.fuse_fd as u64, std::sync::atomic::Ordering::Relaxed);
     shared.hdr(hdr::PROC_FD).store(
-        procfd.as_raw_fd() as u64,
+        proc.as_raw_fd() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
     let server = Config {
@@ -245,10 +297,17 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         ttl: args.ttl,
         backing_fd: args.backing_fd.unwrap_or(-1),
     };
-    let cfg = ServerSetup {
+    let mut cfg = ServerSetup {
         server,
         confine: !args.no_confine,
-        proc_root: procfd.as_raw_fd(),
+        proc_root: proc.as_raw_fd(),
+    };
+    // Every descriptor of the table may be replaced by a compromised server: a new server
+    // gets the root and procfs only after their identity was checked again.
+    let guard = Guard {
+        root: (root_id, crate::confine::KEEPER_ROOT),
+        proc: (proc_id, crate::confine::KEEPER_PROC),
+        on: !args.no_confine,
     };
     let mut cmd = [0u8; 16];
     // The standby server: its pid and the pipe that wakes it (both ends live in the
@@ -266,9 +325,17 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 ))
             }
         };
-        let pid = match cmd[..n].first() {
-            Some(&CMD_SPAWN) => spawn_server(&cfg, None),
-            Some(&CMD_STANDBY) => {
+        let first = cmd[..n].first().copied();
+        if matches!(first, Some(CMD_SPAWN) | Some(CMD_STANDBY) | Some(CMD_ACTIVATE)) {
+            if let Err(e) = guard.check(&mut cfg) {
+                tracing::error!(error = %e, "refusing to start a file server");
+                let _ = sys::write(args.ctl_fd, &(-libc::EIO).to_ne_bytes());
+                continue;
+            }
+        }
+        let pid = match first {
+            Some(CMD_SPAWN) => spawn_server(&cfg, None),
+            Some(CMD_STANDBY) => {
                 if let Some((_, rd, wr)) = standby.take() {
                     // A standby that died (or is replaced) never woke: drop its pipe.
                     sys::close(wr);
@@ -288,7 +355,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                     Err(e) => -e,
                 }
             }
-            Some(&CMD_ACTIVATE) => match standby.take() {
+            Some(CMD_ACTIVATE) => match standby.take() {
                 Some((pid, _rd, go)) => {
                     let woke = sys::write(go, b"g").is_ok();
                     sys::close(go);
@@ -343,6 +410,52 @@ fn default_fault_signals() {
     };
     // SAFETY: valid rlimit pointer.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+}
+
+/// The identities of the directories a new server is confined beneath, recorded when the
+/// keeper set up its namespace (its private memory: no server can change them), with the
+/// path in the keeper's namespace to reopen each from.
+struct Guard {
+    root: (crate::confine::DirIdentity, &'static std::ffi::CStr),
+    proc: (crate::confine::DirIdentity, &'static std::ffi::CStr),
+    on: bool,
+}
+
+impl Guard {
+    /// Makes sure `cfg`'s root and procfs descriptors still name the recorded
+    /// directories; a replaced one (the table is shared with servers that parse hostile
+    /// input) is opened again from the keeper's own namespace, whose root no server can
+    /// change (they share descriptors, not the file-system root).
+    fn check(&self, cfg: &mut ServerSetup) -> Result<(), Error> {
+        if !self.on {
+            return Ok(());
+        }
+        cfg.server.root_fd = checked_dir(cfg.server.root_fd, self.root)?;
+        cfg.proc_root = checked_dir(cfg.proc_root, self.proc)?;
+        Ok(())
+    }
+}
+
+/// `fd` when it is the directory `want.0`; else that directory opened again by its path
+/// `want.1` in the keeper's namespace (and checked), the new descriptor kept for good.
+fn checked_dir(
+    fd: RawFd,
+    want: (crate::confine::DirIdentity, &'static std::ffi::CStr),
+) -> Result<RawFd, Error> {
+    let (id, path) = want;
+    let now = crate::confine::dir_identity(fd);
+    if now.as_ref().ok() == Some(&id) {
+        return Ok(fd);
+    }
+    tracing::warn!(fd, path = ?path, found = ?now.ok(), want = ?id, "a descriptor a file server is confined beneath no longer names its directory (replaced in the shared table); opened it again");
+    let again = sys::openat(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, 0)
+        .map_err(|e| Error::Sys("reopen a confinement directory", nix::errno::Errno::from_raw(e)))?;
+    if crate::confine::dir_identity(again.as_raw_fd())? != id {
+        return Err(Error::BadState(format!(
+            "{path:?} in the keeper's namespace is no longer the directory recorded at start"
+        )));
+    }
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(again))
 }
 
 /// What a spawned server runs with.
@@ -404,6 +517,10 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
             unsafe { libc::_exit(EXIT_FAILED) };
         }
     }
+    // A standby waits with its confinement in place; its root descriptor must still name
+    // the root it was confined beneath when it starts to serve (a server killed meanwhile
+    // may have replaced it in the shared table).
+    let root_at_confine = crate::confine::dir_identity(server.root_fd).ok();
     if let Some(go) = wait_on {
         let mut b = [0u8; 1];
         loop {
@@ -415,6 +532,11 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
             }
         }
         sys::close(go);
+        if crate::confine::dir_identity(server.root_fd).ok() != root_at_confine {
+            tracing::error!("standby file server: its root descriptor was replaced while it waited; not serving");
+            // SAFETY: ends this process at once.
+            unsafe { libc::_exit(EXIT_FAILED) };
+        }
     }
     if cfg.confine {
         let old = server

@@ -33,7 +33,14 @@ fn fsopen(name: &CStr) -> Result<OwnedFd, Error> {
     // SAFETY: valid string; plain system call.
     let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
     if fd < 0 {
-        return Err(last_err("fsopen(\"fuse\")"));
+        return Err(Error::Io(
+            if name == c"proc" {
+                "fsopen(\"proc\")"
+            } else {
+                "fsopen(\"fuse\")"
+            },
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
@@ -117,6 +124,59 @@ pub fn fsmount_fuse(fuse: RawFd, opts: &MountOptions) -> Result<OwnedFd, Error> 
     }
     // SAFETY: fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
+}
+
+const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+
+/// A new procfs instance for the file server's sandbox, as a detached mount: process
+/// directories only (`subset=pid`: no /proc/sys, no sysrq-trigger, no kcore), each
+/// visible only to processes that may ptrace it (`hidepid=invisible`), read-only, nosuid,
+/// nodev, noexec. The servers need it to reopen their nodes by descriptor
+/// (`/proc/self/fd/N`). Needs CAP_SYS_ADMIN over the caller's PID namespace.
+pub fn procfs_instance() -> Result<OwnedFd, Error> {
+    let fs = fsopen(c"proc")?;
+    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"subset"), Some(c"pid"))?;
+    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"hidepid"), Some(c"invisible"))?;
+    fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
+    let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+    // SAFETY: plain system call on our fs context descriptor.
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    if m < 0 {
+        return Err(last_err("fsmount procfs"));
+    }
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
+}
+
+/// A detached copy of the mount at `path` (open_tree with OPEN_TREE_CLONE; with the
+/// mounts beneath it when `recursive`), to attach elsewhere with [`move_mount_to`].
+pub fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd, Error> {
+    let rec = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
+    let p = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::BadState("NUL in mount source".into()))?;
+    // SAFETY: valid string; plain system call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec,
+        )
+    };
+    if fd < 0 {
+        return Err(last_err("open_tree"));
+    }
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Attaches a detached mount (from [`fsmount_fuse`]) on `target` (move_mount).

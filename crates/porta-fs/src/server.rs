@@ -2329,12 +2329,10 @@ impl Fs {
             return;
         }
         if let Ok(st) = sys::fstat(fd) {
-            let want = if !kill {
-                mode
-            } else if mode & 0o010 != 0 || st.st_gid != gid {
-                mode & !0o6000
+            let want = if kill {
+                killed_setid(mode, st.st_gid, gid)
             } else {
-                mode & !0o4000
+                mode
             };
             if st.st_mode & 0o7777 != want
                 && sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), want).is_ok()
@@ -2348,6 +2346,19 @@ impl Fs {
                 }
             }
         }
+    }
+
+    /// Clears the set-id bits of a device node stored as a regular file (`fd`, emulated
+    /// mode `dmode`, device `rdev`) as a chown by a caller of group `gid` clears them on a
+    /// real node ([`killed_setid`]): the backing file's own mode never has them.
+    fn kill_fake_dev_setid(&self, fd: RawFd, dmode: u32, rdev: u32, gid: u32) -> SysResult<()> {
+        if dmode & 0o6000 == 0 {
+            return Ok(());
+        }
+        let file_gid = sys::fstat(fd)?.st_gid;
+        let perm = killed_setid(dmode & 0o7777, file_gid, gid);
+        let v = format!("{:o} {rdev}", (dmode & libc::S_IFMT) | perm);
+        self.xset(fd, DEV_XATTR, v.as_bytes(), 0)
     }
 
     // Extended attributes of a node, through its entry in the /proc/self/fd directory
@@ -2662,7 +2673,12 @@ impl Fs {
             // Without `kill` the bits stay as the backing chown left them.
             let setid = if kill { self.setid_bits(fd) } else { 0 };
             sys::chownat(fd, c"", u, g)?;
-            self.settle_setid_bits(h.nodeid, h.gid, fd, setid, true);
+            match self.fake_dev(fd, &st) {
+                // A stored device node's mode (set-id bits included) is its xattr's.
+                Some((dmode, rdev)) if kill => self.kill_fake_dev_setid(fd, dmode, rdev, h.gid)?,
+                Some(_) => {}
+                None => self.settle_setid_bits(h.nodeid, h.gid, fd, setid, true),
+            }
         }
         if valid & fattr::SIZE != 0 {
             let by_fh = if valid & fattr::FH != 0 {
@@ -2900,6 +2916,11 @@ enum Fault {
     /// `crash-forget:K`: the first server crashes before it applies its (K+1)-th FORGET
     /// entry, wherever that falls in a batch (its successor must finish the batch).
     CrashForget,
+    /// `compromise:NAME`: a simulated compromise: a LOOKUP of NAME makes the server do to
+    /// the shared descriptor table what an attacker in it could, with only the calls its
+    /// filter allows (replace the root and procfs descriptors its successor would be
+    /// confined beneath by other directories), then crash.
+    Compromise,
 }
 
 fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
@@ -2909,6 +2930,7 @@ fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
         "hang" => Fault::Hang,
         "crash" => Fault::Crash,
         "crash-forget" => Fault::CrashForget,
+        "compromise" => Fault::Compromise,
         _ => return None,
     };
     Some((f, name.as_bytes().to_vec()))
@@ -2944,7 +2966,60 @@ impl Fs {
                 unsafe { libc::raise(libc::SIGSEGV) };
             }
             Fault::CrashForget => {}
+            Fault::Compromise => {
+                // The first server only: its successor must serve the real root.
+                if self.sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed) != 1 {
+                    return;
+                }
+                self.compromise();
+                // SAFETY: deliberately raises SIGSEGV against this process (test fault).
+                unsafe { libc::raise(libc::SIGSEGV) };
+            }
         }
+    }
+
+    /// See [`Fault::Compromise`]. The best replacement is a host directory reached
+    /// through the keeper's procfs (`sys/kernel`: host sysctls); failing that, the
+    /// directory above the served root.
+    fn compromise(&self) {
+        let procfs = self.sh.hdr(hdr::PROC_FD).load(Ordering::Relaxed) as RawFd;
+        let dir = libc::O_PATH | libc::O_DIRECTORY;
+        let (what, other) = match sys::openat(procfs, c"sys/kernel", dir, 0) {
+            Ok(fd) => ("host /proc/sys/kernel", fd),
+            Err(_) => match sys::openat(self.root, c"..", dir, 0) {
+                Ok(fd) => ("the directory above the root", fd),
+                Err(e) => {
+                    tracing::error!(errno = e, "simulated compromise: no directory to plant");
+                    return;
+                }
+            },
+        };
+        for (name, fd) in [("root", self.root), ("procfs", procfs)] {
+            sys::close(fd);
+            // SAFETY: F_DUPFD duplicates `other` to the lowest free number >= `fd`, the
+            // number just closed (the table is shared: another thread may race for it).
+            let got = unsafe { libc::fcntl(other.as_raw_fd(), libc::F_DUPFD, fd) };
+            tracing::warn!(
+                name,
+                fd,
+                got,
+                planted = what,
+                "simulated compromise: replaced a descriptor of the shared table"
+            );
+        }
+    }
+}
+
+/// The permission bits `mode` (with set-id bits) of a non-directory after a change that
+/// kills set-id bits for a caller of group `caller_gid`, the file's group being
+/// `file_gid`: set-user-id goes; set-group-id goes where the group may execute or the
+/// caller is not of the file's group (the kernel's rule; supplementary groups and
+/// CAP_FSETID are not known to the server, so such callers lose it too).
+fn killed_setid(mode: u32, file_gid: u32, caller_gid: u32) -> u32 {
+    if mode & 0o010 != 0 || file_gid != caller_gid {
+        mode & !0o6000
+    } else {
+        mode & !0o4000
     }
 }
 

@@ -433,3 +433,32 @@ fn a_large_copy_file_range_is_answered_in_pieces() {
         "copy differs"
     );
 }
+
+/// A chown of a set-user-id or set-group-id device node clears the bits as on a plain
+/// directory, for an unprivileged owner (chown and lchown) and for root, although the
+/// served tree stores the node as a regular file whose emulated mode is an xattr.
+const DEVICE_CHOWN: &str = r#"
+for t in b c; do for n in 1 2 3 4 5; do mknod $t$n $t 1 $n; done; done
+chown 1000:1000 b1 b2 b3 b4 b5 c1 c2 c3 c4 c5
+chmod 6777 b1 c1 b5 c5; chmod 2767 b2 c2; chmod 4777 b3 c3; chmod 2777 b4 c4
+setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'chown 1000:1000 b1 c1 b2 c2; chown -h 1000 b3 c3'
+chown 0:0 b4 c4; chown -h 1000:1000 b5 c5
+stat -c '%n %a %u %g %t:%T %F' b1 b2 b3 b4 b5 c1 c2 c3 c4 c5
+"#;
+
+fn device_chown(passthrough: bool) {
+    let m = TestMount::new(passthrough);
+    compare_with_plain(&m, "devchown", DEVICE_CHOWN);
+}
+
+#[test]
+fn chown_of_set_id_device_nodes_clears_the_bits_passthrough() {
+    require_root!();
+    device_chown(true);
+}
+
+#[test]
+fn chown_of_set_id_device_nodes_clears_the_bits_strict() {
+    require_root!();
+    device_chown(false);
+}

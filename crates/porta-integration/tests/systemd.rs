@@ -379,7 +379,8 @@ fn systemd_driver_makes_the_container_a_scope_with_its_limits() {
             .trim(),
         "67108864"
     );
-    // The holder that started the scope is gone: only the container and its file server.
+    // The holder that started the scope is gone: only the container and its file server
+    // (with its supervisor, whose work for the container is the container's).
     let init = rt(&["state", &id]).json()["pid"]
         .as_i64()
         .unwrap()
@@ -392,8 +393,8 @@ fn systemd_driver_makes_the_container_a_scope_with_its_limits() {
     for p in pids("porta/cgroup.procs").lines() {
         let cmd = sd.read(&format!("/proc/{p}/cmdline"));
         assert!(
-            cmd.contains("\0fs\0"),
-            "only servers in porta/, not {p}: {cmd:?}"
+            cmd.contains("\0fs\0") || cmd.contains("\0supervisor\0"),
+            "only servers and their supervisor in porta/, not {p}: {cmd:?}"
         );
     }
     rt(&["start", &id]).expect_ok();

@@ -195,9 +195,30 @@ pub fn run(a: Args) -> i32 {
     drop(sock);
     // After the handover, so that `porta create` sets up the container meanwhile.
     sv.prepare_standby();
+    // Off the critical path of `create` too: moving a process into a cgroup2 group waits
+    // for the kernel (porta_cgroups::join).
+    join_servers_cgroup(&sv.a.cgroup_procs);
     let code = sv.run_loop();
     tracing::info!(code, "supervisor exiting");
     code
+}
+
+/// Moves the supervisor (single-threaded) into the servers' leaf of the container's cgroup
+/// (`procs`: its `cgroup.procs` in each hierarchy): the supervisor does file-system work
+/// for the container too — in passthrough mode it holds the backing registrations, so
+/// the last reference of a file the container deleted may drop here, and the file's
+/// eviction and truncation run in this process — and that work is the container's to pay
+/// for, not the host's. No leaf (rootless without cgroups): nothing to do.
+fn join_servers_cgroup(procs: &[PathBuf]) {
+    if procs.is_empty() {
+        return;
+    }
+    match porta_cgroups::join::Join::new(procs).and_then(|j| j.enter(false)) {
+        Ok(()) => tracing::debug!("supervisor moved into the servers' cgroup leaf"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not move the supervisor into the servers' cgroup leaf: its work for the container is charged to the host")
+        }
+    }
 }
 
 /// Forks into the cgroup leaf of `join` and execs `cmd` there, as `Command::spawn` would;
@@ -473,6 +494,26 @@ impl Supervisor {
             .arg(self.a.threads.to_string())
             .stdin(Stdio::null());
         let mut inherit = vec![fuse, state, theirs.as_raw_fd()];
+        // The keeper confines its servers beneath the root recorded here, and gives them a
+        // procfs of their own (process directories only) instead of the host's.
+        let root_st = nix::sys::stat::stat(&self.a.rootfs).map_err(|e| Error::Path {
+            what: "stat the container's root",
+            path: self.a.rootfs.clone(),
+            source: e.into(),
+        })?;
+        cmd.arg("--root-id")
+            .arg(format!("{}:{}", root_st.st_dev, root_st.st_ino));
+        let procfs = match porta_fs::mount::procfs_instance() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::info!(error = %e, "no procfs instance for the file server (it gets a copy of this process's /proc mount)");
+                None
+            }
+        };
+        if let Some(p) = &procfs {
+            cmd.arg("--proc-fd").arg(p.as_raw_fd().to_string());
+            inherit.push(p.as_raw_fd());
+        }
         if let Some((_, b)) = &backing {
             cmd.arg("--passthrough")
                 .arg("--backing-fd")
