@@ -77,3 +77,125 @@ fn console_socket_without_terminal_fails() {
         .expect_fail();
     c.rt(&["state", &c.id]).expect_fail();
 }
+
+/// A pty pair for a runtime that should find a terminal on its stdio: (master, slave).
+fn host_pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+}
+
+/// Waits (bounded by a count, not a clock) for `child` to exit; kills it if it does not.
+fn wait_child(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    for _ in 0..6000 {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not exit");
+}
+
+/// `run` of a terminal config with no terminal anywhere (stdio not a tty, no controlling
+/// terminal) fails at once, as runc does ("open /dev/tty: ..."), makes nothing, and
+/// leaves no console socket behind (it used to hang, holding `<root>/.console-<pid>`).
+#[test]
+fn run_terminal_without_any_terminal_fails_at_once() {
+    require_root!();
+    use std::os::unix::process::CommandExt;
+    let mut b = Bundle::new(&["echo", "never"]);
+    b.terminal(true);
+    let c = Container::new("tty-noterm-run", b);
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = std::process::Command::new(runtime());
+    cmd.args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err.reopen().unwrap());
+    // No controlling terminal either: a new session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let st = wait_child(&mut child, "run without a terminal");
+    let stderr = std::fs::read_to_string(err.path()).unwrap();
+    assert!(!st.success(), "run succeeded: {stderr}");
+    assert!(stderr.contains("/dev/tty"), "the error does not say why: {stderr}");
+    c.rt(&["state", &c.id]).expect_fail();
+    let sock = std::path::Path::new(&c.root).join(format!(".console-{pid}"));
+    assert!(!sock.exists(), "{} left behind", sock.display());
+}
+
+/// `run` in the foreground with a terminal relays the container's pty to it; the console
+/// socket is gone as soon as the pty master arrived (not only at exit), and a SIGTERM to
+/// the runtime reaches the container and leaves nothing behind.
+#[test]
+fn run_foreground_terminal_relays_and_keeps_no_socket() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.terminal(true);
+    b.sh("trap 'exit 3' TERM; tty; echo fg-ready; while true; do sleep 0.1; done");
+    let c = Container::new("tty-fg", b);
+    let (master, slave) = host_pty();
+    let mut child = std::process::Command::new(runtime())
+        .args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut pty = porta_integration::console::Pty { f: master };
+    let out = pty.read_until("fg-ready", Duration::from_secs(60));
+    assert!(out.contains("fg-ready"), "no output through the terminal: {out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    let sock = std::path::Path::new(&c.root).join(format!(".console-{pid}"));
+    assert!(
+        !sock.exists(),
+        "{} still there after the pty master arrived",
+        sock.display()
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let st = wait_child(&mut child, "run after SIGTERM");
+    assert_eq!(st.code(), Some(3), "SIGTERM not passed on to the container: {st:?}");
+    assert!(!sock.exists(), "{} left behind", sock.display());
+    c.rt(&["state", &c.id]).expect_fail();
+}
+
+/// The pty is made as runc makes it: ONLCR cleared (lines read from the master end in
+/// "\n", not "\r\n") and the slave owned by the process's uid, group tty (devpts gid=5).
+#[test]
+fn pty_has_no_onlcr_and_belongs_to_the_user() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.terminal(true);
+    b.user(1000, 1000, &[]);
+    b.sh("printf 'l1\\nl2\\n'; ls -ln $(tty) | awk '{print \"own=\" $3 \":\" $4}'; echo pty-done; sleep 0.2");
+    let c = Container::new("tty-onlcr", b);
+    let sock = ConsoleSocket::new(c.bundle.path());
+    c.create_with(&["--console-socket", &sock.path_str()])
+        .expect_ok();
+    let (mut pty, _) = sock.master().expect("pty master");
+    c.start().expect_ok();
+    let out = pty.read_until("pty-done", Duration::from_secs(30));
+    assert!(out.contains("l1\nl2\n"), "ONLCR not cleared: {out:?}");
+    assert!(!out.contains('\r'), "carriage returns in the output: {out:?}");
+    assert!(out.contains("own=1000:5"), "pty not owned by uid 1000, group tty: {out:?}");
+    c.wait_stopped(30);
+}
