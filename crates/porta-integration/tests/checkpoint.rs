@@ -72,10 +72,15 @@ fn checkpoint_remaining_flags_parse() {
     let o = c.rt(&["checkpoint", "--image-path", &i, "--pre-dump", "--parent-path", "..", "--empty-ns", "network", &c.id]);
     no_clap_rejection(&o);
     assert_still_running(&c, pid);
-    let o = c.rt(&["checkpoint", "--image-path", &i, "--leave-running", "--lazy-pages", "--status-fd", "-1", "--tcp-skip-in-flight", "--link-remap", "--page-server", "no-port", &c.id]);
+    let o = c.rt(&["checkpoint", "--image-path", &i, "--leave-running", "--lazy-pages", "--status-fd", "-1", "--page-server", "no-port", &c.id]);
     no_clap_rejection(&o);
     assert_still_running(&c, pid);
     if is_porta() {
+        // runc 1.2's --tcp-skip-in-flight and --link-remap (runc 1.1 has neither).
+        let o2 = c.rt(&["checkpoint", "--image-path", &i, "--leave-running", "--tcp-skip-in-flight", "--link-remap", "--manage-cgroups-mode", "bogus", &c.id]);
+        no_clap_rejection(&o2);
+        assert!(o2.stderr.contains("bogus"), "{o2}");
+        assert_still_running(&c, pid);
         // The page server address is checked before CRIU runs (and with lazy pages too).
         o.expect_fail();
         assert!(o.stderr.contains("--page-server") || o.stderr.contains("--lazy-pages"), "{o}");

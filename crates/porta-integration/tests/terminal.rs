@@ -178,24 +178,58 @@ fn run_foreground_terminal_relays_and_keeps_no_socket() {
     c.rt(&["state", &c.id]).expect_fail();
 }
 
-/// The pty is made as runc makes it: ONLCR cleared (lines read from the master end in
-/// "\n", not "\r\n") and the slave owned by the process's uid, group tty (devpts gid=5).
+/// The pty belongs to the process's user, as runc gives it: uid of process.user, group
+/// tty (the devpts mount's gid=5).
 #[test]
-fn pty_has_no_onlcr_and_belongs_to_the_user() {
+fn pty_belongs_to_the_process_user() {
     require_root!();
     let mut b = Bundle::new(&[]);
     b.terminal(true);
     b.user(1000, 1000, &[]);
-    b.sh("printf 'l1\\nl2\\n'; ls -ln $(tty) | awk '{print \"own=\" $3 \":\" $4}'; echo pty-done; sleep 0.2");
-    let c = Container::new("tty-onlcr", b);
+    b.sh("ls -ln $(tty) | awk '{print \"own=\" $3 \":\" $4}'; echo pty-done; sleep 0.2");
+    let c = Container::new("tty-owner", b);
     let sock = ConsoleSocket::new(c.bundle.path());
     c.create_with(&["--console-socket", &sock.path_str()])
         .expect_ok();
     let (mut pty, _) = sock.master().expect("pty master");
     c.start().expect_ok();
     let out = pty.read_until("pty-done", Duration::from_secs(30));
-    assert!(out.contains("l1\nl2\n"), "ONLCR not cleared: {out:?}");
-    assert!(!out.contains('\r'), "carriage returns in the output: {out:?}");
     assert!(out.contains("own=1000:5"), "pty not owned by uid 1000, group tty: {out:?}");
     c.wait_stopped(30);
+}
+
+/// In foreground terminal mode the runtime clears ONLCR on the container's pty, as runc
+/// does (`stty -a` in the container shows -onlcr); Porta also puts the caller's terminal
+/// in raw mode, so the lines arrive as the process wrote them, "\n" without "\r".
+#[test]
+fn foreground_terminal_output_has_no_carriage_returns() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.terminal(true);
+    // The output waits for a line of input, sent once the container runs: by then the
+    // runtime has its relay set up (runc sets it up while the process already runs).
+    b.sh("read x; stty -a 2>/dev/null | grep -o -- '-*onlcr'; printf 'l1\\nl2\\n'; echo pty-done");
+    let c = Container::new("tty-onlcr", b);
+    let (master, slave) = host_pty();
+    let mut child = std::process::Command::new(runtime())
+        .args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut pty = porta_integration::console::Pty { f: master };
+    let running = wait_for(Duration::from_secs(60), || {
+        (c.status().as_deref() == Some("running")).then_some(())
+    });
+    assert!(running.is_some(), "container not running: {:?}", c.status());
+    pty.write_all(b"go\n").unwrap();
+    let out = pty.read_until("pty-done", Duration::from_secs(60));
+    let st = wait_child(&mut child, "run");
+    assert!(st.success(), "{st:?}: {out:?}");
+    assert!(out.contains("-onlcr"), "ONLCR not cleared on the container's pty: {out:?}");
+    if is_porta() {
+        assert!(out.contains("l1\nl2\n"), "{out:?}");
+        assert!(!out.contains("l1\r") && !out.contains("l2\r"), "carriage returns in the output: {out:?}");
+    }
 }

@@ -47,10 +47,9 @@ pub fn send_master(socket: &Path, master: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
-/// A new pty from the devpts instance at `ptmx`: (master, slave), made as runc makes it:
-/// ONLCR cleared (what is read from the master ends lines in `\n`, as the process wrote
-/// them), and the slave owned by `uid`, the user the process runs as (its group stays the
-/// one devpts gives, `gid=5`, the tty group, in the default config).
+/// A new pty from the devpts instance at `ptmx`: (master, slave), the slave owned by `uid`,
+/// the user the process runs as, as runc gives it (its group stays the one devpts gives:
+/// `gid=5`, the tty group, in the default config).
 pub fn open_pty(ptmx: &Path, size: Option<(u16, u16)>, uid: u32) -> Result<(OwnedFd, OwnedFd)> {
     let master: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
@@ -64,22 +63,12 @@ pub fn open_pty(ptmx: &Path, size: Option<(u16, u16)>, uid: u32) -> Result<(Owne
     if let Some((rows, cols)) = size {
         sys::set_winsize(slave.as_fd(), rows, cols).ctx(|| "process.consoleSize".into())?;
     }
-    clear_onlcr(master.as_fd())?;
     let st = nix::sys::stat::fstat(slave.as_raw_fd()).ctx(|| "stat the pty".into())?;
     if st.st_uid != uid {
         nix::unistd::fchown(slave.as_raw_fd(), Some(nix::unistd::Uid::from_raw(uid)), None)
             .ctx(|| format!("give the pty to process.user.uid {uid}"))?;
     }
     Ok((master, slave))
-}
-
-/// Clears ONLCR on a pty (the master and slave share one set of modes): the kernel's default
-/// turns every `\n` the process writes into `\r\n`, which a relay would pass on.
-fn clear_onlcr(master: BorrowedFd<'_>) -> Result<()> {
-    use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
-    let mut t = tcgetattr(master).ctx(|| "read the pty's modes".into())?;
-    t.output_flags.remove(OutputFlags::ONLCR);
-    tcsetattr(master, SetArg::TCSANOW, &t).ctx(|| "clear ONLCR on the pty".into())
 }
 
 trait NoCtty {

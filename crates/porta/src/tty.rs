@@ -231,6 +231,16 @@ pub fn relay(master: OwnedFd) -> Result<std::thread::JoinHandle<()>> {
     }))
 }
 
+/// Clears ONLCR on the container's pty (a termios change on the master applies to the pty),
+/// as runc does for the pty it relays: the kernel's default turns each `\n` the process
+/// writes into `\r\n`, and the host terminal, in raw mode, would show both.
+fn clear_onlcr(master: BorrowedFd<'_>) -> Result<()> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
+    let mut t = tcgetattr(master).context("read the pty's modes")?;
+    t.output_flags.remove(OutputFlags::ONLCR);
+    tcsetattr(master, SetArg::TCSANOW, &t).context("clear ONLCR on the pty")
+}
+
 /// Sets up foreground terminal mode: the host terminal (checked before anything is made)
 /// and a console socket for the runtime to send the pty master to.
 pub struct Foreground {
@@ -253,6 +263,7 @@ impl Foreground {
     /// threads never take one of them (they are read through a signalfd while waiting).
     pub fn attach(self) -> Result<(std::thread::JoinHandle<()>, RawMode)> {
         let master = self.listener.receive()?;
+        clear_onlcr(master.as_fd())?;
         crate::run::forwarded_signals()
             .thread_block()
             .context("block signals")?;
