@@ -233,3 +233,52 @@ fn foreground_terminal_output_has_no_carriage_returns() {
         assert!(!out.contains("l1\r") && !out.contains("l2\r"), "carriage returns in the output: {out:?}");
     }
 }
+
+/// A signal that ends a foreground `run` before the pty master arrived (here: while a
+/// createRuntime hook holds `create`) still removes the console socket.
+#[test]
+fn signal_before_the_master_arrived_removes_the_socket() {
+    require_root!();
+    porta_only!("the location of Porta's own console socket");
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let mut b = Bundle::new(&["true"]);
+        b.terminal(true);
+        b.annotation("run.porta.fs", "kernel");
+        let mark = b.file("hook-running");
+        let fifo = b.file("hook-release");
+        let cf = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(cf.as_ptr(), 0o600) }, 0);
+        let script = format!(
+            "touch {}; read x < {}",
+            mark.display(),
+            fifo.display()
+        );
+        b.hook("createRuntime", json!({"path": "/bin/sh", "args": ["sh", "-c", script]}));
+        let c = Container::new("tty-sig", b);
+        let (_master, slave) = host_pty();
+        let mut child = std::process::Command::new(runtime())
+            .args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let sock = std::path::Path::new(&c.root).join(format!(".console-{pid}"));
+        let held = wait_for(Duration::from_secs(60), || mark.exists().then_some(()));
+        assert!(held.is_some(), "the createRuntime hook did not run");
+        assert!(sock.join("sock").exists(), "no console socket while create runs");
+        unsafe { libc::kill(pid as i32, sig) };
+        let st = wait_child(&mut child, "run after the signal");
+        // Let the hook finish, so the forced delete below finds nothing running.
+        // (Non-blocking: should the hook be gone already, there is nobody to release.)
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(sig), "{st:?}");
+        assert!(!sock.exists(), "{} left behind after signal {sig}", sock.display());
+    }
+}
