@@ -24,13 +24,23 @@ fn criu_works() -> bool {
 }
 
 fn assert_still_running(c: &Container, pid: i32) {
-    assert_eq!(c.status().as_deref(), Some("running"), "container {} not running", c.id);
+    assert_eq!(
+        c.status().as_deref(),
+        Some("running"),
+        "container {} not running",
+        c.id
+    );
     assert_eq!(c.pid(), pid, "the container's process changed");
     assert!(pid_alive(pid));
 }
 
 fn no_clap_rejection(o: &Out) {
-    for bad in ["unexpected argument", "Usage:", "unrecognized", "flag provided but not defined"] {
+    for bad in [
+        "unexpected argument",
+        "Usage:",
+        "unrecognized",
+        "flag provided but not defined",
+    ] {
         assert!(!o.stderr.contains(bad), "a flag was rejected: {o}");
     }
 }
@@ -45,11 +55,25 @@ fn checkpoint_flags_and_file_server_refusal() {
     let pid = c.pid();
     let img = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (i, w) = (img.path().display().to_string(), work.path().display().to_string());
+    let (i, w) = (
+        img.path().display().to_string(),
+        work.path().display().to_string(),
+    );
     let o = c.rt(&[
-        "checkpoint", "--image-path", &i, "--work-path", &w, "--leave-running",
-        "--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks",
-        "--manage-cgroups-mode", "soft", "--auto-dedup", &c.id,
+        "checkpoint",
+        "--image-path",
+        &i,
+        "--work-path",
+        &w,
+        "--leave-running",
+        "--tcp-established",
+        "--ext-unix-sk",
+        "--shell-job",
+        "--file-locks",
+        "--manage-cgroups-mode",
+        "soft",
+        "--auto-dedup",
+        &c.id,
     ]);
     no_clap_rejection(&o);
     assert_still_running(&c, pid);
@@ -69,21 +93,55 @@ fn checkpoint_remaining_flags_parse() {
     let pid = c.pid();
     let img = tempfile::tempdir().unwrap();
     let i = img.path().display().to_string();
-    let o = c.rt(&["checkpoint", "--image-path", &i, "--pre-dump", "--parent-path", "..", "--empty-ns", "network", &c.id]);
+    let o = c.rt(&[
+        "checkpoint",
+        "--image-path",
+        &i,
+        "--pre-dump",
+        "--parent-path",
+        "..",
+        "--empty-ns",
+        "network",
+        &c.id,
+    ]);
     no_clap_rejection(&o);
     assert_still_running(&c, pid);
-    let o = c.rt(&["checkpoint", "--image-path", &i, "--leave-running", "--lazy-pages", "--status-fd", "-1", "--page-server", "no-port", &c.id]);
+    let o = c.rt(&[
+        "checkpoint",
+        "--image-path",
+        &i,
+        "--leave-running",
+        "--lazy-pages",
+        "--status-fd",
+        "-1",
+        "--page-server",
+        "no-port",
+        &c.id,
+    ]);
     no_clap_rejection(&o);
     assert_still_running(&c, pid);
     if is_porta() {
         // runc 1.2's --tcp-skip-in-flight and --link-remap (runc 1.1 has neither).
-        let o2 = c.rt(&["checkpoint", "--image-path", &i, "--leave-running", "--tcp-skip-in-flight", "--link-remap", "--manage-cgroups-mode", "bogus", &c.id]);
+        let o2 = c.rt(&[
+            "checkpoint",
+            "--image-path",
+            &i,
+            "--leave-running",
+            "--tcp-skip-in-flight",
+            "--link-remap",
+            "--manage-cgroups-mode",
+            "bogus",
+            &c.id,
+        ]);
         no_clap_rejection(&o2);
         assert!(o2.stderr.contains("bogus"), "{o2}");
         assert_still_running(&c, pid);
         // The page server address is checked before CRIU runs (and with lazy pages too).
         o.expect_fail();
-        assert!(o.stderr.contains("--page-server") || o.stderr.contains("--lazy-pages"), "{o}");
+        assert!(
+            o.stderr.contains("--page-server") || o.stderr.contains("--lazy-pages"),
+            "{o}"
+        );
     }
 }
 
@@ -102,7 +160,10 @@ fn checkpoint_kernel_root_through_criu() {
     assert_still_running(&c, pid);
     if criu_works() {
         o.expect_ok();
-        assert!(img.path().join("inventory.img").exists(), "no images written: {o}");
+        assert!(
+            img.path().join("inventory.img").exists(),
+            "no images written: {o}"
+        );
     } else {
         o.expect_fail();
         if is_porta() {
@@ -120,7 +181,14 @@ fn checkpoint_bad_cgroup_mode_is_named() {
     let pid = c.pid();
     let img = tempfile::tempdir().unwrap();
     let i = img.path().display().to_string();
-    let o = c.rt(&["checkpoint", "--image-path", &i, "--manage-cgroups-mode", "bogus", &c.id]);
+    let o = c.rt(&[
+        "checkpoint",
+        "--image-path",
+        &i,
+        "--manage-cgroups-mode",
+        "bogus",
+        &c.id,
+    ]);
     o.expect_fail();
     assert_still_running(&c, pid);
     if is_porta() {
@@ -137,17 +205,39 @@ fn restore_flags_and_refusals() {
     require_root!();
     let img = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (i, w) = (img.path().display().to_string(), work.path().display().to_string());
+    let (i, w) = (
+        img.path().display().to_string(),
+        work.path().display().to_string(),
+    );
     let mut b = Bundle::new(&["sh", "-c", LOOP]);
     b.annotation("run.porta.fs", "kernel");
     let c = Container::new("rst-flags", b);
     let pidf = c.bundle.file("restored.pid").display().to_string();
     let bundle = c.bundle.path_str();
     let o = c.rt(&[
-        "restore", "--image-path", &i, "--work-path", &w, "--bundle", &bundle, "--detach",
-        "--pid-file", &pidf, "--no-subreaper", "--no-pivot", "--tcp-established",
-        "--ext-unix-sk", "--shell-job", "--file-locks", "--manage-cgroups-mode", "soft",
-        "--empty-ns", "network", "--auto-dedup", "--lazy-pages", &c.id,
+        "restore",
+        "--image-path",
+        &i,
+        "--work-path",
+        &w,
+        "--bundle",
+        &bundle,
+        "--detach",
+        "--pid-file",
+        &pidf,
+        "--no-subreaper",
+        "--no-pivot",
+        "--tcp-established",
+        "--ext-unix-sk",
+        "--shell-job",
+        "--file-locks",
+        "--manage-cgroups-mode",
+        "soft",
+        "--empty-ns",
+        "network",
+        "--auto-dedup",
+        "--lazy-pages",
+        &c.id,
     ]);
     no_clap_rejection(&o);
     o.expect_fail();
@@ -156,9 +246,20 @@ fn restore_flags_and_refusals() {
         assert!(o.stderr.contains("no CRIU checkpoint"), "{o}");
         let fuse = Container::new("rst-fuse", Bundle::new(&["true"]));
         let fb = fuse.bundle.path_str();
-        let o = fuse.rt(&["restore", "--image-path", &i, "--bundle", &fb, "--detach", &fuse.id]);
+        let o = fuse.rt(&[
+            "restore",
+            "--image-path",
+            &i,
+            "--bundle",
+            &fb,
+            "--detach",
+            &fuse.id,
+        ]);
         o.expect_fail();
-        assert!(o.stderr.contains("FUSE") && o.stderr.contains("run.porta.fs=kernel"), "{o}");
+        assert!(
+            o.stderr.contains("FUSE") && o.stderr.contains("run.porta.fs=kernel"),
+            "{o}"
+        );
         fuse.rt(&["state", &fuse.id]).expect_fail();
     }
 }
@@ -171,6 +272,11 @@ fn features_tell_checkpoint_needs_kernel_root() {
     let o = rt(&["features"]);
     o.expect_ok();
     let v = o.json();
-    let note = v["annotations"]["run.porta.checkpoint"].as_str().unwrap_or_default();
-    assert!(note.contains("run.porta.fs=kernel") && note.contains("FUSE"), "{note:?}");
+    let note = v["annotations"]["run.porta.checkpoint"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        note.contains("run.porta.fs=kernel") && note.contains("FUSE"),
+        "{note:?}"
+    );
 }

@@ -337,7 +337,16 @@ fn exec_tty_uses_the_callers_terminal() {
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
     let (master, slave) = unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) };
     let mut child = std::process::Command::new(runtime())
-        .args(["--root", &c.root, "exec", "-t", &c.id, "sh", "-c", "tty; echo exec-tty-ok; exit 4"])
+        .args([
+            "--root",
+            &c.root,
+            "exec",
+            "-t",
+            &c.id,
+            "sh",
+            "-c",
+            "tty; echo exec-tty-ok; exit 4",
+        ])
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(slave)
@@ -359,7 +368,10 @@ fn exec_tty_uses_the_callers_terminal() {
         panic!("exec -t did not exit: {out:?}");
     };
     assert!(out.contains("exec-tty-ok"), "{out:?}");
-    assert!(out.contains("/dev/pts/"), "no pty in the container: {out:?}");
+    assert!(
+        out.contains("/dev/pts/"),
+        "no pty in the container: {out:?}"
+    );
     assert_eq!(st.code(), Some(4), "{out:?}");
 }
 

@@ -817,7 +817,11 @@ fn closed_stdout_pipe_exits_quietly() {
                 .unwrap();
             let stderr = std::fs::read_to_string(err.path()).unwrap();
             use std::os::unix::process::ExitStatusExt;
-            assert_ne!(st.signal(), Some(libc::SIGABRT), "{args:?} aborted: {stderr}");
+            assert_ne!(
+                st.signal(),
+                Some(libc::SIGABRT),
+                "{args:?} aborted: {stderr}"
+            );
             assert_ne!(st.code(), Some(134), "{args:?}: {stderr}");
             assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
             assert!(stderr.trim().is_empty(), "{args:?} was not quiet: {stderr}");
@@ -846,8 +850,15 @@ fn update_cpu_quota_minus_one_is_unlimited() {
     let c = Container::new("life-quota-1", Bundle::new(&["sleep", "100"]));
     c.create_start();
     let pid = c.pid();
-    c.rt(&["update", "--cpu-period", "100000", "--cpu-quota", "25000", &c.id])
-        .expect_ok();
+    c.rt(&[
+        "update",
+        "--cpu-period",
+        "100000",
+        "--cpu-quota",
+        "25000",
+        &c.id,
+    ])
+    .expect_ok();
     c.rt(&["update", "--cpu-quota", "-1", &c.id]).expect_ok();
     if cgroup::is_unified() {
         let v = cgroup::read(pid, "cpu", "cpu.max").unwrap_or_default();
@@ -882,5 +893,8 @@ fn spec_cgroup_namespace_only_on_cgroup_v2() {
     let p = std::ffi::CString::new("/sys/fs/cgroup").unwrap();
     assert_eq!(unsafe { libc::statfs(p.as_ptr(), &mut sfs) }, 0);
     let v2 = sfs.f_type == 0x6367_7270; // CGROUP2_SUPER_MAGIC
-    assert_eq!(has_cgroupns, v2, "cgroup namespace in spec: {has_cgroupns}, pure v2 host: {v2}");
+    assert_eq!(
+        has_cgroupns, v2,
+        "cgroup namespace in spec: {has_cgroupns}, pure v2 host: {v2}"
+    );
 }

@@ -120,10 +120,17 @@ fn run_terminal_without_any_terminal_fails_at_once() {
     let c = Container::new("tty-noterm-run", b);
     let err = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = std::process::Command::new(runtime());
-    cmd.args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(err.reopen().unwrap());
+    cmd.args([
+        "--root",
+        &c.root,
+        "run",
+        "--bundle",
+        &c.bundle.path_str(),
+        &c.id,
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(err.reopen().unwrap());
     // No controlling terminal either: a new session.
     unsafe {
         cmd.pre_exec(|| {
@@ -136,7 +143,10 @@ fn run_terminal_without_any_terminal_fails_at_once() {
     let st = wait_child(&mut child, "run without a terminal");
     let stderr = std::fs::read_to_string(err.path()).unwrap();
     assert!(!st.success(), "run succeeded: {stderr}");
-    assert!(stderr.contains("/dev/tty"), "the error does not say why: {stderr}");
+    assert!(
+        stderr.contains("/dev/tty"),
+        "the error does not say why: {stderr}"
+    );
     c.rt(&["state", &c.id]).expect_fail();
     let sock = std::path::Path::new(&c.root).join(format!(".console-{pid}"));
     assert!(!sock.exists(), "{} left behind", sock.display());
@@ -154,7 +164,14 @@ fn run_foreground_terminal_relays_and_keeps_no_socket() {
     let c = Container::new("tty-fg", b);
     let (master, slave) = host_pty();
     let mut child = std::process::Command::new(runtime())
-        .args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
+        .args([
+            "--root",
+            &c.root,
+            "run",
+            "--bundle",
+            &c.bundle.path_str(),
+            &c.id,
+        ])
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(slave)
@@ -163,7 +180,10 @@ fn run_foreground_terminal_relays_and_keeps_no_socket() {
     let pid = child.id();
     let mut pty = porta_integration::console::Pty { f: master };
     let out = pty.read_until("fg-ready", Duration::from_secs(60));
-    assert!(out.contains("fg-ready"), "no output through the terminal: {out:?}");
+    assert!(
+        out.contains("fg-ready"),
+        "no output through the terminal: {out:?}"
+    );
     assert!(out.contains("/dev/pts/"), "{out:?}");
     let sock = std::path::Path::new(&c.root).join(format!(".console-{pid}"));
     assert!(
@@ -173,7 +193,11 @@ fn run_foreground_terminal_relays_and_keeps_no_socket() {
     );
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let st = wait_child(&mut child, "run after SIGTERM");
-    assert_eq!(st.code(), Some(3), "SIGTERM not passed on to the container: {st:?}");
+    assert_eq!(
+        st.code(),
+        Some(3),
+        "SIGTERM not passed on to the container: {st:?}"
+    );
     assert!(!sock.exists(), "{} left behind", sock.display());
     c.rt(&["state", &c.id]).expect_fail();
 }
@@ -194,7 +218,10 @@ fn pty_belongs_to_the_process_user() {
     let (mut pty, _) = sock.master().expect("pty master");
     c.start().expect_ok();
     let out = pty.read_until("pty-done", Duration::from_secs(30));
-    assert!(out.contains("own=1000:5"), "pty not owned by uid 1000, group tty: {out:?}");
+    assert!(
+        out.contains("own=1000:5"),
+        "pty not owned by uid 1000, group tty: {out:?}"
+    );
     c.wait_stopped(30);
 }
 
@@ -212,7 +239,14 @@ fn foreground_terminal_output_has_no_carriage_returns() {
     let c = Container::new("tty-onlcr", b);
     let (master, slave) = host_pty();
     let mut child = std::process::Command::new(runtime())
-        .args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
+        .args([
+            "--root",
+            &c.root,
+            "run",
+            "--bundle",
+            &c.bundle.path_str(),
+            &c.id,
+        ])
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(slave)
@@ -227,10 +261,16 @@ fn foreground_terminal_output_has_no_carriage_returns() {
     let out = pty.read_until("pty-done", Duration::from_secs(60));
     let st = wait_child(&mut child, "run");
     assert!(st.success(), "{st:?}: {out:?}");
-    assert!(out.contains("-onlcr"), "ONLCR not cleared on the container's pty: {out:?}");
+    assert!(
+        out.contains("-onlcr"),
+        "ONLCR not cleared on the container's pty: {out:?}"
+    );
     if is_porta() {
         assert!(out.contains("l1\nl2\n"), "{out:?}");
-        assert!(!out.contains("l1\r") && !out.contains("l2\r"), "carriage returns in the output: {out:?}");
+        assert!(
+            !out.contains("l1\r") && !out.contains("l2\r"),
+            "carriage returns in the output: {out:?}"
+        );
     }
 }
 
@@ -248,16 +288,22 @@ fn signal_before_the_master_arrived_removes_the_socket() {
         let fifo = b.file("hook-release");
         let cf = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(cf.as_ptr(), 0o600) }, 0);
-        let script = format!(
-            "touch {}; read x < {}",
-            mark.display(),
-            fifo.display()
+        let script = format!("touch {}; read x < {}", mark.display(), fifo.display());
+        b.hook(
+            "createRuntime",
+            json!({"path": "/bin/sh", "args": ["sh", "-c", script]}),
         );
-        b.hook("createRuntime", json!({"path": "/bin/sh", "args": ["sh", "-c", script]}));
         let c = Container::new("tty-sig", b);
         let (_master, slave) = host_pty();
         let mut child = std::process::Command::new(runtime())
-            .args(["--root", &c.root, "run", "--bundle", &c.bundle.path_str(), &c.id])
+            .args([
+                "--root",
+                &c.root,
+                "run",
+                "--bundle",
+                &c.bundle.path_str(),
+                &c.id,
+            ])
             .stdin(slave.try_clone().unwrap())
             .stdout(slave.try_clone().unwrap())
             .stderr(slave)
@@ -267,7 +313,10 @@ fn signal_before_the_master_arrived_removes_the_socket() {
         let sock = std::path::Path::new(&c.root).join(format!(".console-{pid}"));
         let held = wait_for(Duration::from_secs(60), || mark.exists().then_some(()));
         assert!(held.is_some(), "the createRuntime hook did not run");
-        assert!(sock.join("sock").exists(), "no console socket while create runs");
+        assert!(
+            sock.join("sock").exists(),
+            "no console socket while create runs"
+        );
         unsafe { libc::kill(pid as i32, sig) };
         let st = wait_child(&mut child, "run after the signal");
         // Let the hook finish, so the forced delete below finds nothing running.
@@ -279,6 +328,10 @@ fn signal_before_the_master_arrived_removes_the_socket() {
             .open(&fifo);
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(st.signal(), Some(sig), "{st:?}");
-        assert!(!sock.exists(), "{} left behind after signal {sig}", sock.display());
+        assert!(
+            !sock.exists(),
+            "{} left behind after signal {sig}",
+            sock.display()
+        );
     }
 }

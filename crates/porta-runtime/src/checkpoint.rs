@@ -171,9 +171,21 @@ fn criu_log_errors(log: &Path) -> String {
         .filter(|l| l.contains("Error") || l.contains("error"))
         .collect();
     let tail = if errs.is_empty() {
-        text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>()
+        text.lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
     } else {
-        errs.into_iter().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect()
+        errs.into_iter()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
     };
     tail.join("; ")
 }
@@ -207,7 +219,12 @@ fn dump_args(c: &Container, spec: &Spec, o: &CheckpointOptions, mode: &str) -> R
         "--work-dir".into(),
         work,
         "--log-file".into(),
-        if o.pre_dump { "pre-dump.log" } else { "dump.log" }.into(),
+        if o.pre_dump {
+            "pre-dump.log"
+        } else {
+            "dump.log"
+        }
+        .into(),
         "-v4".into(),
         "--root".into(),
         c.state.rootfs.to_string_lossy().into_owned(),
@@ -224,7 +241,11 @@ fn dump_args(c: &Container, spec: &Spec, o: &CheckpointOptions, mode: &str) -> R
             LinuxNamespaceType::Pid => "extRootPidNS",
             _ => continue,
         };
-        let kind = if t == LinuxNamespaceType::Network { "net" } else { "pid" };
+        let kind = if t == LinuxNamespaceType::Network {
+            "net"
+        } else {
+            "pid"
+        };
         let ino = std::fs::metadata(&path)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .map_err(|e| Error::sys(format!("stat namespace {}", path.display()), e))?;
@@ -249,12 +270,18 @@ fn dump_args(c: &Container, spec: &Spec, o: &CheckpointOptions, mode: &str) -> R
         a.push(o.status_fd.to_string());
     }
     if let Some(ps) = &o.page_server {
-        let (addr, port) = ps.rsplit_once(':').ok_or_else(|| {
-            Error::Usage(format!("--page-server {ps:?}: not ADDRESS:PORT"))
-        })?;
+        let (addr, port) = ps
+            .rsplit_once(':')
+            .ok_or_else(|| Error::Usage(format!("--page-server {ps:?}: not ADDRESS:PORT")))?;
         port.parse::<u16>()
             .map_err(|_| Error::Usage(format!("--page-server {ps:?}: {port:?} is not a port")))?;
-        a.extend(["--page-server".into(), "--address".into(), addr.into(), "--port".into(), port.into()]);
+        a.extend([
+            "--page-server".into(),
+            "--address".into(),
+            addr.into(),
+            "--port".into(),
+            port.into(),
+        ]);
     }
     if let Some(parent) = &o.parent_path {
         a.push("--prev-images-dir".into());
@@ -265,7 +292,11 @@ fn dump_args(c: &Container, spec: &Spec, o: &CheckpointOptions, mode: &str) -> R
     }
     for ns in &o.criu.empty_ns {
         a.push("--empty-ns".into());
-        a.push(if ns == "network" { "net".into() } else { ns.clone() });
+        a.push(if ns == "network" {
+            "net".into()
+        } else {
+            ns.clone()
+        });
     }
     Ok(a)
 }
@@ -296,7 +327,11 @@ pub fn checkpoint(root: &StateRoot, id: &str, o: &CheckpointOptions) -> Result<(
     let spec = c.spec()?;
     check_criu(&o.criu.criu)?;
     make_dir(&o.criu.image_path, "--image-path")?;
-    let work = o.criu.work_path.clone().unwrap_or(o.criu.image_path.clone());
+    let work = o
+        .criu
+        .work_path
+        .clone()
+        .unwrap_or(o.criu.image_path.clone());
     make_dir(&work, "--work-path")?;
     let args = dump_args(&c, &spec, o, mode)?;
     tracing::debug!("{} {}", o.criu.criu.display(), args.join(" "));
@@ -305,7 +340,11 @@ pub fn checkpoint(root: &StateRoot, id: &str, o: &CheckpointOptions) -> Result<(
         .output()
         .map_err(|e| Error::sys(format!("run {}", o.criu.criu.display()), e))?;
     if !out.status.success() {
-        let log = work.join(if o.pre_dump { "pre-dump.log" } else { "dump.log" });
+        let log = work.join(if o.pre_dump {
+            "pre-dump.log"
+        } else {
+            "dump.log"
+        });
         return Err(Error::Checkpoint(format!(
             "checkpoint {id}: criu {} failed ({}): {}{} (full log: {}); the container keeps running",
             args[0],
@@ -382,10 +421,16 @@ mod tests {
         o.manage_cgroups_mode = Some("strict".into());
         assert_eq!(check_common(&o).unwrap(), "strict");
         o.manage_cgroups_mode = Some("hard".into());
-        assert!(check_common(&o).unwrap_err().to_string().contains("soft, full, strict"));
+        assert!(check_common(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("soft, full, strict"));
         o.manage_cgroups_mode = None;
         o.empty_ns = vec!["pid".into()];
-        assert!(check_common(&o).unwrap_err().to_string().contains("network"));
+        assert!(check_common(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("network"));
     }
 
     #[test]

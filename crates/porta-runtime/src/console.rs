@@ -65,8 +65,12 @@ pub fn open_pty(ptmx: &Path, size: Option<(u16, u16)>, uid: u32) -> Result<(Owne
     }
     let st = nix::sys::stat::fstat(slave.as_raw_fd()).ctx(|| "stat the pty".into())?;
     if st.st_uid != uid {
-        nix::unistd::fchown(slave.as_raw_fd(), Some(nix::unistd::Uid::from_raw(uid)), None)
-            .ctx(|| format!("give the pty to process.user.uid {uid}"))?;
+        nix::unistd::fchown(
+            slave.as_raw_fd(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            None,
+        )
+        .ctx(|| format!("give the pty to process.user.uid {uid}"))?;
     }
     Ok((master, slave))
 }

@@ -33,7 +33,11 @@ fn main() -> ExitCode {
     };
     // As runc: `exec` exits 255 when the runtime itself fails (the process's own exit code
     // otherwise), so that a caller can tell the two apart.
-    let fail = if matches!(cli.command, cli::Command::Exec(_)) { 255 } else { 1 };
+    let fail = if matches!(cli.command, cli::Command::Exec(_)) {
+        255
+    } else {
+        1
+    };
     match run::dispatch(cli) {
         Ok(c) => code(c),
         Err(e) => {

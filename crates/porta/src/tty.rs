@@ -5,6 +5,7 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -70,8 +71,6 @@ impl HostConsole {
     }
 }
 
-use std::os::unix::fs::OpenOptionsExt;
-
 /// The socket this process listens on for a pty master, for the signal handler that removes
 /// it when a signal ends Porta before the master arrived: (pid, socket, directory). Read
 /// without a lock (a handler must not block); set before the handler is installed.
@@ -117,10 +116,14 @@ impl ConsoleListener {
         let dir = root.join(format!(".console-{}", std::process::id()));
         let sock = dir.join("sock");
         let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("{} has a NUL byte", p.display()))
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| anyhow!("{} has a NUL byte", p.display()))
         };
         let paths = (std::process::id() as i32, c(&sock)?, c(&dir)?);
-        if HANDLER_PATHS.load(std::sync::atomic::Ordering::Acquire).is_null() {
+        if HANDLER_PATHS
+            .load(std::sync::atomic::Ordering::Acquire)
+            .is_null()
+        {
             // Leaked on purpose: the handler may read it at any time, so it lives as long as
             // the process (one small allocation per process).
             let leaked = Box::into_raw(Box::new(paths.clone()));
@@ -156,7 +159,10 @@ impl ConsoleListener {
         // The runtime connected (and sent the master) before create or exec returned: a
         // connection that is not there now never comes.
         let (s, _) = self.listener.accept().map_err(|e| {
-            anyhow!("no pty master arrived on the console socket {}: {e}", self.path().display())
+            anyhow!(
+                "no pty master arrived on the console socket {}: {e}",
+                self.path().display()
+            )
         })?;
         s.set_nonblocking(false).context("console connection")?;
         let mut buf = [0u8; 256];
@@ -196,11 +202,8 @@ pub struct RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            &self.fd,
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.orig,
-        );
+        let _ =
+            nix::sys::termios::tcsetattr(&self.fd, nix::sys::termios::SetArg::TCSANOW, &self.orig);
     }
 }
 
