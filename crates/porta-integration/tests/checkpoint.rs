@@ -151,11 +151,28 @@ fn checkpoint_remaining_flags_parse() {
 #[test]
 fn checkpoint_kernel_root_through_criu() {
     require_root!();
-    let c = running("ckpt-kernel", true);
+    let mut b = Bundle::new(&["sh", "-c", LOOP]);
+    b.annotation("run.porta.fs", "kernel");
+    let data = tempfile::tempdir().unwrap();
+    b.mount(json!({"destination": "/mnt", "type": "bind",
+                   "source": data.path().display().to_string(), "options": ["rbind", "ro"]}));
+    let c = Container::new("ckpt-kernel", b);
+    c.create_start();
     let pid = c.pid();
     let img = tempfile::tempdir().unwrap();
     let i = img.path().display().to_string();
-    let o = c.rt(&["checkpoint", "--image-path", &i, "--leave-running", &c.id]);
+    let o = c.rt(&[
+        "checkpoint",
+        "--image-path",
+        &i,
+        "--leave-running",
+        "--tcp-established",
+        "--ext-unix-sk",
+        "--file-locks",
+        "--manage-cgroups-mode",
+        "full",
+        &c.id,
+    ]);
     no_clap_rejection(&o);
     assert_still_running(&c, pid);
     if criu_works() {
@@ -169,6 +186,18 @@ fn checkpoint_kernel_root_through_criu() {
         if is_porta() {
             assert!(o.stderr.contains("criu dump failed"), "{o}");
             assert!(o.stderr.contains("keeps running"), "{o}");
+            // CRIU got as far as the kernel: its command line was right.
+            for bad in [
+                "excessive parameter",
+                "unrecognized option",
+                "invalid option",
+                "Unknown",
+            ] {
+                assert!(
+                    !o.stderr.contains(bad),
+                    "criu refused Porta's command line: {o}"
+                );
+            }
         }
     }
 }

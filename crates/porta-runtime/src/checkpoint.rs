@@ -228,8 +228,8 @@ fn dump_args(c: &Container, spec: &Spec, o: &CheckpointOptions, mode: &str) -> R
         "-v4".into(),
         "--root".into(),
         c.state.rootfs.to_string_lossy().into_owned(),
-        "--manage-cgroups".into(),
-        mode.into(),
+        // The mode is an optional argument of criu's: it must be joined with "=".
+        format!("--manage-cgroups={mode}"),
     ];
     for (dest, _) in external_mounts(spec) {
         a.push("--ext-mount-map".into());
