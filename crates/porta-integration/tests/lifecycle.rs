@@ -898,3 +898,27 @@ fn spec_cgroup_namespace_only_on_cgroup_v2() {
         "cgroup namespace in spec: {has_cgroupns}, pure v2 host: {v2}"
     );
 }
+
+/// The container's process does not start with SIGPIPE ignored, as under runc (the
+/// runtime's own ignored SIGPIPE used to be inherited through exec). Only that bit is
+/// checked: other ignored signals may come from whoever started the test.
+#[test]
+fn container_process_does_not_ignore_sigpipe() {
+    require_root!();
+    let c = Container::new(
+        "life-sigign",
+        Bundle::new(&["grep", "SigIgn", "/proc/self/status"]),
+    );
+    c.run().expect_ok();
+    let out = c.output();
+    let mask = out
+        .trim()
+        .strip_prefix("SigIgn:")
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn line: {out:?}"));
+    assert_eq!(
+        mask & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored: {out:?}"
+    );
+}
