@@ -19,6 +19,8 @@ PKGS=(
   systemd dbus
   # setcap, for the file-capability semantics test of the file server
   libcap2-bin
+  # CRIU, for checkpoint and restore of containers with a kernel-mounted root
+  criu
 )
 
 SUDO=()

@@ -316,3 +316,81 @@ fn exec_preserve_fds() {
         "unexpected fds in exec: {fds:?}"
     );
 }
+
+/// `exec -t` without --console-socket uses the caller's terminal, as runc does (it used to
+/// be refused with "--tty needs --console-socket").
+#[test]
+fn exec_tty_uses_the_callers_terminal() {
+    require_root!();
+    use std::os::fd::FromRawFd;
+    let c = running("exec-hosttty");
+    let (mut m, mut s) = (0, 0);
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    let (master, slave) = unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) };
+    let mut child = std::process::Command::new(runtime())
+        .args([
+            "--root",
+            &c.root,
+            "exec",
+            "-t",
+            &c.id,
+            "sh",
+            "-c",
+            "tty; echo exec-tty-ok; exit 4",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut pty = porta_integration::console::Pty { f: master };
+    let out = pty.read_until("exec-tty-ok", Duration::from_secs(60));
+    let mut status = None;
+    for _ in 0..6000 {
+        if let Some(st) = child.try_wait().unwrap() {
+            status = Some(st);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Some(st) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("exec -t did not exit: {out:?}");
+    };
+    assert!(out.contains("exec-tty-ok"), "{out:?}");
+    assert!(
+        out.contains("/dev/pts/"),
+        "no pty in the container: {out:?}"
+    );
+    assert_eq!(st.code(), Some(4), "{out:?}");
+}
+
+/// A failing exec exits 255 (the runtime's own error, runc's convention) and its error
+/// names the exec; a process that runs exits with its own code.
+#[test]
+fn exec_errors_exit_255_and_name_the_exec() {
+    require_root!();
+    let c = running("exec-255");
+    let o = c.exec(&[], &["/no/such/program"]);
+    assert_eq!(o.code, 255, "{o}");
+    let o2 = c.exec(&[], &["sh", "-c", "exit 255"]);
+    assert_eq!(o2.code, 255, "{o2}");
+    let o3 = c.exec(&[], &["sh", "-c", "exit 7"]);
+    assert_eq!(o3.code, 7, "{o3}");
+    let gone = c.rt(&["exec", "pit-no-such-container-x", "true"]);
+    assert_eq!(gone.code, 255, "{gone}");
+    if is_porta() {
+        assert!(o.stderr.contains("exec process.args[0]"), "{o}");
+        assert!(!o.stderr.contains("container init"), "{o}");
+    }
+}

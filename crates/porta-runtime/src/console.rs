@@ -47,8 +47,10 @@ pub fn send_master(socket: &Path, master: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
-/// A new pty from the devpts instance at `ptmx`: (master, slave).
-pub fn open_pty(ptmx: &Path, size: Option<(u16, u16)>) -> Result<(OwnedFd, OwnedFd)> {
+/// A new pty from the devpts instance at `ptmx`: (master, slave), the slave owned by `uid`,
+/// the user the process runs as, as runc gives it (its group stays the one devpts gives:
+/// `gid=5`, the tty group, in the default config).
+pub fn open_pty(ptmx: &Path, size: Option<(u16, u16)>, uid: u32) -> Result<(OwnedFd, OwnedFd)> {
     let master: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -60,6 +62,15 @@ pub fn open_pty(ptmx: &Path, size: Option<(u16, u16)>) -> Result<(OwnedFd, Owned
     let slave = sys::pty_peer(master.as_fd()).ctx(|| "open pty peer".into())?;
     if let Some((rows, cols)) = size {
         sys::set_winsize(slave.as_fd(), rows, cols).ctx(|| "process.consoleSize".into())?;
+    }
+    let st = nix::sys::stat::fstat(slave.as_raw_fd()).ctx(|| "stat the pty".into())?;
+    if st.st_uid != uid {
+        nix::unistd::fchown(
+            slave.as_raw_fd(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            None,
+        )
+        .ctx(|| format!("give the pty to process.user.uid {uid}"))?;
     }
     Ok((master, slave))
 }

@@ -1007,7 +1007,7 @@ fn exec_child(chan: &Channel, spec: &Spec, p: &Process, preserve: u32) -> Result
             .console_size()
             .as_ref()
             .map(|b| (b.height() as u16, b.width() as u16));
-        let (master, slave) = console::open_pty(Path::new("/dev/pts/ptmx"), size)?;
+        let (master, slave) = console::open_pty(Path::new("/dev/pts/ptmx"), size, p.user().uid())?;
         chan.send(&Msg::Console, &[master.as_raw_fd()])?;
         drop(master);
         console::become_tty(slave.as_fd())?;

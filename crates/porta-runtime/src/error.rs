@@ -56,6 +56,9 @@ pub enum Error {
     /// State on disk is corrupt.
     #[error("state {path}: {msg}")]
     State { path: PathBuf, msg: String },
+    /// Checkpoint or restore cannot be done, or CRIU failed.
+    #[error("{0}")]
+    Checkpoint(String),
     /// The file server or supervisor failed.
     #[error("file server: {0}")]
     FileServer(String),

@@ -34,7 +34,7 @@ pub fn features() -> Value {
         "annotations": {
             "io.github.porta.fs": "run.porta.fs=kernel turns the container's file server off",
             "run.porta.fs.passthrough": "off selects the strict mode of the file server",
-            "run.porta.checkpoint": "unsupported: CRIU cannot checkpoint a FUSE mount"
+            "run.porta.checkpoint": "checkpoint and restore through CRIU need run.porta.fs=kernel: a root served by the file server is a FUSE mount, which CRIU cannot checkpoint"
         },
         "potentiallyUnsafeConfigAnnotations": []
     })

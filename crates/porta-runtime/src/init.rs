@@ -192,7 +192,8 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>) -> Result<()> {
             .console_size()
             .as_ref()
             .map(|b| (b.height() as u16, b.width() as u16));
-        let (master, slave) = console::open_pty(Path::new("/dev/pts/ptmx"), size)?;
+        let (master, slave) =
+            console::open_pty(Path::new("/dev/pts/ptmx"), size, proc_.user().uid())?;
         if let Ok(t) = rootfs::ensure_file(std_root()?.as_fd(), Path::new("/dev/console")) {
             let _ = nix::mount::mount(
                 Some(Path::new(&format!("/proc/self/fd/{}", slave.as_raw_fd()))),

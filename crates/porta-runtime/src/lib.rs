@@ -5,6 +5,7 @@
 //! does) or served by the container's own file server (see `porta-supervisor`); both plug in
 //! at one place, [`rootfs::RootfsPlan::served_root`].
 
+pub mod checkpoint;
 pub mod config;
 pub mod console;
 pub mod container;

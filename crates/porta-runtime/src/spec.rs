@@ -4,9 +4,18 @@ use serde_json::{json, Value};
 
 const CAPS: &[&str] = &["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
 
+/// Whether the host runs cgroup v2 alone (/sys/fs/cgroup is a cgroup2 file system), where
+/// runc's default config gets a cgroup namespace.
+pub fn pure_cgroup_v2() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
 /// A default config for a container running `sh` on `rootfs`, like runc's; `rootless` adds a
 /// user namespace mapping the caller's ids and drops what an unprivileged user cannot do.
-pub fn default_spec(rootless: bool, uid: u32, gid: u32) -> Value {
+/// `cgroupns`: add a cgroup namespace (runc does on a pure cgroup v2 host only).
+pub fn default_spec(rootless: bool, uid: u32, gid: u32, cgroupns: bool) -> Value {
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -22,8 +31,10 @@ pub fn default_spec(rootless: bool, uid: u32, gid: u32) -> Value {
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
         json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
     ];
+    if cgroupns {
+        namespaces.push(json!({"type": "cgroup"}));
+    }
     let mut linux = json!({
         "resources": {"devices": [{"allow": false, "access": "rwm"}]},
         "namespaces": [],
@@ -34,7 +45,7 @@ pub fn default_spec(rootless: bool, uid: u32, gid: u32) -> Value {
         "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
     });
     if rootless {
-        namespaces.retain(|n| n["type"] != "network" && n["type"] != "cgroup");
+        namespaces.retain(|n| n["type"] != "network");
         namespaces.push(json!({"type": "user"}));
         linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
         linux["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
@@ -81,14 +92,19 @@ mod tests {
 
     #[test]
     fn default_specs_parse_as_oci() {
-        for rootless in [false, true] {
-            let v = default_spec(rootless, 1000, 1000);
+        for (rootless, cgroupns) in [(false, false), (true, false), (false, true), (true, true)] {
+            let v = default_spec(rootless, 1000, 1000, cgroupns);
             let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
             let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
             assert_eq!(
                 ns.iter()
                     .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User),
                 rootless
+            );
+            assert_eq!(
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup),
+                cgroupns
             );
         }
     }

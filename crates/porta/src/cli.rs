@@ -28,9 +28,9 @@ pub struct Cli {
     /// Rootless mode: true, false or auto.
     #[arg(long, global = true, default_value = "auto", num_args = 0..=1, default_missing_value = "true")]
     pub rootless: String,
-    /// Path to criu (accepted for compatibility; checkpointing is not supported).
-    #[arg(long, global = true, hide = true)]
-    pub criu: Option<PathBuf>,
+    /// Path to the criu binary (checkpoint and restore).
+    #[arg(long, global = true, default_value = "criu")]
+    pub criu: PathBuf,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -94,7 +94,7 @@ pub enum Command {
         all: bool,
         /// Container id.
         id: String,
-        /// Signal name or number.
+        /// Signal name or number (0: only check that the process exists).
         #[arg(default_value = "SIGTERM")]
         signal: String,
     },
@@ -160,12 +160,109 @@ pub enum Command {
     },
     /// Print the features this build supports (OCI features JSON).
     Features,
-    /// Checkpointing is not supported: CRIU cannot checkpoint a FUSE mount.
-    #[command(hide = true)]
-    Checkpoint {
-        /// Container id.
-        id: String,
-    },
+    /// Checkpoint a running container with CRIU (needs a kernel-mounted root:
+    /// annotation run.porta.fs=kernel).
+    Checkpoint(CheckpointArgs),
+    /// Restore a container from a CRIU checkpoint.
+    Restore(RestoreArgs),
+}
+
+/// Flags `checkpoint` and `restore` share (runc's names).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CriuArgs {
+    /// Directory of the CRIU image files (default: ./checkpoint).
+    #[arg(long = "image-path")]
+    pub image_path: Option<PathBuf>,
+    /// Directory for CRIU's work files and logs (default: the image directory).
+    #[arg(long = "work-path")]
+    pub work_path: Option<PathBuf>,
+    /// Allow open TCP connections.
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Allow external unix sockets.
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs.
+    #[arg(long = "shell-job")]
+    pub shell_job: bool,
+    /// Handle file locks.
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    /// Use userfaultfd to restore memory pages lazily.
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
+    /// cgroups mode: soft (default), full, strict or ignore.
+    #[arg(long = "manage-cgroups-mode")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Create this namespace, but do not restore its properties (repeatable).
+    #[arg(long = "empty-ns")]
+    pub empty_ns: Vec<String>,
+    /// Deduplicate memory images.
+    #[arg(long = "auto-dedup")]
+    pub auto_dedup: bool,
+}
+
+/// Flags of `checkpoint` (runc's).
+#[derive(clap::Args, Debug)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Directory of the previous images (of a pre-dump), relative to --image-path.
+    #[arg(long = "parent-path")]
+    pub parent_path: Option<PathBuf>,
+    /// Leave the container running after checkpointing.
+    #[arg(long = "leave-running")]
+    pub leave_running: bool,
+    /// Skip in-flight TCP connections.
+    #[arg(long = "tcp-skip-in-flight")]
+    pub tcp_skip_in_flight: bool,
+    /// Allow to link unlinked files back when possible.
+    #[arg(long = "link-remap")]
+    pub link_remap: bool,
+    /// CRIU writes \0 to this fd once lazy pages are ready (-1: none).
+    #[arg(long = "status-fd", default_value_t = -1, allow_negative_numbers = true)]
+    pub status_fd: i32,
+    /// ADDRESS:PORT of a page server.
+    #[arg(long = "page-server")]
+    pub page_server: Option<String>,
+    /// Dump the memory only and leave the container running.
+    #[arg(long = "pre-dump")]
+    pub pre_dump: bool,
+    /// Container id.
+    pub id: String,
+}
+
+/// Flags of `restore` (runc's).
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Bundle directory.
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Do not wait: leave the restored container running.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// File to write the restored process's pid to.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket to receive the pty master on.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Do not become a subreaper of the restored processes.
+    #[arg(long = "no-subreaper")]
+    pub no_subreaper: bool,
+    /// Use MS_MOVE and chroot instead of pivot_root.
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// LSM profile (TYPE:NAME) to restore the process with.
+    #[arg(long = "lsm-profile")]
+    pub lsm_profile: Option<String>,
+    /// LSM mount context to restore with.
+    #[arg(long = "lsm-mount-context")]
+    pub lsm_mount_context: Option<String>,
+    /// Container id.
+    pub id: String,
 }
 
 /// Flags of `exec`.
@@ -235,8 +332,8 @@ pub struct UpdateArgs {
     /// CPU CFS period (µs).
     #[arg(long = "cpu-period")]
     pub cpu_period: Option<u64>,
-    /// CPU CFS quota (µs).
-    #[arg(long = "cpu-quota")]
+    /// CPU CFS quota (µs); -1: unlimited.
+    #[arg(long = "cpu-quota", allow_negative_numbers = true)]
     pub cpu_quota: Option<i64>,
     /// CPU shares.
     #[arg(long = "cpu-share")]
@@ -245,7 +342,7 @@ pub struct UpdateArgs {
     #[arg(long = "cpu-rt-period")]
     pub cpu_rt_period: Option<u64>,
     /// CPU realtime runtime.
-    #[arg(long = "cpu-rt-runtime")]
+    #[arg(long = "cpu-rt-runtime", allow_negative_numbers = true)]
     pub cpu_rt_runtime: Option<i64>,
     /// CPUs allowed.
     #[arg(long = "cpuset-cpus")]
@@ -254,16 +351,16 @@ pub struct UpdateArgs {
     #[arg(long = "cpuset-mems")]
     pub cpuset_mems: Option<String>,
     /// Memory limit (bytes, or with k/m/g suffix).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub memory: Option<String>,
     /// Memory reservation.
-    #[arg(long = "memory-reservation")]
+    #[arg(long = "memory-reservation", allow_negative_numbers = true)]
     pub memory_reservation: Option<String>,
     /// Memory plus swap limit.
-    #[arg(long = "memory-swap")]
+    #[arg(long = "memory-swap", allow_negative_numbers = true)]
     pub memory_swap: Option<String>,
     /// Maximum number of pids.
-    #[arg(long = "pids-limit")]
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
     /// Container id.
     pub id: String,

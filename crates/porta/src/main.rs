@@ -18,6 +18,11 @@ fn main() -> ExitCode {
         Some("fs") => return code(porta_supervisor::main_fs(argv[2..].to_vec())),
         _ => {}
     }
+    // As runc (Go kills a program whose write to stdout or stderr meets a closed pipe): a
+    // reader that goes away, as in `porta features | head`, ends Porta quietly instead of
+    // making the next `println!` panic. The container's processes inherit the default
+    // disposition too, as under runc, instead of an ignored SIGPIPE.
+    restore_sigpipe();
     let cli = cli::Cli::parse();
     let to_file = match logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         Ok(f) => f,
@@ -25,6 +30,13 @@ fn main() -> ExitCode {
             eprintln!("porta: {e:#}");
             return ExitCode::from(1);
         }
+    };
+    // As runc: `exec` exits 255 when the runtime itself fails (the process's own exit code
+    // otherwise), so that a caller can tell the two apart.
+    let fail = if matches!(cli.command, cli::Command::Exec(_)) {
+        255
+    } else {
+        1
     };
     match run::dispatch(cli) {
         Ok(c) => code(c),
@@ -34,9 +46,15 @@ fn main() -> ExitCode {
             if to_file {
                 eprintln!("porta: {msg}");
             }
-            ExitCode::from(1)
+            ExitCode::from(fail)
         }
     }
+}
+
+/// Gives SIGPIPE its default action back (the Rust runtime ignores it at start-up).
+fn restore_sigpipe() {
+    // SAFETY: installs the default disposition; no handler code is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 fn code(c: i32) -> ExitCode {

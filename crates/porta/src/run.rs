@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, Process};
 use porta_runtime::container::{self, Container, CreateOptions, ExecOptions};
 use porta_runtime::state::{StateRoot, Status};
-use porta_runtime::{features, selfexe, spec, sys};
+use porta_runtime::{checkpoint, features, selfexe, spec, sys};
 
 use crate::cli::{Cli, Command, CreateArgs, ExecArgs, UpdateArgs};
 
@@ -45,14 +45,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let root = root()?;
             let mut opts = create_opts(&create, cli.systemd_cgroup, rootless);
-            // Foreground terminal without a console socket: relay the pty ourselves.
+            // Foreground terminal without a console socket: relay the pty to our own
+            // terminal, found (or its absence reported) before anything is made.
             let console = if !detach
                 && opts.console_socket.is_none()
                 && bundle_wants_terminal(&opts.bundle)
             {
-                let l = crate::tty::ConsoleListener::new(&root.path)?;
-                opts.console_socket = Some(l.path());
-                Some(l)
+                let f = crate::tty::Foreground::new(&root.path)?;
+                opts.console_socket = Some(f.listener.path());
+                Some(f)
             } else {
                 None
             };
@@ -116,6 +117,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 rl,
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
+                spec::pure_cgroup_v2(),
             );
             std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")
                 .with_context(|| format!("write {}", path.display()))?;
@@ -125,9 +127,48 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&features::features())?);
             Ok(0)
         }
-        Command::Checkpoint { id } => {
-            bail!("checkpoint {id}: not supported (CRIU cannot checkpoint a FUSE mount)")
+        Command::Checkpoint(a) => {
+            let opts = checkpoint::CheckpointOptions {
+                criu: criu_opts(&cli.criu, &a.criu),
+                parent_path: a.parent_path.clone(),
+                leave_running: a.leave_running,
+                tcp_skip_in_flight: a.tcp_skip_in_flight,
+                link_remap: a.link_remap,
+                status_fd: a.status_fd,
+                page_server: a.page_server.clone(),
+                pre_dump: a.pre_dump,
+            };
+            checkpoint::checkpoint(&root()?, &a.id, &opts)?;
+            Ok(0)
         }
+        Command::Restore(a) => {
+            let opts = checkpoint::RestoreOptions {
+                criu: criu_opts(&cli.criu, &a.criu),
+                id: a.id.clone(),
+                bundle: absolute(&a.bundle),
+                console_socket: a.console_socket.as_ref().map(|p| absolute(p)),
+                lsm_profile: a.lsm_profile.clone(),
+            };
+            Ok(checkpoint::restore(&root()?, &opts)?)
+        }
+    }
+}
+
+/// The options of `checkpoint` and `restore` both take, with runc's defaults: the image
+/// directory is ./checkpoint.
+fn criu_opts(criu: &Path, a: &crate::cli::CriuArgs) -> checkpoint::CriuOptions {
+    checkpoint::CriuOptions {
+        criu: criu.to_path_buf(),
+        image_path: absolute(a.image_path.as_deref().unwrap_or(Path::new("checkpoint"))),
+        work_path: a.work_path.as_ref().map(|p| absolute(p)),
+        tcp_established: a.tcp_established,
+        ext_unix_sk: a.ext_unix_sk,
+        shell_job: a.shell_job,
+        file_locks: a.file_locks,
+        lazy_pages: a.lazy_pages,
+        manage_cgroups_mode: a.manage_cgroups_mode.clone(),
+        empty_ns: a.empty_ns.clone(),
+        auto_dedup: a.auto_dedup,
     }
 }
 
@@ -158,10 +199,11 @@ fn absolute(p: &Path) -> std::path::PathBuf {
 /// Parses a signal given as a name (SIGKILL, KILL) or a number.
 pub fn parse_signal(s: &str) -> Result<i32> {
     if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
+        // 0 sends nothing and only checks that the process exists (kill(2)), as runc allows.
+        if (0..=64).contains(&n) {
             return Ok(n);
         }
-        bail!("invalid signal {s:?}: numbers go from 1 to 64");
+        bail!("invalid signal {s:?}: numbers go from 0 to 64");
     }
     let up = s.to_ascii_uppercase();
     let name = if up.starts_with("SIG") {
@@ -197,7 +239,7 @@ fn run(
     opts: &CreateOptions,
     detach: bool,
     keep: bool,
-    console: Option<crate::tty::ConsoleListener>,
+    console: Option<crate::tty::Foreground>,
 ) -> Result<i32> {
     if !detach {
         // The container's process is reparented to us when create's stage one exits.
@@ -205,14 +247,21 @@ fn run(
     }
     let st = container::create(root, opts)?;
     let mut relay = None;
-    let _raw = match &console {
-        Some(l) => {
-            let master = l.receive()?;
-            relay = Some(crate::tty::relay(master)?);
-            Some(crate::tty::RawMode::enter())
+    let mut _raw = None;
+    if let Some(f) = console {
+        match f.attach() {
+            Ok((r, raw)) => {
+                relay = Some(r);
+                _raw = Some(raw);
+            }
+            Err(e) => {
+                if let Ok(c) = Container::open(root, &opts.id) {
+                    let _ = c.delete(true);
+                }
+                return Err(e);
+            }
         }
-        None => None,
-    };
+    }
     let started = Container::open(root, &opts.id).and_then(|mut c| c.start());
     if let Err(e) = started {
         if let Ok(c) = Container::open(root, &opts.id) {
@@ -242,11 +291,9 @@ fn run(
     Ok(code)
 }
 
-/// Waits for `pid` (a child, directly or by reparenting), forwarding the usual signals to
-/// it, and returns its exit code as a shell would (128+signal when killed).
-fn wait_forwarding_signals(pid: i32) -> Result<i32> {
+/// The signals `run` and `exec` pass on to the container's process (and SIGCHLD).
+pub fn forwarded_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGINT,
@@ -260,6 +307,15 @@ fn wait_forwarding_signals(pid: i32) -> Result<i32> {
     ] {
         set.add(s);
     }
+    set
+}
+
+/// Waits for `pid` (a child, directly or by reparenting), forwarding the usual signals to
+/// it, and returns its exit code as a shell would (128+signal when killed).
+fn wait_forwarding_signals(pid: i32) -> Result<i32> {
+    use nix::sys::signal::Signal;
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let set = forwarded_signals();
     set.thread_block().context("block signals")?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
     // The exit is watched through a pidfd as well as SIGCHLD: a SIGCHLD that reaches a
@@ -427,19 +483,63 @@ fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32> {
     let c = Container::open(root, &a.id)?;
     let spec = c.spec()?;
     let process = build_exec_process(&spec, &a)?;
+    let terminal = process.terminal().unwrap_or(false);
+    let mut console_socket = a.console_socket.as_ref().map(|p| absolute(p));
+    // `exec -t` without --console-socket: the caller's terminal, as runc does.
+    let console = if terminal && console_socket.is_none() {
+        if a.detach {
+            bail!("exec --tty --detach needs --console-socket: a detached exec has no terminal to use");
+        }
+        let f = crate::tty::Foreground::new(&root.path)?;
+        console_socket = Some(f.listener.path());
+        Some(f)
+    } else {
+        None
+    };
+    let what = process
+        .args()
+        .as_ref()
+        .and_then(|v| v.first().cloned())
+        .unwrap_or_default();
     let opts = ExecOptions {
         process: Some(process),
         pid_file: a.pid_file.as_ref().map(|p| absolute(p)),
-        console_socket: a.console_socket.as_ref().map(|p| absolute(p)),
+        console_socket,
         detach: a.detach,
         preserve_fds: a.preserve_fds,
         ignore_paused: a.ignore_paused,
     };
-    let pid = c.exec(&spec, &opts)?;
+    let pid = c.exec(&spec, &opts).map_err(|e| match e {
+        // The exec'd process failed to set itself up: name the exec, not the container's
+        // init (which the same message type reports for `create`).
+        porta_runtime::Error::Init(why) => match why.strip_prefix("config field ") {
+            Some(field) => anyhow!("exec {field}"),
+            None => anyhow!("exec {what:?}: {why}"),
+        },
+        e => e.into(),
+    })?;
+    let (relay, _raw) = match console {
+        Some(f) => {
+            let (r, raw) = f.attach()?;
+            (Some(r), Some(raw))
+        }
+        None => (None, None),
+    };
     if a.detach {
         return Ok(0);
     }
-    wait_forwarding_signals(pid)
+    let code = wait_forwarding_signals(pid)?;
+    if let Some(r) = relay {
+        // Pass on the last output; the pty reports EOF once the process is gone (unless
+        // something else in the container holds it: then do not hang on it).
+        for _ in 0..50 {
+            if r.is_finished() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Ok(code)
 }
 
 fn build_exec_process(spec: &oci_spec::runtime::Spec, a: &ExecArgs) -> Result<Process> {
@@ -697,7 +797,8 @@ mod tests {
         assert_eq!(parse_signal("KILL").unwrap(), 9);
         assert_eq!(parse_signal("sigterm").unwrap(), 15);
         assert!(parse_signal("SIGBOGUS").is_err());
-        assert!(parse_signal("0").is_err());
+        assert_eq!(parse_signal("0").unwrap(), 0);
+        assert!(parse_signal("65").is_err());
         assert_eq!(parse_signal("SIGRTMIN+1").unwrap(), libc::SIGRTMIN() + 1);
     }
 
