@@ -8,6 +8,7 @@
 pub mod config;
 pub mod console;
 pub mod container;
+pub mod detached;
 pub mod error;
 pub mod features;
 pub mod hooks;
@@ -22,5 +23,6 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod sys;
+pub mod tmpcopyup;
 
 pub use error::{Error, Result};
