@@ -84,6 +84,25 @@ pub fn set_attrs(
     Ok(())
 }
 
+/// move_mount of the detached mount `from` onto the file or directory `to` is open on.
+pub fn attach(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    // SAFETY: `empty` is a valid NUL-terminated string for the call; both fds are borrowed.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
 /// A process parked in a new user namespace; killed and reaped on drop.
 struct Parked {
     pid: nix::unistd::Pid,

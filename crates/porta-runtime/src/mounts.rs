@@ -268,13 +268,14 @@ impl MountOptions {
                 continue;
             };
             match kind {
+                // insert/remove keep bits nix does not name (MS_NOSYMFOLLOW), which `!` drops.
                 Opt::Set(f) => {
-                    o.flags |= f;
-                    o.cleared &= !f;
+                    o.flags.insert(f);
+                    o.cleared.remove(f);
                 }
                 Opt::Clear(f) => {
-                    o.flags &= !f;
-                    o.cleared |= f;
+                    o.flags.remove(f);
+                    o.cleared.insert(f);
                 }
                 Opt::RecSet(a) => o.rec_attrs.on(a),
                 Opt::RecClear(a) => o.rec_attrs.off(a),

@@ -263,8 +263,9 @@ fn mount_one(
     let is_dev = rel(dest) == "dev";
     // Read-only applied last for /dev and tmpfs, so what goes below them can be made.
     let defer_ro = opts.flags.contains(MsFlags::MS_RDONLY) && (is_dev || typ == "tmpfs");
+    // `difference`, not `& !`: the latter drops bits nix does not name (MS_NOSYMFOLLOW).
     let flags = if defer_ro {
-        opts.flags & !MsFlags::MS_RDONLY
+        opts.flags.difference(MsFlags::MS_RDONLY)
     } else {
         opts.flags
     };
@@ -289,7 +290,7 @@ fn mount_one(
         };
         let tpath = fd_path(target.as_fd());
         match detached {
-            Some(fd) => sys::move_mount_onto(fd.as_fd(), &tpath)
+            Some(fd) => crate::detached::attach(fd.as_fd(), target.as_fd())
                 .ctx(|| format!("attach {} on {}", source.display(), dest.display()))?,
             None => {
                 let mut bflags = MsFlags::MS_BIND;
@@ -300,7 +301,7 @@ fn mount_one(
                     .ctx(|| format!("bind mount {} on {}", source.display(), dest.display()))?;
             }
         }
-        let extra = flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
+        let extra = flags.difference(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
             // Re-open: the mount just made hides what `target` pointed at.
             let t = reopen(root, dest)?;
@@ -342,7 +343,7 @@ fn mount_one(
                 });
             }
         }
-        let flags = flags & !MsFlags::MS_REMOUNT;
+        let flags = flags.difference(MsFlags::MS_REMOUNT);
         match mount(Some(&source), &tpath, Some(typ), flags, data.as_deref()) {
             Ok(()) => {}
             Err(nix::errno::Errno::EPERM) | Err(nix::errno::Errno::EBUSY)
