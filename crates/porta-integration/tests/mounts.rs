@@ -108,7 +108,11 @@ fn tmpcopyup_starts_with_the_image_content() {
          echo \"y [$(ls -A /y)]\"; echo new > /x/made-inside && echo written; cat /proc/mounts",
     );
     assert_eq!(o.code, 0, "{o}\n{out}");
-    assert!(out.contains("root 757 7 8"), "{out}");
+    assert!(out.contains("root 757 "), "{out}");
+    if is_porta() {
+        // Porta also gives the tmpfs root the directory's owner (runc leaves it root's)
+        assert!(out.contains("root 757 7 8"), "{out}");
+    }
     assert!(out.contains("file 604 1234 5678"), "{out}");
     assert!(out.contains("link 42 43"), "{out}");
     assert!(out.contains("target sub/file"), "{out}");
@@ -168,6 +172,7 @@ fn recursive_attributes_reach_submounts() {
 #[test]
 fn recursive_clear_undoes_an_earlier_set() {
     require_root!();
+    porta_only!("runc 1.1 sets and clears both given attributes instead of the last one winning");
     let h = HostDir::new();
     h.tmpfs_at("sub");
     let mut b = Bundle::new(&[]);
@@ -221,6 +226,10 @@ fn refused_options_name_the_mount_and_leave_nothing() {
         (vec!["bind", "idmap=uids=0-1000-10"], "bind", "idmap=uids=0-1000-10"),
         (vec!["bind", "tmpcopyup"], "bind", "tmpcopyup"),
     ] {
+        if !is_porta() && bad != "z" {
+            // runc 1.1 hands these to a bind mount as data, which the kernel ignores
+            continue;
+        }
         let h = HostDir::new();
         let mut b = Bundle::new(&["true"]);
         let src = if typ == "tmpfs" { "tmpfs".to_string() } else { h.s() };
@@ -324,6 +333,12 @@ fn bind_source_inside_the_root_in_config_order() {
     std::fs::write(h.path().join("sub/f"), "via-the-first-mount\n").unwrap();
     for userns in [false, true] {
         if userns && !kernel_has_ns("user") {
+            continue;
+        }
+        if userns && !is_porta() {
+            // runc 1.1 opens every bind source before making any mount (fails here);
+            // runc 1.2 mounts a source inside the root in config order, as Porta does
+            skip("userns half of bind_source_inside_the_root_in_config_order: runc 1.1 opens all sources first");
             continue;
         }
         let mut b = Bundle::new(&[]);
