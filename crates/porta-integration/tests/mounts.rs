@@ -76,7 +76,11 @@ fn mount_line<'a>(out: &'a str, mp: &str) -> &'a str {
 }
 
 fn mount_opts(line: &str) -> Vec<&str> {
-    line.split_whitespace().nth(3).unwrap_or("").split(',').collect()
+    line.split_whitespace()
+        .nth(3)
+        .unwrap_or("")
+        .split(',')
+        .collect()
 }
 
 #[test]
@@ -93,12 +97,16 @@ fn tmpcopyup_starts_with_the_image_content() {
     chown(&x.join("link"), 42, 43);
     std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o757)).unwrap();
     chown(&x, 7, 8);
-    b.mount(json!({"destination": "/x", "type": "tmpfs", "source": "tmpfs",
-        "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]}));
+    b.mount(
+        json!({"destination": "/x", "type": "tmpfs", "source": "tmpfs",
+        "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]}),
+    );
     // and a plain tmpfs over another image directory stays empty
     std::fs::create_dir_all(b.rootfs().join("y")).unwrap();
     std::fs::write(b.rootfs().join("y/hidden"), "x").unwrap();
-    b.mount(json!({"destination": "/y", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}));
+    b.mount(
+        json!({"destination": "/y", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}),
+    );
     let rootfs = b.rootfs();
     let (o, out) = run_sh(
         "mnt-copyup",
@@ -131,8 +139,10 @@ fn notmpcopyup_cancels_tmpcopyup() {
     let mut b = Bundle::new(&[]);
     std::fs::create_dir_all(b.rootfs().join("x")).unwrap();
     std::fs::write(b.rootfs().join("x/hidden"), "x").unwrap();
-    b.mount(json!({"destination": "/x", "type": "tmpfs", "source": "tmpfs",
-        "options": ["tmpcopyup", "notmpcopyup"]}));
+    b.mount(
+        json!({"destination": "/x", "type": "tmpfs", "source": "tmpfs",
+        "options": ["tmpcopyup", "notmpcopyup"]}),
+    );
     let (o, out) = run_sh("mnt-nocopyup", b, "echo \"x [$(ls -A /x)]\"");
     assert_eq!(o.code, 0, "{o}\n{out}");
     assert!(out.contains("x []"), "{out}");
@@ -147,8 +157,10 @@ fn recursive_attributes_reach_submounts() {
     let mut b = Bundle::new(&[]);
     b.mount(json!({"destination": "/r", "type": "bind", "source": h.s(),
         "options": ["rbind", "rro", "rnosuid", "rnodev", "rnoexec", "rnoatime"]}));
-    b.mount(json!({"destination": "/plain", "type": "bind", "source": h.s(),
-        "options": ["rbind", "ro"]}));
+    b.mount(
+        json!({"destination": "/plain", "type": "bind", "source": h.s(),
+        "options": ["rbind", "ro"]}),
+    );
     let (o, out) = run_sh(
         "mnt-rro",
         b,
@@ -186,7 +198,10 @@ fn recursive_clear_undoes_an_earlier_set() {
     assert_eq!(o.code, 0, "{o}\n{out}");
     assert!(out.contains("sub-writable"), "{out}");
     let opts = mount_opts(mount_line(&out, "/r/sub"));
-    assert!(opts.contains(&"rw") && !opts.contains(&"noexec"), "{opts:?}");
+    assert!(
+        opts.contains(&"rw") && !opts.contains(&"noexec"),
+        "{opts:?}"
+    );
 }
 
 #[test]
@@ -201,8 +216,10 @@ fn nosymfollow_plain_and_recursive() {
     let mut b = Bundle::new(&[]);
     b.mount(json!({"destination": "/n", "type": "bind", "source": h.s(),
         "options": ["bind", "nosymfollow"]}));
-    b.mount(json!({"destination": "/rn", "type": "bind", "source": h.s(),
-        "options": ["rbind", "rnosymfollow"]}));
+    b.mount(
+        json!({"destination": "/rn", "type": "bind", "source": h.s(),
+        "options": ["rbind", "rnosymfollow"]}),
+    );
     b.mount(json!({"destination": "/f", "type": "bind", "source": h.s(),
         "options": ["rbind"]}));
     let (o, out) = run_sh(
@@ -223,7 +240,11 @@ fn refused_options_name_the_mount_and_leave_nothing() {
     require_root!();
     for (opts, typ, bad) in [
         (vec!["rw", "z"], "bind", "z"),
-        (vec!["bind", "idmap=uids=0-1000-10"], "bind", "idmap=uids=0-1000-10"),
+        (
+            vec!["bind", "idmap=uids=0-1000-10"],
+            "bind",
+            "idmap=uids=0-1000-10",
+        ),
         (vec!["bind", "tmpcopyup"], "bind", "tmpcopyup"),
     ] {
         if !is_porta() && bad != "z" {
@@ -232,7 +253,11 @@ fn refused_options_name_the_mount_and_leave_nothing() {
         }
         let h = HostDir::new();
         let mut b = Bundle::new(&["true"]);
-        let src = if typ == "tmpfs" { "tmpfs".to_string() } else { h.s() };
+        let src = if typ == "tmpfs" {
+            "tmpfs".to_string()
+        } else {
+            h.s()
+        };
         b.mount(json!({"destination": "/bad", "type": typ, "source": src, "options": opts}));
         let n = b.config["mounts"].as_array().unwrap().len() - 1;
         let c = Container::new("mnt-refused", b);
@@ -270,7 +295,10 @@ fn proc_on_a_symlink_is_refused() {
     assert!(!l.stdout.lines().any(|x| x == c.id), "{l}");
     // and nothing was mounted on the symlink's target
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mi.contains(&rootfs.join("fakeproc").display().to_string()), "{mi}");
+    assert!(
+        !mi.contains(&rootfs.join("fakeproc").display().to_string()),
+        "{mi}"
+    );
 }
 
 #[test]
@@ -295,7 +323,10 @@ fn readonly_dev_still_gets_pts_and_devices() {
     assert!(out.contains("null-ok"), "{out}");
     assert!(out.lines().any(|l| l.trim() == "4"), "{out}");
     assert!(!out.contains("dev-writable"), "{out}");
-    assert!(mount_opts(mount_line(&out, "/dev")).contains(&"ro"), "{out}");
+    assert!(
+        mount_opts(mount_line(&out, "/dev")).contains(&"ro"),
+        "{out}"
+    );
 }
 
 /// Host ids a user-namespaced container's 0..65536 map to.
@@ -317,9 +348,19 @@ fn bind_source_only_the_host_can_reach() {
     std::fs::set_permissions(inner.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut b = Bundle::new(&[]);
     b.user_ns(HOST_BASE, 65536);
-    cmd::host("chown", &["-R", "-h", &format!("{HOST_BASE}:{HOST_BASE}"), b.rootfs().to_str().unwrap()])
-        .expect_ok();
-    b.mount(json!({"destination": "/m", "type": "bind", "source": inner, "options": ["rbind", "ro"]}));
+    cmd::host(
+        "chown",
+        &[
+            "-R",
+            "-h",
+            &format!("{HOST_BASE}:{HOST_BASE}"),
+            b.rootfs().to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    b.mount(
+        json!({"destination": "/m", "type": "bind", "source": inner, "options": ["rbind", "ro"]}),
+    );
     let (o, out) = run_sh("mnt-hostonly", b, "cat /m/f");
     assert_eq!(o.code, 0, "{o}\n{out}");
     assert!(out.contains("reached"), "{out}");
@@ -344,16 +385,29 @@ fn bind_source_inside_the_root_in_config_order() {
         let mut b = Bundle::new(&[]);
         if userns {
             b.user_ns(HOST_BASE, 65536);
-            cmd::host("chown", &["-R", "-h", &format!("{HOST_BASE}:{HOST_BASE}"), b.rootfs().to_str().unwrap()])
-                .expect_ok();
+            cmd::host(
+                "chown",
+                &[
+                    "-R",
+                    "-h",
+                    &format!("{HOST_BASE}:{HOST_BASE}"),
+                    b.rootfs().to_str().unwrap(),
+                ],
+            )
+            .expect_ok();
         }
         // the second mount's source exists only once the first mount is made
         let second_src = b.rootfs().join("a/sub");
-        b.mount(json!({"destination": "/a", "type": "bind", "source": h.s(), "options": ["rbind"]}));
+        b.mount(
+            json!({"destination": "/a", "type": "bind", "source": h.s(), "options": ["rbind"]}),
+        );
         b.mount(json!({"destination": "/b", "type": "bind", "source": second_src, "options": ["rbind"]}));
         let (o, out) = run_sh("mnt-order", b, "cat /b/f");
         assert_eq!(o.code, 0, "userns {userns}: {o}\n{out}");
-        assert!(out.contains("via-the-first-mount"), "userns {userns}: {out}");
+        assert!(
+            out.contains("via-the-first-mount"),
+            "userns {userns}: {out}"
+        );
     }
 }
 
@@ -371,9 +425,19 @@ fn idmap_with_the_containers_mappings() {
     std::fs::set_permissions(h.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut b = Bundle::new(&[]);
     b.user_ns(HOST_BASE, 65536);
-    cmd::host("chown", &["-R", "-h", &format!("{HOST_BASE}:{HOST_BASE}"), b.rootfs().to_str().unwrap()])
-        .expect_ok();
-    b.mount(json!({"destination": "/m", "type": "bind", "source": h.s(), "options": ["bind", "idmap"]}));
+    cmd::host(
+        "chown",
+        &[
+            "-R",
+            "-h",
+            &format!("{HOST_BASE}:{HOST_BASE}"),
+            b.rootfs().to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    b.mount(
+        json!({"destination": "/m", "type": "bind", "source": h.s(), "options": ["bind", "idmap"]}),
+    );
     b.mount(json!({"destination": "/plain", "type": "bind", "source": h.s(), "options": ["bind"]}));
     let (o, out) = run_sh(
         "mnt-idmap",
@@ -419,7 +483,9 @@ fn idmap_without_mappings_is_refused() {
     porta_only!("idmapped mounts need runc 1.2");
     let h = HostDir::new();
     let mut b = Bundle::new(&["true"]);
-    b.mount(json!({"destination": "/m", "type": "bind", "source": h.s(), "options": ["bind", "idmap"]}));
+    b.mount(
+        json!({"destination": "/m", "type": "bind", "source": h.s(), "options": ["bind", "idmap"]}),
+    );
     let n = b.config["mounts"].as_array().unwrap().len() - 1;
     let c = Container::new("mnt-idmap-none", b);
     let o = c.create();

@@ -206,7 +206,13 @@ fn podman_read_only_and_tmpfs_mounts() {
     let tar = pm.dir.join("img.tar");
     cmd::host(
         "tar",
-        &["-C", img.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."],
+        &[
+            "-C",
+            img.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
     )
     .expect_ok();
     let image = "localhost/pit-busybox-x:latest";

@@ -183,7 +183,10 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         );
         if u != g {
             return Err(Error::field(
-                format!("mounts[{i}].{}", if u { "gidMappings" } else { "uidMappings" }),
+                format!(
+                    "mounts[{i}].{}",
+                    if u { "gidMappings" } else { "uidMappings" }
+                ),
                 "an idmapped mount needs both uidMappings and gidMappings",
             ));
         }
@@ -361,13 +364,22 @@ mod tests {
             r#"{{"destination":"/data","type":"tmpfs","source":"tmpfs","uidMappings":{map},"gidMappings":{map}}}"#
         );
         let err = check(&tmpfs).unwrap_err();
-        assert!(err.contains("mounts[0].uidMappings") && err.contains("tmpfs"), "{err}");
-        let err = check(r#"{"destination":"/x","type":"bind","source":"/tmp","options":["rbind","Z"]}"#)
-            .unwrap_err();
+        assert!(
+            err.contains("mounts[0].uidMappings") && err.contains("tmpfs"),
+            "{err}"
+        );
+        let err =
+            check(r#"{"destination":"/x","type":"bind","source":"/tmp","options":["rbind","Z"]}"#)
+                .unwrap_err();
         assert!(err.contains("mounts[0] (/x): option \"Z\""), "{err}");
-        let err = check(r#"{"destination":"/x","type":"bind","source":"/tmp","options":["rbind","tmpcopyup"]}"#)
-            .unwrap_err();
-        assert!(err.contains("mounts[0] (/x): option \"tmpcopyup\""), "{err}");
+        let err = check(
+            r#"{"destination":"/x","type":"bind","source":"/tmp","options":["rbind","tmpcopyup"]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("mounts[0] (/x): option \"tmpcopyup\""),
+            "{err}"
+        );
     }
 
     #[test]

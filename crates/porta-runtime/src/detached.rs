@@ -162,13 +162,19 @@ fn inside_root(source: &Path, rootfs: &Path) -> bool {
 }
 
 /// The id mappings an idmapped mount uses: its own, else the container's.
-fn mappings<'a>(m: &'a Mount, spec: &'a Spec) -> Option<(&'a [LinuxIdMapping], &'a [LinuxIdMapping])> {
+fn mappings<'a>(
+    m: &'a Mount,
+    spec: &'a Spec,
+) -> Option<(&'a [LinuxIdMapping], &'a [LinuxIdMapping])> {
     let own = (m.uid_mappings().as_deref(), m.gid_mappings().as_deref());
     if let (Some(u), Some(g)) = own {
         return Some((u, g));
     }
     let linux = spec.linux().as_ref()?;
-    Some((linux.uid_mappings().as_deref()?, linux.gid_mappings().as_deref()?))
+    Some((
+        linux.uid_mappings().as_deref()?,
+        linux.gid_mappings().as_deref()?,
+    ))
 }
 
 /// Detached mounts made before the container's process starts, by config mount index.
@@ -192,7 +198,10 @@ pub fn open_sources(spec: &Spec, rootfs: &Path, new_userns: bool) -> Result<Sour
         let name = || format!("mounts[{i}] ({})", m.destination().display());
         let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[]))
             .map_err(|e| Error::field(name(), e.to_string()))?;
-        let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "none" });
+        let typ = m
+            .typ()
+            .as_deref()
+            .unwrap_or(if opts.bind { "bind" } else { "none" });
         let bind = opts.bind || typ == "bind";
         let has_maps = m.uid_mappings().is_some() || m.gid_mappings().is_some();
         let idmap = opts.idmap.is_some() || has_maps;
@@ -235,7 +244,10 @@ fn open_one(
         }
         // Not privileged on the host (a rootless runtime): mounted from inside, as before.
         Err(e) if !idmap && e.raw_os_error() == Some(libc::EPERM) => {
-            tracing::debug!("open_tree {} refused ({e}); mounting it from inside", src.display());
+            tracing::debug!(
+                "open_tree {} refused ({e}); mounting it from inside",
+                src.display()
+            );
             return Ok(None);
         }
         Err(e) => return Err(format!("open bind source {}: {e}", src.display())),
@@ -255,8 +267,12 @@ fn open_one(
         let ns = userns_with(u, g).map_err(|e| e.to_string())?;
         // `ridmap` on an rbind: every mount of the tree; else the top mount only (runc).
         let rec = opts.recursive && opts.idmap.map(|i| i.recursive).unwrap_or(false);
-        set_attrs(tree.as_fd(), rec, attr::IDMAP, 0, Some(ns.as_fd()))
-            .map_err(|e| format!("idmap {} (mount_setattr MOUNT_ATTR_IDMAP): {e}", src.display()))?;
+        set_attrs(tree.as_fd(), rec, attr::IDMAP, 0, Some(ns.as_fd())).map_err(|e| {
+            format!(
+                "idmap {} (mount_setattr MOUNT_ATTR_IDMAP): {e}",
+                src.display()
+            )
+        })?;
     }
     Ok(Some(tree))
 }

@@ -128,11 +128,7 @@ fn container_init(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::
     finish(chan, r)
 }
 
-fn init_steps(
-    chan: &Channel,
-    args: InitArgs<'_>,
-    sources: crate::detached::Sources,
-) -> Result<()> {
+fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sources) -> Result<()> {
     let spec = args.spec;
     let proc_ = spec
         .process()

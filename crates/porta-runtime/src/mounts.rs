@@ -517,7 +517,10 @@ mod tests {
             ("unbindable", MsFlags::MS_UNBINDABLE),
         ] {
             assert_eq!(p(&[opt]).propagation, vec![f]);
-            assert_eq!(p(&[&format!("r{opt}")]).propagation, vec![f | MsFlags::MS_REC]);
+            assert_eq!(
+                p(&[&format!("r{opt}")]).propagation,
+                vec![f | MsFlags::MS_REC]
+            );
         }
         let b = p(&["bind"]);
         assert!(b.bind && !b.recursive);
@@ -534,10 +537,21 @@ mod tests {
 
     #[test]
     fn refused_options_name_themselves() {
-        for opt in ["z", "Z", "U", "O", "idmap=uids=0-1-10", "ridmap=gids=0-1-1", ""] {
+        for opt in [
+            "z",
+            "Z",
+            "U",
+            "O",
+            "idmap=uids=0-1-10",
+            "ridmap=gids=0-1-1",
+            "",
+        ] {
             let e = MountOptions::parse(&s(&["rw", opt])).unwrap_err();
             assert_eq!(e.option, opt);
-            assert!(e.to_string().starts_with(&format!("option {opt:?}: ")), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("option {opt:?}: ")),
+                "{e}"
+            );
         }
         let e = MountOptions::parse(&s(&["nosuid,nodev"])).unwrap_err();
         assert!(e.msg.contains("comma"), "{e}");
@@ -556,7 +570,10 @@ mod tests {
             "ridmap"
         );
         assert_eq!(
-            p(&["copy-symlink"]).check_for_type("proc").unwrap_err().option,
+            p(&["copy-symlink"])
+                .check_for_type("proc")
+                .unwrap_err()
+                .option,
             "copy-symlink"
         );
     }

@@ -94,6 +94,7 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
         let detached = plan.sources.take(i);
         mount_one(
             root_fd.as_fd(),
+            i,
             m,
             &opts,
             detached,
@@ -109,8 +110,12 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
     }
     for d in deferred {
         let t = reopen(root_fd.as_fd(), &d.dest)?;
-        remount_bind(&fd_path(t.as_fd()), MsFlags::MS_RDONLY)
-            .map_err(|e| Error::field(format!("mounts ({})", d.dest.display()), e.to_string()))?;
+        remount_bind(&fd_path(t.as_fd()), MsFlags::MS_RDONLY).map_err(|e| {
+            Error::field(
+                format!("mounts[{}] ({})", d.index, d.dest.display()),
+                e.to_string(),
+            )
+        })?;
     }
     Ok(())
 }
@@ -237,11 +242,15 @@ pub fn ensure_file(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
 /// A mount made read-write now and remounted read-only once the root is prepared, as runc
 /// does for tmpfs and /dev (devices, /dev/pts and copied-up content go in first).
 struct DeferredRo {
+    /// The mount's index in the config.
+    index: usize,
     dest: PathBuf,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn mount_one(
     root: BorrowedFd<'_>,
+    index: usize,
     m: &Mount,
     opts: &MountOptions,
     detached: Option<OwnedFd>,
@@ -389,6 +398,7 @@ fn mount_one(
     }
     if defer_ro {
         deferred.push(DeferredRo {
+            index,
             dest: dest.to_path_buf(),
         });
     }
@@ -400,8 +410,12 @@ fn after_mount(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions) -> Result
     if !opts.rec_attrs.is_empty() {
         let t = reopen(root, dest)?;
         let (set, clr) = opts.rec_attrs.set_clr();
-        crate::detached::set_attrs(t.as_fd(), true, set, clr, None)
-            .ctx(|| format!("set recursive attributes of {} (mount_setattr)", dest.display()))?;
+        crate::detached::set_attrs(t.as_fd(), true, set, clr, None).ctx(|| {
+            format!(
+                "set recursive attributes of {} (mount_setattr)",
+                dest.display()
+            )
+        })?;
     }
     if !opts.propagation.is_empty() {
         let t = reopen(root, dest)?;
@@ -440,7 +454,10 @@ fn refuse_non_directory(root: BorrowedFd<'_>, dest: &Path, typ: &str) -> Result<
             Ok(())
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(Error::sys(format!("open {} in the container", dest.display()), e)),
+        Err(e) => Err(Error::sys(
+            format!("open {} in the container", dest.display()),
+            e,
+        )),
     }
 }
 
@@ -456,7 +473,12 @@ fn copy_symlink(root: BorrowedFd<'_>, dest: &Path, target: &Path) -> Result<()> 
         nix::unistd::UnlinkatFlags::NoRemoveDir,
     ) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(Error::nix(format!("replace {} by a symlink", dest.display()), e)),
+        Err(e) => {
+            return Err(Error::nix(
+                format!("replace {} by a symlink", dest.display()),
+                e,
+            ))
+        }
     }
     nix::unistd::symlinkat(target, Some(parent.as_raw_fd()), name)
         .ctx(|| format!("symlink {} -> {}", dest.display(), target.display()))
@@ -586,7 +608,7 @@ fn mount_cgroup(
     plan: &RootfsPlan<'_>,
 ) -> Result<()> {
     let hs = host_hierarchies();
-    let flags = (opts.flags & !MsFlags::MS_REMOUNT)
+    let flags = opts.flags.difference(MsFlags::MS_REMOUNT)
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;

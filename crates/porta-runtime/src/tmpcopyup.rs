@@ -27,18 +27,19 @@ fn open_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr, flags: OFlag) -> nix::Res
 }
 
 /// Sets owner, mode and times of `name` in `dir` from `st` (the source's stat).
-fn copy_meta(dir: BorrowedFd<'_>, name: &std::ffi::CStr, st: &libc::stat, link: bool) -> nix::Result<()> {
-    let follow = if link {
-        AtFlags::AT_SYMLINK_NOFOLLOW
-    } else {
-        AtFlags::empty()
-    };
+fn copy_meta(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    st: &libc::stat,
+    link: bool,
+) -> nix::Result<()> {
+    // Never through a symlink: a link's own owner is set, not its target's.
     nix::unistd::fchownat(
         Some(dir.as_raw_fd()),
         name,
         Some(st.st_uid.into()),
         Some(st.st_gid.into()),
-        follow | AtFlags::AT_SYMLINK_NOFOLLOW,
+        AtFlags::AT_SYMLINK_NOFOLLOW,
     )?;
     if !link {
         nix::sys::stat::fchmodat(
@@ -76,30 +77,54 @@ fn copy_meta(dir: BorrowedFd<'_>, name: &std::ffi::CStr, st: &libc::stat, link: 
 /// Copies the content of directory `from` into directory `to`, and `from`'s owner and mode
 /// onto `to` unless `keep_root_mode` (a `mode=` option set the tmpfs root's mode).
 /// `what` names the mount in errors.
-pub fn copy_up(from: BorrowedFd<'_>, to: BorrowedFd<'_>, keep_root_mode: bool, what: &str) -> Result<()> {
-    let err = |step: String, e: nix::errno::Errno| Error::nix(format!("tmpcopyup of {what}: {step}"), e);
-    let st = nix::sys::stat::fstat(from.as_raw_fd()).map_err(|e| err("stat the image's directory".into(), e))?;
-    nix::unistd::fchown(to.as_raw_fd(), Some(st.st_uid.into()), Some(st.st_gid.into()))
-        .map_err(|e| err("chown the tmpfs root".into(), e))?;
+pub fn copy_up(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    keep_root_mode: bool,
+    what: &str,
+) -> Result<()> {
+    let err =
+        |step: String, e: nix::errno::Errno| Error::nix(format!("tmpcopyup of {what}: {step}"), e);
+    let st = nix::sys::stat::fstat(from.as_raw_fd())
+        .map_err(|e| err("stat the image's directory".into(), e))?;
+    nix::unistd::fchown(
+        to.as_raw_fd(),
+        Some(st.st_uid.into()),
+        Some(st.st_gid.into()),
+    )
+    .map_err(|e| err("chown the tmpfs root".into(), e))?;
     if !keep_root_mode {
-        nix::sys::stat::fchmod(to.as_raw_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))
-            .map_err(|e| err("chmod the tmpfs root".into(), e))?;
+        nix::sys::stat::fchmod(
+            to.as_raw_fd(),
+            Mode::from_bits_truncate(st.st_mode & 0o7777),
+        )
+        .map_err(|e| err("chmod the tmpfs root".into(), e))?;
     }
     copy_dir(from, to, 0, &mut String::new()).map_err(|(p, step, e)| err(format!("{step} {p}"), e))
 }
 
 type CopyErr = (String, &'static str, nix::errno::Errno);
 
-fn copy_dir(from: BorrowedFd<'_>, to: BorrowedFd<'_>, depth: usize, path: &mut String) -> std::result::Result<(), CopyErr> {
+fn copy_dir(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    depth: usize,
+    path: &mut String,
+) -> std::result::Result<(), CopyErr> {
     if depth > MAX_DEPTH {
-        return Err((path.clone(), "deeper than 256 directories at", nix::errno::Errno::ELOOP));
+        return Err((
+            path.clone(),
+            "deeper than 256 directories at",
+            nix::errno::Errno::ELOOP,
+        ));
     }
     let here = path.clone();
     let fail = |step: &'static str, name: &str| {
         let p = format!("{here}/{name}");
         move |e: nix::errno::Errno| (p, step, e)
     };
-    let src = open_at(from, c".", OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(fail("open", ""))?;
+    let src =
+        open_at(from, c".", OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(fail("open", ""))?;
     let raw = std::os::fd::IntoRawFd::into_raw_fd(src);
     // Dir owns the fd from here: closed on drop, and by from_fd itself when it fails.
     let mut dir = Dir::from_fd(raw).map_err(fail("list", ""))?;
@@ -123,7 +148,11 @@ fn copy_dir(from: BorrowedFd<'_>, to: BorrowedFd<'_>, depth: usize, path: &mut S
         let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
         match kind {
             SFlag::S_IFDIR => {
-                match nix::sys::stat::mkdirat(Some(to.as_raw_fd()), name.as_c_str(), Mode::from_bits_truncate(0o700)) {
+                match nix::sys::stat::mkdirat(
+                    Some(to.as_raw_fd()),
+                    name.as_c_str(),
+                    Mode::from_bits_truncate(0o700),
+                ) {
                     Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                     Err(e) => return Err(fail("mkdir", &shown)(e)),
                 }
@@ -143,21 +172,31 @@ fn copy_dir(from: BorrowedFd<'_>, to: BorrowedFd<'_>, depth: usize, path: &mut S
                     .map_err(fail("create the copy of", &shown))?;
                 let (mut s, mut d) = (File::from(src), File::from(dst));
                 std::io::copy(&mut s, &mut d).map_err(|e| {
-                    fail("copy", &shown)(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+                    fail("copy", &shown)(nix::errno::Errno::from_raw(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    ))
                 })?;
             }
             SFlag::S_IFLNK => {
-                let target = nix::fcntl::readlinkat(Some(dfd), name.as_c_str()).map_err(fail("readlink", &shown))?;
+                let target = nix::fcntl::readlinkat(Some(dfd), name.as_c_str())
+                    .map_err(fail("readlink", &shown))?;
                 nix::unistd::symlinkat(target.as_os_str(), Some(to.as_raw_fd()), name.as_c_str())
                     .map_err(fail("symlink", &shown))?;
             }
             SFlag::S_IFCHR | SFlag::S_IFBLK | SFlag::S_IFIFO | SFlag::S_IFSOCK => {
-                nix::sys::stat::mknodat(Some(to.as_raw_fd()), name.as_c_str(), kind, mode, st.st_rdev)
-                    .map_err(fail("mknod", &shown))?;
+                nix::sys::stat::mknodat(
+                    Some(to.as_raw_fd()),
+                    name.as_c_str(),
+                    kind,
+                    mode,
+                    st.st_rdev,
+                )
+                .map_err(fail("mknod", &shown))?;
             }
             _ => continue,
         }
-        copy_meta(to, &name, &st, kind == SFlag::S_IFLNK).map_err(fail("set owner, mode and times of", &shown))?;
+        copy_meta(to, &name, &st, kind == SFlag::S_IFLNK)
+            .map_err(fail("set owner, mode and times of", &shown))?;
     }
     drop(dir);
     Ok(())
@@ -174,8 +213,13 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(a.path().join("d/e")).unwrap();
         std::fs::write(a.path().join("d/e/f"), b"hello").unwrap();
-        std::fs::set_permissions(a.path().join("d/e/f"), std::fs::Permissions::from_mode(0o640)).unwrap();
-        std::fs::set_permissions(a.path().join("d"), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(
+            a.path().join("d/e/f"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::fs::set_permissions(a.path().join("d"), std::fs::Permissions::from_mode(0o711))
+            .unwrap();
         std::os::unix::fs::symlink("../outside", a.path().join("d/link")).unwrap();
         std::fs::set_permissions(a.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         let fa = File::open(a.path()).unwrap();
