@@ -161,6 +161,43 @@ fn inside_root(source: &Path, rootfs: &Path) -> bool {
     canon(source).starts_with(canon(rootfs))
 }
 
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether anything is mounted below `path` (in this process's mount namespace).
+fn has_submounts(path: &Path, mountinfo: &str) -> bool {
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mountinfo.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|mp| {
+                let mp = std::path::PathBuf::from(unescape(mp));
+                mp != canon && mp.starts_with(&canon)
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// The id mappings an idmapped mount uses: its own, else the container's.
 fn mappings<'a>(
     m: &'a Mount,
@@ -192,7 +229,13 @@ impl Sources {
 /// the container gets a new user namespace, every one outside the container's root (which
 /// the container's user may not be able to reach). Sources inside the root are left to be
 /// mounted in config order. A failure names the mount.
+///
+/// A recursive bind with mounts below its source is left to the container's process when
+/// not idmapped: binding from inside its user namespace keeps the kernel's locks on those
+/// submounts (they cannot be unmounted to show what they cover), which a tree cloned on
+/// the host side would not have.
 pub fn open_sources(spec: &Spec, rootfs: &Path, new_userns: bool) -> Result<Sources> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let name = || format!("mounts[{i}] ({})", m.destination().display());
@@ -205,7 +248,13 @@ pub fn open_sources(spec: &Spec, rootfs: &Path, new_userns: bool) -> Result<Sour
         let bind = opts.bind || typ == "bind";
         let has_maps = m.uid_mappings().is_some() || m.gid_mappings().is_some();
         let idmap = opts.idmap.is_some() || has_maps;
-        let wanted = bind && (idmap || new_userns);
+        let wanted = bind
+            && (idmap
+                || (new_userns
+                    && !(opts.recursive
+                        && m.source()
+                            .as_deref()
+                            .is_some_and(|s| has_submounts(s, &mountinfo)))));
         let fd = match (wanted, m.source()) {
             (true, Some(src)) if !inside_root(src, rootfs) => {
                 let is_link = std::fs::symlink_metadata(src)
@@ -275,4 +324,22 @@ fn open_one(
         })?;
     }
     Ok(Some(tree))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submounts_are_found_by_mount_point() {
+        let info = "1 0 8:1 / / rw - ext4 /dev/sda rw\n\
+                    2 1 0:5 / /srv/a\\040b/sub rw - tmpfs t rw\n\
+                    3 1 0:6 / /srv/c rw - tmpfs t rw\n";
+        assert!(has_submounts(Path::new("/srv/a b"), info));
+        assert!(!has_submounts(Path::new("/srv/a"), info));
+        // a mount on the source itself is not below it
+        assert!(!has_submounts(Path::new("/srv/c"), info));
+        assert!(has_submounts(Path::new("/srv"), info));
+        assert_eq!(unescape("a\\040b\\011c"), "a b\tc");
+    }
 }
