@@ -239,6 +239,10 @@ fn lookup(opt: &str) -> Option<Opt> {
         "idmap" => Idmap { recursive: false },
         "ridmap" => Idmap { recursive: true },
         "z" | "Z" | "U" | "O" => Refused(ENGINE_ONLY),
+        "src-nofollow" | "dest-nofollow" => Refused(
+            "crun's option to mount a symlink itself is not supported (neither runc nor \
+             Porta mounts a symlink); use copy-symlink to copy a symlink source",
+        ),
         _ if opt.starts_with("idmap=") || opt.starts_with("ridmap=") => Refused(
             "mappings inside the option are not supported; give the mount uidMappings and \
              gidMappings (OCI runtime spec 1.1) with a plain \"idmap\"",
