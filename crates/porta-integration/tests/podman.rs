@@ -177,3 +177,154 @@ fn podman_end_to_end() {
         dir.display()
     );
 }
+
+/// Podman's global flags with `rt` as the runtime instead of the one under test.
+fn podman_args_with(dir: &Path, rt: &Path) -> Vec<std::ffi::OsString> {
+    let mut v = podman_args(dir, "cgroupfs");
+    if let Some(i) = v.iter().position(|a| a == "--runtime") {
+        v[i + 1] = rt.as_os_str().to_owned();
+    }
+    v
+}
+
+/// `podman run --read-only`, `--tmpfs /x` and `--mount type=tmpfs,…`: Podman sends crun's
+/// `tmpcopyup` (and `notmpcopyup`), which the runtime must apply, not hand to the kernel.
+/// Run with the runtime under test and, side by side, with runc where it is installed.
+#[test]
+fn podman_read_only_and_tmpfs_mounts() {
+    require_root!();
+    if !have_podman() {
+        return;
+    }
+    let pm = Podman::new();
+    // an image with content at /x, which a tmpfs there starts with
+    let img = pm.dir.join("img");
+    rootfs::copy_tree(rootfs::cached(), &img).unwrap();
+    std::fs::create_dir_all(img.join("x/sub")).unwrap();
+    std::fs::write(img.join("x/sub/f"), "from-the-image\n").unwrap();
+    std::os::unix::fs::symlink("sub/f", img.join("x/link")).unwrap();
+    let tar = pm.dir.join("img.tar");
+    cmd::host(
+        "tar",
+        &[
+            "-C",
+            img.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
+    )
+    .expect_ok();
+    let image = "localhost/pit-busybox-x:latest";
+    pm.run(&["import", tar.to_str().unwrap(), image])
+        .expect_ok();
+
+    let mut runtimes = vec![runtime()];
+    let runc = Path::new("/usr/sbin/runc");
+    if runc.exists() && is_porta() {
+        runtimes.push(runc.to_path_buf());
+    }
+    let limits = [
+        "--network=none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ];
+    let run = |rt: &Path, args: &[&str]| -> Out {
+        Cmd::new("podman")
+            .args(podman_args_with(&pm.dir, rt))
+            .timeout(Duration::from_secs(120))
+            .args(["run", "--rm"])
+            .args(limits)
+            .args(args)
+            .run()
+    };
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for rt in &runtimes {
+        let name = rt.display().to_string();
+        let mut seen = Vec::new();
+
+        // --read-only: the root is read-only, /tmp, /var/tmp and /run are writable tmpfs
+        let o = run(
+            rt,
+            &[
+                "--read-only",
+                image,
+                "sh",
+                "-c",
+                "touch /tmp/a && echo tmp-ok; touch /var/tmp/a && echo var-tmp-ok; \
+                 touch /run/a && echo run-ok; touch /etc/a 2>/dev/null || echo root-ro",
+            ],
+        );
+        assert_eq!(o.code, 0, "{name}: {o}");
+        for want in ["tmp-ok", "var-tmp-ok", "run-ok", "root-ro"] {
+            assert!(o.stdout.contains(want), "{name}: {want} missing: {o}");
+        }
+        seen.push(o.stdout.clone());
+
+        // --tmpfs /x: a tmpfs that starts with the image's /x
+        let o = run(
+            rt,
+            &[
+                "--tmpfs",
+                "/x",
+                image,
+                "sh",
+                "-c",
+                "cat /x/sub/f; readlink /x/link; echo w > /x/w && echo written; \
+                 grep ' /x ' /proc/mounts | cut -d' ' -f3",
+            ],
+        );
+        assert_eq!(o.code, 0, "{name}: {o}");
+        for want in ["from-the-image", "sub/f", "written", "tmpfs"] {
+            assert!(o.stdout.contains(want), "{name}: {want} missing: {o}");
+        }
+        seen.push(o.stdout.clone());
+
+        // --mount type=tmpfs with size and mode: copied up by default
+        let o = run(
+            rt,
+            &[
+                "--mount",
+                "type=tmpfs,destination=/x,tmpfs-size=1m,tmpfs-mode=0700",
+                image,
+                "sh",
+                "-c",
+                "stat -c 'mode %a' /x; cat /x/sub/f; grep ' /x ' /proc/mounts | cut -d' ' -f3",
+            ],
+        );
+        assert_eq!(o.code, 0, "{name}: {o}");
+        for want in ["from-the-image", "tmpfs"] {
+            assert!(o.stdout.contains(want), "{name}: {want} missing: {o}");
+        }
+        // tmpfs-mode names the root's mode; runc 1.1 lets the copied directory's mode
+        // (755) override it, crun and Porta keep the mode asked for
+        if rt.as_path() == runtime().as_path() && is_porta() {
+            assert!(o.stdout.contains("mode 700"), "{name}: {o}");
+        }
+        results.push((name, seen));
+    }
+    // the same output from both runtimes
+    if let [(a, ra), (b, rb)] = &results[..] {
+        assert_eq!(ra, rb, "{a} and {b} differ");
+    }
+
+    // notmpcopyup (crun's; runc 1.1 does not know it): the tmpfs starts empty
+    if is_porta() {
+        let o = run(
+            &runtime(),
+            &[
+                "--mount",
+                "type=tmpfs,destination=/x,notmpcopyup",
+                image,
+                "sh",
+                "-c",
+                "echo \"x [$(ls -A /x)]\"",
+            ],
+        );
+        assert_eq!(o.code, 0, "{o}");
+        assert!(o.stdout.contains("x []"), "{o}");
+    }
+    pm.run(&["rmi", image]).expect_ok();
+}

@@ -167,25 +167,34 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
                 format!("{} is not absolute", m.destination().display()),
             ));
         }
-        // Idmapped mounts (OCI 1.1 mount uidMappings/gidMappings) are not made by Porta
-        // (`porta features` says so): refuse rather than mount without the mapping.
-        for (field, set) in [
-            (
-                "uidMappings",
-                m.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-            (
-                "gidMappings",
-                m.gid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-        ] {
-            if set {
-                return Err(Error::field(
-                    format!("mounts[{i}].{field}"),
-                    "idmapped mounts are not supported by porta (features: \
-                     linux.mountExtensions.idmap.enabled is false)",
-                ));
-            }
+        // Options and idmapped-mount fields are checked here, before anything is made.
+        let name = || format!("mounts[{i}] ({})", m.destination().display());
+        let opts = crate::mounts::MountOptions::parse(m.options().as_deref().unwrap_or(&[]))
+            .map_err(|e| Error::field(name(), e.to_string()))?;
+        let typ = m
+            .typ()
+            .as_deref()
+            .unwrap_or(if opts.bind { "bind" } else { "none" });
+        opts.check_for_type(typ)
+            .map_err(|e| Error::field(name(), e.to_string()))?;
+        let (u, g) = (
+            m.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
+            m.gid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
+        );
+        if u != g {
+            return Err(Error::field(
+                format!(
+                    "mounts[{i}].{}",
+                    if u { "gidMappings" } else { "uidMappings" }
+                ),
+                "an idmapped mount needs both uidMappings and gidMappings",
+            ));
+        }
+        if u && !(opts.bind || typ == "bind") {
+            return Err(Error::field(
+                format!("mounts[{i}].uidMappings"),
+                format!("only a bind mount can be idmapped, not {typ}"),
+            ));
         }
     }
     if let Some(prop) = linux.rootfs_propagation() {
@@ -331,11 +340,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idmapped_mount_is_refused_naming_the_field() {
-        let cfg = br#"{"ociVersion":"1.2.0","root":{"path":"/tmp"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},"linux":{"namespaces":[{"type":"mount"}]},"mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["bind"],"uidMappings":[{"containerID":0,"hostID":1000,"size":1}]}]}"#;
-        let spec = parse_spec(cfg, Path::new("c")).expect("parses");
-        let err = validate(&spec, Path::new("/")).unwrap_err().to_string();
-        assert!(err.contains("mounts[0].uidMappings"), "{err}");
+    fn idmapped_mount_fields_and_options_are_checked() {
+        let cfg = |mount: &str| {
+            format!(
+                r#"{{"ociVersion":"1.2.0","root":{{"path":"/tmp"}},"process":{{"args":["true"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"linux":{{"namespaces":[{{"type":"mount"}}]}},"mounts":[{mount}]}}"#
+            )
+        };
+        let check = |mount: &str| {
+            let spec = parse_spec(cfg(mount).as_bytes(), Path::new("c")).expect("parses");
+            validate(&spec, Path::new("/")).map_err(|e| e.to_string())
+        };
+        let map = r#"[{"containerID":0,"hostID":1000,"size":1}]"#;
+        let both = format!(
+            r#"{{"destination":"/data","type":"bind","source":"/tmp","options":["bind"],"uidMappings":{map},"gidMappings":{map}}}"#
+        );
+        check(&both).unwrap();
+        let uid_only = format!(
+            r#"{{"destination":"/data","type":"bind","source":"/tmp","options":["bind"],"uidMappings":{map}}}"#
+        );
+        let err = check(&uid_only).unwrap_err();
+        assert!(err.contains("mounts[0].gidMappings"), "{err}");
+        let tmpfs = format!(
+            r#"{{"destination":"/data","type":"tmpfs","source":"tmpfs","uidMappings":{map},"gidMappings":{map}}}"#
+        );
+        let err = check(&tmpfs).unwrap_err();
+        assert!(
+            err.contains("mounts[0].uidMappings") && err.contains("tmpfs"),
+            "{err}"
+        );
+        let err =
+            check(r#"{"destination":"/x","type":"bind","source":"/tmp","options":["rbind","Z"]}"#)
+                .unwrap_err();
+        assert!(err.contains("mounts[0] (/x): option \"Z\""), "{err}");
+        let err = check(
+            r#"{"destination":"/x","type":"bind","source":"/tmp","options":["rbind","tmpcopyup"]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("mounts[0] (/x): option \"tmpcopyup\""),
+            "{err}"
+        );
     }
 
     #[test]

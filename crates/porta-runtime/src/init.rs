@@ -73,9 +73,15 @@ pub fn stage_one(chan: Channel, mut args: InitArgs<'_>) -> ! {
             write_time_offsets(args.spec)?;
             new &= !libc::CLONE_NEWTIME;
         }
+        // Bind sources are opened here, before the process enters its user namespace.
+        let sources = crate::detached::open_sources(
+            args.spec,
+            args.rootfs,
+            args.ns.creates(LinuxNamespaceType::User),
+        )?;
         match sys::clone_into(new as u64).ctx(|| "clone the container's process".into())? {
             sys::Forked::Parent(pid) => Ok(pid),
-            sys::Forked::Child => container_init(&chan, args),
+            sys::Forked::Child => container_init(&chan, args, sources),
         }
     })();
     match r {
@@ -116,13 +122,13 @@ fn write_time_offsets(spec: &Spec) -> Result<()> {
 }
 
 /// The container's process: never returns (execs the program, or reports and exits).
-fn container_init(chan: &Channel, args: InitArgs<'_>) -> ! {
-    let r = init_steps(chan, args);
+fn container_init(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sources) -> ! {
+    let r = init_steps(chan, args, sources);
     // init_steps only returns on error (success ends in execve).
     finish(chan, r)
 }
 
-fn init_steps(chan: &Channel, args: InitArgs<'_>) -> Result<()> {
+fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sources) -> Result<()> {
     let spec = args.spec;
     let proc_ = spec
         .process()
@@ -167,6 +173,7 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>) -> Result<()> {
         new_userns: args.ns.creates(LinuxNamespaceType::User),
         mount_label: spec.linux().as_ref().and_then(|l| l.mount_label().clone()),
         served_root,
+        sources,
     };
     rootfs::prepare(&mut plan)?;
     chan.send(&Msg::RunHooks, &[])?;

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod console;
 pub mod container;
+pub mod detached;
 pub mod error;
 pub mod features;
 pub mod hooks;
@@ -23,5 +24,6 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod sys;
+pub mod tmpcopyup;
 
 pub use error::{Error, Result};
