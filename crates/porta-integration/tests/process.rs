@@ -259,3 +259,19 @@ fn env_duplicates_and_empty_home() {
     let homes: Vec<&str> = out.lines().filter(|l| l.starts_with("HOME=")).collect();
     assert_eq!(homes, ["HOME=/root"], "{out}");
 }
+
+/// As runc: a process without a capabilities field runs with every set empty (not with
+/// a library's default sets).
+#[test]
+fn no_capabilities_field_means_none() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.config["process"]
+        .as_object_mut()
+        .unwrap()
+        .remove("capabilities");
+    let out = run_sh("proc-nocaps", b, "grep '^Cap' /proc/self/status");
+    for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(cap_bits(&out, f), 0, "{f}: {out}");
+    }
+}

@@ -176,12 +176,14 @@ pub fn apply_capabilities(
     c: &Option<LinuxCapabilities>,
     keep_sys_admin: bool,
 ) -> Result<Option<CapMasks>> {
-    let get = |f: &str, s: Option<Capabilities>| to_caps(f, &s);
-    let c = c.clone().unwrap_or_default();
-    let mut eff = get("process.capabilities.effective", c.effective().clone())?;
-    let mut perm = get("process.capabilities.permitted", c.permitted().clone())?;
-    let inh = get("process.capabilities.inheritable", c.inheritable().clone())?;
-    let amb = get("process.capabilities.ambient", c.ambient().clone())?;
+    // No capabilities field: every set empty, as runc (not oci-spec's default sets).
+    let set = |f: &str, pick: fn(&LinuxCapabilities) -> &Option<Capabilities>| {
+        to_caps(f, &c.as_ref().and_then(|c| pick(c).clone()))
+    };
+    let mut eff = set("process.capabilities.effective", LinuxCapabilities::effective)?;
+    let mut perm = set("process.capabilities.permitted", LinuxCapabilities::permitted)?;
+    let inh = set("process.capabilities.inheritable", LinuxCapabilities::inheritable)?;
+    let amb = set("process.capabilities.ambient", LinuxCapabilities::ambient)?;
     let wanted = CapMasks {
         effective: mask(&eff),
         permitted: mask(&perm),
