@@ -260,9 +260,22 @@ const NOTIF_SEND: u64 = 0xC018_2101; // _IOWR('!', 1, struct seccomp_notif_resp)
 #[test]
 fn notify_listener_decides() {
     require_root!();
+    notify_listener("sc-notify", true);
+}
+
+/// Without noNewPrivileges the filter is loaded while CAP_SYS_ADMIN is held; the
+/// notification fd still reaches the listener at create.
+#[test]
+fn notify_listener_decides_no_new_privs_off() {
+    require_root!();
+    notify_listener("sc-notify-nnp0", false);
+}
+
+fn notify_listener(tag: &str, nnp: bool) {
     let mut b = Bundle::new(&[]);
     b.sh("exec 2>&1; mkdir /tmp/notified || echo mkdir-failed; echo done");
-    let c = Container::new("sc-notify", b);
+    b.config["process"]["noNewPrivileges"] = json!(nnp);
+    let c = Container::new(tag, b);
     let sock = ConsoleSocket::new(c.bundle.path());
     let mut cfg = c.bundle.config.clone();
     cfg["linux"]["seccomp"] = json!({
