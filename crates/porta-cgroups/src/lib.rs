@@ -1121,8 +1121,8 @@ fn refuse_frozen(dirs: &[CgroupDir]) -> Result<()> {
                 }
                 CgroupVersion::V2 if dir.join("cgroup.freeze").exists() => {
                     let f = dir.join("cgroup.events");
-                    let frozen = v2_frozen(&dir)?
-                        || fsutil::read(&dir.join("cgroup.freeze"))?.trim() == "1";
+                    let frozen =
+                        v2_frozen(&dir)? || fsutil::read(&dir.join("cgroup.freeze"))?.trim() == "1";
                     (f, frozen.then(|| "frozen".to_string()))
                 }
                 _ => continue,

@@ -262,7 +262,11 @@ fn frozen_cgroup_refused_at_create() {
     let (dir, file, value) = if v1.join("freezer.state").exists() || v1.is_dir() {
         (v1.join(&id), "freezer.state", "FROZEN")
     } else if cgroup::is_unified() {
-        (std::path::Path::new(cgroup::MNT).join(&id), "cgroup.freeze", "1")
+        (
+            std::path::Path::new(cgroup::MNT).join(&id),
+            "cgroup.freeze",
+            "1",
+        )
     } else {
         skip("no freezer on this host");
         return;

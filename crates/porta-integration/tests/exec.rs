@@ -332,14 +332,22 @@ fn cap_adds_to_ambient() {
     let mut b = Bundle::new(&["sleep", "1000"]);
     b.user(1000, 1000, &[]);
     b.config["process"]["capabilities"]["inheritable"] = json!(["CAP_NET_RAW"]);
-    b.config["process"]["capabilities"]["bounding"] =
-        json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]);
+    b.config["process"]["capabilities"]["bounding"] = json!([
+        "CAP_AUDIT_WRITE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_RAW"
+    ]);
     let c = Container::new("ex-capamb", b);
     c.create_start();
     let o = c.exec(&["--cap", "CAP_NET_RAW"], &["cat", "/proc/self/status"]);
     assert_eq!(o.code, 0, "{o}");
     for f in ["CapAmb", "CapEff", "CapPrm"] {
-        assert_ne!(status_bits(&o.stdout, f) & (1 << 13), 0, "{f} lacks CAP_NET_RAW: {o}");
+        assert_ne!(
+            status_bits(&o.stdout, f) & (1 << 13),
+            0,
+            "{f} lacks CAP_NET_RAW: {o}"
+        );
     }
 }
 

@@ -341,17 +341,82 @@ fn notify_listener(tag: &str, nnp: bool) {
 /// openat2, umask, setsid, chdir. The filter must be loaded after the runtime's last
 /// such call, or the container dies before its program runs.
 const PROGRAM_ONLY: &[&str] = &[
-    "read", "write", "open", "openat", "close", "fstat", "newfstatat", "stat", "lstat",
-    "mmap", "mprotect", "munmap", "brk", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn",
-    "ioctl", "access", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid",
-    "execve", "exit", "exit_group", "arch_prctl", "set_tid_address", "set_robust_list",
-    "prlimit64", "getrandom", "rseq", "fcntl", "dup2", "dup3", "wait4", "clone", "fork",
-    "vfork", "getcwd", "readlink", "futex", "sigaltstack", "getpgrp", "setpgid",
-    "getdents64", "lseek", "pread64", "statx", "faccessat", "faccessat2", "clone3",
-    "nanosleep", "clock_nanosleep", "clock_gettime", "gettimeofday", "restart_syscall",
-    "sched_yield", "madvise", "gettid", "tgkill", "kill", "poll", "pipe", "pipe2",
-    "uname", "sysinfo", "getrlimit", "writev", "readv", "sched_getaffinity", "epoll_pwait",
-    "epoll_ctl", "epoll_create1", "epoll_wait",
+    "read",
+    "write",
+    "open",
+    "openat",
+    "close",
+    "fstat",
+    "newfstatat",
+    "stat",
+    "lstat",
+    "mmap",
+    "mprotect",
+    "munmap",
+    "brk",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "ioctl",
+    "access",
+    "getpid",
+    "getppid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "execve",
+    "exit",
+    "exit_group",
+    "arch_prctl",
+    "set_tid_address",
+    "set_robust_list",
+    "prlimit64",
+    "getrandom",
+    "rseq",
+    "fcntl",
+    "dup2",
+    "dup3",
+    "wait4",
+    "clone",
+    "fork",
+    "vfork",
+    "getcwd",
+    "readlink",
+    "futex",
+    "sigaltstack",
+    "getpgrp",
+    "setpgid",
+    "getdents64",
+    "lseek",
+    "pread64",
+    "statx",
+    "faccessat",
+    "faccessat2",
+    "clone3",
+    "nanosleep",
+    "clock_nanosleep",
+    "clock_gettime",
+    "gettimeofday",
+    "restart_syscall",
+    "sched_yield",
+    "madvise",
+    "gettid",
+    "tgkill",
+    "kill",
+    "poll",
+    "pipe",
+    "pipe2",
+    "uname",
+    "sysinfo",
+    "getrlimit",
+    "writev",
+    "readv",
+    "sched_getaffinity",
+    "epoll_pwait",
+    "epoll_ctl",
+    "epoll_create1",
+    "epoll_wait",
 ];
 
 fn program_only_profile(extra: &[&str]) -> Value {
@@ -372,8 +437,16 @@ fn program_only_profile(extra: &[&str]) -> Value {
 /// no_new_privs, its switch of user and capabilities), so that the tests below run on
 /// runc too; close_range is not among them.
 const RUNC_SETUP: &[&str] = &[
-    "prctl", "fstatfs", "capget", "capset", "chdir", "setgroups", "setresuid", "setresgid",
-    "setuid", "setgid",
+    "prctl",
+    "fstatfs",
+    "capget",
+    "capset",
+    "chdir",
+    "setgroups",
+    "setresuid",
+    "setresgid",
+    "setuid",
+    "setgid",
 ];
 
 /// A generated profile of the kind most engines ship without close_range: a container
@@ -395,7 +468,10 @@ fn profile_without_close_range_no_new_privs_off() {
     let out = c.output();
     assert!(out.contains("started"), "the program did not run: {out}");
     assert!(out.lines().any(|l| l == "1000"), "{out}");
-    assert!(out.contains("Permission denied"), "errnoRet 13 not seen: {out}");
+    assert!(
+        out.contains("Permission denied"),
+        "errnoRet 13 not seen: {out}"
+    );
     assert!(out.contains("Seccomp:\t2"), "{out}");
 
     let mut b = Bundle::new(&["sleep", "1000"]);
@@ -430,7 +506,10 @@ fn profile_without_setup_calls_no_new_privs_on() {
     let out = c.output();
     assert!(out.contains("started"), "the program did not run: {out}");
     assert!(out.contains("mkdir-refused"), "{out}");
-    assert!(out.contains("Permission denied"), "errnoRet 13 not seen: {out}");
+    assert!(
+        out.contains("Permission denied"),
+        "errnoRet 13 not seen: {out}"
+    );
     assert!(out.contains("Seccomp:\t2"), "{out}");
 
     let mut b = Bundle::new(&["sleep", "1000"]);
@@ -439,7 +518,11 @@ fn profile_without_setup_calls_no_new_privs_on() {
     c.create_start();
     let o = c.exec(
         &[],
-        &["sh", "-c", "echo in-exec; mkdir /tmp/e || echo mkdir-refused; grep '^Seccomp:' /proc/self/status"],
+        &[
+            "sh",
+            "-c",
+            "echo in-exec; mkdir /tmp/e || echo mkdir-refused; grep '^Seccomp:' /proc/self/status",
+        ],
     );
     assert_eq!(o.code, 0, "{o}");
     assert!(o.stdout.contains("in-exec"), "{o}");
@@ -485,7 +568,10 @@ fn profile_without_setup_calls_no_new_privs_off() {
     b.seccomp(program_only_profile(&["capset"]));
     let c = Container::new("sc-late-nnp0x", b);
     c.create_start();
-    let o = c.exec(&[], &["sh", "-c", "grep -E '^(Seccomp|CapEff):' /proc/self/status"]);
+    let o = c.exec(
+        &[],
+        &["sh", "-c", "grep -E '^(Seccomp|CapEff):' /proc/self/status"],
+    );
     assert_eq!(o.code, 0, "{o}");
     assert!(o.stdout.contains("Seccomp:\t2"), "{o}");
     assert!(o.stdout.contains(&format!("{want:016x}")), "{o}");

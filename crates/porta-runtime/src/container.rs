@@ -865,7 +865,11 @@ impl Container {
         let with_caps;
         let p = if p.capabilities().is_none() {
             let mut q = p.clone();
-            q.set_capabilities(spec.process().as_ref().and_then(|s| s.capabilities().clone()));
+            q.set_capabilities(
+                spec.process()
+                    .as_ref()
+                    .and_then(|s| s.capabilities().clone()),
+            );
             with_caps = q;
             &with_caps
         } else {

@@ -180,9 +180,18 @@ pub fn apply_capabilities(
     let set = |f: &str, pick: fn(&LinuxCapabilities) -> &Option<Capabilities>| {
         to_caps(f, &c.as_ref().and_then(|c| pick(c).clone()))
     };
-    let mut eff = set("process.capabilities.effective", LinuxCapabilities::effective)?;
-    let mut perm = set("process.capabilities.permitted", LinuxCapabilities::permitted)?;
-    let inh = set("process.capabilities.inheritable", LinuxCapabilities::inheritable)?;
+    let mut eff = set(
+        "process.capabilities.effective",
+        LinuxCapabilities::effective,
+    )?;
+    let mut perm = set(
+        "process.capabilities.permitted",
+        LinuxCapabilities::permitted,
+    )?;
+    let inh = set(
+        "process.capabilities.inheritable",
+        LinuxCapabilities::inheritable,
+    )?;
     let amb = set("process.capabilities.ambient", LinuxCapabilities::ambient)?;
     let wanted = CapMasks {
         effective: mask(&eff),
