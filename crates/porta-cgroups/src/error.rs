@@ -54,6 +54,18 @@ pub enum Error {
         detail: String,
     },
 
+    /// The container's cgroup existed already and is frozen (its processes would never run).
+    #[error(
+        "container's cgroup unexpectedly frozen: {path} reports {state:?}; thaw it (or remove \
+         it) or choose another linux.cgroupsPath"
+    )]
+    Frozen {
+        /// The group's freezer file.
+        path: PathBuf,
+        /// What it says.
+        state: String,
+    },
+
     /// No cgroup file system is mounted.
     #[error("no cgroup hierarchy is mounted: /proc/self/mountinfo lists no `cgroup` or `cgroup2` file system")]
     NoCgroups,

@@ -212,6 +212,12 @@ impl ContainerCgroup {
                 }
             }
         }
+        if let Err(e) = refuse_frozen(&dirs) {
+            for d in made.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            return Err(e);
+        }
         tracing::debug!(container = %cfg.container_id, ?dirs, "cgroups created");
         Ok(ContainerCgroup {
             st: CgroupState {
@@ -282,6 +288,7 @@ impl ContainerCgroup {
                     path: dir,
                 });
             }
+            refuse_frozen(&cg.st.dirs)?;
             if let Some(pid) = cg.holder.as_ref().map(|h| h.pid()) {
                 cg.add(SERVERS, pid)?;
             }
@@ -1091,6 +1098,38 @@ fn enable_controllers(dir: &Path) -> Result<()> {
                 "cannot enable the {c} controller below {}: {e}",
                 dir.display()
             );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a container group (or payload leaf) that is frozen already, as runc does: a
+/// group made earlier by someone else, frozen (or below a frozen parent), would hold the
+/// container's first process forever.
+fn refuse_frozen(dirs: &[CgroupDir]) -> Result<()> {
+    for d in dirs {
+        for dir in [d.path.clone(), d.path.join(PAYLOAD)] {
+            let (file, frozen) = match d.version {
+                CgroupVersion::V1 if d.controllers.iter().any(|c| c == "freezer") => {
+                    let f = dir.join("freezer.state");
+                    // The root group of a freezer hierarchy has no freezer.state.
+                    let Some(st) = fsutil::read_opt(&f)? else {
+                        continue;
+                    };
+                    let frozen = st.trim() != "THAWED";
+                    (f, frozen.then(|| st.trim().to_string()))
+                }
+                CgroupVersion::V2 if dir.join("cgroup.freeze").exists() => {
+                    let f = dir.join("cgroup.events");
+                    let frozen =
+                        v2_frozen(&dir)? || fsutil::read(&dir.join("cgroup.freeze"))?.trim() == "1";
+                    (f, frozen.then(|| "frozen".to_string()))
+                }
+                _ => continue,
+            };
+            if let Some(state) = frozen {
+                return Err(Error::Frozen { path: file, state });
+            }
         }
     }
     Ok(())

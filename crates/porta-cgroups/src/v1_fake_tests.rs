@@ -298,3 +298,16 @@ fn legacy_host_without_hugetlb_names_the_controller() {
         "{e}"
     );
 }
+
+#[test]
+fn a_frozen_existing_group_is_refused() {
+    for state in ["FROZEN", "FREEZING"] {
+        let f = fake(false);
+        fs::write(f.base.join("freezer/ctr/freezer.state"), state).unwrap();
+        let e = ContainerCgroup::create_in(&f.setup, &cfg()).unwrap_err();
+        assert!(matches!(e, Error::Frozen { .. }), "{e}");
+        assert!(e.to_string().contains(state), "{e}");
+    }
+    let f = fake(false);
+    assert!(ContainerCgroup::create_in(&f.setup, &cfg()).is_ok());
+}

@@ -332,3 +332,24 @@ fn systemd_without_systemd_is_a_clear_error() {
         Err(Error::InvalidPath { .. })
     ));
 }
+
+#[test]
+fn a_frozen_existing_group_is_refused() {
+    // the group frozen by someone else (cgroup.freeze written, kernel not done yet)
+    let f = fake();
+    let setup = CgroupSetup::unified_at(&f.root).unwrap();
+    fs::write(f.root.join("porta/ctr1/cgroup.freeze"), "1").unwrap();
+    let e = ContainerCgroup::create_in(&setup, &cfg("/porta/ctr1")).unwrap_err();
+    assert!(matches!(e, Error::Frozen { .. }), "{e}");
+    assert!(e.to_string().contains("unexpectedly frozen"), "{e}");
+    // below a frozen parent: the payload leaf reports itself frozen
+    let f = fake();
+    let setup = CgroupSetup::unified_at(&f.root).unwrap();
+    fs::write(
+        f.root.join("porta/ctr1/payload/cgroup.events"),
+        "populated 0\nfrozen 1\n",
+    )
+    .unwrap();
+    let e = ContainerCgroup::create_in(&setup, &cfg("/porta/ctr1")).unwrap_err();
+    assert!(e.to_string().contains("payload/cgroup.events"), "{e}");
+}

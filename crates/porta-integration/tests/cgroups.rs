@@ -238,3 +238,56 @@ fn processes_stay_in_container_cgroup() {
     o.expect_ok();
     assert!(o.stdout.contains(&c.id), "{o}");
 }
+
+/// Thaws and removes a group the test made itself, however the test ends.
+struct FrozenGroup(std::path::PathBuf);
+
+impl Drop for FrozenGroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+        cgroup::remove_tree(&self.0);
+    }
+}
+
+/// As runc: a cgroupsPath naming a group that exists and is frozen is refused at create
+/// with an error saying so (Porta used to hang, its first process frozen), and nothing
+/// of the container is left.
+#[test]
+fn frozen_cgroup_refused_at_create() {
+    require_root!();
+    let id = unique_id("cg-frozen");
+    // the freezer: the v1 hierarchy when there is one, else cgroup v2's cgroup.freeze
+    let v1 = std::path::Path::new(cgroup::MNT).join("freezer");
+    let (dir, file, value) = if v1.join("freezer.state").exists() || v1.is_dir() {
+        (v1.join(&id), "freezer.state", "FROZEN")
+    } else if cgroup::is_unified() {
+        (
+            std::path::Path::new(cgroup::MNT).join(&id),
+            "cgroup.freeze",
+            "1",
+        )
+    } else {
+        skip("no freezer on this host");
+        return;
+    };
+    std::fs::create_dir(&dir).unwrap();
+    let _guard = FrozenGroup(dir.clone());
+    std::fs::write(dir.join(file), value).unwrap();
+    let mut b = Bundle::new(&["true"]);
+    b.cgroups_path(&format!("/{id}"));
+    let c = Container::with_id(id.clone(), ROOT, b);
+    let o = c.create();
+    assert_ne!(o.code, 0, "create in a frozen cgroup succeeded: {o}");
+    assert_ne!(o.code, -1, "create in a frozen cgroup hung: {o}");
+    assert!(o.stderr.contains("frozen"), "{o}");
+    assert!(c.status().is_none(), "a container was left: {o}");
+    // nothing below the group the test made
+    let below: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect();
+    assert!(below.is_empty(), "left below the frozen group: {below:?}");
+}

@@ -392,5 +392,61 @@ fn exec_errors_exit_255_and_name_the_exec() {
     if is_porta() {
         assert!(o.stderr.contains("exec process.args[0]"), "{o}");
         assert!(!o.stderr.contains("container init"), "{o}");
+
+fn status_bits(out: &str, field: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no {field} in {out}"))
+}
+
+/// As runc: `exec --cap X` adds X to the ambient set too when the process has an
+/// inheritable set holding it, so a non-root exec'd process keeps X across execve.
+#[test]
+fn cap_adds_to_ambient() {
+    require_root!();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.user(1000, 1000, &[]);
+    b.config["process"]["capabilities"]["inheritable"] = json!(["CAP_NET_RAW"]);
+    b.config["process"]["capabilities"]["bounding"] = json!([
+        "CAP_AUDIT_WRITE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_RAW"
+    ]);
+    let c = Container::new("ex-capamb", b);
+    c.create_start();
+    let o = c.exec(&["--cap", "CAP_NET_RAW"], &["cat", "/proc/self/status"]);
+    assert_eq!(o.code, 0, "{o}");
+    for f in ["CapAmb", "CapEff", "CapPrm"] {
+        assert_ne!(
+            status_bits(&o.stdout, f) & (1 << 13),
+            0,
+            "{f} lacks CAP_NET_RAW: {o}"
+        );
+    }
+}
+
+/// As runc: `exec --process FILE` whose process has no capabilities field runs with
+/// the container's capabilities.
+#[test]
+fn process_file_without_capabilities() {
+    require_root!();
+    let c = running("ex-procnocap");
+    let p = json!({
+        "terminal": false,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["cat", "/proc/self/status"],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    });
+    let f = c.bundle.file("process-nocap.json");
+    std::fs::write(&f, serde_json::to_vec(&p).unwrap()).unwrap();
+    let o = c.exec(&["--process", f.to_str().unwrap()], &[]);
+    assert_eq!(o.code, 0, "{o}");
+    // CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE: the container's sets
+    let want = (1u64 << 29) | (1 << 5) | (1 << 10);
+    for f in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(status_bits(&o.stdout, f), want, "{f}: {o}");
     }
 }

@@ -209,3 +209,69 @@ fn no_new_privileges() {
     let out = run_sh("proc-nnp0", b, "grep '^NoNewPrivs:' /proc/self/status");
     assert_eq!(status_field(&out, "NoNewPrivs"), "0", "{out}");
 }
+
+/// The working directory is entered before the user switch, as runc does: a directory
+/// only root may search (0700 root:root) is the cwd of a non-root process, for the
+/// first process and for exec.
+#[test]
+fn cwd_entered_before_dropping_privileges() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let mut b = Bundle::new(&[]);
+    let dir = b.rootfs().join("pit-private");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    b.user(1000, 1000, &[]);
+    b.cwd("/pit-private");
+    let out = run_sh("proc-cwd700", b, "pwd; id -u");
+    assert_eq!(out, "/pit-private\n1000\n");
+
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    let dir = b.rootfs().join("pit-private");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    b.user(1000, 1000, &[]);
+    let c = Container::new("proc-cwd700x", b);
+    c.create_start();
+    let o = c.exec(
+        &["--cwd", "/pit-private", "--user", "1000:1000"],
+        &["sh", "-c", "pwd; id -u"],
+    );
+    assert_eq!(o.code, 0, "{o}");
+    assert_eq!(o.stdout, "/pit-private\n1000\n", "{o}");
+}
+
+/// As runc: of an environment variable given twice the last value wins (once), and an
+/// empty HOME is replaced by the user's home directory.
+#[test]
+fn env_duplicates_and_empty_home() {
+    require_root!();
+    // the environment execve got, read by cat run directly (a shell folds duplicates)
+    let mut b = Bundle::new(&["cat", "/proc/self/environ"]);
+    b.env("PIT_DUP=first").env("HOME=").env("PIT_DUP=second");
+    let c = Container::new("proc-envdup", b);
+    let o = c.run();
+    assert_eq!(o.code, 0, "{o}");
+    let out = c.output().replace('\0', "\n");
+    let dups: Vec<&str> = out.lines().filter(|l| l.starts_with("PIT_DUP=")).collect();
+    assert_eq!(dups, ["PIT_DUP=second"], "{out}");
+    let homes: Vec<&str> = out.lines().filter(|l| l.starts_with("HOME=")).collect();
+    assert_eq!(homes, ["HOME=/root"], "{out}");
+}
+
+/// As runc: a process without a capabilities field runs with every set empty (not with
+/// a library's default sets).
+#[test]
+fn no_capabilities_field_means_none() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.config["process"]
+        .as_object_mut()
+        .unwrap()
+        .remove("capabilities");
+    let out = run_sh("proc-nocaps", b, "grep '^Cap' /proc/self/status");
+    for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(cap_bits(&out, f), 0, "{f}: {out}");
+    }
+}

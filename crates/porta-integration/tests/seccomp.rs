@@ -260,9 +260,22 @@ const NOTIF_SEND: u64 = 0xC018_2101; // _IOWR('!', 1, struct seccomp_notif_resp)
 #[test]
 fn notify_listener_decides() {
     require_root!();
+    notify_listener("sc-notify", true);
+}
+
+/// Without noNewPrivileges the filter is loaded while CAP_SYS_ADMIN is held; the
+/// notification fd still reaches the listener at create.
+#[test]
+fn notify_listener_decides_no_new_privs_off() {
+    require_root!();
+    notify_listener("sc-notify-nnp0", false);
+}
+
+fn notify_listener(tag: &str, nnp: bool) {
     let mut b = Bundle::new(&[]);
     b.sh("exec 2>&1; mkdir /tmp/notified || echo mkdir-failed; echo done");
-    let c = Container::new("sc-notify", b);
+    b.config["process"]["noNewPrivileges"] = json!(nnp);
+    let c = Container::new(tag, b);
     let sock = ConsoleSocket::new(c.bundle.path());
     let mut cfg = c.bundle.config.clone();
     cfg["linux"]["seccomp"] = json!({
@@ -321,4 +334,245 @@ fn notify_listener_decides() {
     assert!(!c.bundle.rootfs().join("tmp/notified").exists());
     let (handled, _pty) = h.join().unwrap();
     assert!(handled >= 1);
+}
+
+/// What busybox sh, echo, cat and sleep need, and nothing of a runtime's own set-up:
+/// no close_range, setgroups, setres[ug]id, prctl, capset, keyctl, mount, pivot_root,
+/// openat2, umask, setsid, chdir. The filter must be loaded after the runtime's last
+/// such call, or the container dies before its program runs.
+const PROGRAM_ONLY: &[&str] = &[
+    "read",
+    "write",
+    "open",
+    "openat",
+    "close",
+    "fstat",
+    "newfstatat",
+    "stat",
+    "lstat",
+    "mmap",
+    "mprotect",
+    "munmap",
+    "brk",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "ioctl",
+    "access",
+    "getpid",
+    "getppid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "execve",
+    "exit",
+    "exit_group",
+    "arch_prctl",
+    "set_tid_address",
+    "set_robust_list",
+    "prlimit64",
+    "getrandom",
+    "rseq",
+    "fcntl",
+    "dup2",
+    "dup3",
+    "wait4",
+    "clone",
+    "fork",
+    "vfork",
+    "getcwd",
+    "readlink",
+    "futex",
+    "sigaltstack",
+    "getpgrp",
+    "setpgid",
+    "getdents64",
+    "lseek",
+    "pread64",
+    "statx",
+    "faccessat",
+    "faccessat2",
+    "clone3",
+    "nanosleep",
+    "clock_nanosleep",
+    "clock_gettime",
+    "gettimeofday",
+    "restart_syscall",
+    "sched_yield",
+    "madvise",
+    "gettid",
+    "tgkill",
+    "kill",
+    "poll",
+    "pipe",
+    "pipe2",
+    "uname",
+    "sysinfo",
+    "getrlimit",
+    "writev",
+    "readv",
+    "sched_getaffinity",
+    "epoll_pwait",
+    "epoll_ctl",
+    "epoll_create1",
+    "epoll_wait",
+];
+
+fn program_only_profile(extra: &[&str]) -> Value {
+    let mut names: Vec<&str> = PROGRAM_ONLY.to_vec();
+    names.extend_from_slice(extra);
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": names, "action": "SCMP_ACT_ALLOW"},
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+        ]
+    })
+}
+
+/// What runc 1.1 itself calls after loading a filter (its Go runtime and, without
+/// no_new_privs, its switch of user and capabilities), so that the tests below run on
+/// runc too; close_range is not among them.
+const RUNC_SETUP: &[&str] = &[
+    "prctl",
+    "fstatfs",
+    "capget",
+    "capset",
+    "chdir",
+    "setgroups",
+    "setresuid",
+    "setresgid",
+    "setuid",
+    "setgid",
+];
+
+/// A generated profile of the kind most engines ship without close_range: a container
+/// without noNewPrivileges (the filter is then loaded while CAP_SYS_ADMIN is held) runs,
+/// for create + start and for exec. Porta used to mark fds close-on-exec with close_range
+/// after loading such a filter and died with "Operation not permitted".
+#[test]
+fn profile_without_close_range_no_new_privs_off() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("exec 2>&1; echo started; id -u; mkdir /tmp/d || echo mkdir-refused; grep '^Seccomp:' /proc/self/status");
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    b.user(1000, 1000, &[5]);
+    b.seccomp(program_only_profile(RUNC_SETUP));
+    let c = Container::new("sc-nocr", b);
+    c.create().expect_ok();
+    c.start().expect_ok();
+    c.wait_stopped(60);
+    let out = c.output();
+    assert!(out.contains("started"), "the program did not run: {out}");
+    assert!(out.lines().any(|l| l == "1000"), "{out}");
+    assert!(
+        out.contains("Permission denied"),
+        "errnoRet 13 not seen: {out}"
+    );
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    b.seccomp(program_only_profile(RUNC_SETUP));
+    let c = Container::new("sc-nocr-ex", b);
+    c.create_start();
+    let o = c.exec(
+        &["--user", "1000:1000"],
+        &["sh", "-c", "echo in-exec; id -u; mkdir /tmp/e || echo mkdir-refused; grep '^Seccomp:' /proc/self/status"],
+    );
+    assert_eq!(o.code, 0, "{o}");
+    assert!(o.stdout.contains("in-exec"), "{o}");
+    assert!(o.stdout.lines().any(|l| l == "1000"), "{o}");
+    assert!(o.stdout.contains("mkdir-refused"), "{o}");
+    assert!(o.stdout.contains("Seccomp:\t2"), "{o}");
+}
+
+/// With noNewPrivileges the filter comes after all of the runtime's set-up: a profile
+/// allowing only the program (and what runc's Go runtime calls) works for create +
+/// start and for exec.
+#[test]
+fn profile_without_setup_calls_no_new_privs_on() {
+    require_root!();
+    let mut b = Bundle::new(&[]);
+    b.sh("exec 2>&1; echo started; mkdir /tmp/d || echo mkdir-refused; grep '^Seccomp:' /proc/self/status");
+    b.seccomp(program_only_profile(&["prctl", "fstatfs"]));
+    let c = Container::new("sc-late", b);
+    c.create().expect_ok();
+    c.start().expect_ok();
+    c.wait_stopped(60);
+    let out = c.output();
+    assert!(out.contains("started"), "the program did not run: {out}");
+    assert!(out.contains("mkdir-refused"), "{out}");
+    assert!(
+        out.contains("Permission denied"),
+        "errnoRet 13 not seen: {out}"
+    );
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.seccomp(program_only_profile(&["prctl", "fstatfs"]));
+    let c = Container::new("sc-late-ex", b);
+    c.create_start();
+    let o = c.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo in-exec; mkdir /tmp/e || echo mkdir-refused; grep '^Seccomp:' /proc/self/status",
+        ],
+    );
+    assert_eq!(o.code, 0, "{o}");
+    assert!(o.stdout.contains("in-exec"), "{o}");
+    assert!(o.stdout.contains("mkdir-refused"), "{o}");
+    assert!(o.stdout.contains("Seccomp:\t2"), "{o}");
+}
+
+/// Without noNewPrivileges loading the filter needs CAP_SYS_ADMIN, which the config
+/// drops: Porta keeps it until the filter is loaded and then drops it with one capset.
+/// The program runs with the configured capabilities only, under the filter, with a
+/// profile that allows capset but none of the other set-up calls. (runc loads the filter
+/// before switching user in this case, so such a profile kills its container.)
+#[test]
+fn profile_without_setup_calls_no_new_privs_off() {
+    require_root!();
+    porta_only!("runc loads a filter without no_new_privs before its set-up calls");
+    let mut b = Bundle::new(&[]);
+    b.sh("exec 2>&1; echo started; mkdir /tmp/d || echo mkdir-refused; grep -E '^(Seccomp|NoNewPrivs|CapEff|CapPrm):' /proc/self/status");
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    b.seccomp(program_only_profile(&["capset"]));
+    let c = Container::new("sc-late-nnp0", b);
+    c.create().expect_ok();
+    c.start().expect_ok();
+    c.wait_stopped(60);
+    let out = c.output();
+    assert!(out.contains("started"), "{out}");
+    assert!(out.contains("mkdir-refused"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    // CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE as configured; no CAP_SYS_ADMIN
+    let want = (1u64 << 29) | (1 << 5) | (1 << 10);
+    for f in ["CapEff", "CapPrm"] {
+        let v = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{f}:")))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap_or_else(|| panic!("no {f}: {out}"));
+        assert_eq!(v, want, "{f}: {out}");
+    }
+    // the same for exec
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    b.seccomp(program_only_profile(&["capset"]));
+    let c = Container::new("sc-late-nnp0x", b);
+    c.create_start();
+    let o = c.exec(
+        &[],
+        &["sh", "-c", "grep -E '^(Seccomp|CapEff):' /proc/self/status"],
+    );
+    assert_eq!(o.code, 0, "{o}");
+    assert!(o.stdout.contains("Seccomp:\t2"), "{o}");
+    assert!(o.stdout.contains(&format!("{want:016x}")), "{o}");
 }

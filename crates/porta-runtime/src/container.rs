@@ -860,6 +860,21 @@ impl Container {
             .as_ref()
             .ok_or_else(|| Error::Usage("no process to execute".into()))?;
         config::validate_process(p)?;
+        // As runc: a process without a capabilities field (`exec --process FILE`) gets
+        // the container's.
+        let with_caps;
+        let p = if p.capabilities().is_none() {
+            let mut q = p.clone();
+            q.set_capabilities(
+                spec.process()
+                    .as_ref()
+                    .and_then(|s| s.capabilities().clone()),
+            );
+            with_caps = q;
+            &with_caps
+        } else {
+            p
+        };
         if p.terminal().unwrap_or(false) && opts.console_socket.is_none() {
             return Err(Error::Usage("--tty needs --console-socket".into()));
         }

@@ -283,8 +283,57 @@ fn join_session_keyring() {
     }
 }
 
-/// The steps shared by a container's first process and exec'd processes: rlimits, seccomp,
-/// LSM, identity, capabilities, cwd, fds, then (after `start` for a first process) execve.
+/// The process's environment as runc gives it: of a key given twice the last value wins
+/// (in the place of its first occurrence), and a missing or empty `HOME` is set from the
+/// user's entry in the container's /etc/passwd (or "/").
+fn environment(p: &Process) -> Vec<String> {
+    let mut env: Vec<String> = Vec::new();
+    for e in p.env().iter().flatten() {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        match env
+            .iter_mut()
+            .find(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) == key)
+        {
+            Some(old) => *old = e.clone(),
+            None => env.push(e.clone()),
+        }
+    }
+    match env.iter_mut().find(|e| e.starts_with("HOME=")) {
+        Some(h) if h.as_str() == "HOME=" => *h = format!("HOME={}", home_of(p.user().uid())),
+        Some(_) => {}
+        None => env.push(format!("HOME={}", home_of(p.user().uid()))),
+    }
+    env
+}
+
+/// Enters the working directory. Called as root before the user switch (so that a
+/// directory the user cannot search is entered, as runc does) and, when that was refused
+/// for lack of permission, again after it (a directory only the user may enter, e.g. on a
+/// root-squashing or idmapped file system). Returns whether it still has to be done.
+fn enter_cwd(p: &Process, last_try: bool) -> Result<bool> {
+    match nix::unistd::chdir(p.cwd()) {
+        Ok(()) => Ok(false),
+        Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) if !last_try => Ok(true),
+        Err(e) => Err(Error::field(
+            "process.cwd",
+            format!("{}: {e}", p.cwd().display()),
+        )),
+    }
+}
+
+/// The steps shared by a container's first process and exec'd processes: rlimits, LSM,
+/// cwd, fds, identity, capabilities, no_new_privs, then (after `start` for a first
+/// process) seccomp and execve.
+///
+/// The seccomp filter is loaded as late as possible, as runc does, so that a profile
+/// needs to allow nothing of Porta's own set-up: right before execve, after the start fifo
+/// and startContainer hooks. Without no_new_privs loading needs CAP_SYS_ADMIN: the process
+/// then keeps it in its effective and permitted sets until the filter is loaded and drops
+/// it with one capset (the only call besides execve made under the filter). With
+/// SCMP_ACT_NOTIFY the listener must have the notification fd before `create` returns
+/// (as with runc), so the filter is loaded before reporting ready: only sending that
+/// report, the start fifo (open, write, close), the startContainer hooks and execve then
+/// run under it.
 pub fn finalize_and_exec(
     chan: &Channel,
     spec: &Spec,
@@ -297,10 +346,7 @@ pub fn finalize_and_exec(
         process::set_oom_score_adj(adj)?;
     }
     process::apply_rlimits(p.rlimits().as_deref().unwrap_or(&[]))?;
-    let mut env: Vec<String> = p.env().clone().unwrap_or_default();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", home_of(p.user().uid())));
-    }
+    let env = environment(p);
     let args = p.args().clone().unwrap_or_default();
     let seccomp_cfg = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let filter = seccomp_cfg.as_ref().map(seccomp::compile).transpose()?;
@@ -310,31 +356,32 @@ pub fn finalize_and_exec(
         p.apparmor_profile().as_deref(),
         p.selinux_label().as_deref(),
     )?;
-    let mut late_filter = None;
-    if let Some(f) = filter {
-        if notify || !nnp {
-            // Without no_new_privs loading needs CAP_SYS_ADMIN, which is dropped below; a
-            // notification fd must reach the listener before the container runs.
-            if let Some(fd) = seccomp::load(&f, notify)? {
-                chan.send(&Msg::SeccompListener, &[fd.as_raw_fd()])?;
-            }
-        } else {
-            late_filter = Some(f);
-        }
-    }
+    // As runc: the working directory is entered while still root, and again as the user
+    // if root was refused.
+    let chdir_again = enter_cwd(p, false)?;
+    // Everything of Porta's above the preserved fds is closed on exec (CVE-2024-21626).
+    sys::close_from(3 + preserve_fds, true).ctx(|| "mark fds close-on-exec".into())?;
     process::drop_bounding(p.capabilities())?;
     process::switch_user(p)?;
-    process::apply_capabilities(p.capabilities())?;
+    if chdir_again {
+        enter_cwd(p, true)?;
+    }
+    let keep_admin = filter.is_some() && !nnp;
+    let final_caps = process::apply_capabilities(p.capabilities(), keep_admin)?;
     if nnp {
         process::set_no_new_privs()?;
     }
-    nix::unistd::chdir(p.cwd())
-        .map_err(|e| Error::field("process.cwd", format!("{}: {e}", p.cwd().display())))?;
     let program = process::find_program(&args[0], &env)?;
     let cargs = process::cstrings("process.args", &args)?;
     let cenv = process::cstrings("process.env", &env)?;
-    // Everything of Porta's above the preserved fds is closed on exec (CVE-2024-21626).
-    sys::close_from(3 + preserve_fds, true).ctx(|| "mark fds close-on-exec".into())?;
+    let mut filter = filter;
+    if notify {
+        if let Some(f) = filter.take() {
+            if let Some(fd) = seccomp::load(&f, true)? {
+                chan.send(&Msg::SeccompListener, &[fd.as_raw_fd()])?;
+            }
+        }
+    }
     chan.send(&Msg::Ready, &[])?;
     if let Some(fifo) = fifo {
         // Blocks until `porta start` opens the fifo for reading.
@@ -363,8 +410,19 @@ pub fn finalize_and_exec(
             }
         }
     }
-    if let Some(f) = late_filter {
-        seccomp::load(&f, false)?;
+    let late = (|| -> Result<()> {
+        if let Some(f) = filter {
+            seccomp::load(&f, false)?;
+        }
+        if let Some(c) = &final_caps {
+            process::set_final_caps(c)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = late {
+        // Ready was reported: nobody reads the channel any more. Tell the process's stderr.
+        eprintln!("porta: {e}");
+        sys::exit_now(127);
     }
     let err = process::exec(&program, &cargs, &cenv);
     if fifo.is_some() {

@@ -156,14 +156,54 @@ pub fn drop_bounding(c: &Option<LinuxCapabilities>) -> Result<()> {
     Ok(())
 }
 
-/// Sets the effective, permitted, inheritable and ambient sets.
-pub fn apply_capabilities(c: &Option<LinuxCapabilities>) -> Result<()> {
-    let get = |f: &str, s: Option<Capabilities>| to_caps(f, &s);
-    let c = c.clone().unwrap_or_default();
-    let eff = get("process.capabilities.effective", c.effective().clone())?;
-    let perm = get("process.capabilities.permitted", c.permitted().clone())?;
-    let inh = get("process.capabilities.inheritable", c.inheritable().clone())?;
-    let amb = get("process.capabilities.ambient", c.ambient().clone())?;
+/// The effective, permitted and inheritable sets, as the kernel's bit masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapMasks {
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+}
+
+fn mask(set: &HashSet<Capability>) -> u64 {
+    set.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// Sets the effective, permitted, inheritable and ambient sets. With `keep_sys_admin`
+/// (a seccomp filter is to be loaded later without no_new_privs, which needs it)
+/// CAP_SYS_ADMIN is also kept in the effective and permitted sets; the sets the config
+/// asks for are then returned, for [`set_final_caps`] once the filter is loaded.
+pub fn apply_capabilities(
+    c: &Option<LinuxCapabilities>,
+    keep_sys_admin: bool,
+) -> Result<Option<CapMasks>> {
+    // No capabilities field: every set empty, as runc (not oci-spec's default sets).
+    let set = |f: &str, pick: fn(&LinuxCapabilities) -> &Option<Capabilities>| {
+        to_caps(f, &c.as_ref().and_then(|c| pick(c).clone()))
+    };
+    let mut eff = set(
+        "process.capabilities.effective",
+        LinuxCapabilities::effective,
+    )?;
+    let mut perm = set(
+        "process.capabilities.permitted",
+        LinuxCapabilities::permitted,
+    )?;
+    let inh = set(
+        "process.capabilities.inheritable",
+        LinuxCapabilities::inheritable,
+    )?;
+    let amb = set("process.capabilities.ambient", LinuxCapabilities::ambient)?;
+    let wanted = CapMasks {
+        effective: mask(&eff),
+        permitted: mask(&perm),
+        inheritable: mask(&inh),
+    };
+    let admin = Capability::CAP_SYS_ADMIN;
+    let extra = keep_sys_admin && !(eff.contains(&admin) && perm.contains(&admin));
+    if extra {
+        eff.insert(admin);
+        perm.insert(admin);
+    }
     // Order matters: inheritable may only grow within permitted, effective within permitted.
     caps::set(None, CapSet::Inheritable, &inh)
         .map_err(|e| Error::field("process.capabilities.inheritable", e.to_string()))?;
@@ -181,6 +221,47 @@ pub fn apply_capabilities(c: &Option<LinuxCapabilities>) -> Result<()> {
         if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
             tracing::debug!("process.capabilities.ambient: cannot raise {cap}: {e}");
         }
+    }
+    Ok(extra.then_some(wanted))
+}
+
+/// Sets the effective, permitted and inheritable sets with a single capset(2) and no other
+/// system call: the last step before execve once the seccomp filter is loaded.
+pub fn set_final_caps(m: &CapMasks) -> Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let half = |v: u64, i: u32| (v >> (32 * i)) as u32;
+    let data: [Data; 2] = [0, 1].map(|i| Data {
+        effective: half(m.effective, i),
+        permitted: half(m.permitted, i),
+        inheritable: half(m.inheritable, i),
+    });
+    // SAFETY: hdr and data are valid, correctly laid out capset arguments for version 3
+    // (two data structs) and live across the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) };
+    if r != 0 {
+        return Err(Error::field(
+            "process.capabilities",
+            format!(
+                "drop CAP_SYS_ADMIN kept for loading the seccomp filter: {} (does linux.seccomp allow capset?)",
+                std::io::Error::last_os_error()
+            ),
+        ));
     }
     Ok(())
 }

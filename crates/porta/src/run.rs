@@ -624,6 +624,13 @@ fn build_exec_process(spec: &oci_spec::runtime::Spec, a: &ExecArgs) -> Result<Pr
                     _ => caps.set_permitted(Some(s)),
                 };
             }
+            // As runc: ambient too, when the process has an inheritable set (an ambient
+            // capability must also be inheritable, which --cap does not make it).
+            if caps.inheritable().is_some() {
+                let mut amb = caps.ambient().clone().unwrap_or_default();
+                amb.insert(cap);
+                caps.set_ambient(Some(amb));
+            }
         }
         p.set_capabilities(Some(caps));
     }
