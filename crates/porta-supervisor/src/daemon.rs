@@ -826,9 +826,9 @@ impl Supervisor {
         if self.successor.is_some() || self.failed || self.listener.is_none() {
             return;
         }
-        let Some(me) = self.self_fd.as_ref().map(|f| f.as_raw_fd()) else {
+        if self.self_fd.is_none() {
             return;
-        };
+        }
         let parent = std::process::id() as i32;
         // SAFETY: the supervisor is single-threaded; the child goes on with a copy of it.
         match unsafe { nix::unistd::fork() } {
@@ -845,10 +845,10 @@ impl Supervisor {
                 self.write_state();
             }
             Ok(nix::unistd::ForkResult::Child) => {
-                // SAFETY: `me` is the parent's pidfd, inherited; this copy owns it now.
-                let active = unsafe { OwnedFd::from_raw_fd(me) };
-                self.self_fd = None;
-                self.wait_as_successor(parent, active);
+                // The parent's own pidfd, inherited: the one to wait on.
+                if let Some(active) = self.self_fd.take() {
+                    self.wait_as_successor(parent, active);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "could not fork the successor supervisor"),
         }
@@ -871,6 +871,12 @@ impl Supervisor {
         tracing::warn!(dead, cause = %death.cause, "the supervisor died; its successor takes over");
         self.takeovers += 1;
         self.self_fd = proc::pidfd_open(me);
+        // This copy's idea of the servers is as old as the fork: the sweep below finds
+        // the ones there are.
+        self.server_pid = 0;
+        self.server_fd = None;
+        self.standby_pid = 0;
+        self.standby_fd = None;
         // What the dead supervisor recorded since this copy was forked.
         if let Ok(st) = crate::read_state(&self.a.state_dir) {
             if let Some(fs) = st.servers.first() {
@@ -1312,6 +1318,9 @@ impl Supervisor {
                     "failed".into()
                 } else if self.server_pid > 0 {
                     "running".into()
+                } else if self.listener.is_some() {
+                    // Between a death and the replacement.
+                    "restarting".into()
                 } else {
                     "stopped".into()
                 },
