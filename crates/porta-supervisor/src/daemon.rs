@@ -320,6 +320,8 @@ struct Supervisor {
     container_start: u64,
     /// How often a successor took over from a dead supervisor.
     takeovers: u64,
+    /// In a successor whose supervisor died: its pid and how it died, for take_over.
+    pending: Option<(i32, Death)>,
 }
 
 /// A FUSE request as a server's slot shows it: opcode, request id (without the kernel's
@@ -452,6 +454,7 @@ impl Supervisor {
             container_pid: 0,
             container_start: 0,
             takeovers: 0,
+            pending: None,
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -820,8 +823,8 @@ impl Supervisor {
     /// Forks the successor unless one waits: a copy of this process holding every
     /// descriptor that matters (the FUSE device, the mount, the state memfd, the control
     /// socket's listener, the keeper's socket and pidfd, the backing broker's socket),
-    /// which waits for this process to die and then takes over. Returns in the child only
-    /// once it has taken over (it is then the active supervisor).
+    /// which waits for this process to die. Returns in the child only once this process
+    /// died, with `pending` set: the caller then takes over.
     fn ensure_successor(&mut self) {
         if self.successor.is_some() || self.failed || self.listener.is_none() {
             return;
@@ -854,29 +857,39 @@ impl Supervisor {
         }
     }
 
-    /// The successor's life: waits on the active supervisor's pidfd, then takes over.
+    /// The successor's life: waits on the active supervisor's pidfd, then records its
+    /// death in `pending`.
     fn wait_as_successor(&mut self, active_pid: i32, active: OwnedFd) {
         tracing::info!(active = active_pid, "successor supervisor waiting");
         while !proc::wait_exit(active.as_fd(), u16::MAX) {}
         let death = proc::death_of(active.as_fd(), active_pid);
         drop(active);
-        self.take_over(active_pid, death);
+        self.pending = Some((active_pid, death));
     }
 
     /// Becomes the active supervisor after `dead` died: forks a successor of its own,
     /// reloads what the dead one recorded, settles the keeper's socket, kills every
     /// server (the replacement resends what they had in flight) and starts a new one.
-    fn take_over(&mut self, dead: i32, death: Death) {
-        let me = std::process::id() as i32;
-        tracing::warn!(dead, cause = %death.cause, "the supervisor died; its successor takes over");
-        self.takeovers += 1;
-        self.self_fd = proc::pidfd_open(me);
+    fn take_over(&mut self, mut dead: i32, mut death: Death) {
+        // Forks the successor first; in that successor, should this process die before
+        // the takeover is done, the loop starts the takeover again from the beginning.
         // This copy's idea of the servers is as old as the fork: the sweep below finds
         // the ones there are.
         self.server_pid = 0;
         self.server_fd = None;
         self.standby_pid = 0;
         self.standby_fd = None;
+        loop {
+            tracing::warn!(dead, cause = %death.cause, "the supervisor died; its successor takes over");
+            self.self_fd = proc::pidfd_open(std::process::id() as i32);
+            self.ensure_successor();
+            match self.pending.take() {
+                Some((d, why)) => (dead, death) = (d, why),
+                None => break,
+            }
+        }
+        let me = std::process::id() as i32;
+        self.takeovers += 1;
         // What the dead supervisor recorded since this copy was forked.
         if let Ok(st) = crate::read_state(&self.a.state_dir) {
             if let Some(fs) = st.servers.first() {
@@ -889,7 +902,6 @@ impl Supervisor {
                 self.container = proc::open_if_same(st.container_pid, st.container_start);
             }
         }
-        self.ensure_successor();
         let cause = format!("supervisor {dead} {}; supervisor {me} took over", death.cause);
         if self.keeper_fd.as_ref().is_none_or(|k| proc::exited(k.as_fd())) {
             self.give_up(format!("file-server keeper died along with the supervisor ({cause})"));
@@ -947,8 +959,11 @@ impl Supervisor {
         }
         self.self_fd = proc::pidfd_open(std::process::id() as i32);
         loop {
-            // In a successor, returns only once it has taken over.
+            // In a successor, returns only once its supervisor died: it takes over.
             self.ensure_successor();
+            if let Some((dead, death)) = self.pending.take() {
+                self.take_over(dead, death);
+            }
             let container = self.container.take();
             let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
             if let Some(l) = &self.listener {

@@ -1083,12 +1083,23 @@ fn sig(pid: i32, s: i32) -> bool {
     }
 }
 
-/// True while `pid` runs (exists, not a zombie).
+/// True while `pid` runs: its pidfd is not readable (it becomes readable once every
+/// thread has exited; a zombie leader with threads still exiting is not gone yet).
 fn running(pid: i32) -> bool {
-    pid > 0
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s[s.rfind(')').unwrap_or(0)..].starts_with(") Z"))
-            .unwrap_or(false)
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: plain system calls on a pidfd we own.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if fd < 0 {
+            return false;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let n = libc::poll(&mut p, 1, 0);
+        libc::close(fd);
+        n == 0
+    }
 }
 
 /// Waits (bounded) until `pid` has exited.
