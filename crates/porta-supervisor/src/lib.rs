@@ -4,9 +4,10 @@
 //! which opens /dev/fuse, makes the container's FUSE mount with the new mount API, starts
 //! the file server (through a keeper process, see `porta_fs::keeper`) and sends the
 //! detached mount back over a Unix socket. The supervisor restarts the file server when it
-//! dies, stops or deadlocks, gives up after repeated deaths without progress, and exits
-//! when the mount is gone or after [`stop`]. [`servers`] reports its servers for
-//! `porta state`.
+//! dies, stops or deadlocks, gives up only when the server's own deaths say a request kills
+//! it, and exits when the mount is gone or after [`stop`]. A successor (a fork of it)
+//! takes over when it dies. [`servers`] reports its servers for `porta state`, checked
+//! against the processes.
 
 mod backing;
 mod daemon;
