@@ -138,7 +138,6 @@ impl KeeperArgs {
     }
 }
 
-
 /// Enters a new user namespace and has the supervisor (on the control socket) write its
 /// identity maps; tells the supervisor when there is none (then the servers run in the
 /// initial user namespace). Returns whether the keeper is in a new user namespace.

@@ -35,7 +35,11 @@ fn exited(pid: i32) -> bool {
         if fd < 0 {
             return true;
         }
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let n = libc::poll(&mut p, 1, 0);
         libc::close(fd);
         n != 0
@@ -49,9 +53,20 @@ fn kill_recorded(pid: i32, start: u64) {
     // SAFETY: plain system calls on a pidfd we own.
     unsafe {
         let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
-        assert_eq!(start_time(pid), Some(start), "pid {pid} is not the recorded process");
-        assert_eq!(libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, 0, 0), 0);
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            start_time(pid),
+            Some(start),
+            "pid {pid} is not the recorded process"
+        );
+        assert_eq!(
+            libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, 0, 0),
+            0
+        );
         libc::close(fd);
     }
 }
@@ -73,15 +88,28 @@ fn wait_state(c: &Container, what: &str, f: impl Fn(&Value, &Value) -> bool) -> 
             return None;
         }
         let st: Value = serde_json::from_str(&o.stdout).ok()?;
-        let fs = st["servers"].as_array()?.iter().find(|s| s["name"] == "fs")?.clone();
+        let fs = st["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "fs")?
+            .clone();
         if fs["state"] == "running" {
             let pid = fs["pid"].as_i64().unwrap_or(0);
-            assert!(!dead.contains(&pid), "porta state calls dead server {pid} running: {st}");
+            assert!(
+                !dead.contains(&pid),
+                "porta state calls dead server {pid} running: {st}"
+            );
         }
         let rec = record(c)?;
         f(&rec, &fs).then_some(rec)
     });
-    r.unwrap_or_else(|| panic!("{}: timed out waiting for {what}; record {:?}", c.id, record(c)))
+    r.unwrap_or_else(|| {
+        panic!(
+            "{}: timed out waiting for {what}; record {:?}",
+            c.id,
+            record(c)
+        )
+    })
 }
 
 /// Everything the record names, with start times (to check they are all gone later).
@@ -158,14 +186,20 @@ fn every_porta_process_can_die_while_the_container_works() {
         });
         note(&r1, &mut seen);
         // The successor: the supervisor forks another.
-        kill_recorded(num(&r1, "successor_pid"), r1["successor_start"].as_u64().unwrap());
+        kill_recorded(
+            num(&r1, "successor_pid"),
+            r1["successor_start"].as_u64().unwrap(),
+        );
         let r2 = wait_state(&c, "a new successor", |r, fs| {
             num(r, "successor_pid") != num(&r1, "successor_pid") && ready(r, fs)
         });
         note(&r2, &mut seen);
         // The file server: the standby takes over.
         let fs = &r2["servers"][0];
-        let (old, restarts) = (fs["pid"].as_i64().unwrap() as i32, fs["restarts"].as_u64().unwrap());
+        let (old, restarts) = (
+            fs["pid"].as_i64().unwrap() as i32,
+            fs["restarts"].as_u64().unwrap(),
+        );
         kill_recorded(old, fs["start_time"].as_u64().unwrap());
         let r3 = wait_state(&c, "a new server", |r, fs| {
             fs["restarts"].as_u64() > Some(restarts) && ready(r, fs)
@@ -174,7 +208,9 @@ fn every_porta_process_can_die_while_the_container_works() {
         // The standby: another is pre-forked.
         let sb = num(&r3, "standby_pid");
         kill_recorded(sb, start_time(sb).unwrap());
-        let r4 = wait_state(&c, "a new standby", |r, fs| num(r, "standby_pid") != sb && ready(r, fs));
+        let r4 = wait_state(&c, "a new standby", |r, fs| {
+            num(r, "standby_pid") != sb && ready(r, fs)
+        });
         note(&r4, &mut seen);
         eprintln!("round {round}: ok");
     }
@@ -185,7 +221,10 @@ fn every_porta_process_can_die_while_the_container_works() {
         .lines()
         .find(|l| l.starts_with("SUMMARY "))
         .unwrap_or_else(|| panic!("no SUMMARY; output:\n{out}"));
-    assert!(line.ends_with(" errors=0"), "errors inside the container:\n{out}");
+    assert!(
+        line.ends_with(" errors=0"),
+        "errors inside the container:\n{out}"
+    );
     // Every fsync'ed byte is in the backing directory.
     let work = c.bundle.rootfs().join("work");
     for k in 0..7 {
@@ -199,7 +238,10 @@ fn every_porta_process_can_die_while_the_container_works() {
         .iter()
         .filter(|(p, t)| pid_alive(*p) && start_time(*p) == Some(*t))
         .collect();
-    assert!(alive.is_empty(), "Porta processes left after delete: {alive:?}");
+    assert!(
+        alive.is_empty(),
+        "Porta processes left after delete: {alive:?}"
+    );
     let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
     assert!(left.is_empty(), "left after delete: {}", left.join("\n"));
     let _ = std::fs::remove_dir_all(work);

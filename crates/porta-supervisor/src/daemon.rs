@@ -698,8 +698,12 @@ impl Supervisor {
         let mut msg = [0u8; CMD_LEN];
         msg[0] = cmd;
         msg[1..].copy_from_slice(&seq.to_ne_bytes());
-        porta_fs::sys::write(ctl, &msg)
-            .map_err(|e| Error::Sys("send a command to the keeper", nix::errno::Errno::from_raw(e)))?;
+        porta_fs::sys::write(ctl, &msg).map_err(|e| {
+            Error::Sys(
+                "send a command to the keeper",
+                nix::errno::Errno::from_raw(e),
+            )
+        })?;
         // The keeper's end of this socket is in the fd table it shares with the servers:
         // a compromised server can write into it. An answer is taken only with our
         // sequence number, and its pid only if that process shares the keeper's table
@@ -716,10 +720,13 @@ impl Supervisor {
                 ));
             }
             let mut b = [0u8; ANSWER_LEN + 1];
-            let n = porta_fs::sys::read(ctl, &mut b)
-                .map_err(|e| Error::Sys("read the keeper's answer", nix::errno::Errno::from_raw(e)))?;
+            let n = porta_fs::sys::read(ctl, &mut b).map_err(|e| {
+                Error::Sys("read the keeper's answer", nix::errno::Errno::from_raw(e))
+            })?;
             if n == 0 {
-                return Err(Error::Refused("the keeper closed its control socket".into()));
+                return Err(Error::Refused(
+                    "the keeper closed its control socket".into(),
+                ));
             }
             if n != ANSWER_LEN {
                 tracing::warn!(len = n, "ignored a malformed answer on the keeper's socket");
@@ -766,7 +773,10 @@ impl Supervisor {
             return None;
         }
         let fd = proc::pidfd_open(pid)?;
-        if !proc::share_files(self.keeper_pid, pid) || proc::exited(fd.as_fd()) || proc::exited(keeper) {
+        if !proc::share_files(self.keeper_pid, pid)
+            || proc::exited(fd.as_fd())
+            || proc::exited(keeper)
+        {
             return None;
         }
         Some(fd)
@@ -902,14 +912,25 @@ impl Supervisor {
                 self.container = proc::open_if_same(st.container_pid, st.container_start);
             }
         }
-        let cause = format!("supervisor {dead} {}; supervisor {me} took over", death.cause);
-        if self.keeper_fd.as_ref().is_none_or(|k| proc::exited(k.as_fd())) {
-            self.give_up(format!("file-server keeper died along with the supervisor ({cause})"));
+        let cause = format!(
+            "supervisor {dead} {}; supervisor {me} took over",
+            death.cause
+        );
+        if self
+            .keeper_fd
+            .as_ref()
+            .is_none_or(|k| proc::exited(k.as_fd()))
+        {
+            self.give_up(format!(
+                "file-server keeper died along with the supervisor ({cause})"
+            ));
             std::process::exit(1);
         }
         // Every command the dead one sent is answered once ours is.
         if let Err(e) = self.keeper_request(porta_fs::keeper::CMD_SYNC) {
-            self.give_up(format!("the keeper does not answer after a takeover: {e} ({cause})"));
+            self.give_up(format!(
+                "the keeper does not answer after a takeover: {e} ({cause})"
+            ));
             std::process::exit(1);
         }
         // Now nothing makes servers but us: stop every one there is.
@@ -944,7 +965,9 @@ impl Supervisor {
         // A fresh standby replaces the keeper's record of the killed one, then serves.
         self.prepare_standby();
         if let Err(e) = self.spawn_server() {
-            self.give_up(format!("could not restart the file server after a takeover: {e} ({cause})"));
+            self.give_up(format!(
+                "could not restart the file server after a takeover: {e} ({cause})"
+            ));
             std::process::exit(1);
         }
         self.prepare_standby();
@@ -1136,7 +1159,9 @@ impl Supervisor {
     fn in_flight(&self) -> Vec<Req> {
         let mut out = Vec::new();
         for i in 0..hdr::MAX_SLOTS {
-            let Some(s) = self.shared.slot(i) else { continue };
+            let Some(s) = self.shared.slot(i) else {
+                continue;
+            };
             if s[0].load(Ordering::Acquire) != slot::WORKING || s[2].load(Ordering::Acquire) == 0 {
                 continue;
             }
@@ -1155,7 +1180,10 @@ impl Supervisor {
             self.shutdown();
             return Some(Next::Exit(0));
         }
-        let deadlocked = self.kill_reason.as_ref().is_some_and(|r| r.starts_with("deadlocked"));
+        let deadlocked = self
+            .kill_reason
+            .as_ref()
+            .is_some_and(|r| r.starts_with("deadlocked"));
         let cause = match self.kill_reason.take() {
             Some(r) => format!("{r} ({})", death.cause),
             None => death.cause.clone(),

@@ -453,11 +453,17 @@ fn live_view(st: SupervisorState) -> Vec<ServerStatus> {
                     st.supervisor_pid, st.successor_pid
                 )
             } else {
-                format!("supervisor {} is gone, with no successor", st.supervisor_pid)
+                format!(
+                    "supervisor {} is gone, with no successor",
+                    st.supervisor_pid
+                )
             };
             s.state = "failed".into();
             s.error = Some(if up {
-                format!("{what}: nothing replaces the file server {} if it dies", s.pid)
+                format!(
+                    "{what}: nothing replaces the file server {} if it dies",
+                    s.pid
+                )
             } else {
                 format!("{what}, and so is the file server {}", s.pid)
             });

@@ -143,7 +143,8 @@ struct PidfdInfo {
 
 const PIDFD_INFO_EXIT: u64 = 1 << 3;
 /// _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info).
-const PIDFD_GET_INFO: u64 = (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
+const PIDFD_GET_INFO: u64 =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
 
 /// How the exited process of `fd` (pid `pid`) ended, for a process that need not be our
 /// child: PIDFD_INFO_EXIT (Linux 6.15, once a reaper reaped it), else the exit code
@@ -154,7 +155,13 @@ pub(crate) fn death_of(fd: BorrowedFd<'_>, pid: i32) -> Death {
         ..Default::default()
     };
     // SAFETY: the ioctl fills a buffer of the size its number encodes.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) };
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
     if r == 0 && info.mask & PIDFD_INFO_EXIT != 0 {
         return Death::from_wait_status(info.exit_code);
     }

@@ -1095,7 +1095,11 @@ fn running(pid: i32) -> bool {
         if fd < 0 {
             return false;
         }
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let n = libc::poll(&mut p, 1, 0);
         libc::close(fd);
         n == 0
@@ -1114,17 +1118,31 @@ fn wait_gone(pid: i32, what: &str) {
 impl Container {
     /// Waits for the supervisor's record to satisfy `f`, checking on the way that
     /// `servers` never calls a dead server running.
-    fn wait_state(&self, what: &str, f: impl Fn(&SupervisorState, &ServerStatus) -> bool) -> SupervisorState {
+    fn wait_state(
+        &self,
+        what: &str,
+        f: impl Fn(&SupervisorState, &ServerStatus) -> bool,
+    ) -> SupervisorState {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // Dead before the look: `servers` must not call it running.
             let dead: Vec<i32> = read_state(&self.state)
-                .map(|st| st.servers.iter().map(|s| s.pid).filter(|p| !running(*p)).collect())
+                .map(|st| {
+                    st.servers
+                        .iter()
+                        .map(|s| s.pid)
+                        .filter(|p| !running(*p))
+                        .collect()
+                })
                 .unwrap_or_default();
             if let (Ok(v), Ok(st)) = (servers(&self.state), read_state(&self.state)) {
                 let fs = v.into_iter().find(|s| s.name == "fs").unwrap();
                 if fs.state == "running" {
-                    assert!(!dead.contains(&fs.pid), "state calls dead server {} running", fs.pid);
+                    assert!(
+                        !dead.contains(&fs.pid),
+                        "state calls dead server {} running",
+                        fs.pid
+                    );
                 }
                 if f(&st, &fs) {
                     return st;
@@ -1162,7 +1180,10 @@ fn workload(
             drop(f);
             std::fs::rename(&tmp, &dst)?;
             if std::fs::read(&dst)? != body {
-                return Err(std::io::Error::other(format!("{} holds other bytes", dst.display())));
+                return Err(std::io::Error::other(format!(
+                    "{} holds other bytes",
+                    dst.display()
+                )));
             }
             Ok(())
         })();
@@ -1208,9 +1229,14 @@ fn every_process_dies_in_turn(passthrough: bool) {
         let s0 = c.wait_state("a successor", ready);
         assert!(sigkill(s0.supervisor_pid));
         let s1 = c.wait_state("the takeover", |st, fs| {
-            st.supervisor_pid == s0.successor_pid && st.takeovers == s0.takeovers + 1 && ready(st, fs)
+            st.supervisor_pid == s0.successor_pid
+                && st.takeovers == s0.takeovers + 1
+                && ready(st, fs)
         });
-        assert!(!running(s0.server_pid_of()), "the dead supervisor's server was kept");
+        assert!(
+            !running(s0.server_pid_of()),
+            "the dead supervisor's server was kept"
+        );
         // The successor: the active one forks another.
         assert!(sigkill(s1.successor_pid));
         let s2 = c.wait_state("a new successor", |st, fs| {
@@ -1226,12 +1252,18 @@ fn every_process_dies_in_turn(passthrough: bool) {
         // The standby: another is pre-forked.
         let s3 = c.wait_state("a standby", ready);
         assert!(sigkill(s3.standby_pid));
-        c.wait_state("a new standby", |st, fs| st.standby_pid != s3.standby_pid && ready(st, fs));
+        c.wait_state("a new standby", |st, fs| {
+            st.standby_pid != s3.standby_pid && ready(st, fs)
+        });
         eprintln!("round {round} done");
     }
     stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     let (kept, errors) = work.join().unwrap();
-    assert!(errors.is_empty(), "errors in the workload: {errors:?}\nlog:\n{}", c.log());
+    assert!(
+        errors.is_empty(),
+        "errors in the workload: {errors:?}\nlog:\n{}",
+        c.log()
+    );
     check_kept(&c, &kept);
     let last = read_state(&c.state).unwrap();
     stop(&c.state).unwrap();
@@ -1291,7 +1323,10 @@ fn supervisor_and_successor_gone_is_failed() {
     assert!(e.contains("are gone"), "{e}");
     // The container's files are served on, by the server nobody supervises.
     std::fs::write(c.mnt.join("after"), b"still served").unwrap();
-    assert_eq!(std::fs::read(c.backing.join("after")).unwrap(), b"still served");
+    assert_eq!(
+        std::fs::read(c.backing.join("after")).unwrap(),
+        b"still served"
+    );
     stop(&c.state).unwrap();
     porta_fs::mount::unmount(&c.mnt).unwrap();
     // The connection ends with the mount: the server, the standby (hang-up of the
@@ -1328,7 +1363,9 @@ fn kills_without_progress_under_load_never_give_up() {
         let fs = c.wait_for("a server", |s| s.state == "running" && s.restarts == i);
         assert!(sigkill(fs.pid));
     }
-    let fs = c.wait_for("the 25th replacement", |s| s.restarts == 25 && s.state != "restarting");
+    let fs = c.wait_for("the 25th replacement", |s| {
+        s.restarts == 25 && s.state != "restarting"
+    });
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     for s in spinners {
         s.join().unwrap();
