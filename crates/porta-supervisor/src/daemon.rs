@@ -1082,7 +1082,7 @@ impl Supervisor {
                 WaitStatus::Exited(p, code) => (p.as_raw(), Death::exited(code)),
                 WaitStatus::Signaled(p, sig, _) => (p.as_raw(), Death::signaled(sig as i32)),
                 WaitStatus::Stopped(p, sig) => {
-                    self.on_stopped(p.as_raw(), &sig.to_string());
+                    self.on_stopped(p.as_raw(), sig.as_ref());
                     continue;
                 }
                 _ => continue,
