@@ -5,6 +5,12 @@
 //! `clone(CLONE_FILES | CLONE_PARENT)`: the server shares the keeper's descriptor table
 //! (so node and file descriptors survive the server's death) and is the supervisor's
 //! child (so the supervisor reaps it and sees it stop with waitid(WSTOPPED)).
+//!
+//! Neither the keeper nor an active server dies with the supervisor (no parent-death
+//! signal): the supervisor's successor adopts them. A command carries a sequence number
+//! that its answer echoes, so a supervisor taking over tells the answers to its own
+//! commands from the ones its dead predecessor left unread. A standby server ends when
+//! every supervisor has closed the control socket (it sees the hang-up).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -25,6 +31,13 @@ pub const CMD_SPAWN: u8 = b'S';
 pub const CMD_STANDBY: u8 = b'B';
 /// Command byte: let the standby serve (or start a server when there is none).
 pub const CMD_ACTIVATE: u8 = b'A';
+/// Command byte: do nothing but answer (pid 0): once its answer is read, every earlier
+/// command has been answered.
+pub const CMD_SYNC: u8 = b'Y';
+/// Length of a command: the command byte, then a sequence number (u32, native order).
+pub const CMD_LEN: usize = 5;
+/// Length of an answer: the pid (i32, or -errno), then the command's sequence number.
+pub const ANSWER_LEN: usize = 8;
 /// First message of a keeper: it is in a new user namespace; the supervisor writes its
 /// uid_map and gid_map and answers [`MAPS_OK`] or [`MAPS_FAILED`].
 pub const HELLO_USERNS: u8 = b'U';
@@ -144,11 +157,6 @@ impl KeeperArgs {
     }
 }
 
-fn die_with_parent() {
-    // SAFETY: plain prctl.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-}
-
 /// Enters a new user namespace and has the supervisor (on the control socket) write its
 /// identity maps; tells the supervisor when there is none (then the servers run in the
 /// initial user namespace). Returns whether the keeper is in a new user namespace.
@@ -189,14 +197,11 @@ fn enter_user_namespace(args: &KeeperArgs) -> Result<bool, Error> {
             }
         }
     }
-    // The credentials changed namespace; make sure the parent-death signal survived.
-    die_with_parent();
     Ok(true)
 }
 
 /// Runs the keeper until the supervisor closes the control socket.
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
-    die_with_parent();
     let userns = enter_user_namespace(args)?;
     let shared = Shared::map(args.state_fd)?;
     match sys::keep_caps_on_fsuid_change() {
@@ -301,6 +306,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         server,
         confine: !args.no_confine,
         proc_root: proc.as_raw_fd(),
+        ctl_fd: args.ctl_fd,
     };
     // Every descriptor of the table may be replaced by a compromised server: a new server
     // gets the root and procfs only after their identity was checked again.
@@ -315,7 +321,13 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     let mut standby: Option<(i32, RawFd, RawFd)> = None;
     loop {
         let n = match sys::read(args.ctl_fd, &mut cmd) {
-            Ok(0) => return Ok(()),
+            Ok(0) => {
+                // Every supervisor is gone. The descriptors this function holds (the
+                // backing root, /proc) are in the table a server may still share and
+                // serve from: leave without closing them.
+                // SAFETY: ends the keeper at once, running no destructor.
+                unsafe { libc::_exit(0) }
+            }
             Ok(n) => n,
             Err(libc::EINTR) => continue,
             Err(e) => {
@@ -367,9 +379,16 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 }
                 None => spawn_server(&cfg, None),
             },
+            Some(&CMD_SYNC) => 0,
             _ => continue,
         };
-        let _ = sys::write(args.ctl_fd, &pid.to_ne_bytes());
+        // The sequence number, echoed (0 when the command carried none).
+        let mut answer = [0u8; ANSWER_LEN];
+        answer[..4].copy_from_slice(&pid.to_ne_bytes());
+        if n >= CMD_LEN {
+            answer[4..].copy_from_slice(&cmd[1..CMD_LEN]);
+        }
+        let _ = sys::write(args.ctl_fd, &answer);
     }
 }
 
@@ -463,6 +482,8 @@ struct ServerSetup {
     server: Config,
     confine: bool,
     proc_root: RawFd,
+    /// The keeper's end of the control socket: a standby ends when it hangs up.
+    ctl_fd: RawFd,
 }
 
 fn pipe() -> Result<(RawFd, RawFd), i32> {
@@ -489,8 +510,7 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     if pid > 0 {
         return pid as i32;
     }
-    // The child: the new file server.
-    die_with_parent();
+    // The child: the new file server. No parent-death signal: it outlives a supervisor.
     default_fault_signals();
     let mut server = cfg.server.clone();
     if cfg.confine {
@@ -522,14 +542,9 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     // may have replaced it in the shared table).
     let root_at_confine = crate::confine::dir_identity(server.root_fd).ok();
     if let Some(go) = wait_on {
-        let mut b = [0u8; 1];
-        loop {
-            match sys::read(go, &mut b) {
-                Ok(1) => break,
-                Err(libc::EINTR) => continue,
-                // SAFETY: the keeper is gone or dropped this standby: end at once.
-                _ => unsafe { libc::_exit(EXIT_UNMOUNTED) },
-            }
+        if !standby_woken(go, cfg.ctl_fd) {
+            // SAFETY: the keeper dropped this standby, or no supervisor is left: end at once.
+            unsafe { libc::_exit(EXIT_UNMOUNTED) };
         }
         sys::close(go);
         if crate::confine::dir_identity(server.root_fd).ok() != root_at_confine {
@@ -556,6 +571,42 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     };
     // SAFETY: ends this process without running the keeper's destructors twice.
     unsafe { libc::_exit(code) }
+}
+
+/// A standby's wait: true once the keeper writes its byte on `go`; false when the keeper
+/// dropped it, or when the control socket hangs up (every supervisor is gone, so nobody
+/// would ever wake it).
+fn standby_woken(go: RawFd, ctl: RawFd) -> bool {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: go,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            // Events 0: only a hang-up or an error is reported, never the commands.
+            libc::pollfd {
+                fd: ctl,
+                events: 0,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structures.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        if fds[0].revents != 0 {
+            let mut b = [0u8; 1];
+            return matches!(sys::read(go, &mut b), Ok(1));
+        }
+        if fds[1].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            return false;
+        }
+    }
 }
 
 /// Tests only: `PORTA_FS_NOFILE=N` gives the servers a descriptor budget of at most N,

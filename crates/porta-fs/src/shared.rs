@@ -485,6 +485,53 @@ impl Shared {
             .collect()
     }
 
+    /// The request thread `i` last read (opcode, request id, node id), from the FUSE
+    /// header at the start of its request buffer: while its slot is [`slot::WORKING`], the
+    /// request it is in. The supervisor reads it when a server dies, to tell a request
+    /// that kills every server from bad luck. Written by an untrusted server: use it to
+    /// decide about that server only.
+    pub fn request_in(&self, i: usize) -> Option<(u32, u64, u64)> {
+        if i >= hdr::MAX_SLOTS {
+            return None;
+        }
+        let cold = self.words[hdr::COLD_CAPACITY].load(Ordering::Relaxed) as usize;
+        // REQUEST_BUF_LEN is a multiple of 8: each buffer starts on a word.
+        let w = bufs_start(self.capacity(), cold) + i * (REQUEST_BUF_LEN / 8);
+        let len_op = self.words.get(w)?.load(Ordering::Acquire);
+        let unique = self.words.get(w + 1)?.load(Ordering::Acquire);
+        let node = self.words.get(w + 2)?.load(Ordering::Acquire);
+        Some(((len_op >> 32) as u32, unique, node))
+    }
+
+    /// Every passthrough backing id the table records, with the [`NodeRef::tag`] of its
+    /// node: what a supervisor taking over knows its dead predecessor handed out.
+    pub fn recorded_backing(&self) -> Vec<(i32, i32)> {
+        let mut out = Vec::new();
+        for fd in 0..self.scan_end() {
+            if self.kind(fd) != kind::NODE {
+                continue;
+            }
+            if let Some(e) = self.entry(fd) {
+                let id = e[4].load(Ordering::Acquire);
+                if id != 0 {
+                    out.push((NodeRef::Hot(fd).tag(), (id - 1) as i32));
+                }
+            }
+        }
+        for i in 0..self.cold_scan_end() {
+            if self.cold_kind(i) != kind::NODE {
+                continue;
+            }
+            if let Some(e) = self.cold_entry(i) {
+                let id = e[4].load(Ordering::Acquire);
+                if id != 0 {
+                    out.push((NodeRef::Cold(i).tag(), (id - 1) as i32));
+                }
+            }
+        }
+        out
+    }
+
     /// Total requests answered by all servers so far.
     pub fn requests_done(&self) -> u64 {
         self.words[hdr::REQUESTS_DONE].load(Ordering::Relaxed)

@@ -595,8 +595,16 @@ impl Container {
         } else {
             Vec::new()
         };
+        // A failed server (given up on, or no supervisor left) fails the container loudly.
+        let failed = servers.iter().find(|s| s.state == "failed").map(|s| {
+            format!(
+                "{} server failed: {}",
+                s.name,
+                s.error.as_deref().unwrap_or("")
+            )
+        });
         v["servers"] = serde_json::to_value(servers).unwrap_or_else(|_| serde_json::json!([]));
-        if let Some(e) = &self.state.server_error {
+        if let Some(e) = self.state.server_error.clone().or(failed) {
             v["serverError"] = serde_json::json!(e);
         }
         v

@@ -155,6 +155,16 @@ impl Broker {
         stale.len()
     }
 
+    /// For a supervisor taking over from a dead one: forgets the ids this copy of the
+    /// broker knew (a snapshot from when it was forked, stale now) and holds instead the
+    /// ids the shared table records, `(node tag, id)`. Ids the dead supervisor handed out
+    /// that no server recorded yet stay registered, unowned, until the connection ends:
+    /// at most one per server thread that was opening a file at that moment.
+    pub fn adopt(&mut self, recorded: Vec<(RawFd, i32)>) {
+        self.ids = recorded.into_iter().map(|(tag, id)| (id, tag)).collect();
+        self.hung_up = false;
+    }
+
     fn refuse(&mut self, why: &'static str) {
         self.stats.refused += 1;
         let n = self.stats.refused;

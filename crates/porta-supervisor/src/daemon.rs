@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use porta_fs::shared::{hdr, slot, Shared};
 
 use crate::backing::{Broker, FuseDevice};
+use crate::proc::{self, Death};
 use crate::{fdpass, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME};
 
 /// Parsed arguments of `porta supervisor`.
@@ -198,6 +199,7 @@ pub fn run(a: Args) -> i32 {
     // Off the critical path of `create` too: moving a process into a cgroup2 group waits
     // for the kernel (porta_cgroups::join).
     join_servers_cgroup(&sv.a.cgroup_procs);
+    sv.write_state();
     let code = sv.run_loop();
     tracing::info!(code, "supervisor exiting");
     code
@@ -289,14 +291,6 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
-/// The parent pid of `pid`, from /proc/PID/stat.
-fn parent_of(pid: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rfind(')')
-        .and_then(|i| s[i + 1..].split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 fn thread_state(stat: &str) -> Option<char> {
     stat.rfind(')')
         .and_then(|i| stat[i + 1..].trim_start().chars().next())
@@ -329,6 +323,98 @@ struct Supervisor {
     /// Which confinement the servers run under ("userns", "root" or "none").
     confinement: String,
     last_watchdog: Instant,
+    /// Pidfds of the keeper, the server and the standby: after a takeover they are not
+    /// our children, and every signal goes through these.
+    keeper_fd: Option<OwnedFd>,
+    server_fd: Option<OwnedFd>,
+    standby_fd: Option<OwnedFd>,
+    /// This process's own pidfd: the successor it forks inherits it and waits on it.
+    self_fd: Option<OwnedFd>,
+    /// The successor (our child), waiting to take over when we die.
+    successor: Option<(i32, OwnedFd)>,
+    /// Sequence number of the last command sent to the keeper.
+    seq: u32,
+    /// The requests in flight at each of the last consecutive self-inflicted deaths.
+    poison: Poison,
+    /// The container's process (pid and start time), once `watch` named it.
+    container_pid: i32,
+    container_start: u64,
+    /// How often a successor took over from a dead supervisor.
+    takeovers: u64,
+    /// In a successor whose supervisor died: its pid and how it died, for take_over.
+    pending: Option<(i32, Death)>,
+}
+
+/// A FUSE request as a server's slot shows it: opcode, request id (without the kernel's
+/// resend bit), node id.
+type Req = (u32, u64, u64);
+
+/// Evidence that a request kills the servers: the requests in flight at every one of the
+/// last `streak` consecutive self-inflicted deaths (crash, abort, forbidden system call,
+/// failure exit, deadlock).
+#[derive(Debug, Clone, Default)]
+struct Poison {
+    suspects: Vec<Req>,
+    streak: u32,
+}
+
+/// The kernel sets this bit of a request id when it resends the request.
+const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
+
+/// Name of a FUSE opcode, for messages.
+fn opcode_name(op: u32) -> &'static str {
+    match op {
+        1 => "LOOKUP",
+        2 => "FORGET",
+        3 => "GETATTR",
+        4 => "SETATTR",
+        5 => "READLINK",
+        6 => "SYMLINK",
+        8 => "MKNOD",
+        9 => "MKDIR",
+        10 => "UNLINK",
+        11 => "RMDIR",
+        12 => "RENAME",
+        13 => "LINK",
+        14 => "OPEN",
+        15 => "READ",
+        16 => "WRITE",
+        17 => "STATFS",
+        18 => "RELEASE",
+        20 => "FSYNC",
+        21 => "SETXATTR",
+        22 => "GETXATTR",
+        23 => "LISTXATTR",
+        24 => "REMOVEXATTR",
+        25 => "FLUSH",
+        26 => "INIT",
+        27 => "OPENDIR",
+        28 => "READDIR",
+        29 => "RELEASEDIR",
+        30 => "FSYNCDIR",
+        34 => "ACCESS",
+        35 => "CREATE",
+        38 => "DESTROY",
+        42 => "BATCH_FORGET",
+        43 => "FALLOCATE",
+        44 => "READDIRPLUS",
+        45 => "RENAME2",
+        46 => "LSEEK",
+        47 => "COPY_FILE_RANGE",
+        51 => "STATX",
+        _ => "request",
+    }
+}
+
+/// "LOOKUP (opcode 1, request 42, node 7)".
+fn describe(r: &Req) -> String {
+    format!(
+        "{} (opcode {}, request {}, node {})",
+        opcode_name(r.0),
+        r.0,
+        r.1,
+        r.2
+    )
 }
 
 enum Next {
@@ -379,6 +465,17 @@ impl Supervisor {
             broker: None,
             confinement: String::new(),
             last_watchdog: Instant::now(),
+            keeper_fd: None,
+            server_fd: None,
+            standby_fd: None,
+            self_fd: None,
+            successor: None,
+            seq: 0,
+            poison: Poison::default(),
+            container_pid: 0,
+            container_start: 0,
+            takeovers: 0,
+            pending: None,
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -452,8 +549,8 @@ impl Supervisor {
     }
 
     fn stop_keeper(&mut self) {
-        if self.keeper_pid > 0 {
-            let _ = kill(Pid::from_raw(self.keeper_pid), Signal::SIGKILL);
+        if let Some(fd) = self.keeper_fd.take() {
+            proc::send(fd.as_fd(), libc::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(self.keeper_pid), None);
         }
         self.keeper_pid = 0;
@@ -534,6 +631,8 @@ impl Supervisor {
             set_cloexec(*fd, true);
         }
         self.keeper_pid = child?;
+        // Our child, not reaped yet: the pid is still the keeper's.
+        self.keeper_fd = proc::pidfd_open(self.keeper_pid);
         drop(theirs);
         self.ctl = Some(ours);
         self.broker = backing.map(|(b, _theirs)| Broker::new(b, self.shared.capacity()));
@@ -626,55 +725,102 @@ impl Supervisor {
         }
     }
 
-    /// Sends one command byte to the keeper and reads the pid it answers.
-    fn keeper_request(&self, cmd: u8) -> Result<i32, Error> {
+    /// Sends one command to the keeper and reads its answer: the pid of a server it
+    /// started (checked, with a pidfd of it), or (0, None) for [`keeper::CMD_SYNC`].
+    fn keeper_request(&mut self, cmd: u8) -> Result<(i32, Option<OwnedFd>), Error> {
+        use porta_fs::keeper::{ANSWER_LEN, CMD_LEN, CMD_SYNC};
         let ctl = self
             .ctl
             .as_ref()
             .ok_or_else(|| Error::Usage("no keeper".into()))?
             .as_raw_fd();
-        porta_fs::sys::write(ctl, &[cmd])
-            .map_err(|e| Error::Sys("ask keeper for a server", nix::errno::Errno::from_raw(e)))?;
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut msg = [0u8; CMD_LEN];
+        msg[0] = cmd;
+        msg[1..].copy_from_slice(&seq.to_ne_bytes());
+        porta_fs::sys::write(ctl, &msg).map_err(|e| {
+            Error::Sys(
+                "send a command to the keeper",
+                nix::errno::Errno::from_raw(e),
+            )
+        })?;
         // The keeper's end of this socket is in the fd table it shares with the servers:
-        // a compromised server can write into it. Only a pid that is our child (servers
-        // are, by CLONE_PARENT; a child's pid cannot be reused before we reap it) is
-        // taken, so we never signal a process of someone else; and we never wait forever.
-        let me = std::process::id() as i32;
-        for _ in 0..8 {
+        // a compromised server can write into it. An answer is taken only with our
+        // sequence number, and its pid only if that process shares the keeper's table
+        // (a server); we never wait forever. Answers to earlier commands (a dead
+        // predecessor's, or one we gave up waiting for) are skipped, their servers killed.
+        for _ in 0..64 {
             // SAFETY: `ctl` is our open socket, borrowed for the poll only.
             let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
             let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
             if poll(&mut fds, PollTimeout::from(5_000u16)).unwrap_or(0) <= 0 {
                 return Err(Error::Timeout(
-                    "hear the new server's pid from the keeper",
+                    "hear the keeper's answer",
                     Duration::from_secs(5),
                 ));
             }
-            let mut b = [0u8; 8];
-            let n = porta_fs::sys::read(ctl, &mut b)
-                .map_err(|e| Error::Sys("read server pid", nix::errno::Errno::from_raw(e)))?;
-            let pid = if n == 4 {
-                i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
-            } else {
-                -libc::EIO
-            };
+            let mut b = [0u8; ANSWER_LEN + 1];
+            let n = porta_fs::sys::read(ctl, &mut b).map_err(|e| {
+                Error::Sys("read the keeper's answer", nix::errno::Errno::from_raw(e))
+            })?;
+            if n == 0 {
+                return Err(Error::Refused(
+                    "the keeper closed its control socket".into(),
+                ));
+            }
+            if n != ANSWER_LEN {
+                tracing::warn!(len = n, "ignored a malformed answer on the keeper's socket");
+                continue;
+            }
+            let pid = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            let got = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+            if got != seq {
+                if pid > 0 {
+                    if let Some(fd) = self.verified_server(pid) {
+                        tracing::warn!(pid, "killing a server started for an earlier command");
+                        proc::send(fd.as_fd(), libc::SIGKILL);
+                    }
+                }
+                continue;
+            }
+            if cmd == CMD_SYNC {
+                return Ok((0, None));
+            }
             if pid <= 0 {
                 return Err(Error::Sys(
                     "keeper: clone file server",
                     nix::errno::Errno::from_raw(-pid),
                 ));
             }
-            if parent_of(pid) == Some(me) {
-                return Ok(pid);
-            }
-            tracing::warn!(
-                pid,
-                "ignored a server pid from the keeper's socket that is not our child"
-            );
+            return match self.verified_server(pid) {
+                Some(fd) => Ok((pid, Some(fd))),
+                None => Err(Error::Refused(format!(
+                    "the keeper answered pid {pid}, which is no server of this container"
+                ))),
+            };
         }
         Err(Error::Refused(
-            "the keeper's socket gave no pid of a child of ours".into(),
+            "the keeper's socket gave no answer to our command".into(),
         ))
+    }
+
+    /// A pidfd of `pid` if it is a live server of ours: a process other than the keeper
+    /// sharing the keeper's descriptor table (checked after the pidfd is open and while
+    /// the process is alive, so the pid is the pidfd's process).
+    fn verified_server(&self, pid: i32) -> Option<OwnedFd> {
+        let keeper = proc::borrow(&self.keeper_fd)?;
+        if pid == self.keeper_pid || proc::exited(keeper) {
+            return None;
+        }
+        let fd = proc::pidfd_open(pid)?;
+        if !proc::share_files(self.keeper_pid, pid)
+            || proc::exited(fd.as_fd())
+            || proc::exited(keeper)
+        {
+            return None;
+        }
+        Some(fd)
     }
 
     /// Pre-forks a standby server (set up and confined, waiting to be woken), unless
@@ -684,7 +830,10 @@ impl Supervisor {
             return;
         }
         match self.keeper_request(porta_fs::keeper::CMD_STANDBY) {
-            Ok(pid) => self.standby_pid = pid,
+            Ok((pid, fd)) => {
+                self.standby_pid = pid;
+                self.standby_fd = fd;
+            }
             Err(e) => {
                 self.standby_failures += 1;
                 tracing::warn!(error = %e, "could not pre-fork a standby file server");
@@ -704,24 +853,181 @@ impl Supervisor {
         // The standby (if any) takes over; the keeper starts a server when there is none.
         let standby = self.standby_pid;
         self.standby_pid = 0;
-        let pid = self.keeper_request(porta_fs::keeper::CMD_ACTIVATE)?;
+        self.standby_fd = None;
+        let (pid, fd) = self.keeper_request(porta_fs::keeper::CMD_ACTIVATE)?;
         if standby > 0 && pid != standby {
             tracing::warn!(
                 standby,
                 "standby file server could not be woken; started a new one"
             );
+        } else if standby > 0 {
+            // A standby served: standbys do not keep dying.
+            self.standby_failures = 0;
         }
         self.server_pid = pid;
+        self.server_fd = fd;
         self.progress_at_start = self.shared.requests_done();
         tracing::info!(pid, restarts = self.restarts, "file server started");
         Ok(())
     }
 
+    /// Forks the successor unless one waits: a copy of this process holding every
+    /// descriptor that matters (the FUSE device, the mount, the state memfd, the control
+    /// socket's listener, the keeper's socket and pidfd, the backing broker's socket),
+    /// which waits for this process to die. Returns in the child only once this process
+    /// died, with `pending` set: the caller then takes over.
+    fn ensure_successor(&mut self) {
+        if self.successor.is_some() || self.failed || self.listener.is_none() {
+            return;
+        }
+        if self.self_fd.is_none() {
+            return;
+        }
+        let parent = std::process::id() as i32;
+        // SAFETY: the supervisor is single-threaded; the child goes on with a copy of it.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                let pid = child.as_raw();
+                // Our child, not reaped yet: the pid is the successor's.
+                match proc::pidfd_open(pid) {
+                    Some(fd) => self.successor = Some((pid, fd)),
+                    None => {
+                        let _ = kill(child, Signal::SIGKILL);
+                        let _ = nix::sys::wait::waitpid(child, None);
+                    }
+                }
+                self.write_state();
+            }
+            Ok(nix::unistd::ForkResult::Child) => {
+                // The parent's own pidfd, inherited: the one to wait on.
+                if let Some(active) = self.self_fd.take() {
+                    self.wait_as_successor(parent, active);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not fork the successor supervisor"),
+        }
+    }
+
+    /// The successor's life: waits on the active supervisor's pidfd, then records its
+    /// death in `pending`.
+    fn wait_as_successor(&mut self, active_pid: i32, active: OwnedFd) {
+        tracing::info!(active = active_pid, "successor supervisor waiting");
+        while !proc::wait_exit(active.as_fd(), u16::MAX) {}
+        let death = proc::death_of(active.as_fd(), active_pid);
+        drop(active);
+        self.pending = Some((active_pid, death));
+    }
+
+    /// Becomes the active supervisor after `dead` died: forks a successor of its own,
+    /// reloads what the dead one recorded, settles the keeper's socket, kills every
+    /// server (the replacement resends what they had in flight) and starts a new one.
+    fn take_over(&mut self, mut dead: i32, mut death: Death) {
+        // Forks the successor first; in that successor, should this process die before
+        // the takeover is done, the loop starts the takeover again from the beginning.
+        // This copy's idea of the servers is as old as the fork: the sweep below finds
+        // the ones there are.
+        self.server_pid = 0;
+        self.server_fd = None;
+        self.standby_pid = 0;
+        self.standby_fd = None;
+        loop {
+            tracing::warn!(dead, cause = %death.cause, "the supervisor died; its successor takes over");
+            self.self_fd = proc::pidfd_open(std::process::id() as i32);
+            self.ensure_successor();
+            match self.pending.take() {
+                Some((d, why)) => (dead, death) = (d, why),
+                None => break,
+            }
+        }
+        let me = std::process::id() as i32;
+        self.takeovers += 1;
+        // What the dead supervisor recorded since this copy was forked.
+        if let Ok(st) = crate::read_state(&self.a.state_dir) {
+            if let Some(fs) = st.servers.first() {
+                self.restarts = self.restarts.max(fs.restarts);
+            }
+            self.takeovers = self.takeovers.max(st.takeovers + 1);
+            if st.container_pid > 0 {
+                self.container_pid = st.container_pid;
+                self.container_start = st.container_start;
+                self.container = proc::open_if_same(st.container_pid, st.container_start);
+            }
+        }
+        let cause = format!(
+            "supervisor {dead} {}; supervisor {me} took over",
+            death.cause
+        );
+        if self
+            .keeper_fd
+            .as_ref()
+            .is_none_or(|k| proc::exited(k.as_fd()))
+        {
+            self.give_up(format!(
+                "file-server keeper died along with the supervisor ({cause})"
+            ));
+            std::process::exit(1);
+        }
+        // Every command the dead one sent is answered once ours is.
+        if let Err(e) = self.keeper_request(porta_fs::keeper::CMD_SYNC) {
+            self.give_up(format!(
+                "the keeper does not answer after a takeover: {e} ({cause})"
+            ));
+            std::process::exit(1);
+        }
+        // Now nothing makes servers but us: stop every one there is.
+        let sharers = proc::sharers_of(self.keeper_pid);
+        let mut fds = Vec::new();
+        for pid in sharers {
+            if let Some(fd) = self.verified_server(pid) {
+                proc::send(fd.as_fd(), libc::SIGKILL);
+                fds.push(fd);
+            }
+        }
+        for fd in &fds {
+            if !proc::wait_exit(fd.as_fd(), 10_000) {
+                tracing::error!("a file server did not die within 10 s of SIGKILL");
+            }
+        }
+        self.server_pid = 0;
+        self.server_fd = None;
+        self.standby_pid = 0;
+        self.standby_fd = None;
+        if let Some(b) = self.broker.as_mut() {
+            b.adopt(self.shared.recorded_backing());
+        }
+        self.restarts += 1;
+        self.last_error = Some(cause.clone());
+        tracing::info!(killed = fds.len(), "servers of the dead supervisor stopped");
+        if self.container_pid > 0 && self.container.is_none() {
+            tracing::info!("the container's process is gone; stopping");
+            self.shutdown();
+            std::process::exit(0);
+        }
+        // A fresh standby replaces the keeper's record of the killed one, then serves.
+        self.prepare_standby();
+        if let Err(e) = self.spawn_server() {
+            self.give_up(format!(
+                "could not restart the file server after a takeover: {e} ({cause})"
+            ));
+            std::process::exit(1);
+        }
+        self.prepare_standby();
+        self.write_state();
+    }
+
     fn run_loop(&mut self) -> i32 {
         if let Some(pid) = self.a.container_pid {
             self.container = pidfd_open(pid);
+            self.container_pid = pid;
+            self.container_start = proc::start_time(pid).unwrap_or(0);
         }
+        self.self_fd = proc::pidfd_open(std::process::id() as i32);
         loop {
+            // In a successor, returns only once its supervisor died: it takes over.
+            self.ensure_successor();
+            if let Some((dead, death)) = self.pending.take() {
+                self.take_over(dead, death);
+            }
             let container = self.container.take();
             let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
             if let Some(l) = &self.listener {
@@ -734,6 +1040,14 @@ impl Supervisor {
             let bidx = fds.len();
             if let Some(b) = self.broker.as_ref().filter(|b| b.live()) {
                 fds.push(PollFd::new(b.fd(), PollFlags::POLLIN));
+            }
+            // Exits of processes that may not be our children (after a takeover).
+            for fd in [&self.server_fd, &self.standby_fd, &self.keeper_fd]
+                .into_iter()
+                .flatten()
+                .chain(self.successor.as_ref().map(|(_, f)| f))
+            {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             }
             let polled = poll(&mut fds, PollTimeout::from(250u16));
             let ready = |i: usize| {
@@ -794,91 +1108,186 @@ impl Supervisor {
         });
     }
 
-    /// Reaps children; restarts the server or decides to stop.
+    /// Reaps children and notices the exits of the keeper and servers (children or not);
+    /// restarts the server or decides to stop.
     fn reap(&mut self) -> Option<Next> {
         loop {
             let st = match waitid(
                 Id::All,
                 WaitPidFlag::WEXITED | WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG,
             ) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return None,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(st) => st,
             };
-            let (pid, cause) = match st {
-                WaitStatus::Exited(p, code) => (p.as_raw(), format!("exited with status {code}")),
-                WaitStatus::Signaled(p, sig, _) => (p.as_raw(), format!("killed by {sig}")),
+            let (pid, death) = match st {
+                WaitStatus::Exited(p, code) => (p.as_raw(), Death::exited(code)),
+                WaitStatus::Signaled(p, sig, _) => (p.as_raw(), Death::signaled(sig as i32)),
                 WaitStatus::Stopped(p, sig) => {
-                    if p.as_raw() == self.standby_pid {
-                        let _ = kill(p, Signal::SIGKILL);
-                    }
-                    if p.as_raw() == self.server_pid {
-                        tracing::warn!(pid = p.as_raw(), signal = %sig, "file server stopped; replacing it");
-                        self.kill_reason = Some(format!("stopped by {sig}"));
-                        let _ = kill(p, Signal::SIGKILL);
-                    }
+                    self.on_stopped(p.as_raw(), sig.as_ref());
                     continue;
                 }
                 _ => continue,
             };
-            if pid == self.server_pid {
-                if let Some(n) = self.on_server_death(cause) {
-                    return Some(n);
-                }
-            } else if pid == self.standby_pid {
-                tracing::warn!(pid, cause = %cause, "standby file server died; pre-forking another");
-                self.standby_pid = 0;
-                self.standby_failures += 1;
-                self.prepare_standby();
-            } else if pid == self.keeper_pid {
-                self.keeper_pid = 0;
-                self.give_up(format!(
-                    "file-server keeper {cause}: open files and nodes are lost"
-                ));
-                return Some(Next::Exit(1));
+            if let Some(n) = self.on_exit(pid, death) {
+                return Some(n);
+            }
+        }
+        // Those that are not our children (a reaper has them).
+        for role in 0..3 {
+            let (pid, fd) = match role {
+                0 => (self.server_pid, &self.server_fd),
+                1 => (self.standby_pid, &self.standby_fd),
+                _ => (self.keeper_pid, &self.keeper_fd),
+            };
+            let Some(fd) = fd.as_ref().filter(|f| proc::exited(f.as_fd())) else {
+                continue;
+            };
+            let death = proc::death_of(fd.as_fd(), pid);
+            if let Some(n) = self.on_exit(pid, death) {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    /// A server or the standby stopped (job control, ptrace): it serves no one so.
+    fn on_stopped(&mut self, pid: i32, how: &str) {
+        if pid > 0 && pid == self.standby_pid {
+            if let Some(fd) = &self.standby_fd {
+                proc::send(fd.as_fd(), libc::SIGKILL);
+            }
+        }
+        if pid > 0 && pid == self.server_pid {
+            tracing::warn!(pid, how, "file server stopped; replacing it");
+            self.kill_reason = Some(format!("stopped by {how}"));
+            if let Some(fd) = &self.server_fd {
+                proc::send(fd.as_fd(), libc::SIGKILL);
             }
         }
     }
 
-    fn on_server_death(&mut self, cause: String) -> Option<Next> {
+    fn on_exit(&mut self, pid: i32, death: Death) -> Option<Next> {
+        if pid <= 0 {
+            return None;
+        }
+        if pid == self.server_pid {
+            return self.on_server_death(death);
+        }
+        if pid == self.standby_pid {
+            tracing::warn!(pid, cause = %death.cause, "standby file server died; pre-forking another");
+            self.standby_pid = 0;
+            self.standby_fd = None;
+            self.standby_failures += 1;
+            self.prepare_standby();
+            self.write_state();
+        } else if pid == self.keeper_pid {
+            self.keeper_pid = 0;
+            self.keeper_fd = None;
+            self.give_up(format!(
+                "file-server keeper {}: open files and nodes are lost",
+                death.cause
+            ));
+            return Some(Next::Exit(1));
+        } else if self.successor.as_ref().is_some_and(|(p, _)| *p == pid) {
+            tracing::warn!(pid, cause = %death.cause, "successor supervisor died; forking another");
+            // ensure_successor forks the next one.
+            self.successor = None;
+        }
+        None
+    }
+
+    /// The requests the server's threads were in (their slots say WORKING) as it died.
+    fn in_flight(&self) -> Vec<Req> {
+        let mut out = Vec::new();
+        for i in 0..hdr::MAX_SLOTS {
+            let Some(s) = self.shared.slot(i) else {
+                continue;
+            };
+            if s[0].load(Ordering::Acquire) != slot::WORKING || s[2].load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            if let Some((op, unique, node)) = self.shared.request_in(i) {
+                out.push((op, unique & !FUSE_UNIQUE_RESEND, node));
+            }
+        }
+        out
+    }
+
+    fn on_server_death(&mut self, death: Death) -> Option<Next> {
         self.server_pid = 0;
+        self.server_fd = None;
         if self.shared.hdr(hdr::UNMOUNTED).load(Ordering::Acquire) == 1 {
             tracing::info!("the container's mount is gone; stopping");
             self.shutdown();
             return Some(Next::Exit(0));
         }
+        let deadlocked = self
+            .kill_reason
+            .as_ref()
+            .is_some_and(|r| r.starts_with("deadlocked"));
         let cause = match self.kill_reason.take() {
-            Some(r) => format!("{r} ({cause})"),
-            None => cause,
+            Some(r) => format!("{r} ({})", death.cause),
+            None => death.cause.clone(),
         };
+        let in_flight = self.in_flight();
         let done = self.shared.requests_done();
-        if done == self.progress_at_start {
-            self.failures += 1;
-        } else {
+        let progressed = done != self.progress_at_start;
+        // Only a death the server brought on itself is evidence against a request: a
+        // SIGKILL from outside (an operator, a test, a loaded machine's tooling) is not.
+        if death.own_fault() || deadlocked {
+            let common: Vec<Req> = in_flight
+                .iter()
+                .copied()
+                .filter(|r| self.poison.suspects.contains(r))
+                .collect();
+            if self.poison.streak > 0 && !common.is_empty() {
+                self.poison.suspects = common;
+                self.poison.streak += 1;
+            } else {
+                self.poison.suspects = in_flight.clone();
+                self.poison.streak = 1;
+            }
+            self.failures = if progressed { 1 } else { self.failures + 1 };
+        } else if progressed {
             self.failures = 0;
+        }
+        if !self.poison.suspects.is_empty() && self.poison.streak >= self.a.max_failures {
+            let req = describe(&self.poison.suspects[0]);
+            self.give_up(format!(
+                "file server died {} times in a row in the same request, {req}: the container's request kills it; last: {cause}",
+                self.poison.streak
+            ));
+            return Some(Next::Exit(1));
         }
         if self.failures >= self.a.max_failures {
             self.give_up(format!(
-                "file server died {} times in a row without answering a request; last: {cause}",
+                "file server failed {} times in a row on its own (crash or failure exit) without answering a request; last: {cause}",
                 self.failures
             ));
             return Some(Next::Exit(1));
         }
         self.restarts += 1;
-        tracing::warn!(cause = %cause, restarts = self.restarts, "file server died; restarting it");
+        tracing::warn!(cause = %cause, restarts = self.restarts, in_flight = in_flight.len(), "file server died; restarting it");
         self.reclaim_backing();
         self.last_error = Some(cause);
         if let Err(e) = self.spawn_server() {
             self.give_up(format!("could not restart the file server: {e}"));
             return Some(Next::Exit(1));
         }
-        self.write_state();
         self.prepare_standby();
+        self.write_state();
         None
     }
 
     /// Kills a server thread that sits in a request with no progress for the hang
     /// timeout while not waiting on I/O (state D): a deadlock, not a slow disk.
     fn watchdog(&mut self) {
+        // A stopped server that is not our child (no WSTOPPED reaches us): /proc says so.
+        for pid in [self.standby_pid, self.server_pid] {
+            if pid > 0 && proc::stopped(pid) {
+                self.on_stopped(pid, "a stop signal");
+            }
+        }
         if self.server_pid <= 0 {
             return;
         }
@@ -913,7 +1322,9 @@ impl Supervisor {
                 "deadlocked: thread {} made no progress for {secs:.1} s",
                 s.tid
             ));
-            let _ = kill(Pid::from_raw(self.server_pid), Signal::SIGKILL);
+            if let Some(fd) = &self.server_fd {
+                proc::send(fd.as_fd(), libc::SIGKILL);
+            }
             self.watch.clear();
             return;
         }
@@ -944,7 +1355,11 @@ impl Supervisor {
                 {
                     Some(fd) => {
                         tracing::info!(pid = %c[6..].trim(), "watching the container's process");
+                        self.container_pid = c[6..].trim().parse().unwrap_or(0);
+                        self.container_start = proc::start_time(self.container_pid).unwrap_or(0);
                         self.container = Some(fd);
+                        // Recorded for a successor, which reopens it after a takeover.
+                        self.write_state();
                         let _ = conn.write_all(b"ok\n");
                     }
                     None => {
@@ -966,16 +1381,30 @@ impl Supervisor {
     }
 
     fn state(&self) -> SupervisorState {
+        let me = std::process::id() as i32;
+        let successor = self.successor.as_ref().map_or(0, |(p, _)| *p);
         SupervisorState {
-            supervisor_pid: std::process::id() as i32,
+            supervisor_pid: me,
+            supervisor_start: proc::start_time(me).unwrap_or(0),
+            successor_pid: successor,
+            successor_start: proc::start_time(successor).unwrap_or(0),
+            container_pid: self.container_pid,
+            container_start: self.container_start,
+            takeovers: self.takeovers,
+            keeper_pid: self.keeper_pid,
+            standby_pid: self.standby_pid,
             servers: vec![ServerStatus {
                 name: "fs".into(),
                 pid: self.server_pid,
+                start_time: proc::start_time(self.server_pid).unwrap_or(0),
                 restarts: self.restarts,
                 state: if self.failed {
                     "failed".into()
                 } else if self.server_pid > 0 {
                     "running".into()
+                } else if self.listener.is_some() {
+                    // Between a death and the replacement.
+                    "restarting".into()
                 } else {
                     "stopped".into()
                 },
@@ -1007,16 +1436,31 @@ impl Supervisor {
         self.shutdown();
     }
 
-    /// Stops the servers and the keeper, aborts the connection, removes the socket.
+    /// Stops the successor, the servers and the keeper, aborts the connection, removes
+    /// the socket.
     fn shutdown(&mut self) {
-        for pid in [self.server_pid, self.standby_pid, self.keeper_pid] {
-            if pid > 0 {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        // The successor first: it must not take over from a supervisor that stops.
+        if let Some((pid, fd)) = self.successor.take() {
+            proc::send(fd.as_fd(), libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+        }
+        let procs = [
+            (self.server_pid, self.server_fd.take()),
+            (self.standby_pid, self.standby_fd.take()),
+            (self.keeper_pid, self.keeper_fd.take()),
+        ];
+        for (_, fd) in &procs {
+            if let Some(fd) = fd {
+                proc::send(fd.as_fd(), libc::SIGKILL);
             }
         }
-        for pid in [self.server_pid, self.standby_pid, self.keeper_pid] {
-            if pid > 0 {
-                let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+        for (pid, fd) in &procs {
+            let Some(fd) = fd else { continue };
+            // Our child: reap it. Not ours (after a takeover): wait for its exit.
+            if nix::sys::wait::waitpid(Pid::from_raw(*pid), None).is_err()
+                && !proc::wait_exit(fd.as_fd(), 10_000)
+            {
+                tracing::error!(pid, "did not die within 10 s of SIGKILL");
             }
         }
         self.server_pid = 0;
@@ -1169,14 +1613,6 @@ fn abort_connection(conn: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parent_of_reads_the_parent_pid() {
-        // SAFETY: getppid always succeeds.
-        let ppid = unsafe { libc::getppid() };
-        assert_eq!(parent_of(std::process::id() as i32), Some(ppid));
-        assert_eq!(parent_of(i32::MAX), None);
-    }
 
     #[test]
     fn identity_of_the_initial_and_of_a_nested_map() {

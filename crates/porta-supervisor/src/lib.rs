@@ -4,13 +4,15 @@
 //! which opens /dev/fuse, makes the container's FUSE mount with the new mount API, starts
 //! the file server (through a keeper process, see `porta_fs::keeper`) and sends the
 //! detached mount back over a Unix socket. The supervisor restarts the file server when it
-//! dies, stops or deadlocks, gives up after repeated deaths without progress, and exits
-//! when the mount is gone or after [`stop`]. [`servers`] reports its servers for
-//! `porta state`.
+//! dies, stops or deadlocks, gives up only when the server's own deaths say a request kills
+//! it, and exits when the mount is gone or after [`stop`]. A successor (a fork of it)
+//! takes over when it dies. [`servers`] reports its servers for `porta state`, checked
+//! against the processes.
 
 mod backing;
 mod daemon;
 mod fdpass;
+mod proc;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -133,13 +135,45 @@ pub struct ServerStatus {
     /// the supervisor log) or "none" (debugging).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub confinement: String,
+    /// Its start time (field 22 of /proc/PID/stat): tells it from a later process that
+    /// got the same pid.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_time: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Contents of `servers.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SupervisorState {
-    /// The supervisor's pid.
+    /// The active supervisor's pid.
     pub supervisor_pid: i32,
+    /// Its start time (tells it from a later process with the same pid).
+    #[serde(default)]
+    pub supervisor_start: u64,
+    /// The successor's pid (0: none): it takes over when the active one dies.
+    #[serde(default)]
+    pub successor_pid: i32,
+    /// The successor's start time.
+    #[serde(default)]
+    pub successor_start: u64,
+    /// The container's process as the supervisor watches it (0: not yet).
+    #[serde(default)]
+    pub container_pid: i32,
+    /// Its start time.
+    #[serde(default)]
+    pub container_start: u64,
+    /// How often a successor took over from a dead supervisor.
+    #[serde(default)]
+    pub takeovers: u64,
+    /// The keeper's pid (0: none).
+    #[serde(default)]
+    pub keeper_pid: i32,
+    /// The standby server's pid (0: none).
+    #[serde(default)]
+    pub standby_pid: i32,
     /// Its servers.
     pub servers: Vec<ServerStatus>,
 }
@@ -393,12 +427,58 @@ pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
     }
 }
 
-/// The servers of the container whose state directory is `state_dir`, for `porta state`.
+/// The servers of the container whose state directory is `state_dir`, for `porta state`,
+/// as they are now: the recorded state, checked against the processes with pidfds. A
+/// server recorded running that is gone says "restarting" while a supervisor lives to
+/// replace it; when neither the supervisor nor its successor lives, a server not
+/// stopped says "failed" with the cause (a live one goes on serving, with nobody left
+/// to replace it).
 pub fn servers(state_dir: &Path) -> Result<Vec<ServerStatus>, Error> {
-    Ok(read_state(state_dir)?.servers)
+    Ok(live_view(read_state(state_dir)?))
 }
 
-fn read_state(state_dir: &Path) -> Result<SupervisorState, Error> {
+fn live_view(st: SupervisorState) -> Vec<ServerStatus> {
+    let active = proc::alive(st.supervisor_pid, st.supervisor_start);
+    let successor = proc::alive(st.successor_pid, st.successor_start);
+    let mut out = st.servers;
+    for s in &mut out {
+        if s.state != "running" {
+            continue;
+        }
+        let up = proc::alive(s.pid, s.start_time);
+        if !active && !successor {
+            let what = if st.successor_pid > 0 {
+                format!(
+                    "supervisor {} and its successor {} are gone",
+                    st.supervisor_pid, st.successor_pid
+                )
+            } else {
+                format!(
+                    "supervisor {} is gone, with no successor",
+                    st.supervisor_pid
+                )
+            };
+            s.state = "failed".into();
+            s.error = Some(if up {
+                format!(
+                    "{what}: nothing replaces the file server {} if it dies",
+                    s.pid
+                )
+            } else {
+                format!("{what}, and so is the file server {}", s.pid)
+            });
+        } else if !up {
+            s.state = "restarting".into();
+        }
+        if !up {
+            s.pid = 0;
+        }
+    }
+    out
+}
+
+/// The supervisor's record of `state_dir` as it wrote it (`servers.json`), unchecked.
+pub fn read_state(state_dir: &Path) -> Result<SupervisorState, Error> {
     let p = state_dir.join(SERVERS_FILE);
     let text = std::fs::read_to_string(&p).map_err(|e| Error::Path {
         what: "read",
