@@ -338,14 +338,17 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
             }
         };
         let first = cmd[..n].first().copied();
-        if matches!(first, Some(CMD_SPAWN) | Some(CMD_STANDBY) | Some(CMD_ACTIVATE)) {
-            if let Err(e) = guard.check(&mut cfg) {
-                tracing::error!(error = %e, "refusing to start a file server");
-                let _ = sys::write(args.ctl_fd, &(-libc::EIO).to_ne_bytes());
-                continue;
-            }
-        }
+        let unchecked =
+            matches!(first, Some(CMD_SPAWN) | Some(CMD_STANDBY) | Some(CMD_ACTIVATE))
+                && match guard.check(&mut cfg) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "refusing to start a file server");
+                        true
+                    }
+                };
         let pid = match first {
+            _ if unchecked => -libc::EIO,
             Some(CMD_SPAWN) => spawn_server(&cfg, None),
             Some(CMD_STANDBY) => {
                 if let Some((_, rd, wr)) = standby.take() {
@@ -379,7 +382,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 }
                 None => spawn_server(&cfg, None),
             },
-            Some(&CMD_SYNC) => 0,
+            Some(CMD_SYNC) => 0,
             _ => continue,
         };
         // The sequence number, echoed (0 when the command carried none).
