@@ -34,6 +34,7 @@ pub fn features() -> Value {
         "annotations": {
             "io.github.porta.fs": "run.porta.fs=kernel turns the container's file server off",
             "run.porta.fs.passthrough": "off selects the strict mode of the file server",
+            "run.porta.fs.host-changes": "off stops invalidating the container's cache of changes made from the host",
             "run.porta.checkpoint": "unsupported: CRIU cannot checkpoint a FUSE mount"
         },
         "potentiallyUnsafeConfigAnnotations": []

@@ -36,6 +36,8 @@ pub struct Args {
     max_failures: u32,
     threads: usize,
     foreground: bool,
+    /// Watch the backing tree for changes made from the host (`--host-changes off`: no).
+    host_changes: bool,
 }
 
 impl Args {
@@ -59,6 +61,7 @@ impl Args {
             max_failures: 5,
             threads: 2,
             foreground: false,
+            host_changes: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -86,6 +89,13 @@ impl Args {
                 "--max-failures" => a.max_failures = num(val()?)? as u32,
                 "--threads" => a.threads = num(val()?)? as usize,
                 "--foreground" => a.foreground = true,
+                "--host-changes" => {
+                    a.host_changes = match val()?.to_str() {
+                        Some("on") => true,
+                        Some("off") => false,
+                        _ => return Err(Error::Usage(format!("{name}: on or off"))),
+                    }
+                }
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
@@ -308,6 +318,11 @@ struct Supervisor {
     /// Which confinement the servers run under ("userns", "root" or "none").
     confinement: String,
     last_watchdog: Instant,
+    /// Invalidates what the kernel cached of changes made from the host (`watch.rs`);
+    /// None when switched off or unavailable (then `short_ttl`).
+    host: Option<crate::watch::Watcher>,
+    /// Servers answer with short timeouts: host changes are not watched.
+    short_ttl: bool,
 }
 
 enum Next {
@@ -333,6 +348,12 @@ impl Supervisor {
         let conn_id = 0;
         let state_fd = porta_fs::shared::create_memfd(capacity).map_err(|e| (e.into(), None))?;
         let shared = Shared::map(state_fd.as_raw_fd()).map_err(|e| (e.into(), None))?;
+        let (host, short_ttl) = crate::watch::start_for(
+            a.host_changes,
+            &a.rootfs,
+            fuse.as_raw_fd(),
+            &a.cgroup_procs,
+        );
         let mut sv = Supervisor {
             a,
             fuse: Some(fuse),
@@ -358,6 +379,8 @@ impl Supervisor {
             broker: None,
             confinement: String::new(),
             last_watchdog: Instant::now(),
+            host,
+            short_ttl,
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -481,6 +504,9 @@ impl Supervisor {
         }
         if !userns {
             cmd.arg("--no-userns");
+        }
+        if self.short_ttl {
+            cmd.arg("--ttl").arg(crate::watch::SHORT_TTL_SECS.to_string());
         }
         // The keeper (and so every server it forks) starts in the servers' leaf: no
         // migration, which would wait for the kernel (porta_cgroups::join).
@@ -694,6 +720,10 @@ impl Supervisor {
             if let Some(b) = self.broker.as_ref().filter(|b| b.live()) {
                 fds.push(PollFd::new(b.fd(), PollFlags::POLLIN));
             }
+            let hidx = fds.len();
+            if let Some(h) = &self.host {
+                fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
+            }
             let polled = poll(&mut fds, PollTimeout::from(250u16));
             let ready = |i: usize| {
                 fds.get(i)
@@ -701,10 +731,12 @@ impl Supervisor {
                     .is_some_and(|r| !r.is_empty())
             };
             let container_gone = container.is_some() && ready(cidx);
-            let backing = bidx < fds.len() && ready(bidx);
-            // Anything but backing requests (or a timeout, or EINTR): do the rest too.
+            let backing = bidx < hidx && ready(bidx);
+            let host = hidx < fds.len() && ready(hidx);
+            // Anything but backing requests and host changes (or a timeout, or EINTR): do
+            // the rest too.
             let others = match polled {
-                Ok(n) => n == 0 || n > i32::from(backing),
+                Ok(n) => n == 0 || n > i32::from(backing) + i32::from(host),
                 Err(_) => true,
             };
             drop(fds);
@@ -712,6 +744,12 @@ impl Supervisor {
             // Backing requests first: a server thread waits for each answer.
             if backing {
                 self.serve_backing();
+            }
+            if host {
+                let pids = [self.server_pid, self.standby_pid, self.keeper_pid];
+                if let Some(h) = self.host.as_mut() {
+                    h.handle(&self.shared, &pids);
+                }
             }
             if !others && self.last_watchdog.elapsed() < Duration::from_millis(250) {
                 continue;
@@ -730,6 +768,9 @@ impl Supervisor {
             }
             self.last_watchdog = Instant::now();
             self.watchdog();
+            if let Some(h) = self.host.as_mut() {
+                h.flush();
+            }
         }
     }
 
@@ -990,6 +1031,7 @@ impl Supervisor {
         }
         self.ctl = None;
         self.broker = None;
+        self.host = None;
         self.mount = None;
         self.fuse = None;
         if self.listener.take().is_some() {
