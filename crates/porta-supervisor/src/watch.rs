@@ -35,14 +35,17 @@ use std::sync::atomic::Ordering;
 use porta_fs::abi;
 use porta_fs::shared::{self, hdr, kind, NodeRef, Shared};
 
-/// Events watched: names (also of directories), attributes, data.
+/// Events watched: names (also of directories), attributes, data (writes and truncates
+/// send FAN_MODIFY). Not FAN_CLOSE_WRITE: the last close of a passthrough backing file
+/// happens in whichever process drops it last — often a container's process on its way
+/// out, whose pid is gone when the event is read — and a close changes nothing a write
+/// did not already report.
 const MASK: u64 = libc::FAN_CREATE
     | libc::FAN_DELETE
     | libc::FAN_MOVED_FROM
     | libc::FAN_MOVED_TO
     | libc::FAN_ATTRIB
     | libc::FAN_MODIFY
-    | libc::FAN_CLOSE_WRITE
     | libc::FAN_ONDIR;
 
 /// Size of `struct fanotify_event_metadata`.
@@ -364,6 +367,7 @@ impl Watcher {
         self.expire_only = shared.hdr(hdr::PROTO_MINOR).load(Ordering::Relaxed) >= 38;
         let mut changes = Vec::new();
         let mut events = 0;
+        let me = std::process::id() as i32;
         // Bounded: at most 64 reads per wake-up, the rest on the next one.
         for _ in 0..64 {
             // SAFETY: reading into our own buffer of its length.
@@ -383,7 +387,10 @@ impl Watcher {
             events += parse(
                 &buf[..n as usize],
                 &mut |pid| {
-                    if self.servers.contains(&pid) || self.members.contains(&pid) {
+                    // The supervisor's own: its log file may live on the same file system,
+                    // and it drops the last reference to passthrough backing files (their
+                    // CLOSE_WRITE).
+                    if pid == me || self.servers.contains(&pid) || self.members.contains(&pid) {
                         return true;
                     }
                     if foreign.contains(&pid) {
@@ -402,6 +409,7 @@ impl Watcher {
                         }
                     }
                     foreign.insert(pid);
+                    tracing::debug!(pid, "events of a process outside the container");
                     false
                 },
                 &mut changes,
