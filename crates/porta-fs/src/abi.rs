@@ -201,7 +201,11 @@ pub const NOTIFY_STORE: i32 = 4;
 /// connection takes from nowhere else.
 pub fn encode_store(w: &mut Writer, ino: u64, off: u64, data: &[u8]) {
     w.start();
-    w.u64(ino).u64(off).u32(data.len() as u32).u32(0).bytes(data);
+    w.u64(ino)
+        .u64(off)
+        .u32(data.len() as u32)
+        .u32(0)
+        .bytes(data);
     w.finish(NOTIFY_STORE, 0);
 }
 

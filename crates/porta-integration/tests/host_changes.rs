@@ -112,7 +112,10 @@ fn host_changes_are_seen(strict: bool) {
         &c,
         "cat /hc/edit /hc/conf /hc/gone /hc/trunc /hc/append; ls -ln /hc/mode /hc/owner; ls /hc/dir",
     );
-    assert_eq!(before.lines().take(5).collect::<Vec<_>>(), ["aaaa", "old", "here", "123456789", "one"]);
+    assert_eq!(
+        before.lines().take(5).collect::<Vec<_>>(),
+        ["aaaa", "old", "here", "123456789", "one"]
+    );
 
     // The host changes the backing tree.
     std::fs::write(hc.join("new"), "copied in\n").unwrap(); // docker cp of a new file
@@ -121,7 +124,10 @@ fn host_changes_are_seen(strict: bool) {
     {
         use std::io::{Seek, Write};
         // An edit in place (same size: only the contents tell).
-        let mut f = std::fs::OpenOptions::new().write(true).open(hc.join("edit")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(hc.join("edit"))
+            .unwrap();
         f.seek(std::io::SeekFrom::Start(0)).unwrap();
         f.write_all(b"bbbb").unwrap();
     }
@@ -142,18 +148,33 @@ fn host_changes_are_seen(strict: bool) {
         .unwrap();
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(hc.join("append")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(hc.join("append"))
+            .unwrap();
         f.write_all(b"two\n").unwrap();
     }
     std::fs::write(hc.join("dir/b"), "b").unwrap();
     fence(&c, &mut n);
 
     // One access each, no retry.
-    assert_eq!(sh(&c, "cat /hc/new"), "copied in\n", "a file copied in after a failed lookup");
-    assert_eq!(sh(&c, "cat /hc/newdir/f"), "deep\n", "a directory made after a failed lookup");
+    assert_eq!(
+        sh(&c, "cat /hc/new"),
+        "copied in\n",
+        "a file copied in after a failed lookup"
+    );
+    assert_eq!(
+        sh(&c, "cat /hc/newdir/f"),
+        "deep\n",
+        "a directory made after a failed lookup"
+    );
     assert_eq!(sh(&c, "cat /hc/edit"), "bbbb\n", "a file edited in place");
     assert_eq!(sh(&c, "cat /hc/conf"), "new\n", "a file replaced by rename");
-    assert_eq!(sh(&c, "[ -e /hc/gone ] && echo present || echo gone"), "gone\n", "a removal");
+    assert_eq!(
+        sh(&c, "[ -e /hc/gone ] && echo present || echo gone"),
+        "gone\n",
+        "a removal"
+    );
     let mode = sh(&c, "ls -ln /hc/mode");
     assert!(mode.starts_with("-rw-------"), "a chmod: {mode}");
     let owner = sh(&c, "ls -ln /hc/owner");
@@ -162,7 +183,11 @@ fn host_changes_are_seen(strict: bool) {
     assert_eq!(sh(&c, "cat /hc/trunc"), "123", "a truncate");
     assert_eq!(sh(&c, "wc -c < /hc/trunc").trim(), "3", "a truncate (size)");
     assert_eq!(sh(&c, "cat /hc/append"), "one\ntwo\n", "an append");
-    assert_eq!(sh(&c, "ls /hc/dir"), "a\nb\n", "a name added to a listed directory");
+    assert_eq!(
+        sh(&c, "ls /hc/dir"),
+        "a\nb\n",
+        "a name added to a listed directory"
+    );
 }
 
 #[test]
@@ -271,5 +296,8 @@ fn the_switch_turns_the_watcher_off_and_bad_values_are_refused() {
     assert!(!c.exec(&[], &["cat", "/late"]).ok());
     std::fs::write(c.bundle.rootfs().join("late"), "x").unwrap();
     // Nothing will invalidate the negative entry: it stays for its one-day timeout.
-    assert!(!c.exec(&[], &["cat", "/late"]).ok(), "seen without the watcher?");
+    assert!(
+        !c.exec(&[], &["cat", "/late"]).ok(),
+        "seen without the watcher?"
+    );
 }

@@ -348,12 +348,8 @@ impl Supervisor {
         let conn_id = 0;
         let state_fd = porta_fs::shared::create_memfd(capacity).map_err(|e| (e.into(), None))?;
         let shared = Shared::map(state_fd.as_raw_fd()).map_err(|e| (e.into(), None))?;
-        let (host, short_ttl) = crate::watch::start_for(
-            a.host_changes,
-            &a.rootfs,
-            fuse.as_raw_fd(),
-            &a.cgroup_procs,
-        );
+        let (host, short_ttl) =
+            crate::watch::start_for(a.host_changes, &a.rootfs, fuse.as_raw_fd(), &a.cgroup_procs);
         let mut sv = Supervisor {
             a,
             fuse: Some(fuse),
@@ -506,7 +502,8 @@ impl Supervisor {
             cmd.arg("--no-userns");
         }
         if self.short_ttl {
-            cmd.arg("--ttl").arg(crate::watch::SHORT_TTL_SECS.to_string());
+            cmd.arg("--ttl")
+                .arg(crate::watch::SHORT_TTL_SECS.to_string());
         }
         // The keeper (and so every server it forks) starts in the servers' leaf: no
         // migration, which would wait for the kernel (porta_cgroups::join).

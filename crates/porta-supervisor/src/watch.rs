@@ -200,7 +200,8 @@ pub(crate) fn parse(buf: &[u8], own: &mut dyn FnMut(i32) -> bool, out: &mut Vec<
                 _ => {}
             }
         }
-        let dirent = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO;
+        let dirent =
+            libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO;
         if mask & dirent != 0 {
             if let Some((dir, name)) = &dfid_name {
                 out.push(Change::Entry {
@@ -307,7 +308,11 @@ impl Watcher {
     /// them). Fails (the caller falls back to short timeouts) when fanotify cannot mark
     /// the file system: no CAP_SYS_ADMIN, or a file system without file handles
     /// (overlayfs without `nfs_export=on`).
-    pub fn start(rootfs: &Path, fuse: RawFd, cgroup_procs: &[PathBuf]) -> Result<Watcher, WatchError> {
+    pub fn start(
+        rootfs: &Path,
+        fuse: RawFd,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<Watcher, WatchError> {
         let root = open_path(rootfs)?;
         // SAFETY: fstat into a local struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -436,19 +441,20 @@ impl Watcher {
         let wanted: HashSet<(u64, u64)> = keys.values().flatten().copied().collect();
         let nodes = self.nodes_of(shared, if overflow { None } else { Some(&wanted) });
         let root_key = self.root_key;
-        let mut invals = invalidations(
-            &changes,
-            &mut |h| keys.get(h).copied().flatten(),
-            &|k| if k == root_key { Some(1) } else { nodes.get(&k).copied() },
-        );
+        let mut invals = invalidations(&changes, &mut |h| keys.get(h).copied().flatten(), &|k| {
+            if k == root_key {
+                Some(1)
+            } else {
+                nodes.get(&k).copied()
+            }
+        });
         // A writeback-cache connection (strict mode) keeps the kernel's size and mtime of
         // a regular file over the server's: a file the host grew gets its new size by a
         // data-less STORE at its end, and each changed file is PRUNEd — dropped from the
         // kernel when nothing uses it, so that its next lookup takes every attribute anew
         // (the only way a shrunk size is seen; an open file keeps its size until closed).
-        let writeback = shared.hdr(hdr::INIT_FLAGS).load(Ordering::Relaxed)
-            & abi::init::WRITEBACK_CACHE
-            != 0;
+        let writeback =
+            shared.hdr(hdr::INIT_FLAGS).load(Ordering::Relaxed) & abi::init::WRITEBACK_CACHE != 0;
         let mut extra = Vec::new();
         if writeback {
             let by_id: HashMap<u64, (u64, u64)> = nodes.iter().map(|(k, id)| (*id, *k)).collect();
@@ -558,7 +564,7 @@ impl Watcher {
             return out;
         }
         let mut take = |k: (u64, u64), id: u64| {
-            if wanted.map_or(true, |w| w.contains(&k)) {
+            if wanted.is_none_or(|w| w.contains(&k)) {
                 out.insert(k, id);
             }
         };
@@ -718,8 +724,9 @@ fn read_members(leaves: &[PathBuf]) -> HashSet<i32> {
 }
 
 fn open_path(p: &Path) -> Result<OwnedFd, WatchError> {
-    let c = CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| WatchError::Sys("backing root path", std::io::ErrorKind::InvalidInput.into()))?;
+    let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        WatchError::Sys("backing root path", std::io::ErrorKind::InvalidInput.into())
+    })?;
     // SAFETY: open of a NUL-terminated path.
     let fd = unsafe {
         libc::open(
@@ -842,7 +849,10 @@ mod tests {
     }
 
     fn key(h: &Handle) -> Option<(u64, u64)> {
-        Some((9, u64::from(u32::from_ne_bytes(h.bytes[..4].try_into().ok()?))))
+        Some((
+            9,
+            u64::from(u32::from_ne_bytes(h.bytes[..4].try_into().ok()?)),
+        ))
     }
 
     #[test]
