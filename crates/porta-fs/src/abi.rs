@@ -153,10 +153,21 @@ pub fn encode_prune(w: &mut Writer, ids: &[u64]) {
 /// Encodes a `FUSE_NOTIFY_INVAL_ENTRY` frame for `name` in directory node `parent`
 /// (`struct fuse_notify_inval_entry_out`: parent, namelen, flags; then the name + NUL).
 pub fn encode_inval_entry(w: &mut Writer, parent: u64, name: &[u8]) {
+    encode_inval_entry_flags(w, parent, name, 0);
+}
+
+/// `flags` of `fuse_notify_inval_entry_out` (protocol 7.38): only mark the dentry's
+/// timeout expired, so the next access looks the name up again; unlike a full
+/// invalidation this neither prunes the subtree nor detaches mounts on an unchanged name.
+pub const INVAL_ENTRY_EXPIRE_ONLY: u32 = 1 << 0;
+
+/// Encodes a `FUSE_NOTIFY_INVAL_ENTRY` frame with `flags` (0 or
+/// [`INVAL_ENTRY_EXPIRE_ONLY`]).
+pub fn encode_inval_entry_flags(w: &mut Writer, parent: u64, name: &[u8], flags: u32) {
     w.start();
     w.u64(parent)
         .u32(name.len() as u32)
-        .u32(0)
+        .u32(flags)
         .bytes(name)
         .bytes(&[0]);
     w.finish(NOTIFY_INVAL_ENTRY, 0);
@@ -169,9 +180,33 @@ pub const NOTIFY_INVAL_INODE: i32 = 2;
 /// attributes only (`struct fuse_notify_inval_inode_out`: ino, off, len; a negative
 /// offset leaves the page cache alone).
 pub fn encode_inval_inode(w: &mut Writer, ino: u64) {
+    encode_inval_inode_range(w, ino, -1, 0);
+}
+
+/// Encodes a `FUSE_NOTIFY_INVAL_INODE` frame for node `ino` that drops its cached
+/// attributes and, for `off >= 0`, its cached pages from `off` on (`len` 0: to the end).
+pub fn encode_inval_inode_range(w: &mut Writer, ino: u64, off: i64, len: i64) {
     w.start();
-    w.u64(ino).u64(-1i64 as u64).u64(0);
+    w.u64(ino).u64(off as u64).u64(len as u64);
     w.finish(NOTIFY_INVAL_INODE, 0);
+}
+
+/// `FUSE_NOTIFY_STORE`: put data into a node's page cache (and grow its size to the end
+/// of that data).
+pub const NOTIFY_STORE: i32 = 4;
+
+/// Encodes a `FUSE_NOTIFY_STORE` frame of `data` at `off` in node `ino`
+/// (`struct fuse_notify_store_out`: nodeid, offset, size, padding; then the data). With
+/// no data it only grows the kernel's size of the file to `off`, which a writeback-cache
+/// connection takes from nowhere else.
+pub fn encode_store(w: &mut Writer, ino: u64, off: u64, data: &[u8]) {
+    w.start();
+    w.u64(ino)
+        .u64(off)
+        .u32(data.len() as u32)
+        .u32(0)
+        .bytes(data);
+    w.finish(NOTIFY_STORE, 0);
 }
 
 /// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)`.

@@ -68,6 +68,9 @@ pub mod hdr {
     /// Descriptors the shared fd table holds at least, as the keeper or a server last
     /// grew it (0: unknown, never grown ahead).
     pub const FD_TABLE: usize = 53;
+    /// Notifications the supervisor's host-change watcher has sent (invalidations of
+    /// names, attributes or pages changed from the host; 0 without a watcher).
+    pub const HOST_INVALIDATIONS: usize = 54;
 }
 
 /// Kind word of a table entry.

@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 pub const ANNOTATION_FS: &str = "run.porta.fs";
 /// Annotation turning FUSE passthrough off (`off`): the strict mode.
 pub const ANNOTATION_PASSTHROUGH: &str = "run.porta.fs.passthrough";
+/// Annotation switching the watcher of changes made from the host off (`off`).
+pub const ANNOTATION_HOST_CHANGES: &str = "run.porta.fs.host-changes";
 /// Annotation naming bind-mount destinations to be served by the file server.
 pub const ANNOTATION_SERVE: &str = "run.porta.fs.serve";
 
@@ -227,6 +229,18 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
             ));
         }
     }
+    if let Some(h) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_HOST_CHANGES))
+    {
+        if !matches!(h.as_str(), "on" | "off") {
+            return Err(Error::field(
+                format!("annotations.{ANNOTATION_HOST_CHANGES}"),
+                format!("{h:?}: expected \"on\" or \"off\""),
+            ));
+        }
+    }
     if let Some(p) = spec
         .annotations()
         .as_ref()
@@ -324,6 +338,16 @@ pub fn root_mode(spec: &Spec, host_root: bool, dev_fuse: bool) -> Result<RootMod
         passthrough,
         rootless: !host_root,
     })
+}
+
+/// Whether the file server invalidates the kernel's cache of changes made from the host
+/// (annotation `run.porta.fs.host-changes`, default on; validated by [`validate`]).
+pub fn host_changes(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_HOST_CHANGES))
+        .map(String::as_str)
+        != Some("off")
 }
 
 /// Whether this process can open /dev/fuse for reading and writing.

@@ -295,6 +295,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
                 state_dir: dir.path.clone(),
                 rootfs: bundle.rootfs.clone(),
                 passthrough,
+                host_changes: config::host_changes(spec),
                 server_cgroup_procs: cg.server_procs_files(),
                 exe: PathBuf::from("/proc/self/exe"),
                 log: dir.path.join("supervisor.log"),

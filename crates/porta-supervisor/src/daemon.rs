@@ -37,6 +37,8 @@ pub struct Args {
     max_failures: u32,
     threads: usize,
     foreground: bool,
+    /// Watch the backing tree for changes made from the host (`--host-changes off`: no).
+    host_changes: bool,
 }
 
 impl Args {
@@ -60,6 +62,7 @@ impl Args {
             max_failures: 5,
             threads: 2,
             foreground: false,
+            host_changes: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -87,6 +90,13 @@ impl Args {
                 "--max-failures" => a.max_failures = num(val()?)? as u32,
                 "--threads" => a.threads = num(val()?)? as usize,
                 "--foreground" => a.foreground = true,
+                "--host-changes" => {
+                    a.host_changes = match val()?.to_str() {
+                        Some("on") => true,
+                        Some("off") => false,
+                        _ => return Err(Error::Usage(format!("{name}: on or off"))),
+                    }
+                }
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
@@ -343,6 +353,11 @@ struct Supervisor {
     takeovers: u64,
     /// In a successor whose supervisor died: its pid and how it died, for take_over.
     pending: Option<(i32, Death)>,
+    /// Invalidates what the kernel cached of changes made from the host (`watch.rs`);
+    /// None when switched off or unavailable (then `short_ttl`).
+    host: Option<crate::watch::Watcher>,
+    /// Servers answer with short timeouts: host changes are not watched.
+    short_ttl: bool,
 }
 
 /// A FUSE request as a server's slot shows it: opcode, request id (without the kernel's
@@ -440,6 +455,8 @@ impl Supervisor {
         let conn_id = 0;
         let state_fd = porta_fs::shared::create_memfd(capacity).map_err(|e| (e.into(), None))?;
         let shared = Shared::map(state_fd.as_raw_fd()).map_err(|e| (e.into(), None))?;
+        let (host, short_ttl) =
+            crate::watch::start_for(a.host_changes, &a.rootfs, fuse.as_raw_fd(), &a.cgroup_procs);
         let mut sv = Supervisor {
             a,
             fuse: Some(fuse),
@@ -476,6 +493,8 @@ impl Supervisor {
             container_start: 0,
             takeovers: 0,
             pending: None,
+            host,
+            short_ttl,
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -619,6 +638,10 @@ impl Supervisor {
         }
         if !userns {
             cmd.arg("--no-userns");
+        }
+        if self.short_ttl {
+            cmd.arg("--ttl")
+                .arg(crate::watch::SHORT_TTL_SECS.to_string());
         }
         // The keeper (and so every server it forks) starts in the servers' leaf: no
         // migration, which would wait for the kernel (porta_cgroups::join).
@@ -1041,6 +1064,11 @@ impl Supervisor {
             if let Some(b) = self.broker.as_ref().filter(|b| b.live()) {
                 fds.push(PollFd::new(b.fd(), PollFlags::POLLIN));
             }
+            let hidx = fds.len();
+            let has_host = self.host.is_some();
+            if let Some(h) = &self.host {
+                fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
+            }
             // Exits of processes that may not be our children (after a takeover).
             for fd in [&self.server_fd, &self.standby_fd, &self.keeper_fd]
                 .into_iter()
@@ -1056,10 +1084,12 @@ impl Supervisor {
                     .is_some_and(|r| !r.is_empty())
             };
             let container_gone = container.is_some() && ready(cidx);
-            let backing = bidx < fds.len() && ready(bidx);
-            // Anything but backing requests (or a timeout, or EINTR): do the rest too.
+            let backing = bidx < hidx && ready(bidx);
+            let host = has_host && ready(hidx);
+            // Anything but backing requests and host changes (or a timeout, or EINTR): do
+            // the rest too.
             let others = match polled {
-                Ok(n) => n == 0 || n > i32::from(backing),
+                Ok(n) => n == 0 || n > i32::from(backing) + i32::from(host),
                 Err(_) => true,
             };
             drop(fds);
@@ -1067,6 +1097,12 @@ impl Supervisor {
             // Backing requests first: a server thread waits for each answer.
             if backing {
                 self.serve_backing();
+            }
+            if host {
+                let pids = [self.server_pid, self.standby_pid, self.keeper_pid];
+                if let Some(h) = self.host.as_mut() {
+                    h.handle(&self.shared, &pids);
+                }
             }
             if !others && self.last_watchdog.elapsed() < Duration::from_millis(250) {
                 continue;
@@ -1085,6 +1121,9 @@ impl Supervisor {
             }
             self.last_watchdog = Instant::now();
             self.watchdog();
+            if let Some(h) = self.host.as_mut() {
+                h.flush();
+            }
         }
     }
 
@@ -1475,6 +1514,7 @@ impl Supervisor {
         }
         self.ctl = None;
         self.broker = None;
+        self.host = None;
         self.mount = None;
         self.fuse = None;
         if self.listener.take().is_some() {

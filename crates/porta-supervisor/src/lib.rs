@@ -13,6 +13,7 @@ mod backing;
 mod daemon;
 mod fdpass;
 mod proc;
+mod watch;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -97,6 +98,9 @@ pub struct LaunchSpec {
     pub rootfs: PathBuf,
     /// Use FUSE passthrough for regular-file data (root only); off: strict mode.
     pub passthrough: bool,
+    /// Watch the backing tree for changes made from the host and invalidate what the
+    /// kernel cached of them (off: `run.porta.fs.host-changes=off`).
+    pub host_changes: bool,
     /// cgroup.procs files the servers must join (the container's `porta/` leaf).
     pub server_cgroup_procs: Vec<PathBuf>,
     /// Binary to exec for `supervisor` / `fs` (a sealed copy of porta, or /proc/self/exe).
@@ -217,6 +221,9 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
         .arg("3");
     if spec.passthrough {
         cmd.arg("--passthrough");
+    }
+    if !spec.host_changes {
+        cmd.arg("--host-changes").arg("off");
     }
     for p in &spec.server_cgroup_procs {
         cmd.arg("--cgroup-procs").arg(p);

@@ -99,6 +99,7 @@ impl Container {
             state_dir: state.clone(),
             rootfs: backing.clone(),
             passthrough,
+            host_changes: true,
             server_cgroup_procs: vec![],
             exe: std::env::var_os("PORTA_TEST_EXE")
                 .map(PathBuf::from)
@@ -949,6 +950,7 @@ fn supervisor_holds_the_mount_until_stopped() {
         state_dir: state.clone(),
         rootfs: backing,
         passthrough: true,
+        host_changes: true,
         server_cgroup_procs: vec![],
         exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
         log: dir.path().join("log"),
