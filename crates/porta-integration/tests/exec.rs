@@ -392,6 +392,8 @@ fn exec_errors_exit_255_and_name_the_exec() {
     if is_porta() {
         assert!(o.stderr.contains("exec process.args[0]"), "{o}");
         assert!(!o.stderr.contains("container init"), "{o}");
+    }
+}
 
 fn status_bits(out: &str, field: &str) -> u64 {
     out.lines()

@@ -26,13 +26,14 @@ fn supervisor_log(c: &Container) -> PathBuf {
 /// The `total=N` of the last line of `log` about host changes, or 0.
 fn invalidations_logged(log: &str) -> u64 {
     log.lines()
+        .rev()
         .filter(|l| l.contains("host changes: invalidated"))
         .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix("total="))
                 .and_then(|n| n.parse().ok())
         })
-        .last()
+        .next()
         .unwrap_or(0)
 }
 

@@ -623,7 +623,7 @@ fn kill_loop(passthrough: bool, groups: u64, nofile: Option<u64>) {
     );
     assert_eq!(lost, 0);
     assert!(
-        s.restarts >= kills as u64 - 1,
+        s.restarts >= kills - 1,
         "{} restarts for {kills} kills",
         s.restarts
     );
