@@ -349,8 +349,14 @@ pub fn enter_keeper_namespace(
     };
     // The new root: a tmpfs over the backing directory's path (in this namespace only).
     let top = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("porta-keeper"), backing, Some("tmpfs"), top, Some("mode=0555,size=16k"))
-        .map_err(sys("mount the keeper's root tmpfs"))?;
+    mount(
+        Some("porta-keeper"),
+        backing,
+        Some("tmpfs"),
+        top,
+        Some("mode=0555,size=16k"),
+    )
+    .map_err(sys("mount the keeper's root tmpfs"))?;
     for (name, m) in [("root", &tree), ("proc", &proc)] {
         let at = backing.join(name);
         std::fs::create_dir(&at).map_err(|e| Error::Io("make a keeper mount point", e))?;

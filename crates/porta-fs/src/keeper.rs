@@ -273,7 +273,12 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         libc::O_RDONLY | libc::O_DIRECTORY,
         0,
     )
-    .map_err(|e| Error::Sys("open the keeper's /proc/self/fd", nix::errno::Errno::from_raw(e)))?;
+    .map_err(|e| {
+        Error::Sys(
+            "open the keeper's /proc/self/fd",
+            nix::errno::Errno::from_raw(e),
+        )
+    })?;
     if !args.no_confine {
         // The keeper shares its descriptor table with every server, which parses hostile
         // input: it is confined as they are (capabilities, no_new_privs, Landlock,
@@ -338,15 +343,16 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
             }
         };
         let first = cmd[..n].first().copied();
-        let unchecked =
-            matches!(first, Some(CMD_SPAWN) | Some(CMD_STANDBY) | Some(CMD_ACTIVATE))
-                && match guard.check(&mut cfg) {
-                    Ok(()) => false,
-                    Err(e) => {
-                        tracing::error!(error = %e, "refusing to start a file server");
-                        true
-                    }
-                };
+        let unchecked = matches!(
+            first,
+            Some(CMD_SPAWN) | Some(CMD_STANDBY) | Some(CMD_ACTIVATE)
+        ) && match guard.check(&mut cfg) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "refusing to start a file server");
+                true
+            }
+        };
         let pid = match first {
             _ if unchecked => -libc::EIO,
             Some(CMD_SPAWN) => spawn_server(&cfg, None),
@@ -470,8 +476,13 @@ fn checked_dir(
         return Ok(fd);
     }
     tracing::warn!(fd, path = ?path, found = ?now.ok(), want = ?id, "a descriptor a file server is confined beneath no longer names its directory (replaced in the shared table); opened it again");
-    let again = sys::openat(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| Error::Sys("reopen a confinement directory", nix::errno::Errno::from_raw(e)))?;
+    let again =
+        sys::openat(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| {
+            Error::Sys(
+                "reopen a confinement directory",
+                nix::errno::Errno::from_raw(e),
+            )
+        })?;
     if crate::confine::dir_identity(again.as_raw_fd())? != id {
         return Err(Error::BadState(format!(
             "{path:?} in the keeper's namespace is no longer the directory recorded at start"

@@ -141,7 +141,12 @@ const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 pub fn procfs_instance() -> Result<OwnedFd, Error> {
     let fs = fsopen(c"proc")?;
     fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"subset"), Some(c"pid"))?;
-    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"hidepid"), Some(c"invisible"))?;
+    fsconfig(
+        &fs,
+        FSCONFIG_SET_STRING,
+        Some(c"hidepid"),
+        Some(c"invisible"),
+    )?;
     fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
     let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
     // SAFETY: plain system call on our fs context descriptor.

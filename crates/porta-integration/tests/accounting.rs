@@ -47,18 +47,15 @@ impl Trace {
         let stdin = child.stdin.take();
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        out.read_line(&mut line).expect("read from the tracing shell");
+        out.read_line(&mut line)
+            .expect("read from the tracing shell");
         if line.trim() != "READY" {
             drop(stdin);
             let _ = child.wait();
             skip(&format!("no ext4 tracepoints here ({})", line.trim()));
             return None;
         }
-        Some(Trace {
-            child,
-            stdin,
-            out,
-        })
+        Some(Trace { child, stdin, out })
     }
 
     /// The pids (threads) of the events recorded so far, one per event.
@@ -148,7 +145,11 @@ fn the_eviction_of_files_a_container_deletes_is_charged_to_the_container() {
             pids.len()
         );
         let mut outside = vec![];
-        for pid in pids.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+        for pid in pids
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             // Processes of the container that ended (the shell's rm) are the container's.
             let Some(g) = group_of(pid) else { continue };
             if !g.starts_with(&container) {

@@ -914,10 +914,17 @@ fn server_mount_namespace_holds_only_the_backing_directory() {
         .collect();
     assert_eq!(mounts.len(), 3, "{mi}");
     assert!(
-        mounts.iter().any(|(at, ty, opts)| *at == "/" && *ty == "tmpfs" && opts.starts_with("ro")),
+        mounts
+            .iter()
+            .any(|(at, ty, opts)| *at == "/" && *ty == "tmpfs" && opts.starts_with("ro")),
         "{mi}"
     );
-    assert!(mounts.iter().any(|(at, ty, _)| *at == "/proc" && *ty == "proc"), "{mi}");
+    assert!(
+        mounts
+            .iter()
+            .any(|(at, ty, _)| *at == "/proc" && *ty == "proc"),
+        "{mi}"
+    );
     assert!(mi.contains("subset=pid"), "{mi}");
     assert!(mounts.iter().any(|(at, _, _)| *at == "/root"), "{mi}");
     // The backing directory is at /root of its namespace; nothing of the host is.
@@ -1141,13 +1148,19 @@ fn assert_sandboxed(pid: i32, what: &str) {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
-    let procs: Vec<&str> = mountinfo.lines().filter(|l| l.contains(" - proc ")).collect();
+    let procs: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains(" - proc "))
+        .collect();
     assert!(
         !procs.is_empty() && procs.iter().all(|l| l.contains("subset=pid")),
         "{what} {pid}: its procfs must hold process directories only:\n{mountinfo}"
     );
     let mut dirs = 0;
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         let Ok(md) = std::fs::metadata(e.path()) else {
             continue;
         };
@@ -1189,7 +1202,11 @@ fn keeper_and_servers_are_sandboxed_alike() {
             all = children_with(c.pid, "keeper");
         }
         all.sort();
-        assert!(all.len() >= 3, "keeper, server and standby of {}: {all:?}", c.pid);
+        assert!(
+            all.len() >= 3,
+            "keeper, server and standby of {}: {all:?}",
+            c.pid
+        );
         assert_sandboxed(all[0], "keeper");
         for pid in &all[1..] {
             assert_sandboxed(*pid, if *pid == fs.pid { "server" } else { "standby" });
@@ -1212,7 +1229,11 @@ fn a_compromised_server_cannot_move_its_successors_confinement() {
     let e = std::fs::metadata(c.mnt.join("evil")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
     let s = c.wait_for("a successor", |s| s.restarts >= 1 && s.pid > 0);
-    assert!(c.log().contains("simulated compromise: replaced"), "{}", c.log());
+    assert!(
+        c.log().contains("simulated compromise: replaced"),
+        "{}",
+        c.log()
+    );
     // The keeper's procfs had no host /proc/sys to plant.
     assert!(!c.log().contains("host /proc/sys/kernel"), "{}", c.log());
     assert!(c.log().contains("opened it again"), "{}", c.log());
@@ -1222,10 +1243,7 @@ fn a_compromised_server_cannot_move_its_successors_confinement() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(after, before, "the served root changed");
-    assert_eq!(
-        std::fs::read(c.mnt.join("marker")).unwrap(),
-        b"served root"
-    );
+    assert_eq!(std::fs::read(c.mnt.join("marker")).unwrap(), b"served root");
     std::fs::write(c.mnt.join("new"), b"y").unwrap();
     assert_eq!(std::fs::read(c.backing.join("new")).unwrap(), b"y");
     assert_sandboxed(s.pid, "successor");
