@@ -312,6 +312,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         confine: !args.no_confine,
         proc_root: proc.as_raw_fd(),
         ctl_fd: args.ctl_fd,
+        root_id: (!args.no_confine).then_some(root_id),
     };
     // Every descriptor of the table may be replaced by a compromised server: a new server
     // gets the root and procfs only after their identity was checked again.
@@ -498,6 +499,9 @@ struct ServerSetup {
     proc_root: RawFd,
     /// The keeper's end of the control socket: a standby ends when it hangs up.
     ctl_fd: RawFd,
+    /// The identity the root must have (recorded by the keeper at start); `None`:
+    /// unconfined.
+    root_id: Option<crate::confine::DirIdentity>,
 }
 
 fn pipe() -> Result<(RawFd, RawFd), i32> {
@@ -544,6 +548,14 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
             }
         };
         server.proc_fd = own;
+        // The keeper checked the root before this fork, but a server may have replaced it
+        // since: check again here, where nothing can race with the confinement but the
+        // server's own threads (none yet) and another server's.
+        if crate::confine::dir_identity(server.root_fd).ok() != cfg.root_id {
+            tracing::error!("the root descriptor was replaced before the file server confined itself; not serving");
+            // SAFETY: ends this process at once.
+            unsafe { libc::_exit(EXIT_FAILED) };
+        }
         let sock = (server.backing_fd >= 0).then_some(server.backing_fd);
         if let Err(e) = crate::confine::confine(server.root_fd, sock) {
             tracing::error!(error = %e, "could not confine the file server");
@@ -554,14 +566,14 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     // A standby waits with its confinement in place; its root descriptor must still name
     // the root it was confined beneath when it starts to serve (a server killed meanwhile
     // may have replaced it in the shared table).
-    let root_at_confine = crate::confine::dir_identity(server.root_fd).ok();
     if let Some(go) = wait_on {
         if !standby_woken(go, cfg.ctl_fd) {
             // SAFETY: the keeper dropped this standby, or no supervisor is left: end at once.
             unsafe { libc::_exit(EXIT_UNMOUNTED) };
         }
         sys::close(go);
-        if crate::confine::dir_identity(server.root_fd).ok() != root_at_confine {
+        if cfg.root_id.is_some() && crate::confine::dir_identity(server.root_fd).ok() != cfg.root_id
+        {
             tracing::error!("standby file server: its root descriptor was replaced while it waited; not serving");
             // SAFETY: ends this process at once.
             unsafe { libc::_exit(EXIT_FAILED) };

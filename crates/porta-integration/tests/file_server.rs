@@ -120,10 +120,19 @@ fn wait_replaced(c: &Container, old: i32, secs: u64) -> (i32, u64) {
 /// remove it; every failure is counted and named. Ends with
 /// `SUMMARY iterations=N errors=E`. stderr goes to stdout, so error messages are kept.
 fn workload(dir: &str, secs: u32, min: u32) -> String {
+    workload_while(
+        dir,
+        &format!("end=$(( $(date +%s) + {secs} ))"),
+        &format!("[ $i -lt {min} ] || [ $(date +%s) -lt $end ]"),
+    )
+}
+
+/// The workload loop of [`workload`]: `init` runs first, the loop goes on while `cond`.
+fn workload_while(dir: &str, init: &str, cond: &str) -> String {
     format!(
         "exec 2>&1; d={dir}; mkdir -p $d || echo 'ERR mkdir'; err=0; i=0; \
-         end=$(( $(date +%s) + {secs} )); \
-         while [ $i -lt {min} ] || [ $(date +%s) -lt $end ]; do \
+         {init}; \
+         while {cond}; do \
            f=$d/f$i; \
            echo payload-$i > $f || {{ err=$((err+1)); echo ERR write $i; }}; \
            sync $f || {{ err=$((err+1)); echo ERR fsync $i; }}; \
@@ -135,6 +144,22 @@ fn workload(dir: &str, secs: u32, min: u32) -> String {
          left=$(ls $d | wc -l); [ $left -eq 0 ] || {{ err=$((err+1)); echo ERR leftover $left; }}; \
          echo SUMMARY iterations=$i errors=$err"
     )
+}
+
+/// As [`workload`], bounded by events instead of time: runs at least `min` iterations
+/// and until the file `/stop-workload` exists (made with `porta exec`, see [`stop_workload`]).
+fn workload_until_stopped(dir: &str, min: u32) -> String {
+    workload_while(
+        dir,
+        "true",
+        &format!("[ $i -lt {min} ] || [ ! -e /stop-workload ]"),
+    )
+}
+
+/// Ends the workload of [`workload_until_stopped`] in `c`.
+#[track_caller]
+fn stop_workload(c: &Container) {
+    c.exec(&[], &["touch", "/stop-workload"]).expect_ok();
 }
 
 /// (iterations, errors) from a workload's SUMMARY line, panicking with the output if absent.
@@ -322,12 +347,12 @@ fn containment(tag: &str, hurt: impl FnOnce(&Container) -> u64) {
     let a = started(
         &format!("{tag}-a"),
         Bundle::new(&[]),
-        &workload("/data", 5, 200),
+        &workload_until_stopped("/data", 200),
     );
     let b = started(
         &format!("{tag}-b"),
         Bundle::new(&[]),
-        &workload("/data", 5, 200),
+        &workload_until_stopped("/data", 200),
     );
     let (b_pid, b_restarts, _) = fs_server_now(&b);
     let (a_pid0, a_restarts0, _) = fs_server_now(&a);
@@ -349,8 +374,10 @@ fn containment(tag: &str, hurt: impl FnOnce(&Container) -> u64) {
         (b_pid, 0, b_start),
         "B's file server changed while A's was hurt"
     );
-    a.wait_stopped(60);
-    b.wait_stopped(60);
+    stop_workload(&a);
+    stop_workload(&b);
+    a.wait_stopped(120);
+    b.wait_stopped(120);
     let na = assert_clean(&a, "A's workload");
     let nb = assert_clean(&b, "B's workload");
     eprintln!("{tag}: A {na} iterations, B {nb} iterations");

@@ -299,7 +299,7 @@ fn rootless_file_server_that_cannot_be_brought_back_fails_requests_instead_of_ha
         server["error"]
             .as_str()
             .unwrap_or_default()
-            .contains("without answering a request"),
+            .contains("in the same request"),
         "the state records why: {st}"
     );
     as_user(&state).args(["delete", &id]).run().expect_ok();
