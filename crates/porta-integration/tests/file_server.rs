@@ -432,18 +432,14 @@ fn containment_sigstop() {
     require_root!();
     porta_only!(WHY);
     containment("fs-cstop", |a| {
-        let start = Instant::now();
         let old = signal_fs(a, libc::SIGSTOP);
         let old_start = start_time(old);
-        // the supervisor must notice the stopped server and put another in its place
-        let replaced = wait_for(Duration::from_secs(1), || {
+        // the supervisor must notice the stopped server and put another in its place (a
+        // generous bound, not a speed check: a loaded machine must not fail it)
+        let replaced = wait_for(Duration::from_secs(30), || {
             let (pid, _, _) = fs_server(a)?;
             (pid != old && is_fs_server_of(pid, a)).then_some(pid)
         });
-        let elapsed = start.elapsed();
-        if elapsed < Duration::from_secs(1) {
-            std::thread::sleep(Duration::from_secs(1) - elapsed);
-        }
         // never leave a stopped process behind, whatever the outcome
         let still_there = pid_alive(old) && start_time(old) == old_start && is_fs_server_of(old, a);
         if still_there {
@@ -451,7 +447,7 @@ fn containment_sigstop() {
         }
         let replaced = replaced.unwrap_or_else(|| {
             panic!(
-                "stopped file server {old} not replaced within 1s (state {:?}; old still there: {still_there})",
+                "stopped file server {old} not replaced within 30s (state {:?}; old still there: {still_there})",
                 fs_server(a)
             )
         });
