@@ -342,6 +342,10 @@ pub fn finalize_and_exec(
     fifo: Option<RawFd>,
     state_json: &str,
 ) -> Result<()> {
+    // Porta runs with SIGPIPE ignored (the Rust runtime's choice); an ignored signal would
+    // survive the exec, and the container's process must start with the default.
+    // SAFETY: installs the default disposition; no handler code is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     if let Some(adj) = p.oom_score_adj() {
         process::set_oom_score_adj(adj)?;
     }

@@ -18,12 +18,25 @@ fn main() -> ExitCode {
         Some("fs") => return code(porta_supervisor::main_fs(argv[2..].to_vec())),
         _ => {}
     }
-    // As runc (Go kills a program whose write to stdout or stderr meets a closed pipe): a
-    // reader that goes away, as in `porta features | head`, ends Porta quietly instead of
-    // making the next `println!` panic. The container's processes inherit the default
-    // disposition too, as under runc, instead of an ignored SIGPIPE.
-    restore_sigpipe();
     let cli = cli::Cli::parse();
+    // As runc (Go kills a program whose write to stdout or stderr meets a closed pipe): a
+    // reader that goes away, as in `porta features | head`, ends a command that only
+    // prints quietly instead of making the next `println!` panic. The commands that make,
+    // change or remove containers keep SIGPIPE ignored: a supervisor's control socket
+    // closing under them is an error they handle (its rollback must run), never a reason
+    // to die half-way. (The container's processes get the default disposition back before
+    // their exec: porta_runtime::init.)
+    if matches!(
+        cli.command,
+        cli::Command::Features
+            | cli::Command::State { .. }
+            | cli::Command::List { .. }
+            | cli::Command::Ps { .. }
+            | cli::Command::Events { .. }
+            | cli::Command::Spec { .. }
+    ) {
+        restore_sigpipe();
+    }
     let to_file = match logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         Ok(f) => f,
         Err(e) => {
