@@ -64,13 +64,6 @@ fn is_fs_server_of(pid: i32, c: &Container) -> bool {
     argv.iter().any(|a| a == "fs") && argv.contains(&root)
 }
 
-/// The process's start time (field 22 of /proc/PID/stat), to tell a pid from its reuse.
-fn start_time(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = s.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// The parent pid of `pid`.
 fn ppid(pid: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -19,13 +19,6 @@ fn num(v: &Value, k: &str) -> i32 {
     v[k].as_i64().unwrap_or(0) as i32
 }
 
-/// The process's start time (field 22 of /proc/PID/stat).
-fn start_time(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = s.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// True once every thread of `pid` has exited (its pidfd is readable) or it is gone. A
 /// leader that is a zombie while other threads still exit has not exited yet.
 fn exited(pid: i32) -> bool {
