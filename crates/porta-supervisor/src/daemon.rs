@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use porta_fs::shared::{hdr, slot, Shared};
 
 use crate::backing::{Broker, FuseDevice};
-use crate::proc::{self, Death};
+use crate::proc::{self, pidfd_open, Death};
 use crate::{fdpass, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME};
 
 /// Parsed arguments of `porta supervisor`.
@@ -296,14 +296,9 @@ fn set_cloexec(fd: RawFd, on: bool) {
 /// True if `pid` exists and is not a zombie.
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => thread_state(&s) != Some('Z'),
+        Ok(s) => proc::stat_state(&s) != Some('Z'),
         Err(_) => false,
     }
-}
-
-fn thread_state(stat: &str) -> Option<char> {
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next())
 }
 
 struct Supervisor {
@@ -1347,7 +1342,7 @@ impl Supervisor {
             let state =
                 std::fs::read_to_string(format!("/proc/{}/task/{}/stat", self.server_pid, s.tid))
                     .ok()
-                    .and_then(|t| thread_state(&t));
+                    .and_then(|t| proc::stat_state(&t));
             if state == Some('D') {
                 continue;
             }
@@ -1597,18 +1592,6 @@ fn raise_nofile() -> usize {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
     }
     (rl.rlim_cur as usize).clamp(1024, 1 << 20)
-}
-
-pub(crate) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: plain system call.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    set_cloexec(fd.as_raw_fd(), true);
-    Some(fd)
 }
 
 /// Aborts FUSE connection `conn` through the fusectl file system (mounted in a private

@@ -388,7 +388,7 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
         let deadline = Instant::now() + Duration::from_secs(10);
         // A pidfd wakes us when it exits (it is not our child: no waitpid); the 5 ms poll
         // stays for a pid reused before we opened it.
-        let pidfd = daemon::pidfd_open(pid);
+        let pidfd = proc::pidfd_open(pid);
         while daemon::pid_alive(pid) {
             if Instant::now() > deadline {
                 return Err(Error::Timeout("exit", Duration::from_secs(10)));

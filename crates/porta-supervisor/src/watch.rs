@@ -672,7 +672,7 @@ impl Watcher {
         tracing::info!(pid, "host-change notifier started");
         Ok(Notifier {
             sock: ours,
-            pidfd: crate::daemon::pidfd_open(pid),
+            pidfd: crate::proc::pidfd_open(pid),
         })
     }
 }

@@ -1227,7 +1227,12 @@ fn a_compromised_server_cannot_move_its_successors_confinement() {
     // The first server plants other directories in the shared table and crashes; the
     // request is resent to its successor, which answers it.
     let e = std::fs::metadata(c.mnt.join("evil")).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOENT),
+        "{e}\nlog:\n{}",
+        c.log()
+    );
     let s = c.wait_for("a successor", |s| s.restarts >= 1 && s.pid > 0);
     assert!(
         c.log().contains("simulated compromise: replaced"),
