@@ -11,6 +11,12 @@
 //! that its answer echoes, so a supervisor taking over tells the answers to its own
 //! commands from the ones its dead predecessor left unread. A standby server ends when
 //! every supervisor has closed the control socket (it sees the hang-up).
+//!
+//! The keeper can die too: its *twin* ([`CMD_TWIN`]), a fork of it sharing the same
+//! descriptor table and confinement, waits for the keeper's death (a parent-death signal,
+//! checked against `getppid`) and then goes on reading the same control socket as the
+//! keeper. Every answer carries the answering keeper's pid, so the supervisor learns who
+//! took over from the first answer after the death.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -34,10 +40,14 @@ pub const CMD_ACTIVATE: u8 = b'A';
 /// Command byte: do nothing but answer (pid 0): once its answer is read, every earlier
 /// command has been answered.
 pub const CMD_SYNC: u8 = b'Y';
+/// Command byte: fork the keeper's twin, which takes the keeper's place when it dies
+/// (answers the twin's pid). The supervisor keeps at most one.
+pub const CMD_TWIN: u8 = b'T';
 /// Length of a command: the command byte, then a sequence number (u32, native order).
 pub const CMD_LEN: usize = 5;
-/// Length of an answer: the pid (i32, or -errno), then the command's sequence number.
-pub const ANSWER_LEN: usize = 8;
+/// Length of an answer: the pid (i32, or -errno), the command's sequence number, then
+/// the pid of the keeper that answered (i32; a twin's once it took over).
+pub const ANSWER_LEN: usize = 12;
 /// First message of a keeper: it is in a new user namespace; the supervisor writes its
 /// uid_map and gid_map and answers [`MAPS_OK`] or [`MAPS_FAILED`].
 pub const HELLO_USERNS: u8 = b'U';
@@ -325,6 +335,13 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     // The standby server: its pid and the pipe that wakes it (both ends live in the
     // shared fd table; the standby closes the read end once awake).
     let mut standby: Option<(i32, RawFd, RawFd)> = None;
+    // Tests only: the command during which this keeper dies, after doing it and before
+    // answering (its twin does not inherit the fault).
+    let mut dies_in = dies_in_from_env();
+    // Twins are this process's children (servers are the supervisor's): reaped by the
+    // kernel as they exit.
+    // SAFETY: sets a disposition; no handler code involved.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     loop {
         let n = match sys::read(args.ctl_fd, &mut cmd) {
             Ok(0) => {
@@ -360,6 +377,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
             Some(CMD_STANDBY) => {
                 if let Some((_, rd, wr)) = standby.take() {
                     // A standby that died (or is replaced) never woke: drop its pipe.
+                    record_standby(&cfg.server.shared, None);
                     sys::close(wr);
                     sys::close(rd);
                 }
@@ -368,6 +386,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                         let pid = spawn_server(&cfg, Some(rd));
                         if pid > 0 {
                             standby = Some((pid, rd, wr));
+                            record_standby(&cfg.server.shared, Some((rd, wr)));
                         } else {
                             sys::close(wr);
                             sys::close(rd);
@@ -378,7 +397,15 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 }
             }
             Some(CMD_ACTIVATE) => match standby.take() {
+                Some((0, rd, wr)) => {
+                    // A dead keeper's standby, killed by now: drop its pipe.
+                    record_standby(&cfg.server.shared, None);
+                    sys::close(wr);
+                    sys::close(rd);
+                    spawn_server(&cfg, None)
+                }
                 Some((pid, _rd, go)) => {
+                    record_standby(&cfg.server.shared, None);
                     let woke = sys::write(go, b"g").is_ok();
                     sys::close(go);
                     if woke {
@@ -390,14 +417,40 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 None => spawn_server(&cfg, None),
             },
             Some(CMD_SYNC) => 0,
+            Some(CMD_TWIN) => match spawn_twin(args.ctl_fd) {
+                Twin::Forked(pid) => pid,
+                Twin::Failed(e) => -e,
+                Twin::TookOver => {
+                    // This process is the keeper now. Its copy of the standby is as old
+                    // as the fork; the supervisor kills the dead keeper's standby and
+                    // waits for its end before its next command, which closes the pipe
+                    // the dead keeper recorded (closed now, its numbers could be reused
+                    // under the standby still polling them).
+                    standby = recorded_standby(&cfg.server.shared).map(|(rd, wr)| (0, rd, wr));
+                    dies_in = None;
+                    tracing::warn!("the file-server keeper died; its twin took its place");
+                    continue;
+                }
+            },
             _ => continue,
         };
-        // The sequence number, echoed (0 when the command carried none).
+        if first.is_some() && first == dies_in {
+            tracing::warn!(command = ?first.map(char::from), "simulated fault: the keeper dies before it answers");
+            // SAFETY: kills this (single-threaded) process: a test fault.
+            unsafe {
+                let me = libc::getpid();
+                libc::syscall(libc::SYS_tgkill, me, me, libc::SIGKILL);
+            }
+        }
+        // The sequence number, echoed (0 when the command carried none), and who answers.
         let mut answer = [0u8; ANSWER_LEN];
         answer[..4].copy_from_slice(&pid.to_ne_bytes());
         if n >= CMD_LEN {
-            answer[4..].copy_from_slice(&cmd[1..CMD_LEN]);
+            answer[4..8].copy_from_slice(&cmd[1..CMD_LEN]);
         }
+        // SAFETY: plain getpid.
+        let me = unsafe { libc::getpid() };
+        answer[8..].copy_from_slice(&me.to_ne_bytes());
         let _ = sys::write(args.ctl_fd, &answer);
     }
 }
@@ -424,11 +477,133 @@ fn clone_files_parent() -> i64 {
     }
 }
 
-/// Restores the default action of SIGSEGV and SIGBUS: the Rust runtime's stack-overflow
-/// handler would otherwise let a server survive a SIGSEGV sent to it, and a server that
-/// crashes must die so the supervisor replaces it.
+/// What [`spawn_twin`] returns in each process.
+enum Twin {
+    /// In the keeper: the twin's pid.
+    Forked(i32),
+    /// In the keeper: the clone failed (errno).
+    Failed(i32),
+    /// In the twin, once the keeper died: it is the keeper now.
+    TookOver,
+}
+
+/// Forks the keeper's twin: a copy sharing the descriptor table (and so the control
+/// socket, the FUSE connection and every node), with the same confinement and the same
+/// recorded root identity. It waits for the keeper's death and then returns
+/// [`Twin::TookOver`]; it ends without returning when every supervisor hung up.
+fn spawn_twin(ctl: RawFd) -> Twin {
+    // SAFETY: plain getpid.
+    let keeper = unsafe { libc::getpid() };
+    // SAFETY: fork-like clone (no new stack, no CLONE_VM) from a single-threaded process:
+    // the child gets a copy of the address space and shares only the fd table; it is
+    // this process's child, so its parent-death signal fires when the keeper dies.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_FILES | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if pid < 0 {
+        return Twin::Failed(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        );
+    }
+    if pid > 0 {
+        return Twin::Forked(pid as i32);
+    }
+    if !twin_waits_for(keeper, ctl) {
+        // SAFETY: no supervisor is left: end at once, closing nothing of the shared table.
+        unsafe { libc::_exit(0) };
+    }
+    Twin::TookOver
+}
+
+/// Does nothing: SIGUSR1 only interrupts the twin's wait.
+extern "C" fn wake(_: libc::c_int) {}
+
+/// The twin's wait: true once `keeper` (the parent) is gone, false when the control
+/// socket hangs up. The parent-death signal (SIGUSR1, blocked but during the wait) ends
+/// the wait at once; the parent is checked with `getppid`, which no other process can
+/// fake, and again every few seconds in case a signal was missed.
+fn twin_waits_for(keeper: i32, ctl: RawFd) -> bool {
+    // SAFETY: sigset operations on a local set, a handler that does nothing, the thread's
+    // mask and a plain prctl.
+    let wait_mask = unsafe {
+        let mut usr1: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut usr1);
+        libc::sigaddset(&mut usr1, libc::SIGUSR1);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, &mut old);
+        libc::signal(libc::SIGUSR1, wake as *const () as libc::sighandler_t);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1, 0, 0, 0);
+        libc::sigdelset(&mut old, libc::SIGUSR1);
+        old
+    };
+    let took_over = loop {
+        // SAFETY: plain getppid.
+        if unsafe { libc::getppid() } != keeper {
+            break true;
+        }
+        // Events 0: only a hang-up or an error is reported, never the commands.
+        let mut fd = libc::pollfd {
+            fd: ctl,
+            events: 0,
+            revents: 0,
+        };
+        let every = libc::timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        // SAFETY: one valid pollfd, a valid timeout and signal mask.
+        let r = unsafe { libc::ppoll(&mut fd, 1, &every, &wait_mask) };
+        if r > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            break false;
+        }
+    };
+    // SAFETY: as above: back to no parent-death signal and the default disposition.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
+        libc::signal(libc::SIGUSR1, libc::SIG_DFL);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &wait_mask, std::ptr::null_mut());
+    }
+    took_over
+}
+
+/// Records the standby's wake-up pipe in the shared header (for a twin that takes over).
+fn record_standby(shared: &Shared, pipe: Option<(RawFd, RawFd)>) {
+    let (rd, wr) = pipe.map_or((0, 0), |(r, w)| (r as u64 + 1, w as u64 + 1));
+    shared
+        .hdr(hdr::STANDBY_RD)
+        .store(rd, std::sync::atomic::Ordering::Release);
+    shared
+        .hdr(hdr::STANDBY_WR)
+        .store(wr, std::sync::atomic::Ordering::Release);
+}
+
+/// The standby pipe a dead keeper recorded, if both descriptors are still pipes (the
+/// header is shared with the servers: anything else is left alone).
+fn recorded_standby(shared: &Shared) -> Option<(RawFd, RawFd)> {
+    let fd = |w: usize| {
+        let v = shared.hdr(w).load(std::sync::atomic::Ordering::Acquire);
+        v.checked_sub(1)
+            .and_then(|f| RawFd::try_from(f).ok())
+            .filter(|f| sys::is_fifo(*f))
+    };
+    Some((fd(hdr::STANDBY_RD)?, fd(hdr::STANDBY_WR)?))
+}
+
+/// Restores the default action of SIGSEGV, SIGBUS and SIGCHLD: the Rust runtime's
+/// stack-overflow handler would otherwise let a server survive a SIGSEGV sent to it, and
+/// a server that crashes must die so the supervisor replaces it.
 fn default_fault_signals() {
-    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+    // SIGCHLD too: the keeper ignores it (its twins are reaped so).
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGCHLD] {
         // SAFETY: installs the default disposition; no handler code involved.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
@@ -567,7 +742,10 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     // the root it was confined beneath when it starts to serve (a server killed meanwhile
     // may have replaced it in the shared table).
     if let Some(go) = wait_on {
-        if !standby_woken(go, cfg.ctl_fd) {
+        // The pipe's identity: once the keeper drops a standby, the number `go` may name
+        // another file of the shared table, which must never wake it.
+        let pipe = sys::fstat(go).ok().map(|st| (st.st_dev, st.st_ino));
+        if pipe.is_none() || !standby_woken(go, pipe, cfg.ctl_fd) {
             // SAFETY: the keeper dropped this standby, or no supervisor is left: end at once.
             unsafe { libc::_exit(EXIT_UNMOUNTED) };
         }
@@ -599,10 +777,10 @@ fn spawn_server(cfg: &ServerSetup, wait_on: Option<RawFd>) -> i32 {
     unsafe { libc::_exit(code) }
 }
 
-/// A standby's wait: true once the keeper writes its byte on `go`; false when the keeper
-/// dropped it, or when the control socket hangs up (every supervisor is gone, so nobody
-/// would ever wake it).
-fn standby_woken(go: RawFd, ctl: RawFd) -> bool {
+/// A standby's wait: true once the keeper writes its byte on `go` (still the pipe `pipe`);
+/// false when the keeper dropped it, or when the control socket hangs up (every
+/// supervisor is gone, so nobody would ever wake it).
+fn standby_woken(go: RawFd, pipe: Option<(u64, u64)>, ctl: RawFd) -> bool {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -626,6 +804,11 @@ fn standby_woken(go: RawFd, ctl: RawFd) -> bool {
             return false;
         }
         if fds[0].revents != 0 {
+            if fds[0].revents & libc::POLLIN == 0
+                || sys::fstat(go).ok().map(|st| (st.st_dev, st.st_ino)) != pipe
+            {
+                return false;
+            }
             let mut b = [0u8; 1];
             return matches!(sys::read(go, &mut b), Ok(1));
         }
@@ -633,6 +816,14 @@ fn standby_woken(go: RawFd, ctl: RawFd) -> bool {
             return false;
         }
     }
+}
+
+/// Tests only: `PORTA_FS_FAULT=keeper-dies-in:C` (C a command byte, e.g. `B` or `T`):
+/// the keeper dies after doing its first such command, before it answers.
+fn dies_in_from_env() -> Option<u8> {
+    let v = std::env::var("PORTA_FS_FAULT").ok()?;
+    let c = v.strip_prefix("keeper-dies-in:")?;
+    (c.len() == 1).then(|| c.as_bytes()[0])
 }
 
 /// Tests only: `PORTA_FS_NOFILE=N` gives the servers a descriptor budget of at most N,

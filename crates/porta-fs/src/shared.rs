@@ -71,6 +71,11 @@ pub mod hdr {
     /// Notifications the supervisor's host-change watcher has sent (invalidations of
     /// names, attributes or pages changed from the host; 0 without a watcher).
     pub const HOST_INVALIDATIONS: usize = 54;
+    /// The standby's wake-up pipe as the keeper holds it: read end + 1, write end + 1
+    /// (0: none). A twin taking the keeper's place closes them (the standby is gone).
+    pub const STANDBY_RD: usize = 55;
+    /// See [`STANDBY_RD`].
+    pub const STANDBY_WR: usize = 56;
 }
 
 /// Kind word of a table entry.

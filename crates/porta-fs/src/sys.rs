@@ -60,6 +60,11 @@ pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
     statat(fd, EMPTY)
 }
 
+/// Whether `fd` is an open pipe.
+pub fn is_fifo(fd: RawFd) -> bool {
+    fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+}
+
 /// `mkdirat(2)`.
 pub fn mkdirat(dir: RawFd, name: &CStr, mode: u32) -> SysResult<()> {
     // SAFETY: valid string; plain system call.

@@ -1,5 +1,6 @@
 //! Every Porta process of a container can die: the supervisor, its successor, the file
-//! server and the standby are each killed with SIGKILL, one at a time and several times,
+//! server, the standby, the keeper and the keeper's twin are each killed with SIGKILL,
+//! one at a time and several times,
 //! while the container writes, fsyncs, renames and reads back files: no error inside, no
 //! fsync'ed byte lost, `porta state` never calls a dead process running, and `porta
 //! delete` leaves nothing (processes, mounts, cgroups, state). All Porta-only.
@@ -111,6 +112,7 @@ fn note(rec: &Value, seen: &mut Vec<(i32, u64)>) {
         num(rec, "supervisor_pid"),
         num(rec, "successor_pid"),
         num(rec, "keeper_pid"),
+        num(rec, "twin_pid"),
         num(rec, "standby_pid"),
     ];
     pids.extend(
@@ -135,6 +137,8 @@ fn ready(rec: &Value, fs: &Value) -> bool {
         && alive("supervisor_pid")
         && alive("successor_pid")
         && alive("standby_pid")
+        && alive("keeper_pid")
+        && alive("twin_pid")
         && fs["pid"].as_i64().is_some_and(|p| pid_alive(p as i32))
 }
 
@@ -205,10 +209,33 @@ fn every_porta_process_can_die_while_the_container_works() {
             num(r, "standby_pid") != sb && ready(r, fs)
         });
         note(&r4, &mut seen);
+        // The keeper: its twin takes its place, with the table of open files and nodes.
+        let (keeper, twin) = (num(&r4, "keeper_pid"), num(&r4, "twin_pid"));
+        kill_recorded(keeper, start_time(keeper).unwrap());
+        let r5 = wait_state(&c, "the twin in the keeper's place", |r, fs| {
+            num(r, "keeper_pid") == twin
+                && r["keeper_takeovers"].as_u64()
+                    == Some(r4["keeper_takeovers"].as_u64().unwrap_or(0) + 1)
+                && ready(r, fs)
+        });
+        note(&r5, &mut seen);
+        // The twin: the keeper forks another.
+        let twin = num(&r5, "twin_pid");
+        kill_recorded(twin, start_time(twin).unwrap());
+        let r6 = wait_state(&c, "a new twin", |r, fs| {
+            num(r, "twin_pid") != twin && ready(r, fs)
+        });
+        note(&r6, &mut seen);
         eprintln!("round {round}: ok");
     }
-    c.exec(&[], &["touch", "/stop"]).expect_ok();
+    // The workload may end (and the container with it) before `touch` exits: the exec's
+    // own status does not matter, the file it made does.
+    let _ = c.exec(&[], &["touch", "/stop"]);
     c.wait_stopped(60);
+    assert!(
+        c.bundle.rootfs().join("stop").exists(),
+        "exec made no /stop"
+    );
     let out = c.output();
     let line = out
         .lines()
@@ -216,7 +243,8 @@ fn every_porta_process_can_die_while_the_container_works() {
         .unwrap_or_else(|| panic!("no SUMMARY; output:\n{out}"));
     assert!(
         line.ends_with(" errors=0"),
-        "errors inside the container:\n{out}"
+        "errors inside the container:\n{out}\nsupervisor log:\n{}",
+        std::fs::read_to_string(format!("{}/{}/supervisor.log", c.root, c.id)).unwrap_or_default()
     );
     // Every fsync'ed byte is in the backing directory.
     let work = c.bundle.rootfs().join("work");

@@ -204,7 +204,10 @@ pub fn run(a: Args) -> i32 {
     // container's connection.
     sv.mount = mount;
     drop(sock);
-    // After the handover, so that `porta create` sets up the container meanwhile.
+    // After the handover, so that `porta create` sets up the container meanwhile. The
+    // twin first: from then on a keeper death (during the standby's set-up too) is
+    // survived.
+    sv.ensure_twin();
     sv.prepare_standby();
     // Off the critical path of `create` too: moving a process into a cgroup2 group waits
     // for the kernel (porta_cgroups::join).
@@ -323,6 +326,13 @@ struct Supervisor {
     container: Option<OwnedFd>,
     standby_pid: i32,
     standby_failures: u32,
+    /// The keeper's twin (a fork of the keeper, its child), which takes the keeper's place
+    /// when it dies; its pidfd; how often twins died in a row.
+    twin_pid: i32,
+    twin_fd: Option<OwnedFd>,
+    twin_failures: u32,
+    /// How often a twin took the place of a dead keeper.
+    keeper_takeovers: u64,
     /// Registers passthrough backing files for the servers (passthrough only).
     broker: Option<Broker>,
     /// Which confinement the servers run under ("userns", "root" or "none").
@@ -474,6 +484,10 @@ impl Supervisor {
             container: None,
             standby_pid: 0,
             standby_failures: 0,
+            twin_pid: 0,
+            twin_fd: None,
+            twin_failures: 0,
+            keeper_takeovers: 0,
             broker: None,
             confinement: String::new(),
             last_watchdog: Instant::now(),
@@ -745,8 +759,54 @@ impl Supervisor {
 
     /// Sends one command to the keeper and reads its answer: the pid of a server it
     /// started (checked, with a pidfd of it), or (0, None) for [`keeper::CMD_SYNC`].
+    /// When the keeper dies before it answers, its twin takes its place
+    /// ([`Self::replace_keeper`]) and the command goes to the twin.
     fn keeper_request(&mut self, cmd: u8) -> Result<(i32, Option<OwnedFd>), Error> {
-        use porta_fs::keeper::{ANSWER_LEN, CMD_LEN, CMD_SYNC};
+        use porta_fs::keeper::{CMD_SYNC, CMD_TWIN};
+        let mut attempt = 0;
+        let pid = loop {
+            attempt += 1;
+            match self.exchange(cmd) {
+                Ok((pid, _)) => break pid,
+                Err(e) if attempt < 3 && self.keeper_gone() => {
+                    tracing::warn!(error = %e, "the file-server keeper died during a command");
+                    let cause = self.keeper_death_cause();
+                    self.replace_keeper(&cause)?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if cmd == CMD_SYNC {
+            return Ok((0, None));
+        }
+        if pid <= 0 {
+            return Err(Error::Sys(
+                if cmd == CMD_TWIN {
+                    "keeper: fork its twin"
+                } else {
+                    "keeper: clone file server"
+                },
+                nix::errno::Errno::from_raw(-pid),
+            ));
+        }
+        let fd = if cmd == CMD_TWIN {
+            self.verified_sharer(pid)
+        } else {
+            self.verified_server(pid)
+        };
+        match fd {
+            Some(fd) => Ok((pid, Some(fd))),
+            None => Err(Error::Refused(format!(
+                "the keeper answered pid {pid}, which is no process of this container's file server"
+            ))),
+        }
+    }
+
+    /// Sends one command on the keeper's socket and waits for the answer with its
+    /// sequence number: (the pid or -errno it carries, the pid of the keeper that
+    /// answered). Fails at once when the keeper dies first.
+    fn exchange(&mut self, cmd: u8) -> Result<(i32, i32), Error> {
+        use porta_fs::keeper::{ANSWER_LEN, CMD_LEN};
         let ctl = self
             .ctl
             .as_ref()
@@ -766,16 +826,28 @@ impl Supervisor {
         // The keeper's end of this socket is in the fd table it shares with the servers:
         // a compromised server can write into it. An answer is taken only with our
         // sequence number, and its pid only if that process shares the keeper's table
-        // (a server); we never wait forever. Answers to earlier commands (a dead
-        // predecessor's, or one we gave up waiting for) are skipped, their servers killed.
+        // (checked by the caller); we never wait forever. Answers to earlier commands (a
+        // dead predecessor's, or one we gave up waiting for) are skipped, their servers
+        // killed.
         for _ in 0..64 {
             // SAFETY: `ctl` is our open socket, borrowed for the poll only.
             let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
-            let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
-            if poll(&mut fds, PollTimeout::from(5_000u16)).unwrap_or(0) <= 0 {
+            let mut fds = vec![PollFd::new(bfd, PollFlags::POLLIN)];
+            if let Some(k) = &self.keeper_fd {
+                fds.push(PollFd::new(k.as_fd(), PollFlags::POLLIN));
+            }
+            let n = poll(&mut fds, PollTimeout::from(5_000u16)).unwrap_or(0);
+            let answered = fds[0].revents().is_some_and(|r| !r.is_empty());
+            drop(fds);
+            if n <= 0 {
                 return Err(Error::Timeout(
                     "hear the keeper's answer",
                     Duration::from_secs(5),
+                ));
+            }
+            if !answered {
+                return Err(Error::Refused(
+                    "the file-server keeper died before it answered".into(),
                 ));
             }
             let mut b = [0u8; ANSWER_LEN + 1];
@@ -791,10 +863,12 @@ impl Supervisor {
                 tracing::warn!(len = n, "ignored a malformed answer on the keeper's socket");
                 continue;
             }
-            let pid = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-            let got = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+            let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+            let pid = i32::from_ne_bytes(word(0));
+            let got = u32::from_ne_bytes(word(4));
+            let keeper = i32::from_ne_bytes(word(8));
             if got != seq {
-                if pid > 0 {
+                if pid > 0 && pid != self.twin_pid {
                     if let Some(fd) = self.verified_server(pid) {
                         tracing::warn!(pid, "killing a server started for an earlier command");
                         proc::send(fd.as_fd(), libc::SIGKILL);
@@ -802,31 +876,134 @@ impl Supervisor {
                 }
                 continue;
             }
-            if cmd == CMD_SYNC {
-                return Ok((0, None));
-            }
-            if pid <= 0 {
-                return Err(Error::Sys(
-                    "keeper: clone file server",
-                    nix::errno::Errno::from_raw(-pid),
-                ));
-            }
-            return match self.verified_server(pid) {
-                Some(fd) => Ok((pid, Some(fd))),
-                None => Err(Error::Refused(format!(
-                    "the keeper answered pid {pid}, which is no server of this container"
-                ))),
-            };
+            return Ok((pid, keeper));
         }
         Err(Error::Refused(
             "the keeper's socket gave no answer to our command".into(),
         ))
     }
 
+    /// Whether the keeper we know is gone (or we know none).
+    fn keeper_gone(&self) -> bool {
+        self.keeper_fd
+            .as_ref()
+            .is_none_or(|k| proc::exited(k.as_fd()))
+    }
+
+    /// How the keeper we know died, for the record.
+    fn keeper_death_cause(&self) -> String {
+        match &self.keeper_fd {
+            Some(k) => proc::death_of(k.as_fd(), self.keeper_pid).cause,
+            None => "gone".into(),
+        }
+    }
+
+    /// The keeper died: its twin took its place and answers on the same socket. Learns
+    /// the new keeper from the answer to a `SYNC`, checks that it is the twin (or, when
+    /// the keeper died before it could answer which twin it forked, a process sharing the
+    /// servers' table that is neither server nor standby), and stops every other sharer
+    /// but the active server: the standby (its wake-up pipe was the dead keeper's) and
+    /// whatever a command the dead keeper was in left behind. The next loop forks a twin.
+    fn replace_keeper(&mut self, cause: &str) -> Result<(), Error> {
+        let old = self.keeper_pid;
+        self.keeper_pid = 0;
+        self.keeper_fd = None;
+        let (twin, twin_fd) = (self.twin_pid, self.twin_fd.take());
+        self.twin_pid = 0;
+        let no_twin = || {
+            Error::Refused(format!(
+                "the file-server keeper {old} {cause}, and no twin took its place: open files and nodes are lost"
+            ))
+        };
+        let (_, k) = self.exchange(porta_fs::keeper::CMD_SYNC).map_err(|e| {
+            tracing::error!(error = %e, "no answer from a twin of the dead keeper");
+            no_twin()
+        })?;
+        let kfd = proc::pidfd_open(k).ok_or_else(no_twin)?;
+        let twin_alive = twin_fd.as_ref().is_some_and(|f| !proc::exited(f.as_fd()));
+        let known = if twin_alive {
+            // Our twin lives: only it can have taken over.
+            k == twin
+        } else {
+            // Checked against a live process of ours that shares the servers' table.
+            k != self.server_pid
+                && k != self.standby_pid
+                && [
+                    (self.server_pid, &self.server_fd),
+                    (self.standby_pid, &self.standby_fd),
+                ]
+                .into_iter()
+                .any(|(p, f)| {
+                    p > 0
+                        && f.as_ref().is_some_and(|f| !proc::exited(f.as_fd()))
+                        && proc::share_files(k, p)
+                })
+        };
+        if !known || proc::exited(kfd.as_fd()) {
+            tracing::error!(
+                answered = k,
+                twin,
+                "the process that answered is not the keeper's twin"
+            );
+            return Err(no_twin());
+        }
+        self.keeper_pid = k;
+        self.keeper_fd = Some(kfd);
+        self.keeper_takeovers += 1;
+        // The standby's pipe died with the keeper; an unknown sharer is a server or
+        // standby the dead keeper started without answering. All must be gone before the
+        // new keeper's next command, which closes the dead one's standby pipe.
+        let mut fds = Vec::new();
+        if let Some(fd) = self.standby_fd.take() {
+            proc::send(fd.as_fd(), libc::SIGKILL);
+            fds.push(fd);
+        }
+        self.standby_pid = 0;
+        for pid in proc::sharers_of(k) {
+            if pid == self.server_pid {
+                continue;
+            }
+            if let Some(fd) = self.verified_sharer(pid) {
+                proc::send(fd.as_fd(), libc::SIGKILL);
+                fds.push(fd);
+            }
+        }
+        for fd in &fds {
+            if !proc::wait_exit(fd.as_fd(), 10_000) {
+                tracing::error!("a process of the file server did not die within 10 s of SIGKILL");
+            }
+        }
+        // The successor's copy of us knows the dead keeper: the next loop forks a new one.
+        if let Some((pid, fd)) = self.successor.take() {
+            proc::send(fd.as_fd(), libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+        }
+        self.last_error = Some(format!(
+            "file-server keeper {old} {cause}; its twin {k} took its place"
+        ));
+        tracing::warn!(
+            old,
+            new = k,
+            stopped = fds.len(),
+            "the keeper's twin took its place"
+        );
+        self.write_state();
+        Ok(())
+    }
+
     /// A pidfd of `pid` if it is a live server of ours: a process other than the keeper
-    /// sharing the keeper's descriptor table (checked after the pidfd is open and while
-    /// the process is alive, so the pid is the pidfd's process).
+    /// and its twin sharing the keeper's descriptor table.
     fn verified_server(&self, pid: i32) -> Option<OwnedFd> {
+        if pid == self.twin_pid {
+            return None;
+        }
+        self.verified_sharer(pid)
+    }
+
+    /// A pidfd of `pid` if it is a live process other than the keeper sharing the
+    /// keeper's descriptor table (checked after the pidfd is open and while the process
+    /// is alive, so the pid is the pidfd's process).
+    fn verified_sharer(&self, pid: i32) -> Option<OwnedFd> {
         let keeper = proc::borrow(&self.keeper_fd)?;
         if pid == self.keeper_pid || proc::exited(keeper) {
             return None;
@@ -839,6 +1016,32 @@ impl Supervisor {
             return None;
         }
         Some(fd)
+    }
+
+    /// Forks the keeper's twin unless one lives (or twins keep dying).
+    fn ensure_twin(&mut self) {
+        if self.twin_pid > 0 || self.twin_failures >= 5 || self.ctl.is_none() || self.failed {
+            return;
+        }
+        match self.keeper_request(porta_fs::keeper::CMD_TWIN) {
+            Ok((pid, fd)) => {
+                self.twin_pid = pid;
+                self.twin_fd = fd;
+                // The successor's copy of us does not know this twin: fork a new one.
+                if let Some((spid, sfd)) = self.successor.take() {
+                    proc::send(sfd.as_fd(), libc::SIGKILL);
+                    let _ = nix::sys::wait::waitpid(Pid::from_raw(spid), None);
+                }
+                self.write_state();
+            }
+            Err(e) => {
+                self.twin_failures += 1;
+                tracing::warn!(error = %e, "could not fork the keeper's twin");
+                if self.twin_failures >= 5 {
+                    tracing::error!("the keeper has no twin: its death would not be survived");
+                }
+            }
+        }
     }
 
     /// Pre-forks a standby server (set up and confined, waiting to be woken), unless
@@ -975,15 +1178,13 @@ impl Supervisor {
             "supervisor {dead} {}; supervisor {me} took over",
             death.cause
         );
-        if self
-            .keeper_fd
-            .as_ref()
-            .is_none_or(|k| proc::exited(k.as_fd()))
-        {
-            self.give_up(format!(
-                "file-server keeper died along with the supervisor ({cause})"
-            ));
-            std::process::exit(1);
+        if self.keeper_gone() {
+            // The keeper died too (or before the supervisor could notice): its twin.
+            let died = self.keeper_death_cause();
+            if let Err(e) = self.replace_keeper(&died) {
+                self.give_up(format!("{e} ({cause})"));
+                std::process::exit(1);
+            }
         }
         // Every command the dead one sent is answered once ours is.
         if let Err(e) = self.keeper_request(porta_fs::keeper::CMD_SYNC) {
@@ -1041,6 +1242,8 @@ impl Supervisor {
         }
         self.self_fd = proc::pidfd_open(std::process::id() as i32);
         loop {
+            // Before the successor is forked: it should know the twin.
+            self.ensure_twin();
             // In a successor, returns only once its supervisor died: it takes over.
             self.ensure_successor();
             if let Some((dead, death)) = self.pending.take() {
@@ -1065,10 +1268,15 @@ impl Supervisor {
                 fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
             }
             // Exits of processes that may not be our children (after a takeover).
-            for fd in [&self.server_fd, &self.standby_fd, &self.keeper_fd]
-                .into_iter()
-                .flatten()
-                .chain(self.successor.as_ref().map(|(_, f)| f))
+            for fd in [
+                &self.server_fd,
+                &self.standby_fd,
+                &self.keeper_fd,
+                &self.twin_fd,
+            ]
+            .into_iter()
+            .flatten()
+            .chain(self.successor.as_ref().map(|(_, f)| f))
             {
                 fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             }
@@ -1166,12 +1374,13 @@ impl Supervisor {
                 return Some(n);
             }
         }
-        // Those that are not our children (a reaper has them).
-        for role in 0..3 {
+        // Those that are not our children (a reaper has them; the twin is the keeper's).
+        for role in 0..4 {
             let (pid, fd) = match role {
                 0 => (self.server_pid, &self.server_fd),
                 1 => (self.standby_pid, &self.standby_fd),
-                _ => (self.keeper_pid, &self.keeper_fd),
+                2 => (self.keeper_pid, &self.keeper_fd),
+                _ => (self.twin_pid, &self.twin_fd),
             };
             let Some(fd) = fd.as_ref().filter(|f| proc::exited(f.as_fd())) else {
                 continue;
@@ -1215,13 +1424,19 @@ impl Supervisor {
             self.prepare_standby();
             self.write_state();
         } else if pid == self.keeper_pid {
-            self.keeper_pid = 0;
-            self.keeper_fd = None;
-            self.give_up(format!(
-                "file-server keeper {}: open files and nodes are lost",
-                death.cause
-            ));
-            return Some(Next::Exit(1));
+            if let Err(e) = self.replace_keeper(&death.cause) {
+                self.give_up(e.to_string());
+                return Some(Next::Exit(1));
+            }
+            self.prepare_standby();
+            self.write_state();
+        } else if pid == self.twin_pid {
+            tracing::warn!(pid, cause = %death.cause, "the keeper's twin died; forking another");
+            self.twin_pid = 0;
+            self.twin_fd = None;
+            if death.own_fault() {
+                self.twin_failures += 1;
+            }
         } else if self.successor.as_ref().is_some_and(|(p, _)| *p == pid) {
             tracing::warn!(pid, cause = %death.cause, "successor supervisor died; forking another");
             // ensure_successor forks the next one.
@@ -1426,6 +1641,8 @@ impl Supervisor {
             container_start: self.container_start,
             takeovers: self.takeovers,
             keeper_pid: self.keeper_pid,
+            twin_pid: self.twin_pid,
+            keeper_takeovers: self.keeper_takeovers,
             standby_pid: self.standby_pid,
             servers: vec![ServerStatus {
                 name: "fs".into(),
@@ -1481,6 +1698,7 @@ impl Supervisor {
         let procs = [
             (self.server_pid, self.server_fd.take()),
             (self.standby_pid, self.standby_fd.take()),
+            (self.twin_pid, self.twin_fd.take()),
             (self.keeper_pid, self.keeper_fd.take()),
         ];
         for (_, fd) in &procs {
@@ -1499,6 +1717,7 @@ impl Supervisor {
         }
         self.server_pid = 0;
         self.standby_pid = 0;
+        self.twin_pid = 0;
         self.keeper_pid = 0;
         // Abort only while our mount fd keeps the superblock alive: its device number (the
         // connection's fusectl name) cannot then belong to another container's connection.

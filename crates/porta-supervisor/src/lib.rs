@@ -175,6 +175,12 @@ pub struct SupervisorState {
     /// The keeper's pid (0: none).
     #[serde(default)]
     pub keeper_pid: i32,
+    /// The keeper's twin, which takes its place when it dies (0: none).
+    #[serde(default)]
+    pub twin_pid: i32,
+    /// How often a twin took the place of a dead keeper.
+    #[serde(default)]
+    pub keeper_takeovers: u64,
     /// The standby server's pid (0: none).
     #[serde(default)]
     pub standby_pid: i32,

@@ -1211,6 +1211,10 @@ fn keeper_and_servers_are_sandboxed_alike() {
         for pid in &all[1..] {
             assert_sandboxed(*pid, if *pid == fs.pid { "server" } else { "standby" });
         }
+        // The keeper's twin (its child), which takes its place when it dies.
+        let st = c.wait_state("a twin", |st, _| st.twin_pid > 0);
+        assert_eq!(children_with(all[0], "keeper"), vec![st.twin_pid]);
+        assert_sandboxed(st.twin_pid, "twin");
     }
 }
 
@@ -1400,8 +1404,9 @@ fn check_kept(c: &Container, kept: &std::collections::HashMap<PathBuf, Vec<u8>>)
 }
 
 /// Kills, one at a time and each several times, the supervisor, its successor, the
-/// active server and the standby while a workload writes, fsyncs, renames and reads:
-/// no error, no lost byte, and the record follows every takeover.
+/// active server, the standby, the keeper and the keeper's twin while a workload writes,
+/// fsyncs, renames and reads: no error, no lost byte, and the record follows every
+/// takeover.
 fn every_process_dies_in_turn(passthrough: bool) {
     let c = Container::start(passthrough, None);
     let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1412,9 +1417,12 @@ fn every_process_dies_in_turn(passthrough: bool) {
     let ready = |st: &SupervisorState, fs: &ServerStatus| {
         st.successor_pid > 0
             && st.standby_pid > 0
+            && st.twin_pid > 0
             && fs.state == "running"
             && running(st.supervisor_pid)
             && running(st.successor_pid)
+            && running(st.keeper_pid)
+            && running(st.twin_pid)
     };
     for round in 0..4 {
         // The active supervisor: its successor takes over.
@@ -1447,6 +1455,21 @@ fn every_process_dies_in_turn(passthrough: bool) {
         c.wait_state("a new standby", |st, fs| {
             st.standby_pid != s3.standby_pid && ready(st, fs)
         });
+        // The keeper: its twin takes its place (and the table of open files and nodes
+        // lives on in it); a new twin is forked.
+        let s4 = c.wait_state("a twin", ready);
+        assert!(sigkill(s4.keeper_pid));
+        let s5 = c.wait_state("the twin in the keeper's place", |st, fs| {
+            st.keeper_pid == s4.twin_pid
+                && st.keeper_takeovers == s4.keeper_takeovers + 1
+                && ready(st, fs)
+        });
+        assert_eq!(s5.supervisor_pid, s4.supervisor_pid);
+        // The twin: the keeper forks another.
+        assert!(sigkill(s5.twin_pid));
+        c.wait_state("a new twin", |st, fs| {
+            st.twin_pid != s5.twin_pid && st.keeper_pid == s5.keeper_pid && ready(st, fs)
+        });
         eprintln!("round {round} done");
     }
     stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1463,6 +1486,7 @@ fn every_process_dies_in_turn(passthrough: bool) {
         (last.supervisor_pid, "supervisor"),
         (last.successor_pid, "successor"),
         (last.keeper_pid, "keeper"),
+        (last.twin_pid, "twin"),
         (last.standby_pid, "standby"),
         (last.servers[0].pid, "server"),
     ] {
@@ -1490,6 +1514,55 @@ fn every_process_can_die_passthrough() {
 fn every_process_can_die_strict() {
     require_root!();
     every_process_dies_in_turn(false);
+}
+
+/// The keeper dies in the middle of a command, after doing it and before answering: while
+/// it sets up a standby (its twin takes its place; the standby nobody knows is stopped;
+/// the command goes to the twin), and while it forks its first twin (that twin, which the
+/// supervisor never heard of, takes its place and is checked against the server). The
+/// container never notices.
+#[test]
+fn keeper_dying_in_a_command_is_survived() {
+    require_root!();
+    for cmd in ["B", "T"] {
+        let c = Container::start(true, Some(&format!("keeper-dies-in:{cmd}")));
+        std::env::remove_var("PORTA_FS_FAULT");
+        let st = c.wait_state("the twin in the keeper's place", |st, fs| {
+            st.keeper_takeovers == 1
+                && st.twin_pid > 0
+                && st.standby_pid > 0
+                && fs.state == "running"
+        });
+        assert!(
+            c.log().contains("simulated fault: the keeper dies"),
+            "{cmd}: {}",
+            c.log()
+        );
+        assert!(running(st.keeper_pid) && running(st.twin_pid) && running(st.standby_pid));
+        // B: the standby the dead keeper made without answering was stopped.
+        let stopped = if cmd == "B" { "stopped=1" } else { "stopped=0" };
+        assert!(
+            c.log()
+                .lines()
+                .any(|l| l.contains("took its place") && l.contains(stopped)),
+            "{cmd}: {}",
+            c.log()
+        );
+        assert_eq!(
+            children_with(st.keeper_pid, "keeper"),
+            vec![st.twin_pid],
+            "{cmd}: the new keeper has one twin"
+        );
+        std::fs::write(c.mnt.join("f"), b"after").unwrap();
+        assert_eq!(std::fs::read(c.mnt.join("f")).unwrap(), b"after");
+        assert_eq!(std::fs::read(c.backing.join("f")).unwrap(), b"after");
+        let fs = c.fs();
+        assert_eq!(fs.state, "running", "{cmd}: {}", c.log());
+        stop(&c.state).unwrap();
+        for pid in [st.keeper_pid, st.twin_pid, st.standby_pid, fs.pid] {
+            wait_gone(pid, "a file-server process");
+        }
+    }
 }
 
 /// With both the supervisor and its successor dead, the record says failed (the server
