@@ -16,6 +16,7 @@ pub mod container;
 pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
+pub mod survival;
 
 pub use bundle::Bundle;
 pub use cmd::{rt, rt_root, Cmd, Out};

@@ -306,3 +306,69 @@ fn rootless_file_server_that_cannot_be_brought_back_fails_requests_instead_of_ha
     assert!(!state.join(&id).exists(), "delete leaves no state behind");
     eprintln!("gave up and failed the requests after {waited:?}");
 }
+
+/// A rootless container's Porta processes — supervisor, successor, server, standby,
+/// keeper and its twin — are each killed in turn, twice, while the container writes,
+/// fsyncs, renames and reads back: no error inside, and `delete` leaves none of them.
+#[test]
+fn rootless_every_porta_process_can_die_while_the_container_works() {
+    if skip_without_fuse() {
+        return;
+    }
+    let (b, state) = rootless_bundle(
+        "exec 2>&1; err=0; i=0; mkdir -p /work; \
+         while [ $i -lt 20 ] || [ ! -e /stop ]; do \
+           echo p$i > /work/t && sync /work/t && [ \"$(cat /work/t)\" = p$i ] && \
+           mv /work/t /work/k$((i % 5)) && [ \"$(cat /work/k$((i % 5)))\" = p$i ] || \
+           {{ err=$((err+1)); echo ERR $i; }}; i=$((i+1)); \
+         done; echo SUMMARY errors=$err"
+            .replace("{{", "{")
+            .replace("}}", "}")
+            .as_str(),
+    );
+    let id = unique_id("rootless-survive");
+    let out = b.path().join("out");
+    as_user_with_fuse(&state, b.path())
+        .args(["run", "--detach", "--bundle", &b.path_str(), &id])
+        .stdout_file(std::fs::File::create(&out).unwrap())
+        .run()
+        .expect_ok();
+    let w = porta_integration::survival::Watched {
+        id: id.clone(),
+        record: Box::new(|| {
+            let p = state.join(&id).join("servers.json");
+            serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+        }),
+        state: Box::new(|| {
+            let o = as_user(&state).args(["state", &id]).run();
+            o.ok().then(|| o.json())
+        }),
+    };
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        porta_integration::survival::kill_each_in_turn(&w, &mut seen);
+        eprintln!("round {round}: ok");
+    }
+    // The workload may end (and the container with it) before `touch` exits.
+    let _ = as_user(&state).args(["exec", &id, "touch", "/stop"]).run();
+    let st = wait_for(Duration::from_secs(60), || {
+        let st = as_user(&state).args(["state", &id]).run().json();
+        (st["status"] == "stopped").then_some(st)
+    });
+    assert!(st.is_some(), "the workload ended");
+    if let Some(last) = (w.record)() {
+        porta_integration::survival::note(&last, &mut seen);
+    }
+    as_user(&state).args(["delete", &id]).run().expect_ok();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.lines().any(|l| l == "SUMMARY errors=0"),
+        "errors inside the container: {text}"
+    );
+    let alive = porta_integration::survival::still_alive(&seen);
+    assert!(
+        alive.is_empty(),
+        "Porta processes left after delete: {alive:?}"
+    );
+    assert!(!state.join(&id).exists(), "delete leaves no state behind");
+}
