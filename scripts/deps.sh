@@ -21,6 +21,8 @@ PKGS=(
   libcap2-bin
   # CRIU, for checkpoint and restore of containers with a kernel-mounted root
   criu
+  # the CRI client of the cri integration test (gRPC in Debian's python3, protoc)
+  python3-grpcio python3-protobuf protobuf-compiler
 )
 
 SUDO=()

@@ -40,26 +40,46 @@ fn add_blob(img: &Path, p: &Path) -> (String, u64) {
     (format!("sha256:{d}"), size)
 }
 
-/// Writes an OCI image archive (one uncompressed layer) of the test root file system.
+/// Writes an OCI image archive (one uncompressed layer) of the test root file system,
+/// named [`IMAGE`], whose command is `sh`.
 pub fn build_image(dir: &Path) -> PathBuf {
-    let img = dir.join("img");
+    build_oci_image(dir, IMAGE, &[], &["sh"])
+}
+
+/// Writes an OCI image archive (one uncompressed layer: the test root file system) named
+/// `name`, with the given entrypoint and command, in a directory of its own below `dir`;
+/// returns the archive's path (for `ctr images import`).
+pub fn build_oci_image(dir: &Path, name: &str, entrypoint: &[&str], cmd: &[&str]) -> PathBuf {
+    let slug: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let work = dir.join(format!("image-{slug}"));
+    let img = work.join("layout");
     std::fs::create_dir_all(img.join("blobs/sha256")).unwrap();
-    let layer = dir.join("layer.tar");
+    let layer = work.join("layer.tar");
     rootfs::tar_to(&layer).unwrap();
     let (ld, ls) = add_blob(&img, &layer);
-    let cfg = dir.join("config.json");
+    let cfg = work.join("config.json");
+    let mut config = json!({"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]});
+    if !entrypoint.is_empty() {
+        config["Entrypoint"] = json!(entrypoint);
+    }
+    if !cmd.is_empty() {
+        config["Cmd"] = json!(cmd);
+    }
     std::fs::write(
         &cfg,
         serde_json::to_vec(&json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+            "config": config,
             "rootfs": {"type": "layers", "diff_ids": [ld]}
         }))
         .unwrap(),
     )
     .unwrap();
     let (cd, cs) = add_blob(&img, &cfg);
-    let man = dir.join("manifest.json");
+    let man = work.join("manifest.json");
     std::fs::write(&man, serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -67,13 +87,14 @@ pub fn build_image(dir: &Path) -> PathBuf {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]
     })).unwrap()).unwrap();
     let (md, ms) = add_blob(&img, &man);
+    let tag = name.rsplit_once(':').map_or("latest", |(_, t)| t);
     std::fs::write(img.join("index.json"), serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-            "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "latest"}}]
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag}}]
     })).unwrap()).unwrap();
     std::fs::write(img.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let tar = dir.join("image.tar");
+    let tar = work.join("image.tar");
     cmd::host(
         "tar",
         &[
@@ -96,6 +117,17 @@ impl Containerd {
 
     /// Starts a private containerd through `prefix` (e.g. `nsenter -t PID -m -p -C --`).
     pub fn start_in(prefix: Vec<OsString>) -> Containerd {
+        Self::launch(prefix, None)
+    }
+
+    /// Starts a private containerd on this host with its CRI plugin (disabled otherwise)
+    /// configured by the TOML that `cri_config` returns for the private directory it is
+    /// given (`[plugins."io.containerd.grpc.v1.cri"…]` sections).
+    pub fn start_with_cri(cri_config: impl Fn(&Path) -> String) -> Containerd {
+        Self::launch(Vec::new(), Some(&cri_config))
+    }
+
+    fn launch(prefix: Vec<OsString>, cri: Option<&dyn Fn(&Path) -> String>) -> Containerd {
         std::fs::create_dir_all(BUNDLES).unwrap();
         let dir = tempfile::Builder::new()
             .prefix("ctrd-")
@@ -103,11 +135,17 @@ impl Containerd {
             .unwrap()
             .keep();
         let d = dir.display();
-        let cfg = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+        let plugins = match cri {
+            Some(_) => String::new(),
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+        };
+        let mut cfg = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n{plugins}\
              [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
         );
+        if let Some(cri) = cri {
+            cfg.push_str(&cri(&dir));
+        }
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
         let had_run_dir = !prefix.is_empty() || Path::new("/run/containerd").exists();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
