@@ -1565,6 +1565,43 @@ fn keeper_dying_in_a_command_is_survived() {
     }
 }
 
+/// The keeper dies while the supervisor is stopped, then the supervisor dies too: the
+/// successor takes over, finds the keeper dead and its twin in its place, and adopts it;
+/// the workload sees nothing.
+#[test]
+fn keeper_and_supervisor_dying_together_is_survived() {
+    require_root!();
+    for passthrough in [true, false] {
+        let c = Container::start(passthrough, None);
+        let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let work = {
+            let (d, s) = (c.mnt.clone(), stop_flag.clone());
+            std::thread::spawn(move || workload(d, s, 30))
+        };
+        let s0 = c.wait_state("a successor and a twin", |st, fs| {
+            st.successor_pid > 0 && st.twin_pid > 0 && st.standby_pid > 0 && fs.state == "running"
+        });
+        assert!(sig(s0.supervisor_pid, libc::SIGSTOP));
+        assert!(sigkill(s0.keeper_pid));
+        wait_gone(s0.keeper_pid, "keeper");
+        assert!(sigkill(s0.supervisor_pid));
+        let s1 = c.wait_state("the takeover with the twin as keeper", |st, fs| {
+            st.supervisor_pid == s0.successor_pid
+                && st.keeper_pid == s0.twin_pid
+                && st.keeper_takeovers == s0.keeper_takeovers + 1
+                && st.twin_pid > 0
+                && st.twin_pid != s0.twin_pid
+                && st.successor_pid > 0
+                && fs.state == "running"
+        });
+        assert!(running(s1.keeper_pid) && running(s1.twin_pid));
+        stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (kept, errors) = work.join().unwrap();
+        assert!(errors.is_empty(), "errors in the workload: {errors:?}\nlog:\n{}", c.log());
+        check_kept(&c, &kept);
+    }
+}
+
 /// With both the supervisor and its successor dead, the record says failed (the server
 /// goes on serving, with no one to replace it); after the unmount nothing is left.
 #[test]
