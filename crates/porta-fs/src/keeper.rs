@@ -361,16 +361,30 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
             }
         };
         let first = cmd[..n].first().copied();
-        let unchecked = matches!(
+        let starts = matches!(
             first,
             Some(CMD_SPAWN) | Some(CMD_STANDBY) | Some(CMD_ACTIVATE)
-        ) && match guard.check(&mut cfg) {
-            Ok(()) => false,
-            Err(e) => {
-                tracing::error!(error = %e, "refusing to start a file server");
-                true
-            }
-        };
+        );
+        let unchecked = starts
+            && match guard.check(&mut cfg) {
+                Ok(false) => false,
+                Ok(true) => {
+                    // The standby was confined beneath what that descriptor named then,
+                    // and serves from its number, which names something else now: it
+                    // would refuse to serve. Drop it (it ends on the pipe's hang-up, which
+                    // its check of the pipe's identity tells from a wake-up).
+                    if let Some((_, rd, wr)) = standby.take() {
+                        record_standby(&cfg.server.shared, None);
+                        sys::close(wr);
+                        sys::close(rd);
+                    }
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "refusing to start a file server");
+                    true
+                }
+            };
         let pid = match first {
             _ if unchecked => -libc::EIO,
             Some(CMD_SPAWN) => spawn_server(&cfg, None),
@@ -630,13 +644,15 @@ impl Guard {
     /// directories; a replaced one (the table is shared with servers that parse hostile
     /// input) is opened again from the keeper's own namespace, whose root no server can
     /// change (they share descriptors, not the file-system root).
-    fn check(&self, cfg: &mut ServerSetup) -> Result<(), Error> {
+    /// Returns whether one was replaced.
+    fn check(&self, cfg: &mut ServerSetup) -> Result<bool, Error> {
         if !self.on {
-            return Ok(());
+            return Ok(false);
         }
-        cfg.server.root_fd = checked_dir(cfg.server.root_fd, self.root)?;
-        cfg.proc_root = checked_dir(cfg.proc_root, self.proc)?;
-        Ok(())
+        let (root, proc) = (cfg.server.root_fd, cfg.proc_root);
+        cfg.server.root_fd = checked_dir(root, self.root)?;
+        cfg.proc_root = checked_dir(proc, self.proc)?;
+        Ok(cfg.server.root_fd != root || cfg.proc_root != proc)
     }
 }
 

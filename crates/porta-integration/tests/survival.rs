@@ -29,6 +29,18 @@ fn watched(c: &Container) -> Watched<'_> {
     }
 }
 
+/// After `delete`: none of the processes `seen` lives, and nothing of `c` is left.
+#[track_caller]
+fn assert_all_gone(c: &Container, seen: &[(i32, u64)]) {
+    let alive = still_alive(seen);
+    assert!(
+        alive.is_empty(),
+        "Porta processes left after delete: {alive:?}"
+    );
+    let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
+    assert!(left.is_empty(), "left after delete: {}", left.join("\n"));
+}
+
 /// Until /stop exists (made by `porta exec`, no clock involved) and at least `min`
 /// rounds: write, fsync, read back, rename over a kept name, read again; every failure
 /// counted and named. The kept files hold their last round's payload.
@@ -89,13 +101,7 @@ fn every_porta_process_can_die_while_the_container_works() {
     let last = (w.record)().unwrap();
     note(&last, &mut seen);
     c.delete().expect_ok();
-    let alive = still_alive(&seen);
-    assert!(
-        alive.is_empty(),
-        "Porta processes left after delete: {alive:?}"
-    );
-    let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
-    assert!(left.is_empty(), "left after delete: {}", left.join("\n"));
+    assert_all_gone(&c, &seen);
     let _ = std::fs::remove_dir_all(work);
 }
 
@@ -139,12 +145,6 @@ fn delete_after_both_supervisors_died_leaves_nothing() {
             "the cause names both supervisors: {st}"
         );
         c.rt(&["delete", "--force", &c.id]).expect_ok();
-        let alive = still_alive(&seen);
-        assert!(
-            alive.is_empty(),
-            "Porta processes left after delete: {alive:?}"
-        );
-        let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
-        assert!(left.is_empty(), "left after delete: {}", left.join("\n"));
+        assert_all_gone(&c, &seen);
     }
 }

@@ -953,42 +953,54 @@ impl Supervisor {
         // The standby's pipe died with the keeper; an unknown sharer is a server or
         // standby the dead keeper started without answering. All must be gone before the
         // new keeper's next command, which closes the dead one's standby pipe.
-        let mut fds = Vec::new();
+        let mut stopped = 0;
         if let Some(fd) = self.standby_fd.take() {
             proc::send(fd.as_fd(), libc::SIGKILL);
-            fds.push(fd);
+            if !proc::wait_exit(fd.as_fd(), 10_000) {
+                tracing::error!("the standby did not die within 10 s of SIGKILL");
+            }
+            stopped += 1;
         }
         self.standby_pid = 0;
-        for pid in proc::sharers_of(k) {
-            if pid == self.server_pid {
+        stopped += self.stop_servers_but(self.server_pid);
+        // The successor's copy of us knows the dead keeper.
+        self.refresh_successor();
+        self.last_error = Some(format!(
+            "file-server keeper {old} {cause}; its twin {k} took its place"
+        ));
+        tracing::warn!(old, new = k, stopped, "the keeper's twin took its place");
+        self.write_state();
+        Ok(())
+    }
+
+    /// Kills every process sharing the keeper's table but the keeper, its twin and `keep`
+    /// (0: none), and waits for them; returns how many.
+    fn stop_servers_but(&self, keep: i32) -> usize {
+        let mut fds = Vec::new();
+        for pid in proc::sharers_of(self.keeper_pid) {
+            if pid == keep {
                 continue;
             }
-            if let Some(fd) = self.verified_sharer(pid) {
+            if let Some(fd) = self.verified_server(pid) {
                 proc::send(fd.as_fd(), libc::SIGKILL);
                 fds.push(fd);
             }
         }
         for fd in &fds {
             if !proc::wait_exit(fd.as_fd(), 10_000) {
-                tracing::error!("a process of the file server did not die within 10 s of SIGKILL");
+                tracing::error!("a file server did not die within 10 s of SIGKILL");
             }
         }
-        // The successor's copy of us knows the dead keeper: the next loop forks a new one.
+        fds.len()
+    }
+
+    /// Stops the successor, whose copy of this process is out of date (it knows a dead
+    /// keeper, or not the twin): the next loop forks a new one.
+    fn refresh_successor(&mut self) {
         if let Some((pid, fd)) = self.successor.take() {
             proc::send(fd.as_fd(), libc::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
         }
-        self.last_error = Some(format!(
-            "file-server keeper {old} {cause}; its twin {k} took its place"
-        ));
-        tracing::warn!(
-            old,
-            new = k,
-            stopped = fds.len(),
-            "the keeper's twin took its place"
-        );
-        self.write_state();
-        Ok(())
     }
 
     /// A pidfd of `pid` if it is a live server of ours: a process other than the keeper
@@ -1027,11 +1039,8 @@ impl Supervisor {
             Ok((pid, fd)) => {
                 self.twin_pid = pid;
                 self.twin_fd = fd;
-                // The successor's copy of us does not know this twin: fork a new one.
-                if let Some((spid, sfd)) = self.successor.take() {
-                    proc::send(sfd.as_fd(), libc::SIGKILL);
-                    let _ = nix::sys::wait::waitpid(Pid::from_raw(spid), None);
-                }
+                // The successor's copy of us does not know this twin.
+                self.refresh_successor();
                 self.write_state();
             }
             Err(e) => {
@@ -1075,7 +1084,19 @@ impl Supervisor {
         let standby = self.standby_pid;
         self.standby_pid = 0;
         self.standby_fd = None;
-        let (pid, fd) = self.keeper_request(porta_fs::keeper::CMD_ACTIVATE)?;
+        let mut tries = 0;
+        let (pid, fd) = loop {
+            tries += 1;
+            match self.keeper_request(porta_fs::keeper::CMD_ACTIVATE) {
+                Ok(started) => break started,
+                // The server died before it could be checked (e.g. a standby that refused
+                // to serve): the next ACTIVATE starts a new one.
+                Err(Error::Refused(why)) if tries < 3 && !self.keeper_gone() => {
+                    tracing::warn!(why, "the woken file server is gone; starting another");
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if standby > 0 && pid != standby {
             tracing::warn!(
                 standby,
@@ -1194,19 +1215,7 @@ impl Supervisor {
             std::process::exit(1);
         }
         // Now nothing makes servers but us: stop every one there is.
-        let sharers = proc::sharers_of(self.keeper_pid);
-        let mut fds = Vec::new();
-        for pid in sharers {
-            if let Some(fd) = self.verified_server(pid) {
-                proc::send(fd.as_fd(), libc::SIGKILL);
-                fds.push(fd);
-            }
-        }
-        for fd in &fds {
-            if !proc::wait_exit(fd.as_fd(), 10_000) {
-                tracing::error!("a file server did not die within 10 s of SIGKILL");
-            }
-        }
+        let killed = self.stop_servers_but(0);
         self.server_pid = 0;
         self.server_fd = None;
         self.standby_pid = 0;
@@ -1216,7 +1225,7 @@ impl Supervisor {
         }
         self.restarts += 1;
         self.last_error = Some(cause.clone());
-        tracing::info!(killed = fds.len(), "servers of the dead supervisor stopped");
+        tracing::info!(killed, "servers of the dead supervisor stopped");
         if self.container_pid > 0 && self.container.is_none() {
             tracing::info!("the container's process is gone; stopping");
             self.shutdown();

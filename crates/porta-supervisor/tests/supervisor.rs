@@ -1597,7 +1597,11 @@ fn keeper_and_supervisor_dying_together_is_survived() {
         assert!(running(s1.keeper_pid) && running(s1.twin_pid));
         stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
         let (kept, errors) = work.join().unwrap();
-        assert!(errors.is_empty(), "errors in the workload: {errors:?}\nlog:\n{}", c.log());
+        assert!(
+            errors.is_empty(),
+            "errors in the workload: {errors:?}\nlog:\n{}",
+            c.log()
+        );
         check_kept(&c, &kept);
     }
 }
