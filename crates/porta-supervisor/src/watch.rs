@@ -135,6 +135,8 @@ pub(crate) enum Inval {
     Size(u64, u64),
     /// Writeback cache: drop the node from the kernel if nothing uses it.
     Prune(u64),
+    /// Every cached name (negative ones too) is looked up again on its next use.
+    Epoch,
 }
 
 /// Parses a buffer read from a fanotify descriptor (`FAN_REPORT_DFID_NAME |
@@ -253,6 +255,26 @@ pub(crate) fn invalidations(
     }
     // An attribute-only invalidation is implied by a data one of the same node.
     out.retain(|i| !matches!(i, Inval::Inode(n, false) if seen.contains(&Inval::Inode(*n, true))));
+    out
+}
+
+/// What a lost event (a queue overflow) calls for, given every node the kernel holds:
+/// attributes and pages of each node and the root, with a writeback cache a prune of each
+/// node, and last a new epoch for the names.
+pub(crate) fn overflow_invalidations(
+    nodes: &HashMap<(u64, u64), u64>,
+    writeback: bool,
+) -> Vec<Inval> {
+    let mut ids: Vec<u64> = nodes.values().copied().filter(|&n| n != 1).collect();
+    ids.sort_unstable();
+    let mut out: Vec<Inval> = std::iter::once(1)
+        .chain(ids.iter().copied())
+        .map(|n| Inval::Inode(n, true))
+        .collect();
+    if writeback {
+        out.extend(ids.iter().map(|&n| Inval::Prune(n)));
+    }
+    out.push(Inval::Epoch);
     out
 }
 
@@ -481,16 +503,20 @@ impl Watcher {
         }
         invals.extend(extra);
         if overflow {
-            // Events were lost: every node's attributes and pages may be stale. Names
-            // (negative entries above all) cannot be enumerated and stay until their
-            // timeout or the next change in their directory.
+            // Events were lost: anything cached may be stale. Every node's attributes and
+            // pages are dropped (writeback cache: every node nothing uses is pruned too,
+            // its size being the kernel's own), and the connection's epoch moves on, so
+            // every name cached before — negative entries too, which cannot be enumerated —
+            // is looked up again (a kernel without FUSE_NOTIFY_INC_EPOCH refuses that
+            // frame: names then stay until their timeout or the next change in their
+            // directory).
             self.overflows += 1;
             tracing::warn!(
                 overflows = self.overflows,
-                "host-change watcher: the event queue overflowed; invalidating every node's attributes and pages"
+                nodes = nodes.len(),
+                "host-change watcher: the event queue overflowed; invalidating every node's attributes and pages and every cached name"
             );
-            invals.extend(nodes.values().map(|&n| Inval::Inode(n, true)));
-            invals.push(Inval::Inode(1, true));
+            invals.extend(overflow_invalidations(&nodes, writeback));
         }
         let count = invals.len() as u64;
         for i in &invals {
@@ -509,6 +535,7 @@ impl Watcher {
                 }
                 Inval::Size(n, size) => abi::encode_store(&mut w, *n, *size, &[]),
                 Inval::Prune(n) => abi::encode_prune(&mut w, &[*n]),
+                Inval::Epoch => abi::encode_inc_epoch(&mut w),
             }
             self.queue(w.buf);
         }
@@ -950,6 +977,29 @@ mod tests {
             ]
         );
         assert_eq!(ch.last(), Some(&Change::Overflow));
+    }
+
+    #[test]
+    fn an_overflow_invalidates_every_node_and_every_name() {
+        let nodes: HashMap<(u64, u64), u64> = [((9, 2), 1), ((9, 100), 7), ((9, 200), 1 << 32)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            overflow_invalidations(&nodes, false),
+            vec![
+                Inval::Inode(1, true),
+                Inval::Inode(7, true),
+                Inval::Inode(1 << 32, true),
+                Inval::Epoch
+            ]
+        );
+        let wb = overflow_invalidations(&nodes, true);
+        assert_eq!(&wb[3..5], &[Inval::Prune(7), Inval::Prune(1 << 32)]);
+        assert_eq!(wb.last(), Some(&Inval::Epoch));
+        assert_eq!(
+            overflow_invalidations(&HashMap::new(), true),
+            vec![Inval::Inode(1, true), Inval::Epoch]
+        );
     }
 
     #[test]
