@@ -1077,7 +1077,8 @@ impl Bench {
             crate::report::render(&info, &records, &docs, "", ""),
         )?;
         if let Some(doc) = &self.opt.docs {
-            let plots = doc.parent().unwrap_or(Path::new(".")).join("bench");
+            let sub = plots_dir_name(doc);
+            let plots = doc.parent().unwrap_or(Path::new(".")).join(&sub);
             fs::create_dir_all(&plots)?;
             for w in done {
                 fs::copy(out.join(format!("{w}.svg")), plots.join(format!("{w}.svg")))?;
@@ -1085,7 +1086,7 @@ impl Bench {
             let preface = crate::report::docs_preface();
             fs::write(
                 doc,
-                crate::report::render(&info, &records, &docs, "bench/", &preface),
+                crate::report::render(&info, &records, &docs, &format!("{sub}/"), &preface),
             )?;
         }
         Ok(records)
@@ -1290,6 +1291,16 @@ impl Bench {
     }
 }
 
+/// The directory, next to a `--docs` page, that its plots go to: `bench` for
+/// `benchmarks.md`, `bench-<stem>` for any other page (so that a partial run written to
+/// its own page leaves the full report's plots alone).
+pub fn plots_dir_name(doc: &Path) -> String {
+    match doc.file_stem().and_then(|s| s.to_str()) {
+        None | Some("benchmarks") => "bench".into(),
+        Some(stem) => format!("bench-{stem}"),
+    }
+}
+
 /// The host's side of `host-change`: for each `i`, waits until the container's ready file
 /// `r<i>` is in `dir`, reads the clock and creates `f<i>`. Returns the creation times (ns
 /// since the epoch). Ends early, with an error, when `stop` is set (the container ended).
@@ -1361,6 +1372,15 @@ mod tests {
         assert_eq!(Sizes { quick: false }.seqio_mib(), 1024);
         assert_eq!(Sizes { quick: false }.smallfiles(), 20_000);
         assert_eq!(Sizes { quick: false }.density(), 20);
+    }
+
+    #[test]
+    fn plots_of_a_page_other_than_benchmarks_md_go_to_their_own_directory() {
+        assert_eq!(plots_dir_name(Path::new("docs/benchmarks.md")), "bench");
+        assert_eq!(
+            plots_dir_name(Path::new("docs/benchmarks-watcher.md")),
+            "bench-benchmarks-watcher"
+        );
     }
 
     #[test]

@@ -50,7 +50,8 @@ struct Args {
     /// environments alike), for runtimes that cannot mount it yet.
     #[arg(long)]
     no_cgroup_mount: bool,
-    /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to it.
+    /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to
+    /// it (for another page name, e.g. docs/benchmarks-watcher.md, in `bench-<name>/`).
     #[arg(long)]
     docs: Option<PathBuf>,
 }
