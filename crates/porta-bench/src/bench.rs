@@ -133,10 +133,7 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
             ("write", "MB/s", Better::Higher),
             ("read", "MB/s", Better::Higher),
         ],
-        "host-change" => vec![
-            ("p50", "µs", Better::Lower),
-            ("max", "µs", Better::Lower),
-        ],
+        "host-change" => vec![("p50", "µs", Better::Lower), ("max", "µs", Better::Lower)],
         "density" => vec![
             ("pss", "MiB/container", Better::Lower),
             ("host-used", "MiB/container", Better::Lower),
@@ -1304,11 +1301,7 @@ pub fn plots_dir_name(doc: &Path) -> String {
 /// The host's side of `host-change`: for each `i`, waits until the container's ready file
 /// `r<i>` is in `dir`, reads the clock and creates `f<i>`. Returns the creation times (ns
 /// since the epoch). Ends early, with an error, when `stop` is set (the container ended).
-fn host_side(
-    dir: &Path,
-    n: usize,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<Vec<u128>> {
+fn host_side(dir: &Path, n: usize, stop: &std::sync::atomic::AtomicBool) -> Result<Vec<u128>> {
     let mut made = Vec::with_capacity(n);
     for i in 0..n {
         let ready = dir.join(format!("r{i}"));

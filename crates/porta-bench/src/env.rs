@@ -160,7 +160,9 @@ impl Env {
                     s.push_str(&format!("; annotation {k}={v}"));
                 }
                 if self.overlay {
-                    s.push_str("; root.path an overlay mount (lower: the shared root, nfs_export=off)");
+                    s.push_str(
+                        "; root.path an overlay mount (lower: the shared root, nfs_export=off)",
+                    );
                 }
                 s
             }

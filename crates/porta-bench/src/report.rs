@@ -163,7 +163,11 @@ pub fn watcher_table(records: &[Record]) -> Option<String> {
         }
     }
     for (w, m, unit, better) in keys {
-        let arrow = if better == Better::Lower { "↓" } else { "↑" };
+        let arrow = if better == Better::Lower {
+            "↓"
+        } else {
+            "↑"
+        };
         let _ = write!(s, "| {w} | {m} {arrow} | {unit} |");
         for (on, off) in &pairs {
             let (a, b) = (find(w, m, on), find(w, m, off));
@@ -423,9 +427,16 @@ mod tests {
             status: Status::Ok,
             reason: None,
         };
-        let recs = finalize(&[c("native", 100.0), c("porta", 90.0), c("porta-nowatch", 100.0)]);
+        let recs = finalize(&[
+            c("native", 100.0),
+            c("porta", 90.0),
+            c("porta-nowatch", 100.0),
+        ]);
         let t = watcher_table(&recs).unwrap();
-        assert!(t.contains("| smallio | append ↑ | writes/s | 90.0 | 100 | 0.90 |"), "{t}");
+        assert!(
+            t.contains("| smallio | append ↑ | writes/s | 90.0 | 100 | 0.90 |"),
+            "{t}"
+        );
         assert!(!t.contains("porta-strict"), "{t}");
         assert!(watcher_table(&finalize(&[c("native", 1.0), c("porta", 1.0)])).is_none());
     }

@@ -388,8 +388,14 @@ fn on_overlay(tag: &str, ovl: &Overlay, strict: bool) -> Container {
 /// The container caches what the next checks must see change: a failed lookup of
 /// `/hc/new`, the size of `/hc/grow`, the mode of `/hc/mode`.
 fn cache_old_state(c: &Container) {
-    assert!(!c.exec(&[], &["cat", "/hc/new"]).ok(), "/hc/new exists early");
-    assert_eq!(sh(c, "cat /hc/grow; ls -ln /hc/mode | cut -c1-10"), "one\n-rw-r--r--\n");
+    assert!(
+        !c.exec(&[], &["cat", "/hc/new"]).ok(),
+        "/hc/new exists early"
+    );
+    assert_eq!(
+        sh(c, "cat /hc/grow; ls -ln /hc/mode | cut -c1-10"),
+        "one\n-rw-r--r--\n"
+    );
 }
 
 /// The host changes what [`cache_old_state`] cached, through the root it reaches.
@@ -713,19 +719,28 @@ fn rootless_container_sees_host_changes_after_the_short_timeout() {
     let log = std::fs::read_to_string(state.join(&id).join("supervisor.log")).unwrap_or_default();
     if !ready {
         delete();
-        panic!("the container never got ready: {}", std::fs::read_to_string(&out).unwrap_or_default());
+        panic!(
+            "the container never got ready: {}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
     }
     std::fs::write(b.rootfs().join("late"), "x").unwrap();
     let stopped = wait_for(std::time::Duration::from_secs(300), || {
-        let st = as_user_with_fuse(&state, b.path()).args(["state", &id]).run();
+        let st = as_user_with_fuse(&state, b.path())
+            .args(["state", &id])
+            .run();
         (st.ok() && st.json()["status"] == "stopped").then_some(())
     });
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     delete();
     assert!(stopped.is_some(), "the container did not end: {text}");
-    assert!(text.starts_with("seen after"), "the host's new name was not seen: {text}\nsupervisor log:\n{log}");
     assert!(
-        log.contains("cannot watch the backing tree for host changes") && log.contains("ttl_secs=1"),
+        text.starts_with("seen after"),
+        "the host's new name was not seen: {text}\nsupervisor log:\n{log}"
+    );
+    assert!(
+        log.contains("cannot watch the backing tree for host changes")
+            && log.contains("ttl_secs=1"),
         "the rootless supervisor does not say it falls back to short timeouts:\n{log}"
     );
     assert!(!state.join(&id).exists(), "delete leaves no state behind");
