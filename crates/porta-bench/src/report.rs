@@ -267,7 +267,7 @@ As root, from the workspace root (the harness builds the static workload binary 
 apt-get install -y runc crun runsc busybox-static      # peers (Debian 12)
 cargo build --release -p porta                         # the runtime under test
 cargo run --release -p porta-bench -- --out /tmp/bench --docs docs/benchmarks.md   # full run
-cargo run --release -p porta-bench -- --quick --out /tmp/quick                     # about two minutes
+cargo run --release -p porta-bench -- --quick --out /tmp/quick                     # reduced sizes, minutes
 cargo run --release -p porta-bench -- --only lifecycle,primes --runtimes native,porta,runc --out /tmp/b
 cargo run --release -p porta-bench -- --quick --only host-change --runtimes native,porta,porta-nowatch,porta-strict,porta-overlay,runc --out /tmp/hc
 ```
