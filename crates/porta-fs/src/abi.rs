@@ -138,15 +138,6 @@ pub const NOTIFY_RESEND: i32 = 7;
 pub const NOTIFY_INVAL_ENTRY: i32 = 3;
 /// `FUSE_NOTIFY_PRUNE` (protocol 7.45): forget these node ids if nothing uses them.
 pub const NOTIFY_PRUNE: i32 = 9;
-/// `FUSE_NOTIFY_INC_EPOCH` (protocol 7.44, Linux 6.16): every dentry cached before it,
-/// negative ones too, is looked up again on its next use.
-pub const NOTIFY_INC_EPOCH: i32 = 8;
-
-/// Encodes a `FUSE_NOTIFY_INC_EPOCH` frame (a header alone).
-pub fn encode_inc_epoch(w: &mut Writer) {
-    w.start();
-    w.finish(NOTIFY_INC_EPOCH, 0);
-}
 
 /// Encodes a `FUSE_NOTIFY_PRUNE` frame asking the kernel to drop `ids` if unused
 /// (`struct fuse_notify_prune_out`: count, padding, spare; then the ids).
@@ -511,10 +502,6 @@ mod tests {
         assert_eq!(&w.buf[40..48], &9u64.to_ne_bytes());
         encode_prune(&mut w, &[]);
         assert_eq!(w.buf.len(), OUT_HEADER_LEN + 16);
-        encode_inc_epoch(&mut w);
-        assert_eq!(w.buf.len(), OUT_HEADER_LEN);
-        assert_eq!(&w.buf[0..4], &(OUT_HEADER_LEN as u32).to_ne_bytes());
-        assert_eq!(&w.buf[4..8], &NOTIFY_INC_EPOCH.to_ne_bytes());
         encode_inval_entry(&mut w, 7, b"abc");
         assert_eq!(w.buf.len(), OUT_HEADER_LEN + 16 + 4);
         assert_eq!(&w.buf[4..8], &NOTIFY_INVAL_ENTRY.to_ne_bytes());

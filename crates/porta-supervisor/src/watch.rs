@@ -135,8 +135,6 @@ pub(crate) enum Inval {
     Size(u64, u64),
     /// Writeback cache: drop the node from the kernel if nothing uses it.
     Prune(u64),
-    /// Every cached name (negative ones too) is looked up again on its next use.
-    Epoch,
 }
 
 /// Parses a buffer read from a fanotify descriptor (`FAN_REPORT_DFID_NAME |
@@ -259,8 +257,8 @@ pub(crate) fn invalidations(
 }
 
 /// What a lost event (a queue overflow) calls for, given every node the kernel holds:
-/// attributes and pages of each node and the root, with a writeback cache a prune of each
-/// node, and last a new epoch for the names.
+/// attributes and pages of each node and the root, with a writeback cache also a prune of
+/// each node (names cannot be enumerated, see [`Watcher::handle`]).
 pub(crate) fn overflow_invalidations(
     nodes: &HashMap<(u64, u64), u64>,
     writeback: bool,
@@ -274,7 +272,6 @@ pub(crate) fn overflow_invalidations(
     if writeback {
         out.extend(ids.iter().map(|&n| Inval::Prune(n)));
     }
-    out.push(Inval::Epoch);
     out
 }
 
@@ -505,16 +502,15 @@ impl Watcher {
         if overflow {
             // Events were lost: anything cached may be stale. Every node's attributes and
             // pages are dropped (writeback cache: every node nothing uses is pruned too,
-            // its size being the kernel's own), and the connection's epoch moves on, so
-            // every name cached before — negative entries too, which cannot be enumerated —
-            // is looked up again (a kernel without FUSE_NOTIFY_INC_EPOCH refuses that
-            // frame: names then stay until their timeout or the next change in their
-            // directory).
+            // its size being the kernel's own). Names cannot be enumerated: a negative
+            // entry stays until its timeout or the next change in its directory. Not
+            // FUSE_NOTIFY_INC_EPOCH: it makes every dentry invalid, and the kernel detaches
+            // the mounts on an invalid dentry — the container's /proc, /dev, /sys.
             self.overflows += 1;
             tracing::warn!(
                 overflows = self.overflows,
                 nodes = nodes.len(),
-                "host-change watcher: the event queue overflowed; invalidating every node's attributes and pages and every cached name"
+                "host-change watcher: the event queue overflowed; invalidating every node's attributes and pages"
             );
             invals.extend(overflow_invalidations(&nodes, writeback));
         }
@@ -535,7 +531,6 @@ impl Watcher {
                 }
                 Inval::Size(n, size) => abi::encode_store(&mut w, *n, *size, &[]),
                 Inval::Prune(n) => abi::encode_prune(&mut w, &[*n]),
-                Inval::Epoch => abi::encode_inc_epoch(&mut w),
             }
             self.queue(w.buf);
         }
@@ -980,7 +975,7 @@ mod tests {
     }
 
     #[test]
-    fn an_overflow_invalidates_every_node_and_every_name() {
+    fn an_overflow_invalidates_every_node() {
         let nodes: HashMap<(u64, u64), u64> = [((9, 2), 1), ((9, 100), 7), ((9, 200), 1 << 32)]
             .into_iter()
             .collect();
@@ -990,15 +985,13 @@ mod tests {
                 Inval::Inode(1, true),
                 Inval::Inode(7, true),
                 Inval::Inode(1 << 32, true),
-                Inval::Epoch
             ]
         );
         let wb = overflow_invalidations(&nodes, true);
-        assert_eq!(&wb[3..5], &[Inval::Prune(7), Inval::Prune(1 << 32)]);
-        assert_eq!(wb.last(), Some(&Inval::Epoch));
+        assert_eq!(&wb[3..], &[Inval::Prune(7), Inval::Prune(1 << 32)]);
         assert_eq!(
             overflow_invalidations(&HashMap::new(), true),
-            vec![Inval::Inode(1, true), Inval::Epoch]
+            vec![Inval::Inode(1, true)]
         );
     }
 
