@@ -27,6 +27,7 @@ pub const WORKLOADS: &[&str] = &[
     "smallfile",
     "smallio",
     "seqio",
+    "host-change",
     "density",
 ];
 
@@ -91,6 +92,16 @@ impl Sizes {
             20_000
         }
     }
+    /// Host changes per run of `host-change`, and the checks the container makes for each
+    /// before it gives up (a count, not a time: at roughly a microsecond a check, tens of
+    /// seconds — far beyond the 1 s fallback timeout, far below the one-day one).
+    pub fn host_changes(&self) -> (usize, u64) {
+        if self.quick {
+            (50, 20_000_000)
+        } else {
+            (200, 20_000_000)
+        }
+    }
     pub fn density(&self) -> usize {
         if self.quick {
             5
@@ -122,6 +133,7 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
             ("write", "MB/s", Better::Higher),
             ("read", "MB/s", Better::Higher),
         ],
+        "host-change" => vec![("p50", "µs", Better::Lower), ("max", "µs", Better::Lower)],
         "density" => vec![
             ("pss", "MiB/container", Better::Lower),
             ("host-used", "MiB/container", Better::Lower),
@@ -142,6 +154,7 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
         "smallio" => format!("One new file: {n} appends of 100 bytes, one write(2) each, as a log writer makes them (append, writes/s); then {n} rounds of open + read of 100 bytes + close of that file, as a shell or compiler reads the same small files again (reopen, opens/s).", n = s.smallio()),
         "seqio" => format!("Write a new {} MiB file sequentially in 1 MiB blocks and fsync it (write MB/s), drop its cached pages with posix_fadvise(DONTNEED), read it back in 1 MiB blocks (read MB/s), remove it.", s.seqio_mib()),
+        "host-change" => { let (n, l) = s.host_changes(); format!("The window between a change made from the host and the container seeing it. The container (`porta-workload host-change`) looks a missing name up (so the kernel may cache the miss), creates a ready file; the harness, polling the root from the host, sees it, reads the clock and creates the name; the container checks for it in a loop (at most {l} checks, then it fails) and reads the clock when it is there. {n} changes per run, one after the other; p50 and max: median and largest delay of the run, µs (wall clock, read on both sides; the host's create call is inside the window). Natively and under runc/crun the container shares the host's dentries: their figures are the probe's own floor. porta-nowatch keeps the one-day timeouts: it never sees the change and fails by design.") }
         "density" => format!("{} idle containers (`sleep`) running at once. pss: the PSS (from /proc/PID/smaps_rollup) summed over every process the runtime leaves running — every descendant of the harness, which is the child subreaper, plus any new process whose executable is the runtime binary — divided by the number of containers; for runc/crun that is the containers' own processes, for runsc its sandbox, gofer and stub processes, for porta its supervisor and file-server processes. host-used: growth of MemTotal − MemFree (page cache included) from just before the first create to 2 s (quick: 1 s) after the last start, per container. Native: {} chrooted `sleep` processes.", s.density(), s.density()),
         _ => String::new(),
     }
@@ -187,6 +200,20 @@ pub struct Bench {
     started_utc: String,
 }
 
+/// A workload program started by [`Bench::start_program`].
+struct Started {
+    e: usize,
+    /// The container (None: native).
+    id: Option<String>,
+    /// Its bundle (or, native, output) directory, removed when it is finished.
+    dir: PathBuf,
+    child: std::process::Child,
+    /// The root file system it sees, as the host reaches it.
+    root: PathBuf,
+    what: String,
+    args: String,
+}
+
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -217,7 +244,12 @@ impl Bench {
             let e = Env::new(name, &opt.porta, &work.join("state")).ok_or_else(|| {
                 anyhow!(
                     "unknown runtime {name:?} (known: {})",
-                    crate::env::ALL.join(",")
+                    crate::env::ALL
+                        .iter()
+                        .chain(crate::env::EXTRA)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(",")
                 )
             })?;
             envs.push(e);
@@ -384,8 +416,17 @@ impl Bench {
             .oci()
             .map(|o| o.annotations.clone())
             .unwrap_or_default();
+        let root = if self.envs[e].overlay {
+            if let Err(err) = self.mount_overlay(&dir) {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+            self.root_of(e, &dir)
+        } else {
+            self.rootfs.clone()
+        };
         let cfg = config_json(
-            &self.rootfs,
+            &root,
             args,
             &ann,
             &format!("/{}/{}", self.cgroup_parent, id),
@@ -396,13 +437,40 @@ impl Bench {
         Ok((id, dir))
     }
 
-    /// Deletes a container (force) and forgets it.
+    /// Deletes a container (force) and forgets it; unmounts its overlay root.
     fn force_delete(&mut self, e: usize, id: &str) {
         let dir = self.bundles.join(id);
         let _ = fs::create_dir_all(&dir);
         let _ = self.step(e, &["delete", "--force", id], &dir);
         self.live.retain(|(le, lid)| !(*le == e && lid == id));
         sys::reap_zombies();
+        if self.envs[e].overlay {
+            sys::unmount(&self.root_of(e, &dir));
+        }
+    }
+
+    /// The root file system of the container whose bundle is `dir`, as the host reaches it.
+    fn root_of(&self, e: usize, dir: &Path) -> PathBuf {
+        if self.envs[e].overlay {
+            dir.join("merged")
+        } else {
+            self.rootfs.clone()
+        }
+    }
+
+    /// Mounts `dir/merged`: an overlay whose lower layer is the shared root file system
+    /// and whose upper layer is `dir/upper`, `nfs_export=off` (so without file handles).
+    fn mount_overlay(&self, dir: &Path) -> Result<()> {
+        for d in ["upper", "work", "merged"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},nfs_export=off",
+            self.rootfs.display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        sys::mount_overlay(&dir.join("merged"), &opts)
     }
 
     fn native_cmd(&self, args: &[String]) -> Command {
@@ -419,6 +487,13 @@ impl Bench {
 
     /// Runs one workload program to completion in environment `e`, returns its stdout.
     fn run_program(&mut self, e: usize, args: &[String], timeout: Duration) -> Result<String> {
+        let p = self.start_program(e, args)?;
+        self.finish_program(p, timeout)
+    }
+
+    /// Starts one workload program in environment `e` (its bundle written, its root
+    /// mounted for an overlay environment); [`Bench::finish_program`] waits for it.
+    fn start_program(&mut self, e: usize, args: &[String]) -> Result<Started> {
         match self.envs[e].kind {
             Kind::Native => {
                 let id = self.next_id();
@@ -428,48 +503,81 @@ impl Bench {
                 let mut c = self.native_cmd(args);
                 c.stdout(fs::File::create(&out)?)
                     .stderr(fs::File::create(&err)?);
-                let mut child = c.spawn().context("spawn native workload")?;
-                let st = sys::wait_child(&mut child, timeout, "native workload")?;
-                let stdout = fs::read_to_string(&out).unwrap_or_default();
-                let stderr = fs::read_to_string(&err).unwrap_or_default();
-                let _ = fs::remove_dir_all(&dir);
-                if !st.success() {
-                    bail!(
-                        "native: {} failed ({st}): {}",
-                        args.join(" "),
-                        tail(&stderr, 400)
-                    );
-                }
-                Ok(stdout)
+                let child = c.spawn().context("spawn native workload");
+                let child = match child {
+                    Ok(c) => c,
+                    Err(err) => {
+                        let _ = fs::remove_dir_all(&dir);
+                        return Err(err);
+                    }
+                };
+                Ok(Started {
+                    e,
+                    id: None,
+                    dir,
+                    child,
+                    root: self.rootfs.clone(),
+                    what: "native workload".into(),
+                    args: args.join(" "),
+                })
             }
             Kind::Oci(_) => {
                 let (id, dir) = self.write_bundle(e, args)?;
                 self.live.push((e, id.clone()));
-                let (out, err) = (dir.join("run.out"), dir.join("run.err"));
+                let root = self.root_of(e, &dir);
+                let (out, err) = (dir.join("out"), dir.join("err"));
                 let bundle = dir.to_string_lossy().to_string();
                 let mut c = self.oci_cmd(e, &["run", "--bundle", &bundle, &id]);
-                c.stdout(fs::File::create(&out)?)
-                    .stderr(fs::File::create(&err)?);
                 let what = format!("{} run", self.envs[e].name);
-                let res = c
-                    .spawn()
-                    .with_context(|| format!("spawn {what}"))
-                    .and_then(|mut ch| sys::wait_child(&mut ch, timeout, &what));
-                let stdout = fs::read_to_string(&out).unwrap_or_default();
-                let stderr = fs::read_to_string(&err).unwrap_or_default();
-                self.force_delete(e, &id);
-                let _ = fs::remove_dir_all(&dir);
-                let st = res?;
-                if !st.success() {
-                    bail!(
-                        "{what} of {} failed ({st}): {}",
-                        args.join(" "),
-                        tail(&format!("{stderr}\n{stdout}"), 400)
-                    );
+                let child = fs::File::create(&out)
+                    .and_then(|o| Ok((o, fs::File::create(&err)?)))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|(o, r)| {
+                        c.stdout(o)
+                            .stderr(r)
+                            .spawn()
+                            .with_context(|| format!("spawn {what}"))
+                    });
+                match child {
+                    Ok(child) => Ok(Started {
+                        e,
+                        id: Some(id),
+                        dir,
+                        child,
+                        root,
+                        what,
+                        args: args.join(" "),
+                    }),
+                    Err(err) => {
+                        self.force_delete(e, &id);
+                        let _ = fs::remove_dir_all(&dir);
+                        Err(err)
+                    }
                 }
-                Ok(stdout)
             }
         }
+    }
+
+    /// Waits for a started program (killed after `timeout`), removes its container and
+    /// bundle, returns its stdout.
+    fn finish_program(&mut self, mut p: Started, timeout: Duration) -> Result<String> {
+        let res = sys::wait_child(&mut p.child, timeout, &p.what);
+        let stdout = fs::read_to_string(p.dir.join("out")).unwrap_or_default();
+        let stderr = fs::read_to_string(p.dir.join("err")).unwrap_or_default();
+        if let Some(id) = &p.id {
+            self.force_delete(p.e, id);
+        }
+        let _ = fs::remove_dir_all(&p.dir);
+        let st = res?;
+        if !st.success() {
+            bail!(
+                "{} of {} failed ({st}): {}",
+                p.what,
+                p.args,
+                tail(&format!("{stderr}\n{stdout}"), 400)
+            );
+        }
+        Ok(stdout)
     }
 
     /// Runs a workload program and parses its `RESULT` lines.
@@ -751,6 +859,7 @@ impl Bench {
                 ]),
                 long,
             )?,
+            "host-change" => return self.host_change_once(e, &tag),
             other => bail!("unknown workload {other}"),
         };
         metrics(workload)
@@ -761,6 +870,71 @@ impl Bench {
                     .ok_or_else(|| anyhow!("{}: metric {m} missing", self.envs[e].name))
             })
             .collect()
+    }
+
+    /// One run of `host-change`: the container waits for names the host creates in its root
+    /// (see [`describe`]); the delays are the host's creation time to the container's
+    /// sighting. Returns the run's median and largest delay in µs.
+    fn host_change_once(&mut self, e: usize, tag: &str) -> Result<Vec<(String, f64)>> {
+        let (n, limit) = self.sizes.host_changes();
+        let rel = format!("hostchange-{tag}");
+        // Made before the container starts: in the shared root (an overlay's lower layer).
+        fs::create_dir(self.rootfs.join(&rel)).with_context(|| format!("mkdir {rel}"))?;
+        let args: Vec<String> = [
+            "/bin/porta-workload",
+            "host-change",
+            &format!("/{rel}"),
+            &n.to_string(),
+            &limit.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let started = self.start_program(e, &args)?;
+        let dir = started.root.join(&rel);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let host = {
+            let stop = stop.clone();
+            std::thread::spawn(move || host_side(&dir, n, &stop))
+        };
+        let timeout = Duration::from_secs(if self.sizes.quick { 300 } else { 1800 });
+        let out = self.finish_program(started, timeout);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let made = host
+            .join()
+            .map_err(|_| anyhow!("host-change: the host side panicked"))?;
+        let _ = fs::remove_dir_all(self.rootfs.join(&rel));
+        let out = out?;
+        let made = made?;
+        let mut delays = Vec::with_capacity(n);
+        for l in out.lines() {
+            let mut w = l.split_whitespace();
+            if w.next() != Some("SEEN") {
+                continue;
+            }
+            let (Some(i), Some(t)) = (
+                w.next().and_then(|x| x.parse::<usize>().ok()),
+                w.next().and_then(|x| x.parse::<u128>().ok()),
+            ) else {
+                bail!("host-change: bad line {l:?}");
+            };
+            let t0 = *made
+                .get(i)
+                .ok_or_else(|| anyhow!("host-change: seen {i}, never made"))?;
+            delays.push(t.saturating_sub(t0) as f64 / 1e3);
+        }
+        if delays.len() != n {
+            bail!(
+                "host-change: {} of {n} changes reported: {}",
+                delays.len(),
+                tail(&out, 200)
+            );
+        }
+        let (p50, max) = (
+            crate::stats::median(&delays).unwrap_or(0.0),
+            delays.iter().copied().fold(0.0, f64::max),
+        );
+        Ok(vec![("p50".into(), p50), ("max".into(), max)])
     }
 
     /// Untimed preparation before the first run of a workload.
@@ -900,7 +1074,8 @@ impl Bench {
             crate::report::render(&info, &records, &docs, "", ""),
         )?;
         if let Some(doc) = &self.opt.docs {
-            let plots = doc.parent().unwrap_or(Path::new(".")).join("bench");
+            let sub = plots_dir_name(doc);
+            let plots = doc.parent().unwrap_or(Path::new(".")).join(&sub);
             fs::create_dir_all(&plots)?;
             for w in done {
                 fs::copy(out.join(format!("{w}.svg")), plots.join(format!("{w}.svg")))?;
@@ -908,7 +1083,7 @@ impl Bench {
             let preface = crate::report::docs_preface();
             fs::write(
                 doc,
-                crate::report::render(&info, &records, &docs, "bench/", &preface),
+                crate::report::render(&info, &records, &docs, &format!("{sub}/"), &preface),
             )?;
         }
         Ok(records)
@@ -1069,6 +1244,9 @@ impl Bench {
             let _ = fs::create_dir_all(&dir);
             let _ = self.step(e, &["kill", &id, "KILL"], &dir);
             let _ = self.step(e, &["delete", "--force", &id], &dir);
+            if self.envs[e].overlay {
+                sys::unmount(&self.root_of(e, &dir));
+            }
         }
         for p in std::mem::take(&mut self.native_pids) {
             sys::kill_pid(p, libc::SIGKILL);
@@ -1108,6 +1286,39 @@ impl Bench {
         }
         let _ = std::io::stderr().flush();
     }
+}
+
+/// The directory, next to a `--docs` page, that its plots go to: `bench` for
+/// `benchmarks.md`, `bench-<stem>` for any other page (so that a partial run written to
+/// its own page leaves the full report's plots alone).
+pub fn plots_dir_name(doc: &Path) -> String {
+    match doc.file_stem().and_then(|s| s.to_str()) {
+        None | Some("benchmarks") => "bench".into(),
+        Some(stem) => format!("bench-{stem}"),
+    }
+}
+
+/// The host's side of `host-change`: for each `i`, waits until the container's ready file
+/// `r<i>` is in `dir`, reads the clock and creates `f<i>`. Returns the creation times (ns
+/// since the epoch). Ends early, with an error, when `stop` is set (the container ended).
+fn host_side(dir: &Path, n: usize, stop: &std::sync::atomic::AtomicBool) -> Result<Vec<u128>> {
+    let mut made = Vec::with_capacity(n);
+    for i in 0..n {
+        let ready = dir.join(format!("r{i}"));
+        while ready.symlink_metadata().is_err() {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                bail!("host-change: the container ended before it was ready for change {i}");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        fs::write(dir.join(format!("f{i}")), b"")
+            .with_context(|| format!("host-change: create f{i}"))?;
+        made.push(t);
+    }
+    Ok(made)
 }
 
 fn remove_cgroup_tree(dir: &Path) {
@@ -1154,6 +1365,15 @@ mod tests {
         assert_eq!(Sizes { quick: false }.seqio_mib(), 1024);
         assert_eq!(Sizes { quick: false }.smallfiles(), 20_000);
         assert_eq!(Sizes { quick: false }.density(), 20);
+    }
+
+    #[test]
+    fn plots_of_a_page_other_than_benchmarks_md_go_to_their_own_directory() {
+        assert_eq!(plots_dir_name(Path::new("docs/benchmarks.md")), "bench");
+        assert_eq!(
+            plots_dir_name(Path::new("docs/benchmarks-watcher.md")),
+            "bench-benchmarks-watcher"
+        );
     }
 
     #[test]

@@ -4,16 +4,27 @@
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// Every environment the harness knows, in report order.
+/// The environments run by default, in report order.
 pub const ALL: &[&str] = &[
     "native",
     "porta",
+    "porta-nowatch",
     "porta-strict",
+    "porta-strict-nowatch",
     "porta-kernel",
     "runc",
     "crun",
     "runsc",
 ];
+
+/// Environments run only when asked for with `--runtimes`: `porta-overlay` (the root is an
+/// overlay mount the harness makes for each container, without `nfs_export`, as Podman and
+/// containerd hand over: the host-change watcher cannot mark it, the servers fall back to
+/// short timeouts).
+pub const EXTRA: &[&str] = &["porta-overlay"];
+
+/// The annotation that switches the host-change watcher off.
+pub const HOST_CHANGES_OFF: (&str, &str) = ("run.porta.fs.host-changes", "off");
 
 /// How an OCI runtime is invoked.
 #[derive(Debug, Clone)]
@@ -39,6 +50,9 @@ pub struct Env {
     pub state_root: PathBuf,
     /// Why this environment is skipped, if it is.
     pub skip: Option<String>,
+    /// Each container's root is an overlay mount over the shared root file system (made
+    /// by the harness, `nfs_export=off`), not the shared root itself.
+    pub overlay: bool,
     pub version: String,
 }
 
@@ -65,15 +79,31 @@ impl Env {
                         kind: Kind::Native,
                         state_root: PathBuf::new(),
                         skip: None,
+                        overlay: false,
                         version: String::new(),
                     })
                 }
                 "porta" => (Some(porta.to_path_buf()), vec![], vec![]),
+                "porta-nowatch" => (
+                    Some(porta.to_path_buf()),
+                    vec![],
+                    ann(HOST_CHANGES_OFF.0, HOST_CHANGES_OFF.1),
+                ),
                 "porta-strict" => (
                     Some(porta.to_path_buf()),
                     vec![],
                     ann("run.porta.fs.passthrough", "off"),
                 ),
+                "porta-strict-nowatch" => (
+                    Some(porta.to_path_buf()),
+                    vec![],
+                    [
+                        ann("run.porta.fs.passthrough", "off"),
+                        ann(HOST_CHANGES_OFF.0, HOST_CHANGES_OFF.1),
+                    ]
+                    .concat(),
+                ),
+                "porta-overlay" => (Some(porta.to_path_buf()), vec![], vec![]),
                 "porta-kernel" => (
                     Some(porta.to_path_buf()),
                     vec![],
@@ -102,6 +132,7 @@ impl Env {
             }),
             state_root: state_base.join(name),
             skip,
+            overlay: name == "porta-overlay",
             version: String::new(),
         })
     }
@@ -127,6 +158,11 @@ impl Env {
                 );
                 for (k, v) in &o.annotations {
                     s.push_str(&format!("; annotation {k}={v}"));
+                }
+                if self.overlay {
+                    s.push_str(
+                        "; root.path an overlay mount (lower: the shared root, nfs_export=off)",
+                    );
                 }
                 s
             }
@@ -213,6 +249,21 @@ mod tests {
         assert!(strict.skip.as_deref().unwrap().contains("not found"));
         assert_eq!(strict.state_root, b.join("porta-strict"));
         assert!(Env::new("bogus", p, b).is_none());
+        assert_eq!(
+            get("porta-nowatch").oci().unwrap().annotations,
+            vec![("run.porta.fs.host-changes".to_string(), "off".to_string())]
+        );
+        assert_eq!(
+            get("porta-strict-nowatch").oci().unwrap().annotations,
+            vec![
+                ("run.porta.fs.passthrough".to_string(), "off".to_string()),
+                ("run.porta.fs.host-changes".to_string(), "off".to_string())
+            ]
+        );
+        assert!(get("porta-overlay").overlay && !get("porta").overlay);
+        for n in ALL.iter().chain(EXTRA) {
+            assert!(Env::new(n, p, b).is_some(), "{n}");
+        }
         assert!(get("runsc")
             .oci()
             .unwrap()

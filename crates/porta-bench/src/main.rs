@@ -16,7 +16,8 @@ struct Args {
     /// Output directory for results.json, machine.json, report.md and the SVG plots.
     #[arg(long, default_value = "porta-bench-out")]
     out: PathBuf,
-    /// Reduced problem sizes (about two minutes for everything).
+    /// Reduced problem sizes (a quarter of an hour for everything on a small machine: the
+    /// watcher-off environments spend minutes on host-change, which they fail by design).
     #[arg(long)]
     quick: bool,
     /// Comma-separated workloads to run (default: all).
@@ -50,7 +51,8 @@ struct Args {
     /// environments alike), for runtimes that cannot mount it yet.
     #[arg(long)]
     no_cgroup_mount: bool,
-    /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to it.
+    /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to
+    /// it (for another page name, e.g. docs/benchmarks-watcher.md, in `bench-<name>/`).
     #[arg(long)]
     docs: Option<PathBuf>,
 }

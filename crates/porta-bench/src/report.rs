@@ -120,6 +120,69 @@ pub fn summary_table(records: &[Record]) -> String {
     s
 }
 
+/// The pairs compared by [`watcher_table`]: (watcher on, watcher off).
+pub const WATCHER_PAIRS: &[(&str, &str)] = &[
+    ("porta", "porta-nowatch"),
+    ("porta-strict", "porta-strict-nowatch"),
+];
+
+/// What the host-change watcher costs: for each workload and metric, the median with the
+/// watcher on divided by the median with it off (`run.porta.fs.host-changes=off`),
+/// measured in the same run. None when no pair was measured.
+pub fn watcher_table(records: &[Record]) -> Option<String> {
+    let find = |w: &str, m: &str, rt: &str| {
+        records
+            .iter()
+            .find(|r| r.workload == w && r.metric == m && r.runtime == rt)
+            .filter(|r| r.status == Status::Ok)
+            .and_then(|r| r.median)
+    };
+    let pairs: Vec<(&str, &str)> = WATCHER_PAIRS
+        .iter()
+        .copied()
+        .filter(|(on, off)| {
+            records.iter().any(|r| r.runtime == *on) && records.iter().any(|r| r.runtime == *off)
+        })
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut s = String::from("| workload | metric | unit |");
+    for (on, off) in &pairs {
+        let _ = write!(s, " {on} | {off} | on ÷ off |");
+    }
+    s.push_str("\n|---|---|---|");
+    for _ in &pairs {
+        s.push_str("---:|---:|---:|");
+    }
+    s.push('\n');
+    let mut keys: Vec<(&str, &str, &str, Better)> = Vec::new();
+    for r in records {
+        if !keys.iter().any(|k| k.0 == r.workload && k.1 == r.metric) {
+            keys.push((&r.workload, &r.metric, &r.unit, r.better));
+        }
+    }
+    for (w, m, unit, better) in keys {
+        let arrow = if better == Better::Lower {
+            "↓"
+        } else {
+            "↑"
+        };
+        let _ = write!(s, "| {w} | {m} {arrow} | {unit} |");
+        for (on, off) in &pairs {
+            let (a, b) = (find(w, m, on), find(w, m, off));
+            let show = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "–".into());
+            let r = match (a, b) {
+                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+                _ => "–".into(),
+            };
+            let _ = write!(s, " {} | {} | {r} |", show(a), show(b));
+        }
+        s.push('\n');
+    }
+    Some(s)
+}
+
 /// The detailed table of one workload.
 pub fn workload_table(records: &[&Record]) -> String {
     let mut s = String::from("| runtime | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---:|---:|---:|---|---:|---:|---:|---|\n");
@@ -204,9 +267,18 @@ As root, from the workspace root (the harness builds the static workload binary 
 apt-get install -y runc crun runsc busybox-static      # peers (Debian 12)
 cargo build --release -p porta                         # the runtime under test
 cargo run --release -p porta-bench -- --out /tmp/bench --docs docs/benchmarks.md   # full run
-cargo run --release -p porta-bench -- --quick --out /tmp/quick                     # about two minutes
+cargo run --release -p porta-bench -- --quick --out /tmp/quick                     # reduced sizes, minutes
 cargo run --release -p porta-bench -- --only lifecycle,primes --runtimes native,porta,runc --out /tmp/b
+cargo run --release -p porta-bench -- --quick --only host-change --runtimes native,porta,porta-nowatch,porta-strict,porta-overlay,runc --out /tmp/hc
 ```
+
+The environments: `porta` (passthrough), `porta-strict` (`run.porta.fs.passthrough=off`), each \
+also with its host-change watcher off (`porta-nowatch`, `porta-strict-nowatch`: annotation \
+`run.porta.fs.host-changes=off`) to measure what the watcher costs, `porta-kernel` \
+(`run.porta.fs=kernel`: no file server), `runc`, `crun`, `runsc`; and, only when named in \
+`--runtimes`, `porta-overlay`: porta on an overlay root the harness mounts per container \
+(lower layer the shared root, `nfs_export=off`), where no fanotify mark can be had and the \
+servers fall back to 1-second timeouts.
 
 Other options: `--porta PATH` (default `<workspace>/target/release/porta`), `--runs N`, \
 `--warmup N`, `--work-dir DIR` (default /var/tmp; the shared root file system and all \
@@ -266,6 +338,10 @@ pub fn render(
     }
     s.push_str("\n## Summary\n\nMedian of the counted runs; in parentheses the ratio to native measured in the same run (↓: lower is better, ↑: higher is better). Absolute numbers on a shared machine are noise; compare ratios.\n\n");
     s.push_str(&summary_table(records));
+    if let Some(t) = watcher_table(records) {
+        s.push_str("\n### The host-change watcher: on against off\n\nThe same Porta configuration with its host-change watcher (the default) and without it (annotation `run.porta.fs.host-changes=off`), interleaved in the same run: medians, and their ratio (on ÷ off; for ↑ metrics below 1 means the watcher costs, for ↓ metrics above 1). Differences of a few per cent are within this machine's noise; compare with the spread (min/max) in the workload tables.\n\n");
+        s.push_str(&t);
+    }
     s.push_str(CAVEATS);
     s.push_str("\n## Workloads\n");
     let mut names: Vec<&str> = Vec::new();
@@ -337,6 +413,32 @@ mod tests {
             lines[2]
         );
         assert!(lines[3].contains("1.10 (×1.10)"));
+    }
+
+    #[test]
+    fn watcher_table_divides_on_by_off() {
+        let c = |rt: &str, v: f64| Cell {
+            workload: "smallio".into(),
+            runtime: rt.into(),
+            metric: "append".into(),
+            unit: "writes/s".into(),
+            better: Better::Higher,
+            values: vec![v],
+            status: Status::Ok,
+            reason: None,
+        };
+        let recs = finalize(&[
+            c("native", 100.0),
+            c("porta", 90.0),
+            c("porta-nowatch", 100.0),
+        ]);
+        let t = watcher_table(&recs).unwrap();
+        assert!(
+            t.contains("| smallio | append ↑ | writes/s | 90.0 | 100 | 0.90 |"),
+            "{t}"
+        );
+        assert!(!t.contains("porta-strict"), "{t}");
+        assert!(watcher_table(&finalize(&[c("native", 1.0), c("porta", 1.0)])).is_none());
     }
 
     #[test]

@@ -16,7 +16,10 @@ pub fn colour(runtime: &str) -> &'static str {
     match runtime {
         "native" => "#7f7f7f",
         "porta" => "#1f77b4",
+        "porta-nowatch" => "#aec7e8",
         "porta-strict" => "#17becf",
+        "porta-strict-nowatch" => "#9edae5",
+        "porta-overlay" => "#ff7f0e",
         "porta-kernel" => "#9467bd",
         "runc" => "#2ca02c",
         "crun" => "#bcbd22",

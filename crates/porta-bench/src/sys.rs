@@ -387,6 +387,34 @@ pub fn drop_caches() -> Result<()> {
         .context("dropping the kernel caches (/proc/sys/vm/drop_caches)")
 }
 
+/// Mounts an overlay file system on `target` with the mount options `opts`.
+pub fn mount_overlay(target: &Path, opts: &str) -> Result<()> {
+    let t = cstr(target);
+    let o = std::ffi::CString::new(opts).context("overlay options contain a NUL")?;
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            t.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            o.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("mount overlay on {} ({opts}): {e}", target.display());
+    }
+    Ok(())
+}
+
+/// Detaches the mount on `target`, if there is one (errors are ignored: nothing mounted).
+pub fn unmount(target: &Path) {
+    let t = cstr(target);
+    // SAFETY: umount2(2) with a NUL-terminated path that outlives the call.
+    unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

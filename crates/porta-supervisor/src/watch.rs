@@ -256,6 +256,25 @@ pub(crate) fn invalidations(
     out
 }
 
+/// What a lost event (a queue overflow) calls for, given every node the kernel holds:
+/// attributes and pages of each node and the root, with a writeback cache also a prune of
+/// each node (names cannot be enumerated, see [`Watcher::handle`]).
+pub(crate) fn overflow_invalidations(
+    nodes: &HashMap<(u64, u64), u64>,
+    writeback: bool,
+) -> Vec<Inval> {
+    let mut ids: Vec<u64> = nodes.values().copied().filter(|&n| n != 1).collect();
+    ids.sort_unstable();
+    let mut out: Vec<Inval> = std::iter::once(1)
+        .chain(ids.iter().copied())
+        .map(|n| Inval::Inode(n, true))
+        .collect();
+    if writeback {
+        out.extend(ids.iter().map(|&n| Inval::Prune(n)));
+    }
+    out
+}
+
 /// The host-change watcher of one container.
 pub struct Watcher {
     fan: OwnedFd,
@@ -481,16 +500,19 @@ impl Watcher {
         }
         invals.extend(extra);
         if overflow {
-            // Events were lost: every node's attributes and pages may be stale. Names
-            // (negative entries above all) cannot be enumerated and stay until their
-            // timeout or the next change in their directory.
+            // Events were lost: anything cached may be stale. Every node's attributes and
+            // pages are dropped (writeback cache: every node nothing uses is pruned too,
+            // its size being the kernel's own). Names cannot be enumerated: a negative
+            // entry stays until its timeout or the next change in its directory. Not
+            // FUSE_NOTIFY_INC_EPOCH: it makes every dentry invalid, and the kernel detaches
+            // the mounts on an invalid dentry — the container's /proc, /dev, /sys.
             self.overflows += 1;
             tracing::warn!(
                 overflows = self.overflows,
+                nodes = nodes.len(),
                 "host-change watcher: the event queue overflowed; invalidating every node's attributes and pages"
             );
-            invals.extend(nodes.values().map(|&n| Inval::Inode(n, true)));
-            invals.push(Inval::Inode(1, true));
+            invals.extend(overflow_invalidations(&nodes, writeback));
         }
         let count = invals.len() as u64;
         for i in &invals {
@@ -950,6 +972,27 @@ mod tests {
             ]
         );
         assert_eq!(ch.last(), Some(&Change::Overflow));
+    }
+
+    #[test]
+    fn an_overflow_invalidates_every_node() {
+        let nodes: HashMap<(u64, u64), u64> = [((9, 2), 1), ((9, 100), 7), ((9, 200), 1 << 32)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            overflow_invalidations(&nodes, false),
+            vec![
+                Inval::Inode(1, true),
+                Inval::Inode(7, true),
+                Inval::Inode(1 << 32, true),
+            ]
+        );
+        let wb = overflow_invalidations(&nodes, true);
+        assert_eq!(&wb[3..], &[Inval::Prune(7), Inval::Prune(1 << 32)]);
+        assert_eq!(
+            overflow_invalidations(&HashMap::new(), true),
+            vec![Inval::Inode(1, true)]
+        );
     }
 
     #[test]

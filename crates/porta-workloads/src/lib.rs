@@ -408,6 +408,41 @@ pub fn seqio(path: &Path, mib: usize) -> io::Result<[Figure; 2]> {
     ])
 }
 
+/// Host-change probe, the container's side: for each `i` below `count`, looks `DIR/f<i>` up
+/// (it must not exist yet: the kernel may now cache the miss), says it is ready by creating
+/// `DIR/r<i>`, then checks for `DIR/f<i>` (which the host creates after it saw `r<i>`) until
+/// it exists, at most `limit` checks. Returns, for each `i`, the wall-clock time (ns since
+/// the epoch, the clock the host also reads) it was first seen and the checks it took.
+pub fn host_change(dir: &Path, count: usize, limit: u64) -> io::Result<Vec<(u128, u64)>> {
+    let mut seen = Vec::with_capacity(count);
+    for i in 0..count {
+        let f = dir.join(format!("f{i}"));
+        if f.symlink_metadata().is_ok() {
+            return Err(io::Error::other(format!(
+                "{} exists before the host made it",
+                f.display()
+            )));
+        }
+        fs::File::create(dir.join(format!("r{i}")))?;
+        let mut checks = 0u64;
+        while f.symlink_metadata().is_err() {
+            checks += 1;
+            if checks >= limit {
+                return Err(io::Error::other(format!(
+                    "{} not seen after {limit} checks (change {i} of {count})",
+                    f.display()
+                )));
+            }
+        }
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(io::Error::other)?
+            .as_nanos();
+        seen.push((t, checks));
+    }
+    Ok(seen)
+}
+
 /// Small-file churn: in the fresh directory `dir`, creates `count` files of 1 KiB, stats each,
 /// renames each and deletes each. Reports files per second through all four steps.
 pub fn smallfile(dir: &Path, count: usize) -> io::Result<Figure> {

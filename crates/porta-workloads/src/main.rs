@@ -15,7 +15,8 @@ const USAGE: &str = "usage: porta-workload <workload> [args]
   stat-tree DIR            walk and lstat every entry under DIR twice (cold, warm)
   seqio FILE MIB           write (+fsync) then read MIB MiB sequentially
   smallfile DIR COUNT      create, stat, rename, delete COUNT small files
-  smallio FILE COUNT       COUNT 100-byte appends, then COUNT open+read+close";
+  smallio FILE COUNT       COUNT 100-byte appends, then COUNT open+read+close
+  host-change DIR COUNT LIMIT   wait for COUNT files the host creates in DIR (SEEN lines)";
 
 fn num<T: std::str::FromStr>(args: &[String], i: usize) -> Result<T, String> {
     let s = args
@@ -76,6 +77,14 @@ fn run(args: &[String]) -> Result<Vec<w::Figure>, String> {
         "smallfile" => Ok(vec![
             w::smallfile(Path::new(arg(args, 1)?), num(args, 2)?).map_err(io)?
         ]),
+        "host-change" => {
+            let seen = w::host_change(Path::new(arg(args, 1)?), num(args, 2)?, num(args, 3)?)
+                .map_err(io)?;
+            for (i, (t, checks)) in seen.iter().enumerate() {
+                println!("SEEN {i} {t} {checks}");
+            }
+            Ok(vec![])
+        }
         other => Err(format!("unknown workload {other:?}\n{USAGE}")),
     }
 }
