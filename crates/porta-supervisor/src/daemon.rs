@@ -363,6 +363,8 @@ struct Supervisor {
     host: Option<crate::watch::Watcher>,
     /// Servers answer with short timeouts: host changes are not watched.
     short_ttl: bool,
+    /// Until when the host-change queue is left alone (see [`crate::watch::OWN_EVENTS_REST`]).
+    host_rest_until: Option<Instant>,
 }
 
 /// A FUSE request as a server's slot shows it: opcode, request id (without the kernel's
@@ -504,6 +506,7 @@ impl Supervisor {
             pending: None,
             host,
             short_ttl,
+            host_rest_until: None,
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -1272,8 +1275,11 @@ impl Supervisor {
                 fds.push(PollFd::new(b.fd(), PollFlags::POLLIN));
             }
             let hidx = fds.len();
-            let has_host = self.host.is_some();
-            if let Some(h) = &self.host {
+            // After a batch of the container's own events the queue rests a moment.
+            let rest = self.host_rest_until.map(|t| t.saturating_duration_since(Instant::now()));
+            let resting = rest.is_some_and(|r| !r.is_zero());
+            let has_host = self.host.is_some() && !resting;
+            if let Some(h) = self.host.as_ref().filter(|_| has_host) {
                 fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
             }
             // Exits of processes that may not be our children (after a takeover).
@@ -1289,7 +1295,11 @@ impl Supervisor {
             {
                 fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             }
-            let polled = poll(&mut fds, PollTimeout::from(250u16));
+            let wait_ms = match rest {
+                Some(r) if resting => (r.as_millis() as u16).clamp(1, 250),
+                _ => 250,
+            };
+            let polled = poll(&mut fds, PollTimeout::from(wait_ms));
             let ready = |i: usize| {
                 fds.get(i)
                     .and_then(|f| f.revents())
@@ -1301,7 +1311,8 @@ impl Supervisor {
             // Anything but backing requests and host changes (or a timeout, or EINTR): do
             // the rest too.
             let others = match polled {
-                Ok(n) => n == 0 || n > i32::from(backing) + i32::from(host),
+                // A timeout that only ends a rest of the host-change queue is not one.
+                Ok(n) => (n == 0 && !resting) || n > i32::from(backing) + i32::from(host),
                 Err(_) => true,
             };
             drop(fds);
@@ -1313,7 +1324,9 @@ impl Supervisor {
             if host {
                 let pids = [self.server_pid, self.standby_pid, self.keeper_pid];
                 if let Some(h) = self.host.as_mut() {
-                    h.handle(&self.shared, &pids);
+                    let foreign = h.handle(&self.shared, &pids);
+                    self.host_rest_until =
+                        (!foreign).then(|| Instant::now() + crate::watch::OWN_EVENTS_REST);
                 }
             }
             if !others && self.last_watchdog.elapsed() < Duration::from_millis(250) {

@@ -65,6 +65,13 @@ const MAX_NOTIFIER_STARTS: u32 = 100;
 /// Largest notification frame: header, `fuse_notify_inval_entry_out`, a name, NUL.
 const MAX_FRAME: usize = 16 + 16 + 256 + 1;
 
+/// How long the supervisor leaves the event queue alone after a batch that held only the
+/// container's own changes: the kernel merges a file's repeated events meanwhile, so a
+/// container writing in small pieces (each write an event, in passthrough mode made by
+/// the container's own process) wakes the supervisor about once per rest, not once per
+/// write. A host change waits at most this much longer.
+pub const OWN_EVENTS_REST: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Entry and attribute timeout of the servers (seconds) when host changes cannot be
 /// watched: a change from the host is seen at the latest this long after it was made.
 pub const SHORT_TTL_SECS: u64 = 1;
@@ -379,7 +386,8 @@ impl Watcher {
 
     /// Reads the queued events and sends the notifications they call for. `servers`: the
     /// pids of the container's keeper and servers now (their changes are the container's).
-    pub fn handle(&mut self, shared: &Shared, servers: &[i32]) {
+    /// Returns whether any event was a change from outside the container.
+    pub fn handle(&mut self, shared: &Shared, servers: &[i32]) -> bool {
         for &p in servers.iter().filter(|&&p| p > 0) {
             if !self.servers.contains(&p) {
                 if self.servers.len() >= 16 {
@@ -442,7 +450,7 @@ impl Watcher {
         }
         if changes.is_empty() {
             self.flush();
-            return;
+            return false;
         }
         let overflow = changes.iter().any(|c| matches!(c, Change::Overflow));
         let mut keys: HashMap<Handle, Option<(u64, u64)>> = HashMap::new();
@@ -560,6 +568,7 @@ impl Watcher {
                 tracing::debug!(?i, "host change");
             }
         }
+        true
     }
 
     /// The backing (device, inode) a handle names: read from an ext2/3/4 handle, else

@@ -826,7 +826,12 @@ fn user_namespace_server_keeps_file_semantics() {
             f.sync_all().unwrap();
             f.set_len(2).unwrap();
         }
-        assert_eq!(mode_of(&b.join("suid")) & 0o7777, 0o4755);
+        assert_eq!(
+            mode_of(&b.join("suid")) & 0o7777,
+            0o4755,
+            "passthrough {passthrough}: root's write and truncate kept the set-user-id bit\nlog:\n{}",
+            c.log()
+        );
         // (uid 1000 must reach the mount)
         let open = std::os::unix::fs::PermissionsExt::from_mode(0o755);
         std::fs::set_permissions(c.dir.path(), open).unwrap();
