@@ -371,17 +371,22 @@ pub(crate) fn devices(find: Finder, rules: &[LinuxDeviceCgroup]) -> Result<()> {
             reason: "is not mounted on this host".into(),
         });
     };
-    let defaults = crate::default_device_rules();
     for leaf in [PAYLOAD, SERVERS] {
-        let leaf = dir.join(leaf);
-        for rule in rules.iter().chain(defaults.iter()) {
-            let file = if rule.allow() {
-                "devices.allow"
-            } else {
-                "devices.deny"
-            };
-            fsutil::write(&leaf.join(file), &device_rule(rule))?;
-        }
+        device_rules_on(&dir.join(leaf), rules)?;
+    }
+    Ok(())
+}
+
+/// Writes `rules`, then [`crate::default_device_rules`], to the v1 devices group `dir`.
+pub(crate) fn device_rules_on(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
+    let defaults = crate::default_device_rules();
+    for rule in rules.iter().chain(defaults.iter()) {
+        let file = if rule.allow() {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        fsutil::write(&dir.join(file), &device_rule(rule))?;
     }
     Ok(())
 }
