@@ -333,7 +333,8 @@ impl ContainerCgroup {
     /// against them), with two exceptions: the pids limit (see [`SERVER_PIDS_RESERVE`]), and
     /// device rules (the config's, then [`default_device_rules`]), which on cgroup v1 go to
     /// both leaves (the kernel refuses to change the default rule of a v1 devices group that
-    /// has children) and on cgroup v2 become an eBPF program on the container group.
+    /// has children; the group itself got them when it was made, before its leaves) and on
+    /// cgroup v2 become an eBPF program on the container group.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         self.set(r, false)
     }

@@ -311,3 +311,46 @@ fn a_frozen_existing_group_is_refused() {
     let f = fake(false);
     assert!(ContainerCgroup::create_in(&f.setup, &cfg()).is_ok());
 }
+
+/// The config's device rules reach the container group itself at creation (before its
+/// leaves exist on a real host: the kernel refuses "a" rules on a group with children),
+/// so that the configured path's devices.list reads as configured, as with runc.
+#[test]
+fn device_rules_reach_the_container_group_at_creation() {
+    let f = fake(false);
+    let mut c = cfg();
+    c.resources = Some(
+        LinuxResourcesBuilder::default()
+            .devices(vec![LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()
+                .unwrap()])
+            .build()
+            .unwrap(),
+    );
+    let cg = ContainerCgroup::create_in(&f.setup, &c).unwrap();
+    let group = cg
+        .dirs()
+        .iter()
+        .find(|d| d.controllers == ["devices"])
+        .unwrap()
+        .path
+        .clone();
+    assert_eq!(read(&group.join("devices.deny")), "a *:* rwm");
+    // A plain file keeps the last write: the last default rule (runc's list, no 5:1).
+    assert_eq!(read(&group.join("devices.allow")), "c 10:200 rwm");
+    assert!(!default_device_rules()
+        .iter()
+        .any(|r| r.major() == Some(5) && r.minor() == Some(1)));
+    // Without device rules in the config the group is left as the kernel made it.
+    let f = fake(false);
+    let cg = ContainerCgroup::create_in(&f.setup, &cfg()).unwrap();
+    let group = &cg
+        .dirs()
+        .iter()
+        .find(|d| d.controllers == ["devices"])
+        .unwrap()
+        .path;
+    assert_eq!(read(&group.join("devices.deny")), "");
+}
