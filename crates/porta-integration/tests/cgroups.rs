@@ -370,6 +370,11 @@ fn every_limit_reads_back_from_the_configured_path_as_runc_writes_it() {
         cpu_res["realtimeRuntime"] = json!(10000);
         cpu_res["realtimePeriod"] = json!(1000000);
     }
+    // cpu.burst (OCI 1.1): runc 1.1 does not know the field and leaves the file at 0.
+    let burst = cpu.join("cpu.cfs_burst_us").exists();
+    if burst {
+        cpu_res["burst"] = json!(20000);
+    }
     let mut mem = json!({"limit": 67108864, "reservation": 33554432, "swappiness": 20, "disableOOMKiller": true});
     if swap {
         mem["swap"] = json!(134217728);
@@ -450,6 +455,10 @@ fn every_limit_reads_back_from_the_configured_path_as_runc_writes_it() {
             "134217728".into(),
             Some("134217728".into()),
         ));
+    }
+    if burst {
+        let v = if porta { "20000" } else { "0" };
+        want.push((&cpu, "cpu.cfs_burst_us", v.into(), Some(v.into())));
     }
     if realtime {
         want.push((
