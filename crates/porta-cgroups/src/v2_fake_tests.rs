@@ -455,6 +455,26 @@ fn every_v2_limit_and_its_update_read_back() {
         cg.apply(&one).unwrap();
         assert_eq!(g("io.max"), format!("8:0 {key}={rate}"));
     }
+    // A weight device goes to io.bfq.weight as "major:minor weight", as runc writes it.
+    let bfq = f.root.join("porta/ctr1/io.bfq.weight");
+    fs::write(&bfq, "").unwrap();
+    let wd = LinuxResourcesBuilder::default()
+        .block_io(
+            LinuxBlockIoBuilder::default()
+                .weight_device(vec![oci_spec::runtime::LinuxWeightDeviceBuilder::default()
+                    .major(8i64)
+                    .minor(0i64)
+                    .weight(300u16)
+                    .build()
+                    .unwrap()])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    cg.apply(&wd).unwrap();
+    assert_eq!(g("io.bfq.weight"), "8:0 300");
+    fs::remove_file(&bfq).unwrap();
     assert_eq!(g("hugetlb.2MB.max"), "4194304");
     assert_eq!(g("memory.high"), "50331648");
     assert_eq!(g("memory.oom.group"), "1");
