@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxThrottleDevice,
+    LinuxThrottleDeviceBuilder,
 };
 
 use crate::*;
@@ -432,11 +433,8 @@ fn every_v2_limit_and_its_update_read_back() {
     assert_eq!(g("io.weight"), "4950");
     // io.max takes one line per write (the kernel merges them per device, a fake file
     // keeps the last): each throttle alone, from an empty file, reads back as runc writes it.
-    let throttles: [(
-        &str,
-        fn(LinuxBlockIoBuilder, Vec<_>) -> LinuxBlockIoBuilder,
-        u64,
-    ); 4] = [
+    type SetThrottle = fn(LinuxBlockIoBuilder, Vec<LinuxThrottleDevice>) -> LinuxBlockIoBuilder;
+    let throttles: [(&str, SetThrottle, u64); 4] = [
         ("rbps", |b, d| b.throttle_read_bps_device(d), 1_048_576),
         ("wbps", |b, d| b.throttle_write_bps_device(d), 2_097_152),
         ("riops", |b, d| b.throttle_read_iops_device(d), 100),
