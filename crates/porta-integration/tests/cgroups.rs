@@ -673,3 +673,60 @@ fn hugepage_limits_read_back() {
     assert_eq!(read_cg(&mount, &id, file).as_deref(), Some("4194304"));
     c.rt(&["delete", "--force", &c.id]).expect_ok();
 }
+
+/// `linux.resources.unified` on a hybrid host: runc 1.1 refuses any entry ("cannot use
+/// unified on cgroup v1"). Porta takes the entries of controllers the cgroup2 hierarchy
+/// carries (hugetlb on the development machines), which read back there, and refuses the
+/// others naming the entry and why; neither leaves anything behind.
+#[test]
+fn unified_entries_on_a_hybrid_host() {
+    require_root!();
+    let unified = std::path::Path::new(cgroup::MNT).join("unified");
+    let v2_hugetlb = !cgroup::is_unified()
+        && read_cg(&unified, "", "cgroup.controllers").is_some_and(|c| c.contains("hugetlb"))
+        && v1_mount("memory").is_some();
+    if !v2_hugetlb {
+        skip("not a hybrid host with hugetlb on cgroup2 and memory on v1 (v2: porta-cgroups' v2_fake_tests)");
+        return;
+    }
+    // A v1 controller's entry: refused by both.
+    let id = unique_id("cg-unified-mem");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.cgroups_path(&format!("/{id}"));
+    b.resources(json!({"unified": {"memory.high": "50331648"}}));
+    let c = Container::with_id(id.clone(), ROOT, b);
+    let o = c.create();
+    assert_ne!(o.code, 0, "{o}");
+    if is_porta() {
+        assert!(
+            o.stderr.contains("memory.high") && o.stderr.contains("cgroup v1"),
+            "{o}"
+        );
+    } else {
+        assert!(o.stderr.contains("cannot use unified"), "{o}");
+    }
+    assert_eq!(c.status(), None, "state left behind");
+    assert!(
+        leaks::cgroups_matching(&|n| n == id).is_empty(),
+        "cgroup left behind"
+    );
+
+    // A cgroup2 controller's entry: Porta writes it, runc 1.1 refuses the config.
+    let id = unique_id("cg-unified-huge");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.cgroups_path(&format!("/{id}"));
+    b.resources(json!({"unified": {"hugetlb.2MB.max": "4194304"}}));
+    let c = Container::with_id(id.clone(), ROOT, b);
+    let o = c.create();
+    if !is_porta() {
+        assert_ne!(o.code, 0, "{o}");
+        assert!(o.stderr.contains("cannot use unified"), "{o}");
+        return;
+    }
+    o.expect_ok();
+    assert_eq!(
+        read_cg(&unified, &id, "hugetlb.2MB.max").as_deref(),
+        Some("4194304")
+    );
+    c.rt(&["delete", "--force", &c.id]).expect_ok();
+}
