@@ -184,7 +184,7 @@ impl ContainerCgroup {
             let cgroup_path = spec.in_hierarchy(h, setup.mode);
             let dir = h.dir_of(&cgroup_path);
             let res = match h.version {
-                CgroupVersion::V1 => make_v1(h, &dir, &mut made),
+                CgroupVersion::V1 => make_v1(h, &dir, &mut made, device_rules(cfg)),
                 CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made, true),
             };
             match res {
@@ -277,7 +277,7 @@ impl ContainerCgroup {
             for h in &setup.hierarchies {
                 let dir = h.dir_of(&cgroup_path);
                 match h.version {
-                    CgroupVersion::V1 => make_v1(h, &dir, &mut made)?,
+                    CgroupVersion::V1 => make_v1(h, &dir, &mut made, device_rules(cfg))?,
                     CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made, false)?,
                 }
                 cg.st.dirs.push(CgroupDir {
@@ -333,7 +333,8 @@ impl ContainerCgroup {
     /// against them), with two exceptions: the pids limit (see [`SERVER_PIDS_RESERVE`]), and
     /// device rules (the config's, then [`default_device_rules`]), which on cgroup v1 go to
     /// both leaves (the kernel refuses to change the default rule of a v1 devices group that
-    /// has children) and on cgroup v2 become an eBPF program on the container group.
+    /// has children; the group itself got them when it was made, before its leaves) and on
+    /// cgroup v2 become an eBPF program on the container group.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         self.set(r, false)
     }
@@ -787,6 +788,17 @@ impl ContainerCgroup {
             v1::memory(&find, m)?;
         }
         if let Some(c) = r.cpu() {
+            if c.realtime_runtime().is_some() || c.realtime_period().is_some() {
+                // The kernel refuses a group a realtime budget smaller than its children's
+                // (payload/ holds a copy of the last one): payload/'s goes to 0 first and
+                // gets the new one below, after the group's.
+                if let Some(d) = self.v1_with("cpu") {
+                    let f = d.path.join(PAYLOAD).join("cpu.rt_runtime_us");
+                    if f.exists() {
+                        fsutil::write(&f, "0")?;
+                    }
+                }
+            }
             v1::cpu(&find, c)?;
             v1::cpuset(&find, c)?;
         }
@@ -962,7 +974,6 @@ pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
         rule(C, Some(5), Some(0), "rwm"),
         rule(C, Some(1), Some(8), "rwm"),
         rule(C, Some(1), Some(9), "rwm"),
-        rule(C, Some(5), Some(1), "rwm"),
         rule(C, Some(5), Some(2), "rwm"),
         rule(C, Some(136), None, "rwm"),
         rule(C, Some(10), Some(200), "rwm"),
@@ -1031,15 +1042,36 @@ fn levels(mount_point: &Path, dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn make_v1(h: &Hierarchy, dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
+/// The config's device rules, if it has any (written at creation on cgroup v1).
+fn device_rules(cfg: &CgroupConfig) -> Option<&[LinuxDeviceCgroup]> {
+    cfg.resources.as_ref().and_then(|r| r.devices().as_deref())
+}
+
+/// Makes the v1 groups down to the container group and its leaves. In the devices
+/// hierarchy the config's rules (`devices`) are written to the container group before its
+/// leaves exist: the kernel refuses to change the default rule of a group that has
+/// children, and the leaves inherit the group's rules when they are made. So the
+/// configured path's `devices.list` reads as the config says, as with runc.
+fn make_v1(
+    h: &Hierarchy,
+    dir: &Path,
+    made: &mut Vec<PathBuf>,
+    devices: Option<&[LinuxDeviceCgroup]>,
+) -> Result<()> {
     let cpuset = h.has("cpuset");
-    let mut all = levels(&h.mount_point, dir);
-    all.push(dir.join(PAYLOAD));
-    all.push(dir.join(SERVERS));
-    for level in all {
+    for level in levels(&h.mount_point, dir) {
         mkdir(&level, made)?;
         if cpuset {
             v1::cpuset_inherit(&level)?;
+        }
+    }
+    if let Some(rules) = devices.filter(|_| h.has("devices")) {
+        v1::device_rules_on(dir, rules)?;
+    }
+    for leaf in [dir.join(PAYLOAD), dir.join(SERVERS)] {
+        mkdir(&leaf, made)?;
+        if cpuset {
+            v1::cpuset_inherit(&leaf)?;
         }
     }
     Ok(())

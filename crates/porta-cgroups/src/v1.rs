@@ -357,9 +357,9 @@ pub(crate) fn network(find: Finder, n: &LinuxNetwork) -> Result<()> {
 
 /// Device rules: the config's list in order, then [`crate::default_device_rules`], written
 /// to both leaves. The kernel refuses to change the default ("a" rules) of a v1 devices
-/// group that has children, and the container group always has its two leaves; no process
-/// lives in the container group itself, and groups made later below a leaf inherit its
-/// rules.
+/// group that has children: the container group itself got the same rules when it was
+/// made, before its leaves ([`device_rules_on`] from `make_v1`), and groups made later
+/// below a leaf inherit its rules.
 pub(crate) fn devices(find: Finder, rules: &[LinuxDeviceCgroup]) -> Result<()> {
     let Some(dir) = find("devices") else {
         if rules.is_empty() {
@@ -371,17 +371,22 @@ pub(crate) fn devices(find: Finder, rules: &[LinuxDeviceCgroup]) -> Result<()> {
             reason: "is not mounted on this host".into(),
         });
     };
-    let defaults = crate::default_device_rules();
     for leaf in [PAYLOAD, SERVERS] {
-        let leaf = dir.join(leaf);
-        for rule in rules.iter().chain(defaults.iter()) {
-            let file = if rule.allow() {
-                "devices.allow"
-            } else {
-                "devices.deny"
-            };
-            fsutil::write(&leaf.join(file), &device_rule(rule))?;
-        }
+        device_rules_on(&dir.join(leaf), rules)?;
+    }
+    Ok(())
+}
+
+/// Writes `rules`, then [`crate::default_device_rules`], to the v1 devices group `dir`.
+pub(crate) fn device_rules_on(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
+    let defaults = crate::default_device_rules();
+    for rule in rules.iter().chain(defaults.iter()) {
+        let file = if rule.allow() {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        fsutil::write(&dir.join(file), &device_rule(rule))?;
     }
     Ok(())
 }

@@ -311,3 +311,151 @@ fn a_frozen_existing_group_is_refused() {
     let f = fake(false);
     assert!(ContainerCgroup::create_in(&f.setup, &cfg()).is_ok());
 }
+
+/// The config's device rules reach the container group itself at creation (before its
+/// leaves exist on a real host: the kernel refuses "a" rules on a group with children),
+/// so that the configured path's devices.list reads as configured, as with runc.
+#[test]
+fn device_rules_reach_the_container_group_at_creation() {
+    let f = fake(false);
+    let mut c = cfg();
+    c.resources = Some(
+        LinuxResourcesBuilder::default()
+            .devices(vec![LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()
+                .unwrap()])
+            .build()
+            .unwrap(),
+    );
+    let cg = ContainerCgroup::create_in(&f.setup, &c).unwrap();
+    let group = cg
+        .dirs()
+        .iter()
+        .find(|d| d.controllers == ["devices"])
+        .unwrap()
+        .path
+        .clone();
+    assert_eq!(read(&group.join("devices.deny")), "a *:* rwm");
+    // A plain file keeps the last write: the last default rule (runc's list, no 5:1).
+    assert_eq!(read(&group.join("devices.allow")), "c 10:200 rwm");
+    assert!(!default_device_rules()
+        .iter()
+        .any(|r| r.major() == Some(5) && r.minor() == Some(1)));
+    // Without device rules in the config the group is left as the kernel made it.
+    let f = fake(false);
+    let cg = ContainerCgroup::create_in(&f.setup, &cfg()).unwrap();
+    let group = &cg
+        .dirs()
+        .iter()
+        .find(|d| d.controllers == ["devices"])
+        .unwrap()
+        .path;
+    assert_eq!(read(&group.join("devices.deny")), "");
+}
+
+/// The v1 controllers the development machines lack (blkio weights, net_cls, net_prio,
+/// hugetlb as a v1 hierarchy, cpu realtime, memory swap and swappiness), in fake
+/// hierarchies of their own: each limit lands in the file runc writes, on the
+/// configured path (and the memory and cpu ones in `payload/` too).
+#[test]
+fn limits_of_the_controllers_this_host_lacks_go_to_runcs_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout: &[(&str, &[&str])] = &[
+        (
+            "blkio",
+            &[
+                "blkio.weight",
+                "blkio.leaf_weight",
+                "blkio.weight_device",
+                "blkio.leaf_weight_device",
+                "blkio.throttle.read_bps_device",
+            ],
+        ),
+        ("net_cls", &["net_cls.classid"]),
+        ("net_prio", &["net_prio.ifpriomap"]),
+        ("hugetlb", &["hugetlb.2MB.limit_in_bytes"]),
+        (
+            "cpu",
+            &[
+                "cpu.shares",
+                "cpu.cfs_period_us",
+                "cpu.cfs_quota_us",
+                "cpu.rt_period_us",
+                "cpu.rt_runtime_us",
+            ],
+        ),
+        (
+            "memory",
+            &[
+                "memory.limit_in_bytes",
+                "memory.soft_limit_in_bytes",
+                "memory.memsw.limit_in_bytes",
+                "memory.swappiness",
+                "memory.oom_control",
+            ],
+        ),
+    ];
+    let mut hierarchies = Vec::new();
+    for (ctrl, files) in layout {
+        let mount = tmp.path().join(ctrl);
+        for g in ["", "ctr", "ctr/payload", "ctr/porta"] {
+            let dir = mount.join(g);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("cgroup.procs"), "").unwrap();
+            for f in *files {
+                fs::write(dir.join(f), "").unwrap();
+            }
+        }
+        hierarchies.push(Hierarchy {
+            version: CgroupVersion::V1,
+            mount_point: mount,
+            mount_root: "/".into(),
+            controllers: vec![ctrl.to_string()],
+            own_path: "/".into(),
+        });
+    }
+    let setup = CgroupSetup {
+        mode: CgroupMode::Legacy,
+        hierarchies,
+    };
+    let cg = ContainerCgroup::create_in(&setup, &cfg()).unwrap();
+    let r: LinuxResources = serde_json::from_value(serde_json::json!({
+        "blockIO": {
+            "weight": 500, "leafWeight": 300,
+            "weightDevice": [{"major": 8, "minor": 0, "weight": 600, "leafWeight": 200}]
+        },
+        "network": {"classID": 1048577, "priorities": [{"name": "lo", "priority": 5}]},
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+        "cpu": {"realtimeRuntime": 10000, "realtimePeriod": 1000000},
+        "memory": {"limit": 67108864, "swap": 134217728, "swappiness": 20}
+    }))
+    .unwrap();
+    cg.apply(&r).unwrap();
+    let at = |ctrl: &str, f: &str| read(&tmp.path().join(ctrl).join("ctr").join(f));
+    assert_eq!(at("blkio", "blkio.weight"), "500");
+    assert_eq!(at("blkio", "blkio.leaf_weight"), "300");
+    assert_eq!(at("blkio", "blkio.weight_device"), "8:0 600");
+    assert_eq!(at("blkio", "blkio.leaf_weight_device"), "8:0 200");
+    assert_eq!(at("net_cls", "net_cls.classid"), "1048577");
+    assert_eq!(at("net_prio", "net_prio.ifpriomap"), "lo 5");
+    assert_eq!(at("hugetlb", "hugetlb.2MB.limit_in_bytes"), "4194304");
+    for leaf in ["", "payload/"] {
+        assert_eq!(at("cpu", &format!("{leaf}cpu.rt_runtime_us")), "10000");
+        assert_eq!(at("cpu", &format!("{leaf}cpu.rt_period_us")), "1000000");
+        assert_eq!(
+            at("memory", &format!("{leaf}memory.limit_in_bytes")),
+            "67108864"
+        );
+        assert_eq!(
+            at("memory", &format!("{leaf}memory.memsw.limit_in_bytes")),
+            "134217728"
+        );
+        assert_eq!(at("memory", &format!("{leaf}memory.swappiness")), "20");
+    }
+    // Hierarchical limits stay on the group.
+    assert_eq!(at("blkio", "payload/blkio.weight"), "");
+    assert_eq!(at("net_cls", "payload/net_cls.classid"), "");
+    assert_eq!(at("hugetlb", "payload/hugetlb.2MB.limit_in_bytes"), "");
+}

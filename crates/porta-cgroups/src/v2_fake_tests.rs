@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxThrottleDevice,
+    LinuxThrottleDeviceBuilder,
 };
 
 use crate::*;
@@ -352,4 +353,201 @@ fn a_frozen_existing_group_is_refused() {
     .unwrap();
     let e = ContainerCgroup::create_in(&setup, &cfg("/porta/ctr1")).unwrap_err();
     assert!(e.to_string().contains("payload/cgroup.events"), "{e}");
+}
+
+/// Every resource of the OCI spec cgroup v2 has a file for (those without one on v2 —
+/// realtime, swappiness, kernel memory, oom_kill_disable, net_cls/net_prio — are not
+/// given here), read back at the configured path as runc writes them, and in `payload/`
+/// where Porta mirrors them; then `update` of each updatable limit.
+#[test]
+fn every_v2_limit_and_its_update_read_back() {
+    let f = fake();
+    for d in ["porta/ctr1", "porta/ctr1/payload", "porta/ctr1/porta"] {
+        for file in ["cpu.max.burst", "cpu.idle", "memory.oom.group"] {
+            fs::write(f.root.join(d).join(file), "").unwrap();
+        }
+    }
+    let setup = CgroupSetup::unified_at(&f.root).unwrap();
+    let cg = ContainerCgroup::create_in(&setup, &cfg("/porta/ctr1")).unwrap();
+    let dev = |rate: u64| {
+        vec![LinuxThrottleDeviceBuilder::default()
+            .major(8i64)
+            .minor(0i64)
+            .rate(rate)
+            .build()
+            .unwrap()]
+    };
+    let mut unified = HashMap::new();
+    unified.insert("memory.high".to_string(), "50331648".to_string());
+    unified.insert("memory.oom.group".to_string(), "1".to_string());
+    unified.insert("cpu.idle".to_string(), "0".to_string());
+    let r = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(64i64 << 20)
+                .reservation(32i64 << 20)
+                .swap(96i64 << 20)
+                .build()
+                .unwrap(),
+        )
+        .pids(LinuxPidsBuilder::default().limit(77).build().unwrap())
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares(512u64)
+                .quota(50_000i64)
+                .period(100_000u64)
+                .cpus("0-1")
+                .mems("0")
+                .build()
+                .unwrap(),
+        )
+        .block_io(
+            LinuxBlockIoBuilder::default()
+                .weight(500u16)
+                .throttle_read_bps_device(dev(1_048_576))
+                .throttle_write_bps_device(dev(2_097_152))
+                .throttle_read_iops_device(dev(100))
+                .throttle_write_iops_device(dev(200))
+                .build()
+                .unwrap(),
+        )
+        .hugepage_limits(vec![LinuxHugepageLimitBuilder::default()
+            .page_size("2MB")
+            .limit(4i64 << 20)
+            .build()
+            .unwrap()])
+        .unified(unified)
+        .build()
+        .unwrap();
+    cg.apply(&r).unwrap();
+    let g = |f2: &str| read(f.root.join("porta/ctr1").join(f2));
+    // The configured path, as runc writes it.
+    assert_eq!(g("memory.max"), "67108864");
+    assert_eq!(g("memory.low"), "33554432");
+    assert_eq!(g("memory.swap.max"), (32u64 << 20).to_string());
+    assert_eq!(g("cpu.max"), "50000 100000");
+    // 512 shares → weight 59 with runc ≥ 1.2's (and crun's) conversion.
+    assert_eq!(g("cpu.weight"), "59");
+    assert_eq!(g("cpuset.cpus"), "0-1");
+    assert_eq!(g("cpuset.mems"), "0");
+    assert_eq!(g("io.weight"), "4950");
+    // io.max takes one line per write (the kernel merges them per device, a fake file
+    // keeps the last): each throttle alone, from an empty file, reads back as runc writes it.
+    type SetThrottle = fn(LinuxBlockIoBuilder, Vec<LinuxThrottleDevice>) -> LinuxBlockIoBuilder;
+    let throttles: [(&str, SetThrottle, u64); 4] = [
+        ("rbps", |b, d| b.throttle_read_bps_device(d), 1_048_576),
+        ("wbps", |b, d| b.throttle_write_bps_device(d), 2_097_152),
+        ("riops", |b, d| b.throttle_read_iops_device(d), 100),
+        ("wiops", |b, d| b.throttle_write_iops_device(d), 200),
+    ];
+    for (key, set, rate) in throttles {
+        fs::write(f.root.join("porta/ctr1/io.max"), "").unwrap();
+        let one = LinuxResourcesBuilder::default()
+            .block_io(
+                set(LinuxBlockIoBuilder::default(), dev(rate))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        cg.apply(&one).unwrap();
+        assert_eq!(g("io.max"), format!("8:0 {key}={rate}"));
+    }
+    // A weight device goes to io.bfq.weight as "major:minor weight", as runc writes it.
+    let bfq = f.root.join("porta/ctr1/io.bfq.weight");
+    fs::write(&bfq, "").unwrap();
+    let wd = LinuxResourcesBuilder::default()
+        .block_io(
+            LinuxBlockIoBuilder::default()
+                .weight_device(vec![oci_spec::runtime::LinuxWeightDeviceBuilder::default()
+                    .major(8i64)
+                    .minor(0i64)
+                    .weight(300u16)
+                    .build()
+                    .unwrap()])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    cg.apply(&wd).unwrap();
+    assert_eq!(g("io.bfq.weight"), "8:0 300");
+    fs::remove_file(&bfq).unwrap();
+    assert_eq!(g("hugetlb.2MB.max"), "4194304");
+    assert_eq!(g("memory.high"), "50331648");
+    assert_eq!(g("memory.oom.group"), "1");
+    assert_eq!(g("cpu.idle"), "0");
+    // Porta: the group's pids.max is the limit + 64; payload/ holds the limit and a copy
+    // of the memory and cpu limits (the container sees them in its own cgroup).
+    assert_eq!(g("pids.max"), (77 + SERVER_PIDS_RESERVE).to_string());
+    assert_eq!(g("payload/pids.max"), "77");
+    assert_eq!(g("payload/memory.max"), "67108864");
+    assert_eq!(g("payload/memory.low"), "33554432");
+    assert_eq!(g("payload/memory.swap.max"), (32u64 << 20).to_string());
+    assert_eq!(g("payload/cpu.max"), "50000 100000");
+    assert_eq!(g("payload/cpu.weight"), "59");
+    // Not mirrored: cpuset (inherited), io and hugetlb (hierarchical, on the group).
+    assert_eq!(g("payload/cpuset.cpus"), "");
+    assert_eq!(g("payload/io.max"), "");
+    assert_eq!(g("payload/hugetlb.2MB.max"), "");
+
+    // update: each limit `porta update` takes (runc's flags and -r), read back.
+    let upd = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(48i64 << 20)
+                .reservation(24i64 << 20)
+                .swap(80i64 << 20)
+                .build()
+                .unwrap(),
+        )
+        .pids(LinuxPidsBuilder::default().limit(55).build().unwrap())
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares(2048u64)
+                .quota(40_000i64)
+                .period(80_000u64)
+                .cpus("1")
+                .mems("0")
+                .build()
+                .unwrap(),
+        )
+        .block_io(
+            LinuxBlockIoBuilder::default()
+                .weight(1000u16)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    // A real interface file holds only the last value; the fake files are emptied so
+    // that what `update` did not write reads empty.
+    for d in ["", "payload/"] {
+        for file in [
+            "memory.max",
+            "memory.low",
+            "memory.swap.max",
+            "cpu.max",
+            "cpu.weight",
+            "cpuset.cpus",
+            "io.weight",
+            "pids.max",
+        ] {
+            fs::write(f.root.join("porta/ctr1").join(format!("{d}{file}")), "").unwrap();
+        }
+    }
+    cg.update(&upd).unwrap();
+    assert_eq!(g("memory.max"), "50331648");
+    assert_eq!(g("memory.low"), "25165824");
+    assert_eq!(g("memory.swap.max"), (32u64 << 20).to_string());
+    assert_eq!(g("cpu.max"), "40000 80000");
+    assert_eq!(g("cpu.weight"), "174");
+    assert_eq!(g("cpuset.cpus"), "1");
+    assert_eq!(g("io.weight"), "10000");
+    assert_eq!(g("pids.max"), (55 + SERVER_PIDS_RESERVE).to_string());
+    assert_eq!(g("payload/pids.max"), "55");
+    assert_eq!(g("payload/memory.max"), "50331648");
+    assert_eq!(g("payload/memory.low"), "25165824");
+    assert_eq!(g("payload/cpu.max"), "40000 80000");
+    assert_eq!(g("payload/cpu.weight"), "174");
 }

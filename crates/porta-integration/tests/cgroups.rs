@@ -291,3 +291,442 @@ fn frozen_cgroup_refused_at_create() {
         .collect();
     assert!(below.is_empty(), "left below the frozen group: {below:?}");
 }
+
+/// A cgroup v1 hierarchy's mount point for `controller`, if the host has one.
+fn v1_mount(controller: &str) -> Option<std::path::PathBuf> {
+    if cgroup::is_unified() {
+        return None;
+    }
+    let d = std::path::Path::new(cgroup::MNT).join(controller);
+    d.join("cgroup.procs").exists().then_some(d)
+}
+
+/// The major:minor of a whole block device of this host (for blkio throttles), if any.
+fn a_block_device() -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|n| {
+        std::fs::read_to_string(format!("/sys/block/{n}/dev"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+}
+
+/// Reads `<mount>/<rel>/<file>`, trimmed (None when absent).
+fn read_cg(mount: &std::path::Path, rel: &str, file: &str) -> Option<String> {
+    std::fs::read_to_string(mount.join(rel).join(file))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The lines of a devices.list, as a sorted set.
+fn device_set(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Every resource of the OCI spec this host's cgroup v1 controllers have is set, and each
+/// reads back from the configured path (and, for the limits Porta mirrors there, from
+/// `payload/`) as runc writes it: the values below are those runc 1.1.5 leaves in the
+/// same files. The differences are asserted on purpose (docs/architecture.md, "What a
+/// tool reading the configured path sees"): Porta's group pids.max is the limit + 64.
+/// Then `update` of each updatable limit reads back the same way.
+#[test]
+fn every_limit_reads_back_from_the_configured_path_as_runc_writes_it() {
+    require_root!();
+    let (Some(memory), Some(cpu), Some(cpuset), Some(pids), Some(devices)) = (
+        v1_mount("memory"),
+        v1_mount("cpu"),
+        v1_mount("cpuset"),
+        v1_mount("pids"),
+        v1_mount("devices"),
+    ) else {
+        skip("not a cgroup v1 or hybrid host with memory, cpu, cpuset, pids and devices (v2: porta-cgroups' v2_fake_tests)");
+        return;
+    };
+    let parent = unique_id("cg-every");
+    let _parent_guard = ParentCgroup(parent.clone());
+    let id = unique_id("cg-every-c");
+    let rel = format!("{parent}/{id}");
+    // Realtime needs a budget in the parent: the test's own parent group gets one.
+    let realtime = cpu.join("cpu.rt_runtime_us").exists();
+    if realtime {
+        std::fs::create_dir(cpu.join(&parent)).unwrap();
+        std::fs::write(cpu.join(&parent).join("cpu.rt_runtime_us"), "20000").unwrap();
+    }
+    let swap = memory.join("memory.memsw.limit_in_bytes").exists();
+    let blkio = v1_mount("blkio").filter(|b| b.join("blkio.throttle.read_bps_device").exists());
+    let dev = a_block_device();
+    let mut cpu_res =
+        json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"});
+    if realtime {
+        cpu_res["realtimeRuntime"] = json!(10000);
+        cpu_res["realtimePeriod"] = json!(1000000);
+    }
+    // cpu.burst (OCI 1.1): runc 1.1 does not know the field and leaves the file at 0.
+    let burst = cpu.join("cpu.cfs_burst_us").exists();
+    if burst {
+        cpu_res["burst"] = json!(20000);
+    }
+    let mut mem = json!({"limit": 67108864, "reservation": 33554432, "swappiness": 20, "disableOOMKiller": true});
+    if swap {
+        mem["swap"] = json!(134217728);
+    }
+    let mut res = json!({
+        "memory": mem,
+        "cpu": cpu_res,
+        "pids": {"limit": 77},
+        "devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rw"}
+        ]
+    });
+    if let (Some(_), Some(d)) = (&blkio, &dev) {
+        let (ma, mi) = d.split_once(':').unwrap();
+        let (ma, mi): (i64, i64) = (ma.parse().unwrap(), mi.parse().unwrap());
+        let t = |rate: u64| json!([{"major": ma, "minor": mi, "rate": rate}]);
+        res["blockIO"] = json!({
+            "throttleReadBpsDevice": t(1048576), "throttleWriteBpsDevice": t(2097152),
+            "throttleReadIOPSDevice": t(100), "throttleWriteIOPSDevice": t(200)
+        });
+        res["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"allow": true, "type": "b", "major": ma, "minor": mi, "access": "r"}));
+    }
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.cgroups_path(&format!("/{rel}"));
+    b.resources(res);
+    let c = Container::with_id(id.clone(), ROOT, b);
+    c.create_start();
+    let porta = is_porta();
+    let payload = format!("{rel}/payload");
+
+    // (mount, file, value at the configured path, value in payload/ (Porta) or None)
+    let mut want: Vec<(&std::path::Path, &str, String, Option<String>)> = vec![
+        (
+            &memory,
+            "memory.limit_in_bytes",
+            "67108864".into(),
+            Some("67108864".into()),
+        ),
+        (
+            &memory,
+            "memory.soft_limit_in_bytes",
+            "33554432".into(),
+            Some("33554432".into()),
+        ),
+        (&memory, "memory.swappiness", "20".into(), Some("20".into())),
+        (&cpu, "cpu.shares", "512".into(), Some("512".into())),
+        (
+            &cpu,
+            "cpu.cfs_quota_us",
+            "50000".into(),
+            Some("50000".into()),
+        ),
+        (
+            &cpu,
+            "cpu.cfs_period_us",
+            "100000".into(),
+            Some("100000".into()),
+        ),
+        (&cpuset, "cpuset.cpus", "0".into(), Some("0".into())),
+        (&cpuset, "cpuset.mems", "0".into(), Some("0".into())),
+        // Porta: the group holds the limit + 64 for the file server, payload/ the limit.
+        (
+            &pids,
+            "pids.max",
+            if porta { "141" } else { "77" }.into(),
+            Some("77".into()),
+        ),
+    ];
+    if swap {
+        want.push((
+            &memory,
+            "memory.memsw.limit_in_bytes",
+            "134217728".into(),
+            Some("134217728".into()),
+        ));
+    }
+    if burst {
+        let v = if porta { "20000" } else { "0" };
+        want.push((&cpu, "cpu.cfs_burst_us", v.into(), Some(v.into())));
+    }
+    if realtime {
+        want.push((
+            &cpu,
+            "cpu.rt_runtime_us",
+            "10000".into(),
+            Some("10000".into()),
+        ));
+        want.push((
+            &cpu,
+            "cpu.rt_period_us",
+            "1000000".into(),
+            Some("1000000".into()),
+        ));
+    }
+    if let (Some(bk), Some(d)) = (&blkio, &dev) {
+        for (f, v) in [
+            ("blkio.throttle.read_bps_device", "1048576"),
+            ("blkio.throttle.write_bps_device", "2097152"),
+            ("blkio.throttle.read_iops_device", "100"),
+            ("blkio.throttle.write_iops_device", "200"),
+        ] {
+            // Throttles are hierarchical: on the group only (payload/ reads empty).
+            want.push((bk, f, format!("{d} {v}"), None));
+        }
+    }
+    let mut bad = Vec::new();
+    for (m, f, group, leaf) in &want {
+        let got = read_cg(m, &rel, f);
+        if got.as_deref() != Some(group.as_str()) {
+            bad.push(format!("{rel}/{f}: {got:?}, want {group}"));
+        }
+        if let (true, Some(l)) = (porta, leaf) {
+            let got = read_cg(m, &payload, f);
+            if got.as_deref() != Some(l.as_str()) {
+                bad.push(format!("{payload}/{f}: {got:?}, want {l}"));
+            }
+        }
+    }
+    let oom = read_cg(&memory, &rel, "memory.oom_control").unwrap_or_default();
+    if !oom.lines().any(|l| l == "oom_kill_disable 1") {
+        bad.push(format!(
+            "{rel}/memory.oom_control: {oom:?}, want oom_kill_disable 1"
+        ));
+    }
+    // devices: the config's rules and runc's default ones (no /dev/console 5:1: Porta's
+    // console is a pty, 136:*), on the group and on payload/.
+    let mut dev_want: Vec<String> = [
+        "b *:* m",
+        "c *:* m",
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:2 rwm",
+        "c 10:200 rwm",
+        "c 136:* rwm",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let (Some(_), Some(d)) = (&blkio, &dev) {
+        dev_want.push(format!("b {d} r"));
+    }
+    dev_want.sort();
+    let mut places = vec![rel.clone()];
+    if porta {
+        places.push(payload.clone());
+    }
+    for p in &places {
+        let got = device_set(&read_cg(&devices, p, "devices.list").unwrap_or_default());
+        if got != dev_want {
+            bad.push(format!("{p}/devices.list: {got:?}, want {dev_want:?}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "limits that do not read back:\n{}",
+        bad.join("\n")
+    );
+
+    // update: each updatable limit, read back the same way.
+    let mut args: Vec<String> = [
+        "update",
+        "--memory",
+        "50331648",
+        "--memory-reservation",
+        "25165824",
+        "--cpu-share",
+        "256",
+        "--cpu-quota",
+        "40000",
+        "--cpu-period",
+        "80000",
+        "--cpuset-cpus",
+        "0",
+        "--cpuset-mems",
+        "0",
+        "--pids-limit",
+        "55",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if swap {
+        args.extend(["--memory-swap".into(), "100663296".into()]);
+    }
+    if realtime {
+        args.extend([
+            "--cpu-rt-period".into(),
+            "900000".into(),
+            "--cpu-rt-runtime".into(),
+            "5000".into(),
+        ]);
+    }
+    args.push(id.clone());
+    c.rt(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect_ok();
+    let mut want: Vec<(&std::path::Path, &str, &str, &str)> = vec![
+        (&memory, "memory.limit_in_bytes", "50331648", "50331648"),
+        (
+            &memory,
+            "memory.soft_limit_in_bytes",
+            "25165824",
+            "25165824",
+        ),
+        (&cpu, "cpu.shares", "256", "256"),
+        (&cpu, "cpu.cfs_quota_us", "40000", "40000"),
+        (&cpu, "cpu.cfs_period_us", "80000", "80000"),
+        (&cpuset, "cpuset.cpus", "0", "0"),
+        (&cpuset, "cpuset.mems", "0", "0"),
+        (&pids, "pids.max", if porta { "119" } else { "55" }, "55"),
+    ];
+    if swap {
+        want.push((
+            &memory,
+            "memory.memsw.limit_in_bytes",
+            "100663296",
+            "100663296",
+        ));
+    }
+    if realtime {
+        want.push((&cpu, "cpu.rt_period_us", "900000", "900000"));
+        want.push((&cpu, "cpu.rt_runtime_us", "5000", "5000"));
+    }
+    let mut bad = Vec::new();
+    for (m, f, group, leaf) in &want {
+        let got = read_cg(m, &rel, f);
+        if got.as_deref() != Some(*group) {
+            bad.push(format!("after update {rel}/{f}: {got:?}, want {group}"));
+        }
+        if porta {
+            let got = read_cg(m, &payload, f);
+            if got.as_deref() != Some(*leaf) {
+                bad.push(format!("after update {payload}/{f}: {got:?}, want {leaf}"));
+            }
+        }
+    }
+    // update leaves the device rules alone.
+    let got = device_set(&read_cg(&devices, &rel, "devices.list").unwrap_or_default());
+    if got != dev_want {
+        bad.push(format!("after update {rel}/devices.list: {got:?}"));
+    }
+    assert!(
+        bad.is_empty(),
+        "updated limits that do not read back:\n{}",
+        bad.join("\n")
+    );
+    c.rt(&["delete", "--force", &c.id]).expect_ok();
+}
+
+/// Hugepage limits. Where hugetlb is a cgroup v1 controller they read back there (both
+/// runtimes). On a hybrid host whose hugetlb controller is on the cgroup2 hierarchy, runc
+/// 1.1 refuses the config ("cannot set hugetlb limit"); Porta writes the limit to the
+/// group in the cgroup2 hierarchy, where it reads back.
+#[test]
+fn hugepage_limits_read_back() {
+    require_root!();
+    if !std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists() {
+        skip("no 2MB huge pages on this host");
+        return;
+    }
+    let unified = std::path::Path::new(cgroup::MNT).join("unified");
+    let (mount, file) = if let Some(m) = v1_mount("hugetlb") {
+        (m, "hugetlb.2MB.limit_in_bytes")
+    } else if cgroup::is_unified() {
+        (std::path::PathBuf::from(cgroup::MNT), "hugetlb.2MB.max")
+    } else if read_cg(&unified, "", "cgroup.controllers").is_some_and(|c| c.contains("hugetlb")) {
+        (unified, "hugetlb.2MB.max")
+    } else {
+        skip("no hugetlb controller on this host");
+        return;
+    };
+    let id = unique_id("cg-huge");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.cgroups_path(&format!("/{id}"));
+    b.resources(json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}));
+    let c = Container::with_id(id.clone(), ROOT, b);
+    let o = c.create();
+    let hybrid_v2 = !cgroup::is_unified() && v1_mount("hugetlb").is_none();
+    if hybrid_v2 && !is_porta() {
+        assert_ne!(
+            o.code, 0,
+            "runc 1.1 set a cgroup2 hugetlb limit on a hybrid host: {o}"
+        );
+        assert!(o.stderr.contains("hugetlb"), "{o}");
+        return;
+    }
+    o.expect_ok();
+    assert_eq!(read_cg(&mount, &id, file).as_deref(), Some("4194304"));
+    c.rt(&["delete", "--force", &c.id]).expect_ok();
+}
+
+/// `linux.resources.unified` on a hybrid host: runc 1.1 refuses any entry ("cannot use
+/// unified on cgroup v1"). Porta takes the entries of controllers the cgroup2 hierarchy
+/// carries (hugetlb on the development machines), which read back there, and refuses the
+/// others naming the entry and why; neither leaves anything behind.
+#[test]
+fn unified_entries_on_a_hybrid_host() {
+    require_root!();
+    let unified = std::path::Path::new(cgroup::MNT).join("unified");
+    let v2_hugetlb = !cgroup::is_unified()
+        && read_cg(&unified, "", "cgroup.controllers").is_some_and(|c| c.contains("hugetlb"))
+        && v1_mount("memory").is_some();
+    if !v2_hugetlb {
+        skip("not a hybrid host with hugetlb on cgroup2 and memory on v1 (v2: porta-cgroups' v2_fake_tests)");
+        return;
+    }
+    // A v1 controller's entry: refused by both.
+    let id = unique_id("cg-unified-mem");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.cgroups_path(&format!("/{id}"));
+    b.resources(json!({"unified": {"memory.high": "50331648"}}));
+    let c = Container::with_id(id.clone(), ROOT, b);
+    let o = c.create();
+    assert_ne!(o.code, 0, "{o}");
+    if is_porta() {
+        assert!(
+            o.stderr.contains("memory.high") && o.stderr.contains("cgroup v1"),
+            "{o}"
+        );
+    } else {
+        assert!(o.stderr.contains("cannot use unified"), "{o}");
+    }
+    assert_eq!(c.status(), None, "state left behind");
+    assert!(
+        leaks::cgroups_matching(&|n| n == id).is_empty(),
+        "cgroup left behind"
+    );
+
+    // A cgroup2 controller's entry: Porta writes it, runc 1.1 refuses the config.
+    let id = unique_id("cg-unified-huge");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.cgroups_path(&format!("/{id}"));
+    b.resources(json!({"unified": {"hugetlb.2MB.max": "4194304"}}));
+    let c = Container::with_id(id.clone(), ROOT, b);
+    let o = c.create();
+    if !is_porta() {
+        assert_ne!(o.code, 0, "{o}");
+        assert!(o.stderr.contains("cannot use unified"), "{o}");
+        return;
+    }
+    o.expect_ok();
+    assert_eq!(
+        read_cg(&unified, &id, "hugetlb.2MB.max").as_deref(),
+        Some("4194304")
+    );
+    c.rt(&["delete", "--force", &c.id]).expect_ok();
+}

@@ -361,3 +361,163 @@ fn time_namespace_offsets() {
             .unwrap()
     );
 }
+
+/// A bundle without a mount namespace, as `runc spec` writes it otherwise: the masked
+/// and read-only paths removed (no runtime can apply them there), the mounts kept.
+fn no_mount_ns_bundle(script: &str) -> Bundle {
+    let mut b = Bundle::new(&[]);
+    b.sh(script);
+    b.remove_namespace("mount");
+    let linux = b.config["linux"].as_object_mut().unwrap();
+    linux.remove("maskedPaths");
+    linux.remove("readonlyPaths");
+    b
+}
+
+/// Runs `script` with sh in a private mount namespace of its own (so that whatever a
+/// runtime mounts in its caller's mount namespace goes away with it, runc's leftovers
+/// too), with RT, ROOT, B and ID naming the runtime, its --root, the bundle and the id.
+fn in_private_mount_ns(c: &Container, script: &str) -> Out {
+    Cmd::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("RT", runtime())
+        .env("ROOT", &c.root)
+        .env("B", c.bundle.path_str())
+        .env("ID", &c.id)
+        .timeout(Duration::from_secs(120))
+        .run()
+}
+
+/// The value after `key ` on the line of `out` starting with it.
+fn line_value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(str::trim)
+}
+
+/// Counts the mount table lines naming the bundle, before and after `run`.
+const RUN_AND_COUNT: &str = r#"
+echo "caller $(readlink /proc/self/ns/mnt)"
+echo "before $(grep -c -F "$B/" /proc/self/mountinfo)"
+"$RT" --root "$ROOT" run --bundle "$B" "$ID"; echo "rc $?"
+echo "after $(grep -c -F "$B/" /proc/self/mountinfo)"
+"#;
+
+#[test]
+fn without_a_mount_namespace_the_container_shares_the_callers_and_is_rooted_in_the_bundle() {
+    require_root!();
+    let b = no_mount_ns_bundle(
+        "echo \"inside $(readlink /proc/self/ns/mnt)\"; echo \"marker $(cat /pit-marker)\"; \
+         echo \"dev $(ls /dev/null /dev/pts/ptmx | wc -l)\"",
+    );
+    std::fs::write(b.rootfs().join("pit-marker"), "in-the-bundle\n").unwrap();
+    let c = Container::new("ns-nomnt", b);
+    let o = in_private_mount_ns(&c, RUN_AND_COUNT);
+    let out = &o.stdout;
+    assert_eq!(line_value(out, "rc"), Some("0"), "{o}");
+    // The caller's mount namespace, not a new one (as runc: no CLONE_NEWNS).
+    let caller = line_value(out, "caller").expect("caller's namespace");
+    assert_eq!(line_value(out, "inside"), Some(caller), "{o}");
+    // Its root is the bundle's root (chroot), with the config's mounts beneath it.
+    assert_eq!(line_value(out, "marker"), Some("in-the-bundle"), "{o}");
+    assert_eq!(line_value(out, "dev"), Some("2"), "{o}");
+    if is_porta() {
+        // Porta detaches the root's bind, and every mount beneath it, at delete (runc
+        // leaves its mounts in the caller's namespace: gone here with the namespace).
+        assert_eq!(line_value(out, "after"), line_value(out, "before"), "{o}");
+    }
+}
+
+#[test]
+fn without_a_mount_namespace_masked_and_readonly_paths_are_refused() {
+    require_root!();
+    for field in ["maskedPaths", "readonlyPaths"] {
+        let mut b = no_mount_ns_bundle("true");
+        b.config["linux"][field] = json!(["/proc/kcore"]);
+        let c = Container::new("ns-nomnt-mask", b);
+        let o = in_private_mount_ns(
+            &c,
+            r#""$RT" --root "$ROOT" create --bundle "$B" "$ID"; echo "rc $?""#,
+        );
+        assert_ne!(line_value(&o.stdout, "rc"), Some("0"), "{field}: {o}");
+        // runc: "unable to restrict sys entries without a private MNT namespace"
+        assert!(o.stderr.contains("restrict sys entries"), "{field}: {o}");
+        if is_porta() {
+            assert!(o.stderr.contains(&format!("linux.{field}")), "{o}");
+        }
+        assert_eq!(c.status(), None, "{field}: state left behind");
+    }
+}
+
+#[test]
+fn without_a_mount_namespace_the_root_is_the_kernels_and_owned_by_the_container() {
+    require_root!();
+    porta_only!("Porta's file server and the release of the root's bind");
+    // create, state and delete as separate commands: delete detaches the bind.
+    let b = no_mount_ns_bundle("sleep 1000");
+    let c = Container::new("ns-nomnt-kernel", b);
+    let o = in_private_mount_ns(
+        &c,
+        r#"
+echo "before $(grep -c -F "$B/" /proc/self/mountinfo)"
+"$RT" --root "$ROOT" create --bundle "$B" "$ID" || exit 1
+echo "during $(grep -c -F "$B/" /proc/self/mountinfo)"
+"$RT" --root "$ROOT" state "$ID" | tr -d '\n'; echo
+"$RT" --root "$ROOT" delete --force "$ID"; echo "rc $?"
+echo "after $(grep -c -F "$B/" /proc/self/mountinfo)"
+"#,
+    );
+    let out = &o.stdout;
+    assert_eq!(line_value(out, "rc"), Some("0"), "{o}");
+    let before: usize = line_value(out, "before").unwrap().parse().unwrap();
+    let during: usize = line_value(out, "during").unwrap().parse().unwrap();
+    assert!(
+        during > before,
+        "no mount of the container's in the caller's table: {o}"
+    );
+    assert_eq!(
+        line_value(out, "after"),
+        Some(before.to_string().as_str()),
+        "{o}"
+    );
+    let state: Value = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .expect("state JSON");
+    assert!(
+        state["servers"].as_array().is_none_or(|s| s.is_empty()),
+        "a file server without a mount namespace: {state}"
+    );
+
+    // Asking for the file server is refused, naming the annotation; nothing is made.
+    let mut b = no_mount_ns_bundle("true");
+    b.annotation("run.porta.fs", "server");
+    let c = Container::new("ns-nomnt-server", b);
+    let o = in_private_mount_ns(&c, RUN_AND_COUNT);
+    assert_eq!(line_value(&o.stdout, "rc"), Some("1"), "{o}");
+    assert!(
+        o.stderr.contains("annotations.run.porta.fs") && o.stderr.contains("no mount namespace"),
+        "{o}"
+    );
+    assert_eq!(
+        line_value(&o.stdout, "after"),
+        line_value(&o.stdout, "before"),
+        "{o}"
+    );
+    assert_eq!(c.status(), None, "state left behind");
+
+    // A mount that fails half-way: the rollback detaches what was mounted before it.
+    let mut b = no_mount_ns_bundle("true");
+    b.mount(json!({"destination": "/mnt", "type": "pit-no-such-fs", "source": "x"}));
+    let c = Container::new("ns-nomnt-rollback", b);
+    let o = in_private_mount_ns(&c, RUN_AND_COUNT);
+    assert_eq!(line_value(&o.stdout, "rc"), Some("1"), "{o}");
+    assert!(o.stderr.contains("mounts[7] (/mnt)"), "{o}");
+    assert_eq!(
+        line_value(&o.stdout, "after"),
+        line_value(&o.stdout, "before"),
+        "{o}"
+    );
+    assert_eq!(c.status(), None, "state left behind");
+}

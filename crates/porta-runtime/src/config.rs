@@ -157,10 +157,19 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         ));
     }
     if !has(LinuxNamespaceType::Mount) {
-        return Err(Error::field(
-            "linux.namespaces",
-            "Porta needs a mount namespace",
-        ));
+        // As runc: paths cannot be masked or made read-only in the host's mount namespace.
+        for (field, list) in [
+            ("linux.maskedPaths", linux.masked_paths()),
+            ("linux.readonlyPaths", linux.readonly_paths()),
+        ] {
+            if list.as_ref().is_some_and(|l| !l.is_empty()) {
+                return Err(Error::field(
+                    field,
+                    "unable to restrict sys entries without a private mount namespace \
+                     (add {\"type\": \"mount\"} to linux.namespaces or remove the list)",
+                ));
+            }
+        }
     }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         if !m.destination().is_absolute() {
@@ -312,10 +321,26 @@ pub enum RootMode {
 /// namespace, without passthrough). `dev_fuse`: /dev/fuse can be opened by this user.
 /// Rootless without a usable /dev/fuse, the default is the kernel's root (as with runc);
 /// asking for the server explicitly then is an error naming the annotation.
+///
+/// A container without a mount namespace of its own gets the kernel's root: the file
+/// server's mount would have to be attached in the caller's (the host's) mount table,
+/// where every process of the host would see it and use it. Asking for the server then
+/// is an error naming the annotation.
 pub fn root_mode(spec: &Spec, host_root: bool, dev_fuse: bool) -> Result<RootMode> {
     let ann = spec.annotations().as_ref();
     let fs = ann.and_then(|a| a.get(ANNOTATION_FS)).map(String::as_str);
     if fs == Some("kernel") {
+        return Ok(RootMode::Kernel);
+    }
+    if !has_mount_namespace(spec) {
+        if matches!(fs, Some("server" | "fuse")) {
+            return Err(Error::field(
+                format!("annotations.{ANNOTATION_FS}"),
+                "the container has no mount namespace of its own: its file server's mount \
+                 would be attached in the host's mount table; add {\"type\": \"mount\"} to \
+                 linux.namespaces, or remove the annotation or set it to \"kernel\"",
+            ));
+        }
         return Ok(RootMode::Kernel);
     }
     if !dev_fuse {
@@ -338,6 +363,14 @@ pub fn root_mode(spec: &Spec, host_root: bool, dev_fuse: bool) -> Result<RootMod
         passthrough,
         rootless: !host_root,
     })
+}
+
+/// Whether the config gives the container a mount namespace (new or joined by path).
+pub fn has_mount_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Mount))
 }
 
 /// Whether the file server invalidates the kernel's cache of changes made from the host
@@ -410,7 +443,8 @@ mod tests {
     fn rootless_root_mode_is_strict_or_the_kernel() {
         let spec = |ann: serde_json::Value| -> Spec {
             serde_json::from_value(serde_json::json!({
-                "ociVersion": "1.0.2", "root": {"path": "r"}, "annotations": ann
+                "ociVersion": "1.0.2", "root": {"path": "r"}, "annotations": ann,
+                "linux": {"namespaces": [{"type": "mount"}]}
             }))
             .unwrap()
         };
@@ -438,6 +472,62 @@ mod tests {
         );
         let kernel = spec(serde_json::json!({ANNOTATION_FS: "kernel"}));
         assert_eq!(root_mode(&kernel, true, true).unwrap(), RootMode::Kernel);
+    }
+
+    #[test]
+    fn without_a_mount_namespace_the_root_is_the_kernels() {
+        let spec = |ann: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2", "root": {"path": "r"}, "annotations": ann,
+                "linux": {"namespaces": [{"type": "pid"}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            root_mode(&spec(serde_json::json!({})), true, true).unwrap(),
+            RootMode::Kernel
+        );
+        for asked in ["server", "fuse"] {
+            let err = root_mode(&spec(serde_json::json!({ANNOTATION_FS: asked})), true, true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(ANNOTATION_FS) && err.contains("no mount namespace"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_mount_namespace_masked_and_readonly_paths_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("rootfs")).unwrap();
+        let good = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {"namespaces": [{"type": "pid"}], "maskedPaths": [], "readonlyPaths": []}
+        });
+        let spec: Spec = serde_json::from_value(good.clone()).unwrap();
+        validate(&spec, tmp.path()).expect("no mount namespace, nothing to restrict");
+        for field in ["maskedPaths", "readonlyPaths"] {
+            let mut v = good.clone();
+            v["linux"][field] = serde_json::json!(["/proc/kcore"]);
+            let spec: Spec = serde_json::from_value(v).unwrap();
+            let err = validate(&spec, tmp.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("linux.{field}")) && err.contains("mount namespace"),
+                "{err}"
+            );
+            // With a mount namespace (joined by path too) the same list is fine.
+            let mut v = good.clone();
+            v["linux"][field] = serde_json::json!(["/proc/kcore"]);
+            v["linux"]["namespaces"] =
+                serde_json::json!([{"type": "mount", "path": "/proc/self/ns/mnt"}]);
+            let spec: Spec = serde_json::from_value(v).unwrap();
+            validate(&spec, tmp.path()).expect("a mount namespace joined by path");
+        }
     }
 
     #[test]

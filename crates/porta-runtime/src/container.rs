@@ -14,7 +14,7 @@ use crate::init::{self, InitArgs};
 use crate::namespaces::{self, Plan};
 use crate::state::{self, ContainerState, StateDir, StateRoot, Status};
 use crate::sync::{Channel, Msg};
-use crate::{console, hooks, sys};
+use crate::{console, hooks, rootfs, sys};
 
 /// Options of `porta create` (and the create half of `porta run`).
 #[derive(Debug, Clone, Default)]
@@ -45,6 +45,7 @@ struct Rollback {
     dir: Option<StateDir>,
     cgroup: Option<ContainerCgroup>,
     init: Option<OwnedFd>,
+    host_root: Option<rootfs::HostRootBind>,
 }
 
 impl Drop for Rollback {
@@ -52,6 +53,11 @@ impl Drop for Rollback {
         if let Some(pidfd) = self.init.take() {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
             wait_pidfd(pidfd.as_fd(), -1);
+        }
+        if let Some(b) = self.host_root.take() {
+            if let Err(e) = b.release() {
+                tracing::warn!("rollback: {e}");
+            }
         }
         if let Some(sd) = self.supervisor.take() {
             if let Err(e) = porta_supervisor::stop(&sd) {
@@ -224,6 +230,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         dir: None,
         cgroup: None,
         init: None,
+        host_root: None,
     };
     rb.dir = Some(StateDir::create(root, &opts.id)?);
     let dir = rb
@@ -252,6 +259,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         file_server: false,
         supervisor_pid: 0,
         server_error: None,
+        host_root_bind: None,
     };
     let cg = ContainerCgroup::create(&CgroupConfig {
         cgroups_path: linux.cgroups_path().clone(),
@@ -263,6 +271,15 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     st.cgroup = Some(cg.state());
     rb.cgroup = Some(cg);
     dir.save(&st)?;
+    if !config::has_mount_namespace(spec) {
+        // No mount namespace of its own: as runc, the container's mounts are made in ours,
+        // beneath a bind of the root onto itself, which this container owns (recorded
+        // before anything is mounted beneath it, released by delete or the rollback).
+        let bind = rootfs::HostRootBind::make(&bundle.rootfs)?;
+        st.host_root_bind = Some(bind.clone());
+        rb.host_root = Some(bind);
+        dir.save(&st)?;
+    }
     let cg = rb
         .cgroup
         .as_ref()
@@ -417,6 +434,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     rb.supervisor = None;
     rb.init = None;
     rb.cgroup = None;
+    rb.host_root = None;
     rb.dir = None;
     Ok(st)
 }
@@ -736,6 +754,9 @@ impl Container {
             cg.destroy()?;
         } else if self.state.file_server {
             porta_supervisor::stop(&self.dir.path).map_err(|e| Error::FileServer(e.to_string()))?;
+        }
+        if let Some(b) = &self.state.host_root_bind {
+            b.release()?;
         }
         if self.state.status != Status::Creating {
             if let Ok(spec) = self.spec() {

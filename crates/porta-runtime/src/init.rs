@@ -174,6 +174,7 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sour
         mount_label: spec.linux().as_ref().and_then(|l| l.mount_label().clone()),
         served_root,
         sources,
+        own_mount_ns: args.ns.has(LinuxNamespaceType::Mount),
     };
     rootfs::prepare(&mut plan)?;
     chan.send(&Msg::RunHooks, &[])?;
@@ -188,7 +189,11 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sour
     {
         hooks::run_all("createContainer", &h, state_json.as_bytes())?;
     }
-    rootfs::enter(args.rootfs, args.no_pivot)?;
+    rootfs::enter(
+        args.rootfs,
+        args.no_pivot,
+        args.ns.has(LinuxNamespaceType::Mount),
+    )?;
     rootfs::finish(spec)?;
     // As runc: a missing working directory is made (a read-only root just fails later).
     if !proc_.cwd().exists() {

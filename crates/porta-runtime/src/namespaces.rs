@@ -65,6 +65,11 @@ impl Plan {
         self.new & flag(t) != 0
     }
 
+    /// Whether the container has a namespace of this type (new or joined by path).
+    pub fn has(&self, t: LinuxNamespaceType) -> bool {
+        self.creates(t) || self.join.iter().any(|(f, _)| *f == flag(t))
+    }
+
     /// Opens every namespace to join (before any is joined: later paths may not resolve after).
     pub fn open_joins(&self) -> Result<Vec<(i32, OwnedFd, PathBuf)>> {
         self.join

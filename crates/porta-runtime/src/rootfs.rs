@@ -30,6 +30,107 @@ pub struct RootfsPlan<'a> {
     pub served_root: Option<OwnedFd>,
     /// Bind sources opened on the host side before the process entered its namespaces.
     pub sources: crate::detached::Sources,
+    /// The container has a mount namespace of its own. Without one, `porta create` bound
+    /// the root onto itself in its own mount namespace ([`HostRootBind`]) and every mount
+    /// goes beneath that bind; nothing else of the caller's mount table is touched.
+    pub own_mount_ns: bool,
+}
+
+/// The bind of a root onto itself that `porta create` makes in its own mount namespace
+/// for a container without a mount namespace of its own (runc makes the same bind and
+/// mounts the config's mounts beneath it). Recorded in the state; [`HostRootBind::release`]
+/// detaches it, and with it every mount made beneath it, at `delete` or when `create`
+/// fails.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRootBind {
+    /// The root path the bind covers.
+    pub path: PathBuf,
+    /// Inode of the mount namespace it was made in (/proc/self/ns/mnt).
+    pub mnt_ns: u64,
+    /// The bind's mount id (statx STATX_MNT_ID).
+    pub mnt_id: u64,
+}
+
+fn own_mnt_ns() -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/mnt")
+        .map(|m| m.ino())
+        .ctx(|| "stat /proc/self/ns/mnt".into())
+}
+
+impl HostRootBind {
+    /// Binds `rootfs` onto itself (recursively) in this process's mount namespace and
+    /// makes the bind and everything beneath it private, so that the container's mounts
+    /// do not propagate to the rest of the host.
+    pub fn make(rootfs: &Path) -> Result<HostRootBind> {
+        let mnt_ns = own_mnt_ns()?;
+        mount(
+            Some(rootfs),
+            rootfs,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none(),
+        )
+        .ctx(|| format!("bind mount root {} onto itself", rootfs.display()))?;
+        let bind = HostRootBind {
+            path: rootfs.to_path_buf(),
+            mnt_ns,
+            mnt_id: 0,
+        };
+        let r = (|| {
+            mount(
+                none(),
+                rootfs,
+                none(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                none(),
+            )
+            .ctx(|| format!("make the bind of {} private", rootfs.display()))?;
+            let fd = open_dir(rootfs)?;
+            sys::mount_id(fd.as_fd()).ctx(|| format!("mount id of {}", rootfs.display()))
+        })();
+        match r {
+            Ok(mnt_id) => Ok(HostRootBind { mnt_id, ..bind }),
+            Err(e) => {
+                let _ = umount2(rootfs, MntFlags::MNT_DETACH);
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches the bind and every mount beneath it, if it is still the top mount on its
+    /// path in this mount namespace. A `delete` run in another mount namespace than
+    /// `create` cannot reach it: it says so in a warning and goes on (the mounts live
+    /// in that namespace and go away with it; a container that cannot be deleted would
+    /// help nobody).
+    pub fn release(&self) -> Result<()> {
+        let here = own_mnt_ns()?;
+        if here != self.mnt_ns {
+            tracing::warn!(
+                "the container's root bind on {} is in mount namespace mnt:[{}], not in this \
+                 process's mnt:[{here}]: it and the container's mounts beneath it stay there \
+                 (run delete in the mount namespace create ran in to detach them)",
+                self.path.display(),
+                self.mnt_ns
+            );
+            return Ok(());
+        }
+        let top = match open_dir(&self.path) {
+            Ok(fd) => sys::mount_id(fd.as_fd()).ok(),
+            Err(_) => None,
+        };
+        if top != Some(self.mnt_id) {
+            tracing::debug!(
+                "root bind on {} (mount {}) is gone already",
+                self.path.display(),
+                self.mnt_id
+            );
+            return Ok(());
+        }
+        umount2(&self.path, MntFlags::MNT_DETACH)
+            .ctx(|| format!("detach the root bind on {}", self.path.display()))
+    }
 }
 
 fn none() -> Option<&'static str> {
@@ -47,27 +148,34 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
     let prop = linux
         .and_then(|l| l.rootfs_propagation().as_deref())
         .and_then(propagation_flags);
-    // Our copy of the host's mounts must not propagate back to the host.
-    let initial = match prop {
-        Some(p) if p.contains(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-    };
-    mount(none(), "/", none(), initial, none())
-        .ctx(|| "make / a slave mount in the container's mount namespace".into())?;
-
     let rootfs = plan.rootfs;
-    match plan.served_root.take() {
-        Some(fd) => sys::move_mount_onto(fd.as_fd(), rootfs)
-            .ctx(|| format!("attach the file server's mount on {}", rootfs.display()))?,
-        None => mount(
-            Some(rootfs),
-            rootfs,
-            none(),
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none(),
-        )
-        .ctx(|| format!("bind mount root {}", rootfs.display()))?,
+    if plan.own_mount_ns {
+        // Our copy of the host's mounts must not propagate back to the host.
+        let initial = match prop {
+            Some(p) if p.contains(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        };
+        mount(none(), "/", none(), initial, none())
+            .ctx(|| "make / a slave mount in the container's mount namespace".into())?;
+        match plan.served_root.take() {
+            Some(fd) => sys::move_mount_onto(fd.as_fd(), rootfs)
+                .ctx(|| format!("attach the file server's mount on {}", rootfs.display()))?,
+            None => mount(
+                Some(rootfs),
+                rootfs,
+                none(),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none(),
+            )
+            .ctx(|| format!("bind mount root {}", rootfs.display()))?,
+        }
+    } else if plan.served_root.is_some() {
+        return Err(Error::Init(
+            "a served root needs the container's own mount namespace".into(),
+        ));
     }
+    // Without a mount namespace the root is the private bind `porta create` made
+    // (HostRootBind): the mounts below land beneath it, in the caller's mount namespace.
     let root_fd = open_dir(rootfs)?;
     let label = plan.mount_label.clone().filter(|_| selinux_enabled());
     if plan.mount_label.is_some() && label.is_none() {
@@ -833,10 +941,14 @@ fn dev_symlinks(root: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Makes the prepared root the process's root: pivot_root, or MS_MOVE + chroot with `no_pivot`.
-pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
+/// Makes the prepared root the process's root: pivot_root, or MS_MOVE + chroot with
+/// `no_pivot`; without a mount namespace of its own (`own_mount_ns` false), chroot alone,
+/// as runc (pivot_root and MS_MOVE would change the caller's mount table).
+pub fn enter(rootfs: &Path, no_pivot: bool, own_mount_ns: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
-    if no_pivot {
+    if !own_mount_ns {
+        nix::unistd::chroot(".").ctx(|| format!("chroot into {}", rootfs.display()))?;
+    } else if no_pivot {
         mount(Some(rootfs), "/", none(), MsFlags::MS_MOVE, none())
             .ctx(|| "move the root onto /".into())?;
         nix::unistd::chroot(".").ctx(|| "chroot".into())?;

@@ -100,6 +100,10 @@ pub struct ContainerState {
     /// A clear error recorded by the supervisor, if the file server could not be kept alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_error: Option<String>,
+    /// The bind of the root made in `create`'s mount namespace for a container without a
+    /// mount namespace of its own; `delete` detaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_root_bind: Option<crate::rootfs::HostRootBind>,
 }
 
 /// The state root (`--root`).
@@ -458,6 +462,7 @@ mod tests {
             file_server: false,
             supervisor_pid: 0,
             server_error: None,
+            host_root_bind: None,
         };
         d.save(&st).unwrap();
         let back = d.load().unwrap();
@@ -486,6 +491,7 @@ mod tests {
             file_server: true,
             supervisor_pid: 0,
             server_error: None,
+            host_root_bind: None,
         }
     }
 
