@@ -758,3 +758,54 @@ fn rootless_container_sees_host_changes_after_the_short_timeout() {
     );
     assert!(!state.join(&id).exists(), "delete leaves no state behind");
 }
+
+/// The pid of the newest host-change notifier the supervisor of `c` logged.
+fn notifier_pid(c: &Container) -> i32 {
+    let log = std::fs::read_to_string(supervisor_log(c)).unwrap_or_default();
+    log.lines()
+        .rev()
+        .find(|l| l.contains("host-change notifier started"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no notifier in the log:\n{log}"))
+}
+
+/// The notifier (the child writing the watcher's invalidations to the connection) dies
+/// with invalidations handed to it but not written (it was stopped, then killed): the next
+/// one writes them, and the container sees the host's changes.
+#[test]
+fn invalidations_a_killed_notifier_left_unwritten_are_sent_again() {
+    require_root!();
+    porta_only!("the host-change notifier");
+    for strict in [false, true] {
+        let c = started(if strict { "hc-notif-s" } else { "hc-notif-p" }, strict);
+        let root = c.bundle.rootfs();
+        std::fs::write(root.join("hc/seen"), b"old\n").unwrap();
+        let mut n = 0;
+        fence(&c, &mut n);
+        // The container caches the file and a missing name.
+        assert_eq!(
+            sh(&c, "cat /hc/seen; ls /hc/late 2>/dev/null; true"),
+            "old\n"
+        );
+        let pid = notifier_pid(&c);
+        // SAFETY: kill(2) of the notifier just logged (killed below, or by the supervisor
+        // when the container goes).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        std::fs::write(root.join("hc/seen"), b"new\n").unwrap();
+        std::fs::write(root.join("hc/late"), b"here\n").unwrap();
+        // Handled by the watcher, handed to the stopped notifier.
+        fence(&c, &mut n);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        // The next batch finds it dead.
+        fence(&c, &mut n);
+        assert_ne!(notifier_pid(&c), pid, "a new notifier was forked");
+        assert_eq!(
+            sh(&c, "cat /hc/seen /hc/late"),
+            "new\nhere\n",
+            "{}",
+            std::fs::read_to_string(supervisor_log(&c)).unwrap_or_default()
+        );
+    }
+}

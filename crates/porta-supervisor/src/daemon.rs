@@ -1276,7 +1276,9 @@ impl Supervisor {
             }
             let hidx = fds.len();
             // After a batch of the container's own events the queue rests a moment.
-            let rest = self.host_rest_until.map(|t| t.saturating_duration_since(Instant::now()));
+            let rest = self
+                .host_rest_until
+                .map(|t| t.saturating_duration_since(Instant::now()));
             let resting = rest.is_some_and(|r| !r.is_zero());
             let has_host = self.host.is_some() && !resting;
             if let Some(h) = self.host.as_ref().filter(|_| has_host) {

@@ -60,6 +60,21 @@ const FILEID_INO32_GEN: i32 = 1;
 const EXT_MAGIC: i64 = 0xEF53;
 /// Frames waiting for the notifier beyond which new ones are dropped (and counted).
 const MAX_PENDING: usize = 65_536;
+/// Bytes sent on `sock` that its peer has not read yet (`SIOCOUTQ`); unknown counts as
+/// some.
+fn unread(sock: &OwnedFd) -> i32 {
+    let mut n: libc::c_int = 1;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int to the pointer given.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) } < 0 {
+        return 1;
+    }
+    n
+}
+
+/// Frames kept after they were handed to the notifier, sent again through the next one
+/// when it dies: more than its socket can hold unread (a frame of at most 289 bytes takes
+/// about 1 KiB of the socket's 208 KiB send buffer) plus the one it was writing.
+const RECENT_FRAMES: usize = 1024;
 /// Times the notifier is forked again before the watcher gives up.
 const MAX_NOTIFIER_STARTS: u32 = 100;
 /// Largest notification frame: header, `fuse_notify_inval_entry_out`, a name, NUL.
@@ -297,6 +312,8 @@ pub struct Watcher {
     notifier: Option<Notifier>,
     notifier_starts: u32,
     pending: VecDeque<Vec<u8>>,
+    /// The last frames handed to the notifier (see [`RECENT_FRAMES`]).
+    recent: VecDeque<Vec<u8>>,
     dropped: u64,
     /// Server pids seen (the last few, for events queued before a restart).
     servers: VecDeque<i32>,
@@ -369,6 +386,7 @@ impl Watcher {
             notifier: None,
             notifier_starts: 0,
             pending: VecDeque::new(),
+            recent: VecDeque::new(),
             dropped: 0,
             servers: VecDeque::new(),
             leaves,
@@ -633,6 +651,18 @@ impl Watcher {
     /// Hands the waiting frames to the notifier, as many as its socket takes now; forks
     /// the notifier again when it died.
     pub fn flush(&mut self) {
+        // A notifier that died may have left frames unwritten in its socket.
+        if self
+            .notifier
+            .as_ref()
+            .and_then(|n| n.pidfd.as_ref())
+            .is_some_and(|p| crate::proc::exited(p.as_fd()))
+        {
+            let e = std::io::Error::from_raw_os_error(libc::ESRCH);
+            if !self.replace_notifier(&e) {
+                return;
+            }
+        }
         while let Some(frame) = self.pending.front() {
             let Some(n) = &self.notifier else { return };
             // SAFETY: sending our own buffer on our own socket.
@@ -645,27 +675,54 @@ impl Watcher {
                 )
             };
             if r >= 0 {
-                self.pending.pop_front();
+                if let Some(f) = self.pending.pop_front() {
+                    if self.recent.len() >= RECENT_FRAMES {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(f);
+                }
                 continue;
             }
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EAGAIN) {
                 return;
             }
-            self.notifier = None;
-            if self.notifier_starts >= MAX_NOTIFIER_STARTS {
-                tracing::error!(error = %e, "host-change watcher: the notifier keeps dying; host changes are no longer invalidated");
-                self.pending.clear();
+            if !self.replace_notifier(&e) {
                 return;
             }
-            tracing::warn!(error = %e, "host-change watcher: the notifier is gone; forking it again");
-            match self.fork_notifier() {
-                Ok(n) => self.notifier = Some(n),
-                Err(e) => {
-                    tracing::error!(error = %e, "host-change watcher: cannot fork the notifier");
-                    self.pending.clear();
-                    return;
-                }
+        }
+        // Everything sent was read: only the frame the notifier may still be writing can
+        // be lost with it.
+        if self.recent.len() > 1 && self.notifier.as_ref().is_some_and(|n| unread(&n.sock) == 0) {
+            let last = self.recent.pop_back();
+            self.recent.clear();
+            self.recent.extend(last);
+        }
+    }
+
+    /// The notifier died (`e` says how it was noticed): the frames it was last handed go
+    /// out again through a new one — those it had not written yet would be lost, and an
+    /// invalidation sent twice does no harm. False when no new notifier could be had.
+    fn replace_notifier(&mut self, e: &std::io::Error) -> bool {
+        self.notifier = None;
+        while let Some(f) = self.recent.pop_back() {
+            self.pending.push_front(f);
+        }
+        if self.notifier_starts >= MAX_NOTIFIER_STARTS {
+            tracing::error!(error = %e, "host-change watcher: the notifier keeps dying; host changes are no longer invalidated");
+            self.pending.clear();
+            return false;
+        }
+        tracing::warn!(error = %e, resent = self.pending.len(), "host-change watcher: the notifier is gone; forking it again");
+        match self.fork_notifier() {
+            Ok(n) => {
+                self.notifier = Some(n);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "host-change watcher: cannot fork the notifier");
+                self.pending.clear();
+                false
             }
         }
     }
