@@ -219,3 +219,44 @@ fn hook_timeout_with_child_holding_stdio() {
     );
     assert_nothing_left(&c);
 }
+
+/// A failing poststart or poststop hook is a warning (runtime-spec, "Lifecycle"): the
+/// hooks after it still run, `start` and `delete` succeed, and the container runs on (the
+/// OCI suite's `poststart_fail` and `poststop_fail`). Porta only: runc 1.1 runs poststart
+/// hooks during `create` and fails it at the first failing one.
+#[test]
+fn hooks_after_a_failing_poststart_or_poststop_hook_still_run() {
+    require_root!();
+    if !is_porta() {
+        return;
+    }
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    let after_start = b.file("poststart-after-failure");
+    let after_stop = b.file("poststop-after-failure");
+    for (kind, marker) in [("poststart", &after_start), ("poststop", &after_stop)] {
+        b.hook(
+            kind,
+            json!({"path": "/bin/sh", "args": ["sh", "-c", "echo hook-says-no >&2; exit 3"]}),
+        );
+        b.hook(
+            kind,
+            json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo ran > '{}'", marker.display())]}),
+        );
+    }
+    let c = Container::new("hook-warn", b);
+    c.create().expect_ok();
+    c.start().expect_ok();
+    assert!(
+        after_start.exists(),
+        "the poststart hook after the failing one did not run"
+    );
+    assert_eq!(c.status().as_deref(), Some("running"));
+    c.kill("KILL").expect_ok();
+    c.wait_stopped(30);
+    c.delete().expect_ok();
+    assert!(
+        after_stop.exists(),
+        "the poststop hook after the failing one did not run"
+    );
+    assert_nothing_left(&c);
+}

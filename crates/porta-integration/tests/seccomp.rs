@@ -576,3 +576,91 @@ fn profile_without_setup_calls_no_new_privs_off() {
     assert!(o.stdout.contains("Seccomp:\t2"), "{o}");
     assert!(o.stdout.contains(&format!("{want:016x}")), "{o}");
 }
+
+/// A profile whose BPF program is longer than the kernel takes in one filter (4096
+/// instructions) is refused by `create`, naming `linux.seccomp`, and leaves nothing behind.
+/// Porta now generates the program before `create` reports ready and only installs it after
+/// `start` (runc loads its filter before its exec fifo). Before, the program was generated
+/// after `start`: `start` returned while the process spent tens of milliseconds in Porta's
+/// set-up code (a signal sent at once met no handler of the program: the conformance
+/// suite's `killsig`), and such a profile failed only after `start`, on the container's
+/// stderr.
+#[test]
+fn a_filter_too_long_for_the_kernel_is_refused_by_create() {
+    require_root!();
+    // 100 conditional rules with their own errno and value on each of 30 system calls:
+    // libseccomp can neither merge nor share them (about 6,000 instructions).
+    let names = [
+        "read",
+        "write",
+        "openat",
+        "close",
+        "fstat",
+        "lseek",
+        "mmap",
+        "ioctl",
+        "pread64",
+        "pwrite64",
+        "readv",
+        "writev",
+        "dup",
+        "dup2",
+        "fcntl",
+        "flock",
+        "fsync",
+        "ftruncate",
+        "fchmod",
+        "fchown",
+        "getdents64",
+        "fdatasync",
+        "fstatfs",
+        "fchdir",
+        "munmap",
+        "mprotect",
+        "madvise",
+        "msync",
+        "sendfile",
+        "splice",
+    ];
+    let rules: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .flat_map(|(i, name)| {
+            (0..100u64).map(move |v| {
+                json!({
+                    "names": [name],
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": 1 + v,
+                    "args": [{"index": 0, "value": 100_000 * (i as u64 + 1) + v, "op": "SCMP_CMP_EQ"}]
+                })
+            })
+        })
+        .collect();
+    let mut b = Bundle::new(&["true"]);
+    // Without no_new_privs runc too loads the filter before `create` returns.
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    b.seccomp(json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": rules
+    }));
+    let c = Container::new("sc-toolong", b);
+    let o = c.create();
+    o.expect_fail();
+    if is_porta() {
+        assert!(
+            o.stderr.contains("linux.seccomp") && o.stderr.contains("4096"),
+            "the error does not name the profile and the limit: {o}"
+        );
+    }
+    let ids = [c.id.clone()];
+    let bundles = [c.bundle.path_str()];
+    let gone = wait_for(std::time::Duration::from_secs(30), || {
+        leaks::check(&ids, &bundles).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "left behind: {:?}",
+        leaks::check(&ids, &bundles)
+    );
+}

@@ -692,10 +692,9 @@ impl Container {
         if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
             let json = serde_json::to_vec(&oci_state_json(&self.state, Status::Running))
                 .unwrap_or_default();
-            if let Err(e) = hooks::run_all("poststart", &h, &json) {
-                // The spec: a failing poststart hook is a warning; the container runs on.
-                tracing::warn!("{e}");
-            }
+            // The spec: a failing poststart hook is a warning; the other hooks still run and
+            // the container runs on.
+            hooks::run_each_warn("poststart", &h, &json);
         }
         Ok(())
     }
@@ -763,9 +762,7 @@ impl Container {
                 if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
                     let json = serde_json::to_vec(&oci_state_json(&self.state, Status::Stopped))
                         .unwrap_or_default();
-                    if let Err(e) = hooks::run_all("poststop", &h, &json) {
-                        tracing::warn!("{e}");
-                    }
+                    hooks::run_each_warn("poststop", &h, &json);
                 }
             }
         }

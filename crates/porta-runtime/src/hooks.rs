@@ -17,6 +17,16 @@ pub fn run_all(kind: &str, hooks: &[Hook], state: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Runs every hook of a kind whose failure the spec makes a warning (poststart, poststop):
+/// a failing hook is logged and the remaining hooks still run.
+pub fn run_each_warn(kind: &str, hooks: &[Hook], state: &[u8]) {
+    for h in hooks {
+        if let Err(e) = run(kind, h, state) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 fn run(kind: &str, h: &Hook, state: &[u8]) -> Result<()> {
     let path = h.path().clone();
     let err = |msg: String| Error::Hook {

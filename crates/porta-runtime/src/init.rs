@@ -360,6 +360,13 @@ pub fn finalize_and_exec(
     let seccomp_cfg = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let filter = seccomp_cfg.as_ref().map(seccomp::compile).transpose()?;
     let notify = seccomp_cfg.as_ref().is_some_and(seccomp::uses_notify);
+    // The BPF program is generated now, before `create` reports ready: after `start` only
+    // its installation is left (see seccomp::Program). A notifying filter is loaded whole
+    // before ready anyway.
+    let bpf = match (&filter, &seccomp_cfg) {
+        (Some(f), Some(cfg)) if !notify => Some(seccomp::prepare(f, cfg)?),
+        _ => None,
+    };
     let nnp = p.no_new_privileges().unwrap_or(false);
     process::apply_lsm(
         p.apparmor_profile().as_deref(),
@@ -420,8 +427,8 @@ pub fn finalize_and_exec(
         }
     }
     let late = (|| -> Result<()> {
-        if let Some(f) = filter {
-            seccomp::load(&f, false)?;
+        if let Some(p) = &bpf {
+            seccomp::install(p)?;
         }
         if let Some(c) = &final_caps {
             process::set_final_caps(c)?;

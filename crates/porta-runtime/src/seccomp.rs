@@ -143,6 +143,129 @@ pub fn compile(s: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     Ok(ctx)
 }
 
+/// The most instructions the kernel takes in one filter (BPF_MAXINSNS).
+const MAX_INSNS: usize = 4096;
+
+/// A filter turned into its BPF program ahead of time: installing it right before execve is
+/// then one system call. libseccomp's own load generates the program at that moment, which
+/// takes tens of milliseconds for a large profile (Docker's default is ~300 system calls on
+/// three architectures): time in which `start` has returned but the container's program
+/// has not started, so a signal sent at once found Porta's set-up code instead of the
+/// program's handlers.
+pub struct Program {
+    insns: Vec<libc::sock_filter>,
+    flags: libc::c_ulong,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("insns", &self.insns.len())
+            .field("flags", &self.flags)
+            .finish()
+    }
+}
+
+impl Program {
+    /// The number of BPF instructions.
+    pub fn len(&self) -> usize {
+        self.insns.len()
+    }
+
+    /// Whether the program has no instruction (never the case for a generated filter).
+    pub fn is_empty(&self) -> bool {
+        self.insns.is_empty()
+    }
+}
+
+/// Generates the BPF program of a compiled filter (see [`Program`]), with the load flags
+/// the profile's `flags` ask for. A program longer than the kernel takes is refused here,
+/// naming the profile, rather than after `start`.
+pub fn prepare(ctx: &ScmpFilterContext, s: &LinuxSeccomp) -> Result<Program> {
+    use std::io::{Read, Seek, SeekFrom};
+    let fd = nix::sys::memfd::memfd_create(
+        c"porta-seccomp",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| Error::Seccomp(format!("memfd for the filter's program: {e}")))?;
+    ctx.export_bpf(&fd)
+        .map_err(|e| Error::Seccomp(format!("generate the filter's program: {e}")))?;
+    let mut file = std::fs::File::from(fd);
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| Error::Seccomp(format!("read the filter's program back: {e}")))?;
+    let size = std::mem::size_of::<libc::sock_filter>();
+    if bytes.is_empty() || bytes.len() % size != 0 {
+        return Err(Error::Seccomp(format!(
+            "libseccomp exported a program of {} bytes, not a whole number of {size}-byte instructions",
+            bytes.len()
+        )));
+    }
+    let insns: Vec<libc::sock_filter> = bytes
+        .chunks_exact(size)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    if insns.len() > MAX_INSNS {
+        return Err(Error::field(
+            "linux.seccomp",
+            format!(
+                "the profile compiles to {} BPF instructions; the kernel takes at most {MAX_INSNS} in one filter",
+                insns.len()
+            ),
+        ));
+    }
+    let mut flags: libc::c_ulong = 0;
+    for f in s.flags().iter().flatten() {
+        match f {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => flags |= libc::SECCOMP_FILTER_FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                flags |= libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => {
+                flags |= libc::SECCOMP_FILTER_FLAG_TSYNC
+            }
+            _ => {} // not applied (see compile)
+        }
+    }
+    Ok(Program { insns, flags })
+}
+
+/// Installs a prepared program into the calling thread (see [`Program`]). Without
+/// no_new_privs this needs CAP_SYS_ADMIN, as libseccomp's load does.
+pub fn install(p: &Program) -> Result<()> {
+    let len = u16::try_from(p.insns.len())
+        .map_err(|_| Error::Seccomp(format!("{} instructions", p.insns.len())))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: p.insns.as_ptr().cast_mut(),
+    };
+    // SAFETY: prog points at p.insns, which outlives the call; the kernel copies the program.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            p.flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        r if r > 0 => Err(Error::Seccomp(format!(
+            "load filter: thread {r} could not be synchronised (SECCOMP_FILTER_FLAG_TSYNC)"
+        ))),
+        _ => Err(Error::Seccomp(format!(
+            "load filter: {}",
+            std::io::Error::last_os_error()
+        ))),
+    }
+}
+
 /// Loads a compiled filter into the calling process; returns the notification fd when the
 /// profile uses SCMP_ACT_NOTIFY.
 pub fn load(ctx: &ScmpFilterContext, notify: bool) -> Result<Option<OwnedFd>> {
@@ -190,5 +313,106 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("listenerPath"));
+    }
+
+    #[test]
+    fn a_prepared_program_filters_as_the_profile_says() {
+        let s: LinuxSeccomp = serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 42}]
+        }))
+        .unwrap();
+        let p = prepare(&compile(&s).unwrap(), &s).unwrap();
+        assert!(!p.is_empty());
+        // The filter goes into a child (it would stay on the test's own thread otherwise).
+        // SAFETY: the child only makes system calls and exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes no pointers.
+                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+                let code = match install(&p) {
+                    Err(_) => 1,
+                    Ok(()) => match nix::unistd::mkdir(
+                        "/proc/porta-test-never",
+                        nix::sys::stat::Mode::empty(),
+                    ) {
+                        Err(e) if e as i32 == 42 => 0,
+                        _ => 2,
+                    },
+                };
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(code) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_program_longer_than_the_kernel_takes_is_refused_by_name() {
+        let s = oversized_profile();
+        let e = prepare(&compile(&s).unwrap(), &s).unwrap_err().to_string();
+        assert!(e.contains("linux.seccomp") && e.contains("4096"), "{e}");
+    }
+
+    /// A profile whose program exceeds 4096 instructions: 100 conditional rules (each with
+    /// its own errno and value, so that libseccomp can neither merge nor share them) on each
+    /// of 30 system calls (about 6,000 instructions on x86-64 alone).
+    pub(crate) fn oversized_profile() -> LinuxSeccomp {
+        let names = [
+            "read",
+            "write",
+            "openat",
+            "close",
+            "fstat",
+            "lseek",
+            "mmap",
+            "ioctl",
+            "pread64",
+            "pwrite64",
+            "readv",
+            "writev",
+            "dup",
+            "dup2",
+            "fcntl",
+            "flock",
+            "fsync",
+            "ftruncate",
+            "fchmod",
+            "fchown",
+            "getdents64",
+            "fdatasync",
+            "fstatfs",
+            "fchdir",
+            "munmap",
+            "mprotect",
+            "madvise",
+            "msync",
+            "sendfile",
+            "splice",
+        ];
+        let rules: Vec<serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .flat_map(|(i, name)| {
+                (0..100u64).map(move |v| {
+                    serde_json::json!({
+                        "names": [name],
+                        "action": "SCMP_ACT_ERRNO",
+                        "errnoRet": 1 + v,
+                        "args": [{"index": 0, "value": 100_000 * (i as u64 + 1) + v, "op": "SCMP_CMP_EQ"}]
+                    })
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": rules
+        }))
+        .unwrap()
     }
 }
