@@ -18,6 +18,15 @@
 use porta_integration::*;
 use std::path::{Path, PathBuf};
 
+/// The tests of this file one at a time: the watcher marks the whole file system, and
+/// another test's bundle made or removed meanwhile (inode numbers reused) shows up as
+/// foreign events, which the exact counts of `own_changes_invalidate_nothing` would take
+/// for the container's.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The supervisor's log of container `c` (its state directory under the tests' root).
 fn supervisor_log(c: &Container) -> PathBuf {
     Path::new(ROOT).join(&c.id).join("supervisor.log")
@@ -198,12 +207,14 @@ fn host_changes_are_seen(strict: bool) {
 
 #[test]
 fn host_changes_are_seen_in_passthrough_mode() {
+    let _serial = serial();
     require_root!();
     host_changes_are_seen(false);
 }
 
 #[test]
 fn host_changes_are_seen_in_strict_mode() {
+    let _serial = serial();
     require_root!();
     host_changes_are_seen(true);
 }
@@ -259,12 +270,14 @@ fn own_changes_invalidate_nothing(strict: bool) {
 
 #[test]
 fn own_changes_invalidate_nothing_in_passthrough_mode() {
+    let _serial = serial();
     require_root!();
     own_changes_invalidate_nothing(false);
 }
 
 #[test]
 fn own_changes_invalidate_nothing_in_strict_mode() {
+    let _serial = serial();
     require_root!();
     own_changes_invalidate_nothing(true);
 }
@@ -274,6 +287,7 @@ fn own_changes_invalidate_nothing_in_strict_mode() {
 /// the annotation.
 #[test]
 fn the_switch_turns_the_watcher_off_and_bad_values_are_refused() {
+    let _serial = serial();
     require_root!();
     porta_only!("run.porta.fs.host-changes is Porta's annotation");
     let mut b = Bundle::new(&[]);
@@ -484,12 +498,14 @@ fn overlay_without_file_handles(strict: bool) {
 
 #[test]
 fn overlay_root_without_file_handles_falls_back_to_short_timeouts_passthrough() {
+    let _serial = serial();
     require_root!();
     overlay_without_file_handles(false);
 }
 
 #[test]
 fn overlay_root_without_file_handles_falls_back_to_short_timeouts_strict() {
+    let _serial = serial();
     require_root!();
     overlay_without_file_handles(true);
 }
@@ -499,6 +515,7 @@ fn overlay_root_without_file_handles_falls_back_to_short_timeouts_strict() {
 /// the container's next single access once the watcher handled a later fence.
 #[test]
 fn overlay_root_with_file_handles_is_watched() {
+    let _serial = serial();
     require_root!();
     let ovl = match Overlay::mount("index=on,nfs_export=on") {
         Ok(o) => o,
@@ -621,6 +638,7 @@ fn a_full_event_queue_invalidates_every_node(strict: bool) {
 
 #[test]
 fn a_full_event_queue_invalidates_every_node_in_passthrough_mode() {
+    let _serial = serial();
     require_root!();
     porta_only!("the watcher's queue overflow is Porta's");
     a_full_event_queue_invalidates_every_node(false);
@@ -628,6 +646,7 @@ fn a_full_event_queue_invalidates_every_node_in_passthrough_mode() {
 
 #[test]
 fn a_full_event_queue_invalidates_every_node_in_strict_mode() {
+    let _serial = serial();
     require_root!();
     porta_only!("the watcher's queue overflow is Porta's");
     a_full_event_queue_invalidates_every_node(true);
@@ -673,6 +692,7 @@ fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
 /// seen once the timeout expired.
 #[test]
 fn rootless_container_sees_host_changes_after_the_short_timeout() {
+    let _serial = serial();
     require_root!();
     porta_only!("the rootless file server is Porta's");
     if !have_command("setpriv") || !have_command("unshare") || !Path::new("/dev/fuse").exists() {
@@ -775,6 +795,7 @@ fn notifier_pid(c: &Container) -> i32 {
 /// one writes them, and the container sees the host's changes.
 #[test]
 fn invalidations_a_killed_notifier_left_unwritten_are_sent_again() {
+    let _serial = serial();
     require_root!();
     porta_only!("the host-change notifier");
     for strict in [false, true] {
