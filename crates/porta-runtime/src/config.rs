@@ -238,30 +238,9 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
             ));
         }
     }
-    if let Some(h) = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_HOST_CHANGES))
-    {
-        if !matches!(h.as_str(), "on" | "off") {
-            return Err(Error::field(
-                format!("annotations.{ANNOTATION_HOST_CHANGES}"),
-                format!("{h:?}: expected \"on\" or \"off\""),
-            ));
-        }
-    }
-    if let Some(p) = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_PASSTHROUGH))
-    {
-        if !matches!(p.as_str(), "on" | "off") {
-            return Err(Error::field(
-                format!("annotations.{ANNOTATION_PASSTHROUGH}"),
-                format!("{p:?}: expected \"on\" or \"off\""),
-            ));
-        }
-        if p == "on" && !nix::unistd::geteuid().is_root() {
+    on_off(spec, ANNOTATION_HOST_CHANGES)?;
+    if let Some(p) = on_off(spec, ANNOTATION_PASSTHROUGH)? {
+        if p && !nix::unistd::geteuid().is_root() {
             return Err(Error::field(
                 format!("annotations.{ANNOTATION_PASSTHROUGH}"),
                 "FUSE passthrough needs porta to run as root (the kernel registers backing \
@@ -272,6 +251,22 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         }
     }
     Ok(rootfs)
+}
+
+/// The value of an `on`/`off` annotation (None when absent); any other value is an error
+/// naming the annotation.
+fn on_off(spec: &Spec, name: &str) -> Result<Option<bool>> {
+    let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(name)) else {
+        return Ok(None);
+    };
+    match v.as_str() {
+        "on" => Ok(Some(true)),
+        "off" => Ok(Some(false)),
+        _ => Err(Error::field(
+            format!("annotations.{name}"),
+            format!("{v:?}: expected \"on\" or \"off\""),
+        )),
+    }
 }
 
 /// Checks the parts of a process description every runtime needs.
