@@ -7,10 +7,20 @@ use std::path::PathBuf;
 pub enum Error {
     /// The bundle's config.json is missing, unreadable or malformed.
     #[error("config {path}: {msg}")]
-    Config { path: PathBuf, msg: String },
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A field of the config has a value Porta cannot honour.
     #[error("config field {field}: {msg}")]
-    InvalidField { field: String, msg: String },
+    InvalidField {
+        /// The field, as a JSON path (e.g. `process.args`).
+        field: String,
+        /// What is wrong with its value.
+        msg: String,
+    },
     /// A command-line argument is wrong.
     #[error("{0}")]
     Usage(String),
@@ -22,18 +32,28 @@ pub enum Error {
     Exists(String),
     /// The container id is not acceptable.
     #[error("invalid container id {id:?}: {why}")]
-    InvalidId { id: String, why: String },
+    InvalidId {
+        /// The id as given.
+        id: String,
+        /// Why it is refused.
+        why: String,
+    },
     /// The container is not in a state that allows the operation.
     #[error("container {id} is {status}: {msg}")]
     BadState {
+        /// The container.
         id: String,
+        /// Its status now (`created`, `running`, …).
         status: String,
+        /// Why the operation needs another status.
         msg: String,
     },
     /// A system call or file operation failed.
     #[error("{what}: {source}")]
     Sys {
+        /// The operation and its object, e.g. `mount /proc`.
         what: String,
+        /// The error the kernel returned.
         #[source]
         source: std::io::Error,
     },
@@ -43,8 +63,11 @@ pub enum Error {
     /// A hook failed or timed out.
     #[error("{kind} hook {path}: {msg}")]
     Hook {
+        /// The hook kind (`prestart`, `createRuntime`, …).
         kind: String,
+        /// The hook's program.
         path: PathBuf,
+        /// How it failed.
         msg: String,
     },
     /// A cgroup operation failed.
@@ -55,7 +78,12 @@ pub enum Error {
     Seccomp(String),
     /// State on disk is corrupt.
     #[error("state {path}: {msg}")]
-    State { path: PathBuf, msg: String },
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// Checkpoint or restore cannot be done, or CRIU failed.
     #[error("{0}")]
     Checkpoint(String),
