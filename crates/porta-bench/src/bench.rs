@@ -34,15 +34,18 @@ pub const WORKLOADS: &[&str] = &[
 /// Problem sizes; `quick` shrinks them.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
+    /// Reduced problem sizes (`--quick`).
     pub quick: bool,
 }
 
 impl Sizes {
+    /// Sieve limit and the number of primes below it.
     pub fn primes_n(&self) -> (u64, u64) {
         // The sieve takes well under a second even at full size, so --quick keeps it.
         let _ = self.quick;
         (100_000_000, 5_761_455)
     }
+    /// Files per fs_mark run, with or without fsync.
     pub fn fsmark_files(&self, sync: bool) -> usize {
         match (self.quick, sync) {
             (false, _) => 5_000,
@@ -50,6 +53,7 @@ impl Sizes {
             (true, false) => 500,
         }
     }
+    /// Buffer size (MiB) and number of copies of `membw`.
     pub fn membw_mib(&self) -> (usize, usize) {
         if self.quick {
             (64, 10)
@@ -57,6 +61,7 @@ impl Sizes {
             (128, 20)
         }
     }
+    /// Buffer size (MiB) and number of dependent loads of `memlat`.
     pub fn memlat(&self) -> (usize, u64) {
         if self.quick {
             (64, 1_000_000)
@@ -64,6 +69,7 @@ impl Sizes {
             (256, 5_000_000)
         }
     }
+    /// Files in the `stat-tree` tree.
     pub fn tree_files(&self) -> usize {
         if self.quick {
             5_000
@@ -71,6 +77,7 @@ impl Sizes {
             50_000
         }
     }
+    /// Appends (and reopens) per `smallio` run.
     pub fn smallio(&self) -> usize {
         if self.quick {
             2_000
@@ -78,6 +85,7 @@ impl Sizes {
             20_000
         }
     }
+    /// Size of the `seqio` file, MiB.
     pub fn seqio_mib(&self) -> usize {
         if self.quick {
             64
@@ -85,6 +93,7 @@ impl Sizes {
             1024
         }
     }
+    /// Files per `smallfile` run.
     pub fn smallfiles(&self) -> usize {
         if self.quick {
             1_000
@@ -102,6 +111,7 @@ impl Sizes {
             (200, 20_000_000)
         }
     }
+    /// Idle containers running at once in `density`.
     pub fn density(&self) -> usize {
         if self.quick {
             5
@@ -142,6 +152,7 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
     }
 }
 
+/// What a workload does and how big it is, for the report.
 pub fn describe(workload: &str, s: Sizes) -> String {
     match workload {
         "lifecycle" => "`create` + `start` + wait for exit + `delete` of a container running busybox `/bin/true`, timed by the harness from the spawn of `create` to the exit of `delete` (wait: the pid from `--pid-file`, watched through a pidfd until it exits — the container's init for runc, crun and porta; for runsc its sandbox process, which exits with the container). Native: fork + chroot + exec of `/bin/true` + wait.".into(),
@@ -163,26 +174,41 @@ pub fn describe(workload: &str, s: Sizes) -> String {
 /// Command-line options the harness needs (filled in by main).
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Output directory for results, report and plots.
     pub out: PathBuf,
+    /// Reduced problem sizes.
     pub quick: bool,
+    /// Workloads to run (empty: all).
     pub only: Vec<String>,
+    /// Environments to run (empty: the default set).
     pub runtimes: Vec<String>,
+    /// The porta binary under test.
     pub porta: PathBuf,
+    /// The workspace root (to build the workload binary).
     pub workspace: PathBuf,
+    /// A prebuilt static workload binary, instead of building one.
     pub workload_bin: Option<PathBuf>,
+    /// Where the root file system and state directories are made.
     pub work_dir: PathBuf,
+    /// Counted runs per environment (default per workload).
     pub runs: Option<usize>,
+    /// Warm-up rounds (default per workload).
     pub warmup: Option<usize>,
+    /// Keep the work directory for inspection.
     pub keep: bool,
+    /// Also write this Markdown page, with its plots beside it.
     pub docs: Option<PathBuf>,
+    /// The command line, as printed in the report.
     pub command_line: String,
     /// Leave the `/sys/fs/cgroup` mount out of every config.json.
     pub no_cgroup_mount: bool,
 }
 
+/// One invocation of the harness: its environments, the shared root file system and the work directory it removes at the end.
 pub struct Bench {
     opt: Options,
     sizes: Sizes,
+    /// The environments, in the order they run.
     pub envs: Vec<Env>,
     work: PathBuf,
     rootfs: PathBuf,
@@ -234,6 +260,7 @@ fn progress(msg: &str) {
 }
 
 impl Bench {
+    /// Prepares the work directory, the root file system and every environment (probing each runtime).
     pub fn new(opt: Options, notes: Vec<String>) -> Result<Bench> {
         let sizes = Sizes { quick: opt.quick };
         let pid = std::process::id();
@@ -1325,6 +1352,7 @@ fn remove_cgroup_tree(dir: &Path) {
     // With /sys/fs/cgroup/unified unmounted in our namespace, crun writes its "unified" files
     // into the plain tmpfs directory underneath (hidden by the cgroup2 mount on the host):
     // remove those as ordinary files.
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
     // SAFETY: valid C string and out-pointer.

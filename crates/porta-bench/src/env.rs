@@ -29,6 +29,7 @@ pub const HOST_CHANGES_OFF: (&str, &str) = ("run.porta.fs.host-changes", "off");
 /// How an OCI runtime is invoked.
 #[derive(Debug, Clone)]
 pub struct Oci {
+    /// The runtime binary.
     pub bin: PathBuf,
     /// Global flags before the subcommand (besides `--root`).
     pub global: Vec<String>,
@@ -37,14 +38,20 @@ pub struct Oci {
 }
 
 #[derive(Debug, Clone)]
+/// How an environment runs a workload.
 pub enum Kind {
+    /// Directly on the host, chrooted into the root file system.
     Native,
+    /// In a container of an OCI runtime.
     Oci(Oci),
 }
 
 #[derive(Debug, Clone)]
+/// One environment of the comparison: a runtime with its flags and annotations.
 pub struct Env {
+    /// Its name in the report (`native`, `porta`, `porta-strict`, `runc`, …).
     pub name: String,
+    /// How it runs workloads.
     pub kind: Kind,
     /// The `--root` state directory, private to this environment.
     pub state_root: PathBuf,
@@ -53,6 +60,7 @@ pub struct Env {
     /// Each container's root is an overlay mount over the shared root file system (made
     /// by the harness, `nfs_export=off`), not the shared root itself.
     pub overlay: bool,
+    /// The runtime's version line, for the report.
     pub version: String,
 }
 
@@ -137,6 +145,7 @@ impl Env {
         })
     }
 
+    /// The OCI runtime of this environment, unless it is native.
     pub fn oci(&self) -> Option<&Oci> {
         match &self.kind {
             Kind::Oci(o) => Some(o),

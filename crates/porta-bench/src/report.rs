@@ -8,16 +8,25 @@ use std::fmt::Write;
 /// Facts about the machine and the invocation, written to `machine.json` and the report header.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunInfo {
+    /// When the run started, UTC, RFC 3339.
     pub date_utc: String,
+    /// The harness's command line.
     pub command: String,
+    /// `quick` or `full`.
     pub mode: String,
     /// Warm-up and counted rounds, in words.
     pub rounds: String,
+    /// `uname -srv` and machine.
     pub kernel: String,
+    /// The CPU model.
     pub cpu: String,
+    /// Logical CPUs.
     pub cpus: usize,
+    /// Total memory, MiB.
     pub memory_mib: u64,
+    /// The file system that holds the work directory.
     pub work_fs: String,
+    /// Wall-clock length of the whole run, seconds.
     pub duration_s: f64,
     /// (runtime, binary and flags, version, status text)
     pub runtimes: Vec<RuntimeInfo>,
@@ -26,17 +35,24 @@ pub struct RunInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// One runtime as the report's runtime table shows it.
 pub struct RuntimeInfo {
+    /// Environment name.
     pub name: String,
+    /// Binary and flags.
     pub invocation: String,
+    /// Version line.
     pub version: String,
+    /// `ok`, or why it was skipped.
     pub status: String,
 }
 
 /// Description of one workload for the report: name and what/how big.
 #[derive(Debug, Clone)]
 pub struct WorkloadDoc {
+    /// Workload name.
     pub name: String,
+    /// What it does and how big it is.
     pub description: String,
 }
 

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Better {
+    /// Smaller is better (times, latencies).
     Lower,
+    /// Larger is better (rates, bandwidths).
     Higher,
 }
 
@@ -31,31 +33,52 @@ pub enum Status {
 /// the same invocation, or null when that reference was not measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// Workload name.
     pub workload: String,
+    /// Environment name.
     pub runtime: String,
+    /// Metric name within the workload.
     pub metric: String,
+    /// Unit of the values.
     pub unit: String,
+    /// Whether larger or smaller is better.
     pub better: Better,
+    /// What happened to this runtime in this workload.
     pub status: Status,
+    /// Why it was skipped or failed.
     pub reason: Option<String>,
+    /// Median of the counted runs.
     pub median: Option<f64>,
+    /// Smallest counted run.
     pub min: Option<f64>,
+    /// Largest counted run.
     pub max: Option<f64>,
+    /// The counted values, in run order.
     pub runs: Vec<f64>,
+    /// Median ÷ native's median.
     pub ratio_to_native: Option<f64>,
+    /// Median ÷ runc's median.
     pub ratio_to_runc: Option<f64>,
 }
 
 /// What the harness gathered for one workload × runtime × metric, before summarizing.
 #[derive(Debug, Clone)]
 pub struct Cell {
+    /// Workload name.
     pub workload: String,
+    /// Environment name.
     pub runtime: String,
+    /// Metric name within the workload.
     pub metric: String,
+    /// Unit of the values.
     pub unit: String,
+    /// Whether larger or smaller is better.
     pub better: Better,
+    /// The counted values, in run order.
     pub values: Vec<f64>,
+    /// What happened to this runtime in this workload.
     pub status: Status,
+    /// Why it was skipped or failed.
     pub reason: Option<String>,
 }
 

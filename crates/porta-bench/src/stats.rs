@@ -3,8 +3,11 @@
 /// Median, minimum and maximum of a set of runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
+    /// Median.
     pub median: f64,
+    /// Smallest value.
     pub min: f64,
+    /// Largest value.
     pub max: f64,
 }
 
@@ -24,6 +27,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// Median, minimum and maximum; `None` when empty or when any value is not finite.
 pub fn summarize(values: &[f64]) -> Option<Summary> {
     let median = median(values)?;
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);

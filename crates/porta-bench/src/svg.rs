@@ -28,6 +28,7 @@ pub fn colour(runtime: &str) -> &'static str {
     }
 }
 
+/// Escapes text for use in SVG/XML character data and attributes.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
