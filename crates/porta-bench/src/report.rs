@@ -270,7 +270,9 @@ pub fn docs_preface() -> String {
 [docs/bench/](bench/). Each workload runs natively and in every runtime on the same busybox root \
 file system, with workload programs from `crates/porta-workloads` (one static multi-call binary, \
 `porta-workload`). Figures are ratios to native and to runc measured in the same run; absolute \
-numbers on this shared machine are noise.
+numbers on a shared machine are noise. What Porta promises about these figures: \
+[SPECIFICATION.md](SPECIFICATION.md); the investigations behind them (where the time goes, what \
+was tried): [measurements.md](measurements.md).
 
 ## Reproduce
 
