@@ -67,4 +67,15 @@ deps.sh: cargo is missing. Install Rust (1.85 or newer) with rustup:
     . "$HOME/.cargo/env"
 MSG
 fi
+# clippy and rustfmt: the lint stage of scripts/test.sh runs both.
+if [ -f "$HOME/.cargo/env" ] && ! command -v cargo >/dev/null 2>&1; then . "$HOME/.cargo/env"; fi
+if command -v cargo >/dev/null 2>&1; then
+  if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add clippy rustfmt >/dev/null 2>&1 || echo "deps.sh: rustup could not add clippy and rustfmt" >&2
+    else
+      echo "deps.sh: cargo clippy or cargo fmt is missing (install the clippy and rustfmt components of your Rust toolchain)" >&2
+    fi
+  fi
+fi
 echo "deps.sh: dependencies in place"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The whole test suite: dependencies, release build, unit tests, then the integration
+# The whole test suite: dependencies, release build, lints, unit tests, then the integration
 # tests against the release porta (scripts/integration.sh; the leak check runs last).
 # Every stage runs even when an earlier one failed (only a failed build stops the run:
 # there is nothing to test then); the end prints every failed stage and test file, and
@@ -35,6 +35,17 @@ echo "=== build"
 if ! cargo build --release --workspace; then
   echo "test.sh: the build failed; nothing to test" >&2
   exit 1
+fi
+
+echo "=== lint"
+# The workspace's lints ([workspace.lints] in Cargo.toml: missing docs, unsafe blocks
+# without a SAFETY comment, …) and clippy's defaults, as errors; formatting as rustfmt.
+if ! cargo fmt --all --check >/dev/null; then
+  cargo fmt --all --check 2>&1 | head -40
+  failed+=("lint: cargo fmt --all --check (run cargo fmt --all)")
+fi
+if ! cargo clippy --release --workspace --all-targets -- -D warnings; then
+  failed+=("lint: cargo clippy --workspace --all-targets -- -D warnings")
 fi
 
 echo "=== unit tests"
