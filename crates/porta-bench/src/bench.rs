@@ -184,6 +184,8 @@ pub struct Options {
     pub runtimes: Vec<String>,
     /// The porta binary under test.
     pub porta: PathBuf,
+    /// A second porta binary, run by the `baseline-*` environments.
+    pub baseline: Option<PathBuf>,
     /// The workspace root (to build the workload binary).
     pub workspace: PathBuf,
     /// A prebuilt static workload binary, instead of building one.
@@ -268,9 +270,15 @@ impl Bench {
         fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
         let mut envs = Vec::new();
         for name in &opt.runtimes {
-            let e = Env::new(name, &opt.porta, &work.join("state")).ok_or_else(|| {
+            let e = Env::new(
+                name,
+                &opt.porta,
+                opt.baseline.as_deref(),
+                &work.join("state"),
+            )
+            .ok_or_else(|| {
                 anyhow!(
-                    "unknown runtime {name:?} (known: {})",
+                    "unknown runtime {name:?} (known: {}, and baseline-<a porta environment>)",
                     crate::env::ALL
                         .iter()
                         .chain(crate::env::EXTRA)

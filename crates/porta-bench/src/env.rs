@@ -23,6 +23,11 @@ pub const ALL: &[&str] = &[
 /// short timeouts).
 pub const EXTRA: &[&str] = &["porta-overlay"];
 
+/// Prefix of the environments that run a second, baseline porta binary (`--baseline`):
+/// `baseline-porta`, `baseline-porta-strict`, … are the Porta environment of that name run
+/// by the baseline binary, so two builds are compared run by run in one invocation.
+pub const BASELINE_PREFIX: &str = "baseline-";
+
 /// The annotation that switches the host-change watcher off.
 pub const HOST_CHANGES_OFF: (&str, &str) = ("run.porta.fs.host-changes", "off");
 
@@ -75,9 +80,32 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 impl Env {
-    /// Builds the environment `name`; `porta` is the path of the porta binary. A missing binary
-    /// yields an environment with `skip` set.
-    pub fn new(name: &str, porta: &Path, state_base: &Path) -> Option<Env> {
+    /// Builds the environment `name`; `porta` is the path of the porta binary and `baseline`
+    /// the one `baseline-*` environments run (`None`: they are skipped). A missing binary
+    /// yields an environment with `skip` set; an unknown name, `None`.
+    pub fn new(
+        name: &str,
+        porta: &Path,
+        baseline: Option<&Path>,
+        state_base: &Path,
+    ) -> Option<Env> {
+        if let Some(inner) = name.strip_prefix(BASELINE_PREFIX) {
+            if !inner.starts_with("porta") {
+                return None;
+            }
+            let missing = Path::new("");
+            let mut e = Env::new(inner, baseline.unwrap_or(missing), None, state_base)?;
+            e.name = name.into();
+            e.state_root = state_base.join(name);
+            if baseline.is_none() {
+                e.skip = Some(format!("{name}: no --baseline binary given"));
+            }
+            return Some(e);
+        }
+        Env::plain(name, porta, state_base)
+    }
+
+    fn plain(name: &str, porta: &Path, state_base: &Path) -> Option<Env> {
         let ann = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         let (bin, global, annotations): (Option<PathBuf>, Vec<String>, Vec<(String, String)>) =
             match name {
@@ -243,7 +271,7 @@ mod tests {
     fn porta_variants_differ_only_in_annotations() {
         let p = Path::new("/nonexistent/porta");
         let b = Path::new("/tmp/state");
-        let get = |n: &str| Env::new(n, p, b).unwrap();
+        let get = |n: &str| Env::new(n, p, None, b).unwrap();
         let strict = get("porta-strict");
         let kernel = get("porta-kernel");
         assert_eq!(get("porta").oci().unwrap().annotations, vec![]);
@@ -257,7 +285,7 @@ mod tests {
         );
         assert!(strict.skip.as_deref().unwrap().contains("not found"));
         assert_eq!(strict.state_root, b.join("porta-strict"));
-        assert!(Env::new("bogus", p, b).is_none());
+        assert!(Env::new("bogus", p, None, b).is_none());
         assert_eq!(
             get("porta-nowatch").oci().unwrap().annotations,
             vec![("run.porta.fs.host-changes".to_string(), "off".to_string())]
@@ -270,8 +298,25 @@ mod tests {
             ]
         );
         assert!(get("porta-overlay").overlay && !get("porta").overlay);
+        let old = Path::new("/nonexistent/porta-old");
+        let base = Env::new("baseline-porta-strict", p, Some(old), b).unwrap();
+        assert_eq!(base.oci().unwrap().bin, old);
+        assert_eq!(
+            base.oci().unwrap().annotations,
+            strict.oci().unwrap().annotations
+        );
+        assert_eq!(base.state_root, b.join("baseline-porta-strict"));
+        assert_eq!(base.name, "baseline-porta-strict");
+        assert!(
+            Env::new("baseline-porta-overlay", p, Some(old), b)
+                .unwrap()
+                .overlay
+        );
+        let unset = Env::new("baseline-porta", p, None, b).unwrap();
+        assert!(unset.skip.as_deref().unwrap().contains("--baseline"));
+        assert!(Env::new("baseline-runc", p, Some(old), b).is_none());
         for n in ALL.iter().chain(EXTRA) {
-            assert!(Env::new(n, p, b).is_some(), "{n}");
+            assert!(Env::new(n, p, None, b).is_some(), "{n}");
         }
         assert!(get("runsc")
             .oci()

@@ -29,6 +29,10 @@ struct Args {
     /// The porta binary (default: <workspace>/target/release/porta).
     #[arg(long)]
     porta: Option<PathBuf>,
+    /// A second porta binary (e.g. the build before a change): environments named
+    /// `baseline-<porta environment>` in --runtimes run it, interleaved with the others.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// The workspace root (default: the one this binary was built from).
     #[arg(long)]
     workspace: Option<PathBuf>,
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             .porta
             .clone()
             .unwrap_or_else(|| workspace.join("target/release/porta")),
+        baseline: args.baseline.clone(),
         workspace,
         workload_bin: args.workload_bin.clone(),
         work_dir: args.work_dir.clone(),

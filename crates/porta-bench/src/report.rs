@@ -146,6 +146,28 @@ pub const WATCHER_PAIRS: &[(&str, &str)] = &[
 /// watcher on divided by the median with it off (`run.porta.fs.host-changes=off`),
 /// measured in the same run. None when no pair was measured.
 pub fn watcher_table(records: &[Record]) -> Option<String> {
+    let pairs: Vec<(&str, &str)> = WATCHER_PAIRS.to_vec();
+    pair_table(records, &pairs, "on ÷ off")
+}
+
+/// This build against the baseline build (`--baseline`): for each Porta environment run by
+/// both, the median of this build divided by the baseline's, measured in the same run.
+/// None when no baseline environment was measured.
+pub fn baseline_table(records: &[Record]) -> Option<String> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for r in records {
+        if let Some(inner) = r.runtime.strip_prefix(crate::env::BASELINE_PREFIX) {
+            if !pairs.iter().any(|p| p.1 == r.runtime) {
+                pairs.push((inner, &r.runtime));
+            }
+        }
+    }
+    pair_table(records, &pairs, "this ÷ baseline")
+}
+
+/// Medians of pairs of environments side by side with their ratio, one row per workload and
+/// metric; only pairs of which both environments were measured. None when no pair was.
+fn pair_table(records: &[Record], pairs: &[(&str, &str)], ratio: &str) -> Option<String> {
     let find = |w: &str, m: &str, rt: &str| {
         records
             .iter()
@@ -153,7 +175,7 @@ pub fn watcher_table(records: &[Record]) -> Option<String> {
             .filter(|r| r.status == Status::Ok)
             .and_then(|r| r.median)
     };
-    let pairs: Vec<(&str, &str)> = WATCHER_PAIRS
+    let pairs: Vec<(&str, &str)> = pairs
         .iter()
         .copied()
         .filter(|(on, off)| {
@@ -165,7 +187,7 @@ pub fn watcher_table(records: &[Record]) -> Option<String> {
     }
     let mut s = String::from("| workload | metric | unit |");
     for (on, off) in &pairs {
-        let _ = write!(s, " {on} | {off} | on ÷ off |");
+        let _ = write!(s, " {on} | {off} | {ratio} |");
     }
     s.push_str("\n|---|---|---|");
     for _ in &pairs {
@@ -298,7 +320,10 @@ also with its host-change watcher off (`porta-nowatch`, `porta-strict-nowatch`: 
 (lower layer the shared root, `nfs_export=off`), where no fanotify mark can be had and the \
 servers fall back to 1-second timeouts.
 
-Other options: `--porta PATH` (default `<workspace>/target/release/porta`), `--runs N`, \
+Other options: `--porta PATH` (default `<workspace>/target/release/porta`), `--baseline PATH` \
+(a second porta binary, e.g. the build before a change, run by environments named \
+`baseline-porta`, `baseline-porta-strict`, … interleaved with the rest; the report then compares \
+the two builds), `--runs N`, \
 `--warmup N`, `--work-dir DIR` (default /var/tmp; the shared root file system and all \
 fs workloads live there), `--keep`. A runtime whose binary is missing or whose probe container \
 fails is reported as skipped; a runtime that fails during a workload is reported as failed for \
@@ -358,6 +383,10 @@ pub fn render(
     s.push_str(&summary_table(records));
     if let Some(t) = watcher_table(records) {
         s.push_str("\n### The host-change watcher: on against off\n\nThe same Porta configuration with its host-change watcher (the default) and without it (annotation `run.porta.fs.host-changes=off`), interleaved in the same run: medians, and their ratio (on ÷ off; for ↑ metrics below 1 means the watcher costs, for ↓ metrics above 1). Differences of a few per cent are within this machine's noise; compare with the spread (min/max) in the workload tables.\n\n");
+        s.push_str(&t);
+    }
+    if let Some(t) = baseline_table(records) {
+        s.push_str("\n### This build against the baseline\n\nThe same Porta environments run by this build and by the baseline binary (`--baseline`), interleaved in the same run: medians, and their ratio (this ÷ baseline; for ↑ metrics below 1 means this build is slower, for ↓ metrics above 1). Differences of a few per cent are within this machine's noise; compare with the spread (min/max) in the workload tables.\n\n");
         s.push_str(&t);
     }
     s.push_str(CAVEATS);
@@ -457,6 +486,13 @@ mod tests {
         );
         assert!(!t.contains("porta-strict"), "{t}");
         assert!(watcher_table(&finalize(&[c("native", 1.0), c("porta", 1.0)])).is_none());
+        assert!(baseline_table(&finalize(&[c("porta", 1.0)])).is_none());
+        let b = baseline_table(&finalize(&[c("porta", 90.0), c("baseline-porta", 60.0)])).unwrap();
+        assert!(
+            b.contains("| porta | baseline-porta | this ÷ baseline |"),
+            "{b}"
+        );
+        assert!(b.contains("| 1.50 |"), "{b}");
     }
 
     #[test]
