@@ -1,7 +1,6 @@
 //! The supervisor daemon (`porta supervisor …`): one per container, single-threaded.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -21,96 +20,24 @@ use porta_fs::shared::{hdr, slot, Shared};
 use crate::backing::{Broker, FuseDevice};
 use crate::proc::{self, pidfd_open, Death};
 use crate::{fdpass, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME};
+use porta_protocol::keeper::{
+    Answer, Command as KeeperCommand, CommandKind, Hello, KeeperArgs, MapsReply, Outcome,
+};
+use porta_protocol::supervisor::{
+    ControlReply, ControlRequest, LaunchReply, SupervisorArgs as Args,
+};
+use porta_protocol::Confinement;
 
-/// Parsed arguments of `porta supervisor`.
-#[derive(Debug, Clone)]
-pub struct Args {
-    id: String,
-    state_dir: PathBuf,
-    rootfs: PathBuf,
-    sock_fd: RawFd,
-    passthrough: bool,
-    cgroup_procs: Vec<PathBuf>,
-    container_pid: Option<i32>,
-    userns_fd: Option<RawFd>,
-    hang_timeout: Duration,
-    max_failures: u32,
-    threads: usize,
-    foreground: bool,
-    /// Watch the backing tree for changes made from the host (`--host-changes off`: no).
-    host_changes: bool,
-}
+/// How long a request may make no progress before its server counts as deadlocked,
+/// unless `--hang-timeout-ms` or `PORTA_HANG_TIMEOUT_MS` says otherwise.
+const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl Args {
-    /// Parses `--id ID --state-dir DIR --rootfs DIR --sock-fd N [--passthrough]
-    /// [--cgroup-procs FILE]… [--container-pid PID] [--userns-fd N] [--hang-timeout-ms MS]
-    /// [--max-failures N] [--threads N] [--foreground]`.
-    pub fn parse(args: &[OsString]) -> Result<Args, Error> {
-        let mut a = Args {
-            id: String::new(),
-            state_dir: PathBuf::new(),
-            rootfs: PathBuf::new(),
-            sock_fd: -1,
-            passthrough: false,
-            cgroup_procs: vec![],
-            container_pid: None,
-            userns_fd: None,
-            hang_timeout: std::env::var("PORTA_HANG_TIMEOUT_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(Duration::from_secs(10), Duration::from_millis),
-            max_failures: 5,
-            threads: 2,
-            foreground: false,
-            host_changes: true,
-        };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let name = arg.to_string_lossy().into_owned();
-            let mut val = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| Error::Usage(format!("{name} needs a value")))
-            };
-            let num = |v: OsString| -> Result<i64, Error> {
-                v.to_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| Error::Usage(format!("{name}: not a number")))
-            };
-            match name.as_str() {
-                "--id" => a.id = val()?.to_string_lossy().into_owned(),
-                "--state-dir" => a.state_dir = val()?.into(),
-                "--rootfs" => a.rootfs = val()?.into(),
-                "--sock-fd" => a.sock_fd = num(val()?)? as RawFd,
-                "--passthrough" => a.passthrough = true,
-                "--cgroup-procs" => a.cgroup_procs.push(val()?.into()),
-                "--container-pid" => a.container_pid = Some(num(val()?)? as i32),
-                "--userns-fd" => a.userns_fd = Some(num(val()?)? as RawFd),
-                "--hang-timeout-ms" => a.hang_timeout = Duration::from_millis(num(val()?)? as u64),
-                "--max-failures" => a.max_failures = num(val()?)? as u32,
-                "--threads" => a.threads = num(val()?)? as usize,
-                "--foreground" => a.foreground = true,
-                "--host-changes" => {
-                    a.host_changes = match val()?.to_str() {
-                        Some("on") => true,
-                        Some("off") => false,
-                        _ => return Err(Error::Usage(format!("{name}: on or off"))),
-                    }
-                }
-                other => return Err(Error::Usage(format!("unknown argument {other}"))),
-            }
-        }
-        if a.id.is_empty()
-            || a.state_dir.as_os_str().is_empty()
-            || a.rootfs.as_os_str().is_empty()
-            || a.sock_fd < 0
-        {
-            return Err(Error::Usage(
-                "--id, --state-dir, --rootfs and --sock-fd are required".into(),
-            ));
-        }
-        Ok(a)
-    }
+/// The hang timeout `PORTA_HANG_TIMEOUT_MS` asks for, if any.
+fn hang_timeout_from_env() -> Option<Duration> {
+    std::env::var("PORTA_HANG_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
 }
 
 fn close_all_but(keep: &[RawFd]) {
@@ -157,14 +84,17 @@ fn fork_and_leave_parent() -> Result<(), Error> {
 }
 
 /// Runs the supervisor; returns the exit code.
-pub fn run(a: Args) -> i32 {
+pub(crate) fn run(mut a: Args) -> i32 {
+    if a.hang_timeout.is_none() {
+        a.hang_timeout = Some(hang_timeout_from_env().unwrap_or(DEFAULT_HANG_TIMEOUT));
+    }
     close_all_but(&[a.sock_fd, a.userns_fd.unwrap_or(-1)]);
     // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(a.sock_fd) };
     set_cloexec(sock.as_raw_fd(), true);
     if !a.foreground {
         if let Err(e) = fork_and_leave_parent() {
-            let _ = fdpass::send_with_fd(sock.as_raw_fd(), format!("error {e}").as_bytes(), None);
+            send_failure(&sock, &e);
             return 1;
         }
     }
@@ -173,7 +103,7 @@ pub fn run(a: Args) -> i32 {
     if let Some(fd) = a.userns_fd {
         if let Err(e) = join_container_userns(fd) {
             tracing::error!(error = %e, "supervisor failed to start");
-            let _ = fdpass::send_with_fd(sock.as_raw_fd(), format!("error {e}").as_bytes(), None);
+            send_failure(&sock, &e);
             return 1;
         }
     }
@@ -181,7 +111,7 @@ pub fn run(a: Args) -> i32 {
         Ok(sv) => sv,
         Err((e, partial)) => {
             tracing::error!(error = %e, "supervisor failed to start");
-            let _ = fdpass::send_with_fd(sock.as_raw_fd(), format!("error {e}").as_bytes(), None);
+            send_failure(&sock, &e);
             if let Some(mut p) = partial {
                 p.shutdown();
             }
@@ -189,10 +119,13 @@ pub fn run(a: Args) -> i32 {
         }
     };
     let mount = sv.mount.take();
-    let msg = format!("ok {}", std::process::id());
+    let msg = LaunchReply::Ready {
+        pid: std::process::id() as i32,
+    }
+    .encode();
     if let Err(e) = fdpass::send_with_fd(
         sock.as_raw_fd(),
-        msg.as_bytes(),
+        &msg,
         mount.as_ref().map(|m| m.as_raw_fd()),
     ) {
         tracing::error!(error = %e, "could not hand the mount over; stopping");
@@ -216,6 +149,12 @@ pub fn run(a: Args) -> i32 {
     let code = sv.run_loop();
     tracing::info!(code, "supervisor exiting");
     code
+}
+
+/// Tells the launcher why the supervisor could not start (best effort: it may be gone).
+fn send_failure(sock: &OwnedFd, e: &Error) {
+    let msg = LaunchReply::Failed(e.to_string()).encode();
+    let _ = fdpass::send_with_fd(sock.as_raw_fd(), &msg, None);
 }
 
 /// Moves the supervisor (single-threaded) into the servers' leaf of the container's cgroup
@@ -335,8 +274,8 @@ struct Supervisor {
     keeper_takeovers: u64,
     /// Registers passthrough backing files for the servers (passthrough only).
     broker: Option<Broker>,
-    /// Which confinement the servers run under ("userns", "root" or "none").
-    confinement: String,
+    /// Which confinement the servers run under.
+    confinement: Confinement,
     last_watchdog: Instant,
     /// Pidfds of the keeper, the server and the standby: after a takeover they are not
     /// our children, and every signal goes through these.
@@ -491,7 +430,7 @@ impl Supervisor {
             twin_failures: 0,
             keeper_takeovers: 0,
             broker: None,
-            confinement: String::new(),
+            confinement: Confinement::Unknown,
             last_watchdog: Instant::now(),
             keeper_fd: None,
             server_fd: None,
@@ -607,20 +546,9 @@ impl Supervisor {
         } else {
             None
         };
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg("fs")
-            .arg("keeper")
-            .arg("--fuse-fd")
-            .arg(fuse.to_string())
-            .arg("--state-fd")
-            .arg(state.to_string())
-            .arg("--ctl-fd")
-            .arg(theirs.as_raw_fd().to_string())
-            .arg("--root")
-            .arg(&self.a.rootfs)
-            .arg("--threads")
-            .arg(self.a.threads.to_string())
-            .stdin(Stdio::null());
+        let mut args = KeeperArgs::new(fuse, state, theirs.as_raw_fd(), self.a.rootfs.clone());
+        args.threads = self.a.threads;
+        args.userns = userns;
         let mut inherit = vec![fuse, state, theirs.as_raw_fd()];
         // The keeper confines its servers beneath the root recorded here, and gives them a
         // procfs of their own (process directories only) instead of the host's.
@@ -629,8 +557,7 @@ impl Supervisor {
             path: self.a.rootfs.clone(),
             source: e.into(),
         })?;
-        cmd.arg("--root-id")
-            .arg(format!("{}:{}", root_st.st_dev, root_st.st_ino));
+        args.root_id = Some((root_st.st_dev, root_st.st_ino));
         let procfs = match porta_fs::mount::procfs_instance() {
             Ok(p) => Some(p),
             Err(e) => {
@@ -639,22 +566,21 @@ impl Supervisor {
             }
         };
         if let Some(p) = &procfs {
-            cmd.arg("--proc-fd").arg(p.as_raw_fd().to_string());
+            args.proc_fd = Some(p.as_raw_fd());
             inherit.push(p.as_raw_fd());
         }
         if let Some((_, b)) = &backing {
-            cmd.arg("--passthrough")
-                .arg("--backing-fd")
-                .arg(b.as_raw_fd().to_string());
+            args.passthrough = true;
+            args.backing_fd = Some(b.as_raw_fd());
             inherit.push(b.as_raw_fd());
         }
-        if !userns {
-            cmd.arg("--no-userns");
-        }
         if self.short_ttl {
-            cmd.arg("--ttl")
-                .arg(crate::watch::SHORT_TTL_SECS.to_string());
+            args.ttl = Duration::from_secs(crate::watch::SHORT_TTL_SECS);
         }
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.args(porta_protocol::keeper::SUBCOMMAND)
+            .args(args.to_argv())
+            .stdin(Stdio::null());
         // The keeper (and so every server it forks) starts in the servers' leaf: no
         // migration, which would wait for the kernel (porta_cgroups::join).
         let join = porta_cgroups::join::Join::new(&self.a.cgroup_procs)?;
@@ -690,11 +616,7 @@ impl Supervisor {
     /// and answer), has none (the servers run in the initial user namespace), or is not
     /// confined. Error::Refused when the maps cannot be written.
     fn keeper_hello(&mut self, pid: i32) -> Result<(), Error> {
-        let ctl = self
-            .ctl
-            .as_ref()
-            .ok_or_else(|| Error::Usage("no keeper".into()))?
-            .as_raw_fd();
+        let ctl = self.ctl.as_ref().ok_or(Error::NoKeeper)?.as_raw_fd();
         // SAFETY: `ctl` is our open socket, borrowed for the poll only.
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
         let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
@@ -715,62 +637,49 @@ impl Supervisor {
                 log: PathBuf::new(),
             });
         }
-        let hello = &b[..n];
-        match hello.first().copied() {
-            Some(porta_fs::keeper::HELLO_USERNS) => match write_identity_maps(pid) {
+        let hello = Hello::decode(&b[..n]).map_err(|e| Error::Start {
+            id: self.a.id.clone(),
+            msg: format!("file-server keeper: unexpected first message: {e}"),
+            log: PathBuf::new(),
+        })?;
+        match hello {
+            Hello::Userns => match write_identity_maps(pid) {
                 Ok(()) => {
-                    porta_fs::sys::write(ctl, &[porta_fs::keeper::MAPS_OK])
+                    porta_fs::sys::write(ctl, &MapsReply::Written.encode())
                         .map_err(|e| Error::Sys("answer keeper", nix::errno::Errno::from_raw(e)))?;
-                    self.confinement = "userns".into();
                     tracing::info!("file server confinement: identity-mapped user namespace owning a mount namespace with only the backing directory; no global capabilities");
-                    Ok(())
                 }
                 Err(e) => {
-                    let _ = porta_fs::sys::write(ctl, &[porta_fs::keeper::MAPS_FAILED]);
-                    Err(Error::Refused(e.to_string()))
+                    let _ = porta_fs::sys::write(ctl, &MapsReply::Failed.encode());
+                    return Err(Error::Refused(e.to_string()));
                 }
             },
-            Some(porta_fs::keeper::HELLO_ROOT) => {
-                let errno: i32 = std::str::from_utf8(&hello[1..])
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+            Hello::Root(errno) => {
                 let why = if errno == 0 {
                     "switched off (PORTA_FS_USERNS=0)".to_string()
                 } else {
                     format!("unavailable: {}", std::io::Error::from_raw_os_error(errno))
                 };
-                self.confinement = "root".into();
                 tracing::warn!("file server confinement: user namespaces {why}; the file server runs as root of the initial user namespace (global CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_SETFCAP), in its own mount namespace, with Landlock and seccomp");
-                Ok(())
             }
-            Some(porta_fs::keeper::HELLO_UNCONFINED) => {
-                self.confinement = "none".into();
+            Hello::Unconfined => {
                 tracing::warn!("file server confinement: none (--no-confine)");
-                Ok(())
             }
-            _ => Err(Error::Start {
-                id: self.a.id.clone(),
-                msg: format!(
-                    "file-server keeper: unexpected first message {:?}",
-                    String::from_utf8_lossy(hello)
-                ),
-                log: PathBuf::new(),
-            }),
         }
+        self.confinement = hello.confinement();
+        Ok(())
     }
 
-    /// Sends one command to the keeper and reads its answer: the pid of a server it
-    /// started (checked, with a pidfd of it), or (0, None) for [`keeper::CMD_SYNC`].
+    /// Sends one command to the keeper and reads its answer: the pid of a process it
+    /// started (checked, with a pidfd of it), or (0, None) for [`CommandKind::Sync`].
     /// When the keeper dies before it answers, its twin takes its place
     /// ([`Self::replace_keeper`]) and the command goes to the twin.
-    fn keeper_request(&mut self, cmd: u8) -> Result<(i32, Option<OwnedFd>), Error> {
-        use porta_fs::keeper::{CMD_SYNC, CMD_TWIN};
+    fn keeper_request(&mut self, kind: CommandKind) -> Result<(i32, Option<OwnedFd>), Error> {
         let mut attempt = 0;
-        let pid = loop {
+        let outcome = loop {
             attempt += 1;
-            match self.exchange(cmd) {
-                Ok((pid, _)) => break pid,
+            match self.exchange(kind) {
+                Ok((outcome, _)) => break outcome,
                 Err(e) if attempt < 3 && self.keeper_gone() => {
                     tracing::warn!(error = %e, "the file-server keeper died during a command");
                     let cause = self.keeper_death_cause();
@@ -779,20 +688,26 @@ impl Supervisor {
                 Err(e) => return Err(e),
             }
         };
-        if cmd == CMD_SYNC {
+        if kind == CommandKind::Sync {
             return Ok((0, None));
         }
-        if pid <= 0 {
-            return Err(Error::Sys(
-                if cmd == CMD_TWIN {
-                    "keeper: fork its twin"
-                } else {
-                    "keeper: clone file server"
-                },
-                nix::errno::Errno::from_raw(-pid),
-            ));
-        }
-        let fd = if cmd == CMD_TWIN {
+        let what = if kind == CommandKind::Twin {
+            "keeper: fork its twin"
+        } else {
+            "keeper: clone file server"
+        };
+        let pid = match outcome {
+            Outcome::Started(pid) => pid,
+            Outcome::Failed(errno) => {
+                return Err(Error::Sys(what, nix::errno::Errno::from_raw(errno)))
+            }
+            Outcome::Done => {
+                return Err(Error::Refused(format!(
+                    "{what}: the keeper answered {kind:?} without a pid"
+                )))
+            }
+        };
+        let fd = if kind == CommandKind::Twin {
             self.verified_sharer(pid)
         } else {
             self.verified_server(pid)
@@ -806,20 +721,13 @@ impl Supervisor {
     }
 
     /// Sends one command on the keeper's socket and waits for the answer with its
-    /// sequence number: (the pid or -errno it carries, the pid of the keeper that
-    /// answered). Fails at once when the keeper dies first.
-    fn exchange(&mut self, cmd: u8) -> Result<(i32, i32), Error> {
-        use porta_fs::keeper::{ANSWER_LEN, CMD_LEN};
-        let ctl = self
-            .ctl
-            .as_ref()
-            .ok_or_else(|| Error::Usage("no keeper".into()))?
-            .as_raw_fd();
+    /// sequence number: (what the keeper did, the pid of the keeper that answered).
+    /// Fails at once when the keeper dies first.
+    fn exchange(&mut self, kind: CommandKind) -> Result<(Outcome, i32), Error> {
+        let ctl = self.ctl.as_ref().ok_or(Error::NoKeeper)?.as_raw_fd();
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let mut msg = [0u8; CMD_LEN];
-        msg[0] = cmd;
-        msg[1..].copy_from_slice(&seq.to_ne_bytes());
+        let msg = KeeperCommand { kind, seq }.encode();
         porta_fs::sys::write(ctl, &msg).map_err(|e| {
             Error::Sys(
                 "send a command to the keeper",
@@ -853,7 +761,7 @@ impl Supervisor {
                     "the file-server keeper died before it answered".into(),
                 ));
             }
-            let mut b = [0u8; ANSWER_LEN + 1];
+            let mut b = [0u8; porta_protocol::keeper::ANSWER_LEN + 1];
             let n = porta_fs::sys::read(ctl, &mut b).map_err(|e| {
                 Error::Sys("read the keeper's answer", nix::errno::Errno::from_raw(e))
             })?;
@@ -862,24 +770,25 @@ impl Supervisor {
                     "the keeper closed its control socket".into(),
                 ));
             }
-            if n != ANSWER_LEN {
-                tracing::warn!(len = n, "ignored a malformed answer on the keeper's socket");
-                continue;
-            }
-            let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
-            let pid = i32::from_ne_bytes(word(0));
-            let got = u32::from_ne_bytes(word(4));
-            let keeper = i32::from_ne_bytes(word(8));
-            if got != seq {
-                if pid > 0 && pid != self.twin_pid {
-                    if let Some(fd) = self.verified_server(pid) {
-                        tracing::warn!(pid, "killing a server started for an earlier command");
-                        proc::send(fd.as_fd(), libc::SIGKILL);
+            let answer = match Answer::decode(&b[..n]) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignored an answer on the keeper's socket");
+                    continue;
+                }
+            };
+            if answer.seq != seq {
+                if let Outcome::Started(pid) = answer.outcome {
+                    if pid != self.twin_pid {
+                        if let Some(fd) = self.verified_server(pid) {
+                            tracing::warn!(pid, "killing a server started for an earlier command");
+                            proc::send(fd.as_fd(), libc::SIGKILL);
+                        }
                     }
                 }
                 continue;
             }
-            return Ok((pid, keeper));
+            return Ok((answer.outcome, answer.keeper));
         }
         Err(Error::Refused(
             "the keeper's socket gave no answer to our command".into(),
@@ -918,7 +827,7 @@ impl Supervisor {
                 "the file-server keeper {old} {cause}, and no twin took its place: open files and nodes are lost"
             ))
         };
-        let (_, k) = self.exchange(porta_fs::keeper::CMD_SYNC).map_err(|e| {
+        let (_, k) = self.exchange(CommandKind::Sync).map_err(|e| {
             tracing::error!(error = %e, "no answer from a twin of the dead keeper");
             no_twin()
         })?;
@@ -1038,7 +947,7 @@ impl Supervisor {
         if self.twin_pid > 0 || self.twin_failures >= 5 || self.ctl.is_none() || self.failed {
             return;
         }
-        match self.keeper_request(porta_fs::keeper::CMD_TWIN) {
+        match self.keeper_request(CommandKind::Twin) {
             Ok((pid, fd)) => {
                 self.twin_pid = pid;
                 self.twin_fd = fd;
@@ -1062,7 +971,7 @@ impl Supervisor {
         if self.standby_pid > 0 || self.standby_failures >= 5 || self.ctl.is_none() {
             return;
         }
-        match self.keeper_request(porta_fs::keeper::CMD_STANDBY) {
+        match self.keeper_request(CommandKind::Standby) {
             Ok((pid, fd)) => {
                 self.standby_pid = pid;
                 self.standby_fd = fd;
@@ -1090,7 +999,7 @@ impl Supervisor {
         let mut tries = 0;
         let (pid, fd) = loop {
             tries += 1;
-            match self.keeper_request(porta_fs::keeper::CMD_ACTIVATE) {
+            match self.keeper_request(CommandKind::Activate) {
                 Ok(started) => break started,
                 // The server died before it could be checked (e.g. a standby that refused
                 // to serve): the next ACTIVATE starts a new one.
@@ -1211,7 +1120,7 @@ impl Supervisor {
             }
         }
         // Every command the dead one sent is answered once ours is.
-        if let Err(e) = self.keeper_request(porta_fs::keeper::CMD_SYNC) {
+        if let Err(e) = self.keeper_request(CommandKind::Sync) {
             self.give_up(format!(
                 "the keeper does not answer after a takeover: {e} ({cause})"
             ));
@@ -1575,7 +1484,7 @@ impl Supervisor {
                 *e = (s.seq, now);
                 continue;
             }
-            if now.duration_since(e.1) < self.a.hang_timeout {
+            if now.duration_since(e.1) < self.a.hang_timeout.unwrap_or(DEFAULT_HANG_TIMEOUT) {
                 continue;
             }
             let state =
@@ -1608,46 +1517,42 @@ impl Supervisor {
         let (mut conn, _) = l.accept().ok()?;
         let _ = conn.set_nonblocking(false);
         let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; ControlRequest::MAX_LEN];
         let n = conn.read(&mut buf).unwrap_or(0);
-        let cmd = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-        match cmd.as_str() {
-            "stop" => {
+        let request = match ControlRequest::decode(&buf[..n]) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "refused a request on the control socket");
+                let _ = conn.write_all(ControlReply::UnknownRequest.encode());
+                return None;
+            }
+        };
+        match request {
+            ControlRequest::Stop => {
                 tracing::info!("stop requested");
                 self.shutdown();
-                let _ = conn.write_all(b"ok\n");
+                let _ = conn.write_all(ControlReply::Ok.encode());
                 Some(Next::Exit(0))
             }
-            c if c.starts_with("watch ") => {
-                match c[6..]
-                    .trim()
-                    .parse::<i32>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .and_then(pidfd_open)
-                {
+            ControlRequest::Watch(pid) => {
+                match pidfd_open(pid) {
                     Some(fd) => {
-                        tracing::info!(pid = %c[6..].trim(), "watching the container's process");
-                        self.container_pid = c[6..].trim().parse().unwrap_or(0);
+                        tracing::info!(pid, "watching the container's process");
+                        self.container_pid = pid;
                         self.container_start = proc::start_time(self.container_pid).unwrap_or(0);
                         self.container = Some(fd);
                         // Recorded for a successor, which reopens it after a takeover.
                         self.write_state();
-                        let _ = conn.write_all(b"ok\n");
+                        let _ = conn.write_all(ControlReply::Ok.encode());
                     }
                     None => {
-                        let _ = conn.write_all(b"error no such process\n");
+                        let _ = conn.write_all(ControlReply::NoSuchProcess.encode());
                     }
                 }
                 None
             }
-            "status" => {
-                let s = serde_json::to_string(&self.state()).unwrap_or_default();
-                let _ = conn.write_all(s.as_bytes());
-                None
-            }
-            _ => {
-                let _ = conn.write_all(b"error unknown command\n");
+            ControlRequest::Status => {
+                let _ = conn.write_all(&self.state().encode());
                 None
             }
         }
@@ -1684,7 +1589,7 @@ impl Supervisor {
                     "stopped".into()
                 },
                 error: self.last_error.clone(),
-                confinement: self.confinement.clone(),
+                confinement: self.confinement,
             }],
         }
     }
@@ -1692,7 +1597,7 @@ impl Supervisor {
     fn write_state(&self) {
         let p = self.a.state_dir.join(SERVERS_FILE);
         let tmp = self.a.state_dir.join(format!(".{SERVERS_FILE}.tmp"));
-        let body = serde_json::to_vec(&self.state()).unwrap_or_default();
+        let body = self.state().encode();
         let r = std::fs::File::create(&tmp)
             // No fsync: the file describes processes, which do not outlive a crash.
             .and_then(|mut f| f.write_all(&body))

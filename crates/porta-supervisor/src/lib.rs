@@ -24,7 +24,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+/// The typed messages between Porta's processes (re-exported for the `porta` binary,
+/// which dispatches the hidden subcommands).
+pub use porta_protocol as protocol;
+use porta_protocol::keeper::KeeperArgs;
+use porta_protocol::supervisor::{ControlReply, ControlRequest, LaunchReply, SupervisorArgs};
+pub use porta_protocol::supervisor::{ServerStatus, SupervisorState};
+pub use porta_protocol::Confinement;
 
 /// Name of the supervisor's control socket in the state directory.
 pub const SOCKET_NAME: &str = "supervisor.sock";
@@ -61,6 +67,48 @@ pub enum Error {
         /// The supervisor's log file.
         log: PathBuf,
     },
+    /// The process that daemonizes the supervisor failed (see the log file).
+    #[error("supervisor for container {id} failed to start: daemonizing process exited with {status} (log: {log})")]
+    Daemonize {
+        /// Container id.
+        id: String,
+        /// How the daemonizing process ended.
+        status: std::process::ExitStatus,
+        /// The supervisor's log file.
+        log: PathBuf,
+    },
+    /// The supervisor ended without handing over the container's mount.
+    #[error("supervisor for container {id} failed to start: exited before handing over the mount (log: {log})")]
+    NoMount {
+        /// Container id.
+        id: String,
+        /// The supervisor's log file.
+        log: PathBuf,
+    },
+    /// The supervisor's launch reply is not one of the protocol's.
+    #[error("supervisor for container {id} failed to start: {source} (log: {log})")]
+    BadReply {
+        /// Container id.
+        id: String,
+        /// What is wrong with the reply.
+        #[source]
+        source: porta_protocol::Error,
+        /// The supervisor's log file.
+        log: PathBuf,
+    },
+    /// The supervisor was asked to watch a process that does not exist.
+    #[error("supervisor refused to watch process {0}: no such process")]
+    NoSuchProcess(i32),
+    /// A reply on the supervisor's control socket is not one of the protocol's, or not
+    /// one the request allows.
+    #[error("supervisor's answer to {request}: {source}")]
+    Protocol {
+        /// The request.
+        request: &'static str,
+        /// What is wrong with the answer.
+        #[source]
+        source: porta_protocol::Error,
+    },
     /// The supervisor did not answer in time.
     #[error("supervisor did not {0} within {1:?}")]
     Timeout(&'static str, Duration),
@@ -71,9 +119,12 @@ pub enum Error {
     #[error("file server's cgroup: {0}")]
     Cgroup(Box<porta_cgroups::Error>),
     /// Bad arguments to a hidden subcommand.
-    #[error("{0}")]
-    Usage(String),
-    /// The supervisor refused a request.
+    #[error(transparent)]
+    Args(#[from] porta_protocol::Error),
+    /// The supervisor has no keeper to send a command to.
+    #[error("no file-server keeper")]
+    NoKeeper,
+    /// The supervisor, or the keeper, refused or failed a request.
     #[error("supervisor refused: {0}")]
     Refused(String),
     /// The state file could not be parsed.
@@ -119,75 +170,6 @@ pub struct Launched {
     pub mount_fd: OwnedFd,
 }
 
-/// One server of a container, as `porta state` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerStatus {
-    /// "fs" for the file server.
-    pub name: String,
-    /// Current pid (0 when not running).
-    pub pid: i32,
-    /// Number of times it was replaced.
-    pub restarts: u64,
-    /// "running", "stopped" or "failed".
-    #[serde(default)]
-    pub state: String,
-    /// Why it last had to be replaced, or why the supervisor gave up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The confinement it runs under: "userns" (identity-mapped user namespace, no global
-    /// capabilities), "root" (initial user namespace: user namespaces unavailable, see
-    /// the supervisor log) or "none" (debugging).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub confinement: String,
-    /// Its start time (field 22 of /proc/PID/stat): tells it from a later process that
-    /// got the same pid.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub start_time: u64,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-/// Contents of `servers.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SupervisorState {
-    /// The active supervisor's pid.
-    pub supervisor_pid: i32,
-    /// Its start time (tells it from a later process with the same pid).
-    #[serde(default)]
-    pub supervisor_start: u64,
-    /// The successor's pid (0: none): it takes over when the active one dies.
-    #[serde(default)]
-    pub successor_pid: i32,
-    /// The successor's start time.
-    #[serde(default)]
-    pub successor_start: u64,
-    /// The container's process as the supervisor watches it (0: not yet).
-    #[serde(default)]
-    pub container_pid: i32,
-    /// Its start time.
-    #[serde(default)]
-    pub container_start: u64,
-    /// How often a successor took over from a dead supervisor.
-    #[serde(default)]
-    pub takeovers: u64,
-    /// The keeper's pid (0: none).
-    #[serde(default)]
-    pub keeper_pid: i32,
-    /// The keeper's twin, which takes its place when it dies (0: none).
-    #[serde(default)]
-    pub twin_pid: i32,
-    /// How often a twin took the place of a dead keeper.
-    #[serde(default)]
-    pub keeper_takeovers: u64,
-    /// The standby server's pid (0: none).
-    #[serde(default)]
-    pub standby_pid: i32,
-    /// Its servers.
-    pub servers: Vec<ServerStatus>,
-}
-
 /// Descriptor number of the container's user namespace in a rootless supervisor.
 const USERNS_FD: RawFd = 4;
 
@@ -215,30 +197,20 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
         })?;
     let log2 = log.try_clone().map_err(|e| Error::Io("dup log file", e))?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| Error::Io("socketpair", e))?;
-    let mut cmd = Command::new(&spec.exe);
-    cmd.arg("supervisor")
-        .arg("--id")
-        .arg(&spec.id)
-        .arg("--state-dir")
-        .arg(&spec.state_dir)
-        .arg("--rootfs")
-        .arg(&spec.rootfs)
-        .arg("--sock-fd")
-        .arg("3");
-    if spec.passthrough {
-        cmd.arg("--passthrough");
-    }
-    if !spec.host_changes {
-        cmd.arg("--host-changes").arg("off");
-    }
-    for p in &spec.server_cgroup_procs {
-        cmd.arg("--cgroup-procs").arg(p);
-    }
+    let mut args = SupervisorArgs::new(
+        spec.id.clone(),
+        spec.state_dir.clone(),
+        spec.rootfs.clone(),
+        3,
+    );
+    args.passthrough = spec.passthrough;
+    args.host_changes = spec.host_changes;
+    args.cgroup_procs = spec.server_cgroup_procs.clone();
     // The user namespace goes to descriptor 4, from a copy above the low numbers so that
     // moving the socket to 3 cannot overwrite it.
     let userns = match userns {
         Some(u) => {
-            cmd.arg("--userns-fd").arg(USERNS_FD.to_string());
+            args.userns_fd = Some(USERNS_FD);
             Some(
                 nix::fcntl::fcntl(u.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
                     .map_err(|e| Error::Sys("dup user namespace descriptor", e))
@@ -250,6 +222,9 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
         }
         None => None,
     };
+    let mut cmd = Command::new(&spec.exe);
+    cmd.arg(porta_protocol::supervisor::SUBCOMMAND)
+        .args(args.to_argv());
     let userns_raw = userns.as_ref().map_or(-1, |u| u.as_raw_fd());
     let sock = theirs.as_raw_fd();
     cmd.stdin(Stdio::null())
@@ -285,9 +260,9 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
     drop(theirs);
     drop(userns);
     if !status.success() {
-        return Err(Error::Start {
+        return Err(Error::Daemonize {
             id: spec.id.clone(),
-            msg: format!("daemonizing process exited with {status}"),
+            status,
             log: spec.log.clone(),
         });
     }
@@ -310,26 +285,28 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
         nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
         e => Error::Sys("receive mount from supervisor", e),
     })?;
-    let text = String::from_utf8_lossy(&msg).into_owned();
-    match (text.strip_prefix("ok "), fd) {
-        (Some(pid), Some(fd)) => {
-            let supervisor_pid = pid.trim().parse().map_err(|_| Error::Start {
-                id: spec.id.clone(),
-                msg: format!("bad answer {text:?}"),
-                log: spec.log.clone(),
-            })?;
-            Ok(Launched {
-                supervisor_pid,
-                mount_fd: fd,
-            })
-        }
-        _ => Err(Error::Start {
+    match (LaunchReply::decode(&msg), fd) {
+        (Ok(LaunchReply::Ready { pid }), Some(fd)) => Ok(Launched {
+            supervisor_pid: pid,
+            mount_fd: fd,
+        }),
+        (Ok(LaunchReply::Failed(msg)), _) => Err(Error::Start {
             id: spec.id.clone(),
-            msg: if text.is_empty() {
-                "exited before handing over the mount".into()
-            } else {
-                text
-            },
+            msg,
+            log: spec.log.clone(),
+        }),
+        // Ready without the mount, or nothing at all: it ended before the handover.
+        (Ok(LaunchReply::Ready { .. }), None) => Err(Error::NoMount {
+            id: spec.id.clone(),
+            log: spec.log.clone(),
+        }),
+        (Err(_), _) if msg.is_empty() => Err(Error::NoMount {
+            id: spec.id.clone(),
+            log: spec.log.clone(),
+        }),
+        (Err(source), _) => Err(Error::BadReply {
+            id: spec.id.clone(),
+            source,
             log: spec.log.clone(),
         }),
     }
@@ -366,7 +343,7 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
         Ok(mut s) => {
             s.set_read_timeout(Some(Duration::from_secs(10)))
                 .map_err(|e| Error::Io("socket timeout", e))?;
-            match s.write_all(b"stop\n") {
+            match s.write_all(&ControlRequest::Stop.encode()) {
                 Ok(()) => {
                     let mut answer = String::new();
                     let _ = s.read_to_string(&mut answer);
@@ -426,17 +403,23 @@ pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| Error::Io("socket timeout", e))?;
-    s.write_all(format!("watch {pid}\n").as_bytes())
+    s.write_all(&ControlRequest::Watch(pid).encode())
         .map_err(|e| Error::Io("send watch", e))?;
     s.shutdown(std::net::Shutdown::Write)
         .map_err(|e| Error::Io("send watch", e))?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)
         .map_err(|e| Error::Io("read supervisor answer", e))?;
-    if answer.trim() == "ok" {
-        Ok(())
-    } else {
-        Err(Error::Refused(format!("watch {pid}: {}", answer.trim())))
+    match ControlReply::decode(answer.as_bytes()) {
+        Ok(ControlReply::Ok) => Ok(()),
+        Ok(ControlReply::NoSuchProcess) => Err(Error::NoSuchProcess(pid)),
+        Ok(ControlReply::UnknownRequest) => Err(Error::Refused(format!(
+            "watch {pid}: the supervisor does not know the request"
+        ))),
+        Err(source) => Err(Error::Protocol {
+            request: "watch",
+            source,
+        }),
     }
 }
 
@@ -493,12 +476,12 @@ fn live_view(st: SupervisorState) -> Vec<ServerStatus> {
 /// The supervisor's record of `state_dir` as it wrote it (`servers.json`), unchecked.
 pub fn read_state(state_dir: &Path) -> Result<SupervisorState, Error> {
     let p = state_dir.join(SERVERS_FILE);
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::Path {
+    let text = std::fs::read(&p).map_err(|e| Error::Path {
         what: "read",
         path: p.clone(),
         source: e,
     })?;
-    serde_json::from_str(&text).map_err(|e| Error::State(p, e.to_string()))
+    SupervisorState::decode(&text).map_err(|e| Error::State(p, e.to_string()))
 }
 
 fn init_logging() {
@@ -514,7 +497,7 @@ fn init_logging() {
 
 /// Body of the hidden `porta supervisor …` subcommand; returns the process exit code.
 pub fn main_supervisor(args: Vec<OsString>) -> i32 {
-    match daemon::Args::parse(&args) {
+    match SupervisorArgs::from_argv(&args) {
         Ok(a) => daemon::run(a),
         Err(e) => {
             eprintln!("porta supervisor: {e}");
@@ -528,19 +511,21 @@ pub fn main_supervisor(args: Vec<OsString>) -> i32 {
 pub fn main_fs(args: Vec<OsString>) -> i32 {
     init_logging();
     match args.first().and_then(|a| a.to_str()) {
-        Some("keeper") => match porta_fs::keeper::KeeperArgs::parse(&args[1..]) {
-            Ok(k) => match porta_fs::keeper::run_keeper(&k) {
-                Ok(()) => 0,
+        Some(k) if k == porta_protocol::keeper::SUBCOMMAND[1] => {
+            match KeeperArgs::from_argv(&args[1..]) {
+                Ok(k) => match porta_fs::keeper::run_keeper(&k) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!(error = %e, "keeper failed");
+                        1
+                    }
+                },
                 Err(e) => {
-                    tracing::error!(error = %e, "keeper failed");
-                    1
+                    eprintln!("porta fs keeper: {e}");
+                    2
                 }
-            },
-            Err(e) => {
-                eprintln!("{e}");
-                2
             }
-        },
+        }
         _ => {
             eprintln!("porta fs: usage: porta fs keeper --fuse-fd N --state-fd N --ctl-fd N --root DIR [--passthrough]");
             2
