@@ -162,7 +162,13 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
         nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
         e => Error::Sys("receive mount from supervisor", e),
     })?;
-    match (LaunchReply::decode(&msg), fd) {
+    launched(spec, &msg, fd)
+}
+
+/// What the supervisor's launch reply `msg` (with the descriptor `fd` that came with it)
+/// says: the mount, or the typed reason it did not come.
+fn launched(spec: &LaunchSpec, msg: &[u8], fd: Option<OwnedFd>) -> Result<Launched, Error> {
+    match (LaunchReply::decode(msg), fd) {
         (Ok(LaunchReply::Ready { pid }), Some(fd)) => Ok(Launched {
             supervisor_pid: pid,
             mount_fd: fd,
@@ -359,4 +365,59 @@ pub fn read_state(state_dir: &Path) -> Result<SupervisorState, Error> {
         source: e,
     })?;
     SupervisorState::decode(&text).map_err(|e| Error::State(p, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            id: "c1".into(),
+            state_dir: "/run/x/c1".into(),
+            rootfs: "/b/rootfs".into(),
+            passthrough: false,
+            host_changes: true,
+            server_cgroup_procs: vec![],
+            exe: "/proc/self/exe".into(),
+            log: "/run/x/c1/supervisor.log".into(),
+        }
+    }
+
+    fn some_fd() -> Option<OwnedFd> {
+        Some(std::fs::File::open("/dev/null").unwrap().into())
+    }
+
+    #[test]
+    fn a_ready_reply_with_the_mount_is_a_launch() {
+        let l = launched(&spec(), b"ok 1234", some_fd()).unwrap();
+        assert_eq!(l.supervisor_pid, 1234);
+    }
+
+    #[test]
+    fn each_failed_launch_reply_is_its_own_error() {
+        let e = launched(&spec(), b"error could not open /dev/fuse", None).unwrap_err();
+        assert!(
+            matches!(&e, Error::Start { id, msg, .. } if id == "c1" && msg == "could not open /dev/fuse"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "supervisor for container c1 failed to start: could not open /dev/fuse (log: /run/x/c1/supervisor.log)"
+        );
+        for (msg, fd) in [
+            (&b""[..], None),
+            (&b"ok 77"[..], None),
+            (&b""[..], some_fd()),
+        ] {
+            let e = launched(&spec(), msg, fd).unwrap_err();
+            assert!(matches!(e, Error::NoMount { .. }), "{msg:?}: {e:?}");
+        }
+        let e = launched(&spec(), b"ok pid", some_fd()).unwrap_err();
+        assert!(matches!(e, Error::BadReply { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "supervisor for container c1 failed to start: malformed launch reply: bad pid in \"ok pid\" (log: /run/x/c1/supervisor.log)"
+        );
+    }
 }
