@@ -293,7 +293,12 @@ pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
     let mut answer = String::new();
     s.read_to_string(&mut answer)
         .map_err(|e| Error::Io("read supervisor answer", e))?;
-    match ControlReply::decode(answer.as_bytes()) {
+    watched(pid, answer.as_bytes())
+}
+
+/// What the supervisor's answer to `watch PID` says.
+fn watched(pid: i32, answer: &[u8]) -> Result<(), Error> {
+    match ControlReply::decode(answer) {
         Ok(ControlReply::Ok) => Ok(()),
         Ok(ControlReply::NoSuchProcess) => Err(Error::NoSuchProcess(pid)),
         Ok(ControlReply::UnknownRequest) => Err(Error::Refused(format!(
@@ -386,6 +391,32 @@ mod tests {
 
     fn some_fd() -> Option<OwnedFd> {
         Some(std::fs::File::open("/dev/null").unwrap().into())
+    }
+
+    #[test]
+    fn each_answer_to_watch_is_its_own_result() {
+        assert!(watched(5, b"ok\n").is_ok());
+        let e = watched(5, b"error no such process\n").unwrap_err();
+        assert!(matches!(e, Error::NoSuchProcess(5)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "supervisor refused to watch process 5: no such process"
+        );
+        let e = watched(5, b"error unknown command\n").unwrap_err();
+        assert!(matches!(e, Error::Refused(_)), "{e:?}");
+        for garbled in [&b""[..], b"okay", b"error disk full"] {
+            let e = watched(5, garbled).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Protocol {
+                        request: "watch",
+                        ..
+                    }
+                ),
+                "{garbled:?}: {e:?}"
+            );
+        }
     }
 
     #[test]
