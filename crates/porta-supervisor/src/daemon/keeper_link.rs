@@ -70,7 +70,7 @@ impl Supervisor {
     /// Sends one command on the keeper's socket and waits for the answer with its
     /// sequence number: (what the keeper did, the pid of the keeper that answered).
     /// Fails at once when the keeper dies first.
-    pub(super) fn exchange(&mut self, kind: CommandKind) -> Result<(Outcome, i32), Error> {
+    fn exchange(&mut self, kind: CommandKind) -> Result<(Outcome, i32), Error> {
         let ctl = self.ctl.as_ref().ok_or(Error::NoKeeper)?.as_raw_fd();
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -255,7 +255,7 @@ impl Supervisor {
 
     /// A pidfd of `pid` if it is a live server of ours: a process other than the keeper
     /// and its twin sharing the keeper's descriptor table.
-    pub(super) fn verified_server(&self, pid: i32) -> Option<OwnedFd> {
+    fn verified_server(&self, pid: i32) -> Option<OwnedFd> {
         if pid == self.twin_pid {
             return None;
         }
@@ -265,7 +265,7 @@ impl Supervisor {
     /// A pidfd of `pid` if it is a live process other than the keeper sharing the
     /// keeper's descriptor table (checked after the pidfd is open and while the process
     /// is alive, so the pid is the pidfd's process).
-    pub(super) fn verified_sharer(&self, pid: i32) -> Option<OwnedFd> {
+    fn verified_sharer(&self, pid: i32) -> Option<OwnedFd> {
         let keeper = proc::borrow(&self.keeper_fd)?;
         if pid == self.keeper_pid || proc::exited(keeper) {
             return None;

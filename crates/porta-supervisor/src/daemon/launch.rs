@@ -29,10 +29,7 @@ use crate::{Error, SOCKET_NAME};
 /// Forks into the cgroup leaf of `join` and execs `cmd` there, as `Command::spawn` would;
 /// returns the child's pid once it has exec'd, or what went wrong in the child (joining
 /// the leaf, or the exec). The supervisor is single-threaded, as forking requires.
-pub(super) fn spawn_joined(
-    cmd: &mut Command,
-    join: porta_cgroups::join::Join,
-) -> Result<i32, Error> {
+fn spawn_joined(cmd: &mut Command, join: porta_cgroups::join::Join) -> Result<i32, Error> {
     use porta_cgroups::join::Forked;
     use std::io::Read;
     use std::os::unix::process::CommandExt;
@@ -76,7 +73,7 @@ pub(super) fn spawn_joined(
 
 /// The identity over this process's own id map, as `uid_map`/`gid_map` take it: every
 /// range valid here mapped onto itself ("0 0 4294967295" in the initial user namespace).
-pub(super) fn identity_map(own: &str) -> String {
+fn identity_map(own: &str) -> String {
     own.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
@@ -90,7 +87,7 @@ pub(super) fn identity_map(own: &str) -> String {
 
 /// Writes the identity uid and gid maps of the keeper `pid`, which just entered a new
 /// user namespace (needs CAP_SETUID and CAP_SETGID here).
-pub(super) fn write_identity_maps(pid: i32) -> std::io::Result<()> {
+fn write_identity_maps(pid: i32) -> std::io::Result<()> {
     for f in ["uid_map", "gid_map"] {
         let own = std::fs::read_to_string(format!("/proc/self/{f}"))?;
         let map = identity_map(&own);
@@ -107,13 +104,13 @@ pub(super) fn write_identity_maps(pid: i32) -> std::io::Result<()> {
 /// Descriptor limit the supervisor asks for (systemd's default hard limit): the file
 /// server holds one descriptor per node the kernel caches, so this bounds how much of a
 /// container's tree stays cached on the FUSE side (the node budget, see porta_fs::evict).
-pub(super) const WANT_NOFILE: u64 = 1 << 19;
+const WANT_NOFILE: u64 = 1 << 19;
 
 /// Raises RLIMIT_NOFILE for the supervisor and the servers it starts: the hard limit up to
 /// [`WANT_NOFILE`] (capped by fs.nr_open) where the host allows it (CAP_SYS_RESOURCE),
 /// else the soft limit up to the hard one. Returns the soft limit in force, the size of
 /// the shared node table.
-pub(super) fn raise_nofile() -> usize {
+fn raise_nofile() -> usize {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -220,7 +217,7 @@ impl Supervisor {
         Ok(sv)
     }
 
-    pub(super) fn start_rest(&mut self) -> Result<(), Error> {
+    fn start_rest(&mut self) -> Result<(), Error> {
         self.spawn_keeper()?;
         let sock = self.a.state_dir.join(SOCKET_NAME);
         let _ = std::fs::remove_file(&sock);
@@ -273,7 +270,7 @@ impl Supervisor {
 
     /// Starts the keeper, in a user namespace of its own when the machine has them
     /// (`PORTA_FS_USERNS=0` switches that off), else in the initial one with a warning.
-    pub(super) fn spawn_keeper(&mut self) -> Result<(), Error> {
+    fn spawn_keeper(&mut self) -> Result<(), Error> {
         let userns = std::env::var("PORTA_FS_USERNS").map_or(true, |v| v != "0" && v != "off");
         match self.spawn_keeper_once(userns) {
             Err(Error::Refused(why)) if userns => {
@@ -285,7 +282,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn stop_keeper(&mut self) {
+    fn stop_keeper(&mut self) {
         if let Some(fd) = self.keeper_fd.take() {
             proc::send(fd.as_fd(), libc::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(self.keeper_pid), None);
@@ -295,7 +292,7 @@ impl Supervisor {
         self.broker = None;
     }
 
-    pub(super) fn spawn_keeper_once(&mut self, userns: bool) -> Result<(), Error> {
+    fn spawn_keeper_once(&mut self, userns: bool) -> Result<(), Error> {
         let fuse = self.fuse.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         let state = self._state_fd.as_raw_fd();
         let seqpacket = || {
@@ -382,7 +379,7 @@ impl Supervisor {
     /// The keeper's first message: it is in a new user namespace (write its identity maps
     /// and answer), has none (the servers run in the initial user namespace), or is not
     /// confined. Error::Refused when the maps cannot be written.
-    pub(super) fn keeper_hello(&mut self, pid: i32) -> Result<(), Error> {
+    fn keeper_hello(&mut self, pid: i32) -> Result<(), Error> {
         let ctl = self.ctl.as_ref().ok_or(Error::NoKeeper)?.as_raw_fd();
         // SAFETY: `ctl` is our open socket, borrowed for the poll only.
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };

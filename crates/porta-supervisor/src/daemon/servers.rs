@@ -18,7 +18,7 @@ use crate::Error;
 
 /// A FUSE request as a server's slot shows it: opcode, request id (without the kernel's
 /// resend bit), node id.
-pub(super) type Req = (u32, u64, u64);
+type Req = (u32, u64, u64);
 
 /// Evidence that a request kills the servers: the requests in flight at every one of the
 /// last `streak` consecutive self-inflicted deaths (crash, abort, forbidden system call,
@@ -30,10 +30,10 @@ pub(super) struct Poison {
 }
 
 /// The kernel sets this bit of a request id when it resends the request.
-pub(super) const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
+const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
 
 /// Name of a FUSE opcode, for messages.
-pub(super) fn opcode_name(op: u32) -> &'static str {
+fn opcode_name(op: u32) -> &'static str {
     match op {
         1 => "LOOKUP",
         2 => "FORGET",
@@ -78,7 +78,7 @@ pub(super) fn opcode_name(op: u32) -> &'static str {
 }
 
 /// "LOOKUP (opcode 1, request 42, node 7)".
-pub(super) fn describe(r: &Req) -> String {
+fn describe(r: &Req) -> String {
     format!(
         "{} (opcode {}, request {}, node {})",
         opcode_name(r.0),
@@ -193,7 +193,7 @@ impl Supervisor {
     }
 
     /// A server or the standby stopped (job control, ptrace): it serves no one so.
-    pub(super) fn on_stopped(&mut self, pid: i32, how: &str) {
+    fn on_stopped(&mut self, pid: i32, how: &str) {
         if pid > 0 && pid == self.standby_pid {
             if let Some(fd) = &self.standby_fd {
                 proc::send(fd.as_fd(), libc::SIGKILL);
@@ -208,7 +208,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn on_exit(&mut self, pid: i32, death: Death) -> Option<Next> {
+    fn on_exit(&mut self, pid: i32, death: Death) -> Option<Next> {
         if pid <= 0 {
             return None;
         }
@@ -245,7 +245,7 @@ impl Supervisor {
     }
 
     /// The requests the server's threads were in (their slots say WORKING) as it died.
-    pub(super) fn in_flight(&self) -> Vec<Req> {
+    fn in_flight(&self) -> Vec<Req> {
         let mut out = Vec::new();
         for i in 0..hdr::MAX_SLOTS {
             let Some(s) = self.shared.slot(i) else {
@@ -261,7 +261,7 @@ impl Supervisor {
         out
     }
 
-    pub(super) fn on_server_death(&mut self, death: Death) -> Option<Next> {
+    fn on_server_death(&mut self, death: Death) -> Option<Next> {
         self.server_pid = 0;
         self.server_fd = None;
         if self.shared.hdr(hdr::UNMOUNTED).load(Ordering::Acquire) == 1 {
@@ -388,7 +388,7 @@ impl Supervisor {
 
     /// After the server died: drop what it left unanswered and the backing ids it had
     /// not recorded in the shared table (a kill between the registration and the record).
-    pub(super) fn reclaim_backing(&mut self) {
+    fn reclaim_backing(&mut self) {
         let (Some(b), Some(f)) = (self.broker.as_mut(), self.fuse.as_ref()) else {
             return;
         };

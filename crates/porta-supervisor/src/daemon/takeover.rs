@@ -51,7 +51,7 @@ impl Supervisor {
 
     /// The successor's life: waits on the active supervisor's pidfd, then records its
     /// death in `pending`.
-    pub(super) fn wait_as_successor(&mut self, active_pid: i32, active: OwnedFd) {
+    fn wait_as_successor(&mut self, active_pid: i32, active: OwnedFd) {
         tracing::info!(active = active_pid, "successor supervisor waiting");
         while !proc::wait_exit(active.as_fd(), u16::MAX) {}
         let death = proc::death_of(active.as_fd(), active_pid);
