@@ -12,15 +12,13 @@
 //! commands from the ones its dead predecessor left unread. A standby server ends when
 //! every supervisor has closed the control socket (it sees the hang-up).
 //!
-//! The keeper can die too: its *twin* ([`CMD_TWIN`]), a fork of it sharing the same
+//! The keeper can die too: its *twin* ([`CommandKind::Twin`]), a fork of it sharing the same
 //! descriptor table and confinement, waits for the keeper's death (a parent-death signal,
 //! checked against `getppid`) and then goes on reading the same control socket as the
 //! keeper. Every answer carries the answering keeper's pid, so the supervisor learns who
 //! took over from the first answer after the death.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::server::{serve, Config, Exit};
 use crate::shared::{hdr, Shared};
@@ -31,168 +29,36 @@ use crate::{sys, Error};
 /// it ([`sys::grow_fd_table`]).
 pub const FD_TABLE_AT_START: usize = 16384;
 
-/// Command byte: start a server.
-pub const CMD_SPAWN: u8 = b'S';
-/// Command byte: pre-fork a standby server (set up and confined, waiting).
-pub const CMD_STANDBY: u8 = b'B';
-/// Command byte: let the standby serve (or start a server when there is none).
-pub const CMD_ACTIVATE: u8 = b'A';
-/// Command byte: do nothing but answer (pid 0): once its answer is read, every earlier
-/// command has been answered.
-pub const CMD_SYNC: u8 = b'Y';
-/// Command byte: fork the keeper's twin, which takes the keeper's place when it dies
-/// (answers the twin's pid). The supervisor keeps at most one.
-pub const CMD_TWIN: u8 = b'T';
-/// Length of a command: the command byte, then a sequence number (u32, native order).
-pub const CMD_LEN: usize = 5;
-/// Length of an answer: the pid (i32, or -errno), the command's sequence number, then
-/// the pid of the keeper that answered (i32; a twin's once it took over).
-pub const ANSWER_LEN: usize = 12;
-/// First message of a keeper: it is in a new user namespace; the supervisor writes its
-/// uid_map and gid_map and answers [`MAPS_OK`] or [`MAPS_FAILED`].
-pub const HELLO_USERNS: u8 = b'U';
-/// First message of a keeper: no user namespace (followed by the errno in decimal, 0 when
-/// switched off); the servers run in the initial user namespace.
-pub const HELLO_ROOT: u8 = b'R';
-/// First message of a keeper started with `--no-confine`.
-pub const HELLO_UNCONFINED: u8 = b'N';
-/// The supervisor wrote the id maps.
-pub const MAPS_OK: u8 = b'1';
-/// The supervisor could not write the id maps (the keeper exits).
-pub const MAPS_FAILED: u8 = b'0';
-/// Exit code of a server whose connection is gone.
-pub const EXIT_UNMOUNTED: i32 = 0;
-/// Exit code of a server that failed.
-pub const EXIT_FAILED: i32 = 3;
-
-/// What the keeper is given.
-#[derive(Debug, Clone)]
-pub struct KeeperArgs {
-    /// The FUSE connection descriptor (inherited).
-    pub fuse_fd: RawFd,
-    /// The state memfd (inherited).
-    pub state_fd: RawFd,
-    /// The control socket to the supervisor (inherited, SOCK_SEQPACKET).
-    pub ctl_fd: RawFd,
-    /// The backing directory to serve.
-    pub root: PathBuf,
-    /// Use FUSE passthrough when the kernel offers it.
-    pub passthrough: bool,
-    /// Request threads per server.
-    pub threads: usize,
-    /// Entry/attribute timeout.
-    pub ttl: Duration,
-    /// Do not confine servers (seccomp, capabilities): for debugging only.
-    pub no_confine: bool,
-    /// Enter a new user namespace (the supervisor maps it); off: run in the initial one.
-    pub userns: bool,
-    /// The socket to the supervisor that registers passthrough backing files (inherited,
-    /// SOCK_SEQPACKET, see [`crate::backing`]); required with `--passthrough`.
-    pub backing_fd: Option<RawFd>,
-    /// A detached procfs mount for the keeper's namespace (inherited, from
-    /// [`crate::mount::procfs_instance`]); without it, a clone of the keeper's `/proc`.
-    pub proc_fd: Option<RawFd>,
-    /// The backing root's (device, inode) as the supervisor recorded it: the keeper serves
-    /// nothing else.
-    pub root_id: Option<(u64, u64)>,
-}
-
-impl KeeperArgs {
-    /// Parses `--fuse-fd N --state-fd N --ctl-fd N --root PATH [--passthrough --backing-fd N]
-    /// [--threads N] [--ttl SECS] [--no-userns] [--no-confine] [--proc-fd N]
-    /// [--root-id DEV:INO]`.
-    pub fn parse(args: &[std::ffi::OsString]) -> Result<KeeperArgs, Error> {
-        let mut k = KeeperArgs {
-            fuse_fd: -1,
-            state_fd: -1,
-            ctl_fd: -1,
-            root: PathBuf::new(),
-            passthrough: false,
-            threads: 2,
-            ttl: Duration::from_secs(86400),
-            no_confine: false,
-            userns: true,
-            backing_fd: None,
-            proc_fd: None,
-            root_id: None,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let a = a
-                .to_str()
-                .ok_or_else(|| Error::Usage("non-UTF-8 argument".into()))?;
-            let mut val = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| Error::Usage(format!("{a} needs a value")))
-            };
-            let num = |v: std::ffi::OsString| -> Result<i64, Error> {
-                v.to_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| Error::Usage(format!("{a}: not a number")))
-            };
-            match a {
-                "--fuse-fd" => k.fuse_fd = num(val()?)? as RawFd,
-                "--state-fd" => k.state_fd = num(val()?)? as RawFd,
-                "--ctl-fd" => k.ctl_fd = num(val()?)? as RawFd,
-                "--root" => k.root = PathBuf::from(val()?),
-                "--threads" => k.threads = num(val()?)? as usize,
-                "--ttl" => k.ttl = Duration::from_secs(num(val()?)? as u64),
-                "--passthrough" => k.passthrough = true,
-                "--no-confine" => k.no_confine = true,
-                "--no-userns" => k.userns = false,
-                "--backing-fd" => k.backing_fd = Some(num(val()?)? as RawFd),
-                "--proc-fd" => k.proc_fd = Some(num(val()?)? as RawFd),
-                "--root-id" => {
-                    let v = val()?;
-                    let id = v
-                        .to_str()
-                        .and_then(|s| s.split_once(':'))
-                        .and_then(|(d, i)| Some((d.parse().ok()?, i.parse().ok()?)))
-                        .ok_or_else(|| Error::Usage(format!("{a}: want DEV:INO")))?;
-                    k.root_id = Some(id);
-                }
-                other => return Err(Error::Usage(format!("unknown argument {other}"))),
-            }
-        }
-        if k.fuse_fd < 0 || k.state_fd < 0 || k.ctl_fd < 0 || k.root.as_os_str().is_empty() {
-            return Err(Error::Usage(
-                "--fuse-fd, --state-fd, --ctl-fd and --root are required".into(),
-            ));
-        }
-        if k.passthrough && k.backing_fd.is_none() {
-            return Err(Error::Usage("--passthrough needs --backing-fd".into()));
-        }
-        Ok(k)
-    }
-}
+pub use porta_protocol::keeper::KeeperArgs;
+use porta_protocol::keeper::{Answer, Command, CommandKind, Hello, MapsReply, Outcome};
+use porta_protocol::server::{EXIT_FAILED, EXIT_UNMOUNTED};
 
 /// Enters a new user namespace and has the supervisor (on the control socket) write its
 /// identity maps; tells the supervisor when there is none (then the servers run in the
 /// initial user namespace). Returns whether the keeper is in a new user namespace.
 fn enter_user_namespace(args: &KeeperArgs) -> Result<bool, Error> {
-    let hello = |msg: &[u8]| {
-        sys::write(args.ctl_fd, msg)
+    let hello = |msg: Hello| {
+        sys::write(args.ctl_fd, &msg.encode())
             .map(|_| ())
             .map_err(|e| Error::Sys("keeper: hello", nix::errno::Errno::from_raw(e)))
     };
     if args.no_confine {
-        hello(&[HELLO_UNCONFINED])?;
+        hello(Hello::Unconfined)?;
         return Ok(false);
     }
     if !args.userns {
-        hello(&[HELLO_ROOT, b'0'])?;
+        hello(Hello::Root(0))?;
         return Ok(false);
     }
     if let Err(e) = crate::confine::unshare_user_namespace() {
-        hello(format!("R{}", e as i32).as_bytes())?;
+        hello(Hello::Root(e as i32))?;
         return Ok(false);
     }
-    hello(&[HELLO_USERNS])?;
+    hello(Hello::Userns)?;
     let mut b = [0u8; 4];
     loop {
         match sys::read(args.ctl_fd, &mut b) {
-            Ok(1) if b[0] == MAPS_OK => break,
+            Ok(n) if MapsReply::decode(&b[..n]) == Ok(MapsReply::Written) => break,
             Err(libc::EINTR) => continue,
             Ok(_) => {
                 return Err(Error::BadState(
@@ -360,12 +226,14 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 ))
             }
         };
-        let first = cmd[..n].first().copied();
-        let starts = matches!(
-            first,
-            Some(CMD_SPAWN) | Some(CMD_STANDBY) | Some(CMD_ACTIVATE)
-        );
-        let unchecked = starts
+        let command = match Command::decode(&cmd[..n]) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignored a command on the keeper's socket");
+                continue;
+            }
+        };
+        let unchecked = command.kind.starts_server()
             && match guard.check(&mut cfg) {
                 Ok(false) => false,
                 Ok(true) => {
@@ -385,10 +253,10 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                     true
                 }
             };
-        let pid = match first {
+        let pid = match command.kind {
             _ if unchecked => -libc::EIO,
-            Some(CMD_SPAWN) => spawn_server(&cfg, None),
-            Some(CMD_STANDBY) => {
+            CommandKind::Spawn => spawn_server(&cfg, None),
+            CommandKind::Standby => {
                 if let Some((_, rd, wr)) = standby.take() {
                     // A standby that died (or is replaced) never woke: drop its pipe.
                     record_standby(&cfg.server.shared, None);
@@ -410,7 +278,7 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                     Err(e) => -e,
                 }
             }
-            Some(CMD_ACTIVATE) => match standby.take() {
+            CommandKind::Activate => match standby.take() {
                 Some((0, rd, wr)) => {
                     // A dead keeper's standby, killed by now: drop its pipe.
                     record_standby(&cfg.server.shared, None);
@@ -430,8 +298,8 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                 }
                 None => spawn_server(&cfg, None),
             },
-            Some(CMD_SYNC) => 0,
-            Some(CMD_TWIN) => match spawn_twin(args.ctl_fd) {
+            CommandKind::Sync => 0,
+            CommandKind::Twin => match spawn_twin(args.ctl_fd) {
                 Twin::Forked(pid) => pid,
                 Twin::Failed(e) => -e,
                 Twin::TookOver => {
@@ -446,10 +314,9 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
                     continue;
                 }
             },
-            _ => continue,
         };
-        if first.is_some() && first == dies_in {
-            tracing::warn!(command = ?first.map(char::from), "simulated fault: the keeper dies before it answers");
+        if Some(command.kind.byte()) == dies_in {
+            tracing::warn!(command = ?command.kind, "simulated fault: the keeper dies before it answers");
             // SAFETY: kills this (single-threaded) process: a test fault.
             unsafe {
                 let me = libc::getpid();
@@ -457,14 +324,17 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
             }
         }
         // The sequence number, echoed (0 when the command carried none), and who answers.
-        let mut answer = [0u8; ANSWER_LEN];
-        answer[..4].copy_from_slice(&pid.to_ne_bytes());
-        if n >= CMD_LEN {
-            answer[4..8].copy_from_slice(&cmd[1..CMD_LEN]);
+        let answer = Answer {
+            outcome: match pid {
+                0 => Outcome::Done,
+                p if p > 0 => Outcome::Started(p),
+                e => Outcome::Failed(e.saturating_neg()),
+            },
+            seq: command.seq,
+            // SAFETY: plain getpid.
+            keeper: unsafe { libc::getpid() },
         }
-        // SAFETY: plain getpid.
-        let me = unsafe { libc::getpid() };
-        answer[8..].copy_from_slice(&me.to_ne_bytes());
+        .encode();
         let _ = sys::write(args.ctl_fd, &answer);
     }
 }

@@ -13,9 +13,14 @@ use clap::Parser;
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Hidden entry points, dispatched before the runc-compatible parser sees them.
+    use porta_supervisor::protocol::{keeper, supervisor};
     match argv.get(1).and_then(|a| a.to_str()) {
-        Some("supervisor") => return code(porta_supervisor::main_supervisor(argv[2..].to_vec())),
-        Some("fs") => return code(porta_supervisor::main_fs(argv[2..].to_vec())),
+        Some(supervisor::SUBCOMMAND) => {
+            return code(porta_supervisor::main_supervisor(argv[2..].to_vec()))
+        }
+        Some(s) if s == keeper::SUBCOMMAND[0] => {
+            return code(porta_supervisor::main_fs(argv[2..].to_vec()))
+        }
         _ => {}
     }
     let cli = cli::Cli::parse();

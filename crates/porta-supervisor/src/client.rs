@@ -1,0 +1,454 @@
+//! The supervisor's clients, in `porta`: launching it, asking it to watch the container's
+//! process or to stop, and reading its record of the servers.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use porta_protocol::supervisor::{ControlReply, ControlRequest, LaunchReply, SupervisorArgs};
+
+use crate::{
+    daemon, fdpass, proc, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME,
+};
+
+/// What [`launch`] needs to give a container its file server.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// Container id.
+    pub id: String,
+    /// The container's state directory (short path: the control socket lives there).
+    pub state_dir: PathBuf,
+    /// The backing directory to serve (the bundle's root.path).
+    pub rootfs: PathBuf,
+    /// Use FUSE passthrough for regular-file data (root only); off: strict mode.
+    pub passthrough: bool,
+    /// Watch the backing tree for changes made from the host and invalidate what the
+    /// kernel cached of them (off: `run.porta.fs.host-changes=off`).
+    pub host_changes: bool,
+    /// cgroup.procs files the servers must join (the container's `porta/` leaf).
+    pub server_cgroup_procs: Vec<PathBuf>,
+    /// Binary to exec for `supervisor` / `fs` (a sealed copy of porta, or /proc/self/exe).
+    pub exe: PathBuf,
+    /// The supervisor's log file (its stdout and stderr).
+    pub log: PathBuf,
+}
+
+/// A started supervisor and the container's mount.
+#[derive(Debug)]
+pub struct Launched {
+    /// The supervisor daemon's pid.
+    pub supervisor_pid: i32,
+    /// The detached FUSE mount (from fsmount), attached nowhere; move it onto the
+    /// container's root with move_mount(fd, "", AT_FDCWD, root, MOVE_MOUNT_F_EMPTY_PATH).
+    pub mount_fd: OwnedFd,
+}
+
+/// Descriptor number of the container's user namespace in a rootless supervisor.
+const USERNS_FD: RawFd = 4;
+
+/// How long [`launch`] waits for the supervisor to hand over the mount.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts the container's supervisor as a detached daemon and returns the detached FUSE
+/// mount of the container's root, already served. `userns`: for a rootless container,
+/// its user namespace; the supervisor joins it and makes the mount there (the kernel
+/// allows an unprivileged FUSE mount only inside a user namespace the user owns).
+pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launched, Error> {
+    std::fs::create_dir_all(&spec.state_dir).map_err(|e| Error::Path {
+        what: "create state directory",
+        path: spec.state_dir.clone(),
+        source: e,
+    })?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(|e| Error::Path {
+            what: "open supervisor log",
+            path: spec.log.clone(),
+            source: e,
+        })?;
+    let log2 = log.try_clone().map_err(|e| Error::Io("dup log file", e))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| Error::Io("socketpair", e))?;
+    let mut args = SupervisorArgs::new(
+        spec.id.clone(),
+        spec.state_dir.clone(),
+        spec.rootfs.clone(),
+        3,
+    );
+    args.passthrough = spec.passthrough;
+    args.host_changes = spec.host_changes;
+    args.cgroup_procs = spec.server_cgroup_procs.clone();
+    // The user namespace goes to descriptor 4, from a copy above the low numbers so that
+    // moving the socket to 3 cannot overwrite it.
+    let userns = match userns {
+        Some(u) => {
+            args.userns_fd = Some(USERNS_FD);
+            Some(
+                nix::fcntl::fcntl(u.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                    .map_err(|e| Error::Sys("dup user namespace descriptor", e))
+                    .map(|fd| {
+                        // SAFETY: fcntl returned a fresh descriptor we now own.
+                        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let mut cmd = Command::new(&spec.exe);
+    cmd.arg(porta_protocol::supervisor::SUBCOMMAND)
+        .args(args.to_argv());
+    let userns_raw = userns.as_ref().map_or(-1, |u| u.as_raw_fd());
+    let sock = theirs.as_raw_fd();
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .current_dir("/");
+    // SAFETY: the closure only makes async-signal-safe system calls (setsid, dup2, fcntl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if sock == 3 {
+                let fl = libc::fcntl(3, libc::F_GETFD);
+                if fl < 0 || libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(sock, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 leaves the copy without FD_CLOEXEC.
+            if userns_raw >= 0 && libc::dup2(userns_raw, USERNS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().map_err(|e| Error::Path {
+        what: "exec supervisor",
+        path: spec.exe.clone(),
+        source: e,
+    })?;
+    drop(theirs);
+    drop(userns);
+    if !status.success() {
+        return Err(Error::Daemonize {
+            id: spec.id.clone(),
+            status,
+            log: spec.log.clone(),
+        });
+    }
+    ours.set_read_timeout(Some(LAUNCH_TIMEOUT))
+        .map_err(|e| Error::Io("socket timeout", e))?;
+    // The caller's children (`porta create` forks stage one meanwhile) may interrupt the
+    // wait with SIGCHLD when it has a handler or runs under ptrace: wait on.
+    let deadline = Instant::now() + LAUNCH_TIMEOUT;
+    let received = loop {
+        match fdpass::recv_with_fd(ours.as_raw_fd()) {
+            Err(nix::errno::Errno::EINTR) if Instant::now() < deadline => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                ours.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .map_err(|e| Error::Io("socket timeout", e))?;
+            }
+            r => break r,
+        }
+    };
+    let (msg, fd) = received.map_err(|e| match e {
+        nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
+        e => Error::Sys("receive mount from supervisor", e),
+    })?;
+    launched(spec, &msg, fd)
+}
+
+/// What the supervisor's launch reply `msg` (with the descriptor `fd` that came with it)
+/// says: the mount, or the typed reason it did not come.
+fn launched(spec: &LaunchSpec, msg: &[u8], fd: Option<OwnedFd>) -> Result<Launched, Error> {
+    match (LaunchReply::decode(msg), fd) {
+        (Ok(LaunchReply::Ready { pid }), Some(fd)) => Ok(Launched {
+            supervisor_pid: pid,
+            mount_fd: fd,
+        }),
+        (Ok(LaunchReply::Failed(msg)), _) => Err(Error::Start {
+            id: spec.id.clone(),
+            msg,
+            log: spec.log.clone(),
+        }),
+        // Ready without the mount, or nothing at all: it ended before the handover.
+        (Ok(LaunchReply::Ready { .. }), None) => Err(Error::NoMount {
+            id: spec.id.clone(),
+            log: spec.log.clone(),
+        }),
+        (Err(_), _) if msg.is_empty() => Err(Error::NoMount {
+            id: spec.id.clone(),
+            log: spec.log.clone(),
+        }),
+        (Err(source), _) => Err(Error::BadReply {
+            id: spec.id.clone(),
+            source,
+            log: spec.log.clone(),
+        }),
+    }
+}
+
+/// A path naming `name` in `dir` that fits in a socket address (108 bytes): the path itself
+/// when short, else one through an open fd of the directory (returned, to be kept open
+/// until the socket call is done).
+pub(crate) fn socket_path(
+    dir: &Path,
+    name: &str,
+) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+    let full = dir.join(name);
+    if full.as_os_str().len() < 100 {
+        return Ok((full, None));
+    }
+    let d = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()));
+    Ok((short, Some(d)))
+}
+
+fn connect_control(state_dir: &Path) -> std::io::Result<UnixStream> {
+    let (p, _keep) = socket_path(state_dir, SOCKET_NAME)?;
+    UnixStream::connect(p)
+}
+
+/// Asks the supervisor of `state_dir` to stop its servers and exit, and waits for it.
+/// The container's mount is aborted (its files then fail with ENOTCONN). Succeeds when
+/// no supervisor runs.
+pub fn stop(state_dir: &Path) -> Result<(), Error> {
+    let pid = read_state(state_dir).map(|s| s.supervisor_pid).unwrap_or(0);
+    let sock = state_dir.join(SOCKET_NAME);
+    match connect_control(state_dir) {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| Error::Io("socket timeout", e))?;
+            match s.write_all(&ControlRequest::Stop.encode()) {
+                Ok(()) => {
+                    let mut answer = String::new();
+                    let _ = s.read_to_string(&mut answer);
+                }
+                // It is already on its way out (its container is gone): wait for it below.
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) => {}
+                Err(e) => return Err(Error::Io("send stop", e)),
+            }
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+            ) => {}
+        Err(e) => {
+            return Err(Error::Path {
+                what: "connect to supervisor",
+                path: sock,
+                source: e,
+            })
+        }
+    }
+    if pid > 0 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A pidfd wakes us when it exits (it is not our child: no waitpid); the 5 ms poll
+        // stays for a pid reused before we opened it.
+        let pidfd = proc::pidfd_open(pid);
+        while daemon::pid_alive(pid) {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout("exit", Duration::from_secs(10)));
+            }
+            match &pidfd {
+                Some(fd) => {
+                    let mut fds = [nix::poll::PollFd::new(
+                        fd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5u16));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tells the supervisor of `state_dir` the pid of the container's process (once `porta
+/// create` forked it): the supervisor watches it with a pidfd and stops its servers and
+/// exits when it is gone.
+pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
+    let sock = state_dir.join(SOCKET_NAME);
+    let mut s = connect_control(state_dir).map_err(|e| Error::Path {
+        what: "connect to supervisor",
+        path: sock.clone(),
+        source: e,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| Error::Io("socket timeout", e))?;
+    s.write_all(&ControlRequest::Watch(pid).encode())
+        .map_err(|e| Error::Io("send watch", e))?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| Error::Io("send watch", e))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| Error::Io("read supervisor answer", e))?;
+    watched(pid, answer.as_bytes())
+}
+
+/// What the supervisor's answer to `watch PID` says.
+fn watched(pid: i32, answer: &[u8]) -> Result<(), Error> {
+    match ControlReply::decode(answer) {
+        Ok(ControlReply::Ok) => Ok(()),
+        Ok(ControlReply::NoSuchProcess) => Err(Error::NoSuchProcess(pid)),
+        Ok(ControlReply::UnknownRequest) => Err(Error::Refused(format!(
+            "watch {pid}: the supervisor does not know the request"
+        ))),
+        Err(source) => Err(Error::Protocol {
+            request: "watch",
+            source,
+        }),
+    }
+}
+
+/// The servers of the container whose state directory is `state_dir`, for `porta state`,
+/// as they are now: the recorded state, checked against the processes with pidfds. A
+/// server recorded running that is gone says "restarting" while a supervisor lives to
+/// replace it; when neither the supervisor nor its successor lives, a server not
+/// stopped says "failed" with the cause (a live one goes on serving, with nobody left
+/// to replace it).
+pub fn servers(state_dir: &Path) -> Result<Vec<ServerStatus>, Error> {
+    Ok(live_view(read_state(state_dir)?))
+}
+
+fn live_view(st: SupervisorState) -> Vec<ServerStatus> {
+    let active = proc::alive(st.supervisor_pid, st.supervisor_start);
+    let successor = proc::alive(st.successor_pid, st.successor_start);
+    let mut out = st.servers;
+    for s in &mut out {
+        if s.state != "running" {
+            continue;
+        }
+        let up = proc::alive(s.pid, s.start_time);
+        if !active && !successor {
+            let what = if st.successor_pid > 0 {
+                format!(
+                    "supervisor {} and its successor {} are gone",
+                    st.supervisor_pid, st.successor_pid
+                )
+            } else {
+                format!(
+                    "supervisor {} is gone, with no successor",
+                    st.supervisor_pid
+                )
+            };
+            s.state = "failed".into();
+            s.error = Some(if up {
+                format!(
+                    "{what}: nothing replaces the file server {} if it dies",
+                    s.pid
+                )
+            } else {
+                format!("{what}, and so is the file server {}", s.pid)
+            });
+        } else if !up {
+            s.state = "restarting".into();
+        }
+        if !up {
+            s.pid = 0;
+        }
+    }
+    out
+}
+
+/// The supervisor's record of `state_dir` as it wrote it (`servers.json`), unchecked.
+pub fn read_state(state_dir: &Path) -> Result<SupervisorState, Error> {
+    let p = state_dir.join(SERVERS_FILE);
+    let text = std::fs::read(&p).map_err(|e| Error::Path {
+        what: "read",
+        path: p.clone(),
+        source: e,
+    })?;
+    SupervisorState::decode(&text).map_err(|e| Error::State(p, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            id: "c1".into(),
+            state_dir: "/run/x/c1".into(),
+            rootfs: "/b/rootfs".into(),
+            passthrough: false,
+            host_changes: true,
+            server_cgroup_procs: vec![],
+            exe: "/proc/self/exe".into(),
+            log: "/run/x/c1/supervisor.log".into(),
+        }
+    }
+
+    fn some_fd() -> Option<OwnedFd> {
+        Some(std::fs::File::open("/dev/null").unwrap().into())
+    }
+
+    #[test]
+    fn each_answer_to_watch_is_its_own_result() {
+        assert!(watched(5, b"ok\n").is_ok());
+        let e = watched(5, b"error no such process\n").unwrap_err();
+        assert!(matches!(e, Error::NoSuchProcess(5)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "supervisor refused to watch process 5: no such process"
+        );
+        let e = watched(5, b"error unknown command\n").unwrap_err();
+        assert!(matches!(e, Error::Refused(_)), "{e:?}");
+        for garbled in [&b""[..], b"okay", b"error disk full"] {
+            let e = watched(5, garbled).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Protocol {
+                        request: "watch",
+                        ..
+                    }
+                ),
+                "{garbled:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ready_reply_with_the_mount_is_a_launch() {
+        let l = launched(&spec(), b"ok 1234", some_fd()).unwrap();
+        assert_eq!(l.supervisor_pid, 1234);
+    }
+
+    #[test]
+    fn each_failed_launch_reply_is_its_own_error() {
+        let e = launched(&spec(), b"error could not open /dev/fuse", None).unwrap_err();
+        assert!(
+            matches!(&e, Error::Start { id, msg, .. } if id == "c1" && msg == "could not open /dev/fuse"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "supervisor for container c1 failed to start: could not open /dev/fuse (log: /run/x/c1/supervisor.log)"
+        );
+        for (msg, fd) in [
+            (&b""[..], None),
+            (&b"ok 77"[..], None),
+            (&b""[..], some_fd()),
+        ] {
+            let e = launched(&spec(), msg, fd).unwrap_err();
+            assert!(matches!(e, Error::NoMount { .. }), "{msg:?}: {e:?}");
+        }
+        let e = launched(&spec(), b"ok pid", some_fd()).unwrap_err();
+        assert!(matches!(e, Error::BadReply { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "supervisor for container c1 failed to start: malformed launch reply: bad pid in \"ok pid\" (log: /run/x/c1/supervisor.log)"
+        );
+    }
+}
