@@ -14,6 +14,7 @@ pub mod error;
 pub mod features;
 pub mod hooks;
 pub mod init;
+pub(crate) mod kernel;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;

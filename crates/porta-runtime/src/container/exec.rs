@@ -10,6 +10,7 @@ use super::{forward_console, forward_seccomp, oci_state_json, Container};
 use crate::config;
 use crate::error::{Context, Error, Result};
 use crate::init;
+use crate::kernel::{Kernel, LinuxKernel};
 use crate::namespaces::{self, Plan};
 use crate::state::{self, Status};
 use crate::sync::{Channel, Msg};
@@ -181,7 +182,9 @@ fn exec_stage_one(
 ) -> ! {
     let r = (|| -> Result<i32> {
         joined?;
-        sys::setns(target.as_fd(), flags).ctx(|| "join the container's namespaces".into())?;
+        LinuxKernel
+            .setns(target.as_fd(), flags)
+            .ctx(|| "join the container's namespaces".into())?;
         drop(target);
         match sys::clone_into(0).ctx(|| "fork the exec'd process".into())? {
             sys::Forked::Parent(pid) => Ok(pid),

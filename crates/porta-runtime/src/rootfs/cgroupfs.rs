@@ -6,7 +6,7 @@ use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 
 use crate::error::{Context, Result};
 use crate::mounts::MountOptions;
@@ -90,6 +90,7 @@ pub(super) fn own_cgroup(h: &Hierarchy) -> Option<PathBuf> {
 }
 
 pub(super) fn mount_cgroup(
+    k: &dyn Kernel,
     root: BorrowedFd<'_>,
     dest: &Path,
     opts: &MountOptions,
@@ -106,6 +107,7 @@ pub(super) fn mount_cgroup(
     if v2_only {
         let h = hs.iter().find(|h| h.v2 && h.mountpoint == base).cloned();
         return mount_hierarchy(
+            k,
             root,
             dest,
             &fd_path(target.as_fd()),
@@ -115,7 +117,7 @@ pub(super) fn mount_cgroup(
         );
     }
     // v1 or hybrid: a tmpfs holding one directory per hierarchy.
-    mount(
+    k.mnt(
         Some("tmpfs"),
         &fd_path(target.as_fd()),
         Some("tmpfs"),
@@ -132,11 +134,12 @@ pub(super) fn mount_cgroup(
         };
         let sub = dest.join(name);
         let t = ensure_dir(root, &sub)?;
-        mount_hierarchy(root, &sub, &fd_path(t.as_fd()), Some(h), flags, plan)?;
+        mount_hierarchy(k, root, &sub, &fd_path(t.as_fd()), Some(h), flags, plan)?;
     }
     if flags.contains(MsFlags::MS_RDONLY) {
         let t = reopen(root, dest)?;
         remount_bind(
+            k,
             &fd_path(t.as_fd()),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         )?;
@@ -145,6 +148,7 @@ pub(super) fn mount_cgroup(
 }
 
 pub(super) fn mount_hierarchy(
+    k: &dyn Kernel,
     root: BorrowedFd<'_>,
     dest: &Path,
     target: &Path,
@@ -159,7 +163,7 @@ pub(super) fn mount_hierarchy(
         } else {
             ("cgroup", Some(h.subsystems.join(",")))
         };
-        match mount(Some(typ), target, Some(typ), flags, data.as_deref()) {
+        match k.mnt(Some(typ), target, Some(typ), flags, data.as_deref()) {
             Ok(()) => return Ok(()),
             Err(e) => tracing::debug!(
                 "mount {typ} {:?} refused ({e}); binding the container's group instead",
@@ -169,7 +173,7 @@ pub(super) fn mount_hierarchy(
     }
     let own = own_cgroup(h).unwrap_or_default();
     let src = h.mountpoint.join(own.strip_prefix("/").unwrap_or(&own));
-    mount(
+    k.mnt(
         Some(&src),
         target,
         none(),
@@ -179,7 +183,7 @@ pub(super) fn mount_hierarchy(
     .ctx(|| format!("bind cgroup {}", src.display()))?;
     // Re-open by name: `target` still names the directory under the new mount.
     let t = reopen(root, dest)?;
-    remount_bind(&fd_path(t.as_fd()), flags)
+    remount_bind(k, &fd_path(t.as_fd()), flags)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
 
@@ -22,7 +22,11 @@ pub(super) const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
     ("/dev/tty", 5, 0),
 ];
 
-pub(super) fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Result<()> {
+pub(super) fn create_devices(
+    k: &dyn Kernel,
+    root: BorrowedFd<'_>,
+    plan: &RootfsPlan<'_>,
+) -> Result<()> {
     let mut devs: Vec<(PathBuf, SFlag, u64, u64, u32, u32, u32)> = DEFAULT_DEVICES
         .iter()
         .map(|(p, ma, mi)| (PathBuf::from(p), SFlag::S_IFCHR, *ma, *mi, 0o666, 0, 0))
@@ -78,8 +82,8 @@ pub(super) fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Res
         let made = if plan.new_userns {
             Err(nix::errno::Errno::EPERM)
         } else {
-            nix::sys::stat::mknodat(
-                Some(parent.as_raw_fd()),
+            k.mknodat(
+                parent.as_fd(),
                 name.as_str(),
                 kind,
                 Mode::from_bits_truncate(mode & 0o7777),
@@ -88,26 +92,19 @@ pub(super) fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Res
         };
         match made {
             Ok(()) => {
-                nix::unistd::fchownat(
-                    Some(parent.as_raw_fd()),
-                    name.as_str(),
-                    Some(uid.into()),
-                    Some(gid.into()),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .ctx(|| format!("chown {}", path.display()))?;
-                nix::sys::stat::fchmodat(
-                    Some(parent.as_raw_fd()),
+                k.fchownat(parent.as_fd(), name.as_str(), uid, gid)
+                    .ctx(|| format!("chown {}", path.display()))?;
+                k.fchmodat(
+                    parent.as_fd(),
                     name.as_str(),
                     Mode::from_bits_truncate(mode & 0o7777),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
                 )
                 .ctx(|| format!("chmod {}", path.display()))?;
             }
             Err(nix::errno::Errno::EPERM) => {
                 // No mknod in a user namespace: bind the host's node, as runc does.
                 let t = ensure_file(root, &path)?;
-                mount(
+                k.mnt(
                     Some(&path),
                     &fd_path(t.as_fd()),
                     none(),
@@ -122,7 +119,7 @@ pub(super) fn create_devices(root: BorrowedFd<'_>, plan: &RootfsPlan<'_>) -> Res
     Ok(())
 }
 
-pub(super) fn dev_symlinks(root: BorrowedFd<'_>) -> Result<()> {
+pub(super) fn dev_symlinks(k: &dyn Kernel, root: BorrowedFd<'_>) -> Result<()> {
     let dev = ensure_dir(root, Path::new("/dev"))?;
     let mut links = vec![
         ("/proc/self/fd", "fd"),
@@ -134,7 +131,7 @@ pub(super) fn dev_symlinks(root: BorrowedFd<'_>) -> Result<()> {
         links.push(("/proc/kcore", "core"));
     }
     for (target, name) in links {
-        match nix::unistd::symlinkat(target, Some(dev.as_raw_fd()), name) {
+        match k.symlinkat(Path::new(target), dev.as_fd(), Path::new(name)) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
             Err(e) => return Err(Error::nix(format!("symlink /dev/{name}"), e)),
         }
@@ -146,7 +143,7 @@ pub(super) fn dev_symlinks(root: BorrowedFd<'_>) -> Result<()> {
             "ptmx",
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         );
-        nix::unistd::symlinkat("pts/ptmx", Some(dev.as_raw_fd()), "ptmx")
+        k.symlinkat(Path::new("pts/ptmx"), dev.as_fd(), Path::new("ptmx"))
             .ctx(|| "symlink /dev/ptmx".into())?;
     }
     Ok(())

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Context, Error, Result};
@@ -12,28 +12,28 @@ use crate::mounts::propagation_flags;
 use super::*;
 
 /// After pivot_root: sysctls, masked and read-only paths, read-only root, root propagation.
-pub fn finish(spec: &Spec) -> Result<()> {
+pub(crate) fn finish(k: &dyn Kernel, spec: &Spec) -> Result<()> {
     let Some(linux) = spec.linux().as_ref() else {
         return Ok(());
     };
-    for (k, v) in linux.sysctl().iter().flatten() {
-        if k.contains("..") || k.contains('/') && k.split('/').any(|c| c == "..") {
+    for (key, v) in linux.sysctl().iter().flatten() {
+        if key.contains("..") || key.contains('/') && key.split('/').any(|c| c == "..") {
             return Err(Error::field(
-                format!("linux.sysctl.{k}"),
+                format!("linux.sysctl.{key}"),
                 "not a sysctl name",
             ));
         }
-        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        let p = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
         fs::write(&p, v.as_bytes()).map_err(|e| {
             Error::field(
-                format!("linux.sysctl.{k}"),
+                format!("linux.sysctl.{key}"),
                 format!("write {}: {e}", p.display()),
             )
         })?;
     }
     for p in linux.readonly_paths().iter().flatten() {
         let path = Path::new(p);
-        match mount(
+        match k.mnt(
             Some(path),
             path,
             none(),
@@ -41,6 +41,7 @@ pub fn finish(spec: &Spec) -> Result<()> {
             none(),
         ) {
             Ok(()) => remount_bind(
+                k,
                 path,
                 MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             )?,
@@ -54,7 +55,7 @@ pub fn finish(spec: &Spec) -> Result<()> {
             continue;
         };
         let r = if meta.is_dir() {
-            mount(
+            k.mnt(
                 Some("tmpfs"),
                 path,
                 Some("tmpfs"),
@@ -62,7 +63,7 @@ pub fn finish(spec: &Spec) -> Result<()> {
                 Some("size=0"),
             )
         } else {
-            mount(Some("/dev/null"), path, none(), MsFlags::MS_BIND, none())
+            k.mnt(Some("/dev/null"), path, none(), MsFlags::MS_BIND, none())
         };
         if let Err(e) = r {
             return Err(Error::nix(format!("linux.maskedPaths: mask {p}"), e));
@@ -74,14 +75,15 @@ pub fn finish(spec: &Spec) -> Result<()> {
         .and_then(|r| r.readonly())
         .unwrap_or(false)
     {
-        remount_bind(Path::new("/"), MsFlags::MS_RDONLY)?;
+        remount_bind(k, Path::new("/"), MsFlags::MS_RDONLY)?;
     }
     if let Some(p) = linux
         .rootfs_propagation()
         .as_deref()
         .and_then(propagation_flags)
     {
-        mount(none(), "/", none(), p, none()).ctx(|| "set linux.rootfsPropagation on /".into())?;
+        k.mnt(none(), "/", none(), p, none())
+            .ctx(|| "set linux.rootfsPropagation on /".into())?;
     }
     Ok(())
 }

@@ -9,11 +9,12 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use nix::sys::stat::Mode;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Context, Error, Result};
+use crate::kernel::Kernel;
 use crate::mounts::{propagation_flags, MountOptions};
 use crate::sys;
 
@@ -24,9 +25,12 @@ mod hostbind;
 mod mounts;
 mod pivot;
 
-pub use finish::finish;
+#[cfg(test)]
+mod kernel_tests;
+
+pub(crate) use finish::finish;
 pub use hostbind::HostRootBind;
-pub use pivot::enter;
+pub(crate) use pivot::enter;
 
 /// What the container's process needs to build its root.
 pub struct RootfsPlan<'a> {
@@ -60,7 +64,7 @@ pub fn selinux_enabled() -> bool {
 }
 
 /// Prepares propagation, the root mount and the config's mounts; runs before pivot_root.
-pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
+pub(crate) fn prepare(k: &dyn Kernel, plan: &mut RootfsPlan<'_>) -> Result<()> {
     let linux = plan.spec.linux().as_ref();
     let prop = linux
         .and_then(|l| l.rootfs_propagation().as_deref())
@@ -72,19 +76,21 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
             Some(p) if p.contains(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
             _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
         };
-        mount(none(), "/", none(), initial, none())
+        k.mnt(none(), "/", none(), initial, none())
             .ctx(|| "make / a slave mount in the container's mount namespace".into())?;
         match plan.served_root.take() {
-            Some(fd) => sys::move_mount_onto(fd.as_fd(), rootfs)
+            Some(fd) => k
+                .move_mount_onto(fd.as_fd(), rootfs)
                 .ctx(|| format!("attach the file server's mount on {}", rootfs.display()))?,
-            None => mount(
-                Some(rootfs),
-                rootfs,
-                none(),
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                none(),
-            )
-            .ctx(|| format!("bind mount root {}", rootfs.display()))?,
+            None => k
+                .mnt(
+                    Some(rootfs),
+                    rootfs,
+                    none(),
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none(),
+                )
+                .ctx(|| format!("bind mount root {}", rootfs.display()))?,
         }
     } else if plan.served_root.is_some() {
         return Err(Error::Init(
@@ -118,6 +124,7 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
         }
         let detached = plan.sources.take(i);
         mounts::mount_one(
+            k,
             root_fd.as_fd(),
             i,
             m,
@@ -130,12 +137,12 @@ pub fn prepare(plan: &mut RootfsPlan<'_>) -> Result<()> {
         .map_err(|e| Error::field(name(), e.to_string()))?;
     }
     if !dev_is_bind {
-        devices::create_devices(root_fd.as_fd(), plan)?;
-        devices::dev_symlinks(root_fd.as_fd())?;
+        devices::create_devices(k, root_fd.as_fd(), plan)?;
+        devices::dev_symlinks(k, root_fd.as_fd())?;
     }
     for d in deferred {
         let t = reopen(root_fd.as_fd(), &d.dest)?;
-        remount_bind(&fd_path(t.as_fd()), MsFlags::MS_RDONLY).map_err(|e| {
+        remount_bind(k, &fd_path(t.as_fd()), MsFlags::MS_RDONLY).map_err(|e| {
             Error::field(
                 format!("mounts[{}] ({})", d.index, d.dest.display()),
                 e.to_string(),
@@ -180,7 +187,7 @@ pub(super) fn rel(p: &Path) -> String {
 }
 
 /// Opens (creating if missing) a directory below the root, with every symlink kept inside it.
-pub fn ensure_dir(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
+pub(crate) fn ensure_dir(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
     let mut cur = PathBuf::new();
     let mut fd = sys::openat2(
         root,
@@ -232,7 +239,7 @@ pub fn ensure_dir(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
 }
 
 /// Opens (creating an empty file if missing) a file below the root, symlinks kept inside it.
-pub fn ensure_file(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
+pub(crate) fn ensure_file(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
     let r = rel(path);
     match sys::openat2(root, &r, libc::O_PATH, 0, sys::RESOLVE_IN_ROOT) {
         Ok(f) => return Ok(f),
@@ -270,9 +277,9 @@ pub(super) fn reopen(root: BorrowedFd<'_>, dest: &Path) -> Result<OwnedFd> {
 }
 
 /// Remounts a bind mount with `flags`, keeping the flags the kernel locked on it.
-pub(super) fn remount_bind(path: &Path, flags: MsFlags) -> Result<()> {
+pub(super) fn remount_bind(k: &dyn Kernel, path: &Path, flags: MsFlags) -> Result<()> {
     let locked = statvfs_flags(path);
-    mount(
+    k.mnt(
         none(),
         path,
         none(),

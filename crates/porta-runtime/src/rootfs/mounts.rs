@@ -4,7 +4,7 @@ use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use oci_spec::runtime::Mount;
 
 use crate::error::{Context, Error, Result};
@@ -23,6 +23,7 @@ pub(super) struct DeferredRo {
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mount_one(
+    k: &dyn Kernel,
     root: BorrowedFd<'_>,
     index: usize,
     m: &Mount,
@@ -38,8 +39,8 @@ pub(super) fn mount_one(
         .unwrap_or(if opts.bind { "bind" } else { "none" });
     let dest = m.destination();
     if typ == "cgroup" || typ == "cgroup2" {
-        super::cgroupfs::mount_cgroup(root, dest, opts, plan)?;
-        return after_mount(root, dest, opts);
+        super::cgroupfs::mount_cgroup(k, root, dest, opts, plan)?;
+        return after_mount(k, root, dest, opts);
     }
     let bind = opts.bind || typ == "bind";
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
@@ -55,7 +56,7 @@ pub(super) fn mount_one(
     if bind {
         if opts.copy_symlink && detached.is_none() {
             if let Ok(target) = fs::read_link(&source) {
-                return copy_symlink(root, dest, &target);
+                return copy_symlink(k, root, dest, &target);
             }
         }
         let is_dir = match &detached {
@@ -73,14 +74,15 @@ pub(super) fn mount_one(
         };
         let tpath = fd_path(target.as_fd());
         match detached {
-            Some(fd) => crate::detached::attach(fd.as_fd(), target.as_fd())
+            Some(fd) => k
+                .attach(fd.as_fd(), target.as_fd())
                 .ctx(|| format!("attach {} on {}", source.display(), dest.display()))?,
             None => {
                 let mut bflags = MsFlags::MS_BIND;
                 if opts.recursive {
                     bflags |= MsFlags::MS_REC;
                 }
-                mount(Some(&source), &tpath, none(), bflags, none())
+                k.mnt(Some(&source), &tpath, none(), bflags, none())
                     .ctx(|| format!("bind mount {} on {}", source.display(), dest.display()))?;
             }
         }
@@ -88,7 +90,7 @@ pub(super) fn mount_one(
         if !extra.is_empty() {
             // Re-open: the mount just made hides what `target` pointed at.
             let t = reopen(root, dest)?;
-            remount_bind(&fd_path(t.as_fd()), extra)?;
+            remount_bind(k, &fd_path(t.as_fd()), extra)?;
         }
     } else {
         if matches!(typ, "proc" | "sysfs") {
@@ -127,7 +129,7 @@ pub(super) fn mount_one(
             }
         }
         let flags = flags.difference(MsFlags::MS_REMOUNT);
-        match mount(Some(&source), &tpath, Some(typ), flags, data.as_deref()) {
+        match k.mnt(Some(&source), &tpath, Some(typ), flags, data.as_deref()) {
             Ok(()) => {}
             Err(nix::errno::Errno::EPERM) | Err(nix::errno::Errno::EBUSY)
                 if matches!(typ, "sysfs" | "mqueue") =>
@@ -138,7 +140,7 @@ pub(super) fn mount_one(
                     "{typ} refused in this namespace; binding the host's {}",
                     dest.display()
                 );
-                mount(
+                k.mnt(
                     Some(dest),
                     &tpath,
                     none(),
@@ -147,7 +149,7 @@ pub(super) fn mount_one(
                 )
                 .ctx(|| format!("bind the host's {} as {typ}", dest.display()))?;
                 let t = reopen(root, dest)?;
-                remount_bind(&fd_path(t.as_fd()), flags | MsFlags::MS_RDONLY)?;
+                remount_bind(k, &fd_path(t.as_fd()), flags | MsFlags::MS_RDONLY)?;
             }
             Err(e) => return Err(Error::nix(format!("mount {typ} on {}", dest.display()), e)),
         }
@@ -176,15 +178,20 @@ pub(super) fn mount_one(
             dest: dest.to_path_buf(),
         });
     }
-    after_mount(root, dest, opts)
+    after_mount(k, root, dest, opts)
 }
 
 /// Recursive attributes and propagation, applied once the mount is made.
-pub(super) fn after_mount(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
+pub(super) fn after_mount(
+    k: &dyn Kernel,
+    root: BorrowedFd<'_>,
+    dest: &Path,
+    opts: &MountOptions,
+) -> Result<()> {
     if !opts.rec_attrs.is_empty() {
         let t = reopen(root, dest)?;
         let (set, clr) = opts.rec_attrs.set_clr();
-        crate::detached::set_attrs(t.as_fd(), true, set, clr, None).ctx(|| {
+        k.mount_setattr(t.as_fd(), true, set, clr).ctx(|| {
             format!(
                 "set recursive attributes of {} (mount_setattr)",
                 dest.display()
@@ -194,7 +201,7 @@ pub(super) fn after_mount(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions
     if !opts.propagation.is_empty() {
         let t = reopen(root, dest)?;
         for p in &opts.propagation {
-            mount(none(), &fd_path(t.as_fd()), none(), *p, none())
+            k.mnt(none(), &fd_path(t.as_fd()), none(), *p, none())
                 .ctx(|| format!("set propagation of {}", dest.display()))?;
         }
     }
@@ -236,7 +243,12 @@ pub(super) fn refuse_non_directory(root: BorrowedFd<'_>, dest: &Path, typ: &str)
 }
 
 /// `copy-symlink`: the bind source is a symlink, made again at the destination.
-pub(super) fn copy_symlink(root: BorrowedFd<'_>, dest: &Path, target: &Path) -> Result<()> {
+pub(super) fn copy_symlink(
+    k: &dyn Kernel,
+    root: BorrowedFd<'_>,
+    dest: &Path,
+    target: &Path,
+) -> Result<()> {
     let parent = ensure_dir(root, dest.parent().unwrap_or(Path::new("/")))?;
     let name = dest
         .file_name()
@@ -254,6 +266,6 @@ pub(super) fn copy_symlink(root: BorrowedFd<'_>, dest: &Path, target: &Path) -> 
             ))
         }
     }
-    nix::unistd::symlinkat(target, Some(parent.as_raw_fd()), name)
+    k.symlinkat(target, parent.as_fd(), Path::new(name))
         .ctx(|| format!("symlink {} -> {}", dest.display(), target.display()))
 }

@@ -1,9 +1,8 @@
 //! Entering the prepared root: pivot_root, MS_MOVE + chroot, or chroot alone.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{MntFlags, MsFlags};
 
 use crate::error::{Context, Result};
 
@@ -12,22 +11,29 @@ use super::*;
 /// Makes the prepared root the process's root: pivot_root, or MS_MOVE + chroot with
 /// `no_pivot`; without a mount namespace of its own (`own_mount_ns` false), chroot alone,
 /// as runc (pivot_root and MS_MOVE would change the caller's mount table).
-pub fn enter(rootfs: &Path, no_pivot: bool, own_mount_ns: bool) -> Result<()> {
-    nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
+pub(crate) fn enter(
+    k: &dyn Kernel,
+    rootfs: &Path,
+    no_pivot: bool,
+    own_mount_ns: bool,
+) -> Result<()> {
+    k.chdir(rootfs)
+        .ctx(|| format!("chdir {}", rootfs.display()))?;
     if !own_mount_ns {
-        nix::unistd::chroot(".").ctx(|| format!("chroot into {}", rootfs.display()))?;
+        k.chroot(Path::new("."))
+            .ctx(|| format!("chroot into {}", rootfs.display()))?;
     } else if no_pivot {
-        mount(Some(rootfs), "/", none(), MsFlags::MS_MOVE, none())
+        k.mnt(Some(rootfs), "/", none(), MsFlags::MS_MOVE, none())
             .ctx(|| "move the root onto /".into())?;
-        nix::unistd::chroot(".").ctx(|| "chroot".into())?;
+        k.chroot(Path::new(".")).ctx(|| "chroot".into())?;
     } else {
         let old = open_dir(Path::new("/"))?;
         let new = open_dir(rootfs)?;
-        nix::unistd::pivot_root(".", ".")
+        k.pivot_root(Path::new("."), Path::new("."))
             .ctx(|| format!("pivot_root into {}", rootfs.display()))?;
         // The old root now sits on top of the new one at "."; detach it.
-        nix::unistd::fchdir(old.as_raw_fd()).ctx(|| "fchdir old root".into())?;
-        mount(
+        k.fchdir(old.as_fd()).ctx(|| "fchdir old root".into())?;
+        k.mnt(
             none(),
             ".",
             none(),
@@ -35,9 +41,10 @@ pub fn enter(rootfs: &Path, no_pivot: bool, own_mount_ns: bool) -> Result<()> {
             none(),
         )
         .ctx(|| "make old root a slave".into())?;
-        umount2(".", MntFlags::MNT_DETACH).ctx(|| "detach old root".into())?;
-        nix::unistd::fchdir(new.as_raw_fd()).ctx(|| "fchdir new root".into())?;
+        k.umnt(".", MntFlags::MNT_DETACH)
+            .ctx(|| "detach old root".into())?;
+        k.fchdir(new.as_fd()).ctx(|| "fchdir new root".into())?;
     }
-    nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
+    k.chdir(Path::new("/")).ctx(|| "chdir /".into())?;
     Ok(())
 }
