@@ -2,93 +2,35 @@
 //! one directory per v1 hierarchy; a new instance in a new cgroup namespace, else a bind
 //! of the container's own group.
 
-use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::MsFlags;
+
+use porta_cgroups::{CgroupVersion, Hierarchy};
 
 use crate::error::{Context, Result};
 use crate::mounts::MountOptions;
 
 use super::*;
 
-/// A cgroup hierarchy mounted on the host.
-#[derive(Debug, Clone)]
-pub(super) struct Hierarchy {
-    mountpoint: PathBuf,
-    v2: bool,
-    /// The v1 controllers / name= of the hierarchy, as in its super options.
-    subsystems: Vec<String>,
-}
-
+/// The host's cgroup hierarchies as porta-cgroups finds them in /proc/self/mountinfo and
+/// /proc/self/cgroup (its one parser: escaped mount points are undone), or none.
 pub(super) fn host_hierarchies() -> Vec<Hierarchy> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let l: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        if l.len() < 5 || r.len() < 3 {
-            continue;
-        }
-        let mp = PathBuf::from(l[4]);
-        match r[0] {
-            "cgroup2" => out.push(Hierarchy {
-                mountpoint: mp,
-                v2: true,
-                subsystems: vec![],
-            }),
-            "cgroup" => {
-                let subs = r[2]
-                    .split(',')
-                    .filter(|o| {
-                        !matches!(*o, "rw" | "ro")
-                            && !o.starts_with("release_agent")
-                            && *o != "clone_children"
-                            && *o != "noprefix"
-                            && *o != "xattr"
-                    })
-                    .map(str::to_string)
-                    .collect();
-                out.push(Hierarchy {
-                    mountpoint: mp,
-                    v2: false,
-                    subsystems: subs,
-                });
-            }
-            _ => {}
+    match porta_cgroups::detect() {
+        Ok(setup) => setup.hierarchies,
+        Err(e) => {
+            tracing::debug!("no cgroup hierarchy found: {e}");
+            Vec::new()
         }
     }
-    out
 }
 
-/// This process's cgroup path in the hierarchy with the given subsystems ("" = the v2 one).
-pub(super) fn own_cgroup(h: &Hierarchy) -> Option<PathBuf> {
-    let data = fs::read_to_string("/proc/self/cgroup").ok()?;
-    for line in data.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let matches = if h.v2 {
-            ctrls.is_empty()
-        } else {
-            let mut a: Vec<&str> = ctrls.split(',').collect();
-            let mut b: Vec<&str> = h.subsystems.iter().map(String::as_str).collect();
-            a.sort();
-            b.sort();
-            a == b
-        };
-        if matches {
-            return Some(PathBuf::from(path));
-        }
-    }
-    None
+fn is_v2(h: &Hierarchy) -> bool {
+    h.version == CgroupVersion::V2
 }
 
+/// Mounts the cgroup file system on `dest`, for the host's hierarchies.
 pub(super) fn mount_cgroup(
     k: &dyn Kernel,
     root: BorrowedFd<'_>,
@@ -96,16 +38,30 @@ pub(super) fn mount_cgroup(
     opts: &MountOptions,
     plan: &RootfsPlan<'_>,
 ) -> Result<()> {
-    let hs = host_hierarchies();
+    mount_cgroup_in(k, root, dest, opts, plan, &host_hierarchies())
+}
+
+/// Mounts the cgroup file system on `dest` for the hierarchies `hs`.
+pub(super) fn mount_cgroup_in(
+    k: &dyn Kernel,
+    root: BorrowedFd<'_>,
+    dest: &Path,
+    opts: &MountOptions,
+    plan: &RootfsPlan<'_>,
+    hs: &[Hierarchy],
+) -> Result<()> {
     let flags = opts.flags.difference(MsFlags::MS_REMOUNT)
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
     let base = Path::new("/sys/fs/cgroup");
-    let v2_only = hs.iter().any(|h| h.v2 && h.mountpoint == base);
+    let v2_only = hs.iter().any(|h| is_v2(h) && h.mount_point == base);
     let target = ensure_dir(root, dest)?;
     if v2_only {
-        let h = hs.iter().find(|h| h.v2 && h.mountpoint == base).cloned();
+        let h = hs
+            .iter()
+            .find(|h| is_v2(h) && h.mount_point == base)
+            .cloned();
         return mount_hierarchy(
             k,
             root,
@@ -127,9 +83,9 @@ pub(super) fn mount_cgroup(
     .ctx(|| format!("mount tmpfs for cgroups on {}", dest.display()))?;
     for h in hs
         .iter()
-        .filter(|h| h.mountpoint.starts_with(base) && h.mountpoint != base)
+        .filter(|h| h.mount_point.starts_with(base) && h.mount_point != base)
     {
-        let Some(name) = h.mountpoint.file_name() else {
+        let Some(name) = h.mount_point.file_name() else {
             continue;
         };
         let sub = dest.join(name);
@@ -158,21 +114,21 @@ pub(super) fn mount_hierarchy(
 ) -> Result<()> {
     let Some(h) = h else { return Ok(()) };
     if plan.new_cgroupns {
-        let (typ, data) = if h.v2 {
+        let (typ, data) = if is_v2(h) {
             ("cgroup2", None)
         } else {
-            ("cgroup", Some(h.subsystems.join(",")))
+            ("cgroup", Some(h.controllers.join(",")))
         };
         match k.mnt(Some(typ), target, Some(typ), flags, data.as_deref()) {
             Ok(()) => return Ok(()),
             Err(e) => tracing::debug!(
                 "mount {typ} {:?} refused ({e}); binding the container's group instead",
-                h.subsystems
+                h.controllers
             ),
         }
     }
-    let own = own_cgroup(h).unwrap_or_default();
-    let src = h.mountpoint.join(own.strip_prefix("/").unwrap_or(&own));
+    let own = &h.own_path;
+    let src = h.mount_point.join(own.strip_prefix("/").unwrap_or(own));
     k.mnt(
         Some(&src),
         target,

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::*;
 use crate::kernel::recorder::{Call, Recorder};
+use crate::mounts::MountOptions;
 
 /// A scratch root (`<tmp>/root`) with a bind source beside it (`<tmp>/src`).
 struct Scratch {
@@ -603,4 +604,114 @@ fn a_failed_mask_names_the_path_and_bad_sysctls_are_refused() {
     let e = finish(&k, &sp).unwrap_err().to_string();
     assert!(e.contains("linux.sysctl.../../etc/passwd"), "{e}");
     assert!(k.calls().is_empty());
+}
+
+/// A hybrid host as porta-cgroups reads it: the mount point of `net_cls` is escaped.
+fn hybrid() -> Vec<porta_cgroups::Hierarchy> {
+    let mountinfo = "\
+30 1 0:27 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+33 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+34 30 0:31 / /sys/fs/cgroup/net\\040cls rw - cgroup cgroup rw,net_cls
+35 30 0:32 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+    let own = "4:net_cls:/box\n3:memory:/box\n2:cpu,cpuacct:/box\n0::/box\n";
+    porta_cgroups::CgroupSetup::from_proc(mountinfo, own, |_| vec![])
+        .unwrap()
+        .hierarchies
+}
+
+fn mount_cgroupfs(s: &Scratch, new_cgroupns: bool, options: &[&str]) -> Recorder {
+    let root = s.root();
+    let k = Recorder::new(&root);
+    let sp = spec(json!({"mounts": []}));
+    let plan = RootfsPlan {
+        spec: &sp,
+        rootfs: &root,
+        new_cgroupns,
+        new_userns: false,
+        mount_label: None,
+        served_root: None,
+        sources: Default::default(),
+        own_mount_ns: true,
+    };
+    let opts =
+        MountOptions::parse(&options.iter().map(|o| o.to_string()).collect::<Vec<_>>()).unwrap();
+    let root_fd = open_dir(&root).unwrap();
+    cgroupfs::mount_cgroup_in(
+        &k,
+        root_fd.as_fd(),
+        Path::new("/sys/fs/cgroup"),
+        &opts,
+        &plan,
+        &hybrid(),
+    )
+    .unwrap();
+    k
+}
+
+#[test]
+fn cgroupfs_in_a_new_cgroup_namespace_mounts_each_hierarchy_anew() {
+    let s = Scratch::new();
+    let k = mount_cgroupfs(&s, true, &[]);
+    let calls = k.calls();
+    let tmpfs = mount_on(&calls, "/sys/fs/cgroup");
+    assert_eq!(tmpfs.len(), 1, "{calls:?}");
+    assert!(
+        matches!(&tmpfs[0], Call::Mount { fstype: Some(t), data: Some(d), .. } if t == "tmpfs" && d == "mode=755")
+    );
+    let want = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (dir, typ, data) in [
+        ("cpu,cpuacct", "cgroup", Some("cpu,cpuacct")),
+        ("memory", "cgroup", Some("memory")),
+        // The escaped mount point of the host becomes a directory with a space.
+        ("net cls", "cgroup", Some("net_cls")),
+        ("unified", "cgroup2", None),
+    ] {
+        let target = format!("/sys/fs/cgroup/{dir}");
+        assert_eq!(
+            mount_on(&calls, &target),
+            [Call::Mount {
+                source: Some(typ.into()),
+                target: target.clone(),
+                fstype: Some(typ.into()),
+                flags: want,
+                data: data.map(str::to_string)
+            }],
+            "{target}"
+        );
+        assert!(s.root().join(&target[1..]).is_dir(), "{target}");
+    }
+}
+
+#[test]
+fn cgroupfs_without_a_cgroup_namespace_binds_the_own_group_read_only() {
+    let s = Scratch::new();
+    let k = mount_cgroupfs(&s, false, &["ro"]);
+    let calls = k.calls();
+    let mem = mount_on(&calls, "/sys/fs/cgroup/memory");
+    assert_eq!(mem.len(), 2, "{mem:?}");
+    assert_eq!(
+        mem[0],
+        Call::Mount {
+            source: Some("/sys/fs/cgroup/memory/box".into()),
+            target: "/sys/fs/cgroup/memory".into(),
+            fstype: None,
+            flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+            data: None
+        }
+    );
+    assert!(flags_of(&mem[1]).contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY));
+    // The tmpfs holding the hierarchies is made read-only last.
+    let top = mount_on(&calls, "/sys/fs/cgroup");
+    assert!(flags_of(top.last().unwrap()).contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY));
+    assert_eq!(
+        mount_on(&calls, "/sys/fs/cgroup/net cls")
+            .first()
+            .and_then(|c| match c {
+                Call::Mount { source, .. } => source.clone(),
+                _ => None,
+            }),
+        Some("/sys/fs/cgroup/net cls/box".into())
+    );
 }
