@@ -194,8 +194,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         porta_supervisor::watch_container(
             &rb.dir.as_ref().map(|d| d.path.clone()).unwrap_or_default(),
             st.pid,
-        )
-        .map_err(|e| Error::FileServer(e.to_string()))?;
+        )?;
     }
     drop(fifo);
     st.status = Status::Created;
@@ -404,7 +403,7 @@ fn launch(
         |l| -> Result<porta_supervisor::Launched> {
             // Recorded before: `delete` of a create interrupted from here on stops it.
             dir.save(st)?;
-            porta_supervisor::launch(l, None).map_err(|e| Error::FileServer(e.to_string()))
+            Ok(porta_supervisor::launch(l, None)?)
         },
     );
     // The container's process may speak before stage one has reported its pid:
@@ -483,8 +482,7 @@ fn drive_init(
                         // Recorded before: `delete` of a create interrupted from here on
                         // stops it.
                         dir.save(st)?;
-                        let launched = porta_supervisor::launch(l, Some(userns.as_fd()))
-                            .map_err(|e| Error::FileServer(e.to_string()))?;
+                        let launched = porta_supervisor::launch(l, Some(userns.as_fd()))?;
                         st.supervisor_pid = launched.supervisor_pid;
                         dir.save(st)?;
                         launched.mount_fd

@@ -118,12 +118,11 @@ impl Container {
             let _ = cg.signal_payload(nix::sys::signal::Signal::SIGKILL);
             // ...then its servers, then the groups.
             if self.state.file_server {
-                porta_supervisor::stop(&self.dir.path)
-                    .map_err(|e| Error::FileServer(e.to_string()))?;
+                porta_supervisor::stop(&self.dir.path)?;
             }
             cg.destroy()?;
         } else if self.state.file_server {
-            porta_supervisor::stop(&self.dir.path).map_err(|e| Error::FileServer(e.to_string()))?;
+            porta_supervisor::stop(&self.dir.path)?;
         }
         if let Some(b) = &self.state.host_root_bind {
             b.release()?;
