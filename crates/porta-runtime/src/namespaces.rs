@@ -22,20 +22,6 @@ pub fn flag(t: LinuxNamespaceType) -> i32 {
     }
 }
 
-/// The /proc/PID/ns file name of a namespace type.
-pub fn proc_name(t: LinuxNamespaceType) -> &'static str {
-    match t {
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Time => "time",
-    }
-}
-
 /// The namespace plan of a container.
 #[derive(Debug, Default)]
 pub struct Plan {

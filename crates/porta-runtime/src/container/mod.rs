@@ -5,7 +5,6 @@
 //! the other operations on a created container in `ops.rs`; this file holds the
 //! [`Container`] type, its state and what the operations share.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
@@ -26,7 +25,7 @@ pub use exec::ExecOptions;
 pub use ops::{delete_half_made, parse_resources};
 
 /// Waits until the process behind `pidfd` exits (timeout in ms, -1 = forever). True if it did.
-pub fn wait_pidfd(pidfd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> bool {
+pub(crate) fn wait_pidfd(pidfd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> bool {
     let mut fds = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];
     let t = if timeout_ms < 0 {
         nix::poll::PollTimeout::NONE
@@ -43,7 +42,7 @@ pub fn wait_pidfd(pidfd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> bool {
 }
 
 /// The OCI state JSON of a container as hooks and `porta state` see it.
-pub fn oci_state_json(st: &ContainerState, status: Status) -> serde_json::Value {
+pub(crate) fn oci_state_json(st: &ContainerState, status: Status) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": st.oci_version,
         "id": st.id,
@@ -286,9 +285,4 @@ impl ContainerView {
         v["owner"] = serde_json::json!(self.state.owner);
         v
     }
-}
-
-/// Annotations helper for callers that only need them.
-pub fn annotations(st: &ContainerState) -> &HashMap<String, String> {
-    &st.annotations
 }

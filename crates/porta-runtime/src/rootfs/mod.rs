@@ -33,7 +33,7 @@ pub use hostbind::HostRootBind;
 pub(crate) use pivot::enter;
 
 /// What the container's process needs to build its root.
-pub struct RootfsPlan<'a> {
+pub(crate) struct RootfsPlan<'a> {
     /// The container's config.
     pub spec: &'a Spec,
     /// Absolute root path on the host.
@@ -59,7 +59,7 @@ pub(super) fn none() -> Option<&'static str> {
 }
 
 /// Whether SELinux is enabled on this host.
-pub fn selinux_enabled() -> bool {
+pub(crate) fn selinux_enabled() -> bool {
     Path::new("/sys/fs/selinux/enforce").exists()
 }
 
