@@ -26,7 +26,7 @@
 //! * cgroup v2 only: one directory per level in the unified hierarchy; the controllers the
 //!   parent offers are enabled in `cgroup.subtree_control` down to the container group.
 //! * cgroup v1 (legacy), and hybrid hosts (v1 controllers plus a cgroup2 mount, which may
-//!   itself carry controllers — hugetlb on the development machines): a group in every
+//!   itself carry controllers, such as hugetlb): a group in every
 //!   hierarchy, including named ones (`name=systemd`) and the cgroup2 one. New v1 cpuset
 //!   groups get `cpuset.cpus`/`cpuset.mems` from their parent. Each controller is used
 //!   where it is mounted, even when `cpu` and `cpuacct` are separate mounts.
