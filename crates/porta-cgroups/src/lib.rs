@@ -26,7 +26,7 @@
 //! * cgroup v2 only: one directory per level in the unified hierarchy; the controllers the
 //!   parent offers are enabled in `cgroup.subtree_control` down to the container group.
 //! * cgroup v1 (legacy), and hybrid hosts (v1 controllers plus a cgroup2 mount, which may
-//!   itself carry controllers — hugetlb on the development machines): a group in every
+//!   itself carry controllers, such as hugetlb): a group in every
 //!   hierarchy, including named ones (`name=systemd`) and the cgroup2 one. New v1 cpuset
 //!   groups get `cpuset.cpus`/`cpuset.mems` from their parent. Each controller is used
 //!   where it is mounted, even when `cpu` and `cpuacct` are separate mounts.
@@ -58,11 +58,11 @@ mod setup;
 pub mod stats;
 mod systemd;
 mod v1;
+mod v2;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::runtime::{
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources,
 };
@@ -80,7 +80,7 @@ pub const SERVERS: &str = "porta";
 
 /// Extra pids the container group allows above the config's pids limit, usable only by
 /// Porta's servers: `payload/` gets the config's limit itself, so a fork bomb in the
-/// container cannot starve the restart of its file server (DESIGN.md section 3).
+/// container cannot starve the restart of its file server.
 pub const SERVER_PIDS_RESERVE: i64 = 64;
 
 /// How long [`ContainerCgroup::freeze`] and [`ContainerCgroup::thaw`] wait for the freezer.
@@ -185,7 +185,7 @@ impl ContainerCgroup {
             let dir = h.dir_of(&cgroup_path);
             let res = match h.version {
                 CgroupVersion::V1 => make_v1(h, &dir, &mut made, device_rules(cfg)),
-                CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made, true),
+                CgroupVersion::V2 => v2::make_groups(&h.mount_point, &dir, &mut made, true),
             };
             match res {
                 Ok(()) => dirs.push(CgroupDir {
@@ -278,7 +278,7 @@ impl ContainerCgroup {
                 let dir = h.dir_of(&cgroup_path);
                 match h.version {
                     CgroupVersion::V1 => make_v1(h, &dir, &mut made, device_rules(cfg))?,
-                    CgroupVersion::V2 => make_v2(&h.mount_point, &dir, &mut made, false)?,
+                    CgroupVersion::V2 => v2::make_groups(&h.mount_point, &dir, &mut made, false)?,
                 }
                 cg.st.dirs.push(CgroupDir {
                     version: h.version,
@@ -293,7 +293,7 @@ impl ContainerCgroup {
                 cg.add(SERVERS, pid)?;
             }
             if let Some(d) = cg.v2() {
-                enable_controllers(&d.path)?;
+                v2::enable_controllers(&d.path)?;
             }
             Ok(())
         })();
@@ -395,14 +395,7 @@ impl ContainerCgroup {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
-            Freezer::V2(d) => {
-                fsutil::write(&d.join("cgroup.freeze"), "1")?;
-                if let Err(e) = wait_v2_frozen(&d, true) {
-                    let _ = fsutil::write(&d.join("cgroup.freeze"), "0");
-                    return Err(e);
-                }
-                Ok(())
-            }
+            Freezer::V2(d) => v2::freeze(&d),
         }
     }
 
@@ -429,10 +422,7 @@ impl ContainerCgroup {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
-            Freezer::V2(d) => {
-                fsutil::write(&d.join("cgroup.freeze"), "0")?;
-                wait_v2_frozen(&d, false)
-            }
+            Freezer::V2(d) => v2::thaw(&d),
         }
     }
 
@@ -440,7 +430,7 @@ impl ContainerCgroup {
     pub fn is_frozen(&self) -> Result<bool> {
         match self.freezer()? {
             Freezer::V1(d) => Ok(fsutil::read(&d.join("freezer.state"))?.trim() == "FROZEN"),
-            Freezer::V2(d) => v2_frozen(&d),
+            Freezer::V2(d) => v2::is_frozen(&d),
         }
     }
 
@@ -475,15 +465,10 @@ impl ContainerCgroup {
     pub fn stats(&self) -> Result<Stats> {
         let mut s = Stats::default();
         if self.st.mode == CgroupMode::Unified {
-            let Some(d) = self.v2() else { return Ok(s) };
-            let p = &d.path;
-            s.cpu = stats::v2_cpu(p)?;
-            s.memory = stats::v2_memory(p)?;
-            s.pids = pids_stats(p)?;
-            s.blkio =
-                stats::parse_io_stat(&fsutil::read_opt(&p.join("io.stat"))?.unwrap_or_default());
-            s.hugetlb = stats::v2_hugetlb(p)?;
-            return Ok(s);
+            return match self.v2() {
+                Some(d) => v2::stats(&d.path),
+                None => Ok(s),
+            };
         }
         if let Some(d) = self.v1_with("cpuacct") {
             stats::v1_cpuacct(&d.path, &mut s.cpu)?;
@@ -514,9 +499,10 @@ impl ContainerCgroup {
     /// a kill only in the victim's own group, which is `payload/` or `porta/`).
     pub fn oom_kill_count(&self) -> Result<u64> {
         if self.st.mode == CgroupMode::Unified {
-            let Some(d) = self.v2() else { return Ok(0) };
-            let list = fsutil::read_flat_keyed(&d.path.join("memory.events"))?;
-            return Ok(fsutil::keyed(&list, "oom_kill").unwrap_or(0));
+            return match self.v2() {
+                Some(d) => v2::oom_kill_count(&d.path),
+                None => Ok(0),
+            };
         }
         let Some(d) = self.v1_with("memory") else {
             return Ok(0);
@@ -751,35 +737,10 @@ impl ContainerCgroup {
             tracing::warn!("linux.resources.network is ignored on cgroup v2 (no net_cls/net_prio)");
         }
         if self.st.mode == CgroupMode::Unified {
-            let Some(d) = self.v2() else {
-                return Ok(());
+            return match self.v2() {
+                Some(d) => v2::set(d, &r, self.st.rootless),
+                None => Ok(()),
             };
-            v2_apply(d, &r, self.st.rootless)?;
-            // The same memory and cpu limits on payload/: the container's processes then see
-            // their limits in their own cgroup (runtimes such as the JVM read them there).
-            let mut mirror = LinuxResources::default();
-            mirror.set_memory(*r.memory());
-            mirror.set_cpu(r.cpu().clone().map(|mut c| {
-                c.set_cpus(None);
-                c.set_mems(None);
-                c
-            }));
-            if mirror.memory().is_some() || mirror.cpu().is_some() {
-                let mut payload = d.clone();
-                payload.path = d.path.join(PAYLOAD);
-                v2_apply(&payload, &mirror, self.st.rootless)?;
-            }
-            if let Some(p) = r.pids() {
-                if p.limit() != 0 {
-                    write_pids_limits(&d.path, p.limit())?;
-                }
-            }
-            if let Some(devs) = r.devices() {
-                let mut rules = devs.clone();
-                rules.extend(default_device_rules());
-                devices_v2::attach(&d.path, &rules)?;
-            }
-            return Ok(());
         }
 
         // cgroup v1 (with a cgroup2 hierarchy on hybrid hosts).
@@ -857,7 +818,7 @@ impl ContainerCgroup {
         }
         if any_v2 {
             if let Some(d) = self.v2() {
-                v2_apply(d, &for_v2, self.st.rootless)?;
+                v2::apply(d, &for_v2, self.st.rootless)?;
             }
         }
         if !update {
@@ -1016,7 +977,7 @@ fn is_permission_error(e: &Error) -> bool {
     }
 }
 
-fn mkdir(dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn mkdir(dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
     match std::fs::create_dir(dir) {
         Ok(()) => {
             made.push(dir.to_path_buf());
@@ -1031,7 +992,7 @@ fn mkdir(dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// The directories from just below `mount_point` down to `dir`.
-fn levels(mount_point: &Path, dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn levels(mount_point: &Path, dir: &Path) -> Vec<PathBuf> {
     let rel = dir.strip_prefix(mount_point).unwrap_or(Path::new(""));
     let mut cur = mount_point.to_path_buf();
     rel.components()
@@ -1077,64 +1038,6 @@ fn make_v1(
     Ok(())
 }
 
-/// Makes the v2 groups. With `enable`, enables in each level's `cgroup.subtree_control`
-/// the controllers it offers, down to and including the container group (so that its
-/// leaves have them); without (systemd driver: systemd owns the levels above the unit,
-/// and the unit's own group still holds the holder), the caller enables them.
-fn make_v2(mount_point: &Path, dir: &Path, made: &mut Vec<PathBuf>, enable: bool) -> Result<()> {
-    if enable {
-        enable_controllers(mount_point)?;
-    }
-    for level in levels(mount_point, dir) {
-        mkdir(&level, made)?;
-        if enable {
-            enable_controllers(&level)?;
-        }
-    }
-    mkdir(&dir.join(PAYLOAD), made)?;
-    mkdir(&dir.join(SERVERS), made)?;
-    Ok(())
-}
-
-/// Enables in `dir/cgroup.subtree_control` every controller of `dir/cgroup.controllers`
-/// not enabled yet. Failures are logged, not returned: a limit that needs a controller
-/// left out is refused later with the reason.
-fn enable_controllers(dir: &Path) -> Result<()> {
-    let Some(offered) = fsutil::read_opt(&dir.join("cgroup.controllers"))? else {
-        return Ok(());
-    };
-    let sc = dir.join("cgroup.subtree_control");
-    let enabled: Vec<String> = fsutil::read_opt(&sc)?
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(|c| c.trim_start_matches('+').to_string())
-        .collect();
-    let missing: Vec<&str> = offered
-        .split_whitespace()
-        .filter(|c| !enabled.iter().any(|e| e == c))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let all = missing
-        .iter()
-        .map(|c| format!("+{c}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    if fsutil::write_raw(&sc, &all).is_ok() {
-        return Ok(());
-    }
-    for c in missing {
-        if let Err(e) = fsutil::write(&sc, &format!("+{c}")) {
-            tracing::warn!(
-                "cannot enable the {c} controller below {}: {e}",
-                dir.display()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Refuses a container group (or payload leaf) that is frozen already, as runc does: a
 /// group made earlier by someone else, frozen (or below a frozen parent), would hold the
 /// container's first process forever.
@@ -1153,8 +1056,8 @@ fn refuse_frozen(dirs: &[CgroupDir]) -> Result<()> {
                 }
                 CgroupVersion::V2 if dir.join("cgroup.freeze").exists() => {
                     let f = dir.join("cgroup.events");
-                    let frozen =
-                        v2_frozen(&dir)? || fsutil::read(&dir.join("cgroup.freeze"))?.trim() == "1";
+                    let frozen = v2::is_frozen(&dir)?
+                        || fsutil::read(&dir.join("cgroup.freeze"))?.trim() == "1";
                     (f, frozen.then(|| "frozen".to_string()))
                 }
                 _ => continue,
@@ -1165,31 +1068,6 @@ fn refuse_frozen(dirs: &[CgroupDir]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn v2_frozen(dir: &Path) -> Result<bool> {
-    let events = fsutil::read_flat_keyed(&dir.join("cgroup.events"))?;
-    Ok(fsutil::keyed(&events, "frozen") == Some(1))
-}
-
-fn wait_v2_frozen(dir: &Path, want: bool) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if v2_frozen(dir)? == want {
-            return Ok(());
-        }
-        if start.elapsed() > FREEZE_TIMEOUT {
-            return Err(Error::FreezeTimeout {
-                path: dir.to_path_buf(),
-                wanted: if want { "frozen" } else { "thawed" },
-                waited_ms: FREEZE_TIMEOUT.as_millis() as u64,
-                state: fsutil::read_opt(&dir.join("cgroup.events"))?
-                    .unwrap_or_default()
-                    .replace('\n', "; "),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// The pids limit, on v1 and v2 alike: `payload/pids.max` = `limit` (what the container's
@@ -1208,73 +1086,9 @@ pub(crate) fn write_pids_limits(dir: &Path, limit: i64) -> Result<()> {
     fsutil::write(&dir.join(PAYLOAD).join("pids.max"), &limit.to_string())
 }
 
-/// Writes limits to a cgroup v2 group with libcgroups' v2 manager.
-fn v2_apply(d: &CgroupDir, r: &LinuxResources, rootless: bool) -> Result<()> {
-    let rel = d
-        .path
-        .strip_prefix(&d.mount_point)
-        .unwrap_or(Path::new(""))
-        .to_path_buf();
-    let mgr = libcgroups::v2::manager::Manager::new(d.mount_point.clone(), rel)
-        .map_err(|source| Error::V2Apply {
-            path: d.path.clone(),
-            source,
-        })?
-        .with_rootless(rootless);
-    // libcgroups 0.7 converts the blkio weight to io.weight in u16 arithmetic, which
-    // overflows for any weight above 16; the weight is written here instead.
-    let mut r = r.clone();
-    let weight = r
-        .block_io()
-        .as_ref()
-        .and_then(|b| b.weight())
-        .filter(|w| *w != 0);
-    if weight.is_some() {
-        if let Some(b) = r.block_io_mut() {
-            b.set_weight(None);
-        }
-    }
-    let opt = ControllerOpt {
-        resources: &r,
-        disable_oom_killer: r
-            .memory()
-            .as_ref()
-            .and_then(|m| m.disable_oom_killer())
-            .unwrap_or(false),
-        oom_score_adj: None,
-        freezer_state: None,
-    };
-    mgr.apply(&opt).map_err(|source| Error::V2Apply {
-        path: d.path.clone(),
-        source,
-    })?;
-    if let Some(w) = weight {
-        v2_io_weight(&d.path, w)?;
-    }
-    Ok(())
-}
-
-/// The blkio weight (10..=1000) on cgroup v2: as is to `io.bfq.weight` when BFQ is there,
-/// else converted linearly to `io.weight`'s 1..=10000, as runc does.
-fn v2_io_weight(dir: &Path, w: u16) -> Result<()> {
-    if !(10..=1000).contains(&w) {
-        return Err(Error::InvalidValue {
-            field: "linux.resources.blockIO.weight".into(),
-            value: w.to_string(),
-            reason: "must be between 10 and 1000".into(),
-        });
-    }
-    let bfq = dir.join("io.bfq.weight");
-    if bfq.exists() {
-        return fsutil::write(&bfq, &w.to_string());
-    }
-    let converted = 1 + (u64::from(w) - 10) * 9999 / 990;
-    fsutil::write(&dir.join("io.weight"), &converted.to_string())
-}
-
 /// pids of the whole container (both leaves), with the limit the config asked for (that of
 /// `payload/`, see [`SERVER_PIDS_RESERVE`]).
-fn pids_stats(dir: &Path) -> Result<stats::Pids> {
+pub(crate) fn pids_stats(dir: &Path) -> Result<stats::Pids> {
     let mut p = stats::pids(dir)?;
     let leaf = dir.join(PAYLOAD).join("pids.max");
     if let Some(v) = fsutil::read_opt(&leaf)? {

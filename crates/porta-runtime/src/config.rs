@@ -12,8 +12,6 @@ pub const ANNOTATION_FS: &str = "run.porta.fs";
 pub const ANNOTATION_PASSTHROUGH: &str = "run.porta.fs.passthrough";
 /// Annotation switching the watcher of changes made from the host off (`off`).
 pub const ANNOTATION_HOST_CHANGES: &str = "run.porta.fs.host-changes";
-/// Annotation naming bind-mount destinations to be served by the file server.
-pub const ANNOTATION_SERVE: &str = "run.porta.fs.serve";
 
 /// A bundle: its directory, its parsed config and the absolute root path.
 pub struct Bundle {

@@ -87,9 +87,10 @@ pub enum Error {
     /// Checkpoint or restore cannot be done, or CRIU failed.
     #[error("{0}")]
     Checkpoint(String),
-    /// The file server or supervisor failed.
+    /// The file server or its supervisor failed (launch, stop, watch), with the
+    /// supervisor's own error as the source.
     #[error("file server: {0}")]
-    FileServer(String),
+    FileServer(#[from] porta_supervisor::Error),
 }
 
 /// Result type of the runtime core.
@@ -136,5 +137,31 @@ impl<T> Context<T> for std::result::Result<T, nix::errno::Errno> {
 impl<T> Context<T> for std::result::Result<T, std::io::Error> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::sys(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A supervisor error reaches the runtime typed, with the message it always had.
+    #[test]
+    fn supervisor_errors_are_carried_as_the_source() {
+        let e: Error = porta_supervisor::Error::Start {
+            id: "c1".into(),
+            msg: "no /dev/fuse".into(),
+            log: PathBuf::from("/run/x/supervisor.log"),
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            "file server: supervisor for container c1 failed to start: no /dev/fuse \
+             (log: /run/x/supervisor.log)"
+        );
+        let src = std::error::Error::source(&e).expect("a source");
+        assert!(matches!(
+            src.downcast_ref::<porta_supervisor::Error>(),
+            Some(porta_supervisor::Error::Start { id, .. }) if id == "c1"
+        ));
     }
 }

@@ -2,13 +2,13 @@
 //! namespaces and the cgroup and forks the container's process; the container's process sets
 //! itself up and execs the program.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use crate::error::{Context, Error, Result};
+use crate::kernel::{Kernel, LinuxKernel};
 use crate::sync::{Channel, Msg};
 use crate::{console, hooks, namespaces, process, rootfs, seccomp, sys};
 
@@ -65,7 +65,7 @@ pub fn stage_one(chan: Channel, mut args: InitArgs<'_>) -> ! {
         // Closed once joined: no descriptor of a host cgroup reaches the container.
         std::mem::take(&mut args.cgroup).enter(args.cloned_into)?;
         let opened = args.ns.open_joins()?;
-        namespaces::join_all(&opened)?;
+        namespaces::join_all(&LinuxKernel, &opened)?;
         drop(opened);
         let mut new = args.ns.new;
         if new & libc::CLONE_NEWTIME != 0 {
@@ -143,12 +143,7 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sour
             .ctx(|| "setuid 0 in the user namespace".into())?;
     }
     if args.ns.creates(LinuxNamespaceType::Uts) {
-        if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
-            nix::unistd::sethostname(h).map_err(|e| Error::field("hostname", e.to_string()))?;
-        }
-        if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
-            set_domainname(d)?;
-        }
+        set_uts_names(&LinuxKernel, spec)?;
     }
     let served_root = if args.served_root {
         // Our user namespace goes with the request: a rootless container's file server
@@ -176,7 +171,7 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sour
         sources,
         own_mount_ns: args.ns.has(LinuxNamespaceType::Mount),
     };
-    rootfs::prepare(&mut plan)?;
+    rootfs::prepare(&LinuxKernel, &mut plan)?;
     chan.send(&Msg::RunHooks, &[])?;
     let state_json = match chan.recv("porta create")?.0 {
         Msg::HooksDone(s) => s,
@@ -190,11 +185,12 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sour
         hooks::run_all("createContainer", &h, state_json.as_bytes())?;
     }
     rootfs::enter(
+        &LinuxKernel,
         args.rootfs,
         args.no_pivot,
         args.ns.has(LinuxNamespaceType::Mount),
     )?;
-    rootfs::finish(spec)?;
+    rootfs::finish(&LinuxKernel, spec)?;
     // As runc: a missing working directory is made (a read-only root just fails later).
     if !proc_.cwd().exists() {
         let _ = std::fs::create_dir_all(proc_.cwd());
@@ -261,14 +257,19 @@ fn std_root() -> Result<OwnedFd> {
     Ok(std::fs::File::open("/").ctx(|| "open /".into())?.into())
 }
 
-fn set_domainname(d: &str) -> Result<()> {
-    let c = CString::new(d).map_err(|_| Error::field("domainname", "contains a NUL byte"))?;
-    // SAFETY: c is a valid buffer of the given length.
-    if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
-        return Err(Error::field(
-            "domainname",
-            std::io::Error::last_os_error().to_string(),
-        ));
+/// `hostname` and `domainname` of the config, set in the container's new UTS namespace
+/// (empty ones are left alone).
+fn set_uts_names(k: &dyn Kernel, spec: &Spec) -> Result<()> {
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        k.sethostname(h)
+            .map_err(|e| Error::field("hostname", e.to_string()))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
+        if d.contains('\0') {
+            return Err(Error::field("domainname", "contains a NUL byte"));
+        }
+        k.setdomainname(d)
+            .map_err(|e| Error::field("domainname", e.to_string()))?;
     }
     Ok(())
 }
@@ -447,4 +448,55 @@ pub fn finalize_and_exec(
         sys::exit_now(127);
     }
     Err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::recorder::{Call, Recorder};
+
+    fn spec(v: serde_json::Value) -> Spec {
+        let mut v = v;
+        v["ociVersion"] = serde_json::json!("1.0.2");
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn uts_names_are_set_and_empty_ones_left_alone() {
+        let k = Recorder::new(Path::new("/"));
+        set_uts_names(
+            &k,
+            &spec(serde_json::json!({"hostname": "box", "domainname": "lan"})),
+        )
+        .unwrap();
+        assert_eq!(
+            k.calls(),
+            [
+                Call::Sethostname("box".into()),
+                Call::Setdomainname("lan".into())
+            ]
+        );
+        let k = Recorder::new(Path::new("/"));
+        set_uts_names(&k, &spec(serde_json::json!({"hostname": ""}))).unwrap();
+        assert!(k.calls().is_empty());
+    }
+
+    #[test]
+    fn uts_name_errors_name_the_field() {
+        let k = Recorder::new(Path::new("/"));
+        k.fail(
+            |c| matches!(c, Call::Sethostname(_)),
+            nix::errno::Errno::EPERM,
+        );
+        let e = set_uts_names(&k, &spec(serde_json::json!({"hostname": "box"})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hostname"), "{e}");
+        let k = Recorder::new(Path::new("/"));
+        let e = set_uts_names(&k, &spec(serde_json::json!({"domainname": "a\u{0}b"})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("domainname") && e.contains("NUL"), "{e}");
+        assert!(k.calls().is_empty());
+    }
 }

@@ -6,24 +6,25 @@
 //! at one place, [`rootfs::RootfsPlan::served_root`].
 
 pub mod checkpoint;
-pub mod config;
-pub mod console;
+pub(crate) mod config;
+pub(crate) mod console;
 pub mod container;
-pub mod detached;
+pub(crate) mod detached;
 pub mod error;
 pub mod features;
-pub mod hooks;
-pub mod init;
-pub mod mounts;
-pub mod namespaces;
-pub mod process;
+pub(crate) mod hooks;
+pub(crate) mod init;
+pub(crate) mod kernel;
+pub(crate) mod mounts;
+pub(crate) mod namespaces;
+pub(crate) mod process;
 pub mod rootfs;
-pub mod seccomp;
+pub(crate) mod seccomp;
 pub mod selfexe;
 pub mod spec;
 pub mod state;
-pub mod sync;
+pub(crate) mod sync;
 pub mod sys;
-pub mod tmpcopyup;
+pub(crate) mod tmpcopyup;
 
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
 use crate::error::{Context, Error, Result};
-use crate::sys;
+use crate::kernel::Kernel;
 
 /// The clone/setns flag of a namespace type.
 pub fn flag(t: LinuxNamespaceType) -> i32 {
@@ -19,20 +19,6 @@ pub fn flag(t: LinuxNamespaceType) -> i32 {
         LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
         LinuxNamespaceType::Network => libc::CLONE_NEWNET,
         LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
-    }
-}
-
-/// The /proc/PID/ns file name of a namespace type.
-pub fn proc_name(t: LinuxNamespaceType) -> &'static str {
-    match t {
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Time => "time",
     }
 }
 
@@ -87,9 +73,10 @@ impl Plan {
 }
 
 /// Joins opened namespaces in order.
-pub fn join_all(opened: &[(i32, OwnedFd, PathBuf)]) -> Result<()> {
+pub(crate) fn join_all(k: &dyn Kernel, opened: &[(i32, OwnedFd, PathBuf)]) -> Result<()> {
     for (f, fd, p) in opened {
-        sys::setns(fd.as_fd(), *f).ctx(|| format!("join namespace {}", p.display()))?;
+        k.setns(fd.as_fd(), *f)
+            .ctx(|| format!("join namespace {}", p.display()))?;
     }
     Ok(())
 }
@@ -112,5 +99,35 @@ mod tests {
         assert_eq!(p.join[0].0, libc::CLONE_NEWUSER);
         assert!(p.creates(LinuxNamespaceType::Pid));
         assert!(!p.creates(LinuxNamespaceType::Network));
+    }
+
+    /// Joined namespaces are entered user first, in the plan's order, and a refused
+    /// setns names the namespace file.
+    #[test]
+    fn join_all_enters_user_first_and_names_the_path() {
+        use crate::kernel::recorder::{Call, Recorder};
+        let list: Vec<LinuxNamespace> = serde_json::from_value(serde_json::json!([
+            {"type": "network", "path": "/proc/self/ns/net"},
+            {"type": "user", "path": "/proc/self/ns/user"},
+            {"type": "mount"}
+        ]))
+        .unwrap();
+        let opened = Plan::from_config(&list).open_joins().unwrap();
+        let k = Recorder::new(std::path::Path::new("/"));
+        join_all(&k, &opened).unwrap();
+        assert_eq!(
+            k.calls(),
+            [
+                Call::Setns(libc::CLONE_NEWUSER),
+                Call::Setns(libc::CLONE_NEWNET)
+            ]
+        );
+        let k = Recorder::new(std::path::Path::new("/"));
+        k.fail(
+            |c| *c == Call::Setns(libc::CLONE_NEWNET),
+            nix::errno::Errno::EPERM,
+        );
+        let e = join_all(&k, &opened).unwrap_err().to_string();
+        assert!(e.contains("join namespace /proc/self/ns/net"), "{e}");
     }
 }

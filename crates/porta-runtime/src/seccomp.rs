@@ -166,18 +166,6 @@ impl std::fmt::Debug for Program {
     }
 }
 
-impl Program {
-    /// The number of BPF instructions.
-    pub fn len(&self) -> usize {
-        self.insns.len()
-    }
-
-    /// Whether the program has no instruction (never the case for a generated filter).
-    pub fn is_empty(&self) -> bool {
-        self.insns.is_empty()
-    }
-}
-
 /// Generates the BPF program of a compiled filter (see [`Program`]), with the load flags
 /// the profile's `flags` ask for. A program longer than the kernel takes is refused here,
 /// naming the profile, rather than after `start`.
@@ -324,7 +312,7 @@ mod tests {
         }))
         .unwrap();
         let p = prepare(&compile(&s).unwrap(), &s).unwrap();
-        assert!(!p.is_empty());
+        assert!(!p.insns.is_empty());
         // The filter goes into a child (it would stay on the test's own thread otherwise).
         // SAFETY: the child only makes system calls and exits.
         match unsafe { nix::unistd::fork() }.unwrap() {

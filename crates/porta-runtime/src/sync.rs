@@ -57,11 +57,6 @@ impl Channel {
         Ok((Channel { fd: a }, Channel { fd: b }))
     }
 
-    /// The raw fd (to keep it open across close_from).
-    pub fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
     /// Sends a message with optional fds.
     pub fn send(&self, msg: &Msg, fds: &[RawFd]) -> Result<()> {
         let bytes = serde_json::to_vec(msg)
