@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -59,42 +59,14 @@ impl ConsoleSocket {
     }
 }
 
+/// Receives the console socket's one message: the pty master and its name.
 fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
     let mut data = vec![0u8; 65536];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    let space =
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<[libc::c_int; 4]>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut fd = None;
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let p = libc::CMSG_DATA(c) as *const libc::c_int;
-                let got = std::ptr::read_unaligned(p);
-                if fd.is_none() {
-                    fd = Some(OwnedFd::from_raw_fd(got));
-                } else {
-                    libc::close(got);
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let name = String::from_utf8_lossy(&data[..n as usize]).into_owned();
-    fd.map(|f| (f, name)).ok_or_else(|| {
+    let mut fds: [Option<OwnedFd>; 4] = Default::default();
+    let r = porta_sys::scm::recv(s.as_raw_fd(), &mut data, 0, &mut fds)?;
+    let name = String::from_utf8_lossy(&data[..r.len]).into_owned();
+    let [first, ..] = fds;
+    first.map(|f| (f, name)).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "no fd in console-socket message",
