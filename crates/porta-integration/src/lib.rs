@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
 pub mod survival;
+pub mod user;
 
 pub use bundle::Bundle;
 pub use cmd::{rt, rt_root, Cmd, Out};
