@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A `--console-socket` listener that receives the pty master a runtime sends.
 pub struct ConsoleSocket {
+    /// The socket's path, to pass as `--console-socket`.
     pub path: PathBuf,
     handle: Option<JoinHandle<io::Result<(OwnedFd, String)>>>,
 }
@@ -45,6 +47,7 @@ impl ConsoleSocket {
         }
     }
 
+    /// The socket's path as a string.
     pub fn path_str(&self) -> String {
         self.path.display().to_string()
     }
@@ -76,6 +79,7 @@ fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
 
 /// The pty master received from the runtime.
 pub struct Pty {
+    /// The master side of the pty.
     pub f: File,
 }
 
@@ -109,6 +113,7 @@ impl Pty {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+    /// Writes `data` to the terminal (the container's input).
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.f.write_all(data)
     }
