@@ -102,6 +102,7 @@ impl Pty {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            // SAFETY: one valid pollfd, alive for the call.
             let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
             if r <= 0 {
                 continue;
@@ -117,4 +118,25 @@ impl Pty {
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.f.write_all(data)
     }
+}
+
+/// A pty pair for a runtime that should find a terminal on its stdio: (master, slave).
+#[track_caller]
+pub fn host_pty() -> (File, File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty writes two descriptors into `m` and `s`; the null pointers ask for
+    // no name, no termios and no window size.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened by openpty and are owned by nobody else.
+    unsafe { (File::from_raw_fd(m), File::from_raw_fd(s)) }
 }

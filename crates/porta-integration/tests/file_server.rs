@@ -81,6 +81,7 @@ fn signal_fs(c: &Container, sig: i32) -> i32 {
         c.id,
         cmdline(pid)
     );
+    // SAFETY: kill(2) takes integers only; no memory is involved.
     let r = unsafe { libc::kill(pid, sig) };
     assert_eq!(
         r,
@@ -436,6 +437,7 @@ fn containment_sigstop() {
         // never leave a stopped process behind, whatever the outcome
         let still_there = pid_alive(old) && start_time(old) == old_start && is_fs_server_of(old, a);
         if still_there {
+            // SAFETY: kill(2) takes integers only; no memory is involved.
             unsafe { libc::kill(old, libc::SIGCONT) };
         }
         let replaced = replaced.unwrap_or_else(|| {
@@ -481,6 +483,7 @@ fn sigkill_every_100ms_loses_nothing() {
     while t0.elapsed() < Duration::from_secs(5) && !c.output().contains("SUMMARY") {
         if let Some((pid, _, _)) = fs_server(&c) {
             if !killed.contains(&pid) && is_fs_server_of(pid, &c) {
+                // SAFETY: kill(2) takes integers only; no memory is involved.
                 let r = unsafe { libc::kill(pid, libc::SIGKILL) };
                 if r == 0 {
                     killed.insert(pid);
@@ -820,6 +823,7 @@ fn many_files(tag: &str, kill_every: Option<Duration>) -> (usize, usize, usize) 
                 }
                 if let Some(every) = kill_every {
                     if last_kill.elapsed() >= every && !kills.contains(&pid) {
+                        // SAFETY: kill(2) takes integers only; no memory is involved.
                         if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
                             kills.insert(pid);
                         }

@@ -180,10 +180,12 @@ fn notify_listener(tag: &str, nnp: bool) {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            // SAFETY: one valid pollfd, alive for the call.
             if unsafe { libc::poll(&mut p, 1, 10_000) } <= 0 || p.revents & libc::POLLIN == 0 {
                 break;
             }
             let mut n = Notif::default();
+            // SAFETY: the ioctl fills a `struct seccomp_notif`, which `Notif` lays out in full.
             if unsafe { libc::ioctl(fd, NOTIF_RECV as _, &mut n as *mut Notif) } != 0 {
                 break;
             }
@@ -193,6 +195,7 @@ fn notify_listener(tag: &str, nnp: bool) {
                 error: -libc::EROFS,
                 flags: 0,
             };
+            // SAFETY: the ioctl reads a `struct seccomp_notif_resp`, which `NotifResp` lays out.
             unsafe { libc::ioctl(fd, NOTIF_SEND as _, &mut r as *mut NotifResp) };
             handled += 1;
         }
