@@ -1,4 +1,4 @@
-//! The per-container file server (shared/DESIGN.md sections 4 and 6, issue 4): the root is
+//! The per-container file server (docs/file-server.md): the root is
 //! served by FUSE and never appears in the host's mount table; killing, crashing or stopping
 //! container A's server while A and B work costs neither an error, B not even a restart;
 //! a SIGKILL every 100 ms loses no fsync'ed file; no descriptor of Porta's reaches the
@@ -869,7 +869,7 @@ fn more_files_than_descriptors_with_kills() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 9. the server's own user namespace (DESIGN section 4, "Confinement")
+// 9. the server's own user namespace (confinement)
 
 /// A capability set line (`CapEff:` …) of /proc/PID/status.
 fn caps(pid: i32, key: &str) -> u64 {

@@ -674,7 +674,7 @@ fn state_json_fields() {
 #[test]
 fn porta_state_directory() {
     require_root!();
-    porta_only!("Porta's state layout: <root>/<id>/state.json (DESIGN.md section 5)");
+    porta_only!("Porta's state layout: <root>/<id>/state.json");
     let c = Container::new("life-statedir", Bundle::new(&["sleep", "100"]));
     c.create().expect_ok();
     let dir = std::path::Path::new(ROOT).join(&c.id);

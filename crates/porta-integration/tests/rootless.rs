@@ -1,7 +1,7 @@
 //! Rootless containers: the runtime run by an unprivileged user (no capabilities, a
 //! user namespace mapping only that user, no cgroups), as `runc --rootless` is used.
 //! Where the user may open /dev/fuse, the container gets its own file server, mounted from
-//! inside its user namespace (strict mode); where not (this machine's /dev/fuse is mode
+//! inside its user namespace (strict mode); where not (a /dev/fuse of mode
 //! 0600), the kernel's root, and asking for the file server is an error naming the
 //! annotation. The file-server tests give the user a mode-0666 /dev/fuse (as most
 //! distributions ship it) in a private mount namespace.
