@@ -180,3 +180,13 @@ impl Drop for Container {
         let _ = o;
     }
 }
+
+/// Runs `script` with `sh -c` in a container of `b` (id prefix `tag`) in the foreground:
+/// the runtime's result and what the container wrote to stdout.
+pub fn run_sh(tag: &str, mut b: Bundle, script: &str) -> (Out, String) {
+    b.sh(script);
+    let c = Container::new(tag, b);
+    let o = c.run();
+    let out = c.output();
+    (o, out)
+}
