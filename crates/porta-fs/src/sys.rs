@@ -315,8 +315,7 @@ pub fn gettid() -> i32 {
 
 /// Sets the process umask.
 pub fn umask(mask: u32) {
-    // SAFETY: always succeeds.
-    unsafe { libc::umask(mask) };
+    porta_sys::user::umask(mask);
 }
 
 /// Makes the process's descriptor table hold at least `size` descriptors now, using a

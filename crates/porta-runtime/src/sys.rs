@@ -214,10 +214,7 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// umask(2); returns the previous mask.
-pub fn set_umask(mask: u32) -> u32 {
-    // SAFETY: integer argument.
-    unsafe { libc::umask(mask as libc::mode_t) as u32 }
-}
+pub use porta_sys::user::umask as set_umask;
 
 fn cstring(s: &[u8]) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))

@@ -37,8 +37,20 @@ pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 /// Mount attribute: no execution.
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+/// Mount attribute: the access-time field (a value, not a set of bits).
+pub const MOUNT_ATTR__ATIME: u64 = 0x70;
+/// Access-time value: relatime (the kernel's default).
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0;
+/// Access-time value: never updated.
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+/// Access-time value: always updated.
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+/// Mount attribute: no directory access-time updates.
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 /// Mount attribute: an idmapped mount (`userns_fd` gives the mapping).
 pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// Mount attribute: symlinks are not followed.
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]

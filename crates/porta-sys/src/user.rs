@@ -1,9 +1,15 @@
-//! Who the calling process runs as.
+//! Who the calling process runs as, and the mode it creates files with.
 
 /// True when the effective user id is 0.
 pub fn is_root() -> bool {
     // SAFETY: geteuid takes no arguments and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// `umask(2)`: sets the file-creation mask; returns the previous one.
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask takes an integer and cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }
 
 #[cfg(test)]
@@ -18,5 +24,11 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap();
         assert_eq!(super::is_root(), euid == 0);
+    }
+
+    #[test]
+    fn umask_returns_the_previous_mask() {
+        let before = super::umask(0o027);
+        assert_eq!(super::umask(before), 0o027);
     }
 }
