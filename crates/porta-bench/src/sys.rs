@@ -2,9 +2,11 @@
 //! time limit (pidfd), process trees, PSS and host memory.
 
 use anyhow::{bail, Context, Result};
+use porta_sys::proc::Stat;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
@@ -32,14 +34,13 @@ pub fn install_signal_handlers() {
     }
 }
 
+/// True once SIGINT, SIGTERM or SIGHUP has arrived (see [`install_signal_handlers`]).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: trivial syscall.
-    unsafe { libc::geteuid() == 0 }
-}
+/// True when running as root.
+pub use porta_sys::user::is_root;
 
 fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
@@ -68,10 +69,10 @@ pub fn enter_private_mount_namespace() -> Result<String> {
         }
     }
     let unified = Path::new("/sys/fs/cgroup/unified");
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+    let mounted = porta_sys::proc::own_mountinfo()
         .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some("/sys/fs/cgroup/unified"));
+        .iter()
+        .any(|m| m.mount_point == unified);
     if mounted {
         // SAFETY: plain syscall.
         if unsafe { libc::umount2(cstr(unified).as_ptr(), libc::MNT_DETACH) } != 0 {
@@ -120,24 +121,15 @@ pub fn reap_other_zombies(except: i32) {
         if p == except {
             continue;
         }
-        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+        let Some(st) = Stat::of(p) else {
             continue;
         };
-        let Some(close) = s.rfind(')') else { continue };
-        let mut f = s[close + 2..].split_whitespace();
-        let (state, ppid) = (f.next(), f.next().and_then(|x| x.parse::<i32>().ok()));
-        if state == Some("Z") && ppid == Some(me) {
+        if st.state == 'Z' && st.ppid == me {
             let mut st = 0;
             // SAFETY: our own zombie child.
             unsafe { libc::waitpid(p, &mut st, libc::WNOHANG) };
         }
     }
-}
-
-fn pidfd_open(pid: i32) -> Option<i32> {
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    (fd >= 0).then_some(fd as i32)
 }
 
 /// Waits until process `pid` (any process, not only a child) has exited, polling its pidfd so
@@ -171,7 +163,7 @@ pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> Result<Ex
 
 fn wait_pid_exit_nonreaping(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    let Some(fd) = pidfd_open(pid) else {
+    let Ok(fd) = porta_sys::pidfd::open(pid) else {
         return true;
     };
     let mut done = false;
@@ -180,13 +172,8 @@ fn wait_pid_exit_nonreaping(pid: i32, timeout: Duration) -> bool {
         if left.is_zero() {
             break;
         }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut p, 1, left.as_millis().clamp(1, 50) as i32) } > 0 {
+        let slice = left.clamp(Duration::from_millis(1), Duration::from_millis(50));
+        if porta_sys::pidfd::wait_exit(fd.as_fd(), Some(slice)).unwrap_or(false) {
             done = true;
             break;
         }
@@ -194,8 +181,6 @@ fn wait_pid_exit_nonreaping(pid: i32, timeout: Duration) -> bool {
         // for one of them (runsc delete waits for its gofer) would wait for ever on a zombie.
         reap_other_zombies(pid);
     }
-    // SAFETY: closing our own descriptor.
-    unsafe { libc::close(fd) };
     done
 }
 
@@ -209,6 +194,7 @@ pub fn kill_group(pid: i32) {
     }
 }
 
+/// Sends `sig` to `pid` (best effort: a process already gone is no error).
 pub fn kill_pid(pid: i32, sig: i32) {
     // SAFETY: plain syscall.
     unsafe { libc::kill(pid, sig) };
@@ -230,9 +216,7 @@ pub fn chroot_action(rootfs: &Path) -> impl FnMut() -> std::io::Result<()> + Sen
 
 /// Parent pid of a process, from /proc/PID/stat.
 pub fn parent_of(pid: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    Stat::of(pid).map(|s| s.ppid)
 }
 
 /// All pids currently in /proc.
@@ -269,10 +253,12 @@ pub fn descendants(root: i32) -> Vec<i32> {
     out
 }
 
+/// The executable of a process (`/proc/PID/exe`).
 pub fn exe_of(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// The command name of a process (`/proc/PID/comm`; empty when it is gone).
 pub fn comm_of(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())
@@ -316,6 +302,7 @@ pub fn host_used_kib() -> u64 {
         .saturating_sub(m.get("MemFree").copied().unwrap_or(0))
 }
 
+/// The host's total memory in KiB (MemTotal of /proc/meminfo; 0 when unknown).
 pub fn mem_total_kib() -> u64 {
     meminfo().get("MemTotal").copied().unwrap_or(0)
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use porta_sys::proc::MountInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -116,20 +117,13 @@ impl CgroupSetup {
     ) -> Result<Self> {
         let mut v1: Vec<Hierarchy> = Vec::new();
         let mut v2: Vec<Hierarchy> = Vec::new();
-        for line in mountinfo.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let pre: Vec<&str> = pre.split(' ').collect();
-            let post: Vec<&str> = post.split(' ').collect();
-            if pre.len() < 5 || post.len() < 3 {
-                continue;
-            }
-            let root = PathBuf::from(unescape(pre[3]));
-            let mount_point = PathBuf::from(unescape(pre[4]));
-            match post[0] {
+        // A line the kernel would not write (tests feed text) is passed over.
+        for m in mountinfo.lines().filter_map(|l| MountInfo::parse(l).ok()) {
+            let (root, mount_point) = (m.root, m.mount_point);
+            match m.fs_type.as_str() {
                 "cgroup" => {
-                    let mut controllers: Vec<String> = post[2]
+                    let mut controllers: Vec<String> = m
+                        .super_options
                         .split(',')
                         .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
                         .map(str::to_string)
@@ -246,31 +240,6 @@ fn own_path_v2(proc_cgroup: &str) -> PathBuf {
     PathBuf::from("/")
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = oct
-                    .iter()
-                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                if let Ok(v) = u8::try_from(v) {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,13 +331,6 @@ mod tests {
             h.dir_of(Path::new("/other")),
             Path::new("/sys/fs/cgroup/memory/other")
         );
-    }
-
-    #[test]
-    fn unescapes_mount_points() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/end\\"), "/end\\");
     }
 
     #[test]

@@ -15,6 +15,11 @@ fn errno() -> Errno {
         .unwrap_or(libc::EIO)
 }
 
+/// The errno of an error from [`porta_sys`] (EIO when it carries none).
+fn os_errno(e: std::io::Error) -> Errno {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
 fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
     if ret < 0 {
         Err(errno())
@@ -310,8 +315,7 @@ pub fn gettid() -> i32 {
 
 /// Sets the process umask.
 pub fn umask(mask: u32) {
-    // SAFETY: always succeeds.
-    unsafe { libc::umask(mask) };
+    porta_sys::user::umask(mask);
 }
 
 /// Makes the process's descriptor table hold at least `size` descriptors now, using a
@@ -343,25 +347,12 @@ pub fn fd_table_size(pid: Option<i32>) -> Option<usize> {
 }
 
 /// Raises the RLIMIT_NOFILE soft limit to the hard limit (best effort) and returns the
-/// soft limit then in force.
+/// soft limit then in force ([`porta_sys::rlimit::raise_nofile`]; the hard limit is the
+/// supervisor's to raise).
 pub fn raise_nofile() -> SysResult<u64> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid out-pointer.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) })?;
-    if rl.rlim_cur < rl.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: rl.rlim_max,
-            rlim_max: rl.rlim_max,
-        };
-        // SAFETY: valid rlimit pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            rl.rlim_cur = rl.rlim_max;
-        }
-    }
-    Ok(rl.rlim_cur)
+    porta_sys::rlimit::raise_nofile(0)
+        .map(|l| l.soft)
+        .map_err(os_errno)
 }
 
 /// `struct xattr_args` of the *xattrat system calls (Linux 6.13).
@@ -455,10 +446,7 @@ pub const XATTRAT_SYSCALLS: [libc::c_long; 4] = [
 
 /// Sets `O_NONBLOCK` on the open file description of `fd`.
 pub fn set_nonblocking(fd: RawFd) -> SysResult<()> {
-    // SAFETY: plain system calls on an integer descriptor.
-    let fl = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    // SAFETY: as above.
-    check(unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) }).map(|_| ())
+    porta_sys::fd::set_nonblocking(fd).map_err(os_errno)
 }
 
 /// Blocks until `fd` is readable (or has an error or hang-up to report).
@@ -510,32 +498,8 @@ pub const MAX_RECV_FDS: usize = 4;
 /// `sendmsg(2)` of `buf` on a connected socket, with `fd` attached (SCM_RIGHTS) when
 /// given. MSG_NOSIGNAL is always added.
 pub fn send_with_fd(sock: RawFd, buf: &[u8], fd: Option<RawFd>, flags: i32) -> SysResult<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // Room for one cmsghdr with one int, 8-byte aligned (CMSG_SPACE(4) is 24 on 64-bit).
-    let mut cbuf = [0u64; 4];
-    // SAFETY: all-zero is a valid msghdr.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        // SAFETY: pure arithmetic on a constant.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
-        // SAFETY: `msg_control` points to `cbuf`, large enough for CMSG_SPACE(4) bytes
-        // and aligned for cmsghdr, so CMSG_FIRSTHDR is non-null and its data writable.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
-        }
-    }
-    // SAFETY: `msg` points to `iov` (valid for `buf`) and to `cbuf`, alive for the call.
-    check_ssize(unsafe { libc::sendmsg(sock, &msg, flags | libc::MSG_NOSIGNAL) })
+    let fds = fd.as_slice();
+    porta_sys::scm::send(sock, buf, fds, flags | libc::MSG_NOSIGNAL).map_err(os_errno)
 }
 
 /// What [`recv_with_fds`] received: the byte count, the `msg_flags` (MSG_TRUNC,
@@ -561,48 +525,13 @@ impl Received {
 /// attached is returned owned (so dropped ones are closed). Descriptors that do not fit
 /// the control buffer are closed by the kernel (MSG_CTRUNC is then set).
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], flags: i32) -> SysResult<Received> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // CMSG_SPACE(4 * MAX_RECV_FDS) = 32 bytes; 64 leaves room, 8-byte aligned.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: all-zero is a valid msghdr.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: pure arithmetic on a constant.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE((4 * MAX_RECV_FDS) as u32) } as _;
-    // SAFETY: `msg` points to `iov` (valid for `buf`) and `cbuf`, alive for the call.
-    let n = check_ssize(unsafe { libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) })?;
-    let mut out = Received {
-        len: n,
-        flags: msg.msg_flags,
-        fds: Default::default(),
-    };
-    let mut k = 0;
-    // SAFETY: walking the control messages the kernel wrote into `cbuf` with the CMSG
-    // macros, which stay within `msg_controllen`; SCM_RIGHTS data is an array of ints,
-    // each a descriptor now installed in our table and owned by nobody else.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
-                    if k < MAX_RECV_FDS {
-                        out.fds[k] = Some(fd);
-                        k += 1;
-                    }
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok(out)
+    let mut fds: [Option<OwnedFd>; MAX_RECV_FDS] = Default::default();
+    let r = porta_sys::scm::recv(sock, buf, flags, &mut fds).map_err(os_errno)?;
+    Ok(Received {
+        len: r.len,
+        flags: r.flags,
+        fds,
+    })
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub fn default_config(args: &[&str]) -> Value {
 /// (unless something is still mounted below it — the leak check reports that).
 pub struct Bundle {
     dir: Option<tempfile::TempDir>,
+    /// The config.json to write (the runtime-spec document, edited by the builders).
     pub config: Value,
 }
 
@@ -89,12 +90,15 @@ impl Bundle {
         }
     }
 
+    /// The bundle directory.
     pub fn path(&self) -> &Path {
         self.dir.as_ref().unwrap().path()
     }
+    /// The bundle directory as a string, for command lines.
     pub fn path_str(&self) -> String {
         self.path().display().to_string()
     }
+    /// The root file system directory (`rootfs` in the bundle).
     pub fn rootfs(&self) -> PathBuf {
         self.path().join("rootfs")
     }
@@ -114,6 +118,7 @@ impl Bundle {
 
     // --- builder methods (each returns &mut Self for chaining) ---
 
+    /// Sets process.args.
     pub fn args(&mut self, args: &[&str]) -> &mut Self {
         self.config["process"]["args"] = json!(args);
         self
@@ -122,6 +127,7 @@ impl Bundle {
     pub fn sh(&mut self, script: &str) -> &mut Self {
         self.args(&["sh", "-c", script])
     }
+    /// Appends `KEY=value` to process.env.
     pub fn env(&mut self, kv: &str) -> &mut Self {
         self.config["process"]["env"]
             .as_array_mut()
@@ -129,10 +135,12 @@ impl Bundle {
             .push(json!(kv));
         self
     }
+    /// Sets process.cwd.
     pub fn cwd(&mut self, cwd: &str) -> &mut Self {
         self.config["process"]["cwd"] = json!(cwd);
         self
     }
+    /// Sets process.user (uid, gid and, when given, additionalGids).
     pub fn user(&mut self, uid: u32, gid: u32, additional: &[u32]) -> &mut Self {
         self.config["process"]["user"] = json!({"uid": uid, "gid": gid});
         if !additional.is_empty() {
@@ -140,22 +148,27 @@ impl Bundle {
         }
         self
     }
+    /// Sets process.terminal.
     pub fn terminal(&mut self, on: bool) -> &mut Self {
         self.config["process"]["terminal"] = json!(on);
         self
     }
+    /// Sets root.readonly.
     pub fn readonly_root(&mut self, on: bool) -> &mut Self {
         self.config["root"]["readonly"] = json!(on);
         self
     }
+    /// Sets hostname.
     pub fn hostname(&mut self, h: &str) -> &mut Self {
         self.config["hostname"] = json!(h);
         self
     }
+    /// Sets annotation `k` to `v`.
     pub fn annotation(&mut self, k: &str, v: &str) -> &mut Self {
         self.config["annotations"][k] = json!(v);
         self
     }
+    /// Appends a mount (a runtime-spec mount object).
     pub fn mount(&mut self, m: Value) -> &mut Self {
         self.config["mounts"].as_array_mut().unwrap().push(m);
         self
@@ -168,6 +181,7 @@ impl Bundle {
         });
         self
     }
+    /// Sets linux.cgroupsPath.
     pub fn cgroups_path(&mut self, p: &str) -> &mut Self {
         self.config["linux"]["cgroupsPath"] = json!(p);
         self
@@ -182,6 +196,7 @@ impl Bundle {
         }
         self
     }
+    /// Sets linux.seccomp (a runtime-spec seccomp object).
     pub fn seccomp(&mut self, s: Value) -> &mut Self {
         self.config["linux"]["seccomp"] = s;
         self
@@ -195,6 +210,7 @@ impl Bundle {
         hooks.as_array_mut().unwrap().push(hook);
         self
     }
+    /// Whether linux.namespaces holds a namespace of type `ty`.
     pub fn has_namespace(&self, ty: &str) -> bool {
         self.config["linux"]["namespaces"]
             .as_array()
@@ -214,6 +230,7 @@ impl Bundle {
             .push(ns);
         self
     }
+    /// Removes the namespace of type `ty` from linux.namespaces.
     pub fn remove_namespace(&mut self, ty: &str) -> &mut Self {
         if let Some(a) = self.config["linux"]["namespaces"].as_array_mut() {
             a.retain(|n| n["type"] != ty);

@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use porta_sys::proc::MountInfo;
+
+/// Where the host's cgroup hierarchies are mounted.
 pub const MNT: &str = "/sys/fs/cgroup";
 
 /// True when /sys/fs/cgroup is a pure cgroup v2 mount.
@@ -85,28 +88,10 @@ pub fn hierarchies() -> Vec<Hierarchy> {
 
 /// [`hierarchies`] from the texts of /proc/self/cgroup and /proc/self/mountinfo.
 pub fn hierarchies_from(cgroup: &str, mountinfo: &str) -> Vec<Hierarchy> {
-    struct M<'a> {
-        root: &'a str,
-        mp: &'a str,
-        opts: &'a str,
-        fstype: &'a str,
-        sopts: &'a str,
-    }
-    let mounts: Vec<M> = mountinfo
+    let mounts: Vec<MountInfo> = mountinfo
         .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let lf: Vec<&str> = left.split_whitespace().collect();
-            let rf: Vec<&str> = right.split_whitespace().collect();
-            (lf.len() >= 6 && rf.len() >= 3).then(|| M {
-                root: lf[3],
-                mp: lf[4],
-                opts: lf[5],
-                fstype: rf[0],
-                sopts: rf[2],
-            })
-        })
-        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .filter_map(|l| MountInfo::parse(l).ok())
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
         .collect();
     let mut out: Vec<Hierarchy> = Vec::new();
     for line in cgroup.lines() {
@@ -114,25 +99,25 @@ pub fn hierarchies_from(cgroup: &str, mountinfo: &str) -> Vec<Hierarchy> {
         let (Some(_), Some(ctrls)) = (parts.next(), parts.next()) else {
             continue;
         };
-        let is_it = |m: &M| {
-            let writable =
-                m.opts.split(',').any(|o| o == "rw") && m.sopts.split(',').any(|o| o == "rw");
+        let is_it = |m: &MountInfo| {
+            let sopt = |o: &str| m.super_options.split(',').any(|s| s == o);
+            let writable = m.has_option("rw") && sopt("rw");
             let same = if ctrls.is_empty() {
-                m.fstype == "cgroup2"
+                m.fs_type == "cgroup2"
             } else {
-                m.fstype == "cgroup" && ctrls.split(',').all(|c| m.sopts.split(',').any(|o| o == c))
+                m.fs_type == "cgroup" && ctrls.split(',').all(sopt)
             };
-            writable && same && m.root == "/"
+            writable && same && m.root == Path::new("/")
         };
         let best = mounts
             .iter()
             .filter(|m| is_it(m))
-            .min_by_key(|m| !m.mp.starts_with(&format!("{MNT}/")) && m.mp != MNT);
+            .min_by_key(|m| !m.mount_point.starts_with(MNT));
         if let Some(m) = best {
             let h = Hierarchy {
-                mount_point: PathBuf::from(m.mp),
-                fstype: m.fstype.to_string(),
-                options: m.sopts.to_string(),
+                mount_point: m.mount_point.clone(),
+                fstype: m.fs_type.clone(),
+                options: m.super_options.clone(),
             };
             if !out.contains(&h) {
                 out.push(h);

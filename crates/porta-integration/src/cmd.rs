@@ -30,13 +30,16 @@ pub fn read_from(f: &File, mut off: u64) -> String {
 pub struct Out {
     /// Exit code; 128+N when killed by signal N; -1 on timeout.
     pub code: i32,
+    /// Everything written to stdout (lossily UTF-8).
     pub stdout: String,
+    /// Everything written to stderr (lossily UTF-8).
     pub stderr: String,
     /// The command line, for messages.
     pub cmdline: String,
 }
 
 impl Out {
+    /// Whether the exit code is 0.
     pub fn ok(&self) -> bool {
         self.code == 0
     }
@@ -83,6 +86,7 @@ pub struct Cmd {
 }
 
 impl Cmd {
+    /// `prog` with no arguments, a 60-second time limit, the test's environment.
     pub fn new(prog: impl Into<PathBuf>) -> Cmd {
         Cmd {
             prog: prog.into(),
@@ -98,10 +102,12 @@ impl Cmd {
     pub fn runtime(root: &str) -> Cmd {
         Cmd::new(crate::runtime()).arg("--root").arg(root)
     }
+    /// Appends one argument.
     pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
         self.args.push(a.into());
         self
     }
+    /// Appends arguments.
     pub fn args<I, S>(mut self, a: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
@@ -110,18 +116,22 @@ impl Cmd {
         self.args.extend(a.into_iter().map(Into::into));
         self
     }
+    /// Feeds `data` on stdin (else stdin is /dev/null).
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Cmd {
         self.stdin = Some(data.into());
         self
     }
+    /// The time limit after which the command is killed (its code is then -1).
     pub fn timeout(mut self, t: Duration) -> Cmd {
         self.timeout = t;
         self
     }
+    /// Sets environment variable `k` to `v`.
     pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Cmd {
         self.envs.push((k.into(), v.into()));
         self
     }
+    /// Runs the command in directory `d`.
     pub fn cwd(mut self, d: impl Into<PathBuf>) -> Cmd {
         self.cwd = Some(d.into());
         self

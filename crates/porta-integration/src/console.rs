@@ -3,13 +3,15 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A `--console-socket` listener that receives the pty master a runtime sends.
 pub struct ConsoleSocket {
+    /// The socket's path, to pass as `--console-socket`.
     pub path: PathBuf,
     handle: Option<JoinHandle<io::Result<(OwnedFd, String)>>>,
 }
@@ -45,6 +47,7 @@ impl ConsoleSocket {
         }
     }
 
+    /// The socket's path as a string.
     pub fn path_str(&self) -> String {
         self.path.display().to_string()
     }
@@ -59,42 +62,14 @@ impl ConsoleSocket {
     }
 }
 
+/// Receives the console socket's one message: the pty master and its name.
 fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
     let mut data = vec![0u8; 65536];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    let space =
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<[libc::c_int; 4]>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut fd = None;
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let p = libc::CMSG_DATA(c) as *const libc::c_int;
-                let got = std::ptr::read_unaligned(p);
-                if fd.is_none() {
-                    fd = Some(OwnedFd::from_raw_fd(got));
-                } else {
-                    libc::close(got);
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let name = String::from_utf8_lossy(&data[..n as usize]).into_owned();
-    fd.map(|f| (f, name)).ok_or_else(|| {
+    let mut fds: [Option<OwnedFd>; 4] = Default::default();
+    let r = porta_sys::scm::recv(s.as_raw_fd(), &mut data, 0, &mut fds)?;
+    let name = String::from_utf8_lossy(&data[..r.len]).into_owned();
+    let [first, ..] = fds;
+    first.map(|f| (f, name)).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "no fd in console-socket message",
@@ -104,6 +79,7 @@ fn recv_fd(s: &UnixStream) -> io::Result<(OwnedFd, String)> {
 
 /// The pty master received from the runtime.
 pub struct Pty {
+    /// The master side of the pty.
     pub f: File,
 }
 
@@ -126,6 +102,7 @@ impl Pty {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            // SAFETY: one valid pollfd, alive for the call.
             let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
             if r <= 0 {
                 continue;
@@ -137,7 +114,29 @@ impl Pty {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+    /// Writes `data` to the terminal (the container's input).
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.f.write_all(data)
     }
+}
+
+/// A pty pair for a runtime that should find a terminal on its stdio: (master, slave).
+#[track_caller]
+pub fn host_pty() -> (File, File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty writes two descriptors into `m` and `s`; the null pointers ask for
+    // no name, no termios and no window size.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened by openpty and are owned by nobody else.
+    unsafe { (File::from_raw_fd(m), File::from_raw_fd(s)) }
 }

@@ -7,9 +7,13 @@ use serde_json::Value;
 use std::fs::File;
 use std::time::Duration;
 
+/// One container id under test with its bundle; `delete --force` on drop.
 pub struct Container {
+    /// The container id.
     pub id: String,
+    /// The runtime's `--root`.
     pub root: String,
+    /// The container's bundle (removed after the container on drop).
     pub bundle: Bundle,
     /// stdout of `create`/`run` — the container's process inherits it.
     io: File,
@@ -56,9 +60,11 @@ impl Container {
             .stdout_file(self.io.try_clone().unwrap())
             .run()
     }
+    /// `create --bundle B ID`.
     pub fn create(&self) -> Out {
         self.create_with(&[])
     }
+    /// `start ID`.
     pub fn start(&self) -> Out {
         self.rt(&["start", &self.id])
     }
@@ -73,6 +79,7 @@ impl Container {
             .timeout(Duration::from_secs(120))
             .run()
     }
+    /// `run --bundle B ID` in the foreground.
     pub fn run(&self) -> Out {
         self.run_with(&[])
     }
@@ -129,9 +136,11 @@ impl Container {
         })
         .is_some()
     }
+    /// `kill ID SIG`.
     pub fn kill(&self, sig: &str) -> Out {
         self.rt(&["kill", &self.id, sig])
     }
+    /// `delete ID` (without --force).
     pub fn delete(&self) -> Out {
         self.rt(&["delete", &self.id])
     }
@@ -170,4 +179,14 @@ impl Drop for Container {
         // The container is normally gone already; a failure then is expected.
         let _ = o;
     }
+}
+
+/// Runs `script` with `sh -c` in a container of `b` (id prefix `tag`) in the foreground:
+/// the runtime's result and what the container wrote to stdout.
+pub fn run_sh(tag: &str, mut b: Bundle, script: &str) -> (Out, String) {
+    b.sh(script);
+    let c = Container::new(tag, b);
+    let o = c.run();
+    let out = c.output();
+    (o, out)
 }

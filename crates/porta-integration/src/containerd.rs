@@ -234,6 +234,7 @@ pub fn namespace_cgroups() -> Vec<std::path::PathBuf> {
 impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.ctr().args(["images", "rm", IMAGE]).run();
+        // SAFETY: kill(2) takes integers only; no memory is involved.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let gone = wait_for(Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten()

@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
 pub mod survival;
+pub mod user;
 
 pub use bundle::Bundle;
 pub use cmd::{rt, rt_root, Cmd, Out};
@@ -90,7 +91,7 @@ pub fn skip(why: &str) {
 
 /// True when running as root; otherwise prints a skip reason.
 pub fn is_root() -> bool {
-    if unsafe { libc::geteuid() } == 0 {
+    if porta_sys::user::is_root() {
         return true;
     }
     skip("integration tests need root");
@@ -157,24 +158,11 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 }
 
 /// The process's start time (field 22 of /proc/PID/stat), to tell a pid from its reuse.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = s.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+pub use porta_sys::proc::start_time;
 
 /// True if `pid` names a live (non-zombie) process.
 pub fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            // state is the field after the ")" that closes comm
-            let state = s
-                .rsplit_once(')')
-                .map(|(_, r)| r.trim_start().chars().next());
-            !matches!(state, Some(Some('Z')) | Some(Some('X')))
-        }
-        Err(_) => false,
-    }
+    porta_sys::proc::Stat::of(pid).is_some_and(|s| !s.is_dead())
 }
 
 /// Whether a command exists on the host's PATH.
@@ -219,16 +207,16 @@ pub fn podman_args(dir: &Path, cgroup_manager: &str) -> Vec<std::ffi::OsString> 
 /// Unmounts everything mounted below `dir` in this mount namespace, deepest first (lazy
 /// unmounts, so a busy mount does not stop the rest).
 pub fn unmount_below(dir: &Path) {
-    let d = dir.display().to_string();
-    let mut mps: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+    let mut mps: Vec<PathBuf> = porta_sys::proc::own_mountinfo()
         .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&d))
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|m| m.starts_with(dir))
         .collect();
-    mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    mps.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     for m in &mps {
-        let c = std::ffi::CString::new(m.as_str()).expect("a mount point has no NUL");
+        let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes())
+            .expect("a mount point has no NUL");
         // SAFETY: a valid C string; umount2 only reads it.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }

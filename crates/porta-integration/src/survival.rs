@@ -3,6 +3,7 @@
 //! record (`servers.json`) and `porta state` show it.
 
 use crate::{pid_alive, start_time, wait_for, Value};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 /// How a test reads one container's state: the supervisor's record and `porta state`.
@@ -23,20 +24,9 @@ pub fn num(v: &Value, k: &str) -> i32 {
 /// True once every thread of `pid` has exited (its pidfd is readable) or it is gone. A
 /// leader that is a zombie while other threads still exit has not exited yet.
 pub fn exited(pid: i32) -> bool {
-    // SAFETY: plain system calls on a pidfd we own.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        if fd < 0 {
-            return true;
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let n = libc::poll(&mut p, 1, 0);
-        libc::close(fd);
-        n != 0
+    match porta_sys::pidfd::open(pid) {
+        Ok(fd) => porta_sys::pidfd::has_exited(fd.as_fd()),
+        Err(_) => true,
     }
 }
 
@@ -45,22 +35,14 @@ pub fn exited(pid: i32) -> bool {
 #[track_caller]
 pub fn signal_recorded(pid: i32, start: u64, sig: i32) {
     assert!(pid > 0);
-    // SAFETY: plain system calls on a pidfd we own.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        assert!(
-            fd >= 0,
-            "pidfd_open({pid}): {}",
-            std::io::Error::last_os_error()
-        );
-        assert_eq!(
-            start_time(pid),
-            Some(start),
-            "pid {pid} is not the recorded process"
-        );
-        assert_eq!(libc::syscall(libc::SYS_pidfd_send_signal, fd, sig, 0, 0), 0);
-        libc::close(fd);
-    }
+    let fd = porta_sys::pidfd::open(pid).unwrap_or_else(|e| panic!("pidfd_open({pid}): {e}"));
+    assert_eq!(
+        start_time(pid),
+        Some(start),
+        "pid {pid} is not the recorded process"
+    );
+    porta_sys::pidfd::send_signal(fd.as_fd(), sig)
+        .unwrap_or_else(|e| panic!("signal {sig} to pid {pid}: {e}"));
 }
 
 /// SIGKILL of a live pid (see [`signal_recorded`]), its start time read now.

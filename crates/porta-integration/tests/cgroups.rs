@@ -186,7 +186,7 @@ fn cgroups_path_absolute_nested() {
     let dir = cgroup::dir_of(pid, "pids").unwrap();
     if porta_integration::is_porta() {
         // Porta puts the container's processes in the `payload/` leaf of the container's
-        // group (shared/DESIGN.md section 3); the config's pids limit is on that leaf.
+        // group; the config's pids limit is on that leaf.
         assert!(
             dir.ends_with(format!("{parent}/{id}/payload")),
             "{}",

@@ -290,6 +290,7 @@ fn exec_preserve_fds() {
     ])
     .stdin(std::process::Stdio::null())
     .stdout(out.reopen().unwrap());
+    // SAFETY: the closure only calls fcntl, dup2 and close, async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             let t = libc::fcntl(raw, libc::F_DUPFD, 10);
@@ -322,20 +323,8 @@ fn exec_preserve_fds() {
 #[test]
 fn exec_tty_uses_the_callers_terminal() {
     require_root!();
-    use std::os::fd::FromRawFd;
     let c = running("exec-hosttty");
-    let (mut m, mut s) = (0, 0);
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    let (master, slave) = unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) };
+    let (master, slave) = porta_integration::console::host_pty();
     let mut child = std::process::Command::new(runtime())
         .args([
             "--root",

@@ -1,4 +1,4 @@
-//! The per-container file server (shared/DESIGN.md sections 4 and 6, issue 4): the root is
+//! The per-container file server (docs/file-server.md): the root is
 //! served by FUSE and never appears in the host's mount table; killing, crashing or stopping
 //! container A's server while A and B work costs neither an error, B not even a restart;
 //! a SIGKILL every 100 ms loses no fsync'ed file; no descriptor of Porta's reaches the
@@ -81,6 +81,7 @@ fn signal_fs(c: &Container, sig: i32) -> i32 {
         c.id,
         cmdline(pid)
     );
+    // SAFETY: kill(2) takes integers only; no memory is involved.
     let r = unsafe { libc::kill(pid, sig) };
     assert_eq!(
         r,
@@ -436,6 +437,7 @@ fn containment_sigstop() {
         // never leave a stopped process behind, whatever the outcome
         let still_there = pid_alive(old) && start_time(old) == old_start && is_fs_server_of(old, a);
         if still_there {
+            // SAFETY: kill(2) takes integers only; no memory is involved.
             unsafe { libc::kill(old, libc::SIGCONT) };
         }
         let replaced = replaced.unwrap_or_else(|| {
@@ -481,6 +483,7 @@ fn sigkill_every_100ms_loses_nothing() {
     while t0.elapsed() < Duration::from_secs(5) && !c.output().contains("SUMMARY") {
         if let Some((pid, _, _)) = fs_server(&c) {
             if !killed.contains(&pid) && is_fs_server_of(pid, &c) {
+                // SAFETY: kill(2) takes integers only; no memory is involved.
                 let r = unsafe { libc::kill(pid, libc::SIGKILL) };
                 if r == 0 {
                     killed.insert(pid);
@@ -820,6 +823,7 @@ fn many_files(tag: &str, kill_every: Option<Duration>) -> (usize, usize, usize) 
                 }
                 if let Some(every) = kill_every {
                     if last_kill.elapsed() >= every && !kills.contains(&pid) {
+                        // SAFETY: kill(2) takes integers only; no memory is involved.
                         if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
                             kills.insert(pid);
                         }
@@ -865,7 +869,7 @@ fn more_files_than_descriptors_with_kills() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 9. the server's own user namespace (DESIGN section 4, "Confinement")
+// 9. the server's own user namespace (confinement)
 
 /// A capability set line (`CapEff:` …) of /proc/PID/status.
 fn caps(pid: i32, key: &str) -> u64 {

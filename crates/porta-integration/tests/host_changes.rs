@@ -661,29 +661,7 @@ const UID: u32 = 52_018;
 /// /dev/fuse is a mode-0666 node of the FUSE device made in `dir` (as most distributions
 /// ship it), so the user gets a file server.
 fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
-    let node = dir.join("fuse-0666");
-    if !node.exists() {
-        Cmd::new("mknod")
-            .args(["-m", "0666", &node.display().to_string(), "c", "10", "229"])
-            .run()
-            .expect_ok();
-    }
-    Cmd::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind \"$0\" /dev/fuse && exec \"$@\"")
-        .arg(&node)
-        .arg("setpriv")
-        .args([
-            format!("--reuid={UID}"),
-            format!("--regid={UID}"),
-            "--clear-groups".to_string(),
-            "--inh-caps=-all".to_string(),
-            "--".to_string(),
-        ])
-        .arg(runtime())
-        .arg("--root")
-        .arg(state)
-        .env("XDG_RUNTIME_DIR", state)
+    user::runtime_as(user::with_open_fuse(dir), UID, state)
 }
 
 /// A rootless container gets no watcher (a fanotify filesystem mark needs CAP_SYS_ADMIN
@@ -701,12 +679,7 @@ fn rootless_container_sees_host_changes_after_the_short_timeout() {
     let b = Bundle::new(&["true"]);
     let state = b.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let chown = || {
-        Cmd::new("chown")
-            .args(["-R", &format!("{UID}:{UID}"), &b.path_str()])
-            .run()
-            .expect_ok();
-    };
+    let chown = || user::chown_tree(b.path(), UID);
     chown();
     as_user_with_fuse(&state, b.path())
         .arg("spec")

@@ -61,63 +61,28 @@ fn cstr(p: &Path) -> CString {
 
 impl IdmappedMount {
     fn new(src: &Path, dst: &Path, userns: &Path) -> IdmappedMount {
+        use porta_sys::mount_api as m;
         let ns = std::fs::File::open(userns).expect("open user namespace");
-        let s = cstr(src);
-        // SAFETY: open_tree(2) with a valid path; returns a new descriptor or -1.
-        let tree = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                s.as_ptr(),
-                (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
-            )
-        } as i32;
-        assert!(tree >= 0, "open_tree: {}", std::io::Error::last_os_error());
-        #[repr(C)]
-        struct MountAttr {
-            attr_set: u64,
-            attr_clr: u64,
-            propagation: u64,
-            userns_fd: u64,
-        }
-        let attr = MountAttr {
-            attr_set: 0x0010_0000, // MOUNT_ATTR_IDMAP
-            attr_clr: 0,
-            propagation: 0,
+        let tree = m::open_tree(
+            libc::AT_FDCWD,
+            &cstr(src),
+            m::OPEN_TREE_CLONE | m::OPEN_TREE_CLOEXEC,
+        )
+        .unwrap_or_else(|e| panic!("open_tree: {e}"));
+        let attr = m::MountAttr {
+            attr_set: m::MOUNT_ATTR_IDMAP,
             userns_fd: std::os::fd::AsRawFd::as_raw_fd(&ns) as u64,
+            ..Default::default()
         };
-        let empty = c"";
-        // SAFETY: mount_setattr(2) on our detached tree with a valid struct mount_attr.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                tree,
-                empty.as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        assert!(
-            r == 0,
-            "mount_setattr IDMAP: {}",
-            std::io::Error::last_os_error()
-        );
-        let d = cstr(dst);
-        // SAFETY: move_mount(2) of our detached tree onto an existing directory.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree,
-                empty.as_ptr(),
-                libc::AT_FDCWD,
-                d.as_ptr(),
-                0x4 as libc::c_uint, // MOVE_MOUNT_F_EMPTY_PATH
-            )
-        };
-        assert!(r == 0, "move_mount: {}", std::io::Error::last_os_error());
-        // SAFETY: closing the descriptor open_tree returned.
-        unsafe { libc::close(tree) };
+        m::mount_setattr(
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            c"",
+            libc::AT_EMPTY_PATH as u32,
+            &attr,
+        )
+        .unwrap_or_else(|e| panic!("mount_setattr IDMAP: {e}"));
+        m::move_mount_to(std::os::fd::AsFd::as_fd(&tree), &cstr(dst))
+            .unwrap_or_else(|e| panic!("move_mount: {e}"));
         IdmappedMount(dst.to_path_buf())
     }
 }

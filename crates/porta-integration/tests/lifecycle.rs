@@ -283,6 +283,7 @@ fn delete_half_made() {
     let c = Container::new("life-half1", Bundle::new(&["sleep", "100"]));
     c.create().expect_ok();
     let pid = c.pid();
+    // SAFETY: kill(2) takes integers only; no memory is involved.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(wait_for(Duration::from_secs(10), || (!pid_alive(pid)).then_some(())).is_some());
     c.wait_stopped(10);
@@ -673,7 +674,7 @@ fn state_json_fields() {
 #[test]
 fn porta_state_directory() {
     require_root!();
-    porta_only!("Porta's state layout: <root>/<id>/state.json (DESIGN.md section 5)");
+    porta_only!("Porta's state layout: <root>/<id>/state.json");
     let c = Container::new("life-statedir", Bundle::new(&["sleep", "100"]));
     c.create().expect_ok();
     let dir = std::path::Path::new(ROOT).join(&c.id);
@@ -804,8 +805,11 @@ fn closed_stdout_pipe_exits_quietly() {
     ] {
         for _ in 0..3 {
             let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two descriptors into `fds`, an array of two ints.
             assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: the read end is ours and not used again.
             unsafe { libc::close(fds[0]) };
+            // SAFETY: the write end was just made by pipe2 and is owned by nobody else.
             let w = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
             let err = tempfile::NamedTempFile::new().unwrap();
             let st = std::process::Command::new(runtime())
@@ -889,8 +893,10 @@ fn spec_cgroup_namespace_only_on_cgroup_v2() {
         .unwrap()
         .iter()
         .any(|n| n["type"] == "cgroup");
+    // SAFETY: an all-zero statfs is a valid value.
     let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
     let p = std::ffi::CString::new("/sys/fs/cgroup").unwrap();
+    // SAFETY: `p` is a valid C string and `sfs` a valid out-pointer.
     assert_eq!(unsafe { libc::statfs(p.as_ptr(), &mut sfs) }, 0);
     let v2 = sfs.f_type == 0x6367_7270; // CGROUP2_SUPER_MAGIC
     assert_eq!(

@@ -6,18 +6,11 @@
 //! config order, idmapped bind mounts (`idmap` with the container's mappings, and a mount's
 //! own `uidMappings`/`gidMappings`), and `copy-symlink`.
 
+use porta_integration::container::run_sh;
 use porta_integration::*;
 use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-fn run_sh(tag: &str, mut b: Bundle, script: &str) -> (Out, String) {
-    b.sh(script);
-    let c = Container::new(tag, b);
-    let o = c.run();
-    let out = c.output();
-    (o, out)
-}
 
 /// A directory under the bundles directory, removed on drop (with anything mounted below).
 struct HostDir(PathBuf);

@@ -2,15 +2,8 @@
 //! maskedPaths, readonlyPaths, default devices and /dev symlinks, config devices,
 //! sysctl, rlimits, oomScoreAdj, personality, --no-pivot.
 
+use porta_integration::container::run_sh;
 use porta_integration::*;
-
-fn run_sh(tag: &str, mut b: Bundle, script: &str) -> (Out, String) {
-    b.sh(script);
-    let c = Container::new(tag, b);
-    let o = c.run();
-    let out = c.output();
-    (o, out)
-}
 
 #[test]
 fn readonly_root() {

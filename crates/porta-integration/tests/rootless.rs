@@ -1,7 +1,7 @@
 //! Rootless containers: the runtime run by an unprivileged user (no capabilities, a
 //! user namespace mapping only that user, no cgroups), as `runc --rootless` is used.
 //! Where the user may open /dev/fuse, the container gets its own file server, mounted from
-//! inside its user namespace (strict mode); where not (this machine's /dev/fuse is mode
+//! inside its user namespace (strict mode); where not (a /dev/fuse of mode
 //! 0600), the kernel's root, and asking for the file server is an error naming the
 //! annotation. The file-server tests give the user a mode-0666 /dev/fuse (as most
 //! distributions ship it) in a private mount namespace.
@@ -15,48 +15,18 @@ use std::time::Duration;
 const UID: u32 = 52_017;
 
 fn chown_tree(p: &Path) {
-    Cmd::new("chown")
-        .args(["-R", &format!("{UID}:{UID}"), &p.display().to_string()])
-        .run()
-        .expect_ok();
-}
-
-/// `prog args…` running the runtime under test as the unprivileged user, with `--root <state>`.
-fn user_runtime(prog: Cmd, state: &Path) -> Cmd {
-    prog.arg("setpriv")
-        .args([
-            format!("--reuid={UID}"),
-            format!("--regid={UID}"),
-            "--clear-groups".to_string(),
-            "--inh-caps=-all".to_string(),
-            "--".to_string(),
-        ])
-        .arg(runtime())
-        .arg("--root")
-        .arg(state)
-        .env("XDG_RUNTIME_DIR", state)
+    user::chown_tree(p, UID);
 }
 
 /// The runtime under test as the unprivileged user, with `--root <state>`.
 fn as_user(state: &Path) -> Cmd {
-    user_runtime(Cmd::new("env"), state)
+    user::runtime_as(Cmd::new("env"), UID, state)
 }
 
 /// Like [`as_user`], in a private mount namespace whose /dev/fuse is a mode-0666 node of
 /// the FUSE device (made in `dir`), so the user may open it.
 fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
-    let node = dir.join("fuse-0666");
-    if !node.exists() {
-        Cmd::new("mknod")
-            .args(["-m", "0666", &node.display().to_string(), "c", "10", "229"])
-            .run()
-            .expect_ok();
-    }
-    let private_ns = Cmd::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind \"$0\" /dev/fuse && exec \"$@\"")
-        .arg(&node);
-    user_runtime(private_ns, state)
+    user::runtime_as(user::with_open_fuse(dir), UID, state)
 }
 
 /// A bundle owned by the user, its config written by `spec --rootless` run as that user,

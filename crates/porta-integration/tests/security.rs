@@ -106,6 +106,7 @@ fn run_with_preserved(c: &Container) -> (i32, String) {
     .stdin(Stdio::null())
     .stdout(out.try_clone().unwrap())
     .stderr(Stdio::inherit());
+    // SAFETY: the closure only calls fcntl, dup2 and close, async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // move the two files to fds 3 and 4, without close-on-exec

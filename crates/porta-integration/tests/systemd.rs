@@ -653,25 +653,16 @@ fn rootless_systemd_driver_uses_the_user_manager() {
     let b = Bundle::new(&["true"]);
     let state = b.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let chown = || {
-        Cmd::new("chown")
-            .args(["-R", &format!("{UID}:{UID}"), &b.path_str()])
-            .run()
-            .expect_ok();
-    };
+    let chown = || user::chown_tree(b.path(), UID);
     chown();
-    let uid = UID.to_string();
     let run_dir = format!("/run/user/{UID}");
     // The user's commands run in a scope of the user's manager, as Podman runs conmon: the
     // container's processes may then move themselves into the container's leaves.
     let as_user = |prog: &[&str]| {
         sd.cmd("setpriv")
+            .args(user::setpriv_args(UID))
             .args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                "--inh-caps=-all".into(),
-                "env".into(),
+                "env".to_string(),
                 format!("XDG_RUNTIME_DIR={run_dir}"),
                 format!("DBUS_SESSION_BUS_ADDRESS=unix:path={run_dir}/bus"),
             ])

@@ -1,6 +1,7 @@
 //! Terminal mode: the pty master goes over --console-socket (create, run --detach),
 //! input and output through it, /dev/console, consoleSize.
 
+use porta_integration::console::host_pty;
 use porta_integration::*;
 use std::time::Duration;
 
@@ -78,23 +79,6 @@ fn console_socket_without_terminal_fails() {
     c.rt(&["state", &c.id]).expect_fail();
 }
 
-/// A pty pair for a runtime that should find a terminal on its stdio: (master, slave).
-fn host_pty() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    let (mut m, mut s) = (0, 0);
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
-}
-
 /// Waits (bounded by a count, not a clock) for `child` to exit; kills it if it does not.
 fn wait_child(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     for _ in 0..6000 {
@@ -132,6 +116,7 @@ fn run_terminal_without_any_terminal_fails_at_once() {
     .stdout(std::process::Stdio::null())
     .stderr(err.reopen().unwrap());
     // No controlling terminal either: a new session.
+    // SAFETY: the closure only calls setsid, async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
@@ -191,6 +176,7 @@ fn run_foreground_terminal_relays_and_keeps_no_socket() {
         "{} still there after the pty master arrived",
         sock.display()
     );
+    // SAFETY: kill(2) takes integers only; no memory is involved.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let st = wait_child(&mut child, "run after SIGTERM");
     assert_eq!(
@@ -287,6 +273,7 @@ fn signal_before_the_master_arrived_removes_the_socket() {
         let mark = b.file("hook-running");
         let fifo = b.file("hook-release");
         let cf = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `cf` is a valid C string.
         assert_eq!(unsafe { libc::mkfifo(cf.as_ptr(), 0o600) }, 0);
         let script = format!("touch {}; read x < {}", mark.display(), fifo.display());
         b.hook(
@@ -317,6 +304,7 @@ fn signal_before_the_master_arrived_removes_the_socket() {
             sock.join("sock").exists(),
             "no console socket while create runs"
         );
+        // SAFETY: kill(2) takes integers only; no memory is involved.
         unsafe { libc::kill(pid as i32, sig) };
         let st = wait_child(&mut child, "run after the signal");
         // Let the hook finish, so the forced delete below finds nothing running.

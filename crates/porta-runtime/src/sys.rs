@@ -31,27 +31,10 @@ pub fn clone_into(flags: u64) -> io::Result<Forked> {
 }
 
 /// Opens a pidfd for `pid`.
-pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes plain integers and returns a new fd we take ownership of.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
+pub use porta_sys::pidfd::open as pidfd_open;
 
 /// Sends `sig` to the process behind `pidfd`.
-pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments; a null siginfo is allowed.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<u8>(),
-            0,
-        )
-    })?;
-    Ok(())
-}
+pub use porta_sys::pidfd::send_signal as pidfd_send_signal;
 
 /// setns on an fd (a namespace file or a pidfd) with the given flags.
 pub fn setns(fd: BorrowedFd<'_>, nstype: i32) -> io::Result<()> {
@@ -68,17 +51,9 @@ pub fn unshare(flags: i32) -> io::Result<()> {
 }
 
 /// Closes every fd from `first` upwards (close_range), or marks them close-on-exec.
-pub fn close_from(first: u32, cloexec_only: bool) -> io::Result<()> {
-    let flags = if cloexec_only {
-        libc::CLOSE_RANGE_CLOEXEC
-    } else {
-        0
-    };
-    // SAFETY: close_range only affects this process's fd table; callers own no fd above `first`
-    // that they still use after this call (documented at each call site).
-    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) })?;
-    Ok(())
-}
+/// Callers own no fd above `first` that they still use after this call (documented at
+/// each call site).
+pub use porta_sys::fd::close_from;
 
 /// Resolve flags for [`openat2`].
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
@@ -239,81 +214,34 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// umask(2); returns the previous mask.
-pub fn set_umask(mask: u32) -> u32 {
-    // SAFETY: integer argument.
-    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+pub use porta_sys::user::umask as set_umask;
+
+fn cstring(s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// move_mount of a detached mount (from fsmount/open_tree) onto `target`.
 pub fn move_mount_onto(mount_fd: BorrowedFd<'_>, target: &std::path::Path) -> io::Result<()> {
-    const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
-    let t = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let empty = c"";
-    // SAFETY: both strings are valid for the call; no memory is retained by the kernel.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mount_fd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })?;
-    Ok(())
+    let t = cstring(target.as_os_str().as_encoded_bytes())?;
+    porta_sys::mount_api::move_mount_to(mount_fd, &t)
 }
 
 /// fsopen: a new file system context for `fstype` (close-on-exec).
 pub fn fsopen(fstype: &str) -> io::Result<OwnedFd> {
-    let c = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    // SAFETY: c is a valid NUL-terminated string that outlives the call.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_fsopen, c.as_ptr(), FSOPEN_CLOEXEC) })?;
-    // SAFETY: fsopen returned a fresh fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    porta_sys::mount_api::fsopen(&cstring(fstype.as_bytes())?)
 }
 
 /// fsconfig(FSCONFIG_SET_STRING, key, value) on a file system context.
 pub fn fsconfig_set_string(fs: BorrowedFd<'_>, key: &str, value: &str) -> io::Result<()> {
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    let k = CString::new(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let v = CString::new(value).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            k.as_ptr(),
-            v.as_ptr(),
-            0,
-        )
-    })?;
-    Ok(())
+    let (k, v) = (cstring(key.as_bytes())?, cstring(value.as_bytes())?);
+    porta_sys::mount_api::fsconfig_set_string(fs, &k, &v)
 }
 
 /// fsconfig(FSCONFIG_CMD_CREATE) then fsmount: the context's new superblock as a detached
 /// mount (close-on-exec) with the given MOUNT_ATTR_* flags.
 pub fn fs_create_and_mount(fs: BorrowedFd<'_>, attrs: u64) -> io::Result<OwnedFd> {
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    // SAFETY: the create command takes no pointers.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    })?;
-    // SAFETY: plain system call on a context fd we borrow.
-    let fd =
-        cvt(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })?;
-    // SAFETY: fsmount returned a fresh fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    porta_sys::mount_api::fsconfig_create(fs)?;
+    porta_sys::mount_api::fsmount(fs, attrs)
 }
 
 /// fstatfs and fstatvfs: (f_type, f_flag) of the file system holding `fd`.

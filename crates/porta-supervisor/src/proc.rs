@@ -2,53 +2,29 @@
 //! keeper and the servers are re-parented to a reaper): pidfds for every wait and every
 //! signal, never bare pids, which a reaper may free and the kernel reuse.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use porta_sys::proc::Stat;
 
 /// A pidfd of `pid` (close-on-exec), or None when there is no such process.
 pub(crate) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    if pid <= 0 {
-        return None;
-    }
-    // SAFETY: plain system call; PIDFD flags 0 give a close-on-exec descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    porta_sys::pidfd::open(pid).ok()
 }
 
 /// Sends `sig` to the process of `fd`; false when it is gone (or not ours to signal).
 pub(crate) fn send(fd: BorrowedFd<'_>, sig: i32) -> bool {
-    // SAFETY: plain system call on a pidfd we hold; no siginfo.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        ) == 0
-    }
+    porta_sys::pidfd::send_signal(fd, sig).is_ok()
 }
 
 /// True once the process of `fd` has exited (a zombie counts as exited).
 pub(crate) fn exited(fd: BorrowedFd<'_>) -> bool {
-    wait_exit(fd, 0)
+    porta_sys::pidfd::has_exited(fd)
 }
 
 /// Waits up to `ms` milliseconds for the process of `fd` to exit; true if it did.
 pub(crate) fn wait_exit(fd: BorrowedFd<'_>, ms: u16) -> bool {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    loop {
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) => return n > 0,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
+    porta_sys::pidfd::wait_exit(fd, Some(Duration::from_millis(u64::from(ms)))).unwrap_or(false)
 }
 
 /// How a process ended.
@@ -121,82 +97,33 @@ impl Death {
     }
 }
 
-/// `struct pidfd_info` of linux/pidfd.h, its first version (64 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct PidfdInfo {
-    mask: u64,
-    cgroupid: u64,
-    pid: u32,
-    tgid: u32,
-    ppid: u32,
-    ruid: u32,
-    rgid: u32,
-    euid: u32,
-    egid: u32,
-    suid: u32,
-    sgid: u32,
-    fsuid: u32,
-    fsgid: u32,
-    exit_code: i32,
-}
-
-const PIDFD_INFO_EXIT: u64 = 1 << 3;
-/// _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info).
-const PIDFD_GET_INFO: u64 =
-    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
-
 /// How the exited process of `fd` (pid `pid`) ended, for a process that need not be our
 /// child: PIDFD_INFO_EXIT (Linux 6.15, once a reaper reaped it), else the exit code
 /// /proc shows for a zombie that still holds the pid of our pidfd.
 pub(crate) fn death_of(fd: BorrowedFd<'_>, pid: i32) -> Death {
-    let mut info = PidfdInfo {
-        mask: PIDFD_INFO_EXIT,
-        ..Default::default()
-    };
-    // SAFETY: the ioctl fills a buffer of the size its number encodes.
-    let r = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            PIDFD_GET_INFO as _,
-            &mut info as *mut PidfdInfo,
-        )
-    };
-    if r == 0 && info.mask & PIDFD_INFO_EXIT != 0 {
-        return Death::from_wait_status(info.exit_code);
+    if let Some(st) = porta_sys::pidfd::exit_status(fd) {
+        return Death::from_wait_status(st);
     }
     // Not reaped yet: the pid is still the zombie's (a zombie holds its pid).
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) if stat_state(&s) == Some('Z') => stat_field(&s, 52)
-            .and_then(|v| v.parse::<i32>().ok())
+    match Stat::of(pid) {
+        Some(s) if s.state == 'Z' => s
+            .exit_code
             .map_or_else(Death::unknown, Death::from_wait_status),
         _ => Death::unknown(),
     }
 }
 
-/// Field `n` (1-based, as proc(5) numbers them) of a /proc/PID/stat line.
-fn stat_field(stat: &str, n: usize) -> Option<&str> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(n.checked_sub(3)?)
-}
-
 /// The state letter of a /proc/PID/stat line.
 pub(crate) fn stat_state(stat: &str) -> Option<char> {
-    stat_field(stat, 3).and_then(|f| f.chars().next())
+    Stat::parse(stat).ok().map(|s| s.state)
 }
 
 /// Start time of `pid` (field 22 of /proc/PID/stat, clock ticks since boot).
-pub(crate) fn start_time(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_field(&s, 22)?.parse().ok()
-}
+pub(crate) use porta_sys::proc::start_time;
 
 /// True if `pid` is stopped (job control or ptrace).
 pub(crate) fn stopped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| stat_state(&s))
-        .is_some_and(|c| c == 'T' || c == 't')
+    Stat::of(pid).is_some_and(|s| s.is_stopped())
 }
 
 /// A pidfd of the process `pid` that started at `start` if it still runs (not a zombie):
@@ -234,12 +161,7 @@ pub(crate) fn sharers_of(keeper: i32) -> Vec<i32> {
 
 /// The pid of a pidfd, from its fdinfo ("Pid:"; -1 once the process is reaped).
 #[cfg(test)]
-pub(crate) fn pid_of(fd: BorrowedFd<'_>) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Pid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
+pub(crate) use porta_sys::pidfd::pid_of;
 
 /// Borrow of an optional pidfd.
 pub(crate) fn borrow(fd: &Option<OwnedFd>) -> Option<BorrowedFd<'_>> {

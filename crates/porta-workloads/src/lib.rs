@@ -14,12 +14,16 @@ use std::time::Instant;
 /// One measured figure, printed as `RESULT <metric> <value> <unit>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Figure {
+    /// The figure's name (one word).
     pub metric: &'static str,
+    /// The measured value.
     pub value: f64,
+    /// Its unit (`ms`, `MiB/s`…).
     pub unit: &'static str,
 }
 
 impl Figure {
+    /// The `RESULT <metric> <value> <unit>` line.
     pub fn line(&self) -> String {
         format!("RESULT {} {} {}", self.metric, self.value, self.unit)
     }
@@ -45,9 +49,11 @@ pub fn parse_result_line(line: &str) -> Option<(String, f64, String)> {
 pub struct XorShift(u64);
 
 impl XorShift {
+    /// A generator seeded with `seed` (0 is taken as 1, which xorshift needs).
     pub fn new(seed: u64) -> Self {
         XorShift(seed.max(1))
     }
+    /// The next 64-bit value.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
