@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Fs;
 use crate::abi::{self, Writer};
 use crate::evict::{self, Method};
-use crate::shared::{self, cold, hdr, NodeRef};
+use crate::shared::{cold, hdr, NodeRef};
 use crate::sys;
 
 impl Fs {
@@ -160,7 +160,7 @@ impl Fs {
             for (&(_, id), &ino) in victims.iter().zip(inos.iter()) {
                 if self.ino_of(id) == ino {
                     if let Some(e) = self.sh.node_entry(id) {
-                        e[shared::LAST_USE].store(now, Ordering::Relaxed);
+                        e.last_use().store(now, Ordering::Relaxed);
                     }
                     survivors += 1;
                 }
@@ -172,9 +172,7 @@ impl Fs {
 
     /// The inode number of node `id` (0 when it is not a node).
     pub(super) fn ino_of(&self, id: u64) -> u64 {
-        self.sh
-            .node_entry(id)
-            .map_or(0, |e| e[2].load(Ordering::Relaxed))
+        self.sh.node_entry(id).map_or(0, |e| e.ino())
     }
 
     pub(super) fn send_prune(&self, victims: &[(u64, u64)], w: &mut Writer) {
@@ -219,7 +217,7 @@ impl Fs {
             let Some(e) = self.sh.node_entry(id) else {
                 continue;
             };
-            let (dev, ino) = shared::inode_key(e);
+            let (dev, ino) = e.inode_key();
             let Ok(parent) = self.node_fd(parent_id) else {
                 continue;
             };

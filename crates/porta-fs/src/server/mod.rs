@@ -22,7 +22,7 @@ use crate::abi::{self, init, Ttl, Writer};
 use crate::evict::{self, Budget};
 use crate::helper;
 use crate::listing::Streams;
-use crate::shared::{self, hdr, journal, kind, Shared};
+use crate::shared::{self, hdr, journal, kind, JournalRecord, Shared};
 use crate::sys::{self, Errno};
 use crate::Error;
 
@@ -120,8 +120,8 @@ pub enum Exit {
 
 struct Fs {
     fault: Option<(Fault, Vec<u8>)>,
-    /// The reply journal as the previous server left it: (request id, state, x, y).
-    journal_at_start: Vec<[u64; 4]>,
+    /// The reply journal as the previous server left it.
+    journal_at_start: Vec<JournalRecord>,
     fuse: RawFd,
     backing: RawFd,
     root: RawFd,
@@ -217,8 +217,8 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     let secs = cfg.ttl.as_secs();
     let journal_at_start = (0..hdr::MAX_SLOTS)
         .filter_map(|i| sh.journal(i))
-        .map(|e| [0, 1, 2, 3].map(|k| e[k].load(Ordering::Acquire)))
-        .filter(|e| e[1] != journal::EMPTY)
+        .map(|e| e.snapshot())
+        .filter(|e| e.state != journal::EMPTY)
         .collect();
     let mut fs = Fs {
         fault: fault_from_env(),

@@ -13,7 +13,7 @@ use super::Fs;
 use crate::abi::{self, Attr};
 use crate::evict::Method;
 use crate::listing::Streams;
-use crate::shared::{self, cold, kind, NodeRef};
+use crate::shared::{self, cold, kind, NodeEntry, NodeRef};
 use crate::sys::{self, SysResult};
 
 /// The directory node id and the name a node was last looked up under.
@@ -137,13 +137,13 @@ impl Fs {
         let mut buf = [0u8; cold::NAME_MAX];
         let mut at = i;
         let base = loop {
-            let e = match self.sh.cold_entry(at) {
-                Some(e) if self.sh.cold_kind(at) == kind::NODE => e,
+            let e = match self.sh.cold_node(at) {
+                Some(e) if e.kind() == kind::NODE => e,
                 _ => return Err(libc::ESTALE),
             };
-            let (dev, ino) = shared::inode_key(e);
-            let ftype = e[cold::TYPE].load(Ordering::Relaxed);
-            let pin = e[cold::PIN].load(Ordering::Acquire);
+            let (dev, ino) = e.inode_key();
+            let ftype = e.file_type().unwrap_or(0);
+            let pin = e.pin().map_or(0, |p| p.load(Ordering::Acquire));
             if pin != 0 && self.sh.kind((pin - 1) as RawFd) == kind::PIN {
                 break NodeFd::Held((pin - 1) as RawFd);
             }
@@ -188,9 +188,9 @@ impl Fs {
     }
 
     /// The table entry of a node (the root's included).
-    pub(super) fn node_entry(&self, nodeid: u64) -> Option<&[std::sync::atomic::AtomicU64]> {
+    pub(super) fn node_entry(&self, nodeid: u64) -> Option<NodeEntry<'_>> {
         if nodeid == abi::ROOT_ID {
-            return self.sh.entry(self.root);
+            return self.sh.hot_node(self.root);
         }
         self.sh.node_entry(nodeid)
     }
@@ -268,8 +268,8 @@ impl Fs {
                     return Err(libc::ENFILE);
                 }
                 let id = NodeRef::Cold(i).id();
-                if let Some(e) = self.sh.cold_entry(i) {
-                    e[shared::LAST_USE].store(self.sh.next_epoch(), Ordering::Relaxed);
+                if let Some(e) = self.sh.cold_node(i) {
+                    e.last_use().store(self.sh.next_epoch(), Ordering::Relaxed);
                 }
                 self.sh.dev_index(st.st_dev);
                 nodes.by_inode.insert(key, id);
@@ -295,11 +295,8 @@ impl Fs {
     ) -> Option<u64> {
         let id = *nodes.by_inode.get(&key)?;
         let e = self.node_entry(id)?;
-        e[1].fetch_add(1, Ordering::AcqRel);
-        let now = self.sh.epoch();
-        if e[shared::LAST_USE].load(Ordering::Relaxed) != now {
-            e[shared::LAST_USE].store(now, Ordering::Relaxed);
-        }
+        e.lookups().fetch_add(1, Ordering::AcqRel);
+        e.touch(self.sh.epoch());
         if let Some(NodeRef::Cold(i)) = NodeRef::of(id) {
             self.sh.cold_set_name(i, parent_id, name.to_bytes());
         }
@@ -408,10 +405,12 @@ impl Fs {
         let Some(&id) = nodes.by_inode.get(&(st.st_dev, st.st_ino)) else {
             return;
         };
-        let (Some(NodeRef::Cold(i)), Some(e)) = (NodeRef::of(id), self.node_entry(id)) else {
+        let (Some(NodeRef::Cold(i)), Some(pin)) =
+            (NodeRef::of(id), self.node_entry(id).and_then(|e| e.pin()))
+        else {
             return;
         };
-        if e[cold::PIN].load(Ordering::Acquire) != 0 || !self.cold_named(i, parent_id, name) {
+        if pin.load(Ordering::Acquire) != 0 || !self.cold_named(i, parent_id, name) {
             return;
         }
         let fd = match sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
@@ -430,7 +429,7 @@ impl Fs {
             sys::close(raw);
             return;
         }
-        e[cold::PIN].store(raw as u64 + 1, Ordering::Release);
+        pin.store(raw as u64 + 1, Ordering::Release);
         drop(nodes);
     }
 
@@ -468,10 +467,7 @@ impl Fs {
     /// Stamps a node as used now (after each request naming it).
     pub(super) fn touch(&self, nodeid: u64) {
         if let Some(e) = self.sh.node_entry(nodeid) {
-            let now = self.sh.epoch();
-            if e[shared::LAST_USE].load(Ordering::Relaxed) != now {
-                e[shared::LAST_USE].store(now, Ordering::Relaxed);
-            }
+            e.touch(self.sh.epoch());
         }
     }
 
@@ -520,28 +516,28 @@ impl Fs {
         // Open files per node (see `Fs::open_io`), recounted from the handles in the table.
         let mut opens: HashMap<u64, u64> = HashMap::new();
         for fd in 0..sh.scan_end() {
-            let Some(e) = sh.entry(fd) else { break };
+            let (Some(node), Some(file), Some(stream)) =
+                (sh.hot_node(fd), sh.file(fd), sh.stream(fd))
+            else {
+                break;
+            };
             match sh.kind(fd) {
                 kind::FILE if self.passthrough => {
-                    let one = match e[3].load(Ordering::Relaxed) & shared::FILE_SERVED {
-                        0 => 1,
-                        _ => shared::SERVED_OPEN,
+                    let one = if file.served() {
+                        shared::SERVED_OPEN
+                    } else {
+                        1
                     };
-                    *opens.entry(e[1].load(Ordering::Relaxed)).or_default() += one;
+                    *opens.entry(file.node()).or_default() += one;
                 }
-                kind::STREAM => streams.add(
-                    fd,
-                    shared::inode_key(e),
-                    e[4].load(Ordering::Relaxed),
-                    false,
-                ),
+                kind::STREAM => streams.add(fd, stream.inode_key(), stream.offset(), false),
                 kind::NODE => {
                     let id = if fd == self.root {
                         abi::ROOT_ID
                     } else {
                         NodeRef::Hot(fd).id()
                     };
-                    map.insert(shared::inode_key(e), id);
+                    map.insert(node.inode_key(), id);
                 }
                 _ => {}
             }
@@ -558,7 +554,8 @@ impl Fs {
         if self.passthrough {
             for &id in map.values() {
                 if let Some(e) = sh.node_entry(id) {
-                    e[5].store(opens.get(&id).copied().unwrap_or(0), Ordering::Release);
+                    e.opens()
+                        .store(opens.get(&id).copied().unwrap_or(0), Ordering::Release);
                 }
             }
         }
@@ -589,12 +586,12 @@ impl Fs {
         let Some(e) = self.sh.node_entry(nodeid) else {
             return;
         };
-        let left = e[1].load(Ordering::Acquire).saturating_sub(n);
+        let left = e.lookups().load(Ordering::Acquire).saturating_sub(n);
         if left > 0 {
-            e[1].store(left, Ordering::Release);
+            e.lookups().store(left, Ordering::Release);
             return;
         }
-        let key = shared::inode_key(e);
+        let key = e.inode_key();
         if nodes.by_inode.get(&key) == Some(&nodeid) {
             nodes.by_inode.remove(&key);
         }
@@ -610,7 +607,7 @@ impl Fs {
                 sys::close(fd);
             }
             NodeRef::Cold(i) => {
-                let pin = e[cold::PIN].swap(0, Ordering::AcqRel);
+                let pin = e.pin().map_or(0, |p| p.swap(0, Ordering::AcqRel));
                 if pin != 0 && self.sh.kind((pin - 1) as RawFd) == kind::PIN {
                     self.sh.free((pin - 1) as RawFd);
                     sys::close((pin - 1) as RawFd);

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use super::dispatch::Done;
 use super::Fs;
 use crate::abi::{self, op, InHeader, Reader, Writer};
-use crate::shared::{forget_log, hdr, journal, kind, NodeRef};
+use crate::shared::{hdr, journal, kind, JournalRecord, NodeRef};
 use crate::sys::{self, SysResult};
 
 /// A node id as the reply journal records it (32 bits, never 0): descriptor nodes as
@@ -72,12 +72,8 @@ impl Fs {
     ) -> SysResult<Done> {
         let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
         if resent {
-            if let Some(e) = self
-                .journal_at_start
-                .iter()
-                .find(|e| e[0] == id && e[1] == journal::DONE)
-            {
-                let errno = e[2] as i32;
+            if let Some(e) = self.journal_record(id, journal::DONE) {
+                let errno = e.errno();
                 return if errno == 0 {
                     Ok(Done::Reply)
                 } else {
@@ -87,11 +83,7 @@ impl Fs {
         }
         let entry = self.sh.journal(idx);
         if let Some(e) = entry {
-            e[1].store(journal::EMPTY, Ordering::Release);
-            e[0].store(id, Ordering::Relaxed);
-            e[2].store(0, Ordering::Relaxed);
-            e[3].store(0, Ordering::Relaxed);
-            e[1].store(journal::INTENT, Ordering::Release);
+            e.intent(id);
         }
         let res = self.handle(idx, h, r, w, dents, resent);
         if let Some(e) = entry {
@@ -99,8 +91,7 @@ impl Fs {
                 Ok(_) => 0,
                 Err(e) => *e,
             };
-            e[2].store(errno as u64, Ordering::Relaxed);
-            e[1].store(journal::DONE, Ordering::Release);
+            e.done(errno);
         }
         res
     }
@@ -132,11 +123,7 @@ impl Fs {
             x |= (fh + 1) << 32;
         }
         if let Some(e) = self.sh.journal(idx) {
-            e[1].store(journal::EMPTY, Ordering::Release);
-            e[0].store(h.unique & !abi::UNIQUE_RESEND_FLAG, Ordering::Relaxed);
-            e[2].store(x, Ordering::Relaxed);
-            e[3].store(node[2].load(Ordering::Relaxed), Ordering::Relaxed);
-            e[1].store(journal::ENTRY, Ordering::Release);
+            e.entry(h.unique & !abi::UNIQUE_RESEND_FLAG, x, node.ino());
         }
     }
 
@@ -148,27 +135,25 @@ impl Fs {
             return None;
         }
         let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
-        let e = self
-            .journal_at_start
-            .iter()
-            .find(|e| e[0] == id && e[1] == journal::ENTRY)?;
-        let nodeid = journal_node(e[2] & 0xffff_ffff)?;
+        let e = self.journal_record(id, journal::ENTRY)?;
+        let (code, fh1) = e.node_and_fh();
+        let nodeid = journal_node(code)?;
         let node = self.sh.node_entry(nodeid)?;
-        if node[2].load(Ordering::Relaxed) != e[3] {
+        if node.ino() != e.ino() {
             return None;
         }
         let open = if h.opcode == op::CREATE {
-            let fh = ((e[2] >> 32) as i64 - 1) as RawFd;
+            let fh = (fh1 as i64 - 1) as RawFd;
             if fh < 0 || self.sh.kind(fh) != kind::FILE {
                 return None;
             }
-            if self.sh.entry(fh)?[1].load(Ordering::Relaxed) != nodeid {
+            if self.sh.file(fh)?.node() != nodeid {
                 return None;
             }
             let io = if !self.passthrough || self.served_in_passthrough(fh) {
                 None
             } else {
-                match node[4].load(Ordering::Acquire) {
+                match node.backing().load(Ordering::Acquire) {
                     0 => return None,
                     id => Some((id - 1) as i32),
                 }
@@ -193,24 +178,18 @@ impl Fs {
     /// open took the number (closing that one would break an open file: EBADF).
     pub(super) fn released_already(&self, h: &InHeader, fh: u64, stamp: u64) -> bool {
         let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
-        self.journal_at_start
-            .iter()
-            .find(|e| e[0] == id && e[1] == journal::INTENT)
-            .is_some_and(|e| e[2] == fh && e[3] != 0 && e[3] != stamp)
+        self.journal_record(id, journal::INTENT)
+            .is_some_and(|e| e.fh() == fh && e.stamp() != 0 && e.stamp() != stamp)
     }
 
     /// For a resent RENAME_EXCHANGE whose first run may have happened before the journal
     /// recorded it: the inode numbers seen before the swap tell whether it did.
     pub(super) fn exchange_already_done(&self, h: &InHeader, od: RawFd, old: &CStr) -> bool {
         let id = h.unique & !abi::UNIQUE_RESEND_FLAG;
-        let Some(e) = self
-            .journal_at_start
-            .iter()
-            .find(|e| e[0] == id && e[1] == journal::INTENT)
-        else {
+        let Some(e) = self.journal_record(id, journal::INTENT) else {
             return false;
         };
-        let (old_ino, new_ino) = (e[2], e[3]);
+        let (old_ino, new_ino) = e.inos();
         old_ino != 0 && new_ino != 0 && sys::statat(od, old).is_ok_and(|st| st.st_ino == new_ino)
     }
 
@@ -229,13 +208,12 @@ impl Fs {
     ) {
         let progress = self.sh.forget_log(idx);
         if let Some(p) = progress {
-            p[forget_log::STARTED].store(first as u64, Ordering::Relaxed);
-            p[forget_log::UNIQUE].store(unique, Ordering::Release);
+            p.begin(unique, first);
         }
         for (k, (id, n)) in entries.iter().enumerate().skip(first) {
             self.inject_forget_fault();
             if let Some(p) = progress {
-                p[forget_log::STARTED].store(k as u64 + 1, Ordering::Release);
+                p.started_entry(k);
             }
             self.forget(*id, *n);
         }
@@ -258,12 +236,11 @@ impl Fs {
             let Some((unique, entries)) = forget_frame(buf) else {
                 continue;
             };
-            let first =
-                if unique != 0 && progress[forget_log::UNIQUE].load(Ordering::Acquire) == unique {
-                    progress[forget_log::STARTED].load(Ordering::Acquire) as usize
-                } else {
-                    0
-                };
+            let first = if unique != 0 && progress.unique() == unique {
+                progress.started()
+            } else {
+                0
+            };
             if first < entries.len() {
                 total += entries.len() - first;
                 self.forget_logged(i, unique, &entries, first);
@@ -277,8 +254,7 @@ impl Fs {
     /// ([`Fs::exchange_already_done`]).
     pub(super) fn record_exchange(&self, idx: usize, old_ino: u64, new_ino: u64) {
         if let Some(e) = self.sh.journal(idx) {
-            e[2].store(old_ino, Ordering::Relaxed);
-            e[3].store(new_ino, Ordering::Release);
+            e.exchange(old_ino, new_ino);
         }
     }
 
@@ -286,8 +262,14 @@ impl Fs {
     /// RELEASE is about to close and its stamp ([`Fs::released_already`]).
     pub(super) fn record_release(&self, idx: usize, fh: u64, stamp: u64) {
         if let Some(e) = self.sh.journal(idx) {
-            e[2].store(fh, Ordering::Relaxed);
-            e[3].store(stamp, Ordering::Release);
+            e.release(fh, stamp);
         }
+    }
+
+    /// The journal entry a predecessor left for request `unique` in `state`.
+    fn journal_record(&self, unique: u64, state: u64) -> Option<&JournalRecord> {
+        self.journal_at_start
+            .iter()
+            .find(|e| e.unique == unique && e.state == state)
     }
 }

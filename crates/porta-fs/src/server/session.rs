@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::{errno_err, Exit, Fs, BUF_LEN, MAX_WRITE, SPIN};
 use crate::abi::args::{self, Decode};
 use crate::abi::{self, init, op, InHeader, Reader, Writer};
-use crate::shared::{hdr, slot};
+use crate::shared::hdr;
 use crate::sys::{self, Errno};
 use crate::Error;
 
@@ -116,10 +116,9 @@ impl Fs {
     }
 
     pub(super) fn run_loop(&self, idx: usize, buf: &mut [u8]) -> Result<Exit, Error> {
-        let slot = self.sh.slot(idx);
+        let slot = self.sh.thread_slot(idx);
         if let Some(s) = slot {
-            s[0].store(slot::IDLE, Ordering::Relaxed);
-            s[2].store(sys::gettid() as u64, Ordering::Release);
+            s.start(sys::gettid() as u64);
         }
         let mut w = Writer {
             buf: Vec::with_capacity(BUF_LEN),
@@ -141,13 +140,11 @@ impl Fs {
                 self.spinning.store(false, Ordering::Relaxed);
             }
             if let Some(s) = slot {
-                s[0].store(slot::WORKING, Ordering::Relaxed);
-                s[1].fetch_add(1, Ordering::Release);
+                s.set_working(true);
             }
             let done = self.dispatch(idx, &buf[..n], &mut w, &mut dents);
             if let Some(s) = slot {
-                s[0].store(slot::IDLE, Ordering::Relaxed);
-                s[1].fetch_add(1, Ordering::Release);
+                s.set_working(false);
             }
             self.sh
                 .hdr(hdr::REQUESTS_DONE)

@@ -3,13 +3,12 @@
 //! ([`crate::helper`]); FSYNCDIR.
 
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
-use std::sync::atomic::Ordering;
 
 use super::super::{Fs, BUF_LEN};
 use crate::abi::{self, args, Attr, InHeader, Ttl, Writer};
 use crate::helper;
 use crate::listing::{self, Streams};
-use crate::shared::{self, kind};
+use crate::shared::kind;
 use crate::sys::{self, SysResult};
 
 /// What a listing found for one name.
@@ -53,7 +52,7 @@ impl Fs {
     /// The open directory to answer a READDIR of node `nodeid` at `off` with: an idle
     /// stream that goes on with this listing, or a new one.
     pub(in crate::server) fn take_stream(&self, nodeid: u64, off: u64) -> SysResult<RawFd> {
-        let known = self.node_entry(nodeid).map(shared::inode_key);
+        let known = self.node_entry(nodeid).map(|e| e.inode_key());
         if let Some(dir) = known {
             if let Some(fd) = self.lock_streams().take(dir, off) {
                 return Ok(fd);
@@ -83,8 +82,8 @@ impl Fs {
     pub(in crate::server) fn put_stream(&self, fd: RawFd, next: Option<u64>) {
         let close = match next {
             Some(next) => {
-                if let Some(e) = self.sh.entry(fd) {
-                    e[4].store(next, Ordering::Relaxed);
+                if let Some(e) = self.sh.stream(fd) {
+                    e.set_offset(next);
                 }
                 self.lock_streams().put(fd, next)
             }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::super::nodes::FdName;
 use super::super::{Fs, COPY_CHUNK, MAX_WRITE};
 use crate::abi::{self, args, fopen, InHeader, Writer};
-use crate::shared::{self, kind, NodeRef};
+use crate::shared::{self, kind, NodeEntry, NodeRef};
 use crate::sys::{self, SysResult};
 
 impl Fs {
@@ -127,10 +127,7 @@ impl Fs {
     ) -> SysResult<()> {
         let fh = a.fh;
         let stamp = match self.fh_fd(fh) {
-            Ok(fd) => self
-                .sh
-                .entry(fd)
-                .map_or(0, |e| e[2].load(Ordering::Relaxed)),
+            Ok(fd) => self.sh.file(fd).map_or(0, |e| e.stamp()),
             Err(_) => return Ok(()),
         };
         if resent && self.released_already(h, fh, stamp) {
@@ -192,7 +189,7 @@ impl Fs {
     /// recounts ([`Fs::rebuild_index`]).
     pub(in crate::server) fn release(&self, fh: u64) {
         let Ok(fd) = self.fh_fd(fh) else { return };
-        let node = self.sh.entry(fd).map(|e| e[1].load(Ordering::Relaxed));
+        let node = self.sh.file(fd).map(|e| e.node());
         let file = self.sh.kind(fd) == kind::FILE;
         let served = self.served_in_passthrough(fd);
         self.sh.free(fd);
@@ -222,14 +219,14 @@ impl Fs {
         let fd = fd_node.fd();
         let e = self.sh.node_entry(nodeid).ok_or(libc::ESTALE)?;
         let _g = self.inodes.lock().map_err(|_| libc::EIO)?;
-        let opens = e[5].load(Ordering::Acquire);
+        let opens = e.opens().load(Ordering::Acquire);
         if opens & shared::PASSTHROUGH_OPENS == 0 && (opens > 0 || setid) {
-            e[5].fetch_add(shared::SERVED_OPEN, Ordering::AcqRel);
+            e.opens().fetch_add(shared::SERVED_OPEN, Ordering::AcqRel);
             return Ok(None);
         }
-        let id = e[4].load(Ordering::Acquire);
+        let id = e.backing().load(Ordering::Acquire);
         if id != 0 {
-            e[5].fetch_add(1, Ordering::AcqRel);
+            e.opens().fetch_add(1, Ordering::AcqRel);
             return Ok(Some((id - 1) as i32));
         }
         let ro = self.reopen(fd, libc::O_RDONLY, libc::S_IFREG)?;
@@ -239,8 +236,8 @@ impl Fs {
         } else {
             sys::backing_open(self.fuse, ro.as_raw_fd())?
         };
-        e[5].fetch_add(1, Ordering::AcqRel);
-        e[4].store(id as u64 + 1, Ordering::Release);
+        e.opens().fetch_add(1, Ordering::AcqRel);
+        e.backing().store(id as u64 + 1, Ordering::Release);
         Ok(Some(id))
     }
 
@@ -253,7 +250,7 @@ impl Fs {
             return;
         };
         let Ok(_g) = self.inodes.lock() else { return };
-        let opens = e[5].load(Ordering::Acquire);
+        let opens = e.opens().load(Ordering::Acquire);
         let (one, mask) = if served {
             (shared::SERVED_OPEN, !shared::PASSTHROUGH_OPENS)
         } else {
@@ -263,7 +260,7 @@ impl Fs {
             return;
         }
         let left = opens - one;
-        e[5].store(left, Ordering::Release);
+        e.opens().store(left, Ordering::Release);
         if !served
             && left & shared::PASSTHROUGH_OPENS == 0
             && matches!(NodeRef::of(nodeid), Some(NodeRef::Cold(_)))
@@ -275,16 +272,15 @@ impl Fs {
     /// Whether open file `fd` is served by the server in a passthrough connection (see
     /// [`Fs::open_io`]).
     pub(in crate::server) fn served_in_passthrough(&self, fd: RawFd) -> bool {
-        self.sh
-            .entry(fd)
-            .is_some_and(|e| e[3].load(Ordering::Relaxed) & shared::FILE_SERVED != 0)
+        self.sh.file(fd).is_some_and(|e| e.served())
     }
 
     /// Unregisters the backing id of node entry `e` (its last lookup is gone); the
     /// caller holds the `inodes` lock.
-    pub(in crate::server) fn drop_backing(&self, e: &[std::sync::atomic::AtomicU64]) {
-        let id = e[4].swap(0, Ordering::AcqRel);
-        e[5].fetch_and(!shared::PASSTHROUGH_OPENS, Ordering::Relaxed);
+    pub(in crate::server) fn drop_backing(&self, e: NodeEntry) {
+        let id = e.backing().swap(0, Ordering::AcqRel);
+        e.opens()
+            .fetch_and(!shared::PASSTHROUGH_OPENS, Ordering::Relaxed);
         if id == 0 {
             return;
         }
