@@ -36,6 +36,15 @@ if ! cargo build --release --workspace; then
   echo "test.sh: the build failed; nothing to test" >&2
   exit 1
 fi
+# A second porta with the file server's fault injection, for the integration tests that
+# crash servers on purpose (PORTA_FAULT_BIN); the release porta above never carries it.
+# Its own target directory, so the two builds never overwrite each other.
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+if ! CARGO_TARGET_DIR="$target/faults" cargo build --release -p porta --features fault-injection; then
+  echo "test.sh: the build with fault injection failed; nothing to test" >&2
+  exit 1
+fi
+export PORTA_FAULT_BIN="${PORTA_FAULT_BIN:-$target/faults/release/porta}"
 
 echo "=== unit tests"
 # --no-fail-fast: a failing crate does not hide the tests of the others

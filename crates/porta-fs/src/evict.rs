@@ -94,8 +94,10 @@ impl Method {
 
 /// Finds out how this kernel can be asked to drop nodes: an empty `FUSE_NOTIFY_PRUNE`
 /// is accepted by kernels that know it and refused (EINVAL) by the others.
-/// `PORTA_FS_EVICT=prune|inval|off` overrides it (tests only).
+/// `PORTA_FS_EVICT=prune|inval|off` overrides it (tests only: feature
+/// `fault-injection`).
 pub fn probe(fuse: RawFd) -> Method {
+    #[cfg(feature = "fault-injection")]
     match std::env::var("PORTA_FS_EVICT").ok().as_deref() {
         Some("prune") => return Method::Prune,
         Some("inval") => return Method::InvalEntry,

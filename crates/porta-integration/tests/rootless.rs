@@ -23,6 +23,11 @@ fn chown_tree(p: &Path) {
 
 /// `prog args…` running the runtime under test as the unprivileged user, with `--root <state>`.
 fn user_runtime(prog: Cmd, state: &Path) -> Cmd {
+    user_runtime_bin(prog, state, &runtime())
+}
+
+/// [`user_runtime`] with the runtime binary `bin`.
+fn user_runtime_bin(prog: Cmd, state: &Path, bin: &Path) -> Cmd {
     prog.arg("setpriv")
         .args([
             format!("--reuid={UID}"),
@@ -31,7 +36,7 @@ fn user_runtime(prog: Cmd, state: &Path) -> Cmd {
             "--inh-caps=-all".to_string(),
             "--".to_string(),
         ])
-        .arg(runtime())
+        .arg(bin)
         .arg("--root")
         .arg(state)
         .env("XDG_RUNTIME_DIR", state)
@@ -45,6 +50,11 @@ fn as_user(state: &Path) -> Cmd {
 /// Like [`as_user`], in a private mount namespace whose /dev/fuse is a mode-0666 node of
 /// the FUSE device (made in `dir`), so the user may open it.
 fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
+    as_user_with_fuse_bin(state, dir, &runtime())
+}
+
+/// [`as_user_with_fuse`] with the runtime binary `bin`.
+fn as_user_with_fuse_bin(state: &Path, dir: &Path, bin: &Path) -> Cmd {
     let node = dir.join("fuse-0666");
     if !node.exists() {
         Cmd::new("mknod")
@@ -56,7 +66,21 @@ fn as_user_with_fuse(state: &Path, dir: &Path) -> Cmd {
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg("mount --bind \"$0\" /dev/fuse && exec \"$@\"")
         .arg(&node);
-    user_runtime(private_ns, state)
+    user_runtime_bin(private_ns, state, bin)
+}
+
+/// The runtime built with the file server's fault injection: `$PORTA_FAULT_BIN`
+/// (scripts/integration.sh builds one). Release builds do not carry it, so a test that
+/// needs it fails without it.
+fn fault_runtime() -> std::path::PathBuf {
+    match std::env::var_os("PORTA_FAULT_BIN") {
+        Some(p) if !p.is_empty() && Path::new(&p).exists() => p.into(),
+        other => panic!(
+            "PORTA_FAULT_BIN ({other:?}) names no binary: this test needs a porta built with \
+             the feature fault-injection (`CARGO_TARGET_DIR=target/faults cargo build \
+             --release -p porta --features fault-injection`; scripts/integration.sh does it)"
+        ),
+    }
 }
 
 /// A bundle owned by the user, its config written by `spec --rootless` run as that user,
@@ -272,7 +296,7 @@ fn rootless_file_server_that_cannot_be_brought_back_fails_requests_instead_of_ha
     let id = unique_id("rootless-giveup");
     let out = b.path().join("out");
     let t0 = std::time::Instant::now();
-    as_user_with_fuse(&state, b.path())
+    as_user_with_fuse_bin(&state, b.path(), &fault_runtime())
         .env("PORTA_FS_FAULT", "crash:poison")
         .args(["run", "--detach", "--bundle", &b.path_str(), &id])
         .stdout_file(std::fs::File::create(&out).unwrap())

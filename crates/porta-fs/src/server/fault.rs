@@ -11,7 +11,7 @@ use crate::sys;
 
 /// Fault injection for the supervisor's tests, from `PORTA_FS_FAULT=hang:NAME` or
 /// `crash:NAME`: a LOOKUP of NAME blocks its thread forever (a deadlock) or crashes
-/// the server (SIGSEGV). Unset in production.
+/// the server (SIGSEGV). Only in builds with the feature `fault-injection`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fault {
     Hang,
@@ -26,8 +26,14 @@ pub(super) enum Fault {
     Compromise,
 }
 
+/// The server fault `PORTA_FS_FAULT` names, if any (the keeper's own fault,
+/// `keeper-dies-in:C`, is none of the server's).
 pub(super) fn fault_from_env() -> Option<(Fault, Vec<u8>)> {
-    let v = std::env::var("PORTA_FS_FAULT").ok()?;
+    parse_fault(&std::env::var("PORTA_FS_FAULT").ok()?)
+}
+
+/// Parses `KIND:NAME`.
+fn parse_fault(v: &str) -> Option<(Fault, Vec<u8>)> {
     let (kind, name) = v.split_once(':')?;
     let f = match kind {
         "hang" => Fault::Hang,
@@ -110,5 +116,29 @@ impl Fs {
                 "simulated compromise: replaced a descriptor of the shared table"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_from_kind_and_name() {
+        assert_eq!(
+            parse_fault("crash:poison"),
+            Some((Fault::Crash, b"poison".to_vec()))
+        );
+        assert_eq!(
+            parse_fault("crash-forget:3"),
+            Some((Fault::CrashForget, b"3".to_vec()))
+        );
+        assert_eq!(parse_fault("hang:x").map(|f| f.0), Some(Fault::Hang));
+        assert_eq!(
+            parse_fault("compromise:x").map(|f| f.0),
+            Some(Fault::Compromise)
+        );
+        assert_eq!(parse_fault("keeper-dies-in:B"), None);
+        assert_eq!(parse_fault("crash"), None);
     }
 }

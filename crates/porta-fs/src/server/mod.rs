@@ -28,12 +28,14 @@ use crate::Error;
 
 mod dispatch;
 mod eviction;
+#[cfg(feature = "fault-injection")]
 mod fault;
 mod nodes;
 mod ops;
 mod replay;
 mod session;
 
+#[cfg(feature = "fault-injection")]
 use fault::{fault_from_env, Fault};
 use nodes::{InodeMap, Inodes, NameRec};
 use ops::dir::Listed;
@@ -119,6 +121,8 @@ pub enum Exit {
 }
 
 struct Fs {
+    /// The fault to inject (tests only).
+    #[cfg(feature = "fault-injection")]
     fault: Option<(Fault, Vec<u8>)>,
     /// The reply journal as the previous server left it.
     journal_at_start: Vec<JournalRecord>,
@@ -221,6 +225,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         .filter(|e| e.state != journal::EMPTY)
         .collect();
     let mut fs = Fs {
+        #[cfg(feature = "fault-injection")]
         fault: fault_from_env(),
         journal_at_start,
         fuse: cfg.fuse_fd,

@@ -211,6 +211,7 @@ impl Fs {
             p.begin(unique, first);
         }
         for (k, (id, n)) in entries.iter().enumerate().skip(first) {
+            #[cfg(feature = "fault-injection")]
             self.inject_forget_fault();
             if let Some(p) = progress {
                 p.started_entry(k);

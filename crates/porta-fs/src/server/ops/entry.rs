@@ -33,6 +33,7 @@ impl Fs {
         a: args::Lookup,
         w: &mut Writer,
     ) -> SysResult<()> {
+        #[cfg(feature = "fault-injection")]
         self.inject_fault(a.name);
         let parent_node = self.node_fd(h.nodeid)?;
         let parent = parent_node.fd();
