@@ -65,7 +65,7 @@ impl Budget {
 
 /// How the kernel is asked to drop nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     /// `FUSE_NOTIFY_PRUNE` with node ids.
     Prune,
     /// `FUSE_NOTIFY_INVAL_ENTRY` with (parent, name), for non-directories whose name is
@@ -96,7 +96,7 @@ impl Method {
 /// is accepted by kernels that know it and refused (EINVAL) by the others.
 /// `PORTA_FS_EVICT=prune|inval|off` overrides it (tests only: feature
 /// `fault-injection`).
-pub fn probe(fuse: RawFd) -> Method {
+pub(crate) fn probe(fuse: RawFd) -> Method {
     #[cfg(feature = "fault-injection")]
     match std::env::var("PORTA_FS_EVICT").ok().as_deref() {
         Some("prune") => return Method::Prune,
@@ -125,7 +125,13 @@ pub fn probe(fuse: RawFd) -> Method {
 /// recently used first: published nodes other than `root` without an open passthrough
 /// file. `out` receives (last use, node id) pairs, oldest first (on equal stamps, the
 /// lower id first).
-pub fn victims(sh: &Shared, root: RawFd, n_hot: usize, n_cold: usize, out: &mut Vec<(u64, u64)>) {
+pub(crate) fn victims(
+    sh: &Shared,
+    root: RawFd,
+    n_hot: usize,
+    n_cold: usize,
+    out: &mut Vec<(u64, u64)>,
+) {
     out.clear();
     let unused = |e: &NodeEntry| e.kind() == kind::NODE && e.opens().load(Ordering::Relaxed) == 0;
     if n_hot > 0 {

@@ -127,7 +127,7 @@ impl Conn {
         let (err, out) = self.req(op::INIT, 0, &b);
         assert_eq!(err, 0, "INIT");
         assert_eq!((u32_at(&out, 0), u32_at(&out, 4)), (7, 40), "protocol 7.40");
-        assert_eq!(u32_at(&out, 20), porta_fs::server::MAX_WRITE, "max_write");
+        assert_eq!(u32_at(&out, 20), porta_fs::MAX_WRITE, "max_write");
     }
 
     fn backing(&self) -> PathBuf {
