@@ -57,7 +57,7 @@ pub fn enable_create_as_caller() {
 }
 
 /// How long an idle request thread keeps polling the (non-blocking) FUSE descriptor
-/// before it sleeps. A FUSE round trip is two wake-ups; on these virtual machines a
+/// before it sleeps. A FUSE round trip is two wake-ups; on a virtual machine a
 /// wake-up of an idle CPU costs tens of microseconds, so catching the next request of a
 /// busy container while still running makes creates ~30% faster, at the price of at most
 /// this much CPU time after each burst of requests, on one thread.
