@@ -5,6 +5,8 @@
 # built in the dev profile (quick to build); the runtime under test is whatever PORTA_BIN names.
 #   PORTA_BIN=/usr/sbin/runc bash scripts/integration.sh     # validate the tests on runc
 #   bash scripts/integration.sh lifecycle exec               # only some test files
+# Tests that crash file servers on purpose drive $PORTA_FAULT_BIN, a porta built with the
+# feature fault-injection (default: target/faults/release/porta, built here when unset).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,16 @@ else
     t="$(basename "$f" .rs)"
     [ "$t" = zz_leaks ] || tests+=("$t")
   done
+fi
+
+# The fault-injection build for the tests that need it (rootless), unless given.
+if [ -z "${PORTA_FAULT_BIN:-}" ] && [[ " ${tests[*]} " == *" rootless "* ]]; then
+  echo "integration.sh: building porta with fault injection into $target/faults"
+  if ! CARGO_TARGET_DIR="$target/faults" cargo build --release -q -p porta --features fault-injection; then
+    echo "integration.sh: the fault-injection build failed" >&2
+    exit 1
+  fi
+  export PORTA_FAULT_BIN="$target/faults/release/porta"
 fi
 
 cargo test -p porta-integration --no-run -q 2>&1 | tail -5 || true

@@ -4,6 +4,8 @@
 //! Everything is parsed with explicit bounds checks from the raw request bytes, so a
 //! malformed frame yields an error, never a panic or an out-of-bounds read.
 
+pub mod args;
+
 /// Protocol major version spoken.
 pub const KERNEL_VERSION: u32 = 7;
 /// Highest protocol minor version this server speaks.

@@ -8,7 +8,17 @@
 
 use crate::Error;
 
+// The seccomp program below is written in x86-64 system call numbers and checks the
+// x86-64 audit architecture; on any other architecture it would allow the wrong calls.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "porta-fs confines its servers with a seccomp allowlist of x86-64 system call numbers \
+     (src/confine.rs: ALLOWED, KEEPER_EXTRA, the audit architecture): port them before \
+     building for another architecture"
+);
+
 /// System calls the server may make (x86_64).
+#[cfg(target_arch = "x86_64")]
 const ALLOWED: &[libc::c_long] = &[
     libc::SYS_read,
     libc::SYS_poll,
@@ -94,6 +104,7 @@ const ALLOWED: &[libc::c_long] = &[
 /// Everything else goes, CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH and CAP_MKNOD included.
 pub const KEEP_CAPS: [u32; 7] = [0, 1, 3, 4, 6, 7, 31];
 
+#[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
@@ -125,6 +136,7 @@ fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// (capability sets, no_new_privs, Landlock, its own seccomp filter, the core-dump limit),
 /// and messages on the sockets it inherited (it cannot make new ones). Every server
 /// inherits the keeper's filter and stacks its own, narrower one.
+#[cfg(target_arch = "x86_64")]
 const KEEPER_EXTRA: &[libc::c_long] = &[
     libc::SYS_pipe2,
     libc::SYS_prctl,
@@ -144,6 +156,7 @@ const KEEPER_EXTRA: &[libc::c_long] = &[
 /// The BPF program: check the architecture, allow the server's calls and `extra`
 /// (sendmsg and recvmsg only on descriptor `sock`, when given), answer everything else
 /// EPERM.
+#[cfg(target_arch = "x86_64")]
 fn program(sock: Option<std::os::fd::RawFd>, extra: &[libc::c_long]) -> Vec<libc::sock_filter> {
     let mut p = vec![
         stmt(LD_W_ABS, 4),

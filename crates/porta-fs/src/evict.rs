@@ -12,12 +12,12 @@
 //! Notifications are sent from a thread of their own, never while handling a request.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 
 use crate::abi::{self, Writer};
-use crate::shared::{kind, NodeRef, Shared, LAST_USE};
+use crate::shared::{kind, NodeEntry, NodeRef, Shared};
 use crate::sys;
 
 /// Thresholds on the number of table entries in use (nodes, open files, open
@@ -65,7 +65,7 @@ impl Budget {
 
 /// How the kernel is asked to drop nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     /// `FUSE_NOTIFY_PRUNE` with node ids.
     Prune,
     /// `FUSE_NOTIFY_INVAL_ENTRY` with (parent, name), for non-directories whose name is
@@ -94,8 +94,10 @@ impl Method {
 
 /// Finds out how this kernel can be asked to drop nodes: an empty `FUSE_NOTIFY_PRUNE`
 /// is accepted by kernels that know it and refused (EINVAL) by the others.
-/// `PORTA_FS_EVICT=prune|inval|off` overrides it (tests only).
-pub fn probe(fuse: RawFd) -> Method {
+/// `PORTA_FS_EVICT=prune|inval|off` overrides it (tests only: feature
+/// `fault-injection`).
+pub(crate) fn probe(fuse: RawFd) -> Method {
+    #[cfg(feature = "fault-injection")]
     match std::env::var("PORTA_FS_EVICT").ok().as_deref() {
         Some("prune") => return Method::Prune,
         Some("inval") => return Method::InvalEntry,
@@ -123,16 +125,20 @@ pub fn probe(fuse: RawFd) -> Method {
 /// recently used first: published nodes other than `root` without an open passthrough
 /// file. `out` receives (last use, node id) pairs, oldest first (on equal stamps, the
 /// lower id first).
-pub fn victims(sh: &Shared, root: RawFd, n_hot: usize, n_cold: usize, out: &mut Vec<(u64, u64)>) {
+pub(crate) fn victims(
+    sh: &Shared,
+    root: RawFd,
+    n_hot: usize,
+    n_cold: usize,
+    out: &mut Vec<(u64, u64)>,
+) {
     out.clear();
-    let unused = |e: &[AtomicU64]| {
-        e[0].load(Ordering::Acquire) == kind::NODE && e[5].load(Ordering::Relaxed) == 0
-    };
+    let unused = |e: &NodeEntry| e.kind() == kind::NODE && e.opens().load(Ordering::Relaxed) == 0;
     if n_hot > 0 {
         for fd in 0..sh.scan_end() {
-            match sh.entry(fd) {
-                Some(e) if fd != root && unused(e) => {
-                    out.push((e[LAST_USE].load(Ordering::Relaxed), NodeRef::Hot(fd).id()))
+            match sh.hot_node(fd) {
+                Some(e) if fd != root && unused(&e) => {
+                    out.push((e.last_use().load(Ordering::Relaxed), NodeRef::Hot(fd).id()))
                 }
                 _ => {}
             }
@@ -142,9 +148,9 @@ pub fn victims(sh: &Shared, root: RawFd, n_hot: usize, n_cold: usize, out: &mut 
     if n_cold > 0 {
         let start = out.len();
         for i in 0..sh.cold_scan_end() {
-            match sh.cold_entry(i) {
-                Some(e) if unused(e) => {
-                    out.push((e[LAST_USE].load(Ordering::Relaxed), NodeRef::Cold(i).id()))
+            match sh.cold_node(i) {
+                Some(e) if unused(&e) => {
+                    out.push((e.last_use().load(Ordering::Relaxed), NodeRef::Cold(i).id()))
                 }
                 _ => {}
             }
@@ -239,11 +245,14 @@ mod tests {
             sh.touch(fd, stamp);
         }
         // An open passthrough file pins node 13; a handle is never a victim.
-        sh.entry(13).unwrap()[5].store(1, Ordering::Relaxed);
+        sh.hot_node(13).unwrap().opens().store(1, Ordering::Relaxed);
         assert!(sh.publish(20, kind::FILE, 12, 0, 0));
         // Cold nodes compete on the same clock.
         assert!(sh.cold_publish(2, 1, 99, 1, 0o100000, 1, b"c"));
-        sh.cold_entry(2).unwrap()[LAST_USE].store(2, Ordering::Relaxed);
+        sh.cold_node(2)
+            .unwrap()
+            .last_use()
+            .store(2, Ordering::Relaxed);
         let hot = |fd| NodeRef::Hot(fd).id();
         let mut v = Vec::new();
         victims(&sh, root, 3, 0, &mut v);

@@ -74,11 +74,6 @@ impl<T> Job<T> {
         self.ends.len()
     }
 
-    /// Whether the job has no names.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// Name `i`, NUL-terminated (`None` for a name that held a NUL itself, which a
     /// directory entry never does).
     pub fn name(&self, i: usize) -> Option<&std::ffi::CStr> {

@@ -704,19 +704,35 @@ fn standby_woken(go: RawFd, pipe: Option<(u64, u64)>, ctl: RawFd) -> bool {
     }
 }
 
-/// Tests only: `PORTA_FS_FAULT=keeper-dies-in:C` (C a command byte, e.g. `B` or `T`):
-/// the keeper dies after doing its first such command, before it answers.
+/// Tests only (feature `fault-injection`): `PORTA_FS_FAULT=keeper-dies-in:C` (C a
+/// command byte, e.g. `B` or `T`): the keeper dies after doing its first such command,
+/// before it answers.
+#[cfg(feature = "fault-injection")]
 fn dies_in_from_env() -> Option<u8> {
     let v = std::env::var("PORTA_FS_FAULT").ok()?;
     let c = v.strip_prefix("keeper-dies-in:")?;
     (c.len() == 1).then(|| c.as_bytes()[0])
 }
 
-/// Tests only: `PORTA_FS_NOFILE=N` gives the servers a descriptor budget of at most N,
-/// so that a test reaches the cold-node table without tens of thousands of files.
+/// Without the feature `fault-injection` the keeper never dies on purpose.
+#[cfg(not(feature = "fault-injection"))]
+fn dies_in_from_env() -> Option<u8> {
+    None
+}
+
+/// Tests only (feature `fault-injection`): `PORTA_FS_NOFILE=N` gives the servers a
+/// descriptor budget of at most N, so that a test reaches the cold-node table without
+/// tens of thousands of files.
+#[cfg(feature = "fault-injection")]
 fn nofile_cap() -> u64 {
     std::env::var("PORTA_FS_NOFILE")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(u64::MAX)
+}
+
+/// Without the feature `fault-injection` the budget is the descriptor limit's.
+#[cfg(not(feature = "fault-injection"))]
+fn nofile_cap() -> u64 {
+    u64::MAX
 }

@@ -7,17 +7,17 @@
 
 pub mod abi;
 pub mod backing;
-pub mod confine;
+pub(crate) mod confine;
 pub mod evict;
-pub mod helper;
+pub(crate) mod helper;
 pub mod keeper;
 pub mod listing;
 pub mod mount;
-pub mod server;
+pub(crate) mod server;
 pub mod shared;
 pub mod sys;
 
-pub use server::{serve, Config, Exit};
+pub use server::{serve, Config, Exit, MAX_WRITE};
 pub use shared::Shared;
 
 /// Errors of the file server.

@@ -24,7 +24,7 @@ pub const MAX_IDLE: usize = 32;
 
 /// A directory by backing device and inode. A stream holds its directory open, so the
 /// inode number cannot be reused while the stream exists.
-pub type DirKey = (u64, u64);
+pub(crate) type DirKey = (u64, u64);
 
 #[derive(Debug, Clone, Copy)]
 struct Stream {
@@ -38,7 +38,7 @@ struct Stream {
 
 /// The streams of one server.
 #[derive(Debug, Default)]
-pub struct Streams {
+pub(crate) struct Streams {
     list: Vec<Stream>,
     tick: u64,
 }
@@ -113,19 +113,15 @@ impl Streams {
     }
 
     /// Streams known, idle or busy.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.list.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
     }
 }
 
 /// One entry of a `getdents64` batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dent {
+pub(crate) struct Dent {
     /// Backing inode number.
     pub ino: u64,
     /// The offset that goes on after this entry (its cookie).
@@ -140,7 +136,7 @@ pub struct Dent {
 /// `limit` bytes, of which `planned` are taken already (and grow by each entry taken;
 /// READDIRPLUS entries when `plus`). Returns whether the listing may go on with the
 /// next batch: false when the reply is full or the batch ended in a malformed record.
-pub fn parse_dents(
+pub(crate) fn parse_dents(
     batch: &[u8],
     plus: bool,
     limit: usize,

@@ -243,6 +243,289 @@ pub struct SlotInfo {
     pub tid: u64,
 }
 
+/// A node's words, in the descriptor table or in the cold table (their first seven
+/// words are laid out alike; see [`ENTRY_WORDS`] and [`cold`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeEntry<'a> {
+    w: &'a [AtomicU64],
+    cold: bool,
+}
+
+impl<'a> NodeEntry<'a> {
+    /// The kind word ([`kind`]).
+    pub fn kind(&self) -> u64 {
+        self.w[0].load(Ordering::Acquire)
+    }
+
+    /// The lookup count: the kernel's references to the node.
+    pub fn lookups(&self) -> &'a AtomicU64 {
+        &self.w[1]
+    }
+
+    /// The backing inode number (`st_ino`).
+    pub fn ino(&self) -> u64 {
+        self.w[2].load(Ordering::Relaxed)
+    }
+
+    /// The backing (`st_dev`, `st_ino`).
+    pub fn inode_key(&self) -> (u64, u64) {
+        inode_key(self.w)
+    }
+
+    /// The passthrough backing id + 1 (0: none).
+    pub fn backing(&self) -> &'a AtomicU64 {
+        &self.w[4]
+    }
+
+    /// The open files: passthrough ones in the low half ([`PASSTHROUGH_OPENS`]), ones the
+    /// server serves in a passthrough connection in the high half ([`SERVED_OPEN`] each).
+    pub fn opens(&self) -> &'a AtomicU64 {
+        &self.w[5]
+    }
+
+    /// The last use, a value of the `hdr::EPOCH` clock.
+    pub fn last_use(&self) -> &'a AtomicU64 {
+        &self.w[LAST_USE]
+    }
+
+    /// Stamps the node as used at `epoch` (no store when it carries it already: the hot
+    /// path does not dirty the cache line of a node used over and over).
+    pub fn touch(&self, epoch: u64) {
+        if self.w[LAST_USE].load(Ordering::Relaxed) != epoch {
+            self.w[LAST_USE].store(epoch, Ordering::Relaxed);
+        }
+    }
+
+    /// A cold node's pin: the descriptor + 1 holding it since its recorded name went
+    /// away (0: none). `None` for a node with a descriptor of its own.
+    pub fn pin(&self) -> Option<&'a AtomicU64> {
+        self.cold.then(|| &self.w[cold::PIN])
+    }
+
+    /// A cold node's file type (`st_mode & S_IFMT`); `None` for a node with a descriptor.
+    pub fn file_type(&self) -> Option<u64> {
+        self.cold
+            .then(|| self.w[cold::TYPE].load(Ordering::Relaxed))
+    }
+}
+
+/// A file handle's words in the descriptor table (kind [`kind::FILE`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FileEntry<'a>(&'a [AtomicU64]);
+
+impl FileEntry<'_> {
+    /// The node the file was opened from.
+    pub fn node(&self) -> u64 {
+        self.0[1].load(Ordering::Relaxed)
+    }
+
+    /// Its stamp, a value of `hdr::OPENS` (never 0): tells this open from a later one
+    /// that got the same descriptor number.
+    pub fn stamp(&self) -> u64 {
+        self.0[2].load(Ordering::Relaxed)
+    }
+
+    /// Whether the server serves its I/O in a passthrough connection ([`FILE_SERVED`]).
+    pub fn served(&self) -> bool {
+        self.0[3].load(Ordering::Relaxed) & FILE_SERVED != 0
+    }
+}
+
+/// A listing stream's words in the descriptor table (kind [`kind::STREAM`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamEntry<'a>(&'a [AtomicU64]);
+
+impl StreamEntry<'_> {
+    /// The directory's backing (`st_dev`, `st_ino`).
+    pub fn inode_key(&self) -> (u64, u64) {
+        inode_key(self.0)
+    }
+
+    /// The offset its last READDIR ended at.
+    pub fn offset(&self) -> u64 {
+        self.0[4].load(Ordering::Relaxed)
+    }
+
+    /// Records the offset a READDIR ended at.
+    pub fn set_offset(&self, off: u64) {
+        self.0[4].store(off, Ordering::Relaxed);
+    }
+}
+
+/// The reply-journal entry of one server thread: the request id, a state
+/// ([`journal`]) and two data words whose meaning depends on the request (see
+/// [`JournalRecord`]). Each write sequence publishes its state last (Release).
+#[derive(Debug, Clone, Copy)]
+pub struct JournalEntry<'a>(&'a [AtomicU64]);
+
+impl JournalEntry<'_> {
+    /// What the entry holds now.
+    pub fn snapshot(&self) -> JournalRecord {
+        let [unique, state, x, y] = [0, 1, 2, 3].map(|k| self.0[k].load(Ordering::Acquire));
+        JournalRecord {
+            unique,
+            state,
+            x,
+            y,
+        }
+    }
+
+    /// Starts request `unique` of the kinds whose reply is only an errno: state
+    /// [`journal::INTENT`], data words cleared.
+    pub fn intent(&self, unique: u64) {
+        self.0[1].store(journal::EMPTY, Ordering::Release);
+        self.0[0].store(unique, Ordering::Relaxed);
+        self.0[2].store(0, Ordering::Relaxed);
+        self.0[3].store(0, Ordering::Relaxed);
+        self.0[1].store(journal::INTENT, Ordering::Release);
+    }
+
+    /// Ends the request started by [`JournalEntry::intent`] with `errno` (0: success):
+    /// state [`journal::DONE`].
+    pub fn done(&self, errno: i32) {
+        self.0[2].store(errno as u64, Ordering::Relaxed);
+        self.0[1].store(journal::DONE, Ordering::Release);
+    }
+
+    /// Records that request `unique` is about to be answered with a node: state
+    /// [`journal::ENTRY`], its [`JournalRecord::node_and_fh`] word and its inode number.
+    pub fn entry(&self, unique: u64, node_and_fh: u64, ino: u64) {
+        self.0[1].store(journal::EMPTY, Ordering::Release);
+        self.0[0].store(unique, Ordering::Relaxed);
+        self.0[2].store(node_and_fh, Ordering::Relaxed);
+        self.0[3].store(ino, Ordering::Relaxed);
+        self.0[1].store(journal::ENTRY, Ordering::Release);
+    }
+
+    /// For a RELEASE under way (state INTENT): the handle and its stamp.
+    pub fn release(&self, fh: u64, stamp: u64) {
+        self.0[2].store(fh, Ordering::Relaxed);
+        self.0[3].store(stamp, Ordering::Release);
+    }
+
+    /// For a RENAME_EXCHANGE under way (state INTENT): the inode numbers of the old and
+    /// the new name before the swap.
+    pub fn exchange(&self, old_ino: u64, new_ino: u64) {
+        self.0[2].store(old_ino, Ordering::Relaxed);
+        self.0[3].store(new_ino, Ordering::Release);
+    }
+
+    /// Sets the state alone (tests: a journal as a killed server left it).
+    pub fn set_state(&self, state: u64) {
+        self.0[1].store(state, Ordering::Release);
+    }
+}
+
+/// A copy of a [`JournalEntry`]. The data words `x` and `y` mean, by state and request:
+/// * [`journal::DONE`] (UNLINK, RMDIR, RENAME, RENAME2, SETXATTR, REMOVEXATTR,
+///   RELEASE): `x` the errno answered ([`JournalRecord::errno`]).
+/// * [`journal::INTENT`] of a RELEASE: `x` the handle, `y` its stamp
+///   ([`JournalRecord::fh`], [`JournalRecord::stamp`]); of a RENAME_EXCHANGE: the two
+///   inode numbers before the swap ([`JournalRecord::inos`]); 0 and 0 otherwise.
+/// * [`journal::ENTRY`] (LOOKUP, MKDIR, MKNOD, SYMLINK, LINK, CREATE): `x` the node's
+///   journal code in the low half and, for CREATE, the handle + 1 in the high half
+///   ([`JournalRecord::node_and_fh`]); `y` the node's inode number
+///   ([`JournalRecord::ino`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalRecord {
+    /// The request id (without the resend flag).
+    pub unique: u64,
+    /// [`journal::EMPTY`], [`journal::INTENT`], [`journal::DONE`] or [`journal::ENTRY`].
+    pub state: u64,
+    x: u64,
+    y: u64,
+}
+
+impl JournalRecord {
+    /// DONE: the errno answered (0: success).
+    pub fn errno(&self) -> i32 {
+        self.x as i32
+    }
+
+    /// ENTRY: the node's journal code (low 32 bits) and, for CREATE, the handle + 1
+    /// (high 32 bits; 0: none).
+    pub fn node_and_fh(&self) -> (u64, u64) {
+        (self.x & 0xffff_ffff, self.x >> 32)
+    }
+
+    /// ENTRY: the node's backing inode number.
+    pub fn ino(&self) -> u64 {
+        self.y
+    }
+
+    /// INTENT of a RELEASE: the handle.
+    pub fn fh(&self) -> u64 {
+        self.x
+    }
+
+    /// INTENT of a RELEASE: the handle's stamp (0: not recorded yet).
+    pub fn stamp(&self) -> u64 {
+        self.y
+    }
+
+    /// INTENT of a RENAME_EXCHANGE: the inode numbers of the old and the new name
+    /// before the swap (0: not recorded yet).
+    pub fn inos(&self) -> (u64, u64) {
+        (self.x, self.y)
+    }
+}
+
+/// The progress slot of one server thread, which the supervisor watches.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadSlot<'a>(&'a [AtomicU64]);
+
+impl ThreadSlot<'_> {
+    /// The thread `tid` starts, idle.
+    pub fn start(&self, tid: u64) {
+        self.0[0].store(slot::IDLE, Ordering::Relaxed);
+        self.0[2].store(tid, Ordering::Release);
+    }
+
+    /// The thread starts or ends a request (`working`): the state set and the sequence
+    /// counter advanced.
+    pub fn set_working(&self, working: bool) {
+        let state = if working { slot::WORKING } else { slot::IDLE };
+        self.0[0].store(state, Ordering::Relaxed);
+        self.0[1].fetch_add(1, Ordering::Release);
+    }
+
+    /// A snapshot.
+    pub fn info(&self) -> SlotInfo {
+        SlotInfo {
+            state: self.0[0].load(Ordering::Acquire),
+            seq: self.0[1].load(Ordering::Acquire),
+            tid: self.0[2].load(Ordering::Acquire),
+        }
+    }
+}
+
+/// One server thread's FORGET progress (see [`FORGET_LOG_WORDS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ForgetLog<'a>(&'a [AtomicU64]);
+
+impl ForgetLog<'_> {
+    /// The request id of the FORGET frame being applied.
+    pub fn unique(&self) -> u64 {
+        self.0[forget_log::UNIQUE].load(Ordering::Acquire)
+    }
+
+    /// How many of its entries were started.
+    pub fn started(&self) -> usize {
+        self.0[forget_log::STARTED].load(Ordering::Acquire) as usize
+    }
+
+    /// Starts applying frame `unique` from entry `first` on.
+    pub fn begin(&self, unique: u64, first: usize) {
+        self.0[forget_log::STARTED].store(first as u64, Ordering::Relaxed);
+        self.0[forget_log::UNIQUE].store(unique, Ordering::Release);
+    }
+
+    /// Records that entry `k` is being applied (`k + 1` started).
+    pub fn started_entry(&self, k: usize) {
+        self.0[forget_log::STARTED].store(k as u64 + 1, Ordering::Release);
+    }
+}
+
 /// Creates a memfd sized for `capacity` table entries (and
 /// [`DEFAULT_COLD_CAPACITY`] cold nodes) and initializes it.
 pub fn create_memfd(capacity: usize) -> Result<OwnedFd, Error> {
@@ -366,7 +649,9 @@ impl Shared {
         (self.words[hdr::HIGH].load(Ordering::Relaxed) as usize).min(self.capacity()) as RawFd
     }
 
-    /// The words of the entry for descriptor `fd`, if in range.
+    /// The raw words of the entry for descriptor `fd`, if in range. Outside this module,
+    /// read them through the typed views ([`Shared::hot_node`], [`Shared::file`],
+    /// [`Shared::stream`]) or [`inode_key`].
     pub fn entry(&self, fd: RawFd) -> Option<&[AtomicU64]> {
         if fd < 0 || fd as usize >= self.capacity() {
             return None;
@@ -452,7 +737,8 @@ impl Shared {
         }
     }
 
-    /// The progress slot words of thread `i`.
+    /// The raw progress slot words of thread `i` (state, sequence, thread id, spare);
+    /// the typed view is [`Shared::thread_slot`].
     pub fn slot(&self, i: usize) -> Option<&[AtomicU64]> {
         if i >= hdr::MAX_SLOTS {
             return None;
@@ -461,23 +747,49 @@ impl Shared {
         Some(&self.words[base..base + hdr::SLOT_WORDS])
     }
 
-    /// The reply-journal entry of thread `i`: request id, state, two data words.
-    pub fn journal(&self, i: usize) -> Option<&[AtomicU64]> {
+    /// The reply-journal entry of thread `i`.
+    pub fn journal(&self, i: usize) -> Option<JournalEntry<'_>> {
         if i >= hdr::MAX_SLOTS {
             return None;
         }
         let base = hdr::JOURNAL + i * hdr::JOURNAL_WORDS;
-        Some(&self.words[base..base + hdr::JOURNAL_WORDS])
+        Some(JournalEntry(&self.words[base..base + hdr::JOURNAL_WORDS]))
+    }
+
+    /// The progress slot of thread `i`.
+    pub fn thread_slot(&self, i: usize) -> Option<ThreadSlot<'_>> {
+        self.slot(i).map(ThreadSlot)
+    }
+
+    /// Entry `fd` of the descriptor table as a node (whatever its kind word says).
+    pub fn hot_node(&self, fd: RawFd) -> Option<NodeEntry<'_>> {
+        self.entry(fd).map(|w| NodeEntry { w, cold: false })
+    }
+
+    /// Cold entry `i` as a node (whatever its kind word says).
+    pub fn cold_node(&self, i: usize) -> Option<NodeEntry<'_>> {
+        self.cold_entry(i).map(|w| NodeEntry { w, cold: true })
+    }
+
+    /// Entry `fd` of the descriptor table as a file handle (whatever its kind word says).
+    pub fn file(&self, fd: RawFd) -> Option<FileEntry<'_>> {
+        self.entry(fd).map(FileEntry)
+    }
+
+    /// Entry `fd` of the descriptor table as a listing stream (whatever its kind word
+    /// says).
+    pub fn stream(&self, fd: RawFd) -> Option<StreamEntry<'_>> {
+        self.entry(fd).map(StreamEntry)
     }
 
     /// The FORGET log of thread `i` (see [`FORGET_LOG_WORDS`]): what a killed server had
     /// read from the kernel but not yet applied, for its successor to finish.
-    pub fn forget_log(&self, i: usize) -> Option<&[AtomicU64]> {
+    pub fn forget_log(&self, i: usize) -> Option<ForgetLog<'_>> {
         if i >= hdr::MAX_SLOTS {
             return None;
         }
         let base = hdr::TABLE + self.capacity() * ENTRY_WORDS + i * FORGET_LOG_WORDS;
-        self.words.get(base..base + FORGET_LOG_WORDS)
+        self.words.get(base..base + FORGET_LOG_WORDS).map(ForgetLog)
     }
 
     /// Snapshot of every thread slot in use.
@@ -549,7 +861,10 @@ impl Shared {
     /// it is a node and has one (the supervisor checks the ids it handed out against
     /// this).
     pub fn backing_of(&self, tag: i32) -> Option<i32> {
-        let id = self.node_entry(NodeRef::from_tag(tag).id())?[4].load(Ordering::Acquire);
+        let id = self
+            .node_entry(NodeRef::from_tag(tag).id())?
+            .backing()
+            .load(Ordering::Acquire);
         (id != 0).then(|| (id - 1) as i32)
     }
 
@@ -584,7 +899,8 @@ impl Shared {
         (self.words[hdr::COLD_HIGH].load(Ordering::Relaxed) as usize).min(self.cold_capacity())
     }
 
-    /// The words of cold entry `i`, if in range.
+    /// The raw words of cold entry `i`, if in range (the typed view:
+    /// [`Shared::cold_node`]).
     pub fn cold_entry(&self, i: usize) -> Option<&[AtomicU64]> {
         if i >= self.cold_capacity() {
             return None;
@@ -630,10 +946,10 @@ impl Shared {
     }
 
     /// The entry of node `id` (hot or cold) when it holds a node.
-    pub fn node_entry(&self, id: u64) -> Option<&[AtomicU64]> {
+    pub fn node_entry(&self, id: u64) -> Option<NodeEntry<'_>> {
         match NodeRef::of(id)? {
-            NodeRef::Hot(fd) if self.kind(fd) == kind::NODE => self.entry(fd),
-            NodeRef::Cold(i) if self.cold_kind(i) == kind::NODE => self.cold_entry(i),
+            NodeRef::Hot(fd) if self.kind(fd) == kind::NODE => self.hot_node(fd),
+            NodeRef::Cold(i) if self.cold_kind(i) == kind::NODE => self.cold_node(i),
             _ => None,
         }
     }
@@ -870,6 +1186,7 @@ mod tests {
         assert!(
             sh.forget_log(hdr::MAX_SLOTS - 1)
                 .unwrap()
+                .0
                 .as_ptr_range()
                 .end
                 <= sh.cold_entry(0).unwrap().as_ptr_range().start

@@ -134,24 +134,24 @@ fn cold_nodes_take_every_operation() {
         let sh = m.shared;
         let entry = (0..sh.cold_scan_end())
             .filter_map(|i| {
-                sh.cold_entry(i)
+                sh.cold_node(i)
                     .filter(|_| sh.cold_kind(i) == porta_fs::shared::kind::NODE)
             })
-            .find(|e| e[2].load(Ordering::Relaxed) == ino)
+            .find(|e| e.ino() == ino)
             .expect("late/file is a cold node");
         let open = std::fs::File::open(&f).unwrap();
         assert_ne!(
-            entry[4].load(Ordering::Relaxed),
+            entry.backing().load(Ordering::Relaxed),
             0,
             "a backing id while open"
         );
         drop(open);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while entry[4].load(Ordering::Relaxed) != 0 && std::time::Instant::now() < deadline {
+        while entry.backing().load(Ordering::Relaxed) != 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(
-            entry[4].load(Ordering::Relaxed),
+            entry.backing().load(Ordering::Relaxed),
             0,
             "the backing id outlived the open"
         );

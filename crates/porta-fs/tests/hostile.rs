@@ -645,8 +645,7 @@ fn a_resent_release_never_closes_a_file_opened_since() {
     let mut stamp = 0;
     for _ in 0..20 {
         let fx = open(&mut c, nb);
-        stamp =
-            c.cfg.shared.entry(fx as i32).unwrap()[2].load(std::sync::atomic::Ordering::Relaxed);
+        stamp = c.cfg.shared.file(fx as i32).unwrap().stamp();
         let (_, f) = c.frame(op::RELEASE, nb, &release(fx));
         c.send_raw(&f);
         assert_eq!(c.recv().1, 0);
@@ -661,17 +660,13 @@ fn a_resent_release_never_closes_a_file_opened_since() {
     let sh = c.cfg.shared;
     let unique = u64::from_ne_bytes(f[8..16].try_into().unwrap());
     let slot = (0..porta_fs::shared::hdr::MAX_SLOTS)
-        .find(|&i| sh.journal(i).unwrap()[0].load(std::sync::atomic::Ordering::Relaxed) == unique)
+        .find(|&i| sh.journal(i).unwrap().snapshot().unique == unique)
         .expect("the RELEASE is in the journal");
     // As the first run left it when killed: the handle and its stamp recorded, no answer.
     let fh = u64::from_ne_bytes(f[IN_HEADER_LEN..IN_HEADER_LEN + 8].try_into().unwrap());
     let e = sh.journal(slot).unwrap();
-    e[2].store(fh, std::sync::atomic::Ordering::Relaxed);
-    e[3].store(stamp, std::sync::atomic::Ordering::Relaxed);
-    e[1].store(
-        porta_fs::shared::journal::INTENT,
-        std::sync::atomic::Ordering::Release,
-    );
+    e.release(fh, stamp);
+    e.set_state(porta_fs::shared::journal::INTENT);
     c.restart();
     let mut rf = f.clone();
     rf[8..16].copy_from_slice(&(unique | porta_fs::abi::UNIQUE_RESEND_FLAG).to_ne_bytes());
@@ -699,7 +694,10 @@ fn resent_lookup_and_create_count_their_node_once() {
     std::fs::write(b.join("seen"), b"s").unwrap();
     let sh = c.cfg.shared;
     let count = |nodeid: u64| {
-        sh.entry((nodeid - 2) as i32).unwrap()[1].load(std::sync::atomic::Ordering::Relaxed)
+        sh.hot_node((nodeid - 2) as i32)
+            .unwrap()
+            .lookups()
+            .load(std::sync::atomic::Ordering::Relaxed)
     };
     let files = || {
         (0..sh.scan_end())
@@ -842,7 +840,7 @@ fn cold_nodes_are_checked_by_inode_and_survive_a_restart() {
 
 #[test]
 fn forget_frames_read_by_a_killed_server_are_applied_by_its_successor() {
-    use porta_fs::shared::{forget_log, kind};
+    use porta_fs::shared::kind;
     use std::sync::atomic::Ordering;
     require_root!();
     let mut c = Conn::new();
@@ -855,7 +853,12 @@ fn forget_frames_read_by_a_killed_server_are_applied_by_its_successor() {
     assert_eq!(node(&mut c, "c"), nc); // c counted twice
     let sh = c.cfg.shared;
     let kind_of = |n: u64| sh.kind((n - 2) as i32);
-    let count_of = |n: u64| sh.entry((n - 2) as i32).unwrap()[1].load(Ordering::Relaxed);
+    let count_of = |n: u64| {
+        sh.hot_node((n - 2) as i32)
+            .unwrap()
+            .lookups()
+            .load(Ordering::Relaxed)
+    };
     // A BATCH_FORGET as the kernel sends it: (a, 1), (b, 1), (c, 1).
     let mut body = 3u32.to_ne_bytes().to_vec();
     body.extend_from_slice(&[0u8; 4]);
@@ -901,8 +904,7 @@ fn forget_frames_read_by_a_killed_server_are_applied_by_its_successor() {
         let buf = unsafe { sh.request_buf(0) }.unwrap();
         buf[..frame.len()].copy_from_slice(&frame);
         let p = sh.forget_log(0).unwrap();
-        p[forget_log::STARTED].store(2, Ordering::Relaxed);
-        p[forget_log::UNIQUE].store(unique2, Ordering::Release);
+        p.begin(unique2, 2);
     });
     assert_eq!(
         (kind_of(na), count_of(na)),
@@ -1056,13 +1058,24 @@ fn setid_files_are_served_and_open_counts_are_recounted_by_a_new_server() {
         let fh = u64::from_ne_bytes(out[0..8].try_into().unwrap());
         (fh, u32::from_ne_bytes(out[8..12].try_into().unwrap()))
     };
-    let opens = |c: &Conn| c.cfg.shared.node_entry(node).unwrap()[5].load(Ordering::Acquire);
+    let opens = |c: &Conn| {
+        c.cfg
+            .shared
+            .node_entry(node)
+            .unwrap()
+            .opens()
+            .load(Ordering::Acquire)
+    };
     let (fa, flags) = open(&mut c);
     assert_eq!(flags & fopen::PASSTHROUGH, 0, "a set-id file is served");
     assert_eq!(opens(&c), SERVED_OPEN);
     // A count lost by a killed server is recounted by the next one.
-    let (u, err, _) =
-        c.restart_after(|sh| sh.node_entry(node).unwrap()[5].store(0, Ordering::Release));
+    let (u, err, _) = c.restart_after(|sh| {
+        sh.node_entry(node)
+            .unwrap()
+            .opens()
+            .store(0, Ordering::Release)
+    });
     assert_eq!((u, err), (0, porta_fs::abi::NOTIFY_RESEND));
     assert_eq!(
         c.lookup(1, "s").1,

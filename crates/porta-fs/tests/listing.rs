@@ -88,11 +88,8 @@ fn listing_a_directory_again_costs_no_request_and_sees_the_containers_changes() 
     assert_eq!(unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) }, 0);
     assert_eq!(getdents(&fd, 1 << 16).len(), 502);
     // SAFETY: fsync on a descriptor this test owns.
-    assert_eq!(
-        unsafe { libc::fsync(fd.as_raw_fd()) },
-        0,
-        "fsync of a directory"
-    );
+    let synced = unsafe { libc::fsync(fd.as_raw_fd()) };
+    assert_eq!(synced, 0, "fsync of a directory");
     drop(fd);
     // No listing left half-read: the server holds no directory open.
     assert_eq!(common::streams(&m.shared), 0);

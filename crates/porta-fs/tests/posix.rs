@@ -284,7 +284,7 @@ fn node_of(m: &TestMount, p: &Path) -> Option<i32> {
     let ino = std::fs::metadata(p).unwrap().ino();
     (0..m.shared.scan_end()).find(|&fd| {
         m.shared.kind(fd) == porta_fs::shared::kind::NODE
-            && m.shared.entry(fd).unwrap()[2].load(std::sync::atomic::Ordering::Relaxed) == ino
+            && m.shared.hot_node(fd).unwrap().ino() == ino
     })
 }
 

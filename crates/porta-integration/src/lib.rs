@@ -45,6 +45,20 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The runtime built with the file server's fault injection: `$PORTA_FAULT_BIN`
+/// (scripts/integration.sh builds one). Release builds do not carry it, so a test that
+/// needs it fails without it, saying how to build one.
+pub fn fault_runtime() -> PathBuf {
+    match std::env::var_os("PORTA_FAULT_BIN") {
+        Some(p) if !p.is_empty() && Path::new(&p).exists() => p.into(),
+        other => panic!(
+            "PORTA_FAULT_BIN ({other:?}) names no binary: this test needs a porta built with \
+             the feature fault-injection (`CARGO_TARGET_DIR=target/faults cargo build \
+             --release -p porta --features fault-injection`; scripts/integration.sh does it)"
+        ),
+    }
+}
+
 /// The runtime under test: `$PORTA_BIN`, else target/release/porta, else target/debug/porta.
 pub fn runtime() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTA_BIN") {

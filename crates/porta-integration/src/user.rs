@@ -29,10 +29,15 @@ pub fn setpriv_args(uid: u32) -> [String; 4] {
 /// `uid` by `prog` (`env`, or a wrapper such as [`with_open_fuse`]), with its state and
 /// XDG_RUNTIME_DIR in `state`.
 pub fn runtime_as(prog: Cmd, uid: u32, state: &Path) -> Cmd {
+    runtime_bin_as(prog, uid, state, &runtime())
+}
+
+/// [`runtime_as`] with the runtime binary `bin` (e.g. [`crate::fault_runtime`]).
+pub fn runtime_bin_as(prog: Cmd, uid: u32, state: &Path, bin: &Path) -> Cmd {
     prog.arg("setpriv")
         .args(setpriv_args(uid))
         .arg("--")
-        .arg(runtime())
+        .arg(bin)
         .arg("--root")
         .arg(state)
         .env("XDG_RUNTIME_DIR", state)

@@ -242,7 +242,7 @@ fn rootless_file_server_that_cannot_be_brought_back_fails_requests_instead_of_ha
     let id = unique_id("rootless-giveup");
     let out = b.path().join("out");
     let t0 = std::time::Instant::now();
-    as_user_with_fuse(&state, b.path())
+    user::runtime_bin_as(user::with_open_fuse(b.path()), UID, &state, &fault_runtime())
         .env("PORTA_FS_FAULT", "crash:poison")
         .args(["run", "--detach", "--bundle", &b.path_str(), &id])
         .stdout_file(std::fs::File::create(&out).unwrap())

@@ -601,7 +601,7 @@ fn kill_loop(passthrough: bool, groups: u64, nofile: Option<u64>) {
             .copied()
             .unwrap_or_default()
     };
-    // Reported, not asserted: timings on a shared machine are noise (DESIGN section 7).
+    // Reported, not asserted: timings on a shared machine are noise.
     eprintln!(
         "passthrough={passthrough}: {kills} kills, {total} ops, {} errors, {lost} lost of {} fsync'ed files, restarts {}, \
          create+write+fsync+rename+read(+unlink) group latency p50 {:?} p99 {:?} max {worst:?}",
