@@ -242,12 +242,17 @@ fn rootless_file_server_that_cannot_be_brought_back_fails_requests_instead_of_ha
     let id = unique_id("rootless-giveup");
     let out = b.path().join("out");
     let t0 = std::time::Instant::now();
-    user::runtime_bin_as(user::with_open_fuse(b.path()), UID, &state, &fault_runtime())
-        .env("PORTA_FS_FAULT", "crash:poison")
-        .args(["run", "--detach", "--bundle", &b.path_str(), &id])
-        .stdout_file(std::fs::File::create(&out).unwrap())
-        .run()
-        .expect_ok();
+    user::runtime_bin_as(
+        user::with_open_fuse(b.path()),
+        UID,
+        &state,
+        &fault_runtime(),
+    )
+    .env("PORTA_FS_FAULT", "crash:poison")
+    .args(["run", "--detach", "--bundle", &b.path_str(), &id])
+    .stdout_file(std::fs::File::create(&out).unwrap())
+    .run()
+    .expect_ok();
     let st = wait_for(Duration::from_secs(60), || {
         let st = as_user(&state).args(["state", &id]).run().json();
         (st["status"] == "stopped").then_some(st)

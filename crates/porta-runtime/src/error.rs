@@ -90,7 +90,15 @@ pub enum Error {
     /// The file server or its supervisor failed (launch, stop, watch), with the
     /// supervisor's own error as the source.
     #[error("file server: {0}")]
-    FileServer(#[from] porta_supervisor::Error),
+    FileServer(#[source] Box<porta_supervisor::Error>),
+}
+
+impl From<porta_supervisor::Error> for Error {
+    fn from(e: porta_supervisor::Error) -> Error {
+        // Boxed: the supervisor's error is large and would make every Result of the
+        // runtime carry its size.
+        Error::FileServer(Box::new(e))
+    }
 }
 
 /// Result type of the runtime core.
@@ -159,9 +167,13 @@ mod tests {
              (log: /run/x/supervisor.log)"
         );
         let src = std::error::Error::source(&e).expect("a source");
+        let typed = src
+            .downcast_ref::<Box<porta_supervisor::Error>>()
+            .map(|b| b.as_ref());
         assert!(matches!(
-            src.downcast_ref::<porta_supervisor::Error>(),
+            typed,
             Some(porta_supervisor::Error::Start { id, .. }) if id == "c1"
         ));
+        assert!(matches!(e, Error::FileServer(ref b) if matches!(**b, porta_supervisor::Error::Start { .. })));
     }
 }
