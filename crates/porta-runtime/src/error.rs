@@ -174,6 +174,8 @@ mod tests {
             typed,
             Some(porta_supervisor::Error::Start { id, .. }) if id == "c1"
         ));
-        assert!(matches!(e, Error::FileServer(ref b) if matches!(**b, porta_supervisor::Error::Start { .. })));
+        assert!(
+            matches!(e, Error::FileServer(ref b) if matches!(**b, porta_supervisor::Error::Start { .. }))
+        );
     }
 }
