@@ -6,7 +6,7 @@
 #   PORTA_BIN=/usr/sbin/runc bash scripts/integration.sh     # validate the tests on runc
 #   bash scripts/integration.sh lifecycle exec               # only some test files
 # Tests that crash file servers on purpose drive $PORTA_FAULT_BIN, a porta built with the
-# feature fault-injection (default: target/faults/release/porta, built here when unset).
+# feature fault-injection (default: target/faults/porta, built here by build-faults.sh when unset).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,12 +30,12 @@ fi
 
 # The fault-injection build for the tests that need it (rootless), unless given.
 if [ -z "${PORTA_FAULT_BIN:-}" ] && [[ " ${tests[*]} " == *" rootless "* ]]; then
-  echo "integration.sh: building porta with fault injection into $target/faults"
-  if ! CARGO_TARGET_DIR="$target/faults" cargo build --release -q -p porta --features fault-injection; then
+  echo "integration.sh: building porta with fault injection into $target/faults/porta"
+  if ! bash scripts/build-faults.sh; then
     echo "integration.sh: the fault-injection build failed" >&2
     exit 1
   fi
-  export PORTA_FAULT_BIN="$target/faults/release/porta"
+  export PORTA_FAULT_BIN="$target/faults/porta"
 fi
 
 cargo test -p porta-integration --no-run -q 2>&1 | tail -5 || true

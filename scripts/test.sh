@@ -38,18 +38,13 @@ if ! cargo build --release --workspace; then
 fi
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 # The release porta never carries the file server's fault injection (the feature
-# fault-injection): it does not even read the variables that set faults.
-if grep -qa PORTA_FS_FAULT "$target/release/porta"; then
-  echo "test.sh: $target/release/porta carries the fault injection" >&2
-  exit 1
-fi
-# A second porta with it, for the integration tests that crash servers on purpose
-# (PORTA_FAULT_BIN), in its own target directory so the two builds never overwrite each other.
-if ! CARGO_TARGET_DIR="$target/faults" cargo build --release -p porta --features fault-injection; then
+# fault-injection): it does not even read the variables that set faults. A second porta
+# with it, for the integration tests that crash servers on purpose (PORTA_FAULT_BIN):
+if ! bash scripts/build-faults.sh; then
   echo "test.sh: the build with fault injection failed; nothing to test" >&2
   exit 1
 fi
-export PORTA_FAULT_BIN="${PORTA_FAULT_BIN:-$target/faults/release/porta}"
+export PORTA_FAULT_BIN="${PORTA_FAULT_BIN:-$target/faults/porta}"
 
 echo "=== lint"
 # The workspace's lints ([workspace.lints] in Cargo.toml: missing docs, unsafe blocks

@@ -53,8 +53,8 @@ pub fn fault_runtime() -> PathBuf {
         Some(p) if !p.is_empty() && Path::new(&p).exists() => p.into(),
         other => panic!(
             "PORTA_FAULT_BIN ({other:?}) names no binary: this test needs a porta built with \
-             the feature fault-injection (`CARGO_TARGET_DIR=target/faults cargo build \
-             --release -p porta --features fault-injection`; scripts/integration.sh does it)"
+             the feature fault-injection (`bash scripts/build-faults.sh` makes \
+             target/faults/porta; scripts/integration.sh does it)"
         ),
     }
 }
