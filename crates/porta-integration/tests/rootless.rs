@@ -199,6 +199,12 @@ fn rootless_file_server_killed_under_load_is_replaced_without_errors() {
             .as_i64()
             .unwrap_or(0)
     };
+    // The container's process, watched through a pidfd: the test waits for its exit (an
+    // event), however slowly a loaded machine runs the workload.
+    let init = as_user(&state).args(["state", &id]).run().json()["pid"]
+        .as_i64()
+        .unwrap_or(0);
+    let init = porta_sys::pidfd::open(init as i32).expect("pidfd of the container's process");
     let mut killed = 0;
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(100));
@@ -207,14 +213,14 @@ fn rootless_file_server_killed_under_load_is_replaced_without_errors() {
             killed += 1;
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let st = loop {
-        let st = as_user(&state).args(["state", &id]).run().json();
-        if st["status"] == "stopped" || std::time::Instant::now() > deadline {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // A bound only against a hang (a wedged file server), far beyond any run's length.
+    let exited = porta_sys::pidfd::wait_exit(
+        std::os::fd::AsFd::as_fd(&init),
+        Some(Duration::from_secs(600)),
+    )
+    .expect("wait for the container's process");
+    let st = as_user(&state).args(["state", &id]).run().json();
+    assert!(exited, "the workload never ended: {st}");
     assert_eq!(st["status"], "stopped", "the workload ended: {st}");
     let restarts = st["servers"][0]["restarts"].as_u64().unwrap_or(0);
     as_user(&state).args(["delete", &id]).run().expect_ok();
