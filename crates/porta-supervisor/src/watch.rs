@@ -656,7 +656,7 @@ impl Watcher {
             .notifier
             .as_ref()
             .and_then(|n| n.pidfd.as_ref())
-            .is_some_and(|p| crate::proc::exited(p.as_fd()))
+            .is_some_and(|p| porta_sys::pidfd::has_exited(p.as_fd()))
         {
             let e = std::io::Error::from_raw_os_error(libc::ESRCH);
             if !self.replace_notifier(&e) {

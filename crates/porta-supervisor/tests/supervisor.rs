@@ -112,7 +112,9 @@ impl Container {
                 std::fs::read_to_string(&spec.log).unwrap_or_default()
             )
         });
-        porta_fs::mount::move_mount_to(l.mount_fd.as_raw_fd(), &mnt).unwrap();
+        let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        porta_sys::mount_api::move_mount_to(std::os::fd::AsFd::as_fd(&l.mount_fd), &target)
+            .unwrap();
         drop(l.mount_fd);
         Container {
             _serial: serial,

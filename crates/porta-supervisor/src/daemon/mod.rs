@@ -43,21 +43,6 @@ fn hang_timeout_from_env() -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-fn close_all_but(keep: &[RawFd]) {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
-    keep.sort_unstable();
-    let mut from = 3;
-    for fd in keep {
-        if fd > from {
-            // SAFETY: closing descriptors this fresh process inherited and does not use.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
-        }
-        from = fd + 1;
-    }
-    // SAFETY: as above; only stdio and `keep` stay open.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
-}
-
 /// Rootless: joins the container's user namespace (the user owns it, so it may) and gives
 /// the supervisor a mount namespace of its own owned by it. There the kernel lets it open
 /// /dev/fuse and make the FUSE mount (FS_USERNS_MOUNT), and write the identity maps of the
@@ -91,10 +76,13 @@ pub(crate) fn run(mut a: Args) -> i32 {
     if a.hang_timeout.is_none() {
         a.hang_timeout = Some(hang_timeout_from_env().unwrap_or(DEFAULT_HANG_TIMEOUT));
     }
-    close_all_but(&[a.sock_fd, a.userns_fd.unwrap_or(-1)]);
+    // Only stdio and these two stay open; failing to close leaves inherited descriptors
+    // open, which costs nothing but table slots.
+    let _ = porta_sys::fd::close_all_but(&[a.sock_fd, a.userns_fd.unwrap_or(-1)]);
     // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(a.sock_fd) };
-    set_cloexec(sock.as_raw_fd(), true);
+    // Best effort, as every fcntl on our own descriptor: it cannot fail on a valid one.
+    let _ = porta_sys::fd::set_cloexec(sock.as_raw_fd(), true);
     if !a.foreground {
         if let Err(e) = fork_and_leave_parent() {
             send_failure(&sock, &e);
@@ -178,27 +166,9 @@ fn join_servers_cgroup(procs: &[PathBuf]) {
     }
 }
 
-fn set_cloexec(fd: RawFd, on: bool) {
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFD);
-        if fl >= 0 {
-            let nfl = if on {
-                fl | libc::FD_CLOEXEC
-            } else {
-                fl & !libc::FD_CLOEXEC
-            };
-            libc::fcntl(fd, libc::F_SETFD, nfl);
-        }
-    }
-}
-
 /// True if `pid` exists and is not a zombie.
 pub(crate) fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => proc::stat_state(&s) != Some('Z'),
-        Err(_) => false,
-    }
+    porta_sys::proc::Stat::of(pid).is_some_and(|s| s.state != 'Z')
 }
 
 struct Supervisor {
@@ -273,7 +243,7 @@ impl Supervisor {
         if let Some(pid) = self.a.container_pid {
             self.container = pidfd_open(pid);
             self.container_pid = pid;
-            self.container_start = proc::start_time(pid).unwrap_or(0);
+            self.container_start = porta_sys::proc::start_time(pid).unwrap_or(0);
         }
         self.self_fd = proc::pidfd_open(std::process::id() as i32);
         loop {

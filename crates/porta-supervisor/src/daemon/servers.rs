@@ -181,7 +181,10 @@ impl Supervisor {
                 2 => (self.keeper_pid, &self.keeper_fd),
                 _ => (self.twin_pid, &self.twin_fd),
             };
-            let Some(fd) = fd.as_ref().filter(|f| proc::exited(f.as_fd())) else {
+            let Some(fd) = fd
+                .as_ref()
+                .filter(|f| porta_sys::pidfd::has_exited(f.as_fd()))
+            else {
                 continue;
             };
             let death = proc::death_of(fd.as_fd(), pid);
@@ -356,7 +359,8 @@ impl Supervisor {
             let state =
                 std::fs::read_to_string(format!("/proc/{}/task/{}/stat", self.server_pid, s.tid))
                     .ok()
-                    .and_then(|t| proc::stat_state(&t));
+                    .and_then(|t| porta_sys::proc::Stat::parse(&t).ok())
+                    .map(|s| s.state);
             if state == Some('D') {
                 continue;
             }
