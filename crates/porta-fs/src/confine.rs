@@ -697,8 +697,7 @@ mod tests {
 
     #[test]
     fn capabilities_cut_to_the_file_ownership_set_in_a_user_namespace() {
-        // SAFETY: geteuid always succeeds.
-        if unsafe { libc::geteuid() } != 0 {
+        if !porta_sys::user::is_root() {
             eprintln!("skipped: needs root");
             return;
         }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,14 +12,10 @@ use porta_supervisor::{
     launch, read_state, servers, stop, watch_container, LaunchSpec, ServerStatus, SupervisorState,
 };
 
-fn is_root() -> bool {
-    // SAFETY: always succeeds.
-    unsafe { libc::geteuid() == 0 }
-}
-
+/// Skips the test (returns) unless running as root.
 macro_rules! require_root {
     () => {
-        if !is_root() {
+        if !porta_sys::user::is_root() {
             eprintln!("skipped: needs root");
             return;
         }

@@ -11,16 +11,11 @@ use std::time::{Duration, Instant};
 
 use porta_fs::{mount, serve, sys, Config, Shared};
 
-pub fn is_root() -> bool {
-    // SAFETY: always succeeds.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Skips the test (returns) unless running as root.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !common::is_root() {
+        if !porta_sys::user::is_root() {
             eprintln!("skipped: needs root");
             return;
         }

@@ -28,7 +28,7 @@ use porta_protocol::Confinement;
 
 use crate::backing::Broker;
 use crate::proc::{self, pidfd_open, Death};
-use crate::{fdpass, Error, SOCKET_NAME};
+use crate::{Error, SOCKET_NAME};
 use servers::Poison;
 
 /// How long a request may make no progress before its server counts as deadlocked,
@@ -114,11 +114,8 @@ pub(crate) fn run(mut a: Args) -> i32 {
         pid: std::process::id() as i32,
     }
     .encode();
-    if let Err(e) = fdpass::send_with_fd(
-        sock.as_raw_fd(),
-        &msg,
-        mount.as_ref().map(|m| m.as_raw_fd()),
-    ) {
+    let mount_fd = mount.as_ref().map(|m| m.as_raw_fd());
+    if let Err(e) = porta_sys::scm::send(sock.as_raw_fd(), &msg, mount_fd.as_slice(), 0) {
         tracing::error!(error = %e, "could not hand the mount over; stopping");
         sv.shutdown();
         return 1;
@@ -145,7 +142,7 @@ pub(crate) fn run(mut a: Args) -> i32 {
 /// Tells the launcher why the supervisor could not start (best effort: it may be gone).
 fn send_failure(sock: &OwnedFd, e: &Error) {
     let msg = LaunchReply::Failed(e.to_string()).encode();
-    let _ = fdpass::send_with_fd(sock.as_raw_fd(), &msg, None);
+    let _ = porta_sys::scm::send(sock.as_raw_fd(), &msg, &[], 0);
 }
 
 /// Moves the supervisor (single-threaded) into the servers' leaf of the container's cgroup

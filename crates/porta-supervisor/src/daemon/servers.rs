@@ -109,10 +109,8 @@ impl Supervisor {
 
     pub(super) fn spawn_server(&mut self) -> Result<(), Error> {
         for i in 0..hdr::MAX_SLOTS {
-            if let Some(s) = self.shared.slot(i) {
-                for w in s {
-                    w.store(0, Ordering::Relaxed);
-                }
+            if let Some(s) = self.shared.thread_slot(i) {
+                s.clear();
             }
         }
         self.watch.clear();
@@ -251,10 +249,11 @@ impl Supervisor {
     fn in_flight(&self) -> Vec<Req> {
         let mut out = Vec::new();
         for i in 0..hdr::MAX_SLOTS {
-            let Some(s) = self.shared.slot(i) else {
+            let Some(s) = self.shared.thread_slot(i) else {
                 continue;
             };
-            if s[0].load(Ordering::Acquire) != slot::WORKING || s[2].load(Ordering::Acquire) == 0 {
+            let info = s.info();
+            if info.state != slot::WORKING || info.tid == 0 {
                 continue;
             }
             if let Some((op, unique, node)) = self.shared.request_in(i) {
