@@ -113,10 +113,7 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
                 return Err(std::io::Error::last_os_error());
             }
             if sock == 3 {
-                let fl = libc::fcntl(3, libc::F_GETFD);
-                if fl < 0 || libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                porta_sys::fd::set_cloexec(3, false)?;
             } else if libc::dup2(sock, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -1269,16 +1269,9 @@ fn sigkill(pid: i32) -> bool {
 
 fn sig(pid: i32, s: i32) -> bool {
     assert!(pid > 0);
-    // SAFETY: plain system calls on a pidfd we own.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        if fd < 0 {
-            return false;
-        }
-        let ok = libc::syscall(libc::SYS_pidfd_send_signal, fd, s, 0, 0) == 0;
-        libc::close(fd);
-        ok
-    }
+    porta_sys::pidfd::open(pid)
+        .and_then(|fd| porta_sys::pidfd::send_signal(std::os::fd::AsFd::as_fd(&fd), s))
+        .is_ok()
 }
 
 /// True while `pid` runs: its pidfd is not readable (it becomes readable once every
@@ -1287,21 +1280,8 @@ fn running(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
-    // SAFETY: plain system calls on a pidfd we own.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        if fd < 0 {
-            return false;
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let n = libc::poll(&mut p, 1, 0);
-        libc::close(fd);
-        n == 0
-    }
+    porta_sys::pidfd::open(pid)
+        .is_ok_and(|fd| !porta_sys::pidfd::has_exited(std::os::fd::AsFd::as_fd(&fd)))
 }
 
 /// Waits (bounded) until `pid` has exited.
