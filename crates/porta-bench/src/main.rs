@@ -63,7 +63,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !sys::is_root() {
+    if !porta_sys::user::is_root() {
         eprintln!("porta-bench: must run as root (it runs OCI runtimes)");
         return ExitCode::from(2);
     }

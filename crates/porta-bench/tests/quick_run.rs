@@ -6,14 +6,9 @@ use porta_bench::results::{validate, Record, Status};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn is_root() -> bool {
-    // SAFETY: trivial syscall.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn quick_lifecycle_and_primes_native_and_porta() {
-    if !is_root() {
+    if !porta_sys::user::is_root() {
         eprintln!("skipped: porta-bench needs root");
         return;
     }

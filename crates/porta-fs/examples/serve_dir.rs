@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fuse = porta_fs::mount::open_dev_fuse()?;
     let m = porta_fs::mount::fsmount_fuse(fuse.as_raw_fd(), &Default::default())?;
-    porta_fs::mount::move_mount_to(m.as_raw_fd(), std::path::Path::new(&args[2]))?;
+    porta_sys::mount_api::move_mount_to(
+        std::os::fd::AsFd::as_fd(&m),
+        &CString::new(args[2].clone())?,
+    )?;
     drop(m);
     let root = porta_fs::sys::openat(
         libc::AT_FDCWD,

@@ -319,6 +319,24 @@ pub struct KeeperMounts {
     pub proc: std::os::fd::OwnedFd,
 }
 
+/// `path` as a C string for a system call.
+fn path_cstr(path: &std::path::Path) -> Result<std::ffi::CString, Error> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::BadState(format!("NUL in mount path {}", path.display())))
+}
+
+/// A detached copy of the mount at `path` (with the mounts beneath it when `recursive`).
+fn clone_tree(path: &std::path::Path, recursive: bool) -> Result<std::os::fd::OwnedFd, Error> {
+    use porta_sys::mount_api::{open_tree, AT_RECURSIVE, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE};
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
+    open_tree(
+        libc::AT_FDCWD,
+        &path_cstr(path)?,
+        OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec,
+    )
+    .map_err(|e| Error::Io("open_tree", e))
+}
+
 /// Where the backing root and the procfs sit in the keeper's mount namespace (whose root
 /// is a small read-only tmpfs holding just these two mount points).
 pub const KEEPER_ROOT: &std::ffi::CStr = c"/root";
@@ -338,7 +356,7 @@ pub fn enter_keeper_namespace(
     proc: Option<std::os::fd::OwnedFd>,
 ) -> Result<KeeperMounts, Error> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let sys = |what: &'static str| move |e: nix::errno::Errno| Error::Sys(what, e);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(sys("unshare mount namespace"))?;
@@ -350,14 +368,14 @@ pub fn enter_keeper_namespace(
         None::<&str>,
     )
     .map_err(sys("make mounts private"))?;
-    let tree = crate::mount::clone_tree(backing, true)?;
+    let tree = clone_tree(backing, true)?;
     let proc = match proc {
         Some(p) => p,
         // Procfs alone where the kernel allows it (not what the host mounted beneath it);
         // where those mounts are locked to it, with them.
         None => {
             let at = std::path::Path::new("/proc");
-            crate::mount::clone_tree(at, false).or_else(|_| crate::mount::clone_tree(at, true))?
+            clone_tree(at, false).or_else(|_| clone_tree(at, true))?
         }
     };
     // The new root: a tmpfs over the backing directory's path (in this namespace only).
@@ -373,7 +391,9 @@ pub fn enter_keeper_namespace(
     for (name, m) in [("root", &tree), ("proc", &proc)] {
         let at = backing.join(name);
         std::fs::create_dir(&at).map_err(|e| Error::Io("make a keeper mount point", e))?;
-        crate::mount::move_mount_to(m.as_raw_fd(), &at)?;
+        let at = path_cstr(&at)?;
+        porta_sys::mount_api::move_mount_to(m.as_fd(), &at)
+            .map_err(|e| Error::Io("move_mount", e))?;
     }
     mount(
         None::<&str>,
@@ -677,8 +697,7 @@ mod tests {
 
     #[test]
     fn capabilities_cut_to_the_file_ownership_set_in_a_user_namespace() {
-        // SAFETY: geteuid always succeeds.
-        if unsafe { libc::geteuid() } != 0 {
+        if !porta_sys::user::is_root() {
             eprintln!("skipped: needs root");
             return;
         }

@@ -91,11 +91,12 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     // The servers inherit this process's limits: raise the soft descriptor limit to the
     // hard one and record it for them (the node budget derives from it; a confined server
     // cannot ask for it).
-    match sys::raise_nofile() {
-        Ok(n) => shared
-            .hdr(hdr::NOFILE)
-            .store(n.min(nofile_cap()), std::sync::atomic::Ordering::Relaxed),
-        Err(e) => tracing::warn!(errno = e, "could not read RLIMIT_NOFILE"),
+    match porta_sys::rlimit::raise_nofile(0) {
+        Ok(n) => shared.hdr(hdr::NOFILE).store(
+            n.soft.min(nofile_cap()),
+            std::sync::atomic::Ordering::Relaxed,
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not read RLIMIT_NOFILE"),
     }
     // The servers will share this descriptor table, and each node a server caches holds a
     // descriptor: growing the shared table later stalls a server for an RCU grace period

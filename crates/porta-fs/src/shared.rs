@@ -302,6 +302,16 @@ impl<'a> NodeEntry<'a> {
         self.cold.then(|| &self.w[cold::PIN])
     }
 
+    /// Test-only fault: leaves a cold node's recorded name as a server killed while
+    /// writing it would (its sequence word odd), for the next server to drop. No effect
+    /// on a node with a descriptor.
+    #[cfg(feature = "fault-injection")]
+    pub fn tear_name(&self) {
+        if self.cold {
+            self.w[cold::SEQ].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// A cold node's file type (`st_mode & S_IFMT`); `None` for a node with a descriptor.
     pub fn file_type(&self) -> Option<u64> {
         self.cold
@@ -489,6 +499,13 @@ impl ThreadSlot<'_> {
         self.0[1].fetch_add(1, Ordering::Release);
     }
 
+    /// Clears every word (state, sequence, thread id, spare): no thread, no request.
+    pub fn clear(&self) {
+        for w in self.0 {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// A snapshot.
     pub fn info(&self) -> SlotInfo {
         SlotInfo {
@@ -652,7 +669,7 @@ impl Shared {
     /// The raw words of the entry for descriptor `fd`, if in range. Outside this module,
     /// read them through the typed views ([`Shared::hot_node`], [`Shared::file`],
     /// [`Shared::stream`]) or [`inode_key`].
-    pub fn entry(&self, fd: RawFd) -> Option<&[AtomicU64]> {
+    pub(crate) fn entry(&self, fd: RawFd) -> Option<&[AtomicU64]> {
         if fd < 0 || fd as usize >= self.capacity() {
             return None;
         }
@@ -739,7 +756,7 @@ impl Shared {
 
     /// The raw progress slot words of thread `i` (state, sequence, thread id, spare);
     /// the typed view is [`Shared::thread_slot`].
-    pub fn slot(&self, i: usize) -> Option<&[AtomicU64]> {
+    pub(crate) fn slot(&self, i: usize) -> Option<&[AtomicU64]> {
         if i >= hdr::MAX_SLOTS {
             return None;
         }
@@ -901,7 +918,7 @@ impl Shared {
 
     /// The raw words of cold entry `i`, if in range (the typed view:
     /// [`Shared::cold_node`]).
-    pub fn cold_entry(&self, i: usize) -> Option<&[AtomicU64]> {
+    pub(crate) fn cold_entry(&self, i: usize) -> Option<&[AtomicU64]> {
         if i >= self.cold_capacity() {
             return None;
         }
@@ -1074,7 +1091,7 @@ impl Shared {
 
 /// The backing (st_dev, st_ino) recorded in a node entry (hot or cold) or a listing
 /// stream's entry: words 3 and 2.
-pub fn inode_key(e: &[AtomicU64]) -> (u64, u64) {
+pub(crate) fn inode_key(e: &[AtomicU64]) -> (u64, u64) {
     (e[3].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed))
 }
 

@@ -313,11 +313,6 @@ pub fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// Sets the process umask.
-pub fn umask(mask: u32) {
-    porta_sys::user::umask(mask);
-}
-
 /// Makes the process's descriptor table hold at least `size` descriptors now, using a
 /// duplicate of `fd` (closed again) to make the kernel grow it. Growing a table that other
 /// processes share (CLONE_FILES) waits for an RCU grace period, tens of milliseconds on a
@@ -344,15 +339,6 @@ pub fn fd_table_size(pid: Option<i32>) -> Option<usize> {
     s.lines()
         .find_map(|l| l.strip_prefix("FDSize:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Raises the RLIMIT_NOFILE soft limit to the hard limit (best effort) and returns the
-/// soft limit then in force ([`porta_sys::rlimit::raise_nofile`]; the hard limit is the
-/// supervisor's to raise).
-pub fn raise_nofile() -> SysResult<u64> {
-    porta_sys::rlimit::raise_nofile(0)
-        .map(|l| l.soft)
-        .map_err(os_errno)
 }
 
 /// `struct xattr_args` of the *xattrat system calls (Linux 6.13).
@@ -443,11 +429,6 @@ pub const XATTRAT_SYSCALLS: [libc::c_long; 4] = [
     SYS_LISTXATTRAT,
     SYS_REMOVEXATTRAT,
 ];
-
-/// Sets `O_NONBLOCK` on the open file description of `fd`.
-pub fn set_nonblocking(fd: RawFd) -> SysResult<()> {
-    porta_sys::fd::set_nonblocking(fd).map_err(os_errno)
-}
 
 /// Blocks until `fd` is readable (or has an error or hang-up to report).
 pub fn wait_readable(fd: RawFd) -> SysResult<()> {

@@ -764,8 +764,7 @@ fn resent_lookup_and_create_count_their_node_once() {
 
 #[test]
 fn cold_nodes_are_checked_by_inode_and_survive_a_restart() {
-    use porta_fs::shared::{cold, COLD_BASE};
-    use std::sync::atomic::Ordering;
+    use porta_fs::shared::COLD_BASE;
     require_root!();
     // Budget for 200 descriptors: nodes past its high-water mark (90) are cold.
     let mut c = Conn::with_nofile(200);
@@ -818,7 +817,7 @@ fn cold_nodes_are_checked_by_inode_and_survive_a_restart() {
     // A name a killed server left half-written is dropped by the next one (ESTALE),
     // never used.
     let i = (j - COLD_BASE) as usize;
-    sh.cold_entry(i).unwrap()[cold::SEQ].fetch_add(1, Ordering::Relaxed);
+    sh.cold_node(i).unwrap().tear_name();
     c.restart();
     assert_eq!(getattr(&mut c, j), -libc::ESTALE);
     assert_eq!(

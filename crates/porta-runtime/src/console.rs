@@ -27,18 +27,7 @@ pub fn connect_unix(path: &Path) -> Result<UnixStream> {
 /// Sends the pty master over the console socket as runc does (SCM_RIGHTS, the fd's name as data).
 pub fn send_master(socket: &Path, master: BorrowedFd<'_>) -> Result<()> {
     let s = connect_unix(socket)?;
-    let name = b"/dev/ptmx";
-    let iov = [std::io::IoSlice::new(name)];
-    let fds = [master.as_raw_fd()];
-    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-    nix::sys::socket::sendmsg::<()>(
-        s.as_raw_fd(),
-        &iov,
-        &cmsg,
-        nix::sys::socket::MsgFlags::empty(),
-        None,
-    )
-    .ctx(|| {
+    porta_sys::scm::send(s.as_raw_fd(), b"/dev/ptmx", &[master.as_raw_fd()], 0).ctx(|| {
         format!(
             "send the pty master to the console socket {}",
             socket.display()

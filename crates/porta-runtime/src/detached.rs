@@ -8,100 +8,15 @@
 //! the mapping's host ids are valid.
 
 use std::ffi::CString;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxIdMapping, Mount, Spec};
+use porta_sys::mount_api;
+use porta_sys::proc::MountInfo;
 
 use crate::error::{Error, Result};
-use crate::mounts::{attr, MountOptions};
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-
-fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// open_tree(OPEN_TREE_CLONE): a detached copy of the mount at `path` (with every mount
-/// below it when `recursive`), close-on-exec.
-pub fn clone_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC;
-    if recursive {
-        flags |= AT_RECURSIVE;
-    }
-    // SAFETY: c is a valid NUL-terminated path for the duration of the call.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
-    // SAFETY: open_tree returned a fresh fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// mount_setattr(2) on the mount behind `fd` (and every mount below it when `recursive`).
-pub fn set_attrs(
-    fd: BorrowedFd<'_>,
-    recursive: bool,
-    set: u64,
-    clr: u64,
-    userns: Option<BorrowedFd<'_>>,
-) -> io::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let a = MountAttr {
-        attr_set: set,
-        attr_clr: clr,
-        propagation: 0,
-        userns_fd: userns.map(|u| u.as_raw_fd() as u64).unwrap_or(0),
-    };
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= AT_RECURSIVE;
-    }
-    let empty = c"";
-    // SAFETY: `a` and `empty` are valid for the call; the kernel copies the struct.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            flags,
-            &a as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })?;
-    Ok(())
-}
-
-/// move_mount of the detached mount `from` onto the file or directory `to` is open on.
-pub fn attach(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
-    let empty = c"";
-    // SAFETY: `empty` is a valid NUL-terminated string for the call; both fds are borrowed.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            from.as_raw_fd(),
-            empty.as_ptr(),
-            to.as_raw_fd(),
-            empty.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-        )
-    })?;
-    Ok(())
-}
+use crate::mounts::MountOptions;
 
 /// A process parked in a new user namespace; killed and reaped on drop.
 struct Parked {
@@ -161,41 +76,12 @@ fn inside_root(source: &Path, rootfs: &Path) -> bool {
     canon(source).starts_with(canon(rootfs))
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether anything is mounted below `path` (in this process's mount namespace).
-fn has_submounts(path: &Path, mountinfo: &str) -> bool {
+/// Whether anything is mounted below `path` in the mount table `mounts`.
+fn has_submounts(path: &Path, mounts: &[MountInfo]) -> bool {
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    mountinfo.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|mp| {
-                let mp = std::path::PathBuf::from(unescape(mp));
-                mp != canon && mp.starts_with(&canon)
-            })
-            .unwrap_or(false)
-    })
+    mounts
+        .iter()
+        .any(|m| m.mount_point != canon && m.mount_point.starts_with(&canon))
 }
 
 /// The id mappings an idmapped mount uses: its own, else the container's.
@@ -235,7 +121,7 @@ impl Sources {
 /// submounts (they cannot be unmounted to show what they cover), which a tree cloned on
 /// the host side would not have.
 pub fn open_sources(spec: &Spec, rootfs: &Path, new_userns: bool) -> Result<Sources> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mountinfo = porta_sys::proc::own_mountinfo().unwrap_or_default();
     let mut out = Vec::new();
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let name = || format!("mounts[{i}] ({})", m.destination().display());
@@ -286,7 +172,13 @@ fn open_one(
     src: &Path,
     idmap: bool,
 ) -> Result<Option<OwnedFd>, String> {
-    let tree = match clone_tree(src, opts.recursive) {
+    let path = CString::new(src.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("bind source {}: a NUL byte in the path", src.display()))?;
+    let mut flags = mount_api::OPEN_TREE_CLONE | mount_api::OPEN_TREE_CLOEXEC;
+    if opts.recursive {
+        flags |= mount_api::AT_RECURSIVE;
+    }
+    let tree = match mount_api::open_tree(libc::AT_FDCWD, &path, flags) {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
             return Err(format!("bind source {}: {e}", src.display()))
@@ -316,7 +208,16 @@ fn open_one(
         let ns = userns_with(u, g).map_err(|e| e.to_string())?;
         // `ridmap` on an rbind: every mount of the tree; else the top mount only (runc).
         let rec = opts.recursive && opts.idmap.map(|i| i.recursive).unwrap_or(false);
-        set_attrs(tree.as_fd(), rec, attr::IDMAP, 0, Some(ns.as_fd())).map_err(|e| {
+        let mut flags = libc::AT_EMPTY_PATH as u32;
+        if rec {
+            flags |= mount_api::AT_RECURSIVE;
+        }
+        let attr = mount_api::MountAttr {
+            attr_set: mount_api::MOUNT_ATTR_IDMAP,
+            userns_fd: ns.as_raw_fd() as u64,
+            ..Default::default()
+        };
+        mount_api::mount_setattr(tree.as_raw_fd(), c"", flags, &attr).map_err(|e| {
             format!(
                 "idmap {} (mount_setattr MOUNT_ATTR_IDMAP): {e}",
                 src.display()
@@ -332,14 +233,17 @@ mod tests {
 
     #[test]
     fn submounts_are_found_by_mount_point() {
-        let info = "1 0 8:1 / / rw - ext4 /dev/sda rw\n\
-                    2 1 0:5 / /srv/a\\040b/sub rw - tmpfs t rw\n\
-                    3 1 0:6 / /srv/c rw - tmpfs t rw\n";
+        let info = porta_sys::proc::parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n\
+             2 1 0:5 / /srv/a\\040b/sub rw - tmpfs t rw\n\
+             3 1 0:6 / /srv/c rw - tmpfs t rw\n",
+        )
+        .unwrap();
+        let info = &info[..];
         assert!(has_submounts(Path::new("/srv/a b"), info));
         assert!(!has_submounts(Path::new("/srv/a"), info));
         // a mount on the source itself is not below it
         assert!(!has_submounts(Path::new("/srv/c"), info));
         assert!(has_submounts(Path::new("/srv"), info));
-        assert_eq!(unescape("a\\040b\\011c"), "a b\tc");
     }
 }

@@ -68,7 +68,7 @@ fn run(kind: &str, h: &Hook, state: &[u8]) -> Result<()> {
         Some(t) => t.saturating_mul(1000) as i32,
         None => -1,
     };
-    let pidfd = sys::pidfd_open(pid).map_err(|e| err(format!("pidfd: {e}")))?;
+    let pidfd = porta_sys::pidfd::open(pid).map_err(|e| err(format!("pidfd: {e}")))?;
     let mut fds = [nix::poll::PollFd::new(
         pidfd.as_fd(),
         nix::poll::PollFlags::POLLIN,
@@ -86,7 +86,7 @@ fn run(kind: &str, h: &Hook, state: &[u8]) -> Result<()> {
         }
     };
     if ready == 0 {
-        let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        let _ = porta_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
         let _ = child.wait();
         return Err(err(format!(
             "timed out after {}s",

@@ -377,7 +377,7 @@ pub fn finalize_and_exec(
     // if root was refused.
     let chdir_again = enter_cwd(p, false)?;
     // Everything of Porta's above the preserved fds is closed on exec (CVE-2024-21626).
-    sys::close_from(3 + preserve_fds, true).ctx(|| "mark fds close-on-exec".into())?;
+    porta_sys::fd::close_from(3 + preserve_fds, true).ctx(|| "mark fds close-on-exec".into())?;
     process::drop_bounding(p.capabilities())?;
     process::switch_user(p)?;
     if chdir_again {

@@ -174,11 +174,20 @@ impl Kernel for LinuxKernel {
     }
 
     fn move_mount_onto(&self, mount_fd: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
-        sys::move_mount_onto(mount_fd, target)
+        let t = CString::new(target.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        porta_sys::mount_api::move_mount_to(mount_fd, &t)
     }
 
     fn attach(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
-        crate::detached::attach(from, to)
+        use porta_sys::mount_api::{move_mount, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH};
+        move_mount(
+            from.as_raw_fd(),
+            c"",
+            to.as_raw_fd(),
+            c"",
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
     }
 
     fn mount_setattr(
@@ -188,7 +197,17 @@ impl Kernel for LinuxKernel {
         set: u64,
         clr: u64,
     ) -> io::Result<()> {
-        crate::detached::set_attrs(fd, recursive, set, clr, None)
+        use porta_sys::mount_api::{MountAttr, AT_RECURSIVE};
+        let mut flags = libc::AT_EMPTY_PATH as u32;
+        if recursive {
+            flags |= AT_RECURSIVE;
+        }
+        let attr = MountAttr {
+            attr_set: set,
+            attr_clr: clr,
+            ..Default::default()
+        };
+        porta_sys::mount_api::mount_setattr(fd.as_raw_fd(), c"", flags, &attr)
     }
 
     fn setns(&self, fd: BorrowedFd<'_>, nstype: i32) -> io::Result<()> {

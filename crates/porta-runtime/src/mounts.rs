@@ -5,35 +5,10 @@
 //! meaning to are refused by name rather than handed to the kernel as data.
 
 use nix::mount::MsFlags;
+use porta_sys::mount_api;
 
 /// `MS_NOSYMFOLLOW` (Linux 5.10), which nix does not name.
 pub const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW as _);
-
-/// `MOUNT_ATTR_*` values of mount_setattr(2).
-pub mod attr {
-    /// Read-only.
-    pub const RDONLY: u64 = 0x1;
-    /// No set-user-id.
-    pub const NOSUID: u64 = 0x2;
-    /// No device files.
-    pub const NODEV: u64 = 0x4;
-    /// No execution.
-    pub const NOEXEC: u64 = 0x8;
-    /// The access-time field (a value, not a set of bits).
-    pub const ATIME_MASK: u64 = 0x70;
-    /// Access time: relatime (the kernel's default).
-    pub const RELATIME: u64 = 0x0;
-    /// Access time: never updated.
-    pub const NOATIME: u64 = 0x10;
-    /// Access time: always updated.
-    pub const STRICTATIME: u64 = 0x20;
-    /// No directory access-time updates.
-    pub const NODIRATIME: u64 = 0x80;
-    /// An idmapped mount (with a user namespace fd).
-    pub const IDMAP: u64 = 0x0010_0000;
-    /// Symlinks are not followed.
-    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
-}
 
 /// Recursive mount attributes, applied to a mount and every mount below it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,7 +17,7 @@ pub struct RecursiveAttrs {
     pub set: u64,
     /// Attributes cleared.
     pub clear: u64,
-    /// The access-time value to set (one of `attr::RELATIME`, `NOATIME`, `STRICTATIME`).
+    /// The access-time value to set (`MOUNT_ATTR_RELATIME`, `_NOATIME` or `_STRICTATIME`).
     pub atime: Option<u64>,
 }
 
@@ -55,7 +30,7 @@ impl RecursiveAttrs {
     /// (attr_set, attr_clr) for mount_setattr(2).
     pub fn set_clr(&self) -> (u64, u64) {
         match self.atime {
-            Some(a) => (self.set | a, self.clear | attr::ATIME_MASK),
+            Some(a) => (self.set | a, self.clear | mount_api::MOUNT_ATTR__ATIME),
             None => (self.set, self.clear),
         }
     }
@@ -216,23 +191,25 @@ fn lookup(opt: &str) -> Option<Opt> {
         "rslave" => Propagation(F::MS_SLAVE | F::MS_REC),
         "unbindable" => Propagation(F::MS_UNBINDABLE),
         "runbindable" => Propagation(F::MS_UNBINDABLE | F::MS_REC),
-        "rro" => RecSet(attr::RDONLY),
-        "rrw" => RecClear(attr::RDONLY),
-        "rnosuid" => RecSet(attr::NOSUID),
-        "rsuid" => RecClear(attr::NOSUID),
-        "rnodev" => RecSet(attr::NODEV),
-        "rdev" => RecClear(attr::NODEV),
-        "rnoexec" => RecSet(attr::NOEXEC),
-        "rexec" => RecClear(attr::NOEXEC),
-        "rnodiratime" => RecSet(attr::NODIRATIME),
-        "rdiratime" => RecClear(attr::NODIRATIME),
-        "rnosymfollow" => RecSet(attr::NOSYMFOLLOW),
-        "rsymfollow" => RecClear(attr::NOSYMFOLLOW),
-        "rnoatime" => RecAtime(attr::NOATIME),
-        "rstrictatime" => RecAtime(attr::STRICTATIME),
+        "rro" => RecSet(mount_api::MOUNT_ATTR_RDONLY),
+        "rrw" => RecClear(mount_api::MOUNT_ATTR_RDONLY),
+        "rnosuid" => RecSet(mount_api::MOUNT_ATTR_NOSUID),
+        "rsuid" => RecClear(mount_api::MOUNT_ATTR_NOSUID),
+        "rnodev" => RecSet(mount_api::MOUNT_ATTR_NODEV),
+        "rdev" => RecClear(mount_api::MOUNT_ATTR_NODEV),
+        "rnoexec" => RecSet(mount_api::MOUNT_ATTR_NOEXEC),
+        "rexec" => RecClear(mount_api::MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => RecSet(mount_api::MOUNT_ATTR_NODIRATIME),
+        "rdiratime" => RecClear(mount_api::MOUNT_ATTR_NODIRATIME),
+        "rnosymfollow" => RecSet(mount_api::MOUNT_ATTR_NOSYMFOLLOW),
+        "rsymfollow" => RecClear(mount_api::MOUNT_ATTR_NOSYMFOLLOW),
+        "rnoatime" => RecAtime(mount_api::MOUNT_ATTR_NOATIME),
+        "rstrictatime" => RecAtime(mount_api::MOUNT_ATTR_STRICTATIME),
         // The kernel's default access time is relatime: "atime", "no strict atime" and
         // "no relatime" without strictatime all come down to it, as with mount(2).
-        "rrelatime" | "ratime" | "rnorelatime" | "rnostrictatime" => RecAtime(attr::RELATIME),
+        "rrelatime" | "ratime" | "rnorelatime" | "rnostrictatime" => {
+            RecAtime(mount_api::MOUNT_ATTR_RELATIME)
+        }
         "tmpcopyup" => Copyup(true),
         "notmpcopyup" => Copyup(false),
         "copy-symlink" => CopySymlink,
@@ -464,20 +441,20 @@ mod tests {
     #[test]
     fn every_recursive_attribute() {
         let set: &[(&str, u64)] = &[
-            ("rro", attr::RDONLY),
-            ("rnosuid", attr::NOSUID),
-            ("rnodev", attr::NODEV),
-            ("rnoexec", attr::NOEXEC),
-            ("rnodiratime", attr::NODIRATIME),
-            ("rnosymfollow", attr::NOSYMFOLLOW),
+            ("rro", mount_api::MOUNT_ATTR_RDONLY),
+            ("rnosuid", mount_api::MOUNT_ATTR_NOSUID),
+            ("rnodev", mount_api::MOUNT_ATTR_NODEV),
+            ("rnoexec", mount_api::MOUNT_ATTR_NOEXEC),
+            ("rnodiratime", mount_api::MOUNT_ATTR_NODIRATIME),
+            ("rnosymfollow", mount_api::MOUNT_ATTR_NOSYMFOLLOW),
         ];
         let clear: &[(&str, u64)] = &[
-            ("rrw", attr::RDONLY),
-            ("rsuid", attr::NOSUID),
-            ("rdev", attr::NODEV),
-            ("rexec", attr::NOEXEC),
-            ("rdiratime", attr::NODIRATIME),
-            ("rsymfollow", attr::NOSYMFOLLOW),
+            ("rrw", mount_api::MOUNT_ATTR_RDONLY),
+            ("rsuid", mount_api::MOUNT_ATTR_NOSUID),
+            ("rdev", mount_api::MOUNT_ATTR_NODEV),
+            ("rexec", mount_api::MOUNT_ATTR_NOEXEC),
+            ("rdiratime", mount_api::MOUNT_ATTR_NODIRATIME),
+            ("rsymfollow", mount_api::MOUNT_ATTR_NOSYMFOLLOW),
         ];
         for (opt, a) in set {
             let o = p(&[opt]);
@@ -490,24 +467,36 @@ mod tests {
             assert!(o.flags.is_empty() && o.data.is_empty(), "{opt}");
         }
         // the last of a pair wins
-        assert_eq!(p(&["rro", "rrw"]).rec_attrs.set_clr(), (0, attr::RDONLY));
-        assert_eq!(p(&["rrw", "rro"]).rec_attrs.set_clr(), (attr::RDONLY, 0));
+        assert_eq!(
+            p(&["rro", "rrw"]).rec_attrs.set_clr(),
+            (0, mount_api::MOUNT_ATTR_RDONLY)
+        );
+        assert_eq!(
+            p(&["rrw", "rro"]).rec_attrs.set_clr(),
+            (mount_api::MOUNT_ATTR_RDONLY, 0)
+        );
         for (opt, v) in [
-            ("rnoatime", attr::NOATIME),
-            ("rstrictatime", attr::STRICTATIME),
-            ("rrelatime", attr::RELATIME),
-            ("ratime", attr::RELATIME),
-            ("rnorelatime", attr::RELATIME),
-            ("rnostrictatime", attr::RELATIME),
+            ("rnoatime", mount_api::MOUNT_ATTR_NOATIME),
+            ("rstrictatime", mount_api::MOUNT_ATTR_STRICTATIME),
+            ("rrelatime", mount_api::MOUNT_ATTR_RELATIME),
+            ("ratime", mount_api::MOUNT_ATTR_RELATIME),
+            ("rnorelatime", mount_api::MOUNT_ATTR_RELATIME),
+            ("rnostrictatime", mount_api::MOUNT_ATTR_RELATIME),
         ] {
             let o = p(&[opt]);
-            assert_eq!(o.rec_attrs.set_clr(), (v, attr::ATIME_MASK), "{opt}");
+            assert_eq!(
+                o.rec_attrs.set_clr(),
+                (v, mount_api::MOUNT_ATTR__ATIME),
+                "{opt}"
+            );
         }
         assert_eq!(
             p(&["rnoatime", "rro", "rnosuid"]).rec_attrs.set_clr(),
             (
-                attr::NOATIME | attr::RDONLY | attr::NOSUID,
-                attr::ATIME_MASK
+                mount_api::MOUNT_ATTR_NOATIME
+                    | mount_api::MOUNT_ATTR_RDONLY
+                    | mount_api::MOUNT_ATTR_NOSUID,
+                mount_api::MOUNT_ATTR__ATIME
             )
         );
     }

@@ -134,7 +134,7 @@ pub fn switch_user(p: &Process) -> Result<()> {
         .ctx(|| format!("process.user.uid: setuid {}", u.uid()))?;
     sys::prctl(libc::PR_SET_KEEPCAPS, 0, 0).ctx(|| "prctl(PR_SET_KEEPCAPS, 0)".into())?;
     if let Some(mask) = u.umask() {
-        sys::set_umask(mask);
+        porta_sys::user::umask(mask);
     }
     Ok(())
 }

@@ -11,21 +11,20 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::BufRead;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+
+use porta_sys::mount_api::{
+    self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
 
 use crate::error::{Context, Error, Result};
 use crate::sys;
 
 const MEMFD_NAME: &str = "porta";
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 /// Whether this process already runs from a sealed memfd copy of the binary or from a
 /// private read-only overlay of it.
@@ -63,15 +62,10 @@ fn is_private_overlay(exe: &File) -> bool {
     let Ok(id) = sys::mount_id(exe.as_fd()) else {
         return false;
     };
-    let Ok(mi) = File::open("/proc/self/mountinfo") else {
+    let Ok(mounts) = porta_sys::proc::own_mountinfo() else {
         return false;
     };
-    let attached = std::io::BufReader::new(mi).lines().any(|l| {
-        l.ok()
-            .and_then(|l| l.split(' ').next().and_then(|f| f.parse::<u64>().ok()))
-            == Some(id)
-    });
-    !attached
+    !mounts.iter().any(|m| m.mount_id == id)
 }
 
 /// Opens the running binary through a private, detached, read-only overlayfs whose lower
@@ -87,20 +81,20 @@ fn private_overlay() -> std::io::Result<File> {
     if dir_s.contains([':', '\\', ',']) || !dir.is_absolute() {
         return Err(inval());
     }
-    let tmpfs = sys::fsopen("tmpfs")?;
-    let empty = sys::fs_create_and_mount(
+    let tmpfs = mount_api::fsopen(c"tmpfs")?;
+    mount_api::fsconfig_create(tmpfs.as_fd())?;
+    let empty = mount_api::fsmount(
         tmpfs.as_fd(),
         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
     )?;
-    let ovl = sys::fsopen("overlay")?;
-    sys::fsconfig_set_string(
-        ovl.as_fd(),
-        "lowerdir",
-        &format!("{dir_s}:/proc/self/fd/{}", empty.as_raw_fd()),
-    )?;
+    let ovl = mount_api::fsopen(c"overlay")?;
+    let lower = CString::new(format!("{dir_s}:/proc/self/fd/{}", empty.as_raw_fd()))
+        .map_err(|_| inval())?;
+    mount_api::fsconfig_set_string(ovl.as_fd(), c"lowerdir", &lower)?;
     // Spares dmesg a notice when the layers are on different file systems; optional.
-    let _ = sys::fsconfig_set_string(ovl.as_fd(), "xino", "off");
-    let mnt = sys::fs_create_and_mount(
+    let _ = mount_api::fsconfig_set_string(ovl.as_fd(), c"xino", c"off");
+    mount_api::fsconfig_create(ovl.as_fd())?;
+    let mnt = mount_api::fsmount(
         ovl.as_fd(),
         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
     )?;

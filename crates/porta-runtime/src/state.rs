@@ -409,20 +409,6 @@ pub fn runc_fields(st: &ContainerState) -> serde_json::Value {
     })
 }
 
-/// Start time of a process (clock ticks since boot), or None if it is gone.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// State letter of a process (R, S, Z, …), or None if it is gone.
-pub fn process_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,7 +471,7 @@ mod tests {
             created: "2026-12-06T23:00:00.000000000Z".into(),
             owner: "root".into(),
             annotations: HashMap::from([("k".to_string(), "v".to_string())]),
-            pid_start_time: process_start_time(me).unwrap(),
+            pid_start_time: porta_sys::proc::start_time(me).unwrap(),
             cgroup: None,
             started: true,
             file_server: true,
@@ -581,14 +567,5 @@ mod tests {
             "runc state failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    #[test]
-    fn own_process_has_a_start_time() {
-        assert!(process_start_time(std::process::id() as i32).is_some());
-        assert!(matches!(
-            process_state(std::process::id() as i32),
-            Some('R' | 'S')
-        ));
     }
 }

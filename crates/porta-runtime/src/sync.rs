@@ -1,13 +1,9 @@
 //! The channel between `porta create`/`exec` and the processes it forks: typed messages over a
 //! SEQPACKET socket pair, with file descriptors attached (SCM_RIGHTS).
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -61,17 +57,8 @@ impl Channel {
     pub fn send(&self, msg: &Msg, fds: &[RawFd]) -> Result<()> {
         let bytes = serde_json::to_vec(msg)
             .map_err(|e| Error::Init(format!("encode set-up message: {e}")))?;
-        let iov = [IoSlice::new(&bytes)];
-        let cmsg = [ControlMessage::ScmRights(fds)];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-        sendmsg::<()>(
-            self.fd.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(|e| Error::nix("send on the set-up channel", e))?;
+        porta_sys::scm::send(self.fd.as_raw_fd(), &bytes, fds, libc::MSG_NOSIGNAL)
+            .map_err(|e| Error::sys("send on the set-up channel", e))?;
         Ok(())
     }
 
@@ -79,30 +66,12 @@ impl Channel {
     /// naming `peer`.
     pub fn recv(&self, peer: &str) -> Result<(Msg, Vec<OwnedFd>)> {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut cbuf = nix::cmsg_space!([RawFd; 4]);
+        let mut slots: [Option<OwnedFd>; 4] = Default::default();
         let (n, fds) = loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cbuf),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => {
-                    let mut fds = Vec::new();
-                    for c in m
-                        .cmsgs()
-                        .map_err(|e| Error::nix("read control message", e))?
-                    {
-                        if let ControlMessageOwned::ScmRights(v) = c {
-                            // SAFETY: SCM_RIGHTS gave us fresh fds that nobody else owns.
-                            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                        }
-                    }
-                    break (m.bytes, fds);
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::nix(format!("receive from {peer}"), e)),
+            match porta_sys::scm::recv(self.fd.as_raw_fd(), &mut buf, 0, &mut slots) {
+                Ok(r) => break (r.len, slots.iter_mut().filter_map(Option::take).collect()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(Error::sys(format!("receive from {peer}"), e)),
             }
         };
         if n == 0 {

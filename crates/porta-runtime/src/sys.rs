@@ -30,12 +30,6 @@ pub fn clone_into(flags: u64) -> io::Result<Forked> {
     }
 }
 
-/// Opens a pidfd for `pid`.
-pub use porta_sys::pidfd::open as pidfd_open;
-
-/// Sends `sig` to the process behind `pidfd`.
-pub use porta_sys::pidfd::send_signal as pidfd_send_signal;
-
 /// setns on an fd (a namespace file or a pidfd) with the given flags.
 pub fn setns(fd: BorrowedFd<'_>, nstype: i32) -> io::Result<()> {
     // SAFETY: plain integer arguments.
@@ -49,11 +43,6 @@ pub fn unshare(flags: i32) -> io::Result<()> {
     cvt(unsafe { libc::unshare(flags) } as libc::c_long)?;
     Ok(())
 }
-
-/// Closes every fd from `first` upwards (close_range), or marks them close-on-exec.
-/// Callers own no fd above `first` that they still use after this call (documented at
-/// each call site).
-pub use porta_sys::fd::close_from;
 
 /// Resolve flags for [`openat2`].
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
@@ -211,37 +200,6 @@ pub fn unlock_pty(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and is async-signal-safe.
     unsafe { libc::_exit(code) }
-}
-
-/// umask(2); returns the previous mask.
-pub use porta_sys::user::umask as set_umask;
-
-fn cstring(s: &[u8]) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// move_mount of a detached mount (from fsmount/open_tree) onto `target`.
-pub fn move_mount_onto(mount_fd: BorrowedFd<'_>, target: &std::path::Path) -> io::Result<()> {
-    let t = cstring(target.as_os_str().as_encoded_bytes())?;
-    porta_sys::mount_api::move_mount_to(mount_fd, &t)
-}
-
-/// fsopen: a new file system context for `fstype` (close-on-exec).
-pub fn fsopen(fstype: &str) -> io::Result<OwnedFd> {
-    porta_sys::mount_api::fsopen(&cstring(fstype.as_bytes())?)
-}
-
-/// fsconfig(FSCONFIG_SET_STRING, key, value) on a file system context.
-pub fn fsconfig_set_string(fs: BorrowedFd<'_>, key: &str, value: &str) -> io::Result<()> {
-    let (k, v) = (cstring(key.as_bytes())?, cstring(value.as_bytes())?);
-    porta_sys::mount_api::fsconfig_set_string(fs, &k, &v)
-}
-
-/// fsconfig(FSCONFIG_CMD_CREATE) then fsmount: the context's new superblock as a detached
-/// mount (close-on-exec) with the given MOUNT_ATTR_* flags.
-pub fn fs_create_and_mount(fs: BorrowedFd<'_>, attrs: u64) -> io::Result<OwnedFd> {
-    porta_sys::mount_api::fsconfig_create(fs)?;
-    porta_sys::mount_api::fsmount(fs, attrs)
 }
 
 /// fstatfs and fstatvfs: (f_type, f_flag) of the file system holding `fd`.

@@ -400,35 +400,14 @@ mod tests {
         assert_eq!(answer(&theirs), None, "garbage is not answered");
         assert_eq!(reg.open.len(), 1, "nothing closed: {:?}", reg.open);
         // Two descriptors in one OPEN: refused, both closed.
-        {
-            let mut cbuf = [0u64; 8];
-            let m = Request {
-                op: OP_OPEN,
-                arg: 1,
-                tag: 30,
-            }
-            .encode();
-            let mut iov = libc::iovec {
-                iov_base: m.as_ptr() as *mut libc::c_void,
-                iov_len: m.len(),
-            };
-            // SAFETY: building a two-descriptor SCM_RIGHTS message in a local buffer.
-            unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                msg.msg_control = cbuf.as_mut_ptr().cast();
-                msg.msg_controllen = libc::CMSG_SPACE(8) as _;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_RIGHTS;
-                (*c).cmsg_len = libc::CMSG_LEN(8) as _;
-                let d = libc::CMSG_DATA(c) as *mut i32;
-                std::ptr::write_unaligned(d, file.as_raw_fd());
-                std::ptr::write_unaligned(d.add(1), file.as_raw_fd());
-                assert!(libc::sendmsg(theirs.as_raw_fd(), &msg, 0) > 0);
-            }
+        let m = Request {
+            op: OP_OPEN,
+            arg: 1,
+            tag: 30,
         }
+        .encode();
+        let two = [file.as_raw_fd(), file.as_raw_fd()];
+        assert!(porta_sys::scm::send(theirs.as_raw_fd(), &m, &two, 0).unwrap() > 0);
         assert_eq!(b.serve(&mut reg, 64), 1);
         assert_eq!(
             answer(&theirs),

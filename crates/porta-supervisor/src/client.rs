@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use porta_protocol::supervisor::{ControlReply, ControlRequest, LaunchReply, SupervisorArgs};
 
-use crate::{
-    daemon, fdpass, proc, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME,
-};
+use crate::{daemon, proc, Error, ServerStatus, SupervisorState, SERVERS_FILE, SOCKET_NAME};
 
 /// What [`launch`] needs to give a container its file server.
 #[derive(Debug, Clone)]
@@ -115,10 +113,7 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
                 return Err(std::io::Error::last_os_error());
             }
             if sock == 3 {
-                let fl = libc::fcntl(3, libc::F_GETFD);
-                if fl < 0 || libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                porta_sys::fd::set_cloexec(3, false)?;
             } else if libc::dup2(sock, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -148,9 +143,11 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
     // The caller's children (`porta create` forks stage one meanwhile) may interrupt the
     // wait with SIGCHLD when it has a handler or runs under ptrace: wait on.
     let deadline = Instant::now() + LAUNCH_TIMEOUT;
+    let mut msg = vec![0u8; 4096];
+    let mut fds: [Option<OwnedFd>; 4] = Default::default();
     let received = loop {
-        match fdpass::recv_with_fd(ours.as_raw_fd()) {
-            Err(nix::errno::Errno::EINTR) if Instant::now() < deadline => {
+        match porta_sys::scm::recv(ours.as_raw_fd(), &mut msg, 0, &mut fds) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) && Instant::now() < deadline => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 ours.set_read_timeout(Some(left.max(Duration::from_millis(1))))
                     .map_err(|e| Error::Io("socket timeout", e))?;
@@ -158,10 +155,13 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
             r => break r,
         }
     };
-    let (msg, fd) = received.map_err(|e| match e {
-        nix::errno::Errno::EAGAIN => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
-        e => Error::Sys("receive mount from supervisor", e),
+    let r = received.map_err(|e| match e.raw_os_error() {
+        Some(libc::EAGAIN) => Error::Timeout("hand over the mount", LAUNCH_TIMEOUT),
+        _ => Error::Io("receive mount from supervisor", e),
     })?;
+    msg.truncate(r.len);
+    // The first descriptor is the mount; any further ones are closed with `fds`.
+    let [fd, ..] = fds;
     launched(spec, &msg, fd)
 }
 

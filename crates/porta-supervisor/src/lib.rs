@@ -14,7 +14,6 @@ mod client;
 mod daemon;
 mod entry;
 mod error;
-mod fdpass;
 mod proc;
 mod watch;
 

@@ -17,11 +17,6 @@ pub(crate) fn send(fd: BorrowedFd<'_>, sig: i32) -> bool {
     porta_sys::pidfd::send_signal(fd, sig).is_ok()
 }
 
-/// True once the process of `fd` has exited (a zombie counts as exited).
-pub(crate) fn exited(fd: BorrowedFd<'_>) -> bool {
-    porta_sys::pidfd::has_exited(fd)
-}
-
 /// Waits up to `ms` milliseconds for the process of `fd` to exit; true if it did.
 pub(crate) fn wait_exit(fd: BorrowedFd<'_>, ms: u16) -> bool {
     porta_sys::pidfd::wait_exit(fd, Some(Duration::from_millis(u64::from(ms)))).unwrap_or(false)
@@ -113,14 +108,6 @@ pub(crate) fn death_of(fd: BorrowedFd<'_>, pid: i32) -> Death {
     }
 }
 
-/// The state letter of a /proc/PID/stat line.
-pub(crate) fn stat_state(stat: &str) -> Option<char> {
-    Stat::parse(stat).ok().map(|s| s.state)
-}
-
-/// Start time of `pid` (field 22 of /proc/PID/stat, clock ticks since boot).
-pub(crate) use porta_sys::proc::start_time;
-
 /// True if `pid` is stopped (job control or ptrace).
 pub(crate) fn stopped(pid: i32) -> bool {
     Stat::of(pid).is_some_and(|s| s.is_stopped())
@@ -131,7 +118,7 @@ pub(crate) fn stopped(pid: i32) -> bool {
 /// reused the pid.
 pub(crate) fn open_if_same(pid: i32, start: u64) -> Option<OwnedFd> {
     let fd = pidfd_open(pid)?;
-    if start_time(pid) != Some(start) || exited(fd.as_fd()) {
+    if porta_sys::proc::start_time(pid) != Some(start) || porta_sys::pidfd::has_exited(fd.as_fd()) {
         return None;
     }
     Some(fd)
@@ -159,10 +146,6 @@ pub(crate) fn sharers_of(keeper: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The pid of a pidfd, from its fdinfo ("Pid:"; -1 once the process is reaped).
-#[cfg(test)]
-pub(crate) use porta_sys::pidfd::pid_of;
-
 /// Borrow of an optional pidfd.
 pub(crate) fn borrow(fd: &Option<OwnedFd>) -> Option<BorrowedFd<'_>> {
     fd.as_ref().map(|f| f.as_fd())
@@ -186,7 +169,7 @@ mod tests {
         let mut child = child;
         child.wait().unwrap();
         assert_eq!(death_of(fd.as_fd(), pid), Death::exited(7));
-        assert_eq!(pid_of(fd.as_fd()), Some(-1));
+        assert_eq!(porta_sys::pidfd::pid_of(fd.as_fd()), Some(-1));
     }
 
     #[test]
@@ -202,7 +185,7 @@ mod tests {
     #[test]
     fn same_process_checks() {
         let me = std::process::id() as i32;
-        let st = start_time(me).unwrap();
+        let st = porta_sys::proc::start_time(me).unwrap();
         assert!(alive(me, st));
         assert!(!alive(me, st + 1));
         assert!(share_files(me, me));

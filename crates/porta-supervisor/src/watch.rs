@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use porta_fs::abi;
-use porta_fs::shared::{self, hdr, kind, NodeRef, Shared};
+use porta_fs::shared::{hdr, kind, NodeRef, Shared};
 
 /// Events watched: names (also of directories), attributes, data (writes and truncates
 /// send FAN_MODIFY). Not FAN_CLOSE_WRITE: the last close of a passthrough backing file
@@ -331,16 +331,7 @@ struct Notifier {
 impl Drop for Notifier {
     fn drop(&mut self) {
         if let Some(p) = &self.pidfd {
-            // SAFETY: pidfd_send_signal on our own pidfd; no memory is passed.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    p.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
+            let _ = porta_sys::pidfd::send_signal(p.as_fd(), libc::SIGKILL);
         }
     }
 }
@@ -619,15 +610,15 @@ impl Watcher {
         };
         for fd in 0..shared.scan_end() {
             if shared.kind(fd) == kind::NODE {
-                if let Some(e) = shared.entry(fd) {
-                    take(shared::inode_key(e), NodeRef::Hot(fd).id());
+                if let Some(e) = shared.hot_node(fd) {
+                    take(e.inode_key(), NodeRef::Hot(fd).id());
                 }
             }
         }
         for i in 0..shared.cold_scan_end() {
             if shared.cold_kind(i) == kind::NODE {
-                if let Some(e) = shared.cold_entry(i) {
-                    take(shared::inode_key(e), NodeRef::Cold(i).id());
+                if let Some(e) = shared.cold_node(i) {
+                    take(e.inode_key(), NodeRef::Cold(i).id());
                 }
             }
         }
@@ -656,7 +647,7 @@ impl Watcher {
             .notifier
             .as_ref()
             .and_then(|n| n.pidfd.as_ref())
-            .is_some_and(|p| crate::proc::exited(p.as_fd()))
+            .is_some_and(|p| porta_sys::pidfd::has_exited(p.as_fd()))
         {
             let e = std::io::Error::from_raw_os_error(libc::ESRCH);
             if !self.replace_notifier(&e) {
@@ -779,7 +770,7 @@ fn notifier_main(sock: RawFd, fuse: RawFd) -> ! {
         if libc::dup2(sock, 0) < 0 || libc::dup2(fuse, 1) < 0 {
             libc::_exit(1);
         }
-        libc::syscall(libc::SYS_close_range, 2u32, u32::MAX, 0u32);
+        let _ = porta_sys::fd::close_from(2, false);
         let mut buf = [0u8; MAX_FRAME];
         loop {
             let n = libc::recv(0, buf.as_mut_ptr().cast(), buf.len(), 0);

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,14 +12,10 @@ use porta_supervisor::{
     launch, read_state, servers, stop, watch_container, LaunchSpec, ServerStatus, SupervisorState,
 };
 
-fn is_root() -> bool {
-    // SAFETY: always succeeds.
-    unsafe { libc::geteuid() == 0 }
-}
-
+/// Skips the test (returns) unless running as root.
 macro_rules! require_root {
     () => {
-        if !is_root() {
+        if !porta_sys::user::is_root() {
             eprintln!("skipped: needs root");
             return;
         }
@@ -112,7 +107,9 @@ impl Container {
                 std::fs::read_to_string(&spec.log).unwrap_or_default()
             )
         });
-        porta_fs::mount::move_mount_to(l.mount_fd.as_raw_fd(), &mnt).unwrap();
+        let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        porta_sys::mount_api::move_mount_to(std::os::fd::AsFd::as_fd(&l.mount_fd), &target)
+            .unwrap();
         drop(l.mount_fd);
         Container {
             _serial: serial,
@@ -1272,16 +1269,9 @@ fn sigkill(pid: i32) -> bool {
 
 fn sig(pid: i32, s: i32) -> bool {
     assert!(pid > 0);
-    // SAFETY: plain system calls on a pidfd we own.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        if fd < 0 {
-            return false;
-        }
-        let ok = libc::syscall(libc::SYS_pidfd_send_signal, fd, s, 0, 0) == 0;
-        libc::close(fd);
-        ok
-    }
+    porta_sys::pidfd::open(pid)
+        .and_then(|fd| porta_sys::pidfd::send_signal(std::os::fd::AsFd::as_fd(&fd), s))
+        .is_ok()
 }
 
 /// True while `pid` runs: its pidfd is not readable (it becomes readable once every
@@ -1290,21 +1280,8 @@ fn running(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
-    // SAFETY: plain system calls on a pidfd we own.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        if fd < 0 {
-            return false;
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let n = libc::poll(&mut p, 1, 0);
-        libc::close(fd);
-        n == 0
-    }
+    porta_sys::pidfd::open(pid)
+        .is_ok_and(|fd| !porta_sys::pidfd::has_exited(std::os::fd::AsFd::as_fd(&fd)))
 }
 
 /// Waits (bounded) until `pid` has exited.

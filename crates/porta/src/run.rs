@@ -321,7 +321,7 @@ fn wait_forwarding_signals(pid: i32) -> Result<i32> {
     // The exit is watched through a pidfd as well as SIGCHLD: a SIGCHLD that reaches a
     // thread of this process which does not block it is discarded, and the zombie would
     // then never be looked at.
-    let pidfd = porta_runtime::sys::pidfd_open(pid).ok();
+    let pidfd = porta_sys::pidfd::open(pid).ok();
     let target = nix::unistd::Pid::from_raw(pid);
     loop {
         // Reap whatever exited; stop when the container's process did.

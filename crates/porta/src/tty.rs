@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
@@ -166,22 +166,11 @@ impl ConsoleListener {
         })?;
         s.set_nonblocking(false).context("console connection")?;
         let mut buf = [0u8; 256];
-        let mut cbuf = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = nix::sys::socket::recvmsg::<()>(
-            s.as_raw_fd(),
-            &mut iov,
-            Some(&mut cbuf),
-            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .context("receive the pty master")?;
-        for c in msg.cmsgs().context("read control message")? {
-            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                if let Some(fd) = fds.first() {
-                    // SAFETY: SCM_RIGHTS handed us this fd; we own it now.
-                    return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-                }
-            }
+        let mut slot: [Option<OwnedFd>; 1] = Default::default();
+        porta_sys::scm::recv(s.as_raw_fd(), &mut buf, 0, &mut slot)
+            .context("receive the pty master")?;
+        if let Some(fd) = slot[0].take() {
+            return Ok(fd);
         }
         bail!("no pty master arrived on the console socket")
     }

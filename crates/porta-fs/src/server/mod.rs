@@ -188,7 +188,7 @@ impl Gate {
 /// negotiated parameters and asks the kernel to resend the requests its predecessor had
 /// read but not answered (FUSE_NOTIFY_RESEND).
 pub fn serve(cfg: &Config) -> Result<Exit, Error> {
-    sys::umask(0);
+    porta_sys::user::umask(0);
     let root_st = sys::fstat(cfg.root_fd).map_err(|e| errno_err("fstat backing root", e))?;
     if root_st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(Error::BadState("backing root is not a directory".into()));
@@ -213,7 +213,8 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         root_st.st_dev,
     );
     let nofile = match sh.hdr(hdr::NOFILE).load(Ordering::Relaxed) {
-        0 => sys::raise_nofile().unwrap_or(u64::MAX),
+        // The soft limit raised to the hard one; the hard limit is the supervisor's to raise.
+        0 => porta_sys::rlimit::raise_nofile(0).map_or(u64::MAX, |l| l.soft),
         n => n,
     };
     let budget = Budget::for_limit((nofile.min(sh.capacity() as u64) as usize).max(16));
@@ -288,8 +289,8 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     fs.evict.set_method(evict::probe(fs.fuse));
     // Request threads poll before they sleep (wait_for_request); the supervisor and the
     // keeper never read this descriptor, so its file description may be non-blocking.
-    sys::set_nonblocking(fs.fuse)
-        .map_err(|e| errno_err("make the FUSE descriptor non-blocking", e))?;
+    porta_sys::fd::set_nonblocking(fs.fuse)
+        .map_err(|e| Error::Io("make the FUSE descriptor non-blocking", e))?;
     let fs = &fs;
     let threads = cfg.threads.clamp(1, hdr::MAX_SLOTS);
     let result = std::thread::scope(|s| {

@@ -11,16 +11,11 @@ use std::time::{Duration, Instant};
 
 use porta_fs::{mount, serve, sys, Config, Shared};
 
-pub fn is_root() -> bool {
-    // SAFETY: always succeeds.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Skips the test (returns) unless running as root.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !common::is_root() {
+        if !porta_sys::user::is_root() {
             eprintln!("skipped: needs root");
             return;
         }
@@ -100,7 +95,8 @@ impl TestMount {
     ) -> TestMount {
         let fuse = mount::open_dev_fuse().unwrap();
         let m = mount::fsmount_fuse(fuse.as_raw_fd(), &mount::MountOptions::default()).unwrap();
-        mount::move_mount_to(m.as_raw_fd(), &mnt).unwrap();
+        let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        porta_sys::mount_api::move_mount_to(std::os::fd::AsFd::as_fd(&m), &target).unwrap();
         drop(m);
         let root = open_dir(&backing, libc::O_PATH);
         let procfd = open_dir(Path::new("/proc/self/fd"), libc::O_RDONLY);

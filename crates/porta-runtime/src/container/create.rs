@@ -15,7 +15,7 @@ use crate::init::{self, InitArgs};
 use crate::namespaces::Plan;
 use crate::state::{self, ContainerState, StateDir, StateRoot, Status};
 use crate::sync::{Channel, Msg};
-use crate::{hooks, rootfs, sys};
+use crate::{hooks, rootfs};
 
 /// Options of `porta create` (and the create half of `porta run`).
 #[derive(Debug, Clone, Default)]
@@ -65,7 +65,7 @@ impl Rollback {
 impl Drop for Rollback {
     fn drop(&mut self) {
         if let Some(pidfd) = self.init.take() {
-            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = porta_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
             wait_pidfd(pidfd.as_fd(), -1);
         }
         if let Some(b) = self.host_root.take() {
@@ -420,9 +420,11 @@ fn launch(
         }
     };
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
-    rb.init = Some(sys::pidfd_open(pid).ctx(|| format!("pidfd of the container's process {pid}"))?);
+    rb.init = Some(
+        porta_sys::pidfd::open(pid).ctx(|| format!("pidfd of the container's process {pid}"))?,
+    );
     st.pid = pid;
-    st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
+    st.pid_start_time = porta_sys::proc::start_time(pid).unwrap_or(0);
     let root = match (launched, &choice.served) {
         (Some(l), _) => {
             let l = l?;

@@ -12,9 +12,9 @@ use oci_spec::runtime::Spec;
 use porta_cgroups::ContainerCgroup;
 
 use crate::config;
+use crate::console;
 use crate::error::{Context, Error, Result};
-use crate::state::{self, ContainerState, StateDir, StateRoot, Status};
-use crate::{console, sys};
+use crate::state::{ContainerState, StateDir, StateRoot, Status};
 
 mod create;
 mod exec;
@@ -68,16 +68,7 @@ fn send_seccomp_fd(
         "state": st,
     });
     let data = serde_json::to_vec(&msg).unwrap_or_default();
-    let iov = [std::io::IoSlice::new(&data)];
-    let fds = [fd.as_raw_fd()];
-    nix::sys::socket::sendmsg::<()>(
-        s.as_raw_fd(),
-        &iov,
-        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
-        nix::sys::socket::MsgFlags::empty(),
-        None,
-    )
-    .ctx(|| {
+    porta_sys::scm::send(s.as_raw_fd(), &data, &[fd.as_raw_fd()], 0).ctx(|| {
         format!(
             "send the seccomp fd to linux.seccomp.listenerPath {}",
             listener.display()
@@ -150,10 +141,8 @@ impl Container {
         if pid <= 0 {
             return false;
         }
-        match (state::process_start_time(pid), state::process_state(pid)) {
-            (Some(t), Some(s)) => t == self.state.pid_start_time && s != 'Z' && s != 'X',
-            _ => false,
-        }
+        porta_sys::proc::Stat::of(pid)
+            .is_some_and(|s| s.start_time == self.state.pid_start_time && !s.is_dead())
     }
 
     /// The live status.
@@ -223,7 +212,8 @@ impl Container {
         if !self.init_alive() {
             return Err(self.bad_state(Status::Stopped, "the container's process is not running"));
         }
-        let fd = sys::pidfd_open(self.state.pid).ctx(|| format!("pidfd of {}", self.state.pid))?;
+        let fd = porta_sys::pidfd::open(self.state.pid)
+            .ctx(|| format!("pidfd of {}", self.state.pid))?;
         // Re-check after opening: the pidfd now pins the process we checked.
         if !self.init_alive() {
             return Err(self.bad_state(Status::Stopped, "the container's process is not running"));
@@ -257,11 +247,8 @@ struct ContainerView {
 impl ContainerView {
     fn json(&self) -> serde_json::Value {
         let alive = self.state.pid > 0
-            && state::process_start_time(self.state.pid) == Some(self.state.pid_start_time)
-            && !matches!(
-                state::process_state(self.state.pid),
-                Some('Z') | Some('X') | None
-            );
+            && porta_sys::proc::Stat::of(self.state.pid)
+                .is_some_and(|s| s.start_time == self.state.pid_start_time && !s.is_dead());
         let status = if self.state.status == Status::Creating {
             Status::Creating
         } else if !alive {

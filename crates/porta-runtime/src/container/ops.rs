@@ -8,8 +8,8 @@ use oci_spec::runtime::LinuxResources;
 
 use super::{oci_state_json, wait_pidfd, Container};
 use crate::error::{Context, Error, Result};
+use crate::hooks;
 use crate::state::{StateDir, StateRoot, Status};
-use crate::{hooks, sys};
 
 impl Container {
     /// `start`: lets the created container's process run its program.
@@ -77,8 +77,8 @@ impl Container {
             if let Some(cg) = self.cgroup()? {
                 let pids = cg.payload_pids()?;
                 for p in pids {
-                    if let Ok(fd) = sys::pidfd_open(p) {
-                        let _ = sys::pidfd_send_signal(fd.as_fd(), sig);
+                    if let Ok(fd) = porta_sys::pidfd::open(p) {
+                        let _ = porta_sys::pidfd::send_signal(fd.as_fd(), sig);
                     }
                 }
                 if sig == libc::SIGKILL && status == Status::Paused {
@@ -91,7 +91,7 @@ impl Container {
             return Err(self.bad_state(status, "container not running"));
         }
         let fd = self.pidfd()?;
-        sys::pidfd_send_signal(fd.as_fd(), sig)
+        porta_sys::pidfd::send_signal(fd.as_fd(), sig)
             .ctx(|| format!("send signal {sig} to {}", self.state.pid))
     }
 
@@ -107,7 +107,7 @@ impl Container {
             _ => {}
         }
         if let Ok(fd) = self.pidfd() {
-            let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            let _ = porta_sys::pidfd::send_signal(fd.as_fd(), libc::SIGKILL);
             if let Ok(Some(cg)) = self.cgroup() {
                 let _ = cg.thaw();
             }

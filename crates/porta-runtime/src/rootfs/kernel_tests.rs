@@ -194,7 +194,7 @@ fn rbind_with_rro_binds_recursively_then_sets_readonly_with_at_recursive() {
         Call::MountSetattr {
             path: "/data".into(),
             recursive: true,
-            set: crate::mounts::attr::RDONLY,
+            set: porta_sys::mount_api::MOUNT_ATTR_RDONLY,
             clr: 0
         }
     );

@@ -7,7 +7,7 @@ use std::time::Duration;
 use porta_protocol::supervisor::{ControlReply, ControlRequest};
 
 use super::{Next, Supervisor};
-use crate::proc::{self, pidfd_open};
+use crate::proc::pidfd_open;
 
 impl Supervisor {
     pub(super) fn serve_control(&mut self) -> Option<Next> {
@@ -37,7 +37,8 @@ impl Supervisor {
                     Some(fd) => {
                         tracing::info!(pid, "watching the container's process");
                         self.container_pid = pid;
-                        self.container_start = proc::start_time(self.container_pid).unwrap_or(0);
+                        self.container_start =
+                            porta_sys::proc::start_time(self.container_pid).unwrap_or(0);
                         self.container = Some(fd);
                         // Recorded for a successor, which reopens it after a takeover.
                         self.write_state();

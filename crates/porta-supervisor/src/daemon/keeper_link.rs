@@ -146,7 +146,7 @@ impl Supervisor {
     pub(super) fn keeper_gone(&self) -> bool {
         self.keeper_fd
             .as_ref()
-            .is_none_or(|k| proc::exited(k.as_fd()))
+            .is_none_or(|k| porta_sys::pidfd::has_exited(k.as_fd()))
     }
 
     /// How the keeper we know died, for the record.
@@ -179,7 +179,9 @@ impl Supervisor {
             no_twin()
         })?;
         let kfd = proc::pidfd_open(k).ok_or_else(no_twin)?;
-        let twin_alive = twin_fd.as_ref().is_some_and(|f| !proc::exited(f.as_fd()));
+        let twin_alive = twin_fd
+            .as_ref()
+            .is_some_and(|f| !porta_sys::pidfd::has_exited(f.as_fd()));
         let known = if twin_alive {
             // Our twin lives: only it can have taken over.
             k == twin
@@ -194,11 +196,12 @@ impl Supervisor {
                 .into_iter()
                 .any(|(p, f)| {
                     p > 0
-                        && f.as_ref().is_some_and(|f| !proc::exited(f.as_fd()))
+                        && f.as_ref()
+                            .is_some_and(|f| !porta_sys::pidfd::has_exited(f.as_fd()))
                         && proc::share_files(k, p)
                 })
         };
-        if !known || proc::exited(kfd.as_fd()) {
+        if !known || porta_sys::pidfd::has_exited(kfd.as_fd()) {
             tracing::error!(
                 answered = k,
                 twin,
@@ -267,13 +270,13 @@ impl Supervisor {
     /// is alive, so the pid is the pidfd's process).
     fn verified_sharer(&self, pid: i32) -> Option<OwnedFd> {
         let keeper = proc::borrow(&self.keeper_fd)?;
-        if pid == self.keeper_pid || proc::exited(keeper) {
+        if pid == self.keeper_pid || porta_sys::pidfd::has_exited(keeper) {
             return None;
         }
         let fd = proc::pidfd_open(pid)?;
         if !proc::share_files(self.keeper_pid, pid)
-            || proc::exited(fd.as_fd())
-            || proc::exited(keeper)
+            || porta_sys::pidfd::has_exited(fd.as_fd())
+            || porta_sys::pidfd::has_exited(keeper)
         {
             return None;
         }

@@ -21,7 +21,7 @@ use porta_protocol::supervisor::SupervisorArgs as Args;
 use porta_protocol::Confinement;
 
 use super::servers::Poison;
-use super::{set_cloexec, Next, Supervisor};
+use super::{Next, Supervisor};
 use crate::backing::Broker;
 use crate::proc;
 use crate::{Error, SOCKET_NAME};
@@ -111,39 +111,25 @@ const WANT_NOFILE: u64 = 1 << 19;
 /// else the soft limit up to the hard one. Returns the soft limit in force, the size of
 /// the shared node table.
 fn raise_nofile() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid out-pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(1 << 20);
-    let want = WANT_NOFILE.min(nr_open);
-    if rl.rlim_max < want {
-        let raised = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: want,
-        };
-        // SAFETY: valid rlimit pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            tracing::debug!(
-                hard = rl.rlim_max,
-                want,
-                "cannot raise the descriptor hard limit (no CAP_SYS_RESOURCE): the file server's node table stays within it"
-            );
+    let want = WANT_NOFILE.min(porta_sys::rlimit::nr_open());
+    match porta_sys::rlimit::raise_nofile(WANT_NOFILE) {
+        Ok(now) => {
+            if now.hard < want {
+                tracing::debug!(
+                    hard = now.hard,
+                    want,
+                    "cannot raise the descriptor hard limit (no CAP_SYS_RESOURCE): the file server's node table stays within it"
+                );
+            }
+            usize::try_from(now.soft)
+                .unwrap_or(usize::MAX)
+                .clamp(1024, 1 << 20)
+        }
+        Err(e) => {
+            tracing::debug!("getrlimit(RLIMIT_NOFILE): {e}; assuming 1024 descriptors");
+            1024
         }
     }
-    // SAFETY: valid rlimit pointers.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-    }
-    (rl.rlim_cur as usize).clamp(1024, 1 << 20)
 }
 
 impl Supervisor {
@@ -349,11 +335,11 @@ impl Supervisor {
         // migration, which would wait for the kernel (porta_cgroups::join).
         let join = porta_cgroups::join::Join::new(&self.a.cgroup_procs)?;
         for fd in &inherit {
-            set_cloexec(*fd, false);
+            let _ = porta_sys::fd::set_cloexec(*fd, false);
         }
         let child = spawn_joined(&mut cmd, join);
         for fd in &inherit {
-            set_cloexec(*fd, true);
+            let _ = porta_sys::fd::set_cloexec(*fd, true);
         }
         self.keeper_pid = child?;
         // Our child, not reaped yet: the pid is still the keeper's.

@@ -28,7 +28,7 @@ use porta_protocol::Confinement;
 
 use crate::backing::Broker;
 use crate::proc::{self, pidfd_open, Death};
-use crate::{fdpass, Error, SOCKET_NAME};
+use crate::{Error, SOCKET_NAME};
 use servers::Poison;
 
 /// How long a request may make no progress before its server counts as deadlocked,
@@ -41,21 +41,6 @@ fn hang_timeout_from_env() -> Option<Duration> {
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
-}
-
-fn close_all_but(keep: &[RawFd]) {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
-    keep.sort_unstable();
-    let mut from = 3;
-    for fd in keep {
-        if fd > from {
-            // SAFETY: closing descriptors this fresh process inherited and does not use.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
-        }
-        from = fd + 1;
-    }
-    // SAFETY: as above; only stdio and `keep` stay open.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }
 
 /// Rootless: joins the container's user namespace (the user owns it, so it may) and gives
@@ -91,10 +76,13 @@ pub(crate) fn run(mut a: Args) -> i32 {
     if a.hang_timeout.is_none() {
         a.hang_timeout = Some(hang_timeout_from_env().unwrap_or(DEFAULT_HANG_TIMEOUT));
     }
-    close_all_but(&[a.sock_fd, a.userns_fd.unwrap_or(-1)]);
+    // Only stdio and these two stay open; failing to close leaves inherited descriptors
+    // open, which costs nothing but table slots.
+    let _ = porta_sys::fd::close_all_but(&[a.sock_fd, a.userns_fd.unwrap_or(-1)]);
     // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(a.sock_fd) };
-    set_cloexec(sock.as_raw_fd(), true);
+    // Best effort, as every fcntl on our own descriptor: it cannot fail on a valid one.
+    let _ = porta_sys::fd::set_cloexec(sock.as_raw_fd(), true);
     if !a.foreground {
         if let Err(e) = fork_and_leave_parent() {
             send_failure(&sock, &e);
@@ -126,11 +114,8 @@ pub(crate) fn run(mut a: Args) -> i32 {
         pid: std::process::id() as i32,
     }
     .encode();
-    if let Err(e) = fdpass::send_with_fd(
-        sock.as_raw_fd(),
-        &msg,
-        mount.as_ref().map(|m| m.as_raw_fd()),
-    ) {
+    let mount_fd = mount.as_ref().map(|m| m.as_raw_fd());
+    if let Err(e) = porta_sys::scm::send(sock.as_raw_fd(), &msg, mount_fd.as_slice(), 0) {
         tracing::error!(error = %e, "could not hand the mount over; stopping");
         sv.shutdown();
         return 1;
@@ -157,7 +142,7 @@ pub(crate) fn run(mut a: Args) -> i32 {
 /// Tells the launcher why the supervisor could not start (best effort: it may be gone).
 fn send_failure(sock: &OwnedFd, e: &Error) {
     let msg = LaunchReply::Failed(e.to_string()).encode();
-    let _ = fdpass::send_with_fd(sock.as_raw_fd(), &msg, None);
+    let _ = porta_sys::scm::send(sock.as_raw_fd(), &msg, &[], 0);
 }
 
 /// Moves the supervisor (single-threaded) into the servers' leaf of the container's cgroup
@@ -178,27 +163,9 @@ fn join_servers_cgroup(procs: &[PathBuf]) {
     }
 }
 
-fn set_cloexec(fd: RawFd, on: bool) {
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFD);
-        if fl >= 0 {
-            let nfl = if on {
-                fl | libc::FD_CLOEXEC
-            } else {
-                fl & !libc::FD_CLOEXEC
-            };
-            libc::fcntl(fd, libc::F_SETFD, nfl);
-        }
-    }
-}
-
 /// True if `pid` exists and is not a zombie.
 pub(crate) fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => proc::stat_state(&s) != Some('Z'),
-        Err(_) => false,
-    }
+    porta_sys::proc::Stat::of(pid).is_some_and(|s| s.state != 'Z')
 }
 
 struct Supervisor {
@@ -273,7 +240,7 @@ impl Supervisor {
         if let Some(pid) = self.a.container_pid {
             self.container = pidfd_open(pid);
             self.container_pid = pid;
-            self.container_start = proc::start_time(pid).unwrap_or(0);
+            self.container_start = porta_sys::proc::start_time(pid).unwrap_or(0);
         }
         self.self_fd = proc::pidfd_open(std::process::id() as i32);
         loop {

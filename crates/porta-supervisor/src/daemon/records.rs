@@ -4,7 +4,6 @@
 use std::io::Write;
 
 use super::Supervisor;
-use crate::proc;
 use crate::{ServerStatus, SupervisorState, SERVERS_FILE};
 
 impl Supervisor {
@@ -13,9 +12,9 @@ impl Supervisor {
         let successor = self.successor.as_ref().map_or(0, |(p, _)| *p);
         SupervisorState {
             supervisor_pid: me,
-            supervisor_start: proc::start_time(me).unwrap_or(0),
+            supervisor_start: porta_sys::proc::start_time(me).unwrap_or(0),
             successor_pid: successor,
-            successor_start: proc::start_time(successor).unwrap_or(0),
+            successor_start: porta_sys::proc::start_time(successor).unwrap_or(0),
             container_pid: self.container_pid,
             container_start: self.container_start,
             takeovers: self.takeovers,
@@ -26,7 +25,7 @@ impl Supervisor {
             servers: vec![ServerStatus {
                 name: "fs".into(),
                 pid: self.server_pid,
-                start_time: proc::start_time(self.server_pid).unwrap_or(0),
+                start_time: porta_sys::proc::start_time(self.server_pid).unwrap_or(0),
                 restarts: self.restarts,
                 state: if self.failed {
                     "failed".into()

@@ -109,10 +109,8 @@ impl Supervisor {
 
     pub(super) fn spawn_server(&mut self) -> Result<(), Error> {
         for i in 0..hdr::MAX_SLOTS {
-            if let Some(s) = self.shared.slot(i) {
-                for w in s {
-                    w.store(0, Ordering::Relaxed);
-                }
+            if let Some(s) = self.shared.thread_slot(i) {
+                s.clear();
             }
         }
         self.watch.clear();
@@ -181,7 +179,10 @@ impl Supervisor {
                 2 => (self.keeper_pid, &self.keeper_fd),
                 _ => (self.twin_pid, &self.twin_fd),
             };
-            let Some(fd) = fd.as_ref().filter(|f| proc::exited(f.as_fd())) else {
+            let Some(fd) = fd
+                .as_ref()
+                .filter(|f| porta_sys::pidfd::has_exited(f.as_fd()))
+            else {
                 continue;
             };
             let death = proc::death_of(fd.as_fd(), pid);
@@ -248,10 +249,11 @@ impl Supervisor {
     fn in_flight(&self) -> Vec<Req> {
         let mut out = Vec::new();
         for i in 0..hdr::MAX_SLOTS {
-            let Some(s) = self.shared.slot(i) else {
+            let Some(s) = self.shared.thread_slot(i) else {
                 continue;
             };
-            if s[0].load(Ordering::Acquire) != slot::WORKING || s[2].load(Ordering::Acquire) == 0 {
+            let info = s.info();
+            if info.state != slot::WORKING || info.tid == 0 {
                 continue;
             }
             if let Some((op, unique, node)) = self.shared.request_in(i) {
@@ -356,7 +358,8 @@ impl Supervisor {
             let state =
                 std::fs::read_to_string(format!("/proc/{}/task/{}/stat", self.server_pid, s.tid))
                     .ok()
-                    .and_then(|t| proc::stat_state(&t));
+                    .and_then(|t| porta_sys::proc::Stat::parse(&t).ok())
+                    .map(|s| s.state);
             if state == Some('D') {
                 continue;
             }
