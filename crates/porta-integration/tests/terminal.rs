@@ -260,6 +260,15 @@ fn foreground_terminal_output_has_no_carriage_returns() {
     }
 }
 
+/// Creates its file when dropped: the signal a test's hook waits for.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, b"");
+    }
+}
+
 /// A signal that ends a foreground `run` before the pty master arrived (here: while a
 /// createRuntime hook holds `create`) still removes the console socket.
 #[test]
@@ -271,11 +280,16 @@ fn signal_before_the_master_arrived_removes_the_socket() {
         b.terminal(true);
         b.annotation("run.porta.fs", "kernel");
         let mark = b.file("hook-running");
-        let fifo = b.file("hook-release");
-        let cf = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: `cf` is a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(cf.as_ptr(), 0o600) }, 0);
-        let script = format!("touch {}; read x < {}", mark.display(), fifo.display());
+        let done = b.file("hook-done");
+        // The hook waits for this file (a count of checks bounds it, never the clock), and
+        // the guard makes it also when the test fails half-way, so no hook outlives the test.
+        let release = Release(b.file("hook-release"));
+        let script = format!(
+            "touch {}; i=0; while [ ! -e {rel} ] && [ $i -lt 6000 ]; do sleep 0.05; i=$((i+1)); done; touch {}",
+            mark.display(),
+            done.display(),
+            rel = release.0.display()
+        );
         b.hook(
             "createRuntime",
             json!({"path": "/bin/sh", "args": ["sh", "-c", script]}),
@@ -307,13 +321,10 @@ fn signal_before_the_master_arrived_removes_the_socket() {
         // SAFETY: kill(2) takes integers only; no memory is involved.
         unsafe { libc::kill(pid as i32, sig) };
         let st = wait_child(&mut child, "run after the signal");
-        // Let the hook finish, so the forced delete below finds nothing running.
-        // (Non-blocking: should the hook be gone already, there is nobody to release.)
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo);
+        // Let the hook finish, and wait until it has, so nothing of it outlives the test.
+        drop(release);
+        let finished = wait_for(Duration::from_secs(600), || done.exists().then_some(()));
+        assert!(finished.is_some(), "the createRuntime hook never finished");
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(st.signal(), Some(sig), "{st:?}");
         assert!(
