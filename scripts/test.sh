@@ -49,11 +49,15 @@ export PORTA_FAULT_BIN="${PORTA_FAULT_BIN:-$target/faults/porta}"
 echo "=== lint"
 # The workspace's lints ([workspace.lints] in Cargo.toml: missing docs, unsafe blocks
 # without a SAFETY comment, …) and clippy's defaults, as errors; formatting as rustfmt.
-if ! cargo fmt --all --check >/dev/null; then
+if ! cargo fmt --version >/dev/null 2>&1; then
+  notes+=("formatting not checked: rustfmt is not installed (see scripts/deps.sh)")
+elif ! cargo fmt --all --check >/dev/null; then
   cargo fmt --all --check 2>&1 | head -40
   failed+=("lint: cargo fmt --all --check (run cargo fmt --all)")
 fi
-if ! cargo clippy --release --workspace --all-targets -- -D warnings; then
+if ! cargo clippy --version >/dev/null 2>&1; then
+  notes+=("clippy not run: it is not installed (see scripts/deps.sh)")
+elif ! cargo clippy --release --workspace --all-targets -- -D warnings; then
   failed+=("lint: cargo clippy --workspace --all-targets -- -D warnings")
 fi
 
