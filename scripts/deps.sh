@@ -14,7 +14,7 @@ PKGS=(
   # FUSE and seccomp (the file server, the seccomp crate), building
   fuse3 libfuse3-dev libseccomp-dev pkg-config make gcc libc6-dev
   # tools the tests, benchmark and demo call
-  iproute2 procps psmisc util-linux sqlite3 jq python3 strace file ca-certificates
+  iproute2 procps psmisc util-linux sqlite3 jq python3 strace file ca-certificates acl
   # a private systemd and D-Bus system bus for the systemd cgroup driver tests
   systemd dbus
   # setcap, for the file-capability semantics test of the file server

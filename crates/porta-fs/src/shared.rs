@@ -91,6 +91,10 @@ pub mod kind {
     /// A descriptor holding a cold node whose recorded name went away (unlinked or
     /// replaced while the kernel still knows the node): word 1 is the node id.
     pub const PIN: u64 = 4;
+    /// A spare file: a nameless regular file made and registered as a passthrough
+    /// backing file ahead of a CREATE (`server::spares`); words 2 and 3 its inode and
+    /// device, word 4 its backing id + 1, as a node's.
+    pub const SPARE: u64 = 5;
 }
 
 /// States of a reply-journal entry (one per server thread: request id, state, two words).
@@ -845,7 +849,7 @@ impl Shared {
     pub fn recorded_backing(&self) -> Vec<(i32, i32)> {
         let mut out = Vec::new();
         for fd in 0..self.scan_end() {
-            if self.kind(fd) != kind::NODE {
+            if !matches!(self.kind(fd), kind::NODE | kind::SPARE) {
                 continue;
             }
             if let Some(e) = self.entry(fd) {

@@ -462,3 +462,93 @@ fn chown_of_set_id_device_nodes_clears_the_bits_strict() {
     require_root!();
     device_chown(false);
 }
+
+/// The inode numbers of the spare files the server holds ready.
+fn spare_inodes(m: &TestMount) -> Vec<u64> {
+    (0..m.shared.scan_end())
+        .filter(|&fd| m.shared.kind(fd) == porta_fs::shared::kind::SPARE)
+        .map(|fd| m.shared.hot_node(fd).unwrap().ino())
+        .collect()
+}
+
+#[test]
+fn passthrough_creates_take_spare_files_with_the_identity_a_create_gives() {
+    use std::os::unix::fs::MetadataExt;
+    require_root!();
+    let m = TestMount::new(true);
+    // INIT is answered before the first request is.
+    std::fs::metadata(m.mnt.join(".")).unwrap();
+    if !m.passthrough_active() {
+        eprintln!("kernel without FUSE passthrough: nothing to check");
+        return;
+    }
+    // The filler makes its spares once the server is up (bounded wait on the table).
+    let mut spares = Vec::new();
+    for _ in 0..500 {
+        spares = spare_inodes(&m);
+        if spares.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(spares.len() >= 4, "no spare files made: {spares:?}");
+    // A create as an ordinary user in a set-group-id directory, with a umask; an
+    // O_EXCL create of a name that exists; a create in a directory with a default ACL.
+    sh(
+        &m.mnt,
+        "mkdir -m 2777 d && chgrp 4242 d && mkdir -m 777 acl",
+    );
+    // (Set from the host side: whether the mount takes ACLs is not the point here.)
+    sh(
+        &m.backing,
+        "setfacl -d -m u::rwx,g::r-x,o::---,u:1234:rwx acl",
+    );
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    let out = sh(
+        &m.mnt,
+        "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'umask 027; echo data > d/new; echo $?'; \
+         setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'set -C; echo again > d/new' 2>/dev/null || echo refused; \
+         touch acl/inherits",
+    );
+    assert_eq!(
+        out, "0\nrefused\n",
+        "create, then O_EXCL on an existing name"
+    );
+    let st = std::fs::metadata(m.backing.join("d/new")).unwrap();
+    assert_eq!(
+        (st.uid(), st.gid()),
+        (1000, 4242),
+        "owner: caller, set-group-id dir"
+    );
+    assert_eq!(st.mode() & 0o7777, 0o640, "mode: 0666 less the umask");
+    assert_eq!(st.nlink(), 1);
+    assert!(st.modified().unwrap() >= before, "times are the create's");
+    assert_eq!(
+        std::fs::read_to_string(m.backing.join("d/new")).unwrap(),
+        "data\n"
+    );
+    assert!(
+        spares.contains(&st.ino()),
+        "d/new (inode {}) is not one of the spare files {spares:?}",
+        st.ino()
+    );
+    let a = sh(&m.backing, "getfacl -c acl/inherits | grep -c 1234");
+    assert_eq!(
+        a.trim(),
+        "1",
+        "a file in a directory with a default ACL inherits it"
+    );
+    // Many creates in a row: the pool refills; every file is what a plain create makes.
+    compare_with_plain(
+        &m,
+        "many",
+        "for i in $(seq 1 100); do echo $i > f$i; done; cat f1 f50 f100; ls | wc -l",
+    );
+    // A restart adopts the spares still nameless: none is lost, none named twice.
+    let left = spare_inodes(&m);
+    assert!(!left.is_empty());
+    for ino in &left {
+        let named = sh(&m.backing, &format!("find . -inum {ino} | wc -l"));
+        assert_eq!(named.trim(), "0", "spare {ino} has a name");
+    }
+}

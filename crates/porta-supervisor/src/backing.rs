@@ -117,12 +117,13 @@ impl Broker {
     /// After the server died (reaped: none of its threads can write any more) and before
     /// another one serves: drops its unanswered OPENs (it never recorded their ids),
     /// honours its queued CLOSEs, then closes every id that the shared table does not
-    /// record for the node it was registered for (`recorded(node)` = the id recorded
-    /// there). Returns the number of ids reclaimed.
+    /// record (`recorded(id)`: some entry of the table holds the id — the node it was
+    /// registered for, or another one: a spare file's id moves to the node it becomes).
+    /// Returns the number of ids reclaimed.
     pub fn server_died(
         &mut self,
         reg: &mut impl Registrar,
-        recorded: impl Fn(RawFd) -> Option<i32>,
+        recorded: impl Fn(i32) -> bool,
     ) -> usize {
         // Bounded: the queue holds what a dead server sent, a few messages.
         for _ in 0..4096 {
@@ -138,7 +139,7 @@ impl Broker {
         let stale: Vec<i32> = self
             .ids
             .iter()
-            .filter(|(id, node)| recorded(**node) != Some(**id))
+            .filter(|(id, _)| !recorded(**id))
             .map(|(id, _)| *id)
             .collect();
         for id in &stale {
@@ -473,7 +474,7 @@ mod tests {
         b.serve(&mut reg, 64);
         send(&theirs, OP_OPEN, 12, 3, Some(file.as_raw_fd()));
         send(&theirs, OP_CLOSE, 102, 4, None); // not handed out: refused
-        let recorded = |node: RawFd| (node == 10).then_some(100);
+        let recorded = |id: i32| id == 100;
         assert_eq!(b.server_died(&mut reg, recorded), 1);
         assert_eq!(reg.open.iter().copied().collect::<Vec<_>>(), vec![100]);
         assert_eq!(b.held(), 1);
@@ -496,7 +497,7 @@ mod tests {
         send(&theirs, OP_OPEN, 10, 1, Some(file.as_raw_fd()));
         b.serve(&mut reg, 64);
         send(&theirs, OP_CLOSE, 100, 2, None);
-        assert_eq!(b.server_died(&mut reg, |_| None), 0);
+        assert_eq!(b.server_died(&mut reg, |_| false), 0);
         assert!(reg.open.is_empty());
         // Every peer gone: a hang-up, not a busy loop.
         drop(theirs);

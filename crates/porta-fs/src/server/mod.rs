@@ -34,6 +34,7 @@ mod nodes;
 mod ops;
 mod replay;
 mod session;
+mod spares;
 
 #[cfg(feature = "fault-injection")]
 use fault::{fault_from_env, Fault};
@@ -155,6 +156,11 @@ struct Fs {
     helper: helper::Helper<Listed>,
     /// Open once `inodes` and `streams` are rebuilt after the server started.
     indexed: Gate,
+    /// Spare files for passthrough CREATEs.
+    spares: spares::Spares,
+    /// Serializes exchanges with the supervisor on the backing socket (a request thread
+    /// registering a node's first open, the spare filler).
+    backing_lock: Mutex<()>,
 }
 
 /// A one-way gate: closed when made, open for good once `open` is called.
@@ -256,6 +262,8 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         names: Mutex::new(HashMap::new()),
         streams: Mutex::new(Streams::default()),
         helper: helper::Helper::default(),
+        spares: spares::Spares::default(),
+        backing_lock: Mutex::new(()),
     };
     // Before this server reads anything: the FORGETs a killed predecessor had read are in
     // its threads' request buffers. Applied to the shared tables before the index is
@@ -300,12 +308,14 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         });
         fs.evict.set_thread(evictor.thread().clone());
         s.spawn(move || fs.helper.run(|job, i| fs.list_lookup(job, i)));
+        s.spawn(move || fs.fill_spares());
         let handles: Vec<_> = (1..threads)
             .map(|i| s.spawn(move || fs.run_loop(i, request_buf(&fs.sh, i))))
             .collect();
         let mut r = fs.run_loop(0, buf);
         fs.evict.shutdown();
         fs.helper.stop();
+        fs.spares.stop();
         for h in handles {
             let hr = h
                 .join()

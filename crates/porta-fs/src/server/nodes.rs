@@ -515,6 +515,9 @@ impl Fs {
         let mut streams = Streams::default();
         // Open files per node (see `Fs::open_io`), recounted from the handles in the table.
         let mut opens: HashMap<u64, u64> = HashMap::new();
+        // Spare files the previous server left, and every backing id nodes record.
+        let mut spares = Vec::new();
+        let mut node_ids = std::collections::HashSet::new();
         for fd in 0..sh.scan_end() {
             let (Some(node), Some(file), Some(stream)) =
                 (sh.hot_node(fd), sh.file(fd), sh.stream(fd))
@@ -531,7 +534,9 @@ impl Fs {
                     *opens.entry(file.node()).or_default() += one;
                 }
                 kind::STREAM => streams.add(fd, stream.inode_key(), stream.offset(), false),
+                kind::SPARE => spares.push(fd),
                 kind::NODE => {
+                    node_ids.insert(node.backing().load(Ordering::Acquire));
                     let id = if fd == self.root {
                         abi::ROOT_ID
                     } else {
@@ -559,6 +564,11 @@ impl Fs {
                 }
             }
         }
+        let cold_ids = (0..sh.cold_scan_end())
+            .filter_map(|i| sh.node_entry(NodeRef::Cold(i).id()))
+            .map(|e| e.backing().load(Ordering::Acquire));
+        node_ids.extend(cold_ids);
+        self.adopt_spares(&spares, &node_ids);
         let live = sh.recount();
         let indexed = map.len();
         {

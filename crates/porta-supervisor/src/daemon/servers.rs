@@ -395,9 +395,12 @@ impl Supervisor {
         let (Some(b), Some(f)) = (self.broker.as_mut(), self.fuse.as_ref()) else {
             return;
         };
-        let shared = self.shared;
-        b.server_died(&mut FuseDevice(f.as_raw_fd()), |node| {
-            shared.backing_of(node)
-        });
+        let recorded: std::collections::HashSet<i32> = self
+            .shared
+            .recorded_backing()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        b.server_died(&mut FuseDevice(f.as_raw_fd()), |id| recorded.contains(&id));
     }
 }

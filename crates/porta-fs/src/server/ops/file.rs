@@ -43,6 +43,9 @@ impl Fs {
         let parent_node = self.node_fd(h.nodeid)?;
         let parent = parent_node.fd();
         self.room_for_node()?;
+        if !resent && self.create_from_spare(h, &a, parent, w)? {
+            return Ok(());
+        }
         // A CREATE may find the file there (a race with another creator, or a
         // resent CREATE) and truncate it: its set-id bits then end as an OPEN
         // with O_TRUNC leaves them.
@@ -229,13 +232,8 @@ impl Fs {
             e.opens().fetch_add(1, Ordering::AcqRel);
             return Ok(Some((id - 1) as i32));
         }
-        let ro = self.reopen(fd, libc::O_RDONLY, libc::S_IFREG)?;
-        let id = if self.backing >= 0 {
-            let tag = NodeRef::of(nodeid).map_or(fd, NodeRef::tag);
-            crate::backing::open(self.backing, tag, ro.as_raw_fd())?
-        } else {
-            sys::backing_open(self.fuse, ro.as_raw_fd())?
-        };
+        let tag = NodeRef::of(nodeid).map_or(fd, NodeRef::tag);
+        let id = self.register_backing(fd, tag)?;
         e.opens().fetch_add(1, Ordering::AcqRel);
         e.backing().store(id as u64 + 1, Ordering::Release);
         Ok(Some(id))

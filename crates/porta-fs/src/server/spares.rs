@@ -1,0 +1,430 @@
+//! Spare files: new, nameless regular files made and registered as passthrough backing
+//! files ahead of need, so that a CREATE in a passthrough connection never waits for
+//! the supervisor.
+//!
+//! Registering a backing file takes a round trip to the supervisor (only it may, see
+//! [`crate::backing`]). A first OPEN of a node pays that once for the node's life; a
+//! CREATE would pay it for every new file, and it would wait for a single-threaded
+//! process that a loaded machine schedules late. So a *filler* thread keeps a few spare
+//! files ready: each an `O_TMPFILE` made in the backing root (no name: it vanishes with
+//! its last descriptor), reopened read-only and registered. A CREATE takes one, gives
+//! it the new file's owner, mode and times, links it under the asked-for name
+//! (`linkat` of its `/proc/self/fd` entry, which an `O_TMPFILE` opened without
+//! `O_EXCL` allows) and answers with its node, the spare's descriptor as the handle and
+//! its backing id: no other process involved.
+//!
+//! A spare is in the shared table (kind [`kind::SPARE`], its backing id in the node
+//! entry's backing word), so a server killed at any point leaves nothing behind: the
+//! next server adopts spares that are still nameless and drops the others
+//! ([`Fs::adopt_spares`]), and the supervisor counts a backing id recorded by a spare as
+//! owned. The steps of a CREATE are ordered so that a kill between any two leaves either
+//! a nameless spare (adopted again), or a named file with its final owner and mode whose
+//! node may or may not carry the backing id (a resent CREATE then finds the file and
+//! opens it as any existing file).
+//!
+//! Where the pool cannot help the normal path runs: a file system without `O_TMPFILE`,
+//! a parent on another mount than the backing root, a directory with a default ACL
+//! (a nameless file does not inherit it), a mode with set-id or sticky bits, servers
+//! that create files as the caller (idmapped backing mounts).
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use super::nodes::FdName;
+use super::{Fs, CREATE_AS_CALLER};
+use crate::abi::{self, args, InHeader, Writer};
+use crate::shared::{kind, NodeRef};
+use crate::sys::{self, SysResult};
+
+/// Spares kept ready.
+pub(super) const TARGET: usize = 16;
+/// The filler starts again when fewer than this are left.
+const LOW: usize = 8;
+
+/// One spare file: its descriptor (open read-write, published as [`kind::SPARE`]) and
+/// its backing id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spare {
+    fd: RawFd,
+    backing: i32,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    ready: Vec<Spare>,
+    stop: bool,
+}
+
+/// The pool of spare files and the filler's controls.
+#[derive(Debug, Default)]
+pub(super) struct Spares {
+    pool: Mutex<Pool>,
+    cv: Condvar,
+    /// Spares can be made here (cleared for good when the file system refuses them).
+    enabled: AtomicBool,
+    /// The mount id of the backing root, where spares are made (0: unknown).
+    mnt_id: AtomicU64,
+    /// CREATEs served from the pool, for the log.
+    used: AtomicU64,
+}
+
+impl Spares {
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        // No code holding this lock panics.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a spare, waking the filler when the pool runs low.
+    fn take(&self) -> Option<Spare> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut p = self.pool();
+        let s = p.ready.pop();
+        if p.ready.len() < LOW {
+            self.cv.notify_one();
+        }
+        s
+    }
+
+    /// Puts back a spare a CREATE could not use.
+    fn give_back(&self, s: Spare) {
+        self.pool().ready.push(s);
+    }
+
+    /// Ends the filler's loop.
+    pub(super) fn stop(&self) {
+        self.pool().stop = true;
+        self.cv.notify_all();
+        tracing::debug!(
+            creates = self.used.load(Ordering::Relaxed),
+            "creates served from spare files"
+        );
+    }
+
+    /// How many spares are ready (tests and logs).
+    pub(super) fn ready(&self) -> usize {
+        self.pool().ready.len()
+    }
+}
+
+/// The mount id of what `fd` names.
+fn mount_id(fd: RawFd) -> SysResult<u64> {
+    let mut stx: libc::statx = zeroed_statx();
+    // SAFETY: valid empty path, `stx` is a writable statx buffer.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+fn zeroed_statx() -> libc::statx {
+    // SAFETY: statx is plain data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+impl Fs {
+    /// Whether CREATEs may use spare files at all (a passthrough connection whose
+    /// server creates files as itself).
+    fn spares_possible(&self) -> bool {
+        self.passthrough && !CREATE_AS_CALLER.load(Ordering::Relaxed)
+    }
+
+    /// The filler thread: keeps [`TARGET`] spares ready until [`Spares::stop`]. Runs
+    /// after the index was rebuilt (it adopts the spares a predecessor left first).
+    pub(super) fn fill_spares(&self) {
+        self.indexed.wait();
+        if !self.spares_possible() {
+            return;
+        }
+        match mount_id(self.root) {
+            Ok(id) => self.spares.mnt_id.store(id, Ordering::Relaxed),
+            Err(errno) => {
+                tracing::info!(errno, "no spare files: the backing root's mount is unknown");
+                return;
+            }
+        }
+        self.spares.enabled.store(true, Ordering::Relaxed);
+        loop {
+            {
+                let mut p = self.spares.pool();
+                while !p.stop && p.ready.len() >= LOW {
+                    p = self.spares.cv.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.stop {
+                    return;
+                }
+            }
+            while self.spares.ready() < TARGET {
+                match self.make_spare() {
+                    Ok(s) => self.spares.give_back(s),
+                    Err(errno) => {
+                        self.spares.enabled.store(false, Ordering::Relaxed);
+                        tracing::info!(
+                            errno,
+                            "no spare files for creates: new files are registered one by one"
+                        );
+                        return;
+                    }
+                }
+                if self.spares.pool().stop {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Makes one spare: a nameless file in the backing root, published, registered.
+    fn make_spare(&self) -> SysResult<Spare> {
+        let file = sys::openat(
+            self.root,
+            c".",
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_NONBLOCK,
+            0o600,
+        )?;
+        let st = sys::fstat(file.as_raw_fd())?;
+        let fd = file.into_raw_fd();
+        if !self.sh.publish(fd, kind::SPARE, 0, st.st_ino, st.st_dev) {
+            sys::close(fd);
+            return Err(libc::ENFILE);
+        }
+        match self.register_backing(fd, NodeRef::Hot(fd).tag()) {
+            Ok(id) => {
+                if let Some(e) = self.sh.hot_node(fd) {
+                    e.backing().store(id as u64 + 1, Ordering::Release);
+                }
+                Ok(Spare { fd, backing: id })
+            }
+            Err(e) => {
+                self.sh.free(fd);
+                sys::close(fd);
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers a read-only reopen of regular file `fd` as a passthrough backing file
+    /// for table entry `tag`; returns the backing id.
+    pub(super) fn register_backing(&self, fd: RawFd, tag: i32) -> SysResult<i32> {
+        let ro = self.reopen(fd, libc::O_RDONLY, libc::S_IFREG)?;
+        if self.backing >= 0 {
+            let _one = self.backing_lock.lock().map_err(|_| libc::EIO)?;
+            crate::backing::open(self.backing, tag, ro.as_raw_fd())
+        } else {
+            sys::backing_open(self.fuse, ro.as_raw_fd())
+        }
+    }
+
+    /// After a restart (called while the index is rebuilt, alone): the spares the
+    /// predecessor left. A nameless one with a backing id goes back into the pool;
+    /// one that got a name (its predecessor was killed in a CREATE) is dropped, and so
+    /// is its backing id unless a node records it (`node_ids`: every id the node
+    /// entries record).
+    pub(super) fn adopt_spares(&self, spares: &[RawFd], node_ids: &std::collections::HashSet<u64>) {
+        let mut kept = 0;
+        for &fd in spares {
+            let Some(e) = self.sh.hot_node(fd) else {
+                continue;
+            };
+            let id = e.backing().load(Ordering::Acquire);
+            let nameless = sys::fstat(fd)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 0);
+            if nameless && id != 0 && self.spares_possible() {
+                self.spares.give_back(Spare {
+                    fd,
+                    backing: (id - 1) as i32,
+                });
+                kept += 1;
+                continue;
+            }
+            if id != 0 && !node_ids.contains(&id) {
+                let _g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+                self.drop_backing(e);
+            }
+            self.sh.free(fd);
+            sys::close(fd);
+        }
+        if !spares.is_empty() {
+            tracing::debug!(
+                found = spares.len(),
+                kept,
+                "spare files of the previous server"
+            );
+        }
+    }
+
+    /// CREATE from a spare file, when one is ready and the pool can serve this create;
+    /// `Ok(false)`: the caller creates the file the usual way (nothing was changed).
+    pub(super) fn create_from_spare(
+        &self,
+        h: &InHeader,
+        a: &args::Create,
+        parent: RawFd,
+        w: &mut Writer,
+    ) -> SysResult<bool> {
+        if a.mode & 0o7000 != 0 || !self.spares_possible() {
+            return Ok(false);
+        }
+        let Some(spare) = self.spares.take() else {
+            return Ok(false);
+        };
+        match self.link_spare(h, a, parent, spare) {
+            Linked::Done(id, attr) => {
+                self.spares.used.fetch_add(1, Ordering::Relaxed);
+                abi::encode_entry(w, id, 0, self.ttl, &attr);
+                self.open_out(w, spare.fd, Some(spare.backing));
+                Ok(true)
+            }
+            Linked::NotHere => {
+                self.spares.give_back(spare);
+                Ok(false)
+            }
+            Linked::Refused(e) => {
+                self.spares.give_back(spare);
+                Err(e)
+            }
+            Linked::Failed(e) => {
+                self.spare_used_up(spare);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives `spare` the new file's identity and name, then makes it the node and the
+    /// handle of the CREATE.
+    fn link_spare(&self, h: &InHeader, a: &args::Create, parent: RawFd, spare: Spare) -> Linked {
+        let mnt = self.spares.mnt_id.load(Ordering::Relaxed);
+        if mount_id(parent) != Ok(mnt) || self.has_default_acl(parent) {
+            return Linked::NotHere;
+        }
+        let fd = spare.fd;
+        let proc_name = FdName::new(b"", fd);
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        };
+        // Owner, mode and times before the name: a file that has a name is complete.
+        // (A spare left unused keeps them; the next use sets them again.)
+        let ready = self.owner(h, parent).and_then(|(uid, gid)| {
+            sys::chownat(fd, c"", uid, gid)?;
+            sys::chmodat(self.proc_fd, proc_name.cstr(), a.mode & 0o777)?;
+            sys::utimens_fd(fd, &[now, now])
+        });
+        if let Err(e) = ready {
+            return Linked::Refused(e);
+        }
+        match sys::linkat(
+            self.proc_fd,
+            proc_name.cstr(),
+            parent,
+            a.name,
+            libc::AT_SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => {}
+            // Another creator was first: O_EXCL says so, else open what is there.
+            Err(libc::EEXIST) if a.flags & libc::O_EXCL != 0 => {
+                return Linked::Refused(libc::EEXIST)
+            }
+            Err(libc::EEXIST) | Err(libc::EXDEV) => return Linked::NotHere,
+            Err(e) => return Linked::Refused(e),
+        }
+        let (id, attr) = match self.lookup(h.nodeid, parent, a.name) {
+            Ok(found) => found,
+            Err(e) => return Linked::Failed(e),
+        };
+        let same = match (sys::fstat(fd), self.sh.node_entry(id)) {
+            (Ok(st), Some(e)) => e.inode_key() == (st.st_dev, st.st_ino),
+            _ => false,
+        };
+        // Not the spare (the name replaced at once), or a node that existed already:
+        // the kernel looks the name up again; the spare, named now, is used up.
+        let adopted = if same {
+            self.adopt_spare_backing(id, spare)
+        } else {
+            Err(libc::EIO)
+        };
+        let published = adopted.is_ok()
+            && self.sh.publish(
+                fd,
+                kind::FILE,
+                id,
+                self.sh.next_open(),
+                a.flags as u32 as u64,
+            );
+        if !published {
+            self.forget(id, 1);
+            return Linked::Failed(adopted.err().unwrap_or(libc::ENFILE));
+        }
+        Linked::Done(id, attr)
+    }
+
+    /// Moves the spare's backing id to node `id` (recorded there before the spare
+    /// entry lets go of it) and counts one passthrough open of the node.
+    fn adopt_spare_backing(&self, id: u64, spare: Spare) -> SysResult<()> {
+        let e = self.sh.node_entry(id).ok_or(libc::ESTALE)?;
+        let s = self.sh.hot_node(spare.fd).ok_or(libc::EIO)?;
+        let _g = self.inodes.lock().map_err(|_| libc::EIO)?;
+        let opens = e.opens().load(Ordering::Acquire);
+        if e.backing().load(Ordering::Acquire) != 0 || opens != 0 {
+            // A node of that inode existed already (another name was linked to it in
+            // the meantime): not a new file.
+            return Err(libc::EIO);
+        }
+        e.backing()
+            .store(spare.backing as u64 + 1, Ordering::Release);
+        s.backing().store(0, Ordering::Release);
+        e.opens().fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// A spare that got a name but could not become the CREATE's file: its backing id
+    /// and descriptor go.
+    fn spare_used_up(&self, spare: Spare) {
+        if let Some(e) = self.sh.hot_node(spare.fd) {
+            if let Ok(_g) = self.inodes.lock() {
+                self.drop_backing(e);
+            }
+        }
+        self.sh.free(spare.fd);
+        sys::close(spare.fd);
+    }
+
+    /// Whether directory `parent` has a default ACL (a file made in it inherits one).
+    fn has_default_acl(&self, parent: RawFd) -> bool {
+        !matches!(
+            self.xget(parent, ACL_DEFAULT, &mut []),
+            Err(libc::ENODATA) | Err(libc::EOPNOTSUPP)
+        )
+    }
+}
+
+/// What became of a spare in a CREATE.
+enum Linked {
+    /// The spare is the new file: its node and attributes.
+    Done(u64, abi::Attr),
+    /// This create cannot use it; the spare is unchanged (but for owner, mode, times).
+    NotHere,
+    /// The create fails with this errno before the spare got a name.
+    Refused(i32),
+    /// The create fails with this errno after the spare got a name: it is used up.
+    Failed(i32),
+}
+
+/// The extended attribute holding a directory's default ACL.
+const ACL_DEFAULT: &CStr = c"system.posix_acl_default";
