@@ -792,7 +792,21 @@ fn invalidations_a_killed_notifier_left_unwritten_are_sent_again() {
         fence(&c, &mut n);
         // SAFETY: as above.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-        // The next batch finds it dead.
+        // Once it is dead (its socket closed: a zombie or gone; SIGKILL is delivered
+        // asynchronously), the next batch finds it so.
+        let dead = (0..3000).any(|_| {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = st
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if matches!(state, None | Some("Z") | Some("X")) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            false
+        });
+        assert!(dead, "notifier {pid} did not die of SIGKILL");
         fence(&c, &mut n);
         assert_ne!(notifier_pid(&c), pid, "a new notifier was forked");
         assert_eq!(

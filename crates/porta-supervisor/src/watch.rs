@@ -317,9 +317,16 @@ pub struct Watcher {
     dropped: u64,
     /// Server pids seen (the last few, for events queued before a restart).
     servers: VecDeque<i32>,
-    /// The container's `payload/` and `porta/` leaves (their `cgroup.procs`).
+    /// The container's `payload/` and `porta/` leaves (their `cgroup.procs`), one pair
+    /// per hierarchy; the first pair that can be read is enough (every hierarchy holds
+    /// the same processes in them).
     leaves: Vec<PathBuf>,
     members: HashSet<i32>,
+    /// Pids found outside the container, kept across reads: the file system is marked
+    /// whole, so every busy process of the host (a compiler, a log writer) sends events,
+    /// and looking each up again would cost a read of the leaves per batch. A pid seen
+    /// here that later is the container's (reused) only costs extra invalidations.
+    foreign: HashSet<i32>,
     overflows: u64,
 }
 
@@ -382,6 +389,7 @@ impl Watcher {
             servers: VecDeque::new(),
             leaves,
             members: HashSet::new(),
+            foreign: HashSet::new(),
             overflows: 0,
         };
         w.notifier = Some(w.fork_notifier()?);
@@ -424,7 +432,9 @@ impl Watcher {
             }
             let buf = std::mem::take(&mut self.buf);
             let mut refreshed = false;
-            let mut foreign = HashSet::new();
+            if self.foreign.len() > 4096 {
+                self.foreign.clear();
+            }
             events += parse(
                 &buf[..n as usize],
                 &mut |pid| {
@@ -434,7 +444,7 @@ impl Watcher {
                     if pid == me || self.servers.contains(&pid) || self.members.contains(&pid) {
                         return true;
                     }
-                    if foreign.contains(&pid) {
+                    if self.foreign.contains(&pid) {
                         return false;
                     }
                     if !refreshed {
@@ -449,7 +459,7 @@ impl Watcher {
                             return true;
                         }
                     }
-                    foreign.insert(pid);
+                    self.foreign.insert(pid);
                     tracing::debug!(pid, "events of a process outside the container");
                     false
                 },
@@ -789,17 +799,22 @@ fn notifier_main(sock: RawFd, fuse: RawFd) -> ! {
     }
 }
 
-/// The pids in the container's leaves (a missing file: none).
+/// The pids in the container's leaves: those of the first hierarchy whose two leaves
+/// (`leaves` holds them in pairs) can be read; none when no pair can.
 fn read_members(leaves: &[PathBuf]) -> HashSet<i32> {
-    leaves
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|s| {
-            s.lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
+    for pair in leaves.chunks(2) {
+        let read: Option<Vec<String>> = pair
+            .iter()
+            .map(|p| std::fs::read_to_string(p).ok())
+            .collect();
+        if let Some(files) = read {
+            return files
+                .iter()
+                .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()))
+                .collect();
+        }
+    }
+    HashSet::new()
 }
 
 fn open_path(p: &Path) -> Result<OwnedFd, WatchError> {
@@ -883,6 +898,31 @@ fn open_by_handle(root: &OwnedFd, h: &Handle) -> Option<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_come_from_the_first_hierarchy_whose_leaves_can_be_read() {
+        let d = tempfile::tempdir().unwrap();
+        let leaf = |h: &str, l: &str, pids: Option<&str>| {
+            let p = d.path().join(h).join(l);
+            std::fs::create_dir_all(&p).unwrap();
+            if let Some(pids) = pids {
+                std::fs::write(p.join("cgroup.procs"), pids).unwrap();
+            }
+            p.join("cgroup.procs")
+        };
+        let leaves = vec![
+            // The first hierarchy lacks its porta/ leaf: skipped whole.
+            leaf("a", "payload", Some("1\n")),
+            leaf("a", "porta", None),
+            leaf("b", "payload", Some("10\n11\n")),
+            leaf("b", "porta", Some("20\n")),
+            leaf("c", "payload", Some("99\n")),
+            leaf("c", "porta", Some("98\n")),
+        ];
+        let got = read_members(&leaves);
+        assert_eq!(got, HashSet::from([10, 11, 20]));
+        assert!(read_members(&leaves[..2]).is_empty());
+    }
 
     fn event(mask: u64, pid: i32, infos: &[(u8, &[u8], &[u8])]) -> Vec<u8> {
         let mut body = Vec::new();

@@ -24,8 +24,9 @@
 //!
 //! Where the pool cannot help the normal path runs: a file system without `O_TMPFILE`,
 //! a parent on another mount than the backing root, a directory with a default ACL
-//! (a nameless file does not inherit it), a mode with set-id or sticky bits, servers
-//! that create files as the caller (idmapped backing mounts).
+//! (a nameless file does not inherit it), a mode with set-id or sticky bits, a backing
+//! mount that does not map the server's own id (idmapped), any other failure before
+//! the spare got its name.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::nodes::FdName;
-use super::{Fs, CREATE_AS_CALLER};
+use super::Fs;
 use crate::abi::{self, args, InHeader, Writer};
 use crate::shared::{kind, NodeRef};
 use crate::sys::{self, SysResult};
@@ -140,10 +141,12 @@ fn zeroed_statx() -> libc::statx {
 }
 
 impl Fs {
-    /// Whether CREATEs may use spare files at all (a passthrough connection whose
-    /// server creates files as itself).
+    /// Whether CREATEs may use spare files at all (a passthrough connection). A server
+    /// that creates files as the caller (for idmapped backing mounts) makes spares as
+    /// itself and gives them the caller's ids afterwards; where the mount does not map
+    /// the server's own id the filler cannot make any and gives up.
     fn spares_possible(&self) -> bool {
-        self.passthrough && !CREATE_AS_CALLER.load(Ordering::Relaxed)
+        self.passthrough
     }
 
     /// The filler thread: keeps [`TARGET`] spares ready until [`Spares::stop`]. Runs
@@ -326,8 +329,10 @@ impl Fs {
             sys::chmodat(self.proc_fd, proc_name.cstr(), a.mode & 0o777)?;
             sys::utimens_fd(fd, &[now, now])
         });
-        if let Err(e) = ready {
-            return Linked::Refused(e);
+        if ready.is_err() {
+            // The usual path gives the authoritative answer (e.g. an id the backing mount
+            // does not map).
+            return Linked::NotHere;
         }
         match sys::linkat(
             self.proc_fd,
@@ -341,8 +346,7 @@ impl Fs {
             Err(libc::EEXIST) if a.flags & libc::O_EXCL != 0 => {
                 return Linked::Refused(libc::EEXIST)
             }
-            Err(libc::EEXIST) | Err(libc::EXDEV) => return Linked::NotHere,
-            Err(e) => return Linked::Refused(e),
+            Err(_) => return Linked::NotHere,
         }
         let (id, attr) = match self.lookup(h.nodeid, parent, a.name) {
             Ok(found) => found,
