@@ -1662,3 +1662,68 @@ fn kills_without_progress_under_load_never_give_up() {
     std::fs::write(c.mnt.join("alive"), b"yes").unwrap();
     assert_eq!(std::fs::read(c.mnt.join("alive")).unwrap(), b"yes");
 }
+
+/// A server killed in a CREATE right after a spare file got its name: the resent CREATE
+/// opens that (complete) file; the next server drops the named spare from its pool and
+/// its backing id is not lost or leaked; later creates use spares again.
+#[test]
+fn server_killed_after_a_spare_got_its_name() {
+    use std::os::unix::fs::MetadataExt;
+    require_root!();
+    let c = Container::start(true, Some("crash-linked:victim"));
+    std::env::remove_var("PORTA_FS_FAULT");
+    // Spares are made once the server is up: creates before that take the usual path,
+    // so make creates until one crashes the server (a bounded number).
+    std::fs::write(c.mnt.join("first"), b"1").unwrap();
+    let mut crashed = false;
+    for i in 0..200 {
+        let name = if i % 20 == 19 {
+            "victim".to_string()
+        } else {
+            format!("pre{i}")
+        };
+        if name == "victim" && c.backing.join("victim").exists() {
+            let _ = std::fs::remove_file(c.mnt.join("victim"));
+        }
+        std::fs::write(c.mnt.join(&name), format!("content {i}\n")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(c.backing.join(&name)).unwrap(),
+            format!("content {i}\n")
+        );
+        if c.fs().restarts > 0 {
+            crashed = true;
+            break;
+        }
+    }
+    assert!(
+        crashed,
+        "no create took a spare file named victim:\n{}",
+        c.log()
+    );
+    let st = std::fs::metadata(c.backing.join("victim")).unwrap();
+    assert_eq!(st.nlink(), 1);
+    assert_eq!(
+        st.mode() & 0o777,
+        0o644,
+        "the mode the first server gave it"
+    );
+    c.wait_for("the replacement", |s| s.restarts == 1 && s.pid > 0);
+    // The replacement adopts spares while it rebuilds its index (in the background).
+    let dropped = (0..2000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        c.log().contains("the named ones dropped")
+    });
+    assert!(
+        dropped,
+        "the next server did not drop the named spare:\n{}",
+        c.log()
+    );
+    // Creates go on; every file is complete; the kernel reads back what was written.
+    for i in 0..50 {
+        std::fs::write(c.mnt.join(format!("after{i}")), b"x").unwrap();
+    }
+    assert_eq!(std::fs::read(c.mnt.join("after49")).unwrap(), b"x");
+    assert!(!std::fs::read_to_string(c.mnt.join("victim"))
+        .unwrap()
+        .is_empty());
+}

@@ -24,6 +24,9 @@ pub(super) enum Fault {
     /// filter allows (replace the root and procfs descriptors its successor would be
     /// confined beneath by other directories), then crash.
     Compromise,
+    /// `crash-linked:NAME`: the first server crashes right after a spare file got the
+    /// name NAME in a CREATE (before the node and the answer).
+    CrashLinked,
 }
 
 /// The server fault `PORTA_FS_FAULT` names, if any (the keeper's own fault,
@@ -40,6 +43,7 @@ fn parse_fault(v: &str) -> Option<(Fault, Vec<u8>)> {
         "crash" => Fault::Crash,
         "crash-forget" => Fault::CrashForget,
         "compromise" => Fault::Compromise,
+        "crash-linked" => Fault::CrashLinked,
         _ => return None,
     };
     Some((f, name.as_bytes().to_vec()))
@@ -61,6 +65,19 @@ impl Fs {
         }
     }
 
+    /// The `crash-linked` fault, after a spare file got `name`.
+    pub(super) fn inject_linked_fault(&self, name: &CStr) {
+        let Some((Fault::CrashLinked, n)) = &self.fault else {
+            return;
+        };
+        if name.to_bytes() == n.as_slice()
+            && self.sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed) == 1
+        {
+            // SAFETY: deliberately raises SIGSEGV against this process (test fault).
+            unsafe { libc::raise(libc::SIGSEGV) };
+        }
+    }
+
     pub(super) fn inject_fault(&self, name: &CStr) {
         let Some((f, n)) = &self.fault else { return };
         if name.to_bytes() != n.as_slice() {
@@ -74,7 +91,7 @@ impl Fs {
                 // SAFETY: deliberately raises SIGSEGV against this process (test fault).
                 unsafe { libc::raise(libc::SIGSEGV) };
             }
-            Fault::CrashForget => {}
+            Fault::CrashForget | Fault::CrashLinked => {}
             Fault::Compromise => {
                 // The first server only: its successor must serve the real root.
                 if self.sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed) != 1 {

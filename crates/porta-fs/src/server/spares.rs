@@ -263,11 +263,11 @@ impl Fs {
             self.sh.free(fd);
             sys::close(fd);
         }
-        if !spares.is_empty() {
-            tracing::debug!(
+        if kept < spares.len() {
+            tracing::info!(
                 found = spares.len(),
                 kept,
-                "spare files of the previous server"
+                "spare files of the previous server: the named ones dropped"
             );
         }
     }
@@ -348,6 +348,8 @@ impl Fs {
             }
             Err(_) => return Linked::NotHere,
         }
+        #[cfg(feature = "fault-injection")]
+        self.inject_linked_fault(a.name);
         let (id, attr) = match self.lookup(h.nodeid, parent, a.name) {
             Ok(found) => found,
             Err(e) => return Linked::Failed(e),
