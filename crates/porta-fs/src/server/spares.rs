@@ -44,13 +44,35 @@ pub(super) const TARGET: usize = 16;
 /// The filler starts again when fewer than this are left.
 const LOW: usize = 8;
 
-/// One spare file: its descriptor (open read-write, published as [`kind::SPARE`]) and
-/// its backing id.
+/// One spare file: its descriptor (open read-write, published as [`kind::SPARE`]), its
+/// backing id, and what it is now (so a create changes only what differs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Spare {
     fd: RawFd,
     backing: i32,
+    /// (`st_dev`, `st_ino`).
+    key: (u64, u64),
+    /// (uid, gid).
+    owner: (u32, u32),
+    /// Permission bits.
+    mode: u32,
 }
+
+impl Spare {
+    fn new(fd: RawFd, backing: i32, st: &libc::stat) -> Spare {
+        Spare {
+            fd,
+            backing,
+            key: (st.st_dev, st.st_ino),
+            owner: (st.st_uid, st.st_gid),
+            mode: st.st_mode & 0o7777,
+        }
+    }
+}
+
+/// The mode spares are made with: the usual mode of a new file (0666 less a 022 umask),
+/// so most creates need no chmod. Nobody but the server can open a nameless file.
+const SPARE_MODE: u32 = 0o644;
 
 #[derive(Debug, Default)]
 struct Pool {
@@ -113,6 +135,11 @@ impl Spares {
 
 /// The mount id of what `fd` names.
 fn mount_id(fd: RawFd) -> SysResult<u64> {
+    dir_status(fd).map(|(mnt, _, _)| mnt)
+}
+
+/// The mount id, mode and group of what `fd` names.
+fn dir_status(fd: RawFd) -> SysResult<(u64, u32, u32)> {
     let mut stx: libc::statx = zeroed_statx();
     // SAFETY: valid empty path, `stx` is a writable statx buffer.
     let r = unsafe {
@@ -120,7 +147,7 @@ fn mount_id(fd: RawFd) -> SysResult<u64> {
             fd,
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            libc::STATX_MNT_ID,
+            libc::STATX_MNT_ID | libc::STATX_MODE | libc::STATX_GID,
             &mut stx,
         )
     };
@@ -132,7 +159,7 @@ fn mount_id(fd: RawFd) -> SysResult<u64> {
     if stx.stx_mask & libc::STATX_MNT_ID == 0 {
         return Err(libc::EOPNOTSUPP);
     }
-    Ok(stx.stx_mnt_id)
+    Ok((stx.stx_mnt_id, u32::from(stx.stx_mode), stx.stx_gid))
 }
 
 fn zeroed_statx() -> libc::statx {
@@ -199,7 +226,7 @@ impl Fs {
             self.root,
             c".",
             libc::O_TMPFILE | libc::O_RDWR | libc::O_NONBLOCK,
-            0o600,
+            SPARE_MODE,
         )?;
         let st = sys::fstat(file.as_raw_fd())?;
         let fd = file.into_raw_fd();
@@ -212,7 +239,7 @@ impl Fs {
                 if let Some(e) = self.sh.hot_node(fd) {
                     e.backing().store(id as u64 + 1, Ordering::Release);
                 }
-                Ok(Spare { fd, backing: id })
+                Ok(Spare::new(fd, id, &st))
             }
             Err(e) => {
                 self.sh.free(fd);
@@ -246,13 +273,12 @@ impl Fs {
                 continue;
             };
             let id = e.backing().load(Ordering::Acquire);
-            let nameless = sys::fstat(fd)
-                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 0);
-            if nameless && id != 0 && self.spares_possible() {
-                self.spares.give_back(Spare {
-                    fd,
-                    backing: (id - 1) as i32,
-                });
+            let st = sys::fstat(fd).ok();
+            let nameless = st
+                .as_ref()
+                .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 0);
+            if let (Some(st), true, true) = (nameless, id != 0, self.spares_possible()) {
+                self.spares.give_back(Spare::new(fd, (id - 1) as i32, st));
                 kept += 1;
                 continue;
             }
@@ -284,10 +310,10 @@ impl Fs {
         if a.mode & 0o7000 != 0 || !self.spares_possible() {
             return Ok(false);
         }
-        let Some(spare) = self.spares.take() else {
+        let Some(mut spare) = self.spares.take() else {
             return Ok(false);
         };
-        match self.link_spare(h, a, parent, spare) {
+        match self.link_spare(h, a, parent, &mut spare) {
             Linked::Done(id, attr) => {
                 self.spares.used.fetch_add(1, Ordering::Relaxed);
                 abi::encode_entry(w, id, 0, self.ttl, &attr);
@@ -311,11 +337,27 @@ impl Fs {
 
     /// Gives `spare` the new file's identity and name, then makes it the node and the
     /// handle of the CREATE.
-    fn link_spare(&self, h: &InHeader, a: &args::Create, parent: RawFd, spare: Spare) -> Linked {
+    fn link_spare(
+        &self,
+        h: &InHeader,
+        a: &args::Create,
+        parent: RawFd,
+        spare: &mut Spare,
+    ) -> Linked {
         let mnt = self.spares.mnt_id.load(Ordering::Relaxed);
-        if mount_id(parent) != Ok(mnt) || self.has_default_acl(parent) {
+        let Ok((parent_mnt, parent_mode, parent_gid)) = dir_status(parent) else {
+            return Linked::NotHere;
+        };
+        if parent_mnt != mnt || self.has_default_acl(parent) {
             return Linked::NotHere;
         }
+        // The identity a new file gets (as `Fs::owner` says): the caller's uid, and its
+        // gid unless the directory is set-group-id.
+        let owner = match parent_mode & libc::S_ISGID {
+            0 => (h.uid, h.gid),
+            _ => (h.uid, parent_gid),
+        };
+        let mode = a.mode & 0o777;
         let fd = spare.fd;
         let proc_name = FdName::new(b"", fd);
         let now = libc::timespec {
@@ -324,11 +366,19 @@ impl Fs {
         };
         // Owner, mode and times before the name: a file that has a name is complete.
         // (A spare left unused keeps them; the next use sets them again.)
-        let ready = self.owner(h, parent).and_then(|(uid, gid)| {
-            sys::chownat(fd, c"", uid, gid)?;
-            sys::chmodat(self.proc_fd, proc_name.cstr(), a.mode & 0o777)?;
+        let ready = (|| {
+            if spare.owner != owner {
+                sys::chownat(fd, c"", owner.0, owner.1)?;
+                spare.owner = owner;
+                // A chown may clear mode bits: look again below.
+                spare.mode = u32::MAX;
+            }
+            if spare.mode != mode {
+                sys::chmodat(self.proc_fd, proc_name.cstr(), mode)?;
+                spare.mode = mode;
+            }
             sys::utimens_fd(fd, &[now, now])
-        });
+        })();
         if ready.is_err() {
             // The usual path gives the authoritative answer (e.g. an id the backing mount
             // does not map).
@@ -354,14 +404,14 @@ impl Fs {
             Ok(found) => found,
             Err(e) => return Linked::Failed(e),
         };
-        let same = match (sys::fstat(fd), self.sh.node_entry(id)) {
-            (Ok(st), Some(e)) => e.inode_key() == (st.st_dev, st.st_ino),
-            _ => false,
-        };
+        let same = self
+            .sh
+            .node_entry(id)
+            .is_some_and(|e| e.inode_key() == spare.key);
         // Not the spare (the name replaced at once), or a node that existed already:
         // the kernel looks the name up again; the spare, named now, is used up.
         let adopted = if same {
-            self.adopt_spare_backing(id, spare)
+            self.adopt_spare_backing(id, *spare)
         } else {
             Err(libc::EIO)
         };
