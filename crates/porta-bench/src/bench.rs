@@ -3,7 +3,7 @@
 
 use crate::env::{config_json, Env, Kind};
 use crate::report::{RunInfo, RuntimeInfo, WorkloadDoc};
-use crate::results::{finalize, Better, Cell, Record, Status};
+use crate::results::{finalize, Better, Cell, Load, Record, Status};
 use crate::sys;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -204,6 +204,13 @@ pub struct Options {
     pub command_line: String,
     /// Leave the `/sys/fs/cgroup` mount out of every config.json.
     pub no_cgroup_mount: bool,
+    /// Measure every workload a second time per round beside CPU hogs.
+    pub load: bool,
+}
+
+/// The CPU hogs of a loaded measurement: two busy loops per online CPU.
+pub fn hog_count(online_cpus: usize) -> usize {
+    2 * online_cpus.max(1)
 }
 
 /// One invocation of the harness: its environments, the shared root file system and the work directory it removes at the end.
@@ -224,6 +231,8 @@ pub struct Bench {
     notes: Vec<String>,
     /// Runs that failed once and were retried.
     retries: Vec<String>,
+    /// The CPU hogs running right now (a loaded measurement): not counted by `density`.
+    hog_pids: Vec<i32>,
     started: Instant,
     started_utc: String,
 }
@@ -301,6 +310,7 @@ impl Bench {
             native_pids: Vec::new(),
             notes,
             retries: Vec::new(),
+            hog_pids: Vec::new(),
             started: Instant::now(),
             started_utc: Command::new("date")
                 .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -751,7 +761,10 @@ impl Bench {
             }
             std::thread::sleep(settle);
             let used1 = sys::host_used_kib();
-            let mut procs: HashSet<i32> = sys::descendants(me).into_iter().collect();
+            let mut procs: HashSet<i32> = sys::descendants(me)
+                .into_iter()
+                .filter(|p| !self.hog_pids.contains(p))
+                .collect();
             if let Some(o) = self.envs[e].oci() {
                 let bin = fs::canonicalize(&o.bin).unwrap_or(o.bin.clone());
                 for p in sys::all_pids() {
@@ -809,12 +822,45 @@ impl Bench {
         r
     }
 
-    /// One measurement of `workload` in environment `e` in round `round`.
-    fn measure(&mut self, workload: &str, e: usize, round: usize) -> Result<Vec<(String, f64)>> {
+    /// One measurement of `workload` in environment `e` in round `round`, beside CPU hogs
+    /// when `load` is [`Load::Loaded`] (started right before, killed and reaped right after).
+    fn measure(
+        &mut self,
+        workload: &str,
+        e: usize,
+        round: usize,
+        load: Load,
+    ) -> Result<Vec<(String, f64)>> {
+        let _hogs = match load {
+            Load::Quiet => None,
+            Load::Loaded => {
+                let h = sys::Hogs::start(hog_count(sys::online_cpus()))?;
+                self.hog_pids = h.pids().to_vec();
+                Some(h)
+            }
+        };
+        let r = self.measure_inner(workload, e, round, load);
+        self.hog_pids.clear();
+        r
+    }
+
+    fn measure_inner(
+        &mut self,
+        workload: &str,
+        e: usize,
+        round: usize,
+        load: Load,
+    ) -> Result<Vec<(String, f64)>> {
         let s = self.sizes;
         // The retry count makes a retried run's directories fresh: a failed attempt may have
         // left its directory behind.
-        let tag = format!("{}-{}-{}", self.envs[e].name, round, self.retries.len());
+        let tag = format!(
+            "{}-{}{}-{}",
+            self.envs[e].name,
+            round,
+            if load == Load::Loaded { "-load" } else { "" },
+            self.retries.len()
+        );
         let long = Duration::from_secs(if s.quick { 300 } else { 1800 });
         let a = |v: &[&str]| -> Vec<String> {
             std::iter::once("/bin/porta-workload")
@@ -826,7 +872,7 @@ impl Bench {
             "lifecycle" => return Ok(vec![("time".into(), self.lifecycle_once(e)?)]),
             "density" => {
                 let (pss, used, desc) = self.density_once(e, s.density())?;
-                if round == self.warmup(workload) {
+                if round == self.warmup(workload) && load == Load::Quiet {
                     let note = format!("density, {}: {}", self.envs[e].name, desc);
                     self.notes.push(note);
                 }
@@ -1155,8 +1201,18 @@ impl Bench {
             let counted = self.counted(w);
             let ms = metrics(w);
             let n_env = self.envs.len();
-            let mut values: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ms.len()]; n_env];
-            let mut failed: Vec<Option<String>> = vec![None; n_env];
+            let loads: &[Load] = if self.opt.load {
+                &[Load::Quiet, Load::Loaded]
+            } else {
+                &[Load::Quiet]
+            };
+            // One slot per environment and load, in run order: each environment quiet, then
+            // (with --load) the same environment beside the CPU hogs.
+            let slots: Vec<(usize, Load)> = (0..n_env)
+                .flat_map(|e| loads.iter().map(move |&l| (e, l)))
+                .collect();
+            let mut values: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ms.len()]; slots.len()];
+            let mut failed: Vec<Option<String>> = vec![None; slots.len()];
             let t0 = Instant::now();
             for round in 0..warm + counted {
                 let mut line = format!(
@@ -1171,30 +1227,30 @@ impl Bench {
                     },
                     if round < warm { warm } else { counted }
                 );
-                for e in 0..n_env {
-                    if self.envs[e].skip.is_some() || failed[e].is_some() {
+                for (si, &(e, load)) in slots.iter().enumerate() {
+                    if self.envs[e].skip.is_some() || failed[si].is_some() {
                         continue;
                     }
                     if sys::interrupted() {
                         bail!("interrupted");
                     }
-                    let mut result = self.measure(w, e, round);
+                    let label = match load {
+                        Load::Quiet => self.envs[e].name.clone(),
+                        Load::Loaded => format!("{}/loaded", self.envs[e].name),
+                    };
+                    let mut result = self.measure(w, e, round, load);
                     if let Err(first) = &result {
                         if !sys::interrupted() {
                             // One retry, so that a single flaky start does not drop a runtime
                             // from a workload; every retry is listed in the report.
                             let why = tail(&format!("{first:#}"), 300);
                             progress(&format!(
-                                "  {} failed in {w} round {}, retrying once: {why}",
-                                self.envs[e].name,
+                                "  {label} failed in {w} round {}, retrying once: {why}",
                                 round + 1
                             ));
-                            self.retries.push(format!(
-                                "{w}, {}, round {}: {why}",
-                                self.envs[e].name,
-                                round + 1
-                            ));
-                            result = self.measure(w, e, round);
+                            self.retries
+                                .push(format!("{w}, {label}, round {}: {why}", round + 1));
+                            result = self.measure(w, e, round, load);
                         }
                     }
                     match result {
@@ -1209,11 +1265,11 @@ impl Bench {
                                     }
                                 })
                                 .collect();
-                            line.push_str(&format!(" {} {}", self.envs[e].name, shown.join("/")));
+                            line.push_str(&format!(" {label} {}", shown.join("/")));
                             if round >= warm {
                                 for (mi, (m, _, _)) in ms.iter().enumerate() {
                                     if let Some((_, v)) = figs.iter().find(|(n, _)| n == m) {
-                                        values[e][mi].push(*v);
+                                        values[si][mi].push(*v);
                                     }
                                 }
                             }
@@ -1224,9 +1280,9 @@ impl Bench {
                             }
                             let reason =
                                 format!("round {}: {}", round + 1, tail(&format!("{err:#}"), 400));
-                            line.push_str(&format!(" {} FAILED", self.envs[e].name));
-                            progress(&format!("  {} failed in {w}: {reason}", self.envs[e].name));
-                            failed[e] = Some(reason);
+                            line.push_str(&format!(" {label} FAILED"));
+                            progress(&format!("  {label} failed in {w}: {reason}"));
+                            failed[si] = Some(reason);
                         }
                     }
                 }
@@ -1238,10 +1294,10 @@ impl Bench {
                     .map(|x| (x.1, x.2))
                     .expect("metric")
             };
-            for e in 0..n_env {
+            for (si, &(e, load)) in slots.iter().enumerate() {
                 for (mi, (m, _, _)) in ms.iter().enumerate() {
                     let (unit, better) = unit_of(m);
-                    let (status, reason) = match (&self.envs[e].skip, &failed[e]) {
+                    let (status, reason) = match (&self.envs[e].skip, &failed[si]) {
                         (Some(s), _) => (Status::Skipped, Some(s.clone())),
                         (None, Some(f)) => (Status::Failed, Some(f.clone())),
                         _ => (Status::Ok, None),
@@ -1252,7 +1308,8 @@ impl Bench {
                         metric: m.to_string(),
                         unit: unit.to_string(),
                         better,
-                        values: values[e][mi].clone(),
+                        load,
+                        values: values[si][mi].clone(),
                         status,
                         reason,
                     });
@@ -1268,7 +1325,7 @@ impl Bench {
             self.opt.out.display(),
             self.started.elapsed().as_secs_f64()
         ));
-        eprintln!("{}", crate::report::summary_table(&records));
+        eprintln!("{}", crate::report::summary_tables(&records));
         Ok(records)
     }
 

@@ -55,6 +55,11 @@ struct Args {
     /// environments alike), for runtimes that cannot mount it yet.
     #[arg(long)]
     no_cgroup_mount: bool,
+    /// Measure every workload twice per round in each environment: quiet, then beside CPU
+    /// hogs (two busy loops per online CPU, nice 0, started right before and killed right
+    /// after each loaded measurement). The report shows both side by side.
+    #[arg(long)]
+    load: bool,
     /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to
     /// it (for another page name, e.g. docs/benchmarks-watcher.md, in `bench-<name>/`).
     #[arg(long)]
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         keep: args.keep,
         docs: args.docs.clone(),
         no_cgroup_mount: args.no_cgroup_mount,
+        load: args.load,
         command_line: std::iter::once("porta-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
@@ -131,6 +137,10 @@ fn main() -> ExitCode {
     ];
     if args.no_cgroup_mount {
         notes.push("--no-cgroup-mount: the read-only `/sys/fs/cgroup` mount of `runc spec` is left out of every config.json, for every environment alike (porta's container init cannot mount it yet: \"remount ... MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_RELATIME: Invalid argument\"); the workloads do not use it.".to_string());
+    }
+    if args.load {
+        let cpus = sys::online_cpus();
+        notes.push(format!("--load: every workload is measured twice per round in each environment, quiet and then beside {} CPU hogs (two busy loops per online CPU, {cpus} online; plain processes forked by the harness at nice 0, in the harness's own cgroup, started right before each loaded measurement and killed and reaped right after it). Ratios compare figures of the same load.", porta_bench::bench::hog_count(cpus)));
     }
     let mut bench = match Bench::new(opt, notes) {
         Ok(b) => b,

@@ -1,6 +1,6 @@
 //! The Markdown report writer (`report.md`, and `docs/benchmarks.md` with `--docs`).
 
-use crate::results::{Better, Record, Status};
+use crate::results::{has_load, Better, Load, Record, Status};
 use crate::svg::fmt_num;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -221,14 +221,24 @@ fn pair_table(records: &[Record], pairs: &[(&str, &str)], ratio: &str) -> Option
     Some(s)
 }
 
-/// The detailed table of one workload.
+/// The detailed table of one workload; with loaded records (`--load`), a `load` column.
 pub fn workload_table(records: &[&Record]) -> String {
-    let mut s = String::from("| runtime | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---:|---:|---:|---|---:|---:|---:|---|\n");
+    let loaded = records.iter().any(|r| r.load == Load::Loaded);
+    let mut s = if loaded {
+        String::from("| runtime | load | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---|---:|---:|---:|---|---:|---:|---:|---|\n")
+    } else {
+        String::from("| runtime | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---:|---:|---:|---|---:|---:|---:|---|\n")
+    };
     for r in records {
         let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "–".into());
+        let load = if loaded {
+            format!(" {} |", r.load.name())
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} |{load} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.runtime,
             r.metric,
             if r.status == Status::Ok {
@@ -246,6 +256,24 @@ pub fn workload_table(records: &[&Record]) -> String {
         );
     }
     s
+}
+
+/// The records measured under `load`.
+pub fn of_load(records: &[Record], load: Load) -> Vec<Record> {
+    records.iter().filter(|r| r.load == load).cloned().collect()
+}
+
+/// The summary tables: as [`summary_table`] for a run without `--load`; with it, the quiet
+/// table and the loaded one, each headed.
+pub fn summary_tables(records: &[Record]) -> String {
+    if !has_load(records) {
+        return summary_table(records);
+    }
+    format!(
+        "Quiet:\n\n{}\nBeside CPU hogs (`--load`; ratios to native under the same load):\n\n{}",
+        summary_table(&of_load(records, Load::Quiet)),
+        summary_table(&of_load(records, Load::Loaded))
+    )
 }
 
 /// What to keep in mind when reading the figures (printed after the summary).
@@ -380,7 +408,10 @@ pub fn render(
         }
     }
     s.push_str("\n## Summary\n\nMedian of the counted runs; in parentheses the ratio to native measured in the same run (↓: lower is better, ↑: higher is better). Absolute numbers on a shared machine are noise; compare ratios.\n\n");
-    s.push_str(&summary_table(records));
+    s.push_str(&summary_tables(records));
+    let quiet = of_load(records, Load::Quiet);
+    let records_all = records;
+    let records = &quiet[..];
     if let Some(t) = watcher_table(records) {
         s.push_str("\n### The host-change watcher: on against off\n\nThe same Porta configuration with its host-change watcher (the default) and without it (annotation `run.porta.fs.host-changes=off`), interleaved in the same run: medians, and their ratio (on ÷ off; for ↑ metrics below 1 means the watcher costs, for ↓ metrics above 1). Differences of a few per cent are within this machine's noise; compare with the spread (min/max) in the workload tables.\n\n");
         s.push_str(&t);
@@ -391,6 +422,7 @@ pub fn render(
     }
     s.push_str(CAVEATS);
     s.push_str("\n## Workloads\n");
+    let records = records_all;
     let mut names: Vec<&str> = Vec::new();
     for r in records {
         if !names.contains(&r.workload.as_str()) {
@@ -421,6 +453,7 @@ mod tests {
             metric: "time".into(),
             unit: "ms".into(),
             better: Better::Lower,
+            load: crate::results::Load::Quiet,
             values: v.to_vec(),
             status: st,
             reason: (st != Status::Ok).then(|| "not found: /x/porta | y".into()),
@@ -470,6 +503,7 @@ mod tests {
             metric: "append".into(),
             unit: "writes/s".into(),
             better: Better::Higher,
+            load: crate::results::Load::Quiet,
             values: vec![v],
             status: Status::Ok,
             reason: None,
@@ -493,6 +527,45 @@ mod tests {
             "{b}"
         );
         assert!(b.contains("| 1.50 |"), "{b}");
+    }
+
+    #[test]
+    fn loaded_figures_get_their_own_summary_and_column() {
+        let mut cells = Vec::new();
+        for (load, v) in [(Load::Quiet, 2.0), (Load::Loaded, 8.0)] {
+            for (rt, f) in [("native", 1.0), ("runc", 3.0)] {
+                cells.push(Cell {
+                    workload: "lifecycle".into(),
+                    runtime: rt.into(),
+                    metric: "time".into(),
+                    unit: "ms".into(),
+                    better: Better::Lower,
+                    load,
+                    values: vec![v * f],
+                    status: Status::Ok,
+                    reason: None,
+                });
+            }
+        }
+        let recs = finalize(&cells);
+        let t = summary_tables(&recs);
+        assert!(t.starts_with("Quiet:\n\n| workload |"), "{t}");
+        assert!(
+            t.contains("| lifecycle | time ↓ | ms | 2.00 | 6.00 (×3.00) |"),
+            "{t}"
+        );
+        assert!(t.contains("Beside CPU hogs"), "{t}");
+        assert!(
+            t.contains("| lifecycle | time ↓ | ms | 8.00 | 24.0 (×3.00) |"),
+            "{t}"
+        );
+        let md = render(&RunInfo::default(), &recs, &[], "", "");
+        assert!(md.contains("| runtime | load | metric |"), "{md}");
+        assert!(md.contains("| runc | loaded | time | 24.0 |"), "{md}");
+        // A quiet-only run keeps its old layout.
+        let quiet = of_load(&recs, Load::Quiet);
+        assert_eq!(summary_tables(&quiet), summary_table(&quiet));
+        assert!(!render(&RunInfo::default(), &quiet, &[], "", "").contains("| load |"));
     }
 
     #[test]
