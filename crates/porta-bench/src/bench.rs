@@ -1,7 +1,7 @@
 //! The harness proper: root file system assembly, container operations, the interleaved
 //! measurement loop, density, and clean-up.
 
-use crate::env::{config_json, Env, Kind};
+use crate::env::{config_json, Env, Kind, RootMount};
 use crate::report::{RunInfo, RuntimeInfo, WorkloadDoc};
 use crate::results::{finalize, Better, Cell, Load, Record, Status};
 use crate::sys;
@@ -231,6 +231,8 @@ pub struct Bench {
     notes: Vec<String>,
     /// Runs that failed once and were retried.
     retries: Vec<String>,
+    /// The fuse-overlayfs daemons serving container roots right now: mount point → pid.
+    fuse_daemons: HashMap<PathBuf, i32>,
     /// The CPU hogs running right now (a loaded measurement): not counted by `density`.
     hog_pids: Vec<i32>,
     started: Instant,
@@ -311,6 +313,7 @@ impl Bench {
             notes,
             retries: Vec::new(),
             hog_pids: Vec::new(),
+            fuse_daemons: HashMap::new(),
             started: Instant::now(),
             started_utc: Command::new("date")
                 .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -461,15 +464,12 @@ impl Bench {
             .oci()
             .map(|o| o.annotations.clone())
             .unwrap_or_default();
-        let root = if self.envs[e].overlay {
-            if let Err(err) = self.mount_overlay(&dir) {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(err);
-            }
-            self.root_of(e, &dir)
-        } else {
-            self.rootfs.clone()
-        };
+        if let Err(err) = self.mount_root(e, &dir) {
+            self.release_root(e, &dir);
+            let _ = fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+        let root = self.root_of(e, &dir);
         let cfg = config_json(
             &root,
             args,
@@ -478,25 +478,131 @@ impl Bench {
             "porta-bench",
             !self.opt.no_cgroup_mount,
         );
-        fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+        let written = serde_json::to_vec_pretty(&cfg)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(fs::write(dir.join("config.json"), b)?));
+        if let Err(err) = written {
+            self.release_root(e, &dir);
+            let _ = fs::remove_dir_all(&dir);
+            return Err(err);
+        }
         Ok((id, dir))
     }
 
-    /// Deletes a container (force) and forgets it; unmounts its overlay root.
+    /// Makes the root of environment `e`'s container in bundle `dir`: nothing for the
+    /// shared root, else the environment's mount on `dir/merged`.
+    fn mount_root(&mut self, e: usize, dir: &Path) -> Result<()> {
+        match self.envs[e].root.clone() {
+            RootMount::Shared => Ok(()),
+            RootMount::Overlay => self.mount_overlay(dir),
+            RootMount::FuseOverlayfs(bin) => self.mount_fuse_overlayfs(&bin, dir),
+        }
+    }
+
+    /// Undoes [`Bench::mount_root`]: unmounts `dir/merged` (a fuse-overlayfs daemon is
+    /// waited for and reaped). Harmless when nothing is mounted.
+    fn release_root(&mut self, e: usize, dir: &Path) {
+        match self.envs[e].root {
+            RootMount::Shared => {}
+            RootMount::Overlay => sys::unmount(&dir.join("merged")),
+            RootMount::FuseOverlayfs(_) => self.unmount_fuse(&dir.join("merged")),
+        }
+    }
+
+    /// Mounts `dir/merged` with `fuse-overlayfs -o lowerdir=<shared root>,upperdir=dir/upper,
+    /// workdir=dir/work`. fuse-overlayfs returns once the mount is made and leaves its
+    /// daemon, reparented to the harness (the child subreaper): it is remembered, so that
+    /// [`Bench::unmount_fuse`] waits for it and reaps it.
+    fn mount_fuse_overlayfs(&mut self, bin: &Path, dir: &Path) -> Result<()> {
+        for d in ["upper", "work", "merged"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let merged = dir.join("merged");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.rootfs.display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let err_file = dir.join("fuse-overlayfs.err");
+        let mut child = Command::new(bin)
+            .arg("-o")
+            .arg(&opts)
+            .arg(&merged)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err_file)?)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let st = sys::wait_child(&mut child, STEP_TIMEOUT, "fuse-overlayfs");
+        // Its daemon: our child now, running the same binary, not one we know already.
+        let me = std::process::id() as i32;
+        let exe = fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
+        let known: Vec<i32> = self.fuse_daemons.values().copied().collect();
+        let daemons: Vec<i32> = sys::all_pids()
+            .into_iter()
+            .filter(|&p| {
+                !known.contains(&p)
+                    && sys::parent_of(p) == Some(me)
+                    && sys::exe_of(p).as_deref() == Some(exe.as_path())
+            })
+            .collect();
+        let mounted = porta_sys::proc::own_mountinfo()
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.mount_point == merged);
+        let stderr = || tail(&fs::read_to_string(&err_file).unwrap_or_default(), 300);
+        let why = match (st, daemons.as_slice(), mounted) {
+            (Ok(st), [pid], true) if st.success() => {
+                self.fuse_daemons.insert(merged, *pid);
+                return Ok(());
+            }
+            (Err(err), _, _) => format!("{err:#}"),
+            (Ok(st), _, _) if !st.success() => format!("exited with {st}: {}", stderr()),
+            (Ok(_), _, false) => {
+                format!("no mount on {} afterwards: {}", merged.display(), stderr())
+            }
+            (Ok(_), d, true) => format!("expected one daemon process, found {d:?}"),
+        };
+        // Undo whatever was made: the mount, then the daemons it left.
+        sys::unmount(&merged);
+        for p in daemons {
+            sys::kill_pid(p, libc::SIGKILL);
+            sys::wait_pid_exit(p, STEP_TIMEOUT);
+        }
+        bail!("fuse-overlayfs {opts} {}: {why}", merged.display())
+    }
+
+    /// Unmounts a fuse-overlayfs root and waits for its daemon to exit (killing it if it
+    /// does not within the step time limit), reaping it.
+    fn unmount_fuse(&mut self, merged: &Path) {
+        sys::unmount_or_detach(merged);
+        if let Some(pid) = self.fuse_daemons.remove(merged) {
+            if !sys::wait_pid_exit(pid, STEP_TIMEOUT) {
+                progress(&format!(
+                    "warning: fuse-overlayfs daemon {pid} of {} did not exit after the unmount; killing it",
+                    merged.display()
+                ));
+                sys::kill_pid(pid, libc::SIGKILL);
+                sys::wait_pid_exit(pid, STEP_TIMEOUT);
+            }
+        }
+    }
+
+    /// Deletes a container (force) and forgets it; unmounts its own root, if it has one.
     fn force_delete(&mut self, e: usize, id: &str) {
         let dir = self.bundles.join(id);
         let _ = fs::create_dir_all(&dir);
         let _ = self.step(e, &["delete", "--force", id], &dir);
         self.live.retain(|(le, lid)| !(*le == e && lid == id));
         sys::reap_zombies();
-        if self.envs[e].overlay {
-            sys::unmount(&self.root_of(e, &dir));
-        }
+        self.release_root(e, &dir);
     }
 
     /// The root file system of the container whose bundle is `dir`, as the host reaches it.
     fn root_of(&self, e: usize, dir: &Path) -> PathBuf {
-        if self.envs[e].overlay {
+        if self.envs[e].root.per_container() {
             dir.join("merged")
         } else {
             self.rootfs.clone()
@@ -707,6 +813,7 @@ impl Bench {
             Ok(ms) => {
                 self.live.retain(|(le, lid)| !(*le == e && *lid == id));
                 sys::reap_zombies();
+                self.release_root(e, &dir);
                 let _ = fs::remove_dir_all(&dir);
                 Ok(ms)
             }
@@ -1336,9 +1443,11 @@ impl Bench {
             let _ = fs::create_dir_all(&dir);
             let _ = self.step(e, &["kill", &id, "KILL"], &dir);
             let _ = self.step(e, &["delete", "--force", &id], &dir);
-            if self.envs[e].overlay {
-                sys::unmount(&self.root_of(e, &dir));
-            }
+            self.release_root(e, &dir);
+        }
+        // fuse-overlayfs roots whose container never existed (or was already forgotten).
+        for merged in self.fuse_daemons.keys().cloned().collect::<Vec<_>>() {
+            self.unmount_fuse(&merged);
         }
         for p in std::mem::take(&mut self.native_pids) {
             sys::kill_pid(p, libc::SIGKILL);

@@ -140,7 +140,7 @@ fn main() -> ExitCode {
     }
     if args.load {
         let cpus = sys::online_cpus();
-        notes.push(format!("--load: every workload is measured twice per round in each environment, quiet and then beside {} CPU hogs (two busy loops per online CPU, {cpus} online; plain processes forked by the harness at nice 0, in the harness's own cgroup, started right before each loaded measurement and killed and reaped right after it). Ratios compare figures of the same load.", porta_bench::bench::hog_count(cpus)));
+        notes.push(format!("--load: every workload is measured twice per round in each environment, quiet and then beside {} CPU hogs (two busy loops per online CPU, {cpus} online; processes forked by the harness at nice 0, in the harness's cgroup, each in a session of its own, so that with the scheduler's autogroups each hog is one scheduling entity of the same weight as a container's cgroup, the harness's own session (native runs there) or a fuse-overlayfs daemon's session; started right before each loaded measurement, killed and reaped right after it). Ratios compare figures of the same load.", porta_bench::bench::hog_count(cpus)));
     }
     let mut bench = match Bench::new(opt, notes) {
         Ok(b) => b,

@@ -25,6 +25,7 @@ pub fn colour(runtime: &str) -> &'static str {
         "baseline-porta-strict" => "#6b6ecf",
         "baseline-porta-kernel" => "#8c6d31",
         "runc" => "#2ca02c",
+        "runc-fuse-overlayfs" => "#98df8a",
         "crun" => "#bcbd22",
         "runsc" => "#d62728",
         _ => "#8c564b",

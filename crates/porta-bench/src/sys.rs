@@ -406,10 +406,13 @@ pub fn online_cpus() -> usize {
     usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
 }
 
-/// CPU hogs for `--load`: child processes that only spin. Each is killed and reaped by
-/// [`Hogs::stop`] or when the value is dropped (also on an error path); each also has
-/// `PR_SET_PDEATHSIG` = SIGKILL, so none survives the harness even if it is killed itself,
-/// and default signal dispositions, so a Ctrl-C to the process group ends them too.
+/// CPU hogs for `--load`: child processes that only spin, at nice 0, each in a session of
+/// its own (so, with the scheduler's autogroups, each competes with the measured processes
+/// as one scheduling entity of its own, as a separate service or container would, rather than
+/// all of them sharing the harness's group). Each is killed and reaped by [`Hogs::stop`] or
+/// when the value is dropped (also on an error path, and the harness's Ctrl-C handling drops
+/// it); each also has `PR_SET_PDEATHSIG` = SIGKILL, so none survives the harness even if the
+/// harness is killed itself.
 #[derive(Debug)]
 pub struct Hogs {
     pids: Vec<i32>,
@@ -456,7 +459,7 @@ fn fork_hog() -> std::io::Result<i32> {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: fork in a possibly multi-threaded process: the child only makes
-    // async-signal-safe system calls (prctl, getppid, signal, setpriority, _exit) and then
+    // async-signal-safe system calls (prctl, getppid, signal, setsid, setpriority, _exit) and then
     // spins in pure arithmetic, never allocating or taking a lock.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -472,6 +475,7 @@ fn fork_hog() -> std::io::Result<i32> {
             for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
                 libc::signal(sig, libc::SIG_DFL);
             }
+            libc::setsid();
             libc::setpriority(libc::PRIO_PROCESS, 0, 0);
         }
         spin();
@@ -486,6 +490,19 @@ fn spin() -> ! {
             x.wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407),
         );
+    }
+}
+
+/// Unmounts `target` (waiting for a FUSE server to see it gone); when it is busy, detaches
+/// it instead. Errors are ignored: nothing mounted.
+pub fn unmount_or_detach(target: &Path) {
+    let t = cstr(target);
+    // SAFETY: umount2(2) with a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(t.as_ptr(), 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY)
+    {
+        // SAFETY: as above.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
