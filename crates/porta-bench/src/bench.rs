@@ -1433,6 +1433,9 @@ impl Bench {
             self.started.elapsed().as_secs_f64()
         ));
         eprintln!("{}", crate::report::summary_tables(&records));
+        if let Some(t) = crate::targets::targets_table(&records) {
+            eprintln!("Targets (ratio oriented so that above 1 is better for porta):\n\n{t}");
+        }
         Ok(records)
     }
 

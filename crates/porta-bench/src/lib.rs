@@ -8,3 +8,4 @@ pub mod results;
 pub mod stats;
 pub mod svg;
 pub mod sys;
+pub mod targets;

@@ -409,6 +409,12 @@ pub fn render(
     }
     s.push_str("\n## Summary\n\nMedian of the counted runs; in parentheses the ratio to native measured in the same run (↓: lower is better, ↑: higher is better). Absolute numbers on a shared machine are noise; compare ratios.\n\n");
     s.push_str(&summary_tables(records));
+    if let Some(t) = crate::targets::targets_table(records) {
+        s.push_str("\n### Targets\n\n");
+        s.push_str(crate::targets::TARGETS_INTRO);
+        s.push_str("\n\n");
+        s.push_str(&t);
+    }
     let quiet = of_load(records, Load::Quiet);
     let records_all = records;
     let records = &quiet[..];
