@@ -23,6 +23,7 @@ pub const WORKLOADS: &[&str] = &[
     "memlat",
     "fsmark-fsync",
     "fsmark-nosync",
+    "fsmark-real",
     "stat-tree",
     "smallfile",
     "smallio",
@@ -131,6 +132,10 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
         "fsmark-fsync" | "fsmark-nosync" | "smallfile" => {
             vec![("rate", "files/s", Better::Higher)]
         }
+        "fsmark-real" => vec![
+            ("nosync", "files/s", Better::Higher),
+            ("fsync", "files/s", Better::Higher),
+        ],
         "stat-tree" => vec![
             ("cold", "files/s", Better::Higher),
             ("warm", "files/s", Better::Higher),
@@ -161,6 +166,7 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "memlat" => { let (m, a) = s.memlat(); format!("Random-access latency: dependent loads chasing one random cycle through a {m} MiB buffer (64-byte slots), {a} loads, ns per load (4 KiB pages, so TLB misses are included).") }
         "fsmark-fsync" => format!("fs_mark-style: {} files of 10,240 bytes with 40-byte names, created in one fresh directory of the container's root, each opened, written, fsync'ed and closed; files/s over the loop.", s.fsmark_files(true)),
         "fsmark-nosync" => format!("As fsmark-fsync without the fsync: {} files, in a directory that never held files before (earlier runs' directories are kept until the end of the whole invocation, never deleted in between).", s.fsmark_files(false)),
+        "fsmark-real" => format!("The real fs_mark 3.3 (Debian's `/usr/bin/fs_mark`, copied with its shared libraries into the root file system), the same sizes as fsmark-nosync and fsmark-fsync, so that the two can be checked against each other: `fs_mark -d DIR -n {} -s 10240 -S 0 -L 1 -k` (nosync) and `fs_mark -d DIR -n {} -s 10240 -S 1 -L 1 -k` (fsync), each in its own container, in a fresh directory; fs_mark's own files/sec. Per file it makes the system calls the workload program makes (mkdir of the directory, EEXIST; openat O_RDWR|O_CREAT|O_TRUNC; one write; fsync with -S 1; close).", s.fsmark_files(false), s.fsmark_files(true)),
         "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`, twice in one container; files/s. cold: the first walk, in a fresh container, right after the harness wrote back and dropped the kernel's page, dentry and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`, before every run of every environment); warm: the second walk, right after the first.", s.tree_files()),
         "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
         "smallio" => format!("One new file: {n} appends of 100 bytes, one write(2) each, as a log writer makes them (append, writes/s); then {n} rounds of open + read of 100 bytes + close of that file, as a shell or compiler reads the same small files again (reopen, opens/s).", n = s.smallio()),
@@ -231,6 +237,8 @@ pub struct Bench {
     notes: Vec<String>,
     /// Runs that failed once and were retried.
     retries: Vec<String>,
+    /// fs_mark is installed in the root file system (`fsmark-real` can run).
+    fs_mark: bool,
     /// The fuse-overlayfs daemons serving container roots right now: mount point → pid.
     fuse_daemons: HashMap<PathBuf, i32>,
     /// The CPU hogs running right now (a loaded measurement): not counted by `density`.
@@ -314,6 +322,7 @@ impl Bench {
             retries: Vec::new(),
             hog_pids: Vec::new(),
             fuse_daemons: HashMap::new(),
+            fs_mark: false,
             started: Instant::now(),
             started_utc: Command::new("date")
                 .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -408,6 +417,7 @@ impl Bench {
             let _ = symlink("busybox", r.join("bin").join(applet));
         }
         fs::copy(&wl, r.join("bin/porta-workload"))?;
+        self.fs_mark = crate::fsmark::install(r)?;
         fs::write(
             r.join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
@@ -1016,6 +1026,24 @@ impl Bench {
                 ]),
                 long,
             )?,
+            "fsmark-real" => {
+                let mut figs = HashMap::new();
+                for (metric, sync) in [("nosync", false), ("fsync", true)] {
+                    // fs_mark takes directory paths shorter than 40 bytes: the environment's
+                    // index instead of its name.
+                    let dir = format!(
+                        "/fmr-{metric}-{e}-{round}{}-{}",
+                        if load == Load::Loaded { "l" } else { "" },
+                        self.retries.len()
+                    );
+                    let args = crate::fsmark::args(&dir, s.fsmark_files(sync), sync)?;
+                    let out = self.run_program(e, &args, long)?;
+                    let rate = crate::fsmark::parse_output(&out)
+                        .with_context(|| format!("{} {metric}", self.envs[e].name))?;
+                    figs.insert(metric.to_string(), rate);
+                }
+                figs
+            }
             "stat-tree" => {
                 sys::drop_caches()?;
                 self.run_figures(e, &a(&["stat-tree", "/data/tree"]), long)?
@@ -1303,6 +1331,41 @@ impl Bench {
         let mut cells: Vec<Cell> = Vec::new();
         let mut done: Vec<String> = Vec::new();
         for (wi, w) in selected.iter().enumerate() {
+            if w == "fsmark-real" && !self.fs_mark {
+                let why = format!(
+                    "{} not installed on the host (apt-get install fsmark)",
+                    crate::fsmark::FS_MARK
+                );
+                progress(&format!(
+                    "[{}/{} {w}] skipped: {why}",
+                    wi + 1,
+                    selected.len()
+                ));
+                let loads: &[Load] = if self.opt.load {
+                    &[Load::Quiet, Load::Loaded]
+                } else {
+                    &[Load::Quiet]
+                };
+                for env in &self.envs {
+                    for &load in loads {
+                        for (m, unit, better) in metrics(w) {
+                            cells.push(Cell {
+                                workload: w.clone(),
+                                runtime: env.name.clone(),
+                                metric: m.to_string(),
+                                unit: unit.to_string(),
+                                better,
+                                load,
+                                values: Vec::new(),
+                                status: Status::Skipped,
+                                reason: Some(env.skip.clone().unwrap_or_else(|| why.clone())),
+                            });
+                        }
+                    }
+                }
+                done.push(w.clone());
+                continue;
+            }
             self.setup(w)?;
             let warm = self.warmup(w);
             let counted = self.counted(w);

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod env;
+pub mod fsmark;
 pub mod report;
 pub mod results;
 pub mod stats;

@@ -258,6 +258,48 @@ pub fn workload_table(records: &[&Record]) -> String {
     s
 }
 
+/// The workload program's fsmark figures beside the real fs_mark's (`fsmark-real`), per
+/// runtime and load, with program ÷ fs_mark. None unless both were measured somewhere.
+pub fn fsmark_comparison(records: &[Record]) -> Option<String> {
+    let med =
+        |w: &str, m: &str, rt: &str, load: Load| crate::results::reference(records, w, m, rt, load);
+    let show = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "–".into());
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".into(),
+    };
+    let mut rows = String::new();
+    let mut any = false;
+    for load in [Load::Quiet, Load::Loaded] {
+        for rt in runtimes(records) {
+            let (pn, rn) = (
+                med("fsmark-nosync", "rate", &rt, load),
+                med("fsmark-real", "nosync", &rt, load),
+            );
+            let (pf, rf) = (
+                med("fsmark-fsync", "rate", &rt, load),
+                med("fsmark-real", "fsync", &rt, load),
+            );
+            if (pn.is_none() || rn.is_none()) && (pf.is_none() || rf.is_none()) {
+                continue;
+            }
+            any = true;
+            let _ = writeln!(
+                rows,
+                "| {rt} | {} | {} | {} | {} | {} | {} | {} |",
+                load.name(),
+                show(pn),
+                show(rn),
+                div(pn, rn),
+                show(pf),
+                show(rf),
+                div(pf, rf)
+            );
+        }
+    }
+    any.then(|| format!("| runtime | load | fsmark-nosync (program) | fs_mark -S 0 | program ÷ fs_mark | fsmark-fsync (program) | fs_mark -S 1 | program ÷ fs_mark |\n|---|---|---:|---:|---:|---:|---:|---:|\n{rows}"))
+}
+
 /// The records measured under `load`.
 pub fn of_load(records: &[Record], load: Load) -> Vec<Record> {
     records.iter().filter(|r| r.load == load).cloned().collect()
@@ -413,6 +455,10 @@ pub fn render(
         s.push_str("\n### Targets\n\n");
         s.push_str(crate::targets::TARGETS_INTRO);
         s.push_str("\n\n");
+        s.push_str(&t);
+    }
+    if let Some(t) = fsmark_comparison(records) {
+        s.push_str("\n### fs_mark against the workload program\n\nThe workload program's fsmark (`fsmark-nosync`, `fsmark-fsync`) makes the same system calls per file as fs_mark 3.3 (`fsmark-real`, the same file count and size): medians of files/s and their ratio, per environment and load. A ratio near 1 means the program's figure is fs_mark's.\n\n");
         s.push_str(&t);
     }
     let quiet = of_load(records, Load::Quiet);
@@ -572,6 +618,35 @@ mod tests {
         let quiet = of_load(&recs, Load::Quiet);
         assert_eq!(summary_tables(&quiet), summary_table(&quiet));
         assert!(!render(&RunInfo::default(), &quiet, &[], "", "").contains("| load |"));
+    }
+
+    #[test]
+    fn fs_mark_beside_the_workload_program() {
+        let c = |w: &str, m: &str, rt: &str, v: f64| Cell {
+            workload: w.into(),
+            runtime: rt.into(),
+            metric: m.into(),
+            unit: "files/s".into(),
+            better: Better::Higher,
+            load: Load::Quiet,
+            values: vec![v],
+            status: Status::Ok,
+            reason: None,
+        };
+        let recs = finalize(&[
+            c("fsmark-nosync", "rate", "porta", 900.0),
+            c("fsmark-real", "nosync", "porta", 1000.0),
+            c("fsmark-real", "fsync", "porta", 100.0),
+            c("fsmark-nosync", "rate", "runc", 5.0),
+        ]);
+        let t = fsmark_comparison(&recs).unwrap();
+        assert!(
+            t.contains("| porta | quiet | 900 | 1000 | 0.90 | – | 100 | – |"),
+            "{t}"
+        );
+        assert!(!t.contains("| runc |"), "{t}");
+        assert!(render(&RunInfo::default(), &recs, &[], "", "").contains("### fs_mark against"));
+        assert!(fsmark_comparison(&records()).is_none());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const SUBJECT: &str = "porta";
 pub const FS_METRICS: &[(&str, &str)] = &[
     ("fsmark-fsync", "rate"),
     ("fsmark-nosync", "rate"),
+    ("fsmark-real", "nosync"),
+    ("fsmark-real", "fsync"),
     ("stat-tree", "cold"),
     ("stat-tree", "warm"),
     ("smallfile", "rate"),
@@ -353,7 +355,7 @@ mod tests {
         assert_eq!(e.met(2.0), Some(false));
         // Without --load the loaded column says so, and the verdict rests on quiet alone.
         let table = targets_table(&recs).unwrap();
-        assert!(table.contains("| 1.50 ✗ (worst: smallio reopen; 2 of 9 measured) | not run (no --load) | **not met** |"), "{table}");
+        assert!(table.contains("| 1.50 ✗ (worst: smallio reopen; 2 of 11 measured) | not run (no --load) | **not met** |"), "{table}");
     }
 
     #[test]
