@@ -1210,7 +1210,16 @@ impl Bench {
         }
     }
 
+    /// Facts about the machine and this run, with every path inside the workspace written
+    /// relative to it (so that committed report pages name `target/release/porta`, not the
+    /// checkout they were made in).
     fn info(&self) -> RunInfo {
+        let mut i = self.info_raw();
+        crate::report::relativize_info(&mut i, &self.opt.workspace);
+        i
+    }
+
+    fn info_raw(&self) -> RunInfo {
         let cpu = fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
             .lines()
@@ -1262,7 +1271,12 @@ impl Bench {
 
     /// Writes results.json, machine.json, report.md and the SVGs (and the docs page).
     fn write_outputs(&self, cells: &[Cell], done: &[String]) -> Result<Vec<Record>> {
-        let records = finalize(cells);
+        let mut records = finalize(cells);
+        for r in &mut records {
+            if let Some(why) = &mut r.reason {
+                *why = crate::report::relative_to(why, &self.opt.workspace);
+            }
+        }
         let out = &self.opt.out;
         fs::create_dir_all(out)?;
         fs::write(

@@ -47,6 +47,30 @@ pub struct RuntimeInfo {
     pub status: String,
 }
 
+/// `text` with every path under `workspace` written relative to it (`/src/ws/target/x` →
+/// `target/x`).
+pub fn relative_to(text: &str, workspace: &std::path::Path) -> String {
+    let ws = workspace.to_string_lossy();
+    let ws = ws.trim_end_matches('/');
+    if ws.is_empty() {
+        return text.to_string();
+    }
+    text.replace(&format!("{ws}/"), "")
+}
+
+/// Applies [`relative_to`] to every text of `info` that can name a binary or a path.
+pub fn relativize_info(info: &mut RunInfo, workspace: &std::path::Path) {
+    info.command = relative_to(&info.command, workspace);
+    for r in &mut info.runtimes {
+        r.invocation = relative_to(&r.invocation, workspace);
+        r.status = relative_to(&r.status, workspace);
+        r.version = relative_to(&r.version, workspace);
+    }
+    for n in &mut info.notes {
+        *n = relative_to(n, workspace);
+    }
+}
+
 /// Description of one workload for the report: name and what/how big.
 #[derive(Debug, Clone)]
 pub struct WorkloadDoc {
@@ -647,6 +671,36 @@ mod tests {
         assert!(!t.contains("| runc |"), "{t}");
         assert!(render(&RunInfo::default(), &recs, &[], "", "").contains("### fs_mark against"));
         assert!(fsmark_comparison(&records()).is_none());
+    }
+
+    #[test]
+    fn paths_in_the_workspace_are_relative() {
+        let ws = std::path::Path::new("/work/wt");
+        assert_eq!(
+            relative_to("/work/wt/target/release/porta --root STATE", ws),
+            "target/release/porta --root STATE"
+        );
+        assert_eq!(relative_to("/usr/sbin/runc", ws), "/usr/sbin/runc");
+        assert_eq!(relative_to("/work/wt2/x", ws), "/work/wt2/x");
+        let mut info = RunInfo {
+            command: "porta-bench --porta /work/wt/target/release/porta".into(),
+            runtimes: vec![RuntimeInfo {
+                name: "porta".into(),
+                invocation: "/work/wt/target/release/porta --root STATE run".into(),
+                version: "v".into(),
+                status: "skipped: porta: binary /work/wt/target/release/porta not found".into(),
+            }],
+            notes: vec!["built in /work/wt/target/x".into()],
+            ..Default::default()
+        };
+        relativize_info(&mut info, std::path::Path::new("/work/wt/"));
+        let md = render(&info, &records(), &[], "", "");
+        assert!(!md.contains("/work/wt"), "{md}");
+        assert!(
+            md.contains("`target/release/porta --root STATE run`"),
+            "{md}"
+        );
+        assert!(md.contains("--porta target/release/porta"), "{md}");
     }
 
     #[test]
