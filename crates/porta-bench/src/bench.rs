@@ -1321,20 +1321,7 @@ impl Bench {
 
     /// The whole benchmark. Call [`Bench::cleanup`] afterwards in every case.
     pub fn run(&mut self) -> Result<Vec<Record>> {
-        let selected: Vec<String> = if self.opt.only.is_empty() {
-            WORKLOADS.iter().map(|s| s.to_string()).collect()
-        } else {
-            for w in &self.opt.only {
-                if !WORKLOADS.contains(&w.as_str()) {
-                    bail!("unknown workload {w:?} (known: {})", WORKLOADS.join(","));
-                }
-            }
-            WORKLOADS
-                .iter()
-                .filter(|w| self.opt.only.iter().any(|o| o == *w))
-                .map(|s| s.to_string())
-                .collect()
-        };
+        let selected = select_workloads(&self.opt.only)?;
         progress(&format!(
             "porta-bench: work directory {}",
             self.work.display()
@@ -1569,6 +1556,39 @@ impl Bench {
     }
 }
 
+/// The workloads `--only` names, in run order (all when empty). A name is a workload, or a
+/// metric that only one workload has (`reopen` selects `smallio`, `cold` `stat-tree`).
+pub fn select_workloads(only: &[String]) -> Result<Vec<String>> {
+    let mut want: Vec<&str> = Vec::new();
+    for o in only {
+        if let Some(w) = WORKLOADS.iter().find(|w| **w == o.as_str()) {
+            want.push(w);
+            continue;
+        }
+        let owners: Vec<&str> = WORKLOADS
+            .iter()
+            .copied()
+            .filter(|w| metrics(w).iter().any(|m| m.0 == o.as_str()))
+            .collect();
+        match owners.as_slice() {
+            [w] => want.push(w),
+            [] => bail!(
+                "unknown workload {o:?} (known: {}; or a metric of exactly one of them, e.g. reopen)",
+                WORKLOADS.join(",")
+            ),
+            many => bail!(
+                "{o:?} is a metric of several workloads ({}): name the workload",
+                many.join(", ")
+            ),
+        }
+    }
+    Ok(WORKLOADS
+        .iter()
+        .filter(|w| want.is_empty() || want.contains(w))
+        .map(|s| s.to_string())
+        .collect())
+}
+
 /// The directory, next to a `--docs` page, that its plots go to: `bench` for
 /// `benchmarks.md`, `bench-<stem>` for any other page (so that a partial run written to
 /// its own page leaves the full report's plots alone).
@@ -1656,6 +1676,21 @@ mod tests {
             plots_dir_name(Path::new("docs/benchmarks-watcher.md")),
             "bench-benchmarks-watcher"
         );
+    }
+
+    #[test]
+    fn only_takes_workloads_and_unique_metrics() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(select_workloads(&[]).unwrap().len(), WORKLOADS.len());
+        assert_eq!(
+            select_workloads(&v(&["fsmark-nosync", "reopen", "lifecycle"])).unwrap(),
+            v(&["lifecycle", "fsmark-nosync", "smallio"])
+        );
+        assert_eq!(select_workloads(&v(&["warm"])).unwrap(), v(&["stat-tree"]));
+        let e = select_workloads(&v(&["rate"])).unwrap_err().to_string();
+        assert!(e.contains("several workloads"), "{e}");
+        let e = select_workloads(&v(&["bogus"])).unwrap_err().to_string();
+        assert!(e.contains("unknown workload \"bogus\""), "{e}");
     }
 
     #[test]

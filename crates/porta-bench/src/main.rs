@@ -20,10 +20,12 @@ struct Args {
     /// watcher-off environments spend minutes on host-change, which they fail by design).
     #[arg(long)]
     quick: bool,
-    /// Comma-separated workloads to run (default: all).
+    /// Comma-separated workloads to run (default: all); a metric of exactly one workload
+    /// names that workload (`reopen`: smallio).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Comma-separated environments (default: native,porta,porta-strict,porta-kernel,runc,crun,runsc).
+    /// Comma-separated environments (default: native,porta,porta-nowatch,porta-strict,
+    /// porta-strict-nowatch,porta-kernel,runc,runc-fuse-overlayfs,crun,runsc).
     #[arg(long, value_delimiter = ',')]
     runtimes: Vec<String>,
     /// The porta binary (default: <workspace>/target/release/porta).
