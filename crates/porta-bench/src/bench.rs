@@ -135,6 +135,8 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
         "fsmark-real" => vec![
             ("nosync", "files/s", Better::Higher),
             ("fsync", "files/s", Better::Higher),
+            ("program-nosync", "files/s", Better::Higher),
+            ("program-fsync", "files/s", Better::Higher),
         ],
         "stat-tree" => vec![
             ("cold", "files/s", Better::Higher),
@@ -166,7 +168,7 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "memlat" => { let (m, a) = s.memlat(); format!("Random-access latency: dependent loads chasing one random cycle through a {m} MiB buffer (64-byte slots), {a} loads, ns per load (4 KiB pages, so TLB misses are included).") }
         "fsmark-fsync" => format!("fs_mark-style: {} files of 10,240 bytes with 40-byte names, created in one fresh directory of the container's root, each opened, written, fsync'ed and closed; files/s over the loop.", s.fsmark_files(true)),
         "fsmark-nosync" => format!("As fsmark-fsync without the fsync: {} files, in a directory that never held files before (earlier runs' directories are kept until the end of the whole invocation, never deleted in between).", s.fsmark_files(false)),
-        "fsmark-real" => format!("The real fs_mark 3.3 (Debian's `/usr/bin/fs_mark`, copied with its shared libraries into the root file system), the same sizes as fsmark-nosync and fsmark-fsync, so that the two can be checked against each other: `fs_mark -d DIR -n {} -s 10240 -S 0 -L 1 -k` (nosync) and `fs_mark -d DIR -n {} -s 10240 -S 1 -L 1 -k` (fsync), each in its own container, in a fresh directory; fs_mark's own files/sec. Per file it makes the system calls the workload program makes (mkdir of the directory, EEXIST; openat O_RDWR|O_CREAT|O_TRUNC; one write; fsync with -S 1; close).", s.fsmark_files(false), s.fsmark_files(true)),
+        "fsmark-real" => format!("The real fs_mark 3.3 (Debian's `/usr/bin/fs_mark`, copied with its shared libraries into the root file system), the same sizes as fsmark-nosync and fsmark-fsync, so that the two can be checked against each other: `fs_mark -d DIR -n {} -s 10240 -S 0 -L 1 -k` (nosync) and `fs_mark -d DIR -n {} -s 10240 -S 1 -L 1 -k` (fsync), each in its own container, in a fresh directory; fs_mark's own files/sec. Paired with each, in the same round and environment, the workload program's fsmark of the same size in a container of its own (program-nosync, program-fsync; which of the two runs first alternates from round to round), so that the two are compared without the drift between workloads. Per file both make the same system calls (mkdir of the directory, EEXIST; openat O_RDWR|O_CREAT|O_TRUNC; one write of 10,240 bytes; fsync with -S 1; close).", s.fsmark_files(false), s.fsmark_files(true)),
         "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`, twice in one container; files/s. cold: the first walk, in a fresh container, right after the harness wrote back and dropped the kernel's page, dentry and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`, before every run of every environment); warm: the second walk, right after the first.", s.tree_files()),
         "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
         "smallio" => format!("One new file: {n} appends of 100 bytes, one write(2) each, as a log writer makes them (append, writes/s); then {n} rounds of open + read of 100 bytes + close of that file, as a shell or compiler reads the same small files again (reopen, opens/s).", n = s.smallio()),
@@ -1031,16 +1033,32 @@ impl Bench {
                 for (metric, sync) in [("nosync", false), ("fsync", true)] {
                     // fs_mark takes directory paths shorter than 40 bytes: the environment's
                     // index instead of its name.
-                    let dir = format!(
-                        "/fmr-{metric}-{e}-{round}{}-{}",
-                        if load == Load::Loaded { "l" } else { "" },
-                        self.retries.len()
-                    );
-                    let args = crate::fsmark::args(&dir, s.fsmark_files(sync), sync)?;
-                    let out = self.run_program(e, &args, long)?;
-                    let rate = crate::fsmark::parse_output(&out)
-                        .with_context(|| format!("{} {metric}", self.envs[e].name))?;
-                    figs.insert(metric.to_string(), rate);
+                    let dir = |who: &str| {
+                        format!(
+                            "/fm{who}-{metric}-{e}-{round}{}-{}",
+                            if load == Load::Loaded { "l" } else { "" },
+                            self.retries.len()
+                        )
+                    };
+                    let real = crate::fsmark::args(&dir("r"), s.fsmark_files(sync), sync)?;
+                    let n = s.fsmark_files(sync).to_string();
+                    let mode = if sync { "sync" } else { "nosync" };
+                    let program = a(&["fsmark", &dir("p"), &n, "10240", mode]);
+                    // Alternate the order from round to round: neither always runs first.
+                    for first in [round % 2 == 0, round % 2 != 0] {
+                        if first {
+                            let out = self.run_program(e, &real, long)?;
+                            let rate = crate::fsmark::parse_output(&out)
+                                .with_context(|| format!("{} {metric}", self.envs[e].name))?;
+                            figs.insert(metric.to_string(), rate);
+                        } else {
+                            let f = self.run_figures(e, &program, long)?;
+                            let rate = *f.get("rate").ok_or_else(|| {
+                                anyhow!("{}: fsmark gave no rate", self.envs[e].name)
+                            })?;
+                            figs.insert(format!("program-{metric}"), rate);
+                        }
+                    }
                 }
                 figs
             }
