@@ -581,7 +581,7 @@ impl Bench {
         sys::unmount(&merged);
         for p in daemons {
             sys::kill_pid(p, libc::SIGKILL);
-            sys::wait_pid_exit(p, STEP_TIMEOUT);
+            sys::reap_child(p);
         }
         bail!("fuse-overlayfs {opts} {}: {why}", merged.display())
     }
@@ -591,13 +591,16 @@ impl Bench {
     fn unmount_fuse(&mut self, merged: &Path) {
         sys::unmount_or_detach(merged);
         if let Some(pid) = self.fuse_daemons.remove(merged) {
+            // After an interrupt the wait returns at once: the daemon is killed then.
             if !sys::wait_pid_exit(pid, STEP_TIMEOUT) {
-                progress(&format!(
-                    "warning: fuse-overlayfs daemon {pid} of {} did not exit after the unmount; killing it",
-                    merged.display()
-                ));
+                if !sys::interrupted() {
+                    progress(&format!(
+                        "warning: fuse-overlayfs daemon {pid} of {} did not exit after the unmount; killing it",
+                        merged.display()
+                    ));
+                }
                 sys::kill_pid(pid, libc::SIGKILL);
-                sys::wait_pid_exit(pid, STEP_TIMEOUT);
+                sys::reap_child(pid);
             }
         }
     }

@@ -142,6 +142,16 @@ pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
     done
 }
 
+/// Waits for `pid` to exit and reaps it, if it is our child (blocking: call it after a
+/// SIGKILL). Anything else is left alone.
+pub fn reap_child(pid: i32) {
+    if parent_of(pid) == Some(std::process::id() as i32) {
+        let mut st = 0;
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+}
+
 /// Waits for a child with a time limit; on time-out or interruption kills its process group
 /// and returns an error.
 pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus> {
