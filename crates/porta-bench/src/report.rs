@@ -376,6 +376,15 @@ and only a large, consistent difference means something. The PSS figure is the r
 * No ratio is given when the reference median is zero or negative or the median itself is negative.
 ";
 
+/// What to keep in mind about the loaded figures (printed after [`CAVEATS`] with `--load`).
+pub const LOAD_CAVEAT: &str =
+    "* Under load (`--load`) a measurement shares the CPUs with the hogs, each hog one \
+scheduling entity of its own: a single-threaded workload gets well under half a CPU, and a \
+file server, a fuse-overlayfs daemon or a runtime's helper processes compete for the same \
+time. Loaded figures spread more than quiet ones; compare environments within one load, not \
+a loaded figure with a quiet one.
+";
+
 /// The fixed text at the top of docs/benchmarks.md: what the harness does and how to run it.
 pub fn docs_preface() -> String {
     "This page is written by `porta-bench --docs docs/benchmarks.md`; the plots are in \
@@ -541,6 +550,9 @@ pub fn render(
         s.push_str(&t);
     }
     s.push_str(CAVEATS);
+    if has_load(records_all) {
+        s.push_str(LOAD_CAVEAT);
+    }
     s.push_str("\n## Workloads\n");
     let records = records_all;
     let mut names: Vec<&str> = Vec::new();
@@ -682,10 +694,12 @@ mod tests {
         let md = render(&RunInfo::default(), &recs, &[], "", "");
         assert!(md.contains("| runtime | load | metric |"), "{md}");
         assert!(md.contains("| runc | loaded | time | 24.0 |"), "{md}");
+        assert!(md.contains(LOAD_CAVEAT), "{md}");
         // A quiet-only run keeps its old layout.
         let quiet = of_load(&recs, Load::Quiet);
         assert_eq!(summary_tables(&quiet), summary_table(&quiet));
-        assert!(!render(&RunInfo::default(), &quiet, &[], "", "").contains("| load |"));
+        let quiet_md = render(&RunInfo::default(), &quiet, &[], "", "");
+        assert!(!quiet_md.contains("| load |") && !quiet_md.contains(LOAD_CAVEAT));
     }
 
     #[test]
