@@ -15,6 +15,8 @@ PKGS=(
   fuse3 libfuse3-dev libseccomp-dev pkg-config make gcc libc6-dev
   # tools the tests, benchmark and demo call
   iproute2 procps psmisc util-linux sqlite3 jq python3 strace file ca-certificates acl
+  # fs_mark 3.3, run inside the containers by the benchmark's fsmark-real workload
+  fsmark
   # a private systemd and D-Bus system bus for the systemd cgroup driver tests
   systemd dbus
   # setcap, for the file-capability semantics test of the file server

@@ -1,9 +1,9 @@
 //! The harness proper: root file system assembly, container operations, the interleaved
 //! measurement loop, density, and clean-up.
 
-use crate::env::{config_json, Env, Kind};
+use crate::env::{config_json, Env, Kind, RootMount};
 use crate::report::{RunInfo, RuntimeInfo, WorkloadDoc};
-use crate::results::{finalize, Better, Cell, Record, Status};
+use crate::results::{finalize, Better, Cell, Load, Record, Status};
 use crate::sys;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -23,6 +23,7 @@ pub const WORKLOADS: &[&str] = &[
     "memlat",
     "fsmark-fsync",
     "fsmark-nosync",
+    "fsmark-real",
     "stat-tree",
     "smallfile",
     "smallio",
@@ -131,6 +132,12 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
         "fsmark-fsync" | "fsmark-nosync" | "smallfile" => {
             vec![("rate", "files/s", Better::Higher)]
         }
+        "fsmark-real" => vec![
+            ("nosync", "files/s", Better::Higher),
+            ("fsync", "files/s", Better::Higher),
+            ("program-nosync", "files/s", Better::Higher),
+            ("program-fsync", "files/s", Better::Higher),
+        ],
         "stat-tree" => vec![
             ("cold", "files/s", Better::Higher),
             ("warm", "files/s", Better::Higher),
@@ -159,8 +166,9 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "primes" => { let (n, c) = s.primes_n(); format!("Count the primes below {n} ({c} of them) with a segmented sieve of Eratosthenes (CPU-bound, cache-resident); seconds, timed inside the container.") }
         "membw" => { let (m, i) = s.membw_mib(); format!("Memory copy bandwidth: `memcpy` between two {m} MiB buffers (larger than the 32 MiB L3), best of {i} copies, MB/s = 10^6 bytes copied per second (tinymembench's \"C copy\").") }
         "memlat" => { let (m, a) = s.memlat(); format!("Random-access latency: dependent loads chasing one random cycle through a {m} MiB buffer (64-byte slots), {a} loads, ns per load (4 KiB pages, so TLB misses are included).") }
-        "fsmark-fsync" => format!("fs_mark-style: {} files of 10,240 bytes with 40-byte names, created in one fresh directory of the container's root, each opened, written, fsync'ed and closed; files/s over the loop.", s.fsmark_files(true)),
+        "fsmark-fsync" => format!("fs_mark-style: {} files of 10,240 bytes with 40-byte names, created in one fresh directory of the container's root, with fs_mark 3.3's system calls per file (`fs_mark -S 1`; see fsmark-real): mkdir of the directory (EEXIST), openat O_RDWR|O_CREAT|O_TRUNC, one write, fsync, close; files/s over the loop.", s.fsmark_files(true)),
         "fsmark-nosync" => format!("As fsmark-fsync without the fsync: {} files, in a directory that never held files before (earlier runs' directories are kept until the end of the whole invocation, never deleted in between).", s.fsmark_files(false)),
+        "fsmark-real" => format!("The real fs_mark 3.3 (Debian's `/usr/bin/fs_mark`, copied with its shared libraries into the root file system), the same sizes as fsmark-nosync and fsmark-fsync, so that the two can be checked against each other: `fs_mark -d DIR -n {} -s 10240 -S 0 -L 1 -k` (nosync) and `fs_mark -d DIR -n {} -s 10240 -S 1 -L 1 -k` (fsync), each in its own container, in a fresh directory; fs_mark's own files/sec. Paired with each, in the same round and environment, the workload program's fsmark of the same size in a container of its own (program-nosync, program-fsync; which of the two runs first alternates from round to round), so that the two are compared without the drift between workloads. Per file both make the same system calls (mkdir of the directory, EEXIST; openat O_RDWR|O_CREAT|O_TRUNC; one write of 10,240 bytes; fsync with -S 1; close).", s.fsmark_files(false), s.fsmark_files(true)),
         "stat-tree" => format!("Walk a tree of {} empty files (20 directories × 25 subdirectories × 100 files, created once before the first run) reading every directory and lstat'ing every entry, like `find -ls`, twice in one container; files/s. cold: the first walk, in a fresh container, right after the harness wrote back and dropped the kernel's page, dentry and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`, before every run of every environment); warm: the second walk, right after the first.", s.tree_files()),
         "smallfile" => format!("In a fresh directory: create {} files of 1 KiB, stat each, rename each, delete each; files/s through all four steps.", s.smallfiles()),
         "smallio" => format!("One new file: {n} appends of 100 bytes, one write(2) each, as a log writer makes them (append, writes/s); then {n} rounds of open + read of 100 bytes + close of that file, as a shell or compiler reads the same small files again (reopen, opens/s).", n = s.smallio()),
@@ -204,6 +212,13 @@ pub struct Options {
     pub command_line: String,
     /// Leave the `/sys/fs/cgroup` mount out of every config.json.
     pub no_cgroup_mount: bool,
+    /// Measure every workload a second time per round beside CPU hogs.
+    pub load: bool,
+}
+
+/// The CPU hogs of a loaded measurement: two busy loops per online CPU.
+pub fn hog_count(online_cpus: usize) -> usize {
+    2 * online_cpus.max(1)
 }
 
 /// One invocation of the harness: its environments, the shared root file system and the work directory it removes at the end.
@@ -224,6 +239,12 @@ pub struct Bench {
     notes: Vec<String>,
     /// Runs that failed once and were retried.
     retries: Vec<String>,
+    /// fs_mark is installed in the root file system (`fsmark-real` can run).
+    fs_mark: bool,
+    /// The fuse-overlayfs daemons serving container roots right now: mount point → pid.
+    fuse_daemons: HashMap<PathBuf, i32>,
+    /// The CPU hogs running right now (a loaded measurement): not counted by `density`.
+    hog_pids: Vec<i32>,
     started: Instant,
     started_utc: String,
 }
@@ -301,6 +322,9 @@ impl Bench {
             native_pids: Vec::new(),
             notes,
             retries: Vec::new(),
+            hog_pids: Vec::new(),
+            fuse_daemons: HashMap::new(),
+            fs_mark: false,
             started: Instant::now(),
             started_utc: Command::new("date")
                 .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -395,6 +419,7 @@ impl Bench {
             let _ = symlink("busybox", r.join("bin").join(applet));
         }
         fs::copy(&wl, r.join("bin/porta-workload"))?;
+        self.fs_mark = crate::fsmark::install(r)?;
         fs::write(
             r.join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
@@ -451,15 +476,12 @@ impl Bench {
             .oci()
             .map(|o| o.annotations.clone())
             .unwrap_or_default();
-        let root = if self.envs[e].overlay {
-            if let Err(err) = self.mount_overlay(&dir) {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(err);
-            }
-            self.root_of(e, &dir)
-        } else {
-            self.rootfs.clone()
-        };
+        if let Err(err) = self.mount_root(e, &dir) {
+            self.release_root(e, &dir);
+            let _ = fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+        let root = self.root_of(e, &dir);
         let cfg = config_json(
             &root,
             args,
@@ -468,25 +490,134 @@ impl Bench {
             "porta-bench",
             !self.opt.no_cgroup_mount,
         );
-        fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+        let written = serde_json::to_vec_pretty(&cfg)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(fs::write(dir.join("config.json"), b)?));
+        if let Err(err) = written {
+            self.release_root(e, &dir);
+            let _ = fs::remove_dir_all(&dir);
+            return Err(err);
+        }
         Ok((id, dir))
     }
 
-    /// Deletes a container (force) and forgets it; unmounts its overlay root.
+    /// Makes the root of environment `e`'s container in bundle `dir`: nothing for the
+    /// shared root, else the environment's mount on `dir/merged`.
+    fn mount_root(&mut self, e: usize, dir: &Path) -> Result<()> {
+        match self.envs[e].root.clone() {
+            RootMount::Shared => Ok(()),
+            RootMount::Overlay => self.mount_overlay(dir),
+            RootMount::FuseOverlayfs(bin) => self.mount_fuse_overlayfs(&bin, dir),
+        }
+    }
+
+    /// Undoes [`Bench::mount_root`]: unmounts `dir/merged` (a fuse-overlayfs daemon is
+    /// waited for and reaped). Harmless when nothing is mounted.
+    fn release_root(&mut self, e: usize, dir: &Path) {
+        match self.envs[e].root {
+            RootMount::Shared => {}
+            RootMount::Overlay => sys::unmount(&dir.join("merged")),
+            RootMount::FuseOverlayfs(_) => self.unmount_fuse(&dir.join("merged")),
+        }
+    }
+
+    /// Mounts `dir/merged` with `fuse-overlayfs -o lowerdir=<shared root>,upperdir=dir/upper,
+    /// workdir=dir/work`. fuse-overlayfs returns once the mount is made and leaves its
+    /// daemon, reparented to the harness (the child subreaper): it is remembered, so that
+    /// [`Bench::unmount_fuse`] waits for it and reaps it.
+    fn mount_fuse_overlayfs(&mut self, bin: &Path, dir: &Path) -> Result<()> {
+        for d in ["upper", "work", "merged"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let merged = dir.join("merged");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.rootfs.display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let err_file = dir.join("fuse-overlayfs.err");
+        let mut child = Command::new(bin)
+            .arg("-o")
+            .arg(&opts)
+            .arg(&merged)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err_file)?)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let st = sys::wait_child(&mut child, STEP_TIMEOUT, "fuse-overlayfs");
+        // Its daemon: our child now, running the same binary, not one we know already.
+        let me = std::process::id() as i32;
+        let exe = fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
+        let known: Vec<i32> = self.fuse_daemons.values().copied().collect();
+        let daemons: Vec<i32> = sys::all_pids()
+            .into_iter()
+            .filter(|&p| {
+                !known.contains(&p)
+                    && sys::parent_of(p) == Some(me)
+                    && sys::exe_of(p).as_deref() == Some(exe.as_path())
+            })
+            .collect();
+        let mounted = porta_sys::proc::own_mountinfo()
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.mount_point == merged);
+        let stderr = || tail(&fs::read_to_string(&err_file).unwrap_or_default(), 300);
+        let why = match (st, daemons.as_slice(), mounted) {
+            (Ok(st), [pid], true) if st.success() => {
+                self.fuse_daemons.insert(merged, *pid);
+                return Ok(());
+            }
+            (Err(err), _, _) => format!("{err:#}"),
+            (Ok(st), _, _) if !st.success() => format!("exited with {st}: {}", stderr()),
+            (Ok(_), _, false) => {
+                format!("no mount on {} afterwards: {}", merged.display(), stderr())
+            }
+            (Ok(_), d, true) => format!("expected one daemon process, found {d:?}"),
+        };
+        // Undo whatever was made: the mount, then the daemons it left.
+        sys::unmount(&merged);
+        for p in daemons {
+            sys::kill_pid(p, libc::SIGKILL);
+            sys::reap_child(p);
+        }
+        bail!("fuse-overlayfs {opts} {}: {why}", merged.display())
+    }
+
+    /// Unmounts a fuse-overlayfs root and waits for its daemon to exit (killing it if it
+    /// does not within the step time limit), reaping it.
+    fn unmount_fuse(&mut self, merged: &Path) {
+        sys::unmount_or_detach(merged);
+        if let Some(pid) = self.fuse_daemons.remove(merged) {
+            // After an interrupt the wait returns at once: the daemon is killed then.
+            if !sys::wait_pid_exit(pid, STEP_TIMEOUT) {
+                if !sys::interrupted() {
+                    progress(&format!(
+                        "warning: fuse-overlayfs daemon {pid} of {} did not exit after the unmount; killing it",
+                        merged.display()
+                    ));
+                }
+                sys::kill_pid(pid, libc::SIGKILL);
+                sys::reap_child(pid);
+            }
+        }
+    }
+
+    /// Deletes a container (force) and forgets it; unmounts its own root, if it has one.
     fn force_delete(&mut self, e: usize, id: &str) {
         let dir = self.bundles.join(id);
         let _ = fs::create_dir_all(&dir);
         let _ = self.step(e, &["delete", "--force", id], &dir);
         self.live.retain(|(le, lid)| !(*le == e && lid == id));
         sys::reap_zombies();
-        if self.envs[e].overlay {
-            sys::unmount(&self.root_of(e, &dir));
-        }
+        self.release_root(e, &dir);
     }
 
     /// The root file system of the container whose bundle is `dir`, as the host reaches it.
     fn root_of(&self, e: usize, dir: &Path) -> PathBuf {
-        if self.envs[e].overlay {
+        if self.envs[e].root.per_container() {
             dir.join("merged")
         } else {
             self.rootfs.clone()
@@ -697,6 +828,7 @@ impl Bench {
             Ok(ms) => {
                 self.live.retain(|(le, lid)| !(*le == e && *lid == id));
                 sys::reap_zombies();
+                self.release_root(e, &dir);
                 let _ = fs::remove_dir_all(&dir);
                 Ok(ms)
             }
@@ -751,7 +883,10 @@ impl Bench {
             }
             std::thread::sleep(settle);
             let used1 = sys::host_used_kib();
-            let mut procs: HashSet<i32> = sys::descendants(me).into_iter().collect();
+            let mut procs: HashSet<i32> = sys::descendants(me)
+                .into_iter()
+                .filter(|p| !self.hog_pids.contains(p))
+                .collect();
             if let Some(o) = self.envs[e].oci() {
                 let bin = fs::canonicalize(&o.bin).unwrap_or(o.bin.clone());
                 for p in sys::all_pids() {
@@ -809,12 +944,45 @@ impl Bench {
         r
     }
 
-    /// One measurement of `workload` in environment `e` in round `round`.
-    fn measure(&mut self, workload: &str, e: usize, round: usize) -> Result<Vec<(String, f64)>> {
+    /// One measurement of `workload` in environment `e` in round `round`, beside CPU hogs
+    /// when `load` is [`Load::Loaded`] (started right before, killed and reaped right after).
+    fn measure(
+        &mut self,
+        workload: &str,
+        e: usize,
+        round: usize,
+        load: Load,
+    ) -> Result<Vec<(String, f64)>> {
+        let _hogs = match load {
+            Load::Quiet => None,
+            Load::Loaded => {
+                let h = sys::Hogs::start(hog_count(sys::online_cpus()))?;
+                self.hog_pids = h.pids().to_vec();
+                Some(h)
+            }
+        };
+        let r = self.measure_inner(workload, e, round, load);
+        self.hog_pids.clear();
+        r
+    }
+
+    fn measure_inner(
+        &mut self,
+        workload: &str,
+        e: usize,
+        round: usize,
+        load: Load,
+    ) -> Result<Vec<(String, f64)>> {
         let s = self.sizes;
         // The retry count makes a retried run's directories fresh: a failed attempt may have
         // left its directory behind.
-        let tag = format!("{}-{}-{}", self.envs[e].name, round, self.retries.len());
+        let tag = format!(
+            "{}-{}{}-{}",
+            self.envs[e].name,
+            round,
+            if load == Load::Loaded { "-load" } else { "" },
+            self.retries.len()
+        );
         let long = Duration::from_secs(if s.quick { 300 } else { 1800 });
         let a = |v: &[&str]| -> Vec<String> {
             std::iter::once("/bin/porta-workload")
@@ -826,7 +994,7 @@ impl Bench {
             "lifecycle" => return Ok(vec![("time".into(), self.lifecycle_once(e)?)]),
             "density" => {
                 let (pss, used, desc) = self.density_once(e, s.density())?;
-                if round == self.warmup(workload) {
+                if round == self.warmup(workload) && load == Load::Quiet {
                     let note = format!("density, {}: {}", self.envs[e].name, desc);
                     self.notes.push(note);
                 }
@@ -863,6 +1031,40 @@ impl Bench {
                 ]),
                 long,
             )?,
+            "fsmark-real" => {
+                let mut figs = HashMap::new();
+                for (metric, sync) in [("nosync", false), ("fsync", true)] {
+                    // fs_mark takes directory paths shorter than 40 bytes: the environment's
+                    // index instead of its name.
+                    let dir = |who: &str| {
+                        format!(
+                            "/fm{who}-{metric}-{e}-{round}{}-{}",
+                            if load == Load::Loaded { "l" } else { "" },
+                            self.retries.len()
+                        )
+                    };
+                    let real = crate::fsmark::args(&dir("r"), s.fsmark_files(sync), sync)?;
+                    let n = s.fsmark_files(sync).to_string();
+                    let mode = if sync { "sync" } else { "nosync" };
+                    let program = a(&["fsmark", &dir("p"), &n, "10240", mode]);
+                    // Alternate the order from round to round: neither always runs first.
+                    for first in [round % 2 == 0, round % 2 != 0] {
+                        if first {
+                            let out = self.run_program(e, &real, long)?;
+                            let rate = crate::fsmark::parse_output(&out)
+                                .with_context(|| format!("{} {metric}", self.envs[e].name))?;
+                            figs.insert(metric.to_string(), rate);
+                        } else {
+                            let f = self.run_figures(e, &program, long)?;
+                            let rate = *f.get("rate").ok_or_else(|| {
+                                anyhow!("{}: fsmark gave no rate", self.envs[e].name)
+                            })?;
+                            figs.insert(format!("program-{metric}"), rate);
+                        }
+                    }
+                }
+                figs
+            }
             "stat-tree" => {
                 sys::drop_caches()?;
                 self.run_figures(e, &a(&["stat-tree", "/data/tree"]), long)?
@@ -1029,7 +1231,16 @@ impl Bench {
         }
     }
 
+    /// Facts about the machine and this run, with every path inside the workspace written
+    /// relative to it (so that committed report pages name `target/release/porta`, not the
+    /// checkout they were made in).
     fn info(&self) -> RunInfo {
+        let mut i = self.info_raw();
+        crate::report::relativize_info(&mut i, &self.opt.workspace);
+        i
+    }
+
+    fn info_raw(&self) -> RunInfo {
         let cpu = fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
             .lines()
@@ -1081,7 +1292,12 @@ impl Bench {
 
     /// Writes results.json, machine.json, report.md and the SVGs (and the docs page).
     fn write_outputs(&self, cells: &[Cell], done: &[String]) -> Result<Vec<Record>> {
-        let records = finalize(cells);
+        let mut records = finalize(cells);
+        for r in &mut records {
+            if let Some(why) = &mut r.reason {
+                *why = crate::report::relative_to(why, &self.opt.workspace);
+            }
+        }
         let out = &self.opt.out;
         fs::create_dir_all(out)?;
         fs::write(
@@ -1126,20 +1342,7 @@ impl Bench {
 
     /// The whole benchmark. Call [`Bench::cleanup`] afterwards in every case.
     pub fn run(&mut self) -> Result<Vec<Record>> {
-        let selected: Vec<String> = if self.opt.only.is_empty() {
-            WORKLOADS.iter().map(|s| s.to_string()).collect()
-        } else {
-            for w in &self.opt.only {
-                if !WORKLOADS.contains(&w.as_str()) {
-                    bail!("unknown workload {w:?} (known: {})", WORKLOADS.join(","));
-                }
-            }
-            WORKLOADS
-                .iter()
-                .filter(|w| self.opt.only.iter().any(|o| o == *w))
-                .map(|s| s.to_string())
-                .collect()
-        };
+        let selected = select_workloads(&self.opt.only)?;
         progress(&format!(
             "porta-bench: work directory {}",
             self.work.display()
@@ -1150,13 +1353,58 @@ impl Bench {
         let mut cells: Vec<Cell> = Vec::new();
         let mut done: Vec<String> = Vec::new();
         for (wi, w) in selected.iter().enumerate() {
+            if w == "fsmark-real" && !self.fs_mark {
+                let why = format!(
+                    "{} not installed on the host (apt-get install fsmark)",
+                    crate::fsmark::FS_MARK
+                );
+                progress(&format!(
+                    "[{}/{} {w}] skipped: {why}",
+                    wi + 1,
+                    selected.len()
+                ));
+                let loads: &[Load] = if self.opt.load {
+                    &[Load::Quiet, Load::Loaded]
+                } else {
+                    &[Load::Quiet]
+                };
+                for env in &self.envs {
+                    for &load in loads {
+                        for (m, unit, better) in metrics(w) {
+                            cells.push(Cell {
+                                workload: w.clone(),
+                                runtime: env.name.clone(),
+                                metric: m.to_string(),
+                                unit: unit.to_string(),
+                                better,
+                                load,
+                                values: Vec::new(),
+                                status: Status::Skipped,
+                                reason: Some(env.skip.clone().unwrap_or_else(|| why.clone())),
+                            });
+                        }
+                    }
+                }
+                done.push(w.clone());
+                continue;
+            }
             self.setup(w)?;
             let warm = self.warmup(w);
             let counted = self.counted(w);
             let ms = metrics(w);
             let n_env = self.envs.len();
-            let mut values: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ms.len()]; n_env];
-            let mut failed: Vec<Option<String>> = vec![None; n_env];
+            let loads: &[Load] = if self.opt.load {
+                &[Load::Quiet, Load::Loaded]
+            } else {
+                &[Load::Quiet]
+            };
+            // One slot per environment and load, in run order: each environment quiet, then
+            // (with --load) the same environment beside the CPU hogs.
+            let slots: Vec<(usize, Load)> = (0..n_env)
+                .flat_map(|e| loads.iter().map(move |&l| (e, l)))
+                .collect();
+            let mut values: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ms.len()]; slots.len()];
+            let mut failed: Vec<Option<String>> = vec![None; slots.len()];
             let t0 = Instant::now();
             for round in 0..warm + counted {
                 let mut line = format!(
@@ -1171,30 +1419,30 @@ impl Bench {
                     },
                     if round < warm { warm } else { counted }
                 );
-                for e in 0..n_env {
-                    if self.envs[e].skip.is_some() || failed[e].is_some() {
+                for (si, &(e, load)) in slots.iter().enumerate() {
+                    if self.envs[e].skip.is_some() || failed[si].is_some() {
                         continue;
                     }
                     if sys::interrupted() {
                         bail!("interrupted");
                     }
-                    let mut result = self.measure(w, e, round);
+                    let label = match load {
+                        Load::Quiet => self.envs[e].name.clone(),
+                        Load::Loaded => format!("{}/loaded", self.envs[e].name),
+                    };
+                    let mut result = self.measure(w, e, round, load);
                     if let Err(first) = &result {
                         if !sys::interrupted() {
                             // One retry, so that a single flaky start does not drop a runtime
                             // from a workload; every retry is listed in the report.
                             let why = tail(&format!("{first:#}"), 300);
                             progress(&format!(
-                                "  {} failed in {w} round {}, retrying once: {why}",
-                                self.envs[e].name,
+                                "  {label} failed in {w} round {}, retrying once: {why}",
                                 round + 1
                             ));
-                            self.retries.push(format!(
-                                "{w}, {}, round {}: {why}",
-                                self.envs[e].name,
-                                round + 1
-                            ));
-                            result = self.measure(w, e, round);
+                            self.retries
+                                .push(format!("{w}, {label}, round {}: {why}", round + 1));
+                            result = self.measure(w, e, round, load);
                         }
                     }
                     match result {
@@ -1209,11 +1457,11 @@ impl Bench {
                                     }
                                 })
                                 .collect();
-                            line.push_str(&format!(" {} {}", self.envs[e].name, shown.join("/")));
+                            line.push_str(&format!(" {label} {}", shown.join("/")));
                             if round >= warm {
                                 for (mi, (m, _, _)) in ms.iter().enumerate() {
                                     if let Some((_, v)) = figs.iter().find(|(n, _)| n == m) {
-                                        values[e][mi].push(*v);
+                                        values[si][mi].push(*v);
                                     }
                                 }
                             }
@@ -1224,9 +1472,9 @@ impl Bench {
                             }
                             let reason =
                                 format!("round {}: {}", round + 1, tail(&format!("{err:#}"), 400));
-                            line.push_str(&format!(" {} FAILED", self.envs[e].name));
-                            progress(&format!("  {} failed in {w}: {reason}", self.envs[e].name));
-                            failed[e] = Some(reason);
+                            line.push_str(&format!(" {label} FAILED"));
+                            progress(&format!("  {label} failed in {w}: {reason}"));
+                            failed[si] = Some(reason);
                         }
                     }
                 }
@@ -1238,10 +1486,10 @@ impl Bench {
                     .map(|x| (x.1, x.2))
                     .expect("metric")
             };
-            for e in 0..n_env {
+            for (si, &(e, load)) in slots.iter().enumerate() {
                 for (mi, (m, _, _)) in ms.iter().enumerate() {
                     let (unit, better) = unit_of(m);
-                    let (status, reason) = match (&self.envs[e].skip, &failed[e]) {
+                    let (status, reason) = match (&self.envs[e].skip, &failed[si]) {
                         (Some(s), _) => (Status::Skipped, Some(s.clone())),
                         (None, Some(f)) => (Status::Failed, Some(f.clone())),
                         _ => (Status::Ok, None),
@@ -1252,7 +1500,8 @@ impl Bench {
                         metric: m.to_string(),
                         unit: unit.to_string(),
                         better,
-                        values: values[e][mi].clone(),
+                        load,
+                        values: values[si][mi].clone(),
                         status,
                         reason,
                     });
@@ -1268,7 +1517,10 @@ impl Bench {
             self.opt.out.display(),
             self.started.elapsed().as_secs_f64()
         ));
-        eprintln!("{}", crate::report::summary_table(&records));
+        eprintln!("{}", crate::report::summary_tables(&records));
+        if let Some(t) = crate::targets::targets_table(&records) {
+            eprintln!("Targets (ratio oriented so that above 1 is better for porta):\n\n{t}");
+        }
         Ok(records)
     }
 
@@ -1279,9 +1531,11 @@ impl Bench {
             let _ = fs::create_dir_all(&dir);
             let _ = self.step(e, &["kill", &id, "KILL"], &dir);
             let _ = self.step(e, &["delete", "--force", &id], &dir);
-            if self.envs[e].overlay {
-                sys::unmount(&self.root_of(e, &dir));
-            }
+            self.release_root(e, &dir);
+        }
+        // fuse-overlayfs roots whose container never existed (or was already forgotten).
+        for merged in self.fuse_daemons.keys().cloned().collect::<Vec<_>>() {
+            self.unmount_fuse(&merged);
         }
         for p in std::mem::take(&mut self.native_pids) {
             sys::kill_pid(p, libc::SIGKILL);
@@ -1321,6 +1575,39 @@ impl Bench {
         }
         let _ = std::io::stderr().flush();
     }
+}
+
+/// The workloads `--only` names, in run order (all when empty). A name is a workload, or a
+/// metric that only one workload has (`reopen` selects `smallio`, `cold` `stat-tree`).
+pub fn select_workloads(only: &[String]) -> Result<Vec<String>> {
+    let mut want: Vec<&str> = Vec::new();
+    for o in only {
+        if let Some(w) = WORKLOADS.iter().find(|w| **w == o.as_str()) {
+            want.push(w);
+            continue;
+        }
+        let owners: Vec<&str> = WORKLOADS
+            .iter()
+            .copied()
+            .filter(|w| metrics(w).iter().any(|m| m.0 == o.as_str()))
+            .collect();
+        match owners.as_slice() {
+            [w] => want.push(w),
+            [] => bail!(
+                "unknown workload {o:?} (known: {}; or a metric of exactly one of them, e.g. reopen)",
+                WORKLOADS.join(",")
+            ),
+            many => bail!(
+                "{o:?} is a metric of several workloads ({}): name the workload",
+                many.join(", ")
+            ),
+        }
+    }
+    Ok(WORKLOADS
+        .iter()
+        .filter(|w| want.is_empty() || want.contains(w))
+        .map(|s| s.to_string())
+        .collect())
 }
 
 /// The directory, next to a `--docs` page, that its plots go to: `bench` for
@@ -1410,6 +1697,21 @@ mod tests {
             plots_dir_name(Path::new("docs/benchmarks-watcher.md")),
             "bench-benchmarks-watcher"
         );
+    }
+
+    #[test]
+    fn only_takes_workloads_and_unique_metrics() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(select_workloads(&[]).unwrap().len(), WORKLOADS.len());
+        assert_eq!(
+            select_workloads(&v(&["fsmark-nosync", "reopen", "lifecycle"])).unwrap(),
+            v(&["lifecycle", "fsmark-nosync", "smallio"])
+        );
+        assert_eq!(select_workloads(&v(&["warm"])).unwrap(), v(&["stat-tree"]));
+        let e = select_workloads(&v(&["rate"])).unwrap_err().to_string();
+        assert!(e.contains("several workloads"), "{e}");
+        let e = select_workloads(&v(&["bogus"])).unwrap_err().to_string();
+        assert!(e.contains("unknown workload \"bogus\""), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub const ALL: &[&str] = &[
     "porta-strict-nowatch",
     "porta-kernel",
     "runc",
+    "runc-fuse-overlayfs",
     "crun",
     "runsc",
 ];
@@ -27,6 +28,27 @@ pub const EXTRA: &[&str] = &["porta-overlay"];
 /// `baseline-porta`, `baseline-porta-strict`, … are the Porta environment of that name run
 /// by the baseline binary, so two builds are compared run by run in one invocation.
 pub const BASELINE_PREFIX: &str = "baseline-";
+
+/// What a container's `root.path` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootMount {
+    /// The shared root file system itself.
+    Shared,
+    /// A kernel overlay mount the harness makes for each container over the shared root
+    /// (`nfs_export=off`).
+    Overlay,
+    /// A `fuse-overlayfs` mount (this binary) the harness makes for each container over the
+    /// shared root, as rootless Podman's classic root.
+    FuseOverlayfs(PathBuf),
+}
+
+impl RootMount {
+    /// True when each container gets its own mount (made before create, unmounted after
+    /// delete).
+    pub fn per_container(&self) -> bool {
+        !matches!(self, RootMount::Shared)
+    }
+}
 
 /// The annotation that switches the host-change watcher off.
 pub const HOST_CHANGES_OFF: (&str, &str) = ("run.porta.fs.host-changes", "off");
@@ -62,9 +84,9 @@ pub struct Env {
     pub state_root: PathBuf,
     /// Why this environment is skipped, if it is.
     pub skip: Option<String>,
-    /// Each container's root is an overlay mount over the shared root file system (made
-    /// by the harness, `nfs_export=off`), not the shared root itself.
-    pub overlay: bool,
+    /// What each container's root is: the shared root file system, or a mount over it
+    /// that the harness makes per container.
+    pub root: RootMount,
     /// The runtime's version line, for the report.
     pub version: String,
 }
@@ -115,7 +137,7 @@ impl Env {
                         kind: Kind::Native,
                         state_root: PathBuf::new(),
                         skip: None,
-                        overlay: false,
+                        root: RootMount::Shared,
                         version: String::new(),
                     })
                 }
@@ -145,7 +167,7 @@ impl Env {
                     vec![],
                     ann("run.porta.fs", "kernel"),
                 ),
-                "runc" => (find_in_path("runc"), vec![], vec![]),
+                "runc" | "runc-fuse-overlayfs" => (find_in_path("runc"), vec![], vec![]),
                 "crun" => (find_in_path("crun"), vec![], vec![]),
                 "runsc" => (
                     find_in_path("runsc"),
@@ -154,10 +176,23 @@ impl Env {
                 ),
                 _ => return None,
             };
-        let skip = match &bin {
+        let mut skip = match &bin {
             None => Some(format!("{name}: binary not found in PATH")),
             Some(b) if !b.is_file() => Some(format!("{name}: binary {} not found", b.display())),
             _ => None,
+        };
+        let root = match name {
+            "porta-overlay" => RootMount::Overlay,
+            "runc-fuse-overlayfs" => match find_in_path("fuse-overlayfs") {
+                Some(f) => RootMount::FuseOverlayfs(f),
+                None => {
+                    skip.get_or_insert_with(|| {
+                        format!("{name}: fuse-overlayfs not found in PATH (apt-get install fuse-overlayfs)")
+                    });
+                    RootMount::FuseOverlayfs(PathBuf::from("fuse-overlayfs"))
+                }
+            },
+            _ => RootMount::Shared,
         };
         Some(Env {
             name: name.into(),
@@ -168,7 +203,7 @@ impl Env {
             }),
             state_root: state_base.join(name),
             skip,
-            overlay: name == "porta-overlay",
+            root,
             version: String::new(),
         })
     }
@@ -196,10 +231,15 @@ impl Env {
                 for (k, v) in &o.annotations {
                     s.push_str(&format!("; annotation {k}={v}"));
                 }
-                if self.overlay {
-                    s.push_str(
+                match &self.root {
+                    RootMount::Shared => {}
+                    RootMount::Overlay => s.push_str(
                         "; root.path an overlay mount (lower: the shared root, nfs_export=off)",
-                    );
+                    ),
+                    RootMount::FuseOverlayfs(f) => s.push_str(&format!(
+                        "; root.path a mount of `{} -o lowerdir=ROOTFS,upperdir=B/upper,workdir=B/work B/merged` made per container",
+                        f.display()
+                    )),
                 }
                 s
             }
@@ -297,7 +337,9 @@ mod tests {
                 ("run.porta.fs.host-changes".to_string(), "off".to_string())
             ]
         );
-        assert!(get("porta-overlay").overlay && !get("porta").overlay);
+        assert_eq!(get("porta-overlay").root, RootMount::Overlay);
+        assert_eq!(get("porta").root, RootMount::Shared);
+        assert!(get("porta-overlay").root.per_container() && !get("runc").root.per_container());
         let old = Path::new("/nonexistent/porta-old");
         let base = Env::new("baseline-porta-strict", p, Some(old), b).unwrap();
         assert_eq!(base.oci().unwrap().bin, old);
@@ -310,7 +352,8 @@ mod tests {
         assert!(
             Env::new("baseline-porta-overlay", p, Some(old), b)
                 .unwrap()
-                .overlay
+                .root
+                == RootMount::Overlay
         );
         let unset = Env::new("baseline-porta", p, None, b).unwrap();
         assert!(unset.skip.as_deref().unwrap().contains("--baseline"));
@@ -323,6 +366,40 @@ mod tests {
             .unwrap()
             .global
             .contains(&"--network=none".to_string()));
+    }
+
+    #[test]
+    fn runc_fuse_overlayfs_is_runc_on_a_fuse_overlayfs_root() {
+        let b = Path::new("/tmp/state");
+        let e = Env::new("runc-fuse-overlayfs", Path::new("/p"), None, b).unwrap();
+        assert!(ALL.contains(&"runc-fuse-overlayfs"));
+        assert_eq!(e.state_root, b.join("runc-fuse-overlayfs"));
+        let o = e.oci().unwrap();
+        assert!(o.annotations.is_empty() && o.global.is_empty());
+        assert!(e.root.per_container());
+        match (
+            &e.root,
+            find_in_path("fuse-overlayfs"),
+            find_in_path("runc"),
+        ) {
+            (RootMount::FuseOverlayfs(f), Some(want), Some(runc)) => {
+                assert_eq!(f, &want);
+                assert_eq!(o.bin, runc);
+                assert!(e.skip.is_none(), "{:?}", e.skip);
+                assert!(e.invocation().contains("fuse-overlayfs -o lowerdir=ROOTFS"));
+            }
+            (RootMount::FuseOverlayfs(_), None, _) => {
+                assert!(e
+                    .skip
+                    .as_deref()
+                    .unwrap()
+                    .contains("fuse-overlayfs not found"))
+            }
+            (RootMount::FuseOverlayfs(_), _, None) => assert!(e.skip.is_some()),
+            (other, _, _) => panic!("root {other:?}"),
+        }
+        // No baseline variant: it is not a Porta environment.
+        assert!(Env::new("baseline-runc-fuse-overlayfs", Path::new("/p"), None, b).is_none());
     }
 
     #[test]

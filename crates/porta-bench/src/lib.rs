@@ -3,8 +3,10 @@
 
 pub mod bench;
 pub mod env;
+pub mod fsmark;
 pub mod report;
 pub mod results;
 pub mod stats;
 pub mod svg;
 pub mod sys;
+pub mod targets;

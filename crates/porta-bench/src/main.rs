@@ -20,10 +20,12 @@ struct Args {
     /// watcher-off environments spend minutes on host-change, which they fail by design).
     #[arg(long)]
     quick: bool,
-    /// Comma-separated workloads to run (default: all).
+    /// Comma-separated workloads to run (default: all); a metric of exactly one workload
+    /// names that workload (`reopen`: smallio).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Comma-separated environments (default: native,porta,porta-strict,porta-kernel,runc,crun,runsc).
+    /// Comma-separated environments (default: native,porta,porta-nowatch,porta-strict,
+    /// porta-strict-nowatch,porta-kernel,runc,runc-fuse-overlayfs,crun,runsc).
     #[arg(long, value_delimiter = ',')]
     runtimes: Vec<String>,
     /// The porta binary (default: <workspace>/target/release/porta).
@@ -55,6 +57,11 @@ struct Args {
     /// environments alike), for runtimes that cannot mount it yet.
     #[arg(long)]
     no_cgroup_mount: bool,
+    /// Measure every workload twice per round in each environment: quiet, then beside CPU
+    /// hogs (two busy loops per online CPU, nice 0, started right before and killed right
+    /// after each loaded measurement). The report shows both side by side.
+    #[arg(long)]
+    load: bool,
     /// Also write this Markdown page (e.g. docs/benchmarks.md) with the plots in `bench/` next to
     /// it (for another page name, e.g. docs/benchmarks-watcher.md, in `bench-<name>/`).
     #[arg(long)]
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
         keep: args.keep,
         docs: args.docs.clone(),
         no_cgroup_mount: args.no_cgroup_mount,
+        load: args.load,
         command_line: std::iter::once("porta-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
@@ -131,6 +139,10 @@ fn main() -> ExitCode {
     ];
     if args.no_cgroup_mount {
         notes.push("--no-cgroup-mount: the read-only `/sys/fs/cgroup` mount of `runc spec` is left out of every config.json, for every environment alike (porta's container init cannot mount it yet: \"remount ... MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_RELATIME: Invalid argument\"); the workloads do not use it.".to_string());
+    }
+    if args.load {
+        let cpus = sys::online_cpus();
+        notes.push(format!("--load: every workload is measured twice per round in each environment, quiet and then beside {} CPU hogs (two busy loops per online CPU, {cpus} online; processes forked by the harness at nice 0, in the harness's cgroup, each in a session of its own, so that with the scheduler's autogroups each hog is one scheduling entity of the same weight as a container's cgroup, the harness's own session (native runs there) or a fuse-overlayfs daemon's session; started right before each loaded measurement, killed and reaped right after it). Ratios compare figures of the same load.", porta_bench::bench::hog_count(cpus)));
     }
     let mut bench = match Bench::new(opt, notes) {
         Ok(b) => b,

@@ -1,6 +1,6 @@
 //! The Markdown report writer (`report.md`, and `docs/benchmarks.md` with `--docs`).
 
-use crate::results::{Better, Record, Status};
+use crate::results::{has_load, Better, Load, Record, Status};
 use crate::svg::fmt_num;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -45,6 +45,30 @@ pub struct RuntimeInfo {
     pub version: String,
     /// `ok`, or why it was skipped.
     pub status: String,
+}
+
+/// `text` with every path under `workspace` written relative to it (`/src/ws/target/x` →
+/// `target/x`).
+pub fn relative_to(text: &str, workspace: &std::path::Path) -> String {
+    let ws = workspace.to_string_lossy();
+    let ws = ws.trim_end_matches('/');
+    if ws.is_empty() {
+        return text.to_string();
+    }
+    text.replace(&format!("{ws}/"), "")
+}
+
+/// Applies [`relative_to`] to every text of `info` that can name a binary or a path.
+pub fn relativize_info(info: &mut RunInfo, workspace: &std::path::Path) {
+    info.command = relative_to(&info.command, workspace);
+    for r in &mut info.runtimes {
+        r.invocation = relative_to(&r.invocation, workspace);
+        r.status = relative_to(&r.status, workspace);
+        r.version = relative_to(&r.version, workspace);
+    }
+    for n in &mut info.notes {
+        *n = relative_to(n, workspace);
+    }
 }
 
 /// Description of one workload for the report: name and what/how big.
@@ -221,14 +245,24 @@ fn pair_table(records: &[Record], pairs: &[(&str, &str)], ratio: &str) -> Option
     Some(s)
 }
 
-/// The detailed table of one workload.
+/// The detailed table of one workload; with loaded records (`--load`), a `load` column.
 pub fn workload_table(records: &[&Record]) -> String {
-    let mut s = String::from("| runtime | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---:|---:|---:|---|---:|---:|---:|---|\n");
+    let loaded = records.iter().any(|r| r.load == Load::Loaded);
+    let mut s = if loaded {
+        String::from("| runtime | load | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---|---:|---:|---:|---|---:|---:|---:|---|\n")
+    } else {
+        String::from("| runtime | metric | median | min | max | unit | ×native | ×runc | runs | note |\n|---|---|---:|---:|---:|---|---:|---:|---:|---|\n")
+    };
     for r in records {
         let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "–".into());
+        let load = if loaded {
+            format!(" {} |", r.load.name())
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} |{load} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.runtime,
             r.metric,
             if r.status == Status::Ok {
@@ -246,6 +280,62 @@ pub fn workload_table(records: &[&Record]) -> String {
         );
     }
     s
+}
+
+/// The workload program's fsmark figures beside the real fs_mark's, both from `fsmark-real`
+/// (which runs them in pairs, same round and environment), per runtime and load, with
+/// program ÷ fs_mark. None unless some pair was measured.
+pub fn fsmark_comparison(records: &[Record]) -> Option<String> {
+    let med = |m: &str, rt: &str, load: Load| {
+        crate::results::reference(records, "fsmark-real", m, rt, load)
+    };
+    let show = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "–".into());
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".into(),
+    };
+    let mut rows = String::new();
+    let mut any = false;
+    for load in [Load::Quiet, Load::Loaded] {
+        for rt in runtimes(records) {
+            let (pn, rn) = (med("program-nosync", &rt, load), med("nosync", &rt, load));
+            let (pf, rf) = (med("program-fsync", &rt, load), med("fsync", &rt, load));
+            if (pn.is_none() || rn.is_none()) && (pf.is_none() || rf.is_none()) {
+                continue;
+            }
+            any = true;
+            let _ = writeln!(
+                rows,
+                "| {rt} | {} | {} | {} | {} | {} | {} | {} |",
+                load.name(),
+                show(pn),
+                show(rn),
+                div(pn, rn),
+                show(pf),
+                show(rf),
+                div(pf, rf)
+            );
+        }
+    }
+    any.then(|| format!("| runtime | load | program, nosync | fs_mark -S 0 | program ÷ fs_mark | program, fsync | fs_mark -S 1 | program ÷ fs_mark |\n|---|---|---:|---:|---:|---:|---:|---:|\n{rows}"))
+}
+
+/// The records measured under `load`.
+pub fn of_load(records: &[Record], load: Load) -> Vec<Record> {
+    records.iter().filter(|r| r.load == load).cloned().collect()
+}
+
+/// The summary tables: as [`summary_table`] for a run without `--load`; with it, the quiet
+/// table and the loaded one, each headed.
+pub fn summary_tables(records: &[Record]) -> String {
+    if !has_load(records) {
+        return summary_table(records);
+    }
+    format!(
+        "Quiet:\n\n{}\nBeside CPU hogs (`--load`; ratios to native under the same load):\n\n{}",
+        summary_table(&of_load(records, Load::Quiet)),
+        summary_table(&of_load(records, Load::Loaded))
+    )
 }
 
 /// What to keep in mind when reading the figures (printed after the summary).
@@ -286,17 +376,26 @@ and only a large, consistent difference means something. The PSS figure is the r
 * No ratio is given when the reference median is zero or negative or the median itself is negative.
 ";
 
-/// The fixed text at the top of docs/benchmarks.md.
+/// What to keep in mind about the loaded figures (printed after [`CAVEATS`] with `--load`).
+pub const LOAD_CAVEAT: &str =
+    "* Under load (`--load`) a measurement shares the CPUs with the hogs, each hog one \
+scheduling entity of its own: a single-threaded workload gets well under half a CPU, and a \
+file server, a fuse-overlayfs daemon or a runtime's helper processes compete for the same \
+time. Loaded figures spread more than quiet ones; compare environments within one load, not \
+a loaded figure with a quiet one.
+";
+
+/// The fixed text at the top of docs/benchmarks.md: what the harness does and how to run it.
 pub fn docs_preface() -> String {
     "This page is written by `porta-bench --docs docs/benchmarks.md`; the plots are in \
 [docs/bench/](bench/). Each workload runs natively and in every runtime on the same busybox root \
 file system, with workload programs from `crates/porta-workloads` (one static multi-call binary, \
-`porta-workload`). Figures are ratios to native and to runc measured in the same run; absolute \
+`porta-workload`) and the real fs_mark. Figures are ratios measured in the same run; absolute \
 numbers on a shared machine are noise. What Porta promises about these figures: \
 [SPECIFICATION.md](SPECIFICATION.md); the investigations behind them (where the time goes, what \
 was tried): [measurements.md](measurements.md).
 
-## Reproduce
+## Running the harness
 
 As root, from the workspace root (the harness builds the static workload binary itself with \
 `cargo build --release -p porta-workloads --target x86_64-unknown-linux-gnu` and \
@@ -304,30 +403,78 @@ As root, from the workspace root (the harness builds the static workload binary 
 `--workload-bin PATH`):
 
 ```sh
-apt-get install -y runc crun runsc busybox-static      # peers (Debian 12)
+apt-get install -y runc crun runsc busybox-static fuse-overlayfs fsmark   # peers and fs_mark (Debian 12; scripts/deps.sh)
 cargo build --release -p porta                         # the runtime under test
-cargo run --release -p porta-bench -- --out /tmp/bench --docs docs/benchmarks.md   # full run
-cargo run --release -p porta-bench -- --quick --out /tmp/quick                     # reduced sizes, minutes
-cargo run --release -p porta-bench -- --only lifecycle,primes --runtimes native,porta,runc --out /tmp/b
+cargo run --release -p porta-bench -- --load --out /tmp/bench --docs docs/benchmarks.md   # full run, quiet and loaded
+cargo run --release -p porta-bench -- --quick --out /tmp/quick                     # reduced sizes, quiet only
+cargo run --release -p porta-bench -- --quick --load --only fsmark-nosync,reopen,lifecycle \\
+    --runtimes native,porta,porta-kernel,runc,runc-fuse-overlayfs --runs 2 --out /tmp/b
 cargo run --release -p porta-bench -- --quick --only host-change --runtimes native,porta,porta-nowatch,porta-strict,porta-overlay,runc --out /tmp/hc
 ```
 
-The environments: `porta` (passthrough), `porta-strict` (`run.porta.fs.passthrough=off`), each \
-also with its host-change watcher off (`porta-nowatch`, `porta-strict-nowatch`: annotation \
+It writes `results.json` (one record per workload × environment × metric × load: median, \
+min, max, the counted runs, ratios to native and runc of the same load; files written before \
+`load` existed read as quiet), `machine.json`, `report.md` and one SVG plot per workload. Paths \
+inside the workspace (the porta binary, `--porta`, `--baseline`) are written relative to it.
+
+**Environments** (`--runtimes`, default all but the last): `native` (a chroot into the same \
+root), `porta` (passthrough), `porta-strict` (`run.porta.fs.passthrough=off`), each also with \
+its host-change watcher off (`porta-nowatch`, `porta-strict-nowatch`: annotation \
 `run.porta.fs.host-changes=off`) to measure what the watcher costs, `porta-kernel` \
-(`run.porta.fs=kernel`: no file server), `runc`, `crun`, `runsc`; and, only when named in \
-`--runtimes`, `porta-overlay`: porta on an overlay root the harness mounts per container \
+(`run.porta.fs=kernel`: no file server), `runc`, `runc-fuse-overlayfs`, `crun`, `runsc`; and, \
+only when named, `porta-overlay`: porta on an overlay root the harness mounts per container \
 (lower layer the shared root, `nfs_export=off`), where no fanotify mark can be had and the \
-servers fall back to 1-second timeouts.
+servers fall back to 1-second timeouts. `runc-fuse-overlayfs` is the FUSE peer users know, \
+rootless Podman's classic root: for each container the harness runs `fuse-overlayfs -o \
+lowerdir=<shared root>,upperdir=B/upper,workdir=B/work B/merged` in the bundle directory B and \
+gives runc `root.path` = `B/merged`; after the container is deleted (and on every error path) \
+it unmounts it, waits for the fuse-overlayfs daemon to exit and reaps it (the harness is the \
+child subreaper), and removes B. It is skipped, with the reason in the report, when runc or \
+fuse-overlayfs is missing.
+
+**`--load`**: every workload is measured twice per round in every environment, quiet and then \
+beside CPU hogs: two busy loops per online CPU, processes the harness forks at nice 0, each in \
+a session of its own (so that, with the scheduler's autogroups, each hog competes as one \
+scheduling entity, as a container's cgroup, a fuse-overlayfs daemon or the harness's own \
+session does). They are started right before each loaded measurement and killed and reaped \
+right after it, also when it fails or on Ctrl-C, and they carry `PR_SET_PDEATHSIG`, so none \
+outlives the harness even if it is killed. The report then has a second summary table (under \
+load), a `load` column in the workload tables, and two bars per environment in the plots \
+(solid: quiet, light: under load).
+
+**Targets**: the summary ends with a table of the bounds Porta is held to (issue 18), each \
+a ratio of `porta` to a reference measured in the same run and under the same load: \
+fsmark-nosync ≥ 0.30, fsmark-fsync ≥ 0.65, smallio reopen ≥ 0.12, smallfile ≥ 0.6, seqio write \
+and read and stat-tree warm ≥ 0.95 of `porta-kernel`; every file-system metric ≥ 2 × `runsc` \
+and ≥ 1.5 × `runc-fuse-overlayfs`; lifecycle ≤ `crun` quiet and ≤ `runc` under load. The ratio \
+is oriented so that above 1 is better for porta: porta ÷ reference for rates, reference ÷ \
+porta for times. A target over several metrics shows the smallest ratio and its metric; one \
+whose environments were not in the run says \"not measured\".
+
+**fs_mark** (`fsmark-real`): Debian's `/usr/bin/fs_mark` (3.3, package `fsmark`) is copied \
+with the shared libraries `ldd` lists into the root file system, so it runs unchanged in every \
+environment (its source is not built here). Each round runs `fs_mark -d DIR -n N -s 10240 -S 0 \
+-L 1 -k` and `-S 1` (N as in fsmark-nosync and fsmark-fsync; fs_mark takes directory paths \
+shorter than 40 bytes) and, paired with each in the same round and environment, the workload \
+program's fsmark of the same size, the order alternating by round; the report compares the two \
+in \"fs_mark against the workload program\". The workload program mirrors fs_mark's system \
+calls per file, as `strace -f -c` of both showed (200 files, `-S 1`): fs_mark makes, per file, \
+`mkdir(DIR)` (failing with EEXIST: it re-creates its directory before every file), \
+`openat(O_RDWR|O_CREAT|O_TRUNC, 0666)`, one `write` of 10,240 bytes (its I/O size is 16 KiB), \
+`fsync` with `-S 1`, and `close`; the program makes the same five calls (plus O_CLOEXEC on the \
+open). Both use 40-byte names in one directory. fs_mark itself forks one worker and keeps a \
+log file in its working directory, outside the timed loop. On the host, in five pairs run one \
+after the other (2,000 files, no fsync), the two agreed within 20%, the program the faster in \
+four of them (19,600–22,900 files/s against 16,400–20,400).
 
 Other options: `--porta PATH` (default `<workspace>/target/release/porta`), `--baseline PATH` \
 (a second porta binary, e.g. the build before a change, run by environments named \
 `baseline-porta`, `baseline-porta-strict`, … interleaved with the rest; the report then compares \
-the two builds), `--runs N`, \
-`--warmup N`, `--work-dir DIR` (default /var/tmp; the shared root file system and all \
-fs workloads live there), `--keep`. A runtime whose binary is missing or whose probe container \
-fails is reported as skipped; a runtime that fails during a workload is reported as failed for \
-that workload and the run goes on.
+the two builds), `--only` (workloads, or a metric of exactly one workload: `reopen` selects \
+smallio), `--runs N`, `--warmup N`, `--work-dir DIR` (default /var/tmp; the shared root file \
+system and all fs workloads live there), `--keep`. A runtime whose binary is missing or whose \
+probe container fails is reported as skipped; a runtime that fails during a workload is \
+reported as failed for that workload (and that load) and the run goes on.
 
 ".to_string()
 }
@@ -380,7 +527,20 @@ pub fn render(
         }
     }
     s.push_str("\n## Summary\n\nMedian of the counted runs; in parentheses the ratio to native measured in the same run (↓: lower is better, ↑: higher is better). Absolute numbers on a shared machine are noise; compare ratios.\n\n");
-    s.push_str(&summary_table(records));
+    s.push_str(&summary_tables(records));
+    if let Some(t) = crate::targets::targets_table(records) {
+        s.push_str("\n### Targets\n\n");
+        s.push_str(crate::targets::TARGETS_INTRO);
+        s.push_str("\n\n");
+        s.push_str(&t);
+    }
+    if let Some(t) = fsmark_comparison(records) {
+        s.push_str("\n### fs_mark against the workload program\n\nThe workload program's fsmark (the program behind `fsmark-nosync` and `fsmark-fsync`) makes the same system calls per file as fs_mark 3.3. `fsmark-real` runs the two in pairs, with the same file count and size, in the same round and environment, in alternating order: medians of files/s and their ratio, per environment and load. A ratio near 1 means the program's figure is fs_mark's.\n\n");
+        s.push_str(&t);
+    }
+    let quiet = of_load(records, Load::Quiet);
+    let records_all = records;
+    let records = &quiet[..];
     if let Some(t) = watcher_table(records) {
         s.push_str("\n### The host-change watcher: on against off\n\nThe same Porta configuration with its host-change watcher (the default) and without it (annotation `run.porta.fs.host-changes=off`), interleaved in the same run: medians, and their ratio (on ÷ off; for ↑ metrics below 1 means the watcher costs, for ↓ metrics above 1). Differences of a few per cent are within this machine's noise; compare with the spread (min/max) in the workload tables.\n\n");
         s.push_str(&t);
@@ -390,7 +550,11 @@ pub fn render(
         s.push_str(&t);
     }
     s.push_str(CAVEATS);
+    if has_load(records_all) {
+        s.push_str(LOAD_CAVEAT);
+    }
     s.push_str("\n## Workloads\n");
+    let records = records_all;
     let mut names: Vec<&str> = Vec::new();
     for r in records {
         if !names.contains(&r.workload.as_str()) {
@@ -421,6 +585,7 @@ mod tests {
             metric: "time".into(),
             unit: "ms".into(),
             better: Better::Lower,
+            load: crate::results::Load::Quiet,
             values: v.to_vec(),
             status: st,
             reason: (st != Status::Ok).then(|| "not found: /x/porta | y".into()),
@@ -470,6 +635,7 @@ mod tests {
             metric: "append".into(),
             unit: "writes/s".into(),
             better: Better::Higher,
+            load: crate::results::Load::Quiet,
             values: vec![v],
             status: Status::Ok,
             reason: None,
@@ -493,6 +659,106 @@ mod tests {
             "{b}"
         );
         assert!(b.contains("| 1.50 |"), "{b}");
+    }
+
+    #[test]
+    fn loaded_figures_get_their_own_summary_and_column() {
+        let mut cells = Vec::new();
+        for (load, v) in [(Load::Quiet, 2.0), (Load::Loaded, 8.0)] {
+            for (rt, f) in [("native", 1.0), ("runc", 3.0)] {
+                cells.push(Cell {
+                    workload: "lifecycle".into(),
+                    runtime: rt.into(),
+                    metric: "time".into(),
+                    unit: "ms".into(),
+                    better: Better::Lower,
+                    load,
+                    values: vec![v * f],
+                    status: Status::Ok,
+                    reason: None,
+                });
+            }
+        }
+        let recs = finalize(&cells);
+        let t = summary_tables(&recs);
+        assert!(t.starts_with("Quiet:\n\n| workload |"), "{t}");
+        assert!(
+            t.contains("| lifecycle | time ↓ | ms | 2.00 | 6.00 (×3.00) |"),
+            "{t}"
+        );
+        assert!(t.contains("Beside CPU hogs"), "{t}");
+        assert!(
+            t.contains("| lifecycle | time ↓ | ms | 8.00 | 24.0 (×3.00) |"),
+            "{t}"
+        );
+        let md = render(&RunInfo::default(), &recs, &[], "", "");
+        assert!(md.contains("| runtime | load | metric |"), "{md}");
+        assert!(md.contains("| runc | loaded | time | 24.0 |"), "{md}");
+        assert!(md.contains(LOAD_CAVEAT), "{md}");
+        // A quiet-only run keeps its old layout.
+        let quiet = of_load(&recs, Load::Quiet);
+        assert_eq!(summary_tables(&quiet), summary_table(&quiet));
+        let quiet_md = render(&RunInfo::default(), &quiet, &[], "", "");
+        assert!(!quiet_md.contains("| load |") && !quiet_md.contains(LOAD_CAVEAT));
+    }
+
+    #[test]
+    fn fs_mark_beside_the_workload_program() {
+        let c = |w: &str, m: &str, rt: &str, v: f64| Cell {
+            workload: w.into(),
+            runtime: rt.into(),
+            metric: m.into(),
+            unit: "files/s".into(),
+            better: Better::Higher,
+            load: Load::Quiet,
+            values: vec![v],
+            status: Status::Ok,
+            reason: None,
+        };
+        let recs = finalize(&[
+            c("fsmark-real", "program-nosync", "porta", 900.0),
+            c("fsmark-real", "nosync", "porta", 1000.0),
+            c("fsmark-real", "fsync", "porta", 100.0),
+            c("fsmark-real", "program-nosync", "runc", 5.0),
+        ]);
+        let t = fsmark_comparison(&recs).unwrap();
+        assert!(
+            t.contains("| porta | quiet | 900 | 1000 | 0.90 | – | 100 | – |"),
+            "{t}"
+        );
+        assert!(!t.contains("| runc |"), "{t}");
+        assert!(render(&RunInfo::default(), &recs, &[], "", "").contains("### fs_mark against"));
+        assert!(fsmark_comparison(&records()).is_none());
+    }
+
+    #[test]
+    fn paths_in_the_workspace_are_relative() {
+        let ws = std::path::Path::new("/work/wt");
+        assert_eq!(
+            relative_to("/work/wt/target/release/porta --root STATE", ws),
+            "target/release/porta --root STATE"
+        );
+        assert_eq!(relative_to("/usr/sbin/runc", ws), "/usr/sbin/runc");
+        assert_eq!(relative_to("/work/wt2/x", ws), "/work/wt2/x");
+        let mut info = RunInfo {
+            command: "porta-bench --porta /work/wt/target/release/porta".into(),
+            runtimes: vec![RuntimeInfo {
+                name: "porta".into(),
+                invocation: "/work/wt/target/release/porta --root STATE run".into(),
+                version: "v".into(),
+                status: "skipped: porta: binary /work/wt/target/release/porta not found".into(),
+            }],
+            notes: vec!["built in /work/wt/target/x".into()],
+            ..Default::default()
+        };
+        relativize_info(&mut info, std::path::Path::new("/work/wt/"));
+        let md = render(&info, &records(), &[], "", "");
+        assert!(!md.contains("/work/wt"), "{md}");
+        assert!(
+            md.contains("`target/release/porta --root STATE run`"),
+            "{md}"
+        );
+        assert!(md.contains("--porta target/release/porta"), "{md}");
     }
 
     #[test]

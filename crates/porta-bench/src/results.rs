@@ -14,6 +14,28 @@ pub enum Better {
     Higher,
 }
 
+/// Whether a measurement ran on a quiet machine or beside CPU hogs (`--load`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Load {
+    /// Nothing but the harness and the environment under test (the default; results files
+    /// written before the `load` field existed read as quiet).
+    #[default]
+    Quiet,
+    /// Two busy loops per online CPU ran for the whole measurement (`--load`).
+    Loaded,
+}
+
+impl Load {
+    /// `quiet` or `loaded`, as in results.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Load::Quiet => "quiet",
+            Load::Loaded => "loaded",
+        }
+    }
+}
+
 /// What happened to one runtime in one workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,8 +51,9 @@ pub enum Status {
 /// One row of `results.json`.
 ///
 /// `runs` holds the counted (post-warm-up) values in run order. `ratio_to_native` and
-/// `ratio_to_runc` are `median / median of native (runc)` for the same workload and metric in
-/// the same invocation, or null when that reference was not measured.
+/// `ratio_to_runc` are `median / median of native (runc)` for the same workload, metric and
+/// load in the same invocation, or null when that reference was not measured. `load` is
+/// `quiet` or `loaded` (absent in files written before `--load` existed: quiet).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Workload name.
@@ -43,6 +66,9 @@ pub struct Record {
     pub unit: String,
     /// Whether larger or smaller is better.
     pub better: Better,
+    /// Quiet machine or CPU hogs beside the measurement.
+    #[serde(default)]
+    pub load: Load,
     /// What happened to this runtime in this workload.
     pub status: Status,
     /// Why it was skipped or failed.
@@ -74,6 +100,8 @@ pub struct Cell {
     pub unit: String,
     /// Whether larger or smaller is better.
     pub better: Better,
+    /// Quiet machine or CPU hogs beside the measurement.
+    pub load: Load,
     /// The counted values, in run order.
     pub values: Vec<f64>,
     /// What happened to this runtime in this workload.
@@ -83,7 +111,7 @@ pub struct Cell {
 }
 
 /// Summarizes cells into records and fills in the ratios from the `native` and `runc` rows of
-/// the same workload and metric.
+/// the same workload, metric and load.
 pub fn finalize(cells: &[Cell]) -> Vec<Record> {
     let mut out: Vec<Record> = cells
         .iter()
@@ -103,6 +131,7 @@ pub fn finalize(cells: &[Cell]) -> Vec<Record> {
                 metric: c.metric.clone(),
                 unit: c.unit.clone(),
                 better: c.better,
+                load: c.load,
                 status,
                 reason,
                 median: s.map(|s| s.median),
@@ -114,20 +143,46 @@ pub fn finalize(cells: &[Cell]) -> Vec<Record> {
             }
         })
         .collect();
-    let reference = |out: &[Record], w: &str, m: &str, rt: &str| {
-        out.iter()
-            .find(|r| r.workload == w && r.metric == m && r.runtime == rt && r.status == Status::Ok)
-            .and_then(|r| r.median)
-    };
     for i in 0..out.len() {
         if let Some(med) = out[i].median {
-            let native = reference(&out, &out[i].workload, &out[i].metric, "native");
-            let runc = reference(&out, &out[i].workload, &out[i].metric, "runc");
+            let native = reference(
+                &out,
+                &out[i].workload,
+                &out[i].metric,
+                "native",
+                out[i].load,
+            );
+            let runc = reference(&out, &out[i].workload, &out[i].metric, "runc", out[i].load);
             out[i].ratio_to_native = ratio(med, native);
             out[i].ratio_to_runc = ratio(med, runc);
         }
     }
     out
+}
+
+/// The median of `runtime` for `workload`, `metric` and `load`, if it was measured.
+pub fn reference(
+    records: &[Record],
+    workload: &str,
+    metric: &str,
+    runtime: &str,
+    load: Load,
+) -> Option<f64> {
+    records
+        .iter()
+        .find(|r| {
+            r.workload == workload
+                && r.metric == metric
+                && r.runtime == runtime
+                && r.load == load
+                && r.status == Status::Ok
+        })
+        .and_then(|r| r.median)
+}
+
+/// True when some record was measured under load (`--load`).
+pub fn has_load(records: &[Record]) -> bool {
+    records.iter().any(|r| r.load == Load::Loaded)
 }
 
 /// Checks the invariants every record must satisfy; returns a description of the first
@@ -186,6 +241,7 @@ mod tests {
             metric: "time".into(),
             unit: "s".into(),
             better: Better::Lower,
+            load: Load::Quiet,
             values: values.to_vec(),
             status,
             reason: (status != Status::Ok).then(|| "porta not found".to_string()),
@@ -241,6 +297,7 @@ mod tests {
                 "status",
                 "reason",
                 "better",
+                "load",
             ] {
                 assert!(o.contains_key(k), "missing {k}");
             }
@@ -249,9 +306,48 @@ mod tests {
         assert_eq!(arr[0]["runs"], serde_json::json!([1.0, 2.0, 3.0]));
         assert_eq!(arr[0]["better"], "lower");
         assert_eq!(arr[1]["status"], "skipped");
+        assert_eq!(arr[0]["load"], "quiet");
         assert!(arr[1]["median"].is_null());
         let back: Vec<Record> = serde_json::from_value(v).unwrap();
         assert_eq!(back, recs);
+    }
+
+    #[test]
+    fn old_files_without_load_read_as_quiet() {
+        let old = r#"[{"workload":"primes","runtime":"native","metric":"time","unit":"s",
+            "better":"lower","status":"ok","reason":null,"median":1.0,"min":1.0,"max":1.0,
+            "runs":[1.0],"ratio_to_native":1.0,"ratio_to_runc":null}]"#;
+        let recs: Vec<Record> = serde_json::from_str(old).unwrap();
+        assert_eq!(recs[0].load, Load::Quiet);
+        validate(&recs).unwrap();
+        assert!(!has_load(&recs));
+    }
+
+    #[test]
+    fn ratios_stay_within_one_load() {
+        let mut cells = vec![
+            cell("native", &[1.0], Status::Ok),
+            cell("runc", &[2.0], Status::Ok),
+            cell("native", &[4.0], Status::Ok),
+            cell("runc", &[6.0], Status::Ok),
+        ];
+        cells[2].load = Load::Loaded;
+        cells[3].load = Load::Loaded;
+        let recs = finalize(&cells);
+        assert_eq!(recs[1].ratio_to_native, Some(2.0));
+        assert_eq!(recs[3].ratio_to_native, Some(1.5));
+        assert_eq!(recs[3].load, Load::Loaded);
+        assert!(has_load(&recs));
+        let v = serde_json::to_value(&recs).unwrap();
+        assert_eq!(v[3]["load"], "loaded");
+        assert_eq!(
+            reference(&recs, "primes", "time", "runc", Load::Loaded),
+            Some(6.0)
+        );
+        assert_eq!(
+            reference(&recs, "primes", "time", "crun", Load::Loaded),
+            None
+        );
     }
 
     #[test]

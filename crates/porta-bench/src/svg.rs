@@ -1,7 +1,7 @@
 //! Hand-written SVG bar charts: one file per workload, one panel per metric, one bar per runtime
 //! (the median) with a min–max whisker, labelled with the median and the ratio to native.
 
-use crate::results::{Better, Record, Status};
+use crate::results::{Better, Load, Record, Status};
 use std::fmt::Write;
 
 const W: f64 = 760.0;
@@ -25,6 +25,7 @@ pub fn colour(runtime: &str) -> &'static str {
         "baseline-porta-strict" => "#6b6ecf",
         "baseline-porta-kernel" => "#8c6d31",
         "runc" => "#2ca02c",
+        "runc-fuse-overlayfs" => "#98df8a",
         "crun" => "#bcbd22",
         "runsc" => "#d62728",
         _ => "#8c564b",
@@ -149,65 +150,117 @@ pub fn workload_svg(workload: &str, records: &[&Record]) -> String {
             W - RIGHT,
             y(0.0)
         );
-        let n = rows.len().max(1) as f64;
+        // One slot per runtime; with --load two bars in it: quiet (solid), loaded (light).
+        let mut slots: Vec<Vec<&Record>> = Vec::new();
+        for r in &rows {
+            match slots.iter_mut().find(|v| v[0].runtime == r.runtime) {
+                Some(v) => v.push(r),
+                None => slots.push(vec![r]),
+            }
+        }
+        let n = slots.len().max(1) as f64;
         let slot = (W - LEFT - RIGHT) / n;
-        let bw = (slot * 0.6).min(70.0);
-        for (i, r) in rows.iter().enumerate() {
-            let cx = LEFT + slot * (i as f64 + 0.5);
+        for (i, bars) in slots.iter().enumerate() {
+            let cx0 = LEFT + slot * (i as f64 + 0.5);
             let _ = writeln!(
                 s,
-                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                r#"<text x="{cx0:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
                 base + 18.0,
-                escape(&r.runtime)
+                escape(&bars[0].runtime)
             );
-            match (r.status, r.median) {
-                (Status::Ok, Some(med)) => {
-                    let _ = writeln!(
-                        s,
-                        r#"<rect x="{:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{}"><title>{}: median {} {}</title></rect>"#,
-                        cx - bw / 2.0,
-                        y(med).min(y(0.0)),
-                        (y(0.0) - y(med)).abs(),
-                        colour(&r.runtime),
-                        escape(&r.runtime),
-                        fmt_num(med),
-                        escape(unit)
-                    );
-                    if let (Some(lo), Some(hi)) = (r.min, r.max) {
-                        let (ylo, yhi) = (y(lo), y(hi));
+            let k = bars.len() as f64;
+            let bw = if bars.len() == 1 {
+                (slot * 0.6).min(70.0)
+            } else {
+                (slot * 0.8 / k).min(40.0)
+            };
+            for (j, r) in bars.iter().enumerate() {
+                let cx = cx0 + (j as f64 - (k - 1.0) / 2.0) * bw * 1.1;
+                let loaded = r.load == Load::Loaded;
+                match (r.status, r.median) {
+                    (Status::Ok, Some(med)) => {
                         let _ = writeln!(
                             s,
-                            r##"<line x1="{cx:.1}" y1="{ylo:.1}" x2="{cx:.1}" y2="{yhi:.1}" stroke="#000" stroke-width="1.5"/><line x1="{:.1}" y1="{ylo:.1}" x2="{:.1}" y2="{ylo:.1}" stroke="#000"/><line x1="{:.1}" y1="{yhi:.1}" x2="{:.1}" y2="{yhi:.1}" stroke="#000"/>"##,
-                            cx - 8.0,
-                            cx + 8.0,
-                            cx - 8.0,
-                            cx + 8.0
+                            r#"<rect x="{:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{}"{}><title>{}{}: median {} {}</title></rect>"#,
+                            cx - bw / 2.0,
+                            y(med).min(y(0.0)),
+                            (y(0.0) - y(med)).abs(),
+                            colour(&r.runtime),
+                            if loaded {
+                                r#" fill-opacity="0.45""#
+                            } else {
+                                ""
+                            },
+                            escape(&r.runtime),
+                            if loaded { " under load" } else { "" },
+                            fmt_num(med),
+                            escape(unit)
+                        );
+                        if let (Some(lo), Some(hi)) = (r.min, r.max) {
+                            let (ylo, yhi) = (y(lo), y(hi));
+                            let _ = writeln!(
+                                s,
+                                r##"<line x1="{cx:.1}" y1="{ylo:.1}" x2="{cx:.1}" y2="{yhi:.1}" stroke="#000" stroke-width="1.5"/><line x1="{:.1}" y1="{ylo:.1}" x2="{:.1}" y2="{ylo:.1}" stroke="#000"/><line x1="{:.1}" y1="{yhi:.1}" x2="{:.1}" y2="{yhi:.1}" stroke="#000"/>"##,
+                                cx - 8.0,
+                                cx + 8.0,
+                                cx - 8.0,
+                                cx + 8.0
+                            );
+                        }
+                        let label = match r.ratio_to_native {
+                            Some(x) => format!("{} (×{:.2})", fmt_num(med), x),
+                            None => fmt_num(med),
+                        };
+                        if bars.len() == 1 {
+                            let ly = (y(r.max.unwrap_or(med)) - 6.0).max(top - 4.0);
+                            let _ = writeln!(
+                                s,
+                                r#"<text x="{cx:.1}" y="{ly:.1}" text-anchor="middle" font-size="11">{}</text>"#,
+                                escape(&label)
+                            );
+                        } else {
+                            // Stacked above the slot's highest whisker: one line per load.
+                            let hi = bars
+                                .iter()
+                                .filter_map(|b| b.max.or(b.median))
+                                .fold(f64::NEG_INFINITY, f64::max);
+                            let hi = if hi.is_finite() { hi } else { med };
+                            let ly = (y(hi) - 6.0 - 12.0 * (k - 1.0 - j as f64))
+                                .max(top - 16.0 + 12.0 * j as f64);
+                            let _ = writeln!(
+                                s,
+                                r#"<text x="{cx0:.1}" y="{ly:.1}" text-anchor="middle" font-size="10">{}{}</text>"#,
+                                if loaded { "L " } else { "Q " },
+                                escape(&label)
+                            );
+                        }
+                    }
+                    _ => {
+                        let what = if r.status == Status::Failed {
+                            "failed"
+                        } else {
+                            "skipped"
+                        };
+                        let _ = writeln!(
+                            s,
+                            r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#999" font-style="italic"{}>{what}</text>"##,
+                            base - 10.0 - if loaded { 14.0 } else { 0.0 },
+                            if bars.len() > 1 {
+                                r#" font-size="10""#
+                            } else {
+                                ""
+                            }
                         );
                     }
-                    let label = match r.ratio_to_native {
-                        Some(x) => format!("{} (×{:.2})", fmt_num(med), x),
-                        None => fmt_num(med),
-                    };
-                    let ly = (y(r.max.unwrap_or(med)) - 6.0).max(top - 4.0);
-                    let _ = writeln!(
-                        s,
-                        r#"<text x="{cx:.1}" y="{ly:.1}" text-anchor="middle" font-size="11">{}</text>"#,
-                        escape(&label)
-                    );
-                }
-                _ => {
-                    let what = if r.status == Status::Failed {
-                        "failed"
-                    } else {
-                        "skipped"
-                    };
-                    let _ = writeln!(
-                        s,
-                        r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#999" font-style="italic">{what}</text>"##,
-                        base - 10.0
-                    );
                 }
             }
+        }
+        if rows.iter().any(|r| r.load == Load::Loaded) {
+            let _ = writeln!(
+                s,
+                r##"<text x="{LEFT}" y="{:.1}" fill="#555" font-size="11">per runtime: left/solid (Q) quiet, right/light (L) beside CPU hogs (--load)</text>"##,
+                base + 54.0
+            );
         }
         let _ = writeln!(
             s,
@@ -231,6 +284,7 @@ mod tests {
             metric: m.into(),
             unit: "MB/s".into(),
             better: Better::Higher,
+            load: crate::results::Load::Quiet,
             values: v.to_vec(),
             status: st,
             reason: (st != Status::Ok).then(|| "missing <binary>".into()),
@@ -283,6 +337,7 @@ mod tests {
             metric: "host-used".into(),
             unit: "MiB".into(),
             better: Better::Lower,
+            load: crate::results::Load::Quiet,
             values: vec![-3.0, 1.0, -1.0],
             status: Status::Ok,
             reason: None,
@@ -290,6 +345,40 @@ mod tests {
         let s = workload_svg("density", &r.iter().collect::<Vec<_>>());
         assert!(s.contains(">-5.00<"), "axis from -5: {s}");
         assert!(!s.contains("height=\"-"), "no negative heights");
+    }
+
+    #[test]
+    fn loaded_bars_beside_quiet_ones() {
+        let mut cells: Vec<Cell> = Vec::new();
+        for (load, v) in [(Load::Quiet, 100.0), (Load::Loaded, 50.0)] {
+            for rt in ["native", "porta"] {
+                cells.push(Cell {
+                    workload: "seqio".into(),
+                    runtime: rt.into(),
+                    metric: "write".into(),
+                    unit: "MB/s".into(),
+                    better: Better::Higher,
+                    load,
+                    values: vec![v],
+                    status: Status::Ok,
+                    reason: None,
+                });
+            }
+        }
+        let r = finalize(&cells);
+        let s = workload_svg("seqio", &r.iter().collect::<Vec<_>>());
+        assert_eq!(s.matches("<rect x=").count(), 4);
+        assert_eq!(s.matches(r#"fill-opacity="0.45""#).count(), 2);
+        assert_eq!(
+            s.matches(">porta</text>").count(),
+            1,
+            "one slot per runtime"
+        );
+        assert!(s.contains("beside CPU hogs"));
+        assert_eq!(s.matches("<text").count(), s.matches("</text>").count());
+        // Without loaded records the legend line is absent.
+        let q: Vec<&Record> = r.iter().filter(|x| x.load == Load::Quiet).collect();
+        assert!(!workload_svg("seqio", &q).contains("CPU hogs"));
     }
 
     #[test]

@@ -142,6 +142,16 @@ pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
     done
 }
 
+/// Waits for `pid` to exit and reaps it, if it is our child (blocking: call it after a
+/// SIGKILL). Anything else is left alone.
+pub fn reap_child(pid: i32) {
+    if parent_of(pid) == Some(std::process::id() as i32) {
+        let mut st = 0;
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+}
+
 /// Waits for a child with a time limit; on time-out or interruption kills its process group
 /// and returns an error.
 pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus> {
@@ -399,6 +409,113 @@ pub fn unmount(target: &Path) {
     unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
 }
 
+/// The number of online CPUs (`sysconf(_SC_NPROCESSORS_ONLN)`, at least 1).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf takes a constant and has no side effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
+/// CPU hogs for `--load`: child processes that only spin, at nice 0, each in a session of
+/// its own (so, with the scheduler's autogroups, each competes with the measured processes
+/// as one scheduling entity of its own, as a separate service or container would, rather than
+/// all of them sharing the harness's group). Each is killed and reaped by [`Hogs::stop`] or
+/// when the value is dropped (also on an error path, and the harness's Ctrl-C handling drops
+/// it); each also has `PR_SET_PDEATHSIG` = SIGKILL, so none survives the harness even if the
+/// harness is killed itself.
+#[derive(Debug)]
+pub struct Hogs {
+    pids: Vec<i32>,
+}
+
+impl Hogs {
+    /// Starts `n` busy loops at nice 0.
+    pub fn start(n: usize) -> Result<Hogs> {
+        let mut h = Hogs {
+            pids: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            // On an error, dropping `h` stops the hogs already started.
+            h.pids.push(fork_hog().context("fork a CPU hog")?);
+        }
+        Ok(h)
+    }
+
+    /// The hogs' process ids.
+    pub fn pids(&self) -> &[i32] {
+        &self.pids
+    }
+
+    /// Kills and reaps every hog.
+    pub fn stop(&mut self) {
+        for p in std::mem::take(&mut self.pids) {
+            kill_pid(p, libc::SIGKILL);
+            let mut st = 0;
+            // SAFETY: `p` is our own child; waitpid only writes the status. ECHILD (already
+            // reaped by a catch-all reap) is fine.
+            unsafe { libc::waitpid(p, &mut st, 0) };
+        }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Forks one busy loop; returns its pid in the parent. The child never returns.
+fn fork_hog() -> std::io::Result<i32> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: fork in a possibly multi-threaded process: the child only makes
+    // async-signal-safe system calls (prctl, getppid, signal, setsid, setpriority, _exit) and then
+    // spins in pure arithmetic, never allocating or taking a lock.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; all are async-signal-safe.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if libc::getppid() != parent {
+                libc::_exit(0);
+            }
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            libc::setsid();
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+        }
+        spin();
+    }
+    Ok(pid)
+}
+
+fn spin() -> ! {
+    let mut x: u64 = 1;
+    loop {
+        x = std::hint::black_box(
+            x.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
+    }
+}
+
+/// Unmounts `target` (waiting for a FUSE server to see it gone); when it is busy, detaches
+/// it instead. Errors are ignored: nothing mounted.
+pub fn unmount_or_detach(target: &Path) {
+    let t = cstr(target);
+    // SAFETY: umount2(2) with a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(t.as_ptr(), 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY)
+    {
+        // SAFETY: as above.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +557,28 @@ mod tests {
         if Path::new("/bin/busybox").exists() {
             assert!(is_static_elf(Path::new("/bin/busybox")).unwrap());
         }
+    }
+
+    #[test]
+    fn hogs_spin_and_are_reaped() {
+        let mut h = Hogs::start(2).unwrap();
+        let pids = h.pids().to_vec();
+        assert_eq!(pids.len(), 2);
+        for &p in &pids {
+            // Running or runnable, never sleeping: a busy loop.
+            let st = Stat::of(p).unwrap();
+            assert_eq!(st.ppid, std::process::id() as i32);
+            assert_ne!(st.state, 'Z');
+        }
+        h.stop();
+        assert!(h.pids().is_empty());
+        for p in pids {
+            assert!(Stat::of(p).is_none(), "hog {p} still exists");
+        }
+        // Dropping stops them as well.
+        let pids = Hogs::start(1).unwrap().pids().to_vec();
+        assert!(Stat::of(pids[0]).is_none());
+        assert!(online_cpus() >= 1);
     }
 
     use std::os::unix::process::CommandExt;

@@ -2,7 +2,7 @@
 //! and checks of results.json. Needs root (it runs containers); skipped otherwise. Asserts no
 //! timing, only the shape and consistency of what was written.
 
-use porta_bench::results::{validate, Record, Status};
+use porta_bench::results::{validate, Load, Record, Status};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -121,5 +121,116 @@ fn quick_lifecycle_and_primes_native_and_porta() {
         .map(PathBuf::from)
         .expect("work directory announced");
     assert!(!work.exists(), "{} left behind", work.display());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `--load` with `runc-fuse-overlayfs`: both loads are recorded for every environment, the
+/// report shows both, and nothing is left behind: no hog (a process of the harness binary
+/// leading its own session), no fuse-overlayfs daemon or mount of the run, no cgroup, no work
+/// directory.
+#[test]
+fn load_and_runc_fuse_overlayfs_leave_nothing_behind() {
+    if !porta_sys::user::is_root() {
+        eprintln!("skipped: porta-bench needs root");
+        return;
+    }
+    let in_path = |b: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file()))
+            .unwrap_or(false)
+    };
+    if !in_path("runc") || !in_path("fuse-overlayfs") {
+        eprintln!("skipped: runc or fuse-overlayfs not installed");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("porta-bench-it-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let bin = env!("CARGO_BIN_EXE_porta-bench");
+    let output = Command::new(bin)
+        .args([
+            "--quick",
+            "--load",
+            "--only",
+            "lifecycle",
+            "--runtimes",
+            "native,runc-fuse-overlayfs",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("run porta-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "porta-bench failed: {}",
+        output.status
+    );
+    let recs: Vec<Record> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    validate(&recs).unwrap();
+    assert_eq!(recs.len(), 4, "2 environments × 2 loads: {recs:#?}");
+    for rt in ["native", "runc-fuse-overlayfs"] {
+        for load in [Load::Quiet, Load::Loaded] {
+            let r = recs
+                .iter()
+                .find(|r| r.runtime == rt && r.load == load)
+                .unwrap_or_else(|| panic!("{rt} {load:?} missing"));
+            assert_eq!(r.status, Status::Ok, "{r:?}");
+            assert_eq!(r.runs.len(), 2);
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Beside CPU hogs"), "{report}");
+    assert!(
+        report.contains("| runc-fuse-overlayfs | loaded | time |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("fuse-overlayfs -o lowerdir=ROOTFS"),
+        "{report}"
+    );
+
+    let work = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("porta-bench: work directory "))
+        .map(PathBuf::from)
+        .expect("work directory announced");
+    assert!(!work.exists(), "{} left behind", work.display());
+    let work_s = work.to_string_lossy().to_string();
+    let exe = std::fs::canonicalize(bin).unwrap();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(&work_s),
+            "process {pid} of the run left: {cmdline}"
+        );
+        // SAFETY: getsid only reads.
+        let sid = unsafe { libc::getsid(pid) };
+        if sid == pid && std::fs::read_link(e.path().join("exe")).ok().as_ref() == Some(&exe) {
+            panic!("a CPU hog (pid {pid}) outlived the harness");
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&work_s),
+        "a mount of the run is left: {mounts}"
+    );
+    let cg = work.file_name().unwrap().to_string_lossy().to_string();
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        assert!(
+            !h.path().join(&cg).exists(),
+            "cgroup {cg} left in {:?}",
+            h.path()
+        );
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
