@@ -120,6 +120,18 @@ impl Join {
         }
     }
 
+    /// For a process that is already running (not a child of [`Join::fork`]): moves the
+    /// calling single-threaded process into the leaf of every v1 hierarchy (the quick
+    /// self-move through `tasks`) and returns the cgroup2 leaf's `cgroup.procs`, if any,
+    /// that someone must still write its pid to ([`move_pid`]): that write waits for the
+    /// kernel, so a caller with better things to do hands it to a helper process.
+    pub fn enter_v1(self) -> Result<Option<PathBuf>> {
+        for f in &self.self_moves {
+            fsutil::write(f, "0")?;
+        }
+        Ok(self.cgroup2_procs)
+    }
+
     /// In the child of [`Join::fork`], while it is single-threaded: moves it into the leaf
     /// in every hierarchy it is not in yet (and closes the cgroup2 directory).
     pub fn enter(self, cloned_into: bool) -> Result<()> {
@@ -133,6 +145,11 @@ impl Join {
         }
         Ok(())
     }
+}
+
+/// Moves process `pid` into the cgroup whose `cgroup.procs` is `procs`.
+pub fn move_pid(procs: &Path, pid: i32) -> Result<()> {
+    fsutil::write(procs, &pid.to_string())
 }
 
 /// fork(2) through clone3, with further clone `flags` (new namespaces; no CLONE_VM), into

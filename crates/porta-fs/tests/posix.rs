@@ -482,7 +482,10 @@ fn passthrough_creates_take_spare_files_with_the_identity_a_create_gives() {
         eprintln!("kernel without FUSE passthrough: nothing to check");
         return;
     }
-    // The filler makes its spares once the server is up (bounded wait on the table).
+    // The filler makes its spares once a CREATE asked for one (bounded wait on the
+    // table); none before.
+    assert!(spare_inodes(&m).is_empty(), "spares made before any create");
+    sh(&m.mnt, "touch first-create");
     let mut spares = Vec::new();
     for _ in 0..500 {
         spares = spare_inodes(&m);

@@ -230,6 +230,7 @@ impl Broker {
                         Ok(id) => {
                             self.ids.insert(id, req.arg);
                             self.stats.opened += 1;
+                            tracing::trace!(id, node = req.arg, "backing file registered");
                             id
                         }
                         Err(e) => -e,

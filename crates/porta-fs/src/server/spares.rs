@@ -78,6 +78,11 @@ const SPARE_MODE: u32 = 0o644;
 struct Pool {
     ready: Vec<Spare>,
     stop: bool,
+    /// A CREATE asked for a spare: from then on the filler keeps the pool filled. Until
+    /// then it makes none (a container that never creates a file never pays for
+    /// spares, and a new server's first requests do not queue behind 16 registrations
+    /// at the supervisor).
+    wanted: bool,
 }
 
 /// The pool of spare files and the filler's controls.
@@ -105,6 +110,7 @@ impl Spares {
             return None;
         }
         let mut p = self.pool();
+        p.wanted = true;
         let s = p.ready.pop();
         if p.ready.len() < LOW {
             self.cv.notify_one();
@@ -194,7 +200,7 @@ impl Fs {
         loop {
             {
                 let mut p = self.spares.pool();
-                while !p.stop && p.ready.len() >= LOW {
+                while !p.stop && (p.ready.len() >= LOW || !p.wanted) {
                     p = self.spares.cv.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
                 if p.stop {

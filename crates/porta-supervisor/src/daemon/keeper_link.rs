@@ -3,7 +3,7 @@
 //! the twin taking a dead keeper's place.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -87,27 +87,51 @@ impl Supervisor {
         // (checked by the caller); we never wait forever. Answers to earlier commands (a
         // dead predecessor's, or one we gave up waiting for) are skipped, their servers
         // killed.
-        for _ in 0..64 {
-            // SAFETY: `ctl` is our open socket, borrowed for the poll only.
-            let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
-            let mut fds = vec![PollFd::new(bfd, PollFlags::POLLIN)];
-            if let Some(k) = &self.keeper_fd {
-                fds.push(PollFd::new(k.as_fd(), PollFlags::POLLIN));
-            }
-            let n = poll(&mut fds, PollTimeout::from(5_000u16)).unwrap_or(0);
-            let answered = fds[0].revents().is_some_and(|r| !r.is_empty());
-            drop(fds);
+        //
+        // Meanwhile (for the stand-ins: the twin, a standby) the servers' passthrough
+        // backing requests are answered: such a command takes milliseconds, and a
+        // container that opens its first file then would wait for it. Not during SYNC
+        // and ACTIVATE: a takeover or a restart settles the broker's ids first.
+        let serve_backing = matches!(kind, CommandKind::Twin | CommandKind::Standby);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut answers = 0;
+        while answers < 64 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let (n, answered, backing) = {
+                // SAFETY: `ctl` is our open socket, borrowed for the poll only.
+                let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
+                let mut fds = vec![PollFd::new(bfd, PollFlags::POLLIN)];
+                if let Some(k) = &self.keeper_fd {
+                    fds.push(PollFd::new(k.as_fd(), PollFlags::POLLIN));
+                }
+                let broker = self.broker.as_ref().filter(|b| serve_backing && b.live());
+                let bidx = broker.map(|b| {
+                    fds.push(PollFd::new(b.fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                let n = poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0);
+                let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+                (n, ready(0), bidx.is_some_and(ready))
+            };
             if n <= 0 {
                 return Err(Error::Timeout(
                     "hear the keeper's answer",
                     Duration::from_secs(5),
                 ));
             }
+            if backing {
+                self.serve_backing();
+                if n == 1 {
+                    continue;
+                }
+            }
             if !answered {
                 return Err(Error::Refused(
                     "the file-server keeper died before it answered".into(),
                 ));
             }
+            answers += 1;
             let mut b = [0u8; porta_protocol::keeper::ANSWER_LEN + 1];
             let n = porta_fs::sys::read(ctl, &mut b).map_err(|e| {
                 Error::Sys("read the keeper's answer", nix::errno::Errno::from_raw(e))

@@ -155,11 +155,43 @@ fn join_servers_cgroup(procs: &[PathBuf]) {
     if procs.is_empty() {
         return;
     }
-    match porta_cgroups::join::Join::new(procs).and_then(|j| j.enter(false)) {
-        Ok(()) => tracing::debug!("supervisor moved into the servers' cgroup leaf"),
+    let cgroup2 = match porta_cgroups::join::Join::new(procs).and_then(|j| j.enter_v1()) {
+        Ok(rest) => rest,
         Err(e) => {
-            tracing::warn!(error = %e, "could not move the supervisor into the servers' cgroup leaf: its work for the container is charged to the host")
+            tracing::warn!(error = %e, "could not move the supervisor into the servers' cgroup leaf: its work for the container is charged to the host");
+            return;
         }
+    };
+    let Some(cgroup2) = cgroup2 else {
+        tracing::debug!("supervisor moved into the servers' cgroup leaf");
+        return;
+    };
+    // The cgroup2 move waits for an RCU grace period (porta_cgroups::join): a helper
+    // child makes it, so that the supervisor answers the servers' first backing requests
+    // meanwhile (a container's first open waited ~10 ms for it). The child is reaped by
+    // the event loop like any other.
+    let me = std::process::id() as i32;
+    // SAFETY: the supervisor is single-threaded; the child only writes one file and
+    // ends with _exit.
+    match unsafe { libc::fork() } {
+        0 => {
+            let code = match porta_cgroups::join::move_pid(&cgroup2, me) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
+            // SAFETY: ends the helper child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        -1 => match porta_cgroups::join::move_pid(&cgroup2, me) {
+            Ok(()) => tracing::debug!("supervisor moved into the servers' cgroup leaf"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not move the supervisor into the servers' cgroup2 leaf: its work for the container is charged to the host")
+            }
+        },
+        pid => tracing::debug!(
+            helper = pid,
+            "supervisor moved into the servers' v1 leaves; a helper moves it in cgroup2"
+        ),
     }
 }
 
