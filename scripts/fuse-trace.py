@@ -33,11 +33,15 @@ def write(path, value):
 
 
 def ensure_tracefs():
+    """Mounts tracefs when it is not; returns whether it did (to unmount it after)."""
+    mounted = False
     if not os.path.exists(os.path.join(TRACING, "events")):
         subprocess.run(["mount", "-t", "tracefs", "nodev", TRACING], check=True)
+        mounted = True
     for e in EVENTS:
         if not os.path.exists(os.path.join(TRACING, "events", e)):
             sys.exit(f"fuse-trace: this kernel has no tracepoint {e}")
+    return mounted
 
 
 def percentile(sorted_values, p):
@@ -78,7 +82,7 @@ def main():
         ap.error("no command")
     if os.geteuid() != 0:
         sys.exit("fuse-trace: needs root")
-    ensure_tracefs()
+    mounted = ensure_tracefs()
     write("buffer_size_kb", "65536")
     write("trace", "")
     for e in EVENTS:
@@ -91,6 +95,8 @@ def main():
     with open(os.path.join(TRACING, "trace")) as f:
         text = f.read()
     write("trace", "")
+    if mounted:
+        subprocess.run(["umount", TRACING], check=False)
     lat, unanswered = parse(text)
     total = sum(len(v) for v in lat.values())
     print(f"{'opcode':<22} {'count':>8} {'per unit':>9} {'p50 us':>8} {'p90 us':>8}")

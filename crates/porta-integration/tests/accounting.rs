@@ -28,7 +28,7 @@ impl Trace {
     /// `None` when the kernel has no tracefs or no ext4 events (then nothing to check).
     fn start(name: &str) -> Option<Trace> {
         let script = format!(
-            "set -e; mount -t tracefs nodev /sys/kernel/tracing; \
+            "set -e; [ -d /sys/kernel/tracing/instances ] || mount -t tracefs nodev /sys/kernel/tracing; \
              cd /sys/kernel/tracing/instances; \
              [ -d ../events/ext4/ext4_free_inode ] || {{ echo NOEXT4; exit 0; }}; \
              mkdir {name}; cd {name}; \
@@ -166,4 +166,53 @@ fn the_eviction_of_files_a_container_deletes_is_charged_to_the_container() {
         c.wait_stopped(30);
         c.delete().expect_ok();
     }
+}
+
+/// The supervisor works for the container (backing registrations, evictions): it joins
+/// the file server's `porta/` leaf in every hierarchy, the cgroup2 one included (a
+/// helper process makes that move, off the critical path of `create`).
+#[test]
+fn the_supervisor_joins_the_servers_leaf_in_every_hierarchy() {
+    require_root!();
+    porta_only!(WHY);
+    let mut b = Bundle::new(&[]);
+    b.sh("echo up; sleep 1000");
+    let c = Container::new("acct-sup", b);
+    c.create_start();
+    assert!(c.wait_output("up", 30), "{}", c.output());
+    let record = || -> Option<Value> {
+        let p = format!("{}/{}/servers.json", c.root, c.id);
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let sup = wait_for(std::time::Duration::from_secs(30), || {
+        record()?["supervisor_pid"].as_i64().filter(|p| *p > 0)
+    })
+    .expect("the supervisor's pid in servers.json") as i32;
+    let server = record().and_then(|r| r["servers"][0]["pid"].as_i64()).unwrap_or(0) as i32;
+    assert!(server > 0, "no server pid recorded");
+    // Every line of the supervisor's /proc/PID/cgroup names the same group as the
+    // server's: the move into the cgroup2 leaf is asynchronous, so wait for it (bounded).
+    let lines = |pid: i32| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let want = lines(server);
+    assert!(
+        want.iter().all(|l| l.ends_with("/porta")),
+        "the server is not in porta/ leaves: {want:?}"
+    );
+    let same = wait_for(std::time::Duration::from_secs(30), || {
+        (lines(sup) == want).then_some(())
+    });
+    assert!(
+        same.is_some(),
+        "supervisor {sup}: {:?}\nserver {server}: {want:?}",
+        lines(sup)
+    );
+    c.delete();
 }
