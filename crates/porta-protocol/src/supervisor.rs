@@ -353,6 +353,10 @@ pub struct ServerStatus {
     /// got the same pid.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub start_time: u64,
+    /// How it takes requests from the kernel: "uring" (FUSE over io_uring) or "dev"
+    /// (/dev/fuse); empty until the connection is initialized.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transport: String,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -581,12 +585,14 @@ mod tests {
                 error: None,
                 confinement: Confinement::Userns,
                 start_time: 0,
+                transport: "uring".into(),
             }],
             ..Default::default()
         };
         let json = String::from_utf8(st.encode()).unwrap();
         assert!(json.contains(r#""confinement":"userns""#), "{json}");
         assert!(!json.contains("start_time"), "{json}");
+        assert!(json.contains(r#""transport":"uring""#), "{json}");
         assert_eq!(SupervisorState::decode(json.as_bytes()).unwrap(), st);
         // A record written before the keeper said its confinement.
         let old = r#"{"supervisor_pid":1,"servers":[{"name":"fs","pid":2,"restarts":0}]}"#;
