@@ -64,11 +64,34 @@ fn workload(min: u32) -> String {
 fn every_porta_process_can_die_while_the_container_works() {
     require_root!();
     porta_only!(WHY);
+    every_process_dies_under_work(None);
+}
+
+/// The same on the io_uring transport: a killed server's successor answers what it took
+/// from the rings.
+#[test]
+fn every_porta_process_can_die_while_the_container_works_on_rings() {
+    require_root!();
+    porta_only!(WHY);
+    let Some(_on) = porta_integration::uring::Enabled::new() else {
+        return;
+    };
+    every_process_dies_under_work(Some("uring"));
+}
+
+fn every_process_dies_under_work(transport: Option<&str>) {
     let mut b = Bundle::new(&[]);
+    if let Some(t) = transport {
+        b.annotation("run.porta.fs.transport", t);
+    }
     b.sh(&workload(30));
     let c = Container::new("survive", b);
     c.create_start();
     let w = watched(&c);
+    if let Some(t) = transport {
+        let st = c.state();
+        assert_eq!(st["servers"][0]["transport"], t, "{st}");
+    }
     let mut seen = Vec::new();
     for round in 0..3 {
         kill_each_in_turn(&w, &mut seen);

@@ -7,38 +7,9 @@
 
 use porta_integration::*;
 
-const SWITCH: &str = "/sys/module/fuse/parameters/enable_uring";
+use porta_integration::uring::Enabled;
+
 const WHY: &str = "Porta's file-server transports";
-
-/// enable_uring turned on; its old value written back on drop. Tests that use it hold
-/// one lock so that one test's restore cannot turn it off under another.
-struct Enabled {
-    old: String,
-    _lock: std::sync::MutexGuard<'static, ()>,
-}
-
-static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-impl Enabled {
-    fn new() -> Option<Enabled> {
-        let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(old) = std::fs::read_to_string(SWITCH) else {
-            eprintln!("SKIPPED: this kernel has no FUSE over io_uring ({SWITCH} is missing)");
-            return None;
-        };
-        std::fs::write(SWITCH, "Y").expect("turn enable_uring on");
-        Some(Enabled {
-            old: old.trim().to_string(),
-            _lock: lock,
-        })
-    }
-}
-
-impl Drop for Enabled {
-    fn drop(&mut self) {
-        let _ = std::fs::write(SWITCH, &self.old);
-    }
-}
 
 /// The script's file work: creates, writes, appends, fsyncs, renames, links, lists,
 /// removes; prints DONE when everything checked out.
@@ -89,5 +60,93 @@ fn a_container_does_file_work_on_the_io_uring_transport() {
         c.delete().expect_ok();
         let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
         assert!(left.is_empty(), "left after delete: {}", left.join("\n"));
+    }
+}
+
+/// A server killed while it holds a request it took from a ring: the first server
+/// crashes (SIGSEGV, the fault-injection build's `crash-once:NAME`) in the LOOKUP of a
+/// name, after the kernel put the LOOKUP in one of its ring entries. Nothing resends a
+/// ring request on this kernel; its successor finds it in the shared ring buffers,
+/// serves it and commits the answer: the container's lookup gets its answer and no error.
+/// Without that the lookup would wait for good (the test then fails on its deadline).
+#[test]
+fn a_request_a_killed_server_took_from_a_ring_is_answered_by_its_successor() {
+    require_root!();
+    porta_only!(WHY);
+    let Some(_on) = Enabled::new() else { return };
+    for passthrough in [true, false] {
+        let mut b = Bundle::new(&[]);
+        b.annotation("run.porta.fs.transport", "uring");
+        if !passthrough {
+            b.annotation("run.porta.fs.passthrough", "off");
+        }
+        b.sh("cat /fine; [ -e /sacrifice ]; echo sacrifice=$?; cat /fine; echo after=$?");
+        std::fs::write(b.rootfs().join("fine"), "fine\n").unwrap();
+        let c = Container::new("uring-crash", b);
+        let bundle = c.bundle.path_str();
+        Cmd::new(fault_runtime())
+            .args(["--root", &c.root, "run", "--detach", "--bundle", &bundle, &c.id])
+            .env("PORTA_FS_FAULT", "crash-once:sacrifice")
+            .stdout_file(std::fs::File::create(c.bundle.file("out")).unwrap())
+            .run()
+            .expect_ok();
+        let st = wait_for(std::time::Duration::from_secs(60), || {
+            let st = c.state();
+            (st["status"] == "stopped").then_some(st)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "passthrough {passthrough}: the container never ended (a request waits for \
+                 good?): {:?}",
+                std::fs::read_to_string(c.bundle.file("out"))
+            )
+        });
+        let out = std::fs::read_to_string(c.bundle.file("out")).unwrap();
+        assert_eq!(
+            out, "fine\nsacrifice=1\nfine\nafter=0\n",
+            "passthrough {passthrough}: {st}"
+        );
+        let fs = &st["servers"][0];
+        assert!(
+            fs["restarts"].as_u64() >= Some(1),
+            "passthrough {passthrough}: the first server crashed in the lookup: {st}"
+        );
+        let log = std::fs::read_to_string(format!("{}/{}/supervisor.log", c.root, c.id))
+            .unwrap_or_default();
+        assert!(
+            log.contains("answering a request the previous server took"),
+            "passthrough {passthrough}: the successor answered it from the ring:\n{log}"
+        );
+        c.delete().expect_ok();
+        let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
+        assert!(left.is_empty(), "left after delete: {}", left.join("\n"));
+    }
+}
+
+/// `uring` where the kernel does not allow it: `create` fails, naming the annotation and
+/// how to turn FUSE over io_uring on, and leaves nothing behind. An unknown value fails too.
+#[test]
+fn the_transport_annotation_is_checked() {
+    require_root!();
+    porta_only!(WHY);
+    let _lock = porta_integration::uring::Enabled::off();
+    for (value, want) in [
+        ("uring", "enable_uring"),
+        ("fast", "expected \"auto\", \"uring\" or \"dev\""),
+    ] {
+        let mut b = Bundle::new(&["true"]);
+        b.annotation("run.porta.fs.transport", value);
+        let c = Container::new("uring-bad", b);
+        let o = c.create();
+        assert!(!o.ok(), "{value}: create succeeded");
+        assert!(
+            o.stderr.contains("run.porta.fs.transport") && o.stderr.contains(want),
+            "{value}: {}",
+            o.stderr
+        );
+        assert!(
+            !std::path::Path::new(&format!("{}/{}", c.root, c.id)).exists(),
+            "{value}: state left behind"
+        );
     }
 }

@@ -385,13 +385,20 @@ pub fn host_changes(spec: &Spec) -> bool {
 }
 
 /// How the file server takes requests from the kernel (annotation
-/// `run.porta.fs.transport`; validated by [`validate`]).
+/// `run.porta.fs.transport`; validated by [`validate`]). `auto` (and no annotation) is
+/// /dev/fuse: on the kernels Porta knows (up to 6.18) a server killed while it has ring
+/// entries armed makes the kernel fail requests handed to them, so only /dev/fuse keeps
+/// a restart transparent (docs/file-server.md, "FUSE over io_uring").
 pub fn transport(spec: &Spec) -> Transport {
-    spec.annotations()
+    match spec
+        .annotations()
         .as_ref()
         .and_then(|a| a.get(ANNOTATION_TRANSPORT))
         .and_then(|v| Transport::parse(v))
-        .unwrap_or_default()
+    {
+        Some(Transport::Uring) => Transport::Uring,
+        Some(Transport::Auto | Transport::Dev) | None => Transport::Dev,
+    }
 }
 
 /// The transport annotation checked: a known value, and `uring` only where the kernel
@@ -452,6 +459,39 @@ pub fn dev_fuse_usable() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transport_annotation_is_checked_against_the_kernel_switch() {
+        let spec = |v: Option<&str>| {
+            let ann = v
+                .map(|v| format!(r#","annotations":{{"{ANNOTATION_TRANSPORT}":"{v}"}}"#))
+                .unwrap_or_default();
+            let cfg = format!(
+                r#"{{"ociVersion":"1.2.0","root":{{"path":"/tmp"}},"process":{{"args":["true"],"cwd":"/","user":{{"uid":0,"gid":0}}}}{ann}}}"#
+            );
+            parse_spec(cfg.as_bytes(), Path::new("c")).expect("parses")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let switch = dir.path().join("enable_uring");
+        let check = |v: Option<&str>| transport_checked(&spec(v), &switch).map_err(|e| e.to_string());
+        // No switch at all: the kernel lacks FUSE over io_uring.
+        let e = check(Some("uring")).unwrap_err();
+        assert!(e.contains(ANNOTATION_TRANSPORT) && e.contains("missing"), "{e}");
+        std::fs::write(&switch, "N\n").unwrap();
+        let e = check(Some("uring")).unwrap_err();
+        assert!(e.contains(ANNOTATION_TRANSPORT) && e.contains("echo Y >"), "{e}");
+        assert_eq!(check(Some("auto")), Ok(Transport::Auto));
+        assert_eq!(check(Some("dev")), Ok(Transport::Dev));
+        assert_eq!(check(None), Ok(Transport::Dev));
+        let e = check(Some("fast")).unwrap_err();
+        assert!(e.contains(ANNOTATION_TRANSPORT) && e.contains("\"fast\""), "{e}");
+        std::fs::write(&switch, "Y\n").unwrap();
+        assert_eq!(check(Some("uring")), Ok(Transport::Uring));
+        // What the supervisor is asked for: auto is /dev/fuse on these kernels.
+        assert_eq!(transport(&spec(Some("auto"))), Transport::Dev);
+        assert_eq!(transport(&spec(Some("uring"))), Transport::Uring);
+        assert_eq!(transport(&spec(None)), Transport::Dev);
+    }
 
     #[test]
     fn idmapped_mount_fields_and_options_are_checked() {

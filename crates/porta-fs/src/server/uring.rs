@@ -443,6 +443,17 @@ impl<'a> Transport<'a> {
         served.exit
     }
 
+    /// Records slot `s` as holding nothing to answer before it is registered: its record
+    /// names the last request the kernel put there (still in the header), so that a
+    /// successor does not take the old contents for a new request.
+    fn mark_idle(&self, s: usize) {
+        // SAFETY: this thread holds slot `s` (it is about to register it).
+        let (header, _) = unsafe { self.area.bufs(s) };
+        let (unique, ph) = self.area.record(s);
+        ph.store(phase::IDLE, Ordering::Release);
+        unique.store(ua::commit_id(header).unwrap_or(0), Ordering::Release);
+    }
+
     /// A worker: serves the blocking requests the ring threads hand it.
     pub(super) fn worker(&self, idx: usize) {
         if let Some(s) = self.fs.sh.thread_slot(idx) {
@@ -546,6 +557,9 @@ impl<'a> Transport<'a> {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&s);
             let (unique, ph) = self.area.record(s);
+            if let Some((id, p)) = &found {
+                tracing::info!(slot = s, unique = id, replied = matches!(p, Pending::Replied), "answering a request the previous server took");
+            }
             match found {
                 Some((id, Pending::Request(frame))) => {
                     unique.store(id, Ordering::Release);
@@ -557,8 +571,7 @@ impl<'a> Transport<'a> {
                 }
                 Some((id, Pending::Replied)) => out.push(commit(s, id)),
                 None => {
-                    unique.store(0, Ordering::Release);
-                    ph.store(phase::IDLE, Ordering::Release);
+                    self.mark_idle(s);
                     out.push(register(s));
                 }
             }
@@ -649,9 +662,7 @@ impl<'a> Transport<'a> {
                         if e != -libc::ENOENT {
                             tracing::warn!(slot = s, errno = -e, "commit to the ring failed");
                         }
-                        let (unique, ph) = self.area.record(s);
-                        unique.store(0, Ordering::Release);
-                        ph.store(phase::IDLE, Ordering::Release);
+                        self.mark_idle(s);
                         out.push(register(s));
                     }
                     e => {
@@ -743,7 +754,7 @@ mod tests {
         let e = with_len(
             opcode::UringCmd80::new(types::Fd(3), ua::CMD_REGISTER)
                 .cmd(ua::cmd_req(0, 1))
-                .addr(0x1000)
+                .addr(Some(0x1000))
                 .build(),
             2,
         );
