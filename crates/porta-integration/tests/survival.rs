@@ -154,8 +154,9 @@ fn every_process_dies_under_work(transport: Option<&str>) {
     } else {
         assert!(
             line.ends_with(" errors=0"),
-        "errors inside the container:\n{out}\nsupervisor log:\n{}",
-        std::fs::read_to_string(format!("{}/{}/supervisor.log", c.root, c.id)).unwrap_or_default()
+            "errors inside the container:\n{out}\nsupervisor log:\n{}",
+            std::fs::read_to_string(format!("{}/{}/supervisor.log", c.root, c.id))
+                .unwrap_or_default()
         );
     }
     // Every fsync'ed byte is in the backing directory.

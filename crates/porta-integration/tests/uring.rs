@@ -43,7 +43,9 @@ fn a_container_does_file_work_on_the_io_uring_transport() {
         if !passthrough {
             b.annotation("run.porta.fs.passthrough", "off");
         }
-        b.sh(&format!("{FILE_WORK}; echo up; while [ ! -e /stop ]; do sleep 1; done"));
+        b.sh(&format!(
+            "{FILE_WORK}; echo up; while [ ! -e /stop ]; do sleep 1; done"
+        ));
         let c = Container::new("uring", b);
         c.create_start();
         assert!(
@@ -85,7 +87,9 @@ fn a_request_a_killed_server_took_from_a_ring_is_answered_by_its_successor() {
         let c = Container::new("uring-crash", b);
         let bundle = c.bundle.path_str();
         Cmd::new(fault_runtime())
-            .args(["--root", &c.root, "run", "--detach", "--bundle", &bundle, &c.id])
+            .args([
+                "--root", &c.root, "run", "--detach", "--bundle", &bundle, &c.id,
+            ])
             .env("PORTA_FS_FAULT", "crash-once:sacrifice")
             .stdout_file(std::fs::File::create(c.bundle.file("out")).unwrap())
             .run()
@@ -130,10 +134,7 @@ fn the_transport_annotation_is_checked() {
     require_root!();
     porta_only!(WHY);
     let _lock = porta_integration::uring::Enabled::off();
-    for (value, want) in [
-        ("uring", "enable_uring"),
-        ("fast", "expected"),
-    ] {
+    for (value, want) in [("uring", "enable_uring"), ("fast", "expected")] {
         let mut b = Bundle::new(&["true"]);
         b.annotation("run.porta.fs.transport", value);
         let c = Container::new("uring-bad", b);

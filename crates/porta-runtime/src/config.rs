@@ -413,7 +413,10 @@ fn transport_checked(spec: &Spec, switch: &Path) -> Result<Transport> {
     };
     let field = || format!("annotations.{ANNOTATION_TRANSPORT}");
     let t = Transport::parse(v).ok_or_else(|| {
-        Error::field(field(), format!("{v:?}: expected \"auto\", \"uring\" or \"dev\""))
+        Error::field(
+            field(),
+            format!("{v:?}: expected \"auto\", \"uring\" or \"dev\""),
+        )
     })?;
     if t == Transport::Uring {
         match std::fs::read_to_string(switch) {
@@ -473,18 +476,28 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let switch = dir.path().join("enable_uring");
-        let check = |v: Option<&str>| transport_checked(&spec(v), &switch).map_err(|e| e.to_string());
+        let check =
+            |v: Option<&str>| transport_checked(&spec(v), &switch).map_err(|e| e.to_string());
         // No switch at all: the kernel lacks FUSE over io_uring.
         let e = check(Some("uring")).unwrap_err();
-        assert!(e.contains(ANNOTATION_TRANSPORT) && e.contains("missing"), "{e}");
+        assert!(
+            e.contains(ANNOTATION_TRANSPORT) && e.contains("missing"),
+            "{e}"
+        );
         std::fs::write(&switch, "N\n").unwrap();
         let e = check(Some("uring")).unwrap_err();
-        assert!(e.contains(ANNOTATION_TRANSPORT) && e.contains("echo Y >"), "{e}");
+        assert!(
+            e.contains(ANNOTATION_TRANSPORT) && e.contains("echo Y >"),
+            "{e}"
+        );
         assert_eq!(check(Some("auto")), Ok(Transport::Auto));
         assert_eq!(check(Some("dev")), Ok(Transport::Dev));
         assert_eq!(check(None), Ok(Transport::Dev));
         let e = check(Some("fast")).unwrap_err();
-        assert!(e.contains(ANNOTATION_TRANSPORT) && e.contains("\"fast\""), "{e}");
+        assert!(
+            e.contains(ANNOTATION_TRANSPORT) && e.contains("\"fast\""),
+            "{e}"
+        );
         std::fs::write(&switch, "Y\n").unwrap();
         assert_eq!(check(Some("uring")), Ok(Transport::Uring));
         // What the supervisor is asked for: auto is /dev/fuse on these kernels.

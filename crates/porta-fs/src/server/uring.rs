@@ -432,9 +432,16 @@ impl<'a> Transport<'a> {
             w.start();
             w.finish(-libc::EIO, id);
         }
-        ph.store(phase::WRITING | ((idx as u64 & 0xff) << 8), Ordering::Release);
+        ph.store(
+            phase::WRITING | ((idx as u64 & 0xff) << 8),
+            Ordering::Release,
+        );
         if ua::place_reply(&w.buf, id, header, payload).is_err() {
-            tracing::warn!(slot = s, len = w.buf.len(), "reply does not fit a ring entry: EIO");
+            tracing::warn!(
+                slot = s,
+                len = w.buf.len(),
+                "reply does not fit a ring entry: EIO"
+            );
             w.start();
             w.finish(-libc::EIO, id);
             let _ = ua::place_reply(&w.buf, id, header, payload);
@@ -478,11 +485,7 @@ impl<'a> Transport<'a> {
             };
             self.serve_slot(s, idx, None, &mut w, &mut dents);
             let inbox = &self.inboxes[t];
-            inbox
-                .done
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(s);
+            inbox.done.lock().unwrap_or_else(|p| p.into_inner()).push(s);
             let one = 1u64.to_ne_bytes();
             if let Err(e) = sys::write(inbox.efd.as_raw_fd(), &one) {
                 tracing::error!(errno = e, "cannot wake a ring thread");
@@ -558,7 +561,12 @@ impl<'a> Transport<'a> {
                 .remove(&s);
             let (unique, ph) = self.area.record(s);
             if let Some((id, p)) = &found {
-                tracing::info!(slot = s, unique = id, replied = matches!(p, Pending::Replied), "answering a request the previous server took");
+                tracing::info!(
+                    slot = s,
+                    unique = id,
+                    replied = matches!(p, Pending::Replied),
+                    "answering a request the previous server took"
+                );
             }
             match found {
                 Some((id, Pending::Request(frame))) => {
@@ -642,8 +650,7 @@ impl<'a> Transport<'a> {
                         unique.store(id, Ordering::Release);
                         ph.store(phase::TAKEN, Ordering::Release);
                         if blocking(opcode) {
-                            let mut q =
-                                self.jobs.queue.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut q = self.jobs.queue.lock().unwrap_or_else(|p| p.into_inner());
                             q.0.push_back((s, t));
                             self.jobs.cv.notify_one();
                             continue;
@@ -741,7 +748,13 @@ mod tests {
 
     #[test]
     fn blocking_calls_are_the_slow_ones() {
-        for o in [op::FSYNC, op::FSYNCDIR, op::FALLOCATE, op::COPY_FILE_RANGE, op::SYNCFS] {
+        for o in [
+            op::FSYNC,
+            op::FSYNCDIR,
+            op::FALLOCATE,
+            op::COPY_FILE_RANGE,
+            op::SYNCFS,
+        ] {
             assert!(blocking(o));
         }
         for o in [op::LOOKUP, op::CREATE, op::READ, op::WRITE, op::GETATTR] {
