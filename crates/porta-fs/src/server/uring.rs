@@ -44,12 +44,16 @@ const HEADER_AREA: usize = 4096;
 /// The payload buffer: the kernel requires at least max(max_write, max_pages pages).
 const PAYLOAD_LEN: usize = MAX_WRITE as usize;
 const SLOT_LEN: usize = HEADER_AREA + PAYLOAD_LEN;
-/// The control page at the start of the area: the ring descriptors of the running server.
+/// The control page at the start of the area: the ring descriptors of the running server,
+/// then the 8-byte buffers of the ring threads' eventfd reads.
 const CTL_LEN: usize = 4096;
 /// Where a slot's record (two words: the unique id it holds, its phase) starts.
 const RECORD_OFF: usize = 2048;
-/// Ring descriptors the control page records.
-const MAX_RINGS: usize = CTL_LEN / 8;
+/// Where the two iovecs a REGISTER of the slot points at are (the kernel may read them
+/// after the thread that submitted the command is gone: they live as long as the area).
+const IOVEC_OFF: usize = 3072;
+/// Ring descriptors the control page records (then as many eventfd buffers).
+const MAX_RINGS: usize = CTL_LEN / 16;
 
 /// How far a slot's request got. The word also carries, in its second byte, the thread
 /// whose shared request buffer holds the frame during [`phase::WRITING`].
@@ -173,6 +177,13 @@ impl RingArea {
         (self.word(b), self.word(b + 8))
     }
 
+    /// The buffer of ring thread `t`'s eventfd read (it outlives the thread: the kernel
+    /// may complete the read after the thread ended, before the ring is torn down).
+    fn eventfd_buf(&self, t: usize) -> *mut u8 {
+        assert!(t < MAX_RINGS, "ring index within the control page");
+        (self.base + MAX_RINGS * 8 + t * 8) as *mut u8
+    }
+
     /// Ring descriptor `t` of the running server (0: none).
     fn ring_fd_word(&self, t: usize) -> &AtomicU64 {
         assert!(t < MAX_RINGS, "ring index within the control page");
@@ -197,9 +208,10 @@ impl RingArea {
         }
     }
 
-    fn iovecs(&self, s: usize) -> [libc::iovec; 2] {
+    /// Writes the iovecs of slot `s` into its header page; returns their address.
+    fn iovecs(&self, s: usize) -> u64 {
         let b = self.slot_base(s);
-        [
+        let v = [
             libc::iovec {
                 iov_base: b as *mut libc::c_void,
                 iov_len: ua::HEADER_LEN,
@@ -208,7 +220,12 @@ impl RingArea {
                 iov_base: (b + HEADER_AREA) as *mut libc::c_void,
                 iov_len: PAYLOAD_LEN,
             },
-        ]
+        ];
+        let at = b + IOVEC_OFF;
+        // SAFETY: `at` is inside slot `s`'s header page, beyond the kernel's header block
+        // and the record, aligned for iovec; only the thread holding the slot writes it.
+        unsafe { std::ptr::write(at as *mut [libc::iovec; 2], v) };
+        at as u64
     }
 }
 
@@ -527,21 +544,19 @@ impl<'a> Transport<'a> {
         self.area
             .ring_fd_word(t)
             .store(ring.as_raw_fd() as u64, Ordering::Release);
-        // The iovecs a REGISTER points at: the kernel reads them when it issues the command.
-        let iovecs: HashMap<usize, [libc::iovec; 2]> =
-            slots.iter().map(|&s| (s, self.area.iovecs(s))).collect();
+        // The iovecs a REGISTER points at, in the slots' header pages.
+        let iovecs: HashMap<usize, u64> = slots.iter().map(|&s| (s, self.area.iovecs(s))).collect();
         let mut w = Writer {
             buf: Vec::with_capacity(super::BUF_LEN),
         };
         let mut dents = vec![0u8; 32 * 1024];
-        let mut efd_buf = [0u8; 8];
-        let efd_ptr = efd_buf.as_mut_ptr();
+        let efd_ptr = self.area.eventfd_buf(t);
         let mut out: Vec<squeue::Entry128> = Vec::with_capacity(slots.len() + 1);
         let fuse = types::Fd(fs.fuse);
         let register = |s: usize| -> squeue::Entry128 {
             let cmd = opcode::UringCmd80::new(fuse, ua::CMD_REGISTER)
                 .cmd(ua::cmd_req(0, (s / ENTRIES_PER_QUEUE) as u16))
-                .addr(Some(iovecs[&s].as_ptr() as u64))
+                .addr(Some(iovecs[&s]))
                 .build()
                 .user_data((KIND_REGISTER << 32) | s as u64);
             with_len(cmd, 2)
@@ -553,36 +568,48 @@ impl<'a> Transport<'a> {
                 .user_data((KIND_COMMIT << 32) | s as u64)
         };
         let mut stop: Option<Exit> = None;
-        for &s in &slots {
-            let found = self
-                .recovered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&s);
-            let (unique, ph) = self.area.record(s);
-            if let Some((id, p)) = &found {
-                tracing::info!(
-                    slot = s,
-                    unique = id,
-                    replied = matches!(p, Pending::Replied),
-                    "answering a request the previous server took"
-                );
-            }
-            match found {
-                Some((id, Pending::Request(frame))) => {
-                    unique.store(id, Ordering::Release);
-                    ph.store(phase::TAKEN, Ordering::Release);
-                    if let Some(e) = self.serve_slot(s, idx, Some(&frame), &mut w, &mut dents) {
-                        stop = Some(e);
+        let mut found = Vec::new();
+        {
+            let mut rec = self.recovered.lock().unwrap_or_else(|p| p.into_inner());
+            for &s in &slots {
+                match rec.remove(&s) {
+                    Some(p) => found.push((s, p)),
+                    None => {
+                        self.mark_idle(s);
+                        out.push(register(s));
                     }
-                    out.push(commit(s, id));
-                }
-                Some((id, Pending::Replied)) => out.push(commit(s, id)),
-                None => {
-                    self.mark_idle(s);
-                    out.push(register(s));
                 }
             }
+        }
+        // The fresh entries first, at once: until a queue has an armed entry, requests
+        // for it wait, and a REGISTER does not take a waiting request (only a commit does).
+        {
+            let mut sq = ring.submission();
+            for e in out.drain(..) {
+                // SAFETY: as below (every buffer named is in the shared area).
+                if unsafe { sq.push(&e) }.is_err() {
+                    return Err(Error::BadState("io_uring submission queue full".into()));
+                }
+            }
+        }
+        ring.submit()
+            .map_err(|e| Error::Io("io_uring_enter (register)", e))?;
+        for (s, (id, p)) in found {
+            tracing::info!(
+                slot = s,
+                unique = id,
+                replied = matches!(p, Pending::Replied),
+                "answering a request the previous server took"
+            );
+            if let Pending::Request(frame) = p {
+                let (unique, ph) = self.area.record(s);
+                unique.store(id, Ordering::Release);
+                ph.store(phase::TAKEN, Ordering::Release);
+                if let Some(e) = self.serve_slot(s, idx, Some(&frame), &mut w, &mut dents) {
+                    stop = Some(e);
+                }
+            }
+            out.push(commit(s, id));
         }
         let efd = self.inboxes[t].efd.as_raw_fd();
         let read_efd = || {
@@ -597,10 +624,8 @@ impl<'a> Transport<'a> {
             {
                 let mut sq = ring.submission();
                 for e in out.drain(..) {
-                    // SAFETY: the buffers each entry names (slot buffers in the shared
-                    // area, `iovecs`, `efd_buf`) outlive the ring: the area is never
-                    // unmapped and the others live until this function returns, after
-                    // the ring is dropped... or the process ends.
+                    // SAFETY: every buffer an entry names (slot buffers, their iovecs, the
+                    // eventfd buffer) is in the shared area, which is never unmapped.
                     if unsafe { sq.push(&e) }.is_err() {
                         return Err(Error::BadState("io_uring submission queue full".into()));
                     }
