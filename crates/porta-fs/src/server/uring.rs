@@ -478,6 +478,32 @@ impl<'a> Transport<'a> {
         unique.store(ua::commit_id(header).unwrap_or(0), Ordering::Release);
     }
 
+    /// Polls `ring`'s completion queue for up to [`super::SPIN`] when no other thread of
+    /// the server is polling; true when a completion arrived meanwhile.
+    fn spin_for_completion(&self, ring: &mut IoUring<squeue::Entry128, cqueue::Entry>) -> bool {
+        if !ring.completion().is_empty() {
+            return true;
+        }
+        let spinning = &self.fs.spinning;
+        if spinning
+            .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let t0 = std::time::Instant::now();
+        let mut got = false;
+        while t0.elapsed() < super::SPIN {
+            if !ring.completion().is_empty() {
+                got = true;
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        spinning.store(false, Ordering::Relaxed);
+        got
+    }
+
     /// A worker: serves the blocking requests the ring threads hand it.
     pub(super) fn worker(&self, idx: usize) {
         if let Some(s) = self.fs.sh.thread_slot(idx) {
@@ -635,10 +661,20 @@ impl<'a> Transport<'a> {
                 let _ = ring.submit();
                 return Ok(e);
             }
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            // As on /dev/fuse (super::SPIN): one thread at a time polls its completion
+            // queue for a while before it sleeps in io_uring_enter, so that the next
+            // request of a busy container is taken without a wake-up.
+            let spun = match ring.submit() {
+                Ok(_) => self.spin_for_completion(&mut ring),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => false,
                 Err(e) => return Err(Error::Io("io_uring_enter", e)),
+            };
+            if !spun {
+                match ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return Err(Error::Io("io_uring_enter", e)),
+                }
             }
             done.clear();
             done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
