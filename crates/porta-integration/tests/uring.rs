@@ -151,3 +151,78 @@ fn the_transport_annotation_is_checked() {
         );
     }
 }
+
+/// The io_uring instances of killed servers do not pile up in the descriptor table the
+/// servers share with the keeper: after five kills the server's table holds one ring per
+/// ring thread (one per possible CPU here, up to five), and `delete` leaves nothing.
+#[test]
+fn killed_servers_leave_no_rings_behind() {
+    require_root!();
+    porta_only!(WHY);
+    let Some(_on) = Enabled::new() else { return };
+    use porta_integration::survival::{num, signal_recorded};
+    let mut b = Bundle::new(&[]);
+    b.annotation("run.porta.fs.transport", "uring");
+    b.sh("while [ ! -e /stop ]; do cat /bin/sh > /dev/null; sleep 0.1; done");
+    let c = Container::new("uring-fds", b);
+    c.create_start();
+    let rec = || -> Option<Value> {
+        let p = format!("{}/{}/servers.json", c.root, c.id);
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let running = |restarts: u64| {
+        wait_for(std::time::Duration::from_secs(30), || {
+            let r = rec()?;
+            let fs = &r["servers"][0];
+            (fs["state"] == "running"
+                && fs["restarts"].as_u64() == Some(restarts)
+                && pid_alive(num(fs, "pid")))
+            .then(|| fs.clone())
+        })
+        .unwrap_or_else(|| panic!("no server running after {restarts} restarts: {:?}", rec()))
+    };
+    let rings = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter(|l| l.to_string_lossy() == "anon_inode:[io_uring]")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let cpus: usize = possible
+        .trim()
+        .split(',')
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum();
+    let want = cpus.min(5);
+    for k in 0..5 {
+        let fs = running(k);
+        let pid = num(&fs, "pid");
+        // The ring threads create their rings after INIT or a takeover: wait for them.
+        let n = wait_for(std::time::Duration::from_secs(30), || {
+            let n = rings(pid);
+            (n >= want).then_some(n)
+        })
+        .unwrap_or_else(|| panic!("server {pid}: {} rings, want {want}", rings(pid)));
+        assert_eq!(n, want, "after {k} kills the shared table holds {n} rings");
+        signal_recorded(pid, fs["start_time"].as_u64().unwrap(), libc::SIGKILL);
+    }
+    let fs = running(5);
+    let pid = num(&fs, "pid");
+    let n = wait_for(std::time::Duration::from_secs(30), || {
+        let n = rings(pid);
+        (n >= want).then_some(n)
+    })
+    .unwrap_or(0);
+    assert_eq!(n, want, "after 5 kills the shared table holds {n} rings");
+    let _ = c.exec(&[], &["touch", "/stop"]);
+    c.wait_stopped(60);
+    c.delete().expect_ok();
+    let left = leaks::check(std::slice::from_ref(&c.id), &[c.bundle.path_str()]);
+    assert!(left.is_empty(), "left after delete: {}", left.join("\n"));
+}
