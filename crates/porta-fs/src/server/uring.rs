@@ -330,6 +330,11 @@ pub(super) struct Transport<'a> {
     inboxes: Vec<Inbox>,
     jobs: Jobs,
     recovered: Mutex<HashMap<usize, (u64, Pending)>>,
+    /// The previous server's io_uring descriptors, closed once every ring thread armed
+    /// its entries.
+    old_rings: Mutex<Vec<RawFd>>,
+    /// Ring threads that armed their entries.
+    armed_threads: std::sync::atomic::AtomicUsize,
 }
 
 impl<'a> Transport<'a> {
@@ -343,12 +348,15 @@ impl<'a> Transport<'a> {
                 "requests a killed server took from its rings are served again"
             );
         }
-        for t in 0..MAX_RINGS {
-            let old = area.ring_fd_word(t).swap(0, Ordering::AcqRel) as RawFd;
-            if old > 0 && is_io_uring(fs.proc_fd, old) {
-                sys::close(old);
-            }
-        }
+        // The previous server's rings stay open until this server's entries are armed
+        // (see `armed`): while they are open, the kernel still hands requests to the dead
+        // server's armed entries (and fails them); once they are closed it cancels those
+        // entries, and a request for a queue without an armed entry waits until the next
+        // commit on that queue, which a REGISTER is not.
+        let old_rings = (0..MAX_RINGS)
+            .map(|t| area.ring_fd_word(t).swap(0, Ordering::AcqRel) as RawFd)
+            .filter(|&fd| fd > 0 && is_io_uring(fs.proc_fd, fd))
+            .collect();
         let n = area.queues().min(max_threads.max(1));
         let mut plan = vec![Vec::new(); n];
         for q in 0..area.queues() {
@@ -377,6 +385,8 @@ impl<'a> Transport<'a> {
             inboxes,
             jobs: Jobs::default(),
             recovered: Mutex::new(recovered),
+            old_rings: Mutex::new(old_rings),
+            armed_threads: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -465,6 +475,18 @@ impl<'a> Transport<'a> {
         }
         ph.store(phase::REPLIED, Ordering::Release);
         served.exit
+    }
+
+    /// Counts a ring thread whose fresh entries are submitted; the last one closes the
+    /// previous server's rings.
+    fn armed(&self) {
+        if self.armed_threads.fetch_add(1, Ordering::AcqRel) + 1 == self.plan.len() {
+            let old =
+                std::mem::take(&mut *self.old_rings.lock().unwrap_or_else(|p| p.into_inner()));
+            for fd in old {
+                sys::close(fd);
+            }
+        }
     }
 
     /// Records slot `s` as holding nothing to answer before it is registered: its record
@@ -620,6 +642,7 @@ impl<'a> Transport<'a> {
         }
         ring.submit()
             .map_err(|e| Error::Io("io_uring_enter (register)", e))?;
+        self.armed();
         for (s, (id, p)) in found {
             tracing::info!(
                 slot = s,
