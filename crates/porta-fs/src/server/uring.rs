@@ -333,8 +333,9 @@ pub(super) struct Transport<'a> {
     /// The previous server's io_uring descriptors, closed once every ring thread armed
     /// its entries.
     old_rings: Mutex<Vec<RawFd>>,
-    /// Ring threads that armed their entries.
-    armed_threads: std::sync::atomic::AtomicUsize,
+    /// Ring threads that armed their entries (or failed before), and its condition.
+    armed_threads: Mutex<usize>,
+    all_armed: Condvar,
 }
 
 impl<'a> Transport<'a> {
@@ -386,7 +387,8 @@ impl<'a> Transport<'a> {
             jobs: Jobs::default(),
             recovered: Mutex::new(recovered),
             old_rings: Mutex::new(old_rings),
-            armed_threads: std::sync::atomic::AtomicUsize::new(0),
+            armed_threads: Mutex::new(0),
+            all_armed: Condvar::new(),
         })
     }
 
@@ -477,15 +479,30 @@ impl<'a> Transport<'a> {
         served.exit
     }
 
-    /// Counts a ring thread whose fresh entries are submitted; the last one closes the
-    /// previous server's rings.
+    /// Counts a ring thread whose fresh entries are submitted (or that failed before it
+    /// could); the last one closes the previous server's rings.
     fn armed(&self) {
-        if self.armed_threads.fetch_add(1, Ordering::AcqRel) + 1 == self.plan.len() {
+        let mut n = self.armed_threads.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        if *n == self.plan.len() {
             let old =
                 std::mem::take(&mut *self.old_rings.lock().unwrap_or_else(|p| p.into_inner()));
             for fd in old {
                 sys::close(fd);
             }
+            self.all_armed.notify_all();
+        }
+    }
+
+    /// Waits until every ring thread armed its entries and the previous server's rings are
+    /// closed. Before that, a request for a queue without a fresh entry would go to a dead
+    /// entry (and fail) or, once those are cancelled, wait for a commit on its queue: the
+    /// requests a killed server left are answered only after this, so that a container
+    /// blocked on one of them finds every queue armed when it goes on.
+    fn wait_all_armed(&self) {
+        let mut n = self.armed_threads.lock().unwrap_or_else(|p| p.into_inner());
+        while *n < self.plan.len() {
+            n = self.all_armed.wait(n).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -565,10 +582,21 @@ impl<'a> Transport<'a> {
         if let Some(s) = fs.sh.thread_slot(idx) {
             s.start(sys::gettid() as u64);
         }
-        let queues = &self.plan[t];
-        if let [q] = queues[..] {
+        if let [q] = self.plan[t][..] {
             pin_to_cpu(q);
         }
+        let mut armed = false;
+        let r = self.ring_thread_inner(t, idx, &mut armed);
+        if !armed {
+            // Failed before arming: the other ring threads must not wait for this one.
+            self.armed();
+        }
+        r
+    }
+
+    fn ring_thread_inner(&self, t: usize, idx: usize, armed: &mut bool) -> Result<Exit, Error> {
+        let fs = self.fs;
+        let queues = &self.plan[t];
         let slots: Vec<usize> = queues
             .iter()
             .flat_map(|&q| q * ENTRIES_PER_QUEUE..(q + 1) * ENTRIES_PER_QUEUE)
@@ -643,6 +671,8 @@ impl<'a> Transport<'a> {
         ring.submit()
             .map_err(|e| Error::Io("io_uring_enter (register)", e))?;
         self.armed();
+        *armed = true;
+        self.wait_all_armed();
         for (s, (id, p)) in found {
             tracing::info!(
                 slot = s,
