@@ -41,6 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         threads: 2,
         ttl: Duration::from_secs(86400),
         backing_fd: -1,
+        transport: porta_fs::Transport::Dev,
+        rings: None,
     };
     let exit = porta_fs::serve(&cfg)?;
     eprintln!("server exited: {exit:?}");

@@ -5,6 +5,7 @@
 //! malformed frame yields an error, never a panic or an out-of-bounds read.
 
 pub mod args;
+pub mod uring;
 
 /// Protocol major version spoken.
 pub const KERNEL_VERSION: u32 = 7;
@@ -89,6 +90,9 @@ pub mod init {
     pub const PASSTHROUGH: u64 = 1 << 37;
     pub const NO_EXPORT_SUPPORT: u64 = 1 << 38;
     pub const HAS_RESEND: u64 = 1 << 39;
+    /// The server will take requests over io_uring (FUSE_OVER_IO_URING, 7.42): offered by
+    /// the kernel only while `/sys/module/fuse/parameters/enable_uring` is Y.
+    pub const OVER_IO_URING: u64 = 1 << 41;
 }
 
 /// `open_flags` of `fuse_open_out`.

@@ -80,6 +80,13 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_syncfs,
+    // The io_uring transport: a ring per ring thread (restricted to FUSE commands and
+    // eventfd reads), the eventfd workers wake it with, the thread's CPU.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_eventfd2,
+    libc::SYS_sched_setaffinity,
     libc::SYS_fallocate,
     libc::SYS_copy_file_range,
     libc::SYS_fstatfs,

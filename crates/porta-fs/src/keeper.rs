@@ -80,6 +80,13 @@ fn enter_user_namespace(args: &KeeperArgs) -> Result<bool, Error> {
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
     let userns = enter_user_namespace(args)?;
     let shared = Shared::map(args.state_fd)?;
+    // The io_uring buffers: mapped shared here, before any server is forked, so every
+    // server (and a twin) has them at the same address and a new server can answer what
+    // a killed one took from its rings (see server::uring).
+    let rings = match args.transport {
+        crate::Transport::Dev => None,
+        _ => Some(crate::RingArea::map(crate::server::uring::possible_cpus()?)?),
+    };
     match sys::keep_caps_on_fsuid_change() {
         Ok(()) => crate::server::enable_create_as_caller(),
         Err(e) => tracing::warn!(
@@ -183,6 +190,8 @@ pub fn run_keeper(args: &KeeperArgs) -> Result<(), Error> {
         threads: args.threads,
         ttl: args.ttl,
         backing_fd: args.backing_fd.unwrap_or(-1),
+        transport: args.transport,
+        rings,
     };
     let mut cfg = ServerSetup {
         server,

@@ -17,7 +17,8 @@ pub(crate) mod server;
 pub mod shared;
 pub mod sys;
 
-pub use server::{serve, Config, Exit, MAX_WRITE};
+pub use server::uring::RingArea;
+pub use server::{serve, Config, Exit, Transport, MAX_WRITE};
 pub use shared::Shared;
 
 /// Errors of the file server.

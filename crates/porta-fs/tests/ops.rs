@@ -100,6 +100,8 @@ impl Conn {
             threads: 1,
             ttl: Duration::from_secs(1),
             backing_fd: -1,
+            transport: porta_fs::Transport::Dev,
+            rings: None,
         };
         let thread = std::thread::spawn(move || serve(&cfg));
         // SAFETY: plain getters.

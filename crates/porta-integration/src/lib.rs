@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
 pub mod survival;
+pub mod uring;
 pub mod user;
 
 pub use bundle::Bundle;

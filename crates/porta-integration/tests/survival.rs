@@ -60,15 +60,72 @@ fn workload(min: u32) -> String {
     )
 }
 
+/// The iterations of [`workload`]'s output whose first error message was not one the
+/// kernel gives a request it handed to a dead server's ring entry ("Operation canceled",
+/// "Interrupted system call"). Messages precede the `ERR step i` line they belong to.
+fn iterations_failed_not_by_the_kernel(out: &str) -> Vec<u32> {
+    let mut first: std::collections::BTreeMap<u32, bool> = Default::default();
+    let mut pending: Vec<&str> = Vec::new();
+    for l in out.lines() {
+        if let Some(rest) = l.strip_prefix("ERR ") {
+            let i: u32 = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u32::MAX);
+            let by_kernel = pending
+                .iter()
+                .any(|m| m.contains("Operation canceled") || m.contains("Interrupted system call"));
+            first.entry(i).or_insert(by_kernel);
+            pending.clear();
+        } else if !l.starts_with("SUMMARY") {
+            pending.push(l);
+        }
+    }
+    first
+        .into_iter()
+        .filter(|(_, by_kernel)| !by_kernel)
+        .map(|(i, _)| i)
+        .collect()
+}
+
 #[test]
 fn every_porta_process_can_die_while_the_container_works() {
     require_root!();
     porta_only!(WHY);
+    every_process_dies_under_work(None);
+}
+
+/// The same on the io_uring transport. A killed server's successor answers what it
+/// took from the rings, but on Linux up to 6.18 the kernel itself fails the requests it
+/// hands to a dead server's still-armed ring entries (ECANCELED, EINTR; see
+/// docs/file-server.md, "FUSE over io_uring"), so this checks what does hold: the
+/// container never hangs and keeps working through every kill, every fsync'ed byte is
+/// there, the state is right throughout, delete leaves nothing, and every iteration that
+/// saw an error saw one of those two first. It prints how many there were.
+#[test]
+fn every_porta_process_can_die_while_the_container_works_on_rings() {
+    require_root!();
+    porta_only!(WHY);
+    let Some(_on) = porta_integration::uring::Enabled::new() else {
+        return;
+    };
+    every_process_dies_under_work(Some("uring"));
+}
+
+fn every_process_dies_under_work(transport: Option<&str>) {
     let mut b = Bundle::new(&[]);
+    if let Some(t) = transport {
+        b.annotation("run.porta.fs.transport", t);
+    }
     b.sh(&workload(30));
     let c = Container::new("survive", b);
     c.create_start();
     let w = watched(&c);
+    if let Some(t) = transport {
+        let st = c.state();
+        assert_eq!(st["servers"][0]["transport"], t, "{st}");
+    }
     let mut seen = Vec::new();
     for round in 0..3 {
         kill_each_in_turn(&w, &mut seen);
@@ -87,11 +144,21 @@ fn every_porta_process_can_die_while_the_container_works() {
         .lines()
         .find(|l| l.starts_with("SUMMARY "))
         .unwrap_or_else(|| panic!("no SUMMARY; output:\n{out}"));
-    assert!(
-        line.ends_with(" errors=0"),
-        "errors inside the container:\n{out}\nsupervisor log:\n{}",
-        std::fs::read_to_string(format!("{}/{}/supervisor.log", c.root, c.id)).unwrap_or_default()
-    );
+    if transport == Some("uring") {
+        let failed = iterations_failed_not_by_the_kernel(&out);
+        eprintln!("on rings: {line}");
+        assert!(
+            failed.is_empty(),
+            "iterations {failed:?} failed without a kernel-cancelled request first:\n{out}"
+        );
+    } else {
+        assert!(
+            line.ends_with(" errors=0"),
+            "errors inside the container:\n{out}\nsupervisor log:\n{}",
+            std::fs::read_to_string(format!("{}/{}/supervisor.log", c.root, c.id))
+                .unwrap_or_default()
+        );
+    }
     // Every fsync'ed byte is in the backing directory.
     let work = c.bundle.rootfs().join("work");
     for k in 0..7 {

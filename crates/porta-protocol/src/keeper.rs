@@ -27,6 +27,40 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 /// Request threads per server when nothing else is asked.
 pub const DEFAULT_THREADS: usize = 2;
 
+/// How a container's file server takes requests from the kernel (`--transport`, the
+/// annotation `run.porta.fs.transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// /dev/fuse reads and writes, always.
+    #[default]
+    Dev,
+    /// FUSE over io_uring when the kernel offers it at INIT, /dev/fuse otherwise.
+    Auto,
+    /// FUSE over io_uring, or no server at all.
+    Uring,
+}
+
+impl Transport {
+    /// The name used on command lines and in annotations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Dev => "dev",
+            Transport::Auto => "auto",
+            Transport::Uring => "uring",
+        }
+    }
+
+    /// Parses [`Transport::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "dev" => Some(Transport::Dev),
+            "auto" => Some(Transport::Auto),
+            "uring" => Some(Transport::Uring),
+            _ => None,
+        }
+    }
+}
+
 /// The arguments of `porta fs keeper`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperArgs {
@@ -57,6 +91,8 @@ pub struct KeeperArgs {
     /// The backing root's (device, inode) as the supervisor recorded it: the keeper serves
     /// nothing else.
     pub root_id: Option<(u64, u64)>,
+    /// The transport the servers ask for at INIT.
+    pub transport: Transport,
 }
 
 impl KeeperArgs {
@@ -75,12 +111,13 @@ impl KeeperArgs {
             backing_fd: None,
             proc_fd: None,
             root_id: None,
+            transport: Transport::Dev,
         }
     }
 
     /// The argument list after [`SUBCOMMAND`]: `--fuse-fd N --state-fd N --ctl-fd N
     /// --root PATH --threads N --ttl SECS [--passthrough] [--backing-fd N] [--no-userns]
-    /// [--no-confine] [--proc-fd N] [--root-id DEV:INO]`.
+    /// [--no-confine] [--proc-fd N] [--root-id DEV:INO] [--transport dev|auto|uring]`.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut v = Vec::new();
         push(&mut v, "--fuse-fd", self.fuse_fd.to_string());
@@ -106,6 +143,9 @@ impl KeeperArgs {
         }
         if let Some((dev, ino)) = self.root_id {
             push(&mut v, "--root-id", format!("{dev}:{ino}"));
+        }
+        if self.transport != Transport::Dev {
+            push(&mut v, "--transport", self.transport.as_str());
         }
         v
     }
@@ -137,6 +177,14 @@ impl KeeperArgs {
                 "--no-userns" => k.userns = false,
                 "--backing-fd" => k.backing_fd = Some(o.fd(name)?),
                 "--proc-fd" => k.proc_fd = Some(o.fd(name)?),
+                "--transport" => {
+                    let v = o.text(name)?;
+                    k.transport = Transport::parse(v).ok_or_else(|| Error::BadValue {
+                        arg: name.into(),
+                        value: v.into(),
+                        want: "dev, auto or uring",
+                    })?;
+                }
                 "--root-id" => {
                     let v = o.text(name)?;
                     let id = v

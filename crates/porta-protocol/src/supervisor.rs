@@ -46,6 +46,8 @@ pub struct SupervisorArgs {
     pub max_failures: u32,
     /// Request threads per server.
     pub threads: usize,
+    /// How the servers take requests from the kernel.
+    pub transport: crate::keeper::Transport,
     /// Stay in the foreground (no fork to daemonize; tests).
     pub foreground: bool,
 }
@@ -66,6 +68,7 @@ impl SupervisorArgs {
             hang_timeout: None,
             max_failures: DEFAULT_MAX_FAILURES,
             threads: crate::keeper::DEFAULT_THREADS,
+            transport: crate::keeper::Transport::Dev,
             foreground: false,
         }
     }
@@ -73,7 +76,8 @@ impl SupervisorArgs {
     /// The argument list after [`SUBCOMMAND`]: `--id ID --state-dir DIR --rootfs DIR
     /// --sock-fd N [--passthrough] [--host-changes off] [--cgroup-procs FILE]…
     /// [--container-pid PID] [--userns-fd N] [--hang-timeout-ms MS] [--max-failures N]
-    /// [--threads N] [--foreground]`; options at their default are left out.
+    /// [--threads N] [--transport dev|auto|uring] [--foreground]`; options at their default
+    /// are left out.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut v = Vec::new();
         push(&mut v, "--id", self.id.clone());
@@ -104,6 +108,9 @@ impl SupervisorArgs {
         if self.threads != crate::keeper::DEFAULT_THREADS {
             push(&mut v, "--threads", self.threads.to_string());
         }
+        if self.transport != crate::keeper::Transport::Dev {
+            push(&mut v, "--transport", self.transport.as_str());
+        }
         if self.foreground {
             v.push("--foreground".into());
         }
@@ -122,6 +129,15 @@ impl SupervisorArgs {
                 "--rootfs" => a.rootfs = o.value(name)?.into(),
                 "--sock-fd" => a.sock_fd = o.fd(name)?,
                 "--passthrough" => a.passthrough = true,
+                "--transport" => {
+                    let v = o.text(name)?;
+                    a.transport =
+                        crate::keeper::Transport::parse(v).ok_or_else(|| Error::BadValue {
+                            arg: name.into(),
+                            value: v.into(),
+                            want: "dev, auto or uring",
+                        })?;
+                }
                 "--cgroup-procs" => a.cgroup_procs.push(o.value(name)?.into()),
                 "--container-pid" => {
                     let pid: i32 = o.parsed(name, "a process id")?;
@@ -337,6 +353,10 @@ pub struct ServerStatus {
     /// got the same pid.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub start_time: u64,
+    /// How it takes requests from the kernel: "uring" (FUSE over io_uring) or "dev"
+    /// (/dev/fuse); empty until the connection is initialized.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transport: String,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -565,12 +585,14 @@ mod tests {
                 error: None,
                 confinement: Confinement::Userns,
                 start_time: 0,
+                transport: "uring".into(),
             }],
             ..Default::default()
         };
         let json = String::from_utf8(st.encode()).unwrap();
         assert!(json.contains(r#""confinement":"userns""#), "{json}");
         assert!(!json.contains("start_time"), "{json}");
+        assert!(json.contains(r#""transport":"uring""#), "{json}");
         assert_eq!(SupervisorState::decode(json.as_bytes()).unwrap(), st);
         // A record written before the keeper said its confinement.
         let old = r#"{"supervisor_pid":1,"servers":[{"name":"fs","pid":2,"restarts":0}]}"#;

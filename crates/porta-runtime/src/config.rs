@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
+pub use porta_supervisor::protocol::keeper::Transport;
 
 /// Annotation choosing how the container's root is served: `kernel` turns the file server off.
 pub const ANNOTATION_FS: &str = "run.porta.fs";
@@ -12,6 +13,12 @@ pub const ANNOTATION_FS: &str = "run.porta.fs";
 pub const ANNOTATION_PASSTHROUGH: &str = "run.porta.fs.passthrough";
 /// Annotation switching the watcher of changes made from the host off (`off`).
 pub const ANNOTATION_HOST_CHANGES: &str = "run.porta.fs.host-changes";
+
+/// Annotation choosing how the file server takes requests from the kernel: `dev`
+/// (/dev/fuse), `uring` (FUSE over io_uring, required) or `auto` (the default).
+pub const ANNOTATION_TRANSPORT: &str = "run.porta.fs.transport";
+/// The kernel's switch for FUSE over io_uring (Y or N; absent: not built in).
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
 /// A bundle: its directory, its parsed config and the absolute root path.
 pub struct Bundle {
@@ -237,6 +244,7 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         }
     }
     on_off(spec, ANNOTATION_HOST_CHANGES)?;
+    transport_checked(spec, Path::new(ENABLE_URING))?;
     if let Some(p) = on_off(spec, ANNOTATION_PASSTHROUGH)? {
         if p && !nix::unistd::geteuid().is_root() {
             return Err(Error::field(
@@ -376,6 +384,72 @@ pub fn host_changes(spec: &Spec) -> bool {
         != Some("off")
 }
 
+/// How the file server takes requests from the kernel (annotation
+/// `run.porta.fs.transport`; validated by [`validate`]). `auto` (and no annotation) is
+/// /dev/fuse: on the kernels Porta knows (up to 6.18) a server killed while it has ring
+/// entries armed makes the kernel fail requests handed to them, so only /dev/fuse keeps
+/// a restart transparent (docs/file-server.md, "FUSE over io_uring").
+pub fn transport(spec: &Spec) -> Transport {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_TRANSPORT))
+        .and_then(|v| Transport::parse(v))
+    {
+        Some(Transport::Uring) => Transport::Uring,
+        Some(Transport::Auto | Transport::Dev) | None => Transport::Dev,
+    }
+}
+
+/// The transport annotation checked: a known value, and `uring` only where the kernel
+/// allows FUSE over io_uring (`switch`: the kernel's enable_uring parameter).
+fn transport_checked(spec: &Spec, switch: &Path) -> Result<Transport> {
+    let Some(v) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_TRANSPORT))
+    else {
+        return Ok(Transport::default());
+    };
+    let field = || format!("annotations.{ANNOTATION_TRANSPORT}");
+    let t = Transport::parse(v).ok_or_else(|| {
+        Error::field(
+            field(),
+            format!("{v:?}: expected \"auto\", \"uring\" or \"dev\""),
+        )
+    })?;
+    if t == Transport::Uring {
+        match std::fs::read_to_string(switch) {
+            Ok(s) if s.trim() == "Y" => {}
+            Ok(s) => {
+                return Err(Error::field(
+                    field(),
+                    format!(
+                        "\"uring\": the kernel does not allow FUSE over io_uring ({} is {}); \
+                         an administrator turns it on with `echo Y > {}` (or the kernel \
+                         command line fuse.enable_uring=1), or use \"auto\" or \"dev\"",
+                        switch.display(),
+                        s.trim(),
+                        switch.display()
+                    ),
+                ))
+            }
+            Err(_) => {
+                return Err(Error::field(
+                    field(),
+                    format!(
+                        "\"uring\": this kernel has no FUSE over io_uring ({} is missing: \
+                         it needs Linux 6.14 or later built with CONFIG_FUSE_IO_URING); use \
+                         \"auto\" or \"dev\"",
+                        switch.display()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(t)
+}
+
 /// Whether this process can open /dev/fuse for reading and writing.
 pub fn dev_fuse_usable() -> bool {
     nix::unistd::access(
@@ -388,6 +462,49 @@ pub fn dev_fuse_usable() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transport_annotation_is_checked_against_the_kernel_switch() {
+        let spec = |v: Option<&str>| {
+            let ann = v
+                .map(|v| format!(r#","annotations":{{"{ANNOTATION_TRANSPORT}":"{v}"}}"#))
+                .unwrap_or_default();
+            let cfg = format!(
+                r#"{{"ociVersion":"1.2.0","root":{{"path":"/tmp"}},"process":{{"args":["true"],"cwd":"/","user":{{"uid":0,"gid":0}}}}{ann}}}"#
+            );
+            parse_spec(cfg.as_bytes(), Path::new("c")).expect("parses")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let switch = dir.path().join("enable_uring");
+        let check =
+            |v: Option<&str>| transport_checked(&spec(v), &switch).map_err(|e| e.to_string());
+        // No switch at all: the kernel lacks FUSE over io_uring.
+        let e = check(Some("uring")).unwrap_err();
+        assert!(
+            e.contains(ANNOTATION_TRANSPORT) && e.contains("missing"),
+            "{e}"
+        );
+        std::fs::write(&switch, "N\n").unwrap();
+        let e = check(Some("uring")).unwrap_err();
+        assert!(
+            e.contains(ANNOTATION_TRANSPORT) && e.contains("echo Y >"),
+            "{e}"
+        );
+        assert_eq!(check(Some("auto")), Ok(Transport::Auto));
+        assert_eq!(check(Some("dev")), Ok(Transport::Dev));
+        assert_eq!(check(None), Ok(Transport::Dev));
+        let e = check(Some("fast")).unwrap_err();
+        assert!(
+            e.contains(ANNOTATION_TRANSPORT) && e.contains("\"fast\""),
+            "{e}"
+        );
+        std::fs::write(&switch, "Y\n").unwrap();
+        assert_eq!(check(Some("uring")), Ok(Transport::Uring));
+        // What the supervisor is asked for: auto is /dev/fuse on these kernels.
+        assert_eq!(transport(&spec(Some("auto"))), Transport::Dev);
+        assert_eq!(transport(&spec(Some("uring"))), Transport::Uring);
+        assert_eq!(transport(&spec(None)), Transport::Dev);
+    }
 
     #[test]
     fn idmapped_mount_fields_and_options_are_checked() {

@@ -27,6 +27,8 @@ pub struct LaunchSpec {
     /// Watch the backing tree for changes made from the host and invalidate what the
     /// kernel cached of them (off: `run.porta.fs.host-changes=off`).
     pub host_changes: bool,
+    /// How the file servers take requests from the kernel (`run.porta.fs.transport`).
+    pub transport: porta_protocol::keeper::Transport,
     /// cgroup.procs files the servers must join (the container's `porta/` leaf).
     pub server_cgroup_procs: Vec<PathBuf>,
     /// Binary to exec for `supervisor` / `fs` (a sealed copy of porta, or /proc/self/exe).
@@ -80,6 +82,7 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
     );
     args.passthrough = spec.passthrough;
     args.host_changes = spec.host_changes;
+    args.transport = spec.transport;
     args.cgroup_procs = spec.server_cgroup_procs.clone();
     // The user namespace goes to descriptor 4, from a copy above the low numbers so that
     // moving the socket to 3 cannot overwrite it.
@@ -383,6 +386,7 @@ mod tests {
             rootfs: "/b/rootfs".into(),
             passthrough: false,
             host_changes: true,
+            transport: porta_protocol::keeper::Transport::Dev,
             server_cgroup_procs: vec![],
             exe: "/proc/self/exe".into(),
             log: "/run/x/c1/supervisor.log".into(),

@@ -95,6 +95,7 @@ impl Container {
             rootfs: backing.clone(),
             passthrough,
             host_changes: true,
+            transport: porta_supervisor::protocol::keeper::Transport::Dev,
             server_cgroup_procs: vec![],
             exe: std::env::var_os("PORTA_TEST_EXE")
                 .map(PathBuf::from)
@@ -960,6 +961,7 @@ fn supervisor_holds_the_mount_until_stopped() {
         rootfs: backing,
         passthrough: true,
         host_changes: true,
+        transport: porta_supervisor::protocol::keeper::Transport::Dev,
         server_cgroup_procs: vec![],
         exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
         log: dir.path().join("log"),

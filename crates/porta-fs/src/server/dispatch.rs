@@ -59,16 +59,37 @@ pub(super) enum Done {
     Destroy,
 }
 
+/// What serving one frame left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Served {
+    /// The answer in the writer is to be sent.
+    pub reply: bool,
+    /// The server is to stop after sending it (DESTROY).
+    pub exit: Option<Exit>,
+}
+
+impl Served {
+    const NOTHING: Served = Served {
+        reply: false,
+        exit: None,
+    };
+
+    fn reply(exit: Option<Exit>) -> Served {
+        Served { reply: true, exit }
+    }
+}
+
 impl Fs {
     /// Serves one request frame read by thread `idx`: decodes its header, runs it
-    /// (through the reply journal where a resent copy must not run twice) and answers it.
+    /// (through the reply journal where a resent copy must not run twice) and leaves its
+    /// answer in `w`. The transport sends it when [`Served::reply`] says there is one.
     pub(super) fn dispatch(
         &self,
         idx: usize,
         frame: &[u8],
         w: &mut Writer,
         dents: &mut [u8],
-    ) -> Option<Exit> {
+    ) -> Served {
         let h = match InHeader::parse(frame) {
             Ok(h) => h,
             Err(_) => {
@@ -76,9 +97,11 @@ impl Fs {
                 if frame.len() >= 16 {
                     let mut u = [0u8; 8];
                     u.copy_from_slice(&frame[8..16]);
-                    self.send_err(u64::from_ne_bytes(u), libc::EIO);
+                    w.start();
+                    w.finish(-libc::EIO, u64::from_ne_bytes(u));
+                    return Served::reply(None);
                 }
-                return None;
+                return Served::NOTHING;
             }
         };
         let ext = h.total_extlen as usize * 8;
@@ -132,25 +155,22 @@ impl Fs {
         }
         if matches!(h.opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT) {
             // Never answered, even when malformed.
-            return None;
+            return Served::NOTHING;
         }
         match res {
             Ok(Done::Reply) => {
                 w.finish(0, h.unique);
-                self.send(w);
-                None
+                Served::reply(None)
             }
-            Ok(Done::NoReply) => None,
+            Ok(Done::NoReply) => Served::NOTHING,
             Ok(Done::Destroy) => {
                 w.finish(0, h.unique);
-                self.send(w);
-                Some(Exit::Destroyed)
+                Served::reply(Some(Exit::Destroyed))
             }
             Err(e) => {
                 w.start();
                 w.finish(-e, h.unique);
-                self.send(w);
-                None
+                Served::reply(None)
             }
         }
     }

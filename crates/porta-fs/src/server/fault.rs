@@ -16,6 +16,9 @@ use crate::sys;
 pub(super) enum Fault {
     Hang,
     Crash,
+    /// `crash-once:NAME`: like `crash`, in the first server only (its successor serves the
+    /// LOOKUP the first one took: the request is answered, not repeated forever).
+    CrashOnce,
     /// `crash-forget:K`: the first server crashes before it applies its (K+1)-th FORGET
     /// entry, wherever that falls in a batch (its successor must finish the batch).
     CrashForget,
@@ -41,6 +44,7 @@ fn parse_fault(v: &str) -> Option<(Fault, Vec<u8>)> {
     let f = match kind {
         "hang" => Fault::Hang,
         "crash" => Fault::Crash,
+        "crash-once" => Fault::CrashOnce,
         "crash-forget" => Fault::CrashForget,
         "compromise" => Fault::Compromise,
         "crash-linked" => Fault::CrashLinked,
@@ -90,6 +94,12 @@ impl Fs {
             Fault::Crash => {
                 // SAFETY: deliberately raises SIGSEGV against this process (test fault).
                 unsafe { libc::raise(libc::SIGSEGV) };
+            }
+            Fault::CrashOnce => {
+                if self.sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed) == 1 {
+                    // SAFETY: deliberately raises SIGSEGV against this process (test fault).
+                    unsafe { libc::raise(libc::SIGSEGV) };
+                }
             }
             Fault::CrashForget | Fault::CrashLinked => {}
             Fault::Compromise => {

@@ -35,6 +35,7 @@ mod ops;
 mod replay;
 mod session;
 mod spares;
+pub mod uring;
 
 #[cfg(feature = "fault-injection")]
 use fault::{fault_from_env, Fault};
@@ -110,7 +111,14 @@ pub struct Config {
     /// ([`crate::backing`]); -1: register them itself with the FUSE ioctl (needs
     /// CAP_SYS_ADMIN in the initial user namespace; tests and examples).
     pub backing_fd: RawFd,
+    /// How requests reach the server: /dev/fuse reads, or FUSE over io_uring.
+    pub transport: Transport,
+    /// The io_uring buffers (mapped by the keeper before it forks servers); None: the
+    /// /dev/fuse transport only.
+    pub rings: Option<uring::RingArea>,
 }
+
+pub use porta_protocol::keeper::Transport;
 
 /// Why a server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +282,8 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     }
     let buf = request_buf(&sh, 0);
     if sh.hdr(hdr::INITIALIZED).load(Ordering::Acquire) == 0 {
-        if let Some(exit) = fs.handshake(buf, cfg.passthrough)? {
+        let want_uring = cfg.transport != Transport::Dev && cfg.rings.is_some();
+        if let Some(exit) = fs.handshake(buf, cfg.passthrough, want_uring)? {
             return Ok(exit);
         }
     } else {
@@ -294,13 +303,53 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             "file server restarted on a live connection"
         );
     }
+    let flags = sh.hdr(hdr::INIT_FLAGS).load(Ordering::Relaxed);
+    let on_rings = flags & init::OVER_IO_URING != 0;
+    if cfg.transport == Transport::Uring && !on_rings {
+        return Err(Error::BadState(
+            "the io_uring transport is required, but the kernel did not offer FUSE_OVER_IO_URING at INIT \
+             (is /sys/module/fuse/parameters/enable_uring Y?)"
+                .into(),
+        ));
+    }
+    let rings = match (on_rings, cfg.rings) {
+        (false, _) => None,
+        (true, Some(area)) => Some(area),
+        (true, None) => {
+            return Err(Error::BadState(
+                "the connection runs on io_uring, but this server has no ring buffers".into(),
+            ))
+        }
+    };
     fs.evict.set_method(evict::probe(fs.fuse));
     // Request threads poll before they sleep (wait_for_request); the supervisor and the
     // keeper never read this descriptor, so its file description may be non-blocking.
     porta_sys::fd::set_nonblocking(fs.fuse)
         .map_err(|e| Error::Io("make the FUSE descriptor non-blocking", e))?;
     let fs = &fs;
-    let threads = cfg.threads.clamp(1, hdr::MAX_SLOTS);
+    // On rings /dev/fuse carries only FORGETs, INTERRUPTs and what came before the rings
+    // were ready: one thread; the other thread slots go to ring threads and workers.
+    let threads = if rings.is_some() {
+        1
+    } else {
+        cfg.threads.clamp(1, hdr::MAX_SLOTS)
+    };
+    let transport = match rings {
+        Some(area) => Some(uring::Transport::new(
+            fs,
+            area,
+            hdr::MAX_SLOTS - 1 - uring::WORKERS,
+        )?),
+        None => None,
+    };
+    let transport = transport.as_ref();
+    if let Some(t) = transport {
+        tracing::info!(
+            queues = cfg.rings.map_or(0, |a| a.queues()),
+            ring_threads = t.threads(),
+            "serving over io_uring"
+        );
+    }
     let result = std::thread::scope(|s| {
         let evictor = s.spawn(move || {
             fs.rebuild_index();
@@ -312,7 +361,42 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         let handles: Vec<_> = (1..threads)
             .map(|i| s.spawn(move || fs.run_loop(i, request_buf(&fs.sh, i))))
             .collect();
+        let (rings, workers) = match transport {
+            Some(t) => {
+                let n = t.threads();
+                let rings: Vec<_> = (0..n)
+                    .map(|i| {
+                        s.spawn(move || {
+                            let r = t.ring_thread(i, 1 + i);
+                            if let Err(e) = &r {
+                                tracing::error!(error = %e, ring = i, "ring thread failed");
+                            }
+                            r
+                        })
+                    })
+                    .collect();
+                let workers: Vec<_> = (0..uring::WORKERS)
+                    .map(|i| s.spawn(move || t.worker(1 + n + i)))
+                    .collect();
+                (rings, workers)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         let mut r = fs.run_loop(0, buf);
+        for h in rings {
+            let hr = h
+                .join()
+                .unwrap_or(Err(Error::BadState("ring thread panicked".into())));
+            if r.is_ok() {
+                r = hr;
+            }
+        }
+        if let Some(t) = transport {
+            t.stop_workers();
+        }
+        for h in workers {
+            let _ = h.join();
+        }
         fs.evict.shutdown();
         fs.helper.stop();
         fs.spares.stop();

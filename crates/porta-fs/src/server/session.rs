@@ -15,6 +15,7 @@ impl Fs {
         &mut self,
         buf: &mut [u8],
         want_passthrough: bool,
+        want_uring: bool,
     ) -> Result<Option<Exit>, Error> {
         loop {
             let n = match sys::read(self.fuse, buf) {
@@ -71,6 +72,9 @@ impl Fs {
             } else {
                 want |= init::WRITEBACK_CACHE;
             }
+            if want_uring {
+                want |= init::OVER_IO_URING;
+            }
             let flags = want & kflags;
             self.passthrough = flags & init::PASSTHROUGH != 0;
             self.writeback = flags & init::WRITEBACK_CACHE != 0;
@@ -109,6 +113,7 @@ impl Fs {
                 minor,
                 passthrough = self.passthrough,
                 writeback = self.writeback,
+                io_uring = flags & init::OVER_IO_URING != 0,
                 "FUSE connection initialized"
             );
             return Ok(None);
@@ -143,13 +148,16 @@ impl Fs {
                 s.set_working(true);
             }
             let done = self.dispatch(idx, &buf[..n], &mut w, &mut dents);
+            if done.reply {
+                self.send(&w);
+            }
             if let Some(s) = slot {
                 s.set_working(false);
             }
             self.sh
                 .hdr(hdr::REQUESTS_DONE)
                 .fetch_add(1, Ordering::Relaxed);
-            if let Some(Exit::Destroyed) = done {
+            if let Some(Exit::Destroyed) = done.exit {
                 return Ok(Exit::Destroyed);
             }
         }

@@ -109,6 +109,8 @@ impl TestMount {
             threads: 2,
             ttl: Duration::from_secs(86400),
             backing_fd: -1,
+            transport: porta_fs::Transport::Dev,
+            rings: None,
         };
         let thread = std::thread::spawn(move || serve(&cfg));
         TestMount {

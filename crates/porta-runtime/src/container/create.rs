@@ -322,6 +322,7 @@ fn choose_root(
             rootfs: bundle.rootfs.clone(),
             passthrough,
             host_changes: config::host_changes(spec),
+            transport: config::transport(spec),
             server_cgroup_procs: cg.server_procs_files(),
             exe: PathBuf::from("/proc/self/exe"),
             log: dir.path.join("supervisor.log"),

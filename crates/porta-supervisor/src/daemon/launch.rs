@@ -298,6 +298,7 @@ impl Supervisor {
         };
         let mut args = KeeperArgs::new(fuse, state, theirs.as_raw_fd(), self.a.rootfs.clone());
         args.threads = self.a.threads;
+        args.transport = self.a.transport;
         args.userns = userns;
         let mut inherit = vec![fuse, state, theirs.as_raw_fd()];
         // The keeper confines its servers beneath the root recorded here, and gives them a

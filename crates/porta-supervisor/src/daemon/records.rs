@@ -39,7 +39,23 @@ impl Supervisor {
                 },
                 error: self.last_error.clone(),
                 confinement: self.confinement,
+                transport: self.transport().into(),
             }],
+        }
+    }
+
+    /// The transport the connection was initialized with ("" before INIT).
+    fn transport(&self) -> &'static str {
+        use porta_fs::shared::hdr;
+        use std::sync::atomic::Ordering;
+        if self.shared.hdr(hdr::INITIALIZED).load(Ordering::Acquire) == 0 {
+            return "";
+        }
+        let flags = self.shared.hdr(hdr::INIT_FLAGS).load(Ordering::Relaxed);
+        if flags & porta_fs::abi::init::OVER_IO_URING != 0 {
+            "uring"
+        } else {
+            "dev"
         }
     }
 
