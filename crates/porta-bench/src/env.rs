@@ -22,7 +22,10 @@ pub const ALL: &[&str] = &[
 /// overlay mount the harness makes for each container, without `nfs_export`, as Podman and
 /// containerd hand over: the host-change watcher cannot mark it, the servers fall back to
 /// short timeouts).
-pub const EXTRA: &[&str] = &["porta-overlay"];
+/// `porta-uring` (the file server on FUSE over io_uring, `run.porta.fs.transport=uring`:
+/// needs `/sys/module/fuse/parameters/enable_uring` set to Y by the administrator;
+/// skipped with that reason otherwise).
+pub const EXTRA: &[&str] = &["porta-overlay", "porta-uring"];
 
 /// Prefix of the environments that run a second, baseline porta binary (`--baseline`):
 /// `baseline-porta`, `baseline-porta-strict`, … are the Porta environment of that name run
@@ -162,6 +165,11 @@ impl Env {
                     .concat(),
                 ),
                 "porta-overlay" => (Some(porta.to_path_buf()), vec![], vec![]),
+                "porta-uring" => (
+                    Some(porta.to_path_buf()),
+                    vec![],
+                    ann("run.porta.fs.transport", "uring"),
+                ),
                 "porta-kernel" => (
                     Some(porta.to_path_buf()),
                     vec![],
@@ -181,6 +189,15 @@ impl Env {
             Some(b) if !b.is_file() => Some(format!("{name}: binary {} not found", b.display())),
             _ => None,
         };
+        if name == "porta-uring" && skip.is_none() {
+            let on = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+                .is_ok_and(|v| v.trim() == "Y");
+            if !on {
+                skip = Some(format!(
+                    "{name}: FUSE over io_uring is off (echo Y > /sys/module/fuse/parameters/enable_uring)"
+                ));
+            }
+        }
         let root = match name {
             "porta-overlay" => RootMount::Overlay,
             "runc-fuse-overlayfs" => match find_in_path("fuse-overlayfs") {
