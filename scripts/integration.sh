@@ -28,8 +28,8 @@ else
   done
 fi
 
-# The fault-injection build for the tests that need it (rootless), unless given.
-if [ -z "${PORTA_FAULT_BIN:-}" ] && [[ " ${tests[*]} " == *" rootless "* ]]; then
+# The fault-injection build for the tests that need it (rootless, uring), unless given.
+if [ -z "${PORTA_FAULT_BIN:-}" ] && [[ " ${tests[*]} " == *" rootless "* || " ${tests[*]} " == *" uring "* ]]; then
   echo "integration.sh: building porta with fault injection into $target/faults/porta"
   if ! bash scripts/build-faults.sh; then
     echo "integration.sh: the fault-injection build failed" >&2

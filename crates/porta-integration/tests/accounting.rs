@@ -188,7 +188,9 @@ fn the_supervisor_joins_the_servers_leaf_in_every_hierarchy() {
         record()?["supervisor_pid"].as_i64().filter(|p| *p > 0)
     })
     .expect("the supervisor's pid in servers.json") as i32;
-    let server = record().and_then(|r| r["servers"][0]["pid"].as_i64()).unwrap_or(0) as i32;
+    let server = record()
+        .and_then(|r| r["servers"][0]["pid"].as_i64())
+        .unwrap_or(0) as i32;
     assert!(server > 0, "no server pid recorded");
     // Every line of the supervisor's /proc/PID/cgroup names the same group as the
     // server's: the move into the cgroup2 leaf is asynchronous, so wait for it (bounded).
