@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::nodes::FdName;
+use super::ops::entry::owner_in;
 use super::Fs;
 use crate::abi::{self, args, InHeader, Writer};
 use crate::shared::{kind, NodeRef};
@@ -357,12 +358,7 @@ impl Fs {
         if parent_mnt != mnt || self.has_default_acl(parent) {
             return Linked::NotHere;
         }
-        // The identity a new file gets (as `Fs::owner` says): the caller's uid, and its
-        // gid unless the directory is set-group-id.
-        let owner = match parent_mode & libc::S_ISGID {
-            0 => (h.uid, h.gid),
-            _ => (h.uid, parent_gid),
-        };
+        let owner = owner_in(h, parent_mode, parent_gid);
         let mode = a.mode & 0o777;
         let fd = spare.fd;
         let proc_name = FdName::new(b"", fd);

@@ -24,6 +24,16 @@ impl Drop for FsIds {
     }
 }
 
+/// The identity a file the caller `h` makes gets in a directory of mode `dir_mode` and
+/// group `dir_gid`: the caller's uid, and its gid unless the directory is set-group-id.
+pub(in crate::server) fn owner_in(h: &InHeader, dir_mode: u32, dir_gid: u32) -> (u32, u32) {
+    if dir_mode & libc::S_ISGID != 0 {
+        (h.uid, dir_gid)
+    } else {
+        (h.uid, h.gid)
+    }
+}
+
 impl Fs {
     /// LOOKUP: the node of a name in a directory node (a negative entry, node id 0,
     /// when there is none: the kernel caches that too).
@@ -217,12 +227,7 @@ impl Fs {
     /// directory is set-group-id.
     pub(in crate::server) fn owner(&self, h: &InHeader, parent: RawFd) -> SysResult<(u32, u32)> {
         let pst = sys::fstat(parent)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            pst.st_gid
-        } else {
-            h.gid
-        };
-        Ok((h.uid, gid))
+        Ok(owner_in(h, pst.st_mode, pst.st_gid))
     }
 
     pub(in crate::server) fn finish_new(
