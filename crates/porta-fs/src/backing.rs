@@ -94,7 +94,7 @@ static NEXT_TAG: AtomicU64 = AtomicU64::new(0);
 
 /// A tag no earlier server process used: the pid in the high half (a server is a fresh
 /// process), a counter in the low half.
-fn next_tag() -> u64 {
+pub(crate) fn next_tag() -> u64 {
     let n = NEXT_TAG.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
     ((std::process::id() as u64) << 32) | n
 }

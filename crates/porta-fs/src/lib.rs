@@ -16,6 +16,7 @@ pub mod mount;
 pub(crate) mod server;
 pub mod shared;
 pub mod sys;
+pub mod translator;
 
 pub use server::uring::RingArea;
 pub use server::{serve, Config, Exit, Transport, MAX_WRITE};

@@ -95,6 +95,13 @@ pub mod kind {
     /// backing file ahead of a CREATE (`server::spares`); words 2 and 3 its inode and
     /// device, word 4 its backing id + 1, as a node's.
     pub const SPARE: u64 = 5;
+    /// The server's end of a translator's FUSE socket (`server::translators`): word 1
+    /// the translated node's descriptor (kind [`TRANSLATED`]), words 2 and 3 its inode and
+    /// device, 4 the translator's pid, 5 its epoch and passive flag, 7 its max_write.
+    pub const TRANSLATOR: u64 = 6;
+    /// An O_PATH descriptor of a node that carries a running translator: word 1 the
+    /// translator's socket.
+    pub const TRANSLATED: u64 = 7;
 }
 
 /// States of a reply-journal entry (one per server thread: request id, state, two words).

@@ -400,6 +400,26 @@ pub struct SupervisorState {
     pub standby_pid: i32,
     /// Its servers.
     pub servers: Vec<ServerStatus>,
+    /// The translators running on nodes of the container's tree.
+    #[serde(default)]
+    pub translators: Vec<TranslatorStatus>,
+}
+
+/// A translator as `porta state` and `porta translator show` report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TranslatorStatus {
+    /// Its pid (host).
+    pub pid: i32,
+    /// The translated node's path in the container.
+    pub path: String,
+    /// Its argument vector as recorded.
+    pub args: Vec<String>,
+    /// The container's uid and gid it runs as.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Started from the node's passive record (else set active).
+    pub passive: bool,
 }
 
 impl SupervisorState {

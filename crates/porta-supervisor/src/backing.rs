@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use porta_fs::backing::{Answer, Request, MSG_LEN, OP_CLOSE, OP_OPEN};
 use porta_fs::sys;
+use porta_fs::translator::{OP_ID_MAPS, OP_START, OP_STOP};
 
 /// Where backing ids are made and dropped: the FUSE device, or a fake in tests.
 pub(crate) trait Registrar {
@@ -58,6 +59,8 @@ pub(crate) struct Broker {
     limit: usize,
     hung_up: bool,
     pub stats: Stats,
+    /// Translator messages read, for the supervisor to handle ([`crate::translators`]).
+    translator_msgs: Vec<Vec<u8>>,
 }
 
 /// Why one message was not served.
@@ -79,6 +82,7 @@ impl Broker {
             limit: limit.max(1),
             hung_up: false,
             stats: Stats::default(),
+            translator_msgs: Vec::new(),
         }
     }
 
@@ -90,6 +94,16 @@ impl Broker {
     /// False once every peer closed its end: stop polling.
     pub fn live(&self) -> bool {
         !self.hung_up
+    }
+
+    /// The translator messages read since the last call.
+    pub fn take_translator_msgs(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.translator_msgs)
+    }
+
+    /// The raw socket (translator answers are sent on it).
+    pub fn raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
     }
 
     /// Number of ids currently held.
@@ -196,7 +210,7 @@ impl Broker {
     /// Reads and handles one message. `serving`: answer OPENs (false: the sender is dead,
     /// drop them).
     fn step(&mut self, reg: &mut impl Registrar, serving: bool) -> Step {
-        let mut buf = [0u8; MSG_LEN + 1];
+        let mut buf = [0u8; 16 * 1024];
         let r = match sys::recv_with_fds(self.sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
             Ok(r) => r,
             Err(libc::EINTR) => return Step::Done,
@@ -207,6 +221,16 @@ impl Broker {
         };
         if r.len == 0 && r.nfds() == 0 && self.peer_gone() {
             return Step::HungUp;
+        }
+        let op = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if r.len >= MSG_LEN
+            && r.flags & libc::MSG_TRUNC == 0
+            && matches!(op, OP_START | OP_STOP | OP_ID_MAPS)
+        {
+            if serving {
+                self.translator_msgs.push(buf[..r.len].to_vec());
+            }
+            return Step::Done;
         }
         let Some(req) = Request::decode(&buf[..r.len.min(buf.len())])
             .filter(|_| r.flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) == 0)

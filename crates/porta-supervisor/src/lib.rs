@@ -15,6 +15,7 @@ mod daemon;
 mod entry;
 mod error;
 mod proc;
+pub mod translators;
 mod watch;
 
 pub(crate) use client::socket_path;
@@ -24,10 +25,12 @@ pub use client::{
 pub(crate) use entry::init_logging;
 pub use entry::{main_fs, main_supervisor};
 pub use error::Error;
+/// Translator records and the identity maps (re-exported for the `porta` binary).
+pub use porta_fs::translator;
 /// The typed messages between Porta's processes (re-exported for the `porta` binary,
 /// which dispatches the hidden subcommands).
 pub use porta_protocol as protocol;
-pub use porta_protocol::supervisor::{ServerStatus, SupervisorState};
+pub use porta_protocol::supervisor::{ServerStatus, SupervisorState, TranslatorStatus};
 pub use porta_protocol::Confinement;
 
 /// Name of the supervisor's control socket in the state directory.

@@ -165,6 +165,48 @@ pub enum Command {
     Checkpoint(CheckpointArgs),
     /// Restore a container from a CRIU checkpoint.
     Restore(RestoreArgs),
+    /// Attach, show and remove translators: file systems served below a node of a
+    /// container's tree by a program of the container (or a built-in, porta:NAME).
+    #[command(subcommand)]
+    Translator(TranslatorCommand),
+}
+
+/// `porta translator …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum TranslatorCommand {
+    /// Attach a translator to PATH: started now (active), or recorded on the node and
+    /// started at its first access (--passive). `{}` in the arguments stands for the
+    /// FUSE descriptor (/dev/fd/N), the translator's mount point.
+    Set {
+        /// Record it on the node instead of starting it now.
+        #[arg(long)]
+        passive: bool,
+        /// Container id.
+        id: String,
+        /// The node, an absolute path in the container.
+        path: String,
+        /// The program and its arguments (after `--`), or porta:memfs, porta:view DIR,
+        /// porta:tar ARCHIVE.
+        #[arg(last = true)]
+        program: Vec<String>,
+    },
+    /// Show the translators of a container, or the records of one node.
+    Show {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Container id.
+        id: String,
+        /// A node, an absolute path in the container.
+        path: Option<String>,
+    },
+    /// Remove a node's translators (active and passive); the running one is stopped.
+    Rm {
+        /// Container id.
+        id: String,
+        /// The node, an absolute path in the container.
+        path: String,
+    },
 }
 
 /// Flags `checkpoint` and `restore` share (runc's names).

@@ -4,6 +4,7 @@
 mod cli;
 mod logging;
 mod run;
+mod translator;
 mod tty;
 
 use std::process::ExitCode;

@@ -92,6 +92,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             ps_args,
         } => ps(&root()?, &id, &format, &ps_args),
         Command::Exec(a) => exec(&root()?, a),
+        Command::Translator(t) => crate::translator::run(&root()?, t),
         Command::Pause { id } => {
             Container::open(&root()?, &id)?.pause()?;
             Ok(0)

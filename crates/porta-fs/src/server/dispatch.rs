@@ -69,12 +69,12 @@ pub(super) struct Served {
 }
 
 impl Served {
-    const NOTHING: Served = Served {
+    pub(super) const NOTHING: Served = Served {
         reply: false,
         exit: None,
     };
 
-    fn reply(exit: Option<Exit>) -> Served {
+    pub(super) fn reply(exit: Option<Exit>) -> Served {
         Served { reply: true, exit }
     }
 }
@@ -112,6 +112,10 @@ impl Fs {
             self.sh.hdr(hdr::RESENT).fetch_add(1, Ordering::Relaxed);
         }
         w.start();
+        // Requests for a translator's nodes go to the translator.
+        if let Some(served) = self.translated(&h, frame, w) {
+            return served;
+        }
         if !index_free(h.opcode) {
             self.indexed.wait();
         }
@@ -138,7 +142,7 @@ impl Fs {
                 Some(()) => Ok(Done::Reply),
                 None => {
                     let res = self.handle(idx, &h, r, w, dents, resent);
-                    if res.is_ok() {
+                    if matches!(res, Ok(Done::Reply)) {
                         self.record_entry(idx, &h, w);
                     }
                     res
@@ -187,7 +191,12 @@ impl Fs {
     ) -> SysResult<Done> {
         let r = &mut r;
         match h.opcode {
-            op::LOOKUP => self.op_lookup(h, arg(r)?, w)?,
+            op::LOOKUP => {
+                if self.op_lookup(h, arg(r)?, w)? {
+                    // Answered by a translator.
+                    return Ok(Done::NoReply);
+                }
+            }
             op::FORGET => {
                 self.op_forget(idx, h, arg(r)?);
                 return Ok(Done::NoReply);
@@ -217,7 +226,7 @@ impl Fs {
             op::RELEASE => self.op_release(idx, h, arg(r)?, resent)?,
             op::FSYNC => self.op_fsync(arg(r)?)?,
             op::FSYNCDIR => self.op_fsyncdir(h, arg(r)?)?,
-            op::SETXATTR => self.op_setxattr(h, arg(r)?)?,
+            op::SETXATTR => self.op_setxattr(h, arg(r)?, w)?,
             op::GETXATTR => self.op_getxattr(h, arg(r)?, w)?,
             op::LISTXATTR => self.op_listxattr(h, arg(r)?, w)?,
             op::REMOVEXATTR => self.op_removexattr(h, arg(r)?)?,

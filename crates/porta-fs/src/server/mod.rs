@@ -35,6 +35,7 @@ mod ops;
 mod replay;
 mod session;
 mod spares;
+mod translators;
 pub mod uring;
 
 #[cfg(feature = "fault-injection")]
@@ -167,8 +168,10 @@ struct Fs {
     /// Spare files for passthrough CREATEs.
     spares: spares::Spares,
     /// Serializes exchanges with the supervisor on the backing socket (a request thread
-    /// registering a node's first open, the spare filler).
+    /// registering a node's first open, the spare filler, translator starts).
     backing_lock: Mutex<()>,
+    /// The translators attached to nodes of this tree.
+    trans: translators::Translators,
 }
 
 /// A one-way gate: closed when made, open for good once `open` is called.
@@ -272,6 +275,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         helper: helper::Helper::default(),
         spares: spares::Spares::default(),
         backing_lock: Mutex::new(()),
+        trans: translators::Translators::with_timeout(translator_timeout()),
     };
     // Before this server reads anything: the FORGETs a killed predecessor had read are in
     // its threads' request buffers. Applied to the shared tables before the index is
@@ -326,6 +330,11 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     // keeper never read this descriptor, so its file description may be non-blocking.
     porta_sys::fd::set_nonblocking(fs.fuse)
         .map_err(|e| Error::Io("make the FUSE descriptor non-blocking", e))?;
+    // Answers of translators are written to /dev/fuse by their reader threads; on rings
+    // a request must be answered on its ring entry.
+    fs.trans.enabled.store(rings.is_none(), Ordering::Relaxed);
+    let adopted = fs.adopt_slots();
+    let translator_jobs = fs.translator_channel();
     let fs = &fs;
     // On rings /dev/fuse carries only FORGETs, INTERRUPTs and what came before the rings
     // were ready: one thread; the other thread slots go to ring threads and workers.
@@ -358,6 +367,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         fs.evict.set_thread(evictor.thread().clone());
         s.spawn(move || fs.helper.run(|job, i| fs.list_lookup(job, i)));
         s.spawn(move || fs.fill_spares());
+        s.spawn(move || fs.translator_manager(s, translator_jobs, adopted));
         let handles: Vec<_> = (1..threads)
             .map(|i| s.spawn(move || fs.run_loop(i, request_buf(&fs.sh, i))))
             .collect();
@@ -383,6 +393,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
             None => (Vec::new(), Vec::new()),
         };
         let mut r = fs.run_loop(0, buf);
+        fs.stop_translators(r.is_ok());
         for h in rings {
             let hr = h
                 .join()
@@ -414,6 +425,16 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         sh.hdr(hdr::UNMOUNTED).store(1, Ordering::Release);
     }
     result
+}
+
+/// The translator timeout `PORTA_TRANSLATOR_TIMEOUT_MS` asks for (set by the supervisor
+/// from the container's `run.porta.translator.timeout` annotation), or the default.
+fn translator_timeout() -> Duration {
+    std::env::var("PORTA_TRANSLATOR_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(translators::DEFAULT_TIMEOUT, Duration::from_millis)
 }
 
 fn errno_err(what: &'static str, e: Errno) -> Error {

@@ -180,6 +180,7 @@ impl Supervisor {
             twin_failures: 0,
             keeper_takeovers: 0,
             broker: None,
+            translators: Default::default(),
             confinement: Confinement::Unknown,
             last_watchdog: Instant::now(),
             keeper_fd: None,
@@ -291,11 +292,8 @@ impl Supervisor {
             .map_err(|e| Error::Sys("socketpair", e))
         };
         let (ours, theirs) = seqpacket()?;
-        let backing = if self.a.passthrough {
-            Some(seqpacket()?)
-        } else {
-            None
-        };
+        // Also in strict mode: translator requests come over it.
+        let backing = Some(seqpacket()?);
         let mut args = KeeperArgs::new(fuse, state, theirs.as_raw_fd(), self.a.rootfs.clone());
         args.threads = self.a.threads;
         args.transport = self.a.transport;
@@ -321,7 +319,7 @@ impl Supervisor {
             inherit.push(p.as_raw_fd());
         }
         if let Some((_, b)) = &backing {
-            args.passthrough = true;
+            args.passthrough = self.a.passthrough;
             args.backing_fd = Some(b.as_raw_fd());
             inherit.push(b.as_raw_fd());
         }

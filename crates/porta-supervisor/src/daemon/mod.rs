@@ -229,8 +229,11 @@ struct Supervisor {
     twin_failures: u32,
     /// How often a twin took the place of a dead keeper.
     keeper_takeovers: u64,
-    /// Registers passthrough backing files for the servers (passthrough only).
+    /// Registers passthrough backing files for the servers (passthrough only) and
+    /// carries their translator requests.
     broker: Option<Broker>,
+    /// The translators the servers asked for.
+    translators: crate::translators::Translators,
     /// Which confinement the servers run under.
     confinement: Confinement,
     last_watchdog: Instant,
@@ -360,6 +363,9 @@ impl Supervisor {
             if let Some(Next::Exit(code)) = self.reap() {
                 return code;
             }
+            if self.translators.reap() {
+                self.write_state();
+            }
             if let Some(Next::Exit(code)) = self.serve_control() {
                 return code;
             }
@@ -388,6 +394,7 @@ impl Supervisor {
     /// Stops the successor, the servers and the keeper, aborts the connection, removes
     /// the socket.
     fn shutdown(&mut self) {
+        self.translators.kill_all();
         // The successor first: it must not take over from a supervisor that stops.
         if let Some((pid, fd)) = self.successor.take() {
             proc::send(fd.as_fd(), libc::SIGKILL);

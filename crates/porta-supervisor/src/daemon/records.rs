@@ -41,6 +41,7 @@ impl Supervisor {
                 confinement: self.confinement,
                 transport: self.transport().into(),
             }],
+            translators: self.translators.status(),
         }
     }
 

@@ -387,6 +387,15 @@ impl Supervisor {
             return;
         };
         b.serve(&mut FuseDevice(f.as_raw_fd()), 64);
+        let msgs = b.take_translator_msgs();
+        let sock = b.raw_fd();
+        let mut started = false;
+        for m in msgs {
+            started |= self.translators.handle(sock, &m, self.container_pid);
+        }
+        if started {
+            self.write_state();
+        }
     }
 
     /// After the server died: drop what it left unanswered and the backing ids it had

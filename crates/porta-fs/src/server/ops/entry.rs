@@ -36,23 +36,29 @@ pub(in crate::server) fn owner_in(h: &InHeader, dir_mode: u32, dir_gid: u32) -> 
 
 impl Fs {
     /// LOOKUP: the node of a name in a directory node (a negative entry, node id 0,
-    /// when there is none: the kernel caches that too).
+    /// when there is none: the kernel caches that too). True when the node carries a
+    /// translator, which answers instead (with its root).
     pub(in crate::server) fn op_lookup(
         &self,
         h: &InHeader,
         a: args::Lookup,
         w: &mut Writer,
-    ) -> SysResult<()> {
+    ) -> SysResult<bool> {
         #[cfg(feature = "fault-injection")]
         self.inject_fault(a.name);
         let parent_node = self.node_fd(h.nodeid)?;
         let parent = parent_node.fd();
         match self.lookup(h.nodeid, parent, a.name) {
-            Ok((id, attr)) => abi::encode_entry(w, id, 0, self.ttl, &attr),
+            Ok((id, attr)) => {
+                if self.lookup_translated(h, h.nodeid, a.name, id, attr.mode) {
+                    return Ok(true);
+                }
+                abi::encode_entry(w, id, 0, self.ttl, &attr)
+            }
             Err(libc::ENOENT) => abi::encode_entry(w, 0, 0, self.ttl, &Attr::default()),
             Err(e) => return Err(e),
         }
-        Ok(())
+        Ok(false)
     }
 
     /// FORGET: the kernel drops lookups of one node (never answered).

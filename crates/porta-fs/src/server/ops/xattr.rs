@@ -8,6 +8,7 @@ use super::super::nodes::{proc_path, FdName, NodeFd};
 use super::super::Fs;
 use crate::abi::{args, InHeader, Writer};
 use crate::sys::{self, SysResult};
+use crate::translator::PASSIVE_XATTR;
 
 /// Extended attribute recording a device node stored as a regular file.
 pub(in crate::server) const DEV_XATTR: &CStr = c"user.porta.dev";
@@ -21,7 +22,15 @@ pub(in crate::server) fn reserved_xattr(name: &[u8]) -> bool {
 
 impl Fs {
     /// SETXATTR (names under the server's reserved prefix are refused).
-    pub(in crate::server) fn op_setxattr(&self, h: &InHeader, a: args::Setxattr) -> SysResult<()> {
+    pub(in crate::server) fn op_setxattr(
+        &self,
+        h: &InHeader,
+        a: args::Setxattr,
+        w: &mut Writer,
+    ) -> SysResult<()> {
+        if let Some(r) = self.node_record(h, a.name.to_bytes(), Some(a.value), w) {
+            return r;
+        }
         if reserved_xattr(a.name.to_bytes()) {
             return Err(libc::EPERM);
         }
@@ -37,6 +46,9 @@ impl Fs {
         a: args::Getxattr,
         w: &mut Writer,
     ) -> SysResult<()> {
+        if let Some(r) = self.node_record(h, a.name.to_bytes(), Some(&a.size.to_ne_bytes()), w) {
+            return r;
+        }
         if reserved_xattr(a.name.to_bytes()) {
             return Err(libc::ENODATA);
         }
@@ -82,7 +94,7 @@ impl Fs {
         let n = self.xlist(node.fd(), &mut list)?;
         let mut out = Vec::with_capacity(n);
         for name in list[..n].split(|&c| c == 0).filter(|s| !s.is_empty()) {
-            if !reserved_xattr(name) {
+            if !reserved_xattr(name) || name == PASSIVE_XATTR.as_bytes() {
                 out.extend_from_slice(name);
                 out.push(0);
             }
@@ -103,6 +115,9 @@ impl Fs {
         h: &InHeader,
         a: args::Removexattr,
     ) -> SysResult<()> {
+        if let Some(r) = self.node_record(h, a.name.to_bytes(), None, &mut Writer::default()) {
+            return r;
+        }
         if reserved_xattr(a.name.to_bytes()) {
             return Err(libc::ENODATA);
         }

@@ -1,0 +1,534 @@
+//! Translators, the supervisor's half: starting the process a file server asks for (in
+//! the container's namespaces and cgroup, as the node's owner, with no capabilities,
+//! no_new_privs and a seccomp filter), stopping it, and the list `porta state` and
+//! `porta translator show` read. The server's half and the wire format:
+//! [`porta_fs::translator`].
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use porta_fs::translator::{
+    self as wire, IdMap, StartRequest, BUILTIN_PREFIX, MOUNT_POINT_ARG, OP_ID_MAPS, OP_START,
+    OP_STOP, START_FAILED_UNIQUE,
+};
+use porta_protocol::supervisor::TranslatorStatus;
+
+use crate::proc;
+
+/// The descriptor number a translator gets its FUSE socket on (`/dev/fd/3`).
+pub const TRANSLATOR_FD: RawFd = 3;
+
+/// Socket buffer size of a translator's socket: a whole 1 MiB READ or WRITE frame.
+const SOCK_BUF: i32 = 4 << 20;
+
+/// The translators this container's servers asked for, by pid.
+#[derive(Default)]
+pub(crate) struct Translators {
+    live: HashMap<i32, (OwnedFd, TranslatorStatus)>,
+}
+
+/// The built-in translators' entry point: serves the FUSE connection `fd` with the
+/// built-in `name` and its arguments (runs in the translator's process, after the
+/// confinement). Returns an errno when it cannot start.
+pub type BuiltinFn = fn(name: &str, args: &[String], fd: OwnedFd) -> Result<(), (i32, String)>;
+
+static BUILTIN: std::sync::OnceLock<BuiltinFn> = std::sync::OnceLock::new();
+
+/// Installs the built-in translators (the binary links them in).
+pub fn set_builtins(f: BuiltinFn) {
+    let _ = BUILTIN.set(f);
+}
+
+impl Translators {
+    /// What `porta state` shows.
+    pub fn status(&self) -> Vec<TranslatorStatus> {
+        let mut v: Vec<TranslatorStatus> = self.live.values().map(|(_, s)| s.clone()).collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+
+    /// Drops the translators that exited; true when any did.
+    pub fn reap(&mut self) -> bool {
+        let gone: Vec<i32> = self
+            .live
+            .iter()
+            .filter(|(_, (fd, _))| readable(fd.as_raw_fd()))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &gone {
+            self.live.remove(pid);
+            tracing::info!(pid, "translator exited");
+        }
+        !gone.is_empty()
+    }
+
+    /// Kills every translator (the container is going away).
+    pub fn kill_all(&mut self) {
+        for (fd, _) in self.live.values() {
+            proc::send(fd.as_fd(), libc::SIGKILL);
+        }
+        self.live.clear();
+    }
+
+    /// Handles one translator message from the server on `sock`; true when it was one
+    /// (start, stop or id maps).
+    pub fn handle(&mut self, sock: RawFd, msg: &[u8], container_pid: i32) -> bool {
+        if msg.len() < 16 {
+            return false;
+        }
+        let op = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        match op {
+            OP_START => {
+                let Some(req) = StartRequest::decode(msg) else {
+                    tracing::warn!("malformed translator start request from the file server");
+                    return true;
+                };
+                let answer = match self.start(&req, container_pid) {
+                    Ok((ours, pid)) => {
+                        let a = wire::encode_answer(req.tag, 0, pid);
+                        let r =
+                            porta_sys::scm::send(sock, &a, &[ours.as_raw_fd()], libc::MSG_NOSIGNAL);
+                        if r.is_err() {
+                            self.stop(pid);
+                        }
+                        return true;
+                    }
+                    Err((e, why)) => {
+                        tracing::warn!(args = ?req.args, path = %req.path, errno = e, "translator not started: {why}");
+                        wire::encode_answer(req.tag, -e, 0)
+                    }
+                };
+                let _ = porta_sys::scm::send(sock, &answer, &[], libc::MSG_NOSIGNAL);
+            }
+            OP_STOP => {
+                let pid = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+                self.stop(pid);
+            }
+            OP_ID_MAPS => {
+                let tag = u64::from_ne_bytes(msg[8..16].try_into().unwrap_or([0; 8]));
+                let read = |f: &str| {
+                    std::fs::read_to_string(format!("/proc/{container_pid}/{f}"))
+                        .unwrap_or_default()
+                };
+                let (mut out, body) = if container_pid > 0 {
+                    let body = wire::encode_id_maps(&read("uid_map"), &read("gid_map"));
+                    (
+                        wire::encode_answer(tag, 0, body.len() as i32).to_vec(),
+                        body,
+                    )
+                } else {
+                    (
+                        wire::encode_answer(tag, -libc::ESRCH, 0).to_vec(),
+                        Vec::new(),
+                    )
+                };
+                out.extend_from_slice(&body);
+                let _ = porta_sys::scm::send(sock, &out, &[], libc::MSG_NOSIGNAL);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Kills translator `pid` (only one of ours).
+    fn stop(&mut self, pid: i32) {
+        if let Some((fd, _)) = self.live.get(&pid) {
+            proc::send(fd.as_fd(), libc::SIGKILL);
+        }
+    }
+
+    fn start(&mut self, req: &StartRequest, cpid: i32) -> Result<(OwnedFd, i32), (i32, String)> {
+        if cpid <= 0 {
+            return Err((libc::ESRCH, "the container has no process yet".into()));
+        }
+        let read =
+            |f: &str| std::fs::read_to_string(format!("/proc/{cpid}/{f}")).unwrap_or_default();
+        let (umap, gmap) = (
+            IdMap::parse(&read("uid_map")),
+            IdMap::parse(&read("gid_map")),
+        );
+        let (uid, gid) = (umap.to_inside(req.uid), gmap.to_inside(req.gid));
+        if uid == wire::OVERFLOW_ID && req.uid != wire::OVERFLOW_ID {
+            return Err((
+                libc::EPERM,
+                format!("uid {} is not mapped in the container", req.uid),
+            ));
+        }
+        if !req.path.starts_with('/') || req.path.split('/').any(|c| c == "..") {
+            return Err((libc::EINVAL, format!("bad node path {:?}", req.path)));
+        }
+        let cwd = match req.path.rsplit_once('/') {
+            Some(("", _)) | None => "/".to_string(),
+            Some((dir, _)) => dir.to_string(),
+        };
+        let pidfd = proc::pidfd_open(cpid)
+            .ok_or((libc::ESRCH, "the container's process is gone".into()))?;
+        let joins = namespaces_to_join(cpid);
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| (e as i32, "socketpair".into()))?;
+        for s in [&ours, &theirs] {
+            big_buffers(s.as_raw_fd());
+        }
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| (e as i32, "pipe".into()))?;
+        let null = std::fs::File::open("/dev/null").map_err(|e| {
+            (
+                e.raw_os_error().unwrap_or(libc::EIO),
+                "open /dev/null".into(),
+            )
+        })?;
+        let plan = Plan {
+            pidfd: pidfd.as_raw_fd(),
+            joins,
+            uid,
+            gid,
+            cwd,
+            args: req.args.clone(),
+            sock: theirs.as_raw_fd(),
+            null: null.as_raw_fd(),
+            report: wr.as_raw_fd(),
+        };
+        // SAFETY: the supervisor is single-threaded; the child only makes system calls
+        // and ends in exec or _exit.
+        let child = match unsafe { nix::unistd::fork() } {
+            Err(e) => return Err((e as i32, "fork".into())),
+            Ok(nix::unistd::ForkResult::Child) => plan.intermediate(),
+            Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        };
+        drop(wr);
+        drop(theirs);
+        let mut b = [0u8; 4];
+        let got = nix::unistd::read(rd.as_raw_fd(), &mut b);
+        let _ = nix::sys::wait::waitpid(child, None);
+        let pid = match got {
+            Ok(4) => i32::from_ne_bytes(b),
+            _ => {
+                return Err((
+                    libc::EIO,
+                    "the translator's starter failed (see the log above)".into(),
+                ))
+            }
+        };
+        let fd =
+            proc::pidfd_open(pid).ok_or((libc::ESRCH, "the translator died at once".into()))?;
+        let status = TranslatorStatus {
+            pid,
+            path: req.path.clone(),
+            args: req.args.clone(),
+            uid,
+            gid,
+            passive: req.flags & wire::FLAG_PASSIVE != 0,
+        };
+        tracing::info!(pid, path = %req.path, args = ?req.args, uid, gid, "translator started");
+        self.live.insert(pid, (fd, status));
+        Ok((ours, pid))
+    }
+}
+
+fn readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+fn big_buffers(fd: RawFd) {
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+        // SAFETY: a valid int option value for our own socket.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&SOCK_BUF as *const i32).cast(),
+                4,
+            )
+        };
+        if r != 0 {
+            tracing::debug!("translator socket buffers not enlarged (no CAP_NET_ADMIN)");
+        }
+    }
+}
+
+/// The namespace types of `pid` that differ from ours (setns flags).
+fn namespaces_to_join(pid: i32) -> i32 {
+    let mut flags = 0;
+    for (name, flag) in [
+        ("user", libc::CLONE_NEWUSER),
+        ("mnt", libc::CLONE_NEWNS),
+        ("pid", libc::CLONE_NEWPID),
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("time", libc::CLONE_NEWTIME),
+    ] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{name}")).ok();
+        if theirs.is_some() && ours != theirs {
+            flags |= flag;
+        }
+    }
+    flags
+}
+
+/// What the child does, prepared in the parent.
+struct Plan {
+    pidfd: RawFd,
+    joins: i32,
+    uid: u32,
+    gid: u32,
+    cwd: String,
+    args: Vec<String>,
+    sock: RawFd,
+    null: RawFd,
+    report: RawFd,
+}
+
+impl Plan {
+    /// The first child: joins the container's namespaces, forks the translator (so it
+    /// is in the container's PID namespace), reports its pid and exits.
+    fn intermediate(self) -> ! {
+        if self.joins != 0 {
+            if let Err(e) = nix::sched::setns(
+                // SAFETY: the parent's pidfd, open for the child's life.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(self.pidfd) },
+                nix::sched::CloneFlags::from_bits_retain(self.joins),
+            ) {
+                tracing::warn!("translator: join the container's namespaces: {e}");
+                fail(self.sock, e as i32);
+            }
+        }
+        // SAFETY: single-threaded child.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => self.translator(),
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                let _ = nix::unistd::write(
+                    // SAFETY: the report pipe, open in this process.
+                    unsafe { std::os::fd::BorrowedFd::borrow_raw(self.report) },
+                    &child.as_raw().to_ne_bytes(),
+                );
+                // SAFETY: leave at once, as a forked child should.
+                unsafe { libc::_exit(0) }
+            }
+            Err(e) => fail(self.sock, e as i32),
+        }
+    }
+
+    /// The translator: confined, then the program (or the built-in).
+    fn translator(self) -> ! {
+        let sock = self.sock;
+        if let Err((e, what)) = self.confine() {
+            tracing::warn!(
+                "translator: {what}: {}",
+                std::io::Error::from_raw_os_error(e)
+            );
+            fail(sock, e);
+        }
+        let prog = self.args[0].clone();
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| {
+                if a == MOUNT_POINT_ARG {
+                    format!("/dev/fd/{TRANSLATOR_FD}")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        if let Some(name) = prog.strip_prefix(BUILTIN_PREFIX) {
+            let Some(run) = BUILTIN.get() else {
+                fail(TRANSLATOR_FD, libc::ENOSYS);
+            };
+            // SAFETY: descriptor 3 was set up by `confine` and is owned here alone.
+            let fd = unsafe { OwnedFd::from_raw_fd(TRANSLATOR_FD) };
+            let dup = nix::unistd::dup(fd.as_raw_fd()).ok();
+            match run(name, &args[1..], fd) {
+                Ok(()) => {
+                    // SAFETY: leave at once.
+                    unsafe { libc::_exit(0) }
+                }
+                Err((e, why)) => {
+                    tracing::warn!("translator {prog}: {why}");
+                    fail(dup.unwrap_or(-1), e);
+                }
+            }
+        }
+        let c = |s: &str| CString::new(s).unwrap_or_default();
+        let argv: Vec<CString> = args.iter().map(|a| c(a)).collect();
+        let env = [
+            c("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            c("HOME=/"),
+        ];
+        let e = nix::unistd::execvpe(&c(&prog), &argv, &env)
+            .err()
+            .map_or(libc::ENOEXEC, |e| e as i32);
+        tracing::warn!(
+            "translator: exec {prog}: {}",
+            std::io::Error::from_raw_os_error(e)
+        );
+        fail(TRANSLATOR_FD, e)
+    }
+
+    /// Descriptors, directory, identity, capabilities, no_new_privs, seccomp.
+    fn confine(&self) -> Result<(), (i32, &'static str)> {
+        let errno = |what: &'static str| move |e: nix::errno::Errno| (e as i32, what);
+        // SAFETY: plain dup2/close_range on descriptors of this process.
+        unsafe {
+            if libc::dup2(self.sock, TRANSLATOR_FD) < 0
+                || libc::dup2(self.null, 0) < 0
+                || libc::fcntl(TRANSLATOR_FD, libc::F_SETFD, 0) < 0
+            {
+                return Err((nix::errno::Errno::last_raw(), "set up descriptors"));
+            }
+            libc::syscall(libc::SYS_close_range, TRANSLATOR_FD as u32 + 1, u32::MAX, 0);
+        }
+        nix::unistd::chdir("/").map_err(errno("enter the container's root"))?;
+        nix::unistd::chdir(self.cwd.as_str())
+            .map_err(errno("enter the translated node's directory"))?;
+        nix::unistd::setgroups(&[]).map_err(errno("drop supplementary groups"))?;
+        let g = nix::unistd::Gid::from_raw(self.gid);
+        let u = nix::unistd::Uid::from_raw(self.uid);
+        nix::unistd::setresgid(g, g, g).map_err(errno("set the group id"))?;
+        nix::unistd::setresuid(u, u, u).map_err(errno("set the user id"))?;
+        drop_capabilities().map_err(|e| (e, "drop capabilities"))?;
+        seccomp().map_err(|e| (e, "install the seccomp filter"))?;
+        Ok(())
+    }
+}
+
+/// Tells the server on `sock` why the translator did not start, then exits.
+fn fail(sock: RawFd, errno: i32) -> ! {
+    let mut m = [0u8; 16];
+    m[..4].copy_from_slice(&16u32.to_ne_bytes());
+    m[4..8].copy_from_slice(&(-errno).to_ne_bytes());
+    m[8..].copy_from_slice(&START_FAILED_UNIQUE.to_ne_bytes());
+    if sock >= 0 {
+        // SAFETY: a plain write of a local buffer.
+        unsafe { libc::write(sock, m.as_ptr().cast(), m.len()) };
+    }
+    // SAFETY: leave at once.
+    unsafe { libc::_exit(127) }
+}
+
+/// Empties every capability set (bounding and ambient included) and sets no_new_privs.
+fn drop_capabilities() -> Result<(), i32> {
+    // SAFETY: plain prctl calls and capset with a valid header and data array.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) < 0 {
+                break;
+            }
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        let mut hdr: [u32; 2] = [0x2008_0522, 0];
+        let data = [0u32; 6];
+        if libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) < 0 {
+            return Err(nix::errno::Errno::last_raw());
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return Err(nix::errno::Errno::last_raw());
+        }
+    }
+    Ok(())
+}
+
+/// System calls a translator never gets (EPERM): mounting, namespaces, kernel modules and
+/// keys, tracing other processes, BPF and the like.
+const DENIED: &[&str] = &[
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "ptrace",
+    "process_vm_writev",
+    "process_vm_readv",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "syslog",
+    "acct",
+    "quotactl",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "iopl",
+    "ioperm",
+    "userfaultfd",
+    "lookup_dcookie",
+    "vhangup",
+    "personality",
+];
+
+fn seccomp() -> Result<(), i32> {
+    use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+    let e = |_| libc::EINVAL;
+    let mut f = ScmpFilterContext::new(ScmpAction::Allow).map_err(e)?;
+    for name in DENIED {
+        if let Ok(sc) = ScmpSyscall::from_name(name) {
+            f.add_rule(ScmpAction::Errno(libc::EPERM), sc).map_err(e)?;
+        }
+    }
+    let ns = (libc::CLONE_NEWNS
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP) as u64;
+    if let Ok(clone) = ScmpSyscall::from_name("clone") {
+        for bit in (0..64).map(|b| 1u64 << b).filter(|b| ns & b != 0) {
+            f.add_rule_conditional(
+                ScmpAction::Errno(libc::EPERM),
+                clone,
+                &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(bit), bit)],
+            )
+            .map_err(e)?;
+        }
+    }
+    if let Ok(clone3) = ScmpSyscall::from_name("clone3") {
+        // Its flags are behind a pointer: glibc falls back to clone on ENOSYS.
+        f.add_rule(ScmpAction::Errno(libc::ENOSYS), clone3)
+            .map_err(e)?;
+    }
+    f.load().map_err(e)
+}
