@@ -133,7 +133,7 @@ impl Translators {
 
     /// Kills translator `pid` (only one of ours).
     fn stop(&mut self, pid: i32) {
-        if let Some((fd, _)) = self.live.get(&pid) {
+        if let Some((fd, _)) = self.live.remove(&pid) {
             proc::send(fd.as_fd(), libc::SIGKILL);
         }
     }

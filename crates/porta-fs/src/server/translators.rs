@@ -99,7 +99,10 @@ pub(super) struct Slot {
     args: Vec<String>,
     /// Where the kernel sees the translator's root: (parent node id, name).
     place: Mutex<Option<(u64, Vec<u8>)>>,
+    /// No request goes to it any more (it died or is being removed).
     dead: AtomicBool,
+    /// Its reader thread saw the end and cleaned up.
+    gone: AtomicBool,
     overflow: Mutex<Overflow>,
 }
 
@@ -597,6 +600,28 @@ impl Fs {
         true
     }
 
+    /// Whether node `id` (of mode `mode`) has a translator: running, starting, or
+    /// recorded on it.
+    pub(super) fn carries_translator(&self, id: u64, mode: u32) -> bool {
+        let ftype = mode & libc::S_IFMT;
+        if ftype != libc::S_IFDIR && ftype != libc::S_IFREG {
+            return false;
+        }
+        let Some(key) = self.node_entry(id).map(|e| e.inode_key()) else {
+            return false;
+        };
+        {
+            let t = self.trans.table.lock().unwrap_or_else(|p| p.into_inner());
+            if t.by_key.contains_key(&key) || t.starting.contains_key(&key) {
+                return true;
+            }
+        }
+        let Ok(node) = self.node_fd(id) else {
+            return false;
+        };
+        self.xget(node.fd(), c"user.porta.translator", &mut []).is_ok()
+    }
+
     /// Queues a start (or joins one under way) with a parked request.
     fn submit(&self, job: Job, parked: Parked) {
         let key = job.key;
@@ -744,6 +769,7 @@ impl Fs {
                 args: Vec::new(),
                 place: Mutex::new(None),
                 dead: AtomicBool::new(false),
+                gone: AtomicBool::new(false),
                 overflow: Mutex::default(),
             });
             let mut t = self.trans.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -838,6 +864,7 @@ impl Fs {
             args: job.args,
             place: Mutex::new(job.place),
             dead: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             overflow: Mutex::default(),
         });
         let parked = {
@@ -1202,9 +1229,10 @@ impl Fs {
 
     /// The translator of `slot` is gone: its requests fail, the kernel forgets its root.
     fn translator_gone(&self, slot: &Arc<Slot>) {
-        if slot.dead.swap(true, Ordering::AcqRel) {
+        if slot.gone.swap(true, Ordering::AcqRel) {
             return;
         }
+        slot.dead.store(true, Ordering::Release);
         let failed: Vec<Pending> = {
             let mut p = self.trans.pending.lock().unwrap_or_else(|p| p.into_inner());
             let keys: Vec<u64> = p
@@ -1229,13 +1257,7 @@ impl Fs {
             // The server is stopping: the slot stays for a successor.
             return;
         }
-        {
-            let mut t = self.trans.table.lock().unwrap_or_else(|p| p.into_inner());
-            t.slots.remove(&slot.fd);
-            if t.by_key.get(&slot.key) == Some(&slot.fd) {
-                t.by_key.remove(&slot.key);
-            }
-        }
+        self.unlink_slot(slot);
         tracing::info!(pid = slot.pid, passive = slot.passive, "translator gone");
         translator::stop(self.backing, slot.pid);
         self.sh.free(slot.fd);
@@ -1243,6 +1265,17 @@ impl Fs {
         sys::close(slot.fd);
         sys::close(slot.node);
         self.forget_place(slot);
+    }
+
+    /// Takes a slot out of the tables (no new request reaches it).
+    fn unlink_slot(&self, slot: &Arc<Slot>) {
+        let mut t = self.trans.table.lock().unwrap_or_else(|p| p.into_inner());
+        if t.slots.get(&slot.fd).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            t.slots.remove(&slot.fd);
+        }
+        if t.by_key.get(&slot.key) == Some(&slot.fd) {
+            t.by_key.remove(&slot.key);
+        }
     }
 
     /// Makes the kernel look the translated node up again (its translator changed).
@@ -1287,6 +1320,12 @@ impl Fs {
         if name != PASSIVE_XATTR.as_bytes() && name != ACTIVE_XATTR.as_bytes() {
             return None;
         }
+        // Our own descriptor of the node: ending the translator closes the slot's.
+        let own = match reopen_path(self, slot.node) {
+            Ok(fd) => fd,
+            Err(e) => return Some(err(w, h.unique, e)),
+        };
+        let node = own.as_raw_fd();
         let unique = h.unique;
         let res: SysResult<()> = (|| {
             match h.opcode {
@@ -1299,7 +1338,7 @@ impl Fs {
                         translator::encode_record(&slot.args)
                     } else {
                         let mut buf = vec![0u8; translator::MAX_RECORD + 1];
-                        let n = self.xget(slot.node, c"user.porta.translator", &mut buf)?;
+                        let n = self.xget(node, c"user.porta.translator", &mut buf)?;
                         buf.truncate(n);
                         buf
                     };
@@ -1314,9 +1353,9 @@ impl Fs {
                     Ok(())
                 }
                 op::REMOVEXATTR | op::SETXATTR => {
-                    self.may_set_translator(h, slot.node)?;
+                    self.may_set_translator(h, node)?;
                     if name == PASSIVE_XATTR.as_bytes() {
-                        match self.xremove(slot.node, c"user.porta.translator") {
+                        match self.xremove(node, c"user.porta.translator") {
                             Ok(()) | Err(libc::ENODATA) => {}
                             Err(e) => return Err(e),
                         }
@@ -1330,7 +1369,7 @@ impl Fs {
                             .get(name_end + 1..name_end + 1 + size)
                             .ok_or(libc::EINVAL)?;
                         return self.set_record(
-                            slot.node,
+                            node,
                             name,
                             value,
                             slot.place.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -1356,6 +1395,8 @@ impl Fs {
 
     /// Ends a running translator on purpose (its records were changed).
     fn end_translator(&self, slot: &Arc<Slot>) {
+        slot.dead.store(true, Ordering::Release);
+        self.unlink_slot(slot);
         translator::stop(self.backing, slot.pid);
         // SAFETY: plain shutdown of our socket: the reader thread sees the end and
         // cleans up.

@@ -210,6 +210,12 @@ impl Fs {
             return Listed::Unknown;
         };
         match self.lookup(job.dir, job.fd, name) {
+            // A node with a translator is shown without a node: the kernel looks it up
+            // when it needs it, and the lookup answers with the translator's root.
+            Ok((id, attr)) if self.carries_translator(id, attr.mode) => {
+                self.forget(id, 1);
+                Listed::Unknown
+            }
             Ok((id, attr)) => Listed::Node(id, attr),
             Err(libc::ENOENT) => Listed::Gone,
             Err(_) => Listed::Unknown,
