@@ -1,0 +1,69 @@
+//! Running a `fuser` session on a given FUSE connection: a `SOCK_SEQPACKET` socket from the
+//! container's file server (or, in tests, a `/dev/fuse` descriptor).
+//!
+//! `fuser::Session::from_fd` reads one request per `read` and writes one reply per
+//! `writev`, which a SEQPACKET socket preserves as message boundaries; it mounts nothing
+//! and needs no privilege. The one difference from `/dev/fuse` is the end: on `/dev/fuse`
+//! an unmount makes `read` fail with ENODEV (which `fuser` takes as a clean end), while a
+//! socket whose peer closed reads as a zero-length message, which `fuser` reports as an
+//! invalid request. `serve` tells the two apart by peeking at a duplicate of the socket.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::Error;
+
+/// Serves `fs` on `fuse` until the peer closes the connection or an unmount ends it.
+pub(crate) fn serve<F: fuser::Filesystem>(
+    builtin: &'static str,
+    fs: F,
+    fuse: OwnedFd,
+) -> Result<(), Error> {
+    let fail = |source| Error::Serve { builtin, source };
+    ignore_sigpipe().map_err(fail)?;
+    // A second descriptor of the connection, to ask whether the peer has gone.
+    let probe = fuse.try_clone().map_err(fail)?;
+    let mut config = fuser::Config::default();
+    config.acl = fuser::SessionACL::All;
+    let result = fuser::Session::from_fd(fs, fuse, fuser::SessionACL::All, config)
+        .and_then(|session| session.run());
+    match result {
+        Ok(()) => {
+            tracing::debug!(builtin, "FUSE connection ended");
+            Ok(())
+        }
+        Err(e) if peer_closed(&probe) => {
+            tracing::debug!(builtin, error = %e, "the file server closed the connection");
+            Ok(())
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// Whether `fd` is a socket whose peer has closed (a non-blocking peek reads end of file).
+fn peer_closed(fd: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: `recv` writes at most one byte into `byte`, which outlives the call; `fd`
+    // is an open descriptor owned by the caller.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            byte.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
+}
+
+/// Replies written after the file server closed the socket must fail with EPIPE rather
+/// than kill the translator with SIGPIPE (Rust programs ignore it from the start; a
+/// process forked from anything else may not).
+fn ignore_sigpipe() -> io::Result<()> {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if previous == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
