@@ -82,6 +82,9 @@ struct Inode {
     lookups: u64,
     /// Open file handles.
     opens: u64,
+    /// Whether `charge()` counts against the size limit: until the last name is gone and
+    /// the last handle closed (the kernel may hold its reference a while longer).
+    charged: bool,
 }
 
 impl Inode {
@@ -106,6 +109,7 @@ impl Inode {
             xattrs: BTreeMap::new(),
             lookups: 0,
             opens: 0,
+            charged: true,
         }
     }
 
@@ -298,16 +302,22 @@ impl State {
         self.used = self.used.saturating_sub(less);
     }
 
-    /// Frees the inode when nothing refers to it any more.
+    /// Gives back an inode's space once it has no name and no open handle, and frees it
+    /// once the kernel has forgotten it too.
     fn maybe_free(&mut self, ino: u64) {
-        let gone = match self.inodes.get(&ino) {
-            Some(i) => ino != 1 && i.nlink == 0 && i.lookups == 0 && i.opens == 0,
-            None => false,
+        let Some(i) = self.inodes.get_mut(&ino) else {
+            return;
         };
-        if gone {
-            if let Some(inode) = self.inodes.remove(&ino) {
-                self.release_bytes(inode.charge());
-            }
+        if ino == 1 || i.nlink != 0 || i.opens != 0 {
+            return;
+        }
+        if i.charged {
+            i.charged = false;
+            let charge = i.charge();
+            self.release_bytes(charge);
+        }
+        if self.inodes.get(&ino).is_some_and(|i| i.lookups == 0) {
+            self.inodes.remove(&ino);
         }
     }
 
@@ -977,6 +987,20 @@ impl fuser::Filesystem for MemFs {
         match s.get_mut(ino.0) {
             Ok(i) if i.is_dir() => reply.error(Errno::EISDIR),
             Ok(i) => {
+                if !i.charged {
+                    // Reopened after its last name went (through /proc): count it again.
+                    let charge = i.charge();
+                    i.charged = true;
+                    if let Err(e) = s.reserve(charge) {
+                        if let Ok(i) = s.get_mut(ino.0) {
+                            i.charged = false;
+                        }
+                        return reply.error(e);
+                    }
+                }
+                let Ok(i) = s.get_mut(ino.0) else {
+                    return reply.error(Errno::ENOENT);
+                };
                 i.opens += 1;
                 let fh = s.next_fh;
                 s.next_fh += 1;

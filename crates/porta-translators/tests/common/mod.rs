@@ -1,0 +1,228 @@
+//! Test harness: a built-in served on a real FUSE mount made by the test (as root), on a
+//! thread of the test process; unmounted on drop, also when the test fails.
+#![allow(dead_code)]
+
+use std::ffi::{CString, OsStr};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::JoinHandle;
+
+use porta_translators::{Builtin, Error};
+
+/// Skips the test (returns) unless running as root with /dev/fuse.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: needs root and /dev/fuse");
+            return;
+        }
+    };
+}
+
+/// A scratch directory under /tmp, world-searchable (tests run commands as uid 1000).
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A built-in mounted at `mnt` (fuse, `default_permissions,allow_other`, source
+/// "porta-test").
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    thread: Option<JoinHandle<Result<(), Error>>>,
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+impl Mounted {
+    /// Parses, prepares and mounts `name args...` (prepare runs in the test's cwd).
+    pub fn new(name: &str, args: &[&str]) -> Mounted {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let prepared = Builtin::parse(name, &args).unwrap().prepare().unwrap();
+        let dir = scratch("porta-translators-");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let fuse: OwnedFd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .unwrap()
+            .into();
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other",
+            fuse.as_raw_fd()
+        );
+        let opts = CString::new(opts).unwrap();
+        // SAFETY: all pointers are to NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"porta-test".as_ptr(),
+                cstr(&mnt).as_ptr(),
+                c"fuse".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount: {}", io::Error::last_os_error());
+        let thread = std::thread::spawn(move || prepared.serve(fuse));
+        Mounted {
+            dir,
+            mnt,
+            thread: Some(thread),
+        }
+    }
+
+    /// A path in the mount.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Unmounts and returns what `serve` returned.
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.unmount().expect("serve thread")
+    }
+
+    fn unmount(&mut self) -> Option<Result<(), Error>> {
+        let thread = self.thread.take()?;
+        // SAFETY: the path is NUL-terminated and outlives the call.
+        let rc = unsafe { libc::umount2(cstr(&self.mnt).as_ptr(), 0) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // Still busy (a test failed with a file open): detach it and leave the
+            // serving thread to end with the last reference.
+            // SAFETY: as above.
+            unsafe { libc::umount2(cstr(&self.mnt).as_ptr(), libc::MNT_DETACH) };
+            eprintln!("umount {}: {e}; detached", self.mnt.display());
+            return None;
+        }
+        Some(thread.join().expect("serve thread panicked"))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(Err(e)) = self.unmount() {
+            if !std::thread::panicking() {
+                panic!("serve ended with an error: {e}");
+            }
+        }
+    }
+}
+
+/// Runs `script` with `sh -c` as uid and gid 1000 (no supplementary groups); its status
+/// and output.
+pub fn as_user(script: &str) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .uid(1000)
+        .gid(1000)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap()
+}
+
+/// The errno of a failed std call.
+pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    r.expect_err("expected an error").raw_os_error().unwrap()
+}
+
+/// `getxattr(2)` (no follow) as a Result.
+pub fn getxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let p = cstr(path);
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the buffer is valid for its length; strings are NUL-terminated.
+    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+/// `setxattr(2)` (no follow) as a Result.
+pub fn setxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = cstr(path);
+    let n = CString::new(name).unwrap();
+    // SAFETY: the value is valid for its length; strings are NUL-terminated.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `listxattr(2)` (no follow): the names.
+pub fn listxattr(path: &Path) -> io::Result<Vec<String>> {
+    let p = cstr(path);
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the buffer is valid for its length; the path is NUL-terminated.
+    let rc = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+/// `renameat2(2)` with `flags`.
+pub fn rename2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    let (f, t) = (cstr(from), cstr(to));
+    // SAFETY: both paths are NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Names in a directory, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether `OsStr` paths are equal as bytes (for symlink targets).
+pub fn bytes(p: &Path) -> &[u8] {
+    OsStr::as_bytes(p.as_os_str())
+}
