@@ -14,8 +14,14 @@ fn cstring(name: &OsStr) -> io::Result<CString> {
 /// Opens `name` beneath `dir` with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`:
 /// resolution never leaves `dir` (no `..` out of it, no absolute symlinks, no magic links).
 pub(crate) fn open_beneath(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
+    // openat2 refuses O_PATH with any flag but O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC.
+    let extra = if flags.contains(OFlag::O_PATH) {
+        OFlag::O_CLOEXEC
+    } else {
+        OFlag::O_CLOEXEC | OFlag::O_NOCTTY
+    };
     let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .flags(flags | extra)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let fd = nix::fcntl::openat2(dir.as_raw_fd(), name, how)?;
     // SAFETY: openat2 just returned this descriptor; nothing else owns it.

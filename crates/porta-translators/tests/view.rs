@@ -1,0 +1,115 @@
+//! `porta:view` served on a real FUSE mount.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+use common::*;
+use porta_translators::Builtin;
+
+#[test]
+fn shows_the_directory_read_only() {
+    require_root!();
+    let src = scratch("porta-translators-src-");
+    let s = |rel: &str| src.path().join(rel);
+    fs::write(s("file"), b"contents").unwrap();
+    fs::set_permissions(s("file"), fs::Permissions::from_mode(0o640)).unwrap();
+    nix::unistd::chown(&s("file"), Some(1234.into()), Some(5678.into())).unwrap();
+    setxattr(&s("file"), "user.tag", b"v", 0).unwrap();
+    fs::hard_link(s("file"), s("file.hard")).unwrap();
+    fs::create_dir(s("sub")).unwrap();
+    fs::write(s("sub/inner"), b"inner").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", s("sub/abs")).unwrap();
+    std::os::unix::fs::symlink("../../outside", s("up")).unwrap();
+    nix::unistd::mkfifo(&s("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+    let m = Mounted::new("view", &[src.path().to_str().unwrap()]);
+    assert_eq!(names(&m.mnt), ["fifo", "file", "file.hard", "sub", "up"]);
+    assert_eq!(names(&m.p("sub")), ["abs", "inner"]);
+
+    // Contents and attributes as they are.
+    assert_eq!(fs::read(m.p("file")).unwrap(), b"contents");
+    assert_eq!(fs::read(m.p("sub/inner")).unwrap(), b"inner");
+    let (v, o) = (
+        fs::metadata(m.p("file")).unwrap(),
+        fs::metadata(s("file")).unwrap(),
+    );
+    assert_eq!(v.mode(), o.mode());
+    assert_eq!((v.uid(), v.gid()), (1234, 5678));
+    assert_eq!((v.mtime(), v.mtime_nsec()), (o.mtime(), o.mtime_nsec()));
+    assert_eq!(v.ino(), o.ino());
+    assert_eq!(v.nlink(), 2);
+    assert_eq!(fs::metadata(m.p("file.hard")).unwrap().ino(), v.ino());
+    assert!(fs::symlink_metadata(m.p("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(getxattr(&m.p("file"), "user.tag").unwrap(), b"v");
+    assert_eq!(listxattr(&m.p("file")).unwrap(), ["user.tag"]);
+    assert_eq!(errno(getxattr(&m.p("file"), "user.none")), libc::ENODATA);
+
+    // Symlinks are served as symlinks, their targets as written.
+    assert!(fs::symlink_metadata(m.p("sub/abs"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        bytes(&fs::read_link(m.p("sub/abs")).unwrap()),
+        b"/etc/passwd"
+    );
+    assert_eq!(bytes(&fs::read_link(m.p("up")).unwrap()), b"../../outside");
+
+    // Changes in the directory show.
+    fs::write(s("later"), b"new").unwrap();
+    assert_eq!(fs::read(m.p("later")).unwrap(), b"new");
+
+    // Every change is refused.
+    assert_eq!(errno(fs::write(m.p("created"), b"x")), libc::EROFS);
+    assert_eq!(
+        errno(fs::OpenOptions::new().append(true).open(m.p("file"))),
+        libc::EROFS
+    );
+    assert_eq!(errno(fs::create_dir(m.p("d"))), libc::EROFS);
+    assert_eq!(errno(fs::remove_file(m.p("file"))), libc::EROFS);
+    assert_eq!(errno(fs::remove_dir(m.p("sub"))), libc::EROFS);
+    assert_eq!(errno(fs::rename(m.p("file"), m.p("f2"))), libc::EROFS);
+    assert_eq!(errno(fs::hard_link(m.p("file"), m.p("f3"))), libc::EROFS);
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("x", m.p("l"))),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(fs::set_permissions(
+            m.p("file"),
+            fs::Permissions::from_mode(0o777)
+        )),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(setxattr(&m.p("file"), "user.tag", b"w", 0)),
+        libc::EROFS
+    );
+    assert_eq!(fs::read(s("file")).unwrap(), b"contents");
+    assert_eq!(fs::metadata(s("file")).unwrap().mode() & 0o777, 0o640);
+
+    m.finish().unwrap();
+}
+
+#[test]
+fn bad_directories_are_refused_at_prepare() {
+    let dir = scratch("porta-translators-bad-");
+    let file = dir.path().join("file");
+    fs::write(&file, b"").unwrap();
+    for (path, needle) in [
+        (dir.path().join("absent"), "No such file"),
+        (file, "Not a directory"),
+    ] {
+        let err = Builtin::parse("view", &[path.to_str().unwrap().to_string()])
+            .unwrap()
+            .prepare()
+            .expect_err("a bad directory was accepted")
+            .to_string();
+        assert!(err.contains("porta:view") && err.contains(needle), "{err}");
+    }
+}
