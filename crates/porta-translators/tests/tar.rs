@@ -299,3 +299,32 @@ fn bad_archives_are_refused_at_prepare() {
         "{err}"
     );
 }
+
+#[test]
+fn gnu_sparse_file() {
+    require_root!();
+    let dir = scratch("porta-translators-sparse-");
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"A", 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"Z", 700_000).unwrap();
+    drop(f);
+    let archive = dir.path().join("sparse.tar");
+    let status = std::process::Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-cf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg("sparse")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let m = Mounted::new("tar", &[archive.to_str().unwrap()]);
+    let data = fs::read(m.p("sparse")).unwrap();
+    assert_eq!(data.len(), 1 << 20);
+    assert_eq!((data[0], data[700_000]), (b'A', b'Z'));
+    assert_eq!(data.iter().filter(|b| **b != 0).count(), 2);
+    m.finish().unwrap();
+}
