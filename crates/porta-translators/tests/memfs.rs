@@ -229,9 +229,18 @@ fn size_limit_gives_enospc_and_statfs() {
     drop(f);
     assert_eq!(nix::sys::statvfs::statvfs(&m.mnt).unwrap().blocks_free(), 0);
     assert_eq!(errno(fs::write(m.p("more"), b"x")), libc::ENOSPC);
+    // Growing by truncate, a symlink target or an xattr is charged too.
+    let small = fs::File::create(m.p("small")).unwrap();
+    assert_eq!(errno(small.set_len(1)), libc::ENOSPC);
+    drop(small);
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("target", m.p("sym"))),
+        libc::ENOSPC
+    );
+    assert_eq!(errno(setxattr(&m.p("small"), "user.a", b"v", 0)), libc::ENOSPC);
     // Removing the file gives the space back.
     fs::remove_file(m.p("big")).unwrap();
-    let _ = fs::remove_file(m.p("more"));
+    fs::remove_file(m.p("small")).unwrap();
     assert_eq!(
         nix::sys::statvfs::statvfs(&m.mnt).unwrap().blocks_free(),
         16
