@@ -758,9 +758,8 @@ fn empty(r: Res<()>, reply: ReplyEmpty) {
 }
 
 impl fuser::Filesystem for MemFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
-        tracing::debug!("memfs: connection initialised");
-        Ok(())
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        crate::session::init("memfs", config)
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -13,6 +13,23 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::Error;
 
+/// The largest WRITE payload the built-ins accept, told to the file server in the INIT
+/// reply. `fuser` would offer 16 MiB; a `SOCK_SEQPACKET` message must fit the socket's
+/// send buffer (about 208 KiB by default), so requests and replies are kept to 128 KiB
+/// of data, as the kernel's own default of 32 pages.
+pub(crate) const MAX_WRITE: u32 = 128 * 1024;
+
+/// Settles the connection's parameters at INIT, for every built-in.
+pub(crate) fn init(builtin: &'static str, config: &mut fuser::KernelConfig) -> io::Result<()> {
+    config.set_max_write(MAX_WRITE).map_err(|limit| {
+        io::Error::other(format!(
+            "max_write {MAX_WRITE} refused (the connection allows {limit})"
+        ))
+    })?;
+    tracing::debug!(builtin, abi = ?config.kernel_abi(), "FUSE connection initialised");
+    Ok(())
+}
+
 /// Serves `fs` on `fuse` until the peer closes the connection or an unmount ends it.
 pub(crate) fn serve<F: fuser::Filesystem>(
     builtin: &'static str,

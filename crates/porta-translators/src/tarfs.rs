@@ -546,6 +546,10 @@ fn reply_xattr(value: &[u8], size: u32, reply: ReplyXattr) {
 }
 
 impl fuser::Filesystem for TarFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        crate::session::init("tar", config)
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.node(parent).and_then(|p| match &p.kind {
             Kind::Dir { children, .. } => children.get(name).copied().ok_or(Errno::ENOENT),

@@ -262,6 +262,10 @@ fn reply_xattr(value: &[u8], size: u32, reply: ReplyXattr) {
 }
 
 impl fuser::Filesystem for View {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        crate::session::init("view", config)
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = (|| {
             check_name(name)?;

@@ -237,7 +237,10 @@ fn size_limit_gives_enospc_and_statfs() {
         errno(std::os::unix::fs::symlink("target", m.p("sym"))),
         libc::ENOSPC
     );
-    assert_eq!(errno(setxattr(&m.p("small"), "user.a", b"v", 0)), libc::ENOSPC);
+    assert_eq!(
+        errno(setxattr(&m.p("small"), "user.a", b"v", 0)),
+        libc::ENOSPC
+    );
     // Removing the file gives the space back.
     fs::remove_file(m.p("big")).unwrap();
     fs::remove_file(m.p("small")).unwrap();

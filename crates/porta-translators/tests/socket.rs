@@ -62,7 +62,7 @@ impl Peer {
         let fd = self.fd.as_ref().unwrap();
         let n = nix::unistd::write(fd, &msg).unwrap();
         assert_eq!(n, msg.len());
-        let mut buf = vec![0u8; 1 << 17];
+        let mut buf = vec![0u8; (1 << 17) + 4096];
         let n = nix::unistd::read(fd.as_raw_fd(), &mut buf).unwrap();
         assert!(n >= 16, "short reply: {n} bytes");
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
@@ -129,6 +129,9 @@ fn tar_over_a_seqpacket_socket() {
     h.set_mtime(0);
     b.append_data(&mut h, "hello.txt", &b"hello, world"[..])
         .unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    h.set_size(big.len() as u64);
+    b.append_data(&mut h, "big", &big[..]).unwrap();
     fs::write(&path, b.into_inner().unwrap()).unwrap();
 
     let mut peer = Peer::start("tar", path.to_str().unwrap());
@@ -155,6 +158,17 @@ fn tar_over_a_seqpacket_socket() {
     let (err, out) = peer.call(FUSE_READ, ino, &read);
     assert_eq!(err, 0);
     assert_eq!(out, b"world");
+
+    // A read of max_write bytes fits in one message.
+    let (big_ino, _) = peer.lookup(1, "big").unwrap();
+    let mut read = Vec::new();
+    read.extend_from_slice(&0u64.to_ne_bytes());
+    read.extend_from_slice(&1000u64.to_ne_bytes());
+    read.extend_from_slice(&(128u32 * 1024).to_ne_bytes());
+    read.resize(40, 0);
+    let (err, out) = peer.call(FUSE_READ, big_ino, &read);
+    assert_eq!(err, 0);
+    assert_eq!(out, &big[1000..1000 + 128 * 1024]);
 
     // Opening for writing is refused.
     let mut open_rw = Vec::new();
