@@ -86,6 +86,8 @@ impl Peer {
             7,
             "major"
         );
+        // fuse_init_out.max_write: every message must fit a SEQPACKET socket's buffer.
+        assert_eq!(u32_at(&out, 20), 128 * 1024, "max_write");
     }
 
     fn lookup(&mut self, parent: u64, name: &str) -> Result<(u64, u32), i32> {
