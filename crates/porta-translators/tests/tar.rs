@@ -312,14 +312,17 @@ fn gnu_sparse_file() {
     std::os::unix::fs::FileExt::write_all_at(&f, b"Z", 700_000).unwrap();
     drop(f);
     let archive = dir.path().join("sparse.tar");
-    let status = std::process::Command::new("tar")
-        .args(["--sparse", "--format=gnu", "-cf"])
-        .arg(&archive)
-        .arg("-C")
-        .arg(&src)
-        .arg("sparse")
-        .status()
-        .unwrap();
+    let status = spawn(
+        std::process::Command::new("tar")
+            .args(["--sparse", "--format=gnu", "-cf"])
+            .arg(&archive)
+            .arg("-C")
+            .arg(&src)
+            .arg("sparse"),
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
     assert!(status.success());
     let m = Mounted::new("tar", &[archive.to_str().unwrap()]);
     let data = fs::read(m.p("sparse")).unwrap();

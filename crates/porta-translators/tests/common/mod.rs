@@ -9,7 +9,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use porta_translators::{Builtin, Error};
@@ -40,8 +41,17 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
 pub struct Mounted {
     pub dir: tempfile::TempDir,
     pub mnt: PathBuf,
-    thread: Option<JoinHandle<Result<(), Error>>>,
+    server: Option<Server>,
 }
+
+/// Who serves the mount: a thread of the test, or a child process with other credentials.
+enum Server {
+    Thread(JoinHandle<Result<(), Error>>),
+    Child(Child),
+}
+
+/// The environment variable that makes `serve_helper` serve (fd, name, args, one a line).
+const SERVE_ENV: &str = "PORTA_TRANSLATORS_TEST_SERVE";
 
 fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -52,63 +62,149 @@ impl Mounted {
     pub fn new(name: &str, args: &[&str]) -> Mounted {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let prepared = Builtin::parse(name, &args).unwrap().prepare().unwrap();
-        let dir = scratch("porta-translators-");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let fuse: OwnedFd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .unwrap()
-            .into();
-        let opts = format!(
-            "fd={},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other",
-            fuse.as_raw_fd()
-        );
-        let opts = CString::new(opts).unwrap();
-        // SAFETY: all pointers are to NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                c"porta-test".as_ptr(),
-                cstr(&mnt).as_ptr(),
-                c"fuse".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                opts.as_ptr().cast(),
-            )
-        };
-        assert_eq!(rc, 0, "mount: {}", io::Error::last_os_error());
+        let (dir, mnt, fuse) = mount_fuse();
         let thread = std::thread::spawn(move || prepared.serve(fuse));
         Mounted {
             dir,
             mnt,
-            thread: Some(thread),
+            server: Some(Server::Thread(thread)),
         }
     }
 
+    /// Mounts `name args...` served by a child process running as `uid`:`uid` with no
+    /// supplementary groups and no capabilities, as the supervisor runs a built-in. The
+    /// child is this test binary running `helper_test` (which calls `serve_helper`).
+    pub fn new_as(uid: u32, helper_test: &str, name: &str, args: &[&str]) -> Mounted {
+        use std::os::unix::process::CommandExt;
+        let (dir, mnt, fuse) = mount_fuse();
+        // The test binary, copied where any uid may run it.
+        let exe = dir.path().join("helper");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A descriptor of the connection the child inherits (not close-on-exec).
+        let inherited = nix::unistd::dup(fuse.as_raw_fd()).unwrap();
+        let mut spec = format!("{inherited}\n{name}");
+        for a in args {
+            spec.push('\n');
+            spec.push_str(a);
+        }
+        let child = spawn(
+            Command::new(&exe)
+                .args([helper_test, "--exact", "--nocapture", "--test-threads=1"])
+                .env(SERVE_ENV, spec)
+                .current_dir(dir.path())
+                .uid(uid)
+                .gid(uid)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        // SAFETY: `inherited` is ours (from dup), the child has its own copy now.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(inherited) });
+        drop(fuse);
+        Mounted {
+            dir,
+            mnt,
+            server: Some(Server::Child(child.unwrap())),
+        }
+    }
+}
+
+/// In a child started by `Mounted::new_as`: prepares and serves the built-in named in the
+/// environment, exiting with failure (and the error on stderr) if that fails. Elsewhere:
+/// returns at once.
+pub fn serve_helper() {
+    let Ok(spec) = std::env::var(SERVE_ENV) else {
+        return;
+    };
+    let mut lines = spec.split('\n');
+    let fd: i32 = lines.next().unwrap().parse().unwrap();
+    let name = lines.next().unwrap().to_string();
+    let args: Vec<String> = lines.map(str::to_string).collect();
+    // SAFETY: the parent passed this descriptor for this process to own.
+    let fuse = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let result = Builtin::parse(&name, &args)
+        .and_then(|b| b.prepare())
+        .and_then(|p| p.serve(fuse));
+    if let Err(e) = result {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
+/// A scratch directory with `mnt`, a FUSE connection mounted there, and its descriptor.
+fn mount_fuse() -> (tempfile::TempDir, PathBuf, OwnedFd) {
+    let dir = scratch("porta-translators-");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let fuse: OwnedFd = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .unwrap()
+        .into();
+    let opts = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other",
+        fuse.as_raw_fd()
+    );
+    let opts = CString::new(opts).unwrap();
+    // SAFETY: all pointers are to NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"porta-test".as_ptr(),
+            cstr(&mnt).as_ptr(),
+            c"fuse".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, 0, "mount: {}", io::Error::last_os_error());
+    (dir, mnt, fuse)
+}
+
+impl Mounted {
     /// A path in the mount.
     pub fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
 
-    /// Unmounts and returns what `serve` returned.
-    pub fn finish(mut self) -> Result<(), Error> {
-        self.unmount().expect("serve thread")
+    /// Unmounts and returns what `serve` returned (for a child: its stderr on failure).
+    pub fn finish(mut self) -> Result<(), String> {
+        self.unmount().expect("the server ended")
     }
 
-    fn unmount(&mut self) -> Option<Result<(), Error>> {
-        let thread = self.thread.take()?;
+    fn unmount(&mut self) -> Option<Result<(), String>> {
+        let server = self.server.take()?;
+        // Detached: a process forked by another test at this moment holds copies of this
+        // test's descriptors until it execs; the connection ends (and the server with
+        // it) when the last of them is closed.
         // SAFETY: the path is NUL-terminated and outlives the call.
-        let rc = unsafe { libc::umount2(cstr(&self.mnt).as_ptr(), 0) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            // Still busy (a test failed with a file open): detach it and leave the
-            // serving thread to end with the last reference.
-            // SAFETY: as above.
-            unsafe { libc::umount2(cstr(&self.mnt).as_ptr(), libc::MNT_DETACH) };
-            eprintln!("umount {}: {e}; detached", self.mnt.display());
-            return None;
-        }
-        Some(thread.join().expect("serve thread panicked"))
+        let rc = unsafe { libc::umount2(cstr(&self.mnt).as_ptr(), libc::MNT_DETACH) };
+        assert_eq!(
+            rc,
+            0,
+            "umount {}: {}",
+            self.mnt.display(),
+            io::Error::last_os_error()
+        );
+        Some(match server {
+            Server::Thread(thread) => thread
+                .join()
+                .expect("serve thread panicked")
+                .map_err(|e| e.to_string()),
+            Server::Child(child) => {
+                let out = child.wait_with_output().unwrap();
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    ))
+                }
+            }
+        })
     }
 }
 
@@ -122,19 +218,38 @@ impl Drop for Mounted {
     }
 }
 
+/// Held (shared) by a test that needs no other process to hold copies of its descriptors
+/// (a forked child does until it execs); held exclusively while a test starts a process.
+static FORKS: RwLock<()> = RwLock::new(());
+
+/// Keeps other tests of this binary from starting processes while the guard lives.
+pub fn no_forks() -> RwLockReadGuard<'static, ()> {
+    FORKS.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts a process (`Command::spawn` returns once it has exec'd).
+pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
+    let _exclusive = FORKS.write().unwrap_or_else(|p| p.into_inner());
+    cmd.spawn()
+}
+
 /// Runs `script` with `sh -c` as uid and gid 1000 (no supplementary groups); its status
 /// and output.
 pub fn as_user(script: &str) -> std::process::Output {
     use std::os::unix::process::CommandExt;
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .uid(1000)
-        .gid(1000)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .unwrap()
+    let child = spawn(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .uid(1000)
+            .gid(1000)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// The errno of a failed std call.
