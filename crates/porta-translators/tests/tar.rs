@@ -189,6 +189,9 @@ fn check_layer(m: &Mounted) {
     assert_eq!(names(&m.p("opaque")), ["kept"]);
     assert!(!m.p("opaque/.wh..wh..opq").exists());
     assert_eq!(fs::metadata(m.p("opaque")).unwrap().mode() & 0o7777, 0o700);
+    let st = nix::sys::statvfs::statvfs(&m.mnt).unwrap();
+    assert_eq!((st.blocks_free(), st.block_size()), (0, 4096));
+    assert!(st.blocks() > 0 && st.files() > 20);
     // Read-only.
     assert_eq!(errno(fs::write(m.p("new"), b"x")), libc::EROFS);
     assert_eq!(

@@ -60,6 +60,16 @@ fn shows_the_directory_read_only() {
     );
     assert_eq!(bytes(&fs::read_link(m.p("up")).unwrap()), b"../../outside");
 
+    // statfs is the directory's file system's.
+    let (vs, os) = (
+        nix::sys::statvfs::statvfs(&m.mnt).unwrap(),
+        nix::sys::statvfs::statvfs(src.path()).unwrap(),
+    );
+    assert_eq!(
+        (vs.blocks(), vs.block_size()),
+        (os.blocks(), os.block_size())
+    );
+
     // Changes in the directory show.
     fs::write(s("later"), b"new").unwrap();
     assert_eq!(fs::read(m.p("later")).unwrap(), b"new");
