@@ -308,9 +308,7 @@ impl TarFs {
                 decompress(decoder).map_err(|e| bad(format!("decompressing gzip: {e}")))?
             }
             Compression::Zstd => {
-                let decoder = ruzstd::decoding::StreamingDecoder::new(io::BufReader::new(file))
-                    .map_err(|e| bad(format!("decompressing zstd: {e}")))?;
-                decompress(decoder).map_err(|e| bad(format!("decompressing zstd: {e}")))?
+                decompress_zstd(file).map_err(|e| bad(format!("decompressing zstd: {e}")))?
             }
         };
         backing
@@ -338,13 +336,50 @@ impl TarFs {
     }
 }
 
-/// Decompresses `reader` into a new anonymous memfd; returns it and the byte count.
-fn decompress(mut reader: impl Read) -> io::Result<(File, u64)> {
+/// A new anonymous memory file for decompressed contents.
+fn memfd() -> io::Result<File> {
     let fd =
         nix::sys::memfd::memfd_create(c"porta-tar", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
-    let mut file = File::from(fd);
+    Ok(File::from(fd))
+}
+
+/// Decompresses `reader` into a new anonymous memfd; returns it and the byte count.
+fn decompress(mut reader: impl Read) -> io::Result<(File, u64)> {
+    let mut file = memfd()?;
     let len = io::copy(&mut reader, &mut file)?;
     Ok((file, len))
+}
+
+/// Decompresses every frame of a zstd stream, in order, into a new anonymous memfd
+/// (`ruzstd`'s decoder reads one frame); skippable frames are skipped, and whatever
+/// follows a frame must be another frame.
+fn decompress_zstd(file: File) -> io::Result<(File, u64)> {
+    use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+    use ruzstd::decoding::StreamingDecoder;
+    use std::io::BufRead;
+    let mut input = io::BufReader::new(file);
+    let mut out = memfd()?;
+    let mut len = 0;
+    while !input.fill_buf()?.is_empty() {
+        match StreamingDecoder::new(&mut input) {
+            Ok(mut frame) => len += io::copy(&mut frame, &mut out)?,
+            Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                length,
+                ..
+            })) => {
+                let want = u64::from(length);
+                let skipped = io::copy(&mut (&mut input).take(want), &mut io::sink())?;
+                if skipped != want {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a skippable frame runs past the end",
+                    ));
+                }
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
+    Ok((out, len))
 }
 
 /// Reads the archive's headers into the node table (the root is node 1).

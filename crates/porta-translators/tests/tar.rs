@@ -235,6 +235,24 @@ fn zstd_layer() {
     serve_bytes(&zstd(&layer()), "layer.tar.zst");
 }
 
+#[test]
+fn zstd_layer_of_several_frames() {
+    require_root!();
+    // As pzstd writes: the layer in independent frames, with a skippable frame between.
+    let layer = layer();
+    let mut data = zstd(&layer[..layer.len() / 3]);
+    data.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    data.extend_from_slice(&5u32.to_le_bytes());
+    data.extend_from_slice(b"skip!");
+    data.extend_from_slice(&zstd(&layer[layer.len() / 3..]));
+    serve_bytes(&data, "frames.tar.zst");
+    // Something after the last frame that is not a frame is refused.
+    let mut trailing = zstd(&layer);
+    trailing.extend_from_slice(b"garbage!");
+    let err = prepare_err(&trailing);
+    assert!(err.contains("decompressing zstd"), "{err}");
+}
+
 fn prepare_err(data: &[u8]) -> String {
     let dir = scratch("porta-translators-bad-");
     let path = dir.path().join("bad.tar");
