@@ -362,7 +362,24 @@ fn decompress_zstd(file: File) -> io::Result<(File, u64)> {
     let mut len = 0;
     while !input.fill_buf()?.is_empty() {
         match StreamingDecoder::new(&mut input) {
-            Ok(mut frame) => len += io::copy(&mut frame, &mut out)?,
+            Ok(mut frame) => {
+                let n = io::copy(&mut frame, &mut out)?;
+                len += n;
+                let decoder = frame.into_frame_decoder();
+                if let (Some(stored), Some(computed)) = (
+                    decoder.get_checksum_from_data(),
+                    decoder.get_calculated_checksum(),
+                ) {
+                    if stored != computed {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "frame checksum mismatch (stored {stored:#010x}, contents {computed:#010x})"
+                            ),
+                        ));
+                    }
+                }
+            }
             Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
                 length,
                 ..

@@ -251,6 +251,11 @@ fn zstd_layer_of_several_frames() {
     trailing.extend_from_slice(b"garbage!");
     let err = prepare_err(&trailing);
     assert!(err.contains("decompressing zstd"), "{err}");
+    // A frame whose contents do not match its checksum is refused.
+    let mut corrupt = zstd(&layer);
+    *corrupt.last_mut().unwrap() ^= 1;
+    let err = prepare_err(&corrupt);
+    assert!(err.contains("checksum mismatch"), "{err}");
 }
 
 fn prepare_err(data: &[u8]) -> String {
