@@ -304,6 +304,15 @@ fn bad_archives_are_refused_at_prepare() {
     let gz = gzip(&good);
     let err = prepare_err(&gz[..gz.len() / 2]);
     assert!(err.contains("decompressing gzip"), "{err}");
+    let mut gz_trailing = gz.clone();
+    gz_trailing.extend_from_slice(b"garbage!");
+    let err = prepare_err(&gz_trailing);
+    assert!(err.contains("decompressing gzip"), "{err}");
+    let mut gz_crc = gz.clone();
+    let at = gz_crc.len() - 8;
+    gz_crc[at] ^= 1;
+    let err = prepare_err(&gz_crc);
+    assert!(err.contains("decompressing gzip"), "{err}");
     let zs = zstd(&good);
     let err = prepare_err(&zs[..zs.len() / 2]);
     assert!(err.contains("decompressing zstd"), "{err}");
