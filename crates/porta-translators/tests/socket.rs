@@ -14,6 +14,10 @@ use porta_translators::{Builtin, Error};
 
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
+const FUSE_SETATTR: u32 = 4;
+const FUSE_MKNOD: u32 = 8;
+const FUSE_UNLINK: u32 = 10;
+const FUSE_RENAME: u32 = 12;
 const FUSE_OPEN: u32 = 14;
 const FUSE_READ: u32 = 15;
 const FUSE_INIT: u32 = 26;
@@ -46,16 +50,21 @@ impl Peer {
         }
     }
 
-    /// Sends one request and returns the reply's error and payload.
+    /// Sends one request (from uid 0) and returns the reply's error and payload.
     fn call(&mut self, opcode: u32, nodeid: u64, arg: &[u8]) -> (i32, Vec<u8>) {
+        self.call_as(0, opcode, nodeid, arg)
+    }
+
+    /// Sends one request from `uid` (gid the same).
+    fn call_as(&mut self, uid: u32, opcode: u32, nodeid: u64, arg: &[u8]) -> (i32, Vec<u8>) {
         self.unique += 1;
         let mut msg = Vec::new();
         msg.extend_from_slice(&(40 + arg.len() as u32).to_ne_bytes());
         msg.extend_from_slice(&opcode.to_ne_bytes());
         msg.extend_from_slice(&self.unique.to_ne_bytes());
         msg.extend_from_slice(&nodeid.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // uid
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // gid
+        msg.extend_from_slice(&uid.to_ne_bytes());
+        msg.extend_from_slice(&uid.to_ne_bytes()); // gid
         msg.extend_from_slice(&1u32.to_ne_bytes()); // pid
         msg.extend_from_slice(&0u32.to_ne_bytes()); // total_extlen, padding
         msg.extend_from_slice(arg);
@@ -223,4 +232,68 @@ fn garbage_instead_of_a_request_is_an_error() {
     let thread = peer.thread.take().unwrap();
     let err = thread.join().unwrap().expect_err("garbage accepted");
     assert!(err.to_string().contains("porta:memfs"), "{err}");
+}
+
+/// A MKNOD of a regular file `name` in `parent` from `uid`; the reply's error and node id.
+fn mknod(peer: &mut Peer, uid: u32, parent: u64, name: &str) -> (i32, u64) {
+    let mut arg = Vec::new();
+    for v in [libc::S_IFREG | 0o644, 0, 0, 0] {
+        arg.extend_from_slice(&v.to_ne_bytes());
+    }
+    arg.extend_from_slice(name.as_bytes());
+    arg.push(0);
+    let (err, out) = peer.call_as(uid, FUSE_MKNOD, parent, &arg);
+    (err, if err == 0 { u64_at(&out, 0) } else { 0 })
+}
+
+/// A SETATTR from `uid` of the mode or the owner (`valid`: FATTR_MODE 1, FATTR_UID 2).
+fn setattr(peer: &mut Peer, uid: u32, ino: u64, valid: u32, mode: u32, owner: u32) -> i32 {
+    let mut arg = vec![0u8; 88];
+    arg[0..4].copy_from_slice(&valid.to_ne_bytes());
+    arg[68..72].copy_from_slice(&mode.to_ne_bytes());
+    arg[76..80].copy_from_slice(&owner.to_ne_bytes());
+    arg[80..84].copy_from_slice(&owner.to_ne_bytes());
+    if valid & 2 != 0 {
+        arg[0..4].copy_from_slice(&(valid | 4).to_ne_bytes());
+    }
+    peer.call_as(uid, FUSE_SETATTR, ino, &arg).0
+}
+
+/// memfs enforces the ownership rules itself, not only through the kernel's
+/// `default_permissions`: a peer passing requests on unchecked gets no further.
+#[test]
+fn memfs_enforces_ownership_rules_itself() {
+    let mut peer = Peer::start("memfs", "mode=1777");
+    peer.init();
+    let (err, roots) = mknod(&mut peer, 0, 1, "roots");
+    assert_eq!(err, 0);
+    let (err, users) = mknod(&mut peer, 1000, 1, "users");
+    assert_eq!(err, 0);
+    // Sticky root directory: uid 1000 may not remove or rename root's file.
+    let name = |n: &str| {
+        let mut v = n.as_bytes().to_vec();
+        v.push(0);
+        v
+    };
+    assert_eq!(
+        peer.call_as(1000, FUSE_UNLINK, 1, &name("roots")).0,
+        -libc::EPERM
+    );
+    let mut rename = 1u64.to_ne_bytes().to_vec();
+    rename.extend(name("roots"));
+    rename.extend(name("moved"));
+    assert_eq!(peer.call_as(1000, FUSE_RENAME, 1, &rename).0, -libc::EPERM);
+    // chmod by the owner or root only; chown by root only.
+    assert_eq!(setattr(&mut peer, 1000, roots, 1, 0o777, 0), -libc::EPERM);
+    assert_eq!(setattr(&mut peer, 1000, users, 1, 0o600, 0), 0);
+    assert_eq!(setattr(&mut peer, 1000, users, 2, 0, 0), -libc::EPERM);
+    assert_eq!(setattr(&mut peer, 0, users, 2, 0, 0), 0);
+    // Now root's: uid 1000 may not remove it either; root may remove anything.
+    assert_eq!(
+        peer.call_as(1000, FUSE_UNLINK, 1, &name("users")).0,
+        -libc::EPERM
+    );
+    assert_eq!(peer.call_as(0, FUSE_UNLINK, 1, &name("users")).0, 0);
+    assert_eq!(peer.call_as(0, FUSE_UNLINK, 1, &name("roots")).0, 0);
+    peer.close().unwrap();
 }
