@@ -32,6 +32,12 @@ fn long_dir() -> String {
 /// A layer with one of everything.
 fn layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
+    // The layer's root entry.
+    b.append(
+        &raw_header(b"./", EntryType::Directory, 0o750, None),
+        &[][..],
+    )
+    .unwrap();
     let mut h = header(EntryType::Directory, 0o755, 0);
     b.append_data(&mut h, "etc/", &[][..]).unwrap();
     let mut h = header(EntryType::Regular, 0o640, 6);
@@ -182,7 +188,9 @@ fn check_layer(m: &Mounted) {
     assert_eq!(fs::read(m.p("implied/a/b/file")).unwrap(), b"i");
     // Directory link counts: etc has no subdirectories, the root has eight.
     assert_eq!(fs::metadata(m.p("etc")).unwrap().nlink(), 2);
-    assert_eq!(fs::metadata(&m.mnt).unwrap().nlink(), 10);
+    let root = fs::metadata(&m.mnt).unwrap();
+    assert_eq!(root.nlink(), 10);
+    assert_eq!(root.mode() & 0o7777, 0o750, "the root entry's mode");
     // Whiteouts and opaque markers are not shown.
     assert_eq!(names(&m.p("etc")), ["hostname", "hostname.hard"]);
     assert!(!m.p("etc/.wh.passwd").exists());
@@ -273,13 +281,21 @@ fn prepare_path_err(path: &Path) -> String {
         .to_string()
 }
 
-/// One raw entry, with a path the Builder would refuse.
-fn raw_entry(path: &[u8], kind: EntryType, link: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
-    let mut h = header(kind, 0o644, data.len() as u64);
+/// A header with a path the Builder would refuse.
+fn raw_header(path: &[u8], kind: EntryType, mode: u32, link: Option<&[u8]>) -> Header {
+    let mut h = header(kind, mode, 0);
     h.as_old_mut().name[..path.len()].copy_from_slice(path);
     if let Some(link) = link {
         h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
     }
+    h.set_cksum();
+    h
+}
+
+/// One raw entry, with a path the Builder would refuse, and the end-of-archive blocks.
+fn raw_entry(path: &[u8], kind: EntryType, link: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
+    let mut h = raw_header(path, kind, 0o644, link);
+    h.set_size(data.len() as u64);
     h.set_cksum();
     let mut out = h.as_bytes().to_vec();
     out.extend_from_slice(data);
@@ -325,6 +341,14 @@ fn bad_archives_are_refused_at_prepare() {
         b"",
     ));
     assert!(err.contains("orphan") && err.contains("missing"), "{err}");
+    let mut beneath = raw_entry(b"lib", EntryType::Symlink, Some(b"usr/lib"), b"");
+    beneath.truncate(512);
+    beneath.extend(raw_entry(b"lib/x", EntryType::Regular, None, b"x"));
+    let err = prepare_err(&beneath);
+    assert!(
+        err.contains("lib/x") && err.contains("not a directory"),
+        "{err}"
+    );
     let dir = scratch("porta-translators-bad-");
     let err = prepare_path_err(dir.path());
     assert!(err.contains("not a regular file"), "{err}");
