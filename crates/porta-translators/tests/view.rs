@@ -3,7 +3,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, PermissionsExt};
 
 use common::*;
 use porta_translators::Builtin;
@@ -122,4 +122,65 @@ fn bad_directories_are_refused_at_prepare() {
             .to_string();
         assert!(err.contains("porta:view") && err.contains(needle), "{err}");
     }
+}
+
+/// Unmounts a test's tmpfs on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path) -> Tmpfs {
+        nix::mount::mount(
+            Some("porta-test"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn file_systems_mounted_within_are_shown_renumbered() {
+    require_root!();
+    let src = scratch("porta-translators-src-");
+    fs::create_dir(src.path().join("inner")).unwrap();
+    fs::write(src.path().join("top"), b"top").unwrap();
+    let _tmpfs = Tmpfs::mount(&src.path().join("inner"));
+    fs::write(src.path().join("inner/file"), b"in tmpfs").unwrap();
+    fs::create_dir(src.path().join("inner/dir")).unwrap();
+
+    let m = Mounted::new("view", &[src.path().to_str().unwrap()]);
+    assert_eq!(fs::read(m.p("inner/file")).unwrap(), b"in tmpfs");
+    assert_eq!(names(&m.p("inner")), ["dir", "file"]);
+    // Inodes of the other file system get node ids of their own, all distinct, and the
+    // same ones in the listing as in stat.
+    let file = fs::metadata(m.p("inner/file")).unwrap().ino();
+    let dir = fs::metadata(m.p("inner/dir")).unwrap().ino();
+    let inner = fs::metadata(m.p("inner")).unwrap().ino();
+    let top = fs::metadata(m.p("top")).unwrap().ino();
+    assert_eq!(top, fs::metadata(src.path().join("top")).unwrap().ino());
+    for ino in [file, dir, inner] {
+        assert!(ino >= 1 << 63, "{ino:#x} not renumbered");
+    }
+    assert!(file != dir && dir != inner && file != inner);
+    let listed: Vec<(String, u64)> = fs::read_dir(m.p("inner"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), e.ino())
+        })
+        .collect();
+    for (name, ino) in listed {
+        let expected = if name == "file" { file } else { dir };
+        assert_eq!(ino, expected, "{name}");
+    }
+    m.finish().unwrap();
 }
