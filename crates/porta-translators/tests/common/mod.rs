@@ -41,6 +41,8 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
 pub struct Mounted {
     pub dir: tempfile::TempDir,
     pub mnt: PathBuf,
+    /// Whether `mnt` is still mounted (by this test).
+    mounted: bool,
     server: Option<Server>,
 }
 
@@ -62,13 +64,10 @@ impl Mounted {
     pub fn new(name: &str, args: &[&str]) -> Mounted {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let prepared = Builtin::parse(name, &args).unwrap().prepare().unwrap();
-        let (dir, mnt, fuse) = mount_fuse();
+        let (mut m, fuse) = mount_fuse();
         let thread = std::thread::spawn(move || prepared.serve(fuse));
-        Mounted {
-            dir,
-            mnt,
-            server: Some(Server::Thread(thread)),
-        }
+        m.server = Some(Server::Thread(thread));
+        m
     }
 
     /// Mounts `name args...` served by a child process running as `uid`:`uid` with no
@@ -76,9 +75,12 @@ impl Mounted {
     /// child is this test binary running `helper_test` (which calls `serve_helper`).
     pub fn new_as(uid: u32, helper_test: &str, name: &str, args: &[&str]) -> Mounted {
         use std::os::unix::process::CommandExt;
-        let (dir, mnt, fuse) = mount_fuse();
+        let (mut m, fuse) = mount_fuse();
+        // No process may start while the copy is open for writing (a forked child holding
+        // it would make the exec below fail with ETXTBSY).
+        let _exclusive = FORKS.write().unwrap_or_else(|p| p.into_inner());
         // The test binary, copied where any uid may run it.
-        let exe = dir.path().join("helper");
+        let exe = m.dir.path().join("helper");
         std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         // A descriptor of the connection the child inherits (not close-on-exec).
@@ -88,24 +90,20 @@ impl Mounted {
             spec.push('\n');
             spec.push_str(a);
         }
-        let child = spawn(
-            Command::new(&exe)
-                .args([helper_test, "--exact", "--nocapture", "--test-threads=1"])
-                .env(SERVE_ENV, spec)
-                .current_dir(dir.path())
-                .uid(uid)
-                .gid(uid)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        );
+        let child = Command::new(&exe)
+            .args([helper_test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(SERVE_ENV, spec)
+            .current_dir(m.dir.path())
+            .uid(uid)
+            .gid(uid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
         // SAFETY: `inherited` is ours (from dup), the child has its own copy now.
         drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(inherited) });
         drop(fuse);
-        Mounted {
-            dir,
-            mnt,
-            server: Some(Server::Child(child.unwrap())),
-        }
+        m.server = Some(Server::Child(child.unwrap()));
+        m
     }
 }
 
@@ -132,8 +130,9 @@ pub fn serve_helper() {
     std::process::exit(0);
 }
 
-/// A scratch directory with `mnt`, a FUSE connection mounted there, and its descriptor.
-fn mount_fuse() -> (tempfile::TempDir, PathBuf, OwnedFd) {
+/// A scratch directory with `mnt`, a FUSE connection mounted there (unmounted when the
+/// `Mounted` drops, also before a server is set), and the connection's descriptor.
+fn mount_fuse() -> (Mounted, OwnedFd) {
     let dir = scratch("porta-translators-");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -159,7 +158,13 @@ fn mount_fuse() -> (tempfile::TempDir, PathBuf, OwnedFd) {
         )
     };
     assert_eq!(rc, 0, "mount: {}", io::Error::last_os_error());
-    (dir, mnt, fuse)
+    let m = Mounted {
+        dir,
+        mnt,
+        mounted: true,
+        server: None,
+    };
+    (m, fuse)
 }
 
 impl Mounted {
@@ -174,19 +179,21 @@ impl Mounted {
     }
 
     fn unmount(&mut self) -> Option<Result<(), String>> {
+        if std::mem::take(&mut self.mounted) {
+            // Detached: a process forked by another test at this moment holds copies of
+            // this test's descriptors until it execs; the connection ends (and the
+            // server with it) when the last of them is closed.
+            // SAFETY: the path is NUL-terminated and outlives the call.
+            let rc = unsafe { libc::umount2(cstr(&self.mnt).as_ptr(), libc::MNT_DETACH) };
+            assert_eq!(
+                rc,
+                0,
+                "umount {}: {}",
+                self.mnt.display(),
+                io::Error::last_os_error()
+            );
+        }
         let server = self.server.take()?;
-        // Detached: a process forked by another test at this moment holds copies of this
-        // test's descriptors until it execs; the connection ends (and the server with
-        // it) when the last of them is closed.
-        // SAFETY: the path is NUL-terminated and outlives the call.
-        let rc = unsafe { libc::umount2(cstr(&self.mnt).as_ptr(), libc::MNT_DETACH) };
-        assert_eq!(
-            rc,
-            0,
-            "umount {}: {}",
-            self.mnt.display(),
-            io::Error::last_os_error()
-        );
         Some(match server {
             Server::Thread(thread) => thread
                 .join()
