@@ -956,8 +956,13 @@ impl fuser::Filesystem for MemFs {
         let mut s = self.lock();
         let r = (|| {
             check_name(newname)?;
-            if s.get(ino.0)?.is_dir() {
+            let i = s.get(ino.0)?;
+            if i.is_dir() {
                 return Err(Errno::EPERM);
+            }
+            if i.nlink == 0 {
+                // As Linux: an inode whose last name is gone gets no new one.
+                return Err(Errno::ENOENT);
             }
             let p = s.get(newparent.0)?;
             if p.is_dir() && p.nlink == 0 {
