@@ -269,6 +269,17 @@ impl State {
         self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
     }
 
+    /// An inode whose contents may grow: one still counted against the limit (with a
+    /// name or an open handle). Others are only reachable by a peer that skips OPEN.
+    fn growable(&self, ino: u64) -> Res<&Inode> {
+        let inode = self.get(ino)?;
+        if inode.charged {
+            Ok(inode)
+        } else {
+            Err(Errno::ESTALE)
+        }
+    }
+
     fn entries(&self, dir: u64) -> Res<&BTreeMap<OsString, u64>> {
         match &self.get(dir)?.kind {
             Kind::Dir { entries, .. } => Ok(entries),
@@ -571,6 +582,9 @@ impl State {
             if !is_file {
                 return Err(Errno::EINVAL);
             }
+            if !inode.charged {
+                return Err(Errno::ESTALE);
+            }
             let old = inode.size();
             if size > old {
                 self.reserve(size - old)?;
@@ -622,7 +636,7 @@ impl State {
     }
 
     fn write(&mut self, ino: u64, offset: u64, data: &[u8], append: bool) -> Res<u32> {
-        let inode = self.get(ino)?;
+        let inode = self.growable(ino)?;
         let Kind::File(content) = &inode.kind else {
             return Err(Errno::EBADF);
         };
@@ -657,7 +671,7 @@ impl State {
 
     fn fallocate(&mut self, ino: u64, offset: u64, length: u64, mode: i32) -> Res<()> {
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-        let inode = self.get(ino)?;
+        let inode = self.growable(ino)?;
         let Kind::File(content) = &inode.kind else {
             return Err(Errno::ENODEV);
         };
@@ -694,7 +708,7 @@ impl State {
         if value.len() > XATTR_SIZE_MAX {
             return Err(Errno::E2BIG);
         }
-        let inode = self.get(ino)?;
+        let inode = self.growable(ino)?;
         if name.as_bytes().starts_with(b"user.")
             && !matches!(inode.kind, Kind::File(_) | Kind::Dir { .. })
         {
@@ -1238,7 +1252,9 @@ impl fuser::Filesystem for MemFs {
             let i = s.get_mut(ino.0)?;
             let v = i.xattrs.remove(name).ok_or(Errno::NO_XATTR)?;
             i.ctime = SystemTime::now();
-            s.release_bytes((name.len() + v.len()) as u64);
+            if i.charged {
+                s.release_bytes((name.len() + v.len()) as u64);
+            }
             Ok(())
         })();
         empty(r, reply)
