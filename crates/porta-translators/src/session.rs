@@ -6,7 +6,7 @@
 //! and needs no privilege. The one difference from `/dev/fuse` is the end: on `/dev/fuse`
 //! an unmount makes `read` fail with ENODEV (which `fuser` takes as a clean end), while a
 //! socket whose peer closed reads as a zero-length message, which `fuser` reports as an
-//! invalid request. `serve` tells the two apart by peeking at a duplicate of the socket.
+//! invalid request. `serve` tells the two apart by polling a duplicate of the socket.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -57,20 +57,18 @@ pub(crate) fn serve<F: fuser::Filesystem>(
     }
 }
 
-/// Whether `fd` is a socket whose peer has closed (a non-blocking peek reads end of file).
+/// Whether `fd` is a socket whose peer has closed it (poll reports a hang-up; an empty
+/// message from a live peer does not count).
 fn peer_closed(fd: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    // SAFETY: `recv` writes at most one byte into `byte`, which outlives the call; `fd`
-    // is an open descriptor owned by the caller.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            byte.as_mut_ptr().cast(),
-            byte.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
     };
-    n == 0
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call; a zero timeout
+    // makes it return at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0
 }
 
 /// Replies written after the file server closed the socket must fail with EPIPE rather

@@ -225,6 +225,19 @@ fn closing_before_init_is_a_clean_end() {
 }
 
 #[test]
+fn an_empty_message_from_a_live_peer_is_an_error() {
+    let mut peer = Peer::start("memfs", "size=1m");
+    let fd = peer.fd.as_ref().unwrap();
+    nix::unistd::write(fd, b"").unwrap();
+    let thread = peer.thread.take().unwrap();
+    let err = thread
+        .join()
+        .unwrap()
+        .expect_err("an empty message ended serving cleanly");
+    assert!(err.to_string().contains("porta:memfs"), "{err}");
+}
+
+#[test]
 fn garbage_instead_of_a_request_is_an_error() {
     let mut peer = Peer::start("memfs", "size=1m");
     let fd = peer.fd.as_ref().unwrap();
