@@ -26,6 +26,9 @@ pub(crate) fn init(builtin: &'static str, config: &mut fuser::KernelConfig) -> i
             "max_write {MAX_WRITE} refused (the connection allows {limit})"
         ))
     })?;
+    // Read-ahead no larger either, so that `max_pages` (from the larger of the two) keeps
+    // READ replies to 128 KiB too. Err: the peer offered less, which is kept.
+    let _ = config.set_max_readahead(MAX_WRITE);
     tracing::debug!(builtin, abi = ?config.kernel_abi(), "FUSE connection initialised");
     Ok(())
 }

@@ -84,7 +84,7 @@ impl Peer {
 
     fn init(&mut self) {
         let mut arg = Vec::new();
-        for v in [7u32, 31, 1 << 17, 0] {
+        for v in [7u32, 31, 1 << 20, 0] {
             arg.extend_from_slice(&v.to_ne_bytes());
         }
         arg.resize(64, 0);
@@ -97,6 +97,13 @@ impl Peer {
         );
         // fuse_init_out.max_write: every message must fit a SEQPACKET socket's buffer.
         assert_eq!(u32_at(&out, 20), 128 * 1024, "max_write");
+        // fuse_init_out.max_readahead (offered 1 MiB) and max_pages (at 28) follow.
+        assert_eq!(u32_at(&out, 8), 128 * 1024, "max_readahead");
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .unwrap()
+            .unwrap() as usize;
+        let pages = (128 * 1024usize).div_ceil(page) as u16;
+        assert_eq!(u16::from_ne_bytes([out[28], out[29]]), pages, "max_pages");
     }
 
     fn lookup(&mut self, parent: u64, name: &str) -> Result<(u64, u32), i32> {
