@@ -444,6 +444,12 @@ fn index(
             for ext in pax {
                 let ext = ext.map_err(|e| bad_entry(&b, "PAX header", e))?;
                 let Ok(key) = ext.key() else { continue };
+                if key.starts_with("GNU.sparse.") {
+                    return Err(b.bad(format!(
+                        "entry {shown:?}: a PAX-format sparse file, which is not supported \
+                         (GNU-format sparse files are: tar --sparse --format=gnu)"
+                    )));
+                }
                 if key == "mtime" {
                     if let Some(t) = ext.value().ok().and_then(parse_pax_time) {
                         mtime = t;

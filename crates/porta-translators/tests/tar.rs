@@ -390,3 +390,29 @@ fn gnu_sparse_file() {
     assert_eq!(data.iter().filter(|b| **b != 0).count(), 2);
     m.finish().unwrap();
 }
+
+#[test]
+fn pax_sparse_files_are_refused() {
+    let dir = scratch("porta-translators-sparse-");
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"A", 0).unwrap();
+    drop(f);
+    let archive = dir.path().join("sparse.tar");
+    let status = spawn(
+        std::process::Command::new("tar")
+            .args(["--sparse", "--format=posix", "-cf"])
+            .arg(&archive)
+            .arg("-C")
+            .arg(&src)
+            .arg("sparse"),
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(status.success());
+    let err = prepare_path_err(&archive);
+    assert!(err.contains("PAX-format sparse file"), "{err}");
+}
