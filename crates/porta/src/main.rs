@@ -17,7 +17,8 @@ fn main() -> ExitCode {
     use porta_supervisor::protocol::{keeper, supervisor};
     match argv.get(1).and_then(|a| a.to_str()) {
         Some(supervisor::SUBCOMMAND) => {
-            return code(porta_supervisor::main_supervisor(argv[2..].to_vec()))
+            porta_supervisor::translators::set_builtins(builtin_translator);
+            return code(porta_supervisor::main_supervisor(argv[2..].to_vec()));
         }
         Some(s) if s == keeper::SUBCOMMAND[0] => {
             return code(porta_supervisor::main_fs(argv[2..].to_vec()))
@@ -68,6 +69,27 @@ fn main() -> ExitCode {
             ExitCode::from(fail)
         }
     }
+}
+
+/// Serves a built-in translator (`porta:NAME`) in the translator's process.
+fn builtin_translator(
+    name: &str,
+    args: &[String],
+    fd: std::os::fd::OwnedFd,
+) -> Result<(), (i32, String)> {
+    use porta_translators::{Builtin, Error};
+    let errno = |e: &Error| match e {
+        Error::UnknownBuiltin { .. } | Error::BadArgument { .. } | Error::Usage { .. } => {
+            libc::EINVAL
+        }
+        _ => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(std::io::Error::raw_os_error)
+            .unwrap_or(libc::EIO),
+    };
+    let b = Builtin::parse(name, args).map_err(|e| (errno(&e), e.to_string()))?;
+    let p = b.prepare().map_err(|e| (errno(&e), e.to_string()))?;
+    p.serve(fd).map_err(|e| (libc::EIO, e.to_string()))
 }
 
 /// Gives SIGPIPE its default action back (the Rust runtime ignores it at start-up).

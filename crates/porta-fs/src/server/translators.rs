@@ -619,7 +619,8 @@ impl Fs {
         let Ok(node) = self.node_fd(id) else {
             return false;
         };
-        self.xget(node.fd(), c"user.porta.translator", &mut []).is_ok()
+        self.xget(node.fd(), c"user.porta.translator", &mut [])
+            .is_ok()
     }
 
     /// Queues a start (or joins one under way) with a parked request.
