@@ -638,9 +638,16 @@ fn add_busybox(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Builds hello-fuse statically (host gcc, `pkg-config --static fuse3`) at `out`.
+/// Builds hello-fuse (the source compiled into this crate, `tests/data/hello_fuse.c`)
+/// statically with the host's gcc and `pkg-config --static fuse3`, at `out`.
 pub fn build_hello_fuse(out: &Path) -> io::Result<()> {
-    let src = crate::workspace().join("crates/porta-integration/tests/data/hello_fuse.c");
+    let src_dir = ctx(tempfile::tempdir(), || {
+        "a directory for hello_fuse.c".to_string()
+    })?;
+    let src = src_dir.path().join("hello_fuse.c");
+    ctx(fs::write(&src, HELLO_FUSE_C), || {
+        format!("writing {}", src.display())
+    })?;
     let flags = |what: &str| -> io::Result<Vec<String>> {
         let o = run_ok(Cmd::new("pkg-config").args(["--static", what, "fuse3"]))
             .map_err(|e| err(format!("pkg-config fuse3 (install libfuse3-dev): {e}")))?;
@@ -657,7 +664,11 @@ pub fn build_hello_fuse(out: &Path) -> io::Result<()> {
             .args(libs)
             .timeout(Duration::from_secs(300)),
     )
-    .map_err(|e| err(format!("building {}: {e}", src.display())))
+    .map_err(|e| {
+        err(format!(
+            "building hello-fuse (tests/data/hello_fuse.c): {e}"
+        ))
+    })
     .map(|_| ())
 }
 

@@ -371,6 +371,9 @@ fn fuse2fs_on_corrupted_ext4_images() {
         assert_eq!(fs::read(at.join("hello.txt")).unwrap(), img.files[0].1);
         let e = fs::read(at.join(&img.damaged)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", img.damaged);
+        // The error does not spread: the healthy files still read.
+        assert_eq!(fs::read(at.join("dir/nested.txt")).unwrap(), img.files[1].1);
+        assert_eq!(fs::read(at.join("hello.txt")).unwrap(), img.files[0].1);
     });
     let log = finish(m, s);
     assert!(
