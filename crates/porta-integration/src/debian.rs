@@ -169,6 +169,10 @@ fn build_cached() -> io::Result<PathBuf> {
     if done.join("usr/bin/fuse2fs").exists() {
         return Ok(done); // another process built it while we waited
     }
+    // Builds run only under the lock: any build or download directory left now is from a
+    // process that died mid-way.
+    remove_stale(&cache, "build-");
+    remove_stale(&cache.join("apt/debs"), "download-");
     let tmp = ctx(
         tempfile::Builder::new().prefix("build-").tempdir_in(&cache),
         || format!("making a build directory in {}", cache.display()),
@@ -190,6 +194,20 @@ fn build_cached() -> io::Result<PathBuf> {
         )));
     }
     Ok(done)
+}
+
+/// Removes the directories in `dir` whose names start with `prefix`.
+fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            note(&format!(
+                "removing {} (left by an interrupted build)",
+                e.path().display()
+            ));
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// One `.deb` to unpack: its package record and where the verified file lies.
@@ -326,7 +344,7 @@ impl Apt {
 
     /// `apt-get update`, then the InRelease files checked once more with gpgv.
     fn update(&self) -> io::Result<()> {
-        run_ok(self.cmd("apt-get").args(["-q", "update"]))
+        run_ok(self.cmd("apt-get").args(["-q", "--error-on=any", "update"]))
             .map_err(|e| err(format!("apt-get update (deb.debian.org reachable?): {e}")))?;
         self.verify_lists()
     }
@@ -440,16 +458,23 @@ impl Apt {
                 .tempdir_in(self.dir.join("debs")),
             || "making a download directory".to_string(),
         )?;
+        let names: Vec<String> = missing
+            .iter()
+            .map(|r| format!("{}={}", r.package, r.version))
+            .collect();
         run_ok(
             self.cmd("apt-get")
                 .args(["-q", "download"])
-                .args(
-                    missing
-                        .iter()
-                        .map(|r| format!("{}={}", r.package, r.version)),
-                )
+                .args(&names)
                 .cwd(staging.path()),
-        )?;
+        )
+        .map_err(|e| {
+            err(format!(
+                "downloading {} (not in the cache {} or failing their check): {e}",
+                names.join(" "),
+                self.dir.join("debs").display()
+            ))
+        })?;
         for r in missing {
             // apt-get download names a file <name>_<version, ':' as %3a>_<arch>.deb
             let got = staging.path().join(format!(
@@ -479,8 +504,12 @@ impl Apt {
             Ok(d) => Ok(d),
             // Old lists may name files the mirror no longer has: refresh once.
             Err(e) if !fresh => {
-                note(&format!("retrying with fresh package lists after: {e}"));
-                self.update()?;
+                note("retrying with fresh package lists");
+                self.update().map_err(|u| {
+                    err(format!(
+                        "{e}\nand refreshing the package lists to retry failed too: {u}"
+                    ))
+                })?;
                 self.fetch_with_lists()
             }
             Err(e) => Err(e),
