@@ -1019,7 +1019,11 @@ impl Served {
                 let _ = tx.send(());
                 r
             });
-            let killed = rx.recv_timeout(limit).is_err() && !h.is_finished();
+            // Disconnected: `f` panicked (the join below passes the panic on).
+            let killed = matches!(
+                rx.recv_timeout(limit),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            ) && !h.is_finished();
             if killed {
                 self.kill();
             }
