@@ -203,44 +203,49 @@ fn check_tree(at: &Path, img: &Images) {
 fn hello_fuse_serves_through_dev_fd() {
     require_root!();
     let sc = Scratch::new();
-    let (m, mut s) = sc.serve(None, &[HELLO_FUSE, "-f", "/dev/fd/3"]);
     let at = sc.mnt();
-    s.check(LIMIT, || {
-        assert_eq!(fs::read_to_string(at.join("hello")).unwrap(), HELLO_TEXT);
-        let mut names: Vec<String> = fs::read_dir(&at)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["hello", "note"]);
-        let md = fs::metadata(at.join("hello")).unwrap();
-        assert_eq!(md.permissions().mode() & 0o777, 0o444);
-        assert_eq!(md.len(), HELLO_TEXT.len() as u64);
-        // hello is read-only, note takes writes, truncation and appends.
-        let e = fs::OpenOptions::new()
-            .write(true)
-            .open(at.join("hello"))
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
-        fs::write(at.join("note"), b"first line\n").unwrap();
-        {
-            use std::io::Write;
-            let mut f = fs::OpenOptions::new()
-                .append(true)
-                .open(at.join("note"))
-                .unwrap();
-            f.write_all(b"second line\n").unwrap();
-        }
-        assert_eq!(
-            fs::read_to_string(at.join("note")).unwrap(),
-            "first line\nsecond line\n"
-        );
-        fs::write(at.join("note"), b"short").unwrap();
-        assert_eq!(fs::read_to_string(at.join("note")).unwrap(), "short");
-        let e = fs::write(at.join("new"), b"x").unwrap_err();
-        assert!(e.raw_os_error().is_some(), "creating a file must fail: {e}");
-    });
-    finish(m, s);
+    // As root and as uid 1000: neither needs a privilege.
+    for user in [None, Some("1000:1000")] {
+        let (m, mut s) = sc.serve(user, &[HELLO_FUSE, "-f", "/dev/fd/3"]);
+        s.check(LIMIT, || {
+            assert_eq!(fs::read_to_string(at.join("hello")).unwrap(), HELLO_TEXT);
+            let mut names: Vec<String> = fs::read_dir(&at)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["hello", "note"]);
+            let md = fs::metadata(at.join("hello")).unwrap();
+            assert_eq!(md.permissions().mode() & 0o777, 0o444);
+            let uid = if user.is_some() { 1000 } else { 0 };
+            assert_eq!(md.uid(), uid, "hello-fuse serves its files as its own uid");
+            assert_eq!(md.len(), HELLO_TEXT.len() as u64);
+            // hello is read-only, note takes writes, truncation and appends.
+            let e = fs::OpenOptions::new()
+                .write(true)
+                .open(at.join("hello"))
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+            fs::write(at.join("note"), b"first line\n").unwrap();
+            {
+                use std::io::Write;
+                let mut f = fs::OpenOptions::new()
+                    .append(true)
+                    .open(at.join("note"))
+                    .unwrap();
+                f.write_all(b"second line\n").unwrap();
+            }
+            assert_eq!(
+                fs::read_to_string(at.join("note")).unwrap(),
+                "first line\nsecond line\n"
+            );
+            fs::write(at.join("note"), b"short").unwrap();
+            assert_eq!(fs::read_to_string(at.join("note")).unwrap(), "short");
+            let e = fs::write(at.join("new"), b"x").unwrap_err();
+            assert!(e.raw_os_error().is_some(), "creating a file must fail: {e}");
+        });
+        finish(m, s);
+    }
 }
 
 #[test]
@@ -419,21 +424,21 @@ fn squashfuse_serves_a_squashfs_image_through_dev_fd() {
     let sc = Scratch::new();
     let img = sc.images();
     let at = sc.mnt();
-    let (m, mut s) = sc.serve(
-        None,
-        &[
+    for user in [None, Some("1000:1000")] {
+        let argv = [
             "/usr/bin/squashfuse",
             "-f",
             "/images/squash.img",
             "/dev/fd/3",
-        ],
-    );
-    s.check(LIMIT, || {
-        check_tree(&at, &img);
-        let e = fs::write(at.join("nope"), b"x").unwrap_err();
-        assert!(e.raw_os_error().is_some(), "squashfs is read-only: {e}");
-    });
-    finish(m, s);
+        ];
+        let (m, mut s) = sc.serve(user, &argv);
+        s.check(LIMIT, || {
+            check_tree(&at, &img);
+            let e = fs::write(at.join("nope"), b"x").unwrap_err();
+            assert!(e.raw_os_error().is_some(), "squashfs is read-only: {e}");
+        });
+        finish(m, s);
+    }
 }
 
 #[test]
@@ -468,4 +473,9 @@ fn bindfs_serves_a_directory_through_dev_fd() {
         b"bound\n",
         "the write reached the source directory"
     );
+
+    // As uid 1000 it serves too (writes then follow the source's permissions).
+    let (m, mut s) = sc.serve(Some("1000:1000"), &argv);
+    s.check(LIMIT, || check_tree(&at, &img));
+    finish(m, s);
 }
