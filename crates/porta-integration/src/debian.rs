@@ -65,20 +65,18 @@ fn run_ok(cmd: Cmd) -> io::Result<Out> {
     }
 }
 
-/// The cargo target directory: `$CARGO_TARGET_DIR`, else the one holding the running test
-/// binary (`<target>/<profile>/deps/<test>`), else the workspace's `target`.
+/// The cargo target directory: an absolute `$CARGO_TARGET_DIR`, else the one holding the
+/// running test binary (`<target>/<profile>/deps/<test>`), else the workspace's `target`.
 pub fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         let d = PathBuf::from(d);
-        return if d.is_absolute() {
-            d
-        } else {
-            crate::workspace().join(d)
-        };
+        if d.is_absolute() {
+            return d;
+        }
     }
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(t) = exe.ancestors().nth(3) {
-            if exe.parent().and_then(Path::file_name) == Some("deps".as_ref()) {
+        if exe.parent().and_then(Path::file_name) == Some("deps".as_ref()) {
+            if let Some(t) = exe.ancestors().nth(3) {
                 return t.to_path_buf();
             }
         }
@@ -212,13 +210,13 @@ fn remove_stale(dir: &Path, prefix: &str) {
 
 /// One `.deb` to unpack: its package record and where the verified file lies.
 #[derive(Debug, Clone)]
-pub struct Deb {
+struct Deb {
     /// Package name.
-    pub package: String,
+    package: String,
     /// Version (with epoch).
-    pub version: String,
+    version: String,
     /// The verified file in the download cache.
-    pub path: PathBuf,
+    path: PathBuf,
 }
 
 /// A package record from `apt-cache show`.
