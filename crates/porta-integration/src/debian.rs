@@ -988,13 +988,28 @@ impl Served {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits for the program to exit by itself; its exit status.
-    pub fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
-        let mut c = self
+    /// Waits for the program to exit by itself; its exit status. If it is still running
+    /// after `limit` (a guard against a hung program, not a timing assumption), kills it
+    /// and returns an error with its output.
+    pub fn wait(&mut self, limit: Duration) -> io::Result<std::process::ExitStatus> {
+        let c = self
             .child
-            .take()
+            .as_mut()
             .ok_or_else(|| err("the program was already reaped"))?;
-        c.wait()
+        let st = crate::wait_for(limit, || c.try_wait().ok().flatten());
+        match st {
+            Some(st) => {
+                self.child = None;
+                Ok(st)
+            }
+            None => {
+                self.kill();
+                Err(err(format!(
+                    "the FUSE program did not exit within {limit:?}; its output:\n{}",
+                    self.log()
+                )))
+            }
+        }
     }
 
     /// Kills the program (SIGKILL) and reaps it.

@@ -155,7 +155,7 @@ impl Scratch {
 /// returning its output.
 fn finish(mut m: FuseMount, mut s: Served) -> String {
     m.unmount().unwrap();
-    let st = s.wait().unwrap();
+    let st = s.wait(LIMIT).unwrap();
     let log = s.log();
     assert!(
         st.success(),
@@ -332,7 +332,7 @@ fn fuse2fs_serves_an_ext4_image_through_dev_fd() {
     );
     let e = s.check(LIMIT, || fs::read_dir(&at).map(|_| ()).unwrap_err());
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
-    let st = s.wait().unwrap();
+    let st = s.wait(LIMIT).unwrap();
     assert!(
         !st.success(),
         "fuse2fs read-write on an image it cannot write: {}",
@@ -405,7 +405,7 @@ fn fuse2fs_on_corrupted_ext4_images() {
     // A bad superblock magic: fuse2fs refuses to start (exit 2), the mount is dead.
     let bad = in_chroot(&img.ext4_bad_super);
     let (m, mut s) = sc.serve(None, &["/usr/bin/fuse2fs", &bad, "/dev/fd/3", "-f"]);
-    let st = s.wait().unwrap();
+    let st = s.wait(LIMIT).unwrap();
     let log = s.log();
     assert_eq!(
         st.code(),
@@ -452,7 +452,7 @@ fn bindfs_serves_a_directory_through_dev_fd() {
     // bindfs 1.18 calls realpath(3) on its mount point before it hands the string to
     // libfuse: where /dev/fd/3 does not resolve it refuses to start.
     let (m, mut s) = sc.serve(None, &argv);
-    let st = s.wait().unwrap();
+    let st = s.wait(LIMIT).unwrap();
     let log = s.log();
     assert!(
         !st.success() && log.contains("Failed to resolve mount point"),
