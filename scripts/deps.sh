@@ -25,6 +25,10 @@ PKGS=(
   criu
   # the CRI client of the cri integration test (gRPC in Debian's python3, protoc)
   python3-grpcio python3-protobuf protobuf-compiler
+  # the Debian root of the translator tests (porta_integration::debian): apt and dpkg-deb
+  # fetch and unpack Debian packages, gpgv and the archive keyring check their signatures;
+  # the ext4 (mke2fs, e2fsck, debugfs) and squashfs images they serve
+  apt dpkg gpgv debian-archive-keyring e2fsprogs squashfs-tools
 )
 
 SUDO=()

@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod console;
 pub mod container;
 pub mod containerd;
+pub mod debian;
 pub mod leaks;
 pub mod rootfs;
 pub mod survival;
