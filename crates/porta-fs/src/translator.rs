@@ -28,6 +28,8 @@ pub const OP_START: u32 = 3;
 pub const OP_STOP: u32 = 4;
 /// Ask for the container's identity maps.
 pub const OP_ID_MAPS: u32 = 5;
+/// Kill translator `pid` at once (a hung one; no answer).
+pub const OP_KILL: u32 = 6;
 
 /// Length of the fixed part of a start request.
 pub const START_HDR_LEN: usize = 32;
@@ -233,9 +235,11 @@ pub fn start(sock: RawFd, mut req: StartRequest) -> SysResult<(OwnedFd, i32)> {
     fd.map(|f| (f, pid)).ok_or(libc::EPROTO)
 }
 
-/// Asks the supervisor on `sock` to kill translator `pid`.
-pub fn stop(sock: RawFd, pid: i32) {
-    let msg = encode_simple(OP_STOP, pid, crate::backing::next_tag());
+/// Asks the supervisor on `sock` to stop translator `pid` (SIGTERM, then SIGKILL after a
+/// grace period; `kill`: SIGKILL at once).
+pub fn stop(sock: RawFd, pid: i32, kill: bool) {
+    let op = if kill { OP_KILL } else { OP_STOP };
+    let msg = encode_simple(op, pid, crate::backing::next_tag());
     let _ = sys::send_with_fd(sock, &msg, None, libc::MSG_DONTWAIT);
 }
 

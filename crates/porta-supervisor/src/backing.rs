@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use porta_fs::backing::{Answer, Request, MSG_LEN, OP_CLOSE, OP_OPEN};
 use porta_fs::sys;
-use porta_fs::translator::{OP_ID_MAPS, OP_START, OP_STOP};
+use porta_fs::translator::{OP_ID_MAPS, OP_KILL, OP_START, OP_STOP};
 
 /// Where backing ids are made and dropped: the FUSE device, or a fake in tests.
 pub(crate) trait Registrar {
@@ -225,7 +225,7 @@ impl Broker {
         let op = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
         if r.len >= MSG_LEN
             && r.flags & libc::MSG_TRUNC == 0
-            && matches!(op, OP_START | OP_STOP | OP_ID_MAPS)
+            && matches!(op, OP_START | OP_STOP | OP_KILL | OP_ID_MAPS)
         {
             if serving {
                 self.translator_msgs.push(buf[..r.len].to_vec());

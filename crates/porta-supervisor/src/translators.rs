@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use porta_fs::translator::{
-    self as wire, IdMap, StartRequest, BUILTIN_PREFIX, MOUNT_POINT_ARG, OP_ID_MAPS, OP_START,
-    OP_STOP, START_FAILED_UNIQUE,
+    self as wire, IdMap, StartRequest, BUILTIN_PREFIX, MOUNT_POINT_ARG, OP_ID_MAPS, OP_KILL,
+    OP_START, OP_STOP, START_FAILED_UNIQUE,
 };
 use porta_protocol::supervisor::TranslatorStatus;
 
@@ -19,14 +20,22 @@ use crate::proc;
 /// The descriptor number a translator gets its FUSE socket on (`/dev/fd/3`).
 pub const TRANSLATOR_FD: RawFd = 3;
 
+/// The PATH a translator's program is looked up in (and gets).
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Socket buffer size of a translator's socket: a whole 1 MiB READ or WRITE frame.
 const SOCK_BUF: i32 = 4 << 20;
 
 /// The translators this container's servers asked for, by pid.
 #[derive(Default)]
 pub(crate) struct Translators {
-    live: HashMap<i32, (OwnedFd, TranslatorStatus)>,
+    /// pid → pidfd, what it is, and since when it was asked to stop.
+    live: HashMap<i32, (OwnedFd, TranslatorStatus, Option<Instant>)>,
 }
+
+/// How long a translator asked to stop (SIGTERM: a libfuse program then flushes and
+/// exits) may take before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The built-in translators' entry point: serves the FUSE connection `fd` with the
 /// built-in `name` and its arguments (runs in the translator's process, after the
@@ -43,17 +52,28 @@ pub fn set_builtins(f: BuiltinFn) {
 impl Translators {
     /// What `porta state` shows.
     pub fn status(&self) -> Vec<TranslatorStatus> {
-        let mut v: Vec<TranslatorStatus> = self.live.values().map(|(_, s)| s.clone()).collect();
+        let mut v: Vec<TranslatorStatus> = self
+            .live
+            .values()
+            .filter(|(_, _, stopping)| stopping.is_none())
+            .map(|(_, s, _)| s.clone())
+            .collect();
         v.sort_by(|a, b| a.path.cmp(&b.path));
         v
     }
 
-    /// Drops the translators that exited; true when any did.
+    /// Drops the translators that exited (and kills those that overstayed a stop);
+    /// true when any exited.
     pub fn reap(&mut self) -> bool {
+        for (fd, _, stopping) in self.live.values() {
+            if stopping.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+                proc::send(fd.as_fd(), libc::SIGKILL);
+            }
+        }
         let gone: Vec<i32> = self
             .live
             .iter()
-            .filter(|(_, (fd, _))| readable(fd.as_raw_fd()))
+            .filter(|(_, (fd, _, _))| readable(fd.as_raw_fd()))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in &gone {
@@ -65,7 +85,7 @@ impl Translators {
 
     /// Kills every translator (the container is going away).
     pub fn kill_all(&mut self) {
-        for (fd, _) in self.live.values() {
+        for (fd, _, _) in self.live.values() {
             proc::send(fd.as_fd(), libc::SIGKILL);
         }
         self.live.clear();
@@ -90,7 +110,7 @@ impl Translators {
                         let r =
                             porta_sys::scm::send(sock, &a, &[ours.as_raw_fd()], libc::MSG_NOSIGNAL);
                         if r.is_err() {
-                            self.stop(pid);
+                            self.stop(pid, true);
                         }
                         return true;
                     }
@@ -101,9 +121,9 @@ impl Translators {
                 };
                 let _ = porta_sys::scm::send(sock, &answer, &[], libc::MSG_NOSIGNAL);
             }
-            OP_STOP => {
+            OP_STOP | OP_KILL => {
                 let pid = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
-                self.stop(pid);
+                self.stop(pid, op == OP_KILL);
             }
             OP_ID_MAPS => {
                 let tag = u64::from_ne_bytes(msg[8..16].try_into().unwrap_or([0; 8]));
@@ -131,10 +151,12 @@ impl Translators {
         true
     }
 
-    /// Kills translator `pid` (only one of ours).
-    fn stop(&mut self, pid: i32) {
-        if let Some((fd, _)) = self.live.remove(&pid) {
-            proc::send(fd.as_fd(), libc::SIGKILL);
+    /// Stops translator `pid` (only one of ours): SIGTERM, SIGKILL after [`STOP_GRACE`]
+    /// or at once (`kill`: a hung one).
+    fn stop(&mut self, pid: i32, kill: bool) {
+        if let Some((fd, _, stopping)) = self.live.get_mut(&pid) {
+            proc::send(fd.as_fd(), if kill { libc::SIGKILL } else { libc::SIGTERM });
+            stopping.get_or_insert_with(Instant::now);
         }
     }
 
@@ -226,7 +248,7 @@ impl Translators {
             passive: req.flags & wire::FLAG_PASSIVE != 0,
         };
         tracing::info!(pid, path = %req.path, args = ?req.args, uid, gid, "translator started");
-        self.live.insert(pid, (fd, status));
+        self.live.insert(pid, (fd, status, None));
         Ok((ours, pid))
     }
 }
@@ -366,11 +388,24 @@ impl Plan {
         }
         let c = |s: &str| CString::new(s).unwrap_or_default();
         let argv: Vec<CString> = args.iter().map(|a| c(a)).collect();
-        let env = [
-            c("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-            c("HOME=/"),
-        ];
-        let e = nix::unistd::execvpe(&c(&prog), &argv, &env)
+        let env = [c(&format!("PATH={PATH}")), c("HOME=/")];
+        let path = if prog.contains('/') {
+            prog.clone()
+        } else {
+            // As execvp, but a name found nowhere is ENOENT whatever the PATH holds.
+            match PATH
+                .split(':')
+                .map(|d| format!("{d}/{prog}"))
+                .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+            {
+                Some(p) => p,
+                None => {
+                    tracing::warn!("translator: {prog} not found in {PATH}");
+                    fail(TRANSLATOR_FD, libc::ENOENT)
+                }
+            }
+        };
+        let e = nix::unistd::execve(&c(&path), &argv, &env)
             .err()
             .map_or(libc::ENOEXEC, |e| e as i32);
         tracing::warn!(

@@ -516,7 +516,17 @@ impl Fs {
                     tracing::warn!(pid = slot.pid, "translator does not read its requests");
                     return Err(libc::EIO);
                 }
-                Err(_) => return Err(libc::EIO),
+                Err(_) => {
+                    // The translator is gone and its reader thread may not have seen it
+                    // yet: clean up now, so the next access starts over.
+                    if let Some(slot) = self
+                        .slot(slot.fd)
+                        .filter(|s| std::ptr::eq(s.as_ref(), slot))
+                    {
+                        self.translator_gone(&slot);
+                    }
+                    return Err(libc::EIO);
+                }
             }
         }
     }
@@ -826,7 +836,7 @@ impl Fs {
             }
         };
         if sock.as_raw_fd() as u64 > SLOT_MASK || job.node.as_raw_fd() < 0 {
-            translator::stop(self.backing, pid);
+            translator::stop(self.backing, pid, true);
             self.fail_parked(key, libc::EMFILE);
             return None;
         }
@@ -834,7 +844,7 @@ impl Fs {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(errno = e, pid, args = ?job.args, "translator failed to start");
-                translator::stop(self.backing, pid);
+                translator::stop(self.backing, pid, true);
                 self.fail_parked(key, e);
                 return None;
             }
@@ -980,7 +990,7 @@ impl Fs {
         for fd in hung {
             if let Some(slot) = self.slot(fd) {
                 tracing::warn!(pid = slot.pid, timeout = ?self.trans.timeout, "translator hung: killed");
-                translator::stop(self.backing, slot.pid);
+                translator::stop(self.backing, slot.pid, true);
                 // SAFETY: plain shutdown of our socket: the reader sees the end.
                 unsafe { libc::shutdown(slot.fd, libc::SHUT_RDWR) };
             }
@@ -1260,7 +1270,7 @@ impl Fs {
         }
         self.unlink_slot(slot);
         tracing::info!(pid = slot.pid, passive = slot.passive, "translator gone");
-        translator::stop(self.backing, slot.pid);
+        translator::stop(self.backing, slot.pid, false);
         self.sh.free(slot.fd);
         self.sh.free(slot.node);
         sys::close(slot.fd);
@@ -1398,7 +1408,7 @@ impl Fs {
     fn end_translator(&self, slot: &Arc<Slot>) {
         slot.dead.store(true, Ordering::Release);
         self.unlink_slot(slot);
-        translator::stop(self.backing, slot.pid);
+        translator::stop(self.backing, slot.pid, false);
         // SAFETY: plain shutdown of our socket: the reader thread sees the end and
         // cleans up.
         unsafe { libc::shutdown(slot.fd, libc::SHUT_RDWR) };

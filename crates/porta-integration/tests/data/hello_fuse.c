@@ -3,7 +3,8 @@
  *
  * It serves one directory holding
  *   hello  read-only (0444), the fixed text HELLO_TEXT;
- *   note   writable (0644), kept in memory (at most NOTE_MAX bytes), empty at start.
+ *   note   writable (0644), kept in memory (at most NOTE_MAX bytes), empty at start;
+ *          once it starts with "hang", reads of 'hello' are never answered.
  *
  * Usage: hello-fuse [-f] [-d] [-o opt,...] MOUNTPOINT
  * MOUNTPOINT may be /dev/fd/N: libfuse then uses the already open FUSE device N
@@ -220,6 +221,10 @@ static void hf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	size_t len = ino == INO_HELLO ? strlen(HELLO_TEXT) : note_len;
 
 	(void)fi;
+	/* A hung file system on demand: once 'note' starts with "hang", reads of 'hello'
+	 * are never answered (the loop goes on serving everything else). */
+	if (ino == INO_HELLO && note_len >= 4 && memcmp(note_data, "hang", 4) == 0)
+		return;
 	if (off < 0 || (size_t)off >= len) {
 		fuse_reply_buf(req, NULL, 0);
 		return;
