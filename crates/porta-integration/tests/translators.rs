@@ -26,7 +26,13 @@ fn tools_dir() -> PathBuf {
 }
 
 fn rig(tag: &str, env: &[(&str, &str)]) -> Rig {
-    let b = Bundle::empty(&["sleep", "100000"]);
+    rig_with(tag, env, None)
+}
+
+/// As [`rig`]; `userns`: a user namespace mapping container ids 0..65536 to host ids
+/// from this one (the root file system chowned to match).
+fn rig_with(tag: &str, env: &[(&str, &str)], userns: Option<u32>) -> Rig {
+    let mut b = Bundle::empty(&["sleep", "100000"]);
     let root = b.rootfs();
     debian::install(&root, false).expect("Debian root");
     let img_dir = root.join("images");
@@ -38,8 +44,22 @@ fn rig(tag: &str, env: &[(&str, &str)]) -> Rig {
     for d in ["disk", "bad", "sq", "hello", "mem", "view", "tar", "u"] {
         std::fs::create_dir_all(root.join("mnt").join(d)).unwrap();
     }
+    let base = userns.unwrap_or(0);
+    if let Some(host) = userns {
+        b.user_ns(host, 65536);
+        let o = cmd::host(
+            "chown",
+            &[
+                "-R",
+                "-h",
+                &format!("{host}:{host}"),
+                root.to_str().unwrap(),
+            ],
+        );
+        o.expect_ok();
+    }
     // (The test config drops CAP_CHOWN: the container's root cannot chown.)
-    std::os::unix::fs::chown(root.join("mnt/u"), Some(1000), Some(1000)).unwrap();
+    std::os::unix::fs::chown(root.join("mnt/u"), Some(base + 1000), Some(base + 1000)).unwrap();
     let c = Container::new(tag, b);
     let bundle = c.bundle.path_str();
     let mut cmd = c.cmd();
@@ -475,4 +495,52 @@ fn builtins_and_permissions() {
     for p in pids {
         wait_dead(p);
     }
+}
+
+#[test]
+fn user_namespaced_container_gets_its_own_ids_through_translators() {
+    require_root!();
+    porta_only!(WHY);
+    const HOST: u32 = 310000;
+    let r = rig_with("tr-userns", &[], Some(HOST));
+    // The container's root attaches a memfs: the translator runs as the mapped root, and
+    // what it makes shows the container's ids inside.
+    r.sh_ok("settrans -a /mnt/mem porta:memfs && touch /mnt/mem/f");
+    let pid = r.pid_of("/mnt/mem");
+    assert_eq!(
+        status_field(pid, "Uid:").split_whitespace().next(),
+        Some(&*HOST.to_string())
+    );
+    assert_eq!(
+        r.sh_ok("stat -c %u:%g /mnt/mem/f /mnt/mem").trim(),
+        "0:0\n0:0"
+    );
+    // A user of the container: the translator runs as its host id, files are its own.
+    r.sh_as(
+        "1000:1000",
+        "settrans -a /mnt/u porta:memfs && touch /mnt/u/g",
+    )
+    .expect_ok();
+    let upid = r.pid_of("/mnt/u");
+    assert_eq!(
+        status_field(upid, "Uid:").split_whitespace().next(),
+        Some(&*(HOST + 1000).to_string())
+    );
+    assert_eq!(
+        r.sh_as("1000:1000", "stat -c %u:%g /mnt/u/g").stdout.trim(),
+        "1000:1000"
+    );
+    let o = r.sh_as("1000:1000", "touch /mnt/mem/x");
+    assert!(!o.ok(), "the user cannot write root's memfs: {o}");
+    // A real program: fuse2fs on the image, with the image's root-owned files shown as
+    // the container's root.
+    r.sh_ok("settrans -a /mnt/disk fuse2fs /images/ext4.img {} -f");
+    assert_eq!(
+        r.sh_ok("cat /mnt/disk/hello.txt"),
+        "Hello from an ext4 image.\n"
+    );
+    assert_eq!(r.sh_ok("stat -c %u /mnt/disk/hello.txt").trim(), "0");
+    r.c.rt(&["delete", "--force", &r.c.id]).expect_ok();
+    wait_dead(pid);
+    wait_dead(upid);
 }
