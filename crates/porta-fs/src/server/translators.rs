@@ -250,6 +250,9 @@ pub(super) struct Translators {
     maps: OnceLock<(IdMap, IdMap)>,
     next_own: AtomicU64,
     epoch: AtomicU64,
+    /// (slot, epoch) of translators that died, the most recent ones: their nodes fail
+    /// with EIO rather than ESTALE.
+    dead: Mutex<std::collections::VecDeque<(RawFd, u64)>>,
     /// False on io_uring (answers cannot come from another thread there).
     pub(super) enabled: AtomicBool,
     pub(super) timeout: Duration,
@@ -263,6 +266,7 @@ impl Translators {
             pending: Mutex::default(),
             jobs: Mutex::new(None),
             maps: OnceLock::new(),
+            dead: Mutex::default(),
             next_own: AtomicU64::new(2),
             epoch: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
@@ -366,13 +370,52 @@ impl Fs {
                 }
                 return Some(Served::NOTHING);
             }
+            op::FORGET => return None,
+            op::BATCH_FORGET => {
+                // The translators' nodes among them go to their translators (one FORGET
+                // each); the server's own ignores them.
+                let count = get_u32(frame, IN_HEADER_LEN) as usize;
+                let entries = frame.get(IN_HEADER_LEN + 8..).unwrap_or(&[]);
+                for e in entries.chunks_exact(16).take(count) {
+                    let (id, n) = (get_u64(e, 0), get_u64(e, 8));
+                    if !is_translated(id) {
+                        continue;
+                    }
+                    if let Some((slot, inner)) =
+                        self.slot_of(id).filter(|(_, i)| *i != abi::ROOT_ID)
+                    {
+                        let mut f = Vec::with_capacity(IN_HEADER_LEN + 8);
+                        f.extend_from_slice(&((IN_HEADER_LEN + 8) as u32).to_ne_bytes());
+                        f.extend_from_slice(&op::FORGET.to_ne_bytes());
+                        f.extend_from_slice(&self.own_unique().to_ne_bytes());
+                        f.extend_from_slice(&inner.to_ne_bytes());
+                        f.extend_from_slice(&[0u8; 16]);
+                        f.extend_from_slice(&n.to_ne_bytes());
+                        let _ = self.send_to(&slot, &f);
+                    }
+                }
+                return None;
+            }
             _ => {}
         }
         if !is_translated(h.nodeid) {
             return None;
         }
         let Some((slot, inner)) = self.slot_of(h.nodeid) else {
-            return Some(err(w, h.unique, libc::EIO));
+            // A node of a translator that died fails with EIO; a made-up id names
+            // nothing.
+            let (fd, epoch, _) = split(h.nodeid);
+            let dead = self
+                .trans
+                .dead
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(fd, epoch));
+            return Some(err(
+                w,
+                h.unique,
+                if dead { libc::EIO } else { libc::ESTALE },
+            ));
         };
         // The translator's records are the server's business, on the translator's root.
         if inner == abi::ROOT_ID
@@ -1183,19 +1226,15 @@ impl Fs {
                     put_u32(r, at, flags);
                 }
             }
-            op::GETATTR | op::SETATTR => {
-                if r.len() >= b + ATTR_OUT_ATTR + ATTR_LEN {
-                    self.remap_attr(
-                        slot,
-                        &mut r[b + ATTR_OUT_ATTR..b + ATTR_OUT_ATTR + ATTR_LEN],
-                    );
-                }
+            op::GETATTR | op::SETATTR if r.len() >= b + ATTR_OUT_ATTR + ATTR_LEN => {
+                self.remap_attr(
+                    slot,
+                    &mut r[b + ATTR_OUT_ATTR..b + ATTR_OUT_ATTR + ATTR_LEN],
+                );
             }
-            op::OPEN | op::OPENDIR => {
-                if r.len() >= b + 16 {
-                    let flags = get_u32(r, b + 8) & !abi::fopen::PASSTHROUGH;
-                    put_u32(r, b + 8, flags);
-                }
+            op::OPEN | op::OPENDIR if r.len() >= b + 16 => {
+                let flags = get_u32(r, b + 8) & !abi::fopen::PASSTHROUGH;
+                put_u32(r, b + 8, flags);
             }
             op::READDIR => {
                 let mut at = b;
@@ -1280,6 +1319,15 @@ impl Fs {
 
     /// Takes a slot out of the tables (no new request reaches it).
     fn unlink_slot(&self, slot: &Arc<Slot>) {
+        {
+            let mut d = self.trans.dead.lock().unwrap_or_else(|p| p.into_inner());
+            if !d.contains(&(slot.fd, slot.epoch & EPOCH_MASK)) {
+                if d.len() >= 1024 {
+                    d.pop_front();
+                }
+                d.push_back((slot.fd, slot.epoch & EPOCH_MASK));
+            }
+        }
         let mut t = self.trans.table.lock().unwrap_or_else(|p| p.into_inner());
         if t.slots.get(&slot.fd).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             t.slots.remove(&slot.fd);
