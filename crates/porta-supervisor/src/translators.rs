@@ -451,6 +451,21 @@ fn fail(sock: RawFd, errno: i32) -> ! {
     if sock >= 0 {
         // SAFETY: a plain write of a local buffer.
         unsafe { libc::write(sock, m.as_ptr().cast(), m.len()) };
+        // Take the server's INIT (sent as soon as the process exists) before exiting: a
+        // socket closed with unread data resets its peer, which would then lose the
+        // message above.
+        let mut p = libc::pollfd {
+            fd: sock,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: one valid pollfd; a read into a local buffer.
+        unsafe {
+            if libc::poll(&mut p, 1, 2000) > 0 {
+                libc::read(sock, buf.as_mut_ptr().cast(), buf.len());
+            }
+        }
     }
     // SAFETY: leave at once.
     unsafe { libc::_exit(127) }

@@ -54,6 +54,9 @@ const INO_SHIFT: u32 = 48;
 /// How long a translator may leave a request unanswered before it counts as hung.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long removing a translator waits for it to exit (the supervisor kills it after 5 s).
+const END_WAIT: Duration = Duration::from_secs(8);
+
 /// Largest frame exchanged with a translator (a 1 MiB write or read plus headers).
 const FRAME_LEN: usize = super::BUF_LEN;
 
@@ -405,12 +408,13 @@ impl Fs {
             // A node of a translator that died fails with EIO; a made-up id names
             // nothing.
             let (fd, epoch, _) = split(h.nodeid);
-            let dead = self
-                .trans
-                .dead
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&(fd, epoch));
+            let dead = self.slot(fd).is_some_and(|s| s.epoch & EPOCH_MASK == epoch)
+                || self
+                    .trans
+                    .dead
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&(fd, epoch));
             return Some(err(
                 w,
                 h.unique,
@@ -1456,10 +1460,17 @@ impl Fs {
     fn end_translator(&self, slot: &Arc<Slot>) {
         slot.dead.store(true, Ordering::Release);
         self.unlink_slot(slot);
+        // The translator reads the end of its connection (a libfuse program then
+        // flushes and exits) and gets SIGTERM; the supervisor kills it after a grace
+        // period. Returns once it is gone (its end of the socket closed), so that what it
+        // wrote is complete before anything else opens its storage.
+        // SAFETY: plain shutdown of our socket's sending side.
+        unsafe { libc::shutdown(slot.fd, libc::SHUT_WR) };
         translator::stop(self.backing, slot.pid, false);
-        // SAFETY: plain shutdown of our socket: the reader thread sees the end and
-        // cleans up.
-        unsafe { libc::shutdown(slot.fd, libc::SHUT_RDWR) };
+        let deadline = Instant::now() + END_WAIT;
+        while !slot.gone.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.forget_place(slot);
     }
 
