@@ -1097,11 +1097,14 @@ impl Fs {
                 let valid = get_u64(a, 0);
                 let nsec = get_u32(a, 8);
                 w.start();
+                // The name's binding to the translator's root is the server's (dropped
+                // when the translator goes): the server's entry timeout. Its attributes
+                // are the translator's, with the translator's timeout.
                 w.u64(slot.outer(abi::ROOT_ID))
                     .u64(slot.epoch)
+                    .u64(self.ttl.secs)
                     .u64(valid)
-                    .u64(valid)
-                    .u32(nsec)
+                    .u32(self.ttl.nsecs)
                     .u32(nsec);
                 w.bytes(&a[ATTR_OUT_ATTR..ATTR_OUT_ATTR + ATTR_LEN]);
                 w.finish(0, p.kernel);
@@ -1314,11 +1317,13 @@ impl Fs {
         self.unlink_slot(slot);
         tracing::info!(pid = slot.pid, passive = slot.passive, "translator gone");
         translator::stop(self.backing, slot.pid, false);
+        // Before the node's descriptor goes: a server that took over finds the place
+        // from it.
+        self.forget_place(slot);
         self.sh.free(slot.fd);
         self.sh.free(slot.node);
         sys::close(slot.fd);
         sys::close(slot.node);
-        self.forget_place(slot);
     }
 
     /// Takes a slot out of the tables (no new request reaches it).
@@ -1343,7 +1348,12 @@ impl Fs {
 
     /// Makes the kernel look the translated node up again (its translator changed).
     fn forget_place(&self, slot: &Slot) {
-        let place = slot.place.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = slot.place.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // A server that took over the slot never saw the lookup: the node's path tells.
+        let place = known.or_else(|| {
+            self.indexed.wait();
+            self.place_of(slot.node)
+        });
         if let Some((parent, name)) = place {
             self.inval_entry(parent, &name);
         }
