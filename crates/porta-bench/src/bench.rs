@@ -1509,11 +1509,12 @@ impl Bench {
             for (si, &(e, load)) in slots.iter().enumerate() {
                 for (mi, (m, _, _)) in ms.iter().enumerate() {
                     let (unit, better) = unit_of(m);
-                    let (status, reason) = match (&self.envs[e].skip.clone().or(wskip(e)), &failed[si]) {
-                        (Some(s), _) => (Status::Skipped, Some(s.clone())),
-                        (None, Some(f)) => (Status::Failed, Some(f.clone())),
-                        _ => (Status::Ok, None),
-                    };
+                    let (status, reason) =
+                        match (&self.envs[e].skip.clone().or(wskip(e)), &failed[si]) {
+                            (Some(s), _) => (Status::Skipped, Some(s.clone())),
+                            (None, Some(f)) => (Status::Failed, Some(f.clone())),
+                            _ => (Status::Ok, None),
+                        };
                     cells.push(Cell {
                         workload: w.clone(),
                         runtime: self.envs[e].name.clone(),

@@ -86,7 +86,10 @@ fn main() -> ExitCode {
         return match porta_integration::debian::install(dir, true) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("porta-bench: copying the Debian root to {}: {e}", dir.display());
+                eprintln!(
+                    "porta-bench: copying the Debian root to {}: {e}",
+                    dir.display()
+                );
                 ExitCode::FAILURE
             }
         };

@@ -49,7 +49,16 @@ const SMALL: usize = 1024;
 /// The operations, in the probe's order, with their per-operation latency metrics.
 const LATENCY_OPS: &[&str] = &["stat-cold", "stat-hot", "read-small", "create"];
 /// Phases whose FUSE requests are counted per operation (read-large per MiB).
-const TRACED: &[&str] = &["stat-cold", "stat-hot", "read-small", "read-large", "create"];
+const TRACED: &[&str] = &[
+    "stat-cold",
+    "stat-hot",
+    "read-small",
+    "read-large",
+    "create",
+    "ref-stat",
+];
+/// The reference directory of plain files in the Debian root (outside the image).
+const REF_DIR: &str = "/bench/ref";
 
 /// Problem sizes: (small files stat'ed and read, files created, big file MiB).
 pub fn sizes(quick: bool) -> (usize, usize, usize) {
@@ -74,6 +83,7 @@ pub fn metrics() -> Vec<(&'static str, &'static str, Better)> {
         v.push((p90, "µs", Better::Lower));
     }
     v.push(("read-large", "MB/s", Better::Higher));
+    v.push(("ref-stat-p50", "µs", Better::Lower));
     v
 }
 
@@ -86,9 +96,13 @@ pub fn trace_metrics() -> Vec<(&'static str, &'static str, Better)> {
         ("req/read-small", "requests/op", Better::Lower),
         ("req/read-large", "requests/MiB", Better::Lower),
         ("req/create", "requests/op", Better::Lower),
+        ("req/ref-stat", "requests/op", Better::Lower),
         ("rt/stat-cold", "µs/request", Better::Lower),
+        ("rt/stat-hot", "µs/request", Better::Lower),
         ("rt/read-small", "µs/request", Better::Lower),
+        ("rt/read-large", "µs/request", Better::Lower),
         ("rt/create", "µs/request", Better::Lower),
+        ("rt/ref-stat", "µs/request", Better::Lower),
     ]
 }
 
@@ -112,13 +126,21 @@ pub fn describe(quick: bool) -> String {
 
 /// Why environment `name` does not run this workload (None: it does).
 pub fn env_skip(name: &str) -> Option<String> {
-    let inner = name.strip_prefix(crate::env::BASELINE_PREFIX).unwrap_or(name);
+    let inner = name
+        .strip_prefix(crate::env::BASELINE_PREFIX)
+        .unwrap_or(name);
     match inner {
         "native" if inner == name => None,
         "porta" | "porta-nowatch" | "porta-strict" | "porta-strict-nowatch" | "porta-uring" => None,
-        "porta-kernel" => Some(format!("{WORKLOAD}: porta-kernel has no file server, so no translators")),
-        "porta-overlay" => Some(format!("{WORKLOAD}: runs on the Debian root, not on a per-container overlay")),
-        _ => Some(format!("{WORKLOAD}: translators are Porta's; native is fuse2fs on the host")),
+        "porta-kernel" => Some(format!(
+            "{WORKLOAD}: porta-kernel has no file server, so no translators"
+        )),
+        "porta-overlay" => Some(format!(
+            "{WORKLOAD}: runs on the Debian root, not on a per-container overlay"
+        )),
+        _ => Some(format!(
+            "{WORKLOAD}: translators are Porta's; native is fuse2fs on the host"
+        )),
     }
 }
 
@@ -172,7 +194,9 @@ pub fn setup(b: &mut Bench) -> Result<()> {
         let data: Vec<u8> = (0..SMALL).map(|k| ((k + i) % 251) as u8).collect();
         fs::write(tree.join(format!("files/f{i:05}")), data)?;
     }
-    let big: Vec<u8> = (0..mib << 20).map(|k| ((k % 251) ^ (k >> 12)) as u8).collect();
+    let big: Vec<u8> = (0..mib << 20)
+        .map(|k| ((k % 251) ^ (k >> 12)) as u8)
+        .collect();
     fs::write(tree.join("big.bin"), big)?;
     fs::create_dir_all(root.join("bench"))?;
     fs::create_dir_all(root.join(NODE.trim_start_matches('/')))?;
@@ -180,7 +204,19 @@ pub fn setup(b: &mut Bench) -> Result<()> {
     // Room for every run's created files: sparse, so only what is written takes space.
     let size = if b.sizes.quick { "512M" } else { "2G" };
     let o = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-N", "200000", "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-N",
+            "200000",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(&tree)
         .arg(&img)
         .arg(size)
@@ -196,6 +232,11 @@ pub fn setup(b: &mut Bench) -> Result<()> {
         );
     }
     fs::remove_dir_all(&tree)?;
+    let refs = root.join(REF_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&refs)?;
+    for i in 0..files {
+        fs::write(refs.join(format!("f{i:05}")), vec![b'r'; SMALL])?;
+    }
     let dst = root.join(PROBE_IN_ROOT.trim_start_matches('/'));
     fs::copy(&probe, &dst).with_context(|| format!("copying {}", probe.display()))?;
     fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
@@ -237,10 +278,17 @@ pub fn measure(b: &mut Bench, e: usize, tag: &str, load: Load) -> Result<Vec<(St
     }
     let (files, creates, mib) = sizes(b.sizes.quick);
     let cdir = format!("c-{tag}");
-    let probe_args: Vec<String> = [PROBE_IN_ROOT, NODE, &files.to_string(), &cdir, &creates.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let probe_args: Vec<String> = [
+        PROBE_IN_ROOT,
+        NODE,
+        &files.to_string(),
+        &cdir,
+        &creates.to_string(),
+        REF_DIR,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let trace = Trace::start()?;
     let out = match b.envs[e].kind {
         Kind::Native => host_once(b, tag, &probe_args),
@@ -260,16 +308,24 @@ pub fn measure(b: &mut Bench, e: usize, tag: &str, load: Load) -> Result<Vec<(St
         let (counted, ops) = count_requests(&out, &events, (files, creates, mib))?;
         figs.extend(counted);
         // The opcodes of the environment's first measured run of each load, for the report.
-        let head = format!("{WORKLOAD}, FUSE requests of one run, {} ({}):", b.envs[e].name, load.name());
+        let head = format!(
+            "{WORKLOAD}, FUSE requests of one run, {} ({}):",
+            b.envs[e].name,
+            load.name()
+        );
         if !b.notes.iter().any(|n| n.starts_with(&head)) {
             b.notes.push(format!("{head} {ops}"));
         }
     }
     want.iter()
         .map(|(m, _, _)| {
-            figs.get(*m)
-                .map(|v| (m.to_string(), *v))
-                .ok_or_else(|| anyhow!("{}: metric {m} missing: {}", b.envs[e].name, tail(&out, 300)))
+            figs.get(*m).map(|v| (m.to_string(), *v)).ok_or_else(|| {
+                anyhow!(
+                    "{}: metric {m} missing: {}",
+                    b.envs[e].name,
+                    tail(&out, 300)
+                )
+            })
         })
         .collect()
 }
@@ -285,13 +341,17 @@ fn host_once(b: &mut Bench, tag: &str, probe: &[String]) -> Result<String> {
         let mut m = FuseMount::new(&mnt)?;
         let log = dir.join("fuse2fs.log");
         let served = m.serve(
-            chrooted(&root, &[FUSE2FS, IMAGE, &format!("/dev/fd/{FUSE_FD}"), "-f"]),
+            chrooted(
+                &root,
+                &[FUSE2FS, IMAGE, &format!("/dev/fd/{FUSE_FD}"), "-f"],
+            ),
             &log,
         )?;
         let argv: Vec<&str> = probe.iter().map(String::as_str).collect();
         let (out_f, err_f) = (dir.join("out"), dir.join("err"));
         let mut c = chrooted(&root, &argv);
-        c.stdout(fs::File::create(&out_f)?).stderr(fs::File::create(&err_f)?);
+        c.stdout(fs::File::create(&out_f)?)
+            .stderr(fs::File::create(&err_f)?);
         let mut child = c.spawn().context("spawn the probe on the host")?;
         let st = sys::wait_child(&mut child, run_limit(b), "probe (host)");
         let stdout = fs::read_to_string(&out_f).unwrap_or_default();
@@ -300,7 +360,10 @@ fn host_once(b: &mut Bench, tag: &str, probe: &[String]) -> Result<String> {
         served.finish(STEP_TIMEOUT)?;
         let st = st?;
         if !st.success() {
-            bail!("probe (host) failed ({st}): {}", tail(&format!("{stderr}\n{stdout}"), 400));
+            bail!(
+                "probe (host) failed ({st}): {}",
+                tail(&format!("{stderr}\n{stdout}"), 400)
+            );
         }
         Ok(stdout)
     })();
@@ -318,7 +381,10 @@ fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<String> {
     let id = b.next_id();
     let dir = b.bundles.join(&id);
     fs::create_dir_all(&dir)?;
-    let ann = b.envs[e].oci().map(|o| o.annotations.clone()).unwrap_or_default();
+    let ann = b.envs[e]
+        .oci()
+        .map(|o| o.annotations.clone())
+        .unwrap_or_default();
     let cfg = config_json(
         &debroot(b),
         &["/usr/bin/sleep".to_string(), "1000000".to_string()],
@@ -335,28 +401,48 @@ fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<String> {
     let r = (|| -> Result<String> {
         let bundle = dir.to_string_lossy().to_string();
         let pidfile = dir.join("pid").to_string_lossy().to_string();
-        b.step(e, &["create", "--bundle", &bundle, "--pid-file", &pidfile, &id], &dir)?;
+        b.step(
+            e,
+            &["create", "--bundle", &bundle, "--pid-file", &pidfile, &id],
+            &dir,
+        )?;
         b.step(e, &["start", &id], &dir)?;
         b.step(
             e,
-            &["translator", "set", &id, NODE, "--", FUSE2FS, IMAGE, "{}", "-f"],
+            &[
+                "translator",
+                "set",
+                &id,
+                NODE,
+                "--",
+                FUSE2FS,
+                IMAGE,
+                "{}",
+                "-f",
+            ],
             &dir,
         )?;
         let mut args: Vec<&str> = vec!["exec", &id];
         args.extend(probe.iter().map(String::as_str));
         let (out_f, err_f) = (dir.join("exec.out"), dir.join("exec.err"));
         let mut c = b.oci_cmd(e, &args);
-        c.stdout(fs::File::create(&out_f)?).stderr(fs::File::create(&err_f)?);
+        c.stdout(fs::File::create(&out_f)?)
+            .stderr(fs::File::create(&err_f)?);
         let mut child = c.spawn().context("spawn porta exec")?;
         let st = sys::wait_child(&mut child, run_limit(b), "porta exec of the probe")?;
         let stdout = fs::read_to_string(&out_f).unwrap_or_default();
         if !st.success() {
             let stderr = fs::read_to_string(&err_f).unwrap_or_default();
-            bail!("porta exec of the probe failed ({st}): {}", tail(&format!("{stderr}\n{stdout}"), 400));
+            bail!(
+                "porta exec of the probe failed ({st}): {}",
+                tail(&format!("{stderr}\n{stdout}"), 400)
+            );
         }
         Ok(stdout)
     })();
-    let pid: Option<i32> = fs::read_to_string(dir.join("pid")).ok().and_then(|s| s.trim().parse().ok());
+    let pid: Option<i32> = fs::read_to_string(dir.join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
     let _ = b.step(e, &["kill", &id, "KILL"], &dir);
     if let Some(pid) = pid {
         sys::wait_pid_exit(pid, STEP_TIMEOUT);
@@ -402,7 +488,10 @@ impl FuseMount {
     /// Starts `cmd` with the device as descriptor 3, output to `log`; closes the
     /// harness's copy, so that the mount fails (ENOTCONN) instead of hanging if it dies.
     fn serve(&mut self, mut cmd: Command, log: &Path) -> Result<Served> {
-        let dev = self.dev.take().ok_or_else(|| anyhow!("FUSE device already handed over"))?;
+        let dev = self
+            .dev
+            .take()
+            .ok_or_else(|| anyhow!("FUSE device already handed over"))?;
         let out = fs::File::create(log)?;
         cmd.stdout(out.try_clone()?).stderr(out);
         let fd = dev.as_raw_fd();
@@ -480,7 +569,8 @@ fn give_fd(fd: RawFd, n: RawFd) -> std::io::Result<()> {
 fn mount_fuse(target: &Path, opts: &str) -> std::io::Result<()> {
     let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::other("mount point holds a NUL byte"))?;
-    let o = std::ffi::CString::new(opts).map_err(|_| std::io::Error::other("options hold a NUL byte"))?;
+    let o = std::ffi::CString::new(opts)
+        .map_err(|_| std::io::Error::other("options hold a NUL byte"))?;
     // SAFETY: valid NUL-terminated strings that outlive the call; mount only reads them.
     let r = unsafe {
         libc::mount(
@@ -529,7 +619,10 @@ fn mount_tracefs() -> Result<()> {
         )
     };
     if r != 0 {
-        bail!("mount -t tracefs on {TRACEFS}: {}", std::io::Error::last_os_error());
+        bail!(
+            "mount -t tracefs on {TRACEFS}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -561,7 +654,8 @@ impl Trace {
             ("events/fuse/fuse_request_end/enable", "1"),
             ("tracing_on", "1"),
         ] {
-            fs::write(t.dir.join(f), v).with_context(|| format!("writing {v} to {}", t.dir.join(f).display()))?;
+            fs::write(t.dir.join(f), v)
+                .with_context(|| format!("writing {v} to {}", t.dir.join(f).display()))?;
         }
         Ok(Some(t))
     }
@@ -658,6 +752,11 @@ fn count_requests(
         .ok_or_else(|| anyhow!("the probe printed no DEV line"))?;
     // The kernel's dev_t (what the tracepoint prints): major << 20 | minor.
     let conn = (dev.0 << 20) | dev.1;
+    let ref_conn = out
+        .lines()
+        .find_map(|l| l.strip_prefix("REFDEV "))
+        .and_then(|d| d.trim().split_once(':'))
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()? << 20) | b.parse::<u32>().ok()?));
     let mut figs = HashMap::new();
     let mut breakdown = Vec::new();
     for l in out.lines() {
@@ -675,9 +774,15 @@ fn count_requests(
         if !TRACED.contains(&name) {
             continue;
         }
+        // ref-stat: the reference directory's own connection (none natively: host ext4).
+        let c = if name == "ref-stat" {
+            ref_conn
+        } else {
+            Some(conn)
+        };
         let reqs: Vec<&Request> = events
             .iter()
-            .filter(|r| r.0 == conn && r.2 >= t0 && r.2 <= t1)
+            .filter(|r| Some(r.0) == c && r.2 >= t0 && r.2 <= t1)
             .collect();
         let per = match name {
             "read-large" => mib as f64,
@@ -718,7 +823,15 @@ mod tests {
             fuse2fs-14 [000] ..... 100.000031: fuse_request_end: connection 45 req 8 len 144 error 0\n";
         let r = parse_trace(t);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0], (45, "FUSE_LOOKUP".to_string(), 100_000_001_000, Some(100_000_031_000)));
+        assert_eq!(
+            r[0],
+            (
+                45,
+                "FUSE_LOOKUP".to_string(),
+                100_000_001_000,
+                Some(100_000_031_000)
+            )
+        );
         assert_eq!(r[1].0, 46);
         assert_eq!(r[1].3, None);
         let out = "DEV 0:45\nPHASE stat-cold 100000000000 100000100000\n";
@@ -736,6 +849,6 @@ mod tests {
         assert!(env_skip("porta-kernel").unwrap().contains("no file server"));
         assert!(env_skip("runc").is_some());
         assert!(env_skip("baseline-native").is_some());
-        assert_eq!(metrics().len(), 9);
+        assert_eq!(metrics().len(), 10);
     }
 }

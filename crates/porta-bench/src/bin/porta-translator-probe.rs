@@ -1,4 +1,4 @@
-//! `porta-translator-probe DIR FILES CREATE_DIR CREATES`: the measuring side of the
+//! `porta-translator-probe DIR FILES CREATE_DIR CREATES [REF_DIR]`: the measuring side of the
 //! `translator-fuse2fs` workload, run on the host against a fuse2fs mount and inside a
 //! Porta container against fuse2fs attached as a translator (the same binary, the same
 //! image). DIR is the file system's root; it must hold `files/f00000` … (at least FILES
@@ -10,7 +10,10 @@
 //! 3. `read-small`: open + read (until end of file) + close of each of those files;
 //! 4. `read-large`: one sequential read of `big.bin` in 1 MiB blocks (MB/s);
 //! 5. `create`: in the new directory `CREATE_DIR` (relative to DIR, made untimed),
-//!    CREATES files, each open(O_CREAT|O_EXCL) + one write of [`SMALL`] bytes + close.
+//!    CREATES files, each open(O_CREAT|O_EXCL) + one write of [`SMALL`] bytes + close;
+//! 6. `ref-stat` (with REF_DIR, a plain directory outside DIR holding `f00000` … like
+//!    `files`): `lstat` of FILES names there, never looked up before by this process,
+//!    the reference: in a Porta container, the root's own file server answering directly.
 //!
 //! It prints `DEV <major>:<minor>` of DIR, `PHASE <name> <start> <end>` (CLOCK_MONOTONIC,
 //! ns) around each phase, and `RESULT <metric> <value> <unit>` lines: the median and 90th
@@ -67,7 +70,13 @@ fn phase(
     Ok(())
 }
 
-fn run(dir: &Path, files: usize, create_dir: &str, creates: usize) -> Result<(), String> {
+fn run(
+    dir: &Path,
+    files: usize,
+    create_dir: &str,
+    creates: usize,
+    ref_dir: Option<&Path>,
+) -> Result<(), String> {
     let md = fs::metadata(dir).map_err(|e| format!("stat {}: {e}", dir.display()))?;
     let dev = md.dev();
     println!("DEV {}:{}", libc::major(dev), libc::minor(dev));
@@ -136,20 +145,34 @@ fn run(dir: &Path, files: usize, create_dir: &str, creates: usize) -> Result<(),
         f.write_all(&data).map_err(|e| e.to_string())?;
         Ok(())
     })?;
+    if let Some(r) = ref_dir {
+        let md = fs::metadata(r).map_err(|e| format!("stat {}: {e}", r.display()))?;
+        println!("REFDEV {}:{}", libc::major(md.dev()), libc::minor(md.dev()));
+        let refs: Vec<_> = (0..files).map(|i| r.join(format!("f{i:05}"))).collect();
+        phase("ref-stat", files, |i| {
+            let m = fs::symlink_metadata(&refs[i]).map_err(|e| e.to_string())?;
+            if m.len() != SMALL as u64 {
+                return Err(format!("{} bytes, expected {SMALL}", m.len()));
+            }
+            Ok(())
+        })?;
+    }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: porta-translator-probe DIR FILES CREATE_DIR CREATES";
-    let (dir, files, create_dir, creates) = match args.as_slice() {
-        [_, d, f, c, n] => match (f.parse::<usize>(), n.parse::<usize>()) {
-            (Ok(f), Ok(n)) if f > 0 && n > 0 => (d, f, c, n),
-            _ => {
-                eprintln!("porta-translator-probe: FILES and CREATES must be positive numbers ({f:?}, {n:?}); {usage}");
-                return ExitCode::from(2);
+    let usage = "usage: porta-translator-probe DIR FILES CREATE_DIR CREATES [REF_DIR]";
+    let (dir, files, create_dir, creates, ref_dir) = match args.as_slice() {
+        [_, d, f, c, n, rest @ ..] if rest.len() <= 1 => {
+            match (f.parse::<usize>(), n.parse::<usize>()) {
+                (Ok(f), Ok(n)) if f > 0 && n > 0 => (d, f, c, n, rest.first().map(Path::new)),
+                _ => {
+                    eprintln!("porta-translator-probe: FILES and CREATES must be positive numbers ({f:?}, {n:?}); {usage}");
+                    return ExitCode::from(2);
+                }
             }
-        },
+        }
         _ => {
             eprintln!("{usage}");
             return ExitCode::from(2);
@@ -159,7 +182,7 @@ fn main() -> ExitCode {
         eprintln!("porta-translator-probe: CREATE_DIR must be one name, got {create_dir:?}");
         return ExitCode::from(2);
     }
-    match run(Path::new(dir), files, create_dir, creates) {
+    match run(Path::new(dir), files, create_dir, creates, ref_dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("porta-translator-probe: {e}");
