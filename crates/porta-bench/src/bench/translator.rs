@@ -289,14 +289,10 @@ pub fn measure(b: &mut Bench, e: usize, tag: &str, load: Load) -> Result<Vec<(St
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let trace = Trace::start()?;
-    let out = match b.envs[e].kind {
-        Kind::Native => host_once(b, tag, &probe_args),
-        Kind::Oci(_) => porta_once(b, e, &probe_args),
+    let (out, events) = match b.envs[e].kind {
+        Kind::Native => host_once(b, tag, &probe_args)?,
+        Kind::Oci(_) => porta_once(b, e, &probe_args)?,
     };
-    let events = trace.map(Trace::finish).transpose();
-    let out = out?;
-    let events = events?;
     let mut figs: HashMap<String, f64> = HashMap::new();
     for l in out.lines() {
         if let Some((k, v, _)) = porta_workloads::parse_result_line(l) {
@@ -332,12 +328,12 @@ pub fn measure(b: &mut Bench, e: usize, tag: &str, load: Load) -> Result<Vec<(St
 
 /// The host side: mount, fuse2fs chrooted with the device as /dev/fd/3, the probe
 /// chrooted against the mount, unmount, fuse2fs's exit.
-fn host_once(b: &mut Bench, tag: &str, probe: &[String]) -> Result<String> {
+fn host_once(b: &mut Bench, tag: &str, probe: &[String]) -> Result<Traced> {
     let root = debroot(b);
     let mnt = root.join(NODE.trim_start_matches('/'));
     let dir = b.bundles.join(format!("tnative-{tag}"));
     fs::create_dir_all(&dir)?;
-    let r = (|| -> Result<String> {
+    let r = (|| -> Result<Traced> {
         let mut m = FuseMount::new(&mnt)?;
         let log = dir.join("fuse2fs.log");
         let served = m.serve(
@@ -352,8 +348,11 @@ fn host_once(b: &mut Bench, tag: &str, probe: &[String]) -> Result<String> {
         let mut c = chrooted(&root, &argv);
         c.stdout(fs::File::create(&out_f)?)
             .stderr(fs::File::create(&err_f)?);
+        // Its first access waits for fuse2fs's answer to INIT (or fails if fuse2fs died).
+        let trace = Trace::start(connection_of(&mnt)?)?;
         let mut child = c.spawn().context("spawn the probe on the host")?;
         let st = sys::wait_child(&mut child, run_limit(b), "probe (host)");
+        let events = trace.map(Trace::finish).transpose();
         let stdout = fs::read_to_string(&out_f).unwrap_or_default();
         let stderr = fs::read_to_string(&err_f).unwrap_or_default();
         m.unmount();
@@ -365,10 +364,23 @@ fn host_once(b: &mut Bench, tag: &str, probe: &[String]) -> Result<String> {
                 tail(&format!("{stderr}\n{stdout}"), 400)
             );
         }
-        Ok(stdout)
+        Ok((stdout, events?))
     })();
     let _ = fs::remove_dir_all(&dir);
     r
+}
+
+/// The probe's output and, when traced, the FUSE requests of its connection.
+type Traced = (String, Option<Vec<Request>>);
+
+/// The FUSE connection serving `path` as the tracepoints name it: the kernel's dev_t of
+/// its superblock, `major << 20 | minor`.
+fn connection_of(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .dev();
+    Ok((libc::major(dev) << 20) | libc::minor(dev))
 }
 
 fn run_limit(b: &Bench) -> Duration {
@@ -377,7 +389,7 @@ fn run_limit(b: &Bench) -> Duration {
 
 /// The Porta side: a container on the Debian root, fuse2fs attached as an active
 /// translator, the probe through `porta exec`; the container is deleted in every case.
-fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<String> {
+fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<Traced> {
     let id = b.next_id();
     let dir = b.bundles.join(&id);
     fs::create_dir_all(&dir)?;
@@ -398,7 +410,7 @@ fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<String> {
         return Err(err.into());
     }
     b.live.push((e, id.clone()));
-    let r = (|| -> Result<String> {
+    let r = (|| -> Result<Traced> {
         let bundle = dir.to_string_lossy().to_string();
         let pidfile = dir.join("pid").to_string_lossy().to_string();
         b.step(
@@ -428,8 +440,17 @@ fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<String> {
         let mut c = b.oci_cmd(e, &args);
         c.stdout(fs::File::create(&out_f)?)
             .stderr(fs::File::create(&err_f)?);
+        // The container's root, as its init sees it: the file server's FUSE connection.
+        let pid: i32 = fs::read_to_string(dir.join("pid"))
+            .context("reading --pid-file")?
+            .trim()
+            .parse()
+            .context("parsing --pid-file")?;
+        let trace = Trace::start(connection_of(Path::new(&format!("/proc/{pid}/root")))?)?;
         let mut child = c.spawn().context("spawn porta exec")?;
-        let st = sys::wait_child(&mut child, run_limit(b), "porta exec of the probe")?;
+        let st = sys::wait_child(&mut child, run_limit(b), "porta exec of the probe");
+        let events = trace.map(Trace::finish).transpose();
+        let st = st?;
         let stdout = fs::read_to_string(&out_f).unwrap_or_default();
         if !st.success() {
             let stderr = fs::read_to_string(&err_f).unwrap_or_default();
@@ -438,7 +459,7 @@ fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<String> {
                 tail(&format!("{stderr}\n{stdout}"), 400)
             );
         }
-        Ok(stdout)
+        Ok((stdout, events?))
     })();
     let pid: Option<i32> = fs::read_to_string(dir.join("pid"))
         .ok()
@@ -637,8 +658,9 @@ struct Trace {
 type Request = (u32, String, u128, Option<u128>);
 
 impl Trace {
-    /// Starts tracing, or None when the FUSE tracepoints are missing.
-    fn start() -> Result<Option<Trace>> {
+    /// Starts tracing the requests of FUSE connection `conn` (the tracepoints' own filter),
+    /// or None when the FUSE tracepoints are missing.
+    fn start(conn: u32) -> Result<Option<Trace>> {
         if !tracing_available() {
             return Ok(None);
         }
@@ -647,9 +669,12 @@ impl Trace {
         let _ = fs::remove_dir(&dir);
         fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let t = Trace { dir };
+        let filter = format!("connection == {conn}");
         for (f, v) in [
             ("trace_clock", "mono"),
             ("buffer_size_kb", "16384"),
+            ("events/fuse/fuse_request_send/filter", filter.as_str()),
+            ("events/fuse/fuse_request_end/filter", filter.as_str()),
             ("events/fuse/fuse_request_send/enable", "1"),
             ("events/fuse/fuse_request_end/enable", "1"),
             ("tracing_on", "1"),
@@ -660,9 +685,22 @@ impl Trace {
         Ok(Some(t))
     }
 
-    /// Stops tracing and returns the requests seen (every connection).
+    /// Stops tracing and returns the requests seen; an error if the buffer lost any.
     fn finish(self) -> Result<Vec<Request>> {
         let _ = fs::write(self.dir.join("tracing_on"), "0");
+        for cpu in fs::read_dir(self.dir.join("per_cpu"))?.flatten() {
+            let stats = fs::read_to_string(cpu.path().join("stats")).unwrap_or_default();
+            for l in stats.lines() {
+                if let Some((k, v)) = l.split_once(':') {
+                    if (k == "overrun" || k == "dropped events") && v.trim() != "0" {
+                        bail!(
+                            "the FUSE trace lost events ({}: {l}): its counts would be wrong",
+                            cpu.path().display()
+                        );
+                    }
+                }
+            }
+        }
         let text = fs::read_to_string(self.dir.join("trace")).context("reading the trace")?;
         Ok(parse_trace(&text))
     }
