@@ -1421,9 +1421,11 @@ impl Bench {
             // Environments a workload does not run in (translator-fuse2fs: Porta's own).
             let env_names: Vec<String> = self.envs.iter().map(|e| e.name.clone()).collect();
             let wskip = |e: usize| -> Option<String> {
-                (w == translator::WORKLOAD)
-                    .then(|| translator::env_skip(&env_names[e]))
-                    .flatten()
+                if w == translator::WORKLOAD {
+                    translator::env_skip(&env_names[e])
+                } else {
+                    translator::only_translator_env(&env_names[e])
+                }
             };
             let t0 = Instant::now();
             for round in 0..warm + counted {

@@ -131,7 +131,12 @@ pub fn env_skip(name: &str) -> Option<String> {
         .unwrap_or(name);
     match inner {
         "native" if inner == name => None,
-        "porta" | "porta-nowatch" | "porta-strict" | "porta-strict-nowatch" | "porta-uring" => None,
+        "porta"
+        | "porta-nowatch"
+        | "porta-strict"
+        | "porta-strict-nowatch"
+        | "porta-uring"
+        | "porta-memfs" => None,
         "porta-kernel" => Some(format!(
             "{WORKLOAD}: porta-kernel has no file server, so no translators"
         )),
@@ -141,6 +146,31 @@ pub fn env_skip(name: &str) -> Option<String> {
         _ => Some(format!(
             "{WORKLOAD}: translators are Porta's; native is fuse2fs on the host"
         )),
+    }
+}
+
+/// Why environment `name` runs no workload but this one (`porta-memfs`), or None.
+pub fn only_translator_env(name: &str) -> Option<String> {
+    is_memfs(name).then(|| format!("{name} runs {WORKLOAD} only"))
+}
+
+/// Whether environment `name` runs the probe against `porta:memfs` instead of fuse2fs.
+fn is_memfs(name: &str) -> bool {
+    name.strip_prefix(crate::env::BASELINE_PREFIX)
+        .unwrap_or(name)
+        == "porta-memfs"
+}
+
+/// The translator of environment `name`: its program and arguments.
+fn translator_argv(name: &str, mib: usize) -> Vec<String> {
+    if is_memfs(name) {
+        // Room for the files, the big file and every run's created files.
+        vec!["porta:memfs".into(), format!("size={}M", mib + 64)]
+    } else {
+        [FUSE2FS, IMAGE, "{}", "-f"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 }
 
@@ -419,21 +449,22 @@ fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<Traced> {
             &dir,
         )?;
         b.step(e, &["start", &id], &dir)?;
-        b.step(
-            e,
-            &[
-                "translator",
-                "set",
-                &id,
-                NODE,
-                "--",
-                FUSE2FS,
-                IMAGE,
-                "{}",
-                "-f",
-            ],
-            &dir,
-        )?;
+        let (files, _, mib) = sizes(b.sizes.quick);
+        let prog = translator_argv(&b.envs[e].name, mib);
+        let mut set: Vec<&str> = vec!["translator", "set", &id, NODE, "--"];
+        set.extend(prog.iter().map(String::as_str));
+        b.step(e, &set, &dir)?;
+        if is_memfs(&b.envs[e].name) {
+            // memfs starts empty: the probe fills it with what the image holds, then the
+            // kernel forgets the names (drop_caches), so that stat-cold is cold again.
+            let (n, m) = (files.to_string(), mib.to_string());
+            b.step(
+                e,
+                &["exec", &id, PROBE_IN_ROOT, "--populate", NODE, &n, &m],
+                &dir,
+            )?;
+            sys::drop_caches()?;
+        }
         let mut args: Vec<&str> = vec!["exec", &id];
         args.extend(probe.iter().map(String::as_str));
         let (out_f, err_f) = (dir.join("exec.out"), dir.join("exec.err"));
@@ -887,6 +918,17 @@ mod tests {
         assert!(env_skip("porta-kernel").unwrap().contains("no file server"));
         assert!(env_skip("runc").is_some());
         assert!(env_skip("baseline-native").is_some());
+        assert!(env_skip("porta-memfs").is_none());
+        assert!(only_translator_env("porta-memfs").is_some());
+        assert!(only_translator_env("porta").is_none());
+        assert_eq!(
+            translator_argv("porta-memfs", 16),
+            ["porta:memfs", "size=80M"]
+        );
+        assert_eq!(
+            translator_argv("porta-strict", 16),
+            [FUSE2FS, IMAGE, "{}", "-f"]
+        );
         assert_eq!(metrics().len(), 10);
     }
 }

@@ -15,6 +15,10 @@
 //!    `files`): `lstat` of FILES names there, never looked up before by this process,
 //!    the reference: in a Porta container, the root's own file server answering directly.
 //!
+//! `porta-translator-probe --populate DIR FILES MIB` makes those files in DIR instead (for
+//! a translator that starts empty, `porta:memfs`): `files/f00000` … of [`SMALL`] bytes and
+//! a `big.bin` of MIB MiB.
+//!
 //! It prints `DEV <major>:<minor>` of DIR, `PHASE <name> <start> <end>` (CLOCK_MONOTONIC,
 //! ns) around each phase, and `RESULT <metric> <value> <unit>` lines: the median and 90th
 //! percentile of each phase's operations (µs) and the read-large rate. Only std and libc:
@@ -160,8 +164,48 @@ fn run(
     Ok(())
 }
 
+/// Makes what the measuring phases expect in `dir`.
+fn populate(dir: &Path, files: usize, mib: usize) -> Result<(), String> {
+    let fdir = dir.join("files");
+    fs::create_dir_all(&fdir).map_err(|e| format!("mkdir {}: {e}", fdir.display()))?;
+    for i in 0..files {
+        let data: Vec<u8> = (0..SMALL).map(|k| ((k + i) % 251) as u8).collect();
+        let p = fdir.join(format!("f{i:05}"));
+        fs::write(&p, data).map_err(|e| format!("write {}: {e}", p.display()))?;
+    }
+    let big = dir.join("big.bin");
+    let mut f = fs::File::create(&big).map_err(|e| format!("create {}: {e}", big.display()))?;
+    let block: Vec<u8> = (0..1usize << 20).map(|k| (k % 251) as u8).collect();
+    for _ in 0..mib {
+        f.write_all(&block)
+            .map_err(|e| format!("write {}: {e}", big.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--populate") {
+        let parsed = match &args[2..] {
+            [d, f, m] => f
+                .parse::<usize>()
+                .ok()
+                .zip(m.parse::<usize>().ok())
+                .map(|x| (d, x)),
+            _ => None,
+        };
+        let Some((dir, (files, mib))) = parsed else {
+            eprintln!("usage: porta-translator-probe --populate DIR FILES MIB");
+            return ExitCode::from(2);
+        };
+        return match populate(Path::new(dir), files, mib) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("porta-translator-probe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let usage = "usage: porta-translator-probe DIR FILES CREATE_DIR CREATES [REF_DIR]";
     let (dir, files, create_dir, creates, ref_dir) = match args.as_slice() {
         [_, d, f, c, n, rest @ ..] if rest.len() <= 1 => {
