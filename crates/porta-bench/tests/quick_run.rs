@@ -235,8 +235,9 @@ fn load_and_runc_fuse_overlayfs_leave_nothing_behind() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-/// `translator-fuse2fs` (opt-in) in native (fuse2fs on the host) and porta (fuse2fs as a
-/// translator), one counted run each, with runc named to check it is skipped with a reason:
+/// `translator-fuse2fs` (opt-in) in native (fuse2fs on the host), porta (fuse2fs as a
+/// translator) and porta-memfs (the built-in memfs as the translator, filled by the probe),
+/// one counted run each, with runc named to check it is skipped with a reason:
 /// every latency metric is measured in both, the request counts (when the kernel can trace
 /// FUSE requests) show at least one request per cold stat, and nothing is left behind — no
 /// fuse2fs, mount, container process or work directory of the run. Asserts no timing. The
@@ -256,7 +257,7 @@ fn translator_fuse2fs_native_and_porta() {
         "--only",
         "translator-fuse2fs",
         "--runtimes",
-        "native,porta,runc",
+        "native,porta,porta-memfs,runc",
         "--runs",
         "1",
         "--warmup",
@@ -291,7 +292,7 @@ fn translator_fuse2fs_native_and_porta() {
         "create-p50",
         "ref-stat-p50",
     ] {
-        for rt in ["native", "porta"] {
+        for rt in ["native", "porta", "porta-memfs"] {
             let r = get(rt, m);
             assert_eq!(r.status, Status::Ok, "{r:?}");
             assert_eq!(r.runs.len(), 1);

@@ -154,6 +154,10 @@ pub fn only_translator_env(name: &str) -> Option<String> {
     is_memfs(name).then(|| format!("{name} runs {WORKLOAD} only"))
 }
 
+/// How long porta-memfs waits after filling memfs: past memfs's 1-second entry and
+/// attribute timeout, so that the kernel asks memfs again for every name.
+const MEMFS_SETTLE: Duration = Duration::from_secs(2);
+
 /// Whether environment `name` runs the probe against `porta:memfs` instead of fuse2fs.
 fn is_memfs(name: &str) -> bool {
     name.strip_prefix(crate::env::BASELINE_PREFIX)
@@ -455,15 +459,18 @@ fn porta_once(b: &mut Bench, e: usize, probe: &[String]) -> Result<Traced> {
         set.extend(prog.iter().map(String::as_str));
         b.step(e, &set, &dir)?;
         if is_memfs(&b.envs[e].name) {
-            // memfs starts empty: the probe fills it with what the image holds, then the
-            // kernel forgets the names (drop_caches), so that stat-cold is cold again.
+            // memfs starts empty: the probe fills it with what the image holds. The kernel
+            // then knows every name; memfs gives its entries and attributes a 1-second
+            // timeout (porta-translators' memfs TTL), so after 2 s each first stat sends the
+            // LOOKUP a cold one would. (Not drop_caches: that would also evict the image and
+            // the root from the host's page cache, slowing the next environment's run.)
             let (n, m) = (files.to_string(), mib.to_string());
             b.step(
                 e,
                 &["exec", &id, PROBE_IN_ROOT, "--populate", NODE, &n, &m],
                 &dir,
             )?;
-            sys::drop_caches()?;
+            std::thread::sleep(MEMFS_SETTLE);
         }
         let mut args: Vec<&str> = vec!["exec", &id];
         args.extend(probe.iter().map(String::as_str));
