@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod translator;
+
 /// Every workload, in run order.
 pub const WORKLOADS: &[&str] = &[
     "lifecycle",
@@ -31,6 +33,11 @@ pub const WORKLOADS: &[&str] = &[
     "host-change",
     "density",
 ];
+
+/// Workloads run only when `--only` names them (after the others): `translator-fuse2fs`
+/// needs the Debian root of the integration tests (built on first use, from
+/// deb.debian.org).
+pub const OPT_IN_WORKLOADS: &[&str] = &[translator::WORKLOAD];
 
 /// Problem sizes; `quick` shrinks them.
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +162,7 @@ pub fn metrics(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
             ("pss", "MiB/container", Better::Lower),
             ("host-used", "MiB/container", Better::Lower),
         ],
+        translator::WORKLOAD => translator::all_metrics(),
         _ => vec![],
     }
 }
@@ -175,6 +183,7 @@ pub fn describe(workload: &str, s: Sizes) -> String {
         "seqio" => format!("Write a new {} MiB file sequentially in 1 MiB blocks and fsync it (write MB/s), drop its cached pages with posix_fadvise(DONTNEED), read it back in 1 MiB blocks (read MB/s), remove it.", s.seqio_mib()),
         "host-change" => { let (n, l) = s.host_changes(); format!("The window between a change made from the host and the container seeing it. The container (`porta-workload host-change`) looks a missing name up (so the kernel may cache the miss), creates a ready file; the harness, polling the root from the host, sees it, reads the clock and creates the name; the container checks for it in a loop (at most {l} checks, then it fails) and reads the clock when it is there. {n} changes per run, one after the other; p50 and max: median and largest delay of the run, µs (wall clock, read on both sides; the host's create call is inside the window). Natively and under runc/crun the container shares the host's dentries: their figures are the probe's own floor. porta-nowatch keeps the one-day timeouts: it never sees the change and fails by design.") }
         "density" => format!("{} idle containers (`sleep`) running at once. pss: the PSS (from /proc/PID/smaps_rollup) summed over every process the runtime leaves running — every descendant of the harness, which is the child subreaper, plus any new process whose executable is the runtime binary — divided by the number of containers; for runc/crun that is the containers' own processes, for runsc its sandbox, gofer and stub processes, for porta its supervisor and file-server processes. host-used: growth of MemTotal − MemFree (page cache included) from just before the first create to 2 s (quick: 1 s) after the last start, per container. Native: {} chrooted `sleep` processes.", s.density(), s.density()),
+        translator::WORKLOAD => translator::describe(s.quick),
         _ => String::new(),
     }
 }
@@ -1097,6 +1106,7 @@ impl Bench {
                 long,
             )?,
             "host-change" => return self.host_change_once(e, &tag),
+            translator::WORKLOAD => return translator::measure(self, e, &tag, load),
             other => bail!("unknown workload {other}"),
         };
         metrics(workload)
@@ -1176,6 +1186,9 @@ impl Bench {
 
     /// Untimed preparation before the first run of a workload.
     fn setup(&mut self, workload: &str) -> Result<()> {
+        if workload == translator::WORKLOAD {
+            return translator::setup(self);
+        }
         if workload == "stat-tree" && !self.rootfs.join("data/tree").exists() {
             let n = self.sizes.tree_files().to_string();
             let args: Vec<String> = ["/bin/porta-workload", "mktree", "/data/tree", &n]
@@ -1405,6 +1418,15 @@ impl Bench {
                 .collect();
             let mut values: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ms.len()]; slots.len()];
             let mut failed: Vec<Option<String>> = vec![None; slots.len()];
+            // Environments a workload does not run in (translator-fuse2fs: Porta's own).
+            let env_names: Vec<String> = self.envs.iter().map(|e| e.name.clone()).collect();
+            let wskip = |e: usize| -> Option<String> {
+                if w == translator::WORKLOAD {
+                    translator::env_skip(&env_names[e])
+                } else {
+                    translator::only_translator_env(&env_names[e])
+                }
+            };
             let t0 = Instant::now();
             for round in 0..warm + counted {
                 let mut line = format!(
@@ -1420,7 +1442,7 @@ impl Bench {
                     if round < warm { warm } else { counted }
                 );
                 for (si, &(e, load)) in slots.iter().enumerate() {
-                    if self.envs[e].skip.is_some() || failed[si].is_some() {
+                    if self.envs[e].skip.is_some() || failed[si].is_some() || wskip(e).is_some() {
                         continue;
                     }
                     if sys::interrupted() {
@@ -1489,11 +1511,12 @@ impl Bench {
             for (si, &(e, load)) in slots.iter().enumerate() {
                 for (mi, (m, _, _)) in ms.iter().enumerate() {
                     let (unit, better) = unit_of(m);
-                    let (status, reason) = match (&self.envs[e].skip, &failed[si]) {
-                        (Some(s), _) => (Status::Skipped, Some(s.clone())),
-                        (None, Some(f)) => (Status::Failed, Some(f.clone())),
-                        _ => (Status::Ok, None),
-                    };
+                    let (status, reason) =
+                        match (&self.envs[e].skip.clone().or(wskip(e)), &failed[si]) {
+                            (Some(s), _) => (Status::Skipped, Some(s.clone())),
+                            (None, Some(f)) => (Status::Failed, Some(f.clone())),
+                            _ => (Status::Ok, None),
+                        };
                     cells.push(Cell {
                         workload: w.clone(),
                         runtime: self.envs[e].name.clone(),
@@ -1582,7 +1605,11 @@ impl Bench {
 pub fn select_workloads(only: &[String]) -> Result<Vec<String>> {
     let mut want: Vec<&str> = Vec::new();
     for o in only {
-        if let Some(w) = WORKLOADS.iter().find(|w| **w == o.as_str()) {
+        if let Some(w) = WORKLOADS
+            .iter()
+            .chain(OPT_IN_WORKLOADS)
+            .find(|w| **w == o.as_str())
+        {
             want.push(w);
             continue;
         }
@@ -1594,8 +1621,9 @@ pub fn select_workloads(only: &[String]) -> Result<Vec<String>> {
         match owners.as_slice() {
             [w] => want.push(w),
             [] => bail!(
-                "unknown workload {o:?} (known: {}; or a metric of exactly one of them, e.g. reopen)",
-                WORKLOADS.join(",")
+                "unknown workload {o:?} (known: {}, and when named: {}; or a metric of exactly one of them, e.g. reopen)",
+                WORKLOADS.join(","),
+                OPT_IN_WORKLOADS.join(",")
             ),
             many => bail!(
                 "{o:?} is a metric of several workloads ({}): name the workload",
@@ -1606,6 +1634,7 @@ pub fn select_workloads(only: &[String]) -> Result<Vec<String>> {
     Ok(WORKLOADS
         .iter()
         .filter(|w| want.is_empty() || want.contains(w))
+        .chain(OPT_IN_WORKLOADS.iter().filter(|w| want.contains(w)))
         .map(|s| s.to_string())
         .collect())
 }
@@ -1710,6 +1739,13 @@ mod tests {
         assert_eq!(select_workloads(&v(&["warm"])).unwrap(), v(&["stat-tree"]));
         let e = select_workloads(&v(&["rate"])).unwrap_err().to_string();
         assert!(e.contains("several workloads"), "{e}");
+        assert_eq!(
+            select_workloads(&v(&["translator-fuse2fs", "primes"])).unwrap(),
+            v(&["primes", "translator-fuse2fs"])
+        );
+        assert!(!select_workloads(&[])
+            .unwrap()
+            .contains(&"translator-fuse2fs".to_string()));
         let e = select_workloads(&v(&["bogus"])).unwrap_err().to_string();
         assert!(e.contains("unknown workload \"bogus\""), "{e}");
     }

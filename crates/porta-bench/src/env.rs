@@ -25,7 +25,9 @@ pub const ALL: &[&str] = &[
 /// `porta-uring` (the file server on FUSE over io_uring, `run.porta.fs.transport=uring`:
 /// needs `/sys/module/fuse/parameters/enable_uring` set to Y by the administrator;
 /// skipped with that reason otherwise).
-pub const EXTRA: &[&str] = &["porta-overlay", "porta-uring"];
+/// `porta-memfs` (translator-fuse2fs only: the same probe against Porta's built-in
+/// `porta:memfs` translator instead of fuse2fs, the floor of the forwarding).
+pub const EXTRA: &[&str] = &["porta-overlay", "porta-uring", "porta-memfs"];
 
 /// Prefix of the environments that run a second, baseline porta binary (`--baseline`):
 /// `baseline-porta`, `baseline-porta-strict`, … are the Porta environment of that name run
@@ -164,7 +166,7 @@ impl Env {
                     ]
                     .concat(),
                 ),
-                "porta-overlay" => (Some(porta.to_path_buf()), vec![], vec![]),
+                "porta-overlay" | "porta-memfs" => (Some(porta.to_path_buf()), vec![], vec![]),
                 "porta-uring" => (
                     Some(porta.to_path_buf()),
                     vec![],

@@ -21,7 +21,10 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Comma-separated workloads to run (default: all); a metric of exactly one workload
-    /// names that workload (`reopen`: smallio).
+    /// names that workload (`reopen`: smallio). `translator-fuse2fs` (fuse2fs on the host
+    /// against fuse2fs as a Porta translator; environments native and porta*) runs only
+    /// when named: it needs the Debian root of the integration tests, whose first build
+    /// downloads packages from deb.debian.org (see docs/benchmarks-translators.md).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Comma-separated environments (default: native,porta,porta-nowatch,porta-strict,
@@ -66,6 +69,10 @@ struct Args {
     /// it (for another page name, e.g. docs/benchmarks-watcher.md, in `bench-<name>/`).
     #[arg(long)]
     docs: Option<PathBuf>,
+    /// Internal (translator-fuse2fs): copy the Debian root of the integration tests to DIR,
+    /// building it first if needed, and exit. Run in a child process of the harness.
+    #[arg(long, hide = true, value_name = "DIR")]
+    install_debian_root: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +80,19 @@ fn main() -> ExitCode {
     if !porta_sys::user::is_root() {
         eprintln!("porta-bench: must run as root (it runs OCI runtimes)");
         return ExitCode::from(2);
+    }
+    if let Some(dir) = &args.install_debian_root {
+        // A panic here (the builder's way of failing) aborts this child process only.
+        return match porta_integration::debian::install(dir, true) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "porta-bench: copying the Debian root to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
     }
     // Before any thread exists: unshare needs a single-threaded process.
     let ns_note = match sys::enter_private_mount_namespace() {

@@ -234,3 +234,112 @@ fn load_and_runc_fuse_overlayfs_leave_nothing_behind() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `translator-fuse2fs` (opt-in) in native (fuse2fs on the host), porta (fuse2fs as a
+/// translator) and porta-memfs (the built-in memfs as the translator, filled by the probe),
+/// one counted run each, with runc named to check it is skipped with a reason:
+/// every latency metric is measured in both, the request counts (when the kernel can trace
+/// FUSE requests) show at least one request per cold stat, and nothing is left behind — no
+/// fuse2fs, mount, container process or work directory of the run. Asserts no timing. The
+/// Debian root is built on first use (network to deb.debian.org), as for the translator
+/// integration tests.
+#[test]
+fn translator_fuse2fs_native_and_porta() {
+    if !porta_sys::user::is_root() {
+        eprintln!("skipped: porta-bench needs root");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("porta-bench-it-trans-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_porta-bench"));
+    cmd.args([
+        "--quick",
+        "--only",
+        "translator-fuse2fs",
+        "--runtimes",
+        "native,porta,porta-memfs,runc",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+    ])
+    .arg(&out);
+    if let Some(p) = std::env::var_os("PORTA_BIN") {
+        cmd.arg("--porta").arg(p);
+    }
+    let output = cmd.output().expect("run porta-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "porta-bench failed: {}",
+        output.status
+    );
+    let recs: Vec<Record> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    validate(&recs).unwrap();
+    let get = |rt: &str, m: &str| {
+        recs.iter()
+            .find(|r| r.runtime == rt && r.metric == m && r.workload == "translator-fuse2fs")
+            .unwrap_or_else(|| panic!("no {rt} {m} in {recs:#?}"))
+    };
+    for m in [
+        "stat-cold-p50",
+        "stat-hot-p90",
+        "read-small-p50",
+        "read-large",
+        "create-p50",
+        "ref-stat-p50",
+    ] {
+        for rt in ["native", "porta", "porta-memfs"] {
+            let r = get(rt, m);
+            assert_eq!(r.status, Status::Ok, "{r:?}");
+            assert_eq!(r.runs.len(), 1);
+            assert!(r.median.unwrap() > 0.0, "{r:?}");
+        }
+        let runc = get("runc", m);
+        assert_eq!(runc.status, Status::Skipped, "{runc:?}");
+        assert!(
+            runc.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("translators are Porta's"),
+            "{runc:?}"
+        );
+    }
+    if recs.iter().any(|r| r.metric == "req/stat-cold") {
+        for rt in ["native", "porta"] {
+            let r = get(rt, "req/stat-cold");
+            assert!(
+                r.median.unwrap() >= 1.0,
+                "a cold stat is a FUSE request: {r:?}"
+            );
+        }
+        // The reference directory is plain host ext4 natively, Porta's file server inside.
+        assert_eq!(get("native", "req/ref-stat").median, Some(0.0));
+        assert!(get("porta", "req/ref-stat").median.unwrap() >= 1.0);
+    }
+    let work = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("porta-bench: work directory "))
+        .map(PathBuf::from)
+        .expect("work directory announced");
+    assert!(!work.exists(), "{} left behind", work.display());
+    let work_s = work.to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(&work_s) && !cmdline.contains("/bench/img.ext4"),
+            "process {:?} of the run left: {cmdline}",
+            e.file_name()
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&work_s),
+        "a mount of the run is left: {mounts}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
