@@ -8,6 +8,82 @@
 //! file server speaks the FUSE protocol exactly as `/dev/fuse` does. Nothing here needs
 //! privilege: no `/dev/fuse`, no mount, no root.
 
+/// The `fuser::Filesystem` methods of a read-only file system that would change its tree
+/// (mknod, mkdir, unlink, rmdir, symlink, rename, link): each answers EROFS.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! refuse_tree_changes {
+    () => {
+        fn mknod(
+            &self,
+            _req: &Request,
+            _parent: INodeNo,
+            _name: &OsStr,
+            _mode: u32,
+            _umask: u32,
+            _rdev: u32,
+            reply: ReplyEntry,
+        ) {
+            reply.error(Errno::EROFS)
+        }
+
+        fn mkdir(
+            &self,
+            _req: &Request,
+            _parent: INodeNo,
+            _name: &OsStr,
+            _mode: u32,
+            _umask: u32,
+            reply: ReplyEntry,
+        ) {
+            reply.error(Errno::EROFS)
+        }
+
+        fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+            reply.error(Errno::EROFS)
+        }
+
+        fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+            reply.error(Errno::EROFS)
+        }
+
+        fn symlink(
+            &self,
+            _req: &Request,
+            _parent: INodeNo,
+            _link_name: &OsStr,
+            _target: &Path,
+            reply: ReplyEntry,
+        ) {
+            reply.error(Errno::EROFS)
+        }
+
+        fn rename(
+            &self,
+            _req: &Request,
+            _parent: INodeNo,
+            _name: &OsStr,
+            _newparent: INodeNo,
+            _newname: &OsStr,
+            _flags: RenameFlags,
+            reply: ReplyEmpty,
+        ) {
+            reply.error(Errno::EROFS)
+        }
+
+        fn link(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _newparent: INodeNo,
+            _newname: &OsStr,
+            reply: ReplyEntry,
+        ) {
+            reply.error(Errno::EROFS)
+        }
+    };
+}
+
 mod error;
 mod memfs;
 mod session;
