@@ -438,6 +438,10 @@ impl Fs {
         put_u32(&mut f, 24, umap.to_inside(h.uid));
         put_u32(&mut f, 28, gmap.to_inside(h.gid));
         put_u64(&mut f, 8, h.unique & !abi::UNIQUE_RESEND_FLAG);
+        // The caller's pid is the host's; the translator lives in the container's PID
+        // namespace, where that number is no process or another one. 0, as the kernel
+        // sends for a caller outside a connection's PID namespace.
+        put_u32(&mut f, 32, 0);
         let body = IN_HEADER_LEN;
         match h.opcode {
             op::RENAME | op::RENAME2 | op::LINK => {
