@@ -73,7 +73,7 @@ impl Translators {
         let gone: Vec<i32> = self
             .live
             .iter()
-            .filter(|(_, (fd, _, _))| readable(fd.as_raw_fd()))
+            .filter(|(_, (fd, _, _))| proc::wait_exit(fd.as_fd(), 0))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in &gone {
@@ -251,16 +251,6 @@ impl Translators {
         self.live.insert(pid, (fd, status, None));
         Ok((ours, pid))
     }
-}
-
-fn readable(fd: RawFd) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no wait.
-    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 fn big_buffers(fd: RawFd) {

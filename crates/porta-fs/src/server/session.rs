@@ -10,6 +10,18 @@ use crate::shared::hdr;
 use crate::sys::{self, Errno};
 use crate::Error;
 
+/// The INIT flags the server asks of the kernel and offers a translator alike (it plays
+/// the kernel's part towards translators, `super::translators`).
+pub(super) const FORWARDED_INIT_FLAGS: u64 = init::ASYNC_READ
+    | init::ATOMIC_O_TRUNC
+    | init::BIG_WRITES
+    | init::DO_READDIRPLUS
+    | init::PARALLEL_DIROPS
+    | init::MAX_PAGES
+    | init::CACHE_SYMLINKS
+    | init::INIT_EXT
+    | init::HANDLE_KILLPRIV_V2;
+
 impl Fs {
     pub(super) fn handshake(
         &mut self,
@@ -56,17 +68,7 @@ impl Fs {
                     "kernel FUSE protocol {major}.{minor} unsupported"
                 )));
             }
-            let mut want = init::ASYNC_READ
-                | init::ATOMIC_O_TRUNC
-                | init::BIG_WRITES
-                | init::DO_READDIRPLUS
-                | init::PARALLEL_DIROPS
-                | init::MAX_PAGES
-                | init::CACHE_SYMLINKS
-                | init::INIT_EXT
-                | init::NO_EXPORT_SUPPORT
-                | init::HAS_RESEND
-                | init::HANDLE_KILLPRIV_V2;
+            let mut want = FORWARDED_INIT_FLAGS | init::NO_EXPORT_SUPPORT | init::HAS_RESEND;
             if want_passthrough && kflags & init::PASSTHROUGH != 0 {
                 want |= init::PASSTHROUGH;
             } else {

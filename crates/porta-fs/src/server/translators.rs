@@ -957,15 +957,7 @@ impl Fs {
             .sh
             .hdr(crate::shared::hdr::MAX_READAHEAD)
             .load(Ordering::Relaxed) as u32;
-        let offer = init::ASYNC_READ
-            | init::ATOMIC_O_TRUNC
-            | init::BIG_WRITES
-            | init::DO_READDIRPLUS
-            | init::PARALLEL_DIROPS
-            | init::MAX_PAGES
-            | init::CACHE_SYMLINKS
-            | init::INIT_EXT
-            | init::HANDLE_KILLPRIV_V2;
+        let offer = super::session::FORWARDED_INIT_FLAGS;
         let mut f = Vec::with_capacity(IN_HEADER_LEN + 64);
         f.extend_from_slice(&((IN_HEADER_LEN + 64) as u32).to_ne_bytes());
         f.extend_from_slice(&op::INIT.to_ne_bytes());
@@ -1088,7 +1080,7 @@ impl Fs {
             Then::Drop => {}
             Then::Pass(opcode) => {
                 if ok {
-                    self.remap_reply(slot, opcode, r, false);
+                    self.remap_reply(slot, opcode, r);
                 }
                 self.deliver(p.sink, r);
             }
@@ -1185,7 +1177,6 @@ impl Fs {
                             op::READDIR
                         },
                         r,
-                        false,
                     );
                     self.deliver(p.sink, r);
                 }
@@ -1218,7 +1209,7 @@ impl Fs {
     }
 
     /// Remaps the node ids, inode numbers and owners of a successful answer in place.
-    fn remap_reply(&self, slot: &Slot, opcode: u32, r: &mut [u8], _resent: bool) {
+    fn remap_reply(&self, slot: &Slot, opcode: u32, r: &mut [u8]) {
         let b = OUT_HEADER_LEN;
         match opcode {
             op::LOOKUP
@@ -1365,9 +1356,7 @@ impl Fs {
 
     fn inval_entry(&self, parent: u64, name: &[u8]) {
         let mut w = Writer::default();
-        w.start();
         abi::encode_inval_entry(&mut w, parent, name);
-        w.finish(abi::NOTIFY_INVAL_ENTRY, 0);
         if let Err(e) = sys::write(self.fuse, &w.buf) {
             tracing::debug!(
                 errno = e,
