@@ -8,12 +8,14 @@
 //! * [`server`]: what a file server tells the supervisor by its exit code (servers are
 //!   clones of the keeper, not executed: they take no arguments).
 //! * [`confinement`]: the confinement a file server runs under, as `porta state` shows it.
+//! * [`grants`]: the record of the handles shared between containers (`grants.json`).
 //!
 //! Every message is built with `encode`/`to_argv` and read back with `decode`/`from_argv`;
 //! malformed input (a garbled frame, a hostile process writing on a shared socket) is an
 //! [`Error`] naming what is wrong, never a panic.
 
 pub mod confinement;
+pub mod grants;
 pub mod keeper;
 pub mod server;
 pub mod supervisor;
