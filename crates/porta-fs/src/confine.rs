@@ -471,6 +471,8 @@ pub fn dir_identity(fd: std::os::fd::RawFd) -> Result<DirIdentity, Error> {
 /// ABI 3 (truncate). Device ioctls (ABI 5) are not handled: the FUSE device is already
 /// open and the seccomp filter restricts ioctl.
 const LL_ACCESS_ALL: u64 = (1 << 15) - 1;
+const LL_EXECUTE: u64 = 1 << 0;
+const LL_READ_FILE: u64 = 1 << 2;
 const LL_READ_DIR: u64 = 1 << 3;
 const LL_MAKE_CHAR: u64 = 1 << 6;
 const LL_MAKE_BLOCK: u64 = 1 << 11;
@@ -497,6 +499,8 @@ pub enum TreeAccess {
     All,
     /// Opening directories to list them, nothing else.
     ListDirs,
+    /// Reading files and listing directories, nothing else.
+    ReadOnly,
 }
 
 /// As [`restrict_to_tree`], with one rule per (directory, access) pair.
@@ -535,6 +539,7 @@ pub fn restrict_to_trees(rules: &[(std::os::fd::RawFd, TreeAccess)]) -> Result<i
         let allowed = match access {
             TreeAccess::All => handled & !(LL_MAKE_CHAR | LL_MAKE_BLOCK),
             TreeAccess::ListDirs => LL_READ_DIR,
+            TreeAccess::ReadOnly => LL_EXECUTE | LL_READ_FILE | LL_READ_DIR,
         };
         // struct landlock_path_beneath_attr { u64 allowed_access; s32 parent_fd; } (packed).
         let mut rule = [0u8; 12];

@@ -9,6 +9,7 @@ pub mod abi;
 pub mod backing;
 pub(crate) mod confine;
 pub mod evict;
+pub mod grant;
 pub(crate) mod helper;
 pub mod keeper;
 pub mod listing;

@@ -52,6 +52,43 @@ pub const MOUNT_POINT_ARG: &str = "{}";
 
 /// Flag of a start request: the translator is passive (recorded on the node).
 pub const FLAG_PASSIVE: u32 = 1;
+/// Flag of a start request: the node carries a grant ([`GRANT_XATTR`]): the supervisor
+/// serves the handle of another container it holds under that id, or refuses (EACCES)
+/// when it holds none (the grant was revoked).
+pub const FLAG_GRANT: u32 = 2;
+
+/// Extended attribute (reserved to Porta: the container can neither see nor change it)
+/// marking the node a grant is served at: [`encode_grant_record`]. Set and removed by the
+/// container's supervisor in the backing tree.
+pub const GRANT_XATTR: &str = "user.porta.grant";
+
+/// The program word of a grant's start request (`porta:grant ID`).
+pub const GRANT_PROGRAM: &str = "porta:grant";
+
+/// A grant record: the grant's id, and `:ro` when the grant is read-only.
+pub fn encode_grant_record(id: &str, read_only: bool) -> Vec<u8> {
+    let mut v = id.as_bytes().to_vec();
+    if read_only {
+        v.extend_from_slice(b":ro");
+    }
+    v
+}
+
+/// Reads a grant record: (id, read-only); None when it is not one.
+pub fn parse_grant_record(b: &[u8]) -> Option<(String, bool)> {
+    let text = std::str::from_utf8(b).ok()?;
+    let (id, ro) = match text.strip_suffix(":ro") {
+        Some(id) => (id, true),
+        None => (text, false),
+    };
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+    ok.then(|| (id.to_owned(), ro))
+}
 
 /// Unique id of the message a translator's starter sends in place of the INIT reply when
 /// it could not start the program: `error` then carries the errno.
@@ -322,6 +359,22 @@ impl IdMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_records_round_trip_and_refuse_junk() {
+        assert_eq!(
+            parse_grant_record(&encode_grant_record("g-1a", true)),
+            Some(("g-1a".into(), true))
+        );
+        assert_eq!(
+            parse_grant_record(&encode_grant_record("g-1a", false)),
+            Some(("g-1a".into(), false))
+        );
+        assert_eq!(parse_grant_record(b""), None);
+        assert_eq!(parse_grant_record(b":ro"), None);
+        assert_eq!(parse_grant_record(b"../x"), None);
+        assert_eq!(parse_grant_record(b"a\0b"), None);
+    }
 
     #[test]
     fn records_parse_in_both_forms_and_bad_ones_are_named() {

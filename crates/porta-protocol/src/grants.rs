@@ -14,11 +14,6 @@ use crate::Error;
 /// Name of the grants record in a container's state directory.
 pub const GRANTS_FILE: &str = "grants.json";
 
-/// Extended attribute (in the target's backing tree) that marks the node a grant is served
-/// at; its value is the grant id. In the `trusted.` namespace: the container cannot read,
-/// set or remove it (the file server refuses `trusted.porta.*` names).
-pub const GRANT_XATTR: &str = "trusted.porta.grant";
-
 /// Longest grant id.
 pub const MAX_ID_LEN: usize = 64;
 

@@ -252,7 +252,7 @@ impl LaunchReply {
 }
 
 /// A request on the supervisor's control socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlRequest {
     /// Stop the servers and exit.
     Stop,
@@ -260,11 +260,16 @@ pub enum ControlRequest {
     Watch(i32),
     /// Answer the record of the servers ([`SupervisorState`] as JSON).
     Status,
+    /// Serve a grant into this container (`porta share`): the source's O_PATH descriptor
+    /// is attached; the record's target is in this container.
+    Grant(Box<crate::grants::Grant>),
+    /// Revoke the grant with this id (`porta unshare`).
+    Revoke(String),
 }
 
 impl ControlRequest {
     /// The longest request frame.
-    pub const MAX_LEN: usize = 64;
+    pub const MAX_LEN: usize = 8192;
 
     /// Its frame: a line.
     pub fn encode(&self) -> Vec<u8> {
@@ -272,6 +277,13 @@ impl ControlRequest {
             ControlRequest::Stop => b"stop\n".to_vec(),
             ControlRequest::Watch(pid) => format!("watch {pid}\n").into_bytes(),
             ControlRequest::Status => b"status\n".to_vec(),
+            ControlRequest::Grant(g) => {
+                let mut v = b"grant ".to_vec();
+                v.extend_from_slice(&serde_json::to_vec(g).unwrap_or_default());
+                v.push(b'\n');
+                v
+            }
+            ControlRequest::Revoke(id) => format!("revoke {id}\n").into_bytes(),
         }
     }
 
@@ -280,6 +292,21 @@ impl ControlRequest {
         const WHAT: &str = "control request";
         let text = String::from_utf8_lossy(b);
         let text = text.trim();
+        if let Some(json) = text.strip_prefix("grant ") {
+            let g: crate::grants::Grant = serde_json::from_str(json)
+                .map_err(|e| Error::malformed(WHAT, format!("grant: {e}")))?;
+            if !crate::grants::valid_id(&g.id) {
+                return Err(Error::malformed(WHAT, format!("bad grant id {:?}", g.id)));
+            }
+            return Ok(ControlRequest::Grant(Box::new(g)));
+        }
+        if let Some(id) = text.strip_prefix("revoke ") {
+            let id = id.trim();
+            if !crate::grants::valid_id(id) {
+                return Err(Error::malformed(WHAT, format!("bad grant id {id:?}")));
+            }
+            return Ok(ControlRequest::Revoke(id.to_owned()));
+        }
         match text {
             "stop" => Ok(ControlRequest::Stop),
             "status" => Ok(ControlRequest::Status),
@@ -299,7 +326,7 @@ impl ControlRequest {
 
 /// The supervisor's reply to a [`ControlRequest`] (but `Status`, answered with the JSON
 /// of [`SupervisorState`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlReply {
     /// Done.
     Ok,
@@ -307,15 +334,20 @@ pub enum ControlReply {
     NoSuchProcess,
     /// The request was not understood.
     UnknownRequest,
+    /// The request was refused or failed, for this reason (one line).
+    Failed(String),
 }
 
 impl ControlReply {
     /// Its frame: a line.
-    pub fn encode(&self) -> &'static [u8] {
+    pub fn encode(&self) -> Vec<u8> {
         match self {
-            ControlReply::Ok => b"ok\n",
-            ControlReply::NoSuchProcess => b"error no such process\n",
-            ControlReply::UnknownRequest => b"error unknown command\n",
+            ControlReply::Ok => b"ok\n".to_vec(),
+            ControlReply::NoSuchProcess => b"error no such process\n".to_vec(),
+            ControlReply::UnknownRequest => b"error unknown command\n".to_vec(),
+            ControlReply::Failed(why) => {
+                format!("failed {}\n", why.replace('\n', " ")).into_bytes()
+            }
         }
     }
 
@@ -326,7 +358,10 @@ impl ControlReply {
             "error no such process" => Ok(ControlReply::NoSuchProcess),
             "error unknown command" => Ok(ControlReply::UnknownRequest),
             "" => Err(Error::malformed("control reply", "empty")),
-            other => Err(Error::malformed("control reply", format!("{other:?}"))),
+            other => match other.strip_prefix("failed ") {
+                Some(why) => Ok(ControlReply::Failed(why.to_owned())),
+                None => Err(Error::malformed("control reply", format!("{other:?}"))),
+            },
         }
     }
 }
@@ -560,6 +595,22 @@ mod tests {
             ControlRequest::Stop,
             ControlRequest::Watch(99),
             ControlRequest::Status,
+            ControlRequest::Revoke("g-1".into()),
+            ControlRequest::Grant(Box::new(crate::grants::Grant {
+                id: "g-2".into(),
+                kind: crate::grants::GrantKind::Directory,
+                direction: crate::grants::Direction::In,
+                source: crate::grants::Endpoint {
+                    container: "a".into(),
+                    path: "/data".into(),
+                },
+                target: crate::grants::Endpoint {
+                    container: "b".into(),
+                    path: "/mnt/data".into(),
+                },
+                read_only: false,
+                created: "2026-12-07T00:00:00Z".into(),
+            })),
         ] {
             assert_eq!(ControlRequest::decode(&r.encode()).unwrap(), r);
         }
@@ -586,8 +637,9 @@ mod tests {
             ControlReply::Ok,
             ControlReply::NoSuchProcess,
             ControlReply::UnknownRequest,
+            ControlReply::Failed("no such grant g-1".into()),
         ] {
-            assert_eq!(ControlReply::decode(r.encode()).unwrap(), r);
+            assert_eq!(ControlReply::decode(&r.encode()).unwrap(), r);
         }
         assert!(ControlReply::decode(b"").is_err());
         assert!(ControlReply::decode(b"error disk on fire\n").is_err());

@@ -299,6 +299,65 @@ pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
     watched(pid, answer.as_bytes())
 }
 
+/// Hands grant `g` (its source's O_PATH descriptor `source`) to the supervisor of
+/// `state_dir` (the target's), which serves it in the container from then on.
+pub fn grant(
+    state_dir: &Path,
+    g: &porta_protocol::grants::Grant,
+    source: BorrowedFd<'_>,
+) -> Result<(), Error> {
+    let req = ControlRequest::Grant(Box::new(g.clone()));
+    request(state_dir, "grant", &req, Some(source))
+}
+
+/// Asks the supervisor of `state_dir` to revoke grant `id`; returns once its servers are
+/// gone.
+pub fn revoke(state_dir: &Path, id: &str) -> Result<(), Error> {
+    request(
+        state_dir,
+        "revoke",
+        &ControlRequest::Revoke(id.to_owned()),
+        None,
+    )
+}
+
+/// One request (with at most one descriptor) answered `ok` or `failed WHY`.
+fn request(
+    state_dir: &Path,
+    what: &'static str,
+    req: &ControlRequest,
+    fd: Option<BorrowedFd<'_>>,
+) -> Result<(), Error> {
+    let sock = state_dir.join(SOCKET_NAME);
+    let mut s = connect_control(state_dir).map_err(|e| Error::Path {
+        what: "connect to supervisor",
+        path: sock.clone(),
+        source: e,
+    })?;
+    // Revoking waits for a grant's servers to die (SIGKILL, bounded by the supervisor).
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| Error::Io("socket timeout", e))?;
+    let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    porta_sys::scm::send(s.as_raw_fd(), &req.encode(), &fds, libc::MSG_NOSIGNAL)
+        .map_err(|e| Error::Io("send a control request", e))?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| Error::Io("send a control request", e))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| Error::Io("read supervisor answer", e))?;
+    match ControlReply::decode(answer.as_bytes()) {
+        Ok(ControlReply::Ok) => Ok(()),
+        Ok(ControlReply::Failed(why)) => Err(Error::Refused(why)),
+        Ok(other) => Err(Error::Refused(format!(
+            "{what}: the supervisor answered {other:?}"
+        ))),
+        Err(source) => Err(Error::Protocol {
+            request: what,
+            source,
+        }),
+    }
+}
+
 /// What the supervisor's answer to `watch PID` says.
 fn watched(pid: i32, answer: &[u8]) -> Result<(), Error> {
     match ControlReply::decode(answer) {
@@ -307,6 +366,7 @@ fn watched(pid: i32, answer: &[u8]) -> Result<(), Error> {
         Ok(ControlReply::UnknownRequest) => Err(Error::Refused(format!(
             "watch {pid}: the supervisor does not know the request"
         ))),
+        Ok(ControlReply::Failed(why)) => Err(Error::Refused(format!("watch {pid}: {why}"))),
         Err(source) => Err(Error::Protocol {
             request: "watch",
             source,

@@ -20,7 +20,8 @@ mod watch;
 
 pub(crate) use client::socket_path;
 pub use client::{
-    launch, read_state, servers, stop, watch_container, LaunchSpec, Launched, LAUNCH_TIMEOUT,
+    grant, launch, read_state, revoke, servers, stop, watch_container, LaunchSpec, Launched,
+    LAUNCH_TIMEOUT,
 };
 pub(crate) use entry::init_logging;
 pub use entry::{main_fs, main_supervisor};

@@ -26,11 +26,26 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /// Socket buffer size of a translator's socket: a whole 1 MiB READ or WRITE frame.
 const SOCK_BUF: i32 = 4 << 20;
 
-/// The translators this container's servers asked for, by pid.
+/// The translators this container's servers asked for, by pid, and the grants served in
+/// this container.
 #[derive(Default)]
 pub(crate) struct Translators {
     /// pid → pidfd, what it is, and since when it was asked to stop.
     live: HashMap<i32, (OwnedFd, TranslatorStatus, Option<Instant>)>,
+    /// The grants into this container, by id.
+    grants: HashMap<String, Held>,
+    /// A grant's server started since the last [`Translators::take_changed`].
+    changed: bool,
+}
+
+/// A grant the supervisor holds: the source's handle and the node it is served at.
+pub(crate) struct Held {
+    /// O_PATH descriptor of the source directory (in the other container's tree).
+    pub source: OwnedFd,
+    /// O_PATH descriptor of the node in this container's backing tree.
+    pub target: OwnedFd,
+    /// The record both sides keep.
+    pub record: porta_protocol::grants::Grant,
 }
 
 /// How long a translator asked to stop (SIGTERM: a libfuse program then flushes and
@@ -81,6 +96,54 @@ impl Translators {
             tracing::info!(pid, "translator exited");
         }
         !gone.is_empty()
+    }
+
+    /// Holds a new grant.
+    pub fn add_grant(&mut self, held: Held) {
+        self.grants.insert(held.record.id.clone(), held);
+    }
+
+    /// The grant with this id.
+    pub fn grant(&self, id: &str) -> Option<&Held> {
+        self.grants.get(id)
+    }
+
+    /// The grants held.
+    pub fn grants(&self) -> impl Iterator<Item = &Held> {
+        self.grants.values()
+    }
+
+    /// Lets go of grant `id` and kills its servers, waiting for them to exit; None when
+    /// no such grant is held.
+    pub fn take_grant(&mut self, id: &str) -> Option<Held> {
+        let held = self.grants.remove(id)?;
+        let servers: Vec<i32> = self
+            .live
+            .iter()
+            .filter(|(_, (_, st, _))| {
+                st.args.first().map(String::as_str) == Some(wire::GRANT_PROGRAM)
+                    && st.args.get(1).map(String::as_str) == Some(id)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in servers {
+            if let Some((fd, _, _)) = self.live.remove(&pid) {
+                proc::send(fd.as_fd(), libc::SIGKILL);
+                if !proc::wait_exit(fd.as_fd(), 10_000) {
+                    tracing::error!(
+                        pid,
+                        "a revoked grant's server did not die within 10 s of SIGKILL"
+                    );
+                }
+            }
+        }
+        Some(held)
+    }
+
+    /// Whether a grant's server started since the last call (the successor supervisor
+    /// must then be forked anew to know it).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Kills every translator (the container is going away).
@@ -160,7 +223,61 @@ impl Translators {
         }
     }
 
+    /// Starts the server of the grant a node carries: a confined file server of the
+    /// source's handle, in the supervisor's namespaces (the host's ids), in the servers'
+    /// cgroup leaf. EACCES when the grant is not held (revoked).
+    fn start_grant(&mut self, req: &StartRequest) -> Result<(OwnedFd, i32), (i32, String)> {
+        let id = req.args.get(1).map(String::as_str).unwrap_or("");
+        let held = self.grants.get(id).ok_or((
+            libc::EACCES,
+            format!("no grant {id:?} is held for this container (revoked?)"),
+        ))?;
+        let read_only = held.record.read_only;
+        let source = held.source.try_clone().map_err(|e| {
+            (
+                e.raw_os_error().unwrap_or(libc::EMFILE),
+                "dup the grant's handle".to_string(),
+            )
+        })?;
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| (e as i32, "socketpair".into()))?;
+        for s in [&ours, &theirs] {
+            big_buffers(s.as_raw_fd());
+        }
+        // SAFETY: the supervisor is single-threaded; the child serves and ends in _exit.
+        let child = match unsafe { nix::unistd::fork() } {
+            Err(e) => return Err((e as i32, "fork".into())),
+            Ok(nix::unistd::ForkResult::Child) => grant_server(theirs, source, read_only),
+            Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        };
+        drop(theirs);
+        drop(source);
+        let pid = child.as_raw();
+        let fd =
+            proc::pidfd_open(pid).ok_or((libc::ESRCH, "the grant's server died at once".into()))?;
+        let status = TranslatorStatus {
+            pid,
+            path: req.path.clone(),
+            args: req.args.clone(),
+            uid: 0,
+            gid: 0,
+            passive: true,
+        };
+        tracing::info!(pid, path = %req.path, grant = id, read_only, "grant server started");
+        self.live.insert(pid, (fd, status, None));
+        self.changed = true;
+        Ok((ours, pid))
+    }
+
     fn start(&mut self, req: &StartRequest, cpid: i32) -> Result<(OwnedFd, i32), (i32, String)> {
+        if req.flags & wire::FLAG_GRANT != 0 {
+            return self.start_grant(req);
+        }
         if cpid <= 0 {
             return Err((libc::ESRCH, "the container has no process yet".into()));
         }
@@ -251,6 +368,30 @@ impl Translators {
         self.live.insert(pid, (fd, status, None));
         Ok((ours, pid))
     }
+}
+
+/// The grant's server process (a child of the supervisor): its signals back to the
+/// defaults, every descriptor but its two closed, then the confined file server of
+/// `source` on `sock`.
+fn grant_server(sock: OwnedFd, source: OwnedFd, read_only: bool) -> ! {
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    // SAFETY: a single-threaded child; making itself a session leader detaches it from
+    // the supervisor's terminal signals.
+    unsafe { libc::setsid() };
+    let _ = porta_sys::fd::close_all_but(&[0, 1, 2, sock.as_raw_fd(), source.as_raw_fd()]);
+    let code = match porta_fs::grant::serve_grant(sock, source, read_only) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "grant server failed");
+            1
+        }
+    };
+    // SAFETY: leave at once, without the supervisor's destructors.
+    unsafe { libc::_exit(code) }
 }
 
 fn big_buffers(fd: RawFd) {

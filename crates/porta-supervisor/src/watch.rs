@@ -609,30 +609,7 @@ impl Watcher {
         shared: &Shared,
         wanted: Option<&HashSet<(u64, u64)>>,
     ) -> HashMap<(u64, u64), u64> {
-        let mut out = HashMap::new();
-        if wanted.is_some_and(|w| w.is_empty()) {
-            return out;
-        }
-        let mut take = |k: (u64, u64), id: u64| {
-            if wanted.is_none_or(|w| w.contains(&k)) {
-                out.insert(k, id);
-            }
-        };
-        for fd in 0..shared.scan_end() {
-            if shared.kind(fd) == kind::NODE {
-                if let Some(e) = shared.hot_node(fd) {
-                    take(e.inode_key(), NodeRef::Hot(fd).id());
-                }
-            }
-        }
-        for i in 0..shared.cold_scan_end() {
-            if shared.cold_kind(i) == kind::NODE {
-                if let Some(e) = shared.cold_node(i) {
-                    take(e.inode_key(), NodeRef::Cold(i).id());
-                }
-            }
-        }
-        out
+        node_ids(shared, wanted)
     }
 
     fn queue(&mut self, frame: Vec<u8>) {
@@ -801,6 +778,39 @@ fn notifier_main(sock: RawFd, fuse: RawFd) -> ! {
 
 /// The pids in the container's leaves: those of the first hierarchy whose two leaves
 /// (`leaves` holds them in pairs) can be read; none when no pair can.
+/// Node ids by backing (device, inode), of the nodes whose key is `wanted` (all: None),
+/// from the node tables in the state memfd (the root is not among them: its id is
+/// [`abi::ROOT_ID`]).
+pub(crate) fn node_ids(
+    shared: &Shared,
+    wanted: Option<&HashSet<(u64, u64)>>,
+) -> HashMap<(u64, u64), u64> {
+    let mut out = HashMap::new();
+    if wanted.is_some_and(|w| w.is_empty()) {
+        return out;
+    }
+    let mut take = |k: (u64, u64), id: u64| {
+        if wanted.is_none_or(|w| w.contains(&k)) {
+            out.insert(k, id);
+        }
+    };
+    for fd in 0..shared.scan_end() {
+        if shared.kind(fd) == kind::NODE {
+            if let Some(e) = shared.hot_node(fd) {
+                take(e.inode_key(), NodeRef::Hot(fd).id());
+            }
+        }
+    }
+    for i in 0..shared.cold_scan_end() {
+        if shared.cold_kind(i) == kind::NODE {
+            if let Some(e) = shared.cold_node(i) {
+                take(e.inode_key(), NodeRef::Cold(i).id());
+            }
+        }
+    }
+    out
+}
+
 fn read_members(leaves: &[PathBuf]) -> HashSet<i32> {
     for pair in leaves.chunks(2) {
         let read: Option<Vec<String>> = pair

@@ -8,6 +8,7 @@
 //!   and their constants;
 //! * [`scm`]: sending and receiving descriptors over a Unix socket (SCM_RIGHTS) with a
 //!   payload;
+//! * [`path`]: paths resolved inside a root (openat2 RESOLVE_IN_ROOT);
 //! * [`proc`]: parsing `/proc/PID/stat` and `/proc/PID/mountinfo`;
 //! * [`rlimit`]: raising RLIMIT_NOFILE;
 //! * [`user`]: who the process runs as.
@@ -17,6 +18,7 @@
 
 pub mod fd;
 pub mod mount_api;
+pub mod path;
 pub mod pidfd;
 pub mod proc;
 pub mod rlimit;

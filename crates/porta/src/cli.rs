@@ -169,6 +169,22 @@ pub enum Command {
     /// container's tree by a program of the container (or a built-in, porta:NAME).
     #[command(subcommand)]
     Translator(TranslatorCommand),
+    /// Share a directory of one running container live into another (served by the
+    /// target's file server from a handle, revocable at once); prints the grant's id.
+    Share {
+        /// The target may only read.
+        #[arg(long)]
+        read_only: bool,
+        /// SOURCE-ID:/PATH, a directory in the source container.
+        from: String,
+        /// TARGET-ID:/PATH, where the target sees it (made if missing).
+        to: String,
+    },
+    /// Revoke a share: every later request on it, open files included, fails with EACCES.
+    Unshare {
+        /// TARGET-ID:/PATH where it is served, or the grant's id.
+        what: String,
+    },
 }
 
 /// `porta translator …`.

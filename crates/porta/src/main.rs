@@ -4,6 +4,7 @@
 mod cli;
 mod logging;
 mod run;
+mod share;
 mod translator;
 mod tty;
 

@@ -78,11 +78,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 Err(porta_runtime::Error::NotFound(_)) if force => return Ok(0),
                 Err(e) => return Err(e.into()),
             }
+            let grants = crate::share::before_delete(&root, &id);
             match Container::open(&root, &id) {
                 Ok(c) => c.delete(force)?,
                 Err(porta_runtime::Error::NotFound(_)) if force => {}
                 Err(e) => return Err(e.into()),
             }
+            crate::share::after_delete(&root, grants);
             Ok(0)
         }
         Command::List { format, quiet } => list(&root()?, &format, quiet),
@@ -93,6 +95,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         } => ps(&root()?, &id, &format, &ps_args),
         Command::Exec(a) => exec(&root()?, a),
         Command::Translator(t) => crate::translator::run(&root()?, t),
+        Command::Share {
+            read_only,
+            from,
+            to,
+        } => crate::share::share(&root()?, &from, &to, read_only),
+        Command::Unshare { what } => crate::share::unshare(&root()?, &what),
         Command::Pause { id } => {
             Container::open(&root()?, &id)?.pause()?;
             Ok(0)

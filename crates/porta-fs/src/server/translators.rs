@@ -66,7 +66,7 @@ mod word {
     pub const INO: usize = 2;
     pub const DEV: usize = 3;
     pub const PID: usize = 4;
-    /// epoch | passive << 8
+    /// epoch | passive << 8 | grant << 9 | read-only << 10
     pub const STATE: usize = 5;
     pub const MAX_WRITE: usize = 7;
 }
@@ -94,10 +94,17 @@ pub(super) struct Slot {
     key: (u64, u64),
     epoch: u64,
     passive: bool,
+    /// A grant's server (another container's handle, served with the host's ids): not
+    /// cached by the kernel, and its nodes fail with EACCES once it is revoked.
+    grant: bool,
+    /// A read-only grant: changes are refused here with EROFS.
+    read_only: bool,
     pid: i32,
     max_write: u32,
     /// Whether the translator answers READDIRPLUS (else READDIR is asked and converted).
     plus: bool,
+    /// The translator answered OPENDIR with ENOSYS: READDIR goes without an added open.
+    no_opendir: AtomicBool,
     /// The argument vector (empty after a server restart).
     args: Vec<String>,
     /// Where the kernel sees the translator's root: (parent node id, name).
@@ -202,7 +209,9 @@ enum Then {
     DirOpened { frame: Vec<u8>, plus_wanted: bool },
     /// The READDIR after an added OPENDIR: pass it on, then release handle `fh`.
     DirRead {
-        fh: u64,
+        /// The handle of the added open; None: the translator opens no directories
+        /// (it answered OPENDIR with ENOSYS, as the kernel allows).
+        fh: Option<u64>,
         plus_wanted: bool,
         node: u64,
     },
@@ -236,6 +245,8 @@ pub(super) struct Job {
     uid: u32,
     gid: u32,
     passive: bool,
+    /// A grant's node: Some(read-only).
+    grant: Option<bool>,
 }
 
 #[derive(Default)]
@@ -251,11 +262,15 @@ pub(super) struct Translators {
     pending: Mutex<HashMap<u64, Pending>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     maps: OnceLock<(IdMap, IdMap)>,
+    /// The maps of a grant's server, which speaks the host's ids: none.
+    identity: (IdMap, IdMap),
     next_own: AtomicU64,
     epoch: AtomicU64,
     /// (slot, epoch) of translators that died, the most recent ones: their nodes fail
     /// with EIO rather than ESTALE.
     dead: Mutex<std::collections::VecDeque<(RawFd, u64)>>,
+    /// (slot, epoch) of grants that were revoked: their nodes fail with EACCES.
+    revoked: Mutex<std::collections::VecDeque<(RawFd, u64)>>,
     /// False on io_uring (answers cannot come from another thread there).
     pub(super) enabled: AtomicBool,
     pub(super) timeout: Duration,
@@ -269,7 +284,9 @@ impl Translators {
             pending: Mutex::default(),
             jobs: Mutex::new(None),
             maps: OnceLock::new(),
+            identity: (IdMap::default(), IdMap::default()),
             dead: Mutex::default(),
+            revoked: Mutex::default(),
             next_own: AtomicU64::new(2),
             epoch: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
@@ -319,6 +336,33 @@ impl Fs {
                 (IdMap::default(), IdMap::default())
             })
         })
+    }
+
+    /// The identity maps between the kernel's ids and the translator's of `slot`.
+    fn slot_maps(&self, slot: &Slot) -> &(IdMap, IdMap) {
+        if slot.grant {
+            &self.trans.identity
+        } else {
+            self.maps()
+        }
+    }
+
+    /// The error a request to the gone translator of `slot` gets: EACCES for a revoked
+    /// grant, else EIO.
+    fn gone_errno(&self, slot: &Slot) -> Errno {
+        let key = (slot.fd, slot.epoch & EPOCH_MASK);
+        if slot.grant
+            && self
+                .trans
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
+        {
+            libc::EACCES
+        } else {
+            libc::EIO
+        }
     }
 
     fn slot(&self, fd: RawFd) -> Option<Arc<Slot>> {
@@ -408,6 +452,12 @@ impl Fs {
             // A node of a translator that died fails with EIO; a made-up id names
             // nothing.
             let (fd, epoch, _) = split(h.nodeid);
+            let revoked = self
+                .trans
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(fd, epoch));
             let dead = self.slot(fd).is_some_and(|s| s.epoch & EPOCH_MASK == epoch)
                 || self
                     .trans
@@ -415,12 +465,18 @@ impl Fs {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .contains(&(fd, epoch));
-            return Some(err(
-                w,
-                h.unique,
-                if dead { libc::EIO } else { libc::ESTALE },
-            ));
+            let e = if revoked {
+                libc::EACCES
+            } else if dead {
+                libc::EIO
+            } else {
+                libc::ESTALE
+            };
+            return Some(err(w, h.unique, e));
         };
+        if slot.read_only && changes_tree(h.opcode, frame) {
+            return Some(err(w, h.unique, libc::EROFS));
+        }
         // The translator's records are the server's business, on the translator's root.
         if inner == abi::ROOT_ID
             && matches!(
@@ -434,7 +490,7 @@ impl Fs {
         }
         let mut f = frame.to_vec();
         put_u64(&mut f, 16, inner);
-        let (umap, gmap) = self.maps();
+        let (umap, gmap) = self.slot_maps(&slot);
         put_u32(&mut f, 24, umap.to_inside(h.uid));
         put_u32(&mut f, 28, gmap.to_inside(h.gid));
         put_u64(&mut f, 8, h.unique & !abi::UNIQUE_RESEND_FLAG);
@@ -488,6 +544,24 @@ impl Fs {
             let plus_wanted = h.opcode == op::READDIRPLUS;
             if plus_wanted && !slot.plus {
                 put_u32(&mut f, 4, op::READDIR);
+            }
+            if slot.no_opendir.load(Ordering::Relaxed) {
+                let node = get_u64(&f, 16);
+                let then = Then::DirRead {
+                    fh: None,
+                    plus_wanted,
+                    node,
+                };
+                self.expect(unique, &slot, unique, then, sink);
+                if let Err(e) = self.send_to(&slot, &f) {
+                    self.trans
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&unique);
+                    return Some(err(w, h.unique, e));
+                }
+                return Some(Served::NOTHING);
             }
             let own = self.own_unique();
             let mut open = Vec::with_capacity(IN_HEADER_LEN + 8);
@@ -555,7 +629,7 @@ impl Fs {
     /// requests is a hung one).
     fn send_to(&self, slot: &Slot, frame: &[u8]) -> SysResult<()> {
         if slot.dead.load(Ordering::Acquire) {
-            return Err(libc::EIO);
+            return Err(self.gone_errno(slot));
         }
         // write(2): the server's seccomp filter allows sendmsg on the supervisor's socket
         // only. The socket is non-blocking (see `start`).
@@ -576,7 +650,7 @@ impl Fs {
                     {
                         self.translator_gone(&slot);
                     }
-                    return Err(libc::EIO);
+                    return Err(self.gone_errno(slot));
                 }
             }
         }
@@ -624,20 +698,25 @@ impl Fs {
                 return true;
             }
         }
-        // A passive record on the node?
+        // A grant or a passive record on the node?
         let Ok(node) = self.node_fd(id) else {
             return false;
         };
         let mut buf = vec![0u8; translator::MAX_RECORD + 1];
-        let n = match self.xget(node.fd(), c"user.porta.translator", &mut buf) {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        let args = match translator::parse_record(&buf[..n]) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignored a node's bad translator record");
-                return false;
+        let (args, grant) = match self.grant_record(node.fd()) {
+            Some((gid, ro)) => (vec![translator::GRANT_PROGRAM.to_owned(), gid], Some(ro)),
+            None => {
+                let n = match self.xget(node.fd(), c"user.porta.translator", &mut buf) {
+                    Ok(n) => n,
+                    Err(_) => return false,
+                };
+                match translator::parse_record(&buf[..n]) {
+                    Ok(a) => (a, None),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignored a node's bad translator record");
+                        return false;
+                    }
+                }
             }
         };
         let Ok(st) = sys::fstat(node.fd()) else {
@@ -656,6 +735,7 @@ impl Fs {
             uid: st.st_uid,
             gid: st.st_gid,
             passive: true,
+            grant,
         };
         self.submit(job, Parked::RootLookup(unique, Sink::Dev));
         true
@@ -680,8 +760,17 @@ impl Fs {
         let Ok(node) = self.node_fd(id) else {
             return false;
         };
-        self.xget(node.fd(), c"user.porta.translator", &mut [])
-            .is_ok()
+        self.grant_record(node.fd()).is_some()
+            || self
+                .xget(node.fd(), c"user.porta.translator", &mut [])
+                .is_ok()
+    }
+
+    /// The grant record of a backing node (see [`translator::GRANT_XATTR`]), if any.
+    fn grant_record(&self, node: RawFd) -> Option<(String, bool)> {
+        let mut buf = [0u8; 80];
+        let n = self.xget(node, c"user.porta.grant", &mut buf).ok()?;
+        translator::parse_grant_record(&buf[..n])
     }
 
     /// Queues a start (or joins one under way) with a parked request.
@@ -825,9 +914,12 @@ impl Fs {
                 key: (w(word::DEV), w(word::INO)),
                 epoch: w(word::STATE) & 0xff,
                 passive: (w(word::STATE) >> 8) & 1 != 0,
+                grant: (w(word::STATE) >> 9) & 1 != 0,
+                read_only: (w(word::STATE) >> 10) & 1 != 0,
                 pid: w(word::PID) as i32,
                 max_write: (w(word::MAX_WRITE) & 0xffff_ffff) as u32,
                 plus: (w(word::MAX_WRITE) >> 32) & 1 != 0,
+                no_opendir: AtomicBool::new(false),
                 args: Vec::new(),
                 place: Mutex::new(None),
                 dead: AtomicBool::new(false),
@@ -869,6 +961,10 @@ impl Fs {
                 translator::FLAG_PASSIVE
             } else {
                 0
+            } | if job.grant.is_some() {
+                translator::FLAG_GRANT
+            } else {
+                0
             },
             tag: 0,
             path,
@@ -908,7 +1004,12 @@ impl Fs {
         sh.publish(fd, kind::TRANSLATOR, node as u64, key.1, key.0);
         if let Some(e) = sh.entry(fd) {
             e[word::PID].store(pid as u64, Ordering::Relaxed);
-            e[word::STATE].store(epoch | (u64::from(job.passive) << 8), Ordering::Relaxed);
+            let grant =
+                u64::from(job.grant.is_some()) << 9 | u64::from(job.grant.unwrap_or(false)) << 10;
+            e[word::STATE].store(
+                epoch | (u64::from(job.passive) << 8) | grant,
+                Ordering::Relaxed,
+            );
             e[word::MAX_WRITE].store(
                 u64::from(max_write) | (u64::from(plus) << 32),
                 Ordering::Release,
@@ -920,9 +1021,12 @@ impl Fs {
             key,
             epoch,
             passive: job.passive,
+            grant: job.grant.is_some(),
+            read_only: job.grant.unwrap_or(false),
             pid,
             max_write,
             plus,
+            no_opendir: AtomicBool::new(false),
             args: job.args,
             place: Mutex::new(job.place),
             dead: AtomicBool::new(false),
@@ -1096,6 +1200,7 @@ impl Fs {
                 // The name's binding to the translator's root is the server's (dropped
                 // when the translator goes): the server's entry timeout. Its attributes
                 // are the translator's, with the translator's timeout.
+                let (valid, nsec) = if slot.grant { (0, 0) } else { (valid, nsec) };
                 w.u64(slot.outer(abi::ROOT_ID))
                     .u64(slot.epoch)
                     .u64(self.ttl.secs)
@@ -1112,12 +1217,19 @@ impl Fs {
                 mut frame,
                 plus_wanted,
             } => {
-                if !ok {
+                let error = -(get_u32(r, 4) as i32);
+                let no_opendir = error == libc::ENOSYS;
+                if !ok && !no_opendir {
                     self.deliver(p.sink, r);
                     return;
                 }
-                let fh = get_u64(r, OUT_HEADER_LEN);
-                put_u64(&mut frame, IN_HEADER_LEN, fh);
+                let fh = if no_opendir {
+                    slot.no_opendir.store(true, Ordering::Relaxed);
+                    None
+                } else {
+                    Some(get_u64(r, OUT_HEADER_LEN))
+                };
+                put_u64(&mut frame, IN_HEADER_LEN, fh.unwrap_or(0));
                 let own = self.own_unique();
                 put_u64(&mut frame, 8, own);
                 let node = get_u64(&frame, 16);
@@ -1150,17 +1262,19 @@ impl Fs {
                 node,
             } => {
                 // Release the added open first: the answer may be large.
-                let own = self.own_unique();
-                let mut rel = Vec::with_capacity(IN_HEADER_LEN + 24);
-                rel.extend_from_slice(&((IN_HEADER_LEN + 24) as u32).to_ne_bytes());
-                rel.extend_from_slice(&op::RELEASEDIR.to_ne_bytes());
-                rel.extend_from_slice(&own.to_ne_bytes());
-                rel.extend_from_slice(&node.to_ne_bytes());
-                rel.extend_from_slice(&[0u8; 16]);
-                rel.extend_from_slice(&fh.to_ne_bytes());
-                rel.extend_from_slice(&[0u8; 16]);
-                self.expect(own, slot, own, Then::Drop, Sink::Dev);
-                let _ = self.send_to(slot, &rel);
+                if let Some(fh) = fh {
+                    let own = self.own_unique();
+                    let mut rel = Vec::with_capacity(IN_HEADER_LEN + 24);
+                    rel.extend_from_slice(&((IN_HEADER_LEN + 24) as u32).to_ne_bytes());
+                    rel.extend_from_slice(&op::RELEASEDIR.to_ne_bytes());
+                    rel.extend_from_slice(&own.to_ne_bytes());
+                    rel.extend_from_slice(&node.to_ne_bytes());
+                    rel.extend_from_slice(&[0u8; 16]);
+                    rel.extend_from_slice(&fh.to_ne_bytes());
+                    rel.extend_from_slice(&[0u8; 16]);
+                    self.expect(own, slot, own, Then::Drop, Sink::Dev);
+                    let _ = self.send_to(slot, &rel);
+                }
                 if !ok {
                     self.deliver(p.sink, r);
                 } else if plus_wanted && !slot.plus {
@@ -1194,7 +1308,7 @@ impl Fs {
     }
 
     fn remap_attr(&self, slot: &Slot, a: &mut [u8]) {
-        let (umap, gmap) = self.maps();
+        let (umap, gmap) = self.slot_maps(slot);
         put_u64(a, ATTR_INO, slot.ino(get_u64(a, ATTR_INO)));
         put_u32(a, ATTR_UID, umap.to_outside(get_u32(a, ATTR_UID)));
         put_u32(a, ATTR_GID, gmap.to_outside(get_u32(a, ATTR_GID)));
@@ -1204,6 +1318,14 @@ impl Fs {
         let id = get_u64(e, 0);
         if id != 0 {
             put_u64(e, 0, slot.outer(id));
+        }
+        if slot.grant {
+            // Nothing of a grant is cached: after a revocation no name or attribute of
+            // it is answered from the kernel's caches.
+            put_u64(e, 16, 0);
+            put_u64(e, 24, 0);
+            put_u32(e, 32, 0);
+            put_u32(e, 36, 0);
         }
         self.remap_attr(slot, &mut e[ENTRY_ATTR..ENTRY_ATTR + ATTR_LEN]);
     }
@@ -1224,19 +1346,21 @@ impl Fs {
                 }
                 if opcode == op::CREATE && r.len() >= b + abi::ENTRY_OUT_LEN + 16 {
                     let at = b + abi::ENTRY_OUT_LEN + 8;
-                    let flags = get_u32(r, at) & !abi::fopen::PASSTHROUGH;
-                    put_u32(r, at, flags);
+                    put_u32(r, at, open_flags(slot, get_u32(r, at)));
                 }
             }
             op::GETATTR | op::SETATTR if r.len() >= b + ATTR_OUT_ATTR + ATTR_LEN => {
+                if slot.grant {
+                    put_u64(r, b, 0);
+                    put_u32(r, b + 8, 0);
+                }
                 self.remap_attr(
                     slot,
                     &mut r[b + ATTR_OUT_ATTR..b + ATTR_OUT_ATTR + ATTR_LEN],
                 );
             }
             op::OPEN | op::OPENDIR if r.len() >= b + 16 => {
-                let flags = get_u32(r, b + 8) & !abi::fopen::PASSTHROUGH;
-                put_u32(r, b + 8, flags);
+                put_u32(r, b + 8, open_flags(slot, get_u32(r, b + 8)));
             }
             op::READDIR => {
                 let mut at = b;
@@ -1284,6 +1408,15 @@ impl Fs {
         if slot.gone.swap(true, Ordering::AcqRel) {
             return;
         }
+        // A grant whose record left its node was revoked: from now on its nodes fail
+        // with EACCES (decided before any request can see the slot dead).
+        if slot.grant && self.grant_record(slot.node).is_none() {
+            let mut r = self.trans.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            if r.len() >= 1024 {
+                r.pop_front();
+            }
+            r.push_back((slot.fd, slot.epoch & EPOCH_MASK));
+        }
         slot.dead.store(true, Ordering::Release);
         let failed: Vec<Pending> = {
             let mut p = self.trans.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -1300,9 +1433,10 @@ impl Fs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_none();
+        let e = self.gone_errno(slot);
         for p in failed {
             if !matches!(p.then, Then::Drop) {
-                self.deliver_err(p.sink, p.kernel, libc::EIO);
+                self.deliver_err(p.sink, p.kernel, e);
             }
         }
         if for_good {
@@ -1480,6 +1614,10 @@ impl Fs {
     /// Only the node's owner, the container's root or the host's may set or remove a
     /// translator on a directory or regular file the caller may write.
     fn may_set_translator(&self, h: &InHeader, node: RawFd) -> SysResult<()> {
+        // A grant's node is the host's to change (`porta unshare`).
+        if self.grant_record(node).is_some() {
+            return Err(libc::EBUSY);
+        }
         let st = sys::fstat(node)?;
         let t = st.st_mode & libc::S_IFMT;
         if t != libc::S_IFDIR && t != libc::S_IFREG {
@@ -1538,6 +1676,7 @@ impl Fs {
             uid: st.st_uid,
             gid: st.st_gid,
             passive: false,
+            grant: None,
         };
         self.submit(job, Parked::Setter(waiter.clone()));
         waiter.wait(self.trans.timeout + Duration::from_secs(5))?;
@@ -1635,6 +1774,46 @@ impl Fs {
         let nodes = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
         let parent = nodes.by_inode.get(&(st.st_dev, st.st_ino)).copied()?;
         Some((parent, name.to_vec()))
+    }
+}
+
+/// The open flags a translator's OPEN or CREATE answer reaches the kernel with: never
+/// passthrough (the translator's backing files are not the kernel's to reach); for a
+/// grant, uncached data (direct I/O), so that a revocation reaches open files at once.
+fn open_flags(slot: &Slot, flags: u32) -> u32 {
+    let flags = flags & !abi::fopen::PASSTHROUGH;
+    if slot.grant {
+        (flags | abi::fopen::DIRECT_IO) & !(abi::fopen::KEEP_CACHE | abi::fopen::CACHE_DIR)
+    } else {
+        flags
+    }
+}
+
+/// Whether request `opcode` (frame `frame`) would change a tree: refused on a read-only
+/// grant.
+fn changes_tree(opcode: u32, frame: &[u8]) -> bool {
+    match opcode {
+        op::SETATTR
+        | op::SYMLINK
+        | op::MKNOD
+        | op::MKDIR
+        | op::UNLINK
+        | op::RMDIR
+        | op::RENAME
+        | op::RENAME2
+        | op::LINK
+        | op::WRITE
+        | op::SETXATTR
+        | op::REMOVEXATTR
+        | op::CREATE
+        | op::FALLOCATE
+        | op::COPY_FILE_RANGE
+        | op::TMPFILE => true,
+        op::OPEN => {
+            let flags = get_u32(frame, IN_HEADER_LEN) as i32;
+            flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+        }
+        _ => false,
     }
 }
 

@@ -2,10 +2,11 @@
 //!
 //! This module holds its state and its loop; the parts of its work each have a module:
 //! starting ([`launch`]), the keeper ([`keeper_link`]), the servers ([`servers`]), the
-//! successor ([`takeover`]), the control socket ([`control`]) and the record of the
-//! servers ([`records`]).
+//! successor ([`takeover`]), the control socket ([`control`]), the grants served in the
+//! container ([`grants`]) and the record of the servers ([`records`]).
 
 mod control;
+mod grants;
 mod keeper_link;
 mod launch;
 mod records;
@@ -347,6 +348,10 @@ impl Supervisor {
             // Backing requests first: a server thread waits for each answer.
             if backing {
                 self.serve_backing();
+                // A successor forked before a grant's server started would not know it.
+                if self.translators.take_changed() {
+                    self.renew_successor();
+                }
             }
             if host {
                 let pids = [self.server_pid, self.standby_pid, self.keeper_pid];

@@ -49,6 +49,16 @@ impl Supervisor {
         }
     }
 
+    /// Replaces the waiting successor with a fresh fork, which knows what this process
+    /// holds now (a grant's handle, a grant's server).
+    pub(super) fn renew_successor(&mut self) {
+        if let Some((pid, fd)) = self.successor.take() {
+            proc::send(fd.as_fd(), libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        self.ensure_successor();
+    }
+
     /// The successor's life: waits on the active supervisor's pidfd, then records its
     /// death in `pending`.
     fn wait_as_successor(&mut self, active_pid: i32, active: OwnedFd) {
