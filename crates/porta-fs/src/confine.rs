@@ -247,6 +247,28 @@ pub fn limit_capabilities() -> Result<(), Error> {
     Ok(())
 }
 
+/// Empties every capability set of the calling process (and its bounding set).
+pub fn drop_all_capabilities() -> Result<(), Error> {
+    for cap in 0..64u32 {
+        // SAFETY: plain prctl.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        if r < 0 {
+            break;
+        }
+        // SAFETY: plain prctl.
+        if r == 1 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            return Err(last("drop capability from the bounding set"));
+        }
+    }
+    let mut hdr: [u32; 2] = [0x2008_0522, 0];
+    let data = [0u32; 6];
+    // SAFETY: valid header and a data array of two `__user_cap_data_struct`s.
+    if unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) } < 0 {
+        return Err(last("capset"));
+    }
+    Ok(())
+}
+
 /// Moves the calling process (single-threaded: the keeper) into a new user namespace.
 /// Its uid_map and gid_map must then be written from the parent namespace (the
 /// supervisor writes the identity); until then the process has no power over any file.

@@ -65,3 +65,18 @@ pub fn serve_grant(sock: OwnedFd, root: OwnedFd, read_only: bool) -> Result<(), 
     };
     crate::serve(&cfg).map(|_| ())
 }
+
+/// Confines a grant server that needs no file-system access at all (the server of a
+/// memory object): no capabilities, no_new_privs, Landlock with no tree allowed, and the
+/// seccomp allowlist. Call it in the server's own process, single-threaded.
+pub fn confine_without_tree() -> Result<(), Error> {
+    confine::drop_all_capabilities()?;
+    // SAFETY: plain prctl.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(Error::Io("no_new_privs", std::io::Error::last_os_error()));
+    }
+    if confine::restrict_to_trees(&[])? == 0 {
+        tracing::warn!("no Landlock in this kernel: a grant's server is not kept from files");
+    }
+    confine::install_seccomp(None)
+}

@@ -432,3 +432,75 @@ fn deleting_either_side_ends_the_grant() {
     assert!(!sh(&b, "cat /from-a/f").ok());
     assert!(recorded(&b).is_empty());
 }
+
+/// The memfd holder (tests/data/memfd_holder.c), built statically into `out`.
+fn build_memfd_holder(out: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("memfd_holder.c");
+    std::fs::write(&src, include_str!("data/memfd_holder.c")).unwrap();
+    let o = cmd::host(
+        "cc",
+        &[
+            "-static",
+            "-O2",
+            "-o",
+            out.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+    );
+    o.expect_ok();
+}
+
+#[test]
+fn a_memory_object_is_shared_as_a_file_and_revoked_like_a_directory() {
+    porta_only!(WHY);
+    let mut ab = Bundle::new(&["/memfd-holder"]);
+    build_memfd_holder(&ab.rootfs().join("memfd-holder"));
+    ab.args(&["/memfd-holder"]);
+    let a = Container::new("shrm-a", ab);
+    a.create_start();
+    let b = running("shrm-b");
+    // Not a memfd, no such process, no such descriptor: refused, naming it.
+    for (src, want) in [
+        ("/proc/1/fd/0", "not a memfd"),
+        ("/proc/999999/fd/3", "no process 999999"),
+        ("/proc/1/fd/77", "no descriptor 77"),
+    ] {
+        let o = a.rt(&[
+            "share",
+            &format!("{}:{src}", a.id),
+            &format!("{}:/shm/x", b.id),
+        ]);
+        assert!(!o.ok() && o.stderr.contains(want), "{src}: {o}");
+    }
+    let id = share(&a, "/proc/1/fd/3", &b, "/shm/obj", &[]);
+    assert_eq!(sh_ok(&b, "cat /shm/obj"), "hello from A\n");
+    assert!(recorded(&b)
+        .iter()
+        .any(|g| g["id"] == id.as_str() && g["kind"] == "memfd"));
+    // B writes; A's own descriptor sees it (one memory object).
+    sh_ok(&b, "echo from B > /shm/obj");
+    let holder = format!("/proc/{}/fd/3", a.pid());
+    assert_eq!(std::fs::read_to_string(&holder).unwrap(), "from B\n");
+    // Revoked while B holds it open: the next read fails with EACCES.
+    sh_ok(&b, "mkfifo /tmp/go");
+    let user = {
+        let (root, id) = (b.root.clone(), b.id.clone());
+        std::thread::spawn(move || {
+            Cmd::runtime(&root)
+                .args(["exec", &id, "sh", "-c"])
+                .arg("exec 3</shm/obj; echo opened > /tmp/opened; read x < /tmp/go; cat <&3 > /tmp/out 2> /tmp/err")
+                .run()
+        })
+    };
+    wait_file(&b.bundle.rootfs().join("tmp/opened"), "opened");
+    let o = b.rt(&["unshare", &format!("{}:/shm/obj", b.id)]);
+    assert!(o.ok(), "unshare: {o}");
+    sh_ok(&b, "echo go > /tmp/go");
+    let _ = user.join().unwrap();
+    let err = std::fs::read_to_string(b.bundle.rootfs().join("tmp/err")).unwrap();
+    assert!(err.contains("Permission denied"), "{err:?}");
+    // What B sees at the name now is its own empty file; A's object is untouched.
+    assert_eq!(sh_ok(&b, "cat /shm/obj"), "");
+    assert_eq!(std::fs::read_to_string(&holder).unwrap(), "from B\n");
+}

@@ -23,6 +23,9 @@ pub const MAX_ID_LEN: usize = 64;
 pub enum GrantKind {
     /// A directory of the source, served live in the target's file server.
     Directory,
+    /// A memory object (a memfd a process of the source holds), served as a file in
+    /// the target's file server.
+    Memfd,
 }
 
 /// Which side of a grant a record is kept by.

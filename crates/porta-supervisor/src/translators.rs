@@ -64,6 +64,17 @@ pub fn set_builtins(f: BuiltinFn) {
     let _ = BUILTIN.set(f);
 }
 
+/// The server of a memory-object grant: serves the file `file` (read-only: only read) on
+/// the FUSE connection `fuse` as a file system whose root is that file.
+pub type FileServerFn = fn(file: OwnedFd, fuse: OwnedFd, read_only: bool) -> Result<(), String>;
+
+static FILE_SERVER: std::sync::OnceLock<FileServerFn> = std::sync::OnceLock::new();
+
+/// Installs the server of memory-object grants (the binary links it in).
+pub fn set_file_server(f: FileServerFn) {
+    let _ = FILE_SERVER.set(f);
+}
+
 impl Translators {
     /// What `porta state` shows.
     pub fn status(&self) -> Vec<TranslatorStatus> {
@@ -233,6 +244,7 @@ impl Translators {
             format!("no grant {id:?} is held for this container (revoked?)"),
         ))?;
         let read_only = held.record.read_only;
+        let kind = held.record.kind;
         let source = held.source.try_clone().map_err(|e| {
             (
                 e.raw_os_error().unwrap_or(libc::EMFILE),
@@ -252,7 +264,7 @@ impl Translators {
         // SAFETY: the supervisor is single-threaded; the child serves and ends in _exit.
         let child = match unsafe { nix::unistd::fork() } {
             Err(e) => return Err((e as i32, "fork".into())),
-            Ok(nix::unistd::ForkResult::Child) => grant_server(theirs, source, read_only),
+            Ok(nix::unistd::ForkResult::Child) => grant_server(theirs, source, kind, read_only),
             Ok(nix::unistd::ForkResult::Parent { child }) => child,
         };
         drop(theirs);
@@ -373,7 +385,12 @@ impl Translators {
 /// The grant's server process (a child of the supervisor): its signals back to the
 /// defaults, every descriptor but its two closed, then the confined file server of
 /// `source` on `sock`.
-fn grant_server(sock: OwnedFd, source: OwnedFd, read_only: bool) -> ! {
+fn grant_server(
+    sock: OwnedFd,
+    source: OwnedFd,
+    kind: porta_protocol::grants::GrantKind,
+    read_only: bool,
+) -> ! {
     let _ = nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),
@@ -383,7 +400,18 @@ fn grant_server(sock: OwnedFd, source: OwnedFd, read_only: bool) -> ! {
     // the supervisor's terminal signals.
     unsafe { libc::setsid() };
     let _ = porta_sys::fd::close_all_but(&[0, 1, 2, sock.as_raw_fd(), source.as_raw_fd()]);
-    let code = match porta_fs::grant::serve_grant(sock, source, read_only) {
+    let served = match kind {
+        porta_protocol::grants::GrantKind::Directory => {
+            porta_fs::grant::serve_grant(sock, source, read_only).map_err(|e| e.to_string())
+        }
+        porta_protocol::grants::GrantKind::Memfd => match FILE_SERVER.get() {
+            Some(serve) => porta_fs::grant::confine_without_tree()
+                .map_err(|e| e.to_string())
+                .and_then(|()| serve(source, sock, read_only)),
+            None => Err("no server of memory objects in this build".into()),
+        },
+    };
+    let code = match served {
         Ok(()) => 0,
         Err(e) => {
             tracing::warn!(error = %e, "grant server failed");

@@ -69,6 +69,77 @@ pub fn mkdir_in_root(root: BorrowedFd<'_>, path: &str, mode: u32) -> io::Result<
     Ok(dir)
 }
 
+/// The regular file `path` inside `root` as an O_PATH descriptor, made empty (mode `mode`)
+/// when missing, its directories with it (mode 0755, see [`mkdir_in_root`]). A symlink
+/// as the last component is refused.
+pub fn create_file_in_root(root: BorrowedFd<'_>, path: &str, mode: u32) -> io::Result<OwnedFd> {
+    let path = path.trim_end_matches('/');
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let dir = mkdir_in_root(root, dir, 0o755)?;
+    let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let open_path = || {
+        // SAFETY: valid directory descriptor and name; O_NOFOLLOW: a symlink is not followed.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let file = match open_path() {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            // SAFETY: as above; O_EXCL makes a new file or fails.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    mode as libc::c_uint,
+                )
+            };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+            } else {
+                // SAFETY: closing the descriptor just made.
+                unsafe { libc::close(fd) };
+            }
+            open_path()?
+        }
+        r => r?,
+    };
+    if nix_free_fstat(file.as_raw_fd())? & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(file)
+}
+
+/// The st_mode of `fd`.
+fn nix_free_fstat(fd: std::os::fd::RawFd) -> io::Result<u32> {
+    // SAFETY: all-zero is a valid stat buffer, filled by the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and buffer.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,14 @@ pub fn open(pid: i32) -> io::Result<OwnedFd> {
     owned(ret)
 }
 
+/// `pidfd_getfd(2)`: a close-on-exec duplicate of descriptor `fd` of the process of
+/// `pidfd` (needs the right to ptrace it).
+pub fn getfd(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments; a new descriptor on success.
+    let ret = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    owned(ret)
+}
+
 /// `pidfd_send_signal(2)`: sends `sig` to the process of `fd` (no siginfo, no flags).
 /// ESRCH once it has exited.
 pub fn send_signal(fd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {

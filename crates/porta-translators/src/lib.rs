@@ -85,6 +85,7 @@ macro_rules! refuse_tree_changes {
 }
 
 mod error;
+pub mod file;
 mod memfs;
 mod session;
 mod sys;

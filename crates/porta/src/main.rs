@@ -19,6 +19,10 @@ fn main() -> ExitCode {
     match argv.get(1).and_then(|a| a.to_str()) {
         Some(supervisor::SUBCOMMAND) => {
             porta_supervisor::translators::set_builtins(builtin_translator);
+            porta_supervisor::translators::set_file_server(|file, fuse, read_only| {
+                porta_translators::file::serve_file(file, fuse, read_only)
+                    .map_err(|e| e.to_string())
+            });
             return code(porta_supervisor::main_supervisor(argv[2..].to_vec()));
         }
         Some(s) if s == keeper::SUBCOMMAND[0] => {

@@ -4,7 +4,7 @@
 //! path — goes to B's supervisor, which serves it at the target through B's file server.
 //! Both containers' state directories record the grant (`grants.json`).
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -72,6 +72,63 @@ fn new_id() -> String {
     )
 }
 
+/// `/proc/PID/fd/N`: a descriptor of a process of the source (a memory object).
+fn memfd_ref(path: &str) -> Option<(i32, i32)> {
+    let rest = path.strip_prefix("/proc/")?;
+    let (pid, fd) = rest.split_once("/fd/")?;
+    Some((
+        pid.parse().ok().filter(|p| *p > 0)?,
+        fd.parse().ok().filter(|f| *f >= 0)?,
+    ))
+}
+
+/// The memfd that process `pid` (as container `c` numbers it) holds as descriptor `fd`,
+/// taken with pidfd_getfd: the same open file, so both sides see one memory object.
+fn memfd_of(c: &Container, pid: i32, fd: i32) -> Result<std::os::fd::OwnedFd> {
+    let host = host_pid(c, pid)
+        .with_context(|| format!("no process {pid} in container {}", c.state.id))?;
+    let link = std::fs::read_link(format!("/proc/{host}/fd/{fd}"))
+        .with_context(|| format!("process {pid} has no descriptor {fd}"))?;
+    if !link.to_string_lossy().starts_with("/memfd:") {
+        bail!(
+            "descriptor {fd} of process {pid} is {} (not a memfd)",
+            link.display()
+        );
+    }
+    let pidfd = porta_sys::pidfd::open(host).context("pidfd_open")?;
+    let got = porta_sys::pidfd::getfd(pidfd.as_fd(), fd).context("pidfd_getfd")?;
+    // Checked again on what was taken: the process may have put something else there.
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", got.as_raw_fd()))?;
+    if !link.to_string_lossy().starts_with("/memfd:") {
+        bail!("descriptor {fd} of process {pid} changed under us (not a memfd)");
+    }
+    Ok(got)
+}
+
+/// The host pid of the process container `c` numbers `pid` (its PID namespace's view).
+fn host_pid(c: &Container, pid: i32) -> Option<i32> {
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let theirs = ns(c.state.pid)?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(host) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if ns(host).as_ref() != Some(&theirs) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap_or_default();
+        let inner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|p| p.parse::<i32>().ok());
+        if inner == Some(pid) {
+            return Some(host);
+        }
+    }
+    None
+}
+
 /// `porta share`: prints the grant's id.
 pub fn share(root: &StateRoot, from: &str, to: &str, read_only: bool) -> Result<i32> {
     let source = endpoint(from)?;
@@ -106,22 +163,33 @@ pub fn share(root: &StateRoot, from: &str, to: &str, read_only: bool) -> Result<
             g.source.path
         );
     }
-    let rootfs = std::fs::File::open(&a.state.rootfs).with_context(|| {
-        format!(
-            "share: open the root of {}: {}",
-            a.state.id,
-            a.state.rootfs.display()
-        )
-    })?;
-    let handle = porta_sys::path::open_in_root(
-        rootfs.as_fd(),
-        &source.path,
-        libc::O_PATH | libc::O_DIRECTORY,
-    )
-    .with_context(|| format!("share: {from}: not a directory in container {}", a.state.id))?;
+    let (kind, handle) = match memfd_ref(&source.path) {
+        Some((pid, fd)) => (
+            GrantKind::Memfd,
+            memfd_of(&a, pid, fd).with_context(|| format!("share: {from}"))?,
+        ),
+        None => {
+            let rootfs = std::fs::File::open(&a.state.rootfs).with_context(|| {
+                format!(
+                    "share: open the root of {}: {}",
+                    a.state.id,
+                    a.state.rootfs.display()
+                )
+            })?;
+            let handle = porta_sys::path::open_in_root(
+                rootfs.as_fd(),
+                &source.path,
+                libc::O_PATH | libc::O_DIRECTORY,
+            )
+            .with_context(|| {
+                format!("share: {from}: not a directory in container {}", a.state.id)
+            })?;
+            (GrantKind::Directory, handle)
+        }
+    };
     let g = Grant {
         id: new_id(),
-        kind: GrantKind::Directory,
+        kind,
         direction: Direction::In,
         source,
         target,

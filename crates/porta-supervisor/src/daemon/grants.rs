@@ -44,9 +44,6 @@ impl Supervisor {
     /// the next lookup serves the source there.
     pub(super) fn add_grant(&mut self, g: Grant, source: Option<OwnedFd>) -> Result<(), String> {
         let source = source.ok_or("no handle came with the grant")?;
-        if g.kind != GrantKind::Directory {
-            return Err(format!("grant {}: only directories are served", g.id));
-        }
         if g.target.container != self.a.id {
             return Err(format!(
                 "grant {} is for container {:?}, not {:?}",
@@ -55,8 +52,12 @@ impl Supervisor {
         }
         let st = nix::sys::stat::fstat(source.as_raw_fd())
             .map_err(|e| format!("grant {}: the handle: {e}", g.id))?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Err(format!("grant {}: the handle is not a directory", g.id));
+        let want = match g.kind {
+            GrantKind::Directory => libc::S_IFDIR,
+            GrantKind::Memfd => libc::S_IFREG,
+        };
+        if st.st_mode & libc::S_IFMT != want {
+            return Err(format!("grant {}: the handle is not a {:?}", g.id, g.kind));
         }
         if self.translators.grant(&g.id).is_some() {
             return Err(format!("grant {} is already held", g.id));
@@ -82,8 +83,11 @@ impl Supervisor {
         }
         let root = std::fs::File::open(&self.a.rootfs)
             .map_err(|e| format!("open the container's root {}: {e}", self.a.rootfs.display()))?;
-        let target = porta_sys::path::mkdir_in_root(root.as_fd(), path, 0o755)
-            .map_err(|e| format!("{path} in container {}: {e}", self.a.id))?;
+        let target = match g.kind {
+            GrantKind::Directory => porta_sys::path::mkdir_in_root(root.as_fd(), path, 0o755),
+            GrantKind::Memfd => porta_sys::path::create_file_in_root(root.as_fd(), path, 0o644),
+        }
+        .map_err(|e| format!("{path} in container {}: {e}", self.a.id))?;
         set_record(&target, Some(&encode_grant_record(&g.id, g.read_only)))
             .map_err(|e| format!("mark {path} for grant {}: {e}", g.id))?;
         tracing::info!(grant = %g.id, source = %format!("{}:{}", g.source.container, g.source.path), target = path, read_only = g.read_only, "grant held");
