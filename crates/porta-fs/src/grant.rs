@@ -70,6 +70,13 @@ pub fn serve_grant(sock: OwnedFd, root: OwnedFd, read_only: bool) -> Result<(), 
 /// memory object): no capabilities, no_new_privs, Landlock with no tree allowed, and the
 /// seccomp allowlist. Call it in the server's own process, single-threaded.
 pub fn confine_without_tree() -> Result<(), Error> {
+    confine_files_and_capabilities()?;
+    confine::install_seccomp(None)
+}
+
+/// No capabilities, no_new_privs and Landlock with no tree allowed (no seccomp filter:
+/// for a process that needs sockets, such as a socket grant's relay).
+pub fn confine_files_and_capabilities() -> Result<(), Error> {
     confine::drop_all_capabilities()?;
     // SAFETY: plain prctl.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
@@ -78,5 +85,5 @@ pub fn confine_without_tree() -> Result<(), Error> {
     if confine::restrict_to_trees(&[])? == 0 {
         tracing::warn!("no Landlock in this kernel: a grant's server is not kept from files");
     }
-    confine::install_seccomp(None)
+    Ok(())
 }

@@ -435,9 +435,14 @@ fn deleting_either_side_ends_the_grant() {
 
 /// The memfd holder (tests/data/memfd_holder.c), built statically into `out`.
 fn build_memfd_holder(out: &std::path::Path) {
+    build_static(include_str!("data/memfd_holder.c"), out);
+}
+
+/// A C program of the tests, built statically into `out` with the host's compiler.
+fn build_static(source: &str, out: &std::path::Path) {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("memfd_holder.c");
-    std::fs::write(&src, include_str!("data/memfd_holder.c")).unwrap();
+    let src = dir.path().join("prog.c");
+    std::fs::write(&src, source).unwrap();
     let o = cmd::host(
         "cc",
         &[
@@ -503,4 +508,73 @@ fn a_memory_object_is_shared_as_a_file_and_revoked_like_a_directory() {
     // What B sees at the name now is its own empty file; A's object is untouched.
     assert_eq!(sh_ok(&b, "cat /shm/obj"), "");
     assert_eq!(std::fs::read_to_string(&holder).unwrap(), "from B\n");
+}
+
+#[test]
+fn a_listening_socket_is_reached_by_path_and_revocation_cuts_its_connections() {
+    porta_only!(WHY);
+    let ab = Bundle::new(&["/unix-echo", "server", "/run/app.sock"]);
+    build_static(
+        include_str!("data/unix_echo.c"),
+        &ab.rootfs().join("unix-echo"),
+    );
+    std::fs::create_dir_all(ab.rootfs().join("run")).unwrap();
+    let a = Container::new("shrk-a", ab);
+    a.create_start();
+    let b = running("shrk-b");
+    std::fs::copy(
+        a.bundle.rootfs().join("unix-echo"),
+        b.bundle.rootfs().join("unix-echo"),
+    )
+    .unwrap();
+    // The service is up inside A (its socket lives in A's view of its tree).
+    let up = wait_for(Duration::from_secs(60), || {
+        let o = a.exec(&[], &["/unix-echo", "client", "/run/app.sock", "up?\n"]);
+        o.ok().then_some(o.stdout)
+    });
+    assert_eq!(up.as_deref(), Some("A: up?\n"));
+    let id = share(&a, "/run/app.sock", &b, "/srv/app.sock", &[]);
+    assert!(recorded(&b)
+        .iter()
+        .any(|g| g["id"] == id.as_str() && g["kind"] == "socket"));
+    let o = b.exec(&[], &["/unix-echo", "client", "/srv/app.sock", "hello\n"]);
+    assert!(o.ok(), "{o}");
+    assert_eq!(o.stdout, "A: hello\n");
+    // The relay, killed, is started again by the supervisor.
+    let relay = grant_servers(&b);
+    assert_eq!(relay.len(), 1, "{relay:?}");
+    survival::kill_now(relay[0]);
+    let again = wait_for(Duration::from_secs(60), || {
+        let o = b.exec(&[], &["/unix-echo", "client", "/srv/app.sock", "again\n"]);
+        o.ok().then_some(o.stdout)
+    });
+    assert_eq!(again.as_deref(), Some("A: again\n"));
+    // A connection held across the revocation is cut; a new one is refused.
+    sh_ok(&b, "mkfifo /tmp/go");
+    let holder = {
+        let (root, id) = (b.root.clone(), b.id.clone());
+        std::thread::spawn(move || {
+            Cmd::runtime(&root)
+                .args(["exec", &id, "sh", "-c"])
+                .arg("/unix-echo hold /srv/app.sock /tmp/go > /tmp/held 2>&1")
+                .run()
+        })
+    };
+    wait_file(&b.bundle.rootfs().join("tmp/held"), "A: ping");
+    let o = b.rt(&["unshare", &format!("{}:/srv/app.sock", b.id)]);
+    assert!(o.ok(), "unshare: {o}");
+    sh_ok(&b, "echo go > /tmp/go");
+    let _ = holder.join().unwrap();
+    let held = std::fs::read_to_string(b.bundle.rootfs().join("tmp/held")).unwrap();
+    assert!(
+        held.contains("closed") || held.contains("reset") || held.contains("pipe"),
+        "a relayed connection outlived the revocation: {held:?}"
+    );
+    let o = b.exec(&[], &["/unix-echo", "client", "/srv/app.sock", "x\n"]);
+    assert!(!o.ok() && o.stderr.contains("connect"), "{o}");
+    assert!(grant_servers(&b).is_empty());
+    assert!(recorded(&a).is_empty() && recorded(&b).is_empty());
+    // A's service is untouched.
+    let o = a.exec(&[], &["/unix-echo", "client", "/run/app.sock", "still\n"]);
+    assert_eq!(o.stdout, "A: still\n");
 }

@@ -26,6 +26,9 @@ pub enum GrantKind {
     /// A memory object (a memfd a process of the source holds), served as a file in
     /// the target's file server.
     Memfd,
+    /// A listening Unix stream socket of the source, reached in the target at a path
+    /// (each connection relayed).
+    Socket,
 }
 
 /// Which side of a grant a record is kept by.

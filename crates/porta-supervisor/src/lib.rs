@@ -15,6 +15,7 @@ mod daemon;
 mod entry;
 mod error;
 mod proc;
+mod proxy;
 pub mod translators;
 mod watch;
 

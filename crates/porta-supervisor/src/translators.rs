@@ -151,6 +151,100 @@ impl Translators {
         Some(held)
     }
 
+    /// Starts the relay of socket grant `id` (the container's process `cpid` gives its
+    /// view of the tree, where the socket is bound); returns once it listens.
+    pub fn start_socket_proxy(&mut self, id: &str, cpid: i32) -> Result<i32, String> {
+        let held = self
+            .grants
+            .get(id)
+            .ok_or_else(|| format!("no grant {id:?} is held"))?;
+        let path = held.record.target.path.clone();
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((p, n)) if !n.is_empty() => (if p.is_empty() { "/" } else { p }, n.to_owned()),
+            _ => return Err(format!("{path:?}: no socket name")),
+        };
+        if cpid <= 0 {
+            return Err("the container has no process yet".into());
+        }
+        let root = std::fs::File::open(format!("/proc/{cpid}/root"))
+            .map_err(|e| format!("the container's root: {e}"))?;
+        let dir = porta_sys::path::open_in_root(
+            std::os::fd::AsFd::as_fd(&root),
+            parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|e| format!("{parent} in the container: {e}"))?;
+        let st = nix::sys::stat::fstat(held.source.as_raw_fd())
+            .map_err(|e| format!("the source socket: {e}"))?;
+        let source = held
+            .source
+            .try_clone()
+            .map_err(|e| format!("dup the handle: {e}"))?;
+        let (rd, wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let plan = crate::proxy::Plan {
+            dir,
+            name,
+            mode: st.st_mode,
+            source,
+            report: wr,
+        };
+        // SAFETY: the supervisor is single-threaded; the child relays and ends in _exit.
+        let child = match unsafe { nix::unistd::fork() } {
+            Err(e) => return Err(format!("fork: {e}")),
+            Ok(nix::unistd::ForkResult::Child) => crate::proxy::run(plan),
+            Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        };
+        drop(plan);
+        let pid = child.as_raw();
+        let fd = proc::pidfd_open(pid).ok_or("the socket relay died at once")?;
+        // Bounded: binding goes through the container's file server, which may wait for
+        // this supervisor (a translator on the way).
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&rd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16));
+        let mut buf = [0u8; 512];
+        let n = nix::unistd::read(rd.as_raw_fd(), &mut buf).unwrap_or(0);
+        let said = String::from_utf8_lossy(&buf[..n]).to_string();
+        if said != "ok" {
+            proc::send(fd.as_fd(), libc::SIGKILL);
+            let _ = proc::wait_exit(fd.as_fd(), 5000);
+            return Err(if said.is_empty() {
+                "the socket relay did not start".into()
+            } else {
+                said
+            });
+        }
+        let status = TranslatorStatus {
+            pid,
+            path: path.clone(),
+            args: vec![wire::GRANT_PROGRAM.to_owned(), id.to_owned()],
+            uid: 0,
+            gid: 0,
+            passive: false,
+        };
+        tracing::info!(pid, path = %path, grant = id, "socket grant relay started");
+        self.live.insert(pid, (fd, status, None));
+        self.changed = true;
+        Ok(pid)
+    }
+
+    /// The socket grants whose relay is not running (it died): to start again.
+    pub fn socket_grants_without_relay(&self) -> Vec<String> {
+        self.grants
+            .values()
+            .filter(|h| h.record.kind == porta_protocol::grants::GrantKind::Socket)
+            .filter(|h| {
+                !self.live.values().any(|(_, st, stopping)| {
+                    stopping.is_none() && st.args.get(1) == Some(&h.record.id)
+                })
+            })
+            .map(|h| h.record.id.clone())
+            .collect()
+    }
+
     /// Whether a grant's server started since the last call (the successor supervisor
     /// must then be forked anew to know it).
     pub fn take_changed(&mut self) -> bool {
@@ -410,6 +504,9 @@ fn grant_server(
                 .and_then(|()| serve(source, sock, read_only)),
             None => Err("no server of memory objects in this build".into()),
         },
+        porta_protocol::grants::GrantKind::Socket => {
+            Err("a socket grant is relayed, not served as a file system".into())
+        }
     };
     let code = match served {
         Ok(()) => 0,

@@ -72,6 +72,28 @@ fn new_id() -> String {
     )
 }
 
+/// What `path` names in container `c`'s tree: a directory (resolved in the backing tree,
+/// which the grant then serves without A's file server) or a listening socket (resolved
+/// through the container's own view, where its server bound it).
+fn source_in_tree(c: &Container, path: &str) -> Result<(GrantKind, std::os::fd::OwnedFd)> {
+    let rootfs = std::fs::File::open(&c.state.rootfs)
+        .with_context(|| format!("open the root {}", c.state.rootfs.display()))?;
+    let node = porta_sys::path::open_in_root(rootfs.as_fd(), path, libc::O_PATH)
+        .with_context(|| format!("not a directory or socket in container {}", c.state.id))?;
+    let st = nix::sys::stat::fstat(node.as_raw_fd())?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => Ok((GrantKind::Directory, node)),
+        libc::S_IFSOCK => {
+            let root = std::fs::File::open(format!("/proc/{}/root", c.state.pid))
+                .context("the container's view of its tree")?;
+            let sock = porta_sys::path::open_in_root(root.as_fd(), path, libc::O_PATH)
+                .with_context(|| format!("{path} in the container's view"))?;
+            Ok((GrantKind::Socket, sock))
+        }
+        _ => bail!("not a directory or socket in container {} (a memory object is given as /proc/PID/fd/N)", c.state.id),
+    }
+}
+
 /// `/proc/PID/fd/N`: a descriptor of a process of the source (a memory object).
 fn memfd_ref(path: &str) -> Option<(i32, i32)> {
     let rest = path.strip_prefix("/proc/")?;
@@ -168,24 +190,7 @@ pub fn share(root: &StateRoot, from: &str, to: &str, read_only: bool) -> Result<
             GrantKind::Memfd,
             memfd_of(&a, pid, fd).with_context(|| format!("share: {from}"))?,
         ),
-        None => {
-            let rootfs = std::fs::File::open(&a.state.rootfs).with_context(|| {
-                format!(
-                    "share: open the root of {}: {}",
-                    a.state.id,
-                    a.state.rootfs.display()
-                )
-            })?;
-            let handle = porta_sys::path::open_in_root(
-                rootfs.as_fd(),
-                &source.path,
-                libc::O_PATH | libc::O_DIRECTORY,
-            )
-            .with_context(|| {
-                format!("share: {from}: not a directory in container {}", a.state.id)
-            })?;
-            (GrantKind::Directory, handle)
-        }
+        None => source_in_tree(&a, &source.path).with_context(|| format!("share: {from}"))?,
     };
     let g = Grant {
         id: new_id(),

@@ -55,6 +55,7 @@ impl Supervisor {
         let want = match g.kind {
             GrantKind::Directory => libc::S_IFDIR,
             GrantKind::Memfd => libc::S_IFREG,
+            GrantKind::Socket => libc::S_IFSOCK,
         };
         if st.st_mode & libc::S_IFMT != want {
             return Err(format!("grant {}: the handle is not a {:?}", g.id, g.kind));
@@ -83,9 +84,12 @@ impl Supervisor {
         }
         let root = std::fs::File::open(&self.a.rootfs)
             .map_err(|e| format!("open the container's root {}: {e}", self.a.rootfs.display()))?;
+        if g.kind == GrantKind::Socket {
+            return self.add_socket_grant(g, source, path);
+        }
         let target = match g.kind {
             GrantKind::Directory => porta_sys::path::mkdir_in_root(root.as_fd(), path, 0o755),
-            GrantKind::Memfd => porta_sys::path::create_file_in_root(root.as_fd(), path, 0o644),
+            _ => porta_sys::path::create_file_in_root(root.as_fd(), path, 0o644),
         }
         .map_err(|e| format!("{path} in container {}: {e}", self.a.id))?;
         set_record(&target, Some(&encode_grant_record(&g.id, g.read_only)))
@@ -108,15 +112,53 @@ impl Supervisor {
         Ok(())
     }
 
+    /// A socket grant: its relay listens at `path` in the container from now on (the
+    /// directories on the way are made in the backing tree).
+    fn add_socket_grant(&mut self, g: Grant, source: OwnedFd, path: &str) -> Result<(), String> {
+        let root = std::fs::File::open(&self.a.rootfs)
+            .map_err(|e| format!("open the container's root {}: {e}", self.a.rootfs.display()))?;
+        let (parent, _) = path.rsplit_once('/').unwrap_or(("", path));
+        let target = porta_sys::path::mkdir_in_root(root.as_fd(), parent, 0o755)
+            .map_err(|e| format!("{parent} in container {}: {e}", self.a.id))?;
+        let id = g.id.clone();
+        self.translators.add_grant(Held {
+            source,
+            target,
+            record: g,
+        });
+        if let Err(e) = self.translators.start_socket_proxy(&id, self.container_pid) {
+            self.translators.take_grant(&id);
+            return Err(format!("grant {id}: {e}"));
+        }
+        tracing::info!(grant = %id, target = path, "socket grant held");
+        Ok(())
+    }
+
+    /// Starts again the relays of socket grants that died.
+    pub(super) fn restart_socket_relays(&mut self) {
+        let dead = self.translators.socket_grants_without_relay();
+        for id in &dead {
+            if let Err(e) = self.translators.start_socket_proxy(id, self.container_pid) {
+                tracing::warn!(grant = %id, error = %e, "could not restart a socket grant's relay");
+            }
+        }
+        if self.translators.take_changed() {
+            self.renew_successor();
+        }
+    }
+
     /// Revokes grant `id`: its node loses the record, its servers are killed (the file
-    /// server then fails every request of the grant's nodes with EACCES), the handle is
-    /// closed.
+    /// server then fails every request of the grant's nodes with EACCES; a socket's
+    /// relayed connections end), the handle is closed.
     pub(super) fn revoke_grant(&mut self, id: &str) -> Result<(), String> {
-        let target = match self.translators.grant(id) {
-            Some(h) => h
-                .target
-                .try_clone()
-                .map_err(|e| format!("grant {id}: {e}"))?,
+        let (target, kind, path) = match self.translators.grant(id) {
+            Some(h) => (
+                h.target
+                    .try_clone()
+                    .map_err(|e| format!("grant {id}: {e}"))?,
+                h.record.kind,
+                h.record.target.path.clone(),
+            ),
             None => {
                 return Err(format!(
                     "no grant {id:?} is held in container {}",
@@ -124,9 +166,19 @@ impl Supervisor {
                 ))
             }
         };
-        // The record first: a server the file server sees die is then a revoked one.
-        set_record(&target, None).map_err(|e| format!("unmark the node of grant {id}: {e}"))?;
+        if kind != GrantKind::Socket {
+            // The record first: a server the file server sees die is then a revoked one.
+            set_record(&target, None).map_err(|e| format!("unmark the node of grant {id}: {e}"))?;
+        }
         let held = self.translators.take_grant(id);
+        if kind == GrantKind::Socket {
+            // The relay's socket goes with it (in the backing tree: the host-change
+            // watcher tells the kernel).
+            if let Some(name) = path.rsplit('/').next().and_then(|n| CString::new(n).ok()) {
+                // SAFETY: valid directory descriptor and name.
+                unsafe { libc::unlinkat(target.as_raw_fd(), name.as_ptr(), 0) };
+            }
+        }
         tracing::info!(grant = id, "grant revoked");
         drop(held);
         Ok(())

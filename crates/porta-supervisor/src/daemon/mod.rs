@@ -369,6 +369,7 @@ impl Supervisor {
                 return code;
             }
             if self.translators.reap() {
+                self.restart_socket_relays();
                 self.write_state();
             }
             if let Some(Next::Exit(code)) = self.serve_control() {
