@@ -30,6 +30,16 @@ fn sh_ok(c: &Container, script: &str) -> String {
     o.stdout
 }
 
+/// `sh -c script` in `c` on a thread of its own (the script waits for the test).
+fn exec_in_background(c: &Container, script: &str) -> std::thread::JoinHandle<Out> {
+    let (root, id, script) = (c.root.clone(), c.id.clone(), script.to_string());
+    std::thread::spawn(move || {
+        Cmd::runtime(&root)
+            .args(["exec", &id, "sh", "-c", &script])
+            .run()
+    })
+}
+
 fn state_dir(c: &Container) -> PathBuf {
     PathBuf::from(&c.root).join(&c.id)
 }
@@ -144,15 +154,7 @@ fn a_shared_directory_is_live_both_ways_and_unshare_revokes_it_even_for_open_fil
     assert!(!o.stdout.contains("/mnt/data"), "a grant is no mount: {o}");
     // A process of B holds a file of the grant open, then the grant is revoked.
     sh_ok(&b, "mkfifo /tmp/go");
-    let holder = {
-        let (root, id) = (b.root.clone(), b.id.clone());
-        std::thread::spawn(move || {
-            Cmd::runtime(&root)
-                .args(["exec", &id, "sh", "-c"])
-                .arg("exec 3</mnt/data/f; echo opened > /tmp/opened; read x < /tmp/go; cat <&3 > /tmp/out 2> /tmp/err; echo done > /tmp/done")
-                .run()
-        })
-    };
+    let holder = exec_in_background(&b, "exec 3</mnt/data/f; echo opened > /tmp/opened; read x < /tmp/go; cat <&3 > /tmp/out 2> /tmp/err; echo done > /tmp/done");
     wait_file(&b.bundle.rootfs().join("tmp/opened"), "opened");
     let servers = grant_servers(&b);
     assert_eq!(servers.len(), 1, "one grant server: {servers:?}");
@@ -286,22 +288,15 @@ fn revoking_under_a_read_write_load_stops_it_with_eacces() {
     let data = a.bundle.rootfs().join("data");
     std::fs::create_dir_all(&data).unwrap();
     share(&a, "/data", &b, "/mnt/data", &[]);
-    let load = {
-        let (root, id) = (b.root.clone(), b.id.clone());
-        std::thread::spawn(move || {
-            Cmd::runtime(&root)
-                .args(["exec", &id, "sh", "-c"])
-                .arg(
-                    "exec 3<>/mnt/data/load; i=0; \
+    let load = exec_in_background(
+        &b,
+        "exec 3<>/mnt/data/load; i=0; \
                      while [ $i -lt 1000000 ]; do \
                        echo $i >&3 || break; \
                        cat /mnt/data/load > /dev/null 2>/dev/null; \
                        i=$((i+1)); \
                      done 2> /tmp/load-err; echo $i > /tmp/load-count",
-                )
-                .run()
-        })
-    };
+    );
     // Revoked once the load is well under way.
     let started = wait_for(Duration::from_secs(120), || {
         std::fs::read_to_string(data.join("load"))
@@ -489,15 +484,7 @@ fn a_memory_object_is_shared_as_a_file_and_revoked_like_a_directory() {
     assert_eq!(std::fs::read_to_string(&holder).unwrap(), "from B\n");
     // Revoked while B holds it open: the next read fails with EACCES.
     sh_ok(&b, "mkfifo /tmp/go");
-    let user = {
-        let (root, id) = (b.root.clone(), b.id.clone());
-        std::thread::spawn(move || {
-            Cmd::runtime(&root)
-                .args(["exec", &id, "sh", "-c"])
-                .arg("exec 3</shm/obj; echo opened > /tmp/opened; read x < /tmp/go; cat <&3 > /tmp/out 2> /tmp/err")
-                .run()
-        })
-    };
+    let user = exec_in_background(&b, "exec 3</shm/obj; echo opened > /tmp/opened; read x < /tmp/go; cat <&3 > /tmp/out 2> /tmp/err");
     wait_file(&b.bundle.rootfs().join("tmp/opened"), "opened");
     let o = b.rt(&["unshare", &format!("{}:/shm/obj", b.id)]);
     assert!(o.ok(), "unshare: {o}");
@@ -551,15 +538,7 @@ fn a_listening_socket_is_reached_by_path_and_revocation_cuts_its_connections() {
     assert_eq!(again.as_deref(), Some("A: again\n"));
     // A connection held across the revocation is cut; a new one is refused.
     sh_ok(&b, "mkfifo /tmp/go");
-    let holder = {
-        let (root, id) = (b.root.clone(), b.id.clone());
-        std::thread::spawn(move || {
-            Cmd::runtime(&root)
-                .args(["exec", &id, "sh", "-c"])
-                .arg("/unix-echo hold /srv/app.sock /tmp/go > /tmp/held 2>&1")
-                .run()
-        })
-    };
+    let holder = exec_in_background(&b, "/unix-echo hold /srv/app.sock /tmp/go > /tmp/held 2>&1");
     wait_file(&b.bundle.rootfs().join("tmp/held"), "A: ping");
     let o = b.rt(&["unshare", &format!("{}:/srv/app.sock", b.id)]);
     assert!(o.ok(), "unshare: {o}");

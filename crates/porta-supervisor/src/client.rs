@@ -281,21 +281,8 @@ pub fn stop(state_dir: &Path) -> Result<(), Error> {
 /// create` forked it): the supervisor watches it with a pidfd and stops its servers and
 /// exits when it is gone.
 pub fn watch_container(state_dir: &Path, pid: i32) -> Result<(), Error> {
-    let sock = state_dir.join(SOCKET_NAME);
-    let mut s = connect_control(state_dir).map_err(|e| Error::Path {
-        what: "connect to supervisor",
-        path: sock.clone(),
-        source: e,
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| Error::Io("socket timeout", e))?;
-    s.write_all(&ControlRequest::Watch(pid).encode())
-        .map_err(|e| Error::Io("send watch", e))?;
-    s.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| Error::Io("send watch", e))?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)
-        .map_err(|e| Error::Io("read supervisor answer", e))?;
+    let req = ControlRequest::Watch(pid);
+    let answer = exchange(state_dir, "watch", &req, None, Duration::from_secs(10))?;
     watched(pid, answer.as_bytes())
 }
 
@@ -313,12 +300,8 @@ pub fn grant(
 /// Asks the supervisor of `state_dir` to revoke grant `id`; returns once its servers are
 /// gone.
 pub fn revoke(state_dir: &Path, id: &str) -> Result<(), Error> {
-    request(
-        state_dir,
-        "revoke",
-        &ControlRequest::Revoke(id.to_owned()),
-        None,
-    )
+    let req = ControlRequest::Revoke(id.to_owned());
+    request(state_dir, "revoke", &req, None)
 }
 
 /// One request (with at most one descriptor) answered `ok` or `failed WHY`.
@@ -328,23 +311,8 @@ fn request(
     req: &ControlRequest,
     fd: Option<BorrowedFd<'_>>,
 ) -> Result<(), Error> {
-    let sock = state_dir.join(SOCKET_NAME);
-    let mut s = connect_control(state_dir).map_err(|e| Error::Path {
-        what: "connect to supervisor",
-        path: sock.clone(),
-        source: e,
-    })?;
     // Revoking waits for a grant's servers to die (SIGKILL, bounded by the supervisor).
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| Error::Io("socket timeout", e))?;
-    let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-    porta_sys::scm::send(s.as_raw_fd(), &req.encode(), &fds, libc::MSG_NOSIGNAL)
-        .map_err(|e| Error::Io("send a control request", e))?;
-    s.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| Error::Io("send a control request", e))?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)
-        .map_err(|e| Error::Io("read supervisor answer", e))?;
+    let answer = exchange(state_dir, what, req, fd, Duration::from_secs(30))?;
     match ControlReply::decode(answer.as_bytes()) {
         Ok(ControlReply::Ok) => Ok(()),
         Ok(ControlReply::Failed(why)) => Err(Error::Refused(why)),
@@ -356,6 +324,34 @@ fn request(
             source,
         }),
     }
+}
+
+/// Sends one request (and at most one descriptor) on the control socket and reads the
+/// answer to its end.
+fn exchange(
+    state_dir: &Path,
+    what: &'static str,
+    req: &ControlRequest,
+    fd: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<String, Error> {
+    let sock = state_dir.join(SOCKET_NAME);
+    let s = connect_control(state_dir).map_err(|e| Error::Path {
+        what: "connect to supervisor",
+        path: sock.clone(),
+        source: e,
+    })?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| Error::Io("socket timeout", e))?;
+    let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    porta_sys::scm::send(s.as_raw_fd(), &req.encode(), &fds, libc::MSG_NOSIGNAL)
+        .map_err(|e| Error::Io(what, e))?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| Error::Io(what, e))?;
+    let mut answer = String::new();
+    (&s).read_to_string(&mut answer)
+        .map_err(|e| Error::Io("read supervisor answer", e))?;
+    Ok(answer)
 }
 
 /// What the supervisor's answer to `watch PID` says.

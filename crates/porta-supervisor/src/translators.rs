@@ -345,16 +345,7 @@ impl Translators {
                 "dup the grant's handle".to_string(),
             )
         })?;
-        let (ours, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::SeqPacket,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| (e as i32, "socketpair".into()))?;
-        for s in [&ours, &theirs] {
-            big_buffers(s.as_raw_fd());
-        }
+        let (ours, theirs) = fuse_socketpair()?;
         // SAFETY: the supervisor is single-threaded; the child serves and ends in _exit.
         let child = match unsafe { nix::unistd::fork() } {
             Err(e) => return Err((e as i32, "fork".into())),
@@ -410,16 +401,7 @@ impl Translators {
         let pidfd = proc::pidfd_open(cpid)
             .ok_or((libc::ESRCH, "the container's process is gone".into()))?;
         let joins = namespaces_to_join(cpid);
-        let (ours, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::SeqPacket,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| (e as i32, "socketpair".into()))?;
-        for s in [&ours, &theirs] {
-            big_buffers(s.as_raw_fd());
-        }
+        let (ours, theirs) = fuse_socketpair()?;
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| (e as i32, "pipe".into()))?;
         let null = std::fs::File::open("/dev/null").map_err(|e| {
@@ -517,6 +499,22 @@ fn grant_server(
     };
     // SAFETY: leave at once, without the supervisor's destructors.
     unsafe { libc::_exit(code) }
+}
+
+/// A translator's FUSE connection: a SOCK_SEQPACKET pair whose buffers hold a whole
+/// frame (the server's end, the translator's end).
+fn fuse_socketpair() -> Result<(OwnedFd, OwnedFd), (i32, String)> {
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| (e as i32, "socketpair".to_string()))?;
+    for s in [&ours, &theirs] {
+        big_buffers(s.as_raw_fd());
+    }
+    Ok((ours, theirs))
 }
 
 fn big_buffers(fd: RawFd) {

@@ -4,7 +4,7 @@
 //! would; the running translators come from the supervisor's record.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use porta_runtime::container::Container;
@@ -121,27 +121,8 @@ fn node(c: &Container, path: &str) -> Result<OwnedFd> {
     }
     let root = format!("/proc/{}/root", c.state.pid);
     let dir = std::fs::File::open(&root).with_context(|| format!("open {root}"))?;
-    // SAFETY: all-zero is a valid open_how.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    let cpath = CString::new(path)?;
-    // SAFETY: valid directory descriptor, string and open_how for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            cpath.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("{path} in container {}", c.state.id));
-    }
-    // SAFETY: a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    porta_sys::path::open_in_root(dir.as_fd(), path, libc::O_PATH)
+        .with_context(|| format!("{path} in container {}", c.state.id))
 }
 
 fn fd_path(node: &OwnedFd) -> CString {

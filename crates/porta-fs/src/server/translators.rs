@@ -553,12 +553,7 @@ impl Fs {
                     node,
                 };
                 self.expect(unique, &slot, unique, then, sink);
-                if let Err(e) = self.send_to(&slot, &f) {
-                    self.trans
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&unique);
+                if let Err(e) = self.send_expected(&slot, &f, unique) {
                     return Some(err(w, h.unique, e));
                 }
                 return Some(Served::NOTHING);
@@ -582,12 +577,7 @@ impl Fs {
                 },
                 sink,
             );
-            if let Err(e) = self.send_to(&slot, &open) {
-                self.trans
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&own);
+            if let Err(e) = self.send_expected(&slot, &open, own) {
                 return Some(err(w, h.unique, e));
             }
             return Some(Served::NOTHING);
@@ -596,15 +586,24 @@ impl Fs {
         if !forget_like {
             self.expect(unique, &slot, unique, Then::Pass(h.opcode), sink);
         }
-        if let Err(e) = self.send_to(&slot, &f) {
+        if let Err(e) = self.send_expected(&slot, &f, unique) {
+            return Some(err(w, h.unique, e));
+        }
+        Some(Served::NOTHING)
+    }
+
+    /// Sends a frame whose answer is expected as request `unique`; on failure the
+    /// expectation is dropped.
+    fn send_expected(&self, slot: &Slot, frame: &[u8], unique: u64) -> SysResult<()> {
+        let r = self.send_to(slot, frame);
+        if r.is_err() {
             self.trans
                 .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&unique);
-            return Some(err(w, h.unique, e));
         }
-        Some(Served::NOTHING)
+        r
     }
 
     fn own_unique(&self) -> u64 {
