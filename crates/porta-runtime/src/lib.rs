@@ -17,6 +17,7 @@ pub(crate) mod init;
 pub(crate) mod kernel;
 pub(crate) mod mounts;
 pub(crate) mod namespaces;
+pub mod nested;
 pub(crate) mod process;
 pub mod rootfs;
 pub(crate) mod seccomp;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod logging;
+mod nested;
 mod run;
 mod translator;
 mod tty;

@@ -93,6 +93,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         } => ps(&root()?, &id, &format, &ps_args),
         Command::Exec(a) => exec(&root()?, a),
         Command::Translator(t) => crate::translator::run(&root()?, t),
+        Command::Nested(a) => crate::nested::run(&root()?, a),
         Command::Pause { id } => {
             Container::open(&root()?, &id)?.pause()?;
             Ok(0)

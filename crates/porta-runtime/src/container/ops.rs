@@ -106,6 +106,9 @@ impl Container {
             }
             _ => {}
         }
+        // Its children first (and theirs), running ones killed: a parent never goes
+        // while a container confined to its tree and cgroup is left.
+        crate::nested::delete_children(&self.dir.path)?;
         if let Ok(fd) = self.pidfd() {
             let _ = porta_sys::pidfd::send_signal(fd.as_fd(), libc::SIGKILL);
             if let Ok(Some(cg)) = self.cgroup() {
