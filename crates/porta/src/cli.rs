@@ -57,6 +57,10 @@ pub struct CreateArgs {
     /// Pass this many fds above stdio to the container.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
+    /// A nested container: the parent's state directory (its group goes beneath the
+    /// parent's); set by the parent's API server, not for general use.
+    #[arg(long = "nested-in", hide = true)]
+    pub nested_in: Option<PathBuf>,
     /// Container id.
     pub id: String,
 }

@@ -185,6 +185,7 @@ fn create_opts(a: &CreateArgs, systemd: bool, rootless: bool) -> CreateOptions {
         preserve_fds: a.preserve_fds,
         systemd_cgroup: systemd,
         rootless,
+        nested_in: a.nested_in.clone(),
     }
 }
 

@@ -38,6 +38,9 @@ pub struct CreateOptions {
     pub systemd_cgroup: bool,
     /// Rootless mode.
     pub rootless: bool,
+    /// A nested container: the state directory of its parent, beneath whose cgroup
+    /// (`<parent's group>/children/<id>`) its group goes (see `crate::nested`).
+    pub nested_in: Option<PathBuf>,
 }
 
 /// Undoes a partly made container when `create` fails: each field holds what was made
@@ -276,13 +279,32 @@ fn initial_state(bundle: &Bundle, opts: &CreateOptions) -> ContainerState {
 
 /// Step 3: the container's cgroup (its limits are applied once it is recorded).
 fn make_cgroup(linux: &oci_spec::runtime::Linux, opts: &CreateOptions) -> Result<ContainerCgroup> {
-    Ok(ContainerCgroup::create(&CgroupConfig {
+    let cfg = CgroupConfig {
         cgroups_path: linux.cgroups_path().clone(),
         container_id: opts.id.clone(),
         systemd: opts.systemd_cgroup,
         rootless: opts.rootless,
         resources: linux.resources().clone(),
-    })?)
+    };
+    let Some(parent) = &opts.nested_in else {
+        return Ok(ContainerCgroup::create(&cfg)?);
+    };
+    if cfg.cgroups_path.is_some() || cfg.systemd {
+        return Err(Error::field(
+            "linux.cgroupsPath",
+            "a nested container's group is beneath its parent's: no path or systemd driver",
+        ));
+    }
+    // Read without the parent's lock: the nested create that runs this holds it.
+    let p = parent.join("state.json");
+    let data = std::fs::read(&p).ctx(|| format!("read the parent's state {}", p.display()))?;
+    let st = state::parse_state(&data).map_err(|msg| Error::State { path: p, msg })?;
+    let pcg = st.cgroup.ok_or_else(|| Error::BadState {
+        id: st.id.clone(),
+        status: "without a cgroup".into(),
+        msg: "a nested container's group goes beneath its parent's".into(),
+    })?;
+    Ok(ContainerCgroup::create_beneath(&pcg, &cfg)?)
 }
 
 /// Which root the container gets, from [`choose_root`].

@@ -270,21 +270,17 @@ impl Parent {
         )))
     }
 
-    fn bounds(&self, id: &str) -> Result<sanitize::Bounds> {
+    fn bounds(&self) -> Result<sanitize::Bounds> {
         if !self.alive() {
             return Err(self.stopped());
         }
-        let cg = self
-            .state
-            .cgroup
-            .as_ref()
-            .and_then(|c| c.dirs.first())
-            .ok_or_else(|| Error::BadState {
+        if self.state.cgroup.is_none() {
+            return Err(Error::BadState {
                 id: self.state.id.clone(),
                 status: "without a cgroup".into(),
                 msg: "a child's cgroup goes beneath its parent's".into(),
-            })?;
-        let cgroups_path = cg.cgroup_path.join(CHILDREN).join(id);
+            });
+        }
         let pid = self.state.pid;
         let p = format!("/proc/{pid}/oom_score_adj");
         let oom_score_adj = std::fs::read_to_string(&p)
@@ -310,7 +306,6 @@ impl Parent {
         Ok(sanitize::Bounds {
             uid_map: self.id_map("uid")?,
             gid_map: self.id_map("gid")?,
-            cgroups_path: cgroups_path.display().to_string(),
             oom_score_adj,
             rlimits,
         })
@@ -544,7 +539,7 @@ pub fn create(parent: &Parent, caller: &Caller, req: &CreateRequest, stdio: Stdi
     // The parent's lock: a `delete` of the parent waits until the child is made (and then
     // deletes it), and no child is made while the parent is being deleted.
     let _lock = StateDir::open(&parent.root, parent.id())?;
-    let bounds = parent.bounds(&req.id)?;
+    let bounds = parent.bounds()?;
     let bundle_shown = &req.bundle;
     let bundle_str = bundle_shown
         .to_str()
@@ -662,6 +657,8 @@ pub fn create(parent: &Parent, caller: &Caller, req: &CreateRequest, stdio: Stdi
             "--log-format".as_ref(),
             "json".as_ref(),
             "create".as_ref(),
+            "--nested-in".as_ref(),
+            parent.dir.as_os_str(),
             "--bundle".as_ref(),
             dir.as_os_str(),
             req.id.as_ref(),

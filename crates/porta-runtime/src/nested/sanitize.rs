@@ -28,8 +28,6 @@ pub struct Bounds {
     pub uid_map: Vec<Extent>,
     /// The parent's gid map.
     pub gid_map: Vec<Extent>,
-    /// The child's cgroup path (`<parent's group>/children/<id>`).
-    pub cgroups_path: String,
     /// The parent's `oom_score_adj`: a child may not go below it.
     pub oom_score_adj: i64,
     /// The parent's hard limit of each `RLIMIT_*` (by its OCI name), where known.
@@ -50,7 +48,7 @@ pub struct BindSource {
 /// The sanitized config and what is left to resolve in the parent's tree.
 #[derive(Debug, Clone)]
 pub struct Checked {
-    /// The config, with namespaces, id maps and cgroup path set; `root.path` and the bind
+    /// The config, with namespaces and id maps set; `root.path` and the bind
     /// sources still as given (the caller replaces them with the host-side mounts).
     pub config: Value,
     /// `root.path` as given (relative: to the bundle).
@@ -99,7 +97,8 @@ fn is_empty(v: Option<&Value>) -> bool {
 }
 
 /// Checks `config` against the allow-list and the parent's `bounds`, and returns it with
-/// every namespace new, the id maps composed to host ids and the cgroup path set.
+/// every namespace new and the id maps composed to host ids (the cgroup is set by
+/// `create --nested-in`, beneath the parent's in every hierarchy).
 pub fn check(mut config: Value, bounds: &Bounds) -> Result<Checked> {
     let top = object(&config, "(config)")?;
     if !is_empty(top.get("hooks")) {
@@ -415,7 +414,6 @@ fn check_linux(linux: &mut Value, bounds: &Bounds) -> Result<()> {
     l.insert("namespaces".into(), namespaces);
     l.insert("uidMappings".into(), idmap::to_json(&uid));
     l.insert("gidMappings".into(), idmap::to_json(&gid));
-    l.insert("cgroupsPath".into(), bounds.cgroups_path.clone().into());
     Ok(())
 }
 
@@ -557,7 +555,6 @@ mod tests {
                 outside: 100_000,
                 count: 65536,
             }],
-            cgroups_path: "/pit/children/c".into(),
             oom_score_adj: 0,
             rlimits: vec![("RLIMIT_NOFILE".into(), 4096)],
         }
@@ -583,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_config_gets_every_namespace_the_default_maps_and_its_cgroup() {
+    fn a_plain_config_gets_every_namespace_and_the_default_maps() {
         let c = check(base(), &bounds()).unwrap();
         let l = &c.config["linux"];
         let types: Vec<&str> = l["namespaces"]
@@ -599,7 +596,7 @@ mod tests {
             l["uidMappings"],
             json!([{"containerID": 0, "hostID": 100_000, "size": 65536}])
         );
-        assert_eq!(l["cgroupsPath"], "/pit/children/c");
+        assert!(l.get("cgroupsPath").is_none());
         assert_eq!(c.root, "rootfs");
         assert_eq!(
             c.binds,
