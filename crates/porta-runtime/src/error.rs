@@ -91,6 +91,17 @@ pub enum Error {
     /// supervisor's own error as the source.
     #[error("file server: {0}")]
     FileServer(#[source] Box<porta_supervisor::Error>),
+    /// The container API socket refused a request or could not be reached (the API
+    /// server's errno, or an errno of the client's own, and its message).
+    #[error("API {what}: {message} ({errno})")]
+    Api {
+        /// What was asked (`list`, `connect /run/porta/api.sock`, …).
+        what: String,
+        /// The errno name (`ENOENT`, `EACCES`, …).
+        errno: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl From<porta_supervisor::Error> for Error {

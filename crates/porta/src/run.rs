@@ -30,6 +30,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
     let root = || StateRoot::open(&cli.root).map_err(anyhow::Error::from);
     match cli.command {
+        Command::Objects { format, id } => crate::objects::run(&cli.root, id.as_deref(), &format),
         Command::Create(a) => {
             container::create(&root()?, &create_opts(&a, cli.systemd_cgroup, rootless))?;
             Ok(0)
