@@ -183,20 +183,42 @@ fn send_reply(conn: &OwnedFd, r: &Reply, fd: Option<RawFd>) {
     }
 }
 
+/// Sends a last reply and ends the connection: no more requests are read, and what
+/// was sent meanwhile is dropped here (a close with unread messages would make the peer's
+/// next read fail with ECONNRESET before it reads the reply).
+fn hang_up(conn: &OwnedFd, r: &Reply) {
+    send_reply(conn, r, None);
+    let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    let mut buf = [0u8; 64];
+    // Bounded: a peer cannot keep this thread here.
+    for _ in 0..64 {
+        let mut slots: [Option<OwnedFd>; api::MAX_FDS + 1] = Default::default();
+        match porta_sys::scm::recv(conn.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT, &mut slots) {
+            Ok(g) if g.len > 0 || g.flags & libc::MSG_TRUNC != 0 => continue,
+            _ => break,
+        }
+    }
+}
+
 /// Serves one connection: identifies the peer, then answers its requests in order until
 /// it hangs up, goes silent, or sends something malformed.
 fn connection(conn: &OwnedFd, served: &Served) {
     let timeout = nix::sys::time::TimeVal::new(IDLE_TIMEOUT.as_secs() as _, 0);
     let _ = nix::sys::socket::setsockopt(conn, nix::sys::socket::sockopt::ReceiveTimeout, &timeout);
     let _ = nix::sys::socket::setsockopt(conn, nix::sys::socket::sockopt::SendTimeout, &timeout);
+    let mut buf = vec![0u8; api::MAX_FRAME + 1];
     let caller = match identify(conn, served) {
         Ok(c) => c,
         Err(r) => {
-            send_reply(conn, &r, None);
+            // Answered once it asks: a reply before the request would be lost when the
+            // connection closes with the request unread.
+            let mut slots: [Option<OwnedFd>; api::MAX_FDS + 1] = Default::default();
+            if porta_sys::scm::recv(conn.as_raw_fd(), &mut buf, 0, &mut slots).is_ok() {
+                hang_up(conn, &r);
+            }
             return;
         }
     };
-    let mut buf = vec![0u8; api::MAX_FRAME + 1];
     loop {
         let mut slots: [Option<OwnedFd>; api::MAX_FDS + 1] = Default::default();
         let got = match porta_sys::scm::recv(conn.as_raw_fd(), &mut buf, 0, &mut slots) {
