@@ -106,6 +106,17 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
+    /// The container API socket refused a request or could not be reached (the API
+    /// server's errno, or an errno of the client's own, and its message).
+    #[error("API {what}: {message} ({errno})")]
+    Api {
+        /// What was asked (`list`, `connect /run/porta/api.sock`, …).
+        what: String,
+        /// The errno name (`ENOENT`, `EACCES`, …).
+        errno: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl From<porta_supervisor::Error> for Error {

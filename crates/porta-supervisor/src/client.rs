@@ -35,6 +35,9 @@ pub struct LaunchSpec {
     pub exe: PathBuf,
     /// The supervisor's log file (its stdout and stderr).
     pub log: PathBuf,
+    /// The container's API socket, bound and listening (annotation `run.porta.api=on`):
+    /// the supervisor inherits it and keeps an API server answering it.
+    pub api_fd: Option<RawFd>,
 }
 
 /// A started supervisor and the container's mount.
@@ -49,6 +52,8 @@ pub struct Launched {
 
 /// Descriptor number of the container's user namespace in a rootless supervisor.
 const USERNS_FD: RawFd = 4;
+/// Descriptor number of the API socket in the supervisor.
+const API_FD: RawFd = 5;
 
 /// How long [`launch`] waits for the supervisor to hand over the mount.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -84,6 +89,10 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
     args.host_changes = spec.host_changes;
     args.transport = spec.transport;
     args.cgroup_procs = spec.server_cgroup_procs.clone();
+    if spec.api_fd.is_some() {
+        args.api_fd = Some(API_FD);
+    }
+    let api_raw = spec.api_fd.unwrap_or(-1);
     // The user namespace goes to descriptor 4, from a copy above the low numbers so that
     // moving the socket to 3 cannot overwrite it.
     let userns = match userns {
@@ -122,6 +131,9 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
             }
             // dup2 leaves the copy without FD_CLOEXEC.
             if userns_raw >= 0 && libc::dup2(userns_raw, USERNS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if api_raw >= 0 && libc::dup2(api_raw, API_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -390,6 +402,7 @@ mod tests {
             server_cgroup_procs: vec![],
             exe: "/proc/self/exe".into(),
             log: "/run/x/c1/supervisor.log".into(),
+            api_fd: None,
         }
     }
 

@@ -22,6 +22,7 @@ pub(crate) use client::socket_path;
 pub use client::{
     launch, read_state, servers, stop, watch_container, LaunchSpec, Launched, LAUNCH_TIMEOUT,
 };
+pub use daemon::bind_api_socket;
 pub(crate) use entry::init_logging;
 pub use entry::{main_fs, main_supervisor};
 pub use error::Error;

@@ -119,6 +119,16 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Print the object namespace: every container of the root (or one, ID) with its
+    /// processes, servers, translators, mounts, grants and child containers. Inside a
+    /// container (through its API socket): the container's own namespace.
+    Objects {
+        /// table (an indented tree) or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Container id (inside a container: an id of its tree, or an object path).
+        id: Option<String>,
+    },
     /// List a container's processes.
     Ps {
         /// table or json.

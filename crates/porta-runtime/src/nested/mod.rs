@@ -872,3 +872,22 @@ impl DirOpen for std::fs::OpenOptions {
         self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
     }
 }
+
+/// A signal by name (`KILL`, `SIGKILL`) or number.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(Error::Usage(format!("signal {s}: not between 1 and 64")));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| Error::Usage(format!("signal {s}: unknown")))
+}
