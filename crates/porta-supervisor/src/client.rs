@@ -92,7 +92,22 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
     if spec.api_fd.is_some() {
         args.api_fd = Some(API_FD);
     }
-    let api_raw = spec.api_fd.unwrap_or(-1);
+    // The API socket goes to descriptor 5, from a copy above the low numbers (as the user
+    // namespace below): a listener that happens to be descriptor 3 or 4 (a create run
+    // with few descriptors open, as a nested container's is) would otherwise be
+    // overwritten by the moves to 3 and 4 before its own move.
+    let api = match spec.api_fd {
+        Some(fd) => Some(
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .map_err(|e| Error::Sys("dup the API socket descriptor", e))
+                .map(|fd| {
+                    // SAFETY: fcntl returned a fresh descriptor we now own.
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+                })?,
+        ),
+        None => None,
+    };
+    let api_raw = api.as_ref().map_or(-1, |a| a.as_raw_fd());
     // The user namespace goes to descriptor 4, from a copy above the low numbers so that
     // moving the socket to 3 cannot overwrite it.
     let userns = match userns {

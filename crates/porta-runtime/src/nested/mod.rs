@@ -503,9 +503,32 @@ fn read_config(bundle: BorrowedFd<'_>, shown: &Path) -> Result<Value> {
 }
 
 /// Runs this runtime binary with `args` under the children's state root, the child's
-/// process(es) getting `stdio`; returns its exit status.
-fn run_runtime(root: &StateRoot, args: &[&std::ffi::OsStr], stdio: Stdio) -> Result<i32> {
-    let status = Command::new(runtime_exe())
+/// process(es) getting `stdio`; returns its exit status. With `root_cgroups` (the
+/// `cgroup.procs` files of the hierarchies' roots), the runtime moves itself there
+/// before it runs, as a `porta create` on the host runs outside any container's group:
+/// the parent's API server runs in the parent's `porta/` leaf, whose device rules deny
+/// `/dev/fuse` to the child's supervisor that the runtime starts (it moves itself into the
+/// child's own leaf, beneath the parent's group, once it handed the mount over).
+fn run_runtime(
+    root: &StateRoot,
+    args: &[&std::ffi::OsStr],
+    stdio: Stdio,
+    root_cgroups: &[std::ffi::CString],
+) -> Result<i32> {
+    let mut cmd = Command::new(runtime_exe());
+    if !root_cgroups.is_empty() {
+        let files = root_cgroups.to_vec();
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // open/write/close (async-signal-safe) on strings made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                move_self_to(&files);
+                Ok(())
+            });
+        }
+    }
+    let status = cmd
         .arg("--root")
         .arg(&root.path)
         .args(args)
@@ -518,6 +541,40 @@ fn run_runtime(root: &StateRoot, args: &[&std::ffi::OsStr], stdio: Stdio) -> Res
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Writes `0` (this process) to each `cgroup.procs` file; errors are left to the
+/// runtime to meet (it names what it cannot do). Async-signal-safe: runs after fork.
+fn move_self_to(files: &[std::ffi::CString]) {
+    for f in files {
+        // SAFETY: f is a valid NUL-terminated path; the fd is closed right after.
+        unsafe {
+            let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// The `cgroup.procs` files of the roots of the hierarchies the parent's groups are in.
+fn root_cgroup_files(parent: &Parent) -> Vec<std::ffi::CString> {
+    parent
+        .state
+        .cgroup
+        .iter()
+        .flat_map(|c| c.dirs.iter())
+        .filter_map(|d| {
+            std::ffi::CString::new(
+                d.mount_point
+                    .join("cgroup.procs")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+            .ok()
+        })
+        .collect()
 }
 
 /// The last error a runtime command logged (`--log-format json`).
@@ -664,6 +721,7 @@ pub fn create(parent: &Parent, caller: &Caller, req: &CreateRequest, stdio: Stdi
             req.id.as_ref(),
         ],
         stdio,
+        &root_cgroup_files(parent),
     )?;
     let msg = logged_error(&log);
     let _ = std::fs::remove_file(&log);
@@ -761,7 +819,7 @@ pub fn exec(parent: &Parent, caller: &Caller, req: &ExecRequest, stdio: Stdio) -
     args.push("--".into());
     args.extend(req.args.iter().map(Into::into));
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    run_runtime(&parent.children_root(), &args, stdio)
+    run_runtime(&parent.children_root(), &args, stdio, &[])
 }
 
 /// Replaces the host paths of a child's state with the names its parent gave.
