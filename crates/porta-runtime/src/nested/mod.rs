@@ -11,7 +11,8 @@
 //! ```text
 //! P/children/                 a Porta state root: the children's state directories
 //!                             (`porta --root P/children list` works on them from the host)
-//! P/child-roots/<id>/         host-only, the child's bundle: the sanitized config.json,
+//! /run/porta-nested/<hash of P>/<id>/
+//!                             host-only, the child's bundle: the sanitized config.json,
 //!     root/                   a clone of the child's root directory from the parent's tree
 //!                             (open_tree + move_mount: nothing the parent does later swaps it)
 //!     bind-<n>/               the same for the source of bind mount n
@@ -42,7 +43,22 @@ use idmap::Extent;
 /// The state root of a container's children, beneath its state directory.
 pub const CHILDREN: &str = "children";
 /// The host-only directory of the children's bundles and root mounts.
-pub const CHILD_ROOTS: &str = "child-roots";
+/// Where the children's host-only directories live: outside every state root, since a
+/// state root is private (0700) and a child's process, whose host uid is its parent's
+/// (a user namespace's), must walk the path of its root to attach its file server's
+/// mount there. Each directory on the way is 0711: passable, not listable.
+pub const CHILD_ROOTS: &str = "/run/porta-nested";
+
+/// The host-only directory of the children of the container whose state directory is
+/// `parent_dir`: `CHILD_ROOTS/<hash of parent_dir>` (FNV-1a, stable across builds).
+pub fn child_roots(parent_dir: &Path) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parent_dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Path::new(CHILD_ROOTS).join(format!("{h:016x}"))
+}
 /// The largest config.json a child's bundle may have.
 const MAX_CONFIG: u64 = 4 << 20;
 /// `RESOLVE_BENEATH` of openat2(2).
@@ -312,7 +328,7 @@ impl Parent {
     }
 
     fn child_dir(&self, id: &str) -> PathBuf {
-        self.dir.join(CHILD_ROOTS).join(id)
+        child_roots(&self.dir).join(id)
     }
 }
 
@@ -633,14 +649,16 @@ pub fn create(parent: &Parent, caller: &Caller, req: &CreateRequest, stdio: Stdi
     if children.dir(&req.id).exists() {
         return Err(Error::Exists(req.id.clone()));
     }
-    let roots = parent.dir.join(CHILD_ROOTS);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&roots)
-        .ctx(|| format!("create {}", roots.display()))?;
+    let roots = child_roots(&parent.dir);
+    for d in [Path::new(CHILD_ROOTS), &roots] {
+        match std::fs::DirBuilder::new().mode(0o711).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::sys(format!("create {}", d.display()), e)),
+        }
+    }
     let dir = parent.child_dir(&req.id);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+    match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(Error::Exists(req.id.clone()))
@@ -793,7 +811,7 @@ fn delete_child(parent_dir: &Path, id: &str, force: bool) -> Result<()> {
         Ok(false) => Container::open(&root, id)?.delete(force)?,
         Err(e) => return Err(e),
     }
-    release_child_dir(&parent_dir.join(CHILD_ROOTS).join(id))
+    release_child_dir(&child_roots(parent_dir).join(id))
 }
 
 /// `exec`: runs a process in child `id` with `stdio`; returns its exit code (255 when
@@ -827,7 +845,7 @@ fn as_parent_sees(parent_dir: &Path, mut v: Value) -> Value {
     let Some(id) = v["id"].as_str().map(str::to_string) else {
         return v;
     };
-    let shown = std::fs::read(parent_dir.join(CHILD_ROOTS).join(&id).join("nested.json"))
+    let shown = std::fs::read(child_roots(parent_dir).join(&id).join("nested.json"))
         .ok()
         .and_then(|d| serde_json::from_slice::<Value>(&d).ok());
     for k in ["bundle", "rootfs"] {
@@ -857,13 +875,13 @@ pub fn list(parent: &Parent, _caller: &Caller) -> Result<Vec<Value>> {
 
 /// The delete cascade: deletes every child of the container whose state directory is
 /// `parent_dir` (their children first, running ones killed), then the `children` and
-/// `child-roots` directories. Every child's processes are killed before any lock is
+/// host-only directories (`child_roots`). Every child's processes are killed before any lock is
 /// taken, so an `exec` holding a child's lock ends instead of blocking the delete.
 pub fn delete_children(parent_dir: &Path) -> Result<()> {
     let children = StateRoot {
         path: parent_dir.join(CHILDREN),
     };
-    let roots = parent_dir.join(CHILD_ROOTS);
+    let roots = child_roots(parent_dir);
     if !children.path.is_dir() && !roots.is_dir() {
         return Ok(());
     }
