@@ -488,6 +488,32 @@ fn hostile_messages_get_errors_and_leak_nothing() {
 }
 
 #[test]
+fn stuck_clients_of_one_user_leave_room_for_others() {
+    require_root!();
+    porta_only!("the API socket is Porta's own");
+    let a = Container::new("obj-st", bundle(Some("on")));
+    a.create_start();
+    // A user opens 40 connections and keeps them: 16 are served, the rest refused.
+    let script = format!("exec {PROBE} {SOCK} hold 40 > /tmp/held");
+    a.exec(&["--detach", "--user", "1000:1000"], &["sh", "-c", &script])
+        .expect_ok();
+    let held = a.bundle.rootfs().join("tmp/held");
+    let line = wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(&held)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+    .expect("the holder reports");
+    assert_eq!(line.trim(), "ok 16 busy 24");
+    // Meanwhile root is served, and so is another user.
+    let o = a.exec(&[], &["porta", "objects"]);
+    o.expect_ok();
+    assert!(o.stdout.contains("server api running"), "{o}");
+    let o = a.exec(&["--user", "1001:1001"], &["porta", "objects"]);
+    o.expect_ok();
+}
+
+#[test]
 fn a_killed_api_server_is_replaced_and_the_socket_kept() {
     require_root!();
     porta_only!("the API socket is Porta's own");
