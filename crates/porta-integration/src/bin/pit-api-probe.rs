@@ -6,7 +6,9 @@
 //! * `garbage`: bytes that are no frame;
 //! * `huge`: a frame of 100 KiB;
 //! * `fds N JSON`: the frame with N descriptors attached (copies of stdin);
-//! * `len-lies JSON`: the frame with a length one byte longer than what follows.
+//! * `len-lies JSON`: the frame with a length one byte longer than what follows;
+//! * `hold N`: N connections, each asking for a listing and kept open; prints
+//!   `ok K busy B` (how many were answered and how many refused) and waits for ever.
 //!
 //! Prints the reply's JSON on the first line; for a reply with a descriptor, a line
 //! `fd-pid: N` (the `Pid:` of the descriptor's fdinfo: a pidfd's process, as this
@@ -66,11 +68,41 @@ fn fd_pid(fd: &OwnedFd) -> Option<String> {
         .map(|p| p.trim().to_string())
 }
 
+fn hold(path: &str, n: usize) -> ! {
+    let mut kept = Vec::new();
+    let mut busy = 0;
+    for _ in 0..n {
+        let s = connect(path);
+        let req = frame(b"{\"v\":1,\"op\":\"list\"}");
+        let ok = porta_sys::scm::send(s.as_raw_fd(), &req, &[], libc::MSG_NOSIGNAL).is_ok()
+            && recv(&s)
+                .is_some_and(|(r, _)| String::from_utf8_lossy(&r).contains("\"reply\":\"ok\""));
+        if ok {
+            kept.push(s);
+        } else {
+            busy += 1;
+        }
+    }
+    println!("ok {} busy {busy}", kept.len());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loop {
+        // SAFETY: pause(2) only waits for a signal.
+        unsafe { libc::pause() };
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
         eprintln!("usage: pit-api-probe SOCKET MODE [ARG]");
         std::process::exit(2);
+    }
+    if args[2] == "hold" {
+        hold(
+            &args[1],
+            args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
+        );
     }
     let sock = connect(&args[1]);
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();

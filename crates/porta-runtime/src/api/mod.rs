@@ -3,7 +3,8 @@
 //! container.
 //!
 //! The server answers each connection in a thread of its own, with limits: at most
-//! [`MAX_CONNECTIONS`] at once (more are answered EBUSY and closed), a frame of at most
+//! [`MAX_CONNECTIONS`] at once and [`MAX_PER_UID`] of one user (more are answered EBUSY
+//! and closed), a frame of at most
 //! [`api::MAX_FRAME`] bytes and [`api::MAX_FDS`] descriptors, and a connection that says
 //! nothing for [`IDLE_TIMEOUT`] is closed: a stuck or hostile client holds one thread and
 //! nothing else. Malformed requests are answered with an error and the connection closed.
@@ -18,12 +19,12 @@
 pub mod client;
 pub mod nested;
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use porta_supervisor::protocol::api::{self, path_components, Reply, Request};
@@ -32,7 +33,10 @@ use porta_supervisor::protocol::objects::{Detail, Tree};
 use crate::objects;
 
 /// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 32;
+pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections of one user (host uid) served at once: one user's stuck or hostile
+/// clients leave room for the others.
+pub const MAX_PER_UID: usize = 16;
 /// How long a connection may stay silent (or a reply unread) before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -100,9 +104,48 @@ pub fn main(args: &[OsString]) -> i32 {
     serve(listener, served)
 }
 
+/// Connections open, in all and by host uid.
+type Counts = Arc<Mutex<(usize, HashMap<u32, usize>)>>;
+
+/// One connection's place in [`Counts`], given back on drop.
+struct Slot {
+    counts: Counts,
+    uid: u32,
+}
+
+impl Slot {
+    /// A place for a connection of `uid`, unless the limits are reached.
+    fn take(counts: &Counts, uid: u32) -> Option<Slot> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = c.1.get(&uid).copied().unwrap_or(0);
+        if c.0 >= MAX_CONNECTIONS || mine >= MAX_PER_UID {
+            return None;
+        }
+        c.0 += 1;
+        c.1.insert(uid, mine + 1);
+        Some(Slot {
+            counts: counts.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.0 = c.0.saturating_sub(1);
+        if let Some(n) = c.1.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.1.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` for ever, one thread each.
 fn serve(listener: OwnedFd, served: Arc<Served>) -> i32 {
-    let active = Arc::new(AtomicUsize::new(0));
+    let counts: Counts = Arc::default();
     loop {
         // SAFETY: accept4 on our listening socket with no address buffer.
         let c = unsafe {
@@ -142,29 +185,32 @@ fn serve(listener: OwnedFd, served: Arc<Served>) -> i32 {
         }
         // SAFETY: accept4 returned a new descriptor that nothing else owns.
         let conn = unsafe { OwnedFd::from_raw_fd(c) };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        let uid = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+            .map(|c| c.uid())
+            .unwrap_or(u32::MAX);
+        let Some(slot) = Slot::take(&counts, uid) else {
             send_reply(
                 &conn,
                 &Reply::error(
                     libc::EBUSY,
-                    format!("more than {MAX_CONNECTIONS} connections at once; try again"),
+                    format!(
+                        "too many connections at once ({MAX_PER_UID} a user, {MAX_CONNECTIONS} in \
+                         all); try again"
+                    ),
                 ),
                 None,
             );
             continue;
-        }
+        };
         let served = served.clone();
-        let counter = active.clone();
         let spawned = std::thread::Builder::new()
             .name("api-conn".into())
             .spawn(move || {
                 connection(&conn, &served);
-                counter.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "could not start a thread for an API connection");
-            active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
