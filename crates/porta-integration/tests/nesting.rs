@@ -177,6 +177,25 @@ fn three_levels_created_from_inside_and_deleted_with_the_top() {
         "{o}"
     );
     assert!(o.stdout.contains("\"id\":\"pit-g\""), "{o}");
+    // What P learns of its children: its own names, no host pid, no host path.
+    let st = inside(&p, "porta state pit-c");
+    assert!(st.ok(), "{st}");
+    let v: Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["bundle"], "/nest/c");
+    assert_eq!(v["rootfs"], "/nest/c/rootfs");
+    assert_eq!(v["pid"], 0);
+    for s in v["servers"].as_array().unwrap() {
+        assert!(
+            s.get("pid").is_none(),
+            "a host pid in the state P sees: {st}"
+        );
+    }
+    for host in ["/run/", "/var/tmp"] {
+        assert!(
+            !st.stdout.contains(host),
+            "{host} in the state P sees: {st}"
+        );
+    }
     // G's file went through G's, C's and P's trees: it is in P's bundle, owned by P's 0.
     let made = p
         .bundle

@@ -840,18 +840,51 @@ pub fn exec(parent: &Parent, caller: &Caller, req: &ExecRequest, stdio: Stdio) -
     run_runtime(&parent.children_root(), &args, stdio, &[])
 }
 
-/// Replaces the host paths of a child's state with the names its parent gave.
-fn as_parent_sees(parent_dir: &Path, mut v: Value) -> Value {
+/// A child's state as its parent may see it: the bundle and root as the parent named
+/// them, no host pid (the child's processes are in a pid namespace beside the parent's,
+/// with no pid there: `pid` is 0), its servers by name, state and restarts only (no pid,
+/// no host path), no host path in a server error.
+fn as_parent_sees(parent_dir: &Path, v: Value) -> Value {
     let Some(id) = v["id"].as_str().map(str::to_string) else {
-        return v;
+        return Value::Null;
     };
     let shown = std::fs::read(child_roots(parent_dir).join(&id).join("nested.json"))
         .ok()
         .and_then(|d| serde_json::from_slice::<Value>(&d).ok());
-    for k in ["bundle", "rootfs"] {
-        v[k] = shown.as_ref().map(|s| s[k].clone()).unwrap_or(Value::Null);
+    let mut out = serde_json::Map::new();
+    for k in [
+        "ociVersion",
+        "id",
+        "status",
+        "created",
+        "owner",
+        "annotations",
+    ] {
+        if let Some(x) = v.get(k) {
+            out.insert(k.into(), x.clone());
+        }
     }
-    v
+    out.insert("pid".into(), 0.into());
+    for k in ["bundle", "rootfs"] {
+        out.insert(
+            k.into(),
+            shown.as_ref().map(|s| s[k].clone()).unwrap_or(Value::Null),
+        );
+    }
+    if let Some(servers) = v.get("servers").and_then(Value::as_array) {
+        let servers: Vec<Value> = servers
+            .iter()
+            .map(|s| serde_json::json!({"name": s["name"], "state": s["state"], "restarts": s["restarts"]}))
+            .collect();
+        out.insert("servers".into(), servers.into());
+    }
+    if v.get("serverError").is_some() {
+        out.insert(
+            "serverError".into(),
+            "the file server failed (the host's log has the details)".into(),
+        );
+    }
+    Value::Object(out)
 }
 
 /// `state`: child `id`'s state, as `porta state` prints it (paths as the parent named
