@@ -429,4 +429,13 @@ fn only_the_parents_superuser_creates_and_a_failed_create_leaves_nothing() {
     );
     assert!(o.ok(), "{o}");
     nothing_left_of(&pdir, "pit-c");
+    // A child deleted straight from the host (its state root) leaves nothing either.
+    let o = inside(&p, "porta create --bundle /nest/c pit-c2");
+    assert!(o.ok(), "{o}");
+    porta_integration::rt_root(
+        &children_of(&pdir).display().to_string(),
+        &["delete", "--force", "pit-c2"],
+    )
+    .expect_ok();
+    nothing_left_of(&pdir, "pit-c2");
 }

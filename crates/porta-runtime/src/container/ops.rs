@@ -139,7 +139,9 @@ impl Container {
                 }
             }
         }
-        self.dir.remove()
+        let path = self.dir.path.clone();
+        self.dir.remove()?;
+        crate::nested::release_if_child(&path)
     }
 
     /// `pause`: freezes the container's processes.

@@ -52,8 +52,12 @@ pub const CHILD_ROOTS: &str = "/run/porta-nested";
 /// The host-only directory of the children of the container whose state directory is
 /// `parent_dir`: `CHILD_ROOTS/<hash of parent_dir>` (FNV-1a, stable across builds).
 pub fn child_roots(parent_dir: &Path) -> PathBuf {
+    // The same directory whichever spelling of the path names it (a state root reached
+    // through a symlink): the canonical one while it exists, as it does whenever children
+    // are made or deleted.
+    let canonical = std::fs::canonicalize(parent_dir).unwrap_or_else(|_| parent_dir.into());
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parent_dir.as_os_str().as_encoded_bytes() {
+    for b in canonical.as_os_str().as_encoded_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -942,6 +946,23 @@ pub fn delete_children(parent_dir: &Path) -> Result<()> {
         std::fs::remove_dir(&roots).ctx(|| format!("remove {}", roots.display()))?;
     }
     Ok(())
+}
+
+/// After a container's state directory `state_dir` was removed: when it was a child's
+/// (its state root is a parent's `children`), unmounts and removes the child's host-only
+/// directory too, so that a child deleted straight from the host
+/// (`porta --root <parent>/children delete ID`) leaves nothing either.
+pub fn release_if_child(state_dir: &Path) -> Result<()> {
+    let (Some(root), Some(id)) = (state_dir.parent(), state_dir.file_name()) else {
+        return Ok(());
+    };
+    if root.file_name() != Some(std::ffi::OsStr::new(CHILDREN)) {
+        return Ok(());
+    }
+    let Some(parent_dir) = root.parent() else {
+        return Ok(());
+    };
+    release_child_dir(&child_roots(parent_dir).join(id))
 }
 
 /// SIGKILLs the processes of every container beneath `children`, depth first, reading
