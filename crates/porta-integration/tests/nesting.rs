@@ -421,6 +421,9 @@ fn only_the_parents_superuser_creates_and_a_failed_create_leaves_nothing() {
     let o = inside(&p, "porta create --bundle /nest/fails pit-fails");
     assert!(!o.ok(), "{o}");
     assert!(o.stderr.contains("pit-fails"), "{o}");
+    for host in ["/run/porta", ROOT] {
+        assert!(!o.stderr.contains(host), "a host path in the error: {o}");
+    }
     nothing_left_of(&pdir, "pit-fails");
     // And the superuser may create after all.
     let o = inside(

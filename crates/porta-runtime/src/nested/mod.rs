@@ -753,10 +753,27 @@ pub fn create(parent: &Parent, caller: &Caller, req: &CreateRequest, stdio: Stdi
         if let Err(e) = remove_child_state(&children, &req.id) {
             tracing::warn!("after a failed nested create: {e}");
         }
+        let msg = msg.unwrap_or_else(|| format!("exit status {code}"));
+        tracing::warn!(parent = parent.id(), child = %req.id, "nested create failed: {msg}");
+        // The caller is told in its own names: the host-only paths and the state
+        // directory are the host's (the full message is in the log above).
+        let msg = msg
+            .replace(
+                &root_path.display().to_string(),
+                &shown_root.display().to_string(),
+            )
+            .replace(
+                &dir.display().to_string(),
+                &bundle_shown.display().to_string(),
+            )
+            .replace(
+                &parent.dir.display().to_string(),
+                "<the host's state directory>",
+            );
         return Err(Error::Nested {
             id: req.id.clone(),
             op: "create".into(),
-            msg: msg.unwrap_or_else(|| format!("exit status {code}")),
+            msg,
         });
     }
     guard.armed = false;
