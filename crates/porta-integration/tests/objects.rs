@@ -488,6 +488,74 @@ fn hostile_messages_get_errors_and_leak_nothing() {
 }
 
 #[test]
+fn in_a_user_namespace_the_superuser_is_the_containers_root() {
+    require_root!();
+    porta_only!("the API socket is Porta's own");
+    let host_uid = 230000u32;
+    let mut b = bundle(Some("on"));
+    b.user_ns(host_uid, 65536);
+    cmd::host(
+        "chown",
+        &[
+            "-R",
+            "-h",
+            &format!("{host_uid}:{host_uid}"),
+            b.rootfs().to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    let a = Container::new("obj-us", b);
+    a.create_start();
+    let o = a.exec(&[], &["porta", "objects", "--format", "json"]);
+    o.expect_ok();
+    let tree: Value = serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o}"));
+    assert_eq!(tree["objects"][0]["pid"], 1, "{tree}");
+    let open_1 = format!(r#"{{"v":1,"op":"open","path":"/{}/processes/1"}}"#, a.id);
+    // A process of another user of the container.
+    a.exec(&["--detach", "--user", "1000:1000"], &["sleep", "1000"])
+        .expect_ok();
+    let procs = |tree: &Value| -> Vec<(i64, String)> {
+        group(&tree["objects"][0], "processes")
+            .iter()
+            .map(|p| {
+                (
+                    p["pid"].as_i64().unwrap(),
+                    p["comm"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let other = wait_for(Duration::from_secs(30), || {
+        let o = a.exec(&[], &["porta", "objects", "--format", "json"]);
+        let t: Value = serde_json::from_str(&o.stdout).ok()?;
+        procs(&t)
+            .into_iter()
+            .find(|(p, c)| *p != 1 && c == "sleep")
+            .map(|(p, _)| p)
+    })
+    .expect("the second sleep is listed");
+    let open = format!(
+        r#"{{"v":1,"op":"open","path":"/{}/processes/{other}"}}"#,
+        a.id
+    );
+    // The container's root (host uid 230000) is its superuser: it may open it.
+    let (v, rest) = probe(&a, &["frame", &open]);
+    assert_eq!(v["reply"], "ok", "{v}");
+    assert_eq!(
+        rest.first().map(String::as_str),
+        Some(format!("fd-pid: {other}").as_str()),
+        "{rest:?}"
+    );
+    // Its owner may too; another user may not.
+    let o = a.exec(&["--user", "1000:1000"], &[PROBE, SOCK, "frame", &open]);
+    o.expect_ok();
+    assert!(o.stdout.contains("\"reply\":\"ok\""), "{o}");
+    let o = a.exec(&["--user", "1001:1001"], &[PROBE, SOCK, "frame", &open]);
+    o.expect_ok();
+    assert!(o.stdout.contains("\"EACCES\""), "{o}");
+}
+
+#[test]
 fn stuck_clients_of_one_user_leave_room_for_others() {
     require_root!();
     porta_only!("the API socket is Porta's own");
