@@ -510,7 +510,6 @@ fn in_a_user_namespace_the_superuser_is_the_containers_root() {
     o.expect_ok();
     let tree: Value = serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o}"));
     assert_eq!(tree["objects"][0]["pid"], 1, "{tree}");
-    let open_1 = format!(r#"{{"v":1,"op":"open","path":"/{}/processes/1"}}"#, a.id);
     // A process of another user of the container.
     a.exec(&["--detach", "--user", "1000:1000"], &["sleep", "1000"])
         .expect_ok();
