@@ -527,7 +527,10 @@ impl Builder {
                     detail: Detail::Grant {
                         id: g.id,
                         direction: dir.into(),
-                        what: "directory".into(),
+                        what: serde_json::to_value(g.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
                         local_path: local,
                         peer: host.then(|| format!("{}:{}", peer.container, peer.path)),
                         read_only: g.read_only,
