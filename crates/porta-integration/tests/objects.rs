@@ -488,6 +488,97 @@ fn hostile_messages_get_errors_and_leak_nothing() {
 }
 
 #[test]
+fn grants_and_children_are_listed_in_both_views() {
+    require_root!();
+    porta_only!("porta objects is Porta's own command");
+    let a = Container::new("obj-pa", bundle(Some("on")));
+    a.create_start();
+    // A child: a container of the state root in A's state directory.
+    let croot = state_dir(&a).join("children");
+    let child = Container::with_id(
+        unique_id("obj-ch"),
+        croot.to_str().unwrap(),
+        Bundle::new(&["sleep", "1000"]),
+    );
+    child.create_start();
+    // A grant into A, as `porta share` records it (grants.json).
+    let grants = state_dir(&a).join("grants.json");
+    let record = serde_json::json!([{
+        "id": "g-obj-1",
+        "kind": "directory",
+        "direction": "in",
+        "source": {"container": "pit-obj-peer", "path": "/data"},
+        "target": {"container": a.id, "path": "/mnt/data"},
+        "readOnly": true,
+        "created": "2026-12-07T00:00:00Z"
+    }]);
+    std::fs::write(&grants, serde_json::to_vec(&record).unwrap()).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _record = Remove(grants);
+
+    let tree = host_objects(&a, &[&a.id]);
+    let ns = namespace(&tree, &a.id).unwrap();
+    let g = group(ns, "grants");
+    assert_eq!(g.len(), 1, "{ns}");
+    assert_eq!(g[0]["path"], format!("/{}/grants/g-obj-1", a.id));
+    assert_eq!(g[0]["direction"], "in");
+    assert_eq!(g[0]["localPath"], "/mnt/data");
+    assert_eq!(g[0]["peer"], "pit-obj-peer:/data");
+    let kids = group(ns, "children");
+    assert_eq!(kids.len(), 1, "{ns}");
+    assert_eq!(kids[0]["id"], child.id.as_str());
+    assert_eq!(kids[0]["path"], format!("/{}/children/{}", a.id, child.id));
+    assert_eq!(kids[0]["depth"], 1);
+    assert_eq!(kids[0]["status"], "running");
+    assert!(
+        group(kids[0], "processes")
+            .iter()
+            .any(|p| p["pid"].as_i64() == Some(child.pid() as i64)),
+        "{}",
+        kids[0]
+    );
+    // The host's list of the root does not show the child; the whole tree has it beneath A.
+    let l = a.rt(&["list", "-q"]);
+    assert!(!l.stdout.contains(&child.id), "{l}");
+    let whole = host_objects(&a, &[]);
+    assert!(namespace(&whole, &child.id).is_none());
+
+    // Inside A: the grant's own side only, the child in A's view (its processes are in
+    // a pid namespace A cannot see: none listed).
+    let o = a.exec(&[], &["porta", "objects", "--format", "json"]);
+    o.expect_ok();
+    assert!(!o.stdout.contains("pit-obj-peer"), "{o}");
+    let tree: Value = serde_json::from_str(&o.stdout).unwrap();
+    let ns = &tree["objects"][0];
+    let g = group(ns, "grants");
+    assert_eq!(g.len(), 1, "{ns}");
+    assert_eq!(g[0]["localPath"], "/mnt/data");
+    assert!(g[0].get("peer").is_none(), "{}", g[0]);
+    let kids = group(ns, "children");
+    assert_eq!(kids.len(), 1, "{ns}");
+    assert_eq!(kids[0]["id"], child.id.as_str());
+    assert!(kids[0].get("pid").is_none(), "{}", kids[0]);
+    assert!(group(kids[0], "processes").is_empty(), "{}", kids[0]);
+    let mut seen = Vec::new();
+    pids_in(kids[0], &mut seen);
+    assert!(!seen.contains(&(child.pid() as i64)), "{}", kids[0]);
+    // A child by id, from inside.
+    let o = a.exec(&[], &["porta", "objects", &child.id]);
+    o.expect_ok();
+    assert!(
+        o.stdout
+            .starts_with(&format!("namespace {} running", child.id)),
+        "{o}"
+    );
+    child.rt(&["delete", "--force", &child.id]).expect_ok();
+}
+
+#[test]
 fn in_a_user_namespace_the_superuser_is_the_containers_root() {
     require_root!();
     porta_only!("the API socket is Porta's own");
