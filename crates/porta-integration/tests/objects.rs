@@ -698,6 +698,33 @@ fn a_killed_api_server_is_replaced_and_the_socket_kept() {
         assert_eq!(api["restarts"], round, "{api}");
         assert_ne!(api["pid"].as_i64(), Some(pid), "{api}");
     }
+    // The supervisor killed: its API server dies with it, the successor starts another.
+    let rec = |k: &str| -> i64 {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(state_dir(&a).join("servers.json")).unwrap())
+                .unwrap();
+        v[k].as_i64().unwrap_or(0)
+    };
+    let supervisor = rec("supervisor_pid") as i32;
+    let old_api = server_pid(&a, "api").unwrap();
+    // SAFETY: kill(2) of this test's container's supervisor.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    let new_api = wait_for(Duration::from_secs(60), || {
+        let p = server_pid(&a, "api")?;
+        (rec("supervisor_pid") != supervisor as i64 && p > 0 && p != old_api && pid_alive(p as i32))
+            .then_some(p)
+    })
+    .expect("the successor starts an API server");
+    assert!(
+        wait_for(Duration::from_secs(30), || (!pid_alive(old_api as i32))
+            .then_some(()))
+        .is_some(),
+        "the dead supervisor's API server {old_api} lives on"
+    );
+    let o = a.exec(&[], &["porta", "objects"]);
+    o.expect_ok();
+    assert!(o.stdout.contains("server api running"), "{o}");
+    assert_eq!(server_pid(&a, "api"), Some(new_api));
     // Deleted: the API server goes too, with the socket.
     let pid = server_pid(&a, "api").unwrap() as i32;
     a.rt(&["delete", "--force", &a.id]).expect_ok();
