@@ -488,6 +488,164 @@ fn hostile_messages_get_errors_and_leak_nothing() {
 }
 
 #[test]
+fn grants_and_children_are_listed_in_both_views() {
+    require_root!();
+    porta_only!("porta objects is Porta's own command");
+    let a = Container::new("obj-pa", bundle(Some("on")));
+    a.create_start();
+    // A child: a container of the state root in A's state directory.
+    let croot = state_dir(&a).join("children");
+    let child = Container::with_id(
+        unique_id("obj-ch"),
+        croot.to_str().unwrap(),
+        Bundle::new(&["sleep", "1000"]),
+    );
+    child.create_start();
+    // A grant into A, as `porta share` records it (grants.json).
+    let grants = state_dir(&a).join("grants.json");
+    let record = serde_json::json!([{
+        "id": "g-obj-1",
+        "kind": "directory",
+        "direction": "in",
+        "source": {"container": "pit-obj-peer", "path": "/data"},
+        "target": {"container": a.id, "path": "/mnt/data"},
+        "readOnly": true,
+        "created": "2026-12-07T00:00:00Z"
+    }]);
+    std::fs::write(&grants, serde_json::to_vec(&record).unwrap()).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _record = Remove(grants);
+
+    let tree = host_objects(&a, &[&a.id]);
+    let ns = namespace(&tree, &a.id).unwrap();
+    let g = group(ns, "grants");
+    assert_eq!(g.len(), 1, "{ns}");
+    assert_eq!(g[0]["path"], format!("/{}/grants/g-obj-1", a.id));
+    assert_eq!(g[0]["direction"], "in");
+    assert_eq!(g[0]["localPath"], "/mnt/data");
+    assert_eq!(g[0]["peer"], "pit-obj-peer:/data");
+    let kids = group(ns, "children");
+    assert_eq!(kids.len(), 1, "{ns}");
+    assert_eq!(kids[0]["id"], child.id.as_str());
+    assert_eq!(kids[0]["path"], format!("/{}/children/{}", a.id, child.id));
+    assert_eq!(kids[0]["depth"], 1);
+    assert_eq!(kids[0]["status"], "running");
+    assert!(
+        group(kids[0], "processes")
+            .iter()
+            .any(|p| p["pid"].as_i64() == Some(child.pid() as i64)),
+        "{}",
+        kids[0]
+    );
+    // The host's list of the root does not show the child; the whole tree has it beneath A.
+    let l = a.rt(&["list", "-q"]);
+    assert!(!l.stdout.contains(&child.id), "{l}");
+    let whole = host_objects(&a, &[]);
+    assert!(namespace(&whole, &child.id).is_none());
+
+    // Inside A: the grant's own side only, the child in A's view (its processes are in
+    // a pid namespace A cannot see: none listed).
+    let o = a.exec(&[], &["porta", "objects", "--format", "json"]);
+    o.expect_ok();
+    assert!(!o.stdout.contains("pit-obj-peer"), "{o}");
+    let tree: Value = serde_json::from_str(&o.stdout).unwrap();
+    let ns = &tree["objects"][0];
+    let g = group(ns, "grants");
+    assert_eq!(g.len(), 1, "{ns}");
+    assert_eq!(g[0]["localPath"], "/mnt/data");
+    assert!(g[0].get("peer").is_none(), "{}", g[0]);
+    let kids = group(ns, "children");
+    assert_eq!(kids.len(), 1, "{ns}");
+    assert_eq!(kids[0]["id"], child.id.as_str());
+    assert!(kids[0].get("pid").is_none(), "{}", kids[0]);
+    assert!(group(kids[0], "processes").is_empty(), "{}", kids[0]);
+    let mut seen = Vec::new();
+    pids_in(kids[0], &mut seen);
+    assert!(!seen.contains(&(child.pid() as i64)), "{}", kids[0]);
+    // A child by id, from inside.
+    let o = a.exec(&[], &["porta", "objects", &child.id]);
+    o.expect_ok();
+    assert!(
+        o.stdout
+            .starts_with(&format!("namespace {} running", child.id)),
+        "{o}"
+    );
+    child.rt(&["delete", "--force", &child.id]).expect_ok();
+}
+
+#[test]
+fn in_a_user_namespace_the_superuser_is_the_containers_root() {
+    require_root!();
+    porta_only!("the API socket is Porta's own");
+    let host_uid = 230000u32;
+    let mut b = bundle(Some("on"));
+    b.user_ns(host_uid, 65536);
+    cmd::host(
+        "chown",
+        &[
+            "-R",
+            "-h",
+            &format!("{host_uid}:{host_uid}"),
+            b.rootfs().to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    let a = Container::new("obj-us", b);
+    a.create_start();
+    let o = a.exec(&[], &["porta", "objects", "--format", "json"]);
+    o.expect_ok();
+    let tree: Value = serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o}"));
+    assert_eq!(tree["objects"][0]["pid"], 1, "{tree}");
+    // A process of another user of the container.
+    a.exec(&["--detach", "--user", "1000:1000"], &["sleep", "1000"])
+        .expect_ok();
+    let procs = |tree: &Value| -> Vec<(i64, String)> {
+        group(&tree["objects"][0], "processes")
+            .iter()
+            .map(|p| {
+                (
+                    p["pid"].as_i64().unwrap(),
+                    p["comm"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let other = wait_for(Duration::from_secs(30), || {
+        let o = a.exec(&[], &["porta", "objects", "--format", "json"]);
+        let t: Value = serde_json::from_str(&o.stdout).ok()?;
+        procs(&t)
+            .into_iter()
+            .find(|(p, c)| *p != 1 && c == "sleep")
+            .map(|(p, _)| p)
+    })
+    .expect("the second sleep is listed");
+    let open = format!(
+        r#"{{"v":1,"op":"open","path":"/{}/processes/{other}"}}"#,
+        a.id
+    );
+    // The container's root (host uid 230000) is its superuser: it may open it.
+    let (v, rest) = probe(&a, &["frame", &open]);
+    assert_eq!(v["reply"], "ok", "{v}");
+    assert_eq!(
+        rest.first().map(String::as_str),
+        Some(format!("fd-pid: {other}").as_str()),
+        "{rest:?}"
+    );
+    // Its owner may too; another user may not.
+    let o = a.exec(&["--user", "1000:1000"], &[PROBE, SOCK, "frame", &open]);
+    o.expect_ok();
+    assert!(o.stdout.contains("\"reply\":\"ok\""), "{o}");
+    let o = a.exec(&["--user", "1001:1001"], &[PROBE, SOCK, "frame", &open]);
+    o.expect_ok();
+    assert!(o.stdout.contains("\"EACCES\""), "{o}");
+}
+
+#[test]
 fn stuck_clients_of_one_user_leave_room_for_others() {
     require_root!();
     porta_only!("the API socket is Porta's own");
@@ -540,6 +698,33 @@ fn a_killed_api_server_is_replaced_and_the_socket_kept() {
         assert_eq!(api["restarts"], round, "{api}");
         assert_ne!(api["pid"].as_i64(), Some(pid), "{api}");
     }
+    // The supervisor killed: its API server dies with it, the successor starts another.
+    let rec = |k: &str| -> i64 {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(state_dir(&a).join("servers.json")).unwrap())
+                .unwrap();
+        v[k].as_i64().unwrap_or(0)
+    };
+    let supervisor = rec("supervisor_pid") as i32;
+    let old_api = server_pid(&a, "api").unwrap();
+    // SAFETY: kill(2) of this test's container's supervisor.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    let new_api = wait_for(Duration::from_secs(60), || {
+        let p = server_pid(&a, "api")?;
+        (rec("supervisor_pid") != supervisor as i64 && p > 0 && p != old_api && pid_alive(p as i32))
+            .then_some(p)
+    })
+    .expect("the successor starts an API server");
+    assert!(
+        wait_for(Duration::from_secs(30), || (!pid_alive(old_api as i32))
+            .then_some(()))
+        .is_some(),
+        "the dead supervisor's API server {old_api} lives on"
+    );
+    let o = a.exec(&[], &["porta", "objects"]);
+    o.expect_ok();
+    assert!(o.stdout.contains("server api running"), "{o}");
+    assert_eq!(server_pid(&a, "api"), Some(new_api));
     // Deleted: the API server goes too, with the socket.
     let pid = server_pid(&a, "api").unwrap() as i32;
     a.rt(&["delete", "--force", &a.id]).expect_ok();

@@ -527,7 +527,10 @@ impl Builder {
                     detail: Detail::Grant {
                         id: g.id,
                         direction: dir.into(),
-                        what: "directory".into(),
+                        what: serde_json::to_value(g.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
                         local_path: local,
                         peer: host.then(|| format!("{}:{}", peer.container, peer.path)),
                         read_only: g.read_only,
@@ -555,4 +558,77 @@ fn pid_namespace_members(init: i32) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
         .filter(|p| ns.pid_of(*p).is_some())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stopped container's state directory under `root` (pid 0: nothing runs).
+    fn fake(root: &Path, id: &str, bundle: &str) -> std::path::PathBuf {
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = serde_json::json!({
+            "ociVersion": "1.2.1", "id": id, "status": "stopped", "pid": 0,
+            "bundle": bundle, "rootfs": format!("{bundle}/rootfs"),
+            "created": "2026-12-07T00:00:00Z", "owner": "root",
+            "started": true, "fileServer": false
+        });
+        std::fs::write(dir.join("state.json"), st.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn trees_of_a_root_with_grants_and_children() {
+        let t = tempfile::tempdir().unwrap();
+        let a = fake(t.path(), "a", "/secret/bundle-a");
+        fake(t.path(), "b", "/secret/bundle-b");
+        fake(&a.join(CHILDREN_DIR), "c", "/secret/bundle-c");
+        std::fs::write(
+            a.join("grants.json"),
+            serde_json::json!([{
+                "id": "g1", "kind": "directory", "direction": "out",
+                "source": {"container": "a", "path": "/data"},
+                "target": {"container": "b", "path": "/mnt"},
+                "readOnly": false, "created": "2026-12-07T00:00:00Z"
+            }])
+            .to_string(),
+        )
+        .unwrap();
+        // Not containers: a stray file and a directory without state.
+        std::fs::write(t.path().join("stray"), b"x").unwrap();
+        std::fs::create_dir(t.path().join("empty")).unwrap();
+
+        let host = host_tree(t.path(), None).unwrap().tree;
+        let ids: Vec<&str> = host.objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let a_obj = &host.objects[0];
+        let grant = a_obj.find(&["a", "grants", "g1"]).unwrap();
+        assert!(matches!(
+            &grant.detail,
+            Detail::Grant { peer: Some(p), direction, .. } if p == "b:/mnt" && direction == "out"
+        ));
+        let c = a_obj.find(&["a", "children", "c"]).unwrap();
+        assert_eq!(c.path, "/a/children/c");
+        assert!(matches!(c.detail, Detail::Namespace { depth: 1, .. }));
+        let text = String::from_utf8(host.encode()).unwrap();
+        assert!(text.contains("/secret/bundle-a"), "the host sees bundles");
+
+        let one = host_tree(t.path(), Some("b")).unwrap().tree;
+        assert_eq!(one.objects.len(), 1);
+        assert!(matches!(
+            host_tree(t.path(), Some("nope")),
+            Err(Error::NotFound(_))
+        ));
+        assert!(host_tree(t.path(), Some("../a")).is_err());
+
+        let inside = container_tree(&a).unwrap().tree;
+        assert_eq!(inside.view, View::Container);
+        assert_eq!(inside.objects.len(), 1);
+        let text = String::from_utf8(inside.encode()).unwrap();
+        assert!(!text.contains("/secret"), "host paths leaked: {text}");
+        assert!(!text.contains("\"b:"), "the peer leaked: {text}");
+        assert!(inside.objects[0].find(&["a", "children", "c"]).is_some());
+        assert!(inside.objects[0].find(&["b"]).is_none());
+    }
 }

@@ -84,7 +84,9 @@ pub fn main(args: &[OsString]) -> i32 {
         eprintln!("porta api: --state-dir DIR and --listen-fd N are required");
         return 2;
     };
-    if fd < 3 {
+    let is_socket =
+        nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+    if fd < 3 || !is_socket {
         eprintln!("porta api: --listen-fd {fd} is not an inherited socket");
         return 2;
     }

@@ -1,9 +1,10 @@
 //! The container's API socket (`--api-fd`, annotation `run.porta.api=on`): `porta create`
 //! binds `<state dir>/api.sock` once, the supervisor holds the listening socket for the
-//! container's life (its successor inherits it), and keeps an API server (`porta api`, a child it executes) answering it. A dead
-//! API server is replaced at once; connections made meanwhile wait in the socket's
-//! backlog, so a client never sees the gap. The API server dies with the supervisor
-//! that started it (PR_SET_PDEATHSIG); a successor taking over starts its own.
+//! container's life (its successor inherits it) and keeps an API server (`porta api`, a
+//! child it executes, in the servers' cgroup leaf) answering it. A dead API server is
+//! replaced at once; connections made meanwhile wait in the socket's backlog, so a client
+//! never sees the gap. The API server dies with the supervisor that started it
+//! (PR_SET_PDEATHSIG); a successor taking over starts its own.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
