@@ -432,6 +432,9 @@ fn only_the_parents_superuser_creates_and_a_failed_create_leaves_nothing() {
     );
     assert!(o.ok(), "{o}");
     nothing_left_of(&pdir, "pit-c");
+    // An id that would read as a flag on the runtime's command line.
+    let o = inside(&p, "porta create --bundle /nest/c -- --no-pivot");
+    assert!(!o.ok() && o.stderr.contains("may not start with"), "{o}");
     // A child deleted straight from the host (its state root) leaves nothing either.
     let o = inside(&p, "porta create --bundle /nest/c pit-c2");
     assert!(o.ok(), "{o}");

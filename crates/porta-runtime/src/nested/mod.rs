@@ -612,7 +612,7 @@ fn logged_error(log: &Path) -> Option<String> {
 /// cgroup or process.
 pub fn create(parent: &Parent, caller: &Caller, req: &CreateRequest, stdio: Stdio) -> Result<()> {
     parent.authorize(caller, "create")?;
-    state::validate_id(&req.id)?;
+    validate_child_id(&req.id)?;
     // The parent's lock: a `delete` of the parent waits until the child is made (and then
     // deletes it), and no child is made while the parent is being deleted.
     let _lock = StateDir::open(&parent.root, parent.id())?;
@@ -781,6 +781,19 @@ pub fn create(parent: &Parent, caller: &Caller, req: &CreateRequest, stdio: Stdi
     Ok(())
 }
 
+/// A child's id: a container id (`state::validate_id`) that does not start with `-`
+/// (it goes on the command line of the runtime that makes and enters the child).
+fn validate_child_id(id: &str) -> Result<()> {
+    state::validate_id(id)?;
+    if id.starts_with('-') {
+        return Err(Error::InvalidId {
+            id: id.to_string(),
+            why: "a child's id may not start with '-'".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Removes whatever state a failed create left of child `id`.
 fn remove_child_state(children: &StateRoot, id: &str) -> Result<()> {
     match container::delete_half_made(children, id) {
@@ -792,7 +805,7 @@ fn remove_child_state(children: &StateRoot, id: &str) -> Result<()> {
 
 /// Opens child `id` of `parent`, with its lock held.
 fn open_child(parent: &Parent, id: &str) -> Result<Container> {
-    state::validate_id(id)?;
+    validate_child_id(id)?;
     let root = parent.children_root();
     if !root.path.is_dir() {
         return Err(Error::NotFound(id.to_string()));
@@ -816,7 +829,7 @@ pub fn kill(parent: &Parent, caller: &Caller, id: &str, signal: i32, all: bool) 
 /// then its state, cgroup and root mounts.
 pub fn delete(parent: &Parent, caller: &Caller, id: &str, force: bool) -> Result<()> {
     parent.authorize(caller, "delete")?;
-    state::validate_id(id)?;
+    validate_child_id(id)?;
     delete_child(&parent.dir, id, force)
 }
 
