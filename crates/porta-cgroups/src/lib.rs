@@ -177,11 +177,50 @@ impl ContainerCgroup {
         if matches!(spec, CgroupsPath::Systemd { .. }) {
             return Err(systemd_error(cfg, &spec));
         }
+        Self::create_at(setup, cfg, |h| Ok(spec.in_hierarchy(h, setup.mode)))
+    }
+
+    /// The group of a nested container: `<parent's group>/children/<id>` in every
+    /// hierarchy of the parent (whose groups may sit at different paths in each), so that
+    /// the parent's limits bound the child's. A hierarchy the parent has no group in is
+    /// an error (the child would escape its parent's limits there).
+    pub fn create_beneath(parent: &CgroupState, cfg: &CgroupConfig) -> Result<Self> {
+        let setup = detect()?;
+        Self::create_at(&setup, cfg, |h| {
+            parent
+                .dirs
+                .iter()
+                .find(|d| d.mount_point == h.mount_point)
+                .map(|d| d.cgroup_path.join("children").join(&cfg.container_id))
+                .ok_or_else(|| Error::InvalidPath {
+                    path: h.mount_point.display().to_string(),
+                    reason: format!(
+                        "the parent container {} has no group in this hierarchy",
+                        parent.container_id
+                    ),
+                })
+        })
+    }
+
+    /// Makes the groups at the path `path_of` gives in each hierarchy (cgroupfs driver).
+    fn create_at(
+        setup: &CgroupSetup,
+        cfg: &CgroupConfig,
+        path_of: impl Fn(&Hierarchy) -> Result<PathBuf>,
+    ) -> Result<Self> {
         let mut made: Vec<PathBuf> = Vec::new();
         let mut dirs = Vec::new();
         for h in &setup.hierarchies {
             let made_before = made.len();
-            let cgroup_path = spec.in_hierarchy(h, setup.mode);
+            let cgroup_path = match path_of(h) {
+                Ok(p) => p,
+                Err(e) => {
+                    for d in made.iter().rev() {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                    return Err(e);
+                }
+            };
             let dir = h.dir_of(&cgroup_path);
             let res = match h.version {
                 CgroupVersion::V1 => make_v1(h, &dir, &mut made, device_rules(cfg)),

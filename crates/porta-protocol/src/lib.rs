@@ -9,14 +9,18 @@
 //!   clones of the keeper, not executed: they take no arguments).
 //! * [`confinement`]: the confinement a file server runs under, as `porta state` shows it.
 //! * [`grants`]: the record of the handles shared between containers (`grants.json`).
+//! * [`objects`]: a container's namespace of objects, as `porta objects` lists it.
+//! * [`api`]: the requests and replies of a container's API socket.
 //!
 //! Every message is built with `encode`/`to_argv` and read back with `decode`/`from_argv`;
 //! malformed input (a garbled frame, a hostile process writing on a shared socket) is an
 //! [`Error`] naming what is wrong, never a panic.
 
+pub mod api;
 pub mod confinement;
 pub mod grants;
 pub mod keeper;
+pub mod objects;
 pub mod server;
 pub mod supervisor;
 

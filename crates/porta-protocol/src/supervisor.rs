@@ -50,6 +50,9 @@ pub struct SupervisorArgs {
     pub transport: crate::keeper::Transport,
     /// Stay in the foreground (no fork to daemonize; tests).
     pub foreground: bool,
+    /// The container's API socket, bound and listening (inherited; annotation
+    /// `run.porta.api=on`): the supervisor holds it and keeps an API server answering it.
+    pub api_fd: Option<RawFd>,
 }
 
 impl SupervisorArgs {
@@ -70,13 +73,14 @@ impl SupervisorArgs {
             threads: crate::keeper::DEFAULT_THREADS,
             transport: crate::keeper::Transport::Dev,
             foreground: false,
+            api_fd: None,
         }
     }
 
     /// The argument list after [`SUBCOMMAND`]: `--id ID --state-dir DIR --rootfs DIR
     /// --sock-fd N [--passthrough] [--host-changes off] [--cgroup-procs FILE]…
     /// [--container-pid PID] [--userns-fd N] [--hang-timeout-ms MS] [--max-failures N]
-    /// [--threads N] [--transport dev|auto|uring] [--foreground]`; options at their default
+    /// [--threads N] [--transport dev|auto|uring] [--foreground] [--api-fd N]`; options at their default
     /// are left out.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut v = Vec::new();
@@ -113,6 +117,9 @@ impl SupervisorArgs {
         }
         if self.foreground {
             v.push("--foreground".into());
+        }
+        if let Some(fd) = self.api_fd {
+            push(&mut v, "--api-fd", fd.to_string());
         }
         v
     }
@@ -168,6 +175,7 @@ impl SupervisorArgs {
                     }
                 }
                 "--foreground" => a.foreground = true,
+                "--api-fd" => a.api_fd = Some(o.fd(name)?),
                 "--host-changes" => {
                     a.host_changes = match o.text(name)? {
                         "on" => true,
@@ -494,6 +502,7 @@ mod tests {
         a.max_failures = 2;
         a.threads = 8;
         a.foreground = true;
+        a.api_fd = Some(5);
         assert_eq!(SupervisorArgs::from_argv(&a.to_argv()).unwrap(), a);
     }
 

@@ -17,6 +17,8 @@ pub const ANNOTATION_HOST_CHANGES: &str = "run.porta.fs.host-changes";
 /// Annotation choosing how the file server takes requests from the kernel: `dev`
 /// (/dev/fuse), `uring` (FUSE over io_uring, required) or `auto` (the default).
 pub const ANNOTATION_TRANSPORT: &str = "run.porta.fs.transport";
+/// Annotation switching the container's API socket on (`on`) or off (`off`, the default).
+pub const ANNOTATION_API: &str = porta_supervisor::protocol::api::ANNOTATION;
 /// The kernel's switch for FUSE over io_uring (Y or N; absent: not built in).
 pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -244,6 +246,7 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         }
     }
     on_off(spec, ANNOTATION_HOST_CHANGES)?;
+    on_off(spec, ANNOTATION_API)?;
     transport_checked(spec, Path::new(ENABLE_URING))?;
     if let Some(p) = on_off(spec, ANNOTATION_PASSTHROUGH)? {
         if p && !nix::unistd::geteuid().is_root() {
@@ -257,6 +260,38 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         }
     }
     Ok(rootfs)
+}
+
+/// Whether the container gets an API socket (annotation `run.porta.api=on`; validated by
+/// [`validate`]).
+pub fn api_on(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_API))
+        .map(String::as_str)
+        == Some("on")
+}
+
+/// Appends the bind mount of the API socket (`<state dir>/api.sock` on the host) at
+/// `/run/porta/api.sock` to the config's mounts: the last mount made.
+pub fn add_api_mount(spec: &mut Spec, state_dir: &Path) -> Result<()> {
+    use porta_supervisor::protocol::api;
+    let m = oci_spec::runtime::MountBuilder::default()
+        .destination(api::CONTAINER_PATH)
+        .typ("bind")
+        .source(state_dir.join(api::SOCKET_NAME))
+        .options(vec![
+            "bind".to_string(),
+            "nosuid".to_string(),
+            "nodev".to_string(),
+            "noexec".to_string(),
+        ])
+        .build()
+        .map_err(|e| Error::field("mounts", format!("the API socket's mount: {e}")))?;
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(m);
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// The value of an `on`/`off` annotation (None when absent); any other value is an error

@@ -91,6 +91,32 @@ pub enum Error {
     /// supervisor's own error as the source.
     #[error("file server: {0}")]
     FileServer(#[source] Box<porta_supervisor::Error>),
+    /// The caller may not do this to a nested container (EPERM): only the parent's
+    /// superuser creates, starts, enters, kills or deletes its children.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// A nested container's operation failed in the runtime it ran (`porta create` or
+    /// `porta exec` beneath the parent), with that runtime's own message.
+    #[error("nested container {id}: {op}: {msg}")]
+    Nested {
+        /// The child.
+        id: String,
+        /// The operation (`create`, `exec`).
+        op: String,
+        /// What went wrong.
+        msg: String,
+    },
+    /// The container API socket refused a request or could not be reached (the API
+    /// server's errno, or an errno of the client's own, and its message).
+    #[error("API {what}: {message} ({errno})")]
+    Api {
+        /// What was asked (`list`, `connect /run/porta/api.sock`, …).
+        what: String,
+        /// The errno name (`ENOENT`, `EACCES`, …).
+        errno: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl From<porta_supervisor::Error> for Error {
@@ -105,6 +131,24 @@ impl From<porta_supervisor::Error> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The errno a caller across an API (the API socket of a container) should see for
+    /// this error: EPERM for a refused caller, ENOENT for an unknown container, EEXIST for
+    /// a taken id, EINVAL for a refused config or argument, EIO otherwise.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Denied(_) => libc::EPERM,
+            Error::NotFound(_) => libc::ENOENT,
+            Error::Exists(_) => libc::EEXIST,
+            Error::InvalidField { .. }
+            | Error::Config { .. }
+            | Error::Usage(_)
+            | Error::InvalidId { .. }
+            | Error::BadState { .. } => libc::EINVAL,
+            Error::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
+        }
+    }
+
     /// Wraps an I/O error with a description of what was being done.
     pub fn sys(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Sys {

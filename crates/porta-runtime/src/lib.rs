@@ -5,6 +5,7 @@
 //! does) or served by the container's own file server (see `porta-supervisor`); both plug in
 //! at one place, [`rootfs::RootfsPlan::served_root`].
 
+pub mod api;
 pub mod checkpoint;
 pub(crate) mod config;
 pub(crate) mod console;
@@ -17,6 +18,8 @@ pub(crate) mod init;
 pub(crate) mod kernel;
 pub(crate) mod mounts;
 pub(crate) mod namespaces;
+pub mod nested;
+pub mod objects;
 pub(crate) mod process;
 pub mod rootfs;
 pub(crate) mod seccomp;

@@ -235,3 +235,34 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
     }
     Ok(st.stx_mnt_id)
 }
+
+/// `ioctl(NS_GET_PARENT)`: the parent of a pid (or user) namespace.
+fn ns_parent(ns: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // NS_GET_PARENT = _IO(0xb7, 0x2)
+    const NS_GET_PARENT: libc::c_ulong = 0xb702;
+    // SAFETY: the ioctl takes no argument and returns a new descriptor (or -1).
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether namespace `ns` is the one with nsfs identity `(dev, ino)` or nested in it
+/// (walked up with NS_GET_PARENT, at most 33 levels: the kernel's limit is 32).
+pub fn ns_descends_from(ns: OwnedFd, dev: u64, ino: u64) -> bool {
+    let mut cur = ns;
+    for _ in 0..33 {
+        match nix::sys::stat::fstat(cur.as_raw_fd()) {
+            Ok(st) if st.st_dev == dev && st.st_ino == ino => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        match ns_parent(std::os::fd::AsFd::as_fd(&cur)) {
+            Ok(p) => cur = p,
+            Err(_) => return false,
+        }
+    }
+    false
+}

@@ -35,6 +35,9 @@ pub struct LaunchSpec {
     pub exe: PathBuf,
     /// The supervisor's log file (its stdout and stderr).
     pub log: PathBuf,
+    /// The container's API socket, bound and listening (annotation `run.porta.api=on`):
+    /// the supervisor inherits it and keeps an API server answering it.
+    pub api_fd: Option<RawFd>,
 }
 
 /// A started supervisor and the container's mount.
@@ -49,6 +52,8 @@ pub struct Launched {
 
 /// Descriptor number of the container's user namespace in a rootless supervisor.
 const USERNS_FD: RawFd = 4;
+/// Descriptor number of the API socket in the supervisor.
+const API_FD: RawFd = 5;
 
 /// How long [`launch`] waits for the supervisor to hand over the mount.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -84,6 +89,25 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
     args.host_changes = spec.host_changes;
     args.transport = spec.transport;
     args.cgroup_procs = spec.server_cgroup_procs.clone();
+    if spec.api_fd.is_some() {
+        args.api_fd = Some(API_FD);
+    }
+    // The API socket goes to descriptor 5, from a copy above the low numbers (as the user
+    // namespace below): a listener that happens to be descriptor 3 or 4 (a create run
+    // with few descriptors open, as a nested container's is) would otherwise be
+    // overwritten by the moves to 3 and 4 before its own move.
+    let api = match spec.api_fd {
+        Some(fd) => Some(
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .map_err(|e| Error::Sys("dup the API socket descriptor", e))
+                .map(|fd| {
+                    // SAFETY: fcntl returned a fresh descriptor we now own.
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+                })?,
+        ),
+        None => None,
+    };
+    let api_raw = api.as_ref().map_or(-1, |a| a.as_raw_fd());
     // The user namespace goes to descriptor 4, from a copy above the low numbers so that
     // moving the socket to 3 cannot overwrite it.
     let userns = match userns {
@@ -122,6 +146,9 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
             }
             // dup2 leaves the copy without FD_CLOEXEC.
             if userns_raw >= 0 && libc::dup2(userns_raw, USERNS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if api_raw >= 0 && libc::dup2(api_raw, API_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -446,6 +473,7 @@ mod tests {
             server_cgroup_procs: vec![],
             exe: "/proc/self/exe".into(),
             log: "/run/x/c1/supervisor.log".into(),
+            api_fd: None,
         }
     }
 

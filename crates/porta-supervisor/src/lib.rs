@@ -24,6 +24,7 @@ pub use client::{
     grant, launch, read_state, revoke, servers, stop, watch_container, LaunchSpec, Launched,
     LAUNCH_TIMEOUT,
 };
+pub use daemon::bind_api_socket;
 pub(crate) use entry::init_logging;
 pub use entry::{main_fs, main_supervisor};
 pub use error::Error;

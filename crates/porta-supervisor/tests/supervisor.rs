@@ -101,6 +101,7 @@ impl Container {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test"))),
             log: dir.path().join("supervisor.log"),
+            api_fd: None,
         };
         let l = launch(&spec, None).unwrap_or_else(|e| {
             panic!(
@@ -967,6 +968,7 @@ fn supervisor_holds_the_mount_until_stopped() {
         server_cgroup_procs: vec![],
         exe: PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test")),
         log: dir.path().join("log"),
+        api_fd: None,
     };
     let l = launch(&spec, None).unwrap();
     let pid = l.supervisor_pid;

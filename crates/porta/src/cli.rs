@@ -57,6 +57,10 @@ pub struct CreateArgs {
     /// Pass this many fds above stdio to the container.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
+    /// A nested container: the parent's state directory (its group goes beneath the
+    /// parent's); set by the parent's API server, not for general use.
+    #[arg(long = "nested-in", hide = true)]
+    pub nested_in: Option<PathBuf>,
     /// Container id.
     pub id: String,
 }
@@ -114,6 +118,16 @@ pub enum Command {
         /// Ids only.
         #[arg(short, long)]
         quiet: bool,
+    },
+    /// Print the object namespace: every container of the root (or one, ID) with its
+    /// processes, servers, translators, mounts, grants and child containers. Inside a
+    /// container (through its API socket): the container's own namespace.
+    Objects {
+        /// table (an indented tree) or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Container id (inside a container: an id of its tree, or an object path).
+        id: Option<String>,
     },
     /// List a container's processes.
     Ps {
@@ -185,6 +199,92 @@ pub enum Command {
         /// TARGET-ID:/PATH where it is served, or the grant's id.
         what: String,
     },
+    /// Acts on the nested children of a container as a process inside it would through
+    /// its API socket, with the caller's host ids given (for the host's administrator and
+    /// the tests; the same checks apply).
+    #[command(hide = true)]
+    Nested(NestedArgs),
+}
+
+/// `porta nested --parent ID --caller-uid N …`.
+#[derive(clap::Args, Debug)]
+pub struct NestedArgs {
+    /// The parent container (under --root).
+    #[arg(long)]
+    pub parent: String,
+    /// The caller's host uid.
+    #[arg(long = "caller-uid")]
+    pub caller_uid: u32,
+    /// The caller's host gid.
+    #[arg(long = "caller-gid", default_value_t = 0)]
+    pub caller_gid: u32,
+    /// The caller's host pid.
+    #[arg(long = "caller-pid", default_value_t = 0)]
+    pub caller_pid: i32,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: NestedOp,
+}
+
+/// The operations on a container's children.
+#[derive(clap::Subcommand, Debug)]
+pub enum NestedOp {
+    /// Create a child from a bundle of the parent's tree.
+    Create {
+        /// Bundle directory, an absolute path in the parent's root.
+        #[arg(short, long)]
+        bundle: PathBuf,
+        /// Child id.
+        id: String,
+    },
+    /// Start a created child.
+    Start {
+        /// Child id.
+        id: String,
+    },
+    /// Run a process in a child.
+    Exec {
+        /// Working directory in the child.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Environment variables (KEY=VALUE).
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// uid[:gid] in the child.
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Child id.
+        id: String,
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Send a signal to a child.
+    Kill {
+        /// Signal every process of the child.
+        #[arg(short, long)]
+        all: bool,
+        /// Child id.
+        id: String,
+        /// Signal name or number.
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a child (its children first).
+    Delete {
+        /// Kill a running child first.
+        #[arg(short, long)]
+        force: bool,
+        /// Child id.
+        id: String,
+    },
+    /// Print a child's state.
+    State {
+        /// Child id.
+        id: String,
+    },
+    /// List the children (JSON).
+    List,
 }
 
 /// `porta translator …`.

@@ -102,3 +102,16 @@ pub fn init(
         .init();
     Ok(to_file)
 }
+
+/// Logging of a hidden daemon entry point (`porta api`): text lines on stderr (the
+/// supervisor's log), the level from `PORTA_LOG` (default info).
+pub fn init_daemon() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}

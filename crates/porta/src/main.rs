@@ -3,6 +3,8 @@
 
 mod cli;
 mod logging;
+mod nested;
+mod objects;
 mod run;
 mod share;
 mod translator;
@@ -28,6 +30,10 @@ fn main() -> ExitCode {
         Some(s) if s == keeper::SUBCOMMAND[0] => {
             return code(porta_supervisor::main_fs(argv[2..].to_vec()))
         }
+        Some(porta_supervisor::protocol::api::SUBCOMMAND) => {
+            logging::init_daemon();
+            return code(porta_runtime::api::main(&argv[2..]));
+        }
         _ => {}
     }
     let cli = cli::Cli::parse();
@@ -43,6 +49,7 @@ fn main() -> ExitCode {
         cli::Command::Features
             | cli::Command::State { .. }
             | cli::Command::List { .. }
+            | cli::Command::Objects { .. }
             | cli::Command::Ps { .. }
             | cli::Command::Events { .. }
             | cli::Command::Spec { .. }

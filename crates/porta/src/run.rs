@@ -21,6 +21,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         "auto" => !nix::unistd::geteuid().is_root(),
         other => bail!("--rootless: {other:?} is not true, false or auto"),
     };
+    // Inside a container with its API socket: the commands on containers act on its
+    // children, through the socket.
+    if crate::nested::is_client_command(&cli.command) {
+        if let Some(sock) = crate::objects::client_socket(&cli.root) {
+            return crate::nested::client(&sock, cli.command);
+        }
+    }
     if matches!(
         cli.command,
         Command::Create(_) | Command::Run { .. } | Command::Exec(_)
@@ -30,6 +37,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
     let root = || StateRoot::open(&cli.root).map_err(anyhow::Error::from);
     match cli.command {
+        Command::Objects { format, id } => crate::objects::run(&cli.root, id.as_deref(), &format),
         Command::Create(a) => {
             container::create(&root()?, &create_opts(&a, cli.systemd_cgroup, rootless))?;
             Ok(0)
@@ -101,6 +109,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             to,
         } => crate::share::share(&root()?, &from, &to, read_only),
         Command::Unshare { what } => crate::share::unshare(&root()?, &what),
+        Command::Nested(a) => crate::nested::run(&root()?, a),
         Command::Pause { id } => {
             Container::open(&root()?, &id)?.pause()?;
             Ok(0)
@@ -192,6 +201,7 @@ fn create_opts(a: &CreateArgs, systemd: bool, rootless: bool) -> CreateOptions {
         preserve_fds: a.preserve_fds,
         systemd_cgroup: systemd,
         rootless,
+        nested_in: a.nested_in.clone(),
     }
 }
 
@@ -385,24 +395,28 @@ fn wait_forwarding_signals(pid: i32) -> Result<i32> {
 }
 
 fn list(root: &StateRoot, format: &str, quiet: bool) -> Result<i32> {
-    let items = container::list(root)?;
+    print_list(&container::list(root)?, format, quiet)
+}
+
+/// Prints containers' states as `list` does (table, json, or ids with `quiet`).
+pub fn print_list(items: &[serde_json::Value], format: &str, quiet: bool) -> Result<i32> {
     let out = std::io::stdout();
     let mut out = out.lock();
     if quiet {
-        for i in &items {
+        for i in items {
             writeln!(out, "{}", i["id"].as_str().unwrap_or_default())?;
         }
         return Ok(0);
     }
     match format {
-        "json" => writeln!(out, "{}", serde_json::to_string(&items)?)?,
+        "json" => writeln!(out, "{}", serde_json::to_string(items)?)?,
         "table" => {
             writeln!(
                 out,
                 "{:<12} {:<10} {:<10} {:<40} {:<30} OWNER",
                 "ID", "PID", "STATUS", "BUNDLE", "CREATED"
             )?;
-            for i in &items {
+            for i in items {
                 writeln!(
                     out,
                     "{:<12} {:<10} {:<10} {:<40} {:<30} {}",

@@ -38,6 +38,9 @@ pub struct CreateOptions {
     pub systemd_cgroup: bool,
     /// Rootless mode.
     pub rootless: bool,
+    /// A nested container: the state directory of its parent, beneath whose cgroup
+    /// (`<parent's group>/children/<id>`) its group goes (see `crate::nested`).
+    pub nested_in: Option<PathBuf>,
 }
 
 /// Undoes a partly made container when `create` fails: each field holds what was made
@@ -132,7 +135,12 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
 /// Creates a container: its state, cgroup, namespaces, root and process, which then waits
 /// for `start`. Everything made is undone if any step fails.
 pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> {
-    let bundle = Bundle::load(&opts.bundle)?;
+    let mut bundle = Bundle::load(&opts.bundle)?;
+    let api_on = config::api_on(&bundle.spec);
+    if api_on {
+        config::add_api_mount(&mut bundle.spec, &root.dir(&opts.id))?;
+    }
+    let bundle = bundle;
     let spec = &bundle.spec;
     let linux = validate(spec, opts)?;
     let ns = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]));
@@ -165,7 +173,29 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         cg.apply(r)?;
     }
 
-    let choice = choose_root(spec, opts, &bundle, dir, cg)?;
+    let mut choice = choose_root(spec, opts, &bundle, dir, cg)?;
+    // The API socket: bound now, before the container's process looks for it to
+    // bind-mount; the supervisor holds it from its launch on, this copy goes with create.
+    let _api_sock = if api_on {
+        let l = choice
+            .served
+            .as_mut()
+            .filter(|_| choice.host_root)
+            .ok_or_else(|| {
+                Error::field(
+                    format!("annotations.{}", config::ANNOTATION_API),
+                    "\"on\": the API socket is served by the container's supervisor, which runs \
+                 only for a root served by the file server as root (this container's root is \
+                 the kernel's, or porta runs rootless); remove the annotation or set it to \
+                 \"off\"",
+                )
+            })?;
+        let sock = porta_supervisor::bind_api_socket(&dir.path)?;
+        l.api_fd = Some(sock.as_raw_fd());
+        Some(sock)
+    } else {
+        None
+    };
     if choice.served.is_some() {
         rb.supervisor = Some(dir.path.clone());
         st.file_server = true;
@@ -276,13 +306,32 @@ fn initial_state(bundle: &Bundle, opts: &CreateOptions) -> ContainerState {
 
 /// Step 3: the container's cgroup (its limits are applied once it is recorded).
 fn make_cgroup(linux: &oci_spec::runtime::Linux, opts: &CreateOptions) -> Result<ContainerCgroup> {
-    Ok(ContainerCgroup::create(&CgroupConfig {
+    let cfg = CgroupConfig {
         cgroups_path: linux.cgroups_path().clone(),
         container_id: opts.id.clone(),
         systemd: opts.systemd_cgroup,
         rootless: opts.rootless,
         resources: linux.resources().clone(),
-    })?)
+    };
+    let Some(parent) = &opts.nested_in else {
+        return Ok(ContainerCgroup::create(&cfg)?);
+    };
+    if cfg.cgroups_path.is_some() || cfg.systemd {
+        return Err(Error::field(
+            "linux.cgroupsPath",
+            "a nested container's group is beneath its parent's: no path or systemd driver",
+        ));
+    }
+    // Read without the parent's lock: the nested create that runs this holds it.
+    let p = parent.join("state.json");
+    let data = std::fs::read(&p).ctx(|| format!("read the parent's state {}", p.display()))?;
+    let st = state::parse_state(&data).map_err(|msg| Error::State { path: p, msg })?;
+    let pcg = st.cgroup.ok_or_else(|| Error::BadState {
+        id: st.id.clone(),
+        status: "without a cgroup".into(),
+        msg: "a nested container's group goes beneath its parent's".into(),
+    })?;
+    Ok(ContainerCgroup::create_beneath(&pcg, &cfg)?)
 }
 
 /// Which root the container gets, from [`choose_root`].
@@ -326,6 +375,7 @@ fn choose_root(
             server_cgroup_procs: cg.server_procs_files(),
             exe: PathBuf::from("/proc/self/exe"),
             log: dir.path.join("supervisor.log"),
+            api_fd: None,
         }),
     };
     Ok(RootChoice { host_root, served })

@@ -106,6 +106,9 @@ impl Container {
             }
             _ => {}
         }
+        // Its children first (and theirs), running ones killed: a parent never goes
+        // while a container confined to its tree and cgroup is left.
+        crate::nested::delete_children(&self.dir.path)?;
         if let Ok(fd) = self.pidfd() {
             let _ = porta_sys::pidfd::send_signal(fd.as_fd(), libc::SIGKILL);
             if let Ok(Some(cg)) = self.cgroup() {
@@ -136,7 +139,9 @@ impl Container {
                 }
             }
         }
-        self.dir.remove()
+        let path = self.dir.path.clone();
+        self.dir.remove()?;
+        crate::nested::release_if_child(&path)
     }
 
     /// `pause`: freezes the container's processes.

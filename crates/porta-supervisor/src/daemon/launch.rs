@@ -3,7 +3,7 @@
 //! and the first server.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -29,7 +29,10 @@ use crate::{Error, SOCKET_NAME};
 /// Forks into the cgroup leaf of `join` and execs `cmd` there, as `Command::spawn` would;
 /// returns the child's pid once it has exec'd, or what went wrong in the child (joining
 /// the leaf, or the exec). The supervisor is single-threaded, as forking requires.
-fn spawn_joined(cmd: &mut Command, join: porta_cgroups::join::Join) -> Result<i32, Error> {
+pub(super) fn spawn_joined(
+    cmd: &mut Command,
+    join: porta_cgroups::join::Join,
+) -> Result<i32, Error> {
     use porta_cgroups::join::Forked;
     use std::io::Read;
     use std::os::unix::process::CommandExt;
@@ -197,6 +200,7 @@ impl Supervisor {
             host,
             short_ttl,
             host_rest_until: None,
+            api: Default::default(),
         };
         if let Err(e) = sv.start_rest() {
             return Err((e, Some(Box::new(sv))));
@@ -218,6 +222,12 @@ impl Supervisor {
         l.set_nonblocking(true)
             .map_err(|e| Error::Io("control socket", e))?;
         self.listener = Some(l);
+        if let Some(fd) = self.a.api_fd {
+            // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
+            let l = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            let _ = porta_sys::fd::set_cloexec(fd, true);
+            self.api.listener = Some(l);
+        }
         self.spawn_server()?;
         // The kernel queued INIT when the superblock was made; wait for the answer so
         // the mount is served before anyone uses it.

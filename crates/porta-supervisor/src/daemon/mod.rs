@@ -5,6 +5,8 @@
 //! successor ([`takeover`]), the control socket ([`control`]), the grants served in the
 //! container ([`grants`]) and the record of the servers ([`records`]).
 
+mod api_link;
+pub use api_link::bind as bind_api_socket;
 mod control;
 mod grants;
 mod keeper_link;
@@ -79,7 +81,11 @@ pub(crate) fn run(mut a: Args) -> i32 {
     }
     // Only stdio and these two stay open; failing to close leaves inherited descriptors
     // open, which costs nothing but table slots.
-    let _ = porta_sys::fd::close_all_but(&[a.sock_fd, a.userns_fd.unwrap_or(-1)]);
+    let _ = porta_sys::fd::close_all_but(&[
+        a.sock_fd,
+        a.userns_fd.unwrap_or(-1),
+        a.api_fd.unwrap_or(-1),
+    ]);
     // SAFETY: the launcher handed us this descriptor number; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(a.sock_fd) };
     // Best effort, as every fcntl on our own descriptor: it cannot fail on a valid one.
@@ -265,6 +271,8 @@ struct Supervisor {
     short_ttl: bool,
     /// Until when the host-change queue is left alone (see [`crate::watch::OWN_EVENTS_REST`]).
     host_rest_until: Option<Instant>,
+    /// The container's API socket and its server (`--api`).
+    api: api_link::ApiLink,
 }
 
 enum Next {
@@ -282,6 +290,7 @@ impl Supervisor {
         loop {
             // Before the successor is forked: it should know the twin.
             self.ensure_twin();
+            self.ensure_api();
             // In a successor, returns only once its supervisor died: it takes over.
             self.ensure_successor();
             if let Some((dead, death)) = self.pending.take() {
@@ -401,6 +410,7 @@ impl Supervisor {
     /// the socket.
     fn shutdown(&mut self) {
         self.translators.kill_all();
+        self.stop_api();
         // The successor first: it must not take over from a supervisor that stops.
         if let Some((pid, fd)) = self.successor.take() {
             proc::send(fd.as_fd(), libc::SIGKILL);

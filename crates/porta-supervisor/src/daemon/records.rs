@@ -22,7 +22,7 @@ impl Supervisor {
             twin_pid: self.twin_pid,
             keeper_takeovers: self.keeper_takeovers,
             standby_pid: self.standby_pid,
-            servers: vec![ServerStatus {
+            servers: [ServerStatus {
                 name: "fs".into(),
                 pid: self.server_pid,
                 start_time: porta_sys::proc::start_time(self.server_pid).unwrap_or(0),
@@ -40,7 +40,10 @@ impl Supervisor {
                 error: self.last_error.clone(),
                 confinement: self.confinement,
                 transport: self.transport().into(),
-            }],
+            }]
+            .into_iter()
+            .chain(self.api_status())
+            .collect(),
             translators: self.translators.status(),
         }
     }

@@ -237,6 +237,8 @@ impl Supervisor {
             if death.own_fault() {
                 self.twin_failures += 1;
             }
+        } else if pid == self.api.pid {
+            self.on_api_exit(&death);
         } else if self.successor.as_ref().is_some_and(|(p, _)| *p == pid) {
             tracing::warn!(pid, cause = %death.cause, "successor supervisor died; forking another");
             // ensure_successor forks the next one.

@@ -81,6 +81,8 @@ impl Supervisor {
         self.server_fd = None;
         self.standby_pid = 0;
         self.standby_fd = None;
+        // The dead supervisor's API server died with it (PR_SET_PDEATHSIG): start another.
+        self.api.pid = 0;
         loop {
             tracing::warn!(dead, cause = %death.cause, "the supervisor died; its successor takes over");
             self.self_fd = proc::pidfd_open(std::process::id() as i32);
