@@ -42,6 +42,7 @@ pub fn is_test_mount(line: &str) -> bool {
         || line.contains(" /run/porta ")
         || line.contains(crate::BUNDLES)
         || line.contains("pit-long-root")
+        || line.contains("/run/porta-nested/")
 }
 
 /// Every cgroup directory (any hierarchy under /sys/fs/cgroup) whose name satisfies `bad`.
@@ -150,7 +151,8 @@ pub fn check(ids: &[String], bundles: &[String]) -> Vec<String> {
                 .into_iter()
                 .map(|p| format!("process: {p}")),
         );
-        for d in [crate::ROOT, "/run/porta"] {
+        // Nested children's host-only roots (porta_runtime::nested::CHILD_ROOTS).
+        for d in [crate::ROOT, "/run/porta", "/run/porta-nested"] {
             out.extend(state_entries(d).into_iter().map(|e| format!("state: {e}")));
         }
     } else {
