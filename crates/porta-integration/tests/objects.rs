@@ -707,6 +707,28 @@ fn a_killed_api_server_is_replaced_and_the_socket_kept() {
     };
     let supervisor = rec("supervisor_pid") as i32;
     let old_api = server_pid(&a, "api").unwrap();
+    // A client the old API server has answered once, and asks again after the supervisor
+    // died: the old server finishes its connection. It waits on its stdin in between.
+    let list = format!(r#"{{"v":1,"op":"list","path":"/{}/processes/1"}}"#, a.id);
+    let mut client = std::process::Command::new(runtime())
+        .args([
+            "--root",
+            &a.root,
+            "exec",
+            &a.id,
+            PROBE,
+            SOCK,
+            "pause-between",
+            &list,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.contains(r#""reply":"ok""#), "{first}");
     // SAFETY: kill(2) of this test's container's supervisor.
     assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
     let new_api = wait_for(Duration::from_secs(60), || {
@@ -715,6 +737,12 @@ fn a_killed_api_server_is_replaced_and_the_socket_kept() {
             .then_some(p)
     })
     .expect("the successor starts an API server");
+    // The paused client goes on: its connection is still answered.
+    drop(client.stdin.take());
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut out, &mut second).unwrap();
+    assert!(second.contains(r#""reply":"ok""#), "{second}");
+    assert!(client.wait().unwrap().success());
     assert!(
         wait_for(Duration::from_secs(30), || (!pid_alive(old_api as i32))
             .then_some(()))

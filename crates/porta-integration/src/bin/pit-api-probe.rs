@@ -7,6 +7,8 @@
 //! * `huge`: a frame of 100 KiB;
 //! * `fds N JSON`: the frame with N descriptors attached (copies of stdin);
 //! * `len-lies JSON`: the frame with a length one byte longer than what follows;
+//! * `pause-between JSON`: sends the request, prints the reply, reads its stdin to the
+//!   end, then sends the request again on the same connection and prints the second reply;
 //! * `hold N`: N connections, each asking for a listing and kept open; prints
 //!   `ok K busy B` (how many were answered and how many refused) and waits for ever.
 //!
@@ -68,6 +70,30 @@ fn fd_pid(fd: &OwnedFd) -> Option<String> {
         .map(|p| p.trim().to_string())
 }
 
+fn pause_between(path: &str, json: &str) -> ! {
+    use std::io::{Read, Write};
+    let s = connect(path);
+    for round in 0..2 {
+        if round == 1 {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        }
+        let sent = porta_sys::scm::send(
+            s.as_raw_fd(),
+            &frame(json.as_bytes()),
+            &[],
+            libc::MSG_NOSIGNAL,
+        );
+        let reply = sent.ok().and_then(|_| recv(&s));
+        match reply {
+            Some((r, _)) => println!("{}", String::from_utf8_lossy(r.get(4..).unwrap_or(&[]))),
+            None => println!("no reply"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    std::process::exit(0)
+}
+
 fn hold(path: &str, n: usize) -> ! {
     let mut kept = Vec::new();
     let mut busy = 0;
@@ -103,6 +129,9 @@ fn main() {
             &args[1],
             args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
         );
+    }
+    if args[2] == "pause-between" && args.len() == 4 {
+        pause_between(&args[1], &args[3]);
     }
     let sock = connect(&args[1]);
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();

@@ -24,7 +24,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use porta_supervisor::protocol::api::{self, path_components, Reply, Request};
@@ -107,7 +107,8 @@ pub fn main(args: &[OsString]) -> i32 {
 }
 
 /// Connections open, in all and by host uid.
-type Counts = Arc<Mutex<(usize, HashMap<u32, usize>)>>;
+/// The condition variable is signalled whenever a connection ends.
+type Counts = Arc<(Mutex<(usize, HashMap<u32, usize>)>, Condvar)>;
 
 /// One connection's place in [`Counts`], given back on drop.
 struct Slot {
@@ -118,7 +119,7 @@ struct Slot {
 impl Slot {
     /// A place for a connection of `uid`, unless the limits are reached.
     fn take(counts: &Counts, uid: u32) -> Option<Slot> {
-        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = counts.0.lock().unwrap_or_else(|p| p.into_inner());
         let mine = c.1.get(&uid).copied().unwrap_or(0);
         if c.0 >= MAX_CONNECTIONS || mine >= MAX_PER_UID {
             return None;
@@ -134,7 +135,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
         c.0 = c.0.saturating_sub(1);
         if let Some(n) = c.1.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
@@ -142,13 +143,62 @@ impl Drop for Slot {
                 c.1.remove(&self.uid);
             }
         }
+        self.counts.1.notify_all();
     }
 }
 
-/// Accepts connections on `listener` for ever, one thread each.
+/// A pidfd of this process's parent (the supervisor that started it); None when it is
+/// already gone.
+fn parent_pidfd() -> Option<OwnedFd> {
+    let ppid = nix::unistd::getppid().as_raw();
+    let fd = porta_sys::pidfd::open(ppid).ok()?;
+    // Still our parent after the open: the pidfd names the supervisor, not a reused pid.
+    (nix::unistd::getppid().as_raw() == ppid).then_some(fd)
+}
+
+/// Waits until every connection has ended (each is bounded by the idle timeout).
+fn drain(counts: &Counts) {
+    let mut c = counts.0.lock().unwrap_or_else(|p| p.into_inner());
+    while c.0 > 0 {
+        c = counts.1.wait(c).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// Accepts connections on `listener`, one thread each, until the supervisor that started
+/// this server dies: then it accepts no more (the connections waiting are left to the
+/// server the successor starts), finishes the ones it has, and exits.
 fn serve(listener: OwnedFd, served: Arc<Served>) -> i32 {
     let counts: Counts = Arc::default();
+    let Some(parent) = parent_pidfd() else {
+        tracing::info!("the supervisor is gone; not serving");
+        return 0;
+    };
+    // Non-blocking, so that a connection another server took meanwhile does not block
+    // this one (only servers of this container share the socket; the supervisor never
+    // accepts on it).
+    let _ = porta_sys::fd::set_nonblocking(listener.as_raw_fd());
     loop {
+        let mut fds = [
+            nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(parent.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "poll on the API socket failed; exiting");
+                return 1;
+            }
+        }
+        let ready = |f: &nix::poll::PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            tracing::info!("the supervisor died; finishing the open connections, then exiting");
+            drain(&counts);
+            return 0;
+        }
+        if !ready(&fds[0]) {
+            continue;
+        }
         // SAFETY: accept4 on our listening socket with no address buffer.
         let c = unsafe {
             libc::accept4(
@@ -163,12 +213,16 @@ fn serve(listener: OwnedFd, served: Arc<Served>) -> i32 {
             match e.raw_os_error() {
                 Some(
                     libc::EINTR
+                    | libc::EAGAIN
                     | libc::ECONNABORTED
                     | libc::EMFILE
                     | libc::ENFILE
                     | libc::ENOBUFS
                     | libc::ENOMEM,
                 ) => {
+                    if e.raw_os_error() == Some(libc::EAGAIN) {
+                        continue;
+                    }
                     tracing::warn!(error = %e, "accept on the API socket");
                     if matches!(
                         e.raw_os_error(),

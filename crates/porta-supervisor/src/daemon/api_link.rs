@@ -3,8 +3,9 @@
 //! container's life (its successor inherits it) and keeps an API server (`porta api`, a
 //! child it executes, in the servers' cgroup leaf) answering it. A dead API server is
 //! replaced at once; connections made meanwhile wait in the socket's backlog, so a client
-//! never sees the gap. The API server dies with the supervisor that started it
-//! (PR_SET_PDEATHSIG); a successor taking over starts its own.
+//! never sees the gap. When the supervisor that started it dies, the API server accepts
+//! no more connections, finishes those it has and exits (it watches its parent's
+//! pidfd); the successor taking over starts its own, which serves the waiting ones.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -93,7 +94,6 @@ impl Supervisor {
             return;
         }
         let listen = l.as_raw_fd();
-        let parent = std::process::id() as i32;
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg(api::SUBCOMMAND)
             .arg("--state-dir")
@@ -101,19 +101,11 @@ impl Supervisor {
             .arg("--listen-fd")
             .arg(LISTEN_FD.to_string())
             .stdin(Stdio::null());
-        // SAFETY: runs in the forked child before exec; only async-signal-safe calls
-        // (dup2, prctl, getppid, _exit) on integers.
+        // SAFETY: runs in the forked child before exec; dup2 is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(listen, LISTEN_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
-                }
-                // Dies with the supervisor that started it: a successor starts its own.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::_exit(0);
                 }
                 Ok(())
             });

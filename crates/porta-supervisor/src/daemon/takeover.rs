@@ -81,7 +81,8 @@ impl Supervisor {
         self.server_fd = None;
         self.standby_pid = 0;
         self.standby_fd = None;
-        // The dead supervisor's API server died with it (PR_SET_PDEATHSIG): start another.
+        // The dead supervisor's API server stops accepting once it sees its parent gone
+        // (and exits when its open connections end): start another.
         self.api.pid = 0;
         loop {
             tracing::warn!(dead, cause = %death.cause, "the supervisor died; its successor takes over");
