@@ -185,8 +185,17 @@ impl ContainerCgroup {
     /// the parent's limits bound the child's. A hierarchy the parent has no group in is
     /// an error (the child would escape its parent's limits there).
     pub fn create_beneath(parent: &CgroupState, cfg: &CgroupConfig) -> Result<Self> {
-        let setup = detect()?;
-        Self::create_at(&setup, cfg, |h| {
+        Self::create_beneath_in(&detect()?, parent, cfg)
+    }
+
+    /// Like [`ContainerCgroup::create_beneath`], on a given layout (a fake hierarchy in
+    /// tests).
+    pub fn create_beneath_in(
+        setup: &CgroupSetup,
+        parent: &CgroupState,
+        cfg: &CgroupConfig,
+    ) -> Result<Self> {
+        Self::create_at(setup, cfg, |h| {
             parent
                 .dirs
                 .iter()

@@ -551,3 +551,42 @@ fn every_v2_limit_and_its_update_read_back() {
     assert_eq!(g("payload/cpu.max"), "40000 80000");
     assert_eq!(g("payload/cpu.weight"), "174");
 }
+
+#[test]
+fn a_nested_child_goes_beneath_its_parent_with_controllers_enabled() {
+    let f = fake();
+    let setup = CgroupSetup::unified_at(&f.root).unwrap();
+    let parent = ContainerCgroup::create_in(&setup, &cfg("/porta/ctr1")).unwrap();
+    // The kernel makes a new group's files; the fake makes them first.
+    for d in [
+        "porta/ctr1/children",
+        "porta/ctr1/children/kid",
+        "porta/ctr1/children/kid/payload",
+        "porta/ctr1/children/kid/porta",
+    ] {
+        group(&f.root.join(d));
+    }
+    let mut kid = cfg("/ignored/for/a/child");
+    kid.container_id = "kid".into();
+    let cg = ContainerCgroup::create_beneath_in(&setup, &parent.state(), &kid).unwrap();
+    let st = cg.state();
+    assert_eq!(st.dirs.len(), 1);
+    assert_eq!(st.dirs[0].path, f.root.join("porta/ctr1/children/kid"));
+    // cgroup2: the parent's group holds no process of its own (its processes are in its
+    // leaves), so the child's group beside the leaves gets the controllers, down the path.
+    let all = "+cpuset +cpu +io +memory +hugetlb +pids";
+    assert_eq!(read(f.root.join("porta/ctr1/cgroup.subtree_control")), all);
+    assert_eq!(
+        read(f.root.join("porta/ctr1/children/cgroup.subtree_control")),
+        all
+    );
+    assert_eq!(
+        cg.payload_procs_files(),
+        [f.root.join("porta/ctr1/children/kid/payload/cgroup.procs")]
+    );
+    // A parent without a group in the hierarchy: the child would escape its limits.
+    let mut stray = parent.state();
+    stray.dirs[0].mount_point = f.root.join("elsewhere");
+    let e = ContainerCgroup::create_beneath_in(&setup, &stray, &kid).unwrap_err();
+    assert!(e.to_string().contains("no group in this hierarchy"), "{e}");
+}
