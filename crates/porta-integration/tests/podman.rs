@@ -13,6 +13,13 @@ struct Podman {
     had_libpod_parent: bool,
 }
 
+/// One Podman test at a time: each one's clean-up removes the empty groups under
+/// `libpod_parent`, which would take the other's fresh (still empty) leaves with them.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn libpod_parents() -> Vec<PathBuf> {
     leaks::cgroups_matching(&|n| n == "libpod_parent")
 }
@@ -77,6 +84,7 @@ fn have_podman() -> bool {
 #[test]
 fn podman_end_to_end() {
     require_root!();
+    let _serial = serial();
     if !have_podman() {
         return;
     }
@@ -193,6 +201,7 @@ fn podman_args_with(dir: &Path, rt: &Path) -> Vec<std::ffi::OsString> {
 #[test]
 fn podman_read_only_and_tmpfs_mounts() {
     require_root!();
+    let _serial = serial();
     if !have_podman() {
         return;
     }
