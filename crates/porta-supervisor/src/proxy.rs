@@ -37,24 +37,13 @@ fn report(fd: RawFd, msg: &str) {
 /// The proxy process (a child of the supervisor): binds, reports, confines itself and
 /// relays until killed. Never returns.
 pub(crate) fn run(plan: Plan) -> ! {
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    );
-    // SAFETY: single-threaded child; a session of its own.
-    unsafe { libc::setsid() };
     // SAFETY: ignoring SIGPIPE: a write to a closed peer is an error to handle.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let keep = [
-        0,
-        1,
-        2,
+    crate::translators::detach_child(&[
         plan.dir.as_raw_fd(),
         plan.source.as_raw_fd(),
         plan.report.as_raw_fd(),
-    ];
-    let _ = porta_sys::fd::close_all_but(&keep);
+    ]);
     let at = format!("/proc/self/fd/{}/{}", plan.dir.as_raw_fd(), plan.name);
     // A stale socket of an earlier proxy goes first.
     if let Ok(c) = CString::new(plan.name.as_str()) {

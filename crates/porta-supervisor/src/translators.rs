@@ -467,15 +467,7 @@ fn grant_server(
     kind: porta_protocol::grants::GrantKind,
     read_only: bool,
 ) -> ! {
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    );
-    // SAFETY: a single-threaded child; making itself a session leader detaches it from
-    // the supervisor's terminal signals.
-    unsafe { libc::setsid() };
-    let _ = porta_sys::fd::close_all_but(&[0, 1, 2, sock.as_raw_fd(), source.as_raw_fd()]);
+    detach_child(&[sock.as_raw_fd(), source.as_raw_fd()]);
     let served = match kind {
         porta_protocol::grants::GrantKind::Directory => {
             porta_fs::grant::serve_grant(sock, source, read_only).map_err(|e| e.to_string())
@@ -515,6 +507,23 @@ fn fuse_socketpair() -> Result<(OwnedFd, OwnedFd), (i32, String)> {
         big_buffers(s.as_raw_fd());
     }
     Ok((ours, theirs))
+}
+
+/// The first steps of a server forked from the supervisor: signals unblocked (the
+/// supervisor blocks them for its signalfd), a session of its own, every descriptor but
+/// stdio and `keep` closed.
+pub(crate) fn detach_child(keep: &[RawFd]) {
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    // SAFETY: a single-threaded child; making itself a session leader detaches it from
+    // the supervisor's terminal signals.
+    unsafe { libc::setsid() };
+    let mut all = vec![0, 1, 2];
+    all.extend_from_slice(keep);
+    let _ = porta_sys::fd::close_all_but(&all);
 }
 
 fn big_buffers(fd: RawFd) {
