@@ -8,7 +8,9 @@ use std::process::Command;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::config::ANNOTATION_FS;
+use porta_cgroups::{CgroupVersion, ContainerCgroup};
+
+use crate::config::{Bundle, ANNOTATION_FS};
 use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::state::{StateRoot, Status};
@@ -74,6 +76,10 @@ pub struct RestoreOptions {
     pub console_socket: Option<PathBuf>,
     /// LSM profile (TYPE:NAME).
     pub lsm_profile: Option<String>,
+    /// Where to write the restored process's pid.
+    pub pid_file: Option<PathBuf>,
+    /// Use the systemd cgroup driver.
+    pub systemd_cgroup: bool,
 }
 
 /// The reason a container with a file server cannot be checkpointed, and what would allow it.
@@ -200,8 +206,104 @@ fn make_dir(p: &Path, flag: &str) -> Result<()> {
         .map_err(|e| Error::sys(format!("{flag} {}", p.display()), e))
 }
 
+/// The file in the image directory where `checkpoint` records the CRIU keys of the
+/// container's standard descriptors (as runc keeps `descriptors.json`), so that `restore`
+/// can hand the restoring caller's descriptors in their place.
+pub const DESCRIPTORS_FILE: &str = "porta-descriptors.json";
+
+/// What `checkpoint` must tell CRIU about the container beyond its process tree: the
+/// mounts whose sources lie outside it and the standard descriptors that lead out of it.
+#[derive(Debug, Default)]
+struct DumpView {
+    /// Mount points (as the container sees them) CRIU must record as external mounts.
+    external_mounts: Vec<String>,
+    /// `--external` arguments: descriptors of files outside the container.
+    external_files: Vec<String>,
+    /// For fds 0, 1 and 2: the CRIU key `restore` hands a new descriptor for ("" for none).
+    stdio_keys: Vec<String>,
+}
+
+/// The CRIU key of one standard descriptor of process `pid`, and whether CRIU must be told
+/// it is external: pipes and sockets are dumped as such (and replaced on restore); a
+/// terminal or a file on a mount outside the container is external.
+fn stdio_key(pid: i32, fd: i32, mount_ids: &[u64]) -> (String, Option<String>) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let Ok(target) = std::fs::read_link(&link) else {
+        return (String::new(), None);
+    };
+    let target = target.to_string_lossy().into_owned();
+    if target.starts_with("pipe:[") || target.starts_with("socket:[") {
+        return (target, None);
+    }
+    let Ok(md) = std::fs::metadata(&link) else {
+        return (String::new(), None);
+    };
+    // Pseudo terminals (majors 136-143) and the classic tty majors 4 and 5.
+    let major = nix::sys::stat::major(md.rdev());
+    let is_tty = md.file_type().is_char_device()
+        && (major == 4 || major == 5 || (136..=143).contains(&major));
+    if is_tty {
+        let key = format!("tty[{:x}:{:x}]", md.rdev(), md.dev());
+        return (key.clone(), Some(key));
+    }
+    let mnt_id = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| {
+                    l.strip_prefix("mnt_id:")
+                        .map(|v| v.trim().parse::<u64>().ok())
+                })
+                .flatten()
+        });
+    match mnt_id {
+        Some(m) if !mount_ids.contains(&m) => {
+            let key = format!("file[{m:x}:{:x}]", md.ino());
+            (key.clone(), Some(key))
+        }
+        _ => (String::new(), None),
+    }
+}
+
+/// Reads what CRIU must be told about container process `pid` (see [`DumpView`]).
+fn dump_view(pid: i32, spec: &Spec) -> Result<DumpView> {
+    let p = format!("/proc/{pid}/mountinfo");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::sys(format!("read {p}"), e))?;
+    let mounts = porta_sys::proc::parse_mountinfo(&text)
+        .map_err(|e| Error::Checkpoint(format!("parse {p}: {e}")))?;
+    let mut v = DumpView::default();
+    // The config's bind mounts, and the cgroup hierarchies (bound from the host's groups,
+    // or mounted in a cgroup namespace): restore binds the new container's own there.
+    v.external_mounts
+        .extend(external_mounts(spec).into_iter().map(|(dest, _)| dest));
+    for m in &mounts {
+        let mp = m.mount_point.to_string_lossy().into_owned();
+        if (m.fs_type == "cgroup" || m.fs_type == "cgroup2") && !v.external_mounts.contains(&mp) {
+            v.external_mounts.push(mp);
+        }
+    }
+    let ids: Vec<u64> = mounts.iter().map(|m| m.mount_id).collect();
+    for fd in 0..3 {
+        let (key, external) = stdio_key(pid, fd, &ids);
+        if let Some(e) = external {
+            if !v.external_files.contains(&e) {
+                v.external_files.push(e);
+            }
+        }
+        v.stdio_keys.push(key);
+    }
+    Ok(v)
+}
+
 /// The `criu dump` (or `pre-dump`) command line for container `c`.
-fn dump_args(c: &Container, spec: &Spec, o: &CheckpointOptions, mode: &str) -> Result<Vec<String>> {
+fn dump_args(
+    c: &Container,
+    spec: &Spec,
+    view: &DumpView,
+    o: &CheckpointOptions,
+    mode: &str,
+) -> Result<Vec<String>> {
     let img = o.criu.image_path.to_string_lossy().into_owned();
     let work = o
         .criu
@@ -231,9 +333,13 @@ fn dump_args(c: &Container, spec: &Spec, o: &CheckpointOptions, mode: &str) -> R
         // The mode is an optional argument of criu's: it must be joined with "=".
         format!("--manage-cgroups={mode}"),
     ];
-    for (dest, _) in external_mounts(spec) {
+    for dest in &view.external_mounts {
         a.push("--ext-mount-map".into());
         a.push(format!("{dest}:{dest}"));
+    }
+    for e in &view.external_files {
+        a.push("--external".into());
+        a.push(e.clone());
     }
     for (t, path) in joined_namespaces(spec) {
         let key = match t {
@@ -333,7 +439,8 @@ pub fn checkpoint(root: &StateRoot, id: &str, o: &CheckpointOptions) -> Result<(
         .clone()
         .unwrap_or(o.criu.image_path.clone());
     make_dir(&work, "--work-path")?;
-    let args = dump_args(&c, &spec, o, mode)?;
+    let view = dump_view(c.state.pid, &spec)?;
+    let args = dump_args(&c, &spec, &view, o, mode)?;
     tracing::debug!("{} {}", o.criu.criu.display(), args.join(" "));
     let out = Command::new(&o.criu.criu)
         .args(&args)
@@ -354,6 +461,8 @@ pub fn checkpoint(root: &StateRoot, id: &str, o: &CheckpointOptions) -> Result<(
             log.display()
         )));
     }
+    let keys = serde_json::to_vec(&view.stdio_keys).unwrap_or_default();
+    crate::state::write_atomic(&o.criu.image_path.join(DESCRIPTORS_FILE), &keys, 0o600)?;
     if !(o.leave_running || o.pre_dump) {
         // CRIU killed the container's processes after dumping them: remove what is left.
         c.delete(true)?;
@@ -361,19 +470,16 @@ pub fn checkpoint(root: &StateRoot, id: &str, o: &CheckpointOptions) -> Result<(
     Ok(())
 }
 
-/// `restore`: checks the bundle, the images and CRIU. Restoring a root served by a file
-/// server is refused with the reason.
-pub fn restore(root: &StateRoot, o: &RestoreOptions) -> Result<i32> {
+/// `restore`, before anything is made: the id is free, the bundle asks for a kernel-mounted
+/// root, the flags are sound, the images are a CRIU checkpoint and CRIU runs. Returns the
+/// loaded bundle.
+pub(crate) fn check_restore(root: &StateRoot, o: &RestoreOptions) -> Result<Bundle> {
     crate::state::validate_id(&o.id)?;
     if root.dir(&o.id).join("state.json").exists() {
         return Err(Error::Exists(o.id.clone()));
     }
-    let cfg = o.bundle.join("config.json");
-    let data = std::fs::read(&cfg).map_err(|e| Error::Config {
-        path: cfg.clone(),
-        msg: e.to_string(),
-    })?;
-    let spec = crate::config::parse_spec(&data, &cfg)?;
+    let bundle = Bundle::load(&o.bundle)?;
+    let spec = &bundle.spec;
     let kernel_root = spec
         .annotations()
         .as_ref()
@@ -393,6 +499,23 @@ pub fn restore(root: &StateRoot, o: &RestoreOptions) -> Result<i32> {
             "process.terminal is true: --console-socket is required".into(),
         ));
     }
+    if !terminal && o.console_socket.is_some() {
+        return Err(Error::Usage(
+            "--console-socket given but process.terminal is false".into(),
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::Usage(format!(
+            "restore {}: CRIU restores namespaces, mounts and cgroups, which needs root",
+            o.id
+        )));
+    }
+    if !crate::config::has_mount_namespace(spec) {
+        return Err(Error::field(
+            "linux.namespaces",
+            "restore needs a mount namespace: CRIU rebuilds the container's mounts in a new one",
+        ));
+    }
     let inventory = o.criu.image_path.join("inventory.img");
     if !inventory.exists() {
         return Err(Error::Checkpoint(format!(
@@ -403,11 +526,218 @@ pub fn restore(root: &StateRoot, o: &RestoreOptions) -> Result<i32> {
         )));
     }
     check_criu(&o.criu.criu)?;
-    Err(Error::Checkpoint(format!(
-        "restore {}: restoring a CRIU image into a new container is not implemented by this \
-         build of Porta",
-        o.id
-    )))
+    Ok(bundle)
+}
+
+/// The `--ext-mount-map` pairs of a restore: each external mount's key (its destination in
+/// the container, as `checkpoint` recorded it) and the host path bound there — the
+/// config's bind sources, and the new container's own groups for the cgroup mounts.
+fn restore_mounts(bundle: &Bundle, cg: &ContainerCgroup) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = external_mounts(&bundle.spec)
+        .into_iter()
+        .map(|(dest, src)| {
+            let src = if Path::new(&src).is_absolute() {
+                src
+            } else {
+                bundle.dir.join(src).to_string_lossy().into_owned()
+            };
+            (dest, src)
+        })
+        .collect();
+    let base = Path::new("/sys/fs/cgroup");
+    let cgroup_mounts = bundle
+        .spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")));
+    for m in cgroup_mounts {
+        let dest = m.destination();
+        for (d, procs) in cg.dirs().iter().zip(cg.payload_procs_files()) {
+            let Some(payload) = procs.parent() else {
+                continue;
+            };
+            // As the container's cgroup file system lays them out (rootfs/cgroupfs.rs):
+            // the cgroup2 hierarchy itself on a v2-only host, else one directory per
+            // hierarchy named as on the host.
+            let key = if d.version == CgroupVersion::V2 && d.mount_point == base {
+                dest.clone()
+            } else {
+                match d.mount_point.file_name() {
+                    Some(n) if d.mount_point.starts_with(base) => dest.join(n),
+                    _ => continue,
+                }
+            };
+            out.push((
+                key.to_string_lossy().into_owned(),
+                payload.to_string_lossy().into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// The `--cgroup-root` arguments: every hierarchy's tasks go to the new container's
+/// `payload/` group (the cgroup2 one as CRIU's default root; it names no controller).
+fn cgroup_roots(cg: &ContainerCgroup) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in cg.dirs() {
+        let path = d.cgroup_path.join("payload").to_string_lossy().into_owned();
+        out.push("--cgroup-root".into());
+        out.push(if d.version == CgroupVersion::V2 {
+            path
+        } else {
+            format!("{}:{path}", d.controllers.join(","))
+        });
+    }
+    out
+}
+
+/// The CRIU keys of the checkpointed container's standard descriptors, as `checkpoint`
+/// recorded them (none for images without the record).
+fn stdio_keys(image_path: &Path) -> Result<Vec<String>> {
+    let p = image_path.join(DESCRIPTORS_FILE);
+    match std::fs::read(&p) {
+        Ok(data) => serde_json::from_slice(&data).map_err(|e| {
+            Error::Checkpoint(format!(
+                "{}: not a list of descriptor keys: {e}",
+                p.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::sys(format!("read {}", p.display()), e)),
+    }
+}
+
+/// Opens a namespace the config joins by path, kept open (and inherited by CRIU) while
+/// it restores.
+fn open_inherited(path: &Path) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::sys(format!("open namespace {}", path.display()), e))?;
+    nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| Error::nix(format!("let CRIU inherit {}", path.display()), e))?;
+    Ok(f.into())
+}
+
+/// Restores the checkpoint into the container whose groups `cg` are, its state kept in
+/// `state_dir`: runs `criu restore` with the restored tree's root as a child of this
+/// process, the caller's standard descriptors in place of the checkpointed ones, and
+/// returns the restored process's pid. `extra_fds` are handed to CRIU as well (the
+/// terminal), each as `--inherit-fd fd[N]:KEY`.
+pub(crate) fn run_restore(
+    bundle: &Bundle,
+    cg: &ContainerCgroup,
+    state_dir: &Path,
+    o: &RestoreOptions,
+    extra_fds: &[(i32, String)],
+) -> Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mode = check_common(&o.criu)?;
+    let work = o
+        .criu
+        .work_path
+        .clone()
+        .unwrap_or(o.criu.image_path.clone());
+    make_dir(&work, "--work-path")?;
+    let pidfile = state_dir.join("criu-restore.pid");
+    let mut a: Vec<String> = vec![
+        "restore".into(),
+        "--images-dir".into(),
+        o.criu.image_path.to_string_lossy().into_owned(),
+        "--work-dir".into(),
+        work.to_string_lossy().into_owned(),
+        "--log-file".into(),
+        "restore.log".into(),
+        "-v4".into(),
+        "--root".into(),
+        bundle.rootfs.to_string_lossy().into_owned(),
+        "--restore-detached".into(),
+        "--restore-sibling".into(),
+        "--pidfile".into(),
+        pidfile.to_string_lossy().into_owned(),
+        format!("--manage-cgroups={mode}"),
+    ];
+    a.extend(cgroup_roots(cg));
+    for (key, src) in restore_mounts(bundle, cg) {
+        a.push("--ext-mount-map".into());
+        a.push(format!("{key}:{src}"));
+    }
+    for (fd, key) in stdio_keys(&o.criu.image_path)?.iter().enumerate() {
+        if !key.is_empty() {
+            a.push("--inherit-fd".into());
+            a.push(format!("fd[{fd}]:{key}"));
+        }
+    }
+    for (fd, key) in extra_fds {
+        a.push("--inherit-fd".into());
+        a.push(format!("fd[{fd}]:{key}"));
+    }
+    let mut held = Vec::new();
+    for (t, path) in joined_namespaces(&bundle.spec) {
+        let key = match t {
+            LinuxNamespaceType::Network => "extRootNetNS",
+            LinuxNamespaceType::Pid => "extRootPidNS",
+            _ => continue,
+        };
+        let fd = open_inherited(&path)?;
+        a.push("--inherit-fd".into());
+        a.push(format!("fd[{}]:{key}", fd.as_raw_fd()));
+        held.push(fd);
+    }
+    let flags = [
+        (o.criu.tcp_established, "--tcp-established"),
+        (o.criu.ext_unix_sk, "--ext-unix-sk"),
+        (o.criu.shell_job, "--shell-job"),
+        (o.criu.file_locks, "--file-locks"),
+        (o.criu.lazy_pages, "--lazy-pages"),
+        (o.criu.auto_dedup, "--auto-dedup"),
+    ];
+    a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
+    for ns in &o.criu.empty_ns {
+        a.push("--empty-ns".into());
+        a.push(if ns == "network" {
+            "net".into()
+        } else {
+            ns.clone()
+        });
+    }
+    if let Some(p) = &o.lsm_profile {
+        a.push("--lsm-profile".into());
+        a.push(p.clone());
+    }
+    tracing::debug!("{} {}", o.criu.criu.display(), a.join(" "));
+    // CRIU's standard descriptors are ours: it hands them to the restored process.
+    let status = Command::new(&o.criu.criu)
+        .args(&a)
+        .status()
+        .map_err(|e| Error::sys(format!("run {}", o.criu.criu.display()), e))?;
+    drop(held);
+    let pid_text = std::fs::read_to_string(&pidfile);
+    let _ = std::fs::remove_file(&pidfile);
+    if !status.success() {
+        let log = work.join("restore.log");
+        return Err(Error::Checkpoint(format!(
+            "restore {}: criu restore failed ({status}): {} (full log: {})",
+            o.id,
+            criu_log_errors(&log),
+            log.display()
+        )));
+    }
+    pid_text
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "restore {}: criu restore succeeded but wrote no pid to {}",
+                o.id,
+                pidfile.display()
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -214,6 +214,10 @@ fn init_steps(chan: &Channel, args: InitArgs<'_>, sources: crate::detached::Sour
         chan.send(&Msg::Console, &[master.as_raw_fd()])?;
         drop(master);
         console::become_tty(slave.as_fd())?;
+    } else {
+        // As runc: the container's process leads a session of its own, with or without a
+        // terminal (a session leader outside the container would stop CRIU from dumping it).
+        let _ = nix::unistd::setsid();
     }
     if !args.no_new_keyring {
         join_session_keyring();

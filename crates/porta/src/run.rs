@@ -166,8 +166,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 bundle: absolute(&a.bundle),
                 console_socket: a.console_socket.as_ref().map(|p| absolute(p)),
                 lsm_profile: a.lsm_profile.clone(),
+                pid_file: a.pid_file.as_ref().map(|p| absolute(p)),
+                systemd_cgroup: cli.systemd_cgroup,
             };
-            Ok(checkpoint::restore(&root()?, &opts)?)
+            restore(&root()?, &opts, a.detach, a.no_subreaper)
         }
     }
 }
@@ -306,6 +308,30 @@ fn run(
         if let Ok(c) = Container::open(root, &opts.id) {
             c.delete(true)?;
         }
+    }
+    Ok(code)
+}
+
+/// `restore`: a new container from a checkpoint. Detached, it returns once the container
+/// runs; else, as `run`, it waits for the container's process, passing signals on, then
+/// deletes the container and returns the process's exit code.
+fn restore(
+    root: &StateRoot,
+    opts: &checkpoint::RestoreOptions,
+    detach: bool,
+    no_subreaper: bool,
+) -> Result<i32> {
+    if !detach && !no_subreaper {
+        // The restored tree's root is our child; its orphans come to us as well.
+        sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0).context("prctl(PR_SET_CHILD_SUBREAPER)")?;
+    }
+    let st = container::restore(root, opts)?;
+    if detach {
+        return Ok(0);
+    }
+    let code = wait_forwarding_signals(st.pid)?;
+    if let Ok(c) = Container::open(root, &opts.id) {
+        c.delete(true)?;
     }
     Ok(code)
 }

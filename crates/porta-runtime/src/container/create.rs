@@ -46,17 +46,17 @@ pub struct CreateOptions {
 /// Undoes a partly made container when `create` fails: each field holds what was made
 /// until `create` succeeds and [`Rollback::disarm`] hands it to the container.
 #[derive(Default)]
-struct Rollback {
+pub(super) struct Rollback {
     supervisor: Option<PathBuf>,
-    dir: Option<StateDir>,
-    cgroup: Option<ContainerCgroup>,
-    init: Option<OwnedFd>,
+    pub(super) dir: Option<StateDir>,
+    pub(super) cgroup: Option<ContainerCgroup>,
+    pub(super) init: Option<OwnedFd>,
     host_root: Option<rootfs::HostRootBind>,
 }
 
 impl Rollback {
     /// Success: the container owns what was made.
-    fn disarm(&mut self) {
+    pub(super) fn disarm(&mut self) {
         self.supervisor = None;
         self.init = None;
         self.cgroup = None;
@@ -264,7 +264,7 @@ fn validate<'s>(spec: &'s Spec, opts: &CreateOptions) -> Result<&'s oci_spec::ru
 
 /// Step 2: the container's state directory, with the config saved in it. Removed again if
 /// the config cannot be written.
-fn make_state_dir(root: &StateRoot, id: &str, spec: &Spec) -> Result<StateDir> {
+pub(super) fn make_state_dir(root: &StateRoot, id: &str, spec: &Spec) -> Result<StateDir> {
     let dir = StateDir::create(root, id)?;
     let saved = serde_json::to_vec(spec)
         .map_err(|e| Error::State {
@@ -282,7 +282,7 @@ fn make_state_dir(root: &StateRoot, id: &str, spec: &Spec) -> Result<StateDir> {
 }
 
 /// The state recorded before anything else is made.
-fn initial_state(bundle: &Bundle, opts: &CreateOptions) -> ContainerState {
+pub(super) fn initial_state(bundle: &Bundle, opts: &CreateOptions) -> ContainerState {
     let spec = &bundle.spec;
     ContainerState {
         oci_version: spec.version().clone(),
@@ -305,7 +305,10 @@ fn initial_state(bundle: &Bundle, opts: &CreateOptions) -> ContainerState {
 }
 
 /// Step 3: the container's cgroup (its limits are applied once it is recorded).
-fn make_cgroup(linux: &oci_spec::runtime::Linux, opts: &CreateOptions) -> Result<ContainerCgroup> {
+pub(super) fn make_cgroup(
+    linux: &oci_spec::runtime::Linux,
+    opts: &CreateOptions,
+) -> Result<ContainerCgroup> {
     let cfg = CgroupConfig {
         cgroups_path: linux.cgroups_path().clone(),
         container_id: opts.id.clone(),

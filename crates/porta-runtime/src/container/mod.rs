@@ -19,10 +19,12 @@ use crate::state::{ContainerState, StateDir, StateRoot, Status};
 mod create;
 mod exec;
 mod ops;
+mod restore;
 
 pub use create::{create, CreateOptions};
 pub use exec::ExecOptions;
 pub use ops::{delete_half_made, parse_resources};
+pub use restore::restore;
 
 /// Waits until the process behind `pidfd` exits (timeout in ms, -1 = forever). True if it did.
 pub(crate) fn wait_pidfd(pidfd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> bool {

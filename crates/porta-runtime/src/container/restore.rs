@@ -1,0 +1,58 @@
+//! `porta restore`: a new container from a CRIU checkpoint of a container whose root the
+//! kernel mounts. Its state and cgroup are made as `create` makes them; CRIU then rebuilds
+//! the processes, namespaces and mounts, and the container is running. Everything made is
+//! undone if a step fails.
+
+use porta_sys::pidfd;
+
+use super::create::{initial_state, make_cgroup, make_state_dir, CreateOptions, Rollback};
+use crate::checkpoint::{self, RestoreOptions};
+use crate::error::{Context, Error, Result};
+use crate::state::{self, ContainerState, StateRoot, Status};
+
+/// Restores container `o.id` from the checkpoint in `o.criu.image_path`. The restored
+/// process is a child of the caller, which may wait for it (a foreground `restore`).
+pub fn restore(root: &StateRoot, o: &RestoreOptions) -> Result<ContainerState> {
+    let bundle = checkpoint::check_restore(root, o)?;
+    let spec = &bundle.spec;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::field("linux", "missing"))?;
+    let copts = CreateOptions {
+        id: o.id.clone(),
+        bundle: bundle.dir.clone(),
+        systemd_cgroup: o.systemd_cgroup,
+        ..CreateOptions::default()
+    };
+    let mut rb = Rollback::default();
+    rb.dir = Some(make_state_dir(root, &o.id, spec)?);
+    let dir = rb
+        .dir
+        .as_ref()
+        .ok_or_else(|| Error::Init("state directory vanished".into()))?;
+    let mut st = initial_state(&bundle, &copts);
+    let cg = make_cgroup(linux, &copts)?;
+    st.cgroup = Some(cg.state());
+    rb.cgroup = Some(cg);
+    dir.save(&st)?;
+    let cg = rb
+        .cgroup
+        .as_ref()
+        .ok_or_else(|| Error::Init("cgroup vanished".into()))?;
+    if let Some(r) = linux.resources() {
+        cg.apply(r)?;
+    }
+    let pid = checkpoint::run_restore(&bundle, cg, &dir.path, o, &[])?;
+    rb.init = Some(pidfd::open(pid).ctx(|| format!("pidfd of the restored process {pid}"))?);
+    st.pid = pid;
+    st.pid_start_time = porta_sys::proc::start_time(pid).unwrap_or(0);
+    st.started = true;
+    st.status = Status::Running;
+    dir.save(&st)?;
+    if let Some(p) = &o.pid_file {
+        state::write_atomic(p, pid.to_string().as_bytes(), 0o644)?;
+    }
+    rb.disarm();
+    Ok(st)
+}
