@@ -66,6 +66,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# A CRIU that runs on this kernel (Debian 12's does not on recent kernels).
+"${SUDO[@]}" bash "$(dirname "$0")/criu.sh"
+
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   cat >&2 <<'MSG'
 deps.sh: cargo is missing. Install Rust (1.85 or newer) with rustup:

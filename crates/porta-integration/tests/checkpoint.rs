@@ -5,6 +5,7 @@
 //! keeps running either way.
 
 use porta_integration::*;
+use std::time::Duration;
 
 const LOOP: &str = "trap 'exit 3' TERM; while true; do sleep 0.1; done";
 
@@ -200,6 +201,216 @@ fn checkpoint_kernel_root_through_criu() {
             }
         }
     }
+}
+
+/// A counting loop that keeps its count in a shell variable (only a restored process can
+/// go on from where it was), writes it to /data/cnt and stdout, and marks the /dev tmpfs.
+const COUNTER: &str = "i=0; trap 'exit 3' TERM; echo kept > /dev/shm/mark; \
+    while true; do i=$((i+1)); echo $i > /data/cnt; echo tick $i; sleep 0.1; done";
+
+/// A kernel-rooted bundle running [`COUNTER`] with `data` bound at /data.
+fn counter_bundle(data: &std::path::Path) -> Bundle {
+    let mut b = Bundle::new(&["sh", "-c", COUNTER]);
+    b.annotation("run.porta.fs", "kernel");
+    b.mount(json!({"destination": "/data", "type": "bind",
+                   "source": data.display().to_string(), "options": ["rbind", "rw"]}));
+    b
+}
+
+/// The count [`COUNTER`] last wrote, once it is at least `min`.
+fn count_reaching(data: &std::path::Path, min: u64) -> u64 {
+    wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(data.join("cnt"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|n| *n >= min)
+    })
+    .unwrap_or_else(|| panic!("the counter never reached {min}"))
+}
+
+/// /dev/null, for writing.
+fn dev_null() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap()
+}
+
+/// Creates and starts `c` with its standard output on /dev/null: CRIU hands an outside
+/// file to the restored process only from a file of the same kind and size (restore's own
+/// /dev/null here; a pipe, as engines give, has no such check).
+fn start_quiet(c: &Container) {
+    c.cmd()
+        .args(["create", "--bundle", &c.bundle.path_str(), &c.id])
+        .stdout_file(dev_null())
+        .run()
+        .expect_ok();
+    c.start().expect_ok();
+}
+
+/// Requires a CRIU that works on this kernel (scripts/criu.sh installs one).
+fn require_criu() {
+    assert!(
+        criu_works(),
+        "`criu check` fails on this host: run scripts/criu.sh (it builds a CRIU that works)"
+    );
+}
+
+/// `checkpoint` (without --leave-running) dumps and removes the container; `restore -d`
+/// into a new id with a new root of the same image goes on with the same process: its
+/// count in memory continues, the /dev tmpfs keeps what it held, the bind mount and its
+/// cgroups are the new container's, the pid file is written, and `exec`, `kill` and
+/// `delete` work on it.
+#[test]
+fn checkpoint_then_restore_goes_on_with_the_same_process() {
+    require_root!();
+    require_criu();
+    let data = tempfile::tempdir().unwrap();
+    let a = Container::new("ckrs-a", counter_bundle(data.path()));
+    start_quiet(&a);
+    let a_pid = a.pid();
+    count_reaching(data.path(), 3);
+    let img = tempfile::tempdir().unwrap();
+    let i = img.path().display().to_string();
+    a.rt(&["checkpoint", "--image-path", &i, &a.id]).expect_ok();
+    a.rt(&["state", &a.id]).expect_fail();
+    assert!(!pid_alive(a_pid), "the checkpointed process still runs");
+    let at_dump: u64 = std::fs::read_to_string(data.path().join("cnt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let b = Container::new("ckrs-b", counter_bundle(data.path()));
+    let pidf = b.bundle.file("restored.pid").display().to_string();
+    let o = b
+        .cmd()
+        .args([
+            "restore",
+            "--image-path",
+            &i,
+            "--bundle",
+            &b.bundle.path_str(),
+        ])
+        .args(["--detach", "--pid-file", &pidf, &b.id])
+        .stdout_file(dev_null())
+        .run();
+    o.expect_ok();
+    assert_eq!(b.status().as_deref(), Some("running"), "{o}");
+    let pid = b.pid();
+    assert_eq!(
+        std::fs::read_to_string(&pidf).unwrap().trim(),
+        pid.to_string()
+    );
+    // The shell's own count goes on from the dump: a fresh start would begin at 1.
+    let next = count_reaching(data.path(), at_dump + 1);
+    assert!(next > at_dump);
+    // Its standard output (/dev/null outside the container) is restore's.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap(),
+        std::path::Path::new("/dev/null")
+    );
+    let e = b.exec(&[], &["sh", "-c", "cat /dev/shm/mark; cat /proc/1/cmdline"]);
+    e.expect_ok();
+    assert!(e.stdout.contains("kept"), "{e}");
+    assert!(e.stdout.contains("/data/cnt"), "{e}");
+    // The restored tree is in the new container's groups.
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cg.lines() {
+        assert!(
+            line.ends_with(&format!("/{}/payload", b.id)),
+            "not in {}'s group: {cg}",
+            b.id
+        );
+    }
+    b.kill("TERM").expect_ok();
+    b.wait_stopped(60);
+    b.delete().expect_ok();
+    b.rt(&["state", &b.id]).expect_fail();
+}
+
+/// `restore` in the foreground waits for the restored process, passes its exit code on
+/// and removes the container; a `--leave-running` checkpoint leaves the original running
+/// beside its restored copy.
+#[test]
+fn foreground_restore_of_a_running_copy() {
+    require_root!();
+    require_criu();
+    let data = tempfile::tempdir().unwrap();
+    let a = Container::new("ckfg-a", counter_bundle(data.path()));
+    start_quiet(&a);
+    let a_pid = a.pid();
+    count_reaching(data.path(), 2);
+    let img = tempfile::tempdir().unwrap();
+    let i = img.path().display().to_string();
+    a.rt(&["checkpoint", "--leave-running", "--image-path", &i, &a.id])
+        .expect_ok();
+    assert_still_running(&a, a_pid);
+    a.kill("KILL").expect_ok();
+    a.wait_stopped(60);
+
+    let b = Container::new("ckfg-b", counter_bundle(data.path()));
+    let cmd = b
+        .cmd()
+        .args([
+            "restore",
+            "--image-path",
+            &i,
+            "--bundle",
+            &b.bundle.path_str(),
+            &b.id,
+        ])
+        .stdout_file(dev_null())
+        .timeout(Duration::from_secs(120));
+    let fg = std::thread::spawn(move || cmd.run());
+    let pid = wait_for(Duration::from_secs(60), || {
+        (b.status().as_deref() == Some("running")).then(|| b.pid())
+    })
+    .expect("the restored container never ran");
+    assert_ne!(pid, a_pid);
+    b.kill("TERM").expect_ok();
+    let o = fg.join().unwrap();
+    assert_eq!(o.code, 3, "the exit code of the restored process: {o}");
+    b.rt(&["state", &b.id]).expect_fail();
+}
+
+/// A restore CRIU cannot complete (the bundle lacks a bind mount the checkpoint has)
+/// fails with CRIU's reason and leaves no state, no cgroup and no process behind.
+#[test]
+fn failed_restore_leaves_nothing() {
+    require_root!();
+    require_criu();
+    porta_only!("Porta's rollback of a failed restore");
+    let data = tempfile::tempdir().unwrap();
+    let a = Container::new("ckbad-a", counter_bundle(data.path()));
+    start_quiet(&a);
+    count_reaching(data.path(), 2);
+    let img = tempfile::tempdir().unwrap();
+    let i = img.path().display().to_string();
+    a.rt(&["checkpoint", "--image-path", &i, &a.id]).expect_ok();
+
+    let mut bare = Bundle::new(&["sh", "-c", COUNTER]);
+    bare.annotation("run.porta.fs", "kernel");
+    let b = Container::new("ckbad-b", bare);
+    let o = b.rt(&[
+        "restore",
+        "--detach",
+        "--image-path",
+        &i,
+        "--bundle",
+        &b.bundle.path_str(),
+        &b.id,
+    ]);
+    o.expect_fail();
+    assert!(o.stderr.contains("criu restore failed"), "{o}");
+    b.rt(&["state", &b.id]).expect_fail();
+    let leftovers: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(&b.id))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(leftovers.is_empty(), "groups left: {leftovers:?}");
 }
 
 /// A wrong --manage-cgroups-mode is named, nothing is dumped, the container keeps running.

@@ -577,6 +577,41 @@ fn restore_mounts(bundle: &Bundle, cg: &ContainerCgroup) -> Vec<(String, String)
     out
 }
 
+/// Makes the mount points the config's mounts need in the bundle's root, as `create`
+/// would (a new root of the same image lacks them): a file for a bind of a file, else a
+/// directory. Mounts beneath another mount of the config are left to CRIU, which rebuilds
+/// that mount's contents. A mount point that cannot be made is left to CRIU to report.
+fn make_mount_points(bundle: &Bundle) -> Result<()> {
+    use std::os::fd::AsFd;
+    let root = std::fs::File::open(&bundle.rootfs)
+        .map_err(|e| Error::sys(format!("open the root {}", bundle.rootfs.display()), e))?;
+    let mounts: Vec<_> = bundle.spec.mounts().iter().flatten().collect();
+    for m in &mounts {
+        let dest = m.destination();
+        let nested = mounts
+            .iter()
+            .any(|o| o.destination() != dest && dest.starts_with(o.destination()));
+        if nested {
+            continue;
+        }
+        let bind = external_mounts(&bundle.spec)
+            .iter()
+            .find(|(d, _)| Path::new(d) == dest)
+            .map(|(_, src)| bundle.dir.join(src));
+        let file = bind.is_some_and(|src| src.metadata().is_ok_and(|md| !md.is_dir()));
+        let d = dest.to_string_lossy();
+        let made = if file {
+            porta_sys::path::create_file_in_root(root.as_fd(), &d, 0o644).map(drop)
+        } else {
+            porta_sys::path::mkdir_in_root(root.as_fd(), &d, 0o755).map(drop)
+        };
+        if let Err(e) = made {
+            tracing::debug!("restore: mount point {d}: {e} (left to CRIU)");
+        }
+    }
+    Ok(())
+}
+
 /// The `--cgroup-root` arguments: every hierarchy's tasks go to the new container's
 /// `payload/` group (the cgroup2 one as CRIU's default root; it names no controller).
 fn cgroup_roots(cg: &ContainerCgroup) -> Vec<String> {
@@ -607,6 +642,25 @@ fn stdio_keys(image_path: &Path) -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::sys(format!("read {}", p.display()), e)),
     }
+}
+
+/// Which of restore's own standard descriptors CRIU hands over for each recorded key.
+/// CRIU finds a file by its key, so a key several descriptors shared (one /dev/null on
+/// all three) is given once: restore's stdout when it was the container's stdout too,
+/// else the lowest descriptor that had it.
+fn inherited_stdio(keys: &[String]) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    for (fd, key) in keys.iter().enumerate() {
+        if key.is_empty() {
+            continue;
+        }
+        match out.iter_mut().find(|(_, k)| k == key) {
+            Some(e) if fd == 1 => e.0 = 1,
+            Some(_) => {}
+            None => out.push((fd, key.clone())),
+        }
+    }
+    out
 }
 
 /// Opens a namespace the config joins by path, kept open (and inherited by CRIU) while
@@ -643,6 +697,7 @@ pub(crate) fn run_restore(
         .clone()
         .unwrap_or(o.criu.image_path.clone());
     make_dir(&work, "--work-path")?;
+    make_mount_points(bundle)?;
     let pidfile = state_dir.join("criu-restore.pid");
     let mut a: Vec<String> = vec![
         "restore".into(),
@@ -666,11 +721,9 @@ pub(crate) fn run_restore(
         a.push("--ext-mount-map".into());
         a.push(format!("{key}:{src}"));
     }
-    for (fd, key) in stdio_keys(&o.criu.image_path)?.iter().enumerate() {
-        if !key.is_empty() {
-            a.push("--inherit-fd".into());
-            a.push(format!("fd[{fd}]:{key}"));
-        }
+    for (fd, key) in inherited_stdio(&stdio_keys(&o.criu.image_path)?) {
+        a.push("--inherit-fd".into());
+        a.push(format!("fd[{fd}]:{key}"));
     }
     for (fd, key) in extra_fds {
         a.push("--inherit-fd".into());
@@ -761,6 +814,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("network"));
+    }
+
+    #[test]
+    fn each_stdio_key_is_inherited_once_preferring_stdout() {
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            inherited_stdio(&k(&["file[18:3]", "file[18:3]", "file[18:3]"])),
+            vec![(1, "file[18:3]".to_string())]
+        );
+        assert_eq!(
+            inherited_stdio(&k(&["pipe:[5]", "pipe:[6]", "pipe:[6]"])),
+            vec![(0, "pipe:[5]".to_string()), (1, "pipe:[6]".to_string())]
+        );
+        assert_eq!(
+            inherited_stdio(&k(&["", "tty[8800:2d]", "tty[8800:2d]"])),
+            vec![(1, "tty[8800:2d]".to_string())]
+        );
+        assert!(inherited_stdio(&[]).is_empty());
     }
 
     #[test]
