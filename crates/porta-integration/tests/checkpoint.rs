@@ -520,3 +520,52 @@ fn features_tell_checkpoint_needs_kernel_root() {
         "{note:?}"
     );
 }
+
+/// A terminal: the checkpointed container's pty is replaced on restore by a new one whose
+/// master goes to `--console-socket`; the restored shell reads from it and goes on with
+/// its count.
+#[test]
+fn restore_gives_a_terminal_container_a_new_pty() {
+    require_root!();
+    require_criu();
+    let script = "i=0; while read l; do i=$((i+1)); echo \"got $i $l\"; done";
+    let bundle = || {
+        let mut b = Bundle::new(&["sh", "-c", script]);
+        b.annotation("run.porta.fs", "kernel");
+        b.terminal(true);
+        b
+    };
+    let a = Container::new("cktty-a", bundle());
+    let sock = porta_integration::console::ConsoleSocket::new(a.bundle.path());
+    a.create_with(&["--console-socket", &sock.path_str()])
+        .expect_ok();
+    a.start().expect_ok();
+    let (mut pty, _) = sock.master().expect("the first pty master");
+    pty.write_all(b"one\n").unwrap();
+    let seen = pty.read_until("got 1 one", Duration::from_secs(60));
+    assert!(seen.contains("got 1 one"), "{seen:?}");
+    let img = tempfile::tempdir().unwrap();
+    let i = img.path().display().to_string();
+    a.rt(&["checkpoint", "--image-path", &i, &a.id]).expect_ok();
+
+    let b = Container::new("cktty-b", bundle());
+    let sock = porta_integration::console::ConsoleSocket::new(b.bundle.path());
+    b.rt(&[
+        "restore",
+        "--detach",
+        "--console-socket",
+        &sock.path_str(),
+        "--image-path",
+        &i,
+        "--bundle",
+        &b.bundle.path_str(),
+        &b.id,
+    ])
+    .expect_ok();
+    let (mut pty, _) = sock.master().expect("the restored container's pty master");
+    pty.write_all(b"two\n").unwrap();
+    let seen = pty.read_until("got 2 two", Duration::from_secs(60));
+    assert!(seen.contains("got 2 two"), "{seen:?}");
+    drop(pty);
+    b.rt(&["delete", "--force", &b.id]).expect_ok();
+}

@@ -279,7 +279,12 @@ fn dump_view(pid: i32, spec: &Spec) -> Result<DumpView> {
         .extend(external_mounts(spec).into_iter().map(|(dest, _)| dest));
     for m in &mounts {
         let mp = m.mount_point.to_string_lossy().into_owned();
-        if (m.fs_type == "cgroup" || m.fs_type == "cgroup2") && !v.external_mounts.contains(&mp) {
+        // A pty bound on its own (the terminal as /dev/console) has its master outside:
+        // restore binds the new terminal there.
+        let pty_bind =
+            m.fs_type == "devpts" && m.root != Path::new("/") && m.root != Path::new("/ptmx");
+        let cgroup = m.fs_type == "cgroup" || m.fs_type == "cgroup2";
+        if (cgroup || pty_bind) && !v.external_mounts.contains(&mp) {
             v.external_mounts.push(mp);
         }
     }
@@ -663,31 +668,36 @@ fn inherited_stdio(keys: &[String]) -> Vec<(usize, String)> {
     out
 }
 
+/// A copy of `fd` that CRIU inherits (no close-on-exec), closed when dropped.
+fn inheritable(fd: std::os::fd::BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd> {
+    nix::unistd::dup(std::os::fd::AsRawFd::as_raw_fd(&fd))
+        .map_err(|e| Error::nix("duplicate a descriptor for CRIU", e))
+        .map(|raw| {
+            // SAFETY: dup returned a new descriptor we own; dup does not copy close-on-exec.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })
+}
+
 /// Opens a namespace the config joins by path, kept open (and inherited by CRIU) while
 /// it restores.
 fn open_inherited(path: &Path) -> Result<std::os::fd::OwnedFd> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let f = std::fs::File::open(path)
         .map_err(|e| Error::sys(format!("open namespace {}", path.display()), e))?;
-    nix::fcntl::fcntl(
-        f.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(|e| Error::nix(format!("let CRIU inherit {}", path.display()), e))?;
-    Ok(f.into())
+    inheritable(f.as_fd())
 }
 
 /// Restores the checkpoint into the container whose groups `cg` are, its state kept in
 /// `state_dir`: runs `criu restore` with the restored tree's root as a child of this
-/// process, the caller's standard descriptors in place of the checkpointed ones, and
-/// returns the restored process's pid. `extra_fds` are handed to CRIU as well (the
-/// terminal), each as `--inherit-fd fd[N]:KEY`.
+/// process, the caller's standard descriptors in place of the checkpointed ones (a
+/// checkpointed terminal replaced by `terminal`, the slave of a new pty, when given), and
+/// returns the restored process's pid.
 pub(crate) fn run_restore(
     bundle: &Bundle,
     cg: &ContainerCgroup,
     state_dir: &Path,
     o: &RestoreOptions,
-    extra_fds: &[(i32, String)],
+    terminal: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<i32> {
     use std::os::fd::AsRawFd;
     let mode = check_common(&o.criu)?;
@@ -721,15 +731,37 @@ pub(crate) fn run_restore(
         a.push("--ext-mount-map".into());
         a.push(format!("{key}:{src}"));
     }
-    for (fd, key) in inherited_stdio(&stdio_keys(&o.criu.image_path)?) {
-        a.push("--inherit-fd".into());
-        a.push(format!("fd[{fd}]:{key}"));
-    }
-    for (fd, key) in extra_fds {
-        a.push("--inherit-fd".into());
-        a.push(format!("fd[{fd}]:{key}"));
-    }
     let mut held = Vec::new();
+    let keys = stdio_keys(&o.criu.image_path)?;
+    if let Some(t) = terminal {
+        if !keys.iter().any(|k| k.starts_with("tty[")) {
+            return Err(Error::Checkpoint(format!(
+                "restore {}: process.terminal is true, but the checkpoint in {} has no \
+                 terminal on the container's standard descriptors",
+                o.id,
+                o.criu.image_path.display()
+            )));
+        }
+        let fd = inheritable(t)?;
+        let pts = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| Error::sys("find the new terminal's path", e))?;
+        a.push("--ext-mount-map".into());
+        a.push(format!("/dev/console:{}", pts.display()));
+        for key in keys.iter().filter(|k| k.starts_with("tty[")) {
+            if !a.iter().any(|x| x.ends_with(&format!(":{key}"))) {
+                a.push("--inherit-fd".into());
+                a.push(format!("fd[{}]:{key}", fd.as_raw_fd()));
+            }
+        }
+        held.push(fd);
+    }
+    for (fd, key) in inherited_stdio(&keys) {
+        if terminal.is_some() && key.starts_with("tty[") {
+            continue;
+        }
+        a.push("--inherit-fd".into());
+        a.push(format!("fd[{fd}]:{key}"));
+    }
     for (t, path) in joined_namespaces(&bundle.spec) {
         let key = match t {
             LinuxNamespaceType::Network => "extRootNetNS",
