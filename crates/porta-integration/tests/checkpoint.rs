@@ -259,8 +259,8 @@ fn require_criu() {
 /// `checkpoint` (without --leave-running) dumps and removes the container; `restore -d`
 /// into a new id with a new root of the same image goes on with the same process: its
 /// count in memory continues, the /dev tmpfs keeps what it held, the bind mount and its
-/// cgroups are the new container's, the pid file is written, and `exec`, `kill` and
-/// `delete` work on it.
+/// cgroups are the new container's, its prestart hook runs with the restored pid, the
+/// pid file is written, and `exec`, `kill` and `delete` work on it.
 #[test]
 fn checkpoint_then_restore_goes_on_with_the_same_process() {
     require_root!();
@@ -281,7 +281,12 @@ fn checkpoint_then_restore_goes_on_with_the_same_process() {
         .parse()
         .unwrap();
 
-    let b = Container::new("ckrs-b", counter_bundle(data.path()));
+    // B's prestart hook keeps the state it is given.
+    let hook_out = data.path().join("prestart.json");
+    let mut bb = counter_bundle(data.path());
+    bb.config["hooks"] = json!({"prestart": [{"path": "/bin/sh",
+        "args": ["sh", "-c", format!("cat > {}", hook_out.display())]}]});
+    let b = Container::new("ckrs-b", bb);
     let pidf = b.bundle.file("restored.pid").display().to_string();
     let o = b
         .cmd()
@@ -302,6 +307,10 @@ fn checkpoint_then_restore_goes_on_with_the_same_process() {
         std::fs::read_to_string(&pidf).unwrap().trim(),
         pid.to_string()
     );
+    // The prestart hook ran during the restore, with the restored process's pid.
+    let hook: Value = serde_json::from_slice(&std::fs::read(&hook_out).unwrap()).unwrap();
+    assert_eq!(hook["id"], b.id.as_str(), "{hook}");
+    assert_eq!(hook["pid"], pid, "{hook}");
     // The shell's own count goes on from the dump: a fresh start would begin at 1.
     let next = count_reaching(data.path(), at_dump + 1);
     assert!(next > at_dump);

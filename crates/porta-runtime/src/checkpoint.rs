@@ -457,11 +457,18 @@ pub fn checkpoint(root: &StateRoot, id: &str, o: &CheckpointOptions) -> Result<(
         } else {
             "dump.log"
         });
+        let errors = criu_log_errors(&log);
+        // Pre-dumps and dumps on top of them need the kernel's soft-dirty page tracking.
+        let hint = if errors.contains("Tracking memory is not available") {
+            " (this kernel has no soft-dirty page tracking, CONFIG_MEM_SOFT_DIRTY: \
+             --pre-dump and --parent-path cannot work on it; a plain checkpoint can)"
+        } else {
+            ""
+        };
         return Err(Error::Checkpoint(format!(
-            "checkpoint {id}: criu {} failed ({}): {}{} (full log: {}); the container keeps running",
+            "checkpoint {id}: criu {} failed ({}): {errors}{hint}{} (full log: {}); the container keeps running",
             args[0],
             out.status,
-            criu_log_errors(&log),
             String::from_utf8_lossy(&out.stderr).trim(),
             log.display()
         )));
@@ -687,6 +694,70 @@ fn open_inherited(path: &Path) -> Result<std::os::fd::OwnedFd> {
     inheritable(f.as_fd())
 }
 
+/// The action script CRIU runs during a restore, when the config has prestart or
+/// createRuntime hooks: it calls this binary's `restore-hooks`, which runs them once the
+/// namespaces exist, as runc does. Removed when dropped.
+struct HookScript(PathBuf);
+
+impl HookScript {
+    fn make(bundle: &Bundle, state_dir: &Path) -> Result<Option<HookScript>> {
+        let any = bundle.spec.hooks().as_ref().is_some_and(|h| {
+            h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+                || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+        });
+        if !any {
+            return Ok(None);
+        }
+        let exe = std::env::current_exe().map_err(|e| Error::sys("find porta's binary", e))?;
+        let quote = |p: &Path| format!("'{}'", p.to_string_lossy().replace('\'', "'\\''"));
+        let path = state_dir.join("restore-hooks");
+        let text = format!(
+            "#!/bin/sh\nexec {} restore-hooks {}\n",
+            quote(&exe),
+            quote(state_dir)
+        );
+        crate::state::write_atomic(&path, text.as_bytes(), 0o700)?;
+        Ok(Some(HookScript(path)))
+    }
+}
+
+impl Drop for HookScript {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `restore-hooks`: CRIU's action script during a restore. At `setup-namespaces` (the
+/// restored tree's namespaces exist, its root process `pid` does not run yet) runs the
+/// config's prestart and createRuntime hooks with the container's state; other actions
+/// do nothing. Reads the state without its lock, which the restore holds.
+pub fn restore_hooks(state_dir: &Path, action: &str, pid: i32) -> Result<()> {
+    if action != "setup-namespaces" {
+        return Ok(());
+    }
+    let read = |name: &str| {
+        let p = state_dir.join(name);
+        std::fs::read(&p).map_err(|e| Error::sys(format!("read {}", p.display()), e))
+    };
+    let st = crate::state::parse_state(&read("state.json")?).map_err(|msg| Error::State {
+        path: state_dir.join("state.json"),
+        msg,
+    })?;
+    let spec = crate::config::parse_spec(&read("config.json")?, &state_dir.join("config.json"))?;
+    let mut state = crate::container::oci_state_json(&st, Status::Creating);
+    state["pid"] = pid.into();
+    let json = serde_json::to_vec(&state).unwrap_or_default();
+    if let Some(h) = spec.hooks() {
+        crate::hooks::run_all("prestart", h.prestart().as_deref().unwrap_or(&[]), &json)?;
+        crate::hooks::run_all(
+            "createRuntime",
+            h.create_runtime().as_deref().unwrap_or(&[]),
+            &json,
+        )?;
+    }
+    Ok(())
+}
+
 /// Restores the checkpoint into the container whose groups `cg` are, its state kept in
 /// `state_dir`: runs `criu restore` with the restored tree's root as a child of this
 /// process, the caller's standard descriptors in place of the checkpointed ones (a
@@ -794,6 +865,11 @@ pub(crate) fn run_restore(
         a.push("--lsm-profile".into());
         a.push(p.clone());
     }
+    let hooks = HookScript::make(bundle, state_dir)?;
+    if let Some(h) = &hooks {
+        a.push("--action-script".into());
+        a.push(h.0.to_string_lossy().into_owned());
+    }
     tracing::debug!("{} {}", o.criu.criu.display(), a.join(" "));
     // CRIU's standard descriptors are ours: it hands them to the restored process.
     let status = Command::new(&o.criu.criu)
@@ -801,6 +877,7 @@ pub(crate) fn run_restore(
         .status()
         .map_err(|e| Error::sys(format!("run {}", o.criu.criu.display()), e))?;
     drop(held);
+    drop(hooks);
     let pid_text = std::fs::read_to_string(&pidfile);
     let _ = std::fs::remove_file(&pidfile);
     if !status.success() {

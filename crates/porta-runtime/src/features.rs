@@ -42,7 +42,7 @@ pub fn features() -> Value {
             "run.porta.fs.host-changes": "off stops invalidating the container's cache of changes made from the host",
             "run.porta.fs.transport": "how the file server takes requests: auto (default: /dev/fuse on this kernel, see docs/file-server.md), uring (FUSE over io_uring; create fails unless /sys/module/fuse/parameters/enable_uring is Y) or dev (/dev/fuse)",
             "run.porta.api": "on gives the container an API socket at /run/porta/api.sock (its own object namespace; needs the file server, as root); off (default): none",
-            "run.porta.checkpoint": "checkpoint and restore through CRIU need run.porta.fs=kernel: a root served by the file server is a FUSE mount, which CRIU cannot checkpoint"
+            "run.porta.checkpoint": "checkpoint and restore through CRIU (4 or newer on recent kernels) need run.porta.fs=kernel: a root served by the file server is a FUSE mount, which CRIU cannot checkpoint"
         },
         "potentiallyUnsafeConfigAnnotations": []
     })

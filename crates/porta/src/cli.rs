@@ -204,6 +204,13 @@ pub enum Command {
     /// the tests; the same checks apply).
     #[command(hide = true)]
     Nested(NestedArgs),
+    /// Runs a restoring container's prestart and createRuntime hooks; CRIU calls it as an
+    /// action script (from the environment it sets) once the namespaces exist.
+    #[command(hide = true, name = "restore-hooks")]
+    RestoreHooks {
+        /// The restoring container's state directory.
+        state_dir: PathBuf,
+    },
 }
 
 /// `porta nested --parent ID --caller-uid N …`.

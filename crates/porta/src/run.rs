@@ -110,6 +110,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         } => crate::share::share(&root()?, &from, &to, read_only),
         Command::Unshare { what } => crate::share::unshare(&root()?, &what),
         Command::Nested(a) => crate::nested::run(&root()?, a),
+        Command::RestoreHooks { state_dir } => {
+            let action = std::env::var("CRTOOLS_SCRIPT_ACTION").unwrap_or_default();
+            let pid = std::env::var("CRTOOLS_INIT_PID")
+                .ok()
+                .and_then(|p| p.parse::<i32>().ok())
+                .unwrap_or(0);
+            checkpoint::restore_hooks(&state_dir, &action, pid)?;
+            Ok(0)
+        }
         Command::Pause { id } => {
             Container::open(&root()?, &id)?.pause()?;
             Ok(0)
