@@ -248,6 +248,29 @@ fn start_quiet(c: &Container) {
     c.start().expect_ok();
 }
 
+/// Starts a [`COUNTER`] container on `data`, lets it count to `min`, then checkpoints it
+/// with `extra` flags; returns it, its process's pid and the image directory.
+fn checkpointed(
+    tag: &str,
+    data: &std::path::Path,
+    min: u64,
+    extra: &[&str],
+) -> (Container, i32, tempfile::TempDir) {
+    let a = Container::new(tag, counter_bundle(data));
+    start_quiet(&a);
+    let pid = a.pid();
+    count_reaching(data, min);
+    let img = tempfile::tempdir().unwrap();
+    let i = img.path().display().to_string();
+    a.cmd()
+        .arg("checkpoint")
+        .args(extra)
+        .args(["--image-path", &i, &a.id])
+        .run()
+        .expect_ok();
+    (a, pid, img)
+}
+
 /// Requires a CRIU that works on this kernel (scripts/criu.sh installs one).
 fn require_criu() {
     assert!(
@@ -266,13 +289,8 @@ fn checkpoint_then_restore_goes_on_with_the_same_process() {
     require_root!();
     require_criu();
     let data = tempfile::tempdir().unwrap();
-    let a = Container::new("ckrs-a", counter_bundle(data.path()));
-    start_quiet(&a);
-    let a_pid = a.pid();
-    count_reaching(data.path(), 3);
-    let img = tempfile::tempdir().unwrap();
+    let (a, a_pid, img) = checkpointed("ckrs-a", data.path(), 3, &[]);
     let i = img.path().display().to_string();
-    a.rt(&["checkpoint", "--image-path", &i, &a.id]).expect_ok();
     a.rt(&["state", &a.id]).expect_fail();
     assert!(!pid_alive(a_pid), "the checkpointed process still runs");
     let at_dump: u64 = std::fs::read_to_string(data.path().join("cnt"))
@@ -346,14 +364,8 @@ fn foreground_restore_of_a_running_copy() {
     require_root!();
     require_criu();
     let data = tempfile::tempdir().unwrap();
-    let a = Container::new("ckfg-a", counter_bundle(data.path()));
-    start_quiet(&a);
-    let a_pid = a.pid();
-    count_reaching(data.path(), 2);
-    let img = tempfile::tempdir().unwrap();
+    let (a, a_pid, img) = checkpointed("ckfg-a", data.path(), 2, &["--leave-running"]);
     let i = img.path().display().to_string();
-    a.rt(&["checkpoint", "--leave-running", "--image-path", &i, &a.id])
-        .expect_ok();
     assert_still_running(&a, a_pid);
     a.kill("KILL").expect_ok();
     a.wait_stopped(60);
@@ -391,12 +403,8 @@ fn failed_restore_leaves_nothing() {
     require_criu();
     porta_only!("Porta's rollback of a failed restore");
     let data = tempfile::tempdir().unwrap();
-    let a = Container::new("ckbad-a", counter_bundle(data.path()));
-    start_quiet(&a);
-    count_reaching(data.path(), 2);
-    let img = tempfile::tempdir().unwrap();
+    let (_a, _, img) = checkpointed("ckbad-a", data.path(), 2, &[]);
     let i = img.path().display().to_string();
-    a.rt(&["checkpoint", "--image-path", &i, &a.id]).expect_ok();
 
     let mut bare = Bundle::new(&["sh", "-c", COUNTER]);
     bare.annotation("run.porta.fs", "kernel");

@@ -337,3 +337,89 @@ fn podman_read_only_and_tmpfs_mounts() {
     }
     pm.run(&["rmi", image]).expect_ok();
 }
+
+/// `podman container checkpoint` and `restore` of a container whose root the kernel
+/// mounts (`--annotation run.porta.fs=kernel`): the restored container goes on counting
+/// where it stopped (its log is one unbroken sequence) and is running again; a container
+/// whose root the file server serves is refused with the reason and keeps running.
+#[test]
+fn podman_checkpoint_and_restore() {
+    require_root!();
+    let _serial = serial();
+    if !have_podman() {
+        return;
+    }
+    assert!(
+        have_command("criu") && cmd::host("criu", &["check"]).ok(),
+        "`criu check` fails on this host: run scripts/criu.sh (it builds a CRIU that works)"
+    );
+    let pm = Podman::new();
+    let tar = pm.dir.join("rootfs.tar");
+    rootfs::tar_to(&tar).unwrap();
+    let image = "localhost/pit-busybox:latest";
+    pm.run(&["import", tar.to_str().unwrap(), image])
+        .expect_ok();
+    let limits = [
+        "--network=none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ];
+    let counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done";
+    pm.cmd()
+        .args(["run", "-d", "--name", "pit-podman-ckpt"])
+        .args(["--annotation", "run.porta.fs=kernel"])
+        .args(limits)
+        .args([image, "sh", "-c", counter])
+        .run()
+        .expect_ok();
+    let lines = |pm: &Podman| pm.run(&["logs", "pit-podman-ckpt"]).stdout.lines().count();
+    wait_for(Duration::from_secs(60), || (lines(&pm) >= 3).then_some(()))
+        .expect("the counter never wrote");
+    pm.run(&["container", "checkpoint", "pit-podman-ckpt"])
+        .expect_ok();
+    let before = lines(&pm);
+    pm.run(&["container", "restore", "pit-podman-ckpt"])
+        .expect_ok();
+    let o = pm.run(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}}",
+        "pit-podman-ckpt",
+    ]);
+    assert_eq!(o.stdout.trim(), "running", "{o}");
+    wait_for(Duration::from_secs(60), || {
+        (lines(&pm) >= before + 3).then_some(())
+    })
+    .expect("the restored counter never wrote");
+    // One unbroken count: 1, 2, 3, … (a fresh start would begin at 1 again).
+    let log = pm.run(&["logs", "pit-podman-ckpt"]).stdout;
+    for (n, l) in log.lines().enumerate() {
+        assert_eq!(l.trim(), (n + 1).to_string(), "log: {log}");
+    }
+    pm.run(&["rm", "-f", "-t", "0", "pit-podman-ckpt"])
+        .expect_ok();
+
+    // A root served by the file server: refused, and the container keeps running.
+    pm.cmd()
+        .args(["run", "-d", "--name", "pit-podman-served"])
+        .args(limits)
+        .args([image, "sleep", "1000"])
+        .run()
+        .expect_ok();
+    let o = pm.run(&["container", "checkpoint", "pit-podman-served"]);
+    o.expect_fail();
+    if is_porta() {
+        assert!(o.stderr.contains("run.porta.fs=kernel"), "{o}");
+    }
+    let o = pm.run(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}}",
+        "pit-podman-served",
+    ]);
+    assert_eq!(o.stdout.trim(), "running", "{o}");
+    pm.run(&["rm", "-f", "-t", "0", "pit-podman-served"])
+        .expect_ok();
+}

@@ -42,6 +42,13 @@ pub struct CriuOptions {
     pub auto_dedup: bool,
 }
 
+impl CriuOptions {
+    /// Where CRIU writes its work files and log: `--work-path`, else the image directory.
+    fn work_dir(&self) -> PathBuf {
+        self.work_path.clone().unwrap_or(self.image_path.clone())
+    }
+}
+
 /// Options of `checkpoint`.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointOptions {
@@ -310,13 +317,7 @@ fn dump_args(
     mode: &str,
 ) -> Result<Vec<String>> {
     let img = o.criu.image_path.to_string_lossy().into_owned();
-    let work = o
-        .criu
-        .work_path
-        .as_ref()
-        .unwrap_or(&o.criu.image_path)
-        .to_string_lossy()
-        .into_owned();
+    let work = o.criu.work_dir().to_string_lossy().into_owned();
     let mut a: Vec<String> = vec![
         if o.pre_dump { "pre-dump" } else { "dump" }.into(),
         "--tree".into(),
@@ -438,11 +439,7 @@ pub fn checkpoint(root: &StateRoot, id: &str, o: &CheckpointOptions) -> Result<(
     let spec = c.spec()?;
     check_criu(&o.criu.criu)?;
     make_dir(&o.criu.image_path, "--image-path")?;
-    let work = o
-        .criu
-        .work_path
-        .clone()
-        .unwrap_or(o.criu.image_path.clone());
+    let work = o.criu.work_dir();
     make_dir(&work, "--work-path")?;
     let view = dump_view(c.state.pid, &spec)?;
     let args = dump_args(&c, &spec, &view, o, mode)?;
@@ -772,11 +769,7 @@ pub(crate) fn run_restore(
 ) -> Result<i32> {
     use std::os::fd::AsRawFd;
     let mode = check_common(&o.criu)?;
-    let work = o
-        .criu
-        .work_path
-        .clone()
-        .unwrap_or(o.criu.image_path.clone());
+    let work = o.criu.work_dir();
     make_dir(&work, "--work-path")?;
     make_mount_points(bundle)?;
     let pidfile = state_dir.join("criu-restore.pid");

@@ -144,18 +144,11 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     let spec = &bundle.spec;
     let linux = validate(spec, opts)?;
     let ns = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]));
-    let mut rb = Rollback::default();
-    rb.dir = Some(make_state_dir(root, &opts.id, spec)?);
+    let (mut rb, mut st) = begin(root, &bundle, linux, opts)?;
     let dir = rb
         .dir
         .as_ref()
         .ok_or_else(|| Error::Init("state directory vanished".into()))?;
-    let mut st = initial_state(&bundle, opts);
-
-    let cg = make_cgroup(linux, opts)?;
-    st.cgroup = Some(cg.state());
-    rb.cgroup = Some(cg);
-    dir.save(&st)?;
     if !config::has_mount_namespace(spec) {
         // No mount namespace of its own: as runc, the container's mounts are made in ours,
         // beneath a bind of the root onto itself, which this container owns (recorded
@@ -262,9 +255,30 @@ fn validate<'s>(spec: &'s Spec, opts: &CreateOptions) -> Result<&'s oci_spec::ru
         .ok_or_else(|| Error::field("linux", "missing"))
 }
 
+/// Steps 2 and 3: the state directory, the initial state and the cgroup, recorded; the
+/// returned [`Rollback`] removes them again until disarmed.
+pub(super) fn begin(
+    root: &StateRoot,
+    bundle: &Bundle,
+    linux: &oci_spec::runtime::Linux,
+    opts: &CreateOptions,
+) -> Result<(Rollback, ContainerState)> {
+    let mut rb = Rollback::default();
+    let dir = make_state_dir(root, &opts.id, &bundle.spec)?;
+    let mut st = initial_state(bundle, opts);
+    rb.dir = Some(dir);
+    let cg = make_cgroup(linux, opts)?;
+    st.cgroup = Some(cg.state());
+    rb.cgroup = Some(cg);
+    if let Some(d) = &rb.dir {
+        d.save(&st)?;
+    }
+    Ok((rb, st))
+}
+
 /// Step 2: the container's state directory, with the config saved in it. Removed again if
 /// the config cannot be written.
-pub(super) fn make_state_dir(root: &StateRoot, id: &str, spec: &Spec) -> Result<StateDir> {
+fn make_state_dir(root: &StateRoot, id: &str, spec: &Spec) -> Result<StateDir> {
     let dir = StateDir::create(root, id)?;
     let saved = serde_json::to_vec(spec)
         .map_err(|e| Error::State {
@@ -282,7 +296,7 @@ pub(super) fn make_state_dir(root: &StateRoot, id: &str, spec: &Spec) -> Result<
 }
 
 /// The state recorded before anything else is made.
-pub(super) fn initial_state(bundle: &Bundle, opts: &CreateOptions) -> ContainerState {
+fn initial_state(bundle: &Bundle, opts: &CreateOptions) -> ContainerState {
     let spec = &bundle.spec;
     ContainerState {
         oci_version: spec.version().clone(),

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use porta_sys::pidfd;
 
-use super::create::{initial_state, make_cgroup, make_state_dir, CreateOptions, Rollback};
+use super::create::{begin, CreateOptions};
 use crate::checkpoint::{self, RestoreOptions};
 use crate::console;
 use crate::error::{Context, Error, Result};
@@ -29,17 +29,11 @@ pub fn restore(root: &StateRoot, o: &RestoreOptions) -> Result<ContainerState> {
         systemd_cgroup: o.systemd_cgroup,
         ..CreateOptions::default()
     };
-    let mut rb = Rollback::default();
-    rb.dir = Some(make_state_dir(root, &o.id, spec)?);
+    let (mut rb, mut st) = begin(root, &bundle, linux, &copts)?;
     let dir = rb
         .dir
         .as_ref()
         .ok_or_else(|| Error::Init("state directory vanished".into()))?;
-    let mut st = initial_state(&bundle, &copts);
-    let cg = make_cgroup(linux, &copts)?;
-    st.cgroup = Some(cg.state());
-    rb.cgroup = Some(cg);
-    dir.save(&st)?;
     let cg = rb
         .cgroup
         .as_ref()
