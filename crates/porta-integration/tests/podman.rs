@@ -73,6 +73,26 @@ impl Drop for Podman {
     }
 }
 
+/// The limits every container of these tests gets: no network, and open-file and process
+/// limits this host's hard limits allow.
+const LIMITS: [&str; 5] = [
+    "--network=none",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// The busybox root imported as an image; returns its name.
+fn import_busybox(pm: &Podman) -> &'static str {
+    let tar = pm.dir.join("rootfs.tar");
+    rootfs::tar_to(&tar).unwrap();
+    let image = "localhost/pit-busybox:latest";
+    pm.run(&["import", tar.to_str().unwrap(), image])
+        .expect_ok();
+    image
+}
+
 fn have_podman() -> bool {
     if !have_command("podman") {
         skip("podman is not installed (scripts/deps.sh installs it)");
@@ -89,18 +109,8 @@ fn podman_end_to_end() {
         return;
     }
     let pm = Podman::new();
-    let tar = pm.dir.join("rootfs.tar");
-    rootfs::tar_to(&tar).unwrap();
-    let image = "localhost/pit-busybox:latest";
-    pm.run(&["import", tar.to_str().unwrap(), image])
-        .expect_ok();
-    let limits = [
-        "--network=none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-    ];
+    let image = import_busybox(&pm);
+    let limits = LIMITS;
 
     // run --rm in the foreground
     let o = pm
@@ -233,13 +243,7 @@ fn podman_read_only_and_tmpfs_mounts() {
     if runc.exists() && is_porta() {
         runtimes.push(runc.to_path_buf());
     }
-    let limits = [
-        "--network=none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-    ];
+    let limits = LIMITS;
     let run = |rt: &Path, args: &[&str]| -> Out {
         Cmd::new("podman")
             .args(podman_args_with(&pm.dir, rt))
@@ -354,18 +358,8 @@ fn podman_checkpoint_and_restore() {
         "`criu check` fails on this host: run scripts/criu.sh (it builds a CRIU that works)"
     );
     let pm = Podman::new();
-    let tar = pm.dir.join("rootfs.tar");
-    rootfs::tar_to(&tar).unwrap();
-    let image = "localhost/pit-busybox:latest";
-    pm.run(&["import", tar.to_str().unwrap(), image])
-        .expect_ok();
-    let limits = [
-        "--network=none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-    ];
+    let image = import_busybox(&pm);
+    let limits = LIMITS;
     let counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done";
     pm.cmd()
         .args(["run", "-d", "--name", "pit-podman-ckpt"])

@@ -47,6 +47,21 @@ impl CriuOptions {
     fn work_dir(&self) -> PathBuf {
         self.work_path.clone().unwrap_or(self.image_path.clone())
     }
+
+    /// CRIU's flags for the switches both commands share.
+    fn flags(&self) -> impl Iterator<Item = String> + '_ {
+        [
+            (self.tcp_established, "--tcp-established"),
+            (self.ext_unix_sk, "--ext-unix-sk"),
+            (self.shell_job, "--shell-job"),
+            (self.file_locks, "--file-locks"),
+            (self.lazy_pages, "--lazy-pages"),
+            (self.auto_dedup, "--auto-dedup"),
+        ]
+        .into_iter()
+        .filter(|f| f.0)
+        .map(|f| f.1.to_string())
+    }
 }
 
 /// Options of `checkpoint`.
@@ -366,16 +381,11 @@ fn dump_args(
     }
     let flags = [
         (o.leave_running && !o.pre_dump, "--leave-running"),
-        (o.criu.tcp_established, "--tcp-established"),
-        (o.criu.ext_unix_sk, "--ext-unix-sk"),
-        (o.criu.shell_job, "--shell-job"),
-        (o.criu.file_locks, "--file-locks"),
-        (o.criu.lazy_pages, "--lazy-pages"),
-        (o.criu.auto_dedup, "--auto-dedup"),
         (o.tcp_skip_in_flight, "--skip-in-flight"),
         (o.link_remap, "--link-remap"),
         (o.pre_dump, "--track-mem"),
     ];
+    a.extend(o.criu.flags());
     a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
     if o.criu.lazy_pages && o.status_fd >= 0 {
         a.push("--status-fd".into());
@@ -837,15 +847,7 @@ pub(crate) fn run_restore(
         a.push(format!("fd[{}]:{key}", fd.as_raw_fd()));
         held.push(fd);
     }
-    let flags = [
-        (o.criu.tcp_established, "--tcp-established"),
-        (o.criu.ext_unix_sk, "--ext-unix-sk"),
-        (o.criu.shell_job, "--shell-job"),
-        (o.criu.file_locks, "--file-locks"),
-        (o.criu.lazy_pages, "--lazy-pages"),
-        (o.criu.auto_dedup, "--auto-dedup"),
-    ];
-    a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
+    a.extend(o.criu.flags());
     for ns in &o.criu.empty_ns {
         a.push("--empty-ns".into());
         a.push(if ns == "network" {
