@@ -22,6 +22,7 @@ fi
 
 echo "criu.sh: the installed criu cannot run on this kernel; building CRIU $VERSION"
 export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
 apt-get install -y -qq --no-install-recommends curl xz-utils make gcc libc6-dev pkgconf \
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev \
   libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler python3-protobuf \
