@@ -8,7 +8,7 @@ use std::process::Command;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use porta_cgroups::{CgroupVersion, ContainerCgroup};
+use porta_cgroups::{CgroupVersion, ContainerCgroup, PAYLOAD};
 
 use crate::config::{Bundle, ANNOTATION_FS};
 use crate::container::Container;
@@ -48,9 +48,9 @@ impl CriuOptions {
         self.work_path.clone().unwrap_or(self.image_path.clone())
     }
 
-    /// CRIU's flags for the switches both commands share.
-    fn flags(&self) -> impl Iterator<Item = String> + '_ {
-        [
+    /// CRIU's arguments for the options both commands share (but the cgroup mode).
+    fn shared_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
             (self.tcp_established, "--tcp-established"),
             (self.ext_unix_sk, "--ext-unix-sk"),
             (self.shell_job, "--shell-job"),
@@ -61,6 +61,16 @@ impl CriuOptions {
         .into_iter()
         .filter(|f| f.0)
         .map(|f| f.1.to_string())
+        .collect();
+        for ns in &self.empty_ns {
+            a.push("--empty-ns".into());
+            a.push(if ns == "network" {
+                "net".into()
+            } else {
+                ns.clone()
+            });
+        }
+        a
     }
 }
 
@@ -385,7 +395,7 @@ fn dump_args(
         (o.link_remap, "--link-remap"),
         (o.pre_dump, "--track-mem"),
     ];
-    a.extend(o.criu.flags());
+    a.extend(o.criu.shared_args());
     a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
     if o.criu.lazy_pages && o.status_fd >= 0 {
         a.push("--status-fd".into());
@@ -411,14 +421,6 @@ fn dump_args(
         if !o.pre_dump {
             a.push("--track-mem".into());
         }
-    }
-    for ns in &o.criu.empty_ns {
-        a.push("--empty-ns".into());
-        a.push(if ns == "network" {
-            "net".into()
-        } else {
-            ns.clone()
-        });
     }
     Ok(a)
 }
@@ -572,10 +574,8 @@ fn restore_mounts(bundle: &Bundle, cg: &ContainerCgroup) -> Vec<(String, String)
         .filter(|m| matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")));
     for m in cgroup_mounts {
         let dest = m.destination();
-        for (d, procs) in cg.dirs().iter().zip(cg.payload_procs_files()) {
-            let Some(payload) = procs.parent() else {
-                continue;
-            };
+        for d in cg.dirs() {
+            let payload = d.path.join(PAYLOAD);
             // As the container's cgroup file system lays them out (rootfs/cgroupfs.rs):
             // the cgroup2 hierarchy itself on a v2-only host, else one directory per
             // hierarchy named as on the host.
@@ -605,6 +605,7 @@ fn make_mount_points(bundle: &Bundle) -> Result<()> {
     let root = std::fs::File::open(&bundle.rootfs)
         .map_err(|e| Error::sys(format!("open the root {}", bundle.rootfs.display()), e))?;
     let mounts: Vec<_> = bundle.spec.mounts().iter().flatten().collect();
+    let binds = external_mounts(&bundle.spec);
     for m in &mounts {
         let dest = m.destination();
         let nested = mounts
@@ -613,7 +614,7 @@ fn make_mount_points(bundle: &Bundle) -> Result<()> {
         if nested {
             continue;
         }
-        let bind = external_mounts(&bundle.spec)
+        let bind = binds
             .iter()
             .find(|(d, _)| Path::new(d) == dest)
             .map(|(_, src)| bundle.dir.join(src));
@@ -636,7 +637,7 @@ fn make_mount_points(bundle: &Bundle) -> Result<()> {
 fn cgroup_roots(cg: &ContainerCgroup) -> Vec<String> {
     let mut out = Vec::new();
     for d in cg.dirs() {
-        let path = d.cgroup_path.join("payload").to_string_lossy().into_owned();
+        let path = d.cgroup_path.join(PAYLOAD).to_string_lossy().into_owned();
         out.push("--cgroup-root".into());
         out.push(if d.version == CgroupVersion::V2 {
             path
@@ -821,18 +822,15 @@ pub(crate) fn run_restore(
             .map_err(|e| Error::sys("find the new terminal's path", e))?;
         a.push("--ext-mount-map".into());
         a.push(format!("/dev/console:{}", pts.display()));
-        for key in keys.iter().filter(|k| k.starts_with("tty[")) {
-            if !a.iter().any(|x| x.ends_with(&format!(":{key}"))) {
-                a.push("--inherit-fd".into());
-                a.push(format!("fd[{}]:{key}", fd.as_raw_fd()));
-            }
-        }
         held.push(fd);
     }
+    // A checkpointed terminal is replaced by the new pty's slave (held first, if any).
+    let slave = held.first().map(|f| f.as_raw_fd());
     for (fd, key) in inherited_stdio(&keys) {
-        if terminal.is_some() && key.starts_with("tty[") {
-            continue;
-        }
+        let fd = match slave {
+            Some(s) if key.starts_with("tty[") => s,
+            _ => fd as i32,
+        };
         a.push("--inherit-fd".into());
         a.push(format!("fd[{fd}]:{key}"));
     }
@@ -847,15 +845,7 @@ pub(crate) fn run_restore(
         a.push(format!("fd[{}]:{key}", fd.as_raw_fd()));
         held.push(fd);
     }
-    a.extend(o.criu.flags());
-    for ns in &o.criu.empty_ns {
-        a.push("--empty-ns".into());
-        a.push(if ns == "network" {
-            "net".into()
-        } else {
-            ns.clone()
-        });
-    }
+    a.extend(o.criu.shared_args());
     if let Some(p) = &o.lsm_profile {
         a.push("--lsm-profile".into());
         a.push(p.clone());
