@@ -549,6 +549,18 @@ fn passthrough_creates_take_spare_files_with_the_identity_a_create_gives() {
         "many",
         "for i in $(seq 1 100); do echo $i > f$i; done; cat f1 f50 f100; ls | wc -l",
     );
+    // The filler made the spares that replaced those used where the creates were (a
+    // file system puts a new inode near its directory): the newest spares are nameless
+    // files of `many` (the server runs in this process: its descriptors are ours).
+    let in_many = (0..m.shared.scan_end())
+        .filter(|&fd| m.shared.kind(fd) == porta_fs::shared::kind::SPARE)
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .filter(|p| p.starts_with(m.backing.join("many")))
+        .count();
+    assert!(
+        in_many > 0,
+        "no spare file was made in the directory of the creates"
+    );
     // A restart adopts the spares still nameless: none is lost, none named twice.
     let left = spare_inodes(&m);
     assert!(!left.is_empty());

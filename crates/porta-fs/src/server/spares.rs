@@ -29,9 +29,9 @@
 //! the spare got its name.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::nodes::FdName;
 use super::ops::entry::owner_in;
@@ -44,6 +44,9 @@ use crate::sys::{self, SysResult};
 pub(super) const TARGET: usize = 16;
 /// The filler starts again when fewer than this are left.
 const LOW: usize = 8;
+/// Spares that failed to be made in a row after which the filler stops for good
+/// (a failure ends a round; the next CREATE that finds the pool low starts another).
+const FAILURES: u32 = 3;
 
 /// One spare file: its descriptor (open read-write, published as [`kind::SPARE`]), its
 /// backing id, and what it is now (so a create changes only what differs).
@@ -84,6 +87,17 @@ struct Pool {
     /// spares, and a new server's first requests do not queue behind 16 registrations
     /// at the supervisor).
     wanted: bool,
+    /// Where the filler makes spares: the directory of the latest CREATE.
+    dir: Option<Arc<Dir>>,
+}
+
+/// A directory spares are made in.
+#[derive(Debug)]
+struct Dir {
+    /// Its inode number (its mount is the backing root's).
+    ino: u64,
+    /// An `O_PATH` descriptor of it.
+    fd: OwnedFd,
 }
 
 /// The pool of spare files and the filler's controls.
@@ -91,7 +105,7 @@ struct Pool {
 pub(super) struct Spares {
     pool: Mutex<Pool>,
     cv: Condvar,
-    /// Spares can be made here (cleared for good when the file system refuses them).
+    /// Spares can be made here (cleared for good when they keep failing).
     enabled: AtomicBool,
     /// The mount id of the backing root, where spares are made (0: unknown).
     mnt_id: AtomicU64,
@@ -105,13 +119,20 @@ impl Spares {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a spare, waking the filler when the pool runs low.
-    fn take(&self) -> Option<Spare> {
+    /// Takes a spare for a CREATE in directory `parent` (inode `ino`), waking the
+    /// filler when the pool runs low; the filler makes the next spares there.
+    fn take(&self, parent: RawFd, ino: u64) -> Option<Spare> {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
         let mut p = self.pool();
         p.wanted = true;
+        if p.dir.as_ref().is_none_or(|d| d.ino != ino) {
+            // A failure leaves the previous directory (the root at worst).
+            if let Ok(fd) = sys::openat(parent, c".", libc::O_PATH | libc::O_DIRECTORY, 0) {
+                p.dir = Some(Arc::new(Dir { ino, fd }));
+            }
+        }
         let s = p.ready.pop();
         if p.ready.len() < LOW {
             self.cv.notify_one();
@@ -124,9 +145,17 @@ impl Spares {
         self.pool().ready.push(s);
     }
 
+    /// The directory to make spares in (`None`: the backing root).
+    fn dir(&self) -> Option<Arc<Dir>> {
+        self.pool().dir.clone()
+    }
+
     /// Ends the filler's loop.
     pub(super) fn stop(&self) {
-        self.pool().stop = true;
+        let mut p = self.pool();
+        p.stop = true;
+        p.dir = None;
+        drop(p);
         self.cv.notify_all();
         tracing::debug!(
             creates = self.used.load(Ordering::Relaxed),
@@ -142,11 +171,20 @@ impl Spares {
 
 /// The mount id of what `fd` names.
 fn mount_id(fd: RawFd) -> SysResult<u64> {
-    dir_status(fd).map(|(mnt, _, _)| mnt)
+    dir_status(fd).map(|d| d.mnt)
 }
 
-/// The mount id, mode and group of what `fd` names.
-fn dir_status(fd: RawFd) -> SysResult<(u64, u32, u32)> {
+/// What a CREATE needs to know of its directory.
+#[derive(Debug, Clone, Copy)]
+struct DirStatus {
+    mnt: u64,
+    ino: u64,
+    mode: u32,
+    gid: u32,
+}
+
+/// The mount id, inode, mode and group of what `fd` names.
+fn dir_status(fd: RawFd) -> SysResult<DirStatus> {
     let mut stx: libc::statx = zeroed_statx();
     // SAFETY: valid empty path, `stx` is a writable statx buffer.
     let r = unsafe {
@@ -154,7 +192,7 @@ fn dir_status(fd: RawFd) -> SysResult<(u64, u32, u32)> {
             fd,
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            libc::STATX_MNT_ID | libc::STATX_MODE | libc::STATX_GID,
+            libc::STATX_MNT_ID | libc::STATX_MODE | libc::STATX_GID | libc::STATX_INO,
             &mut stx,
         )
     };
@@ -166,7 +204,12 @@ fn dir_status(fd: RawFd) -> SysResult<(u64, u32, u32)> {
     if stx.stx_mask & libc::STATX_MNT_ID == 0 {
         return Err(libc::EOPNOTSUPP);
     }
-    Ok((stx.stx_mnt_id, u32::from(stx.stx_mode), stx.stx_gid))
+    Ok(DirStatus {
+        mnt: stx.stx_mnt_id,
+        ino: stx.stx_ino,
+        mode: u32::from(stx.stx_mode),
+        gid: stx.stx_gid,
+    })
 }
 
 fn zeroed_statx() -> libc::statx {
@@ -198,6 +241,7 @@ impl Fs {
             }
         }
         self.spares.enabled.store(true, Ordering::Relaxed);
+        let mut failures = 0;
         loop {
             {
                 let mut p = self.spares.pool();
@@ -210,7 +254,18 @@ impl Fs {
             }
             while self.spares.ready() < TARGET {
                 match self.make_spare() {
-                    Ok(s) => self.spares.give_back(s),
+                    Ok(s) => {
+                        failures = 0;
+                        self.spares.give_back(s);
+                    }
+                    Err(errno) if failures + 1 < FAILURES => {
+                        // Transient (e.g. a busy supervisor or a full table): the next
+                        // CREATE that finds the pool low starts another round.
+                        failures += 1;
+                        tracing::debug!(errno, failures, "a spare file could not be made");
+                        self.spares.pool().wanted = false;
+                        break;
+                    }
                     Err(errno) => {
                         self.spares.enabled.store(false, Ordering::Relaxed);
                         tracing::info!(
@@ -227,14 +282,19 @@ impl Fs {
         }
     }
 
-    /// Makes one spare: a nameless file in the backing root, published, registered.
+    /// Makes one spare: a nameless file in the directory of the latest CREATE (else
+    /// in the backing root), published, registered.
     fn make_spare(&self) -> SysResult<Spare> {
-        let file = sys::openat(
-            self.root,
-            c".",
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_NONBLOCK,
-            SPARE_MODE,
-        )?;
+        let flags = libc::O_TMPFILE | libc::O_RDWR | libc::O_NONBLOCK;
+        let dir = self.spares.dir();
+        let file = match dir
+            .as_ref()
+            .map(|d| sys::openat(d.fd.as_raw_fd(), c".", flags, SPARE_MODE))
+        {
+            Some(Ok(file)) => file,
+            // Removed, or not writable for the server: the root is as good a place.
+            _ => sys::openat(self.root, c".", flags, SPARE_MODE)?,
+        };
         let st = sys::fstat(file.as_raw_fd())?;
         let fd = file.into_raw_fd();
         if !self.sh.publish(fd, kind::SPARE, 0, st.st_ino, st.st_dev) {
@@ -317,10 +377,16 @@ impl Fs {
         if a.mode & 0o7000 != 0 || !self.spares_possible() {
             return Ok(false);
         }
-        let Some(mut spare) = self.spares.take() else {
+        let Ok(dir) = dir_status(parent) else {
             return Ok(false);
         };
-        match self.link_spare(h, a, parent, &mut spare) {
+        if dir.mnt != self.spares.mnt_id.load(Ordering::Relaxed) || self.has_default_acl(parent) {
+            return Ok(false);
+        }
+        let Some(mut spare) = self.spares.take(parent, dir.ino) else {
+            return Ok(false);
+        };
+        match self.link_spare(h, a, parent, dir, &mut spare) {
             Linked::Done(id, attr) => {
                 self.spares.used.fetch_add(1, Ordering::Relaxed);
                 abi::encode_entry(w, id, 0, self.ttl, &attr);
@@ -349,16 +415,10 @@ impl Fs {
         h: &InHeader,
         a: &args::Create,
         parent: RawFd,
+        dir: DirStatus,
         spare: &mut Spare,
     ) -> Linked {
-        let mnt = self.spares.mnt_id.load(Ordering::Relaxed);
-        let Ok((parent_mnt, parent_mode, parent_gid)) = dir_status(parent) else {
-            return Linked::NotHere;
-        };
-        if parent_mnt != mnt || self.has_default_acl(parent) {
-            return Linked::NotHere;
-        }
-        let owner = owner_in(h, parent_mode, parent_gid);
+        let owner = owner_in(h, dir.mode, dir.gid);
         let mode = a.mode & 0o777;
         let fd = spare.fd;
         let proc_name = FdName::new(b"", fd);
