@@ -209,6 +209,8 @@ pub struct Options {
     pub workload_bin: Option<PathBuf>,
     /// Where the root file system and state directories are made.
     pub work_dir: PathBuf,
+    /// Make a scratch file system of this size for the run (see [`crate::scratch`]).
+    pub scratch_fs: Option<String>,
     /// Counted runs per environment (default per workload).
     pub runs: Option<usize>,
     /// Warm-up rounds (default per workload).
@@ -237,6 +239,8 @@ pub struct Bench {
     /// The environments, in the order they run.
     pub envs: Vec<Env>,
     work: PathBuf,
+    /// The scratch file system mounted on `work` (`--scratch-fs`).
+    scratch: Option<crate::scratch::Scratch>,
     rootfs: PathBuf,
     bundles: PathBuf,
     cgroup_parent: String,
@@ -319,7 +323,26 @@ impl Bench {
             })?;
             envs.push(e);
         }
+        let scratch = match &opt.scratch_fs {
+            Some(size) => {
+                let image = opt.work_dir.join(format!("porta-bench-{pid}.img"));
+                progress(&format!(
+                    "making a scratch ext4 of {size} in {} on {} ...",
+                    image.display(),
+                    work.display()
+                ));
+                match crate::scratch::Scratch::make(&image, &work, size) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        let _ = fs::remove_dir(&work);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(Bench {
+            scratch,
             sizes,
             rootfs: work.join("rootfs"),
             bundles: work.join("bundles"),
@@ -1281,7 +1304,13 @@ impl Bench {
             cpu,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory_mib: sys::mem_total_kib() / 1024,
-            work_fs: sys::fs_type(&self.work),
+            work_fs: match &self.scratch {
+                Some(_) => format!(
+                    "{} (a new ext4 with a journal made for this run: --scratch-fs)",
+                    sys::fs_type(&self.work)
+                ),
+                None => sys::fs_type(&self.work),
+            },
             duration_s: self.started.elapsed().as_secs_f64(),
             runtimes: self
                 .envs
@@ -1585,7 +1614,24 @@ impl Bench {
                 }
             }
         }
-        if self.opt.keep {
+        if let (Some(s), true) = (&self.scratch, self.opt.keep) {
+            progress(&format!(
+                "kept {} (the scratch file system stays mounted there; its image is {})",
+                self.work.display(),
+                s.image().display()
+            ));
+        } else if let Some(s) = self.scratch.take() {
+            progress(&format!(
+                "removing the scratch file system on {} ...",
+                s.mount().display()
+            ));
+            match s.remove() {
+                Ok(()) => {
+                    let _ = fs::remove_dir(&self.work);
+                }
+                Err(e) => progress(&format!("warning: {e:#}")),
+            }
+        } else if self.opt.keep {
             progress(&format!("kept {}", self.work.display()));
         } else if self.work.exists() {
             progress(&format!("removing {} ...", self.work.display()));

@@ -6,6 +6,7 @@ pub mod env;
 pub mod fsmark;
 pub mod report;
 pub mod results;
+pub mod scratch;
 pub mod stats;
 pub mod svg;
 pub mod sys;

@@ -47,6 +47,10 @@ struct Args {
     /// Where the root file system and state directories are made (a disk-backed file system).
     #[arg(long, default_value = "/var/tmp")]
     work_dir: PathBuf,
+    /// Run on a new ext4 with a journal of SIZE (e.g. 8G; a sparse image file under
+    /// --work-dir, mounted through a loop device), made for this run and removed after it.
+    #[arg(long, value_name = "SIZE")]
+    scratch_fs: Option<String>,
     /// Counted runs per environment (default 5; lifecycle 10 in full mode).
     #[arg(long)]
     runs: Option<usize>,
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
         workspace,
         workload_bin: args.workload_bin.clone(),
         work_dir: args.work_dir.clone(),
+        scratch_fs: args.scratch_fs.clone(),
         runs: args.runs,
         warmup: args.warmup,
         keep: args.keep,

@@ -472,8 +472,12 @@ Other options: `--porta PATH` (default `<workspace>/target/release/porta`), `--b
 `baseline-porta`, `baseline-porta-strict`, … interleaved with the rest; the report then compares \
 the two builds), `--only` (workloads, or a metric of exactly one workload: `reopen` selects \
 smallio), `--runs N`, `--warmup N`, `--work-dir DIR` (default /var/tmp; the shared root file \
-system and all fs workloads live there), `--keep`. A runtime whose binary is missing or whose \
-probe container fails is reported as skipped; a runtime that fails during a workload is \
+system and all fs workloads live there), `--scratch-fs SIZE` (run on a new ext4 with a journal \
+of SIZE, e.g. `8G`: a sparse image file under the work directory, mounted through a loop device \
+for this run and removed after it; on a host whose file system is an ext4 without a journal, \
+where the inode allocator reads past every inode freed in the last minutes, the fs figures \
+otherwise depend on what was deleted before the run), `--keep`. A runtime whose binary is \
+missing or whose probe container fails is reported as skipped; a runtime that fails during a workload is \
 reported as failed for that workload (and that load) and the run goes on.
 
 ".to_string()
