@@ -374,7 +374,10 @@ impl Fs {
         parent: RawFd,
         w: &mut Writer,
     ) -> SysResult<bool> {
-        if a.mode & 0o7000 != 0 || !self.spares_possible() {
+        if a.mode & 0o7000 != 0
+            || !self.spares_possible()
+            || !self.spares.enabled.load(Ordering::Relaxed)
+        {
             return Ok(false);
         }
         let Ok(dir) = dir_status(parent) else {
