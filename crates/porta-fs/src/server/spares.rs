@@ -42,7 +42,8 @@ use crate::sys::{self, SysResult};
 
 /// Spares kept ready.
 pub(super) const TARGET: usize = 16;
-/// The filler starts again when fewer than this are left.
+/// The filler starts again when fewer than this are left (and makes none while the
+/// server's descriptors are past its eviction threshold: they go to nodes first).
 const LOW: usize = 8;
 /// Spares that failed to be made in a row after which the filler stops for good
 /// (a failure ends a round; the next CREATE that finds the pool low starts another).
@@ -253,6 +254,13 @@ impl Fs {
                 }
             }
             while self.spares.ready() < TARGET {
+                if self.sh.live() >= self.budget.high {
+                    // Descriptors are getting scarce: they go to nodes, not to spares
+                    // (a CREATE without one registers its file itself). The next
+                    // CREATE that finds the pool low looks again.
+                    self.spares.pool().wanted = false;
+                    break;
+                }
                 match self.make_spare() {
                     Ok(s) => {
                         failures = 0;
