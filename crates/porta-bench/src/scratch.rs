@@ -105,20 +105,25 @@ mod tests {
             .map(str::to_string)
     }
 
-    fn root() -> bool {
+    /// A temporary directory with the image's path and an empty mount point in it;
+    /// `None` (the test is skipped) when not root.
+    fn place() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
         // SAFETY: geteuid takes nothing and cannot fail.
-        unsafe { libc::geteuid() == 0 }
-    }
-
-    #[test]
-    fn a_scratch_file_system_is_a_journaled_ext4_that_goes_without_a_trace() {
-        if !root() {
+        if unsafe { libc::geteuid() } != 0 {
             eprintln!("not root: skipped");
-            return;
+            return None;
         }
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let (img, mnt) = (dir.path().join("s.img"), dir.path().join("mnt"));
         fs::create_dir(&mnt).unwrap();
+        Some((dir, img, mnt))
+    }
+
+    #[test]
+    fn a_scratch_file_system_is_a_journaled_ext4_that_goes_without_a_trace() {
+        let Some((_dir, img, mnt)) = place() else {
+            return;
+        };
         let s = Scratch::make(&img, &mnt, "64M").unwrap();
         let line = mounted(&mnt).expect("mounted");
         assert!(line.contains(" - ext4 /dev/loop"), "{line}");
@@ -143,13 +148,9 @@ mod tests {
 
     #[test]
     fn a_bad_size_is_named_and_leaves_nothing() {
-        if !root() {
-            eprintln!("not root: skipped");
+        let Some((_dir, img, mnt)) = place() else {
             return;
-        }
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let (img, mnt) = (dir.path().join("s.img"), dir.path().join("mnt"));
-        fs::create_dir(&mnt).unwrap();
+        };
         let e = Scratch::make(&img, &mnt, "12Q").unwrap_err().to_string();
         assert!(e.contains("\"12Q\""), "{e}");
         assert!(!img.exists());
