@@ -105,6 +105,25 @@ impl Streams {
         Some(self.list.swap_remove(i).fd)
     }
 
+    /// Drops idle streams past [`MAX_IDLE`] (a server's successor finds every stream its
+    /// predecessor kept); returns them for the caller to close.
+    pub fn trim(&mut self) -> Vec<RawFd> {
+        let mut gone = Vec::new();
+        while self.list.iter().filter(|s| !s.busy).count() > MAX_IDLE {
+            let Some((i, _)) = self
+                .list
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.busy)
+                .min_by_key(|(_, s)| s.used)
+            else {
+                break;
+            };
+            gone.push(self.list.swap_remove(i).fd);
+        }
+        gone
+    }
+
     /// Forgets a stream (its listing ended or failed); the caller closes it.
     pub fn remove(&mut self, fd: RawFd) {
         if let Some(i) = self.list.iter().position(|s| s.fd == fd) {

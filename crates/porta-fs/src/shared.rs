@@ -102,6 +102,12 @@ pub mod kind {
     /// An O_PATH descriptor of a node that carries a running translator: word 1 the
     /// translator's socket.
     pub const TRANSLATED: u64 = 7;
+    /// A descriptor a server holds while one request or task is under way, before it
+    /// becomes anything above (a file being opened, a read-only reopen being registered
+    /// as a backing file, a node being looked up), or for as long as the server runs (the
+    /// directory spares are made in): word 1 the start number (`hdr::SERVER_STARTS`) of
+    /// the server holding it. A successor closes the ones of servers that are gone.
+    pub const SCRATCH: u64 = 8;
 }
 
 /// States of a reply-journal entry (one per server thread: request id, state, two words).
@@ -720,6 +726,13 @@ impl Shared {
     pub fn kind(&self, fd: RawFd) -> u64 {
         self.entry(fd)
             .map_or(kind::FREE, |e| e[0].load(Ordering::Acquire))
+    }
+
+    /// The start number of the server holding scratch descriptor `fd` (`None`: not of
+    /// kind [`kind::SCRATCH`]).
+    pub fn scratch_owner(&self, fd: RawFd) -> Option<u64> {
+        let e = self.entry(fd)?;
+        (e[0].load(Ordering::Acquire) == kind::SCRATCH).then(|| e[1].load(Ordering::Relaxed))
     }
 
     /// Marks entry `fd` free (and uncounts it from `hdr::LIVE`).

@@ -1251,3 +1251,81 @@ fn the_descriptor_table_is_grown_ahead_as_nodes_fill_it() {
     assert!(sys::fd_table_size(None).unwrap() >= table * 4);
     c.assert_alive();
 }
+
+#[test]
+fn descriptors_a_killed_server_held_for_requests_in_progress_are_closed_by_its_successor() {
+    use porta_fs::shared::{hdr, kind};
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::Ordering;
+    require_root!();
+    let mut c = Conn::new();
+    let b = c.backing();
+    std::fs::write(b.join("f"), "x").unwrap();
+    for i in 0..41 {
+        std::fs::create_dir(b.join(format!("s{i}"))).unwrap();
+    }
+    let open = |name: &str, flags: i32| {
+        let p = CString::new(b.join(name).as_os_str().as_encoded_bytes()).unwrap();
+        sys::openat(libc::AT_FDCWD, &p, flags, 0)
+            .unwrap()
+            .into_raw_fd()
+    };
+    let key = |fd: i32| sys::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino));
+    let dead = open("f", libc::O_RDONLY); // a reopen the dead server was registering
+    let own = open("f", libc::O_PATH); // a request of the successor itself, under way
+    let first = open("s40", libc::O_RDONLY | libc::O_DIRECTORY); // a READDIR never answered
+    let streams: Vec<i32> = (0..40)
+        .map(|i| open(&format!("s{i}"), libc::O_RDONLY | libc::O_DIRECTORY))
+        .collect();
+    let keys: Vec<_> = [dead, own, first]
+        .iter()
+        .chain(&streams)
+        .map(|&fd| key(fd).unwrap())
+        .collect();
+    c.restart_after(|sh| {
+        let started = sh.hdr(hdr::SERVER_STARTS).load(Ordering::Relaxed);
+        assert!(sh.publish(dead, kind::SCRATCH, started, 0, 0));
+        assert!(sh.publish(own, kind::SCRATCH, started + 1, 0, 0));
+        for (i, &fd) in std::iter::once(&first).chain(&streams).enumerate() {
+            let (dev, ino) = key(fd).unwrap();
+            assert!(sh.publish(fd, kind::STREAM, 1, ino, dev));
+            // The abandoned listings ended somewhere; the unanswered one at 0.
+            sh.stream(fd).unwrap().set_offset(i as u64 * 7);
+        }
+    });
+    // A LOOKUP waits for the rebuilt index: the successor has looked at the table.
+    assert_eq!(c.lookup(1, "f").0, 0);
+    let sh = c.cfg.shared;
+    // Closed: the entry free and the number no longer that object (another test's
+    // thread may have taken the number since).
+    let closed = |fd: i32, k: (u64, u64)| sh.kind(fd) == kind::FREE && key(fd) != Some(k);
+    assert!(
+        closed(dead, keys[0]),
+        "the dead server's scratch descriptor stays open"
+    );
+    assert_eq!(
+        sh.kind(own),
+        kind::SCRATCH,
+        "the successor's own was closed"
+    );
+    assert_eq!(key(own), Some(keys[1]));
+    assert!(closed(first, keys[2]), "a listing at offset 0 was kept");
+    let kept = streams
+        .iter()
+        .filter(|&&fd| sh.kind(fd) == kind::STREAM)
+        .count();
+    assert_eq!(
+        kept,
+        porta_fs::listing::MAX_IDLE,
+        "idle listings kept past the limit"
+    );
+    for (&fd, &k) in streams.iter().zip(&keys[3..]) {
+        assert!(
+            sh.kind(fd) == kind::STREAM || closed(fd, k),
+            "descriptor {fd}"
+        );
+    }
+    // The successor's own goes as it would after its request.
+    sh.free(own);
+    sys::close(own);
+}

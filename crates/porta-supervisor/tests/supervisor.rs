@@ -589,7 +589,21 @@ fn kill_loop(passthrough: bool, groups: u64, nofile: Option<u64>) {
         // opened and read through the mount, by the node the kernel holds.
         assert!(kept_all.len() as u64 > 2 * n, "{} files", kept_all.len());
         let fds = server_fds(s.pid) as u64;
-        assert!(fds <= n, "{fds} descriptors for a budget of {n}");
+        eprintln!("passthrough={passthrough}: the server holds {fds} descriptors (budget {n})");
+        if fds > n {
+            let _ = std::fs::write("/tmp/porta-cold-nodes-failure.log", c.log());
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "ls -l /proc/{}/fd > /tmp/porta-cold-nodes-fds.txt",
+                    s.pid
+                ))
+                .status();
+        }
+        assert!(
+            fds <= n,
+            "{fds} descriptors for a budget of {n} (listed in /tmp/porta-cold-nodes-fds.txt)"
+        );
         for (p, data) in &kept_all {
             match std::fs::read(p) {
                 Ok(got) => assert_eq!(got, data.as_bytes(), "{}", p.display()),

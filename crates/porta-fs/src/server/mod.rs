@@ -33,6 +33,7 @@ mod fault;
 mod nodes;
 mod ops;
 mod replay;
+mod scratch;
 mod session;
 mod spares;
 mod translators;
@@ -136,6 +137,9 @@ struct Fs {
     fault: Option<(Fault, Vec<u8>)>,
     /// The reply journal as the previous server left it.
     journal_at_start: Vec<JournalRecord>,
+    /// This server's start number (`hdr::SERVER_STARTS` after its start): the owner its
+    /// scratch descriptors are recorded with ([`scratch`]).
+    start: u64,
     fuse: RawFd,
     backing: RawFd,
     root: RawFd,
@@ -218,7 +222,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
     }
     sh.hdr(hdr::ROOT_FD)
         .store(cfg.root_fd as u64, Ordering::Relaxed);
-    sh.hdr(hdr::SERVER_STARTS).fetch_add(1, Ordering::Relaxed);
+    let start = sh.hdr(hdr::SERVER_STARTS).fetch_add(1, Ordering::Relaxed) + 1;
     sh.hdr(hdr::SERVER_PID)
         .store(std::process::id() as u64, Ordering::Relaxed);
     sh.dev_index(root_st.st_dev);
@@ -246,6 +250,7 @@ pub fn serve(cfg: &Config) -> Result<Exit, Error> {
         #[cfg(feature = "fault-injection")]
         fault: fault_from_env(),
         journal_at_start,
+        start,
         fuse: cfg.fuse_fd,
         backing: cfg.backing_fd,
         root: cfg.root_fd,

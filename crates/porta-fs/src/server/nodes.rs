@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::ops::attr::may_be_fake_dev;
+use super::scratch::Scratch;
 use super::Fs;
 use crate::abi::{self, Attr};
 use crate::evict::Method;
@@ -63,7 +64,7 @@ pub(super) const MAX_COLD_CHAIN: usize = 1 << 16;
 /// for this request.
 pub(super) enum NodeFd {
     Held(RawFd),
-    Opened(OwnedFd),
+    Opened(Scratch),
 }
 
 impl NodeFd {
@@ -169,7 +170,7 @@ impl Fs {
         let mut cur = base;
         for (cname, ino, dev, ftype) in chain.iter().rev() {
             let fd = match sys::openat(cur.fd(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-                Ok(fd) => fd,
+                Ok(fd) => self.scratch(fd),
                 Err(libc::ENOENT) | Err(libc::ENOTDIR) => return Err(libc::ESTALE),
                 Err(e) => return Err(e),
             };
@@ -313,14 +314,21 @@ impl Fs {
         if self.sh.live() >= self.budget.max {
             self.wait_for_room();
         }
-        let fd = sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = self.scratch(sys::openat(
+            parent,
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?);
         let st = sys::fstat(fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
         let mut nodes = self.inodes.lock().map_err(|_| libc::EIO)?;
         let id = match self.counted_again(&nodes, key, parent_id, name) {
             Some(id) => id,
             None => {
-                if self.sh.live() >= self.budget.max {
+                // (The descriptor, a scratch one until published, is counted already.)
+                let own = usize::from(self.sh.kind(fd.as_raw_fd()) == kind::SCRATCH);
+                if self.sh.live().saturating_sub(own) >= self.budget.max {
                     // Everything the budget allows is in use (or eviction lags behind):
                     // refuse this node rather than the descriptors open files need.
                     self.evict.request();
@@ -383,6 +391,7 @@ impl Fs {
     pub(super) fn attr_at(&self, parent: RawFd, name: &CStr, st: &libc::stat) -> Attr {
         if may_be_fake_dev(st) {
             if let Ok(f) = sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                let f = self.scratch(f);
                 return self.attr(f.as_raw_fd(), st);
             }
         }
@@ -414,7 +423,7 @@ impl Fs {
             return;
         }
         let fd = match sys::openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-            Ok(fd) => fd,
+            Ok(fd) => self.scratch(fd),
             Err(errno) => {
                 tracing::debug!(errno, "cold node not pinned");
                 return;
@@ -518,6 +527,10 @@ impl Fs {
         // Spare files the previous server left, and every backing id nodes record.
         let mut spares = Vec::new();
         let mut node_ids = std::collections::HashSet::new();
+        // Descriptors a killed server held for a request in progress, and listings whose
+        // first READDIR it never answered (none goes on from offset 0: the kernel asks
+        // again from 0, and that opens a new stream).
+        let mut dropped = 0;
         for fd in 0..sh.scan_end() {
             let (Some(node), Some(file), Some(stream)) =
                 (sh.hot_node(fd), sh.file(fd), sh.stream(fd))
@@ -533,7 +546,13 @@ impl Fs {
                     };
                     *opens.entry(file.node()).or_default() += one;
                 }
+                kind::STREAM if stream.offset() == 0 => {
+                    sh.free(fd);
+                    sys::close(fd);
+                    dropped += 1;
+                }
                 kind::STREAM => streams.add(fd, stream.inode_key(), stream.offset(), false),
+                kind::SCRATCH => dropped += usize::from(self.close_scratch_of_the_dead(fd)),
                 kind::SPARE => spares.push(fd),
                 kind::NODE => {
                     node_ids.insert(node.backing().load(Ordering::Acquire));
@@ -569,6 +588,17 @@ impl Fs {
             .map(|e| e.backing().load(Ordering::Acquire));
         node_ids.extend(cold_ids);
         self.adopt_spares(&spares, &node_ids);
+        for fd in streams.trim() {
+            sh.free(fd);
+            sys::close(fd);
+            dropped += 1;
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "closed the descriptors a killed server held for requests in progress"
+            );
+        }
         let live = sh.recount();
         let indexed = map.len();
         {

@@ -29,12 +29,13 @@
 //! the spare got its name.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::nodes::FdName;
 use super::ops::entry::owner_in;
+use super::scratch::Scratch;
 use super::Fs;
 use crate::abi::{self, args, InHeader, Writer};
 use crate::shared::{kind, NodeRef};
@@ -97,8 +98,9 @@ struct Pool {
 struct Dir {
     /// Its inode number (its mount is the backing root's).
     ino: u64,
-    /// An `O_PATH` descriptor of it.
-    fd: OwnedFd,
+    /// An `O_PATH` descriptor of it (a scratch descriptor of the server: a successor
+    /// closes it).
+    fd: Scratch,
 }
 
 /// The pool of spare files and the filler's controls.
@@ -122,7 +124,13 @@ impl Spares {
 
     /// Takes a spare for a CREATE in directory `parent` (inode `ino`), waking the
     /// filler when the pool runs low; the filler makes the next spares there.
-    fn take(&self, parent: RawFd, ino: u64) -> Option<Spare> {
+    /// (`scratch` records the directory's new descriptor as the server's.)
+    fn take(
+        &self,
+        parent: RawFd,
+        ino: u64,
+        scratch: impl FnOnce(OwnedFd) -> Scratch,
+    ) -> Option<Spare> {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
@@ -131,7 +139,10 @@ impl Spares {
         if p.dir.as_ref().is_none_or(|d| d.ino != ino) {
             // A failure leaves the previous directory (the root at worst).
             if let Ok(fd) = sys::openat(parent, c".", libc::O_PATH | libc::O_DIRECTORY, 0) {
-                p.dir = Some(Arc::new(Dir { ino, fd }));
+                p.dir = Some(Arc::new(Dir {
+                    ino,
+                    fd: scratch(fd),
+                }));
             }
         }
         let s = p.ready.pop();
@@ -303,6 +314,7 @@ impl Fs {
             // Removed, or not writable for the server: the root is as good a place.
             _ => sys::openat(self.root, c".", flags, SPARE_MODE)?,
         };
+        let file = self.scratch(file);
         let st = sys::fstat(file.as_raw_fd())?;
         let fd = file.into_raw_fd();
         if !self.sh.publish(fd, kind::SPARE, 0, st.st_ino, st.st_dev) {
@@ -394,7 +406,7 @@ impl Fs {
         if dir.mnt != self.spares.mnt_id.load(Ordering::Relaxed) || self.has_default_acl(parent) {
             return Ok(false);
         }
-        let Some(mut spare) = self.spares.take(parent, dir.ino) else {
+        let Some(mut spare) = self.spares.take(parent, dir.ino, |fd| self.scratch(fd)) else {
             return Ok(false);
         };
         match self.link_spare(h, a, parent, dir, &mut spare) {

@@ -2,7 +2,7 @@
 //! ([`crate::listing`]), lookups of long listings shared with a helper thread
 //! ([`crate::helper`]); FSYNCDIR.
 
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use super::super::{Fs, BUF_LEN};
 use crate::abi::{self, args, Attr, InHeader, Ttl, Writer};

@@ -270,23 +270,24 @@ impl Fs {
         let perm = mode & 0o7777;
         match mode & libc::S_IFMT {
             libc::S_IFREG => {
-                sys::openat(
+                let f = sys::openat(
                     parent,
                     name,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
                     perm,
                 )?;
+                drop(self.scratch(f));
                 Ok(())
             }
             libc::S_IFIFO | libc::S_IFSOCK => sys::mknodat(parent, name, mode, 0),
             libc::S_IFCHR | libc::S_IFBLK => {
                 // No CAP_MKNOD: store the node as an empty sticky regular file + xattr.
-                let f = sys::openat(
+                let f = self.scratch(sys::openat(
                     parent,
                     name,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
                     0o1600,
-                )?;
+                )?);
                 let fd = f.as_raw_fd();
                 sys::chmodat(self.proc_fd, FdName::new(b"", fd).cstr(), 0o1600)?;
                 let v = format!("{mode:o} {rdev}");

@@ -1,10 +1,11 @@
 //! Open files: OPEN, CREATE, READ, WRITE, RELEASE, FSYNC, FALLOCATE, LSEEK and
 //! COPY_FILE_RANGE; handles in the shared table, and the passthrough backing ids of nodes.
 
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 
 use super::super::nodes::FdName;
+use super::super::scratch::Scratch;
 use super::super::{Fs, COPY_CHUNK, MAX_WRITE};
 use crate::abi::{self, args, fopen, InHeader, Writer};
 use crate::shared::{self, kind, NodeEntry, NodeRef};
@@ -61,7 +62,7 @@ impl Fs {
         let file = {
             let _ids = self.as_caller(h);
             // The umask is applied by the kernel already.
-            sys::openat(parent, name, oflags, a.mode & 0o7777)?
+            self.scratch(sys::openat(parent, name, oflags, a.mode & 0o7777)?)
         };
         let st = sys::fstat(file.as_raw_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -304,7 +305,7 @@ impl Fs {
     /// Opens the object a node descriptor names, with real access flags, through its
     /// /proc/self/fd entry (exactly that inode, no path walk), non-blocking, and checks
     /// that it is of the expected type.
-    pub(in crate::server) fn reopen(&self, fd: RawFd, flags: i32, want: u32) -> SysResult<OwnedFd> {
+    pub(in crate::server) fn reopen(&self, fd: RawFd, flags: i32, want: u32) -> SysResult<Scratch> {
         self.reopen_stat(fd, flags, want).map(|(file, _)| file)
     }
 
@@ -314,7 +315,7 @@ impl Fs {
         fd: RawFd,
         flags: i32,
         want: u32,
-    ) -> SysResult<(OwnedFd, libc::stat)> {
+    ) -> SysResult<(Scratch, libc::stat)> {
         let st = sys::fstat(fd)?;
         if st.st_mode & libc::S_IFMT != want {
             return Err(if want == libc::S_IFDIR {
@@ -325,12 +326,12 @@ impl Fs {
                 libc::ENXIO
             });
         }
-        let file = sys::openat(
+        let file = self.scratch(sys::openat(
             self.proc_fd,
             FdName::new(b"", fd).cstr(),
             flags | libc::O_NONBLOCK,
             0,
-        )?;
+        )?);
         let st2 = sys::fstat(file.as_raw_fd())?;
         if st2.st_mode & libc::S_IFMT != want || st2.st_ino != st.st_ino || st2.st_dev != st.st_dev
         {
@@ -345,7 +346,7 @@ impl Fs {
         &self,
         w: &mut Writer,
         nodeid: u64,
-        file: OwnedFd,
+        file: Scratch,
         flags: i32,
         mode: u32,
     ) -> SysResult<()> {
