@@ -409,6 +409,10 @@ impl Supervisor {
     /// Stops the successor, the servers and the keeper, aborts the connection, removes
     /// the socket.
     fn shutdown(&mut self) {
+        // First: the mark's destruction then overlaps with what follows (see `unmark`).
+        if let Some(host) = &self.host {
+            host.unmark();
+        }
         self.translators.kill_all();
         self.stop_api();
         // The successor first: it must not take over from a supervisor that stops.
