@@ -108,6 +108,10 @@ pub mod kind {
     /// directory spares are made in): word 1 the start number (`hdr::SERVER_STARTS`) of
     /// the server holding it. A successor closes the ones of servers that are gone.
     pub const SCRATCH: u64 = 8;
+    /// The io_uring instance of a ring thread (FUSE over io_uring): word 1 the start
+    /// number of the server that made it. A new server closes those of older servers once
+    /// its own rings are armed; recorded here, they are not lost when it dies before.
+    pub const RING: u64 = 9;
 }
 
 /// States of a reply-journal entry (one per server thread: request id, state, two words).
@@ -728,11 +732,11 @@ impl Shared {
             .map_or(kind::FREE, |e| e[0].load(Ordering::Acquire))
     }
 
-    /// The start number of the server holding scratch descriptor `fd` (`None`: not of
-    /// kind [`kind::SCRATCH`]).
-    pub fn scratch_owner(&self, fd: RawFd) -> Option<u64> {
+    /// The start number of the server holding descriptor `fd`, an entry of kind `k`
+    /// ([`kind::SCRATCH`] or [`kind::RING`]; `None`: not of that kind).
+    pub fn owner(&self, fd: RawFd, k: u64) -> Option<u64> {
         let e = self.entry(fd)?;
-        (e[0].load(Ordering::Acquire) == kind::SCRATCH).then(|| e[1].load(Ordering::Relaxed))
+        (e[0].load(Ordering::Acquire) == k).then(|| e[1].load(Ordering::Relaxed))
     }
 
     /// Marks entry `fd` free (and uncounts it from `hdr::LIVE`).

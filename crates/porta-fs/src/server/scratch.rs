@@ -70,7 +70,7 @@ impl Fs {
     /// gone: a server starts once its predecessor is dead); returns whether it did.
     /// Called while the index is rebuilt.
     pub(super) fn close_scratch_of_the_dead(&self, fd: RawFd) -> bool {
-        match self.sh.scratch_owner(fd) {
+        match self.sh.owner(fd, kind::SCRATCH) {
             Some(owner) if owner != self.start => {
                 self.sh.free(fd);
                 sys::close(fd);

@@ -31,7 +31,7 @@ use io_uring::{cqueue, opcode, register::Restriction, squeue, types, IoUring};
 
 use super::{Exit, Fs, MAX_WRITE};
 use crate::abi::{self, op, uring as ua, Writer};
-use crate::shared::hdr;
+use crate::shared::{hdr, kind};
 use crate::sys;
 use crate::Error;
 
@@ -354,10 +354,18 @@ impl<'a> Transport<'a> {
         // server's armed entries (and fails them); once they are closed it cancels those
         // entries, and a request for a queue without an armed entry waits until the next
         // commit on that queue, which a REGISTER is not.
-        let old_rings = (0..MAX_RINGS)
-            .map(|t| area.ring_fd_word(t).swap(0, Ordering::AcqRel) as RawFd)
-            .filter(|&fd| fd > 0 && is_io_uring(fs.proc_fd, fd))
+        // Every ring of an older server the table records: a server killed before its
+        // own were armed leaves its predecessors' recorded too.
+        let mut old_rings: Vec<RawFd> = (0..fs.sh.scan_end())
+            .filter(|&fd| fs.sh.owner(fd, kind::RING).is_some_and(|o| o != fs.start))
             .collect();
+        for t in 0..MAX_RINGS {
+            let fd = area.ring_fd_word(t).swap(0, Ordering::AcqRel) as RawFd;
+            if fd > 0 && !old_rings.contains(&fd) {
+                old_rings.push(fd);
+            }
+        }
+        old_rings.retain(|&fd| is_io_uring(fs.proc_fd, fd));
         let n = area.queues().min(max_threads.max(1));
         let mut plan = vec![Vec::new(); n];
         for q in 0..area.queues() {
@@ -488,6 +496,10 @@ impl<'a> Transport<'a> {
             let old =
                 std::mem::take(&mut *self.old_rings.lock().unwrap_or_else(|p| p.into_inner()));
             for fd in old {
+                // Freed before closed: once closed, the number may be another thread's.
+                if self.fs.sh.owner(fd, kind::RING).is_some() {
+                    self.fs.sh.free(fd);
+                }
                 sys::close(fd);
             }
             self.all_armed.notify_all();
@@ -608,6 +620,8 @@ impl<'a> Transport<'a> {
             .map_err(|e| Error::Io("io_uring_setup for a ring thread", e))?;
         // A compromised server can submit nothing but FUSE commands and eventfd reads
         // through this ring (io_uring operations are not seen by the seccomp filter).
+        // Recorded at once (see `kind::RING`); the record goes before the ring closes.
+        let _recorded = RingRecord::new(fs, ring.as_raw_fd());
         ring.submitter()
             .register_restrictions(&mut [
                 Restriction::sqe_op(opcode::UringCmd80::CODE),
@@ -811,6 +825,28 @@ fn with_len(e: squeue::Entry128, len: u32) -> squeue::Entry128 {
 }
 
 /// Whether descriptor `fd` of this process is an io_uring instance (`dir`: /proc/self/fd).
+/// A ring thread's io_uring recorded in the shared table as [`kind::RING`] while it is
+/// open: dropped before the ring (declared after it), it frees the entry.
+struct RingRecord<'a> {
+    fs: &'a Fs,
+    fd: RawFd,
+}
+
+impl<'a> RingRecord<'a> {
+    fn new(fs: &'a Fs, fd: RawFd) -> RingRecord<'a> {
+        fs.sh.publish(fd, kind::RING, fs.start, 0, 0);
+        RingRecord { fs, fd }
+    }
+}
+
+impl Drop for RingRecord<'_> {
+    fn drop(&mut self) {
+        if self.fs.sh.owner(self.fd, kind::RING).is_some() {
+            self.fs.sh.free(self.fd);
+        }
+    }
+}
+
 fn is_io_uring(dir: RawFd, fd: RawFd) -> bool {
     let name = match std::ffi::CString::new(fd.to_string()) {
         Ok(n) => n,
