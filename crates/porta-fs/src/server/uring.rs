@@ -824,7 +824,6 @@ fn with_len(e: squeue::Entry128, len: u32) -> squeue::Entry128 {
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
-/// Whether descriptor `fd` of this process is an io_uring instance (`dir`: /proc/self/fd).
 /// A ring thread's io_uring recorded in the shared table as [`kind::RING`] while it is
 /// open: dropped before the ring (declared after it), it frees the entry.
 struct RingRecord<'a> {
@@ -847,6 +846,7 @@ impl Drop for RingRecord<'_> {
     }
 }
 
+/// Whether descriptor `fd` of this process is an io_uring instance (`dir`: /proc/self/fd).
 fn is_io_uring(dir: RawFd, fd: RawFd) -> bool {
     let name = match std::ffi::CString::new(fd.to_string()) {
         Ok(n) => n,
