@@ -186,6 +186,18 @@ fn missing_rootfs() {
 }
 
 #[test]
+fn resources_the_kernel_refuses() {
+    require_root!();
+    // Refused when the cgroup is written, after the file server's supervisor was started
+    // (it starts ahead of the cgroup): it must go with the rest.
+    create_with_config(
+        "bad-cpus",
+        |b| b.config["linux"]["resources"]["cpu"] = json!({"cpus": "999"}),
+        &["999"],
+    );
+}
+
+#[test]
 fn bad_mount() {
     require_root!();
     create_with_config(

@@ -53,6 +53,10 @@ pub struct SupervisorArgs {
     /// The container's API socket, bound and listening (inherited; annotation
     /// `run.porta.api=on`): the supervisor holds it and keeps an API server answering it.
     pub api_fd: Option<RawFd>,
+    /// Started before the container's cgroup exists: the cgroup.procs files come in a
+    /// [`LaunchGo`] on the launch socket, which the supervisor awaits before it starts
+    /// any process of the file server (`--await-cgroups`).
+    pub await_cgroups: bool,
 }
 
 impl SupervisorArgs {
@@ -74,14 +78,15 @@ impl SupervisorArgs {
             transport: crate::keeper::Transport::Dev,
             foreground: false,
             api_fd: None,
+            await_cgroups: false,
         }
     }
 
     /// The argument list after [`SUBCOMMAND`]: `--id ID --state-dir DIR --rootfs DIR
     /// --sock-fd N [--passthrough] [--host-changes off] [--cgroup-procs FILE]…
     /// [--container-pid PID] [--userns-fd N] [--hang-timeout-ms MS] [--max-failures N]
-    /// [--threads N] [--transport dev|auto|uring] [--foreground] [--api-fd N]`; options at their default
-    /// are left out.
+    /// [--threads N] [--transport dev|auto|uring] [--foreground] [--api-fd N]
+    /// [--await-cgroups]`; options at their default are left out.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut v = Vec::new();
         push(&mut v, "--id", self.id.clone());
@@ -120,6 +125,9 @@ impl SupervisorArgs {
         }
         if let Some(fd) = self.api_fd {
             push(&mut v, "--api-fd", fd.to_string());
+        }
+        if self.await_cgroups {
+            v.push("--await-cgroups".into());
         }
         v
     }
@@ -176,6 +184,7 @@ impl SupervisorArgs {
                 }
                 "--foreground" => a.foreground = true,
                 "--api-fd" => a.api_fd = Some(o.fd(name)?),
+                "--await-cgroups" => a.await_cgroups = true,
                 "--host-changes" => {
                     a.host_changes = match o.text(name)? {
                         "on" => true,
@@ -203,6 +212,13 @@ impl SupervisorArgs {
         }
         if a.sock_fd < 0 {
             return Err(Error::Missing("--sock-fd"));
+        }
+        if a.await_cgroups && !a.cgroup_procs.is_empty() {
+            return Err(Error::BadValue {
+                arg: "--cgroup-procs".into(),
+                value: a.cgroup_procs[0].display().to_string(),
+                want: "left out with --await-cgroups (the files come on the launch socket)",
+            });
         }
         Ok(a)
     }
@@ -256,6 +272,61 @@ impl LaunchReply {
                 format!("{text:?}")
             },
         ))
+    }
+}
+
+/// The launcher's go to a supervisor started with `--await-cgroups`: the container's
+/// cgroup now exists, and these are the cgroup.procs files of its servers' leaf (none:
+/// no cgroup to join). Framed as a 4-byte little-endian length and that many bytes of
+/// `go`, each path after a NUL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchGo {
+    /// The cgroup.procs files the servers join.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+impl LaunchGo {
+    /// The longest frame body a supervisor reads.
+    pub const MAX_LEN: usize = 64 * 1024;
+
+    /// Its frame, length first.
+    pub fn encode(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut body = b"go".to_vec();
+        for p in &self.cgroup_procs {
+            body.push(0);
+            body.extend_from_slice(p.as_os_str().as_bytes());
+        }
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// Reads a frame's body (what follows the length).
+    pub fn decode(body: &[u8]) -> Result<LaunchGo, Error> {
+        use std::os::unix::ffi::OsStrExt;
+        const WHAT: &str = "launch go";
+        let mut parts = body.split(|b| *b == 0);
+        if parts.next() != Some(b"go".as_slice()) {
+            return Err(Error::malformed(
+                WHAT,
+                format!(
+                    "does not start with \"go\": {:?}",
+                    String::from_utf8_lossy(body)
+                ),
+            ));
+        }
+        let mut cgroup_procs = Vec::new();
+        for p in parts {
+            if p.first() != Some(&b'/') {
+                return Err(Error::malformed(
+                    WHAT,
+                    format!("{:?} is not an absolute path", String::from_utf8_lossy(p)),
+                ));
+            }
+            cgroup_procs.push(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+        }
+        Ok(LaunchGo { cgroup_procs })
     }
 }
 
@@ -504,6 +575,47 @@ mod tests {
         a.foreground = true;
         a.api_fd = Some(5);
         assert_eq!(SupervisorArgs::from_argv(&a.to_argv()).unwrap(), a);
+    }
+
+    #[test]
+    fn await_cgroups_round_trips_and_excludes_cgroup_procs() {
+        let mut a = SupervisorArgs::new("c".into(), "/s".into(), "/r".into(), 3);
+        a.await_cgroups = true;
+        assert_eq!(SupervisorArgs::from_argv(&a.to_argv()).unwrap(), a);
+        a.cgroup_procs = vec!["/p".into()];
+        let e = SupervisorArgs::from_argv(&a.to_argv()).unwrap_err();
+        assert!(e.to_string().contains("--await-cgroups"), "{e}");
+    }
+
+    #[test]
+    fn launch_go_frames_round_trip_and_bad_ones_are_named() {
+        for procs in [
+            vec![],
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu/a b/porta/cgroup.procs"),
+                "/x\ny".into(),
+            ],
+        ] {
+            let g = LaunchGo {
+                cgroup_procs: procs,
+            };
+            let f = g.encode();
+            let len = u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize;
+            assert_eq!(len, f.len() - 4);
+            assert_eq!(LaunchGo::decode(&f[4..]).unwrap(), g);
+        }
+        for (bad, why) in [
+            (b"".as_slice(), "does not start"),
+            (b"stop".as_slice(), "does not start"),
+            (
+                b"go\0relative/cgroup.procs".as_slice(),
+                "not an absolute path",
+            ),
+            (b"go\0".as_slice(), "not an absolute path"),
+        ] {
+            let e = LaunchGo::decode(bad).unwrap_err().to_string();
+            assert!(e.contains("launch go") && e.contains(why), "{bad:?}: {e}");
+        }
     }
 
     #[test]

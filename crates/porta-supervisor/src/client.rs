@@ -63,6 +63,125 @@ pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// its user namespace; the supervisor joins it and makes the mount there (the kernel
 /// allows an unprivileged FUSE mount only inside a user namespace the user owns).
 pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launched, Error> {
+    let (ours, intermediate) = start_supervisor(spec, userns, false)?;
+    daemonized(spec, intermediate)?;
+    receive_mount(spec, &ours)
+}
+
+/// A supervisor started by [`spawn`] before the container's cgroup exists: it sets up
+/// what needs no cgroup and waits for [`Pending::go`] before it starts any process of the
+/// file server. Dropped unfinished, it leaves nothing behind: a supervisor that never got
+/// its go exits when the launch socket closes (the drop returns once it has closed its
+/// descriptors, as it exits); one that did is stopped, and waited for.
+pub struct Pending {
+    spec: LaunchSpec,
+    ours: Option<UnixStream>,
+    intermediate: Option<std::process::Child>,
+    went: bool,
+}
+
+/// Starts the container's supervisor (as root, in the host's user namespace) ahead of its
+/// cgroup, so that its start-up overlaps with the rest of `porta create`; see [`Pending`].
+/// `spec.server_cgroup_procs` is not used: the files come with [`Pending::go`].
+pub fn spawn(spec: &LaunchSpec) -> Result<Pending, Error> {
+    let (ours, intermediate) = start_supervisor(spec, None, true)?;
+    Ok(Pending {
+        spec: spec.clone(),
+        ours: Some(ours),
+        intermediate: Some(intermediate),
+        went: false,
+    })
+}
+
+impl Pending {
+    /// The container's cgroup exists: the servers join the leaf whose cgroup.procs files
+    /// are `cgroup_procs` (none: no cgroup). The supervisor goes on with its start-up.
+    pub fn go(&mut self, cgroup_procs: &[PathBuf]) -> Result<(), Error> {
+        let frame = porta_protocol::supervisor::LaunchGo {
+            cgroup_procs: cgroup_procs.to_vec(),
+        }
+        .encode();
+        let sock = self.ours.as_mut().ok_or(Error::NoMount {
+            id: self.spec.id.clone(),
+            log: self.spec.log.clone(),
+        })?;
+        // Set before the write: a write that failed halfway still may have reached it.
+        self.went = true;
+        sock.write_all(&frame)
+            .map_err(|e| Error::Io("send the cgroup to the supervisor", e))
+    }
+
+    /// Our end of the launch socket (-1 once used up): processes forked meanwhile close
+    /// it, so that the supervisor sees the launcher's end when the launcher ends.
+    pub fn socket_fd(&self) -> RawFd {
+        self.ours.as_ref().map_or(-1, |s| s.as_raw_fd())
+    }
+
+    /// Waits until the supervisor serves the container's root (after [`Pending::go`]) and
+    /// returns its mount.
+    pub fn ready(mut self) -> Result<Launched, Error> {
+        if let Some(child) = self.intermediate.take() {
+            daemonized(&self.spec, child)?;
+        }
+        let sock = self.ours.take().ok_or(Error::NoMount {
+            id: self.spec.id.clone(),
+            log: self.spec.log.clone(),
+        })?;
+        receive_mount(&self.spec, &sock)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(sock) = self.ours.take() {
+            // It starts the file server once it has its go, whatever we do now: let it
+            // finish, then stop it, so that nothing of it is left when the caller removes
+            // the cgroup.
+            if self.went && receive_mount(&self.spec, &sock).is_ok() {
+                if let Err(e) = stop(&self.spec.state_dir) {
+                    tracing::warn!("stop the supervisor of an abandoned launch: {e}");
+                }
+            }
+            // Without a go, the end of our side makes it exit; after a failure it exits
+            // too: either way its side closes when it is gone.
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+            wait_hangup(&sock);
+        }
+        if let Some(mut child) = self.intermediate.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (at most [`LAUNCH_TIMEOUT`]) until the supervisor's end of the launch socket is
+/// closed: it exited (only the supervisor holds that end).
+fn wait_hangup(sock: &UnixStream) {
+    let deadline = Instant::now() + LAUNCH_TIMEOUT;
+    let mut buf = [0u8; 256];
+    let mut s = sock;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            tracing::warn!("the supervisor of an abandoned launch did not exit");
+            return;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Execs the supervisor (`await_go`: it waits for a [`Pending::go`]); returns our end of
+/// its launch socket and the process that daemonizes it.
+fn start_supervisor(
+    spec: &LaunchSpec,
+    userns: Option<BorrowedFd<'_>>,
+    await_go: bool,
+) -> Result<(UnixStream, std::process::Child), Error> {
     std::fs::create_dir_all(&spec.state_dir).map_err(|e| Error::Path {
         what: "create state directory",
         path: spec.state_dir.clone(),
@@ -88,7 +207,10 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
     args.passthrough = spec.passthrough;
     args.host_changes = spec.host_changes;
     args.transport = spec.transport;
-    args.cgroup_procs = spec.server_cgroup_procs.clone();
+    args.await_cgroups = await_go;
+    if !await_go {
+        args.cgroup_procs = spec.server_cgroup_procs.clone();
+    }
     if spec.api_fd.is_some() {
         args.api_fd = Some(API_FD);
     }
@@ -154,13 +276,23 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
             Ok(())
         });
     }
-    let status = cmd.status().map_err(|e| Error::Path {
+    let child = cmd.spawn().map_err(|e| Error::Path {
         what: "exec supervisor",
         path: spec.exe.clone(),
         source: e,
     })?;
     drop(theirs);
     drop(userns);
+    drop(api);
+    Ok((ours, child))
+}
+
+/// Waits for the process that daemonizes the supervisor (it exits once the daemon is
+/// forked).
+fn daemonized(spec: &LaunchSpec, mut intermediate: std::process::Child) -> Result<(), Error> {
+    let status = intermediate
+        .wait()
+        .map_err(|e| Error::Io("wait for the supervisor to daemonize", e))?;
     if !status.success() {
         return Err(Error::Daemonize {
             id: spec.id.clone(),
@@ -168,6 +300,11 @@ pub fn launch(spec: &LaunchSpec, userns: Option<BorrowedFd<'_>>) -> Result<Launc
             log: spec.log.clone(),
         });
     }
+    Ok(())
+}
+
+/// Receives the supervisor's launch reply: the mount once it is served, or why not.
+fn receive_mount(spec: &LaunchSpec, ours: &UnixStream) -> Result<Launched, Error> {
     ours.set_read_timeout(Some(LAUNCH_TIMEOUT))
         .map_err(|e| Error::Io("socket timeout", e))?;
     // The caller's children (`porta create` forks stage one meanwhile) may interrupt the

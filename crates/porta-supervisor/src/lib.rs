@@ -21,8 +21,8 @@ mod watch;
 
 pub(crate) use client::socket_path;
 pub use client::{
-    grant, launch, read_state, revoke, servers, stop, watch_container, LaunchSpec, Launched,
-    LAUNCH_TIMEOUT,
+    grant, launch, read_state, revoke, servers, spawn, stop, watch_container, LaunchSpec, Launched,
+    Pending, LAUNCH_TIMEOUT,
 };
 pub use daemon::bind_api_socket;
 pub(crate) use entry::init_logging;

@@ -89,20 +89,7 @@ impl Container {
             Some(f) => std::env::set_var("PORTA_FS_FAULT", f),
             None => std::env::remove_var("PORTA_FS_FAULT"),
         }
-        let spec = LaunchSpec {
-            id: "t1".into(),
-            state_dir: state.clone(),
-            rootfs: backing.clone(),
-            passthrough,
-            host_changes: true,
-            transport: porta_supervisor::protocol::keeper::Transport::Dev,
-            server_cgroup_procs: vec![],
-            exe: std::env::var_os("PORTA_TEST_EXE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test"))),
-            log: dir.path().join("supervisor.log"),
-            api_fd: None,
-        };
+        let spec = test_spec(dir.path(), passthrough);
         let l = launch(&spec, None).unwrap_or_else(|e| {
             panic!(
                 "launch: {e}\nlog: {}",
@@ -152,6 +139,25 @@ impl Container {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// The launch of a supervisor test container in `dir` (state `dir/s`, root `dir/rootfs`,
+/// log `dir/supervisor.log`).
+fn test_spec(dir: &Path, passthrough: bool) -> LaunchSpec {
+    LaunchSpec {
+        id: "t1".into(),
+        state_dir: dir.join("s"),
+        rootfs: dir.join("rootfs"),
+        passthrough,
+        host_changes: true,
+        transport: porta_supervisor::protocol::keeper::Transport::Dev,
+        server_cgroup_procs: vec![],
+        exe: std::env::var_os("PORTA_TEST_EXE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_porta-supervisor-test"))),
+        log: dir.join("supervisor.log"),
+        api_fd: None,
     }
 }
 
@@ -1747,4 +1753,107 @@ fn server_killed_after_a_spare_got_its_name() {
     assert!(!std::fs::read_to_string(c.mnt.join("victim"))
         .unwrap()
         .is_empty());
+}
+
+/// Processes whose command line names `dir` (a supervisor started for it, its successor,
+/// its keeper and servers), and not this test process.
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
+        })
+        .filter(|&pid| running(pid))
+        .collect()
+}
+
+/// Waits (at most 20 s) until `f` holds for the processes naming `dir`.
+fn wait_processes(dir: &Path, what: &str, f: impl Fn(&[i32]) -> bool) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = processes_naming(dir);
+        if f(&p) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_supervisor_spawned_ahead_of_the_cgroup_waits_for_its_go_and_an_abandoned_one_leaves_nothing() {
+    require_root!();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::remove_var("PORTA_FS_FAULT");
+    std::env::remove_var("PORTA_HANG_TIMEOUT_MS");
+    std::env::remove_var("PORTA_FS_NOFILE");
+    std::env::remove_var("PORTA_FS_USERNS");
+    let dir = tempfile::Builder::new()
+        .prefix("psv")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+    let spec = test_spec(dir.path(), true);
+
+    // Without a go it starts nothing of the file server (no keeper, no control socket),
+    // and it exits when the launcher goes.
+    let p = porta_supervisor::spawn(&spec).unwrap();
+    let started =
+        || std::fs::read_to_string(&spec.log).is_ok_and(|l| l.contains("supervisor starting"));
+    let alone = wait_processes(dir.path(), "the supervisor daemon alone", |p| {
+        p.len() == 1 && started()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        processes_naming(dir.path()),
+        alone,
+        "it started more before its go"
+    );
+    assert!(!spec.state_dir.join("supervisor.sock").exists());
+    drop(p);
+    // Dropped, it has closed its descriptors (its end of the socket): it is on its way out,
+    // and gone at once.
+    wait_processes(dir.path(), "the supervisor to exit without a go", |p| {
+        p.is_empty()
+    });
+    assert!(
+        std::fs::read_to_string(&spec.log)
+            .unwrap()
+            .contains("went away before the container's cgroup was made"),
+        "{}",
+        std::fs::read_to_string(&spec.log).unwrap()
+    );
+
+    // With its go but abandoned before the mount is taken: stopped, nothing left.
+    let mut p = porta_supervisor::spawn(&spec).unwrap();
+    p.go(&[]).unwrap();
+    drop(p);
+    assert_eq!(processes_naming(dir.path()), Vec::<i32>::new());
+
+    // The whole way: the root is served.
+    let mut p = porta_supervisor::spawn(&spec).unwrap();
+    p.go(&[]).unwrap();
+    let l = p.ready().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    porta_sys::mount_api::move_mount_to(std::os::fd::AsFd::as_fd(&l.mount_fd), &target).unwrap();
+    drop(l.mount_fd);
+    std::fs::write(mnt.join("hello"), b"world").unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("rootfs/hello")).unwrap(),
+        b"world"
+    );
+    stop(&spec.state_dir).unwrap();
+    let _ = porta_fs::mount::unmount(&mnt);
+    wait_processes(dir.path(), "every process to stop", |p| p.is_empty());
 }

@@ -47,6 +47,8 @@ pub struct CreateOptions {
 /// until `create` succeeds and [`Rollback::disarm`] hands it to the container.
 #[derive(Default)]
 pub(super) struct Rollback {
+    /// A supervisor started ahead of the cgroup, until its mount is handed over.
+    pending: Option<porta_supervisor::Pending>,
     supervisor: Option<PathBuf>,
     pub(super) dir: Option<StateDir>,
     pub(super) cgroup: Option<ContainerCgroup>,
@@ -57,6 +59,7 @@ pub(super) struct Rollback {
 impl Rollback {
     /// Success: the container owns what was made.
     pub(super) fn disarm(&mut self) {
+        self.pending = None;
         self.supervisor = None;
         self.init = None;
         self.cgroup = None;
@@ -71,6 +74,8 @@ impl Drop for Rollback {
             let _ = porta_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
             wait_pidfd(pidfd.as_fd(), -1);
         }
+        // Before the cgroup goes: an abandoned launch stops what it started.
+        drop(self.pending.take());
         if let Some(b) = self.host_root.take() {
             if let Err(e) = b.release() {
                 tracing::warn!("rollback: {e}");
@@ -144,29 +149,12 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     let spec = &bundle.spec;
     let linux = validate(spec, opts)?;
     let ns = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]));
-    let (mut rb, mut st) = begin(root, &bundle, linux, opts)?;
+    let (mut rb, mut st) = begin_state(root, &bundle, opts)?;
     let dir = rb
         .dir
         .as_ref()
         .ok_or_else(|| Error::Init("state directory vanished".into()))?;
-    if !config::has_mount_namespace(spec) {
-        // No mount namespace of its own: as runc, the container's mounts are made in ours,
-        // beneath a bind of the root onto itself, which this container owns (recorded
-        // before anything is mounted beneath it, released by delete or the rollback).
-        let bind = rootfs::HostRootBind::make(&bundle.rootfs)?;
-        st.host_root_bind = Some(bind.clone());
-        rb.host_root = Some(bind);
-        dir.save(&st)?;
-    }
-    let cg = rb
-        .cgroup
-        .as_ref()
-        .ok_or_else(|| Error::Init("cgroup vanished".into()))?;
-    if let Some(r) = linux.resources() {
-        cg.apply(r)?;
-    }
-
-    let mut choice = choose_root(spec, opts, &bundle, dir, cg)?;
+    let mut choice = choose_root(spec, opts, &bundle, dir)?;
     // The API socket: bound now, before the container's process looks for it to
     // bind-mount; the supervisor holds it from its launch on, this copy goes with create.
     let _api_sock = if api_on {
@@ -189,11 +177,51 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
     } else {
         None
     };
+    // As root, the supervisor starts now, ahead of the cgroup: its exec and set-up
+    // overlap with the rest of create, and it starts its processes once the cgroup is
+    // made (`go` below). Recorded before: `delete` of a create interrupted from here on
+    // stops it.
+    if let Some(l) = choice.served.as_ref().filter(|_| choice.host_root) {
+        rb.supervisor = Some(dir.path.clone());
+        st.file_server = true;
+        dir.save(&st)?;
+        rb.pending = Some(porta_supervisor::spawn(l)?);
+    }
+    let cg = make_cgroup(linux, opts)?;
+    st.cgroup = Some(cg.state());
+    rb.cgroup = Some(cg);
+    dir.save(&st)?;
+    if !config::has_mount_namespace(spec) {
+        // No mount namespace of its own: as runc, the container's mounts are made in ours,
+        // beneath a bind of the root onto itself, which this container owns (recorded
+        // before anything is mounted beneath it, released by delete or the rollback).
+        let bind = rootfs::HostRootBind::make(&bundle.rootfs)?;
+        st.host_root_bind = Some(bind.clone());
+        rb.host_root = Some(bind);
+        dir.save(&st)?;
+    }
+    let cg = rb
+        .cgroup
+        .as_ref()
+        .ok_or_else(|| Error::Init("cgroup vanished".into()))?;
+    if let Some(r) = linux.resources() {
+        cg.apply(r)?;
+    }
+    if let Some(p) = rb.pending.as_mut() {
+        p.go(&cg.server_procs_files())?;
+    }
+    if let Some(l) = choice.served.as_mut() {
+        l.server_cgroup_procs = cg.server_procs_files();
+    }
     if choice.served.is_some() {
         rb.supervisor = Some(dir.path.clone());
         st.file_server = true;
     }
     let fifo = make_start_fifo(dir)?;
+    let mut close_in_child = vec![dir.lock_fd()];
+    if let Some(p) = &rb.pending {
+        close_in_child.push(p.socket_fd());
+    }
 
     // Relative bind sources are relative to the bundle, as with runc.
     std::env::set_current_dir(&bundle.dir).ctx(|| format!("chdir {}", bundle.dir.display()))?;
@@ -208,7 +236,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         no_new_keyring: opts.no_new_keyring,
         preserve_fds: opts.preserve_fds,
         served_root: choice.served.is_some(),
-        close_in_child: vec![dir.lock_fd()],
+        close_in_child,
     };
     let (stage1, chan) = fork_stage_one(args)?;
     launch(&chan, stage1, &mut rb, &mut st, spec, opts, &choice)?;
@@ -263,16 +291,27 @@ pub(super) fn begin(
     linux: &oci_spec::runtime::Linux,
     opts: &CreateOptions,
 ) -> Result<(Rollback, ContainerState)> {
-    let mut rb = Rollback::default();
-    let dir = make_state_dir(root, &opts.id, &bundle.spec)?;
-    let mut st = initial_state(bundle, opts);
-    rb.dir = Some(dir);
+    let (mut rb, mut st) = begin_state(root, bundle, opts)?;
     let cg = make_cgroup(linux, opts)?;
     st.cgroup = Some(cg.state());
     rb.cgroup = Some(cg);
     if let Some(d) = &rb.dir {
         d.save(&st)?;
     }
+    Ok((rb, st))
+}
+
+/// Step 2 alone: the state directory and the initial state (recorded by the caller once
+/// it made something); the returned [`Rollback`] removes them again until disarmed.
+fn begin_state(
+    root: &StateRoot,
+    bundle: &Bundle,
+    opts: &CreateOptions,
+) -> Result<(Rollback, ContainerState)> {
+    let mut rb = Rollback::default();
+    let dir = make_state_dir(root, &opts.id, &bundle.spec)?;
+    let st = initial_state(bundle, opts);
+    rb.dir = Some(dir);
     Ok((rb, st))
 }
 
@@ -368,7 +407,6 @@ fn choose_root(
     opts: &CreateOptions,
     bundle: &Bundle,
     dir: &StateDir,
-    cg: &ContainerCgroup,
 ) -> Result<RootChoice> {
     let host_root = nix::unistd::geteuid().is_root();
     let dev_fuse = host_root || config::dev_fuse_usable();
@@ -389,7 +427,8 @@ fn choose_root(
             passthrough,
             host_changes: config::host_changes(spec),
             transport: config::transport(spec),
-            server_cgroup_procs: cg.server_procs_files(),
+            // Known once the cgroup is made (see `create`).
+            server_cgroup_procs: Vec::new(),
             exe: PathBuf::from("/proc/self/exe"),
             log: dir.path.join("supervisor.log"),
             api_fd: None,
@@ -467,13 +506,8 @@ fn launch(
     // (NeedRoot) before it makes any mount of its own.
     // Rootless, the supervisor mounts from inside the container's user namespace:
     // it starts when the container's process asks for its root (see drive_init).
-    let launched = choice.served.as_ref().filter(|_| choice.host_root).map(
-        |l| -> Result<porta_supervisor::Launched> {
-            // Recorded before: `delete` of a create interrupted from here on stops it.
-            dir.save(st)?;
-            Ok(porta_supervisor::launch(l, None)?)
-        },
-    );
+    // As root the supervisor was started ahead of the cgroup (see `create`).
+    let pending = rb.pending.take();
     // The container's process may speak before stage one has reported its pid:
     // both use the same channel. Keep its early messages for after.
     let mut early = Vec::new();
@@ -493,9 +527,9 @@ fn launch(
     );
     st.pid = pid;
     st.pid_start_time = porta_sys::proc::start_time(pid).unwrap_or(0);
-    let root = match (launched, &choice.served) {
-        (Some(l), _) => {
-            let l = l?;
+    let root = match (pending, &choice.served) {
+        (Some(p), _) => {
+            let l = p.ready()?;
             st.supervisor_pid = l.supervisor_pid;
             dir.save(st)?;
             RootSource::Mounted(l.mount_fd)

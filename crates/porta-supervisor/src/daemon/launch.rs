@@ -3,7 +3,8 @@
 //! and the first server.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -17,7 +18,7 @@ use nix::unistd::Pid;
 
 use porta_fs::shared::{hdr, Shared};
 use porta_protocol::keeper::{Hello, KeeperArgs, MapsReply};
-use porta_protocol::supervisor::SupervisorArgs as Args;
+use porta_protocol::supervisor::{LaunchGo, SupervisorArgs as Args};
 use porta_protocol::Confinement;
 
 use super::servers::Poison;
@@ -136,7 +137,10 @@ fn raise_nofile() -> usize {
 }
 
 impl Supervisor {
-    pub(super) fn start(a: Args) -> Result<Supervisor, (Error, Option<Box<Supervisor>>)> {
+    pub(super) fn start(
+        mut a: Args,
+        launch_sock: &OwnedFd,
+    ) -> Result<Supervisor, (Error, Option<Box<Supervisor>>)> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         mask.thread_block()
@@ -154,6 +158,11 @@ impl Supervisor {
         let conn_id = 0;
         let state_fd = porta_fs::shared::create_memfd(capacity).map_err(|e| (e.into(), None))?;
         let shared = Shared::map(state_fd.as_raw_fd()).map_err(|e| (e.into(), None))?;
+        // Started ahead of the container's cgroup (`porta create`): everything above needed
+        // none; the notifier, the keeper and the servers start in it.
+        if a.await_cgroups {
+            a.cgroup_procs = await_go(launch_sock).map_err(|e| (e, None))?;
+        }
         let (host, short_ttl) =
             crate::watch::start_for(a.host_changes, &a.rootfs, fuse.as_raw_fd(), &a.cgroup_procs);
         let mut sv = Supervisor {
@@ -428,6 +437,39 @@ impl Supervisor {
         self.confinement = hello.confinement();
         Ok(())
     }
+}
+
+/// Reads the launcher's [`LaunchGo`] from the launch socket: the cgroup.procs files the
+/// file server's processes join. The launcher gone without one (its `porta create`
+/// failed or was killed) is an error, and the supervisor exits.
+fn await_go(sock: &OwnedFd) -> Result<Vec<PathBuf>, Error> {
+    let mut s = std::fs::File::from(
+        sock.try_clone()
+            .map_err(|e| Error::Io("duplicate the launch socket", e))?,
+    );
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            Error::Refused("the launcher went away before the container's cgroup was made".into())
+        }
+        _ => Error::Io("read the launcher's go", e),
+    })?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > LaunchGo::MAX_LEN {
+        return Err(Error::Args(porta_protocol::Error::Malformed {
+            what: "launch go",
+            why: format!("{len} bytes, more than {}", LaunchGo::MAX_LEN),
+        }));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .map_err(|e| Error::Io("read the launcher's go", e))?;
+    let go = LaunchGo::decode(&body)?;
+    tracing::debug!(
+        files = go.cgroup_procs.len(),
+        "the container's cgroup is made"
+    );
+    Ok(go.cgroup_procs)
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ pub(crate) fn run(mut a: Args) -> i32 {
             return 1;
         }
     }
-    let mut sv = match Supervisor::start(a) {
+    let mut sv = match Supervisor::start(a, &sock) {
         Ok(sv) => sv,
         Err((e, partial)) => {
             tracing::error!(error = %e, "supervisor failed to start");
