@@ -44,16 +44,16 @@ const HEADER_AREA: usize = 4096;
 /// The payload buffer: the kernel requires at least max(max_write, max_pages pages).
 const PAYLOAD_LEN: usize = MAX_WRITE as usize;
 const SLOT_LEN: usize = HEADER_AREA + PAYLOAD_LEN;
-/// The control page at the start of the area: the ring descriptors of the running server,
-/// then the 8-byte buffers of the ring threads' eventfd reads.
+/// The control page at the start of the area: the 8-byte buffers of the ring threads'
+/// eventfd reads. (The rings themselves are recorded in the shared table: `kind::RING`.)
 const CTL_LEN: usize = 4096;
 /// Where a slot's record (two words: the unique id it holds, its phase) starts.
 const RECORD_OFF: usize = 2048;
 /// Where the two iovecs a REGISTER of the slot points at are (the kernel may read them
 /// after the thread that submitted the command is gone: they live as long as the area).
 const IOVEC_OFF: usize = 3072;
-/// Ring descriptors the control page records (then as many eventfd buffers).
-const MAX_RINGS: usize = CTL_LEN / 16;
+/// Ring threads the control page has eventfd buffers for.
+const MAX_RINGS: usize = CTL_LEN / 8;
 
 /// How far a slot's request got. The word also carries, in its second byte, the thread
 /// whose shared request buffer holds the frame during [`phase::WRITING`].
@@ -181,13 +181,7 @@ impl RingArea {
     /// may complete the read after the thread ended, before the ring is torn down).
     fn eventfd_buf(&self, t: usize) -> *mut u8 {
         assert!(t < MAX_RINGS, "ring index within the control page");
-        (self.base + MAX_RINGS * 8 + t * 8) as *mut u8
-    }
-
-    /// Ring descriptor `t` of the running server (0: none).
-    fn ring_fd_word(&self, t: usize) -> &AtomicU64 {
-        assert!(t < MAX_RINGS, "ring index within the control page");
-        self.word(self.base + t * 8)
+        (self.base + t * 8) as *mut u8
     }
 
     /// The header block and payload buffer of slot `s`.
@@ -359,12 +353,6 @@ impl<'a> Transport<'a> {
         let mut old_rings: Vec<RawFd> = (0..fs.sh.scan_end())
             .filter(|&fd| fs.sh.owner(fd, kind::RING).is_some_and(|o| o != fs.start))
             .collect();
-        for t in 0..MAX_RINGS {
-            let fd = area.ring_fd_word(t).swap(0, Ordering::AcqRel) as RawFd;
-            if fd > 0 && !old_rings.contains(&fd) {
-                old_rings.push(fd);
-            }
-        }
         old_rings.retain(|&fd| is_io_uring(fs.proc_fd, fd));
         let n = area.queues().min(max_threads.max(1));
         let mut plan = vec![Vec::new(); n];
@@ -631,9 +619,6 @@ impl<'a> Transport<'a> {
         ring.submitter()
             .register_enable_rings()
             .map_err(|e| Error::Io("enable the io_uring", e))?;
-        self.area
-            .ring_fd_word(t)
-            .store(ring.as_raw_fd() as u64, Ordering::Release);
         // The iovecs a REGISTER points at, in the slots' header pages.
         let iovecs: HashMap<usize, u64> = slots.iter().map(|&s| (s, self.area.iovecs(s))).collect();
         let mut w = Writer {
