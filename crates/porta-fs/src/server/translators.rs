@@ -1519,9 +1519,10 @@ impl Fs {
         if name != PASSIVE_XATTR.as_bytes() && name != ACTIVE_XATTR.as_bytes() {
             return None;
         }
-        // Our own descriptor of the node: ending the translator closes the slot's.
+        // Our own descriptor of the node: ending the translator closes the slot's. A
+        // scratch one: a kill during this request leaves it to the successor to close.
         let own = match reopen_path(self, slot.node) {
-            Ok(fd) => fd,
+            Ok(fd) => self.scratch(fd),
             Err(e) => return Some(err(w, h.unique, e)),
         };
         let node = own.as_raw_fd();
