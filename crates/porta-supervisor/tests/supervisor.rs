@@ -409,12 +409,14 @@ fn forgets_read_by_a_killed_server_are_finished_by_its_successor() {
         drop_caches();
         s.restarts == 1 && s.pid > 0
     });
-    assert!(
-        c.log()
-            .contains("applied the FORGETs a killed server had read"),
-        "{}",
-        c.log()
-    );
+    // The replacement is recorded when it is forked; it logs the FORGETs it applied while
+    // it rebuilds its index, a moment later (under load, much later): wait for that line.
+    let applied = "applied the FORGETs a killed server had read";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log().contains(applied) {
+        assert!(Instant::now() < deadline, "{}", c.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Whatever the kernel still had cached is forgotten now; the table is back to the
     // baseline (a few descriptors of slack: the directory node, a handle being closed;
     // the spare files the creates made the server keep ready, 16, and the directory it
