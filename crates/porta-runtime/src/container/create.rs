@@ -187,10 +187,7 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         dir.save(&st)?;
         rb.pending = Some(porta_supervisor::spawn(l)?);
     }
-    let cg = make_cgroup(linux, opts)?;
-    st.cgroup = Some(cg.state());
-    rb.cgroup = Some(cg);
-    dir.save(&st)?;
+    add_cgroup(&mut rb.cgroup, dir, &mut st, linux, opts)?;
     if !config::has_mount_namespace(spec) {
         // No mount namespace of its own: as runc, the container's mounts are made in ours,
         // beneath a bind of the root onto itself, which this container owns (recorded
@@ -204,9 +201,6 @@ pub fn create(root: &StateRoot, opts: &CreateOptions) -> Result<ContainerState> 
         .cgroup
         .as_ref()
         .ok_or_else(|| Error::Init("cgroup vanished".into()))?;
-    if let Some(r) = linux.resources() {
-        cg.apply(r)?;
-    }
     if let Some(p) = rb.pending.as_mut() {
         p.go(&cg.server_procs_files())?;
     }
@@ -283,8 +277,8 @@ fn validate<'s>(spec: &'s Spec, opts: &CreateOptions) -> Result<&'s oci_spec::ru
         .ok_or_else(|| Error::field("linux", "missing"))
 }
 
-/// Steps 2 and 3: the state directory, the initial state and the cgroup, recorded; the
-/// returned [`Rollback`] removes them again until disarmed.
+/// Steps 2 and 3: the state directory, the initial state and the cgroup with its limits,
+/// recorded; the returned [`Rollback`] removes them again until disarmed.
 pub(super) fn begin(
     root: &StateRoot,
     bundle: &Bundle,
@@ -292,13 +286,31 @@ pub(super) fn begin(
     opts: &CreateOptions,
 ) -> Result<(Rollback, ContainerState)> {
     let (mut rb, mut st) = begin_state(root, bundle, opts)?;
+    let dir = rb
+        .dir
+        .as_ref()
+        .ok_or_else(|| Error::Init("state directory vanished".into()))?;
+    add_cgroup(&mut rb.cgroup, dir, &mut st, linux, opts)?;
+    Ok((rb, st))
+}
+
+/// Step 3: the container's cgroup, recorded in the state (saved in `dir`) and in `slot`
+/// (the rollback's), then its limits applied.
+fn add_cgroup(
+    slot: &mut Option<ContainerCgroup>,
+    dir: &StateDir,
+    st: &mut ContainerState,
+    linux: &oci_spec::runtime::Linux,
+    opts: &CreateOptions,
+) -> Result<()> {
     let cg = make_cgroup(linux, opts)?;
     st.cgroup = Some(cg.state());
-    rb.cgroup = Some(cg);
-    if let Some(d) = &rb.dir {
-        d.save(&st)?;
+    let cg = slot.insert(cg);
+    dir.save(st)?;
+    if let Some(r) = linux.resources() {
+        cg.apply(r)?;
     }
-    Ok((rb, st))
+    Ok(())
 }
 
 /// Step 2 alone: the state directory and the initial state (recorded by the caller once

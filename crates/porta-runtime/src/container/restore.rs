@@ -38,9 +38,6 @@ pub fn restore(root: &StateRoot, o: &RestoreOptions) -> Result<ContainerState> {
         .cgroup
         .as_ref()
         .ok_or_else(|| Error::Init("cgroup vanished".into()))?;
-    if let Some(r) = linux.resources() {
-        cg.apply(r)?;
-    }
     // A terminal: a new pty, its slave in place of the checkpointed one, its master sent
     // to the console socket once the process runs.
     let terminal = if spec

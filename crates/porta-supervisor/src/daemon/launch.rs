@@ -35,7 +35,6 @@ pub(super) fn spawn_joined(
     join: porta_cgroups::join::Join,
 ) -> Result<i32, Error> {
     use porta_cgroups::join::Forked;
-    use std::io::Read;
     use std::os::unix::process::CommandExt;
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Sys("pipe", e))?;
